@@ -1,0 +1,241 @@
+// Prefetch derivation checked against real tables: stub steadytext functions log every call they get, so the
+// argument tuples the statement really used can be compared with what the derived query returns.
+import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import pg from 'pg';
+import { findCalls, isParseFailure, loadParser, type StatementCalls } from '../../proxy/calls.js';
+import { derivePrefetch, type PrefetchPlan } from '../../proxy/prefetch-plan.js';
+
+const dbName = `calls_prefetch_${process.pid}_${Date.now() % 100000}`;
+let admin: pg.Client;
+let db: pg.Client;
+
+const SIG: Record<string, string[]> = {
+  steadytext_generate: ['prompt', 'max_tokens', 'seed', 'temperature', 'model_size'],
+  steadytext_embed: ['text', 'seed', 'model_size'],
+};
+
+beforeAll(async () => {
+  await loadParser();
+  admin = new pg.Client(inject('db').adminUrl);
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${dbName}`);
+  const url = new URL(inject('db').adminUrl);
+  url.pathname = `/${dbName}`;
+  db = new pg.Client(url.toString());
+  await db.connect();
+  await db.query(String.raw`
+    CREATE TABLE call_log (fn text, args text[]);
+    CREATE FUNCTION steadytext_generate(prompt text, max_tokens int DEFAULT NULL, seed int DEFAULT NULL,
+      temperature float DEFAULT NULL, model_size text DEFAULT NULL, _steadytext_answer text DEFAULT NULL)
+      RETURNS text LANGUAGE plpgsql AS $$
+      BEGIN
+        INSERT INTO call_log VALUES ('steadytext_generate', ARRAY[$1, $2::text, $3::text, $4::text, $5]);
+        RETURN 'g:' || coalesce($1, '');
+      END $$;
+    CREATE FUNCTION steadytext_embed(text text, seed int DEFAULT NULL, model_size text DEFAULT NULL,
+      _steadytext_answer text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
+      BEGIN
+        INSERT INTO call_log VALUES ('steadytext_embed', ARRAY[$1, $2::text, $3]);
+        RETURN 'e:' || coalesce($1, '');
+      END $$;
+    CREATE FUNCTION my_check(int) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+    CREATE TABLE cats (id int PRIMARY KEY, name text);
+    INSERT INTO cats VALUES (1, 'news'), (2, 'blog'), (3, 'it''s é');
+    CREATE TABLE docs (id int PRIMARY KEY, cat int, body text, emb text, note text);
+    INSERT INTO docs SELECT i, 1 + i % 3, CASE WHEN i % 4 = 0 THEN NULL ELSE 'body ' || (i % 7) || ' é''\' END,
+      CASE WHEN i % 2 = 0 THEN 'done' END, NULL FROM generate_series(1, 40) i;
+    CREATE TABLE products (id serial PRIMARY KEY, name text, description text, embedding text);
+    INSERT INTO products (name, description, embedding)
+      SELECT 'p' || i, 'desc ' || (i % 5), CASE WHEN i % 3 = 0 THEN 'x' END FROM generate_series(1, 30) i;
+    CREATE TABLE outt (id int, g text);`);
+});
+
+afterAll(async () => {
+  await db?.end();
+  await admin?.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+  await admin?.end();
+});
+
+function statement(sql: string): StatementCalls {
+  const r = findCalls(Buffer.from(sql));
+  if (isParseFailure(r)) throw new Error(`${r.failure}: ${r.message}`);
+  return r[r.length - 1];
+}
+
+/** The derived query's tuples, as `fn|[args in signature order]`. */
+async function derivedTuples(sql: string, st: StatementCalls, plan: PrefetchPlan, params: unknown[]): Promise<Set<string>> {
+  const r = await db.query({ text: plan.sql, values: plan.params.map((n) => params[n - 1]), rowMode: 'array' });
+  const out = new Set<string>();
+  for (const row of r.rows as unknown[][]) {
+    for (const pc of plan.calls) {
+      const call = st.calls[pc.call];
+      const sig = SIG[pc.fn];
+      const tuple: (string | null)[] = sig.map(() => null);
+      call.args.forEach((a, i) => {
+        const v = row[pc.argColumns[i]];
+        tuple[a.name ? sig.indexOf(a.name) : a.position] = v === null ? null : String(v);
+      });
+      out.add(`${pc.fn}|${JSON.stringify(tuple)}`);
+    }
+  }
+  return out;
+}
+
+/** The tuples the statement really passed, from the stub's log; the statement is rolled back. */
+async function loggedTuples(run: () => Promise<unknown>): Promise<Set<string>> {
+  await db.query('BEGIN');
+  try {
+    await db.query('DELETE FROM call_log');
+    await run();
+    const r = await db.query('SELECT fn, args FROM call_log');
+    return new Set(r.rows.map((x) => `${x.fn}|${JSON.stringify(x.args)}`));
+  } finally {
+    await db.query('ROLLBACK');
+  }
+}
+
+async function check(sql: string, params: unknown[], mode: 'exact' | 'superset', run?: () => Promise<unknown>) {
+  const st = statement(sql);
+  const plan = derivePrefetch(Buffer.from(sql), st);
+  expect(plan, sql).not.toBeNull();
+  const derived = await derivedTuples(sql, st, plan!, params);
+  const logged = await loggedTuples(run ?? (() => db.query(sql, params)));
+  expect(logged.size, `the statement calls something: ${sql}`).toBeGreaterThan(0);
+  for (const t of logged) expect(derived.has(t), `${t} missing from ${plan!.sql}`).toBe(true);
+  if (mode === 'exact') expect(derived.size).toBe(logged.size);
+  return plan!;
+}
+
+describe('derived prefetch queries return the argument tuples the statement uses', () => {
+  test('UPDATE ... SET c = steadytext_embed(body) WHERE ...', async () => {
+    const plan = await check('UPDATE docs SET emb = steadytext_embed(body) WHERE emb IS NULL', [], 'exact');
+    expect(plan.sql).toBe('SELECT DISTINCT (body)::text FROM docs WHERE emb IS NULL');
+    expect(plan.calls).toEqual([{ fn: 'steadytext_embed', call: 0, argColumns: [0] }]);
+  });
+
+  test("SELECT steadytext_generate('Summarize: ' || body) FROM t WHERE ... with $n kept", async () => {
+    const plan = await check("SELECT steadytext_generate('Summarize: ' || body) FROM docs WHERE id > $1", [10], 'exact');
+    expect(plan.params).toEqual([1]);
+  });
+
+  test('joins, ORDER BY and LIMIT (a superset: the LIMIT is dropped)', async () => {
+    await check(`SELECT d.id, steadytext_generate(d.body || ' / ' || c.name, max_tokens := 16) FROM docs d
+      JOIN cats c ON c.id = d.cat WHERE c.name <> 'blog' ORDER BY d.id LIMIT 3`, [], 'superset');
+  });
+
+  test('the seed document batch: WITH batch AS (...) UPDATE p SET ... FROM batch b WHERE p.id = b.id', async () => {
+    const plan = await check(`-- Batch processing for better throughput
+WITH batch AS (
+    SELECT id, description
+    FROM products
+    WHERE embedding IS NULL
+    LIMIT 1000
+)
+UPDATE products p
+SET embedding = steadytext_embed(b.description)
+FROM batch b
+WHERE p.id = b.id`, [], 'exact');
+    expect(plan.sql).toContain('SELECT DISTINCT (b.description)::text FROM products p, batch b');
+  });
+
+  test('INSERT ... SELECT with named arguments, ON CONFLICT-free, RETURNING', async () => {
+    await check('INSERT INTO outt (id, g) SELECT id, steadytext_generate(body, seed := 7) FROM docs WHERE cat = $1 RETURNING id', [1], 'exact');
+  });
+
+  test('INSERT with an outer WITH', async () => {
+    await check('WITH src AS (SELECT id, body FROM docs WHERE id < 5) INSERT INTO outt SELECT id, steadytext_generate(body) FROM src', [], 'exact');
+  });
+
+  test('SELECT with its own WITH', async () => {
+    await check('WITH x AS (SELECT * FROM docs WHERE cat = 2) SELECT steadytext_embed(body) FROM x', [], 'exact');
+  });
+
+  test('GROUP BY with an aggregate in the argument keeps the grouping', async () => {
+    const plan = await check(`SELECT cat, steadytext_generate(string_agg(coalesce(body, '-'), ',' ORDER BY id))
+      FROM docs GROUP BY cat HAVING count(*) > 1`, [], 'exact');
+    expect(plan.sql).toContain('GROUP BY cat HAVING');
+  });
+
+  test('a call inside an aggregate runs per row: the grouping is dropped', async () => {
+    const plan = await check(`SELECT cat, string_agg(steadytext_generate(body), ',') FROM docs GROUP BY cat HAVING count(*) > 100`, [], 'superset');
+    expect(plan.sql).not.toContain('GROUP');
+  });
+
+  test('window function in the argument', async () => {
+    await check('SELECT steadytext_generate(lag(body) OVER (ORDER BY id)) FROM docs', [], 'exact');
+  });
+
+  test('DISTINCT ON and OFFSET are dropped (superset)', async () => {
+    await check('SELECT DISTINCT ON (cat) cat, steadytext_generate(body) FROM docs ORDER BY cat, id OFFSET 1', [], 'superset');
+  });
+
+  test('PREPARE with declared types: the types become casts, $2 used twice', async () => {
+    const sql = "PREPARE up (text, int) AS UPDATE docs SET note = steadytext_generate($1 || coalesce(body, ''), max_tokens := $2) WHERE cat = $2";
+    const plan = await check(sql, ['P: ', 2], 'exact', async () => {
+      await db.query(sql);
+      try { await db.query("EXECUTE up('P: ', 2)"); } finally { await db.query('DEALLOCATE up'); }
+    });
+    expect(plan.sql).toContain('($1::text)');
+  });
+
+  test('UPDATE with alias, FROM, several calls, RETURNING', async () => {
+    const plan = await check(`UPDATE docs d SET emb = steadytext_embed(d.body, seed := c.id), note = steadytext_generate(c.name, temperature := 0.5)
+      FROM cats c WHERE c.id = d.cat AND d.id < 20 RETURNING d.id`, [], 'exact');
+    expect(plan.calls.map((c) => c.fn)).toEqual(['steadytext_embed', 'steadytext_generate']);
+  });
+
+  test('UPDATE ONLY ... AS alias', async () => {
+    await check('UPDATE ONLY docs AS d SET note = steadytext_generate(d.body) WHERE d.cat = 1', [], 'exact');
+  });
+
+  test('EXPLAIN ANALYZE runs the statement, so it is prefetched too', async () => {
+    await check('EXPLAIN ANALYZE SELECT steadytext_generate(body) FROM docs WHERE cat = 3', [], 'exact');
+  });
+
+  test('comments, strings with ) and ;, subqueries in WHERE, FOR UPDATE (dropped)', async () => {
+    await check(`SELECT steadytext_generate(body) /* ; ) */ FROM docs -- x )
+      WHERE coalesce(body, '') <> 'it''s ) ;' AND id IN (SELECT id FROM docs WHERE cat = 2) ORDER BY 1 FOR UPDATE`, [], 'exact');
+  });
+
+  test('unused parameters are left out and the rest renumbered; untyped $n get the argument type', async () => {
+    const plan = await check('UPDATE docs SET note = $1, emb = steadytext_embed(body, seed := $3) WHERE cat = $2', ['n', 2, 42], 'exact');
+    expect(plan.params).toEqual([3, 2]);
+    expect(plan.sql).toBe('SELECT DISTINCT (body)::text, ($1)::int4 FROM docs WHERE cat = $2');
+  });
+
+  test('multi-byte text before and inside the statement', async () => {
+    await check("SELECT 'é 😀', steadytext_generate(coalesce(body, '') || ' ü') FROM docs /* 日本 */ WHERE coalesce(body, '') <> '日本'", [], 'exact');
+  });
+
+  test('one column per distinct argument text', async () => {
+    const sql = "SELECT steadytext_generate(body), steadytext_embed(body), steadytext_generate(body, max_tokens := 5) FROM docs";
+    const plan = await check(sql, [], 'exact');
+    expect(plan.calls.map((c) => c.argColumns)).toEqual([[0], [0], [0, 1]]);
+  });
+});
+
+describe('no derivation when it would not be safe or there is nothing to prefetch', () => {
+  const none = [
+    'WITH d AS (DELETE FROM outt RETURNING id) UPDATE docs SET emb = steadytext_embed(body) FROM d WHERE docs.id = d.id',
+    'UPDATE docs SET emb = steadytext_embed(body) WHERE my_check(id)',
+    'UPDATE docs SET emb = steadytext_embed(body) FROM public.my_table_fn() f',
+    "SELECT steadytext_generate(body) FROM docs WHERE steadytext_generate('x') IS NULL",
+    'UPDATE docs SET emb = steadytext_embed(body) WHERE CURRENT OF c',
+    "SELECT steadytext_generate('constant') FROM docs",
+    "SELECT steadytext_generate(body) FROM docs UNION SELECT 'x'",
+    'SELECT steadytext_generate(cat::text) AS g, count(*) FROM docs GROUP BY 1',
+    'SELECT (cat % 2) AS parity, steadytext_generate((cat % 2)::text) FROM docs GROUP BY parity',
+    'SELECT (SELECT steadytext_generate(body) FROM docs LIMIT 1)',
+    'WITH s AS (SELECT steadytext_generate(body) FROM docs) SELECT * FROM s',
+    'WITH s AS (SELECT id FROM docs FOR UPDATE) UPDATE docs SET emb = steadytext_embed(body) FROM s WHERE s.id = docs.id',
+    'CREATE VIEW v AS SELECT steadytext_generate(body) FROM docs',
+    'EXPLAIN SELECT steadytext_generate(body) FROM docs',
+    'INSERT INTO outt VALUES (1, steadytext_generate((SELECT body FROM docs LIMIT 1)))',
+    'SELECT steadytext_generate(VARIADIC ARRAY[body]) FROM docs',
+    'DELETE FROM docs WHERE id = 1 RETURNING steadytext_generate(body)',
+    'SELECT * FROM steadytext_daemon_status()',
+  ];
+  test.each(none)('%s', (sql) => {
+    expect(derivePrefetch(Buffer.from(sql), statement(sql))).toBeNull();
+  });
+});
