@@ -1,0 +1,50 @@
+// Text forms of answers as the SQL functions receive them in _steadytext_answer (rewrite path), from
+// the daemon endpoint (callback path) and in steadytext_cache.response: one format for every path.
+
+/**
+ * pgvector text of a float32 vector: '[x,y,...]' with each element in the shortest decimal that reads
+ * back as the same float32 (the digits pgvector prints; the exponent style may differ, not the value).
+ */
+export function vectorText(v: ArrayLike<number>): string {
+  const parts = new Array<string>(v.length);
+  for (let i = 0; i < v.length; i++) parts[i] = float4Text(v[i]);
+  return '[' + parts.join(',') + ']';
+}
+
+function float4Text(x: number): string {
+  const f = Math.fround(x);
+  if (!Number.isFinite(f)) throw new RangeError(`pgvector cannot store ${x}`);
+  if (Object.is(f, -0)) return '-0';
+  for (let p = 1; p < 9; p++) {
+    const s = f.toPrecision(p);
+    if (Math.fround(Number(s)) === f) return normalise(s);
+  }
+  return normalise(f.toPrecision(9));
+}
+
+// toPrecision pads ('0.000100', '1.50e+5'); the double nearest those digits prints them without padding.
+function normalise(s: string): string {
+  return String(Number(s));
+}
+
+/** Parses pgvector text back into a Float32Array. */
+export function parseVectorText(s: string): Float32Array {
+  const t = s.trim();
+  if (!t.startsWith('[') || !t.endsWith(']')) throw new SyntaxError(`not a pgvector value: ${t.slice(0, 40)}`);
+  const body = t.slice(1, -1).trim();
+  if (body === '') return new Float32Array(0);
+  return Float32Array.from(body.split(','), (x) => Number(x));
+}
+
+/**
+ * Splits generated text into the chunks steadytext_generate_stream returns: each chunk is a run of
+ * whitespace followed by the next run of non-whitespace, so the chunks joined are the text exactly.
+ */
+export function streamChunks(text: string): string[] {
+  return text.match(/\s*\S+|\s+$/g) ?? [];
+}
+
+/** The answer form of steadytext_generate_stream: a JSON array of the chunks. */
+export function streamAnswer(text: string): string {
+  return JSON.stringify(streamChunks(text));
+}

@@ -1,0 +1,15 @@
+// Versions of the SQL objects. Each migration file in sql/migrations brings the objects to one version;
+// steadytext_version() reports the version of the last migration applied in the database.
+
+export interface Migration {
+  /** File name without ".sql"; also the id recorded in steadytext_meta. Sorted by its numeric prefix. */
+  id: string;
+  version: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  { id: '001_init', version: '1.0.0' },
+  { id: '002_observability', version: '1.1.0' },
+];
+
+export const SQL_VERSION: string = MIGRATIONS[MIGRATIONS.length - 1].version;
