@@ -48,3 +48,16 @@ export function streamChunks(text: string): string[] {
 export function streamAnswer(text: string): string {
   return JSON.stringify(streamChunks(text));
 }
+
+const SOH = '\x01';
+
+/** An answer as _steadytext_answer carries it: text that itself starts with SOH gets a second one (see _steadytext_unwrap). */
+export function wrapAnswer(text: string): string {
+  return text.startsWith(SOH) ? SOH + text : text;
+}
+
+/** An error to be raised by the SQL function itself, so it happens inside the database like any failing call. */
+export function errorAnswer(sqlstate: string, message: string, hint = ''): string {
+  const clean = (s: string) => s.replaceAll(SOH, ' ').replaceAll('\0', '');
+  return SOH + sqlstate + SOH + clean(message) + SOH + clean(hint);
+}

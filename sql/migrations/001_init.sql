@@ -185,6 +185,31 @@ REVOKE ALL ON steadytext_daemon_secret FROM PUBLIC;
 -- ---------------------------------------------------------------------------------------------------
 -- The cache key (sql/cache-key.ts computes the same bytes in TypeScript)
 
+-- An answer the proxy passes may instead carry the error its evaluation raised, so that the error
+-- happens inside the database (aborting the transaction, at the right point of the statement) exactly
+-- as a failing function would: chr(1) || sqlstate || chr(1) || message || chr(1) || hint. An answer
+-- that really starts with chr(1) travels with a second chr(1) in front.
+CREATE OR REPLACE FUNCTION _steadytext_unwrap(p_function text, p_answer text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog
+AS $fn$
+DECLARE
+    v_parts text[];
+BEGIN
+    IF p_answer IS NULL OR left(p_answer, 1) <> chr(1) THEN
+        RETURN p_answer;
+    END IF;
+    IF substr(p_answer, 2, 1) = chr(1) THEN
+        RETURN substr(p_answer, 2);
+    END IF;
+    v_parts := string_to_array(substr(p_answer, 2), chr(1));
+    RAISE EXCEPTION USING ERRCODE = coalesce(v_parts[1], 'XX000'),
+        MESSAGE = coalesce(v_parts[2], p_function || ' failed'),
+        HINT = coalesce(v_parts[3], '');
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION steadytext_cache_key(op text, model_identity text, params text, input text)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
@@ -397,7 +422,7 @@ DECLARE
     k record;
 BEGIN
     IF _steadytext_answer IS NOT NULL THEN
-        RETURN _steadytext_answer;
+        RETURN _steadytext_unwrap('steadytext_generate', _steadytext_answer);
     END IF;
     IF prompt IS NULL THEN
         RETURN NULL;
@@ -433,7 +458,7 @@ DECLARE
     k record;
 BEGIN
     IF _steadytext_answer IS NOT NULL THEN
-        RETURN _steadytext_answer::@vector_schema@.vector;
+        RETURN _steadytext_unwrap('steadytext_embed', _steadytext_answer)::@vector_schema@.vector;
     END IF;
     IF v_input IS NULL THEN
         RETURN NULL;
@@ -463,7 +488,7 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, @schema@, pg_temp
 AS $fn$
 DECLARE
-    v_chunks text := _steadytext_answer;
+    v_chunks text := _steadytext_unwrap('steadytext_generate_stream', _steadytext_answer);
     r record;
     k record;
 BEGIN
@@ -499,7 +524,7 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, @schema@, pg_temp
 AS $fn$
 DECLARE
-    v_answer text := _steadytext_answer;
+    v_answer text := _steadytext_unwrap('steadytext_daemon_status', _steadytext_answer);
     v_msg text;
 BEGIN
     IF v_answer IS NULL THEN
@@ -530,7 +555,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, @schema@, pg_temp
 AS $fn$
 BEGIN
-    RETURN coalesce(_steadytext_answer, _steadytext_daemon_call('steadytext_daemon_start', '{"op":"start"}'))::boolean;
+    RETURN coalesce(_steadytext_unwrap('steadytext_daemon_start', _steadytext_answer), _steadytext_daemon_call('steadytext_daemon_start', '{"op":"start"}'))::boolean;
 END
 $fn$;
 
@@ -540,7 +565,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, @schema@, pg_temp
 AS $fn$
 BEGIN
-    RETURN coalesce(_steadytext_answer, _steadytext_daemon_call('steadytext_daemon_stop', '{"op":"stop"}'))::boolean;
+    RETURN coalesce(_steadytext_unwrap('steadytext_daemon_stop', _steadytext_answer), _steadytext_daemon_call('steadytext_daemon_stop', '{"op":"stop"}'))::boolean;
 END
 $fn$;
 
@@ -550,7 +575,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, @schema@, pg_temp
 AS $fn$
 BEGIN
-    RETURN coalesce(_steadytext_answer, _steadytext_daemon_call('steadytext_daemon_restart', '{"op":"restart"}'))::boolean;
+    RETURN coalesce(_steadytext_unwrap('steadytext_daemon_restart', _steadytext_answer), _steadytext_daemon_call('steadytext_daemon_restart', '{"op":"restart"}'))::boolean;
 END
 $fn$;
 
@@ -560,7 +585,7 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, @schema@, pg_temp
 AS $fn$
 DECLARE
-    v_answer text := _steadytext_answer;
+    v_answer text := _steadytext_unwrap('steadytext_model_info', _steadytext_answer);
     v_msg text;
 BEGIN
     IF v_answer IS NULL THEN
@@ -595,6 +620,7 @@ $fn$;
 -- the helpers that touch the secret or bypass validation are for the owner only.
 
 REVOKE EXECUTE ON FUNCTION _steadytext_config_check(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_unwrap(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_generate_params(integer, integer, double precision) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_embed_params(integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_resolve(text, integer, integer, double precision, text) FROM PUBLIC;
