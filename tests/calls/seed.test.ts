@@ -8,7 +8,7 @@ beforeAll(loadParser);
 function sqlBlocks(): string[] {
   const blocks: string[] = [];
   let cur: string[] | null = null;
-  for (const line of readFileSync('/work/shared/seed/pg_steadytext.md', 'utf8').split('\n')) {
+  for (const line of readFileSync(new URL('../fixtures/seed/pg_steadytext.md', import.meta.url), 'utf8').split('\n')) {
     if (cur) {
       if (line.trim() === '```') { blocks.push(cur.join('\n')); cur = null; } else cur.push(line);
     } else if (line.trim() === '```sql') cur = [];

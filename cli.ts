@@ -1,0 +1,132 @@
+#!/usr/bin/env node
+// pg-steadytext: the command line. `serve` runs the proxy; the rest are tools around it.
+import { existsSync, readFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { parseFlags } from './config/flags.js';
+import { createLogger } from './config/logger.js';
+import { loadSettings, parseHostPort, SettingsError, settingsMarkdown, type Settings } from './config/settings.js';
+import { createEngine, type EngineOptions } from './inference/engine.js';
+import { runModelsCommand } from './inference/models-command.js';
+import { prepareDatabase, startDaemon } from './proxy/daemon.js';
+import { DatabaseRegistry } from './proxy/databases.js';
+import { startProxy } from './proxy/server.js';
+import { createSteadytextInterceptor } from './proxy/steadytext.js';
+import { SQL_VERSION } from './sql/version.js';
+
+// dist/cli.js when built, cli.ts when run from source.
+const PKG = [new URL('../package.json', import.meta.url), new URL('./package.json', import.meta.url)].find((u) => existsSync(u))!;
+const VERSION: string = JSON.parse(readFileSync(PKG, 'utf8')).version;
+
+const HELP = `pg-steadytext ${VERSION}: a PostgreSQL proxy that answers steadytext_* SQL calls with local models
+
+usage:
+  pg-steadytext serve [options]                 run the proxy (clients connect to --listen)
+  pg-steadytext install --database URL          install or upgrade the steadytext SQL objects in a database
+  pg-steadytext models list | pull [name|--all] | path [name]
+  pg-steadytext config [--markdown]             print the effective settings (or the reference table)
+  pg-steadytext version
+
+options (each also from an environment variable or a JSON file given with --config FILE):
+${settingsMarkdown().split('\n').slice(2).map((l) => '  ' + l.split('|').slice(1, 3).map((x) => x.trim().replaceAll('`', '')).join('  ')).join('\n')}
+See README.md for what each one means.`;
+
+export function engineOptions(s: Settings, logger?: Logger): EngineOptions {
+  return {
+    cacheDir: s.modelDir,
+    generationModel: s.generationModel || undefined,
+    embeddingModel: s.embeddingModel || undefined,
+    embeddingDimension: s.embeddingDimensions,
+    threads: s.threads || undefined,
+    generationContexts: s.contexts || undefined,
+    embeddingContexts: s.contexts || undefined,
+    maxQueue: s.queueSize,
+    timeoutMs: s.requestTimeoutMs,
+    cacheBytes: s.cacheBytes,
+    eager: s.preloadModels,
+    logger,
+  };
+}
+
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch { return url; }
+}
+
+async function serve(s: Settings, log: Logger): Promise<void> {
+  const engine = createEngine(engineOptions(s, log.child({ component: 'engine' })));
+  const daemonAddr = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
+  const databases = new DatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon: daemonAddr, engine, logger: log });
+  const daemon = daemonAddr
+    ? await startDaemon({ listen: daemonAddr, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: log })
+    : undefined;
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log });
+  await interceptor.ready;
+  const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
+  const proxy = await startProxy({
+    listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs,
+    connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor,
+  });
+  log.info({ listen: proxy.address, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal, graceMs: s.shutdownGraceMs }, 'shutting down: no new connections, running queries may finish');
+    await proxy.close();
+    await daemon?.close();
+    await databases.close();
+    await engine.close();
+    log.info('stopped');
+    log.flush?.();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd = 'help', ...rest] = argv;
+  if (cmd === 'help' || cmd === '--help' || cmd === '-h') { process.stdout.write(HELP + '\n'); return 0; }
+  if (cmd === 'version' || cmd === '--version') { process.stdout.write(`pg-steadytext ${VERSION} (SQL objects ${SQL_VERSION})\n`); return 0; }
+  if (cmd === 'models') {
+    const [sub, ...args] = rest;
+    const parsed = parseFlags(args, ['all']);
+    const s = loadSettings({ flags: parsed.flags, configFile: parsed.configFile });
+    return runModelsCommand([sub ?? 'list', ...parsed.positionals, ...(parsed.extra.all ? ['--all'] : [])], engineOptions(s));
+  }
+  const parsed = parseFlags(rest, ['database', 'markdown']);
+  const s = loadSettings({ flags: parsed.flags, configFile: parsed.configFile });
+  switch (cmd) {
+    case 'serve': {
+      await serve(s, createLogger(s));
+      return -1; // keeps running
+    }
+    case 'install': {
+      const url = typeof parsed.extra.database === 'string' ? parsed.extra.database : s.serviceUrl;
+      const daemon = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
+      const r = await prepareDatabase(url, { daemonHost: daemon?.host, daemonPort: daemon?.port });
+      process.stdout.write(`steadytext SQL objects ${r.version} in ${redact(url)}${r.migrated.length ? ` (applied ${r.migrated.join(', ')})` : ' (already up to date)'}${r.dblink ? '' : '; dblink is not installed: calls inside PL/pgSQL functions, triggers and views need it (CREATE EXTENSION dblink)'}\n`);
+      return 0;
+    }
+    case 'config': {
+      if (parsed.extra.markdown) process.stdout.write(settingsMarkdown() + '\n');
+      else process.stdout.write(JSON.stringify({ ...s, upstream: redact(s.upstream), serviceUrl: redact(s.serviceUrl) }, null, 2) + '\n');
+      return 0;
+    }
+  }
+  process.stderr.write(`unknown command "${cmd}"\n\n${HELP}\n`);
+  return 2;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { if (code >= 0) process.exitCode = code; },
+  (err: unknown) => {
+    const msg = err instanceof SettingsError ? `configuration error: ${err.message}` : `pg-steadytext: ${(err as Error)?.message ?? err}`;
+    process.stderr.write(msg + '\n');
+    process.exit(err instanceof SettingsError ? 2 : 1);
+  },
+);

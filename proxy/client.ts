@@ -1,0 +1,551 @@
+// One client session: the client side of the protocol. Reads the startup packets (SSLRequest → TLS,
+// GSSENCRequest → 'N', CancelRequest, StartupMessage), opens the session's own upstream connection and
+// relays authentication as bytes, then forwards everything the client sends: whole chunks, walking only
+// message boundaries, except the messages the interception seam must see. It owns the session's state
+// (request tracker, cancel key, transaction status) and its ending: on errors, client disconnects,
+// upstream loss and graceful shutdown.
+import type { Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
+import type { Logger } from 'pino';
+import type { CancelKey, CancelRegistry } from './cancel.js';
+import { FrameReader, KEEP, PAUSE, type FrameHandler, type Verdict } from './framing.js';
+import { Seam, type Interceptor, type Outgoing, type SessionContext } from './interceptor.js';
+import {
+  ACCEPT_ENCRYPTION,
+  CANCEL_REQUEST_CODE,
+  Fe,
+  GSSENC_REQUEST_CODE,
+  MAX_STARTUP_PACKET,
+  REFUSE_ENCRYPTION,
+  SSL_REQUEST_CODE,
+  SqlState,
+  TERMINATE,
+  backendKeyData,
+  errorResponse,
+  forEachMessage,
+  readStartupPacket,
+  typeName,
+  type ErrorFields,
+  type TxStatus,
+} from './protocol.js';
+import { RequestTracker } from './tracker.js';
+import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
+
+/** Settings and shared state every session of one proxy uses. */
+export interface SessionEnv {
+  target: UpstreamTarget;
+  secureContext: SecureContext | undefined;
+  maxMessageBytes: number;
+  connectTimeoutMs: number;
+  logger: Logger;
+  interceptor: Interceptor | undefined;
+  cancels: CancelRegistry;
+  totals: Totals;
+  onClosed(session: ClientSession): void;
+}
+
+export interface Totals {
+  accepted: number;
+  closed: number;
+  bytesFromClients: number;
+  bytesFromUpstream: number;
+  protocolErrors: number;
+  upstreamFailures: number;
+  /** Messages handed to the interceptor. */
+  intercepted: number;
+  /** Messages it replaced. */
+  rewritten: number;
+}
+
+// Session phases.
+const STARTUP = 0; // reading startup packets
+const CONNECTING = 1; // StartupMessage read, upstream connection being opened
+const AUTH = 2; // startup relayed, authentication under way
+const READY = 3; // first ReadyForQuery passed
+const CLOSED = 4;
+
+// Reasons the client socket is not being read.
+const PAUSE_BACKPRESSURE = 1;
+const PAUSE_HOOK = 2;
+const PAUSE_CONNECTING = 4;
+
+/** The server's own authentication_timeout default: a client that never finishes startup is dropped. */
+const STARTUP_TIMEOUT_MS = 60_000;
+
+export class ClientSession implements FrameHandler, SessionLink {
+  log: Logger;
+  readonly tracker = new RequestTracker();
+  readonly startedAt = Date.now();
+  private phase = STARTUP;
+  private sock: Socket;
+  private readonly raw: Socket;
+  private readonly clientAddress: string;
+  private startupBuf: Buffer | null = null;
+  /** Client bytes that arrived after the StartupMessage, before the upstream was there to take them. */
+  private early: Buffer[] = [];
+  private reader: FrameReader | null = null;
+  private server: ServerConnection | null = null;
+  private seam: Seam | null = null;
+  private ctx: MutableContext | null = null;
+  private paused = 0;
+  private serverPaused = false;
+  private hookPending = false;
+  private upstreamKey: CancelKey | null = null;
+  private key: CancelKey | null = null;
+  private draining = false;
+  /** The client sent Terminate: the server's goodbye needs no message of ours. */
+  private terminated = false;
+  private startupTimer: NodeJS.Timeout | null;
+  private readonly onData = (chunk: Buffer) => this.data(chunk);
+
+  constructor(
+    readonly id: number,
+    socket: Socket,
+    private readonly env: SessionEnv,
+  ) {
+    this.raw = this.sock = socket;
+    this.clientAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.log = env.logger.child({ session: id, client: this.clientAddress });
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 60_000);
+    this.listen(socket);
+    this.startupTimer = setTimeout(() => {
+      this.log.warn('startup not finished in time');
+      this.fail(SqlState.ProtocolViolation, 'timeout: the connection startup did not complete in time');
+    }, STARTUP_TIMEOUT_MS);
+    this.startupTimer.unref();
+  }
+
+  /** In a transaction or waiting for an answer: shutdown waits for it (within its grace period). */
+  get busy(): boolean {
+    if (this.phase !== READY) return false;
+    return (
+      this.tracker.size > 0 ||
+      this.hookPending ||
+      this.ctx!.txStatus !== 'I' ||
+      !this.reader!.atBoundary ||
+      !this.server!.reader.atBoundary
+    );
+  }
+
+  /** Bytes this session holds in memory (unsent writes both ways, partial messages, paused input). */
+  get buffered(): number {
+    let n = this.sock.writableLength + (this.reader?.buffered ?? 0);
+    for (const c of this.early) n += c.length;
+    if (this.server) n += this.server.sock.writableLength + this.server.reader.buffered;
+    return n;
+  }
+
+  get closed(): boolean {
+    return this.phase === CLOSED;
+  }
+
+  // ---- client socket -------------------------------------------------------------------------------
+
+  private listen(sock: Socket): void {
+    sock.on('data', this.onData);
+    sock.on('drain', () => this.clientDrained());
+    sock.on('end', () => this.clientEnded());
+    sock.on('error', (err) => this.clientError(err));
+    sock.on('close', () => this.close('client closed the connection'));
+  }
+
+  private data(chunk: Buffer): void {
+    this.env.totals.bytesFromClients += chunk.length;
+    try {
+      if (this.reader !== null) this.reader.push(chunk);
+      else if (this.phase === STARTUP) this.startupData(chunk);
+      else if (this.phase === CONNECTING) this.early.push(chunk);
+    } catch (err) {
+      this.internalError(err);
+    }
+  }
+
+  /** A bug of ours must cost one session, never the process. */
+  internalError(err: unknown): void {
+    this.log.error({ err }, 'internal error; session closed');
+    this.fatal({ severity: 'FATAL', code: SqlState.InternalError, message: 'internal error in pg-steadytext proxy; see its log' });
+    this.close('internal error');
+  }
+
+  private pauseClient(reason: number): void {
+    if (this.paused === 0) this.sock.pause();
+    this.paused |= reason;
+  }
+
+  private resumeClient(reason: number): void {
+    if ((this.paused & reason) === 0) return;
+    this.paused &= ~reason;
+    if (this.paused === 0 && this.phase !== CLOSED) this.sock.resume();
+  }
+
+  private clientDrained(): void {
+    if (this.serverPaused) {
+      this.serverPaused = false;
+      this.server?.sock.resume();
+    }
+  }
+
+  get clientBacklog(): number {
+    return this.sock.writableLength;
+  }
+
+  /** Server → client. */
+  toClient(bytes: Buffer): void {
+    if (this.phase === CLOSED) return;
+    if (!this.sock.write(bytes) && !this.serverPaused && this.server) {
+      this.serverPaused = true;
+      this.server.sock.pause();
+    }
+  }
+
+  private clientEnded(): void {
+    if (this.phase === CLOSED) return;
+    if (this.startupBuf !== null || (this.reader !== null && !this.reader.atBoundary)) {
+      // The client half-closed mid-message; it may still read our reason.
+      this.protocolError(SqlState.ProtocolViolation, 'incomplete message from client: the connection was closed in the middle of a message');
+      return;
+    }
+    this.close('client closed the connection');
+  }
+
+  private clientError(err: Error): void {
+    this.log.debug({ err: err.message }, 'client socket error');
+    this.close(`client socket error: ${err.message}`);
+  }
+
+  // ---- startup phase -------------------------------------------------------------------------------
+
+  private startupData(chunk: Buffer): void {
+    let buf = this.startupBuf === null ? chunk : Buffer.concat([this.startupBuf, chunk]);
+    this.startupBuf = null;
+    while (this.phase === STARTUP) {
+      if (buf.length < 8) {
+        if (buf.length >= 4 && !plausibleStartupLength(buf.readInt32BE(0))) return this.badStartupLength(buf.readInt32BE(0));
+        if (buf.length > 0) this.startupBuf = buf;
+        return;
+      }
+      const len = buf.readInt32BE(0);
+      if (!plausibleStartupLength(len)) return this.badStartupLength(len);
+      if (buf.length < len) {
+        this.startupBuf = buf;
+        return;
+      }
+      const packet = buf.subarray(0, len);
+      buf = buf.subarray(len);
+      const code = packet.readUInt32BE(4);
+      if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
+        if (len !== 8) return this.protocolError(SqlState.ProtocolViolation, 'invalid length of SSL or GSS encryption request');
+        // Bytes sent before the handshake would be readable on the wire (CVE-2021-23214).
+        if (buf.length > 0) return this.protocolError(SqlState.ProtocolViolation, 'received unencrypted data after SSL or GSS encryption request');
+        if (code === SSL_REQUEST_CODE && this.env.secureContext && this.sock === this.raw) return this.startTls();
+        this.sock.write(REFUSE_ENCRYPTION);
+        continue;
+      }
+      if (code === CANCEL_REQUEST_CODE) return this.cancelRequest(packet);
+      return this.startupMessage(packet, buf);
+    }
+  }
+
+  private badStartupLength(len: number): void {
+    this.protocolError(SqlState.ProtocolViolation, `invalid length of startup packet (${len} bytes; at most ${MAX_STARTUP_PACKET})`);
+  }
+
+  private startTls(): void {
+    this.sock.write(ACCEPT_ENCRYPTION);
+    this.raw.removeListener('data', this.onData);
+    this.raw.removeAllListeners('end');
+    const tls = new TLSSocket(this.raw, { isServer: true, secureContext: this.env.secureContext });
+    this.sock = tls;
+    this.listen(tls);
+    // Errors of the raw socket surface on the TLS socket; a handshake failure closes the session.
+    this.raw.removeAllListeners('error');
+    this.raw.on('error', () => {});
+    this.raw.removeAllListeners('close');
+    this.raw.on('close', () => this.close('client closed the connection'));
+    this.log = this.log.child({ tls: true });
+  }
+
+  private cancelRequest(packet: Buffer): void {
+    const len = packet.length;
+    if (len < 16 || len > 12 + 256) return this.protocolError(SqlState.ProtocolViolation, 'invalid length of cancel request');
+    const pid = packet.readInt32BE(8);
+    const matched = this.env.cancels.cancel(pid, packet.subarray(12));
+    this.log.info({ pid, matched }, matched ? 'cancel request forwarded' : 'cancel request with an unknown key ignored');
+    // No answer either way, as the server does.
+    this.sock.end();
+    this.close('cancel request handled');
+  }
+
+  private startupMessage(packet: Buffer, rest: Buffer): void {
+    const sp = readStartupPacket(packet);
+    if (sp === null) return this.protocolError(SqlState.ProtocolViolation, 'invalid startup packet layout: expected terminator as last byte');
+    if (sp.major !== 3) {
+      return this.protocolError(
+        SqlState.FeatureNotSupported,
+        `unsupported frontend protocol ${sp.major}.${sp.minor}: server supports 3.0 to 3.x`,
+      );
+    }
+    const user = sp.params.get('user');
+    if (!user) return this.protocolError(SqlState.InvalidAuthorizationSpecification, 'no PostgreSQL user name specified in startup packet');
+    const database = sp.params.get('database') || user;
+    this.log = this.log.child({ user, db: database });
+    this.ctx = {
+      id: this.id,
+      user,
+      database,
+      applicationName: sp.params.get('application_name'),
+      clientAddress: this.clientAddress,
+      startupParams: sp.params,
+      serverParams: new Map(),
+      txStatus: 'I',
+      watched: { statements: new Set(), portals: new Set() },
+      log: this.log,
+      data: {},
+    };
+    if (this.env.interceptor) this.seam = new Seam(this.env.interceptor, this.ctx, this.env.totals);
+    this.phase = CONNECTING;
+    if (rest.length > 0) this.early.push(rest);
+    this.pauseClient(PAUSE_CONNECTING);
+    this.connect(Buffer.from(packet)).catch((err) => this.internalError(err));
+  }
+
+  private async connect(startup: Buffer): Promise<void> {
+    let up: OpenedUpstream;
+    try {
+      up = await openUpstream(this.env.target, this.env.connectTimeoutMs);
+    } catch (err) {
+      this.env.totals.upstreamFailures++;
+      const reason = err instanceof UpstreamUnreachable ? err.message : `cannot connect to upstream database at ${this.env.target.display}: ${String(err)}`;
+      this.log.warn({ upstream: this.env.target.display, err: reason }, 'upstream unreachable');
+      this.fatal({
+        severity: 'FATAL',
+        code: SqlState.ConnectionFailure,
+        message: reason,
+        hint: `Check that PostgreSQL is running at ${this.env.target.display} and accepts connections from the proxy, and that the proxy's upstream URL is right.`,
+      });
+      return this.close('upstream unreachable');
+    }
+    if (this.phase === CLOSED) {
+      up.sock.destroy();
+      return;
+    }
+    this.server = new ServerConnection(this, up);
+    this.server.write(startup);
+    this.phase = AUTH;
+    this.reader = new FrameReader(this, this.env.maxMessageBytes);
+    const early = this.early;
+    this.early = [];
+    for (const chunk of early) this.reader.push(chunk);
+    this.resumeClient(PAUSE_CONNECTING);
+  }
+
+  // ---- client → server (FrameHandler of the client stream) -----------------------------------------
+
+  header(code: number): boolean {
+    if (this.seam !== null && this.seam.wants(code)) return true;
+    this.tracker.sent(code);
+    if (code === Fe.Terminate) this.terminated = true;
+    return false;
+  }
+
+  onMessage(msg: Buffer, code: number): Verdict {
+    const r = this.seam!.offer(msg, code);
+    if (r === undefined) {
+      this.tracker.sent(code);
+      return KEEP;
+    }
+    if (r instanceof Promise) {
+      this.hookPending = true;
+      this.pauseClient(PAUSE_HOOK);
+      r.then((out) => this.hookDone(out, msg, code)).catch((err) => this.internalError(err));
+      return PAUSE;
+    }
+    return this.replacement(r);
+  }
+
+  private hookDone(out: Outgoing | undefined, original: Buffer, code: number): void {
+    this.hookPending = false;
+    if (this.phase === CLOSED) return;
+    const v = out === undefined ? (this.tracker.sent(code), original) : this.replacement(out);
+    if (Buffer.isBuffer(v)) this.onBytes(v);
+    else if (Array.isArray(v)) for (const b of v) this.onBytes(b);
+    this.resumeClient(PAUSE_HOOK);
+    this.reader!.resume();
+    if (this.draining) this.drainCheck();
+  }
+
+  /** Registers what the replacement will be answered with and hands its bytes to the reader to send. */
+  private replacement(out: Outgoing): Verdict {
+    const bufs: Buffer[] = [];
+    for (const { bytes, handler } of out) {
+      forEachMessage(bytes, (c) => {
+        this.tracker.sent(c, handler);
+        if (c === Fe.Terminate) this.terminated = true;
+      });
+      bufs.push(bytes);
+    }
+    return bufs;
+  }
+
+  onBytes(bytes: Buffer): void {
+    const server = this.server;
+    if (server === null || this.phase === CLOSED) return;
+    if (!server.write(bytes)) this.pauseClient(PAUSE_BACKPRESSURE);
+  }
+
+  onInvalid(code: number, length: number, tooLarge: boolean): void {
+    if (tooLarge) {
+      this.protocolError(
+        SqlState.ProgramLimitExceeded,
+        `message of type ${typeName(code)} is too large: ${length} bytes, the proxy accepts at most ${this.env.maxMessageBytes} (maxMessageBytes)`,
+      );
+    } else {
+      this.protocolError(SqlState.ProtocolViolation, `invalid message length ${length} for message of type ${typeName(code)}`);
+    }
+  }
+
+  // ---- server → client events (SessionLink) ---------------------------------------------------------
+
+  serverKey(key: CancelKey): Buffer {
+    this.upstreamKey = key;
+    if (this.key !== null) this.env.cancels.release(this.key.pid);
+    this.key = this.env.cancels.issue(key.secret.length, () => this.cancelUpstream());
+    return backendKeyData(this.key.pid, this.key.secret);
+  }
+
+  serverReady(status: TxStatus, first: boolean): void {
+    const ctx = this.ctx!;
+    ctx.txStatus = status;
+    this.seam?.ready(status);
+    if (first) {
+      this.phase = READY;
+      if (this.startupTimer) clearTimeout(this.startupTimer);
+      this.startupTimer = null;
+      this.log.info({ serverVersion: ctx.serverParams.get('server_version') }, 'client connected');
+      this.seam?.sessionStart();
+    }
+    // Shutdown acts after the ReadyForQuery has reached the client.
+    if (this.draining) setImmediate(() => this.drainCheck());
+  }
+
+  serverParam(name: string, value: string): void {
+    this.ctx!.serverParams.set(name, value);
+  }
+
+  startupError(fields: Record<string, string>): void {
+    this.log.info({ code: fields.C, error: fields.M }, 'upstream refused the session');
+  }
+
+  countUpstreamBytes(n: number): void {
+    this.env.totals.bytesFromUpstream += n;
+  }
+
+  serverDrained(): void {
+    this.resumeClient(PAUSE_BACKPRESSURE);
+  }
+
+  serverError(err: Error): void {
+    this.log.warn({ err: err.message }, 'upstream connection error');
+  }
+
+  serverClosed(): void {
+    if (this.phase === CLOSED) return;
+    if (!this.terminated && !this.server!.sawFatal) {
+      this.fatal({
+        severity: 'FATAL',
+        code: SqlState.ConnectionFailure,
+        message: 'the upstream database closed the connection unexpectedly',
+        hint: 'The server may have been restarted or the backend terminated; reconnect.',
+      });
+    }
+    this.close('upstream closed the connection');
+  }
+
+  // ---- cancel, shutdown, end -----------------------------------------------------------------------
+
+  private cancelUpstream(): void {
+    if (this.upstreamKey === null || this.phase === CLOSED) return;
+    sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
+  }
+
+  /** Graceful shutdown: end the session as soon as it is idle (between transactions). */
+  shutdown(): void {
+    this.draining = true;
+    this.drainCheck();
+  }
+
+  private drainCheck(): void {
+    if (this.phase === CLOSED || this.busy) return;
+    this.terminate();
+  }
+
+  /** Ends the session now with FATAL 57P01 (shutdown; also at the end of the grace period). */
+  terminate(): void {
+    if (this.phase === CLOSED) return;
+    this.fatal({ severity: 'FATAL', code: SqlState.AdminShutdown, message: 'terminating connection due to administrator command' });
+    this.close('proxy shutting down');
+  }
+
+  /** Sends a FATAL ErrorResponse if the client's stream is between messages. */
+  private fatal(f: ErrorFields): void {
+    if (this.phase === CLOSED || this.sock.destroyed || !this.sock.writable) return;
+    if (this.server !== null && !this.server.reader.atBoundary) return;
+    this.sock.write(errorResponse(f));
+  }
+
+  private protocolError(code: string, message: string): void {
+    this.env.totals.protocolErrors++;
+    this.log.warn({ code }, message);
+    this.fatal({ severity: 'FATAL', code, message });
+    this.close(message);
+  }
+
+  private fail(code: string, message: string): void {
+    this.fatal({ severity: 'FATAL', code, message });
+    this.close(message);
+  }
+
+  /** Ends the session (idempotent): upstream closed (its running query cancelled), client socket ended. */
+  close(reason: string): void {
+    if (this.phase === CLOSED) return;
+    const busy = this.busy;
+    const wasReady = this.phase === READY;
+    this.phase = CLOSED;
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.reader?.stop();
+    const server = this.server;
+    if (server !== null) {
+      server.reader.stop();
+      if (busy && this.upstreamKey !== null && this.tracker.size > 0) {
+        // Closing the socket alone leaves a running statement running until it next talks to the client.
+        sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
+      }
+      if (server.writable && this.reader?.atBoundary !== false && !this.terminated) server.sock.end(TERMINATE);
+      else server.sock.end();
+      setTimeout(() => server.sock.destroy(), 1_000).unref();
+    }
+    if (!this.sock.destroyed) {
+      this.sock.end();
+      // A client that never reads would keep the socket half-open; give the goodbye a moment, no more.
+      setTimeout(() => this.sock.destroy(), 1_000).unref();
+    }
+    if (this.key !== null) this.env.cancels.release(this.key.pid);
+    this.tracker.close();
+    if (wasReady) this.seam?.sessionEnd();
+    this.env.totals.closed++;
+    const log = { reason, durationMs: Date.now() - this.startedAt };
+    if (wasReady) this.log.info(log, 'client disconnected');
+    else this.log.debug(log, 'connection closed before the session started');
+    this.env.onClosed(this);
+  }
+}
+
+interface MutableContext extends SessionContext {
+  txStatus: TxStatus;
+  readonly serverParams: Map<string, string>;
+}
+
+function plausibleStartupLength(len: number): boolean {
+  return len >= 8 && len <= MAX_STARTUP_PACKET;
+}

@@ -1,0 +1,133 @@
+// What the proxy keeps per database it serves: its service connection (the role that owns the
+// steadytext objects), the one-time install/upgrade, the daemon secret, the runtime keys of its
+// steadytext_config (reloaded on NOTIFY) and the writes of answers into its steadytext_cache.
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { RuntimeConfigSource, type RuntimeConfig } from '../config/runtime.js';
+import type { Engine } from '../inference/engine.js';
+import { registerModels, storeCacheEntry, type CacheEntry, type ModelRole } from '../sql/store.js';
+import { prepareDatabase } from './daemon.js';
+
+export interface DatabaseRegistryOptions {
+  serviceUrl: string;
+  autoInstall: boolean;
+  /** Where the database reaches the daemon endpoint; undefined when it is off. */
+  daemon?: { host: string; port: number };
+  engine: Engine;
+  logger: Logger;
+}
+
+export class DatabaseRegistry {
+  private readonly dbs = new Map<string, Database>();
+  constructor(readonly opts: DatabaseRegistryOptions) {}
+
+  /** The service URL for one database: the configured one with its database name replaced. */
+  serviceUrlFor(database: string): string {
+    const u = new URL(this.opts.serviceUrl);
+    u.pathname = '/' + encodeURIComponent(database);
+    return u.toString();
+  }
+
+  get(database: string): Database {
+    let d = this.dbs.get(database);
+    if (!d) this.dbs.set(database, d = new Database(database, this));
+    return d;
+  }
+
+  /** Every daemon secret known so far (the daemon accepts any of them). */
+  *secrets(): Iterable<string> {
+    for (const d of this.dbs.values()) if (d.secret) yield d.secret;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.dbs.values()].map((d) => d.close()));
+  }
+}
+
+export class Database {
+  readonly pool: pg.Pool;
+  readonly runtime: RuntimeConfigSource;
+  secret: string | undefined;
+  private prepared: Promise<void> | undefined;
+  private listener: pg.Client | undefined;
+  private registered = new Map<string, string>();
+  private readonly log: Logger;
+  private closed = false;
+
+  constructor(readonly name: string, private readonly reg: DatabaseRegistry) {
+    this.log = reg.opts.logger.child({ database: name });
+    this.pool = new pg.Pool({ connectionString: reg.serviceUrlFor(name), max: 4, idleTimeoutMillis: 30_000, application_name: 'pg-steadytext service' } as pg.PoolConfig);
+    this.pool.on('error', (err) => this.log.warn({ err }, 'service connection failed'));
+    this.runtime = new RuntimeConfigSource((sql) => this.pool.query(sql));
+  }
+
+  /** Installs or upgrades the SQL objects once, and starts listening for config changes. */
+  ready(): Promise<void> {
+    return (this.prepared ??= this.prepare().catch((err) => {
+      this.prepared = undefined; // a later session tries again (database down, role fixed...)
+      throw err;
+    }));
+  }
+
+  private async prepare(): Promise<void> {
+    if (this.reg.opts.autoInstall) {
+      const r = await prepareDatabase(this.reg.serviceUrlFor(this.name), {
+        daemonHost: this.reg.opts.daemon?.host, daemonPort: this.reg.opts.daemon?.port, logger: this.log,
+      });
+      this.secret = r.secret;
+      if (r.migrated.length) this.log.info({ version: r.version, migrated: r.migrated }, 'steadytext SQL objects installed');
+    } else {
+      this.secret = (await this.pool.query('SELECT secret FROM steadytext_daemon_secret WHERE id = 1').catch(() => ({ rows: [] as { secret: string }[] }))).rows[0]?.secret;
+    }
+    const l = new pg.Client({ connectionString: this.reg.serviceUrlFor(this.name), application_name: 'pg-steadytext config listener' } as pg.ClientConfig);
+    l.on('notification', () => this.runtime.markStale());
+    l.on('error', (err) => {
+      this.log.warn({ err }, 'config listener lost; config is re-read on every call until it is back');
+      this.listener = undefined;
+      this.runtime.markStale();
+    });
+    await l.connect();
+    await l.query('LISTEN steadytext_config');
+    if (this.closed) await l.end(); else this.listener = l;
+  }
+
+  async config(): Promise<RuntimeConfig> {
+    await this.ready();
+    const cfg = await this.runtime.get();
+    if (!this.listener) this.runtime.markStale();
+    return cfg;
+  }
+
+  /** The model identity the SQL functions look up for (role, size), registered on first sight. */
+  async identity(role: ModelRole, size: string): Promise<string> {
+    const id = await this.reg.opts.engine.modelIdentity(role, size);
+    const k = `${role}\0${size}`;
+    if (this.registered.get(k) !== id) {
+      await registerModels(this.pool, [{ role, size, identity: id }]);
+      this.registered.set(k, id);
+    }
+    return id;
+  }
+
+  /** Stores answers in steadytext_cache (committed before this resolves: prefetch relies on it). */
+  async store(entries: CacheEntry[]): Promise<void> {
+    if (entries.length === 0) return;
+    const c = await this.pool.connect();
+    try {
+      await c.query('BEGIN');
+      for (const e of entries) await storeCacheEntry(c, e);
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      c.release();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.listener?.end().catch(() => {});
+    await this.pool.end().catch(() => {});
+  }
+}

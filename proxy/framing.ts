@@ -1,0 +1,210 @@
+// Splits one direction of a session (typed messages: type byte + int32 length) into message boundaries
+// without copying. Messages nobody needs to see whole are passed on as raw runs of the incoming chunks
+// (a whole chunk when nothing in it needs attention); a message that must be seen whole is handed over
+// as a view into the chunk, or as one assembled copy when it spans chunks.
+
+/** onMessage result: the message stays in the pass-through run as it is. */
+export const KEEP = 0;
+/** onMessage result: stop after this message (not forwarded); the reader keeps the rest until resume(). */
+export const PAUSE = 1;
+/** onMessage result: the message is dropped. */
+export const DROP = 2;
+/**
+ * What becomes of a message handed to onMessage: KEEP, PAUSE, DROP, or bytes to forward in its place.
+ * The handler must not write to the destination itself during onMessage: the reader still holds the run
+ * of bytes that precede the message and forwards them first.
+ */
+export type Verdict = typeof KEEP | typeof PAUSE | typeof DROP | Buffer | Buffer[];
+
+export interface FrameHandler {
+  /**
+   * Called once per message, in stream order, as soon as its header is known. Return true to receive
+   * the whole message in onMessage, false to let its bytes pass through.
+   */
+  header(code: number, length: number): boolean;
+  /** A message header() asked for, whole. Everything before it has already gone to onBytes. */
+  onMessage(msg: Buffer, code: number): Verdict;
+  /** A run of bytes to forward unchanged. */
+  onBytes(bytes: Buffer): void;
+  /** The length field is impossible (< 4) or above the limit. Nothing after the previous message is forwarded. */
+  onInvalid(code: number, length: number, tooLarge: boolean): void;
+}
+
+export class FrameReader {
+  /** Body bytes of a passed-through message still to come in later chunks. */
+  private skip = 0;
+  /** A header split across chunks. */
+  private readonly hdr = Buffer.alloc(5);
+  private hdrLen = 0;
+  /** A wanted message split across chunks, being assembled. */
+  private asm: Buffer | null = null;
+  private asmLen = 0;
+  private asmCode = 0;
+  /** Chunks (and the offset into the first) waiting while paused. */
+  private queue: Buffer[] = [];
+  private queueOffset = 0;
+  private paused = false;
+  private failed = false;
+
+  constructor(
+    private readonly h: FrameHandler,
+    private readonly maxLength: number,
+  ) {}
+
+  /** True between messages: nothing half-read, so the peer's stream can take a message of ours. */
+  get atBoundary(): boolean {
+    return this.skip === 0 && this.hdrLen === 0 && this.asm === null;
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Bytes held back (paused queue, split header, partial assembly): bounded by the reader's own pause. */
+  get buffered(): number {
+    let n = this.hdrLen + this.asmLen - this.queueOffset;
+    for (const c of this.queue) n += c.length;
+    return n;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.failed) return;
+    if (this.paused) {
+      this.queue.push(chunk);
+      return;
+    }
+    this.run(chunk, 0);
+  }
+
+  /** Continue after a PAUSE. Returns when done or paused again. */
+  resume(): void {
+    if (!this.paused || this.failed) return;
+    this.paused = false;
+    while (this.queue.length > 0 && !this.paused && !this.failed) {
+      const chunk = this.queue.shift()!;
+      const offset = this.queueOffset;
+      this.queueOffset = 0;
+      this.run(chunk, offset);
+    }
+  }
+
+  private pauseAt(chunk: Buffer, pos: number): void {
+    this.paused = true;
+    if (pos < chunk.length) {
+      this.queue.unshift(chunk);
+      this.queueOffset = pos;
+    }
+  }
+
+  private run(buf: Buffer, pos: number): void {
+    const end = buf.length;
+    const h = this.h;
+    // The run of bytes to forward starts here, including the tail of a message passed through earlier.
+    let start = pos;
+
+    // Finish whatever the previous chunk left open.
+    if (this.skip > 0) {
+      const n = Math.min(this.skip, end - pos);
+      this.skip -= n;
+      pos += n;
+    } else if (this.asm !== null) {
+      const asm = this.asm;
+      const n = Math.min(asm.length - this.asmLen, end - pos);
+      buf.copy(asm, this.asmLen, pos, pos + n);
+      this.asmLen += n;
+      pos += n;
+      if (this.asmLen < asm.length) return;
+      this.asm = null;
+      this.asmLen = 0;
+      const v = h.onMessage(asm, this.asmCode);
+      if (this.failed) return;
+      if (v === KEEP) h.onBytes(asm);
+      else if (v === PAUSE) return this.pauseAt(buf, pos);
+      else if (v !== DROP) this.emit(v);
+      start = pos;
+    } else if (this.hdrLen > 0) {
+      const n = Math.min(5 - this.hdrLen, end - pos);
+      buf.copy(this.hdr, this.hdrLen, pos, pos + n);
+      this.hdrLen += n;
+      pos += n;
+      if (this.hdrLen < 5) return;
+      this.hdrLen = 0;
+      const code = this.hdr[0];
+      const length = this.hdr.readInt32BE(1);
+      if (!this.check(code, length)) return;
+      if (h.header(code, length)) {
+        this.asm = Buffer.allocUnsafe(1 + length);
+        this.hdr.copy(this.asm, 0, 0, 5);
+        this.asmLen = 5;
+        this.asmCode = code;
+      } else {
+        h.onBytes(Buffer.from(this.hdr)); // the held-back header; hdr itself is reused
+        this.skip = length - 4;
+      }
+      return this.run(buf, pos);
+    }
+
+    while (pos < end) {
+      if (end - pos < 5) {
+        if (pos > start) h.onBytes(buf.subarray(start, pos));
+        buf.copy(this.hdr, 0, pos, end);
+        this.hdrLen = end - pos;
+        return;
+      }
+      const code = buf[pos];
+      const length = buf.readInt32BE(pos + 1);
+      if (length < 4 || length > this.maxLength) {
+        if (pos > start) h.onBytes(buf.subarray(start, pos));
+        this.check(code, length);
+        return;
+      }
+      const next = pos + 1 + length;
+      if (!h.header(code, length)) {
+        if (next <= end) pos = next;
+        else {
+          this.skip = next - end;
+          pos = end;
+        }
+        continue;
+      }
+      if (next > end) {
+        if (pos > start) h.onBytes(buf.subarray(start, pos));
+        this.asm = Buffer.allocUnsafe(1 + length);
+        buf.copy(this.asm, 0, pos, end);
+        this.asmLen = end - pos;
+        this.asmCode = code;
+        return;
+      }
+      const v = h.onMessage(buf.subarray(pos, next), code);
+      if (this.failed) return;
+      if (v === KEEP) {
+        pos = next; // a message only looked at stays in the run: one write for the whole chunk
+        continue;
+      }
+      if (pos > start) h.onBytes(buf.subarray(start, pos));
+      pos = next;
+      start = next;
+      if (v === PAUSE) return this.pauseAt(buf, pos);
+      if (v !== DROP) this.emit(v);
+    }
+    if (pos > start) h.onBytes(start === 0 ? buf : buf.subarray(start, end));
+  }
+
+  private emit(v: Buffer | Buffer[]): void {
+    if (Buffer.isBuffer(v)) this.h.onBytes(v);
+    else for (const b of v) this.h.onBytes(b);
+  }
+
+  /** Stop for good (the session is ending): nothing more is delivered. */
+  stop(): void {
+    this.failed = true;
+    this.queue = [];
+  }
+
+  private check(code: number, length: number): boolean {
+    if (length >= 4 && length <= this.maxLength) return true;
+    this.failed = true;
+    this.h.onInvalid(code, length, length > this.maxLength);
+    return false;
+  }
+}

@@ -1,0 +1,332 @@
+// PostgreSQL v3 wire protocol: message type bytes, the few readers the proxy needs, and serialisers for
+// the messages the proxy itself sends. Messages are plain Buffers (type byte, int32 length, body); the
+// proxy forwards them as bytes and decodes only what it must look at.
+
+/** Frontend (client → server) message type bytes. */
+export const Fe = {
+  Bind: 0x42, // B
+  Close: 0x43, // C
+  CopyData: 0x64, // d
+  CopyDone: 0x63, // c
+  CopyFail: 0x66, // f
+  Describe: 0x44, // D
+  Execute: 0x45, // E
+  Flush: 0x48, // H
+  FunctionCall: 0x46, // F
+  Parse: 0x50, // P
+  Password: 0x70, // p (also SASLInitialResponse, SASLResponse, GSSResponse)
+  Query: 0x51, // Q
+  Sync: 0x53, // S
+  Terminate: 0x58, // X
+} as const;
+
+/** Backend (server → client) message type bytes. */
+export const Be = {
+  Authentication: 0x52, // R
+  BackendKeyData: 0x4b, // K
+  BindComplete: 0x32, // 2
+  CloseComplete: 0x33, // 3
+  CommandComplete: 0x43, // C
+  CopyBothResponse: 0x57, // W
+  CopyData: 0x64, // d
+  CopyDone: 0x63, // c
+  CopyInResponse: 0x47, // G
+  CopyOutResponse: 0x48, // H
+  DataRow: 0x44, // D
+  EmptyQueryResponse: 0x49, // I
+  ErrorResponse: 0x45, // E
+  FunctionCallResponse: 0x56, // V
+  NegotiateProtocolVersion: 0x76, // v
+  NoData: 0x6e, // n
+  NoticeResponse: 0x4e, // N
+  NotificationResponse: 0x41, // A
+  ParameterDescription: 0x74, // t
+  ParameterStatus: 0x53, // S
+  ParseComplete: 0x31, // 1
+  PortalSuspended: 0x73, // s
+  ReadyForQuery: 0x5a, // Z
+  RowDescription: 0x54, // T
+} as const;
+
+/** Request codes of startup-phase packets (which have no type byte). */
+export const SSL_REQUEST_CODE = 80877103;
+export const GSSENC_REQUEST_CODE = 80877104;
+export const CANCEL_REQUEST_CODE = 80877102;
+/** The server's own cap on startup packets; anything longer is not a real client. */
+export const MAX_STARTUP_PACKET = 10_000;
+/** AuthenticationSASL sub-code inside an 'R' message. */
+export const AUTH_SASL = 10;
+
+/** SQLSTATEs the proxy reports itself. */
+export const SqlState = {
+  ProtocolViolation: '08P01',
+  ConnectionFailure: '08006',
+  ProgramLimitExceeded: '54000',
+  FeatureNotSupported: '0A000',
+  AdminShutdown: '57P01',
+  InvalidAuthorizationSpecification: '28000',
+  InternalError: 'XX000',
+} as const;
+
+export type TxStatus = 'I' | 'T' | 'E';
+
+export interface ErrorFields {
+  severity: 'ERROR' | 'FATAL' | 'PANIC' | 'WARNING' | 'NOTICE' | 'LOG' | 'INFO' | 'DEBUG';
+  code: string;
+  message: string;
+  detail?: string;
+  hint?: string;
+}
+
+// ---- readers -------------------------------------------------------------------------------------------
+
+/** Reads a NUL-terminated UTF-8 string at `pos`; returns it and the position after the NUL (or -1 if unterminated). */
+export function readCString(buf: Buffer, pos: number, end = buf.length): [string, number] {
+  const nul = buf.indexOf(0, pos);
+  if (nul < 0 || nul >= end) return ['', -1];
+  return [buf.toString('utf8', pos, nul), nul + 1];
+}
+
+/** ErrorResponse / NoticeResponse fields keyed by their one-letter code (S, V, C, M, D, H, P, ...). */
+export function readErrorFields(msg: Buffer): Record<string, string> {
+  const out: Record<string, string> = {};
+  let pos = 5;
+  while (pos < msg.length && msg[pos] !== 0) {
+    const key = String.fromCharCode(msg[pos]);
+    const [value, next] = readCString(msg, pos + 1);
+    if (next < 0) break;
+    out[key] = value;
+    pos = next;
+  }
+  return out;
+}
+
+/** Transaction status byte of a ReadyForQuery message. */
+export function readTxStatus(msg: Buffer): TxStatus {
+  return String.fromCharCode(msg[5]) as TxStatus;
+}
+
+/** BackendKeyData: process id and secret (4 bytes in protocol 3.0, up to 256 in 3.2); null if malformed. */
+export function readBackendKeyData(msg: Buffer): { pid: number; secret: Buffer } | null {
+  if (msg.length < 13 || msg.length > 9 + 256) return null;
+  return { pid: msg.readInt32BE(5), secret: Buffer.from(msg.subarray(9)) };
+}
+
+/** ParameterStatus name and value. */
+export function readParameterStatus(msg: Buffer): [string, string] {
+  const [name, next] = readCString(msg, 5);
+  const [value] = next < 0 ? [''] : readCString(msg, next);
+  return [name, value];
+}
+
+export interface StartupPacket {
+  major: number;
+  minor: number;
+  params: Map<string, string>;
+}
+
+/** StartupMessage body: protocol version then name/value pairs ending with an empty name. Null when malformed. */
+export function readStartupPacket(packet: Buffer): StartupPacket | null {
+  const version = packet.readUInt32BE(4);
+  const params = new Map<string, string>();
+  let pos = 8;
+  for (;;) {
+    if (pos >= packet.length) return null;
+    if (packet[pos] === 0) break;
+    const [name, afterName] = readCString(packet, pos);
+    if (afterName < 0) return null;
+    const [value, afterValue] = readCString(packet, afterName);
+    if (afterValue < 0) return null;
+    params.set(name, value);
+    pos = afterValue;
+  }
+  return { major: version >>> 16, minor: version & 0xffff, params };
+}
+
+/** Query ('Q') text. */
+export function readQuery(msg: Buffer): string {
+  return msg.toString('utf8', 5, msg.length - 1);
+}
+
+export interface ParseMessage {
+  name: string;
+  sql: string;
+  paramTypes: number[];
+}
+
+/** Parse ('P'): statement name, SQL text, parameter type OIDs. */
+export function readParse(msg: Buffer): ParseMessage {
+  const [name, p1] = readCString(msg, 5);
+  const [sql, p2] = readCString(msg, p1);
+  const n = msg.readInt16BE(p2);
+  const paramTypes = new Array<number>(n);
+  for (let i = 0; i < n; i++) paramTypes[i] = msg.readUInt32BE(p2 + 2 + 4 * i);
+  return { name, sql, paramTypes };
+}
+
+export interface BindMessage {
+  portal: string;
+  statement: string;
+  /** Per-parameter format codes as sent (0 entries = all text, 1 = applies to all). */
+  paramFormats: number[];
+  /** Parameter values as raw bytes; null for SQL NULL. */
+  params: (Buffer | null)[];
+  resultFormats: number[];
+}
+
+/** Bind ('B'). Parameter values are views into `msg`. */
+export function readBind(msg: Buffer): BindMessage {
+  const [portal, p1] = readCString(msg, 5);
+  const [statement, p2] = readCString(msg, p1);
+  let pos = p2;
+  const nf = msg.readInt16BE(pos);
+  pos += 2;
+  const paramFormats: number[] = [];
+  for (let i = 0; i < nf; i++, pos += 2) paramFormats.push(msg.readInt16BE(pos));
+  const np = msg.readInt16BE(pos);
+  pos += 2;
+  const params: (Buffer | null)[] = [];
+  for (let i = 0; i < np; i++) {
+    const len = msg.readInt32BE(pos);
+    pos += 4;
+    if (len < 0) params.push(null);
+    else {
+      params.push(msg.subarray(pos, pos + len));
+      pos += len;
+    }
+  }
+  const nr = msg.readInt16BE(pos);
+  pos += 2;
+  const resultFormats: number[] = [];
+  for (let i = 0; i < nr; i++, pos += 2) resultFormats.push(msg.readInt16BE(pos));
+  return { portal, statement, paramFormats, params, resultFormats };
+}
+
+/** Describe ('D') / Close ('C'): 'S' statement or 'P' portal, and its name. */
+export function readTarget(msg: Buffer): { kind: 'S' | 'P'; name: string } {
+  return { kind: String.fromCharCode(msg[5]) as 'S' | 'P', name: readCString(msg, 6)[0] };
+}
+
+/** Execute ('E'): portal name and row limit (0 = all). */
+export function readExecute(msg: Buffer): { portal: string; maxRows: number } {
+  const [portal, next] = readCString(msg, 5);
+  return { portal, maxRows: msg.readInt32BE(next) };
+}
+
+/** Calls `fn` for each whole message in `buf`; false if `buf` is not a sequence of whole, well-formed messages. */
+export function forEachMessage(buf: Buffer, fn: (code: number, start: number, end: number) => void): boolean {
+  let pos = 0;
+  while (pos < buf.length) {
+    if (buf.length - pos < 5) return false;
+    const len = buf.readInt32BE(pos + 1);
+    if (len < 4 || pos + 1 + len > buf.length) return false;
+    fn(buf[pos], pos, pos + 1 + len);
+    pos += 1 + len;
+  }
+  return true;
+}
+
+// ---- serialisers ---------------------------------------------------------------------------------------
+
+function message(type: number, bodyLength: number): Buffer {
+  const buf = Buffer.allocUnsafe(5 + bodyLength);
+  buf[0] = type;
+  buf.writeInt32BE(4 + bodyLength, 1);
+  return buf;
+}
+
+function cstrings(type: number, parts: (string | Buffer)[], tail?: Buffer): Buffer {
+  const bufs = parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : p));
+  let len = tail ? tail.length : 0;
+  for (const b of bufs) len += b.length + 1;
+  const out = message(type, len);
+  let pos = 5;
+  for (const b of bufs) {
+    pos += b.copy(out, pos);
+    out[pos++] = 0;
+  }
+  if (tail) tail.copy(out, pos);
+  return out;
+}
+
+/** ErrorResponse (or NoticeResponse with `type` = 'N'). */
+export function errorResponse(f: ErrorFields, type: number = Be.ErrorResponse): Buffer {
+  const fields: string[] = [`S${f.severity}`, `V${f.severity}`, `C${f.code}`, `M${f.message}`];
+  if (f.detail) fields.push(`D${f.detail}`);
+  if (f.hint) fields.push(`H${f.hint}`);
+  return cstrings(type, [...fields, '']);
+}
+
+export function backendKeyData(pid: number, secret: Buffer): Buffer {
+  const out = message(Be.BackendKeyData, 4 + secret.length);
+  out.writeInt32BE(pid, 5);
+  secret.copy(out, 9);
+  return out;
+}
+
+/** CancelRequest packet (startup phase: no type byte). */
+export function cancelRequest(pid: number, secret: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(12 + secret.length);
+  out.writeInt32BE(12 + secret.length, 0);
+  out.writeInt32BE(CANCEL_REQUEST_CODE, 4);
+  out.writeInt32BE(pid, 8);
+  secret.copy(out, 12);
+  return out;
+}
+
+export function sslRequest(): Buffer {
+  const out = Buffer.allocUnsafe(8);
+  out.writeInt32BE(8, 0);
+  out.writeInt32BE(SSL_REQUEST_CODE, 4);
+  return out;
+}
+
+/** The one-byte answers to SSLRequest / GSSENCRequest. */
+export const ACCEPT_ENCRYPTION = Buffer.from('S');
+export const REFUSE_ENCRYPTION = Buffer.from('N');
+
+export const TERMINATE = Buffer.from([Fe.Terminate, 0, 0, 0, 4]);
+export const SYNC = Buffer.from([Fe.Sync, 0, 0, 0, 4]);
+export const FLUSH = Buffer.from([Fe.Flush, 0, 0, 0, 4]);
+
+export function query(sql: string): Buffer {
+  return cstrings(Fe.Query, [sql]);
+}
+
+export function parse(name: string, sql: string, paramTypes: readonly number[] = []): Buffer {
+  const tail = Buffer.allocUnsafe(2 + 4 * paramTypes.length);
+  tail.writeInt16BE(paramTypes.length, 0);
+  paramTypes.forEach((oid, i) => tail.writeUInt32BE(oid, 2 + 4 * i));
+  return cstrings(Fe.Parse, [name, sql], tail);
+}
+
+export function bind(b: BindMessage): Buffer {
+  let len = 2 + 2 * b.paramFormats.length + 2 + 2 + 2 * b.resultFormats.length;
+  for (const p of b.params) len += 4 + (p ? p.length : 0);
+  const tail = Buffer.allocUnsafe(len);
+  let pos = tail.writeInt16BE(b.paramFormats.length, 0);
+  for (const f of b.paramFormats) pos = tail.writeInt16BE(f, pos);
+  pos = tail.writeInt16BE(b.params.length, pos);
+  for (const p of b.params) {
+    pos = tail.writeInt32BE(p ? p.length : -1, pos);
+    if (p) pos += p.copy(tail, pos);
+  }
+  pos = tail.writeInt16BE(b.resultFormats.length, pos);
+  for (const f of b.resultFormats) pos = tail.writeInt16BE(f, pos);
+  return cstrings(Fe.Bind, [b.portal, b.statement], tail);
+}
+
+export function describe(kind: 'S' | 'P', name: string): Buffer {
+  return cstrings(Fe.Describe, [kind + name]);
+}
+
+export function execute(portal = '', maxRows = 0): Buffer {
+  const tail = Buffer.allocUnsafe(4);
+  tail.writeInt32BE(maxRows, 0);
+  return cstrings(Fe.Execute, [portal], tail);
+}
+
+/** Printable form of a type byte for logs and error messages. */
+export function typeName(code: number): string {
+  return code >= 0x20 && code < 0x7f ? `'${String.fromCharCode(code)}'` : `0x${code.toString(16).padStart(2, '0')}`;
+}

@@ -1,0 +1,249 @@
+// The steadytext interceptor: the rewrite path. For each steadytext call a client sends whose
+// arguments the proxy knows (literals, bound parameters), it computes the answer with the engine and
+// appends it to the call as `_steadytext_answer`, so the database still runs the function (and checks
+// EXECUTE privilege) but does no work. Simple protocol: the answer is spliced as a literal. Extended
+// protocol: the statement gets one extra parameter per call at Parse, filled at each Bind, and hidden
+// from the client's Describe. Anything it cannot evaluate goes to the database unchanged, where the
+// function finds the answer in steadytext_cache or asks the daemon endpoint (callback path).
+import type { Logger } from 'pino';
+import type { Engine } from '../inference/engine.js';
+import type { CacheEntry } from '../sql/store.js';
+import { findCalls, isParseFailure, loadParser, type StatementCalls, type SteadyCall } from './calls.js';
+import type { Database, DatabaseRegistry } from './databases.js';
+import { evaluateCall, PARAMETERS, type ArgValues } from './evaluate.js';
+import type { Interceptor, InterceptedMessage, ResponseHandler, Rewrite, SessionContext } from './interceptor.js';
+import { Be, bind, parse, query, readBind, readParse, readTarget, type BindMessage } from './protocol.js';
+import { appendArguments, quoteLiteral } from './rewrite-sql.js';
+
+export interface SteadytextOptions {
+  engine: Engine;
+  databases: DatabaseRegistry;
+  /** Where the daemon endpoint listens, for steadytext_daemon_status. */
+  daemon?: { host: string; port: number };
+  logger: Logger;
+}
+
+const TEXT_OID = 25;
+const INT_PARAMS = new Set(['max_tokens', 'seed']);
+const FLOAT_PARAMS = new Set(['temperature']);
+
+/** A prepared statement the proxy rewrote: how many parameters the client knows, and its calls. */
+interface Plan {
+  clientParams: number;
+  paramTypes: number[];
+  calls: SteadyCall[];
+}
+
+interface SessionState {
+  plans: Map<string, Plan>;
+  abort: AbortController;
+}
+
+export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor & { ready: Promise<void> } {
+  const ready = loadParser();
+
+  const state = (ctx: SessionContext): SessionState =>
+    (ctx.data.steadytext ??= { plans: new Map(), abort: new AbortController() }) as SessionState;
+
+  /** Values by parameter name, or null when an argument is not a value the proxy knows. */
+  function argValues(call: SteadyCall, params: readonly (string | null | undefined)[] | null): ArgValues | null {
+    const names = PARAMETERS[call.fn];
+    if (!names || !call.plain || call.inCall) return null;
+    const out: ArgValues = {};
+    for (const arg of call.args) {
+      const name = arg.name ?? names[arg.position];
+      if (!name || !names.includes(name) || !arg.value) return null;
+      const v = arg.value;
+      let raw: string | null;
+      if ('param' in v) {
+        if (!params || v.param > params.length) return null;
+        const p = params[v.param - 1];
+        if (p === undefined) return null; // a binary value the proxy cannot read
+        raw = p;
+      } else {
+        raw = v.type === 'null' ? null : v.literal;
+        if (v.type === 'boolean' || v.type === 'bitstring') return null;
+      }
+      if (raw !== null && (INT_PARAMS.has(name) || FLOAT_PARAMS.has(name))) {
+        const n = Number(raw.trim());
+        // Whatever PostgreSQL would coerce differently (rounding, overflow, junk) stays its business.
+        if (raw.trim() === '' || !Number.isFinite(n) || (INT_PARAMS.has(name) && (!Number.isInteger(n) || Math.abs(n) > 2147483647))) return null;
+        out[name] = n;
+      } else {
+        out[name] = raw;
+      }
+    }
+    return out;
+  }
+
+  async function answer(call: SteadyCall, values: ArgValues, db: Database, ctx: SessionContext): Promise<string | undefined> {
+    const config = await db.config();
+    const remember = (role: 'generation' | 'embedding', size: string, entry: (identity: string) => CacheEntry) => {
+      void db.identity(role, size).then((id) => db.store([entry(id)])).catch((err) => ctx.log.debug({ err }, 'cache write failed'));
+    };
+    return evaluateCall(call.fn, values, {
+      engine: o.engine, config, caller: `session:${ctx.id}`, signal: state(ctx).abort.signal, daemon: o.daemon, remember,
+    });
+  }
+
+  /** The database of a session, ready (installed); undefined when it cannot be (the call then goes through as sent). */
+  async function database(ctx: SessionContext): Promise<Database | undefined> {
+    if ((ctx.serverParams.get('client_encoding') ?? 'UTF8').toUpperCase() !== 'UTF8') return undefined;
+    const db = o.databases.get(ctx.database);
+    try {
+      await db.ready();
+      return db;
+    } catch (err) {
+      ctx.log.warn({ err }, 'steadytext objects not ready in this database; calls go through unchanged');
+      return undefined;
+    }
+  }
+
+  function analyse(sql: Buffer, ctx: SessionContext): StatementCalls[] | undefined {
+    const r = findCalls(sql, { standardConformingStrings: ctx.serverParams.get('standard_conforming_strings') !== 'off' });
+    if (isParseFailure(r)) {
+      ctx.log.debug({ failure: r.failure, message: r.message }, 'statement not parsed; forwarded unchanged');
+      return undefined;
+    }
+    return r;
+  }
+
+  /** After a statement that may have changed steadytext_config, every session must see the change. */
+  function configWatcher(db: Database): ResponseHandler {
+    return { onMessage: (m) => m, onEnd: () => db.runtime.markStale() };
+  }
+
+  async function onQuery(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
+    const sql = msg.subarray(5, msg.length - 1);
+    const stmts = analyse(sql, ctx);
+    if (!stmts) return undefined;
+    const db = await database(ctx);
+    if (!db) return undefined;
+    const jobs: Promise<{ call: SteadyCall; argSql: string } | undefined>[] = [];
+    let touchesConfig = false;
+    for (const st of stmts) {
+      for (const call of st.calls) {
+        if (call.fn === 'steadytext_config_set') touchesConfig = true;
+        if (!st.rewritable || call.kind !== 'const') continue;
+        const values = argValues(call, null);
+        if (!values) continue;
+        jobs.push(answer(call, values, db, ctx).then((a) => (a === undefined ? undefined : { call, argSql: quoteLiteral(a) })));
+      }
+    }
+    const edits = (await Promise.all(jobs)).filter((x) => x !== undefined);
+    if (edits.length === 0 && !touchesConfig) return undefined;
+    const out = query(appendArguments(sql, edits).toString('utf8'));
+    return { send: [touchesConfig ? { bytes: out, responses: configWatcher(db) } : out] };
+  }
+
+  async function onParse(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
+    const p = readParse(msg);
+    const st = state(ctx);
+    st.plans.delete(p.name);
+    ctx.watched.statements.delete(p.name);
+    const stmts = analyse(Buffer.from(p.sql, 'utf8'), ctx);
+    if (!stmts || stmts.length !== 1 || !stmts[0].rewritable) return undefined;
+    const s = stmts[0];
+    const calls = s.calls.filter((c) => c.kind === 'const' && argValues(c, new Array(Math.max(s.maxParam, p.paramTypes.length)).fill('0')) !== null);
+    if (calls.length === 0) return undefined;
+    if (!(await database(ctx))) return undefined;
+    const clientParams = Math.max(s.maxParam, p.paramTypes.length);
+    const sql = appendArguments(Buffer.from(p.sql, 'utf8'), calls.map((call, i) => ({ call, argSql: `$${clientParams + i + 1}` })));
+    const paramTypes = [...p.paramTypes, ...new Array(clientParams - p.paramTypes.length).fill(0), ...calls.map(() => TEXT_OID)];
+    st.plans.set(p.name, { clientParams, paramTypes, calls });
+    ctx.watched.statements.add(p.name);
+    return { send: [parse(p.name, sql.toString('utf8'), paramTypes)] };
+  }
+
+  async function onBind(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
+    const b = readBind(msg);
+    const plan = state(ctx).plans.get(b.statement);
+    if (!plan) return undefined;
+    const db = await database(ctx);
+    const params = decodeParams(b, plan);
+    const answers = await Promise.all(plan.calls.map(async (call) => {
+      const values = db ? argValues(call, params) : null;
+      // NULL: the function takes the answer from the cache or the daemon, as if the proxy were not there.
+      return values && db ? answer(call, values, db, ctx) : undefined;
+    }));
+    // Answers travel as text: no format codes means all text; one code applies to all, so spell it out.
+    const f = b.paramFormats;
+    const text = answers.map(() => 0);
+    const paramFormats = f.length === 0 ? [] : f.length === 1 ? [...new Array<number>(b.params.length).fill(f[0]), ...text] : [...f, ...text];
+    const out: BindMessage = {
+      ...b,
+      paramFormats,
+      params: [...b.params, ...answers.map((a) => (a === undefined ? null : Buffer.from(a, 'utf8')))],
+    };
+    return { send: [bind(out)] };
+  }
+
+  function onDescribe(msg: Buffer, ctx: SessionContext): Rewrite | undefined {
+    const t = readTarget(msg);
+    const plan = t.kind === 'S' ? state(ctx).plans.get(t.name) : undefined;
+    if (!plan) return undefined;
+    // The client must see the parameters it declared, not the answers the proxy adds.
+    const hide: ResponseHandler = {
+      onMessage(m) {
+        if (m[0] !== Be.ParameterDescription) return m;
+        const n = plan.clientParams;
+        const out = Buffer.allocUnsafe(7 + 4 * n);
+        out[0] = Be.ParameterDescription;
+        out.writeInt32BE(6 + 4 * n, 1);
+        out.writeInt16BE(n, 5);
+        m.copy(out, 7, 7, 7 + 4 * n);
+        return out;
+      },
+    };
+    return { send: [{ bytes: msg, responses: hide }] };
+  }
+
+  return {
+    ready,
+    sessionStart(ctx) {
+      state(ctx);
+      // Install early so the first call does not wait for it.
+      void database(ctx);
+    },
+    sessionEnd(ctx) {
+      state(ctx).abort.abort(new Error('client session ended'));
+    },
+    async intercept(m: InterceptedMessage, ctx: SessionContext): Promise<Rewrite | undefined> {
+      await ready;
+      switch (m.type) {
+        case 'Q': return onQuery(m.bytes, ctx);
+        case 'P': return onParse(m.bytes, ctx);
+        case 'B': return onBind(m.bytes, ctx);
+        case 'D': return onDescribe(m.bytes, ctx);
+        case 'C': {
+          const t = readTarget(m.bytes);
+          if (t.kind === 'S') state(ctx).plans.delete(t.name);
+          return undefined;
+        }
+      }
+      return undefined;
+    },
+  };
+}
+
+/** Text values of the client's parameters (binary ones for the few types the calls take), or null. */
+function decodeParams(b: BindMessage, plan: Plan): (string | null | undefined)[] {
+  const out: (string | null | undefined)[] = [];
+  for (let i = 0; i < b.params.length; i++) {
+    const v = b.params[i];
+    const fmt = b.paramFormats.length === 0 ? 0 : b.paramFormats.length === 1 ? b.paramFormats[0] : b.paramFormats[i];
+    if (v === null) out.push(null);
+    else if (fmt === 0) out.push(v.toString('utf8'));
+    else {
+      const oid = plan.paramTypes[i];
+      if (oid === 25 || oid === 1043) out.push(v.toString('utf8'));
+      else if (oid === 23 && v.length === 4) out.push(String(v.readInt32BE(0)));
+      else if (oid === 21 && v.length === 2) out.push(String(v.readInt16BE(0)));
+      else if (oid === 20 && v.length === 8) out.push(String(v.readBigInt64BE(0)));
+      else if (oid === 701 && v.length === 8) out.push(String(v.readDoubleBE(0)));
+      else if (oid === 700 && v.length === 4) out.push(String(v.readFloatBE(0)));
+      else out.push(undefined); // a value we cannot read: calls that use it are left to the database
+    }
+  }
+  return out;
+}

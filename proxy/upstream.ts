@@ -1,0 +1,407 @@
+// The server side of a session: where the upstream is (URL, sslmode), opening the connection (TCP or Unix
+// socket, then TLS as sslmode says), and the relay of everything the server sends. During startup the
+// relay looks at each message (it swaps BackendKeyData for the proxy's own, hides channel-binding SCRAM
+// mechanisms, notes ParameterStatus and the first ReadyForQuery); afterwards it only walks message
+// boundaries and forwards whole chunks, stopping at a message only when the request tracker or the
+// session must see it.
+import { readFileSync } from 'node:fs';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { checkServerIdentity, connect as tlsConnect, type ConnectionOptions } from 'node:tls';
+import { FrameReader, KEEP, DROP, type FrameHandler, type Verdict } from './framing.js';
+import type { ResponseHandler } from './interceptor.js';
+import {
+  AUTH_SASL,
+  Be,
+  cancelRequest,
+  readBackendKeyData,
+  readCString,
+  readErrorFields,
+  readParameterStatus,
+  readTxStatus,
+  sslRequest,
+  typeName,
+  type TxStatus,
+} from './protocol.js';
+import type { RequestTracker } from './tracker.js';
+import type { CancelKey } from './cancel.js';
+import type { Logger } from 'pino';
+
+export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
+
+export interface UpstreamTarget {
+  host: string;
+  port: number;
+  /** Unix-domain socket path when the host is a directory. */
+  path?: string;
+  sslmode: SslMode;
+  /** TLS options for tls.connect (absent when sslmode never uses TLS). */
+  tls?: ConnectionOptions;
+  /** "host:port" (or the socket path) for messages. */
+  display: string;
+}
+
+const SSL_MODES: SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
+
+/**
+ * Where to connect, from a postgres:// URL. Only the location and the TLS settings matter: user,
+ * database and password come from each client's own startup and authentication.
+ */
+export function parseUpstreamUrl(url: string): UpstreamTarget {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new Error(`upstream is not a valid URL: ${JSON.stringify(url)}`);
+  }
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
+    throw new Error(`upstream URL must start with postgres:// or postgresql:// (got ${u.protocol}//)`);
+  }
+  const q = u.searchParams;
+  let host = q.get('host') ?? decodeURIComponent(u.hostname);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  if (!host) host = 'localhost';
+  const port = Number(q.get('port') ?? (u.port || 5432));
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`upstream port is not valid: ${u.port}`);
+  const sslmode = (q.get('sslmode') ?? 'prefer') as SslMode;
+  if (!SSL_MODES.includes(sslmode)) throw new Error(`upstream sslmode must be one of ${SSL_MODES.join(', ')} (got ${sslmode})`);
+
+  if (host.startsWith('/')) {
+    // libpq never uses TLS over a Unix socket.
+    const path = `${host.replace(/\/$/, '')}/.s.PGSQL.${port}`;
+    return { host, port, path, sslmode: 'disable', display: path };
+  }
+  const display = `${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
+  if (sslmode === 'disable' || sslmode === 'allow') return { host, port, sslmode, display };
+
+  const rootcert = q.get('sslrootcert');
+  const read = (what: string, file: string) => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new Error(`cannot read upstream ${what} ${file}: ${(err as Error).message}`);
+    }
+  };
+  const tls: ConnectionOptions = {};
+  if (isIP(host) === 0) tls.servername = host;
+  const cert = q.get('sslcert');
+  const key = q.get('sslkey');
+  if (cert) tls.cert = read('sslcert', cert);
+  if (key) tls.key = read('sslkey', key);
+  // As libpq: require with a root certificate verifies the chain like verify-ca.
+  const verify = sslmode === 'verify-ca' || sslmode === 'verify-full' || (sslmode === 'require' && !!rootcert);
+  if (!verify) {
+    tls.rejectUnauthorized = false;
+  } else {
+    tls.rejectUnauthorized = true;
+    if (rootcert && rootcert !== 'system') tls.ca = read('sslrootcert', rootcert);
+    tls.checkServerIdentity =
+      sslmode === 'verify-full' ? (_name, peer) => checkServerIdentity(host, peer) : () => undefined;
+  }
+  return { host, port, sslmode, tls, display };
+}
+
+/** A failure to reach the upstream, with a message fit for the client. */
+export class UpstreamUnreachable extends Error {
+  constructor(
+    readonly target: UpstreamTarget,
+    readonly reason: string,
+  ) {
+    super(`cannot connect to upstream database at ${target.display}: ${reason}`);
+  }
+}
+
+function describe(err: unknown): string {
+  const e = err as NodeJS.ErrnoException & { hostname?: string };
+  if (e?.code === 'ENOTFOUND' || e?.code === 'EAI_AGAIN') return `DNS lookup failed (${e.code} ${e.hostname ?? ''})`.trim();
+  return e?.message ?? String(err);
+}
+
+/**
+ * Where a plaintext upstream socket reads into: one reused buffer instead of a new allocation and a trip
+ * through the stream machinery per read. Whoever consumes a chunk sets `retained` when its bytes are
+ * still referenced afterwards (queued for a slow client, held by a paused reader); the next read then
+ * goes to a fresh buffer.
+ */
+export class ReadBuffer {
+  private buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+  retained = false;
+  onChunk: (chunk: Buffer) => void = () => {};
+
+  /** For onread.buffer: called by Node for the next read. */
+  readonly next = (): Buffer => {
+    if (this.retained) {
+      this.retained = false;
+      this.buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+    }
+    return this.buf;
+  };
+
+  readonly callback = (n: number, buf: Buffer): boolean => {
+    this.onChunk(buf.subarray(0, n));
+    return true; // flow control goes through socket.pause()/resume()
+  };
+}
+
+const READ_BUFFER_BYTES = 64 * 1024;
+
+export interface OpenedUpstream {
+  sock: Socket;
+  /** Present for plaintext TCP: the socket reads through it (no 'data' events). */
+  input: ReadBuffer | undefined;
+}
+
+/** Opens a connection to the upstream, negotiating TLS per sslmode. Resolves once startup can be sent. */
+export function openUpstream(t: UpstreamTarget, timeoutMs: number): Promise<OpenedUpstream> {
+  return new Promise((resolve, reject) => {
+    // TLS reads go through the TLS socket, so the reused buffer serves plaintext connections only.
+    const input = t.tls ? undefined : new ReadBuffer();
+    const onread = input ? { buffer: input.next, callback: input.callback } : undefined;
+    let sock: Socket = t.path ? netConnect({ path: t.path, onread }) : netConnect({ host: t.host, port: t.port, onread });
+    let settled = false;
+    const fail = (reason: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new UpstreamUnreachable(t, reason));
+    };
+    const ok = (plain: boolean) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      sock.removeListener('error', onError);
+      sock.pause(); // the relay resumes it once its listeners are on
+      resolve({ sock, input: plain ? input : undefined });
+    };
+    const onError = (err: Error) => fail(describe(err));
+    const timer = setTimeout(() => fail(`no connection within ${timeoutMs} ms (connect timeout)`), timeoutMs);
+    sock.on('error', onError);
+    sock.once('connect', () => {
+      if (!t.tls) return ok(true);
+      sock.write(sslRequest());
+      sock.once('data', (answer: Buffer) => {
+        sock.pause();
+        // More than one byte before the handshake would be readable by anyone on the path (CVE-2021-23222).
+        if (answer.length !== 1) return fail('unexpected data after the answer to SSLRequest');
+        if (answer[0] === 0x4e /* N */) {
+          if (t.sslmode === 'prefer') return ok(false);
+          return fail(`server does not support SSL, but sslmode=${t.sslmode}`);
+        }
+        if (answer[0] !== 0x53 /* S */) return fail(`unexpected answer to SSLRequest (${typeName(answer[0])})`);
+        sock.removeListener('error', onError);
+        const raw = sock;
+        raw.on('error', () => {}); // the TLS socket reports it
+        sock = tlsConnect({ ...t.tls, socket: raw });
+        sock.on('error', (err) => fail(`TLS: ${describe(err)}`));
+        sock.once('secureConnect', () => {
+          sock.removeAllListeners('error');
+          ok(false);
+        });
+      });
+    });
+  });
+}
+
+/** Sends a CancelRequest for `key` on a new upstream connection; failures are logged, never thrown. */
+export function sendCancel(t: UpstreamTarget, key: CancelKey, timeoutMs: number, log: Logger): void {
+  openUpstream(t, timeoutMs).then(
+    ({ sock }) => {
+      sock.on('error', () => {});
+      sock.resume();
+      // The server closes the connection after reading the request; end() flushes it first.
+      sock.end(cancelRequest(key.pid, key.secret));
+      setTimeout(() => sock.destroy(), timeoutMs).unref();
+    },
+    (err: Error) => log.warn({ err: err.message }, 'could not send cancel request upstream'),
+  );
+}
+
+/** What the relay needs from its session (implemented by ClientSession). */
+export interface SessionLink {
+  readonly log: Logger;
+  readonly tracker: RequestTracker;
+  /** Bytes for the client. */
+  toClient(bytes: Buffer): void;
+  /** Bytes written to the client but not yet taken by the kernel (they may be views of a read buffer). */
+  readonly clientBacklog: number;
+  /** The server's BackendKeyData; returns the message to give the client instead. */
+  serverKey(key: CancelKey): Buffer;
+  /** ReadyForQuery from the server; `first` for the one that ends startup. */
+  serverReady(status: TxStatus, first: boolean): void;
+  serverParam(name: string, value: string): void;
+  /** An ErrorResponse during startup (authentication failed, database missing, ...). */
+  startupError(fields: Record<string, string>): void;
+  countUpstreamBytes(n: number): void;
+  serverDrained(): void;
+  serverClosed(): void;
+  serverError(err: Error): void;
+  /** A bug of ours: the session ends, the process goes on. */
+  internalError(err: unknown): void;
+}
+
+/** Relays what the server sends to the client. */
+export class ServerConnection implements FrameHandler {
+  readonly reader: FrameReader;
+  readonly sock: Socket;
+  /** A response handler saw a message (a view it may have kept). */
+  private handlerRan = false;
+  /** A FATAL/PANIC ErrorResponse went to the client: the server's closing needs no words of ours. */
+  sawFatal = false;
+  private ready = false;
+  private handler: ResponseHandler | undefined;
+
+  constructor(
+    private readonly s: SessionLink,
+    { sock, input }: OpenedUpstream,
+  ) {
+    this.sock = sock;
+    // Server lengths are trusted up to the protocol's own limit.
+    const reader = (this.reader = new FrameReader(this, 0x7fffffff));
+    sock.setNoDelay(true);
+    sock.setKeepAlive(true, 60_000);
+    if (input) {
+      input.onChunk = (chunk: Buffer) => {
+        s.countUpstreamBytes(chunk.length);
+        try {
+          reader.push(chunk);
+        } catch (err) {
+          s.internalError(err);
+        }
+        // The chunk is a view of the read buffer: keep the buffer if anything still points into it.
+        if (s.clientBacklog > 0 || reader.isPaused || this.handlerRan) {
+          input.retained = true;
+          this.handlerRan = false;
+        }
+      };
+    } else {
+      sock.on('data', (chunk: Buffer) => {
+        s.countUpstreamBytes(chunk.length);
+        try {
+          reader.push(chunk);
+        } catch (err) {
+          s.internalError(err);
+        }
+      });
+    }
+    sock.on('drain', () => s.serverDrained());
+    sock.on('error', (err) => s.serverError(err));
+    sock.on('close', () => s.serverClosed());
+    sock.resume();
+  }
+
+  /** Writes to the server; false when its buffer is full (wait for serverDrained). */
+  write(bytes: Buffer): boolean {
+    return this.sock.write(bytes);
+  }
+
+  get writable(): boolean {
+    return !this.sock.destroyed && this.sock.writable;
+  }
+
+  header(code: number): boolean {
+    if (!this.ready) return true; // startup: every message is looked at
+    const h = this.s.tracker.received(code);
+    if (h !== undefined) {
+      this.handler = h;
+      return true;
+    }
+    return code === Be.ReadyForQuery || code === Be.ParameterStatus || code === Be.ErrorResponse;
+  }
+
+  onMessage(msg: Buffer, code: number): Verdict {
+    let verdict: Verdict = KEEP;
+    if (this.handler !== undefined) {
+      const h = this.handler;
+      this.handler = undefined;
+      verdict = this.runHandler(h, msg);
+    }
+    if (!this.ready) return this.startup(msg, code);
+    if (code === Be.ReadyForQuery) this.s.serverReady(readTxStatus(msg), false);
+    else if (code === Be.ParameterStatus) this.s.serverParam(...readParameterStatus(msg));
+    else if (code === Be.ErrorResponse) this.noteError(msg);
+    return verdict;
+  }
+
+  onBytes(bytes: Buffer): void {
+    this.s.toClient(bytes);
+  }
+
+  onInvalid(code: number, length: number): void {
+    this.s.log.warn({ type: typeName(code), length }, 'invalid message length from upstream server');
+    this.sock.destroy();
+  }
+
+  private runHandler(h: ResponseHandler, msg: Buffer): Verdict {
+    this.handlerRan = true;
+    let out: Buffer | Buffer[] | null;
+    try {
+      out = h.onMessage(msg, this.s.tracker.request);
+    } catch (err) {
+      this.s.log.warn({ err }, 'response handler failed; message forwarded unchanged');
+      out = msg;
+    }
+    this.s.tracker.finish();
+    if (out === msg) return KEEP;
+    if (out === null) return DROP;
+    return out;
+  }
+
+  private noteError(msg: Buffer): void {
+    const sev = readErrorFields(msg).V;
+    if (sev === 'FATAL' || sev === 'PANIC') this.sawFatal = true;
+  }
+
+  private startup(msg: Buffer, code: number): Verdict {
+    switch (code) {
+      case Be.Authentication:
+        if (msg.length >= 9 && msg.readInt32BE(5) === AUTH_SASL) return withoutChannelBinding(msg);
+        return KEEP;
+      case Be.BackendKeyData: {
+        const key = readBackendKeyData(msg);
+        if (key === null) {
+          this.s.log.warn('malformed BackendKeyData from upstream; cancel will not be available');
+          return DROP;
+        }
+        return this.s.serverKey(key);
+      }
+      case Be.ParameterStatus:
+        this.s.serverParam(...readParameterStatus(msg));
+        return KEEP;
+      case Be.ReadyForQuery:
+        this.ready = true;
+        this.s.serverReady(readTxStatus(msg), true);
+        return KEEP;
+      case Be.ErrorResponse:
+        this.noteError(msg);
+        this.s.startupError(readErrorFields(msg));
+        return KEEP;
+      default:
+        return KEEP; // NoticeResponse, NegotiateProtocolVersion
+    }
+  }
+}
+
+/**
+ * AuthenticationSASL without the -PLUS mechanisms: channel binding ties SCRAM to the TLS connection the
+ * client sees, which ends at the proxy, so the server would reject it.
+ */
+function withoutChannelBinding(msg: Buffer): Verdict {
+  const names: string[] = [];
+  let pos = 9;
+  let dropped = false;
+  while (pos < msg.length && msg[pos] !== 0) {
+    const [name, next] = readCString(msg, pos);
+    if (next < 0) return KEEP;
+    if (name.endsWith('-PLUS')) dropped = true;
+    else names.push(name);
+    pos = next;
+  }
+  if (!dropped || names.length === 0) return KEEP;
+  const body = Buffer.concat([...names.map((n) => Buffer.from(`${n}\0`)), Buffer.from([0])]);
+  const out = Buffer.allocUnsafe(9 + body.length);
+  out[0] = Be.Authentication;
+  out.writeInt32BE(8 + body.length, 1);
+  out.writeInt32BE(AUTH_SASL, 5);
+  body.copy(out, 9);
+  return out;
+}

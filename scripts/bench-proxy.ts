@@ -1,0 +1,214 @@
+// pgbench -S through nothing, through the proxy (its own process) and through pgBouncer (session mode),
+// side by side in one run on one throwaway cluster. `npm run bench:proxy [-- --seconds 10 --clients 8 --rounds 1]`
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { tmpdir, userInfo } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { freePort, startCluster, type Cluster } from '../tests/setup/cluster.js';
+
+const args = new Map<string, string>();
+for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i].replace(/^--/, ''), process.argv[i + 1]);
+const SECONDS = Number(args.get('seconds') ?? 10);
+const CLIENTS = Number(args.get('clients') ?? 8);
+const THREADS = Number(args.get('threads') ?? 2);
+const ROUNDS = Number(args.get('rounds') ?? 1);
+const MODES = (args.get('modes') ?? 'simple,prepared').split(',');
+const TARGETS = (args.get('targets') ?? 'direct,proxy,pgbouncer').split(',');
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const PASSWORD = 'postgres';
+
+function which(cmd: string): string {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd} || ls /usr/sbin/${cmd} 2>/dev/null`], { encoding: 'utf8' });
+  const path = r.stdout.trim().split('\n')[0];
+  if (!path) throw new Error(`${cmd} not found: run npm run setup:machine`);
+  return path;
+}
+
+function pgbench(port: number, extra: string[]): string {
+  const r = spawnSync(which('pgbench'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', ...extra, 'postgres'], {
+    encoding: 'utf8',
+    env: { ...process.env, PGPASSWORD: PASSWORD, PGSSLMODE: 'disable' },
+  });
+  if (r.status !== 0) throw new Error(`pgbench ${extra.join(' ')} failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Resolves with the first line the child prints, e.g. the launcher's {"port": N}. */
+function firstLine(child: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const rl = createInterface({ input: child.stdout! });
+    rl.once('line', resolve);
+    child.once('exit', (code) => reject(new Error(`exited (${code}) before it was ready`)));
+  });
+}
+
+interface Target {
+  port: number;
+  /** The process whose CPU time is charged to this target (none for direct). */
+  pid?: number;
+  stop(): void;
+}
+
+/** User and system CPU seconds of a process so far (Linux /proc), or undefined. */
+function cpuSeconds(pid: number | undefined): { user: number; sys: number } | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    const hz = 100; // USER_HZ on Linux
+    return { user: Number(fields[11]) / hz, sys: Number(fields[12]) / hz };
+  } catch {
+    return undefined;
+  }
+}
+
+async function startProxyProcess(cluster: Cluster): Promise<Target> {
+  const upstream = `postgres://${cluster.host}:${cluster.port}/postgres?sslmode=disable`;
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'scripts/proxy-launcher.ts'), upstream], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, NODE_ENV: 'production' },
+  });
+  const { port } = JSON.parse(await firstLine(child)) as { port: number };
+  return { port, pid: child.pid, stop: () => child.kill('SIGTERM') };
+}
+
+async function startPgbouncer(cluster: Cluster): Promise<Target> {
+  const dir = mkdtempSync(join(tmpdir(), 'pgst-bouncer-'));
+  const port = await freePort();
+  writeFileSync(join(dir, 'userlist.txt'), `"postgres" "${PASSWORD}"\n`);
+  writeFileSync(
+    join(dir, 'pgbouncer.ini'),
+    [
+      '[databases]',
+      `postgres = host=${cluster.host} port=${cluster.port} dbname=postgres`,
+      '[pgbouncer]',
+      'listen_addr = 127.0.0.1',
+      `listen_port = ${port}`,
+      `unix_socket_dir = ${dir}`,
+      'auth_type = scram-sha-256',
+      `auth_file = ${join(dir, 'userlist.txt')}`,
+      'pool_mode = session',
+      'max_client_conn = 200',
+      'default_pool_size = 50',
+      `logfile = ${join(dir, 'pgbouncer.log')}`,
+      `pidfile = ${join(dir, 'pgbouncer.pid')}`,
+      'log_connections = 0',
+      'log_disconnections = 0',
+      '',
+    ].join('\n'),
+  );
+  // pgBouncer refuses to run as root.
+  const root = userInfo().uid === 0;
+  if (root) {
+    const id = (f: string) => Number(spawnSync('id', [f, 'postgres'], { encoding: 'utf8' }).stdout.trim());
+    for (const f of ['', 'userlist.txt', 'pgbouncer.ini']) chownSync(join(dir, f), id('-u'), id('-g'));
+    chmodSync(dir, 0o700);
+  }
+  const bin = which('pgbouncer');
+  const child = root
+    ? spawn('runuser', ['-u', 'postgres', '--', bin, join(dir, 'pgbouncer.ini')], { stdio: 'ignore', detached: true })
+    : spawn(bin, [join(dir, 'pgbouncer.ini')], { stdio: 'ignore', detached: true });
+  // Ready when it accepts a query.
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const r = spawnSync(which('psql'), ['-X', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-c', 'select 1', 'postgres'], {
+      env: { ...process.env, PGPASSWORD: PASSWORD, PGSSLMODE: 'disable', PGCONNECT_TIMEOUT: '2' },
+      encoding: 'utf8',
+    });
+    if (r.status === 0) break;
+    if (Date.now() > deadline) throw new Error(`pgbouncer did not start: ${r.stderr}`);
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  const pid = Number(readFileSync(join(dir, 'pgbouncer.pid'), 'utf8').trim());
+  return {
+    port,
+    pid,
+    stop: () => {
+      try {
+        process.kill(-child.pid!, 'SIGTERM'); // its own process group (detached)
+      } catch {
+        /* gone */
+      }
+      setTimeout(() => rmSync(dir, { recursive: true, force: true }), 500).unref();
+    },
+  };
+}
+
+interface Result {
+  tps: number;
+  latencyMs: number;
+  /** CPU time of the proxy process per transaction (µs), user and system; NaN for direct. */
+  cpuUserUs: number;
+  cpuSysUs: number;
+}
+
+function bench(target: Target, mode: string): Result {
+  const before = cpuSeconds(target.pid);
+  const out = pgbench(target.port, ['-n', '-S', '-c', String(CLIENTS), '-j', String(THREADS), '-T', String(SECONDS), '-M', mode]);
+  const after = cpuSeconds(target.pid);
+  const tps = Number(/tps = ([\d.]+)/.exec(out)?.[1]);
+  const latencyMs = Number(/latency average = ([\d.]+) ms/.exec(out)?.[1]);
+  const txs = Number(/number of transactions actually processed: (\d+)/.exec(out)?.[1]);
+  if (!Number.isFinite(tps)) throw new Error(`could not read pgbench output:\n${out}`);
+  const per = (a?: number, b?: number) => (a === undefined || b === undefined ? NaN : ((b - a) * 1e6) / txs);
+  return { tps, latencyMs, cpuUserUs: per(before?.user, after?.user), cpuSysUs: per(before?.sys, after?.sys) };
+}
+
+async function main(): Promise<void> {
+  console.log(`pgbench -S -c ${CLIENTS} -j ${THREADS} -T ${SECONDS}, modes ${MODES.join('/')}, ${ROUNDS} round(s)`);
+  const cluster = await startCluster();
+  const stops: (() => void)[] = [];
+  try {
+    pgbench(cluster.port, ['-i', '-q']);
+    const targets: Record<string, Target> = { direct: { port: cluster.port, stop: () => {} } };
+    if (TARGETS.includes('proxy')) {
+      targets.proxy = await startProxyProcess(cluster);
+      stops.push(targets.proxy.stop);
+    }
+    if (TARGETS.includes('pgbouncer')) {
+      targets.pgbouncer = await startPgbouncer(cluster);
+      stops.push(targets.pgbouncer.stop);
+    }
+    // Warm up (JIT, connections' first statements) so the measured runs compare steady states.
+    for (const target of TARGETS) if (target !== 'direct') pgbench(targets[target].port, ['-n', '-S', '-c', String(CLIENTS), '-j', String(THREADS), '-T', '2']);
+    const results: Record<string, Record<string, Result[]>> = {};
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const mode of MODES) {
+        for (const target of TARGETS) {
+          const r = bench(targets[target], mode);
+          ((results[mode] ??= {})[target] ??= []).push(r);
+          const cpu = Number.isNaN(r.cpuUserUs) ? '' : `  cpu/tx ${r.cpuUserUs.toFixed(1)} us user + ${r.cpuSysUs.toFixed(1)} us sys`;
+          console.log(`  ${mode.padEnd(8)} ${target.padEnd(9)} ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms${cpu}`);
+        }
+      }
+    }
+    const mean = (rs: Result[], k: keyof Result) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
+    console.log('\nmode      target       tps     latency   vs direct  vs pgbouncer   cpu/tx (user+sys)');
+    for (const mode of MODES) {
+      const direct = results[mode].direct ? mean(results[mode].direct, 'tps') : NaN;
+      const bouncer = results[mode].pgbouncer ? mean(results[mode].pgbouncer, 'tps') : NaN;
+      for (const target of TARGETS) {
+        const tps = mean(results[mode][target], 'tps');
+        const lat = mean(results[mode][target], 'latencyMs');
+        const vsD = target === 'direct' ? '' : (tps / direct).toFixed(2);
+        const vsB = target === 'proxy' ? (tps / bouncer).toFixed(2) : '';
+        const u = mean(results[mode][target], 'cpuUserUs');
+        const cpu = Number.isNaN(u) ? '' : `${u.toFixed(1)} + ${mean(results[mode][target], 'cpuSysUs').toFixed(1)} us`;
+        console.log(`${mode.padEnd(9)} ${target.padEnd(9)} ${tps.toFixed(0).padStart(7)}  ${lat.toFixed(3).padStart(7)} ms  ${vsD.padStart(9)}  ${vsB.padStart(11)}   ${cpu}`);
+      }
+    }
+    console.log('\n(cpu/tx: CPU time of the proxy / pgBouncer process per transaction; less sensitive to other load than tps)');
+  } finally {
+    for (const stop of stops) stop();
+    await new Promise((r) => setTimeout(r, 300));
+    await cluster.stop();
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});

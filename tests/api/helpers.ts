@@ -1,0 +1,80 @@
+// The whole product in one process for the SQL API suites: a fresh database, the engine on the tiny
+// fixture models, the daemon endpoint, and the proxy with the steadytext interceptor in front.
+import { randomBytes } from 'node:crypto';
+import { inject } from 'vitest';
+import pg from 'pg';
+import pino from 'pino';
+import { createEngine, type Engine } from '../../inference/engine.js';
+import { startDaemon, type DaemonHandle } from '../../proxy/daemon.js';
+import { DatabaseRegistry } from '../../proxy/databases.js';
+import { startProxy, type ProxyServer } from '../../proxy/server.js';
+import { createSteadytextInterceptor } from '../../proxy/steadytext.js';
+import { tinyModels } from '../fixtures/models.js';
+
+export const silent = pino({ level: process.env.PGST_TEST_LOG ?? 'silent' });
+
+export interface Stack {
+  database: string;
+  engine: Engine;
+  proxy: ProxyServer;
+  daemon: DaemonHandle;
+  databases: DatabaseRegistry;
+  /** URL through the proxy (superuser unless a role is given). */
+  url(user?: string, password?: string): string;
+  /** URL straight to the database (superuser). */
+  directUrl: string;
+  connect(url?: string): Promise<pg.Client>;
+  stop(): Promise<void>;
+}
+
+export async function adminQuery(sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
+  const c = new pg.Client(inject('db').adminUrl);
+  await c.connect();
+  try { return await c.query(sql, params); } finally { await c.end(); }
+}
+
+export async function startStack(prefix = 'st_api'): Promise<Stack> {
+  const database = `${prefix}_${randomBytes(4).toString('hex')}`;
+  await adminQuery(`CREATE DATABASE ${database}`);
+  const admin = new URL(inject('db').adminUrl);
+  admin.pathname = `/${database}`;
+  const directUrl = admin.toString();
+  const models = await tinyModels();
+  const engine = createEngine({ generationModel: models.generation, embeddingModel: models.embedding, logger: silent });
+  const databases = new DatabaseRegistry({ serviceUrl: directUrl, autoInstall: true, daemon: { host: '127.0.0.1', port: 0 }, engine, logger: silent });
+  const daemon = await startDaemon({ listen: { host: '127.0.0.1', port: 0 }, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: silent });
+  // The port is known only now: the database must call back there.
+  (databases.opts as { daemon?: { host: string; port: number } }).daemon = daemon.address;
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon.address, logger: silent });
+  await interceptor.ready;
+  const proxy = await startProxy({
+    listen: { host: '127.0.0.1', port: 0 }, upstream: `postgres://${admin.hostname}:${admin.port}/postgres?sslmode=disable`,
+    maxMessageBytes: 64 * 1024 * 1024, shutdownGraceMs: 1000, connectTimeoutMs: 3000, logger: silent, interceptor,
+  });
+  const clients = new Set<pg.Client>();
+  const url = (user?: string, password?: string) => {
+    const u = new URL(directUrl);
+    u.port = String(proxy.address.port);
+    u.hostname = proxy.address.host;
+    if (user) { u.username = user; u.password = password ?? ''; }
+    return u.toString();
+  };
+  return {
+    database, engine, proxy, daemon, databases, url, directUrl,
+    async connect(to = url()) {
+      const c = new pg.Client(to);
+      c.on('error', () => {});
+      await c.connect();
+      clients.add(c);
+      return c;
+    },
+    async stop() {
+      await Promise.all([...clients].map((c) => c.end().catch(() => {})));
+      await proxy.close(100);
+      await daemon.close();
+      await databases.close();
+      await engine.close();
+      await adminQuery(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(() => {});
+    },
+  };
+}

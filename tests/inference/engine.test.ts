@@ -1,0 +1,200 @@
+// The engine's bookkeeping: cache and keys, model identity, lifecycle, status, fairness, CPU sizing.
+import { copyFile, mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ResultCache } from '../../inference/cache.js';
+import { cacheKey, createEngine, type Engine, type EngineOptions } from '../../inference/engine.js';
+import { CpuSlots, planCpu } from '../../inference/llama.js';
+import { modelFileIdentity } from '../../inference/registry.js';
+import { tinyModels } from '../fixtures/models.js';
+
+let models: { generation: string; embedding: string };
+let dir: string;
+const engines: Engine[] = [];
+const make = (o: EngineOptions = {}) => {
+  const e = createEngine({ generationModel: models.generation, embeddingModel: models.embedding, cacheDir: dir, ...o });
+  engines.push(e);
+  return e;
+};
+const bytes = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+
+beforeAll(async () => {
+  models = await tinyModels();
+  dir = await mkdtemp(join(tmpdir(), 'pgst-engine-'));
+});
+afterAll(async () => { await Promise.all(engines.map((e) => e.close())); });
+
+describe('cache keys and model identity', () => {
+  const base = { op: 'generate' as const, model: 'm', prompt: 'p', maxTokens: 10, seed: 1, temperature: 0.5 };
+  it('cacheKey is a stable hex digest that changes with every output-shaping input', () => {
+    const k = cacheKey(base);
+    expect(k).toMatch(/^[0-9a-f]{64}$/);
+    // Golden values: the SQL cache table holds these keys, so they must not drift by accident.
+    expect(k).toBe('fc5a1779184eb7bfcc7ea146b72bc1b0501a9d40d4698e8494d7e5b5c6143133');
+    expect(cacheKey({ op: 'embed', model: 'm', text: 'p', seed: 1, dimension: 1024 })).toBe('c644319591e9c2f11c37e36967691a8d3ebc6cd2d9bfbf0e99bdc997b0d7a2f4');
+    const variants = [{ model: 'n' }, { prompt: 'q' }, { maxTokens: 11 }, { seed: 2 }, { temperature: 0.6 }].map((d) => cacheKey({ ...base, ...d }));
+    expect(new Set([k, ...variants]).size).toBe(6);
+    // Greedy decoding ignores the seed, so its key does too.
+    expect(cacheKey({ ...base, temperature: 0, seed: 1 })).toBe(cacheKey({ ...base, temperature: 0, seed: 2 }));
+    const emb = { op: 'embed' as const, model: 'm', text: 'p', seed: 1, dimension: 1024 };
+    expect(cacheKey(emb)).not.toBe(cacheKey({ ...emb, seed: 2 }));
+    expect(cacheKey(emb)).not.toBe(cacheKey({ ...emb, dimension: 512 }));
+    expect(cacheKey(emb)).not.toBe(k);
+  });
+
+  it('model identity depends on content only, is cheap, and is what the engine reports', async () => {
+    const copy = join(dir, 'renamed.gguf');
+    await copyFile(models.generation, copy);
+    const [a, b] = [await modelFileIdentity(models.generation), await modelFileIdentity(copy)];
+    expect(a).toMatch(/^[0-9a-f]{64}$/);
+    expect(b).toBe(a);
+    expect(await modelFileIdentity(models.embedding)).not.toBe(a);
+    const e = make();
+    expect(await e.modelIdentity('generation')).toBe(a);
+    expect(await e.modelIdentity('generation', 'small')).toBe(a);
+    expect(await e.modelIdentity('embedding')).toBe(await modelFileIdentity(models.embedding));
+    expect(e.status().models.every((m) => m.state === 'unloaded')).toBe(true); // identity does not load the model
+  });
+});
+
+describe('result cache', () => {
+  it('hits return the same answer fast and are counted; cache: false bypasses it', async () => {
+    const e = make();
+    const r = { prompt: 'cache me', maxTokens: 16 };
+    const first = await e.generate(r);
+    const t = performance.now();
+    for (let i = 0; i < 200; i++) expect(await e.generate(r)).toBe(first);
+    expect((performance.now() - t) / 200).toBeLessThan(1); // ms; the benchmark measures the real figure
+    expect(await e.generate({ ...r, cache: false })).toBe(first);
+    const v = await e.embed({ text: 'cache me' });
+    v[0] = 42; // callers own what they get back
+    const again = await e.embed({ text: 'cache me' });
+    expect(again[0]).not.toBe(42);
+    expect(bytes(again).equals(bytes(await e.embed({ text: 'cache me', cache: false })))).toBe(true);
+    const s = e.status().cache;
+    expect(s).toMatchObject({ hits: 201, misses: 2, entries: 2, evictions: 0 });
+  });
+
+  it('is bounded by bytes and evicts the least frecent entries', () => {
+    const c = new ResultCache(10_000);
+    const hot = 'x'.repeat(1000);
+    c.set('hot', hot);
+    for (let i = 0; i < 5; i++) c.get('hot');
+    for (let i = 0; i < 50; i++) c.set(`cold${i}`, 'y'.repeat(1000));
+    const s = c.stats();
+    expect(s.bytes).toBeLessThanOrEqual(10_000);
+    expect(s.evictions).toBeGreaterThan(40);
+    expect(c.get('hot')).toBe(hot);
+    c.set('huge', 'z'.repeat(4000)); // over a quarter of the cache: not kept
+    expect(c.get('huge')).toBeUndefined();
+    expect(new ResultCache(0).enabled).toBe(false);
+  });
+});
+
+describe('embeddings', () => {
+  it('are unit vectors of the configured dimension; a smaller dimension truncates and renormalises', async () => {
+    const full = make({ cacheBytes: 0 }), short = make({ cacheBytes: 0, embeddingDimension: 256 });
+    const text = 'PostgreSQL database';
+    const [a, b] = [await full.embed({ text }), await short.embed({ text })];
+    expect(a.length).toBe(1024);
+    expect(b.length).toBe(256);
+    const norm = (v: Float32Array) => Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+    expect(norm(a)).toBeCloseTo(1, 6);
+    expect(norm(b)).toBeCloseTo(1, 6);
+    const prefix = norm(a.subarray(0, 256));
+    for (let i = 0; i < 256; i++) expect(b[i]).toBeCloseTo(a[i] / prefix, 6);
+    const many = await short.embedMany([text, 'other', text]);
+    expect(many.map((v) => v.length)).toEqual([256, 256, 256]);
+    expect(bytes(many[0]).equals(bytes(b))).toBe(true);
+    expect(many[2]).not.toBe(many[0]);
+    expect(bytes(many[2]).equals(bytes(b))).toBe(true);
+  });
+});
+
+describe('lifecycle and status', () => {
+  it('loads lazily, unloads, reloads, and reports models, memory and counters', async () => {
+    const e = make();
+    expect(e.status().running).toBe(true);
+    expect(e.modelInfo().filter((m) => m.loaded)).toEqual([]);
+    await e.generate({ prompt: 'wake up', maxTokens: 4 });
+    let info = e.modelInfo();
+    const gen = info.find((m) => m.modelType === 'generation' && m.modelSize === 'small')!;
+    expect(gen).toMatchObject({ loaded: true, path: models.generation });
+    expect(gen.memoryMb).toBeGreaterThan(0);
+    expect(info.find((m) => m.modelType === 'embedding')!.loaded).toBe(false);
+    expect(info.map((m) => `${m.modelType}:${m.modelSize}`)).toEqual(['generation:small', 'generation:large', 'embedding:small']);
+    await e.load();
+    expect(e.modelInfo().filter((m) => m.loaded).length).toBe(2);
+    await e.unload();
+    expect(e.status().running).toBe(false);
+    expect(e.modelInfo().filter((m) => m.loaded)).toEqual([]);
+    await e.reload();
+    const s = e.status();
+    expect(s.running).toBe(true);
+    expect(s.models.map((m) => m.state)).toEqual(['loaded', 'loaded']);
+    expect(s.models[0]).toMatchObject({ role: 'generation', name: 'small', contexts: s.cpu.generationContexts, requests: 1, errors: 0 });
+    expect(s).toMatchObject({ pid: process.pid, requestsProcessed: 1, errorsCount: 0 });
+    expect(s.avgLatencyMs).toBeGreaterThan(0);
+    // A request while unloading waits and then loads the model again.
+    const unloading = e.unload();
+    const answer = e.generate({ prompt: 'still there?', maxTokens: 4, cache: false });
+    await unloading;
+    expect((await answer).length).toBeGreaterThan(0);
+    expect(e.status().models[0].state).toBe('loaded');
+  });
+
+  it('eager loading, user-named models, structured logs', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const sink = new Writable({ write(chunk, _enc, cb) { lines.push(JSON.parse(String(chunk))); cb(); } });
+    const e = make({ eager: true, logger: pino(sink), models: [{ name: 'mine', role: 'generation', source: models.generation }] });
+    expect(e.models().some((m) => m.name === 'mine')).toBe(true);
+    const a = await e.generate({ prompt: 'named', maxTokens: 8, modelSize: 'mine' });
+    expect(a).toBe(await e.generate({ prompt: 'named', maxTokens: 8, cache: false }));
+    expect(e.status().models.map((m) => m.name).sort()).toEqual(['mine', 'small', 'small']);
+    const loaded = lines.filter((l) => l.msg === 'model loaded');
+    expect(loaded.map((l) => `${l.role}:${l.model}`).sort()).toEqual(['embedding:small', 'generation:mine', 'generation:small']);
+    expect(loaded[0]).toMatchObject({ component: 'inference', contexts: 2, threads: 1 });
+  });
+});
+
+describe('scheduling', () => {
+  it('serves callers round-robin, whatever order their requests arrived in', async () => {
+    const e = make({ generationContexts: 1, cacheBytes: 0 });
+    await e.load({ role: 'generation' });
+    const done: string[] = [];
+    const req = (caller: string, i: number) => e.generate({ prompt: `request ${i}`, maxTokens: 24, caller }).then(() => done.push(caller));
+    await Promise.all([...[0, 1, 2, 3, 4, 5].map((i) => req('A', i)), req('B', 6), req('B', 7)]);
+    // A's first request was already running; then turns alternate A, B, A, B before A's backlog.
+    expect(done).toEqual(['A', 'A', 'B', 'A', 'B', 'A', 'A', 'A']);
+  });
+
+  it('never runs more threads than cores across generation and embeddings', async () => {
+    const e = make({ cores: 1, cacheBytes: 0 });
+    let peak = 0;
+    const timer = setInterval(() => { peak = Math.max(peak, e.status().cpu.busyThreads); }, 1);
+    await Promise.all([
+      ...Array.from({ length: 6 }, (_, i) => e.generate({ prompt: `p${i}`, maxTokens: 64, caller: `g${i}` })),
+      e.embedMany(Array.from({ length: 12 }, (_, i) => `text ${i}`)),
+    ]);
+    clearInterval(timer);
+    expect(peak).toBe(1);
+  });
+
+  it('sizes contexts and threads from the cores', () => {
+    expect(planCpu({ cores: 2 })).toEqual({ cores: 2, threads: 1, generationContexts: 2, embeddingContexts: 2 });
+    expect(planCpu({ cores: 1 })).toEqual({ cores: 1, threads: 1, generationContexts: 1, embeddingContexts: 1 });
+    expect(planCpu({ cores: 32 })).toEqual({ cores: 32, threads: 4, generationContexts: 8, embeddingContexts: 8 });
+    expect(planCpu({ cores: 4, threads: 2 })).toMatchObject({ generationContexts: 2, embeddingContexts: 2 });
+    expect(planCpu({ cores: 2, generationContexts: 3 }).generationContexts).toBe(3);
+    expect(planCpu().cores).toBeGreaterThanOrEqual(1);
+    const slots = new CpuSlots(2);
+    expect([slots.tryAcquire(1), slots.tryAcquire(1), slots.tryAcquire(1)]).toEqual([true, true, false]);
+    let woke = 0;
+    slots.park(() => woke++);
+    slots.release(1);
+    expect([woke, slots.busy]).toEqual([1, 1]);
+  });
+});

@@ -1,0 +1,258 @@
+// Shared helpers of the proxy suites: a proxy on port 0 in front of the test cluster, URLs through it,
+// psql runs, and a raw wire-protocol client for what drivers never send.
+import { spawn } from 'node:child_process';
+import { connect, type Socket } from 'node:net';
+import { inject } from 'vitest';
+import pino from 'pino';
+import pg from 'pg';
+import { startProxy, type ProxyOptions, type ProxyServer } from '../../proxy/server.js';
+
+export type RoleName = 'scram' | 'md5' | 'trust';
+
+export function testDb() {
+  const db = inject('db');
+  if (!db.roles) throw new Error('the proxy suites need the cluster started by tests/setup/global.ts (roles per auth method)');
+  return db as Required<typeof db>;
+}
+
+export const silentLogger = pino({ level: 'silent' });
+
+/** A pino logger whose records (parsed) land in `records`. */
+export function captureLogger(level = 'debug'): { logger: pino.Logger; records: Record<string, unknown>[] } {
+  const records: Record<string, unknown>[] = [];
+  const logger = pino({ level }, { write: (line: string) => void records.push(JSON.parse(line)) });
+  return { logger, records };
+}
+
+export async function startTestProxy(over: Partial<ProxyOptions> = {}): Promise<ProxyServer> {
+  const db = testDb();
+  return startProxy({
+    listen: { host: '127.0.0.1', port: 0 },
+    upstream: `postgres://${db.host}:${db.port}/postgres?sslmode=disable`,
+    maxMessageBytes: 64 * 1024 * 1024,
+    shutdownGraceMs: 2_000,
+    connectTimeoutMs: 3_000,
+    logger: silentLogger,
+    ...over,
+  });
+}
+
+/** A role's connection URL, pointed at the proxy (or left direct when proxy is null). */
+export function urlFor(role: RoleName | 'admin', proxy: ProxyServer | null, database = 'postgres'): string {
+  const db = testDb();
+  const u = new URL(role === 'admin' ? db.adminUrl : db.roles[role].url);
+  if (proxy) {
+    u.hostname = proxy.address.host;
+    u.port = String(proxy.address.port);
+  }
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+export async function client(role: RoleName | 'admin', proxy: ProxyServer | null, extra: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: urlFor(role, proxy), ...extra });
+  c.on('error', () => {}); // tests assert on query results; a dropped connection shows there
+  await c.connect();
+  return c;
+}
+
+export async function adminQuery<T extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<T[]> {
+  const c = await client('admin', null);
+  try {
+    return (await c.query<T>(sql, params)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs psql (-X: no ~/.psqlrc) with the given connection and arguments, optional stdin. */
+export function psql(conn: { host: string; port: number; user: string; password: string; db?: string }, args: string[], stdin?: string): Promise<RunResult> {
+  return run(
+    'psql',
+    ['-X', '-h', conn.host, '-p', String(conn.port), '-U', conn.user, '-d', conn.db ?? 'postgres', ...args],
+    { PGPASSWORD: conn.password, PGSSLMODE: 'disable', PGAPPNAME: 'proxy-test' },
+    stdin,
+  );
+}
+
+export function run(cmd: string, args: string[], env: Record<string, string> = {}, stdin?: string): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
+    p.stdin.on('error', () => {});
+    p.stdin.end(stdin ?? '');
+  });
+}
+
+// ---- raw wire protocol ----------------------------------------------------------------------------
+
+export interface Msg {
+  type: string;
+  body: Buffer;
+}
+
+/** A bare socket that collects what the proxy answers: single bytes ('S'/'N') and typed messages. */
+export class RawClient {
+  readonly sock: Socket;
+  private buf = Buffer.alloc(0);
+  private waiters: (() => void)[] = [];
+  closed = false;
+  /** Expect a bare byte next (answer to SSLRequest / GSSENCRequest). */
+  private rawBytes = 0;
+  readonly bytes: number[] = [];
+  readonly messages: Msg[] = [];
+
+  private constructor(sock: Socket) {
+    this.sock = sock;
+    sock.on('data', (d: Buffer) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      this.parse();
+      this.wake();
+    });
+    sock.on('error', () => {});
+    sock.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+  }
+
+  static open(port: number, host = '127.0.0.1'): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const s = connect({ host, port }, () => resolve(new RawClient(s)));
+      s.once('error', reject);
+    });
+  }
+
+  expectByte(): void {
+    this.rawBytes++;
+  }
+
+  write(b: Buffer): void {
+    this.sock.write(b);
+  }
+
+  private parse(): void {
+    for (;;) {
+      if (this.rawBytes > 0 && this.buf.length >= 1) {
+        this.bytes.push(this.buf[0]);
+        this.buf = this.buf.subarray(1);
+        this.rawBytes--;
+        continue;
+      }
+      if (this.buf.length < 5) return;
+      const len = this.buf.readInt32BE(1);
+      if (this.buf.length < 1 + len) return;
+      this.messages.push({ type: String.fromCharCode(this.buf[0]), body: Buffer.from(this.buf.subarray(5, 1 + len)) });
+      this.buf = this.buf.subarray(1 + len);
+    }
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  /** Resolves when pred is true (checked on every arrival) or rejects after timeoutMs. */
+  async until(pred: () => boolean, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pred()) {
+      if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}; got ${this.messages.map((m) => m.type).join('')} closed=${this.closed}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 50);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  }
+
+  waitFor(type: string, timeoutMs?: number): Promise<void> {
+    return this.until(() => this.messages.some((m) => m.type === type), timeoutMs, `message ${type}`);
+  }
+
+  /** Waits until `n` messages of this type have arrived in total. */
+  waitForCount(type: string, n: number, timeoutMs?: number): Promise<void> {
+    return this.until(() => this.count(type) >= n, timeoutMs, `${n} x ${type}`);
+  }
+
+  count(type: string): number {
+    return this.messages.filter((m) => m.type === type).length;
+  }
+
+  waitClosed(timeoutMs?: number): Promise<void> {
+    return this.until(() => this.closed, timeoutMs, 'close');
+  }
+
+  /** Fields of the first ErrorResponse. */
+  error(): Record<string, string> | undefined {
+    const m = this.messages.find((x) => x.type === 'E');
+    if (!m) return undefined;
+    const out: Record<string, string> = {};
+    let pos = 0;
+    while (pos < m.body.length && m.body[pos] !== 0) {
+      const end = m.body.indexOf(0, pos + 1);
+      out[String.fromCharCode(m.body[pos])] = m.body.toString('utf8', pos + 1, end);
+      pos = end + 1;
+    }
+    return out;
+  }
+
+  destroy(): void {
+    this.sock.destroy();
+  }
+}
+
+export function startupPacket(params: Record<string, string>, version = 0x30000): Buffer {
+  const body = Buffer.concat([...Object.entries(params).map(([k, v]) => Buffer.from(`${k}\0${v}\0`)), Buffer.from([0])]);
+  const b = Buffer.alloc(8 + body.length);
+  b.writeInt32BE(8 + body.length, 0);
+  b.writeInt32BE(version, 4);
+  body.copy(b, 8);
+  return b;
+}
+
+export function frontend(type: string, body: Buffer | string = Buffer.alloc(0)): Buffer {
+  const b = typeof body === 'string' ? Buffer.from(body) : body;
+  const out = Buffer.alloc(5 + b.length);
+  out[0] = type.charCodeAt(0);
+  out.writeInt32BE(4 + b.length, 1);
+  b.copy(out, 5);
+  return out;
+}
+
+export const queryMsg = (sql: string) => frontend('Q', `${sql}\0`);
+
+/** A raw client through authentication as trust_user (no password needed), until the first ReadyForQuery. */
+export async function rawSession(port: number): Promise<RawClient> {
+  const c = await RawClient.open(port);
+  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: 'raw-test' }));
+  await c.waitFor('Z');
+  return c;
+}
+
+/** Polls fn until it returns true (or throws after timeoutMs). */
+export async function eventually(fn: () => Promise<boolean> | boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await fn()) return;
+    if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export function backendsOf(appName: string): Promise<{ pid: number; state: string; query: string }[]> {
+  return adminQuery('select pid, state, query from pg_stat_activity where application_name = $1', [appName]);
+}
