@@ -53,6 +53,8 @@ export class Database {
   private registered = new Map<string, string>();
   private readonly log: Logger;
   private closed = false;
+  private counters: Record<string, number> = {};
+  private counterTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(readonly name: string, private readonly reg: DatabaseRegistry) {
     this.log = reg.opts.logger.child({ database: name });
@@ -125,7 +127,24 @@ export class Database {
     }
   }
 
+  /** Adds to steadytext_stats; written within a second, or at once by flushCounters(). */
+  count(deltas: Record<string, number>): void {
+    for (const [k, v] of Object.entries(deltas)) if (v) this.counters[k] = (this.counters[k] ?? 0) + v;
+    this.counterTimer ??= setTimeout(() => void this.flushCounters(), 1000).unref();
+  }
+
+  async flushCounters(): Promise<void> {
+    if (this.counterTimer) clearTimeout(this.counterTimer);
+    this.counterTimer = undefined;
+    const deltas = this.counters;
+    if (Object.keys(deltas).length === 0) return;
+    this.counters = {};
+    await this.pool.query('SELECT steadytext_stats_bump($1)', [JSON.stringify(deltas)])
+      .catch((err) => this.log.warn({ err }, 'could not write steadytext_stats counters'));
+  }
+
   async close(): Promise<void> {
+    await this.flushCounters();
     this.closed = true;
     await this.listener?.end().catch(() => {});
     await this.pool.end().catch(() => {});

@@ -8,12 +8,12 @@
 import type { Logger } from 'pino';
 import type { Engine } from '../inference/engine.js';
 import type { CacheEntry } from '../sql/store.js';
-import { findCalls, isParseFailure, loadParser, type StatementCalls, type SteadyCall } from './calls.js';
+import { findCalls, isParseFailure, loadParser, statementAst, type StatementCalls, type SteadyCall } from './calls.js';
 import type { Database, DatabaseRegistry } from './databases.js';
 import { evaluateCall, PARAMETERS, type ArgValues } from './evaluate.js';
 import type { Interceptor, InterceptedMessage, ResponseHandler, Rewrite, SessionContext } from './interceptor.js';
-import { Be, bind, parse, query, readBind, readParse, readTarget, type BindMessage } from './protocol.js';
-import { appendArguments, quoteLiteral } from './rewrite-sql.js';
+import { Be, bind, parse, query, readBind, readErrorFields, readParse, readTarget, type BindMessage } from './protocol.js';
+import { answerInsertion, appendArguments, quoteLiteral, type Insertion } from './rewrite-sql.js';
 
 export interface SteadytextOptions {
   engine: Engine;
@@ -81,9 +81,20 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     const remember = (role: 'generation' | 'embedding', size: string, entry: (identity: string) => CacheEntry) => {
       void db.identity(role, size).then((id) => db.store([entry(id)])).catch((err) => ctx.log.debug({ err }, 'cache write failed'));
     };
-    return evaluateCall(call.fn, values, {
+    const computes = call.fn === 'steadytext_generate' || call.fn === 'steadytext_embed' || call.fn === 'steadytext_generate_stream';
+    const hits = computes ? o.engine.status().cache.hits : 0;
+    const a = await evaluateCall(call.fn, values, {
       engine: o.engine, config, caller: `session:${ctx.id}`, signal: state(ctx).abort.signal, daemon: o.daemon, remember,
     });
+    if (computes && a !== undefined) {
+      const failed = a.startsWith('\x01') && !a.startsWith('\x01\x01');
+      const hit = !failed && o.engine.status().cache.hits > hits;
+      db.count({
+        requests: 1, rewrite_requests: 1, errors: failed ? 1 : 0, cache_hits: hit ? 1 : 0, cache_misses: failed || hit ? 0 : 1,
+        [call.fn === 'steadytext_embed' ? 'embed_requests' : 'generate_requests']: 1,
+      });
+    }
+    return a;
   }
 
   /** The database of a session, ready (installed); undefined when it cannot be (the call then goes through as sent). */
@@ -120,8 +131,17 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     const db = await database(ctx);
     if (!db) return undefined;
     const jobs: Promise<{ call: SteadyCall; argSql: string } | undefined>[] = [];
+    const replaced: { at: number; end: number; text: string }[] = [];
     let touchesConfig = false;
+    let readsStats = false;
     for (const st of stmts) {
+      const ast = statementAst(st);
+      if (ast?.CreateExtensionStmt?.extname === 'pg_steadytext') {
+        // The objects are already installed (database() above): keep the statement's meaning and tag.
+        replaced.push({ at: st.start, end: st.end, text: 'CREATE EXTENSION IF NOT EXISTS plpgsql' });
+        continue;
+      }
+      if (st.kind !== 'other' && mentionsStats(sql, st.start, st.end)) readsStats = true;
       for (const call of st.calls) {
         if (call.fn === 'steadytext_config_set') touchesConfig = true;
         if (!st.rewritable || call.kind !== 'const') continue;
@@ -131,9 +151,13 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
       }
     }
     const edits = (await Promise.all(jobs)).filter((x) => x !== undefined);
-    if (edits.length === 0 && !touchesConfig) return undefined;
-    const out = query(appendArguments(sql, edits).toString('utf8'));
-    return { send: [touchesConfig ? { bytes: out, responses: configWatcher(db) } : out] };
+    if (readsStats) await db.flushCounters();
+    if (edits.length === 0 && !touchesConfig && replaced.length === 0) return undefined;
+    const out = query(splice(sql, edits.map((e) => answerInsertion(sql, e.call, e.argSql)), replaced).toString('utf8'));
+    const handlers: ResponseHandler[] = [];
+    if (touchesConfig) handlers.push(configWatcher(db));
+    if (replaced.length) handlers.push(hideNotice('extension "plpgsql" already exists'));
+    return { send: [handlers.length ? { bytes: out, responses: chain(handlers) } : out] };
   }
 
   async function onParse(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
@@ -246,4 +270,45 @@ function decodeParams(b: BindMessage, plan: Plan): (string | null | undefined)[]
     }
   }
   return out;
+}
+
+/** Does sql[start, end) mention steadytext_stats (ASCII case-insensitive)? Its counters are flushed first. */
+function mentionsStats(sql: Buffer, start: number, end: number): boolean {
+  return sql.subarray(start, end).toString('latin1').toLowerCase().includes('steadytext_stats');
+}
+
+/** Drops the NoticeResponse with this exact message (the one our own replacement statement causes). */
+function hideNotice(message: string): ResponseHandler {
+  return { onMessage: (m) => (m[0] === Be.NoticeResponse && readErrorFields(m).M === message ? null : m) };
+}
+
+function chain(hs: ResponseHandler[]): ResponseHandler {
+  return {
+    onMessage(m, req) {
+      let cur: Buffer[] = [m];
+      for (const h of hs) {
+        const next: Buffer[] = [];
+        for (const x of cur) {
+          const r = h.onMessage(x, req);
+          if (r) next.push(...(Array.isArray(r) ? r : [r]));
+        }
+        cur = next;
+      }
+      return cur.length === 1 ? cur[0] : cur;
+    },
+    onEnd(req, how) { for (const h of hs) h.onEnd?.(req, how); },
+  };
+}
+
+/** Insertions and whole-range replacements over the original offsets, in one pass (ranges never overlap insertions). */
+function splice(sql: Buffer, inserts: Insertion[], replaces: { at: number; end: number; text: string }[]): Buffer {
+  const ops = [...inserts.map((i) => ({ at: i.at, end: i.at, text: i.text })), ...replaces].sort((a, b) => a.at - b.at);
+  const parts: Buffer[] = [];
+  let prev = 0;
+  for (const op of ops) {
+    parts.push(sql.subarray(prev, op.at), Buffer.from(op.text, 'utf8'));
+    prev = op.end;
+  }
+  parts.push(sql.subarray(prev));
+  return Buffer.concat(parts);
 }

@@ -33,7 +33,7 @@ export async function adminQuery(sql: string, params: unknown[] = []): Promise<p
   try { return await c.query(sql, params); } finally { await c.end(); }
 }
 
-export async function startStack(prefix = 'st_api'): Promise<Stack> {
+export async function startStack(prefix = 'st_api', opts: { daemonPort?: number } = {}): Promise<Stack> {
   const database = `${prefix}_${randomBytes(4).toString('hex')}`;
   await adminQuery(`CREATE DATABASE ${database}`);
   const admin = new URL(inject('db').adminUrl);
@@ -42,7 +42,7 @@ export async function startStack(prefix = 'st_api'): Promise<Stack> {
   const models = await tinyModels();
   const engine = createEngine({ generationModel: models.generation, embeddingModel: models.embedding, logger: silent });
   const databases = new DatabaseRegistry({ serviceUrl: directUrl, autoInstall: true, daemon: { host: '127.0.0.1', port: 0 }, engine, logger: silent });
-  const daemon = await startDaemon({ listen: { host: '127.0.0.1', port: 0 }, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: silent });
+  const daemon = await startDaemon({ listen: { host: '127.0.0.1', port: opts.daemonPort ?? 0 }, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: silent });
   // The port is known only now: the database must call back there.
   (databases.opts as { daemon?: { host: string; port: number } }).daemon = daemon.address;
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon.address, logger: silent });

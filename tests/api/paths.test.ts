@@ -107,10 +107,10 @@ describe('errors and privileges', () => {
   });
 
   test('REVOKE EXECUTE is enforced through the proxy (42501), and a client cannot write the cache', async () => {
-    await c.query(`DROP ROLE IF EXISTS ai_user; CREATE ROLE ai_user LOGIN PASSWORD 'ai'; GRANT USAGE ON SCHEMA public TO ai_user`);
-    const u = await s.connect(s.url('ai_user', 'ai'));
+    await c.query(`DROP ROLE IF EXISTS ai_paths_user; CREATE ROLE ai_paths_user LOGIN PASSWORD 'ai'; GRANT USAGE ON SCHEMA public TO ai_paths_user`);
+    const u = await s.connect(s.url('ai_paths_user', 'ai'));
     expect((await one(`SELECT steadytext_generate('hi', 4) AS t`, [], u)).t).toBeTypeOf('string');
-    await c.query('REVOKE EXECUTE ON FUNCTION steadytext_generate FROM ai_user, PUBLIC');
+    await c.query('REVOKE EXECUTE ON FUNCTION steadytext_generate FROM ai_paths_user, PUBLIC');
     const denied = await u.query(`SELECT steadytext_generate('hi', 4)`).catch((e) => e);
     expect(denied.code).toBe('42501');
     const forged = await u.query(`INSERT INTO steadytext_cache (cache_key, operation, model_identity, prompt, response) VALUES ('k', 'generate', 'x', 'p', 'fake')`).catch((e) => e);

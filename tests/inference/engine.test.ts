@@ -1,5 +1,5 @@
 // The engine's bookkeeping: cache and keys, model identity, lifecycle, status, fairness, CPU sizing.
-import { copyFile, mkdtemp } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -25,7 +25,10 @@ beforeAll(async () => {
   models = await tinyModels();
   dir = await mkdtemp(join(tmpdir(), 'pgst-engine-'));
 });
-afterAll(async () => { await Promise.all(engines.map((e) => e.close())); });
+afterAll(async () => {
+  await Promise.all(engines.map((e) => e.close()));
+  await rm(dir, { recursive: true, force: true });
+});
 
 describe('cache keys and model identity', () => {
   const base = { op: 'generate' as const, model: 'm', prompt: 'p', maxTokens: 10, seed: 1, temperature: 0.5 };
@@ -156,7 +159,7 @@ describe('lifecycle and status', () => {
     expect(e.status().models.map((m) => m.name).sort()).toEqual(['mine', 'small', 'small']);
     const loaded = lines.filter((l) => l.msg === 'model loaded');
     expect(loaded.map((l) => `${l.role}:${l.model}`).sort()).toEqual(['embedding:small', 'generation:mine', 'generation:small']);
-    expect(loaded[0]).toMatchObject({ component: 'inference', contexts: 2, threads: 1 });
+    expect(loaded[0]).toMatchObject({ component: 'inference', threads: e.status().cpu.threads });
   });
 });
 

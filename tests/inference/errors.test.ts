@@ -1,5 +1,5 @@
 // Every failure is a typed error with a stable code and a message that says what to do.
-import { copyFile, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -33,7 +33,10 @@ beforeAll(async () => {
   models = await tinyModels();
   dir = await mkdtemp(join(tmpdir(), 'pgst-errors-'));
 });
-afterAll(async () => { await Promise.all(engines.map((e) => e.close())); });
+afterAll(async () => {
+  await Promise.all(engines.map((e) => e.close()));
+  await rm(dir, { recursive: true, force: true });
+});
 
 describe('invalid arguments', () => {
   it('rejects empty input, bad seeds, max_tokens out of range, bad temperature and unknown models', async () => {
@@ -41,7 +44,7 @@ describe('invalid arguments', () => {
     expect(await code(e.generate({ prompt: '' }), /prompt is empty/)).toBe('INVALID_ARGUMENT');
     expect(await code(e.generate({ prompt: null as unknown as string }))).toBe('INVALID_ARGUMENT');
     expect(await code(e.embed({ text: '' }), /text is empty/)).toBe('INVALID_ARGUMENT');
-    expect(await code(e.embedMany(['a', ''] )), ).toBe('INVALID_ARGUMENT');
+    expect(await code(e.embedMany(['a', '']), /texts\[1\] is empty/)).toBe('INVALID_ARGUMENT');
     expect(await code(e.generate({ prompt: 'hi', seed: -1 }), /seed must be an integer from 0/)).toBe('INVALID_ARGUMENT');
     expect(await code(e.embed({ text: 'hi', seed: -5 }))).toBe('INVALID_ARGUMENT');
     expect(await code(e.generate({ prompt: 'hi', seed: 1.5 }))).toBe('INVALID_ARGUMENT');
