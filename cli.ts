@@ -56,7 +56,7 @@ function redact(url: string): string {
 }
 
 async function serve(s: Settings, log: Logger): Promise<void> {
-  const engine = createEngine(engineOptions(s, log.child({ component: 'engine' })));
+  const engine = createEngine(engineOptions(s, log));
   const daemonAddr = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
   const databases = new DatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon: daemonAddr, engine, logger: log });
   const daemon = daemonAddr
