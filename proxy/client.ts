@@ -4,6 +4,7 @@
 // message boundaries, except the messages the interception seam must see. It owns the session's state
 // (request tracker, cancel key, transaction status) and its ending: on errors, client disconnects,
 // upstream loss and graceful shutdown.
+import { setMaxListeners } from 'node:events';
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
@@ -90,6 +91,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   private paused = 0;
   private serverPaused = false;
   private hookPending = false;
+  private hookAbort = hookController();
   private upstreamKey: CancelKey | null = null;
   private key: CancelKey | null = null;
   private draining = false;
@@ -302,6 +304,12 @@ export class ClientSession implements FrameHandler, SessionLink {
       watched: { statements: new Set(), portals: new Set() },
       log: this.log,
       data: {},
+      signal: this.hookAbort.signal,
+      send: (out) => {
+        if (!this.hookPending || this.phase === CLOSED) throw new Error('ctx.send is only for a pending interceptor hook');
+        const v = this.replacement([{ bytes: out.bytes, handler: out.responses }]);
+        for (const b of v as Buffer[]) this.onBytes(b);
+      },
     };
     if (this.env.interceptor) this.seam = new Seam(this.env.interceptor, this.ctx, this.env.totals);
     this.phase = CONNECTING;
@@ -362,6 +370,13 @@ export class ClientSession implements FrameHandler, SessionLink {
       return PAUSE;
     }
     return this.replacement(r);
+  }
+
+  /** Stops the work of the pending hook; later hooks get a fresh signal. */
+  private abortHook(reason: Error): void {
+    this.hookAbort.abort(reason);
+    this.hookAbort = hookController();
+    if (this.ctx) this.ctx.signal = this.hookAbort.signal;
   }
 
   private hookDone(out: Outgoing | undefined, original: Buffer, code: number): void {
@@ -465,6 +480,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   // ---- cancel, shutdown, end -----------------------------------------------------------------------
 
   private cancelUpstream(): void {
+    if (this.hookPending) this.abortHook(new Error('canceling statement due to user request'));
     if (this.upstreamKey === null || this.phase === CLOSED) return;
     sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
   }
@@ -532,6 +548,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
     if (this.key !== null) this.env.cancels.release(this.key.pid);
     this.tracker.close();
+    this.hookAbort.abort(new Error('client session ended'));
     if (wasReady) this.seam?.sessionEnd();
     this.env.totals.closed++;
     const log = { reason, durationMs: Date.now() - this.startedAt };
@@ -548,4 +565,11 @@ interface MutableContext extends SessionContext {
 
 function plausibleStartupLength(len: number): boolean {
   return len >= 8 && len <= MAX_STARTUP_PACKET;
+}
+
+/** One hook may start many engine requests (prefetch), each listening on the same signal. */
+function hookController(): AbortController {
+  const ac = new AbortController();
+  setMaxListeners(0, ac.signal);
+  return ac;
 }

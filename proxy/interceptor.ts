@@ -52,6 +52,17 @@ export interface SessionContext {
   readonly log: Logger;
   /** The interceptor's own per-session state. */
   data: Record<string, unknown>;
+  /**
+   * Aborted when the client cancels (CancelRequest) while a hook is pending, or when the session ends:
+   * work a hook started for the client (e.g. a generation) should stop then. Read it when the work starts.
+   */
+  signal: AbortSignal;
+  /**
+   * While a hook is pending: sends frontend messages upstream at once, ahead of the hook's own answer,
+   * with a handler that sees (and usually swallows) their responses. This is how an interceptor runs an
+   * auxiliary query on the session's own connection, with the client's own privileges.
+   */
+  send(out: Outbound): void;
 }
 
 /** A frontend message handed to the interceptor. */

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { Engine } from '../inference/engine.js';
 import type { CacheEntry } from '../sql/store.js';
 import { findCalls, isParseFailure, loadParser, statementAst, type StatementCalls, type SteadyCall } from './calls.js';
+import { derivePrefetch } from './prefetch-plan.js';
 import type { Database, DatabaseRegistry } from './databases.js';
 import { evaluateCall, PARAMETERS, type ArgValues } from './evaluate.js';
 import type { Interceptor, InterceptedMessage, ResponseHandler, Rewrite, SessionContext } from './interceptor.js';
@@ -36,14 +37,13 @@ interface Plan {
 
 interface SessionState {
   plans: Map<string, Plan>;
-  abort: AbortController;
 }
 
 export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor & { ready: Promise<void> } {
   const ready = loadParser();
 
   const state = (ctx: SessionContext): SessionState =>
-    (ctx.data.steadytext ??= { plans: new Map(), abort: new AbortController() }) as SessionState;
+    (ctx.data.steadytext ??= { plans: new Map() }) as SessionState;
 
   /** Values by parameter name, or null when an argument is not a value the proxy knows. */
   function argValues(call: SteadyCall, params: readonly (string | null | undefined)[] | null): ArgValues | null {
@@ -76,21 +76,23 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     return out;
   }
 
-  async function answer(call: SteadyCall, values: ArgValues, db: Database, ctx: SessionContext): Promise<string | undefined> {
+  type Remember = (role: 'generation' | 'embedding', size: string, entry: (identity: string) => CacheEntry) => void;
+
+  async function answer(call: SteadyCall, values: ArgValues, db: Database, ctx: SessionContext, how: 'rewrite' | 'prefetch' = 'rewrite', keep?: Remember): Promise<string | undefined> {
     const config = await db.config();
-    const remember = (role: 'generation' | 'embedding', size: string, entry: (identity: string) => CacheEntry) => {
+    const remember: Remember = keep ?? ((role, size, entry) => {
       void db.identity(role, size).then((id) => db.store([entry(id)])).catch((err) => ctx.log.debug({ err }, 'cache write failed'));
-    };
+    });
     const computes = call.fn === 'steadytext_generate' || call.fn === 'steadytext_embed' || call.fn === 'steadytext_generate_stream';
     const hits = computes ? o.engine.status().cache.hits : 0;
     const a = await evaluateCall(call.fn, values, {
-      engine: o.engine, config, caller: `session:${ctx.id}`, signal: state(ctx).abort.signal, daemon: o.daemon, remember,
+      engine: o.engine, config, caller: `session:${ctx.id}`, signal: ctx.signal, daemon: o.daemon, remember,
     });
     if (computes && a !== undefined) {
       const failed = a.startsWith('\x01') && !a.startsWith('\x01\x01');
       const hit = !failed && o.engine.status().cache.hits > hits;
       db.count({
-        requests: 1, rewrite_requests: 1, errors: failed ? 1 : 0, cache_hits: hit ? 1 : 0, cache_misses: failed || hit ? 0 : 1,
+        requests: 1, [`${how}_requests`]: 1, errors: failed ? 1 : 0, cache_hits: hit ? 1 : 0, cache_misses: failed || hit ? 0 : 1,
         [call.fn === 'steadytext_embed' ? 'embed_requests' : 'generate_requests']: 1,
       });
     }
@@ -132,6 +134,7 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     if (!db) return undefined;
     const jobs: Promise<{ call: SteadyCall; argSql: string } | undefined>[] = [];
     const replaced: { at: number; end: number; text: string }[] = [];
+    const prefetches: StatementCalls[] = [];
     let touchesConfig = false;
     let readsStats = false;
     for (const st of stmts) {
@@ -142,6 +145,7 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
         continue;
       }
       if (st.kind !== 'other' && mentionsStats(sql, st.start, st.end)) readsStats = true;
+      if (st.rewritable && st.calls.some((c) => c.kind === 'row')) prefetches.push(st);
       for (const call of st.calls) {
         if (call.fn === 'steadytext_config_set') touchesConfig = true;
         if (!st.rewritable || call.kind !== 'const') continue;
@@ -150,7 +154,10 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
         jobs.push(answer(call, values, db, ctx).then((a) => (a === undefined ? undefined : { call, argSql: quoteLiteral(a) })));
       }
     }
+    // Prefetch before the rewrite's answers are awaited: both keep the engine busy at once.
+    const prefetched = prefetches.length && ctx.txStatus !== 'E' ? prefetch(sql, prefetches, db, ctx) : undefined;
     const edits = (await Promise.all(jobs)).filter((x) => x !== undefined);
+    await prefetched;
     if (readsStats) await db.flushCounters();
     if (edits.length === 0 && !touchesConfig && replaced.length === 0) return undefined;
     const out = query(splice(sql, edits.map((e) => answerInsertion(sql, e.call, e.argSql)), replaced).toString('utf8'));
@@ -158,6 +165,45 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     if (touchesConfig) handlers.push(configWatcher(db));
     if (replaced.length) handlers.push(hideNotice('extension "plpgsql" already exists'));
     return { send: [handlers.length ? { bytes: out, responses: chain(handlers) } : out] };
+  }
+
+  /**
+   * The prefetch path: a statement whose calls take row values. The argument values it will need are
+   * read with the client's own privileges on its own connection (a derived SELECT DISTINCT), computed
+   * concurrently, and stored in steadytext_cache before the statement goes upstream unchanged, where the
+   * function finds each answer. Whatever is missed (a snapshot older than the cache rows, say) the
+   * callback path still answers, so failures here only cost time.
+   */
+  async function prefetch(sql: Buffer, stmts: StatementCalls[], db: Database, ctx: SessionContext): Promise<void> {
+    for (const st of stmts) {
+      const plan = derivePrefetch(sql, st);
+      if (!plan || plan.params.length > 0) continue;
+      const inTx = ctx.txStatus === 'T';
+      // Inside a transaction a failing SELECT must not abort the client's work: fence it with a savepoint.
+      const r = await auxQuery(ctx, inTx ? `SAVEPOINT _steadytext_prefetch; ${plan.sql}; RELEASE SAVEPOINT _steadytext_prefetch` : plan.sql);
+      if ('error' in r) {
+        if (inTx) await auxQuery(ctx, 'ROLLBACK TO SAVEPOINT _steadytext_prefetch; RELEASE SAVEPOINT _steadytext_prefetch');
+        ctx.log.debug({ error: r.error.M }, 'prefetch query failed; the database will ask the daemon instead');
+        continue;
+      }
+      const entries: Promise<CacheEntry>[] = [];
+      const keep: Remember = (role, size, entry) => entries.push(db.identity(role, size).then(entry));
+      const jobs: Promise<unknown>[] = [];
+      for (const pc of plan.calls) {
+        const call = st.calls[pc.call];
+        const seen = new Set<string>();
+        for (const row of r.rows) {
+          const tuple = pc.argColumns.map((i) => row[i]);
+          const k = JSON.stringify(tuple);
+          if (seen.has(k)) continue;
+          seen.add(k);
+          const values = rowValues(call, tuple);
+          if (values) jobs.push(answer(call, values, db, ctx, 'prefetch', keep));
+        }
+      }
+      await Promise.all(jobs);
+      await db.store(await Promise.all(entries)).catch((err) => ctx.log.warn({ err }, 'prefetch could not store answers in steadytext_cache'));
+    }
   }
 
   async function onParse(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
@@ -230,7 +276,7 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
       void database(ctx);
     },
     sessionEnd(ctx) {
-      state(ctx).abort.abort(new Error('client session ended'));
+      state(ctx).plans.clear();
     },
     async intercept(m: InterceptedMessage, ctx: SessionContext): Promise<Rewrite | undefined> {
       await ready;
@@ -311,4 +357,53 @@ function splice(sql: Buffer, inserts: Insertion[], replaces: { at: number; end: 
   }
   parts.push(sql.subarray(prev));
   return Buffer.concat(parts);
+}
+
+/** Values by parameter name from a prefetch row (one column per argument, in argument order). */
+function rowValues(call: SteadyCall, tuple: readonly (string | null)[]): ArgValues | null {
+  const names = PARAMETERS[call.fn];
+  if (!names) return null;
+  const out: ArgValues = {};
+  for (let i = 0; i < call.args.length; i++) {
+    const arg = call.args[i];
+    const name = arg.name ?? names[arg.position];
+    if (!name || !names.includes(name)) return null;
+    const raw = tuple[i];
+    out[name] = raw !== null && (INT_PARAMS.has(name) || FLOAT_PARAMS.has(name)) ? Number(raw) : raw;
+  }
+  return out;
+}
+
+/** Runs a simple query on the session's own connection; the client sees none of its responses. */
+function auxQuery(ctx: SessionContext, sql: string): Promise<{ rows: (string | null)[][] } | { error: Record<string, string> }> {
+  return new Promise((resolve) => {
+    const rows: (string | null)[][] = [];
+    let error: Record<string, string> | undefined;
+    ctx.send({
+      bytes: query(sql),
+      responses: {
+        onMessage(m) {
+          if (m[0] === Be.DataRow) rows.push(readDataRow(m));
+          else if (m[0] === Be.ErrorResponse) error = readErrorFields(m);
+          return null;
+        },
+        onEnd(_req, how) {
+          resolve(error ? { error } : how === 'done' ? { rows } : { error: { M: `session ${how}` } });
+        },
+      },
+    });
+  });
+}
+
+function readDataRow(m: Buffer): (string | null)[] {
+  const n = m.readInt16BE(5);
+  const out: (string | null)[] = new Array(n);
+  let pos = 7;
+  for (let i = 0; i < n; i++) {
+    const len = m.readInt32BE(pos);
+    pos += 4;
+    if (len < 0) out[i] = null;
+    else { out[i] = m.toString('utf8', pos, pos + len); pos += len; }
+  }
+  return out;
 }

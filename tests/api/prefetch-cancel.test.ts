@@ -1,0 +1,100 @@
+// The prefetch path (calls that take column values), cancel of a running generation, and a client that
+// leaves during one.
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type pg from 'pg';
+import { startStack, type Stack } from './helpers.js';
+
+let s: Stack;
+let c: pg.Client;
+beforeAll(async () => {
+  s = await startStack('st_prefetch');
+  c = await s.connect();
+  await c.query(`CREATE TABLE docs (id int primary key, body text, emb vector(1024), summary text)`);
+  await c.query(`INSERT INTO docs SELECT i, 'document number ' || (i % 40) || ' about topic ' || i, NULL, NULL FROM generate_series(1, 60) i`);
+});
+afterAll(() => s?.stop());
+
+const stats = async () => (await c.query('SELECT prefetch_requests::int AS p, callback_requests::int AS cb FROM steadytext_stats')).rows[0];
+
+describe('prefetch', () => {
+  test('a bulk UPDATE is computed by the proxy before it runs: no callbacks, the same vectors as the engine', async () => {
+    const callbacks = s.daemon.stats().requests;
+    const r = await c.query('UPDATE docs SET emb = steadytext_embed(body) WHERE emb IS NULL');
+    expect(r.rowCount).toBe(60);
+    expect(s.daemon.stats().requests).toBe(callbacks);
+    const rows = (await c.query('SELECT body, emb::text AS e FROM docs ORDER BY id')).rows;
+    for (const row of rows.slice(0, 10)) {
+      expect(Float32Array.from(JSON.parse(row.e))).toEqual(await s.engine.embed({ text: row.body }));
+    }
+    expect((await stats()).p).toBeGreaterThanOrEqual(60);
+  });
+
+  test('a SELECT over rows, inside a transaction, gives what the callback path gives', async () => {
+    await c.query('BEGIN');
+    const viaPrefetch = (await c.query(`SELECT id, steadytext_generate('Summarize: ' || body, 6) AS t FROM docs WHERE id <= 12 ORDER BY id`)).rows;
+    await c.query('COMMIT');
+    await c.query(`CREATE FUNCTION summ(b text) RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN steadytext_generate('Summarize: ' || b, 6); END $$`);
+    await c.query(`SELECT steadytext_config_set('cache_enabled', 'false')`); // force real callbacks
+    const viaCallback = (await c.query(`SELECT id, summ(body) AS t FROM docs WHERE id <= 12 ORDER BY id`)).rows;
+    await c.query(`SELECT steadytext_config_set('cache_enabled', 'true')`);
+    expect(viaPrefetch).toEqual(viaCallback);
+  });
+
+  test("the derived query runs with the client's privileges: no read access, no answers computed, the native error", async () => {
+    await c.query(`CREATE TABLE secrets (s text); INSERT INTO secrets VALUES ('top secret plan');
+      DROP ROLE IF EXISTS prefetch_user; CREATE ROLE prefetch_user LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA public TO prefetch_user`);
+    const u = await s.connect(s.url('prefetch_user', 'pw'));
+    await u.query('BEGIN');
+    const err = await u.query('SELECT steadytext_embed(s) FROM secrets').catch((e) => e);
+    expect(err.code).toBe('42501');
+    await u.query('ROLLBACK');
+    const leaked = await c.query(`SELECT count(*)::int AS n FROM steadytext_cache WHERE prompt = 'top secret plan'`);
+    expect(leaked.rows[0].n).toBe(0);
+  });
+});
+
+function cancel(client: pg.Client): Promise<void> {
+  const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
+  return new Promise((resolve, reject) => {
+    const sock = connect(s.proxy.address.port, s.proxy.address.host, () => {
+      const b = Buffer.alloc(16);
+      b.writeInt32BE(16, 0);
+      b.writeInt32BE(80877102, 4);
+      b.writeInt32BE(processID, 8);
+      b.writeInt32BE(secretKey, 12);
+      sock.end(b);
+    });
+    sock.on('close', () => resolve());
+    sock.on('error', reject);
+  });
+}
+
+const generationBusy = () => s.engine.status().models.filter((m) => m.role === 'generation').reduce((n, m) => n + m.active + m.queued, 0);
+
+describe('cancel and disconnect', () => {
+  test('cancel stops a running generation: 57014, the engine is free, the session goes on', async () => {
+    const other = await s.connect();
+    const q = other.query(`SELECT steadytext_generate('Tell a very long story', max_tokens := 4000, temperature := 0.9, seed := 7)`).catch((e) => e);
+    while (generationBusy() === 0) await new Promise((r) => setTimeout(r, 10));
+    const t0 = Date.now();
+    await cancel(other);
+    const err = await q;
+    const ms = Date.now() - t0;
+    expect(err.code).toBe('57014');
+    console.log(`cancel took ${ms} ms`);
+    expect(generationBusy()).toBe(0);
+    expect((await other.query('SELECT 1 AS ok')).rows[0].ok).toBe(1);
+  });
+
+  test('a client that disconnects during a generation frees the engine', async () => {
+    const gone = await s.connect();
+    void gone.query(`SELECT steadytext_generate('Another very long story', max_tokens := 4000, temperature := 0.9, seed := 8)`).catch(() => {});
+    while (generationBusy() === 0) await new Promise((r) => setTimeout(r, 10));
+    (gone as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    const t0 = Date.now();
+    while (generationBusy() > 0 && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 10));
+    expect(generationBusy()).toBe(0);
+    console.log(`engine free ${Date.now() - t0} ms after the client left`);
+  });
+});
