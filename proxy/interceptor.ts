@@ -15,10 +15,10 @@
 // Requests without a handler cost nothing beyond the tracker's bookkeeping: their responses are
 // forwarded as raw chunks.
 //
-// Auxiliary statements (not used yet): a Rewrite may send extra requests ahead of the client's message
-// and swallow their answers with a handler that returns null. They run in the client's own session, so
-// with its privileges and snapshot; mind txStatus ('E': they would fail, and so would the session's
-// next statement if they changed state).
+// Auxiliary statements: while its hook is pending, an interceptor may send requests of its own with
+// ctx.send() and swallow (or pass on) their answers with a handler, e.g. the prefetch path's derived
+// SELECT. They run in the client's own session, so with its privileges and snapshot; mind txStatus ('E':
+// they would fail; 'T': fence anything that may fail with a savepoint).
 //
 // Failure: a hook that throws or rejects, or returns bytes that are not whole frontend messages, is
 // logged at warn and the original message is forwarded unchanged (the database still has the real SQL

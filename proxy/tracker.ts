@@ -1,9 +1,11 @@
 // The in-flight request FIFO of one session: for each frontend message sent upstream that the server
 // answers, what answer is still due. The server answers strictly in order, so the head of the FIFO owns
 // every backend message until its terminating one. It costs a byte push per request and a switch per
-// response, so it always runs: it tells when a session is idle (graceful shutdown, cancel on disconnect),
-// and when an interceptor attached a ResponseHandler to a request, it names the messages that handler
-// must see. Rules (PostgreSQL protocol, "Message Flow"):
+// response (with the framing, ~0.2 us per pgbench transaction against ~25 us of socket work), so it always
+// runs rather than starting when an interceptor shows interest, which would miss requests already in
+// flight. It tells when a session is idle (graceful shutdown, cancel on disconnect), and when an
+// interceptor attached a ResponseHandler to a request, which messages that handler must see.
+// Rules (PostgreSQL protocol, "Message Flow"):
 //   Parse → ParseComplete; Bind → BindComplete; Close → CloseComplete;
 //   Describe → [ParameterDescription] then RowDescription | NoData;
 //   Execute → rows, then CommandComplete | EmptyQueryResponse | PortalSuspended (COPY sub-protocols inside);

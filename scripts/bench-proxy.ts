@@ -1,5 +1,8 @@
 // pgbench -S through nothing, through the proxy (its own process) and through pgBouncer (session mode),
-// side by side in one run on one throwaway cluster. `npm run bench:proxy [-- --seconds 10 --clients 8 --rounds 1]`
+// side by side in one run on one throwaway cluster.
+//   npm run bench:proxy [-- --seconds 10 --clients 8 --threads 2 --rounds 1 --modes simple,prepared
+//                          --targets direct,proxy,pgbouncer[,proxy-seam]]
+// proxy-seam is the proxy with an interceptor that never rewrites: the cost of the interception seam.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
@@ -64,12 +67,12 @@ function cpuSeconds(pid: number | undefined): { user: number; sys: number } | un
   }
 }
 
-async function startProxyProcess(cluster: Cluster): Promise<Target> {
+async function startProxyProcess(cluster: Cluster, withSeam: boolean): Promise<Target> {
   const upstream = `postgres://${cluster.host}:${cluster.port}/postgres?sslmode=disable`;
   const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'scripts/proxy-launcher.ts'), upstream], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, NODE_ENV: 'production' },
+    env: { ...process.env, NODE_ENV: 'production', NOOP_INTERCEPTOR: withSeam ? '1' : '0' },
   });
   const { port } = JSON.parse(await firstLine(child)) as { port: number };
   return { port, pid: child.pid, stop: () => child.kill('SIGTERM') };
@@ -164,9 +167,10 @@ async function main(): Promise<void> {
   try {
     pgbench(cluster.port, ['-i', '-q']);
     const targets: Record<string, Target> = { direct: { port: cluster.port, stop: () => {} } };
-    if (TARGETS.includes('proxy')) {
-      targets.proxy = await startProxyProcess(cluster);
-      stops.push(targets.proxy.stop);
+    for (const name of ['proxy', 'proxy-seam']) {
+      if (!TARGETS.includes(name)) continue;
+      targets[name] = await startProxyProcess(cluster, name === 'proxy-seam');
+      stops.push(targets[name].stop);
     }
     if (TARGETS.includes('pgbouncer')) {
       targets.pgbouncer = await startPgbouncer(cluster);
@@ -181,12 +185,12 @@ async function main(): Promise<void> {
           const r = bench(targets[target], mode);
           ((results[mode] ??= {})[target] ??= []).push(r);
           const cpu = Number.isNaN(r.cpuUserUs) ? '' : `  cpu/tx ${r.cpuUserUs.toFixed(1)} us user + ${r.cpuSysUs.toFixed(1)} us sys`;
-          console.log(`  ${mode.padEnd(8)} ${target.padEnd(9)} ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms${cpu}`);
+          console.log(`  ${mode.padEnd(8)} ${target.padEnd(10)} ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms${cpu}`);
         }
       }
     }
     const mean = (rs: Result[], k: keyof Result) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
-    console.log('\nmode      target       tps     latency   vs direct  vs pgbouncer   cpu/tx (user+sys)');
+    console.log('\nmode      target        tps     latency   vs direct  vs pgbouncer   cpu/tx (user+sys)');
     for (const mode of MODES) {
       const direct = results[mode].direct ? mean(results[mode].direct, 'tps') : NaN;
       const bouncer = results[mode].pgbouncer ? mean(results[mode].pgbouncer, 'tps') : NaN;
@@ -194,10 +198,10 @@ async function main(): Promise<void> {
         const tps = mean(results[mode][target], 'tps');
         const lat = mean(results[mode][target], 'latencyMs');
         const vsD = target === 'direct' ? '' : (tps / direct).toFixed(2);
-        const vsB = target === 'proxy' ? (tps / bouncer).toFixed(2) : '';
+        const vsB = target.startsWith('proxy') ? (tps / bouncer).toFixed(2) : '';
         const u = mean(results[mode][target], 'cpuUserUs');
         const cpu = Number.isNaN(u) ? '' : `${u.toFixed(1)} + ${mean(results[mode][target], 'cpuSysUs').toFixed(1)} us`;
-        console.log(`${mode.padEnd(9)} ${target.padEnd(9)} ${tps.toFixed(0).padStart(7)}  ${lat.toFixed(3).padStart(7)} ms  ${vsD.padStart(9)}  ${vsB.padStart(11)}   ${cpu}`);
+        console.log(`${mode.padEnd(9)} ${target.padEnd(10)} ${tps.toFixed(0).padStart(7)}  ${lat.toFixed(3).padStart(7)} ms  ${vsD.padStart(9)}  ${vsB.padStart(11)}   ${cpu}`);
       }
     }
     console.log('\n(cpu/tx: CPU time of the proxy / pgBouncer process per transaction; less sensitive to other load than tps)');

@@ -1,5 +1,6 @@
-// Runs the proxy alone in its own process (for the benchmark): `tsx scripts/proxy-launcher.ts <upstream-url>`.
-// Prints {"port": N} on stdout once listening; SIGTERM/SIGINT close it gracefully.
+// Runs the proxy alone in its own process (for the benchmark): `tsx scripts/proxy-launcher.ts <upstream-url> [port]`.
+// Prints {"port": N} on stdout once listening; SIGTERM/SIGINT close it gracefully. With NOOP_INTERCEPTOR=1
+// an interceptor that never rewrites is attached, to measure what the seam itself costs.
 import pino from 'pino';
 import { startProxy } from '../proxy/server.js';
 
@@ -16,6 +17,7 @@ const proxy = await startProxy({
   shutdownGraceMs: 2_000,
   connectTimeoutMs: 5_000,
   logger,
+  interceptor: process.env.NOOP_INTERCEPTOR === '1' ? { intercept: () => undefined } : undefined,
 });
 process.stdout.write(`${JSON.stringify({ port: proxy.address.port })}\n`);
 for (const sig of ['SIGTERM', 'SIGINT'] as const) {

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import pg from 'pg';
 import type { ProxyServer } from '../../proxy/server.js';
 import * as P from '../../proxy/protocol.js';
-import { client, rawSession, startTestProxy, testDb, urlFor } from './helpers.js';
+import { client, queryMsg, rawSession, startTestProxy, testDb, urlFor } from './helpers.js';
 
 let proxy: ProxyServer;
 beforeAll(async () => {
@@ -58,6 +58,18 @@ describe('queries', () => {
     expect(row.readInt16BE(0)).toBe(6);
     expect(row.readBigInt64BE(6)).toBe(123456789012n);
     expect(row.readDoubleBE(18)).toBe(1.5);
+  });
+
+  test('pg with binary: true gets the same results as directly', async () => {
+    const sql = `select 42::int4 as i, 'txt'::text as t, '[1,2,3]'::vector as v, $1::text as p`;
+    const viaProxy = await client('scram', proxy, { binary: true } as pg.ClientConfig);
+    const direct = await client('scram', null, { binary: true } as pg.ClientConfig);
+    const a = await viaProxy.query(sql, ['param']);
+    const b = await direct.query(sql, ['param']);
+    expect(a.fields.map((f) => f.format)).toEqual(['binary', 'binary', 'binary', 'binary']);
+    expect(a.rows).toEqual(b.rows);
+    await viaProxy.end();
+    await direct.end();
   });
 
   test('custom type parsers see the same text as directly', async () => {
@@ -116,14 +128,18 @@ describe('queries', () => {
     const got = new Promise<pg.Notification>((resolve) => listener.on('notification', resolve));
     await sender.query(`select pg_notify('proxy_chan', 'hello')`);
     expect((await got).payload).toBe('hello');
-    const notice = new Promise<string>((resolve) => listener.on('notice', (n) => resolve(n.message)));
+    const notice = new Promise<string | undefined>((resolve) => listener.on('notice', (n) => resolve(n.message)));
     await listener.query(`do $$ begin raise notice 'note %', 7; end $$`);
     expect(await notice).toBe('note 7');
-    await listener.query(`set application_name = 'renamed'`);
-    expect((listener as unknown as { connectionParameters: unknown }).connectionParameters).toBeDefined();
-    expect((await listener.query('show application_name')).rows[0].application_name).toBe('renamed');
     await listener.end();
     await sender.end();
+    // ParameterStatus after SET, as the server sends it.
+    const raw = await rawSession(proxy.address.port);
+    raw.write(queryMsg(`set application_name = 'renamed'`));
+    await raw.waitForCount('Z', 2);
+    const statuses = raw.messages.filter((m) => m.type === 'S').map((m) => m.body.toString());
+    expect(statuses.at(-1)).toBe('application_name\0renamed\0');
+    raw.destroy();
   });
 });
 

@@ -19,8 +19,16 @@ afterAll(async () => {
 async function freshDb(): Promise<string> {
   const name = `psql_${process.pid}_${dbs.length}`;
   dbs.push(name);
-  await adminQuery(`create database ${name} owner scram_user`);
-  return name;
+  // CREATE DATABASE fails while anyone else is connected to template1 (another suite, briefly): retry.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await adminQuery(`create database ${name} owner scram_user`);
+      return name;
+    } catch (e) {
+      if ((e as { code?: string }).code !== '55006' || attempt >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
 }
 
 async function both(args: string[], stdin?: string, prepare?: (db: string) => Promise<void>): Promise<[RunResult, RunResult]> {
