@@ -7,10 +7,12 @@
 // function finds the answer in steadytext_cache or asks the daemon endpoint (callback path).
 import type { Logger } from 'pino';
 import type { Engine } from '../inference/engine.js';
+import { errorAnswer, streamChunks } from '../sql/answers.js';
 import type { CacheEntry } from '../sql/store.js';
 import { findCalls, isParseFailure, loadParser, statementAst, type StatementCalls, type SteadyCall } from './calls.js';
 import { derivePrefetch } from './prefetch-plan.js';
 import type { Database, DatabaseRegistry } from './databases.js';
+import { engineErrorToWire } from './daemon.js';
 import { evaluateCall, PARAMETERS, type ArgValues } from './evaluate.js';
 import type { Interceptor, InterceptedMessage, ResponseHandler, Rewrite, SessionContext } from './interceptor.js';
 import { Be, bind, parse, query, readBind, readErrorFields, readParse, readTarget, type BindMessage } from './protocol.js';
@@ -132,6 +134,8 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     if (!stmts) return undefined;
     const db = await database(ctx);
     if (!db) return undefined;
+    const streamed = streamable(stmts);
+    if (streamed && ctx.txStatus !== 'E') return stream(sql, streamed.call, streamed.values, db, ctx);
     const jobs: Promise<{ call: SteadyCall; argSql: string } | undefined>[] = [];
     const replaced: { at: number; end: number; text: string }[] = [];
     const prefetches: StatementCalls[] = [];
@@ -204,6 +208,76 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
       await Promise.all(jobs);
       await db.store(await Promise.all(entries)).catch((err) => ctx.log.warn({ err }, 'prefetch could not store answers in steadytext_cache'));
     }
+  }
+
+  /** A query that is just one SELECT over steadytext_generate_stream with known arguments. */
+  function streamable(stmts: StatementCalls[]): { st: StatementCalls; call: SteadyCall; values: ArgValues } | undefined {
+    if (stmts.length !== 1 || stmts[0].kind !== 'select' || !stmts[0].rewritable || stmts[0].calls.length !== 1) return undefined;
+    const call = stmts[0].calls[0];
+    if (call.fn !== 'steadytext_generate_stream' || call.clause !== 'from_function' || call.kind !== 'const' || call.inSubquery || call.inCte) return undefined;
+    const values = argValues(call, null);
+    return values && values.prompt !== null && values.prompt !== undefined ? { st: stmts[0], call, values } : undefined;
+  }
+
+  /**
+   * Streaming: each chunk reaches the client as a DataRow as soon as it is generated. Every chunk still
+   * goes through the database (the statement with that chunk as its answer), so privileges, column
+   * aliases and the row's type are the database's own; the proxy only stitches the answers into one
+   * result: the first RowDescription, every DataRow, then one CommandComplete and ReadyForQuery.
+   * Chunks are cut as streamChunks() cuts the whole text, so the rows never depend on timing.
+   */
+  async function stream(sql: Buffer, call: SteadyCall, values: ArgValues, db: Database, ctx: SessionContext): Promise<Rewrite> {
+    const config = await db.config();
+    const text = (answer: string) => query(splice(sql, [answerInsertion(sql, call, quoteLiteral(answer))], []).toString('utf8'));
+    let rows = 0;
+    let described = false;
+    let failed = false;
+    const part = (answer: string, last: boolean) => new Promise<void>((resolve) => {
+      ctx.send({
+        bytes: text(answer),
+        responses: {
+          onMessage(m) {
+            switch (m[0]) {
+              case Be.RowDescription:
+                if (described) return null;
+                described = true;
+                return m;
+              case Be.DataRow: rows++; return m;
+              case Be.ErrorResponse: failed = true; return m;
+              case Be.CommandComplete: return last ? commandComplete(`SELECT ${rows}`) : null;
+              case Be.ReadyForQuery: return last || failed ? m : null;
+              default: return m;
+            }
+          },
+          onEnd: () => resolve(),
+        },
+      });
+    });
+    const prompt = String(values.prompt);
+    const maxTokens = values.max_tokens === null || values.max_tokens === undefined ? config.defaultMaxTokens : Number(values.max_tokens);
+    const seed = values.seed === null || values.seed === undefined ? config.defaultSeed : Number(values.seed);
+    let full = '';
+    let sent = 0;
+    let error: string | undefined;
+    try {
+      for await (const piece of o.engine.generateStream({ prompt, maxTokens, seed, temperature: 0, modelSize: config.defaultModelSize, caller: `session:${ctx.id}`, signal: ctx.signal, timeoutMs: config.daemonTimeoutMs, cache: config.cacheEnabled })) {
+        full += piece;
+        // A chunk is final once whitespace follows it; the last one waits for the end of the text.
+        const chunks = streamChunks(full);
+        const ready = /\s$/.test(full) ? chunks.length : chunks.length - 1;
+        for (; sent < ready; sent++) {
+          await part(JSON.stringify([chunks[sent]]), false);
+          if (failed) return { send: [] };
+        }
+      }
+    } catch (err) {
+      const w = engineErrorToWire('steadytext_generate_stream', err, config.daemonTimeoutMs);
+      error = errorAnswer(w.code, w.message, w.hint ?? '');
+    }
+    const rest = error ? [] : streamChunks(full).slice(sent);
+    await part(error ?? JSON.stringify(rest), true);
+    db.count({ requests: 1, rewrite_requests: 1, generate_requests: 1, errors: error ? 1 : 0 });
+    return { send: [] };
   }
 
   async function onParse(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
@@ -406,4 +480,12 @@ function readDataRow(m: Buffer): (string | null)[] {
     else { out[i] = m.toString('utf8', pos, pos + len); pos += len; }
   }
   return out;
+}
+
+function commandComplete(tag: string): Buffer {
+  const b = Buffer.alloc(6 + Buffer.byteLength(tag));
+  b[0] = Be.CommandComplete;
+  b.writeInt32BE(b.length - 1, 1);
+  b.write(tag, 5);
+  return b;
 }
