@@ -127,6 +127,12 @@ export class Database {
     }
   }
 
+  /** An entry of steadytext_logs (or steadytext_debug_logs, which keeps it only while debug_mode is on). */
+  logEvent(level: 'debug' | 'info' | 'warning' | 'error', event: string, message: string, details: object): void {
+    this.pool.query('SELECT steadytext_log($1, $2, $3, $4)', [level, event, message, JSON.stringify(details)])
+      .catch((err) => this.log.debug({ err }, 'could not write steadytext_logs'));
+  }
+
   /** Adds to steadytext_stats; written within a second, or at once by flushCounters(). */
   count(deltas: Record<string, number>): void {
     for (const [k, v] of Object.entries(deltas)) if (v) this.counters[k] = (this.counters[k] ?? 0) + v;

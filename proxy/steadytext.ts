@@ -93,6 +93,12 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     if (computes && a !== undefined) {
       const failed = a.startsWith('\x01') && !a.startsWith('\x01\x01');
       const hit = !failed && o.engine.status().cache.hits > hits;
+      if (failed) {
+        const [, code, message] = a.split('\x01');
+        db.logEvent('error', `${how}_error`, message, { sqlstate: code, fn: call.fn, user: ctx.user });
+      } else if (config.debugMode) {
+        db.logEvent('debug', how, `${call.fn} answered by the proxy`, { fn: call.fn, cache_hit: hit, user: ctx.user, session: ctx.id });
+      }
       db.count({
         requests: 1, [`${how}_requests`]: 1, errors: failed ? 1 : 0, cache_hits: hit ? 1 : 0, cache_misses: failed || hit ? 0 : 1,
         [call.fn === 'steadytext_embed' ? 'embed_requests' : 'generate_requests']: 1,

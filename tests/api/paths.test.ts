@@ -118,6 +118,38 @@ describe('errors and privileges', () => {
     await c.query('GRANT EXECUTE ON FUNCTION steadytext_generate TO PUBLIC');
   });
 
+  test('after steadytext_daemon_stop the next call loads the models again, unless daemon_auto_start is false', async () => {
+    expect((await one('SELECT steadytext_daemon_stop() AS ok')).ok).toBe(true);
+    expect((await one(`SELECT steadytext_generate('after stop', 3) AS t`)).t).toBe(await s.engine.generate({ prompt: 'after stop', maxTokens: 3, seed: 42, temperature: 0 }));
+    await c.query(`SELECT steadytext_config_set('daemon_auto_start', 'false')`);
+    await one('SELECT steadytext_daemon_stop() AS ok');
+    const err = await c.query(`SELECT steadytext_generate('while stopped', 3)`).catch((e) => e);
+    expect(err.code).toBe('55000');
+    expect(err.hint).toMatch(/steadytext_daemon_start/);
+    expect((await one('SELECT steadytext_daemon_start() AS ok')).ok).toBe(true);
+    expect((await one(`SELECT steadytext_generate('while stopped', 3) AS t`)).t).toBeTypeOf('string');
+    await c.query(`SELECT steadytext_config_set('daemon_auto_start', 'true')`);
+  });
+
+  test('failures land in steadytext_logs; debug entries only while debug_mode is on', async () => {
+    await c.query(`SELECT steadytext_generate('x', max_tokens := -5)`).catch(() => {});
+    await c.query(`SELECT steadytext_config_set('debug_mode', 'true')`);
+    await one(`SELECT steadytext_generate('debug me', 3) AS t`);
+    await c.query(`SELECT steadytext_config_set('debug_mode', 'false')`);
+    await one(`SELECT steadytext_generate('quiet now', 3) AS t`);
+    // Log writes are asynchronous: wait until they are there.
+    for (let i = 0; i < 100; i++) {
+      const n = (await one(`SELECT (SELECT count(*) FROM steadytext_logs WHERE level = 'error') + (SELECT count(*) FROM steadytext_debug_logs WHERE event = 'rewrite') AS n`)).n;
+      if (Number(n) >= 2) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const errors = (await c.query(`SELECT * FROM steadytext_logs WHERE level = 'error' ORDER BY timestamp DESC`)).rows;
+    expect(errors[0]).toMatchObject({ event: 'rewrite_error' });
+    expect(errors[0].timestamp).toBeInstanceOf(Date);
+    const debug = (await c.query(`SELECT details->>'fn' AS fn, message FROM steadytext_debug_logs WHERE event = 'rewrite'`)).rows;
+    expect(debug.length).toBe(1);
+  });
+
   test('a config change takes effect on the next call in every open session', async () => {
     const other = await s.connect();
     await one(`SELECT steadytext_generate('config probe') AS t`, [], other); // warm the other session
