@@ -6,11 +6,13 @@ import { parseFlags } from './config/flags.js';
 import { createLogger } from './config/logger.js';
 import { loadSettings, parseHostPort, SettingsError, settingsMarkdown, type Settings } from './config/settings.js';
 import { createEngine, type EngineOptions } from './inference/engine.js';
+import { engineOverIpc, serveEngineOverIpc } from './inference/engine-ipc.js';
 import { runModelsCommand } from './inference/models-command.js';
 import { prepareDatabase, startDaemon } from './proxy/daemon.js';
 import { DatabaseRegistry } from './proxy/databases.js';
 import { startProxy } from './proxy/server.js';
 import { createSteadytextInterceptor } from './proxy/steadytext.js';
+import { runPoolWorker, serveInstalls, startWorkerPool, WorkerDatabaseRegistry, workerSetup, type WorkerSetup } from './proxy/workers.js';
 import { SQL_VERSION } from './sql/version.js';
 
 // dist/cli.js when built, cli.ts when run from source.
@@ -56,6 +58,9 @@ function redact(url: string): string {
 }
 
 async function serve(s: Settings, log: Logger): Promise<void> {
+  const setup = workerSetup();
+  if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
+  if (s.workers > 1) return serveWithWorkers(s, log);
   const engine = createEngine(engineOptions(s, log));
   const daemonAddr = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
   const databases = new DatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon: daemonAddr, engine, logger: log });
@@ -86,6 +91,71 @@ async function serve(s: Settings, log: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/** The primary of --workers N: models, daemon endpoint and installs here; client sessions in the workers. */
+async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {
+  const engine = createEngine(engineOptions(s, log));
+  const daemonAddr = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
+  const databases = new DatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon: daemonAddr, engine, logger: log });
+  const daemon = daemonAddr
+    ? await startDaemon({ listen: daemonAddr, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: log })
+    : undefined;
+  const release = async () => {
+    await daemon?.close();
+    await databases.close();
+    await engine.close();
+  };
+  const pool = await startWorkerPool({
+    workers: s.workers,
+    logger: log,
+    data: { daemon: daemon?.address ?? null },
+    // Each worker's own grace, plus time to start it and to release what it holds.
+    stopTimeoutMs: s.shutdownGraceMs + 10_000,
+    attach(channel, index) {
+      const offEngine = serveEngineOverIpc(engine, channel, { callerPrefix: `worker${index}/` });
+      const offInstalls = serveInstalls(databases, channel);
+      return () => { offEngine(); offInstalls(); };
+    },
+  }).catch(async (err) => { await release(); throw err; });
+  log.info({ listen: pool.address, workers: s.workers, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal, graceMs: s.shutdownGraceMs, workers: s.workers }, 'shutting down: no new connections, running queries may finish');
+    // The workers first: their running queries may still need the engine and the daemon.
+    await pool.close();
+    await release();
+    log.info('stopped');
+    log.flush?.();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/** One worker of --workers N: a proxy whose engine and installs are the primary's, over IPC. */
+async function serveAsWorker(s: Settings, log: Logger, setup: WorkerSetup): Promise<void> {
+  const engine = engineOverIpc(setup.channel);
+  await engine.ready;
+  const daemon = (setup.data?.daemon ?? undefined) as { host: string; port: number } | undefined;
+  const databases = new WorkerDatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon, engine, logger: log }, setup.channel);
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log });
+  await interceptor.ready;
+  const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
+  await runPoolWorker(setup, {
+    logger: log,
+    start: (cancels) => startProxy({
+      listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs,
+      connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, cancels,
+    }),
+    async cleanup() {
+      await databases.close();
+      await engine.close();
+    },
+  });
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -30,6 +30,7 @@ export const SPECS = {
   maxMessageBytes: { kind: 'int', env: 'PGSTEADYTEXT_MAX_MESSAGE_BYTES', flag: 'max-message-bytes', default: 256 * MiB, min: 1024, help: 'Largest protocol message accepted from a client; a larger one ends that connection with SQLSTATE 54000.' },
   connectTimeoutMs: { kind: 'int', env: 'PGSTEADYTEXT_CONNECT_TIMEOUT_MS', flag: 'connect-timeout-ms', default: 10_000, min: 1, help: 'Time allowed to reach the upstream before the client gets SQLSTATE 08006.' },
   shutdownGraceMs: { kind: 'int', env: 'PGSTEADYTEXT_SHUTDOWN_GRACE_MS', flag: 'shutdown-grace-ms', default: 30_000, min: 0, help: 'On SIGTERM/SIGINT: how long running queries may finish before sessions are closed.' },
+  workers: { kind: 'int', env: 'PGSTEADYTEXT_WORKERS', flag: 'workers', default: 1, min: 1, help: 'Processes that serve client connections (the models stay in one process). On a busy machine 2 or more lift the proxy past what one Node process can relay.' },
   daemonListen: { kind: 'string', env: 'PGSTEADYTEXT_DAEMON_LISTEN', flag: 'daemon-listen', default: '127.0.0.1:5557', help: 'Address of the daemon endpoint that the SQL functions reach through dblink (host:port), or "off".' },
   autoInstall: { kind: 'bool', env: 'PGSTEADYTEXT_AUTO_INSTALL', flag: 'auto-install', default: true, help: 'Install or upgrade the steadytext SQL objects in a database on first use.' },
   logLevel: { kind: { oneOf: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, env: 'PGSTEADYTEXT_LOG_LEVEL', flag: 'log-level', default: 'info', help: 'Log level.' },

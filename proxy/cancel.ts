@@ -2,6 +2,8 @@
 // upstream key never reaches the client. A CancelRequest carrying a key the proxy issued cancels that
 // session's running upstream query; any other key (forged, stale, wrong secret) does nothing, as with
 // the server itself (no answer either way).
+// With several worker processes each has its own registry; a pid carries the index of the worker that
+// issued it in its high bits, so a CancelRequest accepted by another worker can be routed to it.
 import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 
 export interface CancelKey {
@@ -14,12 +16,34 @@ interface Entry {
   cancel: () => void;
 }
 
+/** Bits of a pid below the worker index: 16M live keys per worker, up to 128 workers in a positive int32. */
+export const WORKER_PID_SHIFT = 24;
+export const MAX_WORKERS = 0x80;
+
+export interface CancelRouting {
+  /** This process's worker index (0-based) and how many workers there are. */
+  worker: number;
+  workers: number;
+  /** Delivers a CancelRequest whose key another worker issued; that worker checks it (see deliver). */
+  route(worker: number, pid: number, secret: Buffer): void;
+}
+
+/** The worker whose registry issued `pid` (meaningful only for registries with routing). */
+export const workerOfPid = (pid: number): number => pid >>> WORKER_PID_SHIFT;
+
 export class CancelRegistry {
   private readonly byPid = new Map<number, Entry>();
   /** CancelRequests that matched a live session. */
   forwarded = 0;
   /** CancelRequests that matched nothing. */
   ignored = 0;
+  /** CancelRequests handed to the worker that issued the key. */
+  routed = 0;
+
+  constructor(private readonly routing?: CancelRouting) {
+    if (routing && !(Number.isInteger(routing.worker) && routing.worker >= 0 && routing.worker < Math.min(routing.workers, MAX_WORKERS)))
+      throw new RangeError(`worker index ${routing.worker} out of range (${routing.workers} workers, at most ${MAX_WORKERS})`);
+  }
 
   /**
    * A key for a session whose upstream key has `secretLength` bytes (4 in protocol 3.0; keep the client's
@@ -27,7 +51,7 @@ export class CancelRegistry {
    */
   issue(secretLength: number, cancel: () => void): CancelKey {
     let pid: number;
-    do pid = randomInt(1, 0x7fffffff);
+    do pid = this.routing ? this.routing.worker * 2 ** WORKER_PID_SHIFT + randomInt(1, 2 ** WORKER_PID_SHIFT) : randomInt(1, 0x7fffffff);
     while (this.byPid.has(pid));
     const secret = randomBytes(Math.max(4, secretLength));
     this.byPid.set(pid, { secret, cancel });
@@ -38,8 +62,28 @@ export class CancelRegistry {
     this.byPid.delete(pid);
   }
 
-  /** Handles a client's CancelRequest; true if it matched a live session. */
+  /**
+   * Handles a client's CancelRequest; true if it matched a live session, or if it was routed to the
+   * worker that issued the pid (which then checks the secret: a forged key does nothing there either).
+   */
   cancel(pid: number, secret: Buffer): boolean {
+    if (this.routing) {
+      const w = workerOfPid(pid);
+      if (w !== this.routing.worker) {
+        if (pid <= 0 || w >= this.routing.workers) {
+          this.ignored++;
+          return false;
+        }
+        this.routed++;
+        this.routing.route(w, pid, Buffer.from(secret));
+        return true;
+      }
+    }
+    return this.deliver(pid, secret);
+  }
+
+  /** Checks a CancelRequest against this registry's own keys only (the receiving end of routing). */
+  deliver(pid: number, secret: Buffer): boolean {
     const e = this.byPid.get(pid);
     // Length is not secret; the bytes are compared in constant time.
     if (!e || e.secret.length !== secret.length || !timingSafeEqual(e.secret, secret)) {

@@ -28,6 +28,8 @@ export interface ProxyOptions {
   connectTimeoutMs: number;
   logger: Logger;
   interceptor?: Interceptor;
+  /** The cancel keys' registry; a worker process passes one that routes other workers' keys (proxy/workers.ts). */
+  cancels?: CancelRegistry;
 }
 
 export interface ProxyStats {
@@ -53,7 +55,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const target = parseUpstreamUrl(opts.upstream);
   const secureContext = opts.tls ? createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
   const sessions = new Set<ClientSession>();
-  const cancels = new CancelRegistry();
+  const cancels = opts.cancels ?? new CancelRegistry();
   const totals: Totals = {
     accepted: 0,
     closed: 0,

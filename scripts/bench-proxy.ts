@@ -1,8 +1,10 @@
 // pgbench -S through nothing, through the proxy (its own process) and through pgBouncer (session mode),
 // side by side in one run on one throwaway cluster.
 //   npm run bench:proxy [-- --seconds 10 --clients 8 --threads 2 --rounds 1 --modes simple,prepared
-//                          --targets direct,proxy,pgbouncer[,proxy-seam]]
-// proxy-seam is the proxy with an interceptor that never rewrites: the cost of the interception seam.
+//                          --workers 2 --targets direct,proxy,pgbouncer[,proxy-seam]]
+// proxy is measured twice: with one process (proxy-1w) and with --workers processes (proxy-<N>w), so
+// the effect of the workers shows side by side. proxy-seam is the one-process proxy with an interceptor
+// that never rewrites: the cost of the interception seam.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
@@ -18,7 +20,9 @@ const CLIENTS = Number(args.get('clients') ?? 8);
 const THREADS = Number(args.get('threads') ?? 2);
 const ROUNDS = Number(args.get('rounds') ?? 1);
 const MODES = (args.get('modes') ?? 'simple,prepared').split(',');
-const TARGETS = (args.get('targets') ?? 'direct,proxy,pgbouncer').split(',');
+const WORKERS = Number(args.get('workers') ?? 2);
+const TARGETS = (args.get('targets') ?? 'direct,proxy,pgbouncer').split(',')
+  .flatMap((t) => (t === 'proxy' ? [...new Set(['proxy-1w', `proxy-${WORKERS}w`])] : [t]));
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const PASSWORD = 'postgres';
@@ -55,21 +59,34 @@ interface Target {
   stop(): void;
 }
 
-/** User and system CPU seconds of a process so far (Linux /proc), or undefined. */
+/** User and system CPU seconds so far of a process and its live descendants (the proxy's workers; Linux /proc), or undefined. */
 function cpuSeconds(pid: number | undefined): { user: number; sys: number } | undefined {
   if (pid === undefined) return undefined;
   try {
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
     const hz = 100; // USER_HZ on Linux
-    return { user: Number(fields[11]) / hz, sys: Number(fields[12]) / hz };
+    const own = { user: Number(fields[11]) / hz, sys: Number(fields[12]) / hz };
+    for (const child of childPids(pid)) {
+      const c = cpuSeconds(child);
+      if (c) { own.user += c.user; own.sys += c.sys; }
+    }
+    return own;
   } catch {
     return undefined;
   }
 }
 
-async function startProxyProcess(cluster: Cluster, withSeam: boolean): Promise<Target> {
+function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+async function startProxyProcess(cluster: Cluster, withSeam: boolean, workers: number): Promise<Target> {
   const upstream = `postgres://${cluster.host}:${cluster.port}/postgres?sslmode=disable`;
-  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'scripts/proxy-launcher.ts'), upstream], {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'scripts/proxy-launcher.ts'), upstream, '--workers', String(workers)], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, NODE_ENV: 'production', NOOP_INTERCEPTOR: withSeam ? '1' : '0' },
@@ -161,15 +178,16 @@ function bench(target: Target, mode: string): Result {
 }
 
 async function main(): Promise<void> {
-  console.log(`pgbench -S -c ${CLIENTS} -j ${THREADS} -T ${SECONDS}, modes ${MODES.join('/')}, ${ROUNDS} round(s)`);
+  console.log(`pgbench -S -c ${CLIENTS} -j ${THREADS} -T ${SECONDS}, modes ${MODES.join('/')}, ${ROUNDS} round(s), proxy workers: 1 and ${WORKERS} (--workers)`);
   const cluster = await startCluster();
   const stops: (() => void)[] = [];
   try {
     pgbench(cluster.port, ['-i', '-q']);
     const targets: Record<string, Target> = { direct: { port: cluster.port, stop: () => {} } };
-    for (const name of ['proxy', 'proxy-seam']) {
-      if (!TARGETS.includes(name)) continue;
-      targets[name] = await startProxyProcess(cluster, name === 'proxy-seam');
+    for (const name of TARGETS) {
+      const workers = name === 'proxy-seam' ? 1 : Number(/^proxy-(\d+)w$/.exec(name)?.[1]);
+      if (!Number.isInteger(workers)) continue;
+      targets[name] = await startProxyProcess(cluster, name === 'proxy-seam', workers);
       stops.push(targets[name].stop);
     }
     if (TARGETS.includes('pgbouncer')) {
@@ -204,7 +222,7 @@ async function main(): Promise<void> {
         console.log(`${mode.padEnd(9)} ${target.padEnd(10)} ${tps.toFixed(0).padStart(7)}  ${lat.toFixed(3).padStart(7)} ms  ${vsD.padStart(9)}  ${vsB.padStart(11)}   ${cpu}`);
       }
     }
-    console.log('\n(cpu/tx: CPU time of the proxy / pgBouncer process per transaction; less sensitive to other load than tps)');
+    console.log(`\n(proxy-Nw: the proxy with N worker processes; cpu/tx: CPU time of the proxy (all its processes) / pgBouncer per transaction; less sensitive to other load than tps)`);
   } finally {
     for (const stop of stops) stop();
     await new Promise((r) => setTimeout(r, 300));

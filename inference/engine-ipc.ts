@@ -1,0 +1,259 @@
+// The engine across a process boundary: one process owns the models (serveEngineOverIpc), others use
+// them through an Engine that forwards every call over a Node IPC channel (engineOverIpc). The channel
+// must use serialization 'advanced' (structured clone): vectors travel as Float32Array, not JSON.
+// status(), modelInfo() and models() are synchronous in the Engine interface, so the serving side
+// pushes a snapshot with every answer (a caller comparing status() before and after a call sees the
+// state that call left) and once a second.
+import {
+  EngineClosedError, InferenceError, type EmbedRequest, type Engine, type EngineStatus, type GenerateRequest,
+  type InferenceErrorCode, type ModelInfo, type ModelRole, type ModelSpec,
+} from './engine.js';
+
+/** What the serving and calling sides need of a Node IPC endpoint (process, ChildProcess, cluster Worker). */
+export interface IpcChannel {
+  send(message: unknown): void;
+  onMessage(listener: (message: any) => void): () => void;
+  /** The channel closed (the other process exited or disconnected). */
+  onClose(listener: () => void): () => void;
+}
+
+interface IpcEndpoint {
+  send?: (message: any, sendHandle?: any, options?: any, callback?: (error: Error | null) => void) => boolean;
+  connected?: boolean;
+  isConnected?: () => boolean;
+  on(event: string, listener: (...args: any[]) => void): unknown;
+  removeListener(event: string, listener: (...args: any[]) => void): unknown;
+}
+
+/** An IpcChannel over `process` (in a child), a ChildProcess or a cluster Worker. */
+export function ipcChannel(endpoint: IpcEndpoint): IpcChannel {
+  const on = (event: string, listener: (...args: any[]) => void) => {
+    endpoint.on(event, listener);
+    return () => void endpoint.removeListener(event, listener);
+  };
+  return {
+    send(message) {
+      const open = endpoint.isConnected ? endpoint.isConnected() : endpoint.connected !== false;
+      // A closed channel is reported through onClose; the callback keeps the send error from becoming an 'error' event.
+      if (open && endpoint.send) endpoint.send(message, undefined, undefined, () => {});
+    },
+    onMessage: (listener) => on('message', listener),
+    onClose: (listener) => on('disconnect', listener),
+  };
+}
+
+const TAG = 'steadytext-engine';
+
+type Op = 'generate' | 'stream' | 'embed' | 'embedMany' | 'modelIdentity' | 'load' | 'unload' | 'reload' | 'clearCache';
+
+interface Snapshot { status: EngineStatus; modelInfo: ModelInfo[]; models: ModelSpec[] }
+interface WireError { name: string; message: string; code?: string }
+
+type ToServer =
+  | { tag: typeof TAG; kind: 'call'; id: number; op: Op; args: unknown[]; aborted?: boolean }
+  | { tag: typeof TAG; kind: 'abort'; id: number; reason?: string }
+  | { tag: typeof TAG; kind: 'hello' };
+type ToClient =
+  | { tag: typeof TAG; kind: 'result'; id: number; value?: unknown; error?: WireError; state: Snapshot }
+  | { tag: typeof TAG; kind: 'chunk'; id: number; text: string }
+  | { tag: typeof TAG; kind: 'state'; state: Snapshot };
+
+const INFERENCE_CODES = new Set<InferenceErrorCode>([
+  'MODEL_NOT_FOUND', 'DOWNLOAD_FAILED', 'MODEL_LOAD_FAILED', 'INVALID_ARGUMENT', 'PROMPT_TOO_LONG',
+  'OVERLOADED', 'TIMEOUT', 'CANCELLED', 'INFERENCE_FAILED', 'CLOSED',
+]);
+
+function toWire(e: unknown): WireError {
+  const err = e as { name?: unknown; message?: unknown; code?: unknown };
+  return {
+    name: typeof err?.name === 'string' ? err.name : 'Error',
+    message: typeof err?.message === 'string' ? err.message : String(e),
+    code: typeof err?.code === 'string' ? err.code : undefined,
+  };
+}
+
+/** The same code and message as in the serving process, so callers map it to the same SQLSTATE. */
+function fromWire(w: WireError): Error {
+  const e = w.code && INFERENCE_CODES.has(w.code as InferenceErrorCode)
+    ? new InferenceError(w.code as InferenceErrorCode, w.message)
+    : Object.assign(new Error(w.message), w.code ? { code: w.code } : {});
+  e.name = w.name;
+  return e;
+}
+
+export interface ServeOptions {
+  /** Prefixed to every request's fairness key: session ids of different processes must not collide. */
+  callerPrefix?: string;
+  /** How often the snapshot is pushed when nothing else happens (ms, default 1000). */
+  pushIntervalMs?: number;
+}
+
+/**
+ * Answers one channel's engine calls with `engine`. Returns a detach function; closing the channel
+ * detaches too, and aborts what that side still had running.
+ */
+export function serveEngineOverIpc(engine: Engine, channel: IpcChannel, o: ServeOptions = {}): () => void {
+  const running = new Map<number, AbortController>();
+  const snapshot = (): Snapshot => ({ status: engine.status(), modelInfo: engine.modelInfo(), models: engine.models() });
+  const push = () => channel.send({ tag: TAG, kind: 'state', state: snapshot() } satisfies ToClient);
+  const prefix = o.callerPrefix ?? '';
+
+  async function run(id: number, op: Op, args: unknown[], signal: AbortSignal): Promise<unknown> {
+    const req = <T extends object>(r: T) => ({ ...r, signal, caller: `${prefix}${(r as { caller?: string }).caller ?? ''}` });
+    switch (op) {
+      case 'generate': return engine.generate(req(args[0] as GenerateRequest));
+      case 'embed': return engine.embed(req(args[0] as EmbedRequest));
+      case 'embedMany': return engine.embedMany(args[0] as string[], req((args[1] ?? {}) as Omit<EmbedRequest, 'text'>));
+      case 'modelIdentity': return engine.modelIdentity(args[0] as ModelRole, args[1] as string | null | undefined);
+      case 'load': return engine.load(args[0] as { role: ModelRole; modelSize?: string | null } | undefined);
+      case 'unload': return engine.unload();
+      case 'reload': return engine.reload();
+      case 'clearCache': return engine.clearCache();
+      case 'stream': {
+        for await (const text of engine.generateStream(req(args[0] as GenerateRequest))) channel.send({ tag: TAG, kind: 'chunk', id, text } satisfies ToClient);
+        return undefined;
+      }
+    }
+  }
+
+  const offMessage = channel.onMessage((m: ToServer) => {
+    if (m?.tag !== TAG) return;
+    if (m.kind === 'hello') return push();
+    if (m.kind === 'abort') return running.get(m.id)?.abort(new Error(m.reason ?? 'aborted by the caller'));
+    if (m.kind !== 'call') return;
+    const ac = new AbortController();
+    if (m.aborted) ac.abort(new Error('aborted by the caller'));
+    running.set(m.id, ac);
+    run(m.id, m.op, m.args, ac.signal).then(
+      (value) => ({ value }),
+      (e: unknown) => ({ error: toWire(e) }),
+    ).then((r) => {
+      running.delete(m.id);
+      channel.send({ tag: TAG, kind: 'result', id: m.id, ...r, state: snapshot() } satisfies ToClient);
+    });
+  });
+  const timer = setInterval(push, o.pushIntervalMs ?? 1000).unref();
+  const detach = () => {
+    clearInterval(timer);
+    offMessage();
+    offClose();
+    for (const ac of running.values()) ac.abort(new Error('the calling process is gone'));
+    running.clear();
+  };
+  const offClose = channel.onClose(detach);
+  push();
+  return detach;
+}
+
+interface Pending {
+  resolve(v: unknown): void;
+  reject(e: Error): void;
+  onChunk?(text: string): void;
+}
+
+/**
+ * An Engine whose work is done by the process serving it over `channel`. `ready` resolves with the
+ * first snapshot; status() and friends throw before that. close() only detaches this side: the
+ * engine itself belongs to the serving process (and to every other process using it).
+ */
+export function engineOverIpc(channel: IpcChannel): Engine & { ready: Promise<void> } {
+  const pending = new Map<number, Pending>();
+  let nextId = 1;
+  let state: Snapshot | undefined;
+  let closed = false;
+  let gotState!: () => void;
+  const ready = new Promise<void>((resolve) => (gotState = resolve));
+
+  const failAll = (e: Error) => {
+    for (const p of pending.values()) p.reject(e);
+    pending.clear();
+  };
+  const offMessage = channel.onMessage((m: ToClient) => {
+    if (m?.tag !== TAG) return;
+    if (m.kind === 'state' || m.kind === 'result') {
+      state = m.state;
+      gotState();
+    }
+    if (m.kind === 'chunk') pending.get(m.id)?.onChunk?.(m.text);
+    else if (m.kind === 'result') {
+      const p = pending.get(m.id);
+      if (!p) return;
+      pending.delete(m.id);
+      if (m.error) p.reject(fromWire(m.error));
+      else p.resolve(m.value);
+    }
+  });
+  const offClose = channel.onClose(() => { closed = true; failAll(new EngineClosedError()); });
+  channel.send({ tag: TAG, kind: 'hello' } satisfies ToServer);
+
+  /** Without the signal (it cannot cross); an abort is sent as its own message. */
+  function call<T>(op: Op, args: unknown[], signal?: AbortSignal | null, onChunk?: (text: string) => void): { id: number; result: Promise<T> } {
+    const id = nextId++;
+    const result = new Promise<T>((resolve, reject) => {
+      if (closed) return reject(new EngineClosedError());
+      pending.set(id, { resolve: resolve as (v: unknown) => void, reject, onChunk });
+      channel.send({ tag: TAG, kind: 'call', id, op, args, aborted: signal?.aborted || undefined } satisfies ToServer);
+    });
+    if (signal && !signal.aborted) {
+      const onAbort = () => abort(id, signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      result.then(() => signal.removeEventListener('abort', onAbort), () => signal.removeEventListener('abort', onAbort));
+    }
+    return { id, result };
+  }
+  const abort = (id: number, reason?: unknown) => {
+    if (pending.has(id)) channel.send({ tag: TAG, kind: 'abort', id, reason: reason === undefined ? undefined : String((reason as Error)?.message ?? reason) } satisfies ToServer);
+  };
+  const plain = <T extends { signal?: AbortSignal }>(r: T) => {
+    const { signal: _signal, ...rest } = r;
+    return rest;
+  };
+  const current = (): Snapshot => {
+    if (!state) throw new Error('the inference engine has not reported its state yet (await ready)');
+    return state;
+  };
+
+  return {
+    ready,
+    generate: (r) => call<string>('generate', [plain(r)], r.signal).result,
+    async *generateStream(r: GenerateRequest) {
+      const chunks: string[] = [];
+      let wake: (() => void) | undefined;
+      let finished = false;
+      const { id, result } = call<void>('stream', [plain(r)], r.signal, (text) => { chunks.push(text); wake?.(); });
+      const done = result.finally(() => { finished = true; wake?.(); });
+      done.catch(() => {}); // rethrown below, after the chunks that came first
+      let consumerLeft = true;
+      try {
+        for (;;) {
+          if (chunks.length) { yield chunks.splice(0).join(''); continue; }
+          if (finished) break;
+          await new Promise<void>((res) => (wake = res));
+          wake = undefined;
+        }
+        await done;
+        consumerLeft = false;
+      } finally {
+        // Leaving the loop early stops the generation, as with the engine itself.
+        if (consumerLeft && !finished) abort(id, 'stream closed by its consumer');
+      }
+    },
+    embed: (r) => call<Float32Array>('embed', [plain(r)], r.signal).result,
+    embedMany: (texts, r = {}) => call<Float32Array[]>('embedMany', [texts, plain(r)], r.signal).result,
+    modelIdentity: (role, modelSize) => call<string>('modelIdentity', [role, modelSize]).result,
+    load: (which) => call<void>('load', [which]).result,
+    unload: () => call<void>('unload', []).result,
+    reload: () => call<void>('reload', []).result,
+    clearCache: () => void call<void>('clearCache', []).result.catch(() => {}),
+    status: () => current().status,
+    modelInfo: () => current().modelInfo,
+    models: () => current().models,
+    async close() {
+      if (closed) return;
+      closed = true;
+      offMessage();
+      offClose();
+      failAll(new EngineClosedError());
+    },
+  };
+}

@@ -1,0 +1,255 @@
+// Several proxy processes on one port (node:cluster). One Node process spends most of its time per
+// socket event, so past a point relaying is bound by one core; workers spread the sessions. The
+// primary keeps what must be single (models, daemon endpoint, installs) and serves it over IPC; each
+// worker runs startProxy. Cluster's round-robin hands out connections evenly, which matters for a few
+// long-lived sessions (the OS-level balancing of a shared socket can leave one worker with most).
+import cluster, { type Worker } from 'node:cluster';
+import type { Logger } from 'pino';
+import { ipcChannel, type IpcChannel } from '../inference/engine-ipc.js';
+import { CancelRegistry, MAX_WORKERS } from './cancel.js';
+import { DatabaseRegistry, type Database, type DatabaseRegistryOptions } from './databases.js';
+import type { ProxyServer } from './server.js';
+
+const TAG = 'steadytext-worker';
+/** How the primary tells a forked process which worker it is. */
+const ENV = 'PGSTEADYTEXT_WORKER_SETUP';
+
+type Address = { host: string; port: number };
+type FromWorker =
+  | { tag: typeof TAG; kind: 'listening'; address: Address }
+  | { tag: typeof TAG; kind: 'cancel'; to: number; pid: number; secret: string }
+  | { tag: typeof TAG; kind: 'install'; id: number; database: string };
+type ToWorker =
+  | { tag: typeof TAG; kind: 'cancel'; from: number; pid: number; secret: string }
+  | { tag: typeof TAG; kind: 'installed'; id: number; error?: string }
+  | { tag: typeof TAG; kind: 'shutdown' };
+
+export interface WorkerPoolOptions {
+  workers: number;
+  logger: Logger;
+  /** JSON-able data every worker gets (WorkerSetup.data). */
+  data?: unknown;
+  /** Services the primary offers on a (re)started worker's channel (engine, installs); returns their detach. */
+  attach?(channel: IpcChannel, index: number): () => void;
+  /** How long close() lets workers run their own graceful close before they are killed. */
+  stopTimeoutMs: number;
+}
+
+export interface WorkerPool {
+  address: Address;
+  /** Asks every worker to close gracefully; resolves when all have exited. */
+  close(): Promise<void>;
+}
+
+interface Slot {
+  index: number;
+  worker?: Worker;
+  channel?: IpcChannel;
+  listening: boolean;
+  startedAt: number;
+  crashes: number;
+}
+
+/** Forks the workers (this process must be the cluster primary) and resolves once all are listening. */
+export async function startWorkerPool(o: WorkerPoolOptions): Promise<WorkerPool> {
+  if (!cluster.isPrimary) throw new Error('startWorkerPool runs in the primary process');
+  if (o.workers < 1 || o.workers > MAX_WORKERS) throw new RangeError(`workers must be from 1 to ${MAX_WORKERS}, not ${o.workers}`);
+  const log = o.logger;
+  // Structured clone: vectors cross as Float32Array (see inference/engine-ipc.ts).
+  cluster.setupPrimary({ serialization: 'advanced' });
+  const slots: Slot[] = Array.from({ length: o.workers }, (_, index) => ({ index, listening: false, startedAt: 0, crashes: 0 }));
+  let stopping = false;
+  let address: Address | undefined;
+  let startup: { resolve(): void; reject(e: Error): void } | undefined;
+  const exited = new Set<Promise<void>>();
+
+  function fork(slot: Slot): void {
+    const w = cluster.fork({ [ENV]: JSON.stringify({ index: slot.index, workers: o.workers, data: o.data ?? null }) });
+    const channel = ipcChannel(w);
+    slot.worker = w;
+    slot.channel = channel;
+    slot.listening = false;
+    slot.startedAt = Date.now();
+    const detach = o.attach?.(channel, slot.index);
+    channel.onMessage((m: FromWorker) => {
+      if (m?.tag !== TAG) return;
+      if (m.kind === 'listening') {
+        slot.listening = true;
+        address ??= m.address;
+        if (slots.every((s) => s.listening)) startup?.resolve();
+      } else if (m.kind === 'cancel') {
+        // Only the issuing worker can check the secret; a key for a worker that is gone matches nothing.
+        slots[m.to]?.channel?.send({ tag: TAG, kind: 'cancel', from: slot.index, pid: m.pid, secret: m.secret } satisfies ToWorker);
+      }
+    });
+    let done!: () => void;
+    const gone = new Promise<void>((r) => (done = r));
+    exited.add(gone);
+    w.once('exit', (code: number | null, signal: string | null) => {
+      detach?.();
+      exited.delete(gone);
+      if (slot.worker === w) { slot.worker = undefined; slot.channel = undefined; }
+      done();
+      if (stopping) return;
+      if (startup && !slot.listening) {
+        startup.reject(new Error(`worker ${slot.index} exited (${signal ?? `code ${code}`}) before it was listening: see its log above`));
+        return;
+      }
+      log.error({ worker: slot.index, code, signal }, slot.listening ? 'worker exited unexpectedly; restarting' : 'worker exited before it was listening; restarting');
+      // A worker that keeps dying right after its start is restarted more and more slowly.
+      slot.crashes = Date.now() - slot.startedAt < 10_000 ? slot.crashes + 1 : 0;
+      const delay = Math.min(30_000, slot.crashes ? 250 * 2 ** slot.crashes : 0);
+      setTimeout(() => { if (!stopping) fork(slot); }, delay);
+    });
+  }
+
+  async function close(): Promise<void> {
+    stopping = true;
+    for (const s of slots) s.channel?.send({ tag: TAG, kind: 'shutdown' } satisfies ToWorker);
+    const timer = setTimeout(() => {
+      for (const s of slots) if (s.worker) {
+        log.warn({ worker: s.index }, 'worker did not stop in time; killing it');
+        s.worker.process.kill('SIGKILL');
+      }
+    }, o.stopTimeoutMs).unref();
+    await Promise.all([...exited]);
+    clearTimeout(timer);
+  }
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      startup = { resolve, reject };
+      for (const s of slots) fork(s);
+    });
+  } catch (e) {
+    await close();
+    throw e;
+  } finally {
+    startup = undefined;
+  }
+  return { address: address!, close };
+}
+
+export interface WorkerSetup {
+  index: number;
+  workers: number;
+  data: any;
+  /** The channel to the primary. */
+  channel: IpcChannel;
+}
+
+/** This process's place in a worker pool, or undefined when it is not a pool worker. */
+export function workerSetup(): WorkerSetup | undefined {
+  const raw = process.env[ENV];
+  if (!cluster.isWorker || !raw) return undefined;
+  const { index, workers, data } = JSON.parse(raw) as { index: number; workers: number; data: unknown };
+  return { index, workers, data, channel: ipcChannel(process) };
+}
+
+export interface PoolWorkerOptions {
+  logger: Logger;
+  /** Starts this worker's proxy with the given cancel registry (it routes other workers' keys). */
+  start(cancels: CancelRegistry): Promise<ProxyServer>;
+  /** After the proxy has closed (sessions drained): release what the worker holds. */
+  cleanup?(): Promise<void>;
+}
+
+/**
+ * The worker side: starts the proxy, tells the primary it listens, delivers cancels routed to it and
+ * closes gracefully on the primary's request, on SIGTERM/SIGINT (a terminal's ^C reaches every process
+ * of the group) or when the primary is gone. Exits the process when closed.
+ */
+export async function runPoolWorker(setup: WorkerSetup, o: PoolWorkerOptions): Promise<void> {
+  const log = o.logger;
+  const { channel } = setup;
+  const cancels = new CancelRegistry({
+    worker: setup.index,
+    workers: setup.workers,
+    route: (to, pid, secret) => channel.send({ tag: TAG, kind: 'cancel', to, pid, secret: secret.toString('base64') } satisfies FromWorker),
+  });
+  let proxy: ProxyServer | undefined;
+  let stopping: Promise<void> | undefined;
+  const stop = (why: string) => (stopping ??= (async () => {
+    log.info({ why }, 'worker stopping');
+    await proxy?.close();
+    await o.cleanup?.().catch((err) => log.warn({ err }, 'worker cleanup failed'));
+    log.flush?.();
+    process.exit(0);
+  })());
+  channel.onMessage((m: ToWorker) => {
+    if (m?.tag !== TAG) return;
+    if (m.kind === 'shutdown') void stop('asked by the primary');
+    else if (m.kind === 'cancel') {
+      const matched = cancels.deliver(m.pid, Buffer.from(m.secret, 'base64'));
+      log.info({ pid: m.pid, matched, from: m.from }, matched ? 'cancel request from another worker forwarded' : 'cancel request from another worker with an unknown key ignored');
+    }
+  });
+  channel.onClose(() => void stop('the primary process is gone'));
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void stop(sig));
+  proxy = await o.start(cancels);
+  if (stopping) return;
+  channel.send({ tag: TAG, kind: 'listening', address: proxy.address } satisfies FromWorker);
+}
+
+/** Primary side of installs: a worker's first use of a database runs the (single) install here. */
+export function serveInstalls(databases: DatabaseRegistry, channel: IpcChannel): () => void {
+  return channel.onMessage((m: FromWorker) => {
+    if (m?.tag !== TAG || m.kind !== 'install') return;
+    databases.get(m.database).ready().then(
+      () => channel.send({ tag: TAG, kind: 'installed', id: m.id } satisfies ToWorker),
+      (e: unknown) => channel.send({ tag: TAG, kind: 'installed', id: m.id, error: (e as Error)?.message ?? String(e) } satisfies ToWorker),
+    );
+  });
+}
+
+/**
+ * A worker's DatabaseRegistry: the install (and the daemon secret the primary's daemon needs) happen in
+ * the primary, once per database however many workers serve it; each worker then keeps its own
+ * service pool and config listener, as without workers.
+ */
+export class WorkerDatabaseRegistry extends DatabaseRegistry {
+  private readonly installs = new Map<string, Promise<void>>();
+  private readonly waiting = new Map<number, { resolve(): void; reject(e: Error): void }>();
+  private readonly wrapped = new WeakSet<Database>();
+  private nextId = 1;
+
+  constructor(opts: DatabaseRegistryOptions, private readonly channel: IpcChannel) {
+    // The worker only reads the secret; installing is the primary's job.
+    super({ ...opts, autoInstall: false });
+    channel.onMessage((m: ToWorker) => {
+      if (m?.tag !== TAG || m.kind !== 'installed') return;
+      const w = this.waiting.get(m.id);
+      this.waiting.delete(m.id);
+      if (m.error === undefined) w?.resolve(); else w?.reject(new Error(m.error));
+    });
+    channel.onClose(() => {
+      for (const w of this.waiting.values()) w.reject(new Error('the primary process is gone'));
+      this.waiting.clear();
+    });
+  }
+
+  override get(database: string): Database {
+    const d = super.get(database);
+    if (!this.wrapped.has(d)) {
+      this.wrapped.add(d);
+      const own = d.ready.bind(d);
+      d.ready = () => this.install(database).then(own);
+    }
+    return d;
+  }
+
+  private install(database: string): Promise<void> {
+    let p = this.installs.get(database);
+    if (!p) {
+      const id = this.nextId++;
+      p = new Promise<void>((resolve, reject) => {
+        this.waiting.set(id, { resolve, reject });
+        this.channel.send({ tag: TAG, kind: 'install', id, database } satisfies FromWorker);
+      });
+      // A failed install is asked for again by a later session (database down, role fixed...).
+      p.catch(() => this.installs.delete(database));
+      this.installs.set(database, p);
+    }
+    return p;
+  }
+}
