@@ -82,9 +82,9 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
 
   async function answer(call: SteadyCall, values: ArgValues, db: Database, ctx: SessionContext, how: 'rewrite' | 'prefetch' = 'rewrite', keep?: Remember): Promise<string | undefined> {
     const config = await db.config();
-    const remember: Remember = keep ?? ((role, size, entry) => {
-      void db.identity(role, size).then((id) => db.store([entry(id)])).catch((err) => ctx.log.debug({ err }, 'cache write failed'));
-    });
+    // The shared cache row is written once, when the engine computed the answer, not again on every hit.
+    const later: Parameters<Remember>[] = [];
+    const remember: Remember = keep ?? ((...args) => void later.push(args));
     const computes = call.fn === 'steadytext_generate' || call.fn === 'steadytext_embed' || call.fn === 'steadytext_generate_stream';
     const hits = computes ? o.engine.status().cache.hits : 0;
     const a = await evaluateCall(call.fn, values, {
@@ -93,6 +93,11 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     if (computes && a !== undefined) {
       const failed = a.startsWith('\x01') && !a.startsWith('\x01\x01');
       const hit = !failed && o.engine.status().cache.hits > hits;
+      if (!hit) {
+        for (const [role, size, entry] of later) {
+          void db.identity(role, size).then((id) => db.store([entry(id)])).catch((err) => ctx.log.debug({ err }, 'cache write failed'));
+        }
+      }
       if (failed) {
         const [, code, message] = a.split('\x01');
         db.logEvent('error', `${how}_error`, message, { sqlstate: code, fn: call.fn, user: ctx.user });

@@ -1,0 +1,438 @@
+// npm run bench:sql [-- --preset tiny|bench] [--rows 2000] [--clients 4] [--calls 2000] [--sample 50] [--bulk-timeout-ms MS]
+// Embedding a table through SQL, against the engine alone, in one process on a throwaway cluster:
+//   bulk     one UPDATE ... SET emb = steadytext_embed(body) through the proxy (prefetch path)
+//   per-row  one UPDATE per row with bound parameters through the proxy (rewrite path), 1 and N clients
+//   engine   engine.embedMany on the same texts, no database
+// then the round trip of cached calls next to SELECT 1, and a byte-for-byte check of the stored vectors.
+// Every throughput phase starts cold: engine cache cleared, steadytext_cache truncated, emb reset.
+// --bulk-timeout-ms adds a second bulk run with daemon_timeout_ms set to MS (the prefetch's per-request limit).
+import { mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import pino from 'pino';
+import { createEngine, type EmbedRequest, type Engine } from '../inference/engine.js';
+import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels, type FixturePreset } from '../inference/fixture-models.js';
+import { findCalls, isParseFailure, loadParser } from '../proxy/calls.js';
+import { startDaemon } from '../proxy/daemon.js';
+import { DatabaseRegistry } from '../proxy/databases.js';
+import { derivePrefetch } from '../proxy/prefetch-plan.js';
+import { startProxy } from '../proxy/server.js';
+import { createSteadytextInterceptor } from '../proxy/steadytext.js';
+import { parseVectorText, vectorText } from '../sql/answers.js';
+import { storeCacheEntry, type CacheEntry } from '../sql/store.js';
+import { startCluster, type Cluster } from '../tests/setup/cluster.js';
+
+const { values: opt } = parseArgs({
+  options: {
+    preset: { type: 'string', default: 'bench' },
+    rows: { type: 'string', default: '2000' },
+    clients: { type: 'string', default: '4' },
+    calls: { type: 'string', default: '2000' },
+    sample: { type: 'string', default: '50' },
+    'bulk-timeout-ms': { type: 'string' },
+  },
+});
+const PRESET = opt.preset as FixturePreset;
+if (PRESET !== 'tiny' && PRESET !== 'bench') throw new Error(`--preset must be tiny or bench, not ${opt.preset}`);
+const ROWS = posInt(opt.rows!, 'rows');
+const CLIENTS = posInt(opt.clients!, 'clients');
+const CALLS = posInt(opt.calls!, 'calls');
+const SAMPLE = posInt(opt.sample!, 'sample');
+const BULK_TIMEOUT_MS = opt['bulk-timeout-ms'] === undefined ? undefined : posInt(opt['bulk-timeout-ms'], 'bulk-timeout-ms');
+const SEED = 42; // default_seed of a fresh steadytext_config: the engine phase must key and compute alike
+
+function posInt(s: string, name: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, not ${s}`);
+  return n;
+}
+
+const CACHE_ROOT = fileURLToPath(new URL('../node_modules/.cache/pg-steadytext/fixtures/', import.meta.url));
+const log = pino({ level: process.env.PGST_BENCH_LOG ?? 'warn' }, pino.destination(2));
+const progress = (s: string) => process.stderr.write(s + '\n');
+
+async function fixtures(preset: FixturePreset): Promise<FixtureModels> {
+  const dir = join(CACHE_ROOT, `${FIXTURE_VERSION}-${preset}`);
+  const paths = { generation: join(dir, 'generation.gguf'), embedding: join(dir, 'embedding.gguf') };
+  const present = async () => (await Promise.all([paths.generation, paths.embedding].map((p) => stat(p).then(() => true, () => false)))).every(Boolean);
+  if (await present()) return paths;
+  await mkdir(CACHE_ROOT, { recursive: true });
+  const tmp = await mkdtemp(join(CACHE_ROOT, `.tmp-${FIXTURE_VERSION}-${preset}-`));
+  progress(`writing ${preset} fixture models into ${dir} (once)...`);
+  try {
+    await writeFixtureModels(tmp, { preset });
+    await rename(tmp, dir);
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    if (!(await present())) throw e; // otherwise a concurrent writer won the rename
+  }
+  return paths;
+}
+
+// ---- Product descriptions: deterministic, distinct, 10-60 words.
+function rng(seed: number) {
+  let s = seed >>> 0;
+  return () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s / 2 ** 32; };
+}
+const pick = <T>(r: () => number, xs: readonly T[]) => xs[Math.floor(r() * xs.length)];
+const ADJ = ['durable', 'lightweight', 'compact', 'insulated', 'ergonomic', 'waterproof', 'handcrafted', 'recycled', 'adjustable', 'foldable', 'premium', 'rugged', 'minimalist', 'vintage', 'breathable', 'cordless', 'stackable', 'reusable', 'quiet', 'portable'];
+const MAT = ['stainless steel', 'bamboo', 'oak', 'aluminium', 'cotton canvas', 'ceramic', 'borosilicate glass', 'silicone', 'merino wool', 'leather', 'walnut', 'linen', 'cast iron', 'carbon fibre', 'cork'];
+const NOUN = ['water bottle', 'backpack', 'desk lamp', 'coffee grinder', 'cutting board', 'travel mug', 'office chair', 'yoga mat', 'bookshelf', 'frying pan', 'rain jacket', 'headphone stand', 'tea kettle', 'bike light', 'picnic blanket', 'wall clock', 'storage box', 'plant pot', 'phone case', 'hiking boot'];
+const FEAT = ['a leak-proof lid', 'two hidden pockets', 'a magnetic base', 'three brightness levels', 'a non-slip grip', 'a lifetime warranty', 'a detachable strap', 'a soft-touch finish', 'a built-in timer', 'an anti-scratch coating', 'reinforced seams', 'a USB-C port', 'a removable liner', 'dishwasher-safe parts'];
+const USE = ['daily commutes', 'weekend hikes', 'small kitchens', 'home offices', 'long flights', 'camping trips', 'busy mornings', 'studio apartments', 'outdoor dinners', 'gym sessions'];
+const COLOR = ['charcoal', 'sage green', 'navy', 'sand', 'terracotta', 'off-white', 'mustard', 'slate blue'];
+const SENTENCES: ((r: () => number) => string)[] = [
+  (r) => `This ${pick(r, ADJ)} ${pick(r, NOUN)} is made from ${pick(r, MAT)} and comes with ${pick(r, FEAT)}.`,
+  (r) => `Designed for ${pick(r, USE)}, it weighs only ${(0.2 + r() * 3).toFixed(1)} kg.`,
+  (r) => `Available in ${pick(r, COLOR)} and ${pick(r, COLOR)}.`,
+  (r) => `Customers love its ${pick(r, ADJ)} build and ${pick(r, FEAT)}.`,
+  (r) => `Pairs well with our ${pick(r, ADJ)} ${pick(r, NOUN)}.`,
+  (r) => `Each piece is tested for ${Math.floor(100 + r() * 900)} cycles before it leaves the workshop.`,
+  (r) => `Care: wipe with a damp cloth and keep away from direct heat.`,
+];
+
+function descriptions(n: number): string[] {
+  const r = rng(0x5eed);
+  const out = new Set<string>();
+  while (out.size < n) {
+    const target = 10 + Math.floor(r() * 51);
+    const words: string[] = [];
+    while (words.length < target) words.push(...pick(r, SENTENCES)(r).split(' '));
+    let s = words.slice(0, target).join(' ');
+    if (!/[.!?]$/.test(s)) s = s.replace(/[,;:]$/, '') + '.';
+    out.add(s);
+  }
+  return [...out];
+}
+
+// ---- Measurement helpers.
+interface EmbedProbe { byPath: Map<string, number>; failed: Map<string, number>; first?: number; last?: number }
+const newProbe = (): EmbedProbe => ({ byPath: new Map(), failed: new Map() });
+interface StoreCall { entries: number; start: number; end: number; ok: boolean }
+
+const stats = (ms: number[]) => {
+  const s = [...ms].sort((a, b) => a - b);
+  const q = (p: number) => s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)];
+  return { mean: s.reduce((a, b) => a + b, 0) / s.length, p50: q(0.5), p99: q(0.99), max: s[s.length - 1] };
+};
+const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+const table = (head: string[], rows: string[][]) => {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
+  return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
+};
+function ticker(render: () => string, everyMs = 3000) {
+  const t0 = performance.now();
+  const h = setInterval(() => progress(`  ${((performance.now() - t0) / 1000).toFixed(0)}s ${render()}`), everyMs);
+  return () => clearInterval(h);
+}
+
+let cluster: Cluster | undefined;
+const cleanups: (() => Promise<unknown>)[] = [];
+async function cleanup() {
+  for (const c of cleanups.splice(0).reverse()) await c().catch((e) => progress(`cleanup: ${(e as Error).message}`));
+  await cluster?.stop();
+}
+process.on('SIGINT', () => void cleanup().finally(() => process.exit(130)));
+
+async function main() {
+  const models = await fixtures(PRESET);
+  progress(`preset ${PRESET}, ${ROWS} rows; starting a throwaway PostgreSQL cluster...`);
+  cluster = await startCluster();
+  const database = 'bench_sql';
+  const admin = new pg.Client(cluster.adminUrl);
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${database}`);
+  await admin.end();
+  const du = new URL(cluster.adminUrl);
+  du.pathname = `/${database}`;
+  const directUrl = du.toString();
+
+  // Queue and timeout as `pg-steadytext serve` has them by default (queueSize, requestTimeoutMs).
+  const engine: Engine = createEngine({ generationModel: models.generation, embeddingModel: models.embedding, maxQueue: 1024, timeoutMs: 30_000, logger: log });
+  cleanups.push(() => engine.close());
+
+  // Every path reaches the engine through embed() (embedMany too): count by caller, time the span.
+  let probe = newProbe();
+  const rawEmbed = engine.embed.bind(engine);
+  engine.embed = async (r: EmbedRequest) => {
+    const p = probe, path = (r.caller ?? 'direct').split(':')[0];
+    p.first ??= performance.now();
+    try {
+      const v = await rawEmbed(r);
+      p.byPath.set(path, (p.byPath.get(path) ?? 0) + 1);
+      return v;
+    } catch (e) {
+      const k = `${path}:${(e as Error).name}`;
+      p.failed.set(k, (p.failed.get(k) ?? 0) + 1);
+      throw e;
+    } finally {
+      p.last = performance.now();
+    }
+  };
+
+  const databases = new DatabaseRegistry({ serviceUrl: directUrl, autoInstall: true, daemon: { host: '127.0.0.1', port: 0 }, engine, logger: log });
+  cleanups.push(() => databases.close());
+  const daemon = await startDaemon({ listen: { host: '127.0.0.1', port: 0 }, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: log });
+  cleanups.push(() => daemon.close());
+  // Known only now, and needed before the objects are installed: the database calls back there.
+  (databases.opts as { daemon?: { host: string; port: number } }).daemon = daemon.address;
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon.address, logger: log });
+  await interceptor.ready;
+  const proxy = await startProxy({
+    listen: { host: '127.0.0.1', port: 0 }, upstream: `postgres://${cluster.host}:${cluster.port}/postgres?sslmode=disable`,
+    maxMessageBytes: 64 * 1024 * 1024, shutdownGraceMs: 1000, connectTimeoutMs: 3000, logger: log, interceptor,
+  });
+  cleanups.push(() => proxy.close(100));
+  const pu = new URL(directUrl);
+  pu.hostname = proxy.address.host;
+  pu.port = String(proxy.address.port);
+  const proxyUrl = pu.toString();
+
+  // Time every write into steadytext_cache (prefetch: one call with all entries; rewrite: one per answer).
+  const db = databases.get(database);
+  const rawStore = db.store.bind(db);
+  let storeCalls: StoreCall[] = [];
+  let storesInFlight = 0;
+  db.store = async (entries) => {
+    const c: StoreCall = { entries: entries.length, start: performance.now(), end: 0, ok: false };
+    storeCalls.push(c);
+    storesInFlight++;
+    try { await rawStore(entries); c.ok = true; } finally { c.end = performance.now(); storesInFlight--; }
+  };
+
+  const clients: pg.Client[] = [];
+  const connect = async (url: string) => {
+    const c = new pg.Client(url);
+    c.on('error', (e) => progress(`client error: ${e.message}`));
+    await c.connect();
+    clients.push(c);
+    return c;
+  };
+  cleanups.push(() => Promise.all(clients.map((c) => c.end().catch(() => {}))));
+  const direct = await connect(directUrl);
+  const viaProxy = await connect(proxyUrl);
+
+  // ---- Data.
+  const texts = descriptions(ROWS);
+  const words = texts.map((t) => t.split(' ').length);
+  await direct.query('CREATE TABLE t (id int PRIMARY KEY, body text NOT NULL, emb vector(1024))');
+  await direct.query('INSERT INTO t (id, body) SELECT i, b FROM unnest($1::text[]) WITH ORDINALITY AS x(b, i)', [texts]);
+  await direct.query('VACUUM ANALYZE t');
+  const chars = texts.map((t) => t.length);
+  progress(`table t: ${ROWS} distinct descriptions, ${Math.min(...words)}-${Math.max(...words)} words (mean ${f(words.reduce((a, b) => a + b) / ROWS)}), mean ${f(chars.reduce((a, b) => a + b) / ROWS, 0)} chars`);
+
+  // Install the objects and load the embedding model before anything is timed.
+  progress('loading the embedding model and installing the steadytext objects...');
+  await viaProxy.query("SELECT steadytext_embed('warm-up: not one of the rows')");
+
+  const reset = async () => {
+    while (storesInFlight) await new Promise((r) => setTimeout(r, 50)); // a late write must not land in the next phase
+    engine.clearCache();
+    await direct.query('TRUNCATE steadytext_cache');
+    await direct.query('UPDATE t SET emb = NULL');
+    await direct.query('VACUUM ANALYZE t');
+    await direct.query('VACUUM steadytext_cache');
+    probe = newProbe();
+    storeCalls = [];
+  };
+  const nullCount = async () => Number((await direct.query('SELECT count(*) FROM t WHERE emb IS NULL')).rows[0].count);
+  const paths = (p: EmbedProbe) => [...p.byPath].map(([k, v]) => `${k} ${v}`).concat([...p.failed].map(([k, v]) => `FAILED ${k} ${v}`)).join(', ');
+
+  interface Phase { name: string; seconds: number; cpu: number; missing: number; note: string }
+  const phases: Phase[] = [];
+  // This process's CPU seconds per wall second: about the number of contexts when nothing else competes
+  // for the cores (other users of the machine show up as a lower figure and a slower phase).
+  const clock = () => {
+    const t = performance.now(), c = process.cpuUsage();
+    return () => { const d = process.cpuUsage(c); return { seconds: (performance.now() - t) / 1000, cpu: (d.user + d.system) / 1000 / (performance.now() - t) }; };
+  };
+  const ok = (p: EmbedProbe) => [...p.byPath.values()].reduce((a, b) => a + b, 0);
+
+  // (c) engine alone.
+  const engineRun = async (label: string) => {
+    await reset();
+    progress(`[${label}] engine.embedMany on ${ROWS} texts...`);
+    const stop = ticker(() => `${ok(probe)}/${ROWS} embedded`);
+    const elapsed = clock();
+    const vectors = await engine.embedMany(texts, { seed: SEED, timeoutMs: 0 }).finally(stop);
+    phases.push({ name: label, ...elapsed(), missing: 0, note: paths(probe) });
+    return vectors;
+  };
+  const reference = await engineRun('engine.embedMany (1)');
+
+  // (a) bulk: one UPDATE, prefetch path; and where its time went, on the timeline the probes recorded.
+  const bulkSql = 'UPDATE t SET emb = steadytext_embed(body) WHERE emb IS NULL';
+  const breakdown: string[][] = [];
+  const bulk = async (label: string) => {
+    await reset();
+    progress(`[${label}] ${bulkSql} ...`);
+    const stop = ticker(() => `${ok(probe)}/${ROWS} embedded (${paths(probe)}), ${storeCalls.length} store call(s)`);
+    const elapsed = clock();
+    const t0 = performance.now();
+    const result = await viaProxy.query(bulkSql).finally(stop);
+    const t1 = performance.now();
+    const p = probe, stores = storeCalls;
+    phases.push({ name: label, ...elapsed(), missing: await nullCount(), note: `${result.rowCount} rows; ${paths(p)}` });
+    const prefetchEnd = stores.length ? stores[0].start : p.last ?? t1;
+    const seg = (what: string, from: number, to: number, note = '') => breakdown.push([what, f((to - from) / 1000, 2), f((100 * (to - from)) / (t1 - t0)), note]);
+    breakdown.push([label, '', '', '']);
+    seg('  parse + derived SELECT + config (until first embed)', t0, p.first ?? t0);
+    seg('  engine: prefetch embeddings', p.first ?? t0, prefetchEnd, `${p.byPath.get('session') ?? 0} ok${p.failed.size ? `, ${[...p.failed].map(([k, v]) => `${v} ${k}`).join(', ')}` : ''}`);
+    for (const s of stores.slice(0, 1)) seg('  Database.store into steadytext_cache', s.start, s.end, `${s.entries} entries${s.ok ? '' : ', FAILED'}`);
+    seg('  UPDATE upstream (per-row lookups, callbacks)', stores[0]?.end ?? prefetchEnd, t1, `${p.byPath.get('callback') ?? 0} daemon callbacks`);
+    return verify(direct, reference, SAMPLE);
+  };
+  const bulkCheck = await bulk('bulk UPDATE via proxy');
+  if (BULK_TIMEOUT_MS !== undefined) {
+    // What-if: the prefetch's requests all wait in the engine queue under daemon_timeout_ms; give them room.
+    await viaProxy.query(`SELECT steadytext_config_set('daemon_timeout_ms', '${BULK_TIMEOUT_MS}')`);
+    await bulk(`bulk UPDATE via proxy, daemon_timeout_ms ${BULK_TIMEOUT_MS}`);
+    await viaProxy.query(`SELECT steadytext_config_set('daemon_timeout_ms', '30000')`);
+  }
+
+  // The same statement's parts alone: the derived SELECT, and the UPDATE with every answer already cached.
+  await loadParser();
+  const parsed = findCalls(Buffer.from(bulkSql), { standardConformingStrings: true });
+  const plan = isParseFailure(parsed) ? null : derivePrefetch(Buffer.from(bulkSql), parsed[0]);
+  await direct.query('UPDATE t SET emb = NULL');
+  await direct.query('VACUUM ANALYZE t');
+  let derivedMs = NaN;
+  if (plan) { const t = performance.now(); await direct.query(plan.sql); derivedMs = performance.now() - t; }
+  const tu = performance.now();
+  await direct.query(bulkSql); // straight to PostgreSQL: every row finds its answer in steadytext_cache
+  const warmUpdateMs = performance.now() - tu;
+  // Store cost alone: the bulk entries written again into an empty steadytext_cache.
+  const storeEntries = (await direct.query('SELECT cache_key, operation, model_identity, params, prompt, embedding::text AS embedding FROM steadytext_cache')).rows;
+  const entries: CacheEntry[] = storeEntries.map((r) => ({ op: 'embed', identity: r.model_identity, text: r.prompt, seed: r.params.seed, embedding: r.embedding }));
+  await direct.query('TRUNCATE steadytext_cache');
+  let ts = performance.now();
+  await rawStore(entries);
+  const storeMs = performance.now() - ts;
+  // Against one INSERT per entry in a transaction, as Database.store used to write them.
+  await direct.query('TRUNCATE steadytext_cache');
+  ts = performance.now();
+  await direct.query('BEGIN');
+  for (const e of entries) await storeCacheEntry(direct, e);
+  await direct.query('COMMIT');
+  const oneByOneMs = performance.now() - ts;
+
+  // (b) one statement per row, rewrite path.
+  const perRowSql = 'UPDATE t SET emb = steadytext_embed($1) WHERE id = $2';
+  const perRow = async (label: string, n: number) => {
+    await reset();
+    const cs = [viaProxy, ...(await Promise.all(Array.from({ length: n - 1 }, () => connect(proxyUrl))))];
+    progress(`[${label}] ${perRowSql} x ${ROWS} from ${n} client(s)...`);
+    let next = 0, done = 0;
+    const stop = ticker(() => `${done}/${ROWS} rows (${f(done / ((performance.now() - t0) / 1000))} rows/s)`);
+    const t0 = performance.now(), elapsed = clock();
+    await Promise.all(cs.map(async (c) => {
+      while (next < ROWS) {
+        const i = next++;
+        await c.query(perRowSql, [texts[i], i + 1]);
+        done++;
+      }
+    })).finally(stop);
+    phases.push({ name: label, ...elapsed(), missing: await nullCount(), note: paths(probe) });
+    await Promise.all(cs.slice(1).map((c) => c.end()));
+    return verify(direct, reference, SAMPLE);
+  };
+  const perRowCheck = await perRow(`per-row UPDATE via proxy, 1 client`, 1);
+  const perRowNCheck = await perRow(`per-row UPDATE via proxy, ${CLIENTS} clients`, CLIENTS);
+  await engineRun('engine.embedMany (2)');
+
+  // ---- 4: round trip of cached calls.
+  progress(`[latency] warming, then ${CALLS} rounds of each query, interleaved...`);
+  // Without values pg uses the simple protocol (the rewrite's literal splice); with them, Parse/Bind.
+  const kinds: { name: string; client: pg.Client; q: pg.QueryConfig }[] = [
+    { name: 'SELECT 1, direct to PostgreSQL', client: direct, q: { text: 'SELECT 1' } },
+    { name: 'SELECT 1 via proxy', client: viaProxy, q: { text: 'SELECT 1' } },
+    { name: "steadytext_embed('warm text') via proxy", client: viaProxy, q: { text: "SELECT steadytext_embed('warm text')" } },
+    { name: 'steadytext_embed($1) bound, via proxy', client: viaProxy, q: { text: 'SELECT steadytext_embed($1)', values: ['warm text'] } },
+    { name: "steadytext_generate('warm prompt', 16) via proxy", client: viaProxy, q: { text: "SELECT steadytext_generate('warm prompt', 16)" } },
+    // The database's share: the statement the rewrite sends upstream, and the function's own cache lookup.
+    { name: 'same embed as rewritten (answer spliced), direct', client: direct, q: { text: `SELECT steadytext_embed('warm text', _steadytext_answer => '${vectorText(await engine.embed({ text: 'warm text', seed: SEED }))}')` } },
+    { name: "steadytext_embed('warm text') direct (steadytext_cache hit)", client: direct, q: { text: "SELECT steadytext_embed('warm text')" } },
+  ];
+  for (let i = 0; i < 50; i++) for (const k of kinds) await k.client.query(k.q);
+  while (storesInFlight) await new Promise((r) => setTimeout(r, 50));
+  storeCalls = [];
+  const samples = kinds.map(() => [] as number[]);
+  const stopRounds = ticker(() => `${samples[0].length}/${CALLS} rounds`);
+  for (let i = 0; i < CALLS; i++) {
+    for (let k = 0; k < kinds.length; k++) {
+      const t = performance.now();
+      await kinds[k].client.query(kinds[k].q);
+      samples[k].push(performance.now() - t);
+    }
+  }
+  stopRounds();
+  const latencyStores = storeCalls.length;
+  // What if a cached answer did not write its steadytext_cache row again: same call, the write skipped.
+  while (storesInFlight) await new Promise((r) => setTimeout(r, 50));
+  const storing = db.store;
+  db.store = async () => {};
+  const unstored: number[] = [];
+  for (let i = 0; i < CALLS; i++) {
+    const t = performance.now();
+    await viaProxy.query(kinds[2].q);
+    unstored.push(performance.now() - t);
+  }
+  db.store = storing;
+  // Proxy-side CPU of a cached embed that is not the database's: formatting 1024 floats as pgvector text.
+  const vt = (() => { const v = reference[0], n = 2000, t = performance.now(); for (let i = 0; i < n; i++) vectorText(v); return (performance.now() - t) / n; })();
+
+  // ---- Report.
+  const engineRuns = phases.filter((p) => p.name.startsWith('engine'));
+  const engineRate = ROWS / (engineRuns.reduce((a, p) => a + p.seconds, 0) / engineRuns.length);
+  const out: string[] = [];
+  out.push(`\npg-steadytext bench:sql — preset ${PRESET}, ${ROWS} rows (${Math.min(...words)}-${Math.max(...words)} words each), ${engine.status().cpu.embeddingContexts} embedding contexts x ${engine.status().cpu.threads} thread(s)\n`);
+  out.push(table(['throughput (cold caches)', 'seconds', 'rows/s', 'x engine', 'our CPU/s', 'rows left NULL', 'embeds by path'],
+    phases.map((p) => [p.name, f(p.seconds, 2), f(ROWS / p.seconds, 2), f(ROWS / p.seconds / engineRate, 2), f(p.cpu, 2), String(p.missing), p.note])));
+  out.push(`x engine: against both engine runs' mean time (${f(engineRate, 2)} rows/s); goal bulk >= 0.9x. our CPU/s: this process's CPU seconds per second (database processes not included).\n`);
+  out.push(table(['bulk UPDATE: where the time went', 'seconds', '% of total', 'note'], breakdown));
+  out.push(`  derived SELECT alone (direct): ${f(derivedMs, 1)} ms   ${plan ? plan.sql : '(no prefetch plan)'}`);
+  out.push(`  the UPDATE alone with steadytext_cache warm (direct, no proxy): ${f(warmUpdateMs, 0)} ms (${f((1000 * warmUpdateMs) / ROWS, 0)} µs/row)`);
+  const perEntry = (ms: number) => `${f(ms, 0)} ms (${f((1000 * ms) / Math.max(1, entries.length), 0)} µs/entry)`;
+  out.push(`  Database.store of ${entries.length} entries alone: ${perEntry(storeMs)}; one INSERT per entry in a transaction: ${perEntry(oneByOneMs)}\n`);
+  out.push(table(['cached round trip (ms)', 'mean', 'p50', 'p99', 'max'],
+    [...kinds.map((k, i) => [k.name, samples[i]] as const), ["what-if: embed via proxy, the per-call cache write skipped", unstored] as const]
+      .map(([name, xs]) => { const s = stats(xs); return [name, f(s.mean, 3), f(s.p50, 3), f(s.p99, 3), f(s.max, 3)]; })));
+  out.push(`  ${CALLS} sequential calls of each from one client, interleaved (the what-if: a block of its own after them); goal: a cached call within 1 ms.`);
+  out.push(`  Database.store calls during the interleaved block: ${latencyStores} (every cached answer through the proxy writes its steadytext_cache row again).`);
+  out.push(`  vectorText(1024 floats), which the proxy runs on every embed answer, alone: ${f(vt, 3)} ms\n`);
+  out.push(table(['correctness (sample vs engine)', 'rows checked', 'pgvector text equal', 'float32 equal'],
+    [['bulk UPDATE', bulkCheck], ['per-row, 1 client', perRowCheck], [`per-row, ${CLIENTS} clients`, perRowNCheck]].map(([n, c]) => {
+      const r = c as Check;
+      return [n as string, String(r.checked), `${r.textEqual}/${r.checked}`, `${r.floatEqual}/${r.checked}`];
+    })));
+  process.stdout.write(out.join('\n') + '\n');
+  const bad = [bulkCheck, perRowCheck, perRowNCheck].some((c) => c.textEqual !== c.checked || c.floatEqual !== c.checked);
+  if (bad) process.exitCode = 1;
+}
+
+interface Check { checked: number; textEqual: number; floatEqual: number }
+/** Stored vectors of evenly spaced rows against the engine's, compared as pgvector prints them and as float32. */
+async function verify(c: pg.Client, reference: Float32Array[], sample: number): Promise<Check> {
+  const n = reference.length, k = Math.min(sample, n);
+  const ids = Array.from({ length: k }, (_, i) => Math.floor((i * n) / k) + 1);
+  const { rows } = await c.query(
+    `SELECT x.id, t.emb::text AS stored, x.v::vector::text AS engine
+       FROM unnest($1::int[], $2::text[]) AS x(id, v) LEFT JOIN t USING (id) ORDER BY x.id`,
+    [ids, ids.map((id) => vectorText(reference[id - 1]))]);
+  let textEqual = 0, floatEqual = 0, reported = 0;
+  for (const r of rows) {
+    const ref = reference[r.id - 1];
+    const got = r.stored === null ? null : parseVectorText(r.stored);
+    const sameText = r.stored !== null && r.stored === r.engine;
+    const sameFloats = !!got && got.length === ref.length && got.every((x, i) => Object.is(x, ref[i]));
+    if (sameText) textEqual++;
+    if (sameFloats) floatEqual++;
+    if (!(sameText && sameFloats) && reported++ < 3) progress(`  row ${r.id}: ${r.stored === null ? 'emb is NULL' : 'stored vector differs from the engine\'s'}`);
+  }
+  return { checked: rows.length, textEqual, floatEqual };
+}
+
+main().catch((e) => { process.exitCode = 1; progress(`bench failed: ${(e as Error).stack ?? e}`); }).finally(cleanup);
