@@ -57,16 +57,22 @@ function redact(url: string): string {
   } catch { return url; }
 }
 
-async function serve(s: Settings, log: Logger): Promise<void> {
-  const setup = workerSetup();
-  if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
-  if (s.workers > 1) return serveWithWorkers(s, log);
+/** What one process owns whatever the worker count: the models, the per-database registry, the daemon endpoint. */
+async function startCore(s: Settings, log: Logger) {
   const engine = createEngine(engineOptions(s, log));
   const daemonAddr = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
   const databases = new DatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon: daemonAddr, engine, logger: log });
   const daemon = daemonAddr
     ? await startDaemon({ listen: daemonAddr, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: log })
     : undefined;
+  return { engine, databases, daemon };
+}
+
+async function serve(s: Settings, log: Logger): Promise<void> {
+  const setup = workerSetup();
+  if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
+  if (s.workers > 1) return serveWithWorkers(s, log);
+  const { engine, databases, daemon } = await startCore(s, log);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
@@ -95,12 +101,7 @@ async function serve(s: Settings, log: Logger): Promise<void> {
 
 /** The primary of --workers N: models, daemon endpoint and installs here; client sessions in the workers. */
 async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {
-  const engine = createEngine(engineOptions(s, log));
-  const daemonAddr = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
-  const databases = new DatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon: daemonAddr, engine, logger: log });
-  const daemon = daemonAddr
-    ? await startDaemon({ listen: daemonAddr, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: log })
-    : undefined;
+  const { engine, databases, daemon } = await startCore(s, log);
   const release = async () => {
     await daemon?.close();
     await databases.close();

@@ -1,22 +1,12 @@
 // Every SQL block of the seed document (tests/fixtures/seed/pg_steadytext.md, the product's contract), in
 // order, statement by statement as psql sends them, through the proxy against PostgreSQL with pgvector.
 // Blocks that are API signatures or error output, not SQL, do not parse and are not run.
-import { readFileSync } from 'node:fs';
+import { seedSqlBlocks } from '../fixtures/seed.js';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type pg from 'pg';
 import { findCalls, isParseFailure, loadParser } from '../../proxy/calls.js';
 import { startStack, type Stack } from './helpers.js';
 
-function sqlBlocks(): string[] {
-  const blocks: string[] = [];
-  let cur: string[] | null = null;
-  for (const line of readFileSync(new URL('../fixtures/seed/pg_steadytext.md', import.meta.url), 'utf8').split('\n')) {
-    if (cur) {
-      if (line.trim() === '```') { blocks.push(cur.join('\n')); cur = null; } else cur.push(line);
-    } else if (line.trim() === '```sql') cur = [];
-  }
-  return blocks;
-}
 
 // Where the document contradicts itself, PostgreSQL answers as it would without the proxy: the
 // migration guide adds a column an earlier section created, and the index guide creates one index name twice.
@@ -41,7 +31,7 @@ afterAll(async () => {
 test('every SQL block of the seed document runs through the proxy with the documented results', async () => {
   const results: { sql: string; rows: Record<string, unknown>[]; fields: string[] }[] = [];
   let ran = 0;
-  for (const block of sqlBlocks()) {
+  for (const block of seedSqlBlocks()) {
     const buf = Buffer.from(block, 'utf8');
     const stmts = findCalls(buf);
     if (isParseFailure(stmts)) continue;

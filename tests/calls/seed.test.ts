@@ -1,20 +1,10 @@
 // Every ```sql block of the seed document (the SQL surface users expect) through findCalls.
-import { readFileSync } from 'node:fs';
+import { seedSqlBlocks } from '../fixtures/seed.js';
 import { beforeAll, expect, test } from 'vitest';
 import { findCalls, isParseFailure, loadParser } from '../../proxy/calls.js';
 
 beforeAll(loadParser);
 
-function sqlBlocks(): string[] {
-  const blocks: string[] = [];
-  let cur: string[] | null = null;
-  for (const line of readFileSync(new URL('../fixtures/seed/pg_steadytext.md', import.meta.url), 'utf8').split('\n')) {
-    if (cur) {
-      if (line.trim() === '```') { blocks.push(cur.join('\n')); cur = null; } else cur.push(line);
-    } else if (line.trim() === '```sql') cur = [];
-  }
-  return blocks;
-}
 
 // kind, '!' when it has calls that must not be rewritten, then fn:kind:clause per call. API signatures and
 // error messages in the document are not SQL: they fail to parse and would be forwarded unchanged.
@@ -59,7 +49,7 @@ const EXPECTED = [
   /* 37 */ 'other[] select[]',
 ];
 
-const blocks = sqlBlocks();
+const blocks = seedSqlBlocks();
 
 test('the seed document has the SQL blocks this test knows', () => {
   expect(blocks.length).toBe(EXPECTED.length);
