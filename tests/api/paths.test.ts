@@ -133,16 +133,17 @@ describe('errors and privileges', () => {
 
   test('failures land in steadytext_logs; debug entries only while debug_mode is on', async () => {
     await c.query(`SELECT steadytext_generate('x', max_tokens := -5)`).catch(() => {});
+    // Log writes are asynchronous (and a debug entry is kept only if debug_mode is still on when it is
+    // written): wait for each before going on.
+    const waitFor = async (sql: string) => {
+      for (let i = 0; i < 200 && Number((await one(sql)).n) < 1; i++) await new Promise((r) => setTimeout(r, 25));
+    };
     await c.query(`SELECT steadytext_config_set('debug_mode', 'true')`);
     await one(`SELECT steadytext_generate('debug me', 3) AS t`);
+    await waitFor(`SELECT count(*) AS n FROM steadytext_debug_logs WHERE event = 'rewrite'`);
     await c.query(`SELECT steadytext_config_set('debug_mode', 'false')`);
     await one(`SELECT steadytext_generate('quiet now', 3) AS t`);
-    // Log writes are asynchronous: wait until they are there.
-    for (let i = 0; i < 100; i++) {
-      const n = (await one(`SELECT (SELECT count(*) FROM steadytext_logs WHERE level = 'error') + (SELECT count(*) FROM steadytext_debug_logs WHERE event = 'rewrite') AS n`)).n;
-      if (Number(n) >= 2) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitFor(`SELECT count(*) AS n FROM steadytext_logs WHERE level = 'error'`);
     const errors = (await c.query(`SELECT * FROM steadytext_logs WHERE level = 'error' ORDER BY timestamp DESC`)).rows;
     expect(errors[0]).toMatchObject({ event: 'rewrite_error' });
     expect(errors[0].timestamp).toBeInstanceOf(Date);
