@@ -125,6 +125,17 @@ describe('answer formats', () => {
     // Same digits as pgvector's own output (its exponent spelling may differ).
     const digits = (s: string) => s.slice(1, -1).split(',').map((x) => Number(x));
     expect(digits(text)).toEqual(digits(row.t));
+    // Every exponent float32 has: random bit patterns, finite ones only.
+    const bits = new Uint32Array(4096);
+    for (let i = 0; i < bits.length; i++) bits[i] = Math.floor(r() * 2 ** 32);
+    const w = new Float32Array(bits.buffer).map((x) => (Number.isFinite(x) ? x : 1));
+    const wt = (await c.query(`SELECT $1::vector::text AS t`, [vectorText(w)])).rows[0].t;
+    expect(parseVectorText(wt)).toEqual(w);
+    // Never more significant digits than pgvector; at an exact tie the last digit may round the other way.
+    const sig = (x: string) => x.replace(/^-/, '').replace(/e.*$/, '').replace('.', '').replace(/^0+/, '').replace(/0+$/, '').length;
+    const ours = vectorText(w).slice(1, -1).split(',');
+    const theirs = wt.slice(1, -1).split(',');
+    expect(ours.filter((x, i) => sig(x) > sig(theirs[i]))).toEqual([]);
     expect(() => vectorText([NaN])).toThrow(RangeError);
   });
 
