@@ -27,6 +27,10 @@ export interface SteadytextOptions {
 }
 
 const TEXT_OID = 25;
+/** Prefetched answers written to steadytext_cache per INSERT. */
+const PREFETCH_BATCH = 256;
+/** Bulk prefetches log how far they are this often. */
+const PROGRESS_MS = 10_000;
 const INT_PARAMS = new Set(['max_tokens', 'seed']);
 const FLOAT_PARAMS = new Set(['temperature']);
 
@@ -201,9 +205,9 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
         ctx.log.debug({ error: r.error.M }, 'prefetch query failed; the database will ask the daemon instead');
         continue;
       }
-      const entries: Promise<CacheEntry>[] = [];
-      const keep: Remember = (role, size, entry) => entries.push(db.identity(role, size).then(entry));
-      const jobs: Promise<unknown>[] = [];
+      const work: (() => Promise<unknown>)[] = [];
+      const pending: Promise<CacheEntry>[] = [];
+      const keep: Remember = (role, size, entry) => void pending.push(db.identity(role, size).then(entry));
       for (const pc of plan.calls) {
         const call = st.calls[pc.call];
         const seen = new Set<string>();
@@ -213,12 +217,47 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
           if (seen.has(k)) continue;
           seen.add(k);
           const values = rowValues(call, tuple);
-          if (values) jobs.push(answer(call, values, db, ctx, 'prefetch', keep));
+          if (values) work.push(() => answer(call, values, db, ctx, 'prefetch', keep));
         }
       }
-      await Promise.all(jobs);
-      await db.store(await Promise.all(entries)).catch((err) => ctx.log.warn({ err }, 'prefetch could not store answers in steadytext_cache'));
+      await runPrefetch(work, db, ctx, pending);
     }
+  }
+
+  /**
+   * Feeds the engine a few requests more than it has contexts, never the whole statement at once: each
+   * request's daemon_timeout_ms then measures its own work, not its wait behind thousands of others, and
+   * the queue limit is never hit by one statement. Answers go to steadytext_cache in batches while the
+   * engine works on the next ones.
+   */
+  async function runPrefetch(work: (() => Promise<unknown>)[], db: Database, ctx: SessionContext, pending: Promise<CacheEntry>[]): Promise<void> {
+    const cpu = o.engine.status().cpu;
+    const width = Math.max(2, 2 * Math.max(cpu.generationContexts, cpu.embeddingContexts));
+    let next = 0;
+    let writing: Promise<void> = Promise.resolve();
+    const flush = () => {
+      if (pending.length === 0) return;
+      const batch = pending.splice(0);
+      writing = writing.then(async () => db.store(await Promise.all(batch))).catch((err) => ctx.log.warn({ err }, 'prefetch could not store answers in steadytext_cache'));
+    };
+    const t = performance.now();
+    let done = 0;
+    let shown = t;
+    const lane = async () => {
+      while (next < work.length && !ctx.signal.aborted) {
+        await work[next++]();
+        done++;
+        if (pending.length >= PREFETCH_BATCH) flush();
+        if (performance.now() - shown > PROGRESS_MS) {
+          shown = performance.now();
+          ctx.log.info({ done, calls: work.length, seconds: Math.round((shown - t) / 1000) }, 'prefetch progress');
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(width, work.length) }, lane));
+    flush();
+    await writing;
+    if (work.length > PREFETCH_BATCH) ctx.log.info({ calls: work.length, ms: Math.round(performance.now() - t) }, 'prefetch done');
   }
 
   /** A query that is just one SELECT over steadytext_generate_stream with known arguments. */

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { inject } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
-import { createEngine, type Engine } from '../../inference/engine.js';
+import { createEngine, type Engine, type EngineOptions } from '../../inference/engine.js';
 import { startDaemon, type DaemonHandle } from '../../proxy/daemon.js';
 import { DatabaseRegistry } from '../../proxy/databases.js';
 import { startProxy, type ProxyServer } from '../../proxy/server.js';
@@ -33,14 +33,14 @@ export async function adminQuery(sql: string, params: unknown[] = []): Promise<p
   try { return await c.query(sql, params); } finally { await c.end(); }
 }
 
-export async function startStack(prefix = 'st_api', opts: { daemonPort?: number } = {}): Promise<Stack> {
+export async function startStack(prefix = 'st_api', opts: { daemonPort?: number; engine?: EngineOptions } = {}): Promise<Stack> {
   const database = `${prefix}_${randomBytes(4).toString('hex')}`;
   await adminQuery(`CREATE DATABASE ${database}`);
   const admin = new URL(inject('db').adminUrl);
   admin.pathname = `/${database}`;
   const directUrl = admin.toString();
   const models = await tinyModels();
-  const engine = createEngine({ generationModel: models.generation, embeddingModel: models.embedding, logger: silent });
+  const engine = createEngine({ generationModel: models.generation, embeddingModel: models.embedding, logger: silent, ...opts.engine });
   const databases = new DatabaseRegistry({ serviceUrl: directUrl, autoInstall: true, daemon: { host: '127.0.0.1', port: 0 }, engine, logger: silent });
   const daemon = await startDaemon({ listen: { host: '127.0.0.1', port: opts.daemonPort ?? 0 }, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: silent });
   // The port is known only now: the database must call back there.

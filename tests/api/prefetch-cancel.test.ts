@@ -54,6 +54,28 @@ describe('prefetch', () => {
   });
 });
 
+describe('bulk prefetch', () => {
+  test('more distinct rows than the engine queue holds: every one prefetched, none left to callbacks or errors', async () => {
+    // A queue of 8 and 300 rows: a prefetch that submitted everything at once would be refused (OVERLOADED).
+    const small = await startStack('st_bulk', { engine: { maxQueue: 8 } });
+    try {
+      const b = await small.connect();
+      await b.query(`CREATE TABLE items (id int primary key, body text, emb vector(1024))`);
+      await b.query(`INSERT INTO items SELECT i, 'item ' || i || ' in aisle ' || (i % 7), NULL FROM generate_series(1, 300) i`);
+      const r = await b.query('UPDATE items SET emb = steadytext_embed(body) WHERE emb IS NULL');
+      expect(r.rowCount).toBe(300);
+      expect(small.daemon.stats().requests).toBe(0);
+      const st = (await b.query('SELECT prefetch_requests::int AS p, callback_requests::int AS cb, errors::int AS e FROM steadytext_stats')).rows[0];
+      expect(st).toEqual({ p: 300, cb: 0, e: 0 });
+      expect((await b.query(`SELECT count(*)::int AS n FROM steadytext_cache WHERE operation = 'embed'`)).rows[0].n).toBe(300);
+      const row = (await b.query('SELECT body, emb::text AS e FROM items WHERE id = 300')).rows[0];
+      expect(Float32Array.from(JSON.parse(row.e))).toEqual(await small.engine.embed({ text: row.body }));
+    } finally {
+      await small.stop();
+    }
+  });
+});
+
 function cancel(client: pg.Client): Promise<void> {
   const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
   return new Promise((resolve, reject) => {
