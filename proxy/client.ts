@@ -29,6 +29,7 @@ import {
   type ErrorFields,
   type TxStatus,
 } from './protocol.js';
+import type { ReadBuffer } from './read-buffer.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 
@@ -104,6 +105,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     readonly id: number,
     socket: Socket,
     private readonly env: SessionEnv,
+    /** Present when the socket reads through a reused buffer (read-buffer.ts) instead of 'data' events. */
+    private readonly input?: ReadBuffer,
   ) {
     this.raw = this.sock = socket;
     this.clientAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
@@ -145,11 +148,26 @@ export class ClientSession implements FrameHandler, SessionLink {
   // ---- client socket -------------------------------------------------------------------------------
 
   private listen(sock: Socket): void {
-    sock.on('data', this.onData);
+    const input = sock === this.raw ? this.input : undefined;
+    if (input) {
+      input.onChunk = (chunk) => {
+        this.data(chunk);
+        if (this.holdsInput()) input.retained = true;
+      };
+    } else {
+      sock.on('data', this.onData);
+    }
+    // Accepted paused (pauseOnConnect): reading starts once the listeners are on.
+    if (this.paused === 0) sock.resume();
     sock.on('drain', () => this.clientDrained());
     sock.on('end', () => this.clientEnded());
     sock.on('error', (err) => this.clientError(err));
     sock.on('close', () => this.close('client closed the connection'));
+  }
+
+  /** Does anything still point into the chunk just read (so the read buffer must not be reused)? */
+  private holdsInput(): boolean {
+    return this.phase !== READY || this.hookPending || this.reader!.isPaused || (this.server !== null && this.server.sock.writableLength > 0);
   }
 
   private data(chunk: Buffer): void {
@@ -256,6 +274,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   private startTls(): void {
     this.sock.write(ACCEPT_ENCRYPTION);
     this.raw.removeListener('data', this.onData);
+    if (this.input) this.input.onChunk = () => {};
     this.raw.removeAllListeners('end');
     const tls = new TLSSocket(this.raw, { isServer: true, secureContext: this.env.secureContext });
     this.sock = tls;

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { CancelRegistry } from './cancel.js';
 import { ClientSession, type SessionEnv, type Totals } from './client.js';
 import type { Interceptor } from './interceptor.js';
+import { adoptAccepted } from './read-buffer.js';
 import { parseUpstreamUrl } from './upstream.js';
 
 export interface ProxyOptions {
@@ -85,14 +86,15 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     },
   };
 
-  const server: Server = createServer({ allowHalfOpen: true, noDelay: true }, (socket: Socket) => {
+  const server: Server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (accepted: Socket) => {
     if (closing) {
-      socket.destroy();
+      accepted.destroy();
       return;
     }
     totals.accepted++;
+    const { sock: socket, input } = adoptAccepted(accepted, true);
     try {
-      sessions.add(new ClientSession(nextId++, socket, env));
+      sessions.add(new ClientSession(nextId++, socket, env, input));
     } catch (err) {
       log.error({ err }, 'could not start a session');
       socket.destroy();

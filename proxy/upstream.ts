@@ -9,6 +9,7 @@ import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { checkServerIdentity, connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { FrameReader, KEEP, DROP, type FrameHandler, type Verdict } from './framing.js';
 import type { ResponseHandler } from './interceptor.js';
+import { ReadBuffer } from './read-buffer.js';
 import {
   AUTH_SASL,
   Be,
@@ -115,34 +116,6 @@ function describe(err: unknown): string {
   if (e?.code === 'ENOTFOUND' || e?.code === 'EAI_AGAIN') return `DNS lookup failed (${e.code} ${e.hostname ?? ''})`.trim();
   return e?.message ?? String(err);
 }
-
-/**
- * Where a plaintext upstream socket reads into: one reused buffer instead of a new allocation and a trip
- * through the stream machinery per read. Whoever consumes a chunk sets `retained` when its bytes are
- * still referenced afterwards (queued for a slow client, held by a paused reader); the next read then
- * goes to a fresh buffer.
- */
-export class ReadBuffer {
-  private buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-  retained = false;
-  onChunk: (chunk: Buffer) => void = () => {};
-
-  /** For onread.buffer: called by Node for the next read. */
-  readonly next = (): Buffer => {
-    if (this.retained) {
-      this.retained = false;
-      this.buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-    }
-    return this.buf;
-  };
-
-  readonly callback = (n: number, buf: Buffer): boolean => {
-    this.onChunk(buf.subarray(0, n));
-    return true; // flow control goes through socket.pause()/resume()
-  };
-}
-
-const READ_BUFFER_BYTES = 64 * 1024;
 
 export interface OpenedUpstream {
   sock: Socket;
