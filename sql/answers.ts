@@ -2,8 +2,10 @@
 // the daemon endpoint (callback path) and in steadytext_cache.response: one format for every path.
 
 /**
- * pgvector text of a float32 vector: '[x,y,...]' with each element in the shortest decimal that reads
- * back as the same float32 (the digits pgvector prints; the exponent style may differ, not the value).
+ * pgvector text of a float32 vector: '[x,y,...]', each element in 8 significant digits, or 9 where 8 do
+ * not read back as the same float32. Any spelling that reads back exactly stores the same vector, and
+ * clients only ever see pgvector's own (shortest) printing of it; the shortest spelling here would cost
+ * the hot path of every embed answer twice the time (0.40 vs 0.22 ms for 1024 dims) for 2% fewer bytes.
  */
 export function vectorText(v: ArrayLike<number>): string {
   const parts = new Array<string>(v.length);
@@ -11,22 +13,13 @@ export function vectorText(v: ArrayLike<number>): string {
   return '[' + parts.join(',') + ']';
 }
 
-// Embedding elements mostly need 8 digits, some 7, few 9: starting at 8 and walking down costs about
-// two toPrecision calls per element instead of eight (1.42 -> 0.36 ms for 1024 dims, same text).
 function float4Text(x: number): string {
   const f = Math.fround(x);
   if (!Number.isFinite(f)) throw new RangeError(`pgvector cannot store ${x}`);
   if (f === 0) return Object.is(f, -0) ? '-0' : '0';
   let s = f.toPrecision(8);
   if (Math.fround(+s) !== f) s = f.toPrecision(9);
-  else {
-    for (let p = 7; p > 0; p--) {
-      const t = f.toPrecision(p);
-      if (Math.fround(+t) !== f) break;
-      s = t;
-    }
-  }
-  // toPrecision pads ('1.5e+5', '0.000100' at 9 digits); the double nearest those digits prints them bare.
+  // toPrecision pads ('1.5000000e+5', '0.10000000'); the double nearest those digits prints them bare.
   return s.includes('e') || s.endsWith('0') ? String(+s) : s;
 }
 
