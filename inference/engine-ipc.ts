@@ -4,6 +4,7 @@
 // status(), modelInfo() and models() are synchronous in the Engine interface, so the serving side
 // pushes a snapshot with every answer (a caller comparing status() before and after a call sees the
 // state that call left) and once a second.
+import { pullChunks } from './pull-chunks.js';
 import {
   EngineClosedError, InferenceError, type EmbedRequest, type Engine, type EngineStatus, type GenerateRequest,
   type InferenceErrorCode, type ModelInfo, type ModelRole, type ModelSpec,
@@ -216,27 +217,13 @@ export function engineOverIpc(channel: IpcChannel): Engine & { ready: Promise<vo
   return {
     ready,
     generate: (r) => call<string>('generate', [plain(r)], r.signal).result,
-    async *generateStream(r: GenerateRequest) {
-      const chunks: string[] = [];
-      let wake: (() => void) | undefined;
-      let finished = false;
-      const { id, result } = call<void>('stream', [plain(r)], r.signal, (text) => { chunks.push(text); wake?.(); });
-      const done = result.finally(() => { finished = true; wake?.(); });
-      done.catch(() => {}); // rethrown below, after the chunks that came first
-      let consumerLeft = true;
-      try {
-        for (;;) {
-          if (chunks.length) { yield chunks.splice(0).join(''); continue; }
-          if (finished) break;
-          await new Promise<void>((res) => (wake = res));
-          wake = undefined;
-        }
-        await done;
-        consumerLeft = false;
-      } finally {
+    generateStream(r: GenerateRequest) {
+      let id = 0;
+      return pullChunks(
+        (push) => { const c = call<void>('stream', [plain(r)], r.signal, push); id = c.id; return c.result; },
         // Leaving the loop early stops the generation, as with the engine itself.
-        if (consumerLeft && !finished) abort(id, 'stream closed by its consumer');
-      }
+        () => abort(id, 'stream closed by its consumer'),
+      );
     },
     embed: (r) => call<Float32Array>('embed', [plain(r)], r.signal).result,
     embedMany: (texts, r = {}) => call<Float32Array[]>('embedMany', [texts, plain(r)], r.signal).result,

@@ -6,6 +6,7 @@ import { CancelledError, InferenceError, InferenceFailedError, InvalidArgumentEr
 import { closeGenerator, generate as generateText, openGenerator, type GenerationParams, type GeneratorLane } from './generator.js';
 import { CpuSlots, planCpu, type CpuOptions, type CpuPlan } from './llama.js';
 import { modelFileIdentity, ModelRegistry, type ModelRole, type ModelSpec, type RegistryOptions } from './registry.js';
+import { pullChunks } from './pull-chunks.js';
 import { Scheduler, withinRequest, type LaneState, type RequestControl } from './scheduler.js';
 
 export { cacheKey, CACHE_KEY_VERSION, type CacheKeyInput } from './cache.js';
@@ -145,32 +146,20 @@ class InferenceEngine implements Engine {
 
   async *generateStream(r: GenerateRequest): AsyncGenerator<string, void, undefined> {
     const t0 = performance.now();
-    const chunks: string[] = [];
-    let wake: (() => void) | undefined, finished = false, consumerLeft = true;
     const ac = new AbortController();
     const onAbort = () => ac.abort(r.signal!.reason);
     if (r.signal?.aborted) onAbort(); else r.signal?.addEventListener('abort', onAbort, { once: true });
-    const result = this.track(t0, () => this.slot('generation', r.modelSize), async (slot) => {
-      const p = this.generationParams(r);
-      const key = cacheKey({ op: 'generate', model: slot.identity ?? await this.identify(slot, r, t0), ...p });
-      const hit = r.cache === false ? undefined : this.cache.get(key);
-      if (hit !== undefined) { chunks.push(hit as string); return; }
-      const text = await slot.sched.submit<string>((w, signal) => generateText(w, p, signal, (c) => { chunks.push(c); wake?.(); }), { ...this.control(r, t0), signal: ac.signal });
-      if (r.cache !== false) this.cache.set(key, text);
-    }).finally(() => { finished = true; wake?.(); });
-    result.catch(() => {}); // rethrown below, after the chunks that came first
     try {
-      for (;;) {
-        if (chunks.length) { yield chunks.splice(0).join(''); continue; }
-        if (finished) break;
-        await new Promise<void>((res) => (wake = res));
-        wake = undefined;
-      }
-      await result;
-      consumerLeft = false;
+      yield* pullChunks((push) => this.track(t0, () => this.slot('generation', r.modelSize), async (slot) => {
+        const p = this.generationParams(r);
+        const key = cacheKey({ op: 'generate', model: slot.identity ?? await this.identify(slot, r, t0), ...p });
+        const hit = r.cache === false ? undefined : this.cache.get(key);
+        if (hit !== undefined) { push(hit as string); return; }
+        const text = await slot.sched.submit<string>((w, signal) => generateText(w, p, signal, push), { ...this.control(r, t0), signal: ac.signal });
+        if (r.cache !== false) this.cache.set(key, text);
+      }), () => ac.abort(new CancelledError('stream closed by its consumer')));
     } finally {
       r.signal?.removeEventListener('abort', onAbort);
-      if (consumerLeft && !finished) ac.abort(new CancelledError('stream closed by its consumer'));
     }
   }
 

@@ -17,6 +17,43 @@ export interface Cluster {
 }
 export interface Role { user: string; password: string; url: string }
 
+/** The roles every test cluster has, one per authentication method (and the superuser postgres/postgres). */
+export const ROLES = {
+  scram: { user: 'scram_user', password: 'scram pass' },
+  md5: { user: 'md5_user', password: 'md5-pass' },
+  trust: { user: 'trust_user', password: '' },
+};
+
+/** Creates ROLES (md5_user's password stored as md5, for its md5 pg_hba line). */
+export const ROLE_SQL = [
+  `CREATE ROLE scram_user LOGIN PASSWORD 'scram pass'`,
+  `SET password_encryption = 'md5'`,
+  `CREATE ROLE md5_user LOGIN PASSWORD 'md5-pass'`,
+  `RESET password_encryption`,
+  `CREATE ROLE trust_user LOGIN`,
+  `GRANT ALL ON SCHEMA public TO PUBLIC`,
+];
+/** Run in template1 and postgres, so every database the suites create has them. */
+export const PER_DATABASE_SQL = 'CREATE EXTENSION IF NOT EXISTS vector; CREATE EXTENSION IF NOT EXISTS dblink; GRANT ALL ON SCHEMA public TO PUBLIC';
+/** Server settings: room for the 200-client tests, no durability (throwaway data). */
+export const SETTINGS: [string, string][] = [
+  ['max_connections', '400'], ['fsync', 'off'], ['synchronous_commit', 'off'], ['full_page_writes', 'off'],
+  ['shared_buffers', '128MB'], ['log_min_messages', 'warning'],
+];
+export const hbaLines = (address: string) => [
+  'local all all trust',
+  `host all trust_user ${address} trust`,
+  `host all md5_user ${address} md5`,
+  `host all all ${address} scram-sha-256`,
+];
+
+/** Host, port and the URLs of the superuser and of each role. */
+export function clusterAt(host: string, port: number): Omit<Cluster, 'stop'> {
+  const url = (u: string, p: string) => `postgres://${encodeURIComponent(u)}${p ? ':' + encodeURIComponent(p) : ''}@${host}:${port}/postgres`;
+  const role = (r: { user: string; password: string }): Role => ({ ...r, url: url(r.user, r.password) });
+  return { host, port, adminUrl: url('postgres', 'postgres'), roles: { scram: role(ROLES.scram), md5: role(ROLES.md5), trust: role(ROLES.trust) } };
+}
+
 const PG_BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
 
 export async function freePort(): Promise<number> {
@@ -62,55 +99,21 @@ export async function startCluster(): Promise<Cluster> {
   writeFileSync(pwFile, 'postgres\n');
   if (userInfo().uid === 0) chownSync(pwFile, pgUid(), pgGid());
   asPgUser(join(PG_BIN, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'scram-sha-256', '--pwfile', pwFile, '-E', 'UTF8', '--locale=C.UTF-8', '--no-sync']);
-  writeFileSync(join(data, 'pg_hba.conf'), [
-    'local all all trust',
-    'host all trust_user 127.0.0.1/32 trust',
-    'host all md5_user 127.0.0.1/32 md5',
-    'host all all 127.0.0.1/32 scram-sha-256',
-    '',
-  ].join('\n'));
+  writeFileSync(join(data, 'pg_hba.conf'), hbaLines('127.0.0.1/32').join('\n') + '\n');
   appendFileSync(join(data, 'postgresql.conf'), [
     `port = ${port}`,
     `listen_addresses = '${host}'`,
     `unix_socket_directories = '${dir}'`,
-    'max_connections = 400',
-    'fsync = off',
-    'synchronous_commit = off',
-    'full_page_writes = off',
-    'shared_buffers = 128MB',
-    "log_min_messages = warning",
+    ...SETTINGS.map(([k, v]) => `${k} = '${v}'`),
     '',
   ].join('\n'));
   asPgUser(join(PG_BIN, 'pg_ctl'), ['-D', data, '-l', join(dir, 'server.log'), '-w', '-t', '60', 'start']);
 
-  const roles = {
-    scram: { user: 'scram_user', password: 'scram pass' },
-    md5: { user: 'md5_user', password: 'md5-pass' },
-    trust: { user: 'trust_user', password: '' },
-  };
-  psql(port, dir, [
-    `CREATE ROLE scram_user LOGIN PASSWORD 'scram pass'`,
-    `SET password_encryption = 'md5'`,
-    `CREATE ROLE md5_user LOGIN PASSWORD 'md5-pass'`,
-    `RESET password_encryption`,
-    `CREATE ROLE trust_user LOGIN`,
-    `GRANT ALL ON SCHEMA public TO PUBLIC`,
-  ].join('; '));
-  for (const db of ['template1', 'postgres']) {
-    psql(port, dir, 'CREATE EXTENSION IF NOT EXISTS vector; CREATE EXTENSION IF NOT EXISTS dblink; GRANT ALL ON SCHEMA public TO PUBLIC', db);
-  }
-  const url = (u: string, p: string, db = 'postgres') =>
-    `postgres://${encodeURIComponent(u)}${p ? ':' + encodeURIComponent(p) : ''}@${host}:${port}/${db}`;
+  psql(port, dir, ROLE_SQL.join('; '));
+  for (const db of ['template1', 'postgres']) psql(port, dir, PER_DATABASE_SQL, db);
   let stopped = false;
   return {
-    host,
-    port,
-    adminUrl: url('postgres', 'postgres'),
-    roles: {
-      scram: { ...roles.scram, url: url(roles.scram.user, roles.scram.password) },
-      md5: { ...roles.md5, url: url(roles.md5.user, roles.md5.password) },
-      trust: { ...roles.trust, url: url(roles.trust.user, '') },
-    },
+    ...clusterAt(host, port),
     async stop() {
       if (stopped) return;
       stopped = true;

@@ -15,7 +15,7 @@ import {
   GenericContainer, TestContainers, Wait, getContainerRuntimeClient,
   type ContainerRuntimeClient, type StartedTestContainer,
 } from 'testcontainers';
-import { freePort, type Cluster } from './cluster.js';
+import { clusterAt, freePort, hbaLines, PER_DATABASE_SQL, ROLE_SQL, SETTINGS, type Cluster } from './cluster.js';
 
 export interface ContainerCluster extends Cluster {
   /** The host name the database must dial to reach a port the test process listens on. */
@@ -24,12 +24,6 @@ export interface ContainerCluster extends Cluster {
 
 const IMAGE = process.env.PGSTEADYTEXT_TEST_IMAGE || 'pgvector/pgvector:pg15';
 const READY = 'database system is ready to accept connections';
-
-const roles = {
-  scram: { user: 'scram_user', password: 'scram pass' },
-  md5: { user: 'md5_user', password: 'md5-pass' },
-  trust: { user: 'trust_user', password: '' },
-};
 
 /** Whether a container runtime answers; never throws, never hangs. */
 export async function containerRuntimeAnswers(): Promise<boolean> {
@@ -70,29 +64,17 @@ function useHostNetwork(client: ContainerRuntimeClient): boolean {
 
 /** Runs as the image's init step, against the temporary server, before the real start. */
 function initScript(address: string): string {
-  const sql = [
-    `CREATE ROLE scram_user LOGIN PASSWORD 'scram pass'`,
-    `SET password_encryption = 'md5'`,
-    `CREATE ROLE md5_user LOGIN PASSWORD 'md5-pass'`,
-    `RESET password_encryption`,
-    `CREATE ROLE trust_user LOGIN`,
-    `GRANT ALL ON SCHEMA public TO PUBLIC`,
-  ].join(';\n');
-  const perDb = 'CREATE EXTENSION IF NOT EXISTS vector; CREATE EXTENSION IF NOT EXISTS dblink; GRANT ALL ON SCHEMA public TO PUBLIC';
   return [
     '#!/bin/sh',
     'set -e',
     `cat > "$PGDATA/pg_hba.conf" <<'EOF'`,
-    'local all all trust',
-    `host all trust_user ${address} trust`,
-    `host all md5_user ${address} md5`,
-    `host all all ${address} scram-sha-256`,
+    ...hbaLines(address),
     'EOF',
     `psql -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres <<'EOF'`,
-    `${sql};`,
+    `${ROLE_SQL.join(';\n')};`,
     'EOF',
     'for db in template1 postgres; do',
-    `  psql -X -q -v ON_ERROR_STOP=1 -U postgres -d "$db" -c '${perDb}'`,
+    `  psql -X -q -v ON_ERROR_STOP=1 -U postgres -d "$db" -c '${PER_DATABASE_SQL}'`,
     'done',
     '',
   ].join('\n');
@@ -101,11 +83,7 @@ function initScript(address: string): string {
 export async function startContainerCluster(): Promise<ContainerCluster> {
   const client = await runtimeClient();
   const hostNet = useHostNetwork(client);
-  const settings = [
-    'max_connections=400', 'fsync=off', 'synchronous_commit=off', 'full_page_writes=off',
-    'shared_buffers=128MB', 'log_min_messages=warning',
-    ...(hostNet ? ['listen_addresses=127.0.0.1'] : []),
-  ];
+  const settings = [...SETTINGS.map(([k, v]) => `${k}=${v}`), ...(hostNet ? ['listen_addresses=127.0.0.1'] : [])];
   const container = new GenericContainer(IMAGE)
     .withEnvironment({
       POSTGRES_PASSWORD: 'postgres',
@@ -147,9 +125,8 @@ export async function startContainerCluster(): Promise<ContainerCluster> {
   // 127.0.0.1 as in cluster.ts: some suites dial it directly, and "localhost" may resolve to ::1 first.
   const host = (hostNet || ['localhost', '127.0.0.1'].includes(started.getHost())) ? '127.0.0.1' : started.getHost();
   if (!hostNet) port = started.getMappedPort(5432);
-  const url = (u: string, p: string, db = 'postgres') =>
-    `postgres://${encodeURIComponent(u)}${p ? ':' + encodeURIComponent(p) : ''}@${host}:${port}/${db}`;
-  const adminUrl = url('postgres', 'postgres');
+  const at = clusterAt(host, port);
+  const adminUrl = at.adminUrl;
 
   try {
     await untilConnects(adminUrl, 15_000);
@@ -164,15 +141,8 @@ export async function startContainerCluster(): Promise<ContainerCluster> {
 
   let stopped = false;
   return {
-    host,
-    port,
-    adminUrl,
+    ...at,
     hostFromDatabase,
-    roles: {
-      scram: { ...roles.scram, url: url(roles.scram.user, roles.scram.password) },
-      md5: { ...roles.md5, url: url(roles.md5.user, roles.md5.password) },
-      trust: { ...roles.trust, url: url(roles.trust.user, '') },
-    },
     async stop() {
       if (stopped) return;
       stopped = true;
