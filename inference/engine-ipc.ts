@@ -55,7 +55,7 @@ type ToServer =
   | { tag: typeof TAG; kind: 'abort'; id: number; reason?: string }
   | { tag: typeof TAG; kind: 'hello' };
 type ToClient =
-  | { tag: typeof TAG; kind: 'result'; id: number; value?: unknown; error?: WireError; state: Snapshot }
+  | { tag: typeof TAG; kind: 'result'; id: number; value?: unknown; error?: WireError; outcome?: { cached?: boolean }; state: Snapshot }
   | { tag: typeof TAG; kind: 'chunk'; id: number; text: string }
   | { tag: typeof TAG; kind: 'state'; state: Snapshot };
 
@@ -130,7 +130,9 @@ export function serveEngineOverIpc(engine: Engine, channel: IpcChannel, o: Serve
       (e: unknown) => ({ error: toWire(e) }),
     ).then((r) => {
       running.delete(m.id);
-      channel.send({ tag: TAG, kind: 'result', id: m.id, ...r, state: snapshot() } satisfies ToClient);
+      // The request's outcome object was filled in here, on this side of the channel: send it back.
+      const outcome = (m.args[0] as { outcome?: { cached?: boolean } } | undefined)?.outcome;
+      channel.send({ tag: TAG, kind: 'result', id: m.id, ...r, outcome, state: snapshot() } satisfies ToClient);
     });
   });
   const timer = setInterval(push, o.pushIntervalMs ?? 1000).unref();
@@ -150,6 +152,7 @@ interface Pending {
   resolve(v: unknown): void;
   reject(e: Error): void;
   onChunk?(text: string): void;
+  outcome?: { cached?: boolean };
 }
 
 /**
@@ -180,6 +183,7 @@ export function engineOverIpc(channel: IpcChannel): Engine & { ready: Promise<vo
       const p = pending.get(m.id);
       if (!p) return;
       pending.delete(m.id);
+      if (p.outcome && m.outcome) Object.assign(p.outcome, m.outcome);
       if (m.error) p.reject(fromWire(m.error));
       else p.resolve(m.value);
     }
@@ -192,7 +196,8 @@ export function engineOverIpc(channel: IpcChannel): Engine & { ready: Promise<vo
     const id = nextId++;
     const result = new Promise<T>((resolve, reject) => {
       if (closed) return reject(new EngineClosedError());
-      pending.set(id, { resolve: resolve as (v: unknown) => void, reject, onChunk });
+      const outcome = (args[0] as { outcome?: { cached?: boolean } } | undefined)?.outcome;
+      pending.set(id, { resolve: resolve as (v: unknown) => void, reject, onChunk, outcome: typeof outcome === 'object' ? outcome : undefined });
       channel.send({ tag: TAG, kind: 'call', id, op, args, aborted: signal?.aborted || undefined } satisfies ToServer);
     });
     if (signal && !signal.aborted) {

@@ -44,6 +44,8 @@ export interface RequestOptions extends RequestControl {
   modelSize?: string | null;
   /** Read and fill the result cache (default true). */
   cache?: boolean;
+  /** Filled in by the engine: whether the answer came from the result cache (exact under concurrency, unlike status() counters). */
+  outcome?: { cached?: boolean };
 }
 export interface GenerateRequest extends RequestOptions {
   prompt: string;
@@ -137,6 +139,7 @@ class InferenceEngine implements Engine {
       const p = this.generationParams(r);
       const key = cacheKey({ op: 'generate', model: slot.identity ?? await this.identify(slot, r, t0), ...p });
       const hit = r.cache === false ? undefined : this.cache.get(key);
+      if (r.outcome) r.outcome.cached = hit !== undefined;
       if (hit !== undefined) return hit as string;
       const text = await slot.sched.submit<string>((w, signal) => generateText(w, p, signal), this.control(r, t0));
       if (r.cache !== false) this.cache.set(key, text);
@@ -154,6 +157,7 @@ class InferenceEngine implements Engine {
         const p = this.generationParams(r);
         const key = cacheKey({ op: 'generate', model: slot.identity ?? await this.identify(slot, r, t0), ...p });
         const hit = r.cache === false ? undefined : this.cache.get(key);
+        if (r.outcome) r.outcome.cached = hit !== undefined;
         if (hit !== undefined) { push(hit as string); return; }
         const text = await slot.sched.submit<string>((w, signal) => generateText(w, p, signal, push), { ...this.control(r, t0), signal: ac.signal });
         if (r.cache !== false) this.cache.set(key, text);
@@ -169,6 +173,7 @@ class InferenceEngine implements Engine {
       const text = nonEmpty(r.text, 'text'), seed = this.seed(r.seed);
       const key = cacheKey({ op: 'embed', model: slot.identity ?? await this.identify(slot, r, t0), text, seed, dimension: this.dimension });
       const hit = r.cache === false ? undefined : this.cache.get(key);
+      if (r.outcome) r.outcome.cached = hit !== undefined;
       if (hit !== undefined) return (hit as Float32Array).slice();
       const v = await slot.sched.submit<Float32Array>((w) => embedText(w, text, this.dimension), this.control(r, t0));
       if (r.cache !== false) this.cache.set(key, v.slice());

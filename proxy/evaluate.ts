@@ -30,6 +30,8 @@ export interface EvalContext {
   signal?: AbortSignal;
   /** Where the daemon endpoint listens (reported by steadytext_daemon_status). */
   daemon?: { host: string; port: number };
+  /** Filled in by the engine: whether the answer came from its result cache. */
+  outcome?: { cached?: boolean };
   /** Called with what the answer should leave in steadytext_cache. */
   remember?: (role: 'generation' | 'embedding', size: string, entry: (identity: string) => CacheEntry) => void;
 }
@@ -59,7 +61,7 @@ export async function evaluateCall(fn: SteadyFunction, a: ArgValues, e: EvalCont
         const modelSize = (a.model_size as string | null | undefined) ?? cfg.defaultModelSize;
         const text = await e.engine.generate({
           prompt: String(prompt), maxTokens, seed, temperature, modelSize, caller: e.caller, signal: e.signal,
-          timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled,
+          timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled, outcome: e.outcome,
         });
         const answer = fn === 'steadytext_generate' ? text : streamAnswer(text);
         if (cfg.cacheEnabled) {
@@ -73,7 +75,7 @@ export async function evaluateCall(fn: SteadyFunction, a: ArgValues, e: EvalCont
         if (text === null || text === undefined) return undefined;
         const seed = num(a.seed) ?? cfg.defaultSeed;
         const modelSize = (a.model_size as string | null | undefined) ?? cfg.defaultModelSize;
-        const v = vectorText(await e.engine.embed({ text: String(text), seed, modelSize, caller: e.caller, signal: e.signal, timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled }));
+        const v = vectorText(await e.engine.embed({ text: String(text), seed, modelSize, caller: e.caller, signal: e.signal, timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled, outcome: e.outcome }));
         if (cfg.cacheEnabled) e.remember?.('embedding', modelSize, (identity) => ({ op: 'embed', identity, text: String(text), seed, embedding: v }));
         return v;
       }

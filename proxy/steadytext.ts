@@ -90,13 +90,13 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     const later: Parameters<Remember>[] = [];
     const remember: Remember = keep ?? ((...args) => void later.push(args));
     const computes = call.fn === 'steadytext_generate' || call.fn === 'steadytext_embed' || call.fn === 'steadytext_generate_stream';
-    const hits = computes ? o.engine.status().cache.hits : 0;
+    const outcome: { cached?: boolean } = {};
     const a = await evaluateCall(call.fn, values, {
-      engine: o.engine, config, caller: `session:${ctx.id}`, signal: ctx.signal, daemon: o.daemon, remember,
+      engine: o.engine, config, caller: `session:${ctx.id}`, signal: ctx.signal, daemon: o.daemon, remember, outcome,
     });
     if (computes && a !== undefined) {
       const failed = a.startsWith('\x01') && !a.startsWith('\x01\x01');
-      const hit = !failed && o.engine.status().cache.hits > hits;
+      const hit = !failed && outcome.cached === true;
       if (!hit) {
         for (const [role, size, entry] of later) {
           void db.identity(role, size).then((id) => db.store([entry(id)])).catch((err) => ctx.log.debug({ err }, 'cache write failed'));

@@ -7,6 +7,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ResultCache } from '../../inference/cache.js';
 import { cacheKey, createEngine, type Engine, type EngineOptions } from '../../inference/engine.js';
+import { engineOverIpc, serveEngineOverIpc, type IpcChannel } from '../../inference/engine-ipc.js';
 import { CpuSlots, planCpu } from '../../inference/llama.js';
 import { modelFileIdentity } from '../../inference/registry.js';
 import { tinyModels } from '../fixtures/models.js';
@@ -64,14 +65,20 @@ describe('cache keys and model identity', () => {
 });
 
 describe('result cache', () => {
-  it('hits return the same answer fast and are counted; cache: false bypasses it', async () => {
+  it('hits return the same answer, are counted and reported per request; cache: false bypasses it', async () => {
     const e = make();
     const r = { prompt: 'cache me', maxTokens: 16 };
-    const first = await e.generate(r);
-    const t = performance.now();
-    for (let i = 0; i < 200; i++) expect(await e.generate(r)).toBe(first);
-    expect((performance.now() - t) / 200).toBeLessThan(1); // ms; the benchmark measures the real figure
-    expect(await e.generate({ ...r, cache: false })).toBe(first);
+    const miss: { cached?: boolean } = {};
+    const first = await e.generate({ ...r, outcome: miss });
+    expect(miss.cached).toBe(false);
+    for (let i = 0; i < 200; i++) {
+      const outcome: { cached?: boolean } = {};
+      expect(await e.generate({ ...r, outcome })).toBe(first);
+      expect(outcome.cached).toBe(true);
+    }
+    const bypass: { cached?: boolean } = {};
+    expect(await e.generate({ ...r, cache: false, outcome: bypass })).toBe(first);
+    expect(bypass.cached).toBe(false);
     const v = await e.embed({ text: 'cache me' });
     v[0] = 42; // callers own what they get back
     const again = await e.embed({ text: 'cache me' });
@@ -79,6 +86,32 @@ describe('result cache', () => {
     expect(bytes(again).equals(bytes(await e.embed({ text: 'cache me', cache: false })))).toBe(true);
     const s = e.status().cache;
     expect(s).toMatchObject({ hits: 201, misses: 2, entries: 2, evictions: 0 });
+  });
+
+  it('reports each request\'s cache outcome across the IPC channel too, whatever other callers do meanwhile', async () => {
+    const served = make();
+    // Two in-process ends that deep-copy every message, as the 'advanced' serialization of a real channel does.
+    const listeners = [new Set<(m: unknown) => void>(), new Set<(m: unknown) => void>()];
+    const end = (me: 0 | 1): IpcChannel => ({
+      send(m) { const copy = structuredClone(m); setImmediate(() => { for (const l of listeners[1 - me]) l(copy); }); },
+      onMessage(l) { listeners[me].add(l); return () => void listeners[me].delete(l); },
+      onClose: () => () => {},
+    });
+    const detach = serveEngineOverIpc(served, end(0));
+    const remote = engineOverIpc(end(1));
+    await remote.ready;
+    try {
+      const a: { cached?: boolean } = {}, b: { cached?: boolean } = {}, c: { cached?: boolean } = {};
+      await remote.embed({ text: 'over ipc', outcome: a });
+      // Hits by another caller in between do not turn this caller's miss into a hit.
+      const [, v] = await Promise.all([served.embed({ text: 'over ipc' }), remote.embed({ text: 'over ipc too', outcome: b })]);
+      expect(v.length).toBe(1024);
+      await remote.embed({ text: 'over ipc too', outcome: c });
+      expect([a.cached, b.cached, c.cached]).toEqual([false, false, true]);
+    } finally {
+      await remote.close();
+      detach();
+    }
   });
 
   it('is bounded by bytes and evicts the least frecent entries', () => {
