@@ -69,6 +69,12 @@ const CLOSED = 4;
 // Reasons the client socket is not being read.
 const PAUSE_BACKPRESSURE = 1;
 const PAUSE_HOOK = 2;
+/**
+ * While a hook runs the reader holds back what follows; the socket goes on being read up to this much,
+ * because a socket that is not read does not report the client leaving (a socket reading through a
+ * reused buffer stops reading outright when paused), and that must abort the hook's work at once.
+ */
+const HOOK_BACKLOG_BYTES = 256 * 1024;
 const PAUSE_CONNECTING = 4;
 
 /** The server's own authentication_timeout default: a client that never finishes startup is dropped. */
@@ -173,7 +179,10 @@ export class ClientSession implements FrameHandler, SessionLink {
   private data(chunk: Buffer): void {
     this.env.totals.bytesFromClients += chunk.length;
     try {
-      if (this.reader !== null) this.reader.push(chunk);
+      if (this.reader !== null) {
+        this.reader.push(chunk);
+        if (this.hookPending && this.reader.buffered > HOOK_BACKLOG_BYTES) this.pauseClient(PAUSE_HOOK);
+      }
       else if (this.phase === STARTUP) this.startupData(chunk);
       else if (this.phase === CONNECTING) this.early.push(chunk);
     } catch (err) {
@@ -377,6 +386,10 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   onMessage(msg: Buffer, code: number): Verdict {
+    if (this.hookAbort.signal.aborted && this.ctx) {
+      this.hookAbort = hookController();
+      this.ctx.signal = this.hookAbort.signal;
+    }
     const r = this.seam!.offer(msg, code);
     if (r === undefined) {
       this.tracker.sent(code);
@@ -384,18 +397,18 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
     if (r instanceof Promise) {
       this.hookPending = true;
-      this.pauseClient(PAUSE_HOOK);
       r.then((out) => this.hookDone(out, msg, code)).catch((err) => this.internalError(err));
       return PAUSE;
     }
     return this.replacement(r);
   }
 
-  /** Stops the work of the pending hook; later hooks get a fresh signal. */
+  /**
+   * Stops the work of the pending hook. ctx.signal stays the aborted one until the next hook starts: the
+   * pending hook may read it only after an await of its own, and must see the abort then.
+   */
   private abortHook(reason: Error): void {
     this.hookAbort.abort(reason);
-    this.hookAbort = hookController();
-    if (this.ctx) this.ctx.signal = this.hookAbort.signal;
   }
 
   private hookDone(out: Outgoing | undefined, original: Buffer, code: number): void {
@@ -500,7 +513,9 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   private cancelUpstream(): void {
     if (this.hookPending) this.abortHook(new Error('canceling statement due to user request'));
-    if (this.upstreamKey === null || this.phase === CLOSED) return;
+    // Nothing running upstream (a hook's statement is not sent yet): the backend would ignore the cancel
+    // now, and one that arrives late would hit the client's next statement instead.
+    if (this.upstreamKey === null || this.phase === CLOSED || this.tracker.size === 0) return;
     sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
   }
 
