@@ -169,7 +169,7 @@ CREATE TABLE IF NOT EXISTS steadytext_cache (
     access_count   bigint NOT NULL DEFAULT 0,
     last_accessed  timestamptz
 );
--- Readable by everyone, written only by the proxy (the installing role): clients cannot poison answers.
+-- Written only by the proxy (the installing role): clients cannot poison answers. Level 3 makes it private.
 REVOKE ALL ON steadytext_cache FROM PUBLIC;
 GRANT SELECT ON steadytext_cache TO PUBLIC;
 

@@ -115,6 +115,13 @@ describe('errors and privileges', () => {
     expect(denied.code).toBe('42501');
     const forged = await u.query(`INSERT INTO steadytext_cache (cache_key, operation, model_identity, prompt, response) VALUES ('k', 'generate', 'x', 'p', 'fake')`).catch((e) => e);
     expect(forged.code).toBe('42501');
+    // Nor read other roles' prompts and answers, or the logs; its own calls still find their cached answers.
+    for (const t of ['steadytext_cache', 'steadytext_logs', 'steadytext_debug_logs']) {
+      expect((await u.query(`SELECT * FROM ${t} LIMIT 1`).catch((e) => e)).code).toBe('42501');
+    }
+    await c.query(`CREATE OR REPLACE FUNCTION emb_fn(t text) RETURNS vector LANGUAGE plpgsql AS $$ BEGIN RETURN steadytext_embed(t); END $$`);
+    const direct = (await one(`SELECT steadytext_embed('private cache')::text AS v`, [], u)).v;
+    expect((await one(`SELECT emb_fn('private cache')::text AS v`, [], u)).v).toBe(direct);
     await c.query('GRANT EXECUTE ON FUNCTION steadytext_generate TO PUBLIC');
   });
 

@@ -229,9 +229,12 @@ describe('privileges', () => {
     await dropRole(role.user, [db]);
   });
 
-  it('a non-owner reads the cache but cannot write it (42501)', async () => {
-    await u.query('SELECT count(*) FROM steadytext_cache');
+  it('a non-owner can neither read nor write the cache (42501); stats and config stay readable', async () => {
+    await u.query('SELECT * FROM steadytext_stats');
+    await u.query('SELECT * FROM steadytext_config');
     for (const sql of [
+      'SELECT count(*) FROM steadytext_cache',
+      'SELECT * FROM steadytext_logs',
       `INSERT INTO steadytext_cache (cache_key, operation, model_identity, response) VALUES ('evil', 'generate', 'x', 'poison')`,
       `UPDATE steadytext_cache SET response = 'poison'`,
       `DELETE FROM steadytext_cache`,
