@@ -181,6 +181,13 @@ async function main(): Promise<void> {
   console.log(`pgbench -S -c ${CLIENTS} -j ${THREADS} -T ${SECONDS}, modes ${MODES.join('/')}, ${ROUNDS} round(s), proxy workers: 1 and ${WORKERS} (--workers)`);
   const cluster = await startCluster();
   const stops: (() => void)[] = [];
+  // Interrupted (Ctrl-C, timeout): no cluster, proxy or pgBouncer is left running.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      for (const stop of stops) stop();
+      void cluster.stop().finally(() => process.exit(130));
+    });
+  }
   try {
     pgbench(cluster.port, ['-i', '-q']);
     const targets: Record<string, Target> = { direct: { port: cluster.port, stop: () => {} } };

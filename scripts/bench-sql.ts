@@ -137,7 +137,7 @@ async function cleanup() {
   for (const c of cleanups.splice(0).reverse()) await c().catch((e) => progress(`cleanup: ${(e as Error).message}`));
   await cluster?.stop();
 }
-process.on('SIGINT', () => void cleanup().finally(() => process.exit(130)));
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => void cleanup().finally(() => process.exit(130)));
 
 async function main() {
   const models = await fixtures(PRESET);
