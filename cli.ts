@@ -8,8 +8,8 @@ import { loadSettings, parseHostPort, SettingsError, settingsMarkdown, type Sett
 import { createEngine, type EngineOptions } from './inference/engine.js';
 import { engineOverIpc, serveEngineOverIpc } from './inference/engine-ipc.js';
 import { runModelsCommand } from './inference/models-command.js';
-import { prepareDatabase, startDaemon } from './proxy/daemon.js';
-import { DatabaseRegistry } from './proxy/databases.js';
+import { startCore } from './proxy/core.js';
+import { prepareDatabase } from './proxy/daemon.js';
 import { startProxy } from './proxy/server.js';
 import { createSteadytextInterceptor } from './proxy/steadytext.js';
 import { runPoolWorker, serveInstalls, startWorkerPool, WorkerDatabaseRegistry, workerSetup, type WorkerSetup } from './proxy/workers.js';
@@ -58,13 +58,10 @@ function redact(url: string): string {
 }
 
 /** What one process owns whatever the worker count: the models, the per-database registry, the daemon endpoint. */
-async function startCore(s: Settings, log: Logger) {
+async function startServing(s: Settings, log: Logger) {
   const engine = createEngine(engineOptions(s, log));
-  const daemonAddr = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
-  const databases = new DatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon: daemonAddr, engine, logger: log });
-  const daemon = daemonAddr
-    ? await startDaemon({ listen: daemonAddr, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: log })
-    : undefined;
+  const daemonListen = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
+  const { databases, daemon } = await startCore({ engine, serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemonListen, logger: log });
   return { engine, databases, daemon };
 }
 
@@ -72,7 +69,7 @@ async function serve(s: Settings, log: Logger): Promise<void> {
   const setup = workerSetup();
   if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
   if (s.workers > 1) return serveWithWorkers(s, log);
-  const { engine, databases, daemon } = await startCore(s, log);
+  const { engine, databases, daemon } = await startServing(s, log);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
@@ -101,7 +98,7 @@ async function serve(s: Settings, log: Logger): Promise<void> {
 
 /** The primary of --workers N: models, daemon endpoint and installs here; client sessions in the workers. */
 async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {
-  const { engine, databases, daemon } = await startCore(s, log);
+  const { engine, databases, daemon } = await startServing(s, log);
   const release = async () => {
     await daemon?.close();
     await databases.close();

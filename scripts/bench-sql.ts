@@ -17,8 +17,7 @@ import pino from 'pino';
 import { createEngine, type EmbedRequest, type Engine } from '../inference/engine.js';
 import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels, type FixturePreset } from '../inference/fixture-models.js';
 import { findCalls, isParseFailure, loadParser } from '../proxy/calls.js';
-import { startDaemon } from '../proxy/daemon.js';
-import { DatabaseRegistry } from '../proxy/databases.js';
+import { startCore } from '../proxy/core.js';
 import { derivePrefetch } from '../proxy/prefetch-plan.js';
 import { startProxy } from '../proxy/server.js';
 import { createSteadytextInterceptor } from '../proxy/steadytext.js';
@@ -175,12 +174,11 @@ async function main() {
     }
   };
 
-  const databases = new DatabaseRegistry({ serviceUrl: directUrl, autoInstall: true, daemon: { host: '127.0.0.1', port: 0 }, engine, logger: log });
+  const core = await startCore({ engine, serviceUrl: directUrl, autoInstall: true, daemonListen: { host: '127.0.0.1', port: 0 }, logger: log });
+  const { databases } = core;
+  const daemon = core.daemon!;
   cleanups.push(() => databases.close());
-  const daemon = await startDaemon({ listen: { host: '127.0.0.1', port: 0 }, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: log });
   cleanups.push(() => daemon.close());
-  // Known only now, and needed before the objects are installed: the database calls back there.
-  (databases.opts as { daemon?: { host: string; port: number } }).daemon = daemon.address;
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon.address, logger: log });
   await interceptor.ready;
   const proxy = await startProxy({

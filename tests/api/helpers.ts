@@ -5,8 +5,9 @@ import { inject } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
 import { createEngine, type Engine, type EngineOptions } from '../../inference/engine.js';
-import { startDaemon, type DaemonHandle } from '../../proxy/daemon.js';
-import { DatabaseRegistry } from '../../proxy/databases.js';
+import { startCore } from '../../proxy/core.js';
+import type { DaemonHandle } from '../../proxy/daemon.js';
+import type { DatabaseRegistry } from '../../proxy/databases.js';
 import { startProxy, type ProxyServer } from '../../proxy/server.js';
 import { createSteadytextInterceptor } from '../../proxy/steadytext.js';
 import { tinyModels } from '../fixtures/models.js';
@@ -41,10 +42,9 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
   const directUrl = admin.toString();
   const models = await tinyModels();
   const engine = createEngine({ generationModel: models.generation, embeddingModel: models.embedding, logger: silent, ...opts.engine });
-  const databases = new DatabaseRegistry({ serviceUrl: directUrl, autoInstall: true, daemon: { host: '127.0.0.1', port: 0 }, engine, logger: silent });
-  const daemon = await startDaemon({ listen: { host: '127.0.0.1', port: opts.daemonPort ?? 0 }, secret: () => databases.secrets(), engine, serviceUrl: (db) => (db ? databases.serviceUrlFor(db) : undefined), logger: silent });
-  // The port is known only now: the database must call back there.
-  (databases.opts as { daemon?: { host: string; port: number } }).daemon = daemon.address;
+  const core = await startCore({ engine, serviceUrl: directUrl, autoInstall: true, daemonListen: { host: '127.0.0.1', port: opts.daemonPort ?? 0 }, logger: silent });
+  const { databases } = core;
+  const daemon = core.daemon!;
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon.address, logger: silent });
   await interceptor.ready;
   const proxy = await startProxy({

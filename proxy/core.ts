@@ -1,0 +1,29 @@
+// The registry of databases and the daemon endpoint, started together because each needs the other:
+// the daemon checks callers against the registry's secrets, and the registry tells every database where
+// the daemon listens. The daemon starts first so that address is the bound one (port 0 included).
+import type { Logger } from 'pino';
+import type { Engine } from '../inference/engine.js';
+import { startDaemon, type DaemonHandle } from './daemon.js';
+import { DatabaseRegistry } from './databases.js';
+
+export interface CoreOptions {
+  engine: Engine;
+  serviceUrl: string;
+  autoInstall: boolean;
+  /** Where the daemon endpoint listens; undefined: no daemon (calls the proxy cannot see then fail clearly). */
+  daemonListen?: { host: string; port: number };
+  logger: Logger;
+}
+
+export async function startCore(o: CoreOptions): Promise<{ databases: DatabaseRegistry; daemon?: DaemonHandle }> {
+  let databases: DatabaseRegistry | undefined;
+  const daemon = o.daemonListen
+    ? await startDaemon({
+      listen: o.daemonListen, engine: o.engine, logger: o.logger,
+      secret: () => databases?.secrets() ?? [],
+      serviceUrl: (db) => (db && databases ? databases.serviceUrlFor(db) : undefined),
+    })
+    : undefined;
+  databases = new DatabaseRegistry({ serviceUrl: o.serviceUrl, autoInstall: o.autoInstall, daemon: daemon?.address, engine: o.engine, logger: o.logger });
+  return { databases, daemon };
+}
