@@ -1,4 +1,5 @@
-// In-memory result cache bounded by bytes, evicting by frecency, and the key shared with the SQL cache table.
+// In-memory result cache bounded by bytes, evicting by frecency. Its key is the engine's own; the shared
+// steadytext_cache table has another (sql/cache-key.ts), one that the SQL functions can compute themselves.
 import { createHash } from 'node:crypto';
 
 /** Bump when anything that shapes an answer changes (sampling constants, prompt templating, pooling). */
