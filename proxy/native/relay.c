@@ -1,0 +1,472 @@
+// The steady-state relay of one session in C, on the Node event loop (uv_poll on both sockets). Node's
+// per-event cost (stream layers, a JS callback and a WriteWrap per read) is most of what a JS relay spends
+// per transaction; here a read walks message boundaries and is written on at once, with no JS at all.
+//
+// It only forwards. It hands the session back to JS (the exit callback, with everything it holds) at the
+// first thing JS must see: a Query or Parse that passes the steadytext prefilter, Terminate, a message too
+// large for its buffer or the limit, a server ParameterStatus or ErrorResponse, end of stream or an error.
+// JS keeps the request tracker: the relay logs the type byte of every message it forwarded (server ones
+// with the high bit set) and JS replays the log on exit. The log is cleared whenever the session is
+// provably idle (every Sync/Query answered by ReadyForQuery, nothing sent after the last one), so it stays
+// short; a session that is never idle (COPY FROM STDIN swallowing Syncs) fills it and goes back to JS.
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <node_api.h>
+#include <uv.h>
+
+#define IN_CAP (64 * 1024)
+#define LOG_MAX 8192
+
+enum {
+  EXIT_CLIENT_MESSAGE = 1, // a client message JS must see (prefilter match, Terminate, too large, invalid)
+  EXIT_SERVER_MESSAGE = 2, // a server message JS must see (ParameterStatus, ErrorResponse, too large)
+  EXIT_CLIENT_EOF = 3,
+  EXIT_SERVER_EOF = 4,
+  EXIT_CLIENT_ERROR = 5,
+  EXIT_SERVER_ERROR = 6,
+  EXIT_LOG_FULL = 7,
+  EXIT_STOPPED = 8, // stop() from JS
+};
+
+typedef struct side {
+  int fd;
+  uv_poll_t poll;
+  bool polling;
+  int events;
+  uint8_t *in; // read, not yet forwarded (a partial message)
+  size_t in_len;
+  uint8_t *out; // forwarded to this side, not yet taken by the kernel
+  size_t out_off, out_len;
+  uint64_t bytes_read;
+} side_t;
+
+typedef struct relay {
+  side_t c, s;
+  napi_env env;
+  napi_ref on_exit;
+  napi_async_context async;
+  uint32_t max_message;
+  uint8_t *log;
+  size_t log_len;
+  int64_t pending_sync; // Sync/Query/FunctionCall sent minus ReadyForQuery received
+  int64_t since_sync;   // Parse/Bind/Describe/Execute/Close sent after the last Sync/Query
+  uint8_t status;       // the last ReadyForQuery's transaction status, 0 if none
+  bool running;
+  int reason, err;
+  int open_handles;
+  bool finalized;
+} relay_t;
+
+static void maybe_free(relay_t *r) {
+  if (r->open_handles > 0 || !r->finalized) return;
+  free(r->c.in);
+  free(r->s.in);
+  free(r->c.out);
+  free(r->s.out);
+  free(r->log);
+  free(r);
+}
+
+static void on_close(uv_handle_t *h) {
+  relay_t *r = (relay_t *)h->data;
+  r->open_handles--;
+  maybe_free(r);
+}
+
+// A Query or Parse naming steadytext (any ASCII case), or U&" (which can spell any identifier): the
+// same test as the JS prefilter (interceptor.ts).
+static bool mentions_steadytext(const uint8_t *b, size_t start, size_t end) {
+  static const char word[] = "steadytext";
+  for (size_t i = start; i < end; i++) {
+    uint8_t c = b[i];
+    if ((c | 0x20) == 's' && i + 10 <= end) {
+      int j = 1;
+      while (j < 10 && (b[i + j] | 0x20) == (uint8_t)word[j]) j++;
+      if (j == 10) return true;
+    } else if (c == '&' && i > start && (b[i - 1] | 0x20) == 'u' && i + 1 < end && b[i + 1] == '"') {
+      return true;
+    }
+  }
+  return false;
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events);
+
+static void set_events(relay_t *r, side_t *x, side_t *other) {
+  if (!r->running) return;
+  // Read a side only while what it sent last is all written to the other: backpressure both ways.
+  int ev = (other->out_len > other->out_off ? 0 : UV_READABLE) | (x->out_len > x->out_off ? UV_WRITABLE : 0);
+  if (ev == x->events && x->polling) return;
+  x->events = ev;
+  if (ev == 0) {
+    if (x->polling) uv_poll_stop(&x->poll);
+    x->polling = false;
+  } else {
+    uv_poll_start(&x->poll, ev, poll_cb);
+    x->polling = true;
+  }
+}
+
+static void log_code(relay_t *r, uint8_t code) {
+  if (r->log_len < LOG_MAX) r->log[r->log_len++] = code;
+}
+
+// Whether a whole message can be forwarded without JS; updates the request counts if so.
+static bool client_message(relay_t *r, const uint8_t *m, size_t len) {
+  uint8_t code = m[0];
+  switch (code) {
+    case 'Q':
+    case 'P':
+      if (mentions_steadytext(m, 5, len)) return false;
+      break;
+    case 'X':
+      return false;
+  }
+  switch (code) {
+    case 'Q':
+    case 'F':
+    case 'S':
+      r->pending_sync++;
+      r->since_sync = 0;
+      break;
+    case 'P':
+    case 'B':
+    case 'D':
+    case 'E':
+    case 'C':
+      r->since_sync++;
+      break;
+  }
+  log_code(r, code);
+  return true;
+}
+
+static bool server_message(relay_t *r, const uint8_t *m, size_t len) {
+  uint8_t code = m[0];
+  if (code == 'S' || code == 'E') return false;
+  if (code == 'Z') {
+    if (r->pending_sync > 0) r->pending_sync--;
+    if (len >= 6) r->status = m[5];
+  }
+  log_code(r, code | 0x80);
+  return true;
+}
+
+static void finish(relay_t *r, int reason, int err);
+
+// Writes bytes to side y; what the kernel does not take waits in y->out.
+static bool send_to(relay_t *r, side_t *y, const uint8_t *p, size_t n) {
+  size_t done = 0;
+  if (y->out_len == y->out_off) {
+    while (done < n) {
+      ssize_t w = write(y->fd, p + done, n - done);
+      if (w > 0) {
+        done += (size_t)w;
+        continue;
+      }
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      finish(r, y == &r->c ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR, errno);
+      return false;
+    }
+  }
+  if (done == n) return true;
+  size_t rest = n - done;
+  if (y->out_off > 0) {
+    memmove(y->out, y->out + y->out_off, y->out_len - y->out_off);
+    y->out_len -= y->out_off;
+    y->out_off = 0;
+  }
+  uint8_t *grown = realloc(y->out, y->out_len + rest);
+  if (grown == NULL) {
+    finish(r, y == &r->c ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR, ENOMEM);
+    return false;
+  }
+  y->out = grown;
+  memcpy(y->out + y->out_len, p + done, rest);
+  y->out_len += rest;
+  return true;
+}
+
+// Reads what side x has and forwards every whole message that needs no JS to the other side.
+static void readable(relay_t *r, side_t *x, side_t *y) {
+  bool client = x == &r->c;
+  // Cannot happen (a partial message larger than the buffer sends the session back to JS at its header),
+  // but a read of 0 bytes would look like the end of the stream.
+  if (x->in_len == IN_CAP) return finish(r, client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE, 0);
+  ssize_t n;
+  do n = read(x->fd, x->in + x->in_len, IN_CAP - x->in_len);
+  while (n < 0 && errno == EINTR);
+  if (n == 0) return finish(r, client ? EXIT_CLIENT_EOF : EXIT_SERVER_EOF, 0);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    return finish(r, client ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR, errno);
+  }
+  x->bytes_read += (uint64_t)n;
+  x->in_len += (size_t)n;
+
+  size_t pos = 0;
+  int stop = 0;
+  while (x->in_len - pos >= 5) {
+    const uint8_t *m = x->in + pos;
+    uint32_t len = ((uint32_t)m[1] << 24) | ((uint32_t)m[2] << 16) | ((uint32_t)m[3] << 8) | m[4];
+    // Impossible lengths and messages larger than the buffer are JS's to handle (or to refuse).
+    if (len < 4 || (size_t)len + 1 > IN_CAP || (client && len > r->max_message)) {
+      stop = client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE;
+      break;
+    }
+    if (x->in_len - pos < (size_t)len + 1) break;
+    if (!(client ? client_message(r, m, len + 1) : server_message(r, m, len + 1))) {
+      stop = client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE;
+      break;
+    }
+    pos += (size_t)len + 1;
+  }
+  if (pos > 0) {
+    if (!send_to(r, y, x->in, pos)) return;
+    memmove(x->in, x->in + pos, x->in_len - pos);
+    x->in_len -= pos;
+  }
+  if (r->pending_sync == 0 && r->since_sync == 0) r->log_len = 0;
+  if (stop) return finish(r, stop, 0);
+  if (r->log_len >= LOG_MAX) return finish(r, EXIT_LOG_FULL, 0);
+  set_events(r, x, y);
+  set_events(r, y, x);
+}
+
+static void writable(relay_t *r, side_t *y, side_t *x) {
+  while (y->out_off < y->out_len) {
+    ssize_t w = write(y->fd, y->out + y->out_off, y->out_len - y->out_off);
+    if (w > 0) {
+      y->out_off += (size_t)w;
+      continue;
+    }
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    return finish(r, y == &r->c ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR, errno);
+  }
+  if (y->out_off == y->out_len) y->out_off = y->out_len = 0;
+  set_events(r, y, x);
+  set_events(r, x, y);
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events) {
+  relay_t *r = (relay_t *)h->data;
+  if (!r->running) return;
+  bool client = h == &r->c.poll;
+  side_t *x = client ? &r->c : &r->s;
+  side_t *y = client ? &r->s : &r->c;
+  if (status < 0) return finish(r, client ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR, -status);
+  if (events & UV_WRITABLE) {
+    writable(r, x, y);
+    if (!r->running) return;
+  }
+  if (events & UV_READABLE) readable(r, x, y);
+}
+
+// ---- JS interface -----------------------------------------------------------------------------------
+
+static napi_value buffer_copy(napi_env env, const uint8_t *p, size_t n) {
+  napi_value v;
+  void *data;
+  napi_create_buffer_copy(env, n, n ? p : (const uint8_t *)"", &data, &v);
+  return v;
+}
+
+static napi_value number(napi_env env, double d) {
+  napi_value v;
+  napi_create_double(env, d, &v);
+  return v;
+}
+
+// [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer]
+static napi_value outcome(napi_env env, relay_t *r) {
+  napi_value a;
+  napi_create_array_with_length(env, 10, &a);
+  napi_value v[10] = {
+    number(env, r->reason),
+    number(env, r->err),
+    buffer_copy(env, r->c.out + r->c.out_off, r->c.out_len - r->c.out_off),
+    buffer_copy(env, r->s.out + r->s.out_off, r->s.out_len - r->s.out_off),
+    buffer_copy(env, r->c.in, r->c.in_len),
+    buffer_copy(env, r->s.in, r->s.in_len),
+    buffer_copy(env, r->log, r->log_len),
+    number(env, r->status),
+    number(env, (double)r->c.bytes_read),
+    number(env, (double)r->s.bytes_read),
+  };
+  for (uint32_t i = 0; i < 10; i++) napi_set_element(env, a, i, v[i]);
+  return a;
+}
+
+// Stops polling and releases the sockets; they stay open (JS owns them).
+static void release(relay_t *r, int reason, int err) {
+  r->running = false;
+  r->reason = reason;
+  r->err = err;
+  if (r->c.polling) uv_poll_stop(&r->c.poll);
+  if (r->s.polling) uv_poll_stop(&r->s.poll);
+  r->c.polling = r->s.polling = false;
+  uv_close((uv_handle_t *)&r->c.poll, on_close);
+  uv_close((uv_handle_t *)&r->s.poll, on_close);
+}
+
+// Exit from inside a poll callback: tell JS.
+static void finish(relay_t *r, int reason, int err) {
+  if (!r->running) return;
+  release(r, reason, err);
+  napi_env env = r->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, recv, arg, result;
+  napi_get_reference_value(env, r->on_exit, &fn);
+  napi_get_global(env, &recv); // napi_make_callback wants an object
+  arg = outcome(env, r);
+  // The callback catches its own errors; one escaping would be reported by Node as uncaught.
+  napi_make_callback(env, r->async, recv, fn, 1, &arg, &result);
+  napi_delete_reference(env, r->on_exit);
+  napi_async_destroy(env, r->async);
+  r->on_exit = NULL;
+  napi_close_handle_scope(env, scope);
+}
+
+static void finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  relay_t *r = (relay_t *)data;
+  if (r->running) {
+    // Dropped while running (cannot happen through relay.ts); never leave polls on freed memory.
+    release(r, EXIT_STOPPED, 0);
+  }
+  if (r->on_exit != NULL) {
+    napi_delete_reference(env, r->on_exit);
+    napi_async_destroy(env, r->async);
+    r->on_exit = NULL;
+  }
+  r->finalized = true;
+  maybe_free(r);
+}
+
+static relay_t *unwrap(napi_env env, napi_value v) {
+  void *p = NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
+  return (relay_t *)p;
+}
+
+static napi_value throw_error(napi_env env, const char *msg) {
+  napi_throw_error(env, NULL, msg);
+  return NULL;
+}
+
+// start(clientFd, serverFd, maxMessage, onExit) -> handle
+static napi_value js_start(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 4) return throw_error(env, "start(clientFd, serverFd, maxMessage, onExit)");
+  int32_t cfd, sfd;
+  uint32_t max;
+  if (napi_get_value_int32(env, argv[0], &cfd) != napi_ok || napi_get_value_int32(env, argv[1], &sfd) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &max) != napi_ok || cfd < 0 || sfd < 0)
+    return throw_error(env, "start: bad arguments");
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_error(env, "start: no event loop");
+
+  relay_t *r = calloc(1, sizeof(relay_t));
+  if (r == NULL) return throw_error(env, "start: out of memory");
+  r->c.fd = cfd;
+  r->s.fd = sfd;
+  r->c.in = malloc(IN_CAP);
+  r->s.in = malloc(IN_CAP);
+  r->log = malloc(LOG_MAX);
+  r->env = env;
+  r->max_message = max;
+  if (!r->c.in || !r->s.in || !r->log) {
+    r->finalized = true;
+    maybe_free(r);
+    return throw_error(env, "start: out of memory");
+  }
+  int e1 = uv_poll_init(loop, &r->c.poll, cfd);
+  if (e1 != 0) {
+    r->finalized = true;
+    maybe_free(r);
+    return throw_error(env, uv_strerror(e1));
+  }
+  r->c.poll.data = r;
+  r->open_handles++;
+  int e2 = uv_poll_init(loop, &r->s.poll, sfd);
+  if (e2 != 0) {
+    uv_close((uv_handle_t *)&r->c.poll, on_close);
+    r->finalized = true;
+    return throw_error(env, uv_strerror(e2));
+  }
+  r->s.poll.data = r;
+  r->open_handles++;
+
+  napi_value name, handle;
+  napi_create_string_utf8(env, "pg-steadytext relay", NAPI_AUTO_LENGTH, &name);
+  napi_create_reference(env, argv[3], 1, &r->on_exit);
+  if (napi_create_external(env, r, finalize, NULL, &handle) != napi_ok) {
+    release(r, EXIT_STOPPED, 0);
+    napi_delete_reference(env, r->on_exit);
+    r->on_exit = NULL;
+    r->finalized = true;
+    return throw_error(env, "start: cannot create handle");
+  }
+  napi_async_init(env, handle, name, &r->async);
+  r->running = true;
+  set_events(r, &r->c, &r->s);
+  set_events(r, &r->s, &r->c);
+  return handle;
+}
+
+// stop(handle) -> the outcome array, or null when the relay has already ended.
+static napi_value js_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  relay_t *r = argc ? unwrap(env, argv[0]) : NULL;
+  if (r == NULL) return throw_error(env, "stop(handle)");
+  napi_value nul;
+  napi_get_null(env, &nul);
+  if (!r->running) return nul;
+  release(r, EXIT_STOPPED, 0);
+  napi_value out = outcome(env, r);
+  napi_delete_reference(env, r->on_exit);
+  napi_async_destroy(env, r->async);
+  r->on_exit = NULL;
+  return out;
+}
+
+// state(handle) -> [requests awaiting an answer (0 when idle), bytes held, bytesFromClient, bytesFromServer, status]
+static napi_value js_state(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  relay_t *r = argc ? unwrap(env, argv[0]) : NULL;
+  if (r == NULL) return throw_error(env, "state(handle)");
+  size_t held = r->c.in_len + r->s.in_len + (r->c.out_len - r->c.out_off) + (r->s.out_len - r->s.out_off);
+  napi_value a;
+  napi_create_array_with_length(env, 5, &a);
+  napi_set_element(env, a, 0, number(env, (double)(r->pending_sync + r->since_sync)));
+  napi_set_element(env, a, 1, number(env, (double)held));
+  napi_set_element(env, a, 2, number(env, (double)r->c.bytes_read));
+  napi_set_element(env, a, 3, number(env, (double)r->s.bytes_read));
+  napi_set_element(env, a, 4, number(env, r->status));
+  return a;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"start", NULL, js_start, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"stop", NULL, js_stop, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"state", NULL, js_state, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, 3, props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
