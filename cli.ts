@@ -74,7 +74,7 @@ async function serve(s: Settings, log: Logger): Promise<void> {
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
   const proxy = await startProxy({
-    listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs,
+    listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
     connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor,
   });
   log.info({ listen: proxy.address, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
@@ -146,7 +146,7 @@ async function serveAsWorker(s: Settings, log: Logger, setup: WorkerSetup): Prom
   await runPoolWorker(setup, {
     logger: log,
     start: (cancels) => startProxy({
-      listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs,
+      listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
       connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, cancels,
     }),
     async cleanup() {

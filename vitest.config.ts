@@ -2,7 +2,6 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['tests/**/*.test.ts'],
     globalSetup: ['tests/setup/global.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
@@ -10,5 +9,17 @@ export default defineConfig({
     pool: 'forks',
     maxWorkers: 2,
     fileParallelism: true,
+    projects: [
+      { extends: true, test: { name: 'all', include: ['tests/**/*.test.ts'] } },
+      {
+        // The proxy suites again with the native relay off: the JS relay is the fallback (no compiler, TLS).
+        extends: true,
+        test: {
+          name: 'js-relay',
+          include: ['tests/proxy/{backpressure,cancel,interceptor,pg,psql,robustness,shutdown}.test.ts'],
+          env: { PGSTEADYTEXT_TEST_RELAY: 'off' },
+        },
+      },
+    ],
   },
 });

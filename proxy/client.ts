@@ -30,6 +30,7 @@ import {
   type TxStatus,
 } from './protocol.js';
 import type { ReadBuffer } from './read-buffer.js';
+import { socketFd, type NativeRelay, type RelayHandle, type RelayOutcome } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 
@@ -43,6 +44,8 @@ export interface SessionEnv {
   interceptor: Interceptor | undefined;
   cancels: CancelRegistry;
   totals: Totals;
+  /** Idle plaintext sessions are handed to it (relay.ts); null relays everything in JS. */
+  nativeRelay: NativeRelay | null;
   onClosed(session: ClientSession): void;
 }
 
@@ -57,6 +60,9 @@ export interface Totals {
   intercepted: number;
   /** Messages it replaced. */
   rewritten: number;
+  /** Times a session was handed to the native relay, and given back. */
+  relayStarts: number;
+  relayExits: number;
 }
 
 // Session phases.
@@ -76,6 +82,7 @@ const PAUSE_HOOK = 2;
  */
 const HOOK_BACKLOG_BYTES = 256 * 1024;
 const PAUSE_CONNECTING = 4;
+const PAUSE_RELAY = 8;
 
 /** The server's own authentication_timeout default: a client that never finishes startup is dropped. */
 const STARTUP_TIMEOUT_MS = 60_000;
@@ -105,6 +112,12 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** The client sent Terminate: the server's goodbye needs no message of ours. */
   private terminated = false;
   private startupTimer: NodeJS.Timeout | null;
+  /** Both sockets are with the native relay. */
+  private relay: RelayHandle | null = null;
+  /** A ReadyForQuery went by: once the chunk carrying it is through, see whether the relay can take over. */
+  private relayCheck = false;
+  /** The relay will not take this session (again): a socket ended under it, or it could not start. */
+  private relayOff = false;
   private readonly onData = (chunk: Buffer) => this.data(chunk);
 
   constructor(
@@ -130,6 +143,10 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** In a transaction or waiting for an answer: shutdown waits for it (within its grace period). */
   get busy(): boolean {
     if (this.phase !== READY) return false;
+    if (this.relay !== null) {
+      const st = this.env.nativeRelay!.state(this.relay);
+      return st.requests > 0 || st.held > 0 || (st.status !== '' && st.status !== 'I');
+    }
     return (
       this.tracker.size > 0 ||
       this.hookPending ||
@@ -144,6 +161,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     let n = this.sock.writableLength + (this.reader?.buffered ?? 0);
     for (const c of this.early) n += c.length;
     if (this.server) n += this.server.sock.writableLength + this.server.reader.buffered;
+    if (this.relay !== null) n += this.env.nativeRelay!.state(this.relay).held;
     return n;
   }
 
@@ -465,6 +483,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     const ctx = this.ctx!;
     ctx.txStatus = status;
     this.seam?.ready(status);
+    if (this.env.nativeRelay !== null && !this.relayOff) this.relayCheck = true;
     if (first) {
       this.phase = READY;
       if (this.startupTimer) clearTimeout(this.startupTimer);
@@ -486,6 +505,103 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   countUpstreamBytes(n: number): void {
     this.env.totals.bytesFromUpstream += n;
+  }
+
+  serverChunkDone(): void {
+    if (this.relayCheck) {
+      this.relayCheck = false;
+      this.startRelay();
+    }
+  }
+
+  // ---- the native relay ------------------------------------------------------------------------------
+
+  /**
+   * Hands both sockets to the native relay if the session is idle between statements: nothing in flight,
+   * held, paused or queued on either side, plaintext both ways, no watched statements.
+   */
+  private startRelay(): void {
+    const nr = this.env.nativeRelay;
+    const server = this.server;
+    if (nr === null || this.relay !== null || this.relayOff || this.phase !== READY || server === null) return;
+    if (this.sock !== this.raw || this.input === undefined || !server.plain) return;
+    if (this.tracker.size > 0 || this.hookPending || this.paused !== 0 || this.serverPaused || this.draining) return;
+    const r = this.reader!;
+    const sr = server.reader;
+    if (!r.atBoundary || r.isPaused || r.buffered > 0 || !sr.atBoundary || sr.isPaused || sr.buffered > 0) return;
+    if (this.sock.writableLength > 0 || server.sock.writableLength > 0) return;
+    const w = this.ctx!.watched;
+    if (w.statements.size > 0 || w.portals.size > 0) return;
+    const cfd = socketFd(this.raw);
+    const sfd = socketFd(server.sock);
+    if (cfd < 0 || sfd < 0) {
+      this.relayOff = true;
+      return;
+    }
+    this.pauseClient(PAUSE_RELAY);
+    server.sock.pause();
+    try {
+      this.relay = nr.start(cfd, sfd, this.env.maxMessageBytes, (o) => {
+        try {
+          this.relayEnded(o);
+        } catch (err) {
+          this.internalError(err);
+        }
+      });
+    } catch (err) {
+      this.relayOff = true;
+      this.log.warn({ err: (err as Error).message }, 'native relay did not start; this session relays in JS');
+      server.sock.resume();
+      this.resumeClient(PAUSE_RELAY);
+      return;
+    }
+    this.env.totals.relayStarts++;
+  }
+
+  /**
+   * Takes the sockets back from the relay now, before JS writes to either. `final`: the session is ending,
+   * the relay must not take it again.
+   */
+  private stopRelay(final: boolean): void {
+    if (final) this.relayOff = true;
+    if (this.relay === null) return;
+    const o = this.env.nativeRelay!.stop(this.relay);
+    if (o !== null) this.relayEnded(o);
+  }
+
+  /**
+   * The relay gave the session back: what it had forwarded but not written goes out first, the request
+   * tracker learns what went by, and the messages it stopped at go through the JS path.
+   */
+  private relayEnded(o: RelayOutcome): void {
+    this.relay = null;
+    const totals = this.env.totals;
+    totals.relayExits++;
+    totals.bytesFromClients += o.bytesFromClient;
+    totals.bytesFromUpstream += o.bytesFromServer;
+    if (this.phase === CLOSED) return;
+    this.log.trace({ reason: o.reason, errno: o.errno }, 'native relay gave the session back');
+    const server = this.server!;
+    if (o.toServer.length > 0 && !server.write(o.toServer)) this.pauseClient(PAUSE_BACKPRESSURE);
+    if (o.toClient.length > 0 && !this.sock.write(o.toClient)) this.serverPaused = true;
+    for (const code of o.log) {
+      if (code & 0x80) this.tracker.received(code & 0x7f);
+      else this.tracker.sent(code);
+    }
+    if (o.status !== '') {
+      this.ctx!.txStatus = o.status as TxStatus;
+      this.seam?.ready(o.status as TxStatus);
+    }
+    // A socket that ended or failed under the relay: Node finds out on its next read and the session ends.
+    if (o.reason.endsWith('eof') || o.reason.endsWith('error')) this.relayOff = true;
+    this.relayCheck = false;
+    if (o.fromServer.length > 0) server.reader.push(o.fromServer);
+    if (o.fromClient.length > 0 && this.phase !== CLOSED) this.reader!.push(o.fromClient);
+    if (this.phase === CLOSED) return;
+    this.resumeClient(PAUSE_RELAY);
+    if (!this.serverPaused) server.sock.resume();
+    if (this.draining) this.drainCheck();
+    else this.serverChunkDone();
   }
 
   serverDrained(): void {
@@ -515,13 +631,16 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.hookPending) this.abortHook(new Error('canceling statement due to user request'));
     // Nothing running upstream (a hook's statement is not sent yet): the backend would ignore the cancel
     // now, and one that arrives late would hit the client's next statement instead.
-    if (this.upstreamKey === null || this.phase === CLOSED || this.tracker.size === 0) return;
+    if (this.upstreamKey === null || this.phase === CLOSED) return;
+    const inFlight = this.relay !== null ? this.env.nativeRelay!.state(this.relay).requests : this.tracker.size;
+    if (inFlight === 0) return;
     sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
   }
 
   /** Graceful shutdown: end the session as soon as it is idle (between transactions). */
   shutdown(): void {
     this.draining = true;
+    this.stopRelay(false); // draining: it will not take the session again
     this.drainCheck();
   }
 
@@ -533,6 +652,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Ends the session now with FATAL 57P01 (shutdown; also at the end of the grace period). */
   terminate(): void {
     if (this.phase === CLOSED) return;
+    this.stopRelay(true);
     this.fatal({ severity: 'FATAL', code: SqlState.AdminShutdown, message: 'terminating connection due to administrator command' });
     this.close('proxy shutting down');
   }
@@ -540,6 +660,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Sends a FATAL ErrorResponse if the client's stream is between messages. */
   private fatal(f: ErrorFields): void {
     if (this.phase === CLOSED || this.sock.destroyed || !this.sock.writable) return;
+    this.stopRelay(true);
     if (this.server !== null && !this.server.reader.atBoundary) return;
     this.sock.write(errorResponse(f));
   }
@@ -560,6 +681,16 @@ export class ClientSession implements FrameHandler, SessionLink {
   close(reason: string): void {
     if (this.phase === CLOSED) return;
     const busy = this.busy;
+    if (this.relay !== null) {
+      // Only the counts matter now: the sockets are about to be closed.
+      const o = this.env.nativeRelay!.stop(this.relay);
+      this.relay = null;
+      if (o !== null) {
+        this.env.totals.relayExits++;
+        this.env.totals.bytesFromClients += o.bytesFromClient;
+        this.env.totals.bytesFromUpstream += o.bytesFromServer;
+      }
+    }
     const wasReady = this.phase === READY;
     this.phase = CLOSED;
     if (this.startupTimer) clearTimeout(this.startupTimer);

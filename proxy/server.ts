@@ -8,6 +8,7 @@ import { CancelRegistry } from './cancel.js';
 import { ClientSession, type SessionEnv, type Totals } from './client.js';
 import type { Interceptor } from './interceptor.js';
 import { adoptAccepted } from './read-buffer.js';
+import { loadNativeRelay, type NativeRelay, type NativeRelayMode } from './relay.js';
 import { parseUpstreamUrl } from './upstream.js';
 
 export interface ProxyOptions {
@@ -31,6 +32,11 @@ export interface ProxyOptions {
   interceptor?: Interceptor;
   /** The cancel keys' registry; a worker process passes one that routes other workers' keys (proxy/workers.ts). */
   cancels?: CancelRegistry;
+  /**
+   * auto (default): idle plaintext sessions are relayed by the native relay when it is built, in JS
+   * otherwise; on: refuse to start without it; off: always JS.
+   */
+  nativeRelay?: NativeRelayMode;
 }
 
 export interface ProxyStats {
@@ -66,7 +72,17 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     upstreamFailures: 0,
     intercepted: 0,
     rewritten: 0,
+    relayStarts: 0,
+    relayExits: 0,
   };
+  let nativeRelay: NativeRelay | null = null;
+  const relayMode = opts.nativeRelay ?? 'auto';
+  if (relayMode !== 'off') {
+    const { relay, why } = loadNativeRelay();
+    if (relay === null && relayMode === 'on') throw new Error(`native relay is required (nativeRelay on) but not available: ${why}`);
+    if (relay === null) log.warn({ why }, 'native relay not available: relaying in JS, which costs more CPU per message');
+    nativeRelay = relay;
+  }
   let nextId = 1;
   let closing: Promise<void> | null = null;
   let allClosed: (() => void) | null = null;
@@ -80,6 +96,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     interceptor: opts.interceptor,
     cancels,
     totals,
+    nativeRelay,
     onClosed(session) {
       sessions.delete(session);
       if (sessions.size === 0) allClosed?.();
@@ -115,7 +132,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     host: typeof bound === 'object' && bound ? bound.address : opts.listen.host,
     port: typeof bound === 'object' && bound ? bound.port : opts.listen.port,
   };
-  log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!secureContext }, 'proxy listening');
+  log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!secureContext, relay: nativeRelay ? 'native' : 'js' }, 'proxy listening');
 
   async function shutdown(graceMs: number): Promise<void> {
     log.info({ sessions: sessions.size, graceMs }, 'proxy shutting down');

@@ -205,6 +205,8 @@ export interface SessionLink {
   /** An ErrorResponse during startup (authentication failed, database missing, ...). */
   startupError(fields: Record<string, string>): void;
   countUpstreamBytes(n: number): void;
+  /** A chunk from the server went through (plaintext connections). */
+  serverChunkDone(): void;
   serverDrained(): void;
   serverClosed(): void;
   serverError(err: Error): void;
@@ -222,12 +224,15 @@ export class ServerConnection implements FrameHandler {
   sawFatal = false;
   private ready = false;
   private handler: ResponseHandler | undefined;
+  /** Plaintext, read through a ReadBuffer: the native relay can take the socket. */
+  readonly plain: boolean;
 
   constructor(
     private readonly s: SessionLink,
     { sock, input }: OpenedUpstream,
   ) {
     this.sock = sock;
+    this.plain = input !== undefined;
     // Server lengths are trusted up to the protocol's own limit.
     const reader = (this.reader = new FrameReader(this, 0x7fffffff));
     sock.setNoDelay(true);
@@ -245,6 +250,7 @@ export class ServerConnection implements FrameHandler {
           input.retained = true;
           this.handlerRan = false;
         }
+        s.serverChunkDone();
       };
     } else {
       sock.on('data', (chunk: Buffer) => {

@@ -33,6 +33,8 @@ export async function startTestProxy(over: Partial<ProxyOptions> = {}): Promise<
     shutdownGraceMs: 2_000,
     connectTimeoutMs: 3_000,
     logger: silentLogger,
+    // The js-relay test project runs the proxy suites again without the native relay (vitest.config.ts).
+    nativeRelay: process.env.PGSTEADYTEXT_TEST_RELAY === 'off' ? 'off' : 'auto',
     ...over,
   });
 }
