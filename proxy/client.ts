@@ -165,6 +165,13 @@ export class ClientSession implements FrameHandler, SessionLink {
     return n;
   }
 
+  /** Bytes the native relay has moved for this session and not yet added to the totals (it adds them on exit). */
+  get relayBytes(): { fromClient: number; fromServer: number } {
+    if (this.relay === null) return { fromClient: 0, fromServer: 0 };
+    const st = this.env.nativeRelay!.state(this.relay);
+    return { fromClient: st.bytesFromClient, fromServer: st.bytesFromServer };
+  }
+
   get closed(): boolean {
     return this.phase === CLOSED;
   }

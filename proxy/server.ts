@@ -158,11 +158,17 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
 
   return {
     address,
-    stats: () => ({
-      clients: sessions.size,
-      buffered: [...sessions].reduce((n, s) => n + s.buffered, 0),
-      totals: { ...totals, cancelsForwarded: cancels.forwarded, cancelsIgnored: cancels.ignored },
-    }),
+    stats: () => {
+      const t = { ...totals, cancelsForwarded: cancels.forwarded, cancelsIgnored: cancels.ignored };
+      let buffered = 0;
+      for (const s of sessions) {
+        buffered += s.buffered;
+        const r = s.relayBytes;
+        t.bytesFromClients += r.fromClient;
+        t.bytesFromUpstream += r.fromServer;
+      }
+      return { clients: sessions.size, buffered, totals: t };
+    },
     close(graceMs = opts.shutdownGraceMs) {
       closing ??= shutdown(graceMs);
       return closing;

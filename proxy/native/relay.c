@@ -21,6 +21,10 @@
 #define IN_CAP (64 * 1024)
 #define LOG_MAX 8192
 
+// Reads land here and are forwarded from here: one buffer for all sessions (everything runs on the event
+// loop's thread), so an idle relayed session holds no buffer at all. Only a partial message is kept aside.
+static uint8_t scratch[IN_CAP];
+
 enum {
   EXIT_CLIENT_MESSAGE = 1, // a client message JS must see (prefilter match, Terminate, too large, invalid)
   EXIT_SERVER_MESSAGE = 2, // a server message JS must see (ParameterStatus, ErrorResponse, too large)
@@ -38,7 +42,7 @@ typedef struct side {
   bool polling;
   int events;
   uint8_t *in; // read, not yet forwarded (a partial message)
-  size_t in_len;
+  size_t in_len, in_cap;
   uint8_t *out; // forwarded to this side, not yet taken by the kernel
   size_t out_off, out_len;
   uint64_t bytes_read;
@@ -51,7 +55,7 @@ typedef struct relay {
   napi_async_context async;
   uint32_t max_message;
   uint8_t *log;
-  size_t log_len;
+  size_t log_len, log_cap;
   int64_t pending_sync; // Sync/Query/FunctionCall sent minus ReadyForQuery received
   int64_t since_sync;   // Parse/Bind/Describe/Execute/Close sent after the last Sync/Query
   uint8_t status;       // the last ReadyForQuery's transaction status, 0 if none
@@ -112,7 +116,17 @@ static void set_events(relay_t *r, side_t *x, side_t *other) {
 }
 
 static void log_code(relay_t *r, uint8_t code) {
-  if (r->log_len < LOG_MAX) r->log[r->log_len++] = code;
+  if (r->log_len == r->log_cap) {
+    size_t cap = r->log_cap ? r->log_cap * 2 : 64;
+    uint8_t *grown = cap <= LOG_MAX ? realloc(r->log, cap) : NULL;
+    if (grown == NULL) {
+      r->log_len = LOG_MAX; // full: the session goes back to JS after this read
+      return;
+    }
+    r->log = grown;
+    r->log_cap = cap;
+  }
+  r->log[r->log_len++] = code;
 }
 
 // Whether a whole message can be forwarded without JS; updates the request counts if so.
@@ -192,45 +206,68 @@ static bool send_to(relay_t *r, side_t *y, const uint8_t *p, size_t n) {
   return true;
 }
 
+// Keeps bytes that could not be forwarded yet (a partial message, or the one the relay stopped at).
+static bool keep(relay_t *r, side_t *x, const uint8_t *p, size_t n) {
+  if (n == 0) {
+    if (x->in_cap > 4096) { // a large partial message went through: do not hold its room while idle
+      free(x->in);
+      x->in = NULL;
+      x->in_cap = 0;
+    }
+    x->in_len = 0;
+    return true;
+  }
+  if (n > x->in_cap) {
+    uint8_t *grown = realloc(x->in, n);
+    if (grown == NULL) return false;
+    x->in = grown;
+    x->in_cap = n;
+  }
+  memmove(x->in, p, n);
+  x->in_len = n;
+  return true;
+}
+
 // Reads what side x has and forwards every whole message that needs no JS to the other side.
 static void readable(relay_t *r, side_t *x, side_t *y) {
   bool client = x == &r->c;
+  int error_exit = client ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR;
   // Cannot happen (a partial message larger than the buffer sends the session back to JS at its header),
   // but a read of 0 bytes would look like the end of the stream.
-  if (x->in_len == IN_CAP) return finish(r, client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE, 0);
+  if (x->in_len >= IN_CAP) return finish(r, client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE, 0);
+  size_t have = x->in_len;
+  if (have > 0) memcpy(scratch, x->in, have);
   ssize_t n;
-  do n = read(x->fd, x->in + x->in_len, IN_CAP - x->in_len);
+  do n = read(x->fd, scratch + have, IN_CAP - have);
   while (n < 0 && errno == EINTR);
   if (n == 0) return finish(r, client ? EXIT_CLIENT_EOF : EXIT_SERVER_EOF, 0);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-    return finish(r, client ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR, errno);
+    return finish(r, error_exit, errno);
   }
   x->bytes_read += (uint64_t)n;
-  x->in_len += (size_t)n;
+  size_t total = have + (size_t)n;
 
   size_t pos = 0;
   int stop = 0;
-  while (x->in_len - pos >= 5) {
-    const uint8_t *m = x->in + pos;
+  while (total - pos >= 5) {
+    const uint8_t *m = scratch + pos;
     uint32_t len = ((uint32_t)m[1] << 24) | ((uint32_t)m[2] << 16) | ((uint32_t)m[3] << 8) | m[4];
     // Impossible lengths and messages larger than the buffer are JS's to handle (or to refuse).
     if (len < 4 || (size_t)len + 1 > IN_CAP || (client && len > r->max_message)) {
       stop = client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE;
       break;
     }
-    if (x->in_len - pos < (size_t)len + 1) break;
+    if (total - pos < (size_t)len + 1) break;
     if (!(client ? client_message(r, m, len + 1) : server_message(r, m, len + 1))) {
       stop = client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE;
       break;
     }
     pos += (size_t)len + 1;
   }
-  if (pos > 0) {
-    if (!send_to(r, y, x->in, pos)) return;
-    memmove(x->in, x->in + pos, x->in_len - pos);
-    x->in_len -= pos;
-  }
+  // What is not forwarded is kept first: an exit while writing must still hand it to JS.
+  if (!keep(r, x, scratch + pos, total - pos)) return finish(r, error_exit, ENOMEM);
+  if (pos > 0 && !send_to(r, y, scratch, pos)) return;
   if (r->pending_sync == 0 && r->since_sync == 0) r->log_len = 0;
   if (stop) return finish(r, stop, 0);
   if (r->log_len >= LOG_MAX) return finish(r, EXIT_LOG_FULL, 0);
@@ -249,7 +286,12 @@ static void writable(relay_t *r, side_t *y, side_t *x) {
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
     return finish(r, y == &r->c ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR, errno);
   }
-  if (y->out_off == y->out_len) y->out_off = y->out_len = 0;
+  if (y->out_off == y->out_len) {
+    // Backpressure is over: give the memory back.
+    free(y->out);
+    y->out = NULL;
+    y->out_off = y->out_len = 0;
+  }
   set_events(r, y, x);
   set_events(r, x, y);
 }
@@ -379,16 +421,8 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   if (r == NULL) return throw_error(env, "start: out of memory");
   r->c.fd = cfd;
   r->s.fd = sfd;
-  r->c.in = malloc(IN_CAP);
-  r->s.in = malloc(IN_CAP);
-  r->log = malloc(LOG_MAX);
   r->env = env;
   r->max_message = max;
-  if (!r->c.in || !r->s.in || !r->log) {
-    r->finalized = true;
-    maybe_free(r);
-    return throw_error(env, "start: out of memory");
-  }
   int e1 = uv_poll_init(loop, &r->c.poll, cfd);
   if (e1 != 0) {
     r->finalized = true;

@@ -125,6 +125,32 @@ describe('native relay', () => {
     c.destroy();
   });
 
+  test('messages cut anywhere across reads, and a 40 kB query sent in 1 kB pieces, come out whole', async () => {
+    await eventually(() => relayed(native) === 0, 5_000, 'earlier sessions gone');
+    const c = await rawSession(native.address.port);
+    await eventually(() => relayed(native) === 1, 5_000, 'session in the relay');
+    const { relayExits: exits, bytesFromClients: clientBytes } = native.stats().totals;
+    const pause = () => new Promise((r) => setTimeout(r, 2));
+    const small = Buffer.concat([queryMsg('select 1 as a'), queryMsg("select 'two' as b")]);
+    for (let i = 0; i < small.length; i++) {
+      c.write(small.subarray(i, i + 1));
+      await pause();
+    }
+    await c.waitForCount('Z', 3);
+    const big = queryMsg(`select length('${'q'.repeat(40_000)}') as n`);
+    for (let i = 0; i < big.length; i += 1000) {
+      c.write(big.subarray(i, i + 1000));
+      await pause();
+    }
+    await c.waitForCount('Z', 4);
+    expect(c.messages.filter((m) => m.type === 'D').map((m) => m.body.subarray(6).toString())).toEqual(['1', 'two', '40000']);
+    expect(c.error()).toBeUndefined();
+    expect(native.stats().totals.relayExits).toBe(exits); // the relay reassembled them itself
+    const sent = small.length + big.length;
+    expect(native.stats().totals.bytesFromClients - clientBytes).toBe(sent); // counted while still relayed
+    c.destroy();
+  });
+
   test('COPY FROM STDIN in the extended protocol, with the Syncs it swallows: the session goes back to JS and stays right', async () => {
     await adminQuery('create table if not exists relay_copy (i int)');
     await adminQuery('truncate relay_copy');
