@@ -145,7 +145,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.phase !== READY) return false;
     if (this.relay !== null) {
       const st = this.env.nativeRelay!.state(this.relay);
-      return st.requests > 0 || st.held > 0 || (st.status !== '' && st.status !== 'I');
+      return st.requests > 0 || st.held > 0 || st.streaming > 0 || (st.status !== '' && st.status !== 'I');
     }
     return (
       this.tracker.size > 0 ||
@@ -602,6 +602,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     // A socket that ended or failed under the relay: Node finds out on its next read and the session ends.
     if (o.reason.endsWith('eof') || o.reason.endsWith('error')) this.relayOff = true;
     this.relayCheck = false;
+    if (o.skipServer > 0) server.reader.passThrough(o.skipServer);
+    if (o.skipClient > 0) this.reader!.passThrough(o.skipClient);
     if (o.fromServer.length > 0) server.reader.push(o.fromServer);
     if (o.fromClient.length > 0 && this.phase !== CLOSED) this.reader!.push(o.fromClient);
     if (this.phase === CLOSED) return;

@@ -195,6 +195,15 @@ export class FrameReader {
     else for (const b of v) this.h.onBytes(b);
   }
 
+  /**
+   * The next `n` bytes are the rest of a message whose start went by elsewhere (the native relay was
+   * streaming it): they pass through unread. Only between messages.
+   */
+  passThrough(n: number): void {
+    if (!this.atBoundary || this.paused) throw new Error('passThrough only between messages');
+    this.skip = n;
+  }
+
   /** Stop for good (the session is ending): nothing more is delivered. */
   stop(): void {
     this.failed = true;

@@ -1,6 +1,7 @@
 // The native steady-state relay (proxy/native/relay.c, built into build/relay.node by `npm install`):
 // loading it, and what it hands back as plain values. A session hands both its sockets to it while idle
 // and plaintext; it forwards in C until something JS must see, then returns the session (client.ts).
+// The addon's arrays are unpacked here once: the session code sees named fields.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -37,6 +38,9 @@ export interface RelayOutcome {
   status: string;
   bytesFromClient: number;
   bytesFromServer: number;
+  /** Body bytes still to come of a large message the relay was streaming: they pass through unread. */
+  skipClient: number;
+  skipServer: number;
 }
 
 export interface RelayState {
@@ -47,14 +51,16 @@ export interface RelayState {
   bytesFromClient: number;
   bytesFromServer: number;
   status: string;
+  /** Bytes still to come of messages being streamed through (the session is mid-message). */
+  streaming: number;
 }
 
 type Handle = object & { readonly __relay: unique symbol };
-type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number];
+type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number];
 interface Addon {
   start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void): Handle;
   stop(h: Handle): Raw | null;
-  state(h: Handle): [number, number, number, number, number];
+  state(h: Handle): [number, number, number, number, number, number];
 }
 
 export interface NativeRelay {
@@ -78,6 +84,8 @@ function outcome(r: Raw): RelayOutcome {
     status: r[7] ? String.fromCharCode(r[7]) : '',
     bytesFromClient: r[8],
     bytesFromServer: r[9],
+    skipClient: r[10],
+    skipServer: r[11],
   };
 }
 
@@ -112,7 +120,7 @@ export function loadNativeRelay(): { relay: NativeRelay | null; why: string } {
       },
       state: (h) => {
         const s = addon.state(h);
-        return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '' };
+        return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5] };
       },
     };
     loaded = { relay, why: `loaded from ${path}` };

@@ -3,8 +3,9 @@
 // per transaction; here a read walks message boundaries and is written on at once, with no JS at all.
 //
 // It only forwards. It hands the session back to JS (the exit callback, with everything it holds) at the
-// first thing JS must see: a Query or Parse that passes the steadytext prefilter, Terminate, a message too
-// large for its buffer or the limit, a server ParameterStatus or ErrorResponse, end of stream or an error.
+// first thing JS must see: a Query or Parse that passes the steadytext prefilter, Terminate, a message over
+// the limit, a server ParameterStatus or ErrorResponse, end of stream or an error. Messages too large for
+// its buffer are streamed through unless JS must read them (Query, Parse, ParameterStatus, ErrorResponse).
 // JS keeps the request tracker: the relay logs the type byte of every message it forwarded (server ones
 // with the high bit set) and JS replays the log on exit. The log is cleared whenever the session is
 // provably idle (every Sync/Query answered by ReadyForQuery, nothing sent after the last one), so it stays
@@ -21,9 +22,10 @@
 #define IN_CAP (64 * 1024)
 #define LOG_MAX 8192
 
-// Reads land here and are forwarded from here: one buffer for all sessions (everything runs on the event
-// loop's thread), so an idle relayed session holds no buffer at all. Only a partial message is kept aside.
-static uint8_t scratch[IN_CAP];
+// Reads land here and are forwarded from here: one buffer for all the sessions of an event loop (a loop
+// runs on one thread; worker threads get their own), so an idle relayed session holds no buffer at all.
+// Only a partial message is kept aside.
+static _Thread_local uint8_t *scratch;
 
 enum {
   EXIT_CLIENT_MESSAGE = 1, // a client message JS must see (prefilter match, Terminate, too large, invalid)
@@ -43,6 +45,7 @@ typedef struct side {
   int events;
   uint8_t *in; // read, not yet forwarded (a partial message)
   size_t in_len, in_cap;
+  size_t skip; // body bytes still to come of a message too large to hold, forwarded as it arrives
   uint8_t *out; // forwarded to this side, not yet taken by the kernel
   size_t out_off, out_len;
   uint64_t bytes_read;
@@ -129,17 +132,7 @@ static void log_code(relay_t *r, uint8_t code) {
   r->log[r->log_len++] = code;
 }
 
-// Whether a whole message can be forwarded without JS; updates the request counts if so.
-static bool client_message(relay_t *r, const uint8_t *m, size_t len) {
-  uint8_t code = m[0];
-  switch (code) {
-    case 'Q':
-    case 'P':
-      if (mentions_steadytext(m, 5, len)) return false;
-      break;
-    case 'X':
-      return false;
-  }
+static void count_client(relay_t *r, uint8_t code) {
   switch (code) {
     case 'Q':
     case 'F':
@@ -156,7 +149,20 @@ static bool client_message(relay_t *r, const uint8_t *m, size_t len) {
       break;
   }
   log_code(r, code);
+}
+
+// Whether a whole client message can be forwarded without JS; counts it if so.
+static bool client_message(relay_t *r, const uint8_t *m, size_t len) {
+  uint8_t code = m[0];
+  if (code == 'X') return false;
+  if ((code == 'Q' || code == 'P') && mentions_steadytext(m, 5, len)) return false;
+  count_client(r, code);
   return true;
+}
+
+// Whether a message too large to hold whole may be forwarded as it arrives: any that JS need not read.
+static bool streamable(bool client, uint8_t code) {
+  return client ? code != 'Q' && code != 'P' && code != 'X' : code != 'S' && code != 'E' && code != 'Z';
 }
 
 static bool server_message(relay_t *r, const uint8_t *m, size_t len) {
@@ -235,6 +241,7 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
   // Cannot happen (a partial message larger than the buffer sends the session back to JS at its header),
   // but a read of 0 bytes would look like the end of the stream.
   if (x->in_len >= IN_CAP) return finish(r, client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE, 0);
+  if (scratch == NULL && (scratch = malloc(IN_CAP)) == NULL) return finish(r, error_exit, ENOMEM);
   size_t have = x->in_len;
   if (have > 0) memcpy(scratch, x->in, have);
   ssize_t n;
@@ -250,12 +257,28 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
 
   size_t pos = 0;
   int stop = 0;
+  if (x->skip > 0) { // the rest of a large message (nothing was kept aside meanwhile)
+    pos = x->skip < total ? x->skip : total;
+    x->skip -= pos;
+  }
   while (total - pos >= 5) {
     const uint8_t *m = scratch + pos;
     uint32_t len = ((uint32_t)m[1] << 24) | ((uint32_t)m[2] << 16) | ((uint32_t)m[3] << 8) | m[4];
-    // Impossible lengths and messages larger than the buffer are JS's to handle (or to refuse).
-    if (len < 4 || (size_t)len + 1 > IN_CAP || (client && len > r->max_message)) {
+    // Impossible lengths are JS's to refuse.
+    if (len < 4 || (client && len > r->max_message)) {
       stop = client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE;
+      break;
+    }
+    if ((size_t)len + 1 > IN_CAP) {
+      // Too large to hold: forwarded as it arrives if JS need not read it, else JS takes it whole.
+      if (!streamable(client, m[0])) {
+        stop = client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE;
+        break;
+      }
+      if (client) count_client(r, m[0]);
+      else log_code(r, m[0] | 0x80);
+      x->skip = (size_t)len + 1 - (total - pos);
+      pos = total;
       break;
     }
     if (total - pos < (size_t)len + 1) break;
@@ -325,11 +348,12 @@ static napi_value number(napi_env env, double d) {
   return v;
 }
 
-// [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer]
+// [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer,
+//  skipClient, skipServer]
 static napi_value outcome(napi_env env, relay_t *r) {
   napi_value a;
-  napi_create_array_with_length(env, 10, &a);
-  napi_value v[10] = {
+  napi_create_array_with_length(env, 12, &a);
+  napi_value v[12] = {
     number(env, r->reason),
     number(env, r->err),
     buffer_copy(env, r->c.out + r->c.out_off, r->c.out_len - r->c.out_off),
@@ -340,8 +364,10 @@ static napi_value outcome(napi_env env, relay_t *r) {
     number(env, r->status),
     number(env, (double)r->c.bytes_read),
     number(env, (double)r->s.bytes_read),
+    number(env, (double)r->c.skip),
+    number(env, (double)r->s.skip),
   };
-  for (uint32_t i = 0; i < 10; i++) napi_set_element(env, a, i, v[i]);
+  for (uint32_t i = 0; i < 12; i++) napi_set_element(env, a, i, v[i]);
   return a;
 }
 
@@ -475,7 +501,8 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// state(handle) -> [requests awaiting an answer (0 when idle), bytes held, bytesFromClient, bytesFromServer, status]
+// state(handle) -> [requests awaiting an answer (0 when idle), bytes held, bytesFromClient, bytesFromServer, status,
+//                   bytes still to come of messages being streamed]
 static napi_value js_state(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -484,12 +511,13 @@ static napi_value js_state(napi_env env, napi_callback_info info) {
   if (r == NULL) return throw_error(env, "state(handle)");
   size_t held = r->c.in_len + r->s.in_len + (r->c.out_len - r->c.out_off) + (r->s.out_len - r->s.out_off);
   napi_value a;
-  napi_create_array_with_length(env, 5, &a);
+  napi_create_array_with_length(env, 6, &a);
   napi_set_element(env, a, 0, number(env, (double)(r->pending_sync + r->since_sync)));
   napi_set_element(env, a, 1, number(env, (double)held));
   napi_set_element(env, a, 2, number(env, (double)r->c.bytes_read));
   napi_set_element(env, a, 3, number(env, (double)r->s.bytes_read));
   napi_set_element(env, a, 4, number(env, r->status));
+  napi_set_element(env, a, 5, number(env, (double)(r->c.skip + r->s.skip)));
   return a;
 }
 
