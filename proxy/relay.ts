@@ -32,7 +32,7 @@ export interface RelayOutcome {
   /** Read but not forwarded, from the message the relay stopped at (or a partial one). */
   fromClient: Buffer;
   fromServer: Buffer;
-  /** Type bytes of the messages forwarded since the session was last idle; server ones have the high bit set. */
+  /** Type bytes of the forwarded messages that move the request tracker, since the session was last idle; server ones have the high bit set. */
   log: Buffer;
   /** The last ReadyForQuery's transaction status ('I', 'T', 'E'), or '' if none came. */
   status: string;

@@ -6,8 +6,8 @@
 // first thing JS must see: a Query or Parse that passes the steadytext prefilter, Terminate, a message over
 // the limit, a server ParameterStatus or ErrorResponse, end of stream or an error. Messages too large for
 // its buffer are streamed through unless JS must read them (Query, Parse, ParameterStatus, ErrorResponse).
-// JS keeps the request tracker: the relay logs the type byte of every message it forwarded (server ones
-// with the high bit set) and JS replays the log on exit. The log is cleared whenever the session is
+// JS keeps the request tracker: the relay logs the type byte of every message it forwarded that moves the
+// tracker (server ones with the high bit set) and JS replays the log on exit. The log is cleared whenever the session is
 // provably idle (every Sync/Query answered by ReadyForQuery, nothing sent after the last one), so it stays
 // short; a session that is never idle (COPY FROM STDIN swallowing Syncs) fills it and goes back to JS.
 #include <errno.h>
@@ -118,62 +118,60 @@ static void set_events(relay_t *r, side_t *x, side_t *other) {
   }
 }
 
-static void log_code(relay_t *r, uint8_t code) {
-  if (r->log_len == r->log_cap) {
-    size_t cap = r->log_cap ? r->log_cap * 2 : 64;
-    uint8_t *grown = cap <= LOG_MAX ? realloc(r->log, cap) : NULL;
-    if (grown == NULL) {
-      r->log_len = LOG_MAX; // full: the session goes back to JS after this read
-      return;
+// Room for one more log entry (the log grows on demand, up to LOG_MAX).
+static bool log_room(relay_t *r) {
+  if (r->log_len < r->log_cap) return true;
+  if (r->log_cap >= LOG_MAX) return false;
+  size_t cap = r->log_cap ? r->log_cap * 2 : 64;
+  uint8_t *grown = realloc(r->log, cap);
+  if (grown == NULL) return false;
+  r->log = grown;
+  r->log_cap = cap;
+  return true;
+}
+
+// The messages that move the request tracker (tracker.ts); the rest (rows, copy data, notices,
+// notifications, Flush) are not logged, so a large result adds three entries, not one per row.
+static bool tracked(bool client, uint8_t code) {
+  return code != 0 && strchr(client ? "PBDECQFScf" : "ZGW123nTCIs", code) != NULL;
+}
+
+// Whether a message may be forwarded without JS (0), or why not; counts and logs it if so. `whole`: the
+// message is all in the buffer (else it is too large to hold, and may only be streamed if JS need not read it).
+static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len, bool whole) {
+  uint8_t code = m[0];
+  if (client) {
+    if (code == 'X') return EXIT_CLIENT_MESSAGE;
+    if ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len))) return EXIT_CLIENT_MESSAGE;
+  } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6))) {
+    return EXIT_SERVER_MESSAGE;
+  }
+  if (tracked(client, code)) {
+    // A full log stops here, before the message: JS must be able to replay everything forwarded.
+    if (!log_room(r)) return EXIT_LOG_FULL;
+    r->log[r->log_len++] = client ? code : (uint8_t)(code | 0x80);
+  }
+  if (client) {
+    switch (code) {
+      case 'Q':
+      case 'F':
+      case 'S':
+        r->pending_sync++;
+        r->since_sync = 0;
+        break;
+      case 'P':
+      case 'B':
+      case 'D':
+      case 'E':
+      case 'C':
+        r->since_sync++;
+        break;
     }
-    r->log = grown;
-    r->log_cap = cap;
-  }
-  r->log[r->log_len++] = code;
-}
-
-static void count_client(relay_t *r, uint8_t code) {
-  switch (code) {
-    case 'Q':
-    case 'F':
-    case 'S':
-      r->pending_sync++;
-      r->since_sync = 0;
-      break;
-    case 'P':
-    case 'B':
-    case 'D':
-    case 'E':
-    case 'C':
-      r->since_sync++;
-      break;
-  }
-  log_code(r, code);
-}
-
-// Whether a whole client message can be forwarded without JS; counts it if so.
-static bool client_message(relay_t *r, const uint8_t *m, size_t len) {
-  uint8_t code = m[0];
-  if (code == 'X') return false;
-  if ((code == 'Q' || code == 'P') && mentions_steadytext(m, 5, len)) return false;
-  count_client(r, code);
-  return true;
-}
-
-// Whether a message too large to hold whole may be forwarded as it arrives: any that JS need not read.
-static bool streamable(bool client, uint8_t code) {
-  return client ? code != 'Q' && code != 'P' && code != 'X' : code != 'S' && code != 'E' && code != 'Z';
-}
-
-static bool server_message(relay_t *r, const uint8_t *m, size_t len) {
-  uint8_t code = m[0];
-  if (code == 'S' || code == 'E') return false;
-  if (code == 'Z') {
+  } else if (code == 'Z') {
     if (r->pending_sync > 0) r->pending_sync--;
-    if (len >= 6) r->status = m[5];
+    r->status = m[5];
   }
-  log_code(r, code | 0x80);
-  return true;
+  return 0;
 }
 
 static void finish(relay_t *r, int reason, int err);
@@ -238,8 +236,8 @@ static bool keep(relay_t *r, side_t *x, const uint8_t *p, size_t n) {
 static void readable(relay_t *r, side_t *x, side_t *y) {
   bool client = x == &r->c;
   int error_exit = client ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR;
-  // Cannot happen (a partial message larger than the buffer sends the session back to JS at its header),
-  // but a read of 0 bytes would look like the end of the stream.
+  // Cannot happen (what is kept is part of a message that fits; larger ones are streamed or go to JS), but
+  // a read of 0 bytes would look like the end of the stream.
   if (x->in_len >= IN_CAP) return finish(r, client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE, 0);
   if (scratch == NULL && (scratch = malloc(IN_CAP)) == NULL) return finish(r, error_exit, ENOMEM);
   size_t have = x->in_len;
@@ -271,21 +269,13 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
     }
     if ((size_t)len + 1 > IN_CAP) {
       // Too large to hold: forwarded as it arrives if JS need not read it, else JS takes it whole.
-      if (!streamable(client, m[0])) {
-        stop = client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE;
-        break;
-      }
-      if (client) count_client(r, m[0]);
-      else log_code(r, m[0] | 0x80);
+      if ((stop = accept_message(r, client, m, 0, false)) != 0) break;
       x->skip = (size_t)len + 1 - (total - pos);
       pos = total;
       break;
     }
     if (total - pos < (size_t)len + 1) break;
-    if (!(client ? client_message(r, m, len + 1) : server_message(r, m, len + 1))) {
-      stop = client ? EXIT_CLIENT_MESSAGE : EXIT_SERVER_MESSAGE;
-      break;
-    }
+    if ((stop = accept_message(r, client, m, (size_t)len + 1, true)) != 0) break;
     pos += (size_t)len + 1;
   }
   // What is not forwarded is kept first: an exit while writing must still hand it to JS.
@@ -293,7 +283,6 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
   if (pos > 0 && !send_to(r, y, scratch, pos)) return;
   if (r->pending_sync == 0 && r->since_sync == 0) r->log_len = 0;
   if (stop) return finish(r, stop, 0);
-  if (r->log_len >= LOG_MAX) return finish(r, EXIT_LOG_FULL, 0);
   set_events(r, x, y);
   set_events(r, y, x);
 }

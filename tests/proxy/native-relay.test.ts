@@ -152,6 +152,20 @@ describe('native relay', () => {
     c.destroy();
   });
 
+  test('a 200000-row result and a 300 kB row stay in the relay (rows are not logged, large messages are streamed)', async () => {
+    await eventually(() => relayed(native) === 0, 5_000, 'earlier sessions gone');
+    const c = await client('scram', native);
+    await c.query('select 1');
+    await eventually(() => relayed(native) === 1, 5_000, 'session in the relay');
+    const exits = native.stats().totals.relayExits;
+    const r = await c.query('select g from generate_series(1, 200000) g');
+    expect(r.rowCount).toBe(200000);
+    expect(r.rows[199999]).toEqual({ g: 200000 });
+    expect((await c.query("select length(repeat('x', 300000)) as n, repeat('x', 300000) as s")).rows[0].n).toBe(300000);
+    expect(native.stats().totals.relayExits).toBe(exits);
+    await c.end();
+  });
+
   test('COPY FROM STDIN in the extended protocol, with the Syncs it swallows: the session goes back to JS and stays right', async () => {
     await adminQuery('create table if not exists relay_copy (i int)');
     await adminQuery('truncate relay_copy');
