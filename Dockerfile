@@ -1,6 +1,8 @@
 # pg-steadytext proxy image. Models are downloaded on first use into /models (mount a volume to keep them).
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
+# A C compiler for the native relay (proxy/native/relay.c); the image's Node ships its own headers.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json* tsconfig.json ./
 RUN npm install --no-audit --no-fund --ignore-scripts
 COPY cli.ts ./
@@ -8,7 +10,8 @@ COPY config ./config
 COPY proxy ./proxy
 COPY inference ./inference
 COPY sql ./sql
-RUN npx tsc -p tsconfig.json && npm prune --omit=dev --no-audit --no-fund
+COPY scripts/build-native.mjs ./scripts/
+RUN npx tsc -p tsconfig.json && node scripts/build-native.mjs && npm prune --omit=dev --no-audit --no-fund
 
 FROM node:20-bookworm-slim
 WORKDIR /app
@@ -19,6 +22,7 @@ ENV NODE_ENV=production \
     PGSTEADYTEXT_LOG_FORMAT=json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+COPY --from=build /app/build ./build
 COPY --from=build /app/package.json ./
 COPY sql ./sql
 VOLUME /models
