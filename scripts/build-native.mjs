@@ -25,11 +25,11 @@ function headers() {
 }
 
 function main() {
+  mkdirSync(dirname(out), { recursive: true }); // exists even when nothing is built (the Dockerfile copies it)
   if (process.platform !== 'linux' && process.platform !== 'darwin') return skip(`not supported on ${process.platform}`);
   const inc = headers();
   if (!inc) return skip(`no headers of Node ${process.version} found (set PGSTEADYTEXT_NODE_HEADERS to the include/node directory of this Node)`);
   const cc = process.env.CC || 'cc';
-  mkdirSync(dirname(out), { recursive: true });
   const tmp = `${out}.${process.pid}.tmp`;
   const flags = ['-O2', '-std=c11', '-D_POSIX_C_SOURCE=200809L', '-Wall', '-Wextra', '-Wno-unused-parameter', '-fPIC', '-shared', '-DNODE_GYP_MODULE_NAME=relay', '-I', inc];
   if (process.platform === 'darwin') flags.push('-undefined', 'dynamic_lookup');
