@@ -36,6 +36,12 @@ if ! have_pg || ! have_tools; then
   $SUDO systemctl disable --now pgbouncer >/dev/null 2>&1 || $SUDO service pgbouncer stop >/dev/null 2>&1 || true
 fi
 
+# The native relay (npm install compiles proxy/native/relay.c) needs a C compiler.
+if ! command -v cc >/dev/null 2>&1; then
+  log "installing a C compiler for the native relay"
+  apt_install build-essential
+fi
+
 if ! have_vector; then
   log "building pgvector from Debian's source package"
   apt_install "postgresql-server-dev-${PG_MAJOR}" build-essential dpkg-dev
