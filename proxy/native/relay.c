@@ -15,9 +15,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <node_api.h>
 #include <uv.h>
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 // macOS: Node ignores SIGPIPE anyway
+#endif
 
 #define IN_CAP (64 * 1024)
 #define LOG_MAX 8192
@@ -181,7 +186,7 @@ static bool send_to(relay_t *r, side_t *y, const uint8_t *p, size_t n) {
   size_t done = 0;
   if (y->out_len == y->out_off) {
     while (done < n) {
-      ssize_t w = write(y->fd, p + done, n - done);
+      ssize_t w = send(y->fd, p + done, n - done, MSG_NOSIGNAL);
       if (w > 0) {
         done += (size_t)w;
         continue;
@@ -243,7 +248,7 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
   size_t have = x->in_len;
   if (have > 0) memcpy(scratch, x->in, have);
   ssize_t n;
-  do n = read(x->fd, scratch + have, IN_CAP - have);
+  do n = recv(x->fd, scratch + have, IN_CAP - have, 0);
   while (n < 0 && errno == EINTR);
   if (n == 0) return finish(r, client ? EXIT_CLIENT_EOF : EXIT_SERVER_EOF, 0);
   if (n < 0) {
@@ -289,7 +294,7 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
 
 static void writable(relay_t *r, side_t *y, side_t *x) {
   while (y->out_off < y->out_len) {
-    ssize_t w = write(y->fd, y->out + y->out_off, y->out_len - y->out_off);
+    ssize_t w = send(y->fd, y->out + y->out_off, y->out_len - y->out_off, MSG_NOSIGNAL);
     if (w > 0) {
       y->out_off += (size_t)w;
       continue;
