@@ -377,6 +377,14 @@ static void release(relay_t *r, int reason, int err) {
   uv_close((uv_handle_t *)&r->s.poll, on_close);
 }
 
+// The exit callback is called at most once; after an exit (or stop) it is let go.
+static void drop_callback(napi_env env, relay_t *r) {
+  if (r->on_exit == NULL) return;
+  napi_delete_reference(env, r->on_exit);
+  napi_async_destroy(env, r->async);
+  r->on_exit = NULL;
+}
+
 // Exit from inside a poll callback: tell JS.
 static void finish(relay_t *r, int reason, int err) {
   if (!r->running) return;
@@ -390,9 +398,7 @@ static void finish(relay_t *r, int reason, int err) {
   arg = outcome(env, r);
   // The callback catches its own errors; one escaping would be reported by Node as uncaught.
   napi_make_callback(env, r->async, recv, fn, 1, &arg, &result);
-  napi_delete_reference(env, r->on_exit);
-  napi_async_destroy(env, r->async);
-  r->on_exit = NULL;
+  drop_callback(env, r);
   napi_close_handle_scope(env, scope);
 }
 
@@ -403,11 +409,7 @@ static void finalize(napi_env env, void *data, void *hint) {
     // Dropped while running (cannot happen through relay.ts); never leave polls on freed memory.
     release(r, EXIT_STOPPED, 0);
   }
-  if (r->on_exit != NULL) {
-    napi_delete_reference(env, r->on_exit);
-    napi_async_destroy(env, r->async);
-    r->on_exit = NULL;
-  }
+  drop_callback(env, r);
   r->finalized = true;
   maybe_free(r);
 }
@@ -421,6 +423,16 @@ static relay_t *unwrap(napi_env env, napi_value v) {
 static napi_value throw_error(napi_env env, const char *msg) {
   napi_throw_error(env, NULL, msg);
   return NULL;
+}
+
+// The relay a call's first argument names, or NULL with a JS error thrown.
+static relay_t *handle_arg(napi_env env, napi_callback_info info, const char *usage) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  relay_t *r = argc ? unwrap(env, argv[0]) : NULL;
+  if (r == NULL) throw_error(env, usage);
+  return r;
 }
 
 // start(clientFd, serverFd, maxMessage, onExit) -> handle
@@ -479,30 +491,22 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
 
 // stop(handle) -> the outcome array, or null when the relay has already ended.
 static napi_value js_stop(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  relay_t *r = argc ? unwrap(env, argv[0]) : NULL;
-  if (r == NULL) return throw_error(env, "stop(handle)");
+  relay_t *r = handle_arg(env, info, "stop(handle)");
+  if (r == NULL) return NULL;
   napi_value nul;
   napi_get_null(env, &nul);
   if (!r->running) return nul;
   release(r, EXIT_STOPPED, 0);
   napi_value out = outcome(env, r);
-  napi_delete_reference(env, r->on_exit);
-  napi_async_destroy(env, r->async);
-  r->on_exit = NULL;
+  drop_callback(env, r);
   return out;
 }
 
 // state(handle) -> [requests awaiting an answer (0 when idle), bytes held, bytesFromClient, bytesFromServer, status,
 //                   bytes still to come of messages being streamed]
 static napi_value js_state(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  relay_t *r = argc ? unwrap(env, argv[0]) : NULL;
-  if (r == NULL) return throw_error(env, "state(handle)");
+  relay_t *r = handle_arg(env, info, "state(handle)");
+  if (r == NULL) return NULL;
   size_t held = r->c.in_len + r->s.in_len + (r->c.out_len - r->c.out_off) + (r->s.out_len - r->s.out_off);
   napi_value a;
   napi_create_array_with_length(env, 6, &a);
