@@ -1,10 +1,11 @@
 // pgbench -S through nothing, through the proxy (its own process) and through pgBouncer (session mode),
 // side by side in one run on one throwaway cluster.
 //   npm run bench:proxy [-- --seconds 10 --clients 8 --threads 2 --rounds 1 --modes simple,prepared
-//                          --workers 2 --targets direct,proxy,pgbouncer[,proxy-seam]]
+//                          --workers 2 --targets direct,proxy,pgbouncer[,proxy-seam][,proxy-js]]
 // proxy is measured twice: with one process (proxy-1w) and with --workers processes (proxy-<N>w), so
 // the effect of the workers shows side by side. proxy-seam is the one-process proxy with an interceptor
-// that never rewrites: the cost of the interception seam.
+// that never rewrites: the cost of the interception seam. proxy-js is the one-process proxy with the native
+// relay off: everything relayed in JS.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
@@ -84,12 +85,15 @@ function childPids(pid: number): number[] {
   }
 }
 
-async function startProxyProcess(cluster: Cluster, withSeam: boolean, workers: number): Promise<Target> {
+async function startProxyProcess(cluster: Cluster, withSeam: boolean, workers: number, nativeRelay = 'auto'): Promise<Target> {
   const upstream = `postgres://${cluster.host}:${cluster.port}/postgres?sslmode=disable`;
   const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'scripts/proxy-launcher.ts'), upstream, '--workers', String(workers)], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, NODE_ENV: 'production', NOOP_INTERCEPTOR: withSeam ? '1' : '0' },
+    env: { ...process.env, NODE_ENV: 'production', NOOP_INTERCEPTOR: withSeam ? '1' : '0', PGSTEADYTEXT_NATIVE_RELAY: nativeRelay },
+    // Its own session, as pgBouncer's and PostgreSQL's: with the kernel's autogroup scheduling, a proxy in
+    // the session of this script would share one CPU share with pgbench and lose the comparison for it.
+    detached: true,
   });
   const { port } = JSON.parse(await firstLine(child)) as { port: number };
   return { port, pid: child.pid, stop: () => child.kill('SIGTERM') };
@@ -192,9 +196,9 @@ async function main(): Promise<void> {
     pgbench(cluster.port, ['-i', '-q']);
     const targets: Record<string, Target> = { direct: { port: cluster.port, stop: () => {} } };
     for (const name of TARGETS) {
-      const workers = name === 'proxy-seam' ? 1 : Number(/^proxy-(\d+)w$/.exec(name)?.[1]);
+      const workers = name === 'proxy-seam' || name === 'proxy-js' ? 1 : Number(/^proxy-(\d+)w$/.exec(name)?.[1]);
       if (!Number.isInteger(workers)) continue;
-      targets[name] = await startProxyProcess(cluster, name === 'proxy-seam', workers);
+      targets[name] = await startProxyProcess(cluster, name === 'proxy-seam', workers, name === 'proxy-js' ? 'off' : 'auto');
       stops.push(targets[name].stop);
     }
     if (TARGETS.includes('pgbouncer')) {
@@ -229,7 +233,7 @@ async function main(): Promise<void> {
         console.log(`${mode.padEnd(9)} ${target.padEnd(10)} ${tps.toFixed(0).padStart(7)}  ${lat.toFixed(3).padStart(7)} ms  ${vsD.padStart(9)}  ${vsB.padStart(11)}   ${cpu}`);
       }
     }
-    console.log(`\n(proxy-Nw: the proxy with N worker processes; cpu/tx: CPU time of the proxy (all its processes) / pgBouncer per transaction; less sensitive to other load than tps)`);
+    console.log(`\n(proxy-Nw: the proxy with N worker processes; proxy-js: one process, native relay off; cpu/tx: CPU time of the proxy (all its processes) / pgBouncer per transaction; less sensitive to other load than tps)`);
   } finally {
     for (const stop of stops) stop();
     await new Promise((r) => setTimeout(r, 300));

@@ -1,11 +1,13 @@
 // Runs the proxy alone in its own process (for the benchmark): `tsx scripts/proxy-launcher.ts <upstream-url> [port] [--workers N]`.
 // Prints {"port": N, "workers": N} on stdout once listening; SIGTERM/SIGINT close it gracefully. With
 // --workers N > 1 this process is the primary of N worker processes (proxy/workers.ts), as `serve --workers`.
-// With NOOP_INTERCEPTOR=1 an interceptor that never rewrites is attached, to measure what the seam itself costs.
+// With NOOP_INTERCEPTOR=1 an interceptor that never rewrites is attached, to measure what the seam itself costs;
+// PGSTEADYTEXT_NATIVE_RELAY (auto, on, off) chooses the relay as the serve command's setting does.
 import pino from 'pino';
 import { startProxy } from '../proxy/server.js';
 import { runPoolWorker, startWorkerPool, workerSetup } from '../proxy/workers.js';
 import type { CancelRegistry } from '../proxy/cancel.js';
+import type { NativeRelayMode } from '../proxy/relay.js';
 
 const argv = process.argv.slice(2);
 const w = argv.indexOf('--workers');
@@ -25,6 +27,7 @@ const start = (cancels?: CancelRegistry) => startProxy({
   connectTimeoutMs: 5_000,
   logger,
   interceptor: process.env.NOOP_INTERCEPTOR === '1' ? { intercept: () => undefined } : undefined,
+  nativeRelay: (process.env.PGSTEADYTEXT_NATIVE_RELAY ?? 'auto') as NativeRelayMode,
   cancels,
 });
 
