@@ -539,6 +539,9 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.sock.writableLength > 0 || server.sock.writableLength > 0) return;
     const w = this.ctx!.watched;
     if (w.statements.size > 0 || w.portals.size > 0) return;
+    // A socket reading through `onread` has a Readable that stays in its `reading` state after the first
+    // read; one that is not there yet could start reading from a nextTick of resume() under the relay.
+    if (!readableSettled(this.raw) || !readableSettled(server.sock)) return;
     const cfd = socketFd(this.raw);
     const sfd = socketFd(server.sock);
     if (cfd < 0 || sfd < 0) {
@@ -735,6 +738,10 @@ export class ClientSession implements FrameHandler, SessionLink {
 interface MutableContext extends SessionContext {
   txStatus: TxStatus;
   readonly serverParams: Map<string, string>;
+}
+
+function readableSettled(sock: Socket): boolean {
+  return (sock as Socket & { _readableState?: { reading?: boolean } })._readableState?.reading === true;
 }
 
 function plausibleStartupLength(len: number): boolean {
