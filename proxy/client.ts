@@ -589,6 +589,9 @@ export class ClientSession implements FrameHandler, SessionLink {
     totals.relayExits++;
     totals.bytesFromClients += o.bytesFromClient;
     totals.bytesFromUpstream += o.bytesFromServer;
+    // A message the relay was streaming: the readers continue inside it (and close() sees it unfinished).
+    if (o.skipServer > 0) this.server!.reader.passThrough(o.skipServer);
+    if (o.skipClient > 0) this.reader!.passThrough(o.skipClient);
     if (this.phase === CLOSED) return;
     this.log.trace({ reason: o.reason, errno: o.errno }, 'native relay gave the session back');
     const server = this.server!;
@@ -605,8 +608,6 @@ export class ClientSession implements FrameHandler, SessionLink {
     // A socket that ended or failed under the relay: Node finds out on its next read and the session ends.
     if (o.reason.endsWith('eof') || o.reason.endsWith('error')) this.relayOff = true;
     this.relayCheck = false;
-    if (o.skipServer > 0) server.reader.passThrough(o.skipServer);
-    if (o.skipClient > 0) this.reader!.passThrough(o.skipClient);
     if (o.fromServer.length > 0) server.reader.push(o.fromServer);
     if (o.fromClient.length > 0 && this.phase !== CLOSED) this.reader!.push(o.fromClient);
     if (this.phase === CLOSED) return;
@@ -693,18 +694,9 @@ export class ClientSession implements FrameHandler, SessionLink {
   close(reason: string): void {
     if (this.phase === CLOSED) return;
     const busy = this.busy;
-    if (this.relay !== null) {
-      // Only the counts matter now: the sockets are about to be closed.
-      const o = this.env.nativeRelay!.stop(this.relay);
-      this.relay = null;
-      if (o !== null) {
-        this.env.totals.relayExits++;
-        this.env.totals.bytesFromClients += o.bytesFromClient;
-        this.env.totals.bytesFromUpstream += o.bytesFromServer;
-      }
-    }
     const wasReady = this.phase === READY;
     this.phase = CLOSED;
+    this.stopRelay(true); // closed already: only its counts and where the readers stand are taken back
     if (this.startupTimer) clearTimeout(this.startupTimer);
     this.reader?.stop();
     const server = this.server;
