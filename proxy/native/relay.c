@@ -7,9 +7,10 @@
 // the limit, a server ParameterStatus or ErrorResponse, end of stream or an error. Messages too large for
 // its buffer are streamed through unless JS must read them (Query, Parse, ParameterStatus, ErrorResponse).
 // JS keeps the request tracker: the relay logs the type byte of every message it forwarded that moves the
-// tracker (server ones with the high bit set) and JS replays the log on exit. The log is cleared whenever the session is
-// provably idle (every Sync/Query answered by ReadyForQuery, nothing sent after the last one), so it stays
-// short; a session that is never idle (COPY FROM STDIN swallowing Syncs) fills it and goes back to JS.
+// tracker (server ones with the high bit set) and JS replays the log on exit. The log is cleared whenever
+// the session is provably idle (every Sync/Query answered by ReadyForQuery, nothing sent after the last
+// one), so it stays short; a session that is never idle (COPY FROM STDIN swallowing Syncs) fills it and
+// goes back to JS.
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -33,8 +34,8 @@
 static _Thread_local uint8_t *scratch;
 
 enum {
-  EXIT_CLIENT_MESSAGE = 1, // a client message JS must see (prefilter match, Terminate, too large, invalid)
-  EXIT_SERVER_MESSAGE = 2, // a server message JS must see (ParameterStatus, ErrorResponse, too large)
+  EXIT_CLIENT_MESSAGE = 1, // a client message JS must see (prefilter match, Terminate, over the limit, invalid)
+  EXIT_SERVER_MESSAGE = 2, // a server message JS must see (ParameterStatus, ErrorResponse, ReadyForQuery too large)
   EXIT_CLIENT_EOF = 3,
   EXIT_SERVER_EOF = 4,
   EXIT_CLIENT_ERROR = 5,
