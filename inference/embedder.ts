@@ -3,7 +3,7 @@
 // (batch size = context size >= any accepted input) with flash attention pinned (see loadModel).
 import type { LlamaContext, LlamaEmbeddingContext, LlamaModel } from 'node-llama-cpp';
 import type { Logger } from 'pino';
-import { InferenceFailedError, ModelLoadError, PromptTooLongError } from './errors.js';
+import { InferenceFailedError, ModelLoadError, PromptTooLongError, largerContextHint, SETTING_NAMES } from './errors.js';
 import { loadModel } from './llama.js';
 import type { Lane } from './scheduler.js';
 
@@ -17,7 +17,7 @@ export async function openEmbedder(path: string, o: { name: string; contexts: nu
     await model.dispose();
     throw new ModelLoadError(
       `embedding model '${o.name}' (${path}) gives ${nativeDimension}-dimensional vectors but ${o.dimension} dimensions are configured: ` +
-      `use a model of at least ${o.dimension} dimensions, or set embeddingDimension to ${nativeDimension} (and the vector columns to match)`, path);
+      `use a model of at least ${o.dimension} dimensions, or set ${SETTING_NAMES.embeddingDimension} to ${nativeDimension} (and the vector columns to match)`, path);
   }
   const contextSize = Math.min(o.contextSize, model.trainContextSize || o.contextSize);
   const workers: EmbeddingWorker[] = [];
@@ -27,7 +27,7 @@ export async function openEmbedder(path: string, o: { name: string; contexts: nu
   } catch (e) {
     await Promise.allSettled(workers.map((w) => w.context.dispose()));
     await model.dispose();
-    throw new ModelLoadError(`cannot create ${o.contexts} embedding contexts of ${contextSize} tokens for ${path}: ${(e as Error).message}. Lower embeddingContextSize or embeddingContexts`, path, e);
+    throw new ModelLoadError(`cannot create ${o.contexts} embedding contexts of ${contextSize} tokens for ${path}: ${(e as Error).message}. Lower ${SETTING_NAMES.embeddingContextSize} or ${SETTING_NAMES.contexts}`, path, e);
   }
   return { model, contextSize, nativeDimension, workers, threads: o.threads };
 }
@@ -46,7 +46,7 @@ export async function embed(w: EmbeddingWorker, text: string, dimension: number)
   const tokens = w.model.tokenize(text, false);
   const length = w.context.calculateInputLength(tokens);
   if (length >= w.contextSize)
-    throw new PromptTooLongError(`text of ${length} tokens does not fit the embedding context of ${w.contextSize} tokens: split the text, or raise embeddingContextSize`, length, w.contextSize);
+    throw new PromptTooLongError(`text of ${length} tokens does not fit the embedding context of ${w.contextSize} tokens: split the text${largerContextHint('embeddingContextSize', w.contextSize, w.model.trainContextSize)}`, length, w.contextSize);
   const { vector } = await w.context.getEmbeddingFor(tokens);
   let sum = 0;
   for (let i = 0; i < dimension; i++) sum += vector[i] * vector[i];

@@ -5,6 +5,20 @@ export type InferenceErrorCode =
   | 'MODEL_NOT_FOUND' | 'DOWNLOAD_FAILED' | 'MODEL_LOAD_FAILED' | 'INVALID_ARGUMENT' | 'PROMPT_TOO_LONG'
   | 'OVERLOADED' | 'TIMEOUT' | 'CANCELLED' | 'INFERENCE_FAILED' | 'CLOSED';
 
+/** Engine options as a user of the CLI sets them: hints name these, not the EngineOptions fields. */
+export const SETTING_NAMES = {
+  generationContextSize: '--generation-context-size / PGSTEADYTEXT_GENERATION_CONTEXT_SIZE',
+  embeddingContextSize: '--embedding-context-size / PGSTEADYTEXT_EMBEDDING_CONTEXT_SIZE',
+  contexts: '--contexts / PGSTEADYTEXT_CONTEXTS',
+  embeddingDimension: '--embedding-dimensions / PGSTEADYTEXT_EMBEDDING_DIMENSIONS',
+} as const;
+
+/** ", or raise <setting>" for a larger context, unless the model's own context length (where the setting is capped) is the limit. */
+export function largerContextHint(setting: keyof typeof SETTING_NAMES, size: number, modelMost: number): string {
+  if (modelMost && size >= modelMost) return ` (${size} tokens is this model's own context length)`;
+  return `, or raise ${SETTING_NAMES[setting]}${modelMost ? ` (this model allows up to ${modelMost})` : ''}`;
+}
+
 export class InferenceError extends Error {
   constructor(readonly code: InferenceErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);

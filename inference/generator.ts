@@ -2,7 +2,7 @@
 // another, and the sequence is cleared before each request so nothing of an earlier one is reused.
 import { LlamaChat, type ChatHistoryItem, type LlamaContext, type LlamaContextSequence, type LlamaModel } from 'node-llama-cpp';
 import type { Logger } from 'pino';
-import { InvalidArgumentError, ModelLoadError, PromptTooLongError } from './errors.js';
+import { InvalidArgumentError, ModelLoadError, PromptTooLongError, largerContextHint, SETTING_NAMES } from './errors.js';
 import { loadModel } from './llama.js';
 import type { Lane } from './scheduler.js';
 
@@ -29,7 +29,7 @@ export async function openGenerator(path: string, o: { contexts: number; threads
   } catch (e) {
     await Promise.allSettled(workers.map((w) => w.context.dispose()));
     await model.dispose();
-    throw new ModelLoadError(`cannot create ${o.contexts} generation contexts of ${contextSize} tokens for ${path}: ${(e as Error).message}. Lower generationContextSize or generationContexts`, path, e);
+    throw new ModelLoadError(`cannot create ${o.contexts} generation contexts of ${contextSize} tokens for ${path}: ${(e as Error).message}. Lower ${SETTING_NAMES.generationContextSize} or ${SETTING_NAMES.contexts}`, path, e);
   }
   return { model, contextSize, workers, threads: o.threads };
 }
@@ -44,13 +44,13 @@ export async function closeGenerator(lane: GeneratorLane) {
 export async function generate(w: GenerationWorker, p: GenerationParams, signal: AbortSignal, onChunk?: (text: string) => void): Promise<string> {
   const history: ChatHistoryItem[] = [{ type: 'user', text: p.prompt }, { type: 'model', response: [] }];
   const size = w.context.contextSize;
-  if (p.maxTokens >= size) throw new InvalidArgumentError(`max_tokens ${p.maxTokens} must be below the context size ${size}`);
+  if (p.maxTokens >= size) throw new InvalidArgumentError(`max_tokens ${p.maxTokens} must be below the context size ${size}: lower max_tokens${largerContextHint('generationContextSize', size, w.model.trainContextSize)}`);
   const promptTokens = w.chat.chatWrapper.generateContextState({ chatHistory: history }).contextText.tokenize(w.model.tokenizer).length;
   // No context shift ever: an answer must not depend on how a full context was trimmed.
   if (promptTokens + p.maxTokens > size)
     throw new PromptTooLongError(
       `prompt of ${promptTokens} tokens plus max_tokens ${p.maxTokens} exceeds the context of ${size} tokens: ` +
-      `shorten the prompt${promptTokens < size ? `, lower max_tokens to ${size - promptTokens} or less` : ''}, or raise generationContextSize`,
+      `shorten the prompt${promptTokens < size ? `, lower max_tokens to ${size - promptTokens} or less` : ''}${largerContextHint('generationContextSize', size, w.model.trainContextSize)}`,
       promptTokens + p.maxTokens, size);
   signal.throwIfAborted();
   await w.sequence.clearHistory();

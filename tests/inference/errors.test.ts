@@ -68,6 +68,20 @@ describe('invalid arguments', () => {
     expect(await code(e.embed({ text: long }), /embedding context of 64 tokens/)).toBe('PROMPT_TOO_LONG');
     expect((await e.generate({ prompt: 'short prompt', maxTokens: 20 })).length).toBeGreaterThan(0);
   });
+
+  it('a context too small names the option as the CLI takes it, or says the model is the limit', async () => {
+    const e = make({ generationContextSize: 256, embeddingContextSize: 64 });
+    const long = 'the quick brown fox jumps over the lazy dog '.repeat(40);
+    const gen = /, or raise --generation-context-size \/ PGSTEADYTEXT_GENERATION_CONTEXT_SIZE \(this model allows up to 4096\)$/;
+    expect(await code(e.generate({ prompt: 'hi', maxTokens: 300 }), gen)).toBe('INVALID_ARGUMENT');
+    expect(await code(e.generate({ prompt: 'short prompt', maxTokens: 250 }), gen)).toBe('PROMPT_TOO_LONG');
+    expect(await code(e.embed({ text: long }), /split the text, or raise --embedding-context-size \/ PGSTEADYTEXT_EMBEDDING_CONTEXT_SIZE \(this model allows up to 8192\)$/)).toBe('PROMPT_TOO_LONG');
+    // The tiny generation model's own context is 4096 tokens, the default: raising the setting would not help.
+    const atModel = make(), own = /\(4096 tokens is this model's own context length\)$/;
+    expect(await code(atModel.generate({ prompt: 'hi', maxTokens: 5000 }), own)).toBe('INVALID_ARGUMENT');
+    expect(await code(atModel.generate({ prompt: long.repeat(12), maxTokens: 10 }), own)).toBe('PROMPT_TOO_LONG');
+    expect(await code(make({ embeddingDimension: 2048 }).embed({ text: 'hi' }), /or set --embedding-dimensions \/ PGSTEADYTEXT_EMBEDDING_DIMENSIONS to 1024 /)).toBe('MODEL_LOAD_FAILED');
+  });
 });
 
 describe('models that cannot be had', () => {
