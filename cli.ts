@@ -41,6 +41,8 @@ export function engineOptions(s: Settings, logger?: Logger): EngineOptions {
     threads: s.threads || undefined,
     generationContexts: s.contexts || undefined,
     embeddingContexts: s.contexts || undefined,
+    generationContextSize: s.generationContextSize,
+    embeddingContextSize: s.embeddingContextSize,
     maxQueue: s.queueSize,
     timeoutMs: s.requestTimeoutMs,
     cacheBytes: s.cacheBytes,

@@ -42,6 +42,8 @@ export const SPECS = {
   embeddingDimensions: { kind: 'int', env: 'PGSTEADYTEXT_EMBEDDING_DIMENSIONS', flag: 'embedding-dimensions', default: 1024, min: 1, help: 'Length of the vectors steadytext_embed returns.' },
   threads: { kind: 'int', env: 'PGSTEADYTEXT_THREADS', flag: 'threads', default: 0, min: 0, help: 'Threads per inference context; 0 sizes from the machine (one per context, never more busy threads than cores).' },
   contexts: { kind: 'int', env: 'PGSTEADYTEXT_CONTEXTS', flag: 'contexts', default: 0, min: 0, help: 'Concurrent inference contexts per model; 0 sizes from the machine.' },
+  generationContextSize: { kind: 'int', env: 'PGSTEADYTEXT_GENERATION_CONTEXT_SIZE', flag: 'generation-context-size', default: 4096, min: 64, help: "Tokens of prompt plus answer per generation context (max_tokens must stay below it); capped at the model's own context length. Memory per context grows with it." },
+  embeddingContextSize: { kind: 'int', env: 'PGSTEADYTEXT_EMBEDDING_CONTEXT_SIZE', flag: 'embedding-context-size', default: 2048, min: 64, help: "Longest text steadytext_embed accepts, in tokens; capped at the model's own context length. Memory per context grows with it." },
   preloadModels: { kind: 'bool', env: 'PGSTEADYTEXT_PRELOAD_MODELS', flag: 'preload-models', default: false, help: 'Load models at start instead of on first use.' },
   queueSize: { kind: 'int', env: 'PGSTEADYTEXT_QUEUE_SIZE', flag: 'queue-size', default: 1024, min: 1, help: 'Requests waiting per model before new ones are refused as overloaded (SQLSTATE 53000).' },
   requestTimeoutMs: { kind: 'int', env: 'PGSTEADYTEXT_REQUEST_TIMEOUT_MS', flag: 'request-timeout-ms', default: 30_000, min: 1, help: 'Longest one inference request may wait and run.' },

@@ -1,9 +1,13 @@
 import { describe, expect, test } from 'vitest';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { loadSettings, SettingsError, settingsMarkdown, SPECS } from '../../config/settings.js';
 import { parseFlags } from '../../config/flags.js';
+import { SETTING_NAMES } from '../../inference/errors.js';
+import { tinyModels } from '../fixtures/models.js';
 
 const file = (obj: unknown) => {
   const p = join(mkdtempSync(join(tmpdir(), 'pgst-cfg-')), 'c.json');
@@ -53,6 +57,61 @@ describe('settings', () => {
     expect(() => parseFlags(['--lisen', 'x'])).toThrow(/unknown option --lisen/);
     expect(() => parseFlags(['--listen'])).toThrow(/--listen needs a value/);
   });
+
+  test('context sizes: the engine\'s defaults, from file, environment and flags, bounded', () => {
+    expect(loadSettings({ env: {} })).toMatchObject({ generationContextSize: 4096, embeddingContextSize: 2048 });
+    const configFile = file({ generationContextSize: 1024, embeddingContextSize: 512 });
+    expect(loadSettings({ env: {}, configFile })).toMatchObject({ generationContextSize: 1024, embeddingContextSize: 512 });
+    const env = { PGSTEADYTEXT_GENERATION_CONTEXT_SIZE: '8192', PGSTEADYTEXT_EMBEDDING_CONTEXT_SIZE: '4096' };
+    expect(loadSettings({ env, configFile })).toMatchObject({ generationContextSize: 8192, embeddingContextSize: 4096 });
+    const { flags } = parseFlags(['--generation-context-size', '16384', '--embedding-context-size=8192']);
+    expect(loadSettings({ env, flags })).toMatchObject({ generationContextSize: 16384, embeddingContextSize: 8192 });
+    expect(() => loadSettings({ env: { PGSTEADYTEXT_GENERATION_CONTEXT_SIZE: '8' } })).toThrow(/generation-context-size .*below the minimum 64/);
+    expect(() => loadSettings({ env: {}, flags: parseFlags(['--embedding-context-size', 'big']).flags })).toThrow(/embedding-context-size \(from --embedding-context-size\): "big" is not an integer/);
+  });
+
+  test('the options the engine\'s error hints name are ones the CLI takes, by flag and environment variable', () => {
+    for (const [field, named] of Object.entries(SETTING_NAMES)) {
+      const [flag, env] = named.split(' / ');
+      const spec = Object.values(SPECS).find((s) => `--${s.flag}` === flag);
+      expect(spec, `${field}: ${flag}`).toBeDefined();
+      expect(spec!.env).toBe(env);
+    }
+  });
+
+  test('serve hands the context sizes to the engine', async () => {
+    const models = await tinyModels();
+    const cli = fileURLToPath(new URL('../../cli.ts', import.meta.url));
+    // No database is reached: the models load at start (--preload-models) and the log says at what size.
+    const proc = spawn(process.execPath, [
+      '--import', 'tsx', cli, 'serve', '--listen', '127.0.0.1:0', '--daemon-listen', 'off', '--upstream', 'postgres://127.0.0.1:1/none',
+      '--preload-models', '--generation-context-size', '256', '--embedding-context-size', '128', '--log-format', 'json',
+    ], {
+      env: { ...process.env, PGSTEADYTEXT_GENERATION_MODEL: models.generation, PGSTEADYTEXT_EMBEDDING_MODEL: models.embedding, PGSTEADYTEXT_MODEL_DIR: mkdtempSync(join(tmpdir(), 'pgst-cfg-models-')) },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const sizes: Record<string, number> = {};
+    const other: string[] = [];
+    let rest = '';
+    try {
+      await new Promise<void>((resolve, reject) => {
+        proc.once('exit', (code) => reject(new Error(`pg-steadytext exited (${code}) before loading both models:\n${other.join('\n')}`)));
+        proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
+          const lines = (rest + d).split('\n');
+          rest = lines.pop()!;
+          for (const l of lines) {
+            let r: { msg?: string; role?: string; contextSize?: number };
+            try { r = JSON.parse(l); } catch { other.push(l); continue; }
+            if (r.msg === 'model loaded') sizes[r.role!] = r.contextSize!;
+          }
+          if (Object.keys(sizes).length === 2) resolve();
+        });
+      });
+    } finally {
+      proc.kill('SIGKILL');
+    }
+    expect(sizes).toEqual({ generation: 256, embedding: 128 });
+  }, 60_000);
 
   test('the reference lists every option', () => {
     const md = settingsMarkdown();
