@@ -71,6 +71,10 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
     async stop() {
       await Promise.all([...clients].map((c) => c.end().catch(() => {})));
       await proxy.close(100);
+      // A session's start begins the first-use install in the background, and databases.close() does not
+      // wait for it: dropping the database under it killed its connection, which has no 'error' listener
+      // (unhandled 57P01 / "Connection terminated unexpectedly" when a test ended early).
+      await databases.get(database).ready().catch(() => {});
       await daemon.close();
       await databases.close();
       await engine.close();

@@ -131,3 +131,22 @@ test('every SQL block of the seed document runs through the proxy with the docum
   const metrics = find('SELECT * FROM steadytext_metrics').rows[0];
   expect(metrics.daemon_running).toBe(true);
 }, 300_000);
+
+// When the run above fails early, the stack stops while the first-use install its session began is still
+// running; dropping the database under that install used to surface as unhandled 57P01 errors.
+test('a stack stopped while its first-use install runs stops without unhandled errors', async () => {
+  const uncaught: unknown[] = [];
+  const onUncaught = (e: unknown) => uncaught.push(e);
+  process.on('uncaughtException', onUncaught);
+  try {
+    for (let i = 0; i < 2; i++) {
+      const early = await startStack('st_seed_early');
+      await early.connect();
+      await early.stop();
+    }
+    await new Promise((r) => setTimeout(r, 200)); // a late 'error' event
+  } finally {
+    process.off('uncaughtException', onUncaught);
+  }
+  expect(uncaught).toEqual([]);
+}, 60_000);
