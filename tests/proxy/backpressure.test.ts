@@ -55,8 +55,9 @@ test('a client that stops reading a 100 MB result: the proxy holds little, then 
 }, 60_000);
 
 test('a server that is busy while the client streams 64 MB of COPY data: the client is held back', async () => {
-  const setup = await client('trust', null);
+  const setup = await client('admin', null);
   await setup.query('create table if not exists bp_copy (t text)');
+  await setup.query('grant all on bp_copy to trust_user'); // PUBLIC creates nothing in public
   await setup.query('truncate bp_copy');
   const c = await RawClient.open(proxy.address.port);
   c.write(startupPacket({ user: 'trust_user', database: 'postgres' }));

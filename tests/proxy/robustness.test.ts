@@ -184,8 +184,9 @@ describe('after startup', () => {
   });
 
   test('client vanishes mid-COPY FROM STDIN (mid-message too): backend goes away, nothing committed', async () => {
-    const setup = await client('trust', null);
+    const setup = await client('admin', null);
     await setup.query('create table if not exists copy_vanish (id int, t text)');
+    await setup.query('grant all on copy_vanish to trust_user'); // PUBLIC creates nothing in public
     await setup.query('truncate copy_vanish');
     const c = await RawClient.open(proxy.address.port);
     c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: 'vanish-copy' }));

@@ -62,8 +62,9 @@ test('grace period over: the running statement is ended with 57P01 and its backe
 
 test('extended-protocol COPY FROM STDIN (Sync sent before the data, as libpq does) leaves the session idle', async () => {
   const proxy = await startTestProxy();
-  const setup = await client('trust', null);
+  const setup = await client('admin', null);
   await setup.query('create table if not exists ext_copy (i int)');
+  await setup.query('grant all on ext_copy to trust_user'); // PUBLIC creates nothing in public
   await setup.query('truncate ext_copy');
   const c = await RawClient.open(proxy.address.port);
   c.write(startupPacket({ user: 'trust_user', database: 'postgres' }));

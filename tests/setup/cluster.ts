@@ -31,10 +31,13 @@ export const ROLE_SQL = [
   `CREATE ROLE md5_user LOGIN PASSWORD 'md5-pass'`,
   `RESET password_encryption`,
   `CREATE ROLE trust_user LOGIN`,
-  `GRANT ALL ON SCHEMA public TO PUBLIC`,
 ];
-/** Run in template1 and postgres, so every database the suites create has them. */
-export const PER_DATABASE_SQL = 'CREATE EXTENSION IF NOT EXISTS vector; CREATE EXTENSION IF NOT EXISTS dblink; GRANT ALL ON SCHEMA public TO PUBLIC';
+/**
+ * Run in template1 and postgres, so every database the suites create has them. The public schema keeps
+ * PostgreSQL 15's defaults (only the database owner creates there): the proxy refuses to install into a
+ * schema where other roles can create objects.
+ */
+export const PER_DATABASE_SQL = 'CREATE EXTENSION IF NOT EXISTS vector; CREATE EXTENSION IF NOT EXISTS dblink';
 /** Server settings: room for the 200-client tests, no durability (throwaway data). */
 export const SETTINGS: [string, string][] = [
   ['max_connections', '400'], ['fsync', 'off'], ['synchronous_commit', 'off'], ['full_page_writes', 'off'],

@@ -265,3 +265,132 @@ describe('privileges', () => {
     await db.query('GRANT EXECUTE ON FUNCTION steadytext_generate TO PUBLIC');
   });
 });
+
+describe('refuses a schema where roles other than the service role can create objects', () => {
+  const installError = (p: Promise<unknown>) => p.then(() => { throw new Error('expected installSql to refuse'); }, (e) => e as SqlInstallError);
+  const installed = async (db: TestDatabase, schema: string) =>
+    (await db.query(`SELECT to_regclass($1) AS r`, [`"${schema}".steadytext_config`]))[0].r !== null;
+
+  it('PUBLIC holding CREATE on public (every database upgraded from before PostgreSQL 15): refused, fixed by REVOKE', async () => {
+    const db = await fresh();
+    await db.query('GRANT CREATE ON SCHEMA public TO PUBLIC');
+    const c = await db.connect();
+    const e = await installError(installSql(c));
+    expect(e).toBeInstanceOf(SqlInstallError);
+    expect(e.code).toBe('UNSAFE_SCHEMA');
+    expect(e.message).toMatch(/will not install into schema "public" of database "st_install_\w+": roles other than the service role "postgres" can create objects there \(PUBLIC \(every role\) holds CREATE on it\)/);
+    expect(e.message).toMatch(/would run with the service role's privileges/);
+    expect(e.message).toContain('REVOKE CREATE ON SCHEMA "public" FROM PUBLIC');
+    expect(e.message).toContain('CREATE SCHEMA steadytext AUTHORIZATION "postgres", then start the proxy with --schema steadytext');
+    expect(await installed(db, 'public')).toBe(false);
+    // The caller's session is left as it was.
+    expect((await c.query('SHOW search_path')).rows[0].search_path).toBe('"$user", public');
+
+    await db.query('REVOKE CREATE ON SCHEMA public FROM PUBLIC');
+    expect((await installSql(c)).installed).toBe(true);
+    await c.end();
+  });
+
+  it('a role granted CREATE, directly or through a group, or owning the schema: refused, naming it and the fix', async () => {
+    const db = await fresh();
+    const x = await createRole('st_creator');
+    try {
+      const c = await db.connect();
+      await db.query(`GRANT CREATE ON SCHEMA public TO ${x.user}`);
+      let e = await installError(installSql(c));
+      expect(e.code).toBe('UNSAFE_SCHEMA');
+      expect(e.message).toContain(`role "${x.user}" holds CREATE on it`);
+      expect(e.message).toContain(`REVOKE CREATE ON SCHEMA "public" FROM "${x.user}"`);
+      await db.query(`REVOKE CREATE ON SCHEMA public FROM ${x.user}`);
+
+      await db.query(`CREATE ROLE ${x.user}_group NOLOGIN; GRANT ${x.user}_group TO ${x.user}; CREATE SCHEMA grouped; GRANT CREATE ON SCHEMA grouped TO ${x.user}_group`);
+      e = await installError(installSql(c, { schema: 'grouped' }));
+      expect(e.code).toBe('UNSAFE_SCHEMA');
+      expect(e.message).toContain(`role "${x.user}_group" (which "${x.user}" can act as) holds CREATE on it`);
+
+      await db.query(`CREATE SCHEMA theirs AUTHORIZATION ${x.user}`);
+      e = await installError(installSql(c, { schema: 'theirs' }));
+      expect(e.code).toBe('UNSAFE_SCHEMA');
+      expect(e.message).toContain(`role "${x.user}" owns it`);
+      expect(e.message).toContain('ALTER SCHEMA "theirs" OWNER TO "postgres"');
+      expect(await installed(db, 'theirs')).toBe(false);
+      await c.end();
+      await db.query(`DROP SCHEMA theirs, grouped; DROP OWNED BY ${x.user}_group; DROP ROLE ${x.user}_group`);
+    } finally {
+      await dropRole(x.user, [db]);
+    }
+  });
+
+  it("another role owning the database owns public too: refused there, a schema of the service role's own works; the owner itself may install in public", async () => {
+    const db = await fresh();
+    const owner = await createRole('st_dbowner');
+    try {
+      await db.query(`ALTER DATABASE ${db.name} OWNER TO ${owner.user}`);
+      const su = await db.connect();
+      const e = await installError(installSql(su));
+      expect(e.code).toBe('UNSAFE_SCHEMA');
+      expect(e.message).toContain(`the owner of database "${db.name}", through pg_database_owner, owns it`);
+      const r = await installSql(su, { schema: 'steadytext' });
+      expect(r).toMatchObject({ installed: true, schema: 'steadytext' });
+      expect((await su.query(`SELECT nspowner::regrole::text AS o FROM pg_namespace WHERE nspname = 'steadytext'`)).rows[0].o).toBe('postgres');
+      await su.end();
+
+      const own = await db.connect(db.urlAs(owner.user, owner.password));
+      expect(await installSql(own)).toMatchObject({ installed: true, schema: 'public' });
+      expect((await own.query(`SELECT relowner::regrole::text AS o FROM pg_class WHERE oid = 'public.steadytext_cache'::regclass`)).rows[0].o).toBe(owner.user);
+      await own.end();
+    } finally {
+      await db.query(`ALTER DATABASE ${db.name} OWNER TO postgres`);
+      await dropRole(owner.user, [db]);
+    }
+  });
+
+  it('objects already there that belong to a role the service role cannot act as, or that others can act as: refused', async () => {
+    const db = await fresh();
+    const svc = await createRole('st_svc');
+    const other = await createRole('st_other');
+    try {
+      // Installed by the superuser; later a non-superuser service role is given CREATE on the schema.
+      const su = await db.connect();
+      await installSql(su, { schema: 'st_super' });
+      await su.query(`GRANT CREATE ON SCHEMA st_super TO ${svc.user}`);
+      const s = await db.connect(db.urlAs(svc.user, svc.password));
+      let e = await installError(installSql(s, { schema: 'st_super' }));
+      expect(e.code).toBe('WRONG_OWNER');
+      expect(e.message).toMatch(/the steadytext objects in schema "st_super" \(.*\) belong to role "postgres", and the service role "st_svc_\w+" can neither act as it nor own them/);
+      expect(e.message).toContain('Connect the proxy\'s service URL (--service-url) as "postgres"');
+
+      // Installed as a group role that both the service role and another login role belong to.
+      await su.query(`CREATE ROLE ${svc.user}_o NOLOGIN; GRANT ${svc.user}_o TO ${svc.user}, ${other.user};
+        CREATE SCHEMA st_group AUTHORIZATION ${svc.user}; GRANT USAGE, CREATE ON SCHEMA st_group TO ${svc.user}_o; SET ROLE ${svc.user}_o`);
+      await installSql(su, { schema: 'st_group' });
+      await su.query(`RESET ROLE; REVOKE CREATE ON SCHEMA st_group FROM ${svc.user}_o`);
+      e = await installError(installSql(s, { schema: 'st_group' }));
+      expect(e.code).toBe('WRONG_OWNER');
+      expect(e.message).toContain(`belong to role "${svc.user}_o", which "${other.user}" can act as besides the service role "${svc.user}"`);
+      await su.query(`REVOKE ${svc.user}_o FROM ${other.user}`);
+      expect(await installSql(s, { schema: 'st_group' })).toMatchObject({ installed: false, schema: 'st_group' });
+      await s.end();
+      await su.query(`DROP SCHEMA st_group, st_super CASCADE; DROP ROLE ${svc.user}_o`);
+      await su.end();
+    } finally {
+      await dropRole(svc.user, [db]);
+      await dropRole(other.user, [db]);
+    }
+  });
+
+  it('a service role that may not create in the schema is told how to get one it may', async () => {
+    const db = await fresh();
+    const svc = await createRole('st_nocreate');
+    try {
+      const s = await db.connect(db.urlAs(svc.user, svc.password));
+      const e = await installError(installSql(s));
+      expect(e.code).toBe('NO_PRIVILEGE');
+      expect(e.message).toContain(`the service role "${svc.user}" may not create the steadytext objects in schema "public"`);
+      expect(e.message).toContain(`CREATE SCHEMA steadytext AUTHORIZATION "${svc.user}"`);
+      await s.end();
+    } finally {
+      await dropRole(svc.user, [db]);
+    }
+  });
+});
