@@ -126,8 +126,10 @@ export interface OpenedUpstream {
 /** Opens a connection to the upstream, negotiating TLS per sslmode. Resolves once startup can be sent. */
 export function openUpstream(t: UpstreamTarget, timeoutMs: number): Promise<OpenedUpstream> {
   return new Promise((resolve, reject) => {
-    // TLS reads go through the TLS socket, so the reused buffer serves plaintext connections only.
-    const input = t.tls ? undefined : new ReadBuffer();
+    // The reused buffer serves plaintext reads. prefer gets one too: when the server declines TLS the
+    // session is as plain as under disable and must reach the same fast paths (the relay, the buffer).
+    // After an upgrade the TLS socket reads the handle itself and the buffer goes unused.
+    const input = !t.tls || t.sslmode === 'prefer' ? new ReadBuffer() : undefined;
     const onread = input ? { buffer: input.next, callback: input.callback } : undefined;
     let sock: Socket = t.path ? netConnect({ path: t.path, onread }) : netConnect({ host: t.host, port: t.port, onread });
     let settled = false;
@@ -152,12 +154,13 @@ export function openUpstream(t: UpstreamTarget, timeoutMs: number): Promise<Open
     sock.once('connect', () => {
       if (!t.tls) return ok(true);
       sock.write(sslRequest());
-      sock.once('data', (answer: Buffer) => {
+      const answered = (answer: Buffer) => {
         sock.pause();
+        if (input) input.onChunk = () => {};
         // More than one byte before the handshake would be readable by anyone on the path (CVE-2021-23222).
         if (answer.length !== 1) return fail('unexpected data after the answer to SSLRequest');
         if (answer[0] === 0x4e /* N */) {
-          if (t.sslmode === 'prefer') return ok(false);
+          if (t.sslmode === 'prefer') return ok(true);
           return fail(`server does not support SSL, but sslmode=${t.sslmode}`);
         }
         if (answer[0] !== 0x53 /* S */) return fail(`unexpected answer to SSLRequest (${typeName(answer[0])})`);
@@ -170,7 +173,10 @@ export function openUpstream(t: UpstreamTarget, timeoutMs: number): Promise<Open
           sock.removeAllListeners('error');
           ok(false);
         });
-      });
+      };
+      // A socket with onread delivers no 'data' events.
+      if (input) input.onChunk = answered;
+      else sock.once('data', answered);
     });
   });
 }

@@ -1,17 +1,24 @@
 // pgbench -S through nothing, through the proxy (its own process) and through pgBouncer (session mode),
 // side by side in one run on one throwaway cluster.
 //   npm run bench:proxy [-- --seconds 10 --clients 8 --threads 2 --rounds 1 --modes simple,prepared
-//                          --workers 2 --targets direct,proxy,pgbouncer[,proxy-seam][,proxy-js]]
-// proxy is measured twice: with one process (proxy-1w) and with --workers processes (proxy-<N>w), so
-// the effect of the workers shows side by side. proxy-seam is the one-process proxy with an interceptor
-// that never rewrites: the cost of the interception seam. proxy-js is the one-process proxy with the native
-// relay off: everything relayed in JS.
+//                          --workers 2 --targets direct,cli,proxy,pgbouncer[,proxy-seam][,proxy-js][,cli-...]]
+// cli, the main target, is `pg-steadytext serve` as the README starts it: default flags, an upstream URL
+// without sslmode, the steadytext layer, the daemon endpoint, logging at info (JSON to a file), on the
+// fixture models. Only the ports are chosen (free ones: 6432 and 5557 may be taken on a shared machine).
+// Its variants each change one default, to find what a slow default costs: cli-disable (?sslmode=disable),
+// cli-warn (--log-level warn), cli-nodaemon (--daemon-listen off), cli-<N>w (--workers N).
+// proxy is the bare proxy (scripts/proxy-launcher.ts: no steadytext layer, warn, sslmode=disable), measured
+// twice: with one process (proxy-1w) and with --workers processes (proxy-<N>w). proxy-seam is the
+// one-process proxy with an interceptor that never rewrites: the cost of the interception seam. proxy-js is
+// the one-process proxy with the native relay off: everything relayed in JS.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, chmodSync, closeSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
+import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels } from '../inference/fixture-models.js';
 import { freePort, startCluster, type Cluster } from '../tests/setup/cluster.js';
 
 const args = new Map<string, string>();
@@ -22,8 +29,20 @@ const THREADS = Number(args.get('threads') ?? 2);
 const ROUNDS = Number(args.get('rounds') ?? 1);
 const MODES = (args.get('modes') ?? 'simple,prepared').split(',');
 const WORKERS = Number(args.get('workers') ?? 2);
-const TARGETS = (args.get('targets') ?? 'direct,proxy,pgbouncer').split(',')
+const TARGETS = (args.get('targets') ?? 'direct,cli,proxy,pgbouncer').split(',')
   .flatMap((t) => (t === 'proxy' ? [...new Set(['proxy-1w', `proxy-${WORKERS}w`])] : [t]));
+/** The serve command's variants: one default changed each (see the header). */
+function cliVariant(name: string): { flags: string[]; query: string } | undefined {
+  if (name === 'cli') return { flags: [], query: '' };
+  if (name === 'cli-disable') return { flags: [], query: '?sslmode=disable' };
+  if (name === 'cli-warn') return { flags: ['--log-level', 'warn'], query: '' };
+  if (name === 'cli-nodaemon') return { flags: ['--daemon-listen', 'off'], query: '' };
+  const w = /^cli-(\d+)w$/.exec(name);
+  return w ? { flags: ['--workers', w[1]], query: '' } : undefined;
+}
+for (const t of TARGETS) {
+  if (!['direct', 'pgbouncer', 'proxy-seam', 'proxy-js'].includes(t) && !/^proxy-\d+w$/.test(t) && !cliVariant(t)) throw new Error(`unknown target ${t}`);
+}
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const PASSWORD = 'postgres';
@@ -57,7 +76,7 @@ interface Target {
   port: number;
   /** The process whose CPU time is charged to this target (none for direct). */
   pid?: number;
-  stop(): void;
+  stop(): void | Promise<void>;
 }
 
 /** User and system CPU seconds so far of a process and its live descendants (the proxy's workers; Linux /proc), or undefined. */
@@ -96,7 +115,77 @@ async function startProxyProcess(cluster: Cluster, withSeam: boolean, workers: n
     detached: true,
   });
   const { port } = JSON.parse(await firstLine(child)) as { port: number };
-  return { port, pid: child.pid, stop: () => child.kill('SIGTERM') };
+  return { port, pid: child.pid, stop: () => void child.kill('SIGTERM') };
+}
+
+/** The tiny fixture models (as `npm run fixtures:models -- DIR` writes them), cached as bench:sql caches its own. */
+async function fixtureModels(): Promise<FixtureModels> {
+  const dir = join(root, 'node_modules/.cache/pg-steadytext/fixtures', `${FIXTURE_VERSION}-tiny`);
+  const paths = { generation: join(dir, 'generation.gguf'), embedding: join(dir, 'embedding.gguf') };
+  if (existsSync(paths.generation) && existsSync(paths.embedding)) return paths;
+  mkdirSync(dirname(dir), { recursive: true });
+  const tmp = mkdtempSync(join(dirname(dir), `.tmp-${FIXTURE_VERSION}-tiny-`));
+  try {
+    await writeFixtureModels(tmp, { preset: 'tiny' });
+    renameSync(tmp, dir);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    if (!existsSync(paths.embedding)) throw e; // otherwise a concurrent writer won the rename
+  }
+  return paths;
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(true); });
+    s.on('error', () => resolve(false));
+  });
+}
+
+/** `pg-steadytext serve` (the source, run as dist/cli.js would be) with its defaults but for the ports and `variant`. */
+async function startCli(cluster: Cluster, models: FixtureModels, variant: { flags: string[]; query: string }): Promise<Target> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'pgst-cli-'));
+  const logPath = join(dir, 'serve.log');
+  const logFd = openSync(logPath, 'a');
+  const upstream = `postgres://postgres:${PASSWORD}@${cluster.host}:${cluster.port}/postgres${variant.query}`;
+  // Nothing from the caller's environment may change a default.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PGSTEADYTEXT_')));
+  const flags = ['serve', '--upstream', upstream, '--listen', `127.0.0.1:${port}`, ...variant.flags];
+  const daemonOff = variant.flags.includes('--daemon-listen');
+  if (!daemonOff) flags.push('--daemon-listen', `127.0.0.1:${await freePort()}`);
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'cli.ts'), ...flags], {
+    cwd: root,
+    stdio: ['ignore', 'ignore', logFd],
+    env: { ...env, PGSTEADYTEXT_GENERATION_MODEL: models.generation, PGSTEADYTEXT_EMBEDDING_MODEL: models.embedding },
+    detached: true, // its own session, as the launcher's proxy (see there)
+  });
+  closeSync(logFd);
+  let exited = false;
+  const gone = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  // Ready once it accepts connections (the log may be set to say nothing).
+  const deadline = Date.now() + 60_000;
+  while (!(await accepts(port))) {
+    if (exited || Date.now() > deadline) {
+      const log = readFileSync(logPath, 'utf8');
+      if (!exited) process.kill(-child.pid!, 'SIGKILL');
+      throw new Error(`pg-steadytext ${flags.join(' ')} did not start:\n${log.slice(-3000)}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    port,
+    pid: child.pid,
+    async stop() {
+      if (!exited) child.kill('SIGTERM');
+      const timer = setTimeout(() => { try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ } }, 15_000);
+      await gone;
+      clearTimeout(timer);
+      const warnings = readFileSync(logPath, 'utf8').split('\n').filter((l) => /"level":(40|50|60)/.test(l));
+      if (warnings.length) console.log(`  (${variant.flags.join(' ') || 'cli'} logged: ${warnings.slice(0, 3).join(' | ')})`);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 async function startPgbouncer(cluster: Cluster): Promise<Target> {
@@ -184,7 +273,7 @@ function bench(target: Target, mode: string): Result {
 async function main(): Promise<void> {
   console.log(`pgbench -S -c ${CLIENTS} -j ${THREADS} -T ${SECONDS}, modes ${MODES.join('/')}, ${ROUNDS} round(s), proxy workers: 1 and ${WORKERS} (--workers)`);
   const cluster = await startCluster();
-  const stops: (() => void)[] = [];
+  const stops: (() => void | Promise<void>)[] = [];
   // Interrupted (Ctrl-C, timeout): no cluster, proxy or pgBouncer is left running.
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
@@ -195,7 +284,14 @@ async function main(): Promise<void> {
   try {
     pgbench(cluster.port, ['-i', '-q']);
     const targets: Record<string, Target> = { direct: { port: cluster.port, stop: () => {} } };
+    const models = TARGETS.some((t) => cliVariant(t)) ? await fixtureModels() : undefined;
     for (const name of TARGETS) {
+      const variant = cliVariant(name);
+      if (variant) {
+        targets[name] = await startCli(cluster, models!, variant);
+        stops.push(targets[name].stop);
+        continue;
+      }
       const workers = name === 'proxy-seam' || name === 'proxy-js' ? 1 : Number(/^proxy-(\d+)w$/.exec(name)?.[1]);
       if (!Number.isInteger(workers)) continue;
       targets[name] = await startProxyProcess(cluster, name === 'proxy-seam', workers, name === 'proxy-js' ? 'off' : 'auto');
@@ -214,12 +310,12 @@ async function main(): Promise<void> {
           const r = bench(targets[target], mode);
           ((results[mode] ??= {})[target] ??= []).push(r);
           const cpu = Number.isNaN(r.cpuUserUs) ? '' : `  cpu/tx ${r.cpuUserUs.toFixed(1)} us user + ${r.cpuSysUs.toFixed(1)} us sys`;
-          console.log(`  ${mode.padEnd(8)} ${target.padEnd(10)} ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms${cpu}`);
+          console.log(`  ${mode.padEnd(8)} ${target.padEnd(12)} ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms${cpu}`);
         }
       }
     }
     const mean = (rs: Result[], k: keyof Result) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
-    console.log('\nmode      target        tps     latency   vs direct  vs pgbouncer   cpu/tx (user+sys)');
+    console.log('\nmode      target          tps     latency   vs direct  vs pgbouncer   cpu/tx (user+sys)');
     for (const mode of MODES) {
       const direct = results[mode].direct ? mean(results[mode].direct, 'tps') : NaN;
       const bouncer = results[mode].pgbouncer ? mean(results[mode].pgbouncer, 'tps') : NaN;
@@ -227,15 +323,20 @@ async function main(): Promise<void> {
         const tps = mean(results[mode][target], 'tps');
         const lat = mean(results[mode][target], 'latencyMs');
         const vsD = target === 'direct' ? '' : (tps / direct).toFixed(2);
-        const vsB = target.startsWith('proxy') ? (tps / bouncer).toFixed(2) : '';
+        const vsB = target.startsWith('proxy') || cliVariant(target) ? (tps / bouncer).toFixed(2) : '';
         const u = mean(results[mode][target], 'cpuUserUs');
         const cpu = Number.isNaN(u) ? '' : `${u.toFixed(1)} + ${mean(results[mode][target], 'cpuSysUs').toFixed(1)} us`;
-        console.log(`${mode.padEnd(9)} ${target.padEnd(10)} ${tps.toFixed(0).padStart(7)}  ${lat.toFixed(3).padStart(7)} ms  ${vsD.padStart(9)}  ${vsB.padStart(11)}   ${cpu}`);
+        console.log(`${mode.padEnd(9)} ${target.padEnd(12)} ${tps.toFixed(0).padStart(7)}  ${lat.toFixed(3).padStart(7)} ms  ${vsD.padStart(9)}  ${vsB.padStart(11)}   ${cpu}`);
       }
     }
-    console.log(`\n(proxy-Nw: the proxy with N worker processes; proxy-js: one process, native relay off; cpu/tx: CPU time of the proxy (all its processes) / pgBouncer per transaction; less sensitive to other load than tps)`);
+    // The shipped configuration against the bare proxy: a slow default shows here, not behind proxy-1w.
+    if (TARGETS.includes('cli') && TARGETS.includes('proxy-1w')) {
+      const ratios = MODES.map((m) => `${m} ${(mean(results[m].cli, 'tps') / mean(results[m]['proxy-1w'], 'tps')).toFixed(2)}`);
+      console.log(`\ncli (serve as the README starts it) / proxy-1w (bare proxy), tps: ${ratios.join(', ')}`);
+    }
+    console.log(`\n(cli: pg-steadytext serve with default flags; proxy-Nw: the bare proxy with N worker processes; proxy-js: one process, native relay off; cpu/tx: CPU time of the proxy (all its processes) / pgBouncer per transaction; less sensitive to other load than tps)`);
   } finally {
-    for (const stop of stops) stop();
+    await Promise.all(stops.map((stop) => stop()));
     await new Promise((r) => setTimeout(r, 300));
     await cluster.stop();
   }
