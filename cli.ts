@@ -63,7 +63,8 @@ function redact(url: string): string {
 async function startServing(s: Settings, log: Logger) {
   const engine = createEngine(engineOptions(s, log));
   const daemonListen = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
-  const { databases, daemon } = await startCore({ engine, serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemonListen, logger: log });
+  const { databases, daemon } = await startCore({ engine, serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemonListen, logger: log });
+  void databases.checkServiceRole(); // warns when it is a superuser (in the background: the database may be slow or down)
   return { engine, databases, daemon };
 }
 
@@ -141,7 +142,7 @@ async function serveAsWorker(s: Settings, log: Logger, setup: WorkerSetup): Prom
   const engine = engineOverIpc(setup.channel);
   await engine.ready;
   const daemon = (setup.data?.daemon ?? undefined) as { host: string; port: number } | undefined;
-  const databases = new WorkerDatabaseRegistry({ serviceUrl: s.serviceUrl, autoInstall: s.autoInstall, daemon, engine, logger: log }, setup.channel);
+  const databases = new WorkerDatabaseRegistry({ serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log }, setup.channel);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
@@ -178,8 +179,9 @@ async function main(argv: string[]): Promise<number> {
     case 'install': {
       const url = typeof parsed.extra.database === 'string' ? parsed.extra.database : s.serviceUrl;
       const daemon = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
-      const r = await prepareDatabase(url, { daemonHost: daemon?.host, daemonPort: daemon?.port });
-      process.stdout.write(`steadytext SQL objects ${r.version} in ${redact(url)}${r.migrated.length ? ` (applied ${r.migrated.join(', ')})` : ' (already up to date)'}${r.dblink ? '' : '; dblink is not installed: calls inside PL/pgSQL functions, triggers and views need it (CREATE EXTENSION dblink)'}\n`);
+      const r = await prepareDatabase(url, { daemonHost: daemon?.host, daemonPort: daemon?.port, schema: s.schema });
+      process.stdout.write(`steadytext SQL objects ${r.version} in ${redact(url)}, schema ${r.schema}${r.migrated.length ? ` (applied ${r.migrated.join(', ')})` : ' (already up to date)'}${r.dblink ? '' : '; dblink is not installed: calls inside PL/pgSQL functions, triggers and views need it (CREATE EXTENSION dblink)'}\n`);
+      if (r.superuser) process.stderr.write(`warning: role "${r.role}" is a superuser; the proxy should use a role of its own that is not (README: "Running with a non-superuser service role")\n`);
       return 0;
     }
     case 'config': {

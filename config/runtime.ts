@@ -2,6 +2,7 @@
 // restart: steadytext_config_set() sends NOTIFY steadytext_config, and a session that calls it
 // marks its database's copy stale, so the very next call in any session sees the new value.
 import type pg from 'pg';
+import { quoteIdent } from '../sql/install.js';
 
 export interface RuntimeConfig {
   daemonHost: string;
@@ -70,8 +71,12 @@ export class RuntimeConfigSource {
   private current: RuntimeConfig | undefined;
   private loading: Promise<RuntimeConfig> | undefined;
   private generation = 0;
+  private readonly sql: string;
 
-  constructor(private readonly query: (sql: string) => Promise<pg.QueryResult>) {}
+  /** `query` runs on a service connection; `schema` holds steadytext_config (named with it: no search_path lookup). */
+  constructor(private readonly query: (sql: string) => Promise<pg.QueryResult>, schema: string) {
+    this.sql = `SELECT key, value FROM ${quoteIdent(schema)}.steadytext_config`;
+  }
 
   markStale(): void { this.generation++; this.current = undefined; }
 
@@ -79,7 +84,7 @@ export class RuntimeConfigSource {
     if (this.current) return this.current;
     if (!this.loading) {
       const gen = this.generation;
-      this.loading = this.query('SELECT key, value FROM steadytext_config')
+      this.loading = this.query(this.sql)
         .then((r) => {
           const cfg = runtimeFromRows(r.rows);
           if (gen === this.generation) this.current = cfg;

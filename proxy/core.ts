@@ -9,6 +9,8 @@ import { DatabaseRegistry } from './databases.js';
 export interface CoreOptions {
   engine: Engine;
   serviceUrl: string;
+  /** Schema of the steadytext objects in every database (default "public"). */
+  schema?: string;
   autoInstall: boolean;
   /** Where the daemon endpoint listens; undefined: no daemon (calls the proxy cannot see then fail clearly). */
   daemonListen?: { host: string; port: number };
@@ -19,11 +21,11 @@ export async function startCore(o: CoreOptions): Promise<{ databases: DatabaseRe
   let databases: DatabaseRegistry | undefined;
   const daemon = o.daemonListen
     ? await startDaemon({
-      listen: o.daemonListen, engine: o.engine, logger: o.logger,
+      listen: o.daemonListen, engine: o.engine, logger: o.logger, schema: o.schema,
       secret: () => databases?.secrets() ?? [],
       serviceUrl: (db) => (db && databases ? databases.serviceUrlFor(db) : undefined),
     })
     : undefined;
-  databases = new DatabaseRegistry({ serviceUrl: o.serviceUrl, autoInstall: o.autoInstall, daemon: daemon?.address, engine: o.engine, logger: o.logger });
+  databases = new DatabaseRegistry({ serviceUrl: o.serviceUrl, schema: o.schema, autoInstall: o.autoInstall, daemon: daemon?.address, engine: o.engine, logger: o.logger });
   return { databases, daemon };
 }

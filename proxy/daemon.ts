@@ -10,7 +10,7 @@ import type pino from 'pino';
 import { streamAnswer, vectorText } from '../sql/answers.js';
 import { float8FromHex } from '../sql/cache-key.js';
 import { installSql, quoteIdent } from '../sql/install.js';
-import { registerModels, storeCacheEntry, type CacheEntry, type ModelIdentity } from '../sql/store.js';
+import { registerModels, serviceConnection, storeCacheEntry, type CacheEntry, type ModelIdentity } from '../sql/store.js';
 import type { Engine, ModelRole } from '../inference/engine.js';
 
 export type { ModelRole };
@@ -27,7 +27,7 @@ export interface DaemonOptions {
    * maps the database a request comes from to its service URL (undefined: do not store).
    */
   serviceUrl?: string | ((database: string | undefined) => string | undefined);
-  /** Schema of the steadytext objects (default "public"). */
+  /** Schema of the steadytext objects (default "public"); the service writes name every object with it. */
   schema?: string;
   logger: pino.Logger;
   /** Overrides how the model identity for cache rows is found (default: engine.modelIdentity). */
@@ -209,7 +209,8 @@ export function engineErrorToWire(fn: string, e: unknown, timeoutMs?: number): W
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Background writes through the service connection
+// Background writes through the service connection (search_path pinned: every object named with its
+// schema, every parameter typed, so nothing another role created is found instead)
 
 class ServiceWriter {
   private pool?: pg.Pool;
@@ -222,7 +223,7 @@ class ServiceWriter {
   constructor(url: string | undefined, private schema: string, private log: pino.Logger) {
     this.s = quoteIdent(schema);
     if (!url) return;
-    this.pool = new pg.Pool({ connectionString: url, max: 2, idleTimeoutMillis: 30_000, application_name: 'pg-steadytext daemon' } as pg.PoolConfig);
+    this.pool = new pg.Pool({ ...serviceConnection(url, 'pg-steadytext daemon'), max: 2, idleTimeoutMillis: 30_000 });
     this.pool.on('error', (e) => this.log.warn({ err: e }, 'daemon service connection failed'));
     this.timer = setInterval(() => this.flushCounters(), 5_000);
     this.timer.unref();
@@ -247,14 +248,16 @@ class ServiceWriter {
   }
 
   logEvent(level: 'debug' | 'info' | 'warning' | 'error', event: string, message: string, details: object) {
-    this.run('log write', (c) => c.query(`SELECT ${this.s}.steadytext_log($1, $2, $3, $4)`, [level, event, message, JSON.stringify(details)]).then(() => undefined));
+    this.run('log write', (c) => c.query(
+      `SELECT ${this.s}.steadytext_log($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, $4::pg_catalog.jsonb)`,
+      [level, event, message, JSON.stringify(details)]).then(() => undefined));
   }
 
   private flushCounters() {
     const deltas = this.counters;
     if (!this.pool || Object.keys(deltas).length === 0) return;
     this.counters = {};
-    this.run('stats write', (c) => c.query(`SELECT ${this.s}.steadytext_stats_bump($1)`, [JSON.stringify(deltas)]).then(() => undefined));
+    this.run('stats write', (c) => c.query(`SELECT ${this.s}.steadytext_stats_bump($1::pg_catalog.jsonb)`, [JSON.stringify(deltas)]).then(() => undefined));
   }
 
   private run(what: string, work: (c: pg.Pool) => Promise<void>) {
@@ -691,18 +694,19 @@ export interface PrepareOptions {
 /**
  * Installs or upgrades the SQL objects, creates the daemon secret on first use (or reads the existing
  * one: every proxy of a database shares it), registers model identities and the daemon address.
- * The service role must own the steadytext objects (it created them, or is a member of their owner).
+ * The service role must own the steadytext objects (it created them, or is a member of their owner), and
+ * be the only role besides superusers that can create objects in their schema (installSql refuses otherwise).
  */
-export async function prepareDatabase(serviceUrl: string, o: PrepareOptions = {}): Promise<{ secret: string; version: string; dblink: boolean; migrated: string[] }> {
-  const client = new pg.Client({ connectionString: serviceUrl, application_name: 'pg-steadytext install' } as pg.ClientConfig);
+export async function prepareDatabase(serviceUrl: string, o: PrepareOptions = {}): Promise<{ secret: string; version: string; dblink: boolean; migrated: string[]; schema: string; role: string; superuser: boolean }> {
+  const client = new pg.Client(serviceConnection(serviceUrl, 'pg-steadytext install'));
   await client.connect();
   try {
     const res = await installSql(client, { schema: o.schema });
     const s = quoteIdent(res.schema);
     let secret: string;
     try {
-      await client.query(`INSERT INTO ${s}.steadytext_daemon_secret (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING`, [randomBytes(32).toString('hex')]);
-      secret = (await client.query(`SELECT secret FROM ${s}.steadytext_daemon_secret WHERE id = 1`)).rows[0].secret;
+      await client.query(`INSERT INTO ${s}.steadytext_daemon_secret (id, secret) VALUES (1, $1::pg_catalog.text) ON CONFLICT (id) DO NOTHING`, [randomBytes(32).toString('hex')]);
+      secret = (await client.query(`SELECT secret FROM ${s}.steadytext_daemon_secret WHERE id OPERATOR(pg_catalog.=) 1`)).rows[0].secret;
     } catch (e) {
       if ((e as { code?: string }).code === '42501') {
         throw new Error(`pg-steadytext: the service role cannot read ${res.schema}.steadytext_daemon_secret: connect the proxy's service URL as the role that owns the steadytext objects (or a member of it)`, { cause: e });
@@ -719,13 +723,14 @@ export async function prepareDatabase(serviceUrl: string, o: PrepareOptions = {}
       ];
       for (const [key, value, builtin] of wants) {
         if (value === undefined) continue;
-        const cur = (await client.query(`SELECT value FROM ${s}.steadytext_config WHERE key = $1`, [key])).rows[0]?.value;
+        const cur = (await client.query(`SELECT value FROM ${s}.steadytext_config WHERE key OPERATOR(pg_catalog.=) $1::pg_catalog.text`, [key])).rows[0]?.value;
         if (cur === value || (mode === 'if-default' && cur !== undefined && cur !== builtin)) continue;
-        await client.query(`SELECT ${s}.steadytext_config_set($1, $2)`, [key, value]);
+        await client.query(`SELECT ${s}.steadytext_config_set($1::pg_catalog.text, $2::pg_catalog.text)`, [key, value]);
         o.logger?.info({ key, value }, 'daemon address written to steadytext_config');
       }
     }
-    return { secret, version: res.version, dblink: res.dblink, migrated: res.migrated };
+    const who = (await client.query(`SELECT CURRENT_USER::pg_catalog.text AS role, pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on' AS superuser`)).rows[0];
+    return { secret, version: res.version, dblink: res.dblink, migrated: res.migrated, schema: res.schema, role: who.role, superuser: who.superuser };
   } finally {
     await client.end().catch(() => undefined);
   }

@@ -1,16 +1,25 @@
 // What the proxy keeps per database it serves: its service connection (the role that owns the
 // steadytext objects), the one-time install/upgrade, the daemon secret, the runtime keys of its
 // steadytext_config (reloaded on NOTIFY) and the writes of answers into its steadytext_cache.
+//
+// Everything here runs with the service role's privileges, so none of it may find an object another role
+// created: every connection pins its search_path (serviceConnection), every steadytext object is named
+// with its schema, every function call's parameters are typed.
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { RuntimeConfigSource, type RuntimeConfig } from '../config/runtime.js';
 import type { Engine } from '../inference/engine.js';
-import { entryKey, registerModels, type CacheEntry, type ModelRole } from '../sql/store.js';
+import { quoteIdent } from '../sql/install.js';
+import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelRole } from '../sql/store.js';
 import { prepareDatabase } from './daemon.js';
 
 export interface DatabaseRegistryOptions {
   serviceUrl: string;
+  /** Schema of the steadytext objects (default "public"). */
+  schema?: string;
   autoInstall: boolean;
+  /** Log a warning when the service role is a superuser (default true; a pool worker leaves it to the primary). */
+  superuserWarning?: boolean;
   /** Where the database reaches the daemon endpoint; undefined when it is off. */
   daemon?: { host: string; port: number };
   engine: Engine;
@@ -19,7 +28,39 @@ export interface DatabaseRegistryOptions {
 
 export class DatabaseRegistry {
   private readonly dbs = new Map<string, Database>();
+  private readonly warned = new Set<string>();
   constructor(readonly opts: DatabaseRegistryOptions) {}
+
+  get schema(): string { return this.opts.schema ?? 'public'; }
+
+  /** Warns once per database when the service role is a superuser (see checkServiceRole). */
+  warnIfSuperuser(database: string, role: string, superuser: boolean): void {
+    if (!superuser || this.opts.superuserWarning === false || this.warned.has(database)) return;
+    this.warned.add(database);
+    this.opts.logger.warn({ database, role },
+      `the proxy's service role "${role}" is a superuser: whatever a bug or a hostile object in database "${database}" gets the service role to run, ` +
+      'runs as a superuser. Give the proxy a role of its own that is no superuser and owns the schema of the steadytext objects ' +
+      '(README: "Running with a non-superuser service role"), and pass it with --service-url and --schema.');
+  }
+
+  /**
+   * At start: the warning above for the service URL's own database, before any client arrives. Quiet
+   * when the database cannot be reached (it is checked again when a database is first used).
+   */
+  async checkServiceRole(): Promise<void> {
+    const database = decodeURIComponent(new URL(this.opts.serviceUrl).pathname.slice(1)) || undefined;
+    const c = new pg.Client({ ...serviceConnection(this.opts.serviceUrl, 'pg-steadytext check'), connectionTimeoutMillis: 10_000 });
+    c.on('error', () => {});
+    try {
+      await c.connect();
+      const r = (await c.query(SERVICE_ROLE_SQL)).rows[0];
+      this.warnIfSuperuser(database ?? r.db, r.role, r.superuser);
+    } catch (err) {
+      this.opts.logger.debug({ err }, 'could not check the service role at start');
+    } finally {
+      await c.end().catch(() => {});
+    }
+  }
 
   /** The service URL for one database: the configured one with its database name replaced. */
   serviceUrlFor(database: string): string {
@@ -44,23 +85,37 @@ export class DatabaseRegistry {
   }
 }
 
+const SERVICE_ROLE_SQL = `SELECT CURRENT_USER::pg_catalog.text AS role, pg_catalog.current_database()::pg_catalog.text AS db,
+  pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on' AS superuser`;
+
+/** Backoff of the config listener's reconnects: 250 ms doubling to 30 s. */
+const LISTENER_RETRY_MS = [250, 30_000] as const;
+
 export class Database {
+  /** The service connections (search_path pinned: name every object with its schema, type every parameter). */
   readonly pool: pg.Pool;
   readonly runtime: RuntimeConfigSource;
+  /** Schema of the steadytext objects. */
+  readonly schema: string;
   secret: string | undefined;
   private prepared: Promise<void> | undefined;
   private listener: pg.Client | undefined;
+  private listenerRetry: ReturnType<typeof setTimeout> | undefined;
+  private listenerFailures = 0;
   private registered = new Map<string, string>();
   private readonly log: Logger;
+  private readonly s: string;
   private closed = false;
   private counters: Record<string, number> = {};
   private counterTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(readonly name: string, private readonly reg: DatabaseRegistry) {
     this.log = reg.opts.logger.child({ database: name });
-    this.pool = new pg.Pool({ connectionString: reg.serviceUrlFor(name), max: 4, idleTimeoutMillis: 30_000, application_name: 'pg-steadytext service' } as pg.PoolConfig);
+    this.schema = reg.schema;
+    this.s = quoteIdent(this.schema);
+    this.pool = new pg.Pool({ ...serviceConnection(reg.serviceUrlFor(name), 'pg-steadytext service'), max: 4, idleTimeoutMillis: 30_000 });
     this.pool.on('error', (err) => this.log.warn({ err }, 'service connection failed'));
-    this.runtime = new RuntimeConfigSource((sql) => this.pool.query(sql));
+    this.runtime = new RuntimeConfigSource((sql) => this.pool.query(sql), this.schema);
   }
 
   /** Installs or upgrades the SQL objects once, and starts listening for config changes. */
@@ -74,23 +129,72 @@ export class Database {
   private async prepare(): Promise<void> {
     if (this.reg.opts.autoInstall) {
       const r = await prepareDatabase(this.reg.serviceUrlFor(this.name), {
-        daemonHost: this.reg.opts.daemon?.host, daemonPort: this.reg.opts.daemon?.port, logger: this.log,
+        daemonHost: this.reg.opts.daemon?.host, daemonPort: this.reg.opts.daemon?.port, schema: this.schema, logger: this.log,
       });
       this.secret = r.secret;
-      if (r.migrated.length) this.log.info({ version: r.version, migrated: r.migrated }, 'steadytext SQL objects installed');
+      if (r.migrated.length) this.log.info({ version: r.version, migrated: r.migrated, schema: this.schema }, 'steadytext SQL objects installed');
     } else {
-      this.secret = (await this.pool.query('SELECT secret FROM steadytext_daemon_secret WHERE id = 1').catch(() => ({ rows: [] as { secret: string }[] }))).rows[0]?.secret;
+      this.secret = (await this.pool.query(`SELECT secret FROM ${this.s}.steadytext_daemon_secret WHERE id OPERATOR(pg_catalog.=) 1`)
+        .catch(() => ({ rows: [] as { secret: string }[] }))).rows[0]?.secret;
     }
-    const l = new pg.Client({ connectionString: this.reg.serviceUrlFor(this.name), application_name: 'pg-steadytext config listener' } as pg.ClientConfig);
-    l.on('notification', () => this.runtime.markStale());
-    l.on('error', (err) => {
-      this.log.warn({ err }, 'config listener lost; config is re-read on every call until it is back');
-      this.listener = undefined;
+    const who = (await this.pool.query(SERVICE_ROLE_SQL)).rows[0];
+    this.reg.warnIfSuperuser(this.name, who.role, who.superuser);
+    await this.openListener();
+  }
+
+  /**
+   * LISTENs for steadytext_config_set's NOTIFY on a connection of its own. When that connection is lost
+   * (database restart, pg_terminate_backend), config is re-read on every call until a new one listens:
+   * it is reopened with backoff, and what changed in between is re-read once it is back.
+   */
+  private async openListener(): Promise<void> {
+    const l = new pg.Client(serviceConnection(this.reg.serviceUrlFor(this.name), 'pg-steadytext config listener'));
+    let live = false; // from LISTEN on; failures before that reject this call instead
+    const onLost = (err?: Error) => {
+      if (!live) return;
+      live = false;
+      if (this.listener === l) this.listener = undefined;
       this.runtime.markStale();
-    });
-    await l.connect();
-    await l.query('LISTEN steadytext_config');
-    if (this.closed) await l.end(); else this.listener = l;
+      if (this.closed) return;
+      this.log.warn({ err }, 'config listener lost; config is re-read on every call until it is back');
+      this.scheduleListener();
+    };
+    l.on('notification', () => this.runtime.markStale());
+    l.on('error', onLost);
+    l.on('end', () => onLost());
+    try {
+      await l.connect();
+      await l.query('LISTEN steadytext_config');
+    } catch (err) {
+      await l.end().catch(() => {});
+      throw err;
+    }
+    if (this.closed) {
+      await l.end().catch(() => {});
+      return;
+    }
+    live = true;
+    this.listener = l;
+    this.listenerFailures = 0;
+    this.runtime.markStale(); // whatever changed while no one listened
+  }
+
+  private scheduleListener(): void {
+    if (this.closed || this.listenerRetry) return;
+    const [first, max] = LISTENER_RETRY_MS;
+    const delay = Math.min(max, first * 2 ** this.listenerFailures);
+    this.listenerRetry = setTimeout(() => {
+      this.listenerRetry = undefined;
+      if (this.closed) return;
+      this.openListener().then(
+        () => { if (this.listener) this.log.info('config listener back'); },
+        (err) => {
+          this.listenerFailures++;
+          this.log.debug({ err, failures: this.listenerFailures }, 'config listener could not reconnect; retrying');
+          this.scheduleListener();
+        });
+    }, delay);
+    this.listenerRetry.unref();
   }
 
   async config(): Promise<RuntimeConfig> {
@@ -105,7 +209,7 @@ export class Database {
     const id = await this.reg.opts.engine.modelIdentity(role, size);
     const k = `${role}\0${size}`;
     if (this.registered.get(k) !== id) {
-      await registerModels(this.pool, [{ role, size, identity: id }]);
+      await registerModels(this.pool, [{ role, size, identity: id }], this.schema);
       this.registered.set(k, id);
     }
     return id;
@@ -121,13 +225,13 @@ export class Database {
     for (let i = 0; i < rows.length; i += STORE_CHUNK_ROWS) chunks.push(rows.slice(i, i + STORE_CHUNK_ROWS));
     // Multi-row INSERTs: one round trip per chunk instead of one per entry (~0.4 ms each, 1024-float vectors).
     if (chunks.length === 1) {
-      await this.pool.query(insertCacheRows(chunks[0].length), chunks[0].flat());
+      await this.pool.query(insertCacheRows(this.schema, chunks[0].length), chunks[0].flat());
       return;
     }
     const c = await this.pool.connect();
     try {
       await c.query('BEGIN');
-      for (const chunk of chunks) await c.query(insertCacheRows(chunk.length), chunk.flat());
+      for (const chunk of chunks) await c.query(insertCacheRows(this.schema, chunk.length), chunk.flat());
       await c.query('COMMIT');
     } catch (err) {
       await c.query('ROLLBACK').catch(() => {});
@@ -139,7 +243,8 @@ export class Database {
 
   /** An entry of steadytext_logs (or steadytext_debug_logs, which keeps it only while debug_mode is on). */
   logEvent(level: 'debug' | 'info' | 'warning' | 'error', event: string, message: string, details: object): void {
-    this.pool.query('SELECT steadytext_log($1, $2, $3, $4)', [level, event, message, JSON.stringify(details)])
+    this.pool.query(`SELECT ${this.s}.steadytext_log($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, $4::pg_catalog.jsonb)`,
+      [level, event, message, JSON.stringify(details)])
       .catch((err) => this.log.debug({ err }, 'could not write steadytext_logs'));
   }
 
@@ -155,20 +260,21 @@ export class Database {
     const deltas = this.counters;
     if (Object.keys(deltas).length === 0) return;
     this.counters = {};
-    await this.pool.query('SELECT steadytext_stats_bump($1)', [JSON.stringify(deltas)])
+    await this.pool.query(`SELECT ${this.s}.steadytext_stats_bump($1::pg_catalog.jsonb)`, [JSON.stringify(deltas)])
       .catch((err) => this.log.warn({ err }, 'could not write steadytext_stats counters'));
   }
 
   async close(): Promise<void> {
     await this.flushCounters();
     this.closed = true;
+    if (this.listenerRetry) clearTimeout(this.listenerRetry);
+    this.listenerRetry = undefined;
     await this.listener?.end().catch(() => {});
     await this.pool.end().catch(() => {});
   }
 }
 
-// Parameters are untyped, so each takes its column's type (the embedding's vector, wherever pgvector lives).
-// 7 per row; PostgreSQL allows 65535 per statement.
+// 7 parameters per row (insertCacheRows); PostgreSQL allows 65535 per statement.
 const STORE_CHUNK_ROWS = 1000;
 
 /** The columns storeCacheEntry (sql/store.ts) writes for one entry, in insertCacheRows' order. */
@@ -176,11 +282,4 @@ function cacheRow(key: string, e: CacheEntry): unknown[] {
   return e.op === 'embed'
     ? [key, e.op, e.identity, JSON.stringify({ seed: e.seed }), e.text, null, e.embedding]
     : [key, e.op, e.identity, JSON.stringify({ max_tokens: e.maxTokens, seed: e.seed, temperature: e.temperature }), e.prompt, e.response, null];
-}
-
-function insertCacheRows(n: number): string {
-  const values = Array.from({ length: n }, (_, r) => `(${Array.from({ length: 7 }, (_, c) => `$${r * 7 + c + 1}`).join(', ')})`);
-  return `INSERT INTO public.steadytext_cache (cache_key, operation, model_identity, params, prompt, response, embedding)
-     VALUES ${values.join(', ')}
-     ON CONFLICT (cache_key) DO UPDATE SET response = EXCLUDED.response, embedding = EXCLUDED.embedding, created_at = now()`;
 }

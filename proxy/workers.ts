@@ -214,8 +214,8 @@ export class WorkerDatabaseRegistry extends DatabaseRegistry {
   private nextId = 1;
 
   constructor(opts: DatabaseRegistryOptions, private readonly channel: IpcChannel) {
-    // The worker only reads the secret; installing is the primary's job.
-    super({ ...opts, autoInstall: false });
+    // The worker only reads the secret; installing (and warning about a superuser service role) is the primary's job.
+    super({ ...opts, autoInstall: false, superuserWarning: false });
     channel.onMessage((m: ToWorker) => {
       if (m?.tag !== TAG || m.kind !== 'installed') return;
       const w = this.waiting.get(m.id);

@@ -3,9 +3,23 @@
 // every path stores the same rows under the same keys.
 import type pg from 'pg';
 import { cacheKey, embedParams, generateParams, type CacheOp } from './cache-key.js';
-import { quoteIdent } from './install.js';
+import { quoteIdent, SERVICE_SEARCH_PATH } from './install.js';
 
 type Queryable = Pick<pg.ClientBase, 'query'> | Pick<pg.Pool, 'query'>;
+
+/**
+ * The settings of a connection the proxy makes as its own role (pg.Client or pg.Pool): its search_path
+ * pinned at connection start to SERVICE_SEARCH_PATH, after any `options` the URL carries (the last -c
+ * wins), so that no object another role creates (in public, in a schema named after the service role:
+ * "$user" comes first by default) is ever found by name in what the proxy runs with the service
+ * role's privileges.
+ */
+export function serviceConnection(url: string, applicationName: string): pg.ClientConfig & pg.PoolConfig {
+  const u = new URL(url);
+  const own = u.searchParams.get('options');
+  u.searchParams.set('options', [own, `-c search_path=${SERVICE_SEARCH_PATH.replaceAll(' ', '')}`].filter(Boolean).join(' '));
+  return { connectionString: u.toString(), application_name: applicationName };
+}
 
 export type ModelRole = 'generation' | 'embedding';
 export interface ModelIdentity { role: ModelRole; size: string; identity: string }
@@ -14,9 +28,10 @@ export interface ModelIdentity { role: ModelRole; size: string; identity: string
 export async function registerModels(q: Queryable, identities: readonly ModelIdentity[], schema = 'public'): Promise<void> {
   for (const m of identities) {
     await q.query(
-      `INSERT INTO ${quoteIdent(schema)}.steadytext_models AS m (role, size, identity, updated_at) VALUES ($1, $2, $3, now())
-       ON CONFLICT (role, size) DO UPDATE SET identity = EXCLUDED.identity, updated_at = now()
-       WHERE m.identity IS DISTINCT FROM EXCLUDED.identity`,
+      `INSERT INTO ${quoteIdent(schema)}.steadytext_models AS m (role, size, identity, updated_at)
+       VALUES ($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, pg_catalog.now())
+       ON CONFLICT (role, size) DO UPDATE SET identity = EXCLUDED.identity, updated_at = pg_catalog.now()
+       WHERE m.identity OPERATOR(pg_catalog.<>) EXCLUDED.identity`,
       [m.role, m.size, m.identity]);
   }
 }
@@ -41,9 +56,22 @@ export async function storeCacheEntry(q: Queryable, e: CacheEntry, schema = 'pub
     ? [e.text, { seed: e.seed }, null, e.embedding]
     : [e.prompt, { max_tokens: e.maxTokens, seed: e.seed, temperature: e.temperature }, e.response, null];
   await q.query(
-    `INSERT INTO ${quoteIdent(schema)}.steadytext_cache (cache_key, operation, model_identity, params, prompt, response, embedding)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)
-     ON CONFLICT (cache_key) DO UPDATE SET response = EXCLUDED.response, embedding = EXCLUDED.embedding, created_at = now()`,
-    [key, e.op, e.identity, JSON.stringify(params), input, response, embedding]);
+    insertCacheRows(schema, 1), [key, e.op, e.identity, JSON.stringify(params), input, response, embedding]);
   return key;
+}
+
+/**
+ * A multi-row INSERT of n cache rows ($1..$7 per row, in the order of the columns below). The embedding
+ * parameter stays untyped: it takes the column's type (pgvector's, wherever it lives) by assignment,
+ * which calls that type's input function directly, no name looked up. ON CONFLICT names the key, no
+ * operator.
+ */
+export function insertCacheRows(schema: string, n: number): string {
+  const row = (r: number) => {
+    const p = (c: number) => `$${r * 7 + c}`;
+    return `(${p(1)}::pg_catalog.text, ${p(2)}::pg_catalog.text, ${p(3)}::pg_catalog.text, ${p(4)}::pg_catalog.jsonb, ${p(5)}::pg_catalog.text, ${p(6)}::pg_catalog.text, ${p(7)})`;
+  };
+  return `INSERT INTO ${quoteIdent(schema)}.steadytext_cache (cache_key, operation, model_identity, params, prompt, response, embedding)
+     VALUES ${Array.from({ length: n }, (_, r) => row(r)).join(', ')}
+     ON CONFLICT (cache_key) DO UPDATE SET response = EXCLUDED.response, embedding = EXCLUDED.embedding, created_at = pg_catalog.now()`;
 }
