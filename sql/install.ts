@@ -99,6 +99,7 @@ async function installLocked(client: pg.ClientBase, schema: string, wanted: read
   }
   await checkSchemaIsOurs(client, schema);
   await checkOwners(client, schema);
+  await checkForeignRoutines(client, schema);
   // Both extensions go to the install schema when we create them (only roles we trust can create there);
   // ones already installed are used wherever they are (the migrations name pgvector's type with its schema).
   const vectorSchema = await ensureVector(client, schema);
@@ -244,6 +245,44 @@ async function checkOwners(client: pg.ClientBase, schema: string): Promise<void>
       `or revoke the membership in ${quoteIdent(r.name)} from those roles.`,
       'WRONG_OWNER');
   }
+}
+
+/**
+ * Refuses a schema that holds functions or operators of other roles (made before CREATE was revoked,
+ * say): the steadytext functions run as their owner with the install schema on their search_path, and
+ * an overload there that matches their arguments better than the built-in they mean (format(text, text)
+ * against format(text, VARIADIC "any")) would be called instead, with the service role's privileges.
+ */
+async function checkForeignRoutines(client: pg.ClientBase, schema: string): Promise<void> {
+  const rows = (await client.query(`
+    WITH n AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text),
+    o AS (
+      SELECT p.proowner AS owner, p.oid::pg_catalog.regprocedure::pg_catalog.text AS name FROM pg_catalog.pg_proc p, n
+       WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid AND p.proname OPERATOR(pg_catalog.!~) '^_?steadytext_'
+      UNION ALL
+      SELECT op.oprowner, 'operator ' OPERATOR(pg_catalog.||) op.oid::pg_catalog.regoperator::pg_catalog.text FROM pg_catalog.pg_operator op, n
+       WHERE op.oprnamespace OPERATOR(pg_catalog.=) n.oid
+    )
+    SELECT o.owner::pg_catalog.int8 AS owner, r.rolname::pg_catalog.text AS role, (pg_catalog.array_agg(o.name ORDER BY o.name))[1:5] AS objects,
+           pg_catalog.count(*)::pg_catalog.int4 AS n, CURRENT_USER::pg_catalog.text AS me
+      FROM o JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) o.owner
+     WHERE NOT r.rolsuper
+     GROUP BY o.owner, r.rolname`, [schema])).rows as Array<{ owner: string; role: string; objects: string[]; n: number; me: string }>;
+  const s = quoteIdent(schema);
+  const problems: string[] = [];
+  for (const r of rows) {
+    const others = await outsiders(client, Number(r.owner));
+    if (others.length === 0) continue;
+    const via = others.length === 1 && others[0] === r.role ? '' : ` (which ${list(others)} can act as)`;
+    problems.push(`role ${quoteIdent(r.role)}${via} owns ${r.objects.join(', ')}${r.n > r.objects.length ? ` and ${r.n - r.objects.length} more` : ''}`);
+  }
+  if (problems.length === 0) return;
+  throw new SqlInstallError(
+    `pg-steadytext will not install into schema ${s}: it holds functions or operators of roles other than the service role ${quoteIdent(rows[0].me)} ` +
+    `(${problems.join('; ')}). The steadytext functions run with the service role's privileges and look names up in this schema, ` +
+    `so one of these could be called in place of the built-in they mean. Move them to another schema (ALTER FUNCTION ... SET SCHEMA ...) or drop them, ` +
+    `or install into a schema of the service role's own: CREATE SCHEMA steadytext AUTHORIZATION ${quoteIdent(rows[0].me)}, then start the proxy with --schema steadytext (PGSTEADYTEXT_SCHEMA).`,
+    'UNSAFE_SCHEMA');
 }
 
 async function checkCanCreate(client: pg.ClientBase, schema: string): Promise<void> {

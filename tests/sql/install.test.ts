@@ -379,6 +379,29 @@ describe('refuses a schema where roles other than the service role can create ob
     }
   });
 
+  it('functions another role created before CREATE was revoked: refused, since the SECURITY DEFINER functions look names up there', async () => {
+    const db = await fresh();
+    const x = await createRole('st_planter');
+    try {
+      await db.query(`GRANT CREATE ON SCHEMA public TO ${x.user}`);
+      const planter = await db.connect(db.urlAs(x.user, x.password));
+      // A better match than pg_catalog.format(text, VARIADIC "any") for format('%s', some_text).
+      await planter.query(`CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE sql AS 'SELECT $2'`);
+      await planter.end();
+      await db.query(`REVOKE CREATE ON SCHEMA public FROM ${x.user}`);
+      const c = await db.connect();
+      const e = await installError(installSql(c));
+      expect(e.code).toBe('UNSAFE_SCHEMA');
+      expect(e.message).toContain(`will not install into schema "public": it holds functions or operators of roles other than the service role "postgres" (role "${x.user}" owns public.format(text,text))`);
+      expect(e.message).toContain('ALTER FUNCTION ... SET SCHEMA');
+      await db.query('DROP FUNCTION public.format(text, text)');
+      expect((await installSql(c)).installed).toBe(true);
+      await c.end();
+    } finally {
+      await dropRole(x.user, [db]);
+    }
+  });
+
   it('a service role that may not create in the schema is told how to get one it may', async () => {
     const db = await fresh();
     const svc = await createRole('st_nocreate');
