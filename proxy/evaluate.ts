@@ -1,9 +1,11 @@
-// Evaluates one steadytext call whose argument values are known, into the text the SQL function
-// receives as _steadytext_answer: the answer in the form the function returns it, or the error it must
-// raise (so a failure happens inside the database, where the transaction sees it).
+// Evaluates steadytext calls whose argument values the proxy knows. A computing call (generate, embed,
+// generate_stream) first resolves into a request: its defaults from steadytext_config, exactly as the SQL
+// function resolves them, so that both sides compute the same cache key. The answer is handed to the
+// database through steadytext_cache under that key (a failure through steadytext_mailbox), never through
+// the statement's text. Management calls (status, model_info, start, stop, restart) act on the engine.
 import type { RuntimeConfig } from '../config/runtime.js';
 import type { Engine } from '../inference/engine.js';
-import { errorAnswer, streamAnswer, vectorText, wrapAnswer } from '../sql/answers.js';
+import { errorAnswer, streamAnswer, vectorText } from '../sql/answers.js';
 import type { CacheEntry } from '../sql/store.js';
 import type { SteadyFunction } from './calls.js';
 import { engineErrorToWire } from './daemon.js';
@@ -20,89 +22,120 @@ export const PARAMETERS: Partial<Record<SteadyFunction, readonly string[]>> = {
   steadytext_model_info: [],
 };
 
+export type ComputingFunction = 'steadytext_generate' | 'steadytext_embed' | 'steadytext_generate_stream';
+export type ManagementFunction = 'steadytext_daemon_status' | 'steadytext_model_info' | 'steadytext_daemon_start'
+  | 'steadytext_daemon_stop' | 'steadytext_daemon_restart';
+
+export function isComputing(fn: string): fn is ComputingFunction {
+  return fn === 'steadytext_generate' || fn === 'steadytext_embed' || fn === 'steadytext_generate_stream';
+}
+
+const MANAGEMENT: ReadonlySet<string> = new Set(['steadytext_daemon_status', 'steadytext_model_info', 'steadytext_daemon_start', 'steadytext_daemon_stop', 'steadytext_daemon_restart']);
+export function isManagement(fn: string): fn is ManagementFunction {
+  return MANAGEMENT.has(fn);
+}
+
+/** The mailbox topic under which the SQL function looks for a management answer. */
+export const MANAGEMENT_TOPIC: Record<ManagementFunction, string> = {
+  steadytext_daemon_status: 'status', steadytext_model_info: 'model_info', steadytext_daemon_start: 'start',
+  steadytext_daemon_stop: 'stop', steadytext_daemon_restart: 'restart',
+};
+
 /** Argument values by parameter name; a missing name takes its default, as in SQL. */
 export type ArgValues = Record<string, string | number | null>;
 
-export interface EvalContext {
-  engine: Engine;
-  config: RuntimeConfig;
-  caller: string;
-  signal?: AbortSignal;
-  /** Where the daemon endpoint listens (reported by steadytext_daemon_status). */
-  daemon?: { host: string; port: number };
-  /** Filled in by the engine: whether the answer came from its result cache. */
-  outcome?: { cached?: boolean };
-  /** Called with what the answer should leave in steadytext_cache. */
-  remember?: (role: 'generation' | 'embedding', size: string, entry: (identity: string) => CacheEntry) => void;
-}
+/** A computing call with every default resolved. */
+export type ComputeRequest = { fn: ComputingFunction; modelSize: string } & (
+  | { op: 'generate' | 'generate_stream'; prompt: string; maxTokens: number; seed: number; temperature: number }
+  | { op: 'embed'; text: string; seed: number });
 
 const num = (v: unknown): number | null => (v === null || v === undefined ? null : typeof v === 'number' ? v : Number(v));
 
 /**
- * The answer, or undefined when the call should be left to the database (e.g. a NULL input, which the
- * function answers with NULL itself).
+ * The request a call makes, or undefined when the database must answer it alone: a NULL input (the
+ * function returns NULL), or a value the SQL function would refuse (it raises the error itself).
  */
-export async function evaluateCall(fn: SteadyFunction, a: ArgValues, e: EvalContext): Promise<string | undefined> {
+export function resolveRequest(fn: ComputingFunction, a: ArgValues, cfg: RuntimeConfig): ComputeRequest | undefined {
+  const modelSize = (a.model_size as string | null | undefined) ?? cfg.defaultModelSize;
+  const seed = num(a.seed) ?? cfg.defaultSeed;
+  if (!Number.isSafeInteger(seed) || seed < 0 || typeof modelSize !== 'string' || modelSize.trim() === '') return undefined;
+  if (fn === 'steadytext_embed') {
+    if (a.text === null || a.text === undefined) return undefined;
+    return { fn, op: 'embed', modelSize, text: String(a.text), seed };
+  }
+  if (a.prompt === null || a.prompt === undefined) return undefined;
+  const maxTokens = num(a.max_tokens) ?? cfg.defaultMaxTokens;
+  // generate_stream has no temperature: greedy, as its SQL function passes NULL.
+  const temperature = (fn === 'steadytext_generate' ? num(a.temperature) : null) ?? 0;
+  if (!Number.isSafeInteger(maxTokens) || maxTokens < 1 || !Number.isFinite(temperature) || temperature < 0) return undefined;
+  return { fn, op: fn === 'steadytext_generate' ? 'generate' : 'generate_stream', modelSize, prompt: String(a.prompt), maxTokens, seed, temperature };
+}
+
+export const roleOf = (r: ComputeRequest): 'generation' | 'embedding' => (r.op === 'embed' ? 'embedding' : 'generation');
+
+/** The steadytext_cache row a request's answer becomes. */
+export function cacheEntry(r: ComputeRequest, identity: string, answer: string): CacheEntry {
+  return r.op === 'embed'
+    ? { op: 'embed', identity, text: r.text, seed: r.seed, embedding: answer }
+    : { op: r.op, identity, prompt: r.prompt, maxTokens: r.maxTokens, seed: r.seed, temperature: r.temperature, response: answer };
+}
+
+export interface ComputeContext {
+  engine: Engine;
+  config: RuntimeConfig;
+  caller: string;
+  signal?: AbortSignal;
+  /** Filled in by the engine: whether the answer came from its result cache. */
+  outcome?: { cached?: boolean };
+}
+
+/** The answer in the form steadytext_cache stores it (text, pgvector text, or the stream's JSON array). */
+export async function compute(r: ComputeRequest, e: ComputeContext): Promise<string> {
   const cfg = e.config;
-  try {
-    const computes = fn === 'steadytext_generate' || fn === 'steadytext_generate_stream' || fn === 'steadytext_embed';
-    if (computes && !cfg.daemonAutoStart && !e.engine.status().running) {
-      return errorAnswer('55000', `${fn}: the pg-steadytext models are stopped and daemon_auto_start is false`,
-        "Run SELECT steadytext_daemon_start(), or SELECT steadytext_config_set('daemon_auto_start', 'true').");
+  if (!cfg.daemonAutoStart && !e.engine.status().running) throw stoppedError(r.fn);
+  const common = { modelSize: r.modelSize, seed: r.seed, caller: e.caller, signal: e.signal, timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled, outcome: e.outcome };
+  if (r.op === 'embed') return vectorText(await e.engine.embed({ ...common, text: r.text }));
+  const text = await e.engine.generate({ ...common, prompt: r.prompt, maxTokens: r.maxTokens, temperature: r.temperature });
+  return r.op === 'generate' ? text : streamAnswer(text);
+}
+
+/** Raised (as 55000) when a call would need models that were stopped while daemon_auto_start is false. */
+export function stoppedError(fn: string): Error {
+  return Object.assign(new Error(`${fn}: the pg-steadytext models are stopped and daemon_auto_start is false`), {
+    code: 'STOPPED',
+    hint: "Run SELECT steadytext_daemon_start(), or SELECT steadytext_config_set('daemon_auto_start', 'true').",
+  });
+}
+
+/** A failure as the SQL function raises it (see _steadytext_unwrap). */
+export function failureAnswer(fn: string, err: unknown, timeoutMs?: number): string {
+  const e = err as { code?: string; message?: string; hint?: string };
+  if (e?.code === 'STOPPED') return errorAnswer('55000', e.message ?? fn, e.hint ?? '');
+  const w = engineErrorToWire(fn, err, timeoutMs);
+  return errorAnswer(w.code, w.message, w.hint ?? '');
+}
+
+/** What a management function returns, as the text its SQL function parses (JSON, or a boolean). */
+export async function manage(fn: ManagementFunction, engine: Engine, daemon: { host: string; port: number } | undefined, cfg: RuntimeConfig): Promise<string> {
+  switch (fn) {
+    case 'steadytext_daemon_status': {
+      const st = engine.status();
+      return JSON.stringify({
+        running: st.running, pid: st.pid, host: daemon?.host ?? cfg.daemonHost, port: daemon?.port ?? cfg.daemonPort,
+        uptime_seconds: st.uptimeSeconds, requests_processed: st.requestsProcessed, errors_count: st.errorsCount,
+        avg_latency_ms: st.requestsProcessed ? st.avgLatencyMs : null,
+      });
     }
-    switch (fn) {
-      case 'steadytext_generate':
-      case 'steadytext_generate_stream': {
-        const prompt = a.prompt;
-        if (prompt === null || prompt === undefined) return undefined;
-        const maxTokens = num(a.max_tokens) ?? cfg.defaultMaxTokens;
-        const seed = num(a.seed) ?? cfg.defaultSeed;
-        const temperature = (fn === 'steadytext_generate' ? num(a.temperature) : null) ?? 0;
-        const modelSize = (a.model_size as string | null | undefined) ?? cfg.defaultModelSize;
-        const text = await e.engine.generate({
-          prompt: String(prompt), maxTokens, seed, temperature, modelSize, caller: e.caller, signal: e.signal,
-          timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled, outcome: e.outcome,
-        });
-        const answer = fn === 'steadytext_generate' ? text : streamAnswer(text);
-        if (cfg.cacheEnabled) {
-          const op = fn === 'steadytext_generate' ? 'generate' : 'generate_stream';
-          e.remember?.('generation', modelSize, (identity) => ({ op, identity, prompt: String(prompt), maxTokens, seed, temperature, response: answer }));
-        }
-        return wrapAnswer(answer);
-      }
-      case 'steadytext_embed': {
-        const text = a.text;
-        if (text === null || text === undefined) return undefined;
-        const seed = num(a.seed) ?? cfg.defaultSeed;
-        const modelSize = (a.model_size as string | null | undefined) ?? cfg.defaultModelSize;
-        const v = vectorText(await e.engine.embed({ text: String(text), seed, modelSize, caller: e.caller, signal: e.signal, timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled, outcome: e.outcome }));
-        if (cfg.cacheEnabled) e.remember?.('embedding', modelSize, (identity) => ({ op: 'embed', identity, text: String(text), seed, embedding: v }));
-        return v;
-      }
-      case 'steadytext_daemon_status': {
-        const st = e.engine.status();
-        return JSON.stringify({
-          running: st.running, pid: st.pid, host: e.daemon?.host ?? cfg.daemonHost, port: e.daemon?.port ?? cfg.daemonPort,
-          uptime_seconds: st.uptimeSeconds, requests_processed: st.requestsProcessed, errors_count: st.errorsCount,
-          avg_latency_ms: st.requestsProcessed ? st.avgLatencyMs : null,
-        });
-      }
-      case 'steadytext_model_info':
-        return JSON.stringify(e.engine.modelInfo().map((m) => ({ model_type: m.modelType, model_size: m.modelSize, loaded: m.loaded, memory_mb: m.memoryMb })));
-      case 'steadytext_daemon_start':
-        await e.engine.load();
-        return 'true';
-      case 'steadytext_daemon_stop':
-        await e.engine.unload();
-        return 'true';
-      case 'steadytext_daemon_restart':
-        await e.engine.reload();
-        return 'true';
-      default:
-        return undefined;
-    }
-  } catch (err) {
-    const w = engineErrorToWire(fn, err, cfg.daemonTimeoutMs);
-    return errorAnswer(w.code, w.message, w.hint ?? '');
+    case 'steadytext_model_info':
+      return JSON.stringify(engine.modelInfo().map((m) => ({ model_type: m.modelType, model_size: m.modelSize, loaded: m.loaded, memory_mb: m.memoryMb })));
+    case 'steadytext_daemon_start':
+      await engine.load();
+      return 'true';
+    case 'steadytext_daemon_stop':
+      await engine.unload();
+      return 'true';
+    case 'steadytext_daemon_restart':
+      await engine.reload();
+      return 'true';
   }
 }

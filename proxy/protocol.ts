@@ -320,6 +320,22 @@ export function describe(kind: 'S' | 'P', name: string): Buffer {
   return cstrings(Fe.Describe, [kind + name]);
 }
 
+export function dataRow(values: readonly (Buffer | null)[]): Buffer {
+  let len = 2;
+  for (const v of values) len += 4 + (v ? v.length : 0);
+  const out = message(Be.DataRow, len);
+  let pos = out.writeInt16BE(values.length, 5);
+  for (const v of values) {
+    pos = out.writeInt32BE(v ? v.length : -1, pos);
+    if (v) pos += v.copy(out, pos);
+  }
+  return out;
+}
+
+export function close(kind: 'S' | 'P', name: string): Buffer {
+  return cstrings(Fe.Close, [kind + name]);
+}
+
 export function execute(portal = '', maxRows = 0): Buffer {
   const tail = Buffer.allocUnsafe(4);
   tail.writeInt32BE(maxRows, 0);

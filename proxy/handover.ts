@@ -1,0 +1,199 @@
+// How the proxy hands an answer to the database ahead of the statement that needs it. Nothing is ever
+// written into the statement: a computed answer goes into steadytext_cache under the key the SQL function
+// computes from its own arguments, a failure or a management answer into steadytext_mailbox under the
+// session's backend pid. Both tables are written only by the service role and read only through the
+// functions, which still check EXECUTE. If the proxy read an argument differently from the database, the
+// keys differ and the function simply does not find the answer (it asks the daemon): a misreading costs
+// time, never a wrong answer.
+//
+// Before it computes anything for a session, the proxy asks that session (on its own connection, in
+// order behind everything it sent before) whether its current role may EXECUTE the function and whether
+// the name resolves to the installed function rather than one another role put earlier on its
+// search_path. Every name and operator in that query is pg_catalog-qualified, so the session's own
+// search_path cannot change its meaning.
+import type { SessionContext } from './interceptor.js';
+import { Be, bind, close, execute, FLUSH, parse, query, readErrorFields } from './protocol.js';
+import type pg from 'pg';
+import { quoteIdent } from '../sql/install.js';
+
+type Queryable = Pick<pg.ClientBase, 'query'> | Pick<pg.Pool, 'query'>;
+
+/** Keys this proxy stored recently: a repeated call then costs no round trip at all. */
+export class KnownKeys {
+  private readonly keys = new Map<string, number>();
+  constructor(private readonly max = 100_000) {}
+
+  has(key: string, now = Date.now()): boolean {
+    const until = this.keys.get(key);
+    if (until === undefined) return false;
+    if (until > now) return true;
+    this.keys.delete(key);
+    return false;
+  }
+
+  add(key: string, ttlMs: number, now = Date.now()): void {
+    this.keys.delete(key);
+    this.keys.set(key, now + ttlMs);
+    if (this.keys.size > this.max) this.keys.delete(this.keys.keys().next().value as string);
+  }
+
+  clear(): void { this.keys.clear(); }
+}
+
+/** How long a stored row counts as known: well inside its TTL, so the database never finds it expired. */
+export function knownTtlMs(cacheTtlSeconds: number): number {
+  return Math.max(0, Math.min(cacheTtlSeconds * 500, 600_000));
+}
+
+/** The installed functions' identities, read through the service connection (pinned search_path). */
+export interface Installed {
+  schemaOid: number;
+  /** OID of each steadytext function by name; absent when the name is overloaded (never served ahead). */
+  functions: Map<string, number>;
+}
+
+export async function readInstalled(q: Queryable, schema: string): Promise<Installed> {
+  const r = await q.query(
+    `SELECT n.oid::int8 AS ns, p.proname::text AS name, p.oid::int8 AS oid, count(*) OVER (PARTITION BY p.proname) AS n
+       FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_proc p ON p.pronamespace OPERATOR(pg_catalog.=) n.oid
+      WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text AND p.proname::pg_catalog.text LIKE 'steadytext\\_%'`,
+    [schema]);
+  const ns = await q.query('SELECT oid::int8 AS oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text', [schema]);
+  const functions = new Map<string, number>();
+  for (const row of r.rows) if (Number(row.n) === 1) functions.set(row.name as string, Number(row.oid));
+  return { schemaOid: Number(ns.rows[0]?.oid ?? 0), functions };
+}
+
+/** One call to check: the function, and the schema it was qualified with (null: found through search_path). */
+export interface CheckItem { fn: string; schema: string | null }
+
+export interface CheckResult {
+  backendPid: number;
+  /** The session's settings right before the statement: they decide how its literals read. */
+  standardConformingStrings: boolean;
+  clientEncoding: string;
+  /** Per item, in order: may this session's current role run exactly the installed function? */
+  allowed: boolean[];
+}
+
+/** The check as one SELECT whose meaning no search_path can change (only ASCII: any client encoding). */
+export function checkSql(items: readonly CheckItem[], installed: Installed, schema: string): string {
+  const cols = items.map(({ fn, schema: qualified }) => {
+    const oid = installed.functions.get(fn);
+    if (!oid || !/^[a-z_]+$/.test(fn) || (qualified !== null && qualified !== schema)) return 'false';
+    const may = `coalesce(pg_catalog.has_function_privilege(${oid}::pg_catalog.oid, 'EXECUTE'), false)`;
+    if (qualified !== null) return may;
+    const inPath = `EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.oid OPERATOR(pg_catalog.=) ${installed.schemaOid}::pg_catalog.oid
+      AND n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false)))`;
+    const shadowed = `EXISTS (SELECT FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+      WHERE p.proname OPERATOR(pg_catalog.=) '${fn}'::pg_catalog.name AND n.oid OPERATOR(pg_catalog.<>) ${installed.schemaOid}::pg_catalog.oid
+      AND n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false)))`;
+    return `${may} AND ${inPath} AND NOT ${shadowed}`;
+  });
+  return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('client_encoding')${cols.map((c) => `, ${c}`).join('')}`;
+}
+
+function result(row: (string | null)[] | undefined, n: number): CheckResult | undefined {
+  if (!row || row.length !== 3 + n) return undefined;
+  return {
+    backendPid: Number(row[0]),
+    standardConformingStrings: row[1] === 'on',
+    clientEncoding: String(row[2]).toUpperCase(),
+    allowed: row.slice(3).map((v) => v === 't'),
+  };
+}
+
+/** Runs the check as a simple query on the session's own connection (for a Query message). */
+export async function checkSimple(ctx: SessionContext, sql: string, n: number): Promise<CheckResult | undefined> {
+  const r = await auxQuery(ctx, sql);
+  return 'rows' in r ? result(r.rows[0], n) : undefined;
+}
+
+/**
+ * Runs the check inside an extended-protocol batch (for a Bind): a named statement and portal of our own,
+ * closed again, and no Sync, so the client's implicit transaction stays whole. If the server is skipping
+ * to the client's Sync after an error, the check is skipped too and nothing is computed.
+ */
+export function checkExtended(ctx: SessionContext, sql: string, n: number): Promise<CheckResult | undefined> {
+  const name = '_steadytext_check';
+  const bytes = Buffer.concat([
+    parse(name, sql), bind({ portal: name, statement: name, paramFormats: [], params: [], resultFormats: [] }),
+    // Flush: the server holds extended-protocol answers until a Sync or Flush, and a Sync would end the batch.
+    execute(name), close('P', name), close('S', name), FLUSH,
+  ]);
+  return new Promise((resolve) => {
+    const rows: (string | null)[][] = [];
+    let ends = 0;
+    let failed = false;
+    ctx.send({
+      bytes,
+      responses: {
+        onMessage(m) {
+          if (m[0] === Be.DataRow) rows.push(readDataRow(m));
+          // The check never fails by itself; if it does (a cancel, statement_timeout), the client's batch
+          // is aborted from here on, so the client must see why.
+          else if (m[0] === Be.ErrorResponse) { failed = true; return m; }
+          return null;
+        },
+        onEnd(_req, how) {
+          if (how !== 'done') failed = true;
+          if (++ends === 5) resolve(failed ? undefined : result(rows[0], n));
+        },
+      },
+    });
+  });
+}
+
+/** Runs a simple query on the session's own connection; the client sees none of its responses. */
+export function auxQuery(ctx: SessionContext, sql: string): Promise<{ rows: (string | null)[][] } | { error: Record<string, string> }> {
+  return new Promise((resolve) => {
+    const rows: (string | null)[][] = [];
+    let error: Record<string, string> | undefined;
+    ctx.send({
+      bytes: query(sql),
+      responses: {
+        onMessage(m) {
+          if (m[0] === Be.DataRow) rows.push(readDataRow(m));
+          else if (m[0] === Be.ErrorResponse) error = readErrorFields(m);
+          return null;
+        },
+        onEnd(_req, how) {
+          resolve(error ? { error } : how === 'done' ? { rows } : { error: { M: `session ${how}` } });
+        },
+      },
+    });
+  });
+}
+
+export function readDataRow(m: Buffer): (string | null)[] {
+  const n = m.readInt16BE(5);
+  const out: (string | null)[] = new Array(n);
+  let pos = 7;
+  for (let i = 0; i < n; i++) {
+    const len = m.readInt32BE(pos);
+    pos += 4;
+    if (len < 0) out[i] = null;
+    else { out[i] = m.toString('utf8', pos, pos + len); pos += len; }
+  }
+  return out;
+}
+
+/** A mailbox entry: what the function of this backend finds under this topic. */
+export interface MailboxEntry { topic: string; answer: string }
+
+let lastSweep = 0;
+
+/** Writes mailbox entries for one backend (committed before this resolves); drops old entries now and then. */
+export async function postMailbox(q: Queryable, schema: string, backendPid: number, entries: readonly MailboxEntry[]): Promise<void> {
+  if (entries.length === 0) return;
+  const s = quoteIdent(schema);
+  const values = entries.map((_, i) => `($1::pg_catalog.int4, $${2 * i + 2}::pg_catalog.text, $${2 * i + 3}::pg_catalog.text, pg_catalog.clock_timestamp())`);
+  await q.query(
+    `INSERT INTO ${s}.steadytext_mailbox AS m (backend_pid, topic, answer, created_at) VALUES ${values.join(', ')}
+     ON CONFLICT (backend_pid, topic) DO UPDATE SET answer = EXCLUDED.answer, created_at = EXCLUDED.created_at`,
+    [backendPid, ...entries.flatMap((e) => [e.topic, e.answer])]);
+  if (Date.now() - lastSweep > 60_000) {
+    lastSweep = Date.now();
+    await q.query(`DELETE FROM ${s}.steadytext_mailbox WHERE created_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval`);
+  }
+}

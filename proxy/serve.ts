@@ -1,0 +1,177 @@
+// Serving calls ahead of their statement: resolve each call into a request and its cache key, skip what
+// this proxy stored recently, ask the session whether it may run each function (handover.ts), compute
+// what it may, and hand the answers over (cache rows, mailbox entries) before the statement goes on.
+import type { Engine } from '../inference/engine.js';
+import { entryKey, type CacheEntry } from '../sql/store.js';
+import type { SteadyCall } from './calls.js';
+import type { Database } from './databases.js';
+import {
+  cacheEntry, compute, failureAnswer, isComputing, isManagement, manage, MANAGEMENT_TOPIC, resolveRequest, roleOf,
+  type ArgValues, type ComputeRequest, type ManagementFunction,
+} from './evaluate.js';
+import {
+  checkExtended, checkSimple, checkSql, KnownKeys, knownTtlMs, postMailbox, readInstalled,
+  type CheckItem, type CheckResult, type Installed, type MailboxEntry,
+} from './handover.js';
+import type { SessionContext } from './interceptor.js';
+
+export interface ServeJob { call: SteadyCall; values: ArgValues }
+
+/** How the statement reaches the database: decides how the check runs and whether literals were read right. */
+export interface Ahead {
+  /** standard_conforming_strings the literals were read with (null: parameters only, no literal read). */
+  scs: boolean | null;
+  /** Inside an extended-protocol batch (a Bind): the check must not end the client's implicit transaction. */
+  extended: boolean;
+}
+
+/** A computing call ready to run: its request, model identity and cache key. */
+export interface Resolved { fn: string; call: SteadyCall; req: ComputeRequest; identity: string; key: string }
+
+type Outcome = { entry: CacheEntry } | { error: string };
+
+interface DbState { known: KnownKeys; installed?: Promise<Installed> }
+
+export class Server {
+  private readonly dbs = new WeakMap<Database, DbState>();
+  constructor(readonly engine: Engine, private readonly daemon?: { host: string; port: number }) {}
+
+  private stateOf(db: Database): DbState {
+    let s = this.dbs.get(db);
+    if (!s) this.dbs.set(db, s = { known: new KnownKeys() });
+    return s;
+  }
+
+  /** The install schema of a database's steadytext objects. */
+  schemaOf(db: Database): string {
+    return (db as unknown as { schema?: string }).schema ?? 'public';
+  }
+
+  /** A computing call's request and key; undefined when the database must answer it alone. */
+  async resolve(call: SteadyCall, values: ArgValues, db: Database): Promise<Resolved | undefined> {
+    if (!isComputing(call.fn)) return undefined;
+    const req = resolveRequest(call.fn, values, await db.config());
+    if (!req) return undefined;
+    let identity: string;
+    try {
+      identity = await db.identity(roleOf(req), req.modelSize);
+    } catch {
+      return undefined; // no model: the function reports it (through the daemon) with the engine's own words
+    }
+    return { fn: call.fn, call, req, identity, key: entryKey(cacheEntry(req, identity, '')) };
+  }
+
+  /** True when this proxy stored the answer recently: the function will find it, nothing to do. */
+  async known(r: Resolved, db: Database): Promise<boolean> {
+    return (await db.config()).cacheEnabled && this.stateOf(db).known.has(r.key);
+  }
+
+  /** Asks the session which of these functions it may run (see handover.ts); undefined: none. */
+  async check(items: readonly CheckItem[], db: Database, ctx: SessionContext, ahead: Ahead): Promise<CheckResult | undefined> {
+    if (items.length === 0) return undefined;
+    const st = this.stateOf(db);
+    const schema = this.schemaOf(db);
+    st.installed ??= readInstalled(db.pool, schema).catch((err) => { st.installed = undefined; throw err; });
+    let installed: Installed;
+    try { installed = await st.installed; } catch (err) {
+      ctx.log.warn({ err }, 'cannot read the installed steadytext functions; calls go to the database');
+      return undefined;
+    }
+    const sql = checkSql(items, installed, schema);
+    const r = ahead.extended ? await checkExtended(ctx, sql, items.length) : await checkSimple(ctx, sql, items.length);
+    if (!r || r.clientEncoding !== 'UTF8' || (ahead.scs !== null && ahead.scs !== r.standardConformingStrings)) return undefined;
+    if (r.allowed.some((a, i) => !a && installed.functions.get(items[i].fn) === undefined)) st.installed = undefined; // reinstalled?
+    return r;
+  }
+
+  /** Computes one request; never throws. */
+  async computeOne(r: Resolved, db: Database, ctx: SessionContext): Promise<Outcome> {
+    const config = await db.config();
+    try {
+      const answer = await compute(r.req, { engine: this.engine, config, caller: `session:${ctx.id}`, signal: ctx.signal });
+      return { entry: cacheEntry(r.req, r.identity, answer) };
+    } catch (err) {
+      return { error: failureAnswer(r.fn, err, config.daemonTimeoutMs) };
+    }
+  }
+
+  /** Hands computed answers over: cache rows, and failures in the session's mailbox (committed on return). */
+  async handOver(done: readonly [Resolved, Outcome][], db: Database, ctx: SessionContext, backendPid: number, how: 'rewrite' | 'prefetch' | 'stream'): Promise<void> {
+    const config = await db.config();
+    const entries: CacheEntry[] = [];
+    const posts: MailboxEntry[] = [];
+    let errors = 0, embeds = 0;
+    for (const [r, o] of done) {
+      if (r.req.op === 'embed') embeds++;
+      if ('entry' in o) entries.push(o.entry);
+      else {
+        errors++;
+        posts.push({ topic: `error:${r.key}`, answer: o.error });
+        const [, code, message] = o.error.split('\x01');
+        db.logEvent('error', `${how}_error`, message, { sqlstate: code, fn: r.fn, user: ctx.user });
+      }
+    }
+    await Promise.all([db.store(entries), postMailbox(db.pool, this.schemaOf(db), backendPid, posts)]);
+    if (config.cacheEnabled) {
+      const known = this.stateOf(db).known;
+      const ttl = knownTtlMs(config.cacheTtlSeconds);
+      for (const e of entries) known.add(entryKey(e), ttl);
+    }
+    if (config.debugMode && entries.length) db.logEvent('debug', how, `${entries.length} answer(s) computed by the proxy`, { user: ctx.user, session: ctx.id });
+    db.count({ [`${how}_requests`]: done.length, errors, embed_requests: embeds, generate_requests: done.length - embeds });
+  }
+
+  /**
+   * Serves a message's calls with constant arguments: computing calls through the cache, management calls
+   * (status, start, stop...) through the mailbox. Returns once everything is handed over.
+   */
+  async serve(jobs: readonly ServeJob[], db: Database, ctx: SessionContext, ahead: Ahead, how: 'rewrite'): Promise<void> {
+    if (jobs.length === 0) return;
+    const computing: Resolved[] = [];
+    const managing: ManagementFunction[] = [];
+    const items: CheckItem[] = [];
+    const seen = new Set<string>();
+    for (const j of jobs) {
+      if (isManagement(j.call.fn)) {
+        managing.push(j.call.fn);
+        items.push({ fn: j.call.fn, schema: j.call.schema });
+        continue;
+      }
+      const r = await this.resolve(j.call, j.values, db);
+      if (!r || seen.has(r.key) || await this.known(r, db)) continue;
+      seen.add(r.key);
+      computing.push(r);
+      items.push({ fn: r.fn, schema: j.call.schema });
+    }
+    const check = await this.check(items, db, ctx, ahead);
+    if (!check) return;
+    // items: management entries and computing entries interleave in job order; map them back by position.
+    const okCompute: Resolved[] = [];
+    const okManage: ManagementFunction[] = [];
+    let ci = 0, mi = 0;
+    for (const [i, item] of items.entries()) {
+      if (isManagement(item.fn)) { const fn = managing[mi++]; if (check.allowed[i]) okManage.push(fn); }
+      else { const r = computing[ci++]; if (check.allowed[i]) okCompute.push(r); }
+    }
+    const [done, managed] = await Promise.all([
+      Promise.all(okCompute.map(async (r) => [r, await this.computeOne(r, db, ctx)] as [Resolved, Outcome])),
+      this.manageAll(okManage, db),
+    ]);
+    await Promise.all([
+      done.length ? this.handOver(done, db, ctx, check.backendPid, how) : undefined,
+      postMailbox(db.pool, this.schemaOf(db), check.backendPid, managed),
+    ]);
+  }
+
+  /** Management calls in order (a stop then a start in one statement act in that order). */
+  private async manageAll(fns: readonly ManagementFunction[], db: Database): Promise<MailboxEntry[]> {
+    const config = await db.config();
+    const out = new Map<string, string>();
+    for (const fn of fns) {
+      let answer: string;
+      try { answer = await manage(fn, this.engine, this.daemon, config); } catch (err) { answer = failureAnswer(fn, err, config.daemonTimeoutMs); }
+      out.set(MANAGEMENT_TOPIC[fn], answer);
+    }
+    return [...out].map(([topic, answer]) => ({ topic, answer }));
+  }
+}
