@@ -116,8 +116,8 @@ function canonicalEncoding(name: string): string {
 /** Who asked, as the SQL function reports it (for logs only: the secret, not these, authenticates). */
 interface Origin { fn: string; user?: string; database?: string; backendPid?: number; timeoutMs?: number }
 type Request = Origin & (
-  | { op: 'generate' | 'generate_stream'; prompt: string; maxTokens: number; seed: number; temperature: number; modelSize: string; cache: boolean; debug: boolean }
-  | { op: 'embed'; text: string; seed: number; modelSize: string; cache: boolean; debug: boolean }
+  | { op: 'generate' | 'generate_stream'; prompt: string; maxTokens: number; seed: number; temperature: number; modelSize: string; cache: boolean; debug: boolean; autoStart: boolean }
+  | { op: 'embed'; text: string; seed: number; modelSize: string; cache: boolean; debug: boolean; autoStart: boolean }
   | { op: 'status' | 'model_info' | 'start' | 'stop' | 'restart' });
 
 const FUNCTION_OF: Record<string, string> = {
@@ -163,7 +163,7 @@ export function parseRequest(text: string): Request {
     if (typeof v !== 'string' || v.trim() === '') throw bad('model_size must be small, large or a model name', v);
     return v;
   };
-  const flags = { cache: j.cache !== false, debug: j.debug === true };
+  const flags = { cache: j.cache !== false, debug: j.debug === true, autoStart: j.auto_start !== false };
   switch (op) {
     case 'generate':
     case 'generate_stream': {
@@ -592,6 +592,11 @@ export async function startDaemon(opts: DaemonOptions): Promise<DaemonHandle> {
       const engine = opts.engine;
       // The engine takes turns between callers: one per database session, whatever connection it used.
       const caller = req.backendPid !== undefined ? `callback:${req.database ?? ''}:${req.backendPid}` : `callback:${this.pid}`;
+      // A stop holds for every path: with daemon_auto_start off, only steadytext_daemon_start loads again.
+      if ((req.op === 'generate' || req.op === 'generate_stream' || req.op === 'embed') && !req.autoStart && !engine.status().running) {
+        throw new WireError('55000', `${req.fn}: the pg-steadytext models are stopped and daemon_auto_start is false`,
+          "Run SELECT steadytext_daemon_start(), or SELECT steadytext_config_set('daemon_auto_start', 'true').");
+      }
       switch (req.op) {
         case 'generate':
         case 'generate_stream': {
