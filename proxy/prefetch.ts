@@ -79,7 +79,8 @@ async function run(work: Resolved[], db: Database, ctx: SessionContext, server: 
   const lane = async () => {
     while (next < work.length && !ctx.signal.aborted) {
       const r = work[next++];
-      pending.push([r, await server.computeOne(r, db, ctx)]);
+      const outcome = await server.computeOne(r, db, ctx);
+      pending.push([r, outcome]); // not pending.push(await ...): flush() may have replaced the array meanwhile
       done++;
       if (pending.length >= PREFETCH_BATCH) flush();
       if (performance.now() - shown > PROGRESS_MS) {
