@@ -704,6 +704,8 @@ export interface PrepareOptions {
  */
 export async function prepareDatabase(serviceUrl: string, o: PrepareOptions = {}): Promise<{ secret: string; version: string; dblink: boolean; migrated: string[]; schema: string; role: string; superuser: boolean }> {
   const client = new pg.Client(serviceConnection(serviceUrl, 'pg-steadytext install'));
+  // A connection lost mid-install fails the query in progress; without a listener it would also crash the process.
+  client.on('error', (err) => o.logger?.warn({ err }, 'install connection lost'));
   await client.connect();
   try {
     const res = await installSql(client, { schema: o.schema });
