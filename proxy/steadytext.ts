@@ -9,9 +9,9 @@ import type { Logger } from 'pino';
 import type { Engine } from '../inference/engine.js';
 import { findCalls, isParseFailure, loadParser, statementAst, type StatementCalls, type SteadyCall } from './calls.js';
 import type { Database, DatabaseRegistry } from './databases.js';
-import { PARAMETERS, type ArgValues } from './evaluate.js';
+import { argValues, boundParams } from './arguments.js';
 import type { Interceptor, InterceptedMessage, ResponseHandler, Rewrite, SessionContext } from './interceptor.js';
-import { Be, query, readBind, readErrorFields, readParse, readTarget, type BindMessage } from './protocol.js';
+import { Be, query, readBind, readErrorFields, readParse, readTarget } from './protocol.js';
 import { prefetch } from './prefetch.js';
 import { Server, type ServeJob } from './serve.js';
 import { streamable, stream } from './stream.js';
@@ -23,9 +23,6 @@ export interface SteadytextOptions {
   daemon?: { host: string; port: number };
   logger: Logger;
 }
-
-const INT_PARAMS = new Set(['max_tokens', 'seed']);
-const FLOAT_PARAMS = new Set(['temperature']);
 
 /** A prepared statement with calls the proxy serves at each Bind. */
 interface Plan { paramTypes: number[]; calls: SteadyCall[] }
@@ -118,7 +115,8 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     const stmts = analyse(Buffer.from(p.sql, 'utf8'), ctx);
     if (!stmts || stmts.length !== 1 || !servedAhead(stmts, stmts[0])) return undefined;
     const s = stmts[0];
-    const probe = new Array(Math.max(s.maxParam, p.paramTypes.length)).fill('0');
+    const n = Math.max(s.maxParam, p.paramTypes.length);
+    const probe = { values: new Array(n).fill('0'), types: p.paramTypes };
     const calls = s.calls.filter((c) => c.kind === 'const' && argValues(c, probe) !== null);
     if (calls.length === 0) return undefined;
     // Install now, so the first Bind does not wait for it.
@@ -134,7 +132,7 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     if (!plan || ctx.txStatus === 'E') return undefined;
     const db = await database(ctx);
     if (!db) return undefined;
-    const params = decodeParams(b, plan);
+    const params = boundParams(b, plan.paramTypes);
     const jobs: ServeJob[] = [];
     for (const call of plan.calls) {
       const values = argValues(call, params);
@@ -180,59 +178,6 @@ export function servedAhead(stmts: readonly StatementCalls[], st: StatementCalls
     if (t !== 'TransactionStmt' && t !== 'VariableShowStmt') return false;
   }
   return false;
-}
-
-/** Values by parameter name, or null when an argument is not a value the proxy can read exactly. */
-export function argValues(call: SteadyCall, params: readonly (string | null | undefined)[] | null): ArgValues | null {
-  const names = PARAMETERS[call.fn];
-  if (!names || !call.plain || call.inCall) return null;
-  const out: ArgValues = {};
-  for (const arg of call.args) {
-    const name = arg.name ?? names[arg.position];
-    if (!name || !names.includes(name) || !arg.value) return null;
-    const v = arg.value;
-    let raw: string | null;
-    if ('param' in v) {
-      if (!params || v.param > params.length) return null;
-      const p = params[v.param - 1];
-      if (p === undefined) return null; // a binary value the proxy cannot read
-      raw = p;
-    } else {
-      raw = v.type === 'null' ? null : v.literal;
-      if (v.type === 'boolean' || v.type === 'bitstring') return null;
-    }
-    if (raw !== null && (INT_PARAMS.has(name) || FLOAT_PARAMS.has(name))) {
-      const n = Number(raw.trim());
-      // Whatever PostgreSQL would coerce differently (rounding, overflow, junk) stays its business.
-      if (raw.trim() === '' || !Number.isFinite(n) || (INT_PARAMS.has(name) && (!Number.isInteger(n) || Math.abs(n) > 2147483647))) return null;
-      out[name] = n;
-    } else {
-      out[name] = raw;
-    }
-  }
-  return out;
-}
-
-/** Text values of the client's parameters (binary ones for the few types the calls take), or undefined. */
-function decodeParams(b: BindMessage, plan: Plan): (string | null | undefined)[] {
-  const out: (string | null | undefined)[] = [];
-  for (let i = 0; i < b.params.length; i++) {
-    const v = b.params[i];
-    const fmt = b.paramFormats.length === 0 ? 0 : b.paramFormats.length === 1 ? b.paramFormats[0] : b.paramFormats[i];
-    if (v === null) out.push(null);
-    else if (fmt === 0) out.push(v.toString('utf8'));
-    else {
-      const oid = plan.paramTypes[i];
-      if (oid === 25 || oid === 1043) out.push(v.toString('utf8'));
-      else if (oid === 23 && v.length === 4) out.push(String(v.readInt32BE(0)));
-      else if (oid === 21 && v.length === 2) out.push(String(v.readInt16BE(0)));
-      else if (oid === 20 && v.length === 8) out.push(String(v.readBigInt64BE(0)));
-      else if (oid === 701 && v.length === 8) out.push(String(v.readDoubleBE(0)));
-      else if (oid === 700 && v.length === 4) out.push(String(v.readFloatBE(0)));
-      else out.push(undefined); // a value we cannot read: calls that use it are left to the database
-    }
-  }
-  return out;
 }
 
 /** After a statement that may have changed steadytext_config, every session must see the change. */
