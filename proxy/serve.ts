@@ -44,7 +44,7 @@ export class Server {
 
   /** The install schema of a database's steadytext objects. */
   schemaOf(db: Database): string {
-    return (db as unknown as { schema?: string }).schema ?? 'public';
+    return db.schema;
   }
 
   /** A computing call's request and key; undefined when the database must answer it alone. */
