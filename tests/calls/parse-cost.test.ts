@@ -3,7 +3,6 @@ import { beforeAll, expect, test } from 'vitest';
 import { parseSync, scanSync } from 'libpg-query';
 import { findCalls, isParseFailure, loadParser, MAX_PARSE_BYTES } from '../../proxy/calls.js';
 import { derivePrefetch } from '../../proxy/prefetch-plan.js';
-import { appendArgument, quoteLiteral } from '../../proxy/rewrite-sql.js';
 
 beforeAll(loadParser);
 
@@ -67,12 +66,4 @@ test('parse cost (printed, not asserted)', () => {
   if (isParseFailure(st)) throw new Error(st.message);
   expect(derivePrefetch(batch, st[0])).not.toBeNull();
   time('derivePrefetch: seed batch UPDATE', batch.length, () => derivePrefetch(batch, st[0]));
-
-  const answer = 'It\'s a "test" with \\ and $$ é 😀 '.repeat(3000);
-  time('quoteLiteral: 100 kB answer', Buffer.byteLength(answer), () => quoteLiteral(answer));
-  const short = Buffer.from("SELECT steadytext_generate('x')");
-  const sc = findCalls(short);
-  if (isParseFailure(sc)) throw new Error(sc.message);
-  const lit = quoteLiteral('a short answer');
-  time('appendArgument: short statement', short.length, () => appendArgument(short, sc[0].calls[0], lit));
 });

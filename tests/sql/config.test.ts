@@ -108,15 +108,42 @@ describe('steadytext_config_set', () => {
     await listener.end();
   });
 
-  it('any role reads the config and may set it (as in the seed) until EXECUTE is revoked; none writes the table', async () => {
+  it('any role reads the config; setting it and starting or stopping the models takes EXECUTE the owner grants (42501 otherwise); none writes the table', async () => {
     const role = await createRole('st_cfg');
     const u = await db.connect(db.urlAs(role.user, role.password));
     try {
+      // Reading stays open.
       expect((await u.query(`SELECT steadytext_config_get('daemon_host') AS v`)).rows[0].v).toBe('localhost');
       expect((await u.query(`SELECT count(*)::int AS n FROM steadytext_config`)).rows[0].n).toBeGreaterThanOrEqual(11);
+      expect((await u.query(`SELECT steadytext_version() AS v`)).rows[0].v).toMatch(/^\d+\.\d+\.\d+$/);
+      expect((await u.query(`SELECT running FROM steadytext_daemon_status()`)).rows[0].running).toBe(false);
+      expect((await u.query(`SELECT * FROM steadytext_model_info()`)).rows).toEqual([]);
+
+      // Administration does not (issue 10 item 3): the check comes before any work, the daemon is never asked.
+      const before = await get('default_max_tokens');
+      for (const sql of [
+        `SELECT steadytext_config_set('default_max_tokens', '256')`,
+        `SELECT steadytext_config_set('no_such_key', 'x')`,
+        'SELECT steadytext_daemon_start()',
+        'SELECT steadytext_daemon_stop()',
+        'SELECT steadytext_daemon_restart()',
+      ]) {
+        const e = await pgError(u.query(sql));
+        expect(e.code, sql).toBe('42501');
+        expect(e.message, sql).toMatch(/^permission denied for function steadytext_(config_set|daemon_(start|stop|restart))$/);
+      }
+      expect(await get('default_max_tokens')).toBe(before);
+      expect(await get('no_such_key')).toBeNull();
+
+      // The owner grants it.
+      await db.query(`GRANT EXECUTE ON FUNCTION steadytext_config_set(text, text) TO ${role.user}`);
       await u.query(`SELECT steadytext_config_set('default_max_tokens', '256')`);
-      expect((await pgError(u.query(`UPDATE steadytext_config SET value = '1'`))).code).toBe('42501');
-      // The daemon address receives the secret: only the owner's members may move it.
+      expect(await get('default_max_tokens')).toBe('256');
+      // Only the function: the table itself stays the owner's.
+      for (const sql of [`UPDATE steadytext_config SET value = '1'`, `INSERT INTO steadytext_config (key, value) VALUES ('x', 'y')`, 'DELETE FROM steadytext_config']) {
+        expect((await pgError(u.query(sql))).code, sql).toBe('42501');
+      }
+      // The daemon address receives the secret: EXECUTE is not enough, only the owner's members may move it.
       for (const key of ['daemon_host', 'daemon_port']) {
         const e = await pgError(u.query(`SELECT steadytext_config_set($1, '9999')`, [key]));
         expect(e.code, key).toBe('42501');
@@ -127,11 +154,20 @@ describe('steadytext_config_set', () => {
       await u.query(`SELECT steadytext_config_set('daemon_port', '9999')`);
       await db.query(`REVOKE postgres FROM ${role.user}`);
       expect(await get('daemon_port')).toBe('9999');
-      await db.query('REVOKE EXECUTE ON FUNCTION steadytext_config_set FROM PUBLIC');
+
+      // And takes it back.
+      await db.query(`REVOKE EXECUTE ON FUNCTION steadytext_config_set(text, text) FROM ${role.user}`);
       expect((await pgError(u.query(`SELECT steadytext_config_set('default_max_tokens', '1')`))).code).toBe('42501');
       expect(await get('default_max_tokens')).toBe('256');
+
+      // The same for the models: a granted role gets past the privilege check (to the daemon, absent here).
+      await db.query(`GRANT EXECUTE ON FUNCTION steadytext_daemon_stop() TO ${role.user}`);
+      await db.query(`SELECT steadytext_config_set('daemon_port', '1')`);
+      const e = await pgError(u.query('SELECT steadytext_daemon_stop()'));
+      expect(e.code).not.toBe('42501');
+      expect(e.message).toMatch(/^steadytext_daemon_stop (could not reach|cannot call) the pg-steadytext daemon/);
+      expect((await pgError(u.query('SELECT steadytext_daemon_start()'))).code).toBe('42501');
     } finally {
-      await db.query('GRANT EXECUTE ON FUNCTION steadytext_config_set TO PUBLIC');
       await u.end();
       await dropRole(role.user, [db]);
     }
