@@ -72,6 +72,8 @@ export interface CheckResult {
   /** The session's settings right before the statement: they decide how its literals read. */
   standardConformingStrings: boolean;
   clientEncoding: string;
+  /** transaction_isolation: in a REPEATABLE READ or SERIALIZABLE block, rows committed now stay invisible. */
+  isolation: string;
   /** Per item, in order: may this session's current role run exactly the installed function? */
   allowed: boolean[];
 }
@@ -90,16 +92,17 @@ export function checkSql(items: readonly CheckItem[], installed: Installed, sche
       AND n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false)))`;
     return `${may} AND ${inPath} AND NOT ${shadowed}`;
   });
-  return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('client_encoding')${cols.map((c) => `, ${c}`).join('')}`;
+  return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('client_encoding'), pg_catalog.current_setting('transaction_isolation')${cols.map((c) => `, ${c}`).join('')}`;
 }
 
 function result(row: (string | null)[] | undefined, n: number): CheckResult | undefined {
-  if (!row || row.length !== 3 + n) return undefined;
+  if (!row || row.length !== 4 + n) return undefined;
   return {
     backendPid: Number(row[0]),
     standardConformingStrings: row[1] === 'on',
     clientEncoding: String(row[2]).toUpperCase(),
-    allowed: row.slice(3).map((v) => v === 't'),
+    isolation: String(row[3]),
+    allowed: row.slice(4).map((v) => v === 't'),
   };
 }
 
@@ -194,6 +197,6 @@ export async function postMailbox(q: Queryable, schema: string, backendPid: numb
     [backendPid, ...entries.flatMap((e) => [e.topic, e.answer])]);
   if (Date.now() - lastSweep > 60_000) {
     lastSweep = Date.now();
-    await q.query(`DELETE FROM ${s}.steadytext_mailbox WHERE created_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval`);
+    await q.query(`DELETE FROM ${s}.steadytext_mailbox WHERE created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval)`);
   }
 }

@@ -46,16 +46,25 @@ AS $fn$
        AND m.created_at >= statement_timestamp() - interval '30 seconds'
 $fn$;
 
--- The same, consumed: an action (start, stop, restart) is reported once.
+-- The same, consumed: an action (start, stop, restart) is reported once. A read-only transaction (a hot
+-- standby, SET TRANSACTION READ ONLY) can only read it; it then expires with its 30 seconds.
 CREATE OR REPLACE FUNCTION _steadytext_mailbox_take(p_topic text)
 RETURNS text
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, @schema@, pg_temp
 AS $fn$
+DECLARE
+    v_answer text;
+BEGIN
+    IF current_setting('transaction_read_only')::boolean THEN
+        RETURN _steadytext_mailbox_read(p_topic);
+    END IF;
     DELETE FROM steadytext_mailbox m
-     WHERE m.backend_pid = pg_backend_pid() AND m.topic = $1
+     WHERE m.backend_pid = pg_backend_pid() AND m.topic = p_topic
        AND m.created_at >= statement_timestamp() - interval '30 seconds'
-    RETURNING m.answer
+    RETURNING m.answer INTO v_answer;
+    RETURN v_answer;
+END
 $fn$;
 
 -- A failure the proxy met computing this backend's call (it is raised here, inside the statement, with its
@@ -317,6 +326,41 @@ RETURNS boolean LANGUAGE sql VOLATILE SECURITY INVOKER SET search_path = pg_cata
 AS $fn$ SELECT @schema@.steadytext_daemon_restart() $fn$;
 
 -- ---------------------------------------------------------------------------------------------------
+-- Privileges carried over: whatever was granted or revoked on a level-1 function (REVOKE ... FROM PUBLIC,
+-- GRANT ... TO a role) now holds for the function that replaces it. The renamed ones keep theirs too.
+
+DO $carry$
+DECLARE
+    p record;
+    g record;
+    v_acl aclitem[];
+    v_owner oid;
+BEGIN
+    FOR p IN SELECT v.o::regprocedure AS old_fn, v.n::regprocedure AS new_fn, v.admin FROM (VALUES
+        ('@schema@._steadytext_v1_generate(text,integer,integer,double precision,text,text)', '@schema@.steadytext_generate(text,integer,integer,double precision,text)', false),
+        ('@schema@._steadytext_v1_embed(text,integer,text,text)', '@schema@.steadytext_embed(text,integer,text)', false),
+        ('@schema@._steadytext_v1_generate_stream(text,integer,integer,text)', '@schema@.steadytext_generate_stream(text,integer,integer)', false),
+        ('@schema@._steadytext_v1_daemon_status(text)', '@schema@.steadytext_daemon_status()', false),
+        ('@schema@._steadytext_v1_model_info(text)', '@schema@.steadytext_model_info()', false),
+        ('@schema@._steadytext_v1_daemon_start(text)', '@schema@.steadytext_daemon_start()', true),
+        ('@schema@._steadytext_v1_daemon_stop(text)', '@schema@.steadytext_daemon_stop()', true),
+        ('@schema@._steadytext_v1_daemon_restart(text)', '@schema@.steadytext_daemon_restart()', true)) AS v(o, n, admin)
+    LOOP
+        SELECT f.proacl, f.proowner INTO v_acl, v_owner FROM pg_proc f WHERE f.oid = p.old_fn;
+        CONTINUE WHEN v_acl IS NULL; -- never changed: the defaults below apply
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', p.new_fn);
+        -- PUBLIC's old EXECUTE on an administration function is not carried: administration is granted.
+        FOR g IN SELECT a.grantee, a.is_grantable FROM aclexplode(v_acl) a
+                  WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> v_owner AND NOT (p.admin AND a.grantee = 0) LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', p.new_fn,
+                CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
+                CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+    END LOOP;
+END
+$carry$;
+
+-- ---------------------------------------------------------------------------------------------------
 -- Privileges. Reading stays open; changing configuration and starting or stopping the models is for
 -- the owning role and whoever it GRANTs EXECUTE on these functions (README: "Administrators").
 
@@ -327,3 +371,4 @@ REVOKE EXECUTE ON FUNCTION steadytext_daemon_restart() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_mailbox_read(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_mailbox_take(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_raise_posted(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_lookup_ttl(boolean, integer) FROM PUBLIC;

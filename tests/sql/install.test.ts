@@ -93,11 +93,8 @@ describe('installSql', () => {
     const legacy = ['generate', 'embed', 'generate_stream', 'daemon_status', 'model_info', 'daemon_start', 'daemon_stop', 'daemon_restart']
       .map((f) => `_steadytext_v1_${f}`);
     for (const f of legacy) expect(byName.get(f)?.prosecdef, f).toBe(false);
-    // Pure arithmetic on its arguments, reads nothing: 004 leaves it to PUBLIC (harmless; every other helper is revoked).
-    const pure = ['_steadytext_lookup_ttl'];
-    expect(byName.get('_steadytext_lookup_ttl')).toMatchObject({ prosecdef: false, config: null });
-    expect(rows.filter((r) => r.public_exec).map((r) => r.proname).sort()).toEqual([...open, ...legacy, ...pure].sort());
-    for (const f of [...admin, '_steadytext_mailbox_read', '_steadytext_mailbox_take', '_steadytext_raise_posted', '_steadytext_daemon_call',
+    expect(rows.filter((r) => r.public_exec).map((r) => r.proname).sort()).toEqual([...open, ...legacy].sort());
+    for (const f of [...admin, '_steadytext_mailbox_read', '_steadytext_mailbox_take', '_steadytext_raise_posted', '_steadytext_lookup_ttl', '_steadytext_daemon_call',
       'steadytext_stats_bump', 'steadytext_log', 'steadytext_cache_evict']) {
       expect(byName.get(f)?.public_exec, f).toBe(false);
     }
