@@ -74,6 +74,8 @@ export interface CheckResult {
   clientEncoding: string;
   /** transaction_isolation: in a REPEATABLE READ or SERIALIZABLE block, rows committed now stay invisible. */
   isolation: string;
+  /** The session's transaction has written nothing yet (so it cannot have changed steadytext_config). */
+  unwritten: boolean;
   /** Per item, in order: may this session's current role run exactly the installed function? */
   allowed: boolean[];
 }
@@ -92,17 +94,18 @@ export function checkSql(items: readonly CheckItem[], installed: Installed, sche
       AND n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false)))`;
     return `${may} AND ${inPath} AND NOT ${shadowed}`;
   });
-  return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('client_encoding'), pg_catalog.current_setting('transaction_isolation')${cols.map((c) => `, ${c}`).join('')}`;
+  return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('client_encoding'), pg_catalog.current_setting('transaction_isolation'), pg_catalog.pg_current_xact_id_if_assigned() IS NULL${cols.map((c) => `, ${c}`).join('')}`;
 }
 
 function result(row: (string | null)[] | undefined, n: number): CheckResult | undefined {
-  if (!row || row.length !== 4 + n) return undefined;
+  if (!row || row.length !== 5 + n) return undefined;
   return {
     backendPid: Number(row[0]),
     standardConformingStrings: row[1] === 'on',
     clientEncoding: String(row[2]).toUpperCase(),
     isolation: String(row[3]),
-    allowed: row.slice(4).map((v) => v === 't'),
+    unwritten: row[4] === 't',
+    allowed: row.slice(5).map((v) => v === 't'),
   };
 }
 

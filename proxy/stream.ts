@@ -40,7 +40,9 @@ export async function stream(sql: Buffer, call: SteadyCall, values: ArgValues, d
   const r = await server.resolve(call, values, db);
   if (!r || r.req.op !== 'generate_stream') return undefined;
   const check = await server.check([{ fn: call.fn, schema: call.schema }], db, ctx, { scs: ctx.serverParams.get('standard_conforming_strings') !== 'off', extended: false });
-  if (!check?.allowed[0]) return undefined;
+  // Rows sent before the statement runs must be its rows: a transaction that wrote may have changed the
+  // defaults the function resolves (steadytext_config_set), so it gets the statement's own rows, at once.
+  if (!check?.allowed[0] || !check.unwritten) return undefined;
   const text = sql.toString('utf8');
   const head = await describeRows(ctx, text);
   if ('failed' in head) return { send: [] }; // the database's own error already reached the client

@@ -372,3 +372,18 @@ REVOKE EXECUTE ON FUNCTION _steadytext_mailbox_read(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_mailbox_take(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_raise_posted(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_lookup_ttl(boolean, integer) FROM PUBLIC;
+
+-- Every function reads its own literals (regular expressions, conninfo quoting) with standard strings,
+-- whatever the calling session set: with standard_conforming_strings off, '\' would start an escape.
+DO $scs$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = '@schema@'::regnamespace
+                AND (p.proname LIKE 'steadytext\_%' OR p.proname LIKE '\_steadytext\_%')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET standard_conforming_strings = on', f);
+    END LOOP;
+END
+$scs$;

@@ -78,7 +78,9 @@ describe('installSql', () => {
         FROM pg_proc WHERE proname LIKE '%steadytext%' AND pronamespace = 'public'::regnamespace`)).rows;
     expect(rows.length).toBeGreaterThan(25);
     for (const r of rows) {
-      if (r.prosecdef) expect(r.config, r.proname).toBe('search_path=pg_catalog, public, pg_temp');
+      if (r.prosecdef) expect(r.config, r.proname).toBe('search_path=pg_catalog, public, pg_temp;standard_conforming_strings=on');
+      // Whatever the caller set, every function reads its own literals (regexes, conninfo quoting) as standard strings.
+      expect(r.config ?? '', r.proname).toContain('standard_conforming_strings=on');
       expect(r.owner_exec, r.proname).toBe(true);
     }
     const byName = new Map(rows.map((r) => [r.proname as string, r]));
@@ -158,11 +160,11 @@ describe('installSql', () => {
       await c.query(`ALTER FUNCTION steadytext_generate_stream(text, integer, integer) SET work_mem = '8MB'`);
       await c.query(`ALTER FUNCTION steadytext_generate_stream(text, integer, integer) COST 500`);
       expect((await c.query(`SELECT proconfig, procost FROM pg_proc WHERE oid = 'steadytext_generate_stream(text, integer, integer)'::regprocedure`)).rows[0])
-        .toEqual({ proconfig: ['search_path=pg_catalog, public, pg_temp', 'work_mem=8MB'], procost: 500 });
+        .toEqual({ proconfig: ['search_path=pg_catalog, public, pg_temp', 'standard_conforming_strings=on', 'work_mem=8MB'], procost: 500 });
       await c.query(`ALTER FUNCTION steadytext_generate_stream(text, integer, integer) RESET work_mem`);
       await c.query(`ALTER FUNCTION steadytext_generate_stream(text, integer, integer) COST 100`);
       expect((await c.query(`SELECT proconfig FROM pg_proc WHERE oid = 'steadytext_generate_stream(text, integer, integer)'::regprocedure`)).rows[0].proconfig)
-        .toEqual(['search_path=pg_catalog, public, pg_temp']);
+        .toEqual(['search_path=pg_catalog, public, pg_temp', 'standard_conforming_strings=on']);
     } finally {
       await dropRole(role.user, [db]);
     }
