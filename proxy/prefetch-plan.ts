@@ -1,11 +1,14 @@
 // Derives, from a statement whose steadytext_generate/steadytext_embed calls take row values, a read-only
-// SELECT that returns the DISTINCT argument tuples the statement will need, so the proxy can compute them
-// before forwarding the statement. The query is spliced from the client's own text (same FROM, joins,
-// WHERE, GROUP BY, CTEs, `$n`), never deparsed. Prefetch is an optimisation: a superset or a subset of the
-// needed tuples is acceptable, running anything with side effects is not, so unknown functions,
-// data-modifying CTEs, locking clauses and cursors give null.
+// SELECT that returns the argument tuples the statement will need, so the proxy can compute them before
+// forwarding the statement. The query is spliced from the client's own text (same FROM, joins, WHERE,
+// GROUP BY, CTEs, `$n`), never deparsed. Prefetch is an optimisation: a superset or a subset of the needed
+// tuples is acceptable, computing what the statement cannot need is not, so a statement with LIMIT,
+// OFFSET or FETCH gives null, and so does a call that only some rows evaluate (CASE, COALESCE, AND/OR,
+// IN lists, FILTER). What the derived query may run is decided later from the session's own catalog
+// (prefetch.ts): the plan lists every function, operator, type and relation it names. Here only what no
+// catalog can make safe gives null: data-modifying CTEs, locking clauses, cursors, steadytext calls.
 import {
-  IMMUTABLE_FUNCS, STEADYTEXT_FUNCTIONS, funcName, isKw, matchBrackets, nodeOf, scanRange, statementAst, tokenAt,
+  STEADYTEXT_FUNCTIONS, funcName, isKw, matchBrackets, nodeOf, scanRange, statementAst, tokenAt,
   type J, type StatementCalls, type SteadyCall, type Tok,
 } from './calls.js';
 
@@ -17,11 +20,25 @@ export interface PrefetchCall {
   argColumns: number[];
 }
 
+/** A name as written: schema null when unqualified (the session's search_path finds it). */
+export interface QualifiedName { schema: string | null; name: string }
+
+/** Everything the derived query names that could run code: the session's catalog decides (prefetch.ts). */
+export interface PlanObjects {
+  functions: QualifiedName[];
+  /** Operator names, with the comparison operators that DISTINCT, GROUP BY, joins and sorts use unnamed. */
+  operators: QualifiedName[];
+  /** Types cast to (a cast to a domain runs its CHECK constraints), and every function name (`name(x)` can be a cast). */
+  types: QualifiedName[];
+  relations: QualifiedName[];
+}
+
 export interface PrefetchPlan {
   sql: string;
   calls: PrefetchCall[];
   /** `$k` of the derived query is the statement's `$params[k-1]`: bind those values in that order. */
   params: number[];
+  objects: PlanObjects;
 }
 
 // Aggregates and window functions: a call inside one is evaluated per input row, not per group.
@@ -33,35 +50,26 @@ const AGGREGATES: ReadonlySet<string> = new Set([
   'row_number', 'rank', 'dense_rank', 'percent_rank', 'cume_dist', 'ntile', 'lag', 'lead', 'first_value',
   'last_value', 'nth_value',
 ]);
-// Functions without side effects that may run in the derived query (besides IMMUTABLE_FUNCS and AGGREGATES).
-const READ_ONLY_FUNCS: ReadonlySet<string> = new Set([
-  'now', 'clock_timestamp', 'statement_timestamp', 'transaction_timestamp', 'timeofday', 'random', 'date_trunc',
-  'date_part', 'extract', 'age', 'to_char', 'to_date', 'to_timestamp', 'to_number', 'make_date', 'make_time',
-  'make_timestamp', 'make_timestamptz', 'make_interval', 'date_bin', 'timezone', 'isfinite', 'justify_days',
-  'justify_hours', 'justify_interval', 'coalesce', 'nullif', 'greatest', 'least', 'unnest', 'generate_series',
-  'array_position', 'array_positions', 'array_remove', 'array_replace', 'array_dims', 'array_lower',
-  'array_upper', 'jsonb_array_elements', 'jsonb_array_elements_text', 'json_array_elements',
-  'json_array_elements_text', 'jsonb_each', 'jsonb_each_text', 'json_each', 'json_each_text', 'jsonb_typeof',
-  'json_typeof', 'jsonb_array_length', 'json_array_length', 'jsonb_object_keys', 'json_object_keys',
-  'jsonb_path_query', 'jsonb_path_exists', 'jsonb_path_match', 'regexp_match', 'regexp_matches', 'regexp_like',
-  'regexp_count', 'regexp_instr', 'regexp_split_to_table', 'regexp_split_to_array', 'string_to_table',
-  'current_setting', 'gen_random_uuid', 'pg_column_size', 'num_nulls', 'num_nonnulls', 'cosine_distance',
-  'l2_distance', 'l1_distance', 'inner_product', 'vector_dims', 'vector_norm', 'l2_normalize', 'subvector',
-]);
 const STEADY: ReadonlySet<string> = new Set(STEADYTEXT_FUNCTIONS);
 // Declared parameter types (seed signatures): each column is cast like the call coerces its argument, which
 // also gives a bare `$n` or an untyped literal the type it had in the call.
+// pg_catalog-qualified: no type another role put on the session's search_path is cast to.
 const SIGNATURES: Record<PrefetchCall['fn'], [string, string][]> = {
-  steadytext_generate: [['prompt', 'text'], ['max_tokens', 'int4'], ['seed', 'int4'], ['temperature', 'float8'], ['model_size', 'text']],
-  steadytext_embed: [['text', 'text'], ['seed', 'int4'], ['model_size', 'text']],
+  steadytext_generate: [['prompt', 'pg_catalog.text'], ['max_tokens', 'pg_catalog.int4'], ['seed', 'pg_catalog.int4'], ['temperature', 'pg_catalog.float8'], ['model_size', 'pg_catalog.text']],
+  steadytext_embed: [['text', 'pg_catalog.text'], ['seed', 'pg_catalog.int4'], ['model_size', 'pg_catalog.text']],
 };
+// Operators the derived query may use without naming them (DISTINCT, GROUP BY, USING, CASE x WHEN, sorts).
+const IMPLICIT_OPERATORS = ['=', '<>', '<', '>', '<=', '>='];
 
 function aggLike(fc: J): boolean {
   return !!(fc.over || fc.agg_star || fc.agg_order || fc.agg_distinct || fc.agg_filter || fc.agg_within_group)
     || AGGREGATES.has(funcName(fc).name);
 }
 
-/** True when running the subtree could write, lock, call back into steadytext or run unknown code. */
+/**
+ * True when the subtree writes, locks, reads a cursor's position or calls steadytext: no catalog makes
+ * that safe to run twice. Everything else that could run code is listed by collect() for the catalog.
+ */
 function unsafe(v: unknown): boolean {
   if (!v || typeof v !== 'object') return false;
   if (Array.isArray(v)) return v.some(unsafe);
@@ -71,14 +79,80 @@ function unsafe(v: unknown): boolean {
     if (type === 'InsertStmt' || type === 'UpdateStmt' || type === 'DeleteStmt' || type === 'MergeStmt'
       || type === 'CurrentOfExpr' || type === 'IntoClause') return true;
     if (type === 'SelectStmt' && (body.lockingClause || body.intoClause)) return true;
-    if (type === 'FuncCall') {
-      const { name, schema } = funcName(body);
-      if (STEADY.has(name) || (schema !== null && schema !== 'pg_catalog')) return true;
-      if (!IMMUTABLE_FUNCS.has(name) && !READ_ONLY_FUNCS.has(name) && !AGGREGATES.has(name)) return true;
-    }
+    if (type === 'FuncCall' && (STEADY.has(funcName(body).name) || funcName(body).name.startsWith('_steadytext'))) return true;
     return Object.values(body).some(unsafe);
   }
   return Object.values(v).some(unsafe);
+}
+
+const BETWEEN_KINDS = new Set(['AEXPR_BETWEEN', 'AEXPR_NOT_BETWEEN', 'AEXPR_BETWEEN_SYM', 'AEXPR_NOT_BETWEEN_SYM']);
+
+/** The name a `names` list (String nodes) spells: its last part, and the part before as the schema. */
+function nameOf(parts: J[] | undefined): QualifiedName | null {
+  const p = (parts ?? []).map((x: J) => x.String?.sval);
+  const name = p[p.length - 1];
+  if (typeof name !== 'string' || name === '') return null;
+  const schema = p.length > 1 ? p[p.length - 2] : null;
+  return { schema: typeof schema === 'string' ? schema : null, name };
+}
+
+/** Lists what the subtree names that the catalog must vouch for (functions, operators, casts, relations). */
+function collect(v: unknown, into: PlanObjects): void {
+  if (!v || typeof v !== 'object') return;
+  if (Array.isArray(v)) { for (const x of v) collect(x, into); return; }
+  const n = nodeOf(v);
+  const body: J = n ? n[1] : (v as J);
+  const add = (list: QualifiedName[], q: QualifiedName | null) => {
+    if (q && !list.some((x) => x.schema === q.schema && x.name === q.name)) list.push(q);
+  };
+  if (n) {
+    switch (n[0]) {
+      case 'FuncCall': {
+        const f = funcName(body);
+        add(into.functions, f);
+        add(into.types, f);
+        break;
+      }
+      case 'A_Expr':
+        if (BETWEEN_KINDS.has(body.kind)) for (const op of ['<=', '>=']) add(into.operators, { schema: null, name: op });
+        else add(into.operators, nameOf(body.name));
+        break;
+      case 'SubLink':
+        if (body.operName) add(into.operators, nameOf(body.operName));
+        break;
+      case 'RangeVar':
+        if (body.relname) add(into.relations, { schema: body.schemaname ?? null, name: body.relname });
+        break;
+    }
+  }
+  if (body.typeName && typeof body.typeName === 'object' && Array.isArray(body.typeName.names)) add(into.types, nameOf(body.typeName.names));
+  for (const x of Object.values(body)) if (x && typeof x === 'object') collect(x, into);
+}
+
+/**
+ * Whether the call at `loc` is evaluated only for some rows (a CASE branch, a COALESCE fallback, one side
+ * of AND/OR, an IN list, an aggregate's FILTER): computing it for every row would compute what the
+ * statement may never need. Undefined when the call is not found in `v`.
+ */
+function conditional(v: unknown, loc: number, cond = false): boolean | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  const n = nodeOf(v);
+  let o = v as J;
+  if (n) {
+    const [type, body] = n;
+    if (type === 'FuncCall' && body.location === loc) return cond;
+    if (type === 'SubLink' || type === 'RangeSubselect') return undefined; // another query level
+    cond ||= type === 'CaseExpr' || type === 'CoalesceExpr'
+      || (type === 'BoolExpr' && body.boolop !== 'NOT_EXPR')
+      || (type === 'A_Expr' && body.kind === 'AEXPR_IN')
+      || (type === 'FuncCall' && !!body.agg_filter);
+    o = body;
+  }
+  for (const x of Array.isArray(o) ? o : Object.values(o)) {
+    const r = conditional(x, loc, cond);
+    if (r !== undefined) return r;
+  }
+  return undefined;
 }
 
 /** Whether any agg-like function encloses the FuncCall at `loc` (within `v`), or undefined if not found. */
@@ -205,7 +279,8 @@ function groupBySafe(sel: J): boolean {
 
 /**
  * The prefetch query of a statement from findCalls over the same buffer, or null when there is nothing to
- * prefetch or no safe derivation. Calls in CTEs, subqueries, VALUES, RETURNING or WHERE are left out.
+ * prefetch or no safe derivation. Calls in CTEs, subqueries, VALUES, RETURNING or WHERE are left out, and
+ * so are calls that only some rows evaluate; a statement with LIMIT, OFFSET or FETCH gives null.
  */
 export function derivePrefetch(sql: Buffer, stmt: StatementCalls): PrefetchPlan | null {
   const ast = statementAst(stmt);
@@ -265,6 +340,8 @@ export function derivePrefetch(sql: Buffer, stmt: StatementCalls): PrefetchPlan 
       se = Math.min(oc, lv.find((j) => j > si && isKw(toks[j], 'RETURNING')) ?? qe);
       executed.push(node.withClause);
     }
+    // Only the first rows are evaluated: whatever the derived query read beyond them would be wasted.
+    if (sel.limitCount || sel.limitOffset) return null;
     scope = sel;
     // A call inside an aggregate runs per input row: derive over FROM/WHERE only, without the grouping.
     const perRow = picked.some(({ c }) => insideAggregate(sel.targetList, c.start) || insideAggregate(sel.sortClause, c.start));
@@ -297,14 +374,22 @@ export function derivePrefetch(sql: Buffer, stmt: StatementCalls): PrefetchPlan 
     if (node.fromClause && fromIdx < 0) return null;
     const rest: Piece[] = fromIdx >= 0 ? [', ', [fromIdx + 1, ret - 1]] : whereIdx >= 0 ? [' ', [whereIdx, ret - 1]] : [];
     parts = { head: upd > qi ? [[qi, upd - 1]] : [], body: ['FROM ', [upd + 1, set - 1], ...rest] };
-    executed = [node.withClause, node.relation, node.fromClause, node.whereClause];
+    executed = [node.withClause, { RangeVar: node.relation }, node.fromClause, node.whereClause];
   } else return null;
   if (!parts) return null;
 
+  for (let k = picked.length - 1; k >= 0; k--) {
+    const at = picked[k].c.start;
+    if (conditional(scope.targetList, at) || conditional(scope.sortClause, at)) picked.splice(k, 1);
+  }
+  if (!picked.length) return null;
   for (const { c } of picked) for (const a of c.args) executed.push(argNode(scope, c, a.position));
   if (executed.some(unsafe)) return null;
+  const objects: PlanObjects = { functions: [], operators: IMPLICIT_OPERATORS.map((name) => ({ schema: null, name })), types: [], relations: [] };
+  collect(executed, objects);
   const head = em.emit(parts.head);
-  // Columns: each distinct argument text once, in call order.
+  // Columns: each distinct argument text once, in call order. No DISTINCT: the proxy reads the rows in
+  // batches and skips repeats itself, so the first rows come at once however large the table is.
   const columns: string[] = [];
   const calls: PrefetchCall[] = [];
   for (const { c, i } of picked) {
@@ -318,8 +403,8 @@ export function derivePrefetch(sql: Buffer, stmt: StatementCalls): PrefetchPlan 
     });
     calls.push({ fn: c.fn as PrefetchCall['fn'], call: i, argColumns });
   }
-  const sqlText = [head, `SELECT DISTINCT ${columns.join(', ')}`, em.emit(parts.body)].filter(Boolean).join(' ');
-  return { sql: sqlText, calls, params: em.params };
+  const sqlText = [head, `SELECT ${columns.join(', ')}`, em.emit(parts.body)].filter(Boolean).join(' ');
+  return { sql: sqlText, calls, params: em.params, objects };
 }
 
 /** The AST of a call's argument (the value of a named one), found by the call's location. */

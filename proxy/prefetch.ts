@@ -1,71 +1,174 @@
 // The prefetch path: a statement whose calls take row values. The argument values it will need are read
-// with the client's own privileges on its own connection (a derived SELECT DISTINCT, prefetch-plan.ts),
-// computed concurrently, and handed over through steadytext_cache before the statement goes upstream
-// unchanged, where the function finds each answer. Whatever is missed (a snapshot older than the cache
-// rows, say) the function still answers through the daemon, so failures here only cost time.
+// with the client's own privileges on its own connection (a derived SELECT, prefetch-plan.ts), computed
+// concurrently, and handed over through steadytext_cache before the statement goes upstream unchanged,
+// where the function finds each answer. Whatever is missed (a snapshot older than the cache rows, a value
+// past the limit, a prefetch stopped early) the function still answers through the daemon, so prefetch
+// may skip anything it is unsure of: failures here only cost time.
+//
+// The derived query runs the client's own expressions a second time, so:
+// - The session's catalog decides first what it may run (safetySql): every function and operator it
+//   names must be non-volatile in every schema of the session's search path, no cast it makes may run a
+//   domain's CHECK, no relation be a view, materialized view or foreign table or under row level security.
+// - It runs inside a fence that is always rolled back and read-only: BEGIN READ ONLY ... ROLLBACK outside
+//   a transaction block; inside one, a savepoint with transaction_read_only switched on, rolled back to
+//   and released. Nothing it did survives it, and nothing it tried to write was written.
+// - Its rows are read through a cursor, FETCH by FETCH, each batch computed before more are read, and at
+//   most `maxValues` rows in all: the proxy's memory does not grow with the table.
+// - It stops when the client cancels, when the session's statement_timeout has elapsed since it began,
+//   and when its backend is cancelled (pg_cancel_backend): while the proxy computes, the backend runs
+//   short sleeps, so such a cancel hits one of them (a backend waiting for a command ignores cancels).
 import type { StatementCalls } from './calls.js';
 import type { Database } from './databases.js';
 import { PARAMETERS, type ArgValues } from './evaluate.js';
 import { auxQuery } from './handover.js';
 import type { SessionContext } from './interceptor.js';
-import { derivePrefetch } from './prefetch-plan.js';
+import { derivePrefetch, type PlanObjects, type PrefetchPlan, type QualifiedName } from './prefetch-plan.js';
 import type { Resolved, Server } from './serve.js';
 
+export interface PrefetchOptions {
+  /** Most rows (argument tuples) one statement's prefetch reads and computes; the database does the rest. */
+  maxValues?: number;
+}
+
+export const DEFAULT_PREFETCH_MAX_VALUES = 10_000;
+/** Rows per FETCH. */
+const FETCH_ROWS = 256;
 /** Answers handed over per batch. */
-const PREFETCH_BATCH = 256;
+const HANDOVER_BATCH = 256;
 /** Bulk prefetches log how far they are this often. */
 const PROGRESS_MS = 10_000;
 const NUMERIC_PARAMS = new Set(['max_tokens', 'seed', 'temperature']);
+const FENCE = '_steadytext_prefetch';
 
-export async function prefetch(sql: Buffer, stmts: StatementCalls[], db: Database, ctx: SessionContext, server: Server): Promise<void> {
+type Stop = 'cancel' | 'timeout' | 'failed';
+type Outcome = Parameters<Server['handOver']>[0][number];
+
+export async function prefetch(sql: Buffer, stmts: StatementCalls[], db: Database, ctx: SessionContext, server: Server, opts: PrefetchOptions = {}): Promise<void> {
+  const maxValues = opts.maxValues ?? DEFAULT_PREFETCH_MAX_VALUES;
   for (const st of stmts) {
+    if (ctx.signal.aborted || ctx.txStatus === 'E' || maxValues < 1) return;
     const plan = derivePrefetch(sql, st);
     if (!plan || plan.params.length > 0) continue;
+    const began = performance.now();
     const calls = plan.calls.map((pc) => st.calls[pc.call]);
     // Nothing is read or computed for a role that may not run the functions.
     const check = await server.check(calls.map((c) => ({ fn: c.fn, schema: c.schema })), db, ctx, { scs: ctx.serverParams.get('standard_conforming_strings') !== 'off', extended: false });
-    if (!check || !check.allowed.every(Boolean)) continue;
-    const inTx = ctx.txStatus === 'T';
-    // Inside a transaction a failing SELECT must not abort the client's work: fence it with a savepoint.
-    const r = await auxQuery(ctx, inTx ? `SAVEPOINT _steadytext_prefetch; ${plan.sql}; RELEASE SAVEPOINT _steadytext_prefetch` : plan.sql);
+    // The check itself may have failed the client's transaction (a cancel): nothing more may run then.
+    if (!check || !check.allowed.every(Boolean) || txStatus(ctx) === 'E') continue;
+    await fenced(ctx, plan, async (timeoutMs) => {
+      const deadline = timeoutMs > 0 ? began + timeoutMs : Infinity;
+      await serveRows(st, plan, db, ctx, server, check.backendPid, deadline, maxValues);
+    });
+  }
+}
+
+/** The status now (TypeScript would keep it narrowed across the awaits that change it). */
+const txStatus = (ctx: SessionContext): string => ctx.txStatus;
+
+/** Runs `body` inside the read-only, always rolled back fence, if the session's catalog allows the plan. */
+async function fenced(ctx: SessionContext, plan: PrefetchPlan, body: (statementTimeoutMs: number) => Promise<void>): Promise<void> {
+  const inTx = ctx.txStatus === 'T';
+  // Outside a block, READ COMMITTED whatever the session's default: a serializable read-only transaction
+  // could wait for a safe snapshot or take part in another transaction's serialization failure.
+  const open = inTx ? `SAVEPOINT ${FENCE}; SET LOCAL transaction_read_only = on` : 'BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY';
+  const close = inTx ? `ROLLBACK TO SAVEPOINT ${FENCE}; RELEASE SAVEPOINT ${FENCE}` : 'ROLLBACK';
+  try {
+    const r = await aux(ctx, `${open}; ${safetySql(plan.objects)}`);
     if ('error' in r) {
-      if (inTx) await auxQuery(ctx, 'ROLLBACK TO SAVEPOINT _steadytext_prefetch; RELEASE SAVEPOINT _steadytext_prefetch');
-      ctx.log.debug({ error: r.error.M }, 'prefetch query failed; the database will ask the daemon instead');
-      continue;
+      ctx.log.debug({ error: r.error.M }, 'prefetch check failed; the database will ask the daemon instead');
+      return;
     }
-    const work: Resolved[] = [];
-    const seenKeys = new Set<string>();
-    for (const pc of plan.calls) {
-      const call = st.calls[pc.call];
-      const seen = new Set<string>();
-      for (const row of r.rows) {
-        const tuple = pc.argColumns.map((i) => row[i]);
-        const k = JSON.stringify(tuple);
-        if (seen.has(k)) continue;
-        seen.add(k);
-        const values = rowValues(call.fn, call.args, tuple);
-        const res = values && await server.resolve(call, values, db);
-        if (!res || seenKeys.has(res.key) || await server.known(res, db)) continue;
-        seenKeys.add(res.key);
-        work.push(res);
-      }
+    const [timeout, safe] = r.rows[0] ?? [];
+    if (safe !== 't') {
+      ctx.log.debug('prefetch skipped: the derived query would run volatile functions, views or domain checks');
+      return;
     }
-    await run(work, db, ctx, server, check.backendPid);
+    await body(Number(timeout) || 0);
+  } finally {
+    // Always, even after an error above: a fence left open would hold the client's session. Once more if
+    // a cancel meant for the prefetch arrived late and hit the first try.
+    let r = await aux(ctx, close);
+    if ('error' in r && r.error.C === '57014') r = await aux(ctx, close);
+    if ('error' in r) ctx.log.warn({ error: r.error.M }, 'could not close the prefetch fence');
   }
 }
 
 /**
- * Feeds the engine a few requests more than it has contexts, never the whole statement at once: each
- * request's daemon_timeout_ms then measures its own work, not its wait behind thousands of others, and
- * the queue limit is never hit by one statement. Answers are handed over in batches while the engine
- * works on the next ones.
+ * Reads the derived query's rows in batches through a cursor and computes their values, a few requests
+ * more than the engine has contexts at a time (each request's daemon_timeout_ms then measures its own
+ * work, and the queue limit is never hit by one statement), handing answers over in batches.
  */
-async function run(work: Resolved[], db: Database, ctx: SessionContext, server: Server, backendPid: number): Promise<void> {
+async function serveRows(st: StatementCalls, plan: PrefetchPlan, db: Database, ctx: SessionContext, server: Server,
+  backendPid: number, deadline: number, maxValues: number): Promise<void> {
+  const ac = new AbortController();
+  let stopped: Stop | undefined;
+  const stop = (why: Stop) => {
+    if (stopped) return;
+    stopped = why;
+    ac.abort(new Error(`prefetch stopped (${why})`));
+  };
+  const onCancel = () => stop('cancel');
+  ctx.signal.addEventListener('abort', onCancel);
+  if (ctx.signal.aborted) stop('cancel');
+  const timer = deadline < Infinity ? setTimeout(() => stop('timeout'), Math.max(0, deadline - performance.now())) : undefined;
+  timer?.unref?.();
+  const computeCtx: SessionContext = { ...ctx, signal: ac.signal };
+
+  // The rows: FETCH by FETCH, the next one asked for while the current batch still computes.
+  const queue: Resolved[] = [];
+  const seen = new Set<string>(); // cache keys, at most maxValues per call
+  let declare = `DECLARE ${FENCE} NO SCROLL CURSOR FOR ${plan.sql}; `;
+  let read = 0;
+  let exhausted = false;
+  let fetching: Promise<void> | undefined;
+  const refill = (): Promise<void> => fetching ??= (async () => {
+    try {
+      const n = Math.min(FETCH_ROWS, maxValues - read);
+      const r = await aux(ctx, `${declare}FETCH FORWARD ${n} FROM ${FENCE}`);
+      declare = '';
+      if ('error' in r) {
+        exhausted = true;
+        ctx.log.debug({ error: r.error.M }, 'prefetch query failed; the database will ask the daemon instead');
+        return stop(stopOf(r.error));
+      }
+      read += r.rows.length;
+      if (r.rows.length < n) exhausted = true;
+      else if (read >= maxValues) {
+        exhausted = true;
+        ctx.log.info({ rows: read, max: maxValues }, 'prefetch stopped at prefetch-max-values; the database computes the rest');
+      }
+      for (const row of r.rows) {
+        for (const pc of plan.calls) {
+          const call = st.calls[pc.call];
+          const values = rowValues(call.fn, call.args, pc.argColumns.map((i) => row[i]));
+          const res = values && await server.resolve(call, values, db);
+          if (!res || seen.has(res.key) || await server.known(res, db)) continue;
+          seen.add(res.key);
+          queue.push(res);
+        }
+      }
+    } catch (err) {
+      exhausted = true;
+      ctx.log.debug({ err }, 'prefetch could not read its rows');
+      stop('failed');
+    }
+  })().finally(() => { fetching = undefined; });
+
+  // While the engine works, the backend runs short sleeps: a cancel of the backend hits one of them.
+  let computing = true;
+  const tick = async () => {
+    let s = 0.005;
+    while (computing && !ac.signal.aborted) {
+      const r = await aux(ctx, `SELECT pg_catalog.pg_sleep(${s}) /* pg-steadytext: computing prefetched answers */`);
+      if ('error' in r) return stop(stopOf(r.error));
+      s = Math.min(2 * s, 0.05);
+    }
+  };
+
   const cpu = server.engine.status().cpu;
   const width = Math.max(2, 2 * Math.max(cpu.generationContexts, cpu.embeddingContexts));
-  let next = 0;
   let writing: Promise<void> = Promise.resolve();
-  let pending: Parameters<Server['handOver']>[0][number][] = [];
+  let pending: Outcome[] = [];
   const flush = () => {
     if (pending.length === 0) return;
     const batch = pending;
@@ -77,22 +180,116 @@ async function run(work: Resolved[], db: Database, ctx: SessionContext, server: 
   let done = 0;
   let shown = t;
   const lane = async () => {
-    while (next < work.length && !ctx.signal.aborted) {
-      const r = work[next++];
-      const outcome = await server.computeOne(r, db, ctx);
-      pending.push([r, outcome]); // not pending.push(await ...): flush() may have replaced the array meanwhile
+    while (!ac.signal.aborted) {
+      if (!exhausted && queue.length < width) void refill();
+      const r = queue.shift();
+      if (!r) {
+        if (fetching) await fetching;
+        else if (exhausted) return;
+        continue;
+      }
+      const outcome = await server.computeOne(r, db, computeCtx);
+      // Stopped by statement_timeout (or a failure): what it cut short is left to the database. Stopped by
+      // a cancel: the failure is handed over, so the statement the cancel was meant for ends with it.
+      if ('error' in outcome && ac.signal.aborted && stopped !== 'cancel') continue;
+      pending.push([r, outcome]);
       done++;
-      if (pending.length >= PREFETCH_BATCH) flush();
+      if (pending.length >= HANDOVER_BATCH) flush();
       if (performance.now() - shown > PROGRESS_MS) {
         shown = performance.now();
-        ctx.log.info({ done, calls: work.length, seconds: Math.round((shown - t) / 1000) }, 'prefetch progress');
+        ctx.log.info({ done, rows: read, seconds: Math.round((shown - t) / 1000) }, 'prefetch progress');
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(width, work.length) }, lane));
-  flush();
-  await writing;
-  if (work.length > PREFETCH_BATCH) ctx.log.info({ calls: work.length, ms: Math.round(performance.now() - t) }, 'prefetch done');
+  try {
+    if (!ac.signal.aborted) await refill();
+    const ticking = queue.length > 0 || !exhausted ? Promise.all([tick(), tick()]) : undefined;
+    await Promise.all(Array.from({ length: width }, lane));
+    computing = false;
+    await Promise.all([ticking, fetching]);
+    flush();
+    await writing;
+  } finally {
+    computing = false;
+    if (timer) clearTimeout(timer);
+    ctx.signal.removeEventListener('abort', onCancel);
+  }
+  if (stopped) ctx.log.info({ done, rows: read, why: stopped }, 'prefetch stopped; the database computes the rest');
+  else if (done > HANDOVER_BATCH) ctx.log.info({ calls: done, ms: Math.round(performance.now() - t) }, 'prefetch done');
+}
+
+/** Why an auxiliary statement failed: 57014 is a cancel or statement_timeout. */
+function stopOf(error: Record<string, string>): Stop {
+  if (error.C !== '57014') return 'failed';
+  return /statement timeout/.test(error.M ?? '') ? 'timeout' : 'cancel';
+}
+
+/** auxQuery that never throws (ctx.send does once the session has ended). */
+async function aux(ctx: SessionContext, sql: string): ReturnType<typeof auxQuery> {
+  try {
+    return await auxQuery(ctx, sql);
+  } catch (err) {
+    return { error: { M: String(err) } };
+  }
+}
+
+/** A text value spelled in ASCII only, so neither client_encoding nor standard_conforming_strings change it. */
+function literal(s: string): string {
+  return `pg_catalog.convert_from(pg_catalog.decode('${Buffer.from(s, 'utf8').toString('hex')}', 'hex'), 'UTF8')`;
+}
+
+const EQ = 'OPERATOR(pg_catalog.=)';
+const CHAR = (c: string) => `'${c}'::pg_catalog."char"`;
+/** A function that may not run twice: volatile, or one that calls steadytext (its source says so). */
+const badProc = (p: string) => `(${p}.provolatile ${EQ} ${CHAR('v')}
+      OR pg_catalog.strpos(pg_catalog.lower(${p}.prosrc), 'steadytext') OPERATOR(pg_catalog.>) 0)`;
+
+/**
+ * One row: the session's statement_timeout in milliseconds, and whether the derived query may run. Asked
+ * on the session's own connection, so names resolve with its search_path and role; conservative: every
+ * candidate a name could resolve to in that path must be acceptable. Every name and operator in this
+ * query is pg_catalog-qualified, so no search_path changes its meaning.
+ */
+export function safetySql(o: PlanObjects): string {
+  const rows: string[] = [];
+  const want = (kind: string, q: QualifiedName) =>
+    rows.push(`('${kind}'::pg_catalog.text, ${q.schema === null ? 'NULL::pg_catalog.text' : literal(q.schema)}, ${literal(q.name)})`);
+  for (const q of o.functions) want('f', q);
+  for (const q of o.operators) want('o', q);
+  for (const q of o.types) want('t', q);
+  for (const q of o.relations) want('r', q);
+  if (rows.length === 0) want('o', { schema: null, name: '=' });
+  const kind = (k: string) => `w.k ${EQ} '${k}'::pg_catalog.text`;
+  return `WITH want(k, nsp, nam) AS (VALUES ${rows.join(', ')}),
+  w(k, nam, ns) AS (
+    SELECT want.k, want.nam::pg_catalog.name, n.oid FROM want JOIN pg_catalog.pg_namespace n
+      ON CASE WHEN want.nsp IS NULL
+              THEN n.nspname ${EQ} ANY (pg_catalog.current_schemas(true)) OR n.oid ${EQ} pg_catalog.pg_my_temp_schema()
+              ELSE n.nspname ${EQ} want.nsp::pg_catalog.name END),
+  -- Domains whose coercion may run code: with a CHECK constraint, or over another domain.
+  domains(oid) AS (SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typtype ${EQ} ${CHAR('d')} AND (
+    EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.contypid ${EQ} t.oid AND k.contype ${EQ} ${CHAR('c')})
+    OR EXISTS (SELECT FROM pg_catalog.pg_type b WHERE b.oid ${EQ} t.typbasetype AND b.typtype ${EQ} ${CHAR('d')})))
+SELECT (SELECT s.setting FROM pg_catalog.pg_settings s WHERE s.name ${EQ} 'statement_timeout'::pg_catalog.text),
+  NOT EXISTS (SELECT FROM w JOIN pg_catalog.pg_proc p ON p.proname ${EQ} w.nam AND p.pronamespace ${EQ} w.ns
+    WHERE ${kind('f')} AND (${badProc('p')}
+      OR EXISTS (SELECT FROM domains d WHERE d.oid ${EQ} ANY (p.proargtypes::pg_catalog.oid[]))
+      OR EXISTS (SELECT FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc s
+          ON s.oid ${EQ} ANY (ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
+                                   a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn]::pg_catalog.oid[])
+        WHERE a.aggfnoid ${EQ} p.oid AND ${badProc('s')})))
+  AND NOT EXISTS (SELECT FROM w JOIN pg_catalog.pg_operator o ON o.oprname ${EQ} w.nam AND o.oprnamespace ${EQ} w.ns
+      JOIN pg_catalog.pg_proc p ON p.oid ${EQ} o.oprcode::pg_catalog.oid
+    WHERE ${kind('o')} AND (${badProc('p')}
+      OR EXISTS (SELECT FROM domains d WHERE d.oid ${EQ} o.oprleft OR d.oid ${EQ} o.oprright)))
+  AND NOT EXISTS (SELECT FROM w JOIN pg_catalog.pg_type t ON t.typname ${EQ} w.nam AND t.typnamespace ${EQ} w.ns
+    WHERE ${kind('t')} AND t.oid ${EQ} ANY (ARRAY(SELECT d.oid FROM domains d)))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid ${EQ} c.castfunc WHERE ${badProc('p')})
+  AND NOT EXISTS (SELECT FROM w JOIN pg_catalog.pg_class c ON c.relname ${EQ} w.nam AND c.relnamespace ${EQ} w.ns
+    WHERE ${kind('r')} AND (c.relrowsecurity OR EXISTS (
+      WITH RECURSIVE tree(oid) AS (SELECT c.oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent ${EQ} tree.oid)
+      SELECT FROM tree JOIN pg_catalog.pg_class k ON k.oid ${EQ} tree.oid
+       WHERE k.relkind ${EQ} ANY (ARRAY[${CHAR('v')}, ${CHAR('m')}, ${CHAR('f')}]))))`;
 }
 
 /** Values by parameter name from a prefetch row (one column per argument, in argument order). */
