@@ -73,7 +73,7 @@ async function serve(s: Settings, log: Logger): Promise<void> {
   if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
   if (s.workers > 1) return serveWithWorkers(s, log);
   const { engine, databases, daemon } = await startServing(s, log);
-  const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log });
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
   const proxy = await startProxy({
@@ -143,7 +143,7 @@ async function serveAsWorker(s: Settings, log: Logger, setup: WorkerSetup): Prom
   await engine.ready;
   const daemon = (setup.data?.daemon ?? undefined) as { host: string; port: number } | undefined;
   const databases = new WorkerDatabaseRegistry({ serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log }, setup.channel);
-  const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log });
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
   await runPoolWorker(setup, {

@@ -49,6 +49,7 @@ export const SPECS = {
   queueSize: { kind: 'int', env: 'PGSTEADYTEXT_QUEUE_SIZE', flag: 'queue-size', default: 1024, min: 1, help: 'Requests waiting per model before new ones are refused as overloaded (SQLSTATE 53000).' },
   requestTimeoutMs: { kind: 'int', env: 'PGSTEADYTEXT_REQUEST_TIMEOUT_MS', flag: 'request-timeout-ms', default: 30_000, min: 1, help: 'Longest one inference request may wait and run.' },
   cacheBytes: { kind: 'int', env: 'PGSTEADYTEXT_CACHE_BYTES', flag: 'cache-bytes', default: 256 * MiB, min: 0, help: 'Memory for the in-process result cache.' },
+  prefetchMaxValues: { kind: 'int', env: 'PGSTEADYTEXT_PREFETCH_MAX_VALUES', flag: 'prefetch-max-values', default: 10_000, min: 0, help: 'Most rows (argument values) the proxy reads and computes ahead of one statement whose calls take column values; the database computes any beyond through the daemon. 0 turns prefetch off.' },
 } as const satisfies Record<string, Spec>;
 
 type Specs = typeof SPECS;

@@ -22,6 +22,8 @@ export interface SteadytextOptions {
   /** Where the daemon endpoint listens, for steadytext_daemon_status. */
   daemon?: { host: string; port: number };
   logger: Logger;
+  /** Most rows one statement's prefetch reads and computes (prefetch.ts); the database does the rest. */
+  prefetchMaxValues?: number;
 }
 
 /** A prepared statement with calls the proxy serves at each Bind. */
@@ -96,7 +98,7 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     if (ctx.txStatus !== 'E') {
       const ahead = { scs: ctx.serverParams.get('standard_conforming_strings') !== 'off', extended: false };
       // Prefetch while the constant calls compute: both keep the engine busy at once.
-      await Promise.all([server.serve(jobs, db, ctx, ahead, 'rewrite'), prefetches.length ? prefetch(sql, prefetches, db, ctx, server) : undefined]);
+      await Promise.all([server.serve(jobs, db, ctx, ahead, 'rewrite'), prefetches.length ? prefetch(sql, prefetches, db, ctx, server, { maxValues: o.prefetchMaxValues }) : undefined]);
     }
     if (readsStats) await db.flushCounters();
     if (!touchesConfig && replaced.length === 0) return undefined;
