@@ -31,8 +31,9 @@ export interface PrefetchOptions {
 }
 
 export const DEFAULT_PREFETCH_MAX_VALUES = 10_000;
-/** Rows per FETCH. */
+/** Rows per FETCH; the next FETCH is sent once fewer than REFILL_AT values wait (it may queue behind a sleep). */
 const FETCH_ROWS = 256;
+const REFILL_AT = 64;
 /** Answers handed over per batch. */
 const HANDOVER_BATCH = 256;
 /** Bulk prefetches log how far they are this often. */
@@ -181,7 +182,7 @@ async function serveRows(st: StatementCalls, plan: PrefetchPlan, db: Database, c
   let shown = t;
   const lane = async () => {
     while (!ac.signal.aborted) {
-      if (!exhausted && queue.length < width) void refill();
+      if (!exhausted && queue.length < Math.max(width, REFILL_AT)) void refill();
       const r = queue.shift();
       if (!r) {
         if (fetching) await fetching;
