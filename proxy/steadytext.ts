@@ -26,6 +26,8 @@ export interface SteadytextOptions {
   prefetchMaxValues?: number;
 }
 
+const CANCELLED = `DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '57014', MESSAGE = 'canceling statement due to user request'; END$$`;
+
 /** A prepared statement with calls the proxy serves at each Bind. */
 interface Plan { paramTypes: number[]; calls: SteadyCall[] }
 
@@ -100,6 +102,9 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
       // Prefetch while the constant calls compute: both keep the engine busy at once.
       await Promise.all([server.serve(jobs, db, ctx, ahead, 'rewrite'), prefetches.length ? prefetch(sql, prefetches, db, ctx, server, { maxValues: o.prefetchMaxValues }) : undefined]);
     }
+    // The client cancelled while the proxy worked for this statement: the statement is what was cancelled,
+    // so it fails as a cancelled statement would, inside the database (a transaction block is aborted).
+    if (ctx.signal.aborted) return { send: [query(CANCELLED)] };
     if (readsStats) await db.flushCounters();
     if (!touchesConfig && replaced.length === 0) return undefined;
     const out = query(splice(sql, replaced).toString('utf8'));
