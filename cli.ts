@@ -8,11 +8,12 @@ import { loadSettings, parseHostPort, SettingsError, settingsMarkdown, type Sett
 import { createEngine, type EngineOptions } from './inference/engine.js';
 import { engineOverIpc, serveEngineOverIpc } from './inference/engine-ipc.js';
 import { runModelsCommand } from './inference/models-command.js';
-import { startCore } from './proxy/core.js';
-import { prepareDatabase } from './proxy/daemon.js';
+import { startCore } from './sql/core.js';
+import { prepareDatabase } from './sql/daemon.js';
 import { startProxy } from './proxy/server.js';
-import { createSteadytextInterceptor } from './proxy/steadytext.js';
-import { runPoolWorker, serveInstalls, startWorkerPool, WorkerDatabaseRegistry, workerSetup, type WorkerSetup } from './proxy/workers.js';
+import { createSteadytextInterceptor } from './sql/interceptor.js';
+import { runPoolWorker, startWorkerPool, workerSetup, type WorkerSetup } from './proxy/workers.js';
+import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
 import { SQL_VERSION } from './sql/version.js';
 
 // dist/cli.js when built, cli.ts when run from source.

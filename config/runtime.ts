@@ -1,8 +1,6 @@
 // The runtime keys that live in each database's steadytext_config table. They change without a
 // restart: steadytext_config_set() sends NOTIFY steadytext_config, and a session that calls it
 // marks its database's copy stale, so the very next call in any session sees the new value.
-import type pg from 'pg';
-import { quoteIdent } from '../sql/install.js';
 
 export interface RuntimeConfig {
   daemonHost: string;
@@ -71,12 +69,9 @@ export class RuntimeConfigSource {
   private current: RuntimeConfig | undefined;
   private loading: Promise<RuntimeConfig> | undefined;
   private generation = 0;
-  private readonly sql: string;
 
-  /** `query` runs on a service connection; `schema` holds steadytext_config (named with it: no search_path lookup). */
-  constructor(private readonly query: (sql: string) => Promise<pg.QueryResult>, schema: string) {
-    this.sql = `SELECT key, value FROM ${quoteIdent(schema)}.steadytext_config`;
-  }
+  /** `load` reads the key/value rows of the database's steadytext_config (the database layer knows where). */
+  constructor(private readonly load: () => Promise<Array<{ key: string; value: string | null }>>) {}
 
   markStale(): void { this.generation++; this.current = undefined; }
 
@@ -84,9 +79,9 @@ export class RuntimeConfigSource {
     if (this.current) return this.current;
     if (!this.loading) {
       const gen = this.generation;
-      this.loading = this.query(this.sql)
-        .then((r) => {
-          const cfg = runtimeFromRows(r.rows);
+      this.loading = this.load()
+        .then((rows) => {
+          const cfg = runtimeFromRows(rows);
           if (gen === this.generation) this.current = cfg;
           return cfg;
         })

@@ -1,13 +1,12 @@
 // Several proxy processes on one port (node:cluster). One Node process spends most of its time per
 // socket event, so past a point relaying is bound by one core; workers spread the sessions. The
-// primary keeps what must be single (models, daemon endpoint, installs) and serves it over IPC; each
+// primary keeps what must be single (models, daemon endpoint, installs: see attach) and serves it over IPC; each
 // worker runs startProxy. Cluster's round-robin hands out connections evenly, which matters for a few
 // long-lived sessions (the OS-level balancing of a shared socket can leave one worker with most).
 import cluster, { type Worker } from 'node:cluster';
 import type { Logger } from 'pino';
-import { ipcChannel, type IpcChannel } from '../inference/engine-ipc.js';
 import { CancelRegistry, MAX_WORKERS } from './cancel.js';
-import { DatabaseRegistry, type Database, type DatabaseRegistryOptions } from './databases.js';
+import { ipcChannel, type IpcChannel } from './ipc.js';
 import type { ProxyServer } from './server.js';
 
 const TAG = 'steadytext-worker';
@@ -17,11 +16,9 @@ const ENV = 'PGSTEADYTEXT_WORKER_SETUP';
 type Address = { host: string; port: number };
 type FromWorker =
   | { tag: typeof TAG; kind: 'listening'; address: Address }
-  | { tag: typeof TAG; kind: 'cancel'; to: number; pid: number; secret: string }
-  | { tag: typeof TAG; kind: 'install'; id: number; database: string };
+  | { tag: typeof TAG; kind: 'cancel'; to: number; pid: number; secret: string };
 type ToWorker =
   | { tag: typeof TAG; kind: 'cancel'; from: number; pid: number; secret: string }
-  | { tag: typeof TAG; kind: 'installed'; id: number; error?: string }
   | { tag: typeof TAG; kind: 'shutdown' };
 
 export interface WorkerPoolOptions {
@@ -189,67 +186,4 @@ export async function runPoolWorker(setup: WorkerSetup, o: PoolWorkerOptions): P
   proxy = await o.start(cancels);
   if (stopping) return;
   channel.send({ tag: TAG, kind: 'listening', address: proxy.address } satisfies FromWorker);
-}
-
-/** Primary side of installs: a worker's first use of a database runs the (single) install here. */
-export function serveInstalls(databases: DatabaseRegistry, channel: IpcChannel): () => void {
-  return channel.onMessage((m: FromWorker) => {
-    if (m?.tag !== TAG || m.kind !== 'install') return;
-    databases.get(m.database).ready().then(
-      () => channel.send({ tag: TAG, kind: 'installed', id: m.id } satisfies ToWorker),
-      (e: unknown) => channel.send({ tag: TAG, kind: 'installed', id: m.id, error: (e as Error)?.message ?? String(e) } satisfies ToWorker),
-    );
-  });
-}
-
-/**
- * A worker's DatabaseRegistry: the install (and the daemon secret the primary's daemon needs) happen in
- * the primary, once per database however many workers serve it; each worker then keeps its own
- * service pool and config listener, as without workers.
- */
-export class WorkerDatabaseRegistry extends DatabaseRegistry {
-  private readonly installs = new Map<string, Promise<void>>();
-  private readonly waiting = new Map<number, { resolve(): void; reject(e: Error): void }>();
-  private readonly wrapped = new WeakSet<Database>();
-  private nextId = 1;
-
-  constructor(opts: DatabaseRegistryOptions, private readonly channel: IpcChannel) {
-    // The worker only reads the secret; installing (and warning about a superuser service role) is the primary's job.
-    super({ ...opts, autoInstall: false, superuserWarning: false });
-    channel.onMessage((m: ToWorker) => {
-      if (m?.tag !== TAG || m.kind !== 'installed') return;
-      const w = this.waiting.get(m.id);
-      this.waiting.delete(m.id);
-      if (m.error === undefined) w?.resolve(); else w?.reject(new Error(m.error));
-    });
-    channel.onClose(() => {
-      for (const w of this.waiting.values()) w.reject(new Error('the primary process is gone'));
-      this.waiting.clear();
-    });
-  }
-
-  override get(database: string): Database {
-    const d = super.get(database);
-    if (!this.wrapped.has(d)) {
-      this.wrapped.add(d);
-      const own = d.ready.bind(d);
-      d.ready = () => this.install(database).then(own);
-    }
-    return d;
-  }
-
-  private install(database: string): Promise<void> {
-    let p = this.installs.get(database);
-    if (!p) {
-      const id = this.nextId++;
-      p = new Promise<void>((resolve, reject) => {
-        this.waiting.set(id, { resolve, reject });
-        this.channel.send({ tag: TAG, kind: 'install', id, database } satisfies FromWorker);
-      });
-      // A failed install is asked for again by a later session (database down, role fixed...).
-      p.catch(() => this.installs.delete(database));
-      this.installs.set(database, p);
-    }
-    return p;
-  }
 }

@@ -5,11 +5,11 @@ import { inject } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
 import { createEngine, type Engine, type EngineOptions } from '../../inference/engine.js';
-import { startCore } from '../../proxy/core.js';
-import type { DaemonHandle } from '../../proxy/daemon.js';
-import type { DatabaseRegistry } from '../../proxy/databases.js';
+import { startCore } from '../../sql/core.js';
+import type { DaemonHandle } from '../../sql/daemon.js';
+import type { DatabaseRegistry } from '../../sql/databases.js';
 import { startProxy, type ProxyServer } from '../../proxy/server.js';
-import { createSteadytextInterceptor } from '../../proxy/steadytext.js';
+import { createSteadytextInterceptor } from '../../sql/interceptor.js';
 import { tinyModels } from '../fixtures/models.js';
 
 export const silent = pino({ level: process.env.PGST_TEST_LOG ?? 'silent' });

@@ -5,7 +5,7 @@
 import { seedSqlBlocks } from '../fixtures/seed.js';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type pg from 'pg';
-import { findCalls, isParseFailure, loadParser } from '../../proxy/calls.js';
+import { findCalls, isParseFailure, loadParser } from '../../sql/calls.js';
 import { startStack, type Stack } from './helpers.js';
 
 

@@ -8,7 +8,7 @@ import { connect } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from 'vitest';
 import pg from 'pg';
 import { startProxy, type ProxyServer } from '../../proxy/server.js';
-import { createSteadytextInterceptor } from '../../proxy/steadytext.js';
+import { createSteadytextInterceptor } from '../../sql/interceptor.js';
 import { silent, startStack, type Stack } from '../api/helpers.js';
 
 let s: Stack;

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import type { Engine } from '../../inference/engine.js';
-import { prepareDatabase, startDaemon, type DaemonHandle } from '../../proxy/daemon.js';
+import { prepareDatabase, startDaemon, type DaemonHandle } from '../../sql/daemon.js';
 import { parseVectorText, streamChunks } from '../../sql/answers.js';
 import { cacheKey, embedParams, generateParams } from '../../sql/cache-key.js';
 import { createRole, dropRole, freshDatabase, pgError, silentLogger, tinyEngine, type TestDatabase } from './helpers.js';

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import pino from 'pino';
 import type { Engine } from '../../inference/engine.js';
-import { DatabaseRegistry } from '../../proxy/databases.js';
+import { DatabaseRegistry } from '../../sql/databases.js';
 import { freshDatabase, type TestDatabase } from './helpers.js';
 
 let db: TestDatabase;

@@ -5,7 +5,7 @@ import { connect } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { prepareDatabase, startDaemon, type DaemonEngine, type DaemonHandle } from '../../proxy/daemon.js';
+import { prepareDatabase, startDaemon, type DaemonEngine, type DaemonHandle } from '../../sql/daemon.js';
 import { cacheKey, generateParams } from '../../sql/cache-key.js';
 import { InferenceError, type InferenceErrorCode } from '../../inference/errors.js';
 import { freshDatabase, pgError, silentLogger, type TestDatabase } from './helpers.js';
@@ -249,6 +249,8 @@ describe('through dblink', () => {
     await sql.query(`SELECT steadytext_config_set('debug_mode', 'true')`);
     await sql.query(`SELECT steadytext_generate('noisy', 3, 3)`);
     await sql.query(`SELECT steadytext_generate('quiet', 3, 3)`);
+    // The daemon writes its entries after answering; steadytext_log keeps debug entries only while debug_mode is on.
+    await daemon.flush();
     await sql.query(`SELECT steadytext_config_set('debug_mode', 'false')`);
     await daemon.flush();
     const events = (await sql.query('SELECT event FROM steadytext_debug_logs ORDER BY id')).rows.map((r) => r.event);

@@ -1,8 +1,8 @@
 // Measures what finding calls costs on the proxy's event loop. Prints figures; asserts only correctness.
 import { beforeAll, expect, test } from 'vitest';
 import { parseSync, scanSync } from 'libpg-query';
-import { findCalls, isParseFailure, loadParser, MAX_PARSE_BYTES } from '../../proxy/calls.js';
-import { derivePrefetch } from '../../proxy/prefetch-plan.js';
+import { findCalls, isParseFailure, loadParser, MAX_PARSE_BYTES } from '../../sql/calls.js';
+import { derivePrefetch } from '../../sql/prefetch-plan.js';
 
 beforeAll(loadParser);
 

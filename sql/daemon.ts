@@ -7,10 +7,10 @@ import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import pg from 'pg';
 import type pino from 'pino';
-import { streamAnswer, vectorText } from '../sql/answers.js';
-import { float8FromHex } from '../sql/cache-key.js';
-import { installSql, quoteIdent } from '../sql/install.js';
-import { registerModels, serviceConnection, storeCacheEntry, type CacheEntry, type ModelIdentity } from '../sql/store.js';
+import { streamAnswer, vectorText } from './answers.js';
+import { float8FromHex } from './cache-key.js';
+import { installSql, quoteIdent } from './install.js';
+import { registerModels, serviceConnection, storeCacheEntry, type CacheEntry, type ModelIdentity } from './store.js';
 import type { Engine, ModelRole } from '../inference/engine.js';
 
 export type { ModelRole };

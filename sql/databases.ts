@@ -9,8 +9,8 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { RuntimeConfigSource, type RuntimeConfig } from '../config/runtime.js';
 import type { Engine } from '../inference/engine.js';
-import { quoteIdent } from '../sql/install.js';
-import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelRole } from '../sql/store.js';
+import { quoteIdent } from './install.js';
+import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelRole } from './store.js';
 import { prepareDatabase } from './daemon.js';
 
 export interface DatabaseRegistryOptions {
@@ -115,7 +115,8 @@ export class Database {
     this.s = quoteIdent(this.schema);
     this.pool = new pg.Pool({ ...serviceConnection(reg.serviceUrlFor(name), 'pg-steadytext service'), max: 4, idleTimeoutMillis: 30_000 });
     this.pool.on('error', (err) => this.log.warn({ err }, 'service connection failed'));
-    this.runtime = new RuntimeConfigSource((sql) => this.pool.query(sql), this.schema);
+    const readConfig = `SELECT key, value FROM ${quoteIdent(this.schema)}.steadytext_config`;
+    this.runtime = new RuntimeConfigSource(async () => (await this.pool.query(readConfig)).rows);
   }
 
   /** Installs or upgrades the SQL objects once, and starts listening for config changes. */

@@ -5,8 +5,8 @@
 // the statement's text. Management calls (status, model_info, start, stop, restart) act on the engine.
 import type { RuntimeConfig } from '../config/runtime.js';
 import type { Engine } from '../inference/engine.js';
-import { errorAnswer, streamAnswer, vectorText } from '../sql/answers.js';
-import type { CacheEntry } from '../sql/store.js';
+import { errorAnswer, streamAnswer, vectorText } from './answers.js';
+import type { CacheEntry } from './store.js';
 import type { SteadyFunction } from './calls.js';
 import { engineErrorToWire } from './daemon.js';
 

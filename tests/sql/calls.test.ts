@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, test } from 'vitest';
 import {
   findCalls, isParseFailure, loadParser, MAX_PARSE_BYTES, type ParseFailure, type StatementCalls, type SteadyCall,
-} from '../../proxy/calls.js';
+} from '../../sql/calls.js';
 
 beforeAll(loadParser);
 

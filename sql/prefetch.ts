@@ -21,7 +21,7 @@ import type { StatementCalls } from './calls.js';
 import type { Database } from './databases.js';
 import { PARAMETERS, type ArgValues } from './evaluate.js';
 import { auxQuery } from './handover.js';
-import type { SessionContext } from './interceptor.js';
+import type { SessionContext } from '../proxy/interceptor.js';
 import { derivePrefetch, type PlanObjects, type PrefetchPlan, type QualifiedName } from './prefetch-plan.js';
 import type { Resolved, Server } from './serve.js';
 

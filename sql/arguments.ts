@@ -5,7 +5,7 @@
 // bytes, float4 rounds) is left to the database, which then computes the argument and the answer itself.
 import type { ArgValue, SteadyCall } from './calls.js';
 import { PARAMETERS, type ArgValues } from './evaluate.js';
-import type { BindMessage } from './protocol.js';
+import type { BindMessage } from '../proxy/protocol.js';
 
 const INT_PARAMS = new Set(['max_tokens', 'seed']);
 const FLOAT_PARAMS = new Set(['temperature']);

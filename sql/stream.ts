@@ -5,12 +5,12 @@
 // steadytext_cache); its rows are the ones already sent, so only its CommandComplete and ReadyForQuery
 // go on to the client. Any other statement over the stream (count(*), WHERE, LIMIT, joins...) is not
 // streamed: the proxy hands the whole answer over and the database runs the statement on it.
-import { streamAnswer, streamChunks } from '../sql/answers.js';
+import { streamAnswer, streamChunks } from './answers.js';
 import { nodeOf, statementAst, type J, type StatementCalls, type SteadyCall } from './calls.js';
 import type { Database } from './databases.js';
 import { cacheEntry, failureAnswer, type ArgValues } from './evaluate.js';
-import type { Outbound, Rewrite, SessionContext } from './interceptor.js';
-import { Be, close, dataRow, describe, parse, query, SYNC } from './protocol.js';
+import type { Outbound, Rewrite, SessionContext } from '../proxy/interceptor.js';
+import { Be, close, dataRow, describe, parse, query, SYNC } from '../proxy/protocol.js';
 import type { Server } from './serve.js';
 
 /** The one call of a statement that only reads steadytext_generate_stream's rows, if it is one. */

@@ -11,10 +11,10 @@
 // the name resolves to the installed function rather than one another role put earlier on its
 // search_path. Every name and operator in that query is pg_catalog-qualified, so the session's own
 // search_path cannot change its meaning.
-import type { SessionContext } from './interceptor.js';
-import { Be, bind, close, execute, FLUSH, parse, query, readErrorFields } from './protocol.js';
+import type { SessionContext } from '../proxy/interceptor.js';
+import { Be, bind, close, execute, FLUSH, parse, query, readErrorFields } from '../proxy/protocol.js';
 import type pg from 'pg';
-import { quoteIdent } from '../sql/install.js';
+import { quoteIdent } from './install.js';
 
 type Queryable = Pick<pg.ClientBase, 'query'> | Pick<pg.Pool, 'query'>;
 

@@ -2,9 +2,9 @@
 // argument tuples the statement really used can be compared with what the derived query returns.
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import pg from 'pg';
-import { findCalls, isParseFailure, loadParser, type StatementCalls } from '../../proxy/calls.js';
-import { derivePrefetch, type PrefetchPlan } from '../../proxy/prefetch-plan.js';
-import { safetySql } from '../../proxy/prefetch.js';
+import { findCalls, isParseFailure, loadParser, type StatementCalls } from '../../sql/calls.js';
+import { derivePrefetch, type PrefetchPlan } from '../../sql/prefetch-plan.js';
+import { safetySql } from '../../sql/prefetch.js';
 
 const dbName = `calls_prefetch_${process.pid}_${Date.now() % 100000}`;
 let admin: pg.Client;

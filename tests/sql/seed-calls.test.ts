@@ -1,7 +1,7 @@
 // Every ```sql block of the seed document (the SQL surface users expect) through findCalls.
 import { seedSqlBlocks } from '../fixtures/seed.js';
 import { beforeAll, expect, test } from 'vitest';
-import { findCalls, isParseFailure, loadParser } from '../../proxy/calls.js';
+import { findCalls, isParseFailure, loadParser } from '../../sql/calls.js';
 
 beforeAll(loadParser);
 

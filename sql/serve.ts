@@ -2,7 +2,7 @@
 // this proxy stored recently, ask the session whether it may run each function (handover.ts), compute
 // what it may, and hand the answers over (cache rows, mailbox entries) before the statement goes on.
 import type { Engine } from '../inference/engine.js';
-import { entryKey, type CacheEntry } from '../sql/store.js';
+import { entryKey, type CacheEntry } from './store.js';
 import type { SteadyCall } from './calls.js';
 import type { Database } from './databases.js';
 import {
@@ -13,7 +13,7 @@ import {
   checkExtended, checkSimple, checkSql, KnownKeys, knownTtlMs, postMailbox, readInstalled,
   type CheckItem, type CheckResult, type Installed, type MailboxEntry,
 } from './handover.js';
-import type { SessionContext } from './interceptor.js';
+import type { SessionContext } from '../proxy/interceptor.js';
 
 export interface ServeJob { call: SteadyCall; values: ArgValues }
 
