@@ -4,11 +4,9 @@
 // terms (1e3::text is '1000', 'abc'::"char" is 'a', bpchar drops trailing blanks, name truncates at 63
 // bytes, float4 rounds) is left to the database, which then computes the argument and the answer itself.
 import type { ArgValue, SteadyCall } from './calls.js';
-import { PARAMETERS, type ArgValues } from './evaluate.js';
+import type { ArgValues } from './evaluate.js';
+import { parameter, parameterNames, servedByProxy, SQL_TYPES } from './signatures.js';
 import type { BindMessage } from '../proxy/protocol.js';
-
-const INT_PARAMS = new Set(['max_tokens', 'seed']);
-const FLOAT_PARAMS = new Set(['temperature']);
 
 // Type OIDs of bound parameters.
 const UNKNOWN = 0, TEXT = 25, VARCHAR = 1043, INT2 = 21, INT4 = 23, INT8 = 20, FLOAT4 = 700, FLOAT8 = 701, NUMERIC = 1700;
@@ -26,13 +24,14 @@ export interface BoundParams { values: readonly (string | null | undefined)[]; t
 
 /** Values by parameter name, or null when an argument is not a value the proxy reads exactly. */
 export function argValues(call: SteadyCall, params: BoundParams | null): ArgValues | null {
-  const names = PARAMETERS[call.fn];
-  if (!names || !call.plain || call.inCall) return null;
+  if (!servedByProxy(call.fn) || !call.plain || call.inCall) return null;
+  const names = parameterNames(call.fn);
   const out: ArgValues = {};
   for (const arg of call.args) {
     const name = arg.name ?? names[arg.position];
-    if (!name || !names.includes(name) || !arg.value) return null;
-    const kind = INT_PARAMS.has(name) ? 'int' : FLOAT_PARAMS.has(name) ? 'float' : 'text';
+    const param = name === undefined ? undefined : parameter(call.fn, name);
+    if (!name || !param || !arg.value) return null;
+    const kind = SQL_TYPES[param.type].reads;
     const raw = readValue(arg.value, kind, params);
     if (raw === undefined) return null;
     if (raw === null || kind === 'text') { out[name] = raw; continue; }

@@ -3,17 +3,13 @@
 // and it has no end offsets, so a call's parentheses and argument ends come from bracket matching over
 // the scanner's tokens (which already know strings, dollar quotes, comments and E'' escapes).
 import { loadModule, parseSync, scanSync } from 'libpg-query';
+import { isSteadyFunction, type SteadyFunction } from './signatures.js';
 
 /** Buffers larger than this are not parsed (the WASM heap never shrinks; a 27 MB statement blocked 8 s). */
 export const MAX_PARSE_BYTES = 1024 * 1024;
 
-export const STEADYTEXT_FUNCTIONS = [
-  'steadytext_generate', 'steadytext_embed', 'steadytext_generate_stream',
-  'steadytext_daemon_status', 'steadytext_daemon_start', 'steadytext_daemon_stop', 'steadytext_daemon_restart',
-  'steadytext_model_info', 'steadytext_version', 'steadytext_config_set', 'steadytext_config_get',
-] as const;
-export type SteadyFunction = (typeof STEADYTEXT_FUNCTIONS)[number];
-const FN_SET: ReadonlySet<string> = new Set(STEADYTEXT_FUNCTIONS);
+// The functions found are those of the signature table (signatures.ts).
+export { STEADYTEXT_FUNCTIONS, type SteadyFunction } from './signatures.js';
 
 /** The named argument through which the proxy hands the database its answer. */
 export const ANSWER_ARG = '_steadytext_answer';
@@ -343,8 +339,8 @@ function walk(v: unknown, ctx: Ctx, st: WalkState): void {
 function walkFuncCall(fc: J, ctx: Ctx, st: WalkState): void {
   const { name, schema } = funcName(fc);
   let inner = ctx;
-  if (FN_SET.has(name)) {
-    st.found.push({ fc, fn: name as SteadyFunction, schema, ctx });
+  if (isSteadyFunction(name)) {
+    st.found.push({ fc, fn: name, schema, ctx });
     inner = { ...ctx, call: true };
   }
   for (const [k, x] of Object.entries(fc)) {

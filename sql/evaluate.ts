@@ -7,39 +7,15 @@ import type { RuntimeConfig } from '../config/runtime.js';
 import type { Engine } from '../inference/engine.js';
 import { errorAnswer, streamAnswer, vectorText } from './answers.js';
 import type { CacheEntry } from './store.js';
-import type { SteadyFunction } from './calls.js';
+import { SIGNATURES, type ComputingFunction, type ManagementFunction, type ManagementOp } from './signatures.js';
 import { engineErrorToWire } from './daemon.js';
 
-/** Each function's parameters in declaration order (the seed's signatures). */
-export const PARAMETERS: Partial<Record<SteadyFunction, readonly string[]>> = {
-  steadytext_generate: ['prompt', 'max_tokens', 'seed', 'temperature', 'model_size'],
-  steadytext_embed: ['text', 'seed', 'model_size'],
-  steadytext_generate_stream: ['prompt', 'max_tokens', 'seed'],
-  steadytext_daemon_status: [],
-  steadytext_daemon_start: [],
-  steadytext_daemon_stop: [],
-  steadytext_daemon_restart: [],
-  steadytext_model_info: [],
-};
+export { isComputing, isManagement, type ComputingFunction, type ManagementFunction } from './signatures.js';
 
-export type ComputingFunction = 'steadytext_generate' | 'steadytext_embed' | 'steadytext_generate_stream';
-export type ManagementFunction = 'steadytext_daemon_status' | 'steadytext_model_info' | 'steadytext_daemon_start'
-  | 'steadytext_daemon_stop' | 'steadytext_daemon_restart';
-
-export function isComputing(fn: string): fn is ComputingFunction {
-  return fn === 'steadytext_generate' || fn === 'steadytext_embed' || fn === 'steadytext_generate_stream';
+/** The mailbox topic under which the SQL function looks for a management answer (its op in the table). */
+export function managementTopic(fn: ManagementFunction): ManagementOp {
+  return SIGNATURES[fn].op;
 }
-
-const MANAGEMENT: ReadonlySet<string> = new Set(['steadytext_daemon_status', 'steadytext_model_info', 'steadytext_daemon_start', 'steadytext_daemon_stop', 'steadytext_daemon_restart']);
-export function isManagement(fn: string): fn is ManagementFunction {
-  return MANAGEMENT.has(fn);
-}
-
-/** The mailbox topic under which the SQL function looks for a management answer. */
-export const MANAGEMENT_TOPIC: Record<ManagementFunction, string> = {
-  steadytext_daemon_status: 'status', steadytext_model_info: 'model_info', steadytext_daemon_start: 'start',
-  steadytext_daemon_stop: 'stop', steadytext_daemon_restart: 'restart',
-};
 
 /** Argument values by parameter name; a missing name takes its default, as in SQL. */
 export type ArgValues = Record<string, string | number | null>;
@@ -68,7 +44,7 @@ export function resolveRequest(fn: ComputingFunction, a: ArgValues, cfg: Runtime
   // generate_stream has no temperature: greedy, as its SQL function passes NULL.
   const temperature = (fn === 'steadytext_generate' ? num(a.temperature) : null) ?? 0;
   if (!Number.isSafeInteger(maxTokens) || maxTokens < 1 || !Number.isFinite(temperature) || temperature < 0) return undefined;
-  return { fn, op: fn === 'steadytext_generate' ? 'generate' : 'generate_stream', modelSize, prompt: String(a.prompt), maxTokens, seed, temperature };
+  return { fn, op: SIGNATURES[fn].op, modelSize, prompt: String(a.prompt), maxTokens, seed, temperature };
 }
 
 export const roleOf = (r: ComputeRequest): 'generation' | 'embedding' => (r.op === 'embed' ? 'embedding' : 'generation');

@@ -15,6 +15,7 @@ import type { SessionContext } from '../proxy/interceptor.js';
 import { Be, bind, close, execute, FLUSH, parse, query, readErrorFields } from '../proxy/protocol.js';
 import type pg from 'pg';
 import { quoteIdent } from './install.js';
+import { isSteadyFunction, STEADYTEXT_FUNCTIONS } from './signatures.js';
 
 type Queryable = Pick<pg.ClientBase, 'query'> | Pick<pg.Pool, 'query'>;
 
@@ -56,8 +57,8 @@ export async function readInstalled(q: Queryable, schema: string): Promise<Insta
   const r = await q.query(
     `SELECT n.oid::int8 AS ns, p.proname::text AS name, p.oid::int8 AS oid, count(*) OVER (PARTITION BY p.proname) AS n
        FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_proc p ON p.pronamespace OPERATOR(pg_catalog.=) n.oid
-      WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text AND p.proname::pg_catalog.text LIKE 'steadytext\\_%'`,
-    [schema]);
+      WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text AND p.proname OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.name[])`,
+    [schema, STEADYTEXT_FUNCTIONS]);
   const ns = await q.query('SELECT oid::int8 AS oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text', [schema]);
   const functions = new Map<string, number>();
   for (const row of r.rows) if (Number(row.n) === 1) functions.set(row.name as string, Number(row.oid));
@@ -84,7 +85,8 @@ export interface CheckResult {
 export function checkSql(items: readonly CheckItem[], installed: Installed, schema: string): string {
   const cols = items.map(({ fn, schema: qualified }) => {
     const oid = installed.functions.get(fn);
-    if (!oid || !/^[a-z_]+$/.test(fn) || (qualified !== null && qualified !== schema)) return 'false';
+    // Only names of the signature table are ever written into the query.
+    if (!oid || !isSteadyFunction(fn) || (qualified !== null && qualified !== schema)) return 'false';
     const may = `coalesce(pg_catalog.has_function_privilege(${oid}::pg_catalog.oid, 'EXECUTE'), false)`;
     if (qualified !== null) return may;
     const inPath = `EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.oid OPERATOR(pg_catalog.=) ${installed.schemaOid}::pg_catalog.oid

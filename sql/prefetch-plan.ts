@@ -8,9 +8,10 @@
 // (prefetch.ts): the plan lists every function, operator, type and relation it names. Here only what no
 // catalog can make safe gives null: data-modifying CTEs, locking clauses, cursors, steadytext calls.
 import {
-  STEADYTEXT_FUNCTIONS, funcName, isKw, matchBrackets, nodeOf, scanRange, statementAst, tokenAt,
+  funcName, isKw, matchBrackets, nodeOf, scanRange, statementAst, tokenAt,
   type J, type StatementCalls, type SteadyCall, type Tok,
 } from './calls.js';
+import { isSteadyFunction, SIGNATURES, SQL_TYPES, type Parameter } from './signatures.js';
 
 export interface PrefetchCall {
   fn: 'steadytext_generate' | 'steadytext_embed';
@@ -50,14 +51,14 @@ const AGGREGATES: ReadonlySet<string> = new Set([
   'row_number', 'rank', 'dense_rank', 'percent_rank', 'cume_dist', 'ntile', 'lag', 'lead', 'first_value',
   'last_value', 'nth_value',
 ]);
-const STEADY: ReadonlySet<string> = new Set(STEADYTEXT_FUNCTIONS);
-// Declared parameter types (seed signatures): each column is cast like the call coerces its argument, which
-// also gives a bare `$n` or an untyped literal the type it had in the call.
-// pg_catalog-qualified: no type another role put on the session's search_path is cast to.
-const SIGNATURES: Record<PrefetchCall['fn'], [string, string][]> = {
-  steadytext_generate: [['prompt', 'pg_catalog.text'], ['max_tokens', 'pg_catalog.int4'], ['seed', 'pg_catalog.int4'], ['temperature', 'pg_catalog.float8'], ['model_size', 'pg_catalog.text']],
-  steadytext_embed: [['text', 'pg_catalog.text'], ['seed', 'pg_catalog.int4'], ['model_size', 'pg_catalog.text']],
-};
+// Each column is cast to the declared parameter type (signatures.ts), as the call coerces its argument,
+// which also gives a bare `$n` or an untyped literal the type it had in the call. pg_catalog-qualified:
+// no type another role put on the session's search_path is cast to.
+function parameterType(fn: PrefetchCall['fn'], arg: { name: string | null; position: number }): string | undefined {
+  const params: readonly Parameter[] = SIGNATURES[fn].params;
+  const p = arg.name === null ? params[arg.position] : params.find((x) => x.name === arg.name);
+  return p && SQL_TYPES[p.type].qualified;
+}
 // Operators the derived query may use without naming them (DISTINCT, GROUP BY, USING, CASE x WHEN, sorts).
 const IMPLICIT_OPERATORS = ['=', '<>', '<', '>', '<=', '>='];
 
@@ -79,7 +80,7 @@ function unsafe(v: unknown): boolean {
     if (type === 'InsertStmt' || type === 'UpdateStmt' || type === 'DeleteStmt' || type === 'MergeStmt'
       || type === 'CurrentOfExpr' || type === 'IntoClause') return true;
     if (type === 'SelectStmt' && (body.lockingClause || body.intoClause)) return true;
-    if (type === 'FuncCall' && (STEADY.has(funcName(body).name) || funcName(body).name.startsWith('_steadytext'))) return true;
+    if (type === 'FuncCall' && (isSteadyFunction(funcName(body).name) || funcName(body).name.startsWith('_steadytext'))) return true;
     return Object.values(body).some(unsafe);
   }
   return Object.values(v).some(unsafe);
@@ -393,9 +394,8 @@ export function derivePrefetch(sql: Buffer, stmt: StatementCalls): PrefetchPlan 
   const columns: string[] = [];
   const calls: PrefetchCall[] = [];
   for (const { c, i } of picked) {
-    const sig = SIGNATURES[c.fn as PrefetchCall['fn']];
     const argColumns = c.args.map((a) => {
-      const type = (a.name === null ? sig[a.position] : sig.find(([n]) => n === a.name))?.[1];
+      const type = parameterType(c.fn as PrefetchCall['fn'], a);
       const text = type ? `(${em.bytes(a.valueStart, a.end)})::${type}` : em.bytes(a.valueStart, a.end);
       let k = columns.indexOf(text);
       if (k < 0) k = columns.push(text) - 1;

@@ -19,7 +19,8 @@
 //   short sleeps, so such a cancel hits one of them (a backend waiting for a command ignores cancels).
 import type { StatementCalls } from './calls.js';
 import type { Database } from './databases.js';
-import { PARAMETERS, type ArgValues } from './evaluate.js';
+import type { ArgValues } from './evaluate.js';
+import { parameter, parameterNames, servedByProxy, SQL_TYPES } from './signatures.js';
 import { auxQuery } from './handover.js';
 import type { SessionContext } from '../proxy/interceptor.js';
 import { derivePrefetch, type PlanObjects, type PrefetchPlan, type QualifiedName } from './prefetch-plan.js';
@@ -38,7 +39,6 @@ const REFILL_AT = 64;
 const HANDOVER_BATCH = 256;
 /** Bulk prefetches log how far they are this often. */
 const PROGRESS_MS = 10_000;
-const NUMERIC_PARAMS = new Set(['max_tokens', 'seed', 'temperature']);
 const FENCE = '_steadytext_prefetch';
 
 type Stop = 'cancel' | 'timeout' | 'failed';
@@ -295,14 +295,15 @@ SELECT (SELECT s.setting FROM pg_catalog.pg_settings s WHERE s.name ${EQ} 'state
 
 /** Values by parameter name from a prefetch row (one column per argument, in argument order). */
 function rowValues(fn: string, args: readonly { name: string | null; position: number }[], tuple: readonly (string | null)[]): ArgValues | null {
-  const names = PARAMETERS[fn as keyof typeof PARAMETERS];
-  if (!names) return null;
+  if (!servedByProxy(fn)) return null;
+  const names = parameterNames(fn);
   const out: ArgValues = {};
   for (let i = 0; i < args.length; i++) {
     const name = args[i].name ?? names[args[i].position];
-    if (!name || !names.includes(name)) return null;
+    const param = name === undefined ? undefined : parameter(fn, name);
+    if (!name || !param) return null;
     const raw = tuple[i];
-    out[name] = raw !== null && NUMERIC_PARAMS.has(name) ? Number(raw) : raw;
+    out[name] = raw !== null && SQL_TYPES[param.type].reads !== 'text' ? Number(raw) : raw;
   }
   return out;
 }

@@ -6,7 +6,7 @@ import { entryKey, type CacheEntry } from './store.js';
 import type { SteadyCall } from './calls.js';
 import type { Database } from './databases.js';
 import {
-  cacheEntry, compute, failureAnswer, isComputing, isManagement, manage, MANAGEMENT_TOPIC, resolveRequest, roleOf,
+  cacheEntry, compute, failureAnswer, isComputing, isManagement, manage, managementTopic, resolveRequest, roleOf,
   type ArgValues, type ComputeRequest, type ManagementFunction,
 } from './evaluate.js';
 import {
@@ -173,7 +173,7 @@ export class Server {
     for (const fn of fns) {
       let answer: string;
       try { answer = await manage(fn, this.engine, this.daemon, config); } catch (err) { answer = failureAnswer(fn, err, config.daemonTimeoutMs); }
-      out.set(MANAGEMENT_TOPIC[fn], answer);
+      out.set(managementTopic(fn), answer);
     }
     return [...out].map(([topic, answer]) => ({ topic, answer }));
   }

@@ -2,6 +2,7 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import {
   findCalls, isParseFailure, loadParser, MAX_PARSE_BYTES, type ParseFailure, type StatementCalls, type SteadyCall,
 } from '../../sql/calls.js';
+import { DAEMON_OPS, functionOfOp, isComputing, isManagement, servedByProxy, STEADYTEXT_FUNCTIONS } from '../../sql/signatures.js';
 
 beforeAll(loadParser);
 
@@ -39,12 +40,25 @@ describe('finding calls', () => {
     expect(c.args[0]).toMatchObject({ position: 0, name: null, kind: 'const', value: { literal: 'The capital of France is', type: 'string' } });
   });
 
-  test('every steadytext function is recognised, and nothing else', () => {
-    const fns = ['steadytext_generate', 'steadytext_embed', 'steadytext_generate_stream', 'steadytext_daemon_status',
-      'steadytext_daemon_start', 'steadytext_daemon_stop', 'steadytext_daemon_restart', 'steadytext_model_info',
-      'steadytext_version', 'steadytext_config_set', 'steadytext_config_get'];
+  test('every steadytext function of the signature table is recognised, and nothing else', () => {
+    const fns = [...STEADYTEXT_FUNCTIONS];
+    expect(fns).toHaveLength(11);
     const sql = `SELECT ${fns.map((f) => `${f}()`).join(', ')}, steadytext_other(), my_steadytext_generate(), steadytext_cache()`;
     expect(calls(sql).map((c) => c.fn)).toEqual(fns);
+  });
+
+  test('the signature table: kinds, and the daemon op of each function the proxy serves', () => {
+    expect(STEADYTEXT_FUNCTIONS.filter(isComputing)).toEqual(['steadytext_generate', 'steadytext_embed', 'steadytext_generate_stream']);
+    expect(STEADYTEXT_FUNCTIONS.filter(isManagement).sort()).toEqual(['steadytext_daemon_restart', 'steadytext_daemon_start',
+      'steadytext_daemon_status', 'steadytext_daemon_stop', 'steadytext_model_info']);
+    expect(STEADYTEXT_FUNCTIONS.filter((f) => !servedByProxy(f)).sort()).toEqual(['steadytext_config_get', 'steadytext_config_set', 'steadytext_version']);
+    expect(Object.fromEntries(DAEMON_OPS.map((op) => [op, functionOfOp(op)]))).toEqual({
+      generate: 'steadytext_generate', generate_stream: 'steadytext_generate_stream', embed: 'steadytext_embed',
+      status: 'steadytext_daemon_status', model_info: 'steadytext_model_info', start: 'steadytext_daemon_start',
+      stop: 'steadytext_daemon_stop', restart: 'steadytext_daemon_restart',
+    });
+    expect(functionOfOp('nope')).toBeUndefined();
+    expect(functionOfOp('toString')).toBeUndefined();
   });
 
   test('named arguments with := and => give the same shape; quoted names resolve', () => {

@@ -4,6 +4,7 @@ import pg from 'pg';
 import { installSql, SqlInstallError } from '../../sql/install.js';
 import { registerModels, storeCacheEntry } from '../../sql/store.js';
 import { MIGRATIONS, SQL_VERSION } from '../../sql/version.js';
+import { identityArguments, SIGNATURES, sqlArguments, STEADYTEXT_FUNCTIONS, type Parameter } from '../../sql/signatures.js';
 import { createRole, dropRole, freshDatabase, pgError, type TestDatabase } from './helpers.js';
 
 const DEFAULTS: Record<string, string> = {
@@ -103,31 +104,11 @@ describe('installSql', () => {
   });
 
   it("every function has exactly the seed's signature, so the seed's GRANT, REVOKE, COMMENT and ALTER FUNCTION name it", async () => {
-    const SEED: Record<string, { args: string; names: string[]; types: string[]; result: string }> = {
-      steadytext_generate: {
-        args: 'prompt text, max_tokens integer DEFAULT NULL::integer, seed integer DEFAULT NULL::integer, temperature double precision DEFAULT NULL::double precision, model_size text DEFAULT NULL::text',
-        names: ['prompt', 'max_tokens', 'seed', 'temperature', 'model_size'], types: ['text', 'integer', 'integer', 'double precision', 'text'], result: 'text',
-      },
-      steadytext_embed: {
-        args: 'text text, seed integer DEFAULT NULL::integer, model_size text DEFAULT NULL::text',
-        names: ['text', 'seed', 'model_size'], types: ['text', 'integer', 'text'], result: 'vector',
-      },
-      steadytext_generate_stream: {
-        args: 'prompt text, max_tokens integer DEFAULT NULL::integer, seed integer DEFAULT NULL::integer',
-        names: ['prompt', 'max_tokens', 'seed'], types: ['text', 'integer', 'integer'], result: 'SETOF text',
-      },
-      steadytext_daemon_status: {
-        args: '', names: [], types: [],
-        result: 'TABLE(running boolean, pid integer, host text, port integer, uptime_seconds integer, requests_processed bigint, errors_count bigint, avg_latency_ms double precision)',
-      },
-      steadytext_daemon_start: { args: '', names: [], types: [], result: 'boolean' },
-      steadytext_daemon_stop: { args: '', names: [], types: [], result: 'boolean' },
-      steadytext_daemon_restart: { args: '', names: [], types: [], result: 'boolean' },
-      steadytext_model_info: { args: '', names: [], types: [], result: 'TABLE(model_type text, model_size text, loaded boolean, memory_mb integer)' },
-      steadytext_config_get: { args: 'key text', names: ['key'], types: ['text'], result: 'text' },
-      steadytext_config_set: { args: 'key text, value text', names: ['key', 'value'], types: ['text', 'text'], result: 'void' },
-      steadytext_version: { args: '', names: [], types: [], result: 'text' },
-    };
+    // The signature table (sql/signatures.ts) is the seed's signatures: the installed objects must agree with it.
+    const SEED = Object.fromEntries(STEADYTEXT_FUNCTIONS.map((fn) => {
+      const params: readonly Parameter[] = SIGNATURES[fn].params;
+      return [fn, { args: sqlArguments(fn), names: params.map((p) => p.name), types: params.map((p) => p.type), result: SIGNATURES[fn].returns }];
+    }));
     const rows = (await c.query(`
       SELECT proname, pg_get_function_arguments(oid) AS args, pg_get_function_result(oid) AS result,
              pg_get_function_identity_arguments(oid) AS ident,
@@ -138,7 +119,7 @@ describe('installSql', () => {
     for (const r of rows) {
       const want = SEED[r.proname];
       expect({ args: r.args, names: r.names, types: r.types, result: r.result }, r.proname).toEqual(want);
-      expect(r.ident, r.proname).toBe(want.names.map((n, i) => `${n} ${want.types[i]}`).join(', '));
+      expect(r.ident, r.proname).toBe(identityArguments(r.proname));
     }
 
     // The seed's own statements, with its signatures, work and take effect.
