@@ -27,13 +27,9 @@ afterAll(async () => {
 const listenerPids = async () => (await db.query<{ pid: number }>(
   `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pg-steadytext config listener'`)).map((r) => r.pid);
 
-async function until(pred: () => Promise<boolean>, what: string, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await pred())) {
-    if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** Polls pred until it holds; fails the test naming what never happened. */
+const until = (pred: () => Promise<boolean>, what: string, timeout = 10_000) =>
+  expect.poll(pred, { timeout, interval: 50, message: `timeout waiting for ${what}` }).toBe(true);
 
 it('after pg_terminate_backend of the listener it listens again, and sees a change made by another session', async () => {
   const d = reg.get(db.name);

@@ -98,11 +98,13 @@ describe('steadytext_config_set', () => {
     const before = (await c.query(`SELECT updated_at FROM steadytext_config WHERE key = 'default_seed'`)).rows[0].updated_at as Date;
     await c.query('BEGIN');
     await set('default_seed', '123');
-    await new Promise((r) => setTimeout(r, 100));
+    // A round trip on the listener: a notification sent already would have reached it before this answer.
+    await listener.query('SELECT 1');
     expect(got).toEqual([]); // not before commit
+    got.push({ channel: '(COMMIT sent)' });
     await c.query('COMMIT');
-    for (let i = 0; i < 50 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(got).toEqual([{ channel: 'steadytext_config', payload: 'default_seed' }]);
+    await expect.poll(() => got, { timeout: 5_000 }).toHaveLength(2);
+    expect(got).toEqual([{ channel: '(COMMIT sent)' }, { channel: 'steadytext_config', payload: 'default_seed' }]);
     const after = (await c.query(`SELECT updated_at FROM steadytext_config WHERE key = 'default_seed'`)).rows[0].updated_at as Date;
     expect(after.getTime()).toBeGreaterThan(before.getTime());
     await listener.end();
