@@ -54,8 +54,12 @@ export const GSSENC_REQUEST_CODE = 80877104;
 export const CANCEL_REQUEST_CODE = 80877102;
 /** The server's own cap on startup packets; anything longer is not a real client. */
 export const MAX_STARTUP_PACKET = 10_000;
-/** AuthenticationSASL sub-code inside an 'R' message. */
+/** Sub-codes of an Authentication ('R') message. */
+export const AUTH_OK = 0;
+export const AUTH_CLEARTEXT_PASSWORD = 3;
 export const AUTH_SASL = 10;
+/** Protocol 3.0 as a startup packet and NegotiateProtocolVersion spell it (major << 16 | minor). */
+export const PROTOCOL_3_0 = 196608;
 
 /** SQLSTATEs the proxy reports itself. */
 export const SqlState = {
@@ -117,6 +121,12 @@ export function readParameterStatus(msg: Buffer): [string, string] {
   const [name, next] = readCString(msg, 5);
   const [value] = next < 0 ? [''] : readCString(msg, next);
   return [name, value];
+}
+
+/** CancelRequest packet (as cancelRequest writes it): the backend's process id and secret key; null if malformed. */
+export function readCancelRequest(packet: Buffer): { pid: number; secret: Buffer } | null {
+  if (packet.length < 16 || packet.length > 12 + 256) return null;
+  return { pid: packet.readInt32BE(8), secret: Buffer.from(packet.subarray(12)) };
 }
 
 export interface StartupPacket {
@@ -235,8 +245,8 @@ function message(type: number, bodyLength: number): Buffer {
   return buf;
 }
 
-function cstrings(type: number, parts: (string | Buffer)[], tail?: Buffer): Buffer {
-  const bufs = parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : p));
+function cstrings(type: number, parts: (string | Buffer)[], tail?: Buffer, encoding: BufferEncoding = 'utf8'): Buffer {
+  const bufs = parts.map((p) => (typeof p === 'string' ? Buffer.from(p, encoding) : p));
   let len = tail ? tail.length : 0;
   for (const b of bufs) len += b.length + 1;
   const out = message(type, len);
@@ -249,13 +259,78 @@ function cstrings(type: number, parts: (string | Buffer)[], tail?: Buffer): Buff
   return out;
 }
 
-/** ErrorResponse (or NoticeResponse with `type` = 'N'). */
-export function errorResponse(f: ErrorFields, type: number = Be.ErrorResponse): Buffer {
+/** ErrorResponse (or NoticeResponse with `type` = 'N'), its text in the client's `encoding`. */
+export function errorResponse(f: ErrorFields, type: number = Be.ErrorResponse, encoding: BufferEncoding = 'utf8'): Buffer {
   const fields: string[] = [`S${f.severity}`, `V${f.severity}`, `C${f.code}`, `M${f.message}`];
   if (f.detail) fields.push(`D${f.detail}`);
   if (f.hint) fields.push(`H${f.hint}`);
-  return cstrings(type, [...fields, '']);
+  return cstrings(type, [...fields, ''], undefined, encoding);
 }
+
+/** Authentication ('R') without data: AUTH_OK, AUTH_CLEARTEXT_PASSWORD. */
+export function authentication(code: number): Buffer {
+  const out = message(Be.Authentication, 4);
+  out.writeInt32BE(code, 5);
+  return out;
+}
+
+/** NegotiateProtocolVersion: the newest version the server speaks (as PROTOCOL_3_0) and the `_pq_.` options it does not know. */
+export function negotiateProtocolVersion(newest: number, unrecognised: readonly string[]): Buffer {
+  const names = unrecognised.map((o) => Buffer.from(o, 'utf8'));
+  const out = message(Be.NegotiateProtocolVersion, names.reduce((n, name) => n + name.length + 1, 8));
+  let pos = out.writeInt32BE(newest, 5);
+  pos = out.writeInt32BE(names.length, pos);
+  for (const name of names) {
+    pos += name.copy(out, pos);
+    out[pos++] = 0;
+  }
+  return out;
+}
+
+export function parameterStatus(name: string, value: string | Buffer): Buffer {
+  return cstrings(Be.ParameterStatus, [name, value]);
+}
+
+export function readyForQuery(status: TxStatus): Buffer {
+  const out = message(Be.ReadyForQuery, 1);
+  out[5] = status.charCodeAt(0);
+  return out;
+}
+
+/** One column of a RowDescription; what is left out is what an expression column has (no table, -1, text format). */
+export interface FieldDescription {
+  /** The column's name: a Buffer when it is already in the client's encoding. */
+  name: string | Buffer;
+  typeOid: number;
+  tableOid?: number;
+  columnNumber?: number;
+  typeSize?: number;
+  typeModifier?: number;
+  format?: 0 | 1;
+}
+
+export function rowDescription(fields: readonly FieldDescription[]): Buffer {
+  const names = fields.map((f) => (typeof f.name === 'string' ? Buffer.from(f.name, 'utf8') : f.name));
+  const out = message(Be.RowDescription, names.reduce((n, name) => n + name.length + 19, 2));
+  let pos = out.writeInt16BE(fields.length, 5);
+  fields.forEach((f, i) => {
+    pos += names[i].copy(out, pos);
+    out[pos++] = 0;
+    pos = out.writeUInt32BE(f.tableOid ?? 0, pos);
+    pos = out.writeInt16BE(f.columnNumber ?? 0, pos);
+    pos = out.writeUInt32BE(f.typeOid, pos);
+    pos = out.writeInt16BE(f.typeSize ?? -1, pos);
+    pos = out.writeInt32BE(f.typeModifier ?? -1, pos);
+    pos = out.writeInt16BE(f.format ?? 0, pos);
+  });
+  return out;
+}
+
+export function commandComplete(tag: string): Buffer {
+  return cstrings(Be.CommandComplete, [tag]);
+}
+
+export const EMPTY_QUERY_RESPONSE = Buffer.from([Be.EmptyQueryResponse, 0, 0, 0, 4]);
 
 export function backendKeyData(pid: number, secret: Buffer): Buffer {
   const out = message(Be.BackendKeyData, 4 + secret.length);
