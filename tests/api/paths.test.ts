@@ -142,9 +142,8 @@ describe('errors and privileges', () => {
     await c.query(`SELECT steadytext_generate('x', max_tokens := -5)`).catch(() => {});
     // Log writes are asynchronous (and a debug entry is kept only if debug_mode is still on when it is
     // written): wait for each before going on.
-    const waitFor = async (sql: string) => {
-      for (let i = 0; i < 200 && Number((await one(sql)).n) < 1; i++) await new Promise((r) => setTimeout(r, 25));
-    };
+    const waitFor = (sql: string) =>
+      expect.poll(async () => Number((await one(sql)).n), { timeout: 5_000, interval: 25, message: sql }).toBeGreaterThanOrEqual(1);
     await c.query(`SELECT steadytext_config_set('debug_mode', 'true')`);
     await one(`SELECT steadytext_generate('debug me', 3) AS t`);
     await waitFor(`SELECT count(*) AS n FROM steadytext_debug_logs WHERE event = 'rewrite'`);

@@ -98,29 +98,28 @@ describe('cancel and disconnect', () => {
   test('cancel stops a running generation: 57014, the engine is free, the session goes on', async () => {
     const other = await s.connect();
     const q = other.query(`SELECT steadytext_generate('Tell a very long story', max_tokens := 4000, temperature := 0.9, seed := 7)`).catch((e) => e);
-    while (generationBusy() === 0) await new Promise((r) => setTimeout(r, 10));
+    await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the generation reaches the engine' }).toBeGreaterThan(0);
     const t0 = Date.now();
     await cancel(other);
     const err = await q;
     const ms = Date.now() - t0;
     expect(err?.code, `the query ended with ${err instanceof Error ? err.message : JSON.stringify(err?.rows)}`).toBe('57014');
     console.log(`cancel took ${ms} ms`);
-    // The statement never reached the database, so no cancel may follow it there to hit the next one.
+    // The statement never reached the database, so no cancel may follow it there to hit the next one: the
+    // next statement runs long enough (pg_sleep) that a stray cancel would end it.
     expect((await other.query('SELECT pg_sleep(0.3), 1 AS ok')).rows[0].ok).toBe(1);
     // The error can reach the client a moment before the engine has unwound the aborted generation.
-    for (let i = 0; i < 200 && generationBusy() > 0; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(generationBusy()).toBe(0);
+    await expect.poll(generationBusy, { timeout: 2_000, interval: 10, message: 'the engine free after the cancel' }).toBe(0);
   });
 
   test('a client that disconnects during a generation frees the engine', async () => {
     const gone = await s.connect();
     const errorsBefore = s.engine.status().errorsCount;
     void gone.query(`SELECT steadytext_generate('Another very long story', max_tokens := 4000, temperature := 0.9, seed := 8)`).catch(() => {});
-    while (generationBusy() === 0) await new Promise((r) => setTimeout(r, 10));
+    await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the generation reaches the engine' }).toBeGreaterThan(0);
     (gone as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
     const t0 = Date.now();
-    while (generationBusy() > 0 && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 10));
-    expect(generationBusy()).toBe(0);
+    await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the engine free after the client left' }).toBe(0);
     // Stopped (counted as an error by the engine), not run to its end.
     expect(s.engine.status().errorsCount).toBe(errorsBefore + 1);
     console.log(`engine free ${Date.now() - t0} ms after the client left`);
