@@ -52,7 +52,15 @@ export function wrapAnswer(text: string): string {
   return text.startsWith(SOH) ? SOH + text : text;
 }
 
-/** An error to be raised by the SQL function itself, so it happens inside the database like any failing call. */
+/**
+ * A failed call as a value: what the SQL function raises for it. Evaluation returns it (evaluate.ts), the
+ * serving paths pass it on as is, and only where it crosses into SQL, a steadytext_mailbox entry, is it
+ * encoded (errorAnswer).
+ */
+export interface CallError { sqlstate: string; message: string; hint: string }
+
+/** An error to be raised by the SQL function itself, so it happens inside the database like any failing call:
+ *  the in-band form _steadytext_unwrap reads (SOH, SQLSTATE, SOH, message, SOH, hint). */
 export function errorAnswer(sqlstate: string, message: string, hint = ''): string {
   const clean = (s: string) => s.replaceAll(SOH, ' ').replaceAll('\0', '');
   return SOH + sqlstate + SOH + clean(message) + SOH + clean(hint);

@@ -5,7 +5,7 @@
 // the statement's text. Management calls (status, model_info, start, stop, restart) act on the engine.
 import type { RuntimeConfig } from '../config/runtime.js';
 import type { Engine } from '../inference/engine.js';
-import { errorAnswer, streamAnswer, vectorText } from './answers.js';
+import { streamAnswer, vectorText, type CallError } from './answers.js';
 import type { CacheEntry } from './store.js';
 import { SIGNATURES, type ComputingFunction, type ManagementFunction, type ManagementOp } from './signatures.js';
 import { engineErrorToWire } from './daemon.js';
@@ -65,34 +65,53 @@ export interface ComputeContext {
   outcome?: { cached?: boolean };
 }
 
-/** The answer in the form steadytext_cache stores it (text, pgvector text, or the stream's JSON array). */
-export async function compute(r: ComputeRequest, e: ComputeContext): Promise<string> {
+/** What evaluating a call gives: its answer, or the error its SQL function is to raise. Never thrown. */
+export type Evaluated = { answer: string } | { error: CallError };
+
+/**
+ * Computes a request. The answer is in the form steadytext_cache stores it (text, pgvector text, or the
+ * stream's JSON array); a failure is the error the SQL function raises for it.
+ */
+export async function compute(r: ComputeRequest, e: ComputeContext): Promise<Evaluated> {
   const cfg = e.config;
-  if (!cfg.daemonAutoStart && !e.engine.status().running) throw stoppedError(r.fn);
-  const common = { modelSize: r.modelSize, seed: r.seed, caller: e.caller, signal: e.signal, timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled, outcome: e.outcome };
-  if (r.op === 'embed') return vectorText(await e.engine.embed({ ...common, text: r.text }));
-  const text = await e.engine.generate({ ...common, prompt: r.prompt, maxTokens: r.maxTokens, temperature: r.temperature });
-  return r.op === 'generate' ? text : streamAnswer(text);
+  if (!cfg.daemonAutoStart && !e.engine.status().running) return { error: stoppedError(r.fn) };
+  try {
+    const common = { modelSize: r.modelSize, seed: r.seed, caller: e.caller, signal: e.signal, timeoutMs: cfg.daemonTimeoutMs, cache: cfg.cacheEnabled, outcome: e.outcome };
+    if (r.op === 'embed') return { answer: vectorText(await e.engine.embed({ ...common, text: r.text })) };
+    const text = await e.engine.generate({ ...common, prompt: r.prompt, maxTokens: r.maxTokens, temperature: r.temperature });
+    return { answer: r.op === 'generate' ? text : streamAnswer(text) };
+  } catch (err) {
+    return { error: callError(r.fn, err, cfg.daemonTimeoutMs) };
+  }
 }
 
-/** Raised (as 55000) when a call would need models that were stopped while daemon_auto_start is false. */
-export function stoppedError(fn: string): Error {
-  return Object.assign(new Error(`${fn}: the pg-steadytext models are stopped and daemon_auto_start is false`), {
-    code: 'STOPPED',
+/** 55000 when a call would need models that were stopped while daemon_auto_start is false. */
+export function stoppedError(fn: string): CallError {
+  return {
+    sqlstate: '55000',
+    message: `${fn}: the pg-steadytext models are stopped and daemon_auto_start is false`,
     hint: "Run SELECT steadytext_daemon_start(), or SELECT steadytext_config_set('daemon_auto_start', 'true').",
-  });
+  };
 }
 
-/** A failure as the SQL function raises it (see _steadytext_unwrap). */
-export function failureAnswer(fn: string, err: unknown, timeoutMs?: number): string {
-  const e = err as { code?: string; message?: string; hint?: string };
-  if (e?.code === 'STOPPED') return errorAnswer('55000', e.message ?? fn, e.hint ?? '');
+/** A thrown failure (an engine error, anything else) as the error the SQL function raises for `fn`. */
+export function callError(fn: string, err: unknown, timeoutMs?: number): CallError {
   const w = engineErrorToWire(fn, err, timeoutMs);
-  return errorAnswer(w.code, w.message, w.hint ?? '');
+  // Text PostgreSQL can hold (the message is logged, and raised by the function): no NUL.
+  const text = (s: string) => s.replaceAll('\0', '');
+  return { sqlstate: w.code, message: text(w.message), hint: text(w.hint ?? '') };
 }
 
-/** What a management function returns, as the text its SQL function parses (JSON, or a boolean). */
-export async function manage(fn: ManagementFunction, engine: Engine, daemon: { host: string; port: number } | undefined, cfg: RuntimeConfig): Promise<string> {
+/** What a management function returns, as the text its SQL function parses (JSON, or a boolean), or its error. */
+export async function manage(fn: ManagementFunction, engine: Engine, daemon: { host: string; port: number } | undefined, cfg: RuntimeConfig): Promise<Evaluated> {
+  try {
+    return { answer: await act(fn, engine, daemon, cfg) };
+  } catch (err) {
+    return { error: callError(fn, err, cfg.daemonTimeoutMs) };
+  }
+}
+
+async function act(fn: ManagementFunction, engine: Engine, daemon: { host: string; port: number } | undefined, cfg: RuntimeConfig): Promise<string> {
   switch (fn) {
     case 'steadytext_daemon_status': {
       const st = engine.status();

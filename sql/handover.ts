@@ -14,6 +14,7 @@
 import type { SessionContext } from '../proxy/interceptor.js';
 import { Be, bind, close, execute, FLUSH, parse, query, readErrorFields } from '../proxy/protocol.js';
 import type pg from 'pg';
+import { errorAnswer, type CallError } from './answers.js';
 import { quoteIdent } from './install.js';
 import { isSteadyFunction, STEADYTEXT_FUNCTIONS } from './signatures.js';
 
@@ -186,8 +187,11 @@ export function readDataRow(m: Buffer): (string | null)[] {
   return out;
 }
 
-/** A mailbox entry: what the function of this backend finds under this topic. */
-export interface MailboxEntry { topic: string; answer: string }
+/** A mailbox entry: what the function of this backend finds under this topic, an answer or an error to raise. */
+export type MailboxEntry = { topic: string } & ({ answer: string } | { error: CallError });
+
+/** The text of an entry as the SQL function reads it: an error only here takes its in-band form. */
+const mailboxText = (e: MailboxEntry): string => ('error' in e ? errorAnswer(e.error.sqlstate, e.error.message, e.error.hint) : e.answer);
 
 let lastSweep = 0;
 
@@ -199,7 +203,7 @@ export async function postMailbox(q: Queryable, schema: string, backendPid: numb
   await q.query(
     `INSERT INTO ${s}.steadytext_mailbox AS m (backend_pid, topic, answer, created_at) VALUES ${values.join(', ')}
      ON CONFLICT (backend_pid, topic) DO UPDATE SET answer = EXCLUDED.answer, created_at = EXCLUDED.created_at`,
-    [backendPid, ...entries.flatMap((e) => [e.topic, e.answer])]);
+    [backendPid, ...entries.flatMap((e) => [e.topic, mailboxText(e)])]);
   if (Date.now() - lastSweep > 60_000) {
     lastSweep = Date.now();
     await q.query(`DELETE FROM ${s}.steadytext_mailbox WHERE created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval)`);

@@ -24,7 +24,7 @@ import { parameter, parameterNames, servedByProxy, SQL_TYPES } from './signature
 import { auxQuery } from './handover.js';
 import type { SessionContext } from '../proxy/interceptor.js';
 import { derivePrefetch, type PlanObjects, type PrefetchPlan, type QualifiedName } from './prefetch-plan.js';
-import type { Resolved, Server } from './serve.js';
+import type { Outcome, Resolved, Server } from './serve.js';
 
 export interface PrefetchOptions {
   /** Most rows (argument tuples) one statement's prefetch reads and computes; the database does the rest. */
@@ -42,7 +42,6 @@ const PROGRESS_MS = 10_000;
 const FENCE = '_steadytext_prefetch';
 
 type Stop = 'cancel' | 'timeout' | 'failed';
-type Outcome = Parameters<Server['handOver']>[0][number];
 
 export async function prefetch(sql: Buffer, stmts: StatementCalls[], db: Database, ctx: SessionContext, server: Server, opts: PrefetchOptions = {}): Promise<void> {
   const maxValues = opts.maxValues ?? DEFAULT_PREFETCH_MAX_VALUES;
@@ -169,7 +168,7 @@ async function serveRows(st: StatementCalls, plan: PrefetchPlan, db: Database, c
   const cpu = server.engine.status().cpu;
   const width = Math.max(2, 2 * Math.max(cpu.generationContexts, cpu.embeddingContexts));
   let writing: Promise<void> = Promise.resolve();
-  let pending: Outcome[] = [];
+  let pending: [Resolved, Outcome][] = [];
   const flush = () => {
     if (pending.length === 0) return;
     const batch = pending;

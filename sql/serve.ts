@@ -3,10 +3,11 @@
 // what it may, and hand the answers over (cache rows, mailbox entries) before the statement goes on.
 import type { Engine } from '../inference/engine.js';
 import { entryKey, type CacheEntry } from './store.js';
+import type { CallError } from './answers.js';
 import type { SteadyCall } from './calls.js';
 import type { Database } from './databases.js';
 import {
-  cacheEntry, compute, failureAnswer, isComputing, isManagement, manage, managementTopic, resolveRequest, roleOf,
+  cacheEntry, compute, isComputing, isManagement, manage, managementTopic, resolveRequest, roleOf,
   type ArgValues, type ComputeRequest, type ManagementFunction,
 } from './evaluate.js';
 import {
@@ -28,7 +29,8 @@ export interface Ahead {
 /** A computing call ready to run: its request, model identity and cache key. */
 export interface Resolved { fn: string; call: SteadyCall; req: ComputeRequest; identity: string; key: string }
 
-type Outcome = { entry: CacheEntry } | { error: string };
+/** A computed call: the cache row its answer becomes, or the error its function is to raise. */
+export type Outcome = { entry: CacheEntry } | { error: CallError };
 
 interface DbState { known: KnownKeys; installed?: Promise<Installed> }
 
@@ -90,12 +92,8 @@ export class Server {
   /** Computes one request; never throws. */
   async computeOne(r: Resolved, db: Database, ctx: SessionContext): Promise<Outcome> {
     const config = await db.config();
-    try {
-      const answer = await compute(r.req, { engine: this.engine, config, caller: `session:${ctx.id}`, signal: ctx.signal });
-      return { entry: cacheEntry(r.req, r.identity, answer) };
-    } catch (err) {
-      return { error: failureAnswer(r.fn, err, config.daemonTimeoutMs) };
-    }
+    const e = await compute(r.req, { engine: this.engine, config, caller: `session:${ctx.id}`, signal: ctx.signal });
+    return 'answer' in e ? { entry: cacheEntry(r.req, r.identity, e.answer) } : e;
   }
 
   /** Hands computed answers over: cache rows, and failures in the session's mailbox (committed on return). */
@@ -109,9 +107,8 @@ export class Server {
       if ('entry' in o) entries.push(o.entry);
       else {
         errors++;
-        posts.push({ topic: `error:${r.key}`, answer: o.error });
-        const [, code, message] = o.error.split('\x01');
-        db.logEvent('error', `${how}_error`, message, { sqlstate: code, fn: r.fn, user: ctx.user });
+        posts.push({ topic: `error:${r.key}`, error: o.error });
+        db.logEvent('error', `${how}_error`, o.error.message, { sqlstate: o.error.sqlstate, fn: r.fn, user: ctx.user });
       }
     }
     await Promise.all([db.store(entries), postMailbox(db.pool, this.schemaOf(db), backendPid, posts)]);
@@ -169,12 +166,11 @@ export class Server {
   /** Management calls in order (a stop then a start in one statement act in that order). */
   private async manageAll(fns: readonly ManagementFunction[], db: Database): Promise<MailboxEntry[]> {
     const config = await db.config();
-    const out = new Map<string, string>();
+    const out = new Map<string, MailboxEntry>();
     for (const fn of fns) {
-      let answer: string;
-      try { answer = await manage(fn, this.engine, this.daemon, config); } catch (err) { answer = failureAnswer(fn, err, config.daemonTimeoutMs); }
-      out.set(managementTopic(fn), answer);
+      const topic = managementTopic(fn);
+      out.set(topic, { topic, ...await manage(fn, this.engine, this.daemon, config) });
     }
-    return [...out].map(([topic, answer]) => ({ topic, answer }));
+    return [...out.values()];
   }
 }

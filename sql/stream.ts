@@ -8,10 +8,10 @@
 import { streamAnswer, streamChunks } from './answers.js';
 import { nodeOf, statementAst, type J, type StatementCalls, type SteadyCall } from './calls.js';
 import type { Database } from './databases.js';
-import { cacheEntry, failureAnswer, type ArgValues } from './evaluate.js';
+import { callError, cacheEntry, type ArgValues } from './evaluate.js';
 import type { Outbound, Rewrite, SessionContext } from '../proxy/interceptor.js';
 import { Be, close, dataRow, describe, parse, query, SYNC } from '../proxy/protocol.js';
-import type { Server } from './serve.js';
+import type { Outcome, Server } from './serve.js';
 
 /** The one call of a statement that only reads steadytext_generate_stream's rows, if it is one. */
 export function streamable(stmts: readonly StatementCalls[]): { call: SteadyCall } | undefined {
@@ -60,7 +60,7 @@ export async function stream(sql: Buffer, call: SteadyCall, values: ArgValues, d
     // client in its place.
     ctx.send({ bytes: SYNC, responses: { onMessage: (m) => (m[0] === Be.ReadyForQuery ? rows : null), onEnd: () => resolve() } });
   });
-  let outcome: Parameters<Server['handOver']>[0][number][1];
+  let outcome: Outcome;
   try {
     for await (const piece of server.engine.generateStream({
       prompt: req.prompt, maxTokens: req.maxTokens, seed: req.seed, temperature: 0, modelSize: req.modelSize,
@@ -75,7 +75,7 @@ export async function stream(sql: Buffer, call: SteadyCall, values: ArgValues, d
     }
     outcome = { entry: cacheEntry(req, r.identity, streamAnswer(full)) };
   } catch (err) {
-    outcome = { error: failureAnswer(call.fn, err, config.daemonTimeoutMs) };
+    outcome = { error: callError(call.fn, err, config.daemonTimeoutMs) };
   }
   await server.handOver([[r, outcome]], db, ctx, check.backendPid, 'stream');
   // The statement itself: its rows are those sent (the rest still to come), its tag and status are the client's.
