@@ -28,6 +28,9 @@ const code = async (p: Promise<unknown> | AsyncIterable<unknown>, message?: RegE
 };
 // A prompt long enough that the tiny model runs ~1-2 s at 4000 tokens.
 const LONG = { prompt: 'Tell me everything about postgres.', maxTokens: 4000 };
+/** Requests of one model running or waiting in an engine. */
+const busy = (e: Engine, role: 'generation' | 'embedding') =>
+  e.status().models.filter((m) => m.role === role).reduce((n, m) => n + m.active + m.queued, 0);
 
 beforeAll(async () => {
   models = await tinyModels();
@@ -196,8 +199,7 @@ describe('load shedding, timeouts and cancellation', () => {
     const ac1 = new AbortController(), ac2 = new AbortController();
     const running = e.generate({ ...LONG, seed: 10, temperature: 0.2, signal: ac1.signal });
     const queued = e.generate({ ...LONG, seed: 11, temperature: 0.2, signal: ac2.signal });
-    await new Promise((r) => setTimeout(r, 20));
-    expect(e.status().models.find((m) => m.role === 'generation')).toMatchObject({ queued: 1, active: 1 });
+    await expect.poll(() => e.status().models.find((m) => m.role === 'generation'), { timeout: 5_000, interval: 5 }).toMatchObject({ queued: 1, active: 1 });
     ac2.abort();
     expect(await code(queued)).toBe('CANCELLED');
     ac1.abort(new Error('client went away'));
@@ -211,11 +213,12 @@ describe('load shedding, timeouts and cancellation', () => {
     t = performance.now();
     await e.generate({ prompt: 'next again', maxTokens: 4 });
     expect(performance.now() - t).toBeLessThan(full / 2);
-    // Aborting a stream's signal ends it with CANCELLED.
+    // Aborting a stream's signal while it streams ends it with CANCELLED.
     const ac3 = new AbortController();
-    const stream = e.generateStream({ ...LONG, seed: 13, temperature: 0.2, signal: ac3.signal });
-    setTimeout(() => ac3.abort(), 30);
-    expect(await code(stream)).toBe('CANCELLED');
+    const stream = e.generateStream({ ...LONG, seed: 13, temperature: 0.2, signal: ac3.signal })[Symbol.asyncIterator]();
+    expect((await stream.next()).done).toBe(false); // streaming: its first chunk is here
+    ac3.abort();
+    expect(await code({ [Symbol.asyncIterator]: () => stream })).toBe('CANCELLED');
   });
 
   it('embedMany shares one deadline and one signal for the whole batch', async () => {
@@ -223,14 +226,16 @@ describe('load shedding, timeouts and cancellation', () => {
     const texts = Array.from({ length: 200 }, (_, i) => `text ${i} `.repeat(40));
     expect(await code(e.embedMany(texts, { timeoutMs: 50 }))).toBe('TIMEOUT');
     const ac = new AbortController();
-    setTimeout(() => ac.abort(), 50);
-    expect(await code(e.embedMany(texts, { signal: ac.signal }))).toBe('CANCELLED');
+    const batch = code(e.embedMany(texts, { signal: ac.signal }));
+    await expect.poll(() => busy(e, 'embedding'), { timeout: 10_000, interval: 5, message: 'the batch reaches the embedder' }).toBeGreaterThan(0);
+    ac.abort();
+    expect(await batch).toBe('CANCELLED');
   });
 
   it('a closed engine refuses work with CLOSED', async () => {
     const e = make();
     const pending = code(e.generate({ ...LONG, seed: 5, temperature: 0.4 }));
-    await new Promise((r) => setTimeout(r, 20));
+    await expect.poll(() => e.status().models.find((m) => m.role === 'generation')?.active, { timeout: 10_000, interval: 5, message: 'the generation running' }).toBe(1);
     await e.close();
     expect(await pending).toBe('CLOSED');
     expect(await code(e.generate({ prompt: 'hi' }))).toBe('CLOSED');
