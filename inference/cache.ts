@@ -1,22 +1,5 @@
-// In-memory result cache bounded by bytes, evicting by frecency. Its key is the engine's own; the shared
-// steadytext_cache table has another (sql/cache-key.ts), one that the SQL functions can compute themselves.
-import { createHash } from 'node:crypto';
-
-/** Bump when anything that shapes an answer changes (sampling constants, prompt templating, pooling). */
-export const CACHE_KEY_VERSION = 'pg-steadytext/1';
-
-export type CacheKeyInput =
-  | { op: 'generate'; model: string; prompt: string; maxTokens: number; seed: number; temperature: number }
-  | { op: 'embed'; model: string; text: string; seed: number; dimension: number };
-
-/** Stable hex key of an answer: operation, model file identity, input, and every parameter that changes
- * the output. Greedy decoding (temperature 0) ignores the seed, so the seed is left out there. */
-export function cacheKey(k: CacheKeyInput): string {
-  const parts = k.op === 'generate'
-    ? [CACHE_KEY_VERSION, k.op, k.model, k.prompt, k.maxTokens, k.temperature === 0 ? null : k.seed, k.temperature]
-    : [CACHE_KEY_VERSION, k.op, k.model, k.text, k.seed, k.dimension];
-  return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
-}
+// In-memory result cache bounded by bytes, evicting by frecency. Its keys are the shared steadytext_cache's
+// (callKey, inference/cache-key.ts): the engine computes them, the cache only stores what it is given.
 
 export type CachedValue = string | Float32Array;
 interface Entry { key: string; value: CachedValue; bytes: number; score: number; at: number; slot: number }
@@ -44,6 +27,11 @@ export class ResultCache {
     this.hits++;
     this.touch(e, performance.now());
     return e.value;
+  }
+
+  /** Whether an answer is held under `key` (counts as neither hit nor miss). */
+  has(key: string): boolean {
+    return this.map.has(key);
   }
 
   set(key: string, value: CachedValue) {

@@ -1,6 +1,7 @@
 // The inference engine: "a steadytext call with these arguments" in, its answer out. No wire protocol here.
 import type { Logger } from 'pino';
-import { cacheKey, ResultCache, type CacheStats } from './cache.js';
+import { ResultCache, type CacheStats } from './cache.js';
+import { callKey } from './cache-key.js';
 import { closeEmbedder, embed as embedText, embeddingContextRam, openEmbedder, type EmbedderLane } from './embedder.js';
 import { CancelledError, InferenceError, InferenceFailedError, InvalidArgumentError, TimeoutError, EngineClosedError } from './errors.js';
 import { closeGenerator, generate as generateText, openGenerator, type GenerationParams, type GeneratorLane } from './generator.js';
@@ -9,7 +10,7 @@ import { modelFileIdentity, ModelRegistry, type ModelRole, type ModelSpec, type 
 import { pullChunks } from './pull-chunks.js';
 import { Scheduler, withinRequest, type LaneState, type RequestControl } from './scheduler.js';
 
-export { cacheKey, CACHE_KEY_VERSION, type CacheKeyInput } from './cache.js';
+export { callKey, cacheKey, type KeyedCall } from './cache-key.js';
 export * from './errors.js';
 export type { ModelRole, ModelSpec } from './registry.js';
 export type { RequestControl } from './scheduler.js';
@@ -137,7 +138,7 @@ class InferenceEngine implements Engine {
     const t0 = performance.now();
     return this.track(t0, () => this.slot('generation', r.modelSize), async (slot) => {
       const p = this.generationParams(r);
-      const key = cacheKey({ op: 'generate', model: slot.identity ?? await this.identify(slot, r, t0), ...p });
+      const key = this.generationKey(p, slot.identity ?? await this.identify(slot, r, t0));
       const hit = r.cache === false ? undefined : this.cache.get(key);
       if (r.outcome) r.outcome.cached = hit !== undefined;
       if (hit !== undefined) return hit as string;
@@ -155,7 +156,7 @@ class InferenceEngine implements Engine {
     try {
       yield* pullChunks((push) => this.track(t0, () => this.slot('generation', r.modelSize), async (slot) => {
         const p = this.generationParams(r);
-        const key = cacheKey({ op: 'generate', model: slot.identity ?? await this.identify(slot, r, t0), ...p });
+        const key = this.generationKey(p, slot.identity ?? await this.identify(slot, r, t0));
         const hit = r.cache === false ? undefined : this.cache.get(key);
         if (r.outcome) r.outcome.cached = hit !== undefined;
         if (hit !== undefined) { push(hit as string); return; }
@@ -171,7 +172,8 @@ class InferenceEngine implements Engine {
     const t0 = performance.now();
     return this.track(t0, () => this.slot('embedding', r.modelSize), async (slot) => {
       const text = nonEmpty(r.text, 'text'), seed = this.seed(r.seed);
-      const key = cacheKey({ op: 'embed', model: slot.identity ?? await this.identify(slot, r, t0), text, seed, dimension: this.dimension });
+      // The dimension is the engine's own, the same for every entry of its cache: not part of the key.
+      const key = callKey({ op: 'embed', identity: slot.identity ?? await this.identify(slot, r, t0), text, seed });
       const hit = r.cache === false ? undefined : this.cache.get(key);
       if (r.outcome) r.outcome.cached = hit !== undefined;
       if (hit !== undefined) return (hit as Float32Array).slice();
@@ -347,6 +349,17 @@ class InferenceEngine implements Engine {
     const s = seed ?? this.o.defaultSeed ?? 42;
     if (!Number.isInteger(s) || s < 0 || s > SEED_MAX) throw new InvalidArgumentError(`seed must be an integer from 0 to ${SEED_MAX}, not ${seed}`);
     return s;
+  }
+
+  /**
+   * The result cache key of a generation: steadytext_generate's key in steadytext_cache (callKey). The cache
+   * holds the generated text, which generate() returns and generateStream() yields in pieces, so both key
+   * it as op 'generate': a generate_stream call's text is the steadytext_generate call's with the same
+   * prompt, max_tokens, seed and temperature 0 (steadytext_cache keeps the stream's own row, the chunks'
+   * JSON array, under op 'generate_stream').
+   */
+  private generationKey(p: GenerationParams, identity: string): string {
+    return callKey({ op: 'generate', identity, prompt: p.prompt, maxTokens: p.maxTokens, seed: p.seed, temperature: p.temperature });
   }
 
   private generationParams(r: GenerateRequest): GenerationParams {

@@ -2,7 +2,7 @@
 // model identities and cache entries. The daemon endpoint and the proxy's prefetch path share them, so
 // every path stores the same rows under the same keys.
 import type pg from 'pg';
-import { cacheKey, embedParams, generateParams, type CacheOp } from './cache-key.js';
+import { callKey } from '../inference/cache-key.js';
 import { quoteIdent, SERVICE_SEARCH_PATH } from './install.js';
 
 type Queryable = Pick<pg.ClientBase, 'query'> | Pick<pg.Pool, 'query'>;
@@ -42,11 +42,10 @@ export type CacheEntry =
       response: string }
   | { op: 'embed'; identity: string; text: string; seed: number; /** pgvector text (vectorText). */ embedding: string };
 
-/** The key of an entry, as steadytext_cache_key computes it in the database. */
+/** The key of an entry, as steadytext_cache_key computes it in the database: callKey, the function the
+ *  engine's result cache keys its answers with too. */
 export function entryKey(e: CacheEntry): string {
-  return e.op === 'embed'
-    ? cacheKey('embed', e.identity, embedParams(e.seed), e.text)
-    : cacheKey(e.op as CacheOp, e.identity, generateParams(e.maxTokens, e.seed, e.temperature), e.prompt);
+  return callKey(e);
 }
 
 /** Inserts or refreshes one steadytext_cache row; returns its key. */

@@ -6,10 +6,11 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ResultCache } from '../../inference/cache.js';
-import { cacheKey, createEngine, type Engine, type EngineOptions } from '../../inference/engine.js';
+import { callKey, createEngine, type Engine, type EngineOptions } from '../../inference/engine.js';
 import { engineOverIpc, serveEngineOverIpc, type IpcChannel } from '../../inference/engine-ipc.js';
 import { CpuSlots, planCpu } from '../../inference/llama.js';
 import { modelFileIdentity } from '../../inference/registry.js';
+import { entryKey } from '../../sql/store.js';
 import { tinyModels } from '../fixtures/models.js';
 
 let models: { generation: string; embedding: string };
@@ -32,21 +33,43 @@ afterAll(async () => {
 });
 
 describe('cache keys and model identity', () => {
-  const base = { op: 'generate' as const, model: 'm', prompt: 'p', maxTokens: 10, seed: 1, temperature: 0.5 };
-  it('cacheKey is a stable hex digest that changes with every output-shaping input', () => {
-    const k = cacheKey(base);
+  const base = { op: 'generate' as const, identity: 'm', prompt: 'p', maxTokens: 10, seed: 1, temperature: 0.5 };
+  it('callKey is a stable hex digest that changes with every output-shaping input', () => {
+    const k = callKey(base);
     expect(k).toMatch(/^[0-9a-f]{64}$/);
-    // Golden values: the SQL cache table holds these keys, so they must not drift by accident.
-    expect(k).toBe('fc5a1779184eb7bfcc7ea146b72bc1b0501a9d40d4698e8494d7e5b5c6143133');
-    expect(cacheKey({ op: 'embed', model: 'm', text: 'p', seed: 1, dimension: 1024 })).toBe('c644319591e9c2f11c37e36967691a8d3ebc6cd2d9bfbf0e99bdc997b0d7a2f4');
-    const variants = [{ model: 'n' }, { prompt: 'q' }, { maxTokens: 11 }, { seed: 2 }, { temperature: 0.6 }].map((d) => cacheKey({ ...base, ...d }));
-    expect(new Set([k, ...variants]).size).toBe(6);
-    // Greedy decoding ignores the seed, so its key does too.
-    expect(cacheKey({ ...base, temperature: 0, seed: 1 })).toBe(cacheKey({ ...base, temperature: 0, seed: 2 }));
-    const emb = { op: 'embed' as const, model: 'm', text: 'p', seed: 1, dimension: 1024 };
-    expect(cacheKey(emb)).not.toBe(cacheKey({ ...emb, seed: 2 }));
-    expect(cacheKey(emb)).not.toBe(cacheKey({ ...emb, dimension: 512 }));
-    expect(cacheKey(emb)).not.toBe(k);
+    // Golden values: steadytext_cache holds these keys (steadytext_cache_key computes them in SQL), so they must not drift by accident.
+    expect(k).toBe('a6ad82182fffebc173eaac80a5fe9a3c4bc70a34e0394090f72089a20ce38fec');
+    expect(callKey({ op: 'embed', identity: 'm', text: 'p', seed: 1 })).toBe('5c48ed7c5fc9d5ed1c4e662bd02ccd3d07f86e575bc990adecb2c56d397935ab');
+    const variants = [{ identity: 'n' }, { prompt: 'q' }, { maxTokens: 11 }, { seed: 2 }, { temperature: 0.6 }, { op: 'generate_stream' as const }]
+      .map((d) => callKey({ ...base, ...d }));
+    expect(new Set([k, ...variants]).size).toBe(7);
+    // The seed is in every key, greedy or not, as steadytext_cache_key has it.
+    expect(callKey({ ...base, temperature: 0, seed: 1 })).not.toBe(callKey({ ...base, temperature: 0, seed: 2 }));
+    const emb = { op: 'embed' as const, identity: 'm', text: 'p', seed: 1 };
+    expect(callKey(emb)).not.toBe(callKey({ ...emb, seed: 2 }));
+    expect(callKey(emb)).not.toBe(k);
+  });
+
+  it("the engine's result cache keys a call as steadytext_cache does: entryKey (sql/store.ts) of the same call", async () => {
+    const e = make();
+    const cache = (e as unknown as { cache: ResultCache }).cache;
+    const generation = await e.modelIdentity('generation'), embedding = await e.modelIdentity('embedding');
+    const text = await e.generate({ prompt: 'keyed', maxTokens: 4, seed: 7 });
+    const entry = { op: 'generate' as const, identity: generation, prompt: 'keyed', maxTokens: 4, seed: 7, temperature: 0, response: text };
+    expect(cache.has(entryKey(entry))).toBe(true);
+    expect(cache.has(entryKey({ ...entry, seed: 8 }))).toBe(false);
+    // Sampling: the temperature's exact bits are in the key.
+    await e.generate({ prompt: 'keyed', maxTokens: 4, seed: 7, temperature: 0.7 });
+    expect(cache.has(entryKey({ ...entry, temperature: 0.7 }))).toBe(true);
+    // A stream's text is keyed as steadytext_generate's: generate_stream finds what generate stored, and the other way round.
+    const outcome: { cached?: boolean } = {};
+    let streamed = '';
+    for await (const piece of e.generateStream({ prompt: 'keyed', maxTokens: 4, seed: 7, outcome })) streamed += piece;
+    expect([streamed, outcome.cached]).toEqual([text, true]);
+    for await (const _ of e.generateStream({ prompt: 'streamed first', maxTokens: 3 })) { /* drain */ }
+    expect(cache.has(entryKey({ ...entry, prompt: 'streamed first', maxTokens: 3, seed: 42 }))).toBe(true);
+    await e.embed({ text: 'keyed', seed: 3 });
+    expect(cache.has(entryKey({ op: 'embed', identity: embedding, text: 'keyed', seed: 3, embedding: '' }))).toBe(true);
   });
 
   it('model identity depends on content only, is cheap, and is what the engine reports', async () => {

@@ -2,7 +2,7 @@
 // functions): both sides must produce the same bytes for every input.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { cacheKey, embedParams, float8FromHex, float8Hex, generateParams } from '../../sql/cache-key.js';
+import { callKey, cacheKey, embedParams, float8FromHex, float8Hex, generateParams } from '../../inference/cache-key.js';
 import { parseVectorText, streamAnswer, streamChunks, vectorText } from '../../sql/answers.js';
 import { installSql } from '../../sql/install.js';
 import { freshDatabase, type TestDatabase } from './helpers.js';
@@ -70,6 +70,21 @@ describe('steadytext_cache_key (SQL) = cacheKey (TypeScript)', () => {
     expect(cacheKey('generate', 'id', 'p', 'x')).toBe(k);
     expect((await c.query(`SELECT steadytext_cache_key('generate', 'id', 'p', 'x') AS k`)).rows[0].k).toBe(k);
     expect((await c.query(`SELECT steadytext_cache_key('generate', NULL, 'p', 'x') AS k`)).rows[0].k).toBeNull();
+  });
+
+  it("callKey (the engine's result cache and steadytext_cache) is the key the SQL functions compute from their arguments", async () => {
+    const calls = [
+      { op: 'generate' as const, identity: 'gen-id', prompt: 'The capital of France is', maxTokens: 512, seed: 42, temperature: 0 },
+      { op: 'generate_stream' as const, identity: 'gen-id', prompt: 'héllo 😀', maxTokens: 7, seed: 0, temperature: 0 },
+      { op: 'generate' as const, identity: 'gen-id', prompt: 'x', maxTokens: 1, seed: 2147483647, temperature: 0.30000000000000004 },
+    ];
+    for (const k of calls) {
+      const sql = (await c.query(`SELECT steadytext_cache_key($1, $2, _steadytext_generate_params($3, $4, $5::float8), $6) AS k`,
+        [k.op, k.identity, k.maxTokens, k.seed, k.temperature, k.prompt])).rows[0].k;
+      expect(callKey(k)).toBe(sql);
+    }
+    const e = { op: 'embed' as const, identity: 'emb-id', text: 'naïve café', seed: 9 };
+    expect(callKey(e)).toBe((await c.query(`SELECT steadytext_cache_key('embed', $1, _steadytext_embed_params($2), $3) AS k`, [e.identity, e.seed, e.text])).rows[0].k);
   });
 });
 
