@@ -9,7 +9,7 @@ import { createEngine, type EngineOptions } from './inference/engine.js';
 import { engineOverIpc, serveEngineOverIpc } from './inference/engine-ipc.js';
 import { runModelsCommand } from './inference/models-command.js';
 import { startCore } from './sql/core.js';
-import { prepareDatabase } from './sql/daemon.js';
+import { prepareDatabase } from './sql/databases.js';
 import { startProxy } from './proxy/server.js';
 import { createSteadytextInterceptor } from './sql/interceptor.js';
 import { runPoolWorker, startWorkerPool, workerSetup, type WorkerSetup } from './proxy/workers.js';

@@ -5,13 +5,13 @@
 // Everything here runs with the service role's privileges, so none of it may find an object another role
 // created: every connection pins its search_path (serviceConnection), every steadytext object is named
 // with its schema, every function call's parameters are typed.
+import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { RuntimeConfigSource, type RuntimeConfig } from '../config/runtime.js';
 import type { Engine } from '../inference/engine.js';
-import { quoteIdent } from './install.js';
-import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelRole } from './store.js';
-import { prepareDatabase } from './daemon.js';
+import { installSql, quoteIdent } from './install.js';
+import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
 
 export interface DatabaseRegistryOptions {
   serviceUrl: string;
@@ -108,6 +108,7 @@ export class Database {
   private closed = false;
   private counters: Record<string, number> = {};
   private counterTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly pending = new Set<Promise<void>>();
 
   constructor(readonly name: string, private readonly reg: DatabaseRegistry) {
     this.log = reg.opts.logger.child({ database: name });
@@ -242,11 +243,33 @@ export class Database {
     }
   }
 
-  /** An entry of steadytext_logs (or steadytext_debug_logs, which keeps it only while debug_mode is on). */
+  /** An entry of steadytext_logs (or steadytext_debug_logs, which keeps it only while debug_mode is on), written later. */
   logEvent(level: 'debug' | 'info' | 'warning' | 'error', event: string, message: string, details: object): void {
-    this.pool.query(`SELECT ${this.s}.steadytext_log($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, $4::pg_catalog.jsonb)`,
-      [level, event, message, JSON.stringify(details)])
-      .catch((err) => this.log.debug({ err }, 'could not write steadytext_logs'));
+    this.writeLater('log write', () => this.pool.query(
+      `SELECT ${this.s}.steadytext_log($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, $4::pg_catalog.jsonb)`,
+      [level, event, message, JSON.stringify(details)]));
+  }
+
+  /**
+   * Runs a write off the caller's path (the daemon answers first, writes after). At most
+   * MAX_PENDING_WRITES wait at once: beyond that a write is dropped with a warning. flush() waits for them.
+   */
+  writeLater(what: string, write: () => Promise<unknown>): void {
+    if (this.pending.size >= MAX_PENDING_WRITES) {
+      this.log.warn({ what }, 'service writes are backing up; dropping one');
+      return;
+    }
+    const p: Promise<void> = Promise.resolve().then(write).then(
+      () => undefined,
+      (err) => this.log.warn({ err, what }, 'service write failed'),
+    ).finally(() => this.pending.delete(p));
+    this.pending.add(p);
+  }
+
+  /** Waits until what was queued so far is written: the counters, and every writeLater() started. */
+  async flush(): Promise<void> {
+    await this.flushCounters();
+    while (this.pending.size) await Promise.all([...this.pending]);
   }
 
   /** Adds to steadytext_stats; written within a second, or at once by flushCounters(). */
@@ -266,7 +289,7 @@ export class Database {
   }
 
   async close(): Promise<void> {
-    await this.flushCounters();
+    await this.flush();
     this.closed = true;
     if (this.listenerRetry) clearTimeout(this.listenerRetry);
     this.listenerRetry = undefined;
@@ -274,6 +297,9 @@ export class Database {
     await this.pool.end().catch(() => {});
   }
 }
+
+/** Writes waiting at once (writeLater) before more are dropped. */
+const MAX_PENDING_WRITES = 1000;
 
 // 7 parameters per row (insertCacheRows); PostgreSQL allows 65535 per statement.
 const STORE_CHUNK_ROWS = 1000;
@@ -283,4 +309,80 @@ function cacheRow(key: string, e: CacheEntry): unknown[] {
   return e.op === 'embed'
     ? [key, e.op, e.identity, JSON.stringify({ seed: e.seed }), e.text, null, e.embedding]
     : [key, e.op, e.identity, JSON.stringify({ max_tokens: e.maxTokens, seed: e.seed, temperature: e.temperature }), e.prompt, e.response, null];
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Preparation of a database: at first use (Database.ready), by `pg-steadytext install`, and in tests
+
+export interface PrepareOptions {
+  /** Where the database reaches the daemon endpoint (dblink runs on the database server). */
+  daemonHost?: string;
+  daemonPort?: number;
+  schema?: string;
+  /** Model identities to register in steadytext_models (Database.identity also registers them on first use). */
+  identities?: ModelIdentity[];
+  /**
+   * Whether to write daemonHost/daemonPort into steadytext_config: 'if-default' (default) only replaces
+   * the built-in defaults, so an address an administrator set is kept; 'always'; 'never'.
+   */
+  advertise?: 'if-default' | 'always' | 'never';
+  logger?: Logger;
+}
+
+export interface Prepared { secret: string; version: string; dblink: boolean; migrated: string[]; schema: string; role: string; superuser: boolean }
+
+/**
+ * Installs or upgrades the SQL objects, creates the daemon secret on first use (or reads the existing
+ * one: every proxy of a database shares it), registers model identities and the daemon address.
+ * The service role must own the steadytext objects (it created them, or is a member of their owner), and
+ * be the only role besides superusers that can create objects in their schema (installSql refuses otherwise).
+ */
+export async function prepareDatabase(serviceUrl: string, o: PrepareOptions = {}): Promise<Prepared> {
+  const client = new pg.Client(serviceConnection(serviceUrl, 'pg-steadytext install'));
+  // A connection lost mid-install fails the query in progress; without a listener it would also crash the process.
+  client.on('error', (err) => o.logger?.warn({ err }, 'install connection lost'));
+  await client.connect();
+  try {
+    const res = await installSql(client, { schema: o.schema });
+    const secret = await daemonSecret(client, res.schema);
+    await registerModels(client, o.identities ?? [], res.schema);
+    await advertiseDaemon(client, res.schema, o);
+    const who = (await client.query(SERVICE_ROLE_SQL)).rows[0];
+    return { secret, version: res.version, dblink: res.dblink, migrated: res.migrated, schema: res.schema, role: who.role, superuser: who.superuser };
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** The database's daemon secret, created on first use. */
+async function daemonSecret(client: pg.Client, schema: string): Promise<string> {
+  const s = quoteIdent(schema);
+  try {
+    await client.query(`INSERT INTO ${s}.steadytext_daemon_secret (id, secret) VALUES (1, $1::pg_catalog.text) ON CONFLICT (id) DO NOTHING`, [randomBytes(32).toString('hex')]);
+    return (await client.query(`SELECT secret FROM ${s}.steadytext_daemon_secret WHERE id OPERATOR(pg_catalog.=) 1`)).rows[0].secret;
+  } catch (e) {
+    if ((e as { code?: string }).code === '42501') {
+      throw new Error(`pg-steadytext: the service role cannot read ${schema}.steadytext_daemon_secret: connect the proxy's service URL as the role that owns the steadytext objects (or a member of it)`, { cause: e });
+    }
+    throw e;
+  }
+}
+
+/** Writes where the daemon listens into steadytext_config, as PrepareOptions.advertise says. */
+async function advertiseDaemon(client: pg.Client, schema: string, o: PrepareOptions): Promise<void> {
+  const mode = o.advertise ?? 'if-default';
+  if (mode === 'never') return;
+  const s = quoteIdent(schema);
+  const wildcard = (h?: string) => !h || h === '0.0.0.0' || h === '::' || h === '*';
+  const wants: Array<[string, string | undefined, string]> = [
+    ['daemon_host', wildcard(o.daemonHost) ? undefined : o.daemonHost, 'localhost'],
+    ['daemon_port', o.daemonPort === undefined ? undefined : String(o.daemonPort), '5557'],
+  ];
+  for (const [key, value, builtin] of wants) {
+    if (value === undefined) continue;
+    const cur = (await client.query(`SELECT value FROM ${s}.steadytext_config WHERE key OPERATOR(pg_catalog.=) $1::pg_catalog.text`, [key])).rows[0]?.value;
+    if (cur === value || (mode === 'if-default' && cur !== undefined && cur !== builtin)) continue;
+    await client.query(`SELECT ${s}.steadytext_config_set($1::pg_catalog.text, $2::pg_catalog.text)`, [key, value]);
+    o.logger?.info({ key, value }, 'daemon address written to steadytext_config');
+  }
 }
