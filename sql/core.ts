@@ -3,7 +3,7 @@
 // the daemon listens. The daemon starts first so that address is the bound one (port 0 included).
 import type { Logger } from 'pino';
 import type { Engine } from '../inference/engine.js';
-import { startDaemon, type DaemonHandle } from './daemon.js';
+import { startDaemon, type DaemonHandle } from './daemon/server.js';
 import { DatabaseRegistry } from './databases.js';
 
 export interface CoreOptions {
@@ -21,9 +21,10 @@ export async function startCore(o: CoreOptions): Promise<{ databases: DatabaseRe
   let databases: DatabaseRegistry | undefined;
   const daemon = o.daemonListen
     ? await startDaemon({
-      listen: o.daemonListen, engine: o.engine, logger: o.logger, schema: o.schema,
+      listen: o.daemonListen, engine: o.engine, logger: o.logger,
       secret: () => databases?.secrets() ?? [],
-      serviceUrl: (db) => (db && databases ? databases.serviceUrlFor(db) : undefined),
+      // One service writer per database: the daemon's cache rows, counters and logs go through the registry's.
+      databaseFor: (name) => databases?.get(name),
     })
     : undefined;
   databases = new DatabaseRegistry({ serviceUrl: o.serviceUrl, schema: o.schema, autoInstall: o.autoInstall, daemon: daemon?.address, engine: o.engine, logger: o.logger });

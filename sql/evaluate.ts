@@ -8,7 +8,7 @@ import type { Engine } from '../inference/engine.js';
 import { streamAnswer, vectorText, type CallError } from './answers.js';
 import type { CacheEntry } from './store.js';
 import { SIGNATURES, type ComputingFunction, type ManagementFunction, type ManagementOp } from './signatures.js';
-import { engineErrorToWire } from './daemon.js';
+import { engineErrorToWire } from './errors.js';
 
 export { isComputing, isManagement, type ComputingFunction, type ManagementFunction } from './signatures.js';
 

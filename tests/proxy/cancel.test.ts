@@ -1,9 +1,10 @@
 // Cancel through the proxy: the client only ever sees the proxy's key; a CancelRequest with it cancels
 // the upstream query (57014), a forged or stale one does nothing, and other sessions are untouched.
+import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type { ProxyServer } from '../../proxy/server.js';
 import * as P from '../../proxy/protocol.js';
-import { RawClient, adminQuery, client, eventually, queryMsg, rawSession, run, startTestProxy, testDb } from './helpers.js';
+import { RawClient, backendsOf, client, eventually, queryMsg, rawSession, startTestProxy, startupPacket, testDb } from './helpers.js';
 
 let proxy: ProxyServer;
 beforeAll(async () => {
@@ -18,6 +19,19 @@ function keyOf(c: RawClient): { pid: number; secret: Buffer } {
   if (!k) throw new Error('no BackendKeyData');
   return { pid: k.body.readInt32BE(0), secret: k.body.subarray(4) };
 }
+
+/** A raw session whose backend can be found by its application name (unique to this run: the js-relay project runs this file too). */
+async function namedSession(name: string): Promise<{ c: RawClient; app: string }> {
+  const app = `${name}-${process.pid}`;
+  const c = await RawClient.open(proxy.address.port);
+  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app }));
+  await c.waitFor('Z');
+  return { c, app };
+}
+
+/** Resolves once the session's statement runs in its backend. */
+const running = (app: string, sql: string) =>
+  eventually(async () => (await backendsOf(app)).some((b) => b.state === 'active' && b.query === sql), 5_000, `${sql} running`);
 
 async function sendCancel(pid: number, secret: Buffer): Promise<void> {
   const c = await RawClient.open(proxy.address.port);
@@ -38,11 +52,12 @@ test('the client gets the proxy\'s own key, not the backend\'s', async () => {
 });
 
 test('CancelRequest with the session\'s key cancels its query within a second; a concurrent session is untouched', async () => {
-  const victim = await rawSession(proxy.address.port);
+  const { c: victim, app } = await namedSession('cancel-victim');
   const other = await client('scram', proxy);
+  // Both statements run long enough to be running when the cancel arrives; only the victim's may end.
   const otherQuery = other.query('select pg_sleep(1.5), 7 as v');
   victim.write(queryMsg('select pg_sleep(30)'));
-  await new Promise((r) => setTimeout(r, 300));
+  await running(app, 'select pg_sleep(30)');
   const t0 = Date.now();
   await sendCancel(keyOf(victim).pid, keyOf(victim).secret);
   await victim.waitForCount('Z', 2, 5_000);
@@ -59,11 +74,12 @@ test('CancelRequest with the session\'s key cancels its query within a second; a
 });
 
 test('forged keys (wrong secret, unknown pid, wrong length) do nothing', async () => {
-  const victim = await rawSession(proxy.address.port);
+  const { c: victim, app } = await namedSession('forged-victim');
   const key = keyOf(victim);
   const ignoredBefore = proxy.stats().totals.cancelsIgnored;
+  // A statement that runs long enough for the forged cancels to arrive while it runs, and then completes.
   victim.write(queryMsg('select pg_sleep(1), 42 as v'));
-  await new Promise((r) => setTimeout(r, 200));
+  await running(app, 'select pg_sleep(1), 42 as v');
   const wrong = Buffer.from(key.secret);
   wrong[0] ^= 1;
   await sendCancel(key.pid, wrong);
@@ -90,15 +106,18 @@ test('a stale key (its session ended) does nothing', async () => {
 test('psql: Ctrl-C (SIGINT) cancels the running statement through the proxy', async () => {
   const db = testDb();
   const role = db.roles.md5;
+  const app = `psql-cancel-${process.pid}`;
   const started = Date.now();
-  const p = run(
-    'sh',
-    ['-c', `psql -X -h 127.0.0.1 -p ${proxy.address.port} -U ${role.user} -d postgres -c 'select pg_sleep(30)' & pid=$!; sleep 1; kill -INT $pid; wait $pid`],
-    { PGPASSWORD: role.password, PGSSLMODE: 'disable', PGAPPNAME: 'psql-cancel' },
-  );
-  const r = await p;
-  expect(r.stderr).toContain('canceling statement due to user request');
-  expect(r.code).toBe(1);
+  const p = spawn('psql', ['-X', '-h', '127.0.0.1', '-p', String(proxy.address.port), '-U', role.user, '-d', 'postgres', '-c', 'select pg_sleep(30)'], {
+    env: { ...process.env, PGPASSWORD: role.password, PGSSLMODE: 'disable', PGAPPNAME: app },
+  });
+  let stderr = '';
+  p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const code = new Promise<number | null>((resolve, reject) => { p.on('error', reject); p.on('close', resolve); });
+  await running(app, 'select pg_sleep(30)');
+  p.kill('SIGINT');
+  expect(await code).toBe(1);
+  expect(stderr).toContain('canceling statement due to user request');
   expect(Date.now() - started).toBeLessThan(10_000);
-  await eventually(async () => (await adminQuery(`select 1 from pg_stat_activity where application_name = 'psql-cancel'`)).length === 0, 5_000, 'psql backend gone');
+  await eventually(async () => (await backendsOf(app)).length === 0, 5_000, 'psql backend gone');
 });

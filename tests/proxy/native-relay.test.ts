@@ -131,6 +131,7 @@ describe('native relay', () => {
     const c = await rawSession(native.address.port);
     await eventually(() => relayed(native) === 1, 5_000, 'session in the relay');
     const { relayExits: exits, bytesFromClients: clientBytes } = native.stats().totals;
+    // The behaviour under test: each piece arrives in a read of its own (a pause lets the relay read it alone).
     const pause = () => new Promise((r) => setTimeout(r, 2));
     const small = Buffer.concat([queryMsg('select 1 as a'), queryMsg("select 'two' as b")]);
     for (let i = 0; i < small.length; i++) {

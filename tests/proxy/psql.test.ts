@@ -26,7 +26,7 @@ async function freshDb(): Promise<string> {
       return name;
     } catch (e) {
       if ((e as { code?: string }).code !== '55006' || attempt >= 20) throw e;
-      await new Promise((r) => setTimeout(r, 250));
+      await new Promise((r) => setTimeout(r, 250)); // backoff of a bounded retry (20 attempts), not synchronisation
     }
   }
 }

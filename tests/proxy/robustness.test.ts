@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import pg from 'pg';
 import type { ProxyServer } from '../../proxy/server.js';
 import * as P from '../../proxy/protocol.js';
-import { RawClient, backendsOf, client, eventually, frontend, queryMsg, rawSession, startTestProxy, startupPacket } from './helpers.js';
+import { RawClient, adminQuery, backendsOf, client, eventually, frontend, queryMsg, rawSession, startTestProxy, startupPacket } from './helpers.js';
 import { freePort } from '../setup/cluster.js';
 
 let proxy: ProxyServer;
@@ -14,6 +14,8 @@ let healthyRuns = 0;
 let healthyErrors: unknown[] = [];
 let stopHealthy = false;
 let healthyLoop: Promise<void>;
+/** Application names of this run only: the js-relay project runs this file too, maybe at the same time. */
+const app = (name: string) => `${name}-${process.pid}`;
 
 beforeAll(async () => {
   proxy = await startTestProxy({ maxMessageBytes: 1024 * 1024 });
@@ -29,7 +31,7 @@ beforeAll(async () => {
         healthyErrors.push(e);
         return;
       }
-      await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 5)); // pacing (the cores are shared), not synchronisation
     }
   })();
 });
@@ -133,7 +135,7 @@ describe('before startup', () => {
 describe('after startup', () => {
   test('message length 2^31-1: FATAL 54000, and its backend goes away', async () => {
     const c = await RawClient.open(proxy.address.port);
-    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: 'huge-length' }));
+    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app('huge-length') }));
     await c.waitFor('Z');
     const b = Buffer.alloc(5);
     b[0] = 0x51;
@@ -142,7 +144,7 @@ describe('after startup', () => {
     await c.waitClosed();
     expect(c.error()?.C).toBe('54000');
     expect(c.error()?.M).toContain('too large');
-    await eventually(async () => (await backendsOf('huge-length')).length === 0, 10_000, 'backend gone');
+    await eventually(async () => (await backendsOf(app('huge-length'))).length === 0, 10_000, 'backend gone');
     await healthyStillFine();
   });
 
@@ -162,24 +164,24 @@ describe('after startup', () => {
 
   test('a truncated message then half-close: FATAL 08P01, backend gone', async () => {
     const c = await RawClient.open(proxy.address.port);
-    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: 'truncated-msg' }));
+    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app('truncated-msg') }));
     await c.waitFor('Z');
     c.write(queryMsg('select 1 from generate_series(1, 10)').subarray(0, 12));
     c.sock.end();
     await c.waitClosed();
     expect(c.error()?.C).toBe('08P01');
-    await eventually(async () => (await backendsOf('truncated-msg')).length === 0, 10_000, 'backend gone');
+    await eventually(async () => (await backendsOf(app('truncated-msg'))).length === 0, 10_000, 'backend gone');
     await healthyStillFine();
   });
 
   test('client vanishes mid-query: the running statement is cancelled, its backend goes away', async () => {
     const c = await RawClient.open(proxy.address.port);
-    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: 'vanish-query' }));
+    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app('vanish-query') }));
     await c.waitFor('Z');
     c.write(queryMsg('select pg_sleep(60)'));
-    await eventually(async () => (await backendsOf('vanish-query')).some((b) => b.state === 'active'), 5_000, 'query running');
+    await eventually(async () => (await backendsOf(app('vanish-query'))).some((b) => b.state === 'active'), 5_000, 'query running');
     c.destroy();
-    await eventually(async () => (await backendsOf('vanish-query')).length === 0, 10_000, 'backend gone');
+    await eventually(async () => (await backendsOf(app('vanish-query'))).length === 0, 10_000, 'backend gone');
     await healthyStillFine();
   });
 
@@ -189,16 +191,19 @@ describe('after startup', () => {
     await setup.query('grant all on copy_vanish to trust_user'); // PUBLIC creates nothing in public
     await setup.query('truncate copy_vanish');
     const c = await RawClient.open(proxy.address.port);
-    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: 'vanish-copy' }));
+    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app('vanish-copy') }));
     await c.waitFor('Z');
     c.write(queryMsg('copy copy_vanish from stdin'));
     await c.waitFor('G');
     for (let i = 0; i < 1000; i++) c.write(frontend('d', `${i}\trow ${i}\n`));
     const partial = frontend('d', '1001\tpartial row that never ends\n');
     c.write(partial.subarray(0, partial.length - 5));
-    await new Promise((r) => setTimeout(r, 100));
+    // Mid-COPY for the server too: it has read the 1000 whole rows and waits for the rest of the last message.
+    await eventually(async () => (await adminQuery<{ n: string }>(
+      `select p.tuples_processed as n from pg_stat_progress_copy p join pg_stat_activity a using (pid) where a.application_name = $1`,
+      [app('vanish-copy')]))[0]?.n === '1000', 10_000, 'the server has read the whole rows');
     c.destroy();
-    await eventually(async () => (await backendsOf('vanish-copy')).length === 0, 10_000, 'backend gone');
+    await eventually(async () => (await backendsOf(app('vanish-copy'))).length === 0, 10_000, 'backend gone');
     expect((await setup.query('select count(*)::int as n from copy_vanish')).rows[0].n).toBe(0);
     await setup.query('drop table copy_vanish');
     await setup.end();
@@ -291,7 +296,7 @@ test('fuzz: well-framed random messages, random cuts and random disconnects, wit
       const n = Math.min(stopAt - pos, 1 + Math.floor(rand() * 40));
       c.write(all.subarray(pos, pos + n));
       pos += n;
-      if (rand() < 0.2) await new Promise((r) => setTimeout(r, 1));
+      if (rand() < 0.2) await new Promise((r) => setTimeout(r, 1)); // fuzzed timing: pieces split across reads
     }
     if (stopAt < all.length) c.destroy();
     else await c.waitClosed(5_000).catch(() => c.destroy());

@@ -18,13 +18,15 @@ function refused(port: number): Promise<boolean> {
 
 test('a running pg_sleep(1) finishes during close(); idle sessions end at once with 57P01; new connections are refused', async () => {
   const proxy = await startTestProxy();
-  const busy = await client('scram', proxy);
+  const busyApp = `shutdown-busy-${process.pid}`;
+  const busy = await client('scram', proxy, { application_name: busyApp });
   const idle = await client('md5', proxy);
   const idleError = new Promise<Error & { code?: string }>((resolve) => idle.on('error', resolve));
   const inTx = await client('trust', proxy);
   await inTx.query('begin');
+  // The statement under test: running when close() begins, it takes a second to finish.
   const running = busy.query('select pg_sleep(1), 5 as v');
-  await new Promise((r) => setTimeout(r, 200));
+  await eventually(async () => (await backendsOf(busyApp)).some((b) => b.state === 'active'), 5_000, 'pg_sleep(1) running');
 
   const t0 = Date.now();
   const closing = proxy.close(10_000);
@@ -48,16 +50,16 @@ test('a running pg_sleep(1) finishes during close(); idle sessions end at once w
 test('grace period over: the running statement is ended with 57P01 and its backend goes away', async () => {
   const proxy = await startTestProxy();
   const c = await RawClient.open(proxy.address.port);
-  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: 'grace-over' }));
+  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: `grace-over-${process.pid}` }));
   await c.waitFor('Z');
   c.write(queryMsg('select pg_sleep(30)'));
-  await eventually(async () => (await backendsOf('grace-over')).some((b) => b.state === 'active'), 5_000, 'query running');
+  await eventually(async () => (await backendsOf(`grace-over-${process.pid}`)).some((b) => b.state === 'active'), 5_000, 'query running');
   const t0 = Date.now();
   await proxy.close(300);
   expect(Date.now() - t0).toBeLessThan(5_000);
   await c.waitClosed();
   expect(c.error()?.C).toBe('57P01');
-  await eventually(async () => (await backendsOf('grace-over')).length === 0, 10_000, 'backend gone');
+  await eventually(async () => (await backendsOf(`grace-over-${process.pid}`)).length === 0, 10_000, 'backend gone');
 });
 
 test('extended-protocol COPY FROM STDIN (Sync sent before the data, as libpq does) leaves the session idle', async () => {

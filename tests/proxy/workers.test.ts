@@ -11,7 +11,7 @@ import { CancelRegistry } from '../../proxy/cancel.js';
 import { cancelRequest } from '../../proxy/protocol.js';
 import { tinyModels } from '../fixtures/models.js';
 import { freePort } from '../setup/cluster.js';
-import { adminQuery, RawClient, queryMsg, rawSession, testDb } from './helpers.js';
+import { adminQuery, RawClient, queryMsg, startupPacket, testDb } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
 const GRACE_MS = 3_000;
@@ -75,11 +75,24 @@ async function until(pred: () => boolean | Promise<boolean>, timeoutMs: number, 
   }
 }
 
-async function connectClient(): Promise<pg.Client> {
-  const c = new pg.Client(url);
+async function connectClient(applicationName?: string): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: url, application_name: applicationName });
   c.on('error', () => {});
   await c.connect();
   clients.push(c);
+  return c;
+}
+
+/** Resolves once a backend of this application name runs a statement (sql, if given). */
+const running = (app: string, sql?: string) => until(async () => (await adminQuery<{ state: string; query: string }>(
+  'SELECT state, query FROM pg_stat_activity WHERE application_name = $1', [app])).some((b) => b.state === 'active' && (sql === undefined || b.query === sql)),
+5_000, `${sql ?? 'a statement'} running in ${app}`);
+
+/** A raw session as trust_user to the served database under an application name of its own. */
+async function namedSession(app: string): Promise<RawClient> {
+  const c = await RawClient.open(port);
+  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app }));
+  await c.waitFor('Z');
   return c;
 }
 
@@ -152,12 +165,14 @@ test('steadytext_generate through either worker: the same bytes, equal to the en
 
 test('a CancelRequest cancels pg_sleep whichever worker receives it; forged keys do nothing', async () => {
   const victims: Record<number, RawClient> = {};
+  const apps: Record<number, string> = {};
   const spare: RawClient[] = [];
   while (victims[0] === undefined || victims[1] === undefined) {
-    const c = await rawSession(port);
+    const app = `workers-victim-${randomBytes(3).toString('hex')}`;
+    const c = await namedSession(app);
     const k = c.messages.find((m) => m.type === 'K')!.body;
     const w = workerOf(k.readInt32BE(0));
-    if (victims[w] === undefined) victims[w] = c; else spare.push(c);
+    if (victims[w] === undefined) { victims[w] = c; apps[w] = app; } else spare.push(c);
     if (spare.length > 10) throw new Error('all sessions land on one worker');
   }
   spare.forEach((c) => c.destroy());
@@ -167,28 +182,32 @@ test('a CancelRequest cancels pg_sleep whichever worker receives it; forged keys
   // pid of a worker that does not exist. The queries run on.
   const v0 = victims[0];
   v0.write(queryMsg('select pg_sleep(30)'));
-  await new Promise((r) => setTimeout(r, 200));
+  await running(apps[0], 'select pg_sleep(30)');
   const bad = Buffer.from(key(v0).secret.map((x) => x ^ 0xff));
+  const logged = logs.length;
   await Promise.all([
     ...Array.from({ length: 4 }, () => sendCancel(key(v0).pid, bad)),
     sendCancel((5 << 24) | 1234, key(v0).secret),
   ]);
-  await new Promise((r) => setTimeout(r, 700));
+  // Each of the five ends in a worker's log as ignored (none as forwarded to the server), whichever worker got it.
+  const ignored = () => logs.slice(logged).filter((l) => /^cancel request (from another worker )?with an unknown key ignored$/.test(l.msg ?? '')).length;
+  await until(() => ignored() === 5, 5_000, 'the five forged cancels handled');
+  expect(logs.slice(logged).filter((l) => l.msg === 'cancel request from another worker forwarded')).toEqual([]);
   expect(v0.count('E')).toBe(0);
   expect(v0.count('Z')).toBe(1);
   expect(logs.some((l) => l.msg?.startsWith('cancel request from another worker with an unknown key ignored'))).toBe(true);
 
   // Real cancels, until each victim's worker has been cancelled both from itself and from the other one.
   const seen = new Set<string>();
-  const running: Record<number, boolean> = { 0: true, 1: false };
+  const busy: Record<number, boolean> = { 0: true, 1: false };
   for (let round = 0; round < 12 && seen.size < 4; round++) {
     // Connections go round-robin: a key-less connection now and then shifts which worker gets the next cancel.
     if (round % 2 === 1) await sendCancel(0, Buffer.alloc(4));
     for (const w of [0, 1]) {
       const v = victims[w];
-      if (!running[w]) {
+      if (!busy[w]) {
         v.write(queryMsg('select pg_sleep(30)'));
-        await new Promise((r) => setTimeout(r, 150));
+        await running(apps[w], 'select pg_sleep(30)');
       }
       const zBefore = v.count('Z');
       const eBefore = v.count('E');
@@ -199,7 +218,7 @@ test('a CancelRequest cancels pg_sleep whichever worker receives it; forged keys
       expect(Date.now() - t0).toBeLessThan(3_000);
       expect(v.count('E')).toBe(eBefore + 1);
       expect(lastError(v)).toBe('57014');
-      running[w] = false;
+      busy[w] = false;
       const local = () => logs.slice(before).some((l) => l.msg === 'cancel request forwarded' && l.worker === w);
       const routed = () => logs.slice(before).some((l) => l.msg === 'cancel request from another worker forwarded' && l.worker === w);
       await until(() => local() || routed(), 2_000, 'the cancel\'s log line');
@@ -227,11 +246,15 @@ function lastError(c: RawClient): string | undefined {
 }
 
 test('cancelling a long generation gives 57014 and the session goes on', async () => {
-  const c = await connectClient();
+  const app = `workers-generation-${randomBytes(3).toString('hex')}`;
+  const c = await connectClient(app);
   const errors = async () => (await c.query('SELECT errors_count FROM steadytext_daemon_status()')).rows[0].errors_count as number;
   const errorsBefore = await errors();
   const q = c.query(`SELECT steadytext_generate('Tell a very long story', max_tokens := 4000, temperature := 0.9, seed := 7)`).catch((e) => e);
-  await new Promise((r) => setTimeout(r, 700));
+  // The proxy computes once the session has said it may run the function (README, "Ahead of the statement"):
+  // its backend idle after that check means the generation is in the primary's engine.
+  await until(async () => (await adminQuery<{ state: string; query: string }>('SELECT state, query FROM pg_stat_activity WHERE application_name = $1', [app]))
+    .some((b) => b.state === 'idle' && b.query.includes('has_function_privilege')), 5_000, 'the proxy computing the generation');
   const t0 = Date.now();
   await sendCancel(keyOf(c).processID, int32(keyOf(c).secretKey));
   const err = await q;
@@ -257,9 +280,11 @@ test('a worker that dies is restarted (and logged); sessions land on both worker
 });
 
 test('SIGTERM: running queries finish, then the workers and the primary stop, exit code 0', async () => {
-  const c = await connectClient();
+  const app = `workers-sigterm-${randomBytes(3).toString('hex')}`;
+  const c = await connectClient(app);
+  // The statement under test: running when SIGTERM arrives, it finishes half a second later.
   const q = c.query('SELECT pg_sleep(0.5), 42 AS v');
-  await new Promise((r) => setTimeout(r, 100));
+  await running(app);
   const workerPids = [...new Set(logs.filter((l) => l.worker !== undefined && l.msg === 'proxy listening').map((l) => l.pid as number))];
   if (process.env.PGST_TEST_LOG) for (const l of logs) if (l.level >= 40) console.log(l);
   expect(workerPids.length).toBeGreaterThanOrEqual(2);

@@ -10,7 +10,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { createEngine, type Engine } from '../../inference/engine.js';
 import { startCore } from '../../sql/core.js';
-import type { DaemonHandle } from '../../sql/daemon.js';
+import type { DaemonHandle } from '../../sql/daemon/server.js';
 import type { DatabaseRegistry } from '../../sql/databases.js';
 import { startProxy, type ProxyServer } from '../../proxy/server.js';
 import { createSteadytextInterceptor } from '../../sql/interceptor.js';

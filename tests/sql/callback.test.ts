@@ -4,7 +4,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import type { Engine } from '../../inference/engine.js';
-import { prepareDatabase, startDaemon, type DaemonHandle } from '../../sql/daemon.js';
+import { startDaemon, type DaemonHandle } from '../../sql/daemon/server.js';
+import { DatabaseRegistry, prepareDatabase } from '../../sql/databases.js';
 import { parseVectorText, streamChunks } from '../../sql/answers.js';
 import { cacheKey, embedParams, generateParams } from '../../sql/cache-key.js';
 import { createRole, dropRole, freshDatabase, pgError, silentLogger, tinyEngine, type TestDatabase } from './helpers.js';
@@ -12,12 +13,15 @@ import { createRole, dropRole, freshDatabase, pgError, silentLogger, tinyEngine,
 let db: TestDatabase;
 let engine: Engine;
 let daemon: DaemonHandle;
+let databases: DatabaseRegistry;
 let c: pg.Client;
+const start = (port: number, secret: string) => startDaemon({ listen: { host: '127.0.0.1', port }, secret, engine, databaseFor: (name) => databases.get(name), logger: silentLogger });
 beforeAll(async () => {
   db = await freshDatabase('st_callback');
   engine = await tinyEngine();
   const { secret } = await prepareDatabase(db.url);
-  daemon = await startDaemon({ listen: { host: '127.0.0.1', port: 0 }, secret, engine, serviceUrl: db.url, logger: silentLogger });
+  databases = new DatabaseRegistry({ serviceUrl: db.url, autoInstall: false, engine, logger: silentLogger });
+  daemon = await start(0, secret);
   await prepareDatabase(db.url, { daemonHost: '127.0.0.1', daemonPort: daemon.address.port });
   c = await db.connect();
   // The seed's examples, verbatim.
@@ -64,6 +68,7 @@ beforeAll(async () => {
 }, 180_000);
 afterAll(async () => {
   await daemon?.close();
+  await databases?.close();
   await engine?.close();
   await db?.drop();
 });
@@ -183,7 +188,7 @@ describe('the cache and the daemon', () => {
       expect((await fresh.query('SELECT running FROM steadytext_daemon_status()')).rows[0].running).toBe(false);
       await fresh.end();
     } finally {
-      daemon = await startDaemon({ listen: { host: '127.0.0.1', port }, secret, engine, serviceUrl: db.url, logger: silentLogger });
+      daemon = await start(port, secret);
     }
   });
 

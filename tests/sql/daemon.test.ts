@@ -5,7 +5,9 @@ import { connect } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { prepareDatabase, startDaemon, type DaemonEngine, type DaemonHandle } from '../../sql/daemon.js';
+import { startDaemon, type DaemonEngine, type DaemonHandle } from '../../sql/daemon/server.js';
+import { DatabaseRegistry, prepareDatabase } from '../../sql/databases.js';
+import type { Engine } from '../../inference/engine.js';
 import { cacheKey, generateParams } from '../../sql/cache-key.js';
 import { InferenceError, type InferenceErrorCode } from '../../inference/errors.js';
 import { freshDatabase, pgError, silentLogger, type TestDatabase } from './helpers.js';
@@ -38,7 +40,6 @@ const engine: DaemonEngine = {
     if (r.text === '') return fail('INVALID_ARGUMENT', 'text is empty: there is nothing to embed');
     return Float32Array.from({ length: 8 }, (_, i) => (i + r.text.length) / 16);
   },
-  async modelIdentity(role, size) { return `fake-${role}-${size}`; },
   status() {
     return { running: true, pid: 4242, uptimeSeconds: 9, requestsProcessed: 3, errorsCount: 1, avgLatencyMs: 2.5 } as ReturnType<DaemonEngine['status']>;
   },
@@ -48,19 +49,26 @@ const engine: DaemonEngine = {
   async load() {}, async unload() {}, async reload() {},
 };
 
+// The databases' service writers (cache rows, stats, logs); the model identities of the scripted engine.
+const identities = { async modelIdentity(role: string, size: string) { return `fake-${role}-${size}`; } } as unknown as Engine;
+
 let db: TestDatabase;
 let secret: string;
+let databases: DatabaseRegistry;
 let daemon: DaemonHandle;
 let sql: pg.Client;
+const start = (port: number) => startDaemon({ listen: { host: '127.0.0.1', port }, secret, engine, databaseFor: (name) => databases.get(name), logger: silentLogger });
 beforeAll(async () => {
   db = await freshDatabase('st_daemon');
   ({ secret } = await prepareDatabase(db.url));
-  daemon = await startDaemon({ listen: { host: '127.0.0.1', port: 0 }, secret, engine, serviceUrl: db.url, logger: silentLogger });
+  databases = new DatabaseRegistry({ serviceUrl: db.url, autoInstall: false, engine: identities, logger: silentLogger });
+  daemon = await start(0);
   await prepareDatabase(db.url, { daemonHost: '127.0.0.1', daemonPort: daemon.address.port });
   sql = await db.connect();
 });
 afterAll(async () => {
   await daemon?.close();
+  await databases?.close();
   await db?.drop();
 });
 
@@ -296,7 +304,7 @@ describe('through dblink', () => {
     const down = await pgError(c.query(`SELECT steadytext_generate('while down')`));
     expect(down.code).toBe('08001');
     expect(down.message).toMatch(/^steadytext_generate could not reach the pg-steadytext daemon at 127\.0\.0\.1:\d+: .*Connection refused/);
-    daemon = await startDaemon({ listen: { host: '127.0.0.1', port }, secret, engine, serviceUrl: db.url, logger: silentLogger });
+    daemon = await start(port);
     expect((await c.query(`SELECT steadytext_generate('after restart') AS a`)).rows[0].a).toMatch(/^echo:after restart/);
     await c.end();
   });
