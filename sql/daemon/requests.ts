@@ -2,7 +2,7 @@
 // (_steadytext_daemon_call in sql/migrations), read and checked. Its op names the function (sql/signatures.ts);
 // a computing function's request carries its arguments with every default resolved, and the
 // steadytext_config values the function read (cache, debug, auto_start, timeout_ms).
-import { float8FromHex } from '../cache-key.js';
+import { float8FromHex } from '../../inference/cache-key.js';
 import { WireError } from '../errors.js';
 import type { ComputeRequest } from '../evaluate.js';
 import { DAEMON_OPS, functionOfOp, isComputing, SIGNATURES, type ComputingFunction, type ManagementFunction } from '../signatures.js';
