@@ -4,7 +4,7 @@
 // objects (and the extensions they need) appear on the first statement that names steadytext, or on
 // CREATE EXTENSION pg_steadytext.
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, onTestFinished, test, vi } from 'vitest';
 import pg from 'pg';
 import { startStack, type Stack } from '../api/helpers.js';
 import { adminQuery } from '../sql/helpers.js';
@@ -63,6 +63,9 @@ describe('connecting and ordinary SQL change nothing', () => {
     const db = await freshDatabase();
     const before = await footprint(db);
     expect(before.extensions).toEqual(['plpgsql']);
+    // Whatever the proxy does to a database (install, config listener, cache writes) starts from its registry.
+    const asked = vi.spyOn(s.databases, 'get');
+    onTestFinished(() => asked.mockRestore());
     const c = await s.connect(at(s.url(), db));
     await ordinaryWork(c);
     const u = await createRole('st_fu');
@@ -70,8 +73,10 @@ describe('connecting and ordinary SQL change nothing', () => {
     await adminQuery(`GRANT ALL ON DATABASE ${db} TO ${u.user}`);
     const p = await s.connect(at(s.url(u.user, u.password), db));
     expect((await p.query('SELECT current_user AS u')).rows).toEqual([{ u: u.user }]);
-    // Anything started in the background on connect would have had time to land.
-    await new Promise((r) => setTimeout(r, 1500));
+    // Nothing was started for this database, in the background or otherwise: the registry was never asked
+    // about it, and no connection of the proxy's own is open to it.
+    expect(asked.mock.calls.filter(([name]) => name === db)).toEqual([]);
+    expect((await adminQuery(`SELECT application_name FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'pg-steadytext%'`, [db])).rows).toEqual([]);
     await c.end();
     await p.end();
     const after = await footprint(db);

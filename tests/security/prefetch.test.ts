@@ -76,7 +76,7 @@ describe('nothing the statement cannot need is computed', () => {
       const before = s.engine.status().requestsProcessed;
       const t0 = Date.now();
       const q = own.query('SELECT steadytext_embed(g::text) AS e FROM generate_series(1, 200000) g LIMIT 1');
-      const r = await Promise.race([q, sleep(15_000).then(() => 'still running')]);
+      const r = await Promise.race([q, sleep(15_000).then(() => 'still running')]); // a deadline, not a wait
       expect(r, 'the statement ends in seconds, not after 200,000 embeddings').not.toBe('still running');
       console.log(`LIMIT 1 took ${Date.now() - t0} ms`);
       expect(s.engine.status().requestsProcessed - before).toBeLessThanOrEqual(1);
@@ -233,16 +233,19 @@ describe('the compute phase stops', () => {
     const before = await stats();
     const t0 = Date.now();
     const q = client.query(long()).then(() => ({ code: 'none' }), (e) => e);
-    while (generationBusy() === 0 && Date.now() - t0 < 10_000) await sleep(10);
-    await sleep(300);
+    // Computing: the engine has the prefetch's requests, and the backend runs the short sleeps a cancel hits.
+    await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the prefetch computing' }).toBeGreaterThan(0);
+    await expect.poll(async () => (await direct.query('SELECT query FROM pg_stat_activity WHERE pid = $1', [pid])).rows[0]?.query as string,
+      { timeout: 10_000, interval: 10, message: "the backend running the prefetch's sleeps" }).toContain('computing prefetched answers');
     const t1 = Date.now();
     await how(client, pid);
-    for (let i = 0; i < 300 && generationBusy() > 0; i++) await sleep(10);
+    await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the engine free once the statement is stopped' }).toBe(0);
     const freeAfter = Date.now() - t1;
+    // A deadline, not a wait: a statement still running after 10 s fails the test with 'still running'.
     const err = await Promise.race([q, sleep(10_000).then(() => ({ code: 'still running' }))]);
     const after = await stats();
     destroy(client);
-    for (let i = 0; i < 300 && generationBusy() > 0; i++) await sleep(10);
+    await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the engine free after the session ended' }).toBe(0);
     return { err, freeAfter, prefetched: after.p - before.p, total: Date.now() - t0 };
   }
 

@@ -95,17 +95,15 @@ describe('a role without EXECUTE', () => {
     const b = await s.connect(s.url(plain.user, plain.password));
     const pid = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
     const before = engineRequests(s);
+    // pg_sleep keeps the statement running long enough to be seen running.
     const sql = `SELECT pg_sleep(1.5) AS slept WHERE true OR steadytext_generate('P-activity', 6) IS NULL`;
     const running = a.query(sql);
     const seen: string[] = [];
-    let active = false;
-    for (let i = 0; i < 40 && !active; i++) {
+    await expect.poll(async () => {
       const r = await b.query('SELECT state, query FROM pg_stat_activity WHERE pid = $1', [pid]);
       seen.push(texts(r));
-      active = r.rows[0]?.state === 'active' && r.rows[0]?.query === sql;
-      if (!active) await new Promise((res) => setTimeout(res, 50));
-    }
-    expect(active).toBe(true);
+      return r.rows[0]?.state === 'active' && r.rows[0]?.query === sql;
+    }, { timeout: 5_000, interval: 50, message: 'the statement seen running' }).toBe(true);
     await running;
     const after = await b.query('SELECT query FROM pg_stat_activity WHERE pid = $1', [pid]);
     expect(after.rows).toEqual([{ query: sql }]);
