@@ -5,6 +5,7 @@ import { connect, type Socket } from 'node:net';
 import { inject } from 'vitest';
 import pino from 'pino';
 import pg from 'pg';
+import { query, readErrorFields } from '../../proxy/protocol.js';
 import { startProxy, type ProxyOptions, type ProxyServer } from '../../proxy/server.js';
 
 export type RoleName = 'scram' | 'md5' | 'trust';
@@ -102,6 +103,8 @@ export function run(cmd: string, args: string[], env: Record<string, string> = {
 export interface Msg {
   type: string;
   body: Buffer;
+  /** The whole message (type byte and length too), as proxy/protocol.ts readers take it. */
+  bytes: Buffer;
 }
 
 /** A bare socket that collects what the proxy answers: single bytes ('S'/'N') and typed messages. */
@@ -155,7 +158,8 @@ export class RawClient {
       if (this.buf.length < 5) return;
       const len = this.buf.readInt32BE(1);
       if (this.buf.length < 1 + len) return;
-      this.messages.push({ type: String.fromCharCode(this.buf[0]), body: Buffer.from(this.buf.subarray(5, 1 + len)) });
+      const bytes = Buffer.from(this.buf.subarray(0, 1 + len));
+      this.messages.push({ type: String.fromCharCode(bytes[0]), body: bytes.subarray(5), bytes });
       this.buf = this.buf.subarray(1 + len);
     }
   }
@@ -201,15 +205,7 @@ export class RawClient {
   /** Fields of the first ErrorResponse. */
   error(): Record<string, string> | undefined {
     const m = this.messages.find((x) => x.type === 'E');
-    if (!m) return undefined;
-    const out: Record<string, string> = {};
-    let pos = 0;
-    while (pos < m.body.length && m.body[pos] !== 0) {
-      const end = m.body.indexOf(0, pos + 1);
-      out[String.fromCharCode(m.body[pos])] = m.body.toString('utf8', pos + 1, end);
-      pos = end + 1;
-    }
-    return out;
+    return m && readErrorFields(m.bytes);
   }
 
   destroy(): void {
@@ -235,7 +231,7 @@ export function frontend(type: string, body: Buffer | string = Buffer.alloc(0)):
   return out;
 }
 
-export const queryMsg = (sql: string) => frontend('Q', `${sql}\0`);
+export const queryMsg = query;
 
 /** A raw client through authentication as trust_user (no password needed), until the first ReadyForQuery. */
 export async function rawSession(port: number): Promise<RawClient> {

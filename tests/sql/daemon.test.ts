@@ -9,6 +9,7 @@ import { startDaemon, type DaemonEngine, type DaemonHandle } from '../../sql/dae
 import { DatabaseRegistry, prepareDatabase } from '../../sql/databases.js';
 import type { Engine } from '../../inference/engine.js';
 import { cacheKey, generateParams } from '../../sql/cache-key.js';
+import { cancelRequest } from '../../proxy/protocol.js';
 import { InferenceError, type InferenceErrorCode } from '../../inference/errors.js';
 import { freshDatabase, pgError, silentLogger, type TestDatabase } from './helpers.js';
 
@@ -158,10 +159,9 @@ describe('wire protocol', () => {
     const pending = pgError(c.query('{"op":"generate","prompt":"slow","max_tokens":1,"seed":0}'));
     await new Promise((r) => setTimeout(r, 100));
     const { processID, secretKey } = c as unknown as { processID: number; secretKey: number };
-    const wrongKey = Buffer.alloc(16);
-    wrongKey.writeInt32BE(16, 0); wrongKey.writeInt32BE(80877102, 4); wrongKey.writeInt32BE(processID, 8); wrongKey.writeInt32BE(secretKey ^ 1, 12);
-    const cancel = Buffer.from(wrongKey);
-    cancel.writeInt32BE(secretKey, 12);
+    const key = (k: number) => { const b = Buffer.alloc(4); b.writeInt32BE(k); return b; };
+    const wrongKey = cancelRequest(processID, key(secretKey ^ 1));
+    const cancel = cancelRequest(processID, key(secretKey));
     for (const packet of [wrongKey, cancel]) {
       await new Promise<void>((resolve) => { const s = connect(daemon.address.port, '127.0.0.1', () => s.end(packet)); s.on('close', () => resolve()); });
       if (packet === wrongKey) {
