@@ -8,7 +8,8 @@ export type CacheOp = 'generate' | 'embed' | 'generate_stream';
 
 const SEP = '\x1f';
 
-export function cacheKey(op: CacheOp | string, modelIdentity: string, params: string, input: string): string {
+/** The key from its parts (op is a CacheOp; any text is hashed as given, as steadytext_cache_key does). */
+export function cacheKey(op: string, modelIdentity: string, params: string, input: string): string {
   return createHash('sha256').update(op + SEP + modelIdentity + SEP + params + SEP + input, 'utf8').digest('hex');
 }
 
