@@ -1,6 +1,8 @@
 // What the proxy keeps per database it serves: its service connection (the role that owns the
 // steadytext objects), the one-time install/upgrade, the daemon secret, the runtime keys of its
-// steadytext_config (reloaded on NOTIFY) and the writes of answers into its steadytext_cache.
+// steadytext_config (reloaded on NOTIFY) and its one service writer: answers into its steadytext_cache,
+// counters into its stats, entries into its logs, for every path (the daemon endpoint's writes too,
+// after it has answered: writeLater).
 //
 // Everything here runs with the service role's privileges, so none of it may find an object another role
 // created: every connection pins its search_path (serviceConnection), every steadytext object is named
