@@ -267,10 +267,11 @@ export function errorResponse(f: ErrorFields, type: number = Be.ErrorResponse, e
   return cstrings(type, [...fields, ''], undefined, encoding);
 }
 
-/** Authentication ('R') without data: AUTH_OK, AUTH_CLEARTEXT_PASSWORD. */
-export function authentication(code: number): Buffer {
-  const out = message(Be.Authentication, 4);
+/** Authentication ('R'): AUTH_OK, AUTH_CLEARTEXT_PASSWORD, or with its data (AUTH_SASL: the mechanisms, each NUL-terminated, then a NUL). */
+export function authentication(code: number, data?: Buffer): Buffer {
+  const out = message(Be.Authentication, 4 + (data?.length ?? 0));
   out.writeInt32BE(code, 5);
+  data?.copy(out, 9);
   return out;
 }
 

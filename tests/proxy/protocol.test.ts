@@ -5,7 +5,7 @@ import { describe, expect, test } from 'vitest';
 import { Parser } from 'pg-protocol/dist/parser.js';
 import type { BackendMessage } from 'pg-protocol/dist/messages.js';
 import {
-  AUTH_CLEARTEXT_PASSWORD, AUTH_OK, Be, EMPTY_QUERY_RESPONSE, PROTOCOL_3_0, authentication, backendKeyData, cancelRequest,
+  AUTH_CLEARTEXT_PASSWORD, AUTH_OK, AUTH_SASL, Be, EMPTY_QUERY_RESPONSE, PROTOCOL_3_0, authentication, backendKeyData, cancelRequest,
   commandComplete, dataRow, errorResponse, forEachMessage, negotiateProtocolVersion, parameterStatus, readBackendKeyData,
   readCancelRequest, readCString, readErrorFields, readParameterStatus, readTxStatus, readyForQuery, rowDescription,
 } from '../../proxy/protocol.js';
@@ -22,6 +22,8 @@ describe('backend message writers', () => {
     expect(authentication(AUTH_OK)).toEqual(Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0]));
     expect(parsed(authentication(AUTH_CLEARTEXT_PASSWORD), authentication(AUTH_OK)).map((m) => m.name))
       .toEqual(['authenticationCleartextPassword', 'authenticationOk']);
+    const [sasl] = parsed(authentication(AUTH_SASL, Buffer.from('SCRAM-SHA-256\0\0')));
+    expect(sasl).toMatchObject({ name: 'authenticationSASL', mechanisms: ['SCRAM-SHA-256'] });
   });
 
   test('ParameterStatus, BackendKeyData, ReadyForQuery', () => {
