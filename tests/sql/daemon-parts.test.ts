@@ -10,7 +10,7 @@ import { cancelRequest, query, readErrorFields } from '../../proxy/protocol.js';
 import { WireError } from '../../sql/errors.js';
 import { clientEncoding, sessionCommand } from '../../sql/daemon/commands.js';
 import { parseRequest } from '../../sql/daemon/requests.js';
-import { Responder, type DaemonEngine, type ServiceWriter } from '../../sql/daemon/responder.js';
+import { Responder, type DaemonEngine } from '../../sql/daemon/responder.js';
 import { secretMatcher } from '../../sql/daemon/server.js';
 import { DaemonSession, type SessionHost } from '../../sql/daemon/session.js';
 import { RawClient, frontend, startupPacket } from '../proxy/helpers.js';
@@ -201,7 +201,7 @@ describe('the responder', () => {
     async flush() { for (const w of this.later.splice(0)) await w(); }
   }
   const writer = new Writer();
-  const responder = new Responder({ engine, log: silent, address: { host: 'h', port: 1 }, databaseFor: (name) => (name === 'db' ? writer as unknown as ServiceWriter : undefined) });
+  const responder = new Responder({ engine, log: silent, address: { host: 'h', port: 1 }, databaseFor: (name) => (name === 'db' ? writer : undefined) });
   const call = () => ({ pid: 1, abort: new AbortController() });
 
   it('answers first and stores after; counts and logs into the database the request names', async () => {
