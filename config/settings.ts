@@ -83,7 +83,7 @@ function coerce(key: SettingKey, raw: unknown, source: string): unknown {
   const kind = spec.kind;
   if (kind === 'int') {
     const n = typeof raw === 'number' ? raw : /^\s*-?\d+\s*$/.test(String(raw)) ? Number(raw) : NaN;
-    if (!Number.isSafeInteger(n)) throw new SettingsError(`${what}: "${raw}" is not an integer`);
+    if (!Number.isSafeInteger(n)) throw new SettingsError(`${what}: "${String(raw)}" is not an integer`);
     if (spec.min !== undefined && n < spec.min) throw new SettingsError(`${what}: ${n} is below the minimum ${spec.min}`);
     return n;
   }
@@ -92,7 +92,7 @@ function coerce(key: SettingKey, raw: unknown, source: string): unknown {
     const s = String(raw).toLowerCase();
     if (['1', 'true', 'yes', 'on'].includes(s)) return true;
     if (['0', 'false', 'no', 'off'].includes(s)) return false;
-    throw new SettingsError(`${what}: "${raw}" is not a boolean (true/false)`);
+    throw new SettingsError(`${what}: "${String(raw)}" is not a boolean (true/false)`);
   }
   if (typeof raw !== 'string') throw new SettingsError(`${what}: expected a string, got ${JSON.stringify(raw)}`);
   if (kind === 'hostport') return parseHostPort(raw, what);
@@ -151,7 +151,7 @@ export function loadSettings(sources: SettingsSources = {}): Settings {
 /** The configuration reference as a Markdown table (README). */
 export function settingsMarkdown(): string {
   const rows = Object.entries(SPECS).map(([k, s]: [string, Spec]) => {
-    const d = k === 'modelDir' ? '`~/.cache/pg-steadytext/models`' : s.default === '' ? '' : `\`${s.default}\``;
+    const d = k === 'modelDir' ? '`~/.cache/pg-steadytext/models`' : s.default === '' ? '' : `\`${String(s.default)}\``;
     return `| \`--${s.flag}\` | \`${s.env}\` | \`${k}\` | ${d} | ${s.help} |`;
   });
   return ['| flag | environment | config file key | default | meaning |', '|---|---|---|---|---|', ...rows].join('\n');

@@ -88,9 +88,16 @@ interface Vocab { tokens: string[]; scores: number[]; types: number[] }
 
 function buildVocab(minSize: number): Vocab {
   const tokens = [...SPECIAL], types: number[] = [TT.unknown, TT.control, TT.control, TT.control, TT.control];
-  for (let b = 0; b < 256; b++) tokens.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`), types.push(TT.byte);
+  for (let b = 0; b < 256; b++) {
+    tokens.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
+    types.push(TT.byte);
+  }
   const seen = new Set<string>(), pieces: string[] = [];
-  const add = (p: string) => { if (!seen.has(p)) seen.add(p), pieces.push(p); };
+  const add = (p: string) => {
+    if (seen.has(p)) return;
+    seen.add(p);
+    pieces.push(p);
+  };
   // SPM merges only pairs whose concatenation is in the vocabulary, so every word needs its prefix chain.
   const chain = (w: string) => { for (let k = 1; k <= w.length; k++) add(w.slice(0, k)); };
   add('▁');

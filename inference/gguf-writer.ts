@@ -111,7 +111,10 @@ class Sink {
   async room(n: number): Promise<Buffer> {
     if (this.pos + n > this.buf.length) {
       await this.flush();
-      if (n > this.buf.length) this.buf = Buffer.alloc(n), this.spare = Buffer.alloc(n);
+      if (n > this.buf.length) {
+        this.buf = Buffer.alloc(n);
+        this.spare = Buffer.alloc(n);
+      }
     }
     return this.buf;
   }
@@ -136,7 +139,8 @@ class Sink {
     for (let i = 0; i < b.length;) {
       const buf = await this.room(1), n = Math.min(b.length - i, buf.length - this.pos);
       buf.set(b.subarray(i, i + n), this.pos);
-      this.pos += n, i += n;
+      this.pos += n;
+      i += n;
     }
   }
   async u32(v: number) { (await this.room(4)).writeUInt32LE(v, this.pos); this.pos += 4; }
@@ -149,8 +153,8 @@ async function writeScalar(s: Sink, type: GGUFScalarType, v: Scalar) {
   if (type === 'string') return s.str(String(v));
   if (type === 'uint64' || type === 'int64') {
     const b = await s.room(8);
-    if (type === 'uint64') b.writeBigUInt64LE(BigInt(v as number | bigint), s.pos);
-    else b.writeBigInt64LE(BigInt(v as number | bigint), s.pos);
+    if (type === 'uint64') b.writeBigUInt64LE(BigInt(v), s.pos);
+    else b.writeBigInt64LE(BigInt(v), s.pos);
     s.pos += 8;
     return;
   }

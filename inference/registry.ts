@@ -50,7 +50,7 @@ export class ModelRegistry {
     this.defaultSize = o.defaultModelSize ?? 'small';
     const specs = new Map<string, ModelSpec>();
     for (const s of [...DEFAULT_MODELS, ...(o.models ?? [])]) {
-      if (s.role !== 'generation' && s.role !== 'embedding') throw new InvalidArgumentError(`model '${s.name}': role must be 'generation' or 'embedding', not '${s.role}'`);
+      if (s.role !== 'generation' && s.role !== 'embedding') throw new InvalidArgumentError(`model '${s.name}': role must be 'generation' or 'embedding', not '${String(s.role)}'`);
       if (!s.name || !s.source) throw new InvalidArgumentError(`model ${JSON.stringify(s)}: name and source are required`);
       specs.set(`${s.role}:${s.name}`, { ...s });
     }

@@ -66,7 +66,7 @@ export class Scheduler<W> {
       if (signal?.aborted) return reject(new CancelledError(signal.reason));
       if (this.waiting >= this.o.maxQueue)
         return reject(new OverloadedError(`${this.o.name}: ${this.waiting} requests already waiting (the queue limit): retry later, or raise maxQueue or the number of contexts`));
-      const job: Job = { caller: ctl.caller ?? '', work, resolve: resolve as (v: unknown) => void, reject, ac: new AbortController(), settled: false };
+      const job: Job = { caller: ctl.caller ?? '', work, resolve, reject, ac: new AbortController(), settled: false };
       if (timeoutMs && timeoutMs > 0 && Number.isFinite(timeoutMs)) job.timer = setTimeout(() => this.fail(job, new TimeoutError(timeoutMs)), timeoutMs);
       if (signal) {
         const onAbort = () => this.fail(job, new CancelledError(signal.reason));
@@ -199,14 +199,14 @@ export function withinRequest<T>(p: Promise<T>, ctl: RequestControl, startedAt =
   if (!signal && !timeoutMs) return p;
   return new Promise<T>((resolve, reject) => {
     if (signal?.aborted) return reject(new CancelledError(signal.reason));
-    const onAbort = () => done(new CancelledError(signal!.reason));
-    const timer = timeoutMs && timeoutMs > 0 ? setTimeout(() => done(new TimeoutError(timeoutMs)), Math.max(0, timeoutMs - (performance.now() - startedAt))) : undefined;
+    const onAbort = () => fail(new CancelledError(signal!.reason));
+    const timer = timeoutMs && timeoutMs > 0 ? setTimeout(() => fail(new TimeoutError(timeoutMs)), Math.max(0, timeoutMs - (performance.now() - startedAt))) : undefined;
     signal?.addEventListener('abort', onAbort, { once: true });
-    const done = (e: unknown, v?: T) => {
+    const detach = () => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
-      if (e !== undefined) reject(e); else resolve(v as T);
     };
-    p.then((v) => done(undefined, v), done);
+    const fail = (e: unknown) => { detach(); reject(e); };
+    p.then((v) => { detach(); resolve(v); }, fail);
   });
 }

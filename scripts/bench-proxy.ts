@@ -76,7 +76,7 @@ interface Target {
   port: number;
   /** The process whose CPU time is charged to this target (none for direct). */
   pid?: number;
-  stop(): void | Promise<void>;
+  stop: () => void | Promise<void>;
 }
 
 /** User and system CPU seconds so far of a process and its live descendants (the proxy's workers; Linux /proc), or undefined. */
@@ -277,7 +277,7 @@ async function main(): Promise<void> {
   // Interrupted (Ctrl-C, timeout): no cluster, proxy or pgBouncer is left running.
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
-      for (const stop of stops) stop();
+      for (const stop of stops) void stop();
       void cluster.stop().finally(() => process.exit(130));
     });
   }
@@ -336,7 +336,7 @@ async function main(): Promise<void> {
     }
     console.log(`\n(cli: pg-steadytext serve with default flags; proxy-Nw: the bare proxy with N worker processes; proxy-js: one process, native relay off; cpu/tx: CPU time of the proxy (all its processes) / pgBouncer per transaction; less sensitive to other load than tps)`);
   } finally {
-    await Promise.all(stops.map((stop) => stop()));
+    await Promise.all(stops.map(async (stop) => stop()));
     await new Promise((r) => setTimeout(r, 300));
     await cluster.stop();
   }

@@ -37,10 +37,10 @@ const { values: opt } = parseArgs({
 });
 const PRESET = opt.preset as FixturePreset;
 if (PRESET !== 'tiny' && PRESET !== 'bench') throw new Error(`--preset must be tiny or bench, not ${opt.preset}`);
-const ROWS = posInt(opt.rows!, 'rows');
-const CLIENTS = posInt(opt.clients!, 'clients');
-const CALLS = posInt(opt.calls!, 'calls');
-const SAMPLE = posInt(opt.sample!, 'sample');
+const ROWS = posInt(opt.rows, 'rows');
+const CLIENTS = posInt(opt.clients, 'clients');
+const CALLS = posInt(opt.calls, 'calls');
+const SAMPLE = posInt(opt.sample, 'sample');
 const BULK_TIMEOUT_MS = opt['bulk-timeout-ms'] === undefined ? undefined : posInt(opt['bulk-timeout-ms'], 'bulk-timeout-ms');
 const SEED = 42; // default_seed of a fresh steadytext_config: the engine phase must key and compute alike
 
@@ -91,7 +91,7 @@ const SENTENCES: ((r: () => number) => string)[] = [
   (r) => `Customers love its ${pick(r, ADJ)} build and ${pick(r, FEAT)}.`,
   (r) => `Pairs well with our ${pick(r, ADJ)} ${pick(r, NOUN)}.`,
   (r) => `Each piece is tested for ${Math.floor(100 + r() * 900)} cycles before it leaves the workshop.`,
-  (r) => `Care: wipe with a damp cloth and keep away from direct heat.`,
+  () => 'Care: wipe with a damp cloth and keep away from direct heat.',
 ];
 
 function descriptions(n: number): string[] {

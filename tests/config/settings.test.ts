@@ -96,7 +96,7 @@ describe('settings', () => {
     try {
       await new Promise<void>((resolve, reject) => {
         proc.once('exit', (code) => reject(new Error(`pg-steadytext exited (${code}) before loading both models:\n${other.join('\n')}`)));
-        proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
+        proc.stderr.setEncoding('utf8').on('data', (d: string) => {
           const lines = (rest + d).split('\n');
           rest = lines.pop()!;
           for (const l of lines) {

@@ -179,7 +179,7 @@ describe('lifecycle and status', () => {
     expect(e.status().running).toBe(true);
     expect(e.modelInfo().filter((m) => m.loaded)).toEqual([]);
     await e.generate({ prompt: 'wake up', maxTokens: 4 });
-    let info = e.modelInfo();
+    const info = e.modelInfo();
     const gen = info.find((m) => m.modelType === 'generation' && m.modelSize === 'small')!;
     expect(gen).toMatchObject({ loaded: true, path: models.generation });
     expect(gen.memoryMb).toBeGreaterThan(0);
@@ -214,7 +214,7 @@ describe('lifecycle and status', () => {
     expect(a).toBe(await e.generate({ prompt: 'named', maxTokens: 8, cache: false }));
     expect(e.status().models.map((m) => m.name).sort()).toEqual(['mine', 'small', 'small']);
     const loaded = lines.filter((l) => l.msg === 'model loaded');
-    expect(loaded.map((l) => `${l.role}:${l.model}`).sort()).toEqual(['embedding:small', 'generation:mine', 'generation:small']);
+    expect(loaded.map((l) => `${String(l.role)}:${String(l.model)}`).sort()).toEqual(['embedding:small', 'generation:mine', 'generation:small']);
     expect(loaded[0]).toMatchObject({ component: 'inference', threads: e.status().cpu.threads });
   });
 });

@@ -48,6 +48,7 @@ async function runtimeClient(): Promise<ContainerRuntimeClient> {
       `no container runtime answers (${(e as Error).message}): start Docker (or set DOCKER_HOST), ` +
       'or run "npm run setup:machine" for a local PostgreSQL, or set PGSTEADYTEXT_TEST_DATABASE_URL ' +
       '(DEBUG=testcontainers* shows what testcontainers tried)',
+      { cause: e },
     );
   }
 }
@@ -120,7 +121,7 @@ export async function startContainerCluster(): Promise<ContainerCluster> {
   try {
     started = await container.start();
   } catch (e) {
-    throw new Error(`the test database container (${IMAGE}) did not start: ${(e as Error).message}`);
+    throw new Error(`the test database container (${IMAGE}) did not start: ${(e as Error).message}`, { cause: e });
   }
   // 127.0.0.1 as in cluster.ts: some suites dial it directly, and "localhost" may resolve to ::1 first.
   const host = (hostNet || ['localhost', '127.0.0.1'].includes(started.getHost())) ? '127.0.0.1' : started.getHost();
@@ -136,7 +137,7 @@ export async function startContainerCluster(): Promise<ContainerCluster> {
       ? ' (with host networking the container must share this machine\'s loopback; rootless engines do not: ' +
         'try PGSTEADYTEXT_TEST_DOCKER_NETWORK=bridge)'
       : '';
-    throw new Error(`the test database container logged ready but ${host}:${port} does not answer: ${(e as Error).message}${why}`);
+    throw new Error(`the test database container logged ready but ${host}:${port} does not answer: ${(e as Error).message}${why}`, { cause: e });
   }
 
   let stopped = false;
