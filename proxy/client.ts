@@ -1,24 +1,23 @@
-// One client session: the client side of the protocol. Reads the startup packets (SSLRequest → TLS,
-// GSSENCRequest → 'N', CancelRequest, StartupMessage), opens the session's own upstream connection and
-// relays authentication as bytes, then forwards everything the client sends: whole chunks, walking only
-// message boundaries, except the messages the interception seam must see. It owns the session's state
-// (request tracker, cancel key, transaction status) and its ending: on errors, client disconnects,
-// upstream loss and graceful shutdown.
-import { setMaxListeners } from 'node:events';
+// One client session: the client side of the protocol, from the first byte to the close. Reads the
+// startup packets (SSLRequest and GSSENCRequest: client-tls.ts; CancelRequest; StartupMessage), opens the
+// session's own upstream connection and relays authentication as bytes, then forwards everything the
+// client sends: whole chunks, walking only message boundaries, except the messages the interception seam
+// must see. While a hook of the seam is pending the client's later messages wait (hook-pause.ts); while
+// the session is idle and plaintext the native relay may carry it (relay-handoff.ts). It owns the
+// session's state (request tracker, cancel key, transaction status) and its ending: on errors, client
+// disconnects, upstream loss and graceful shutdown.
 import type { Socket } from 'node:net';
-import { TLSSocket, type SecureContext } from 'node:tls';
+import type { SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CancelKey, CancelRegistry } from './cancel.js';
+import { acceptTls, answerEncryptionRequest, isEncryptionRequest } from './client-tls.js';
 import { FrameReader, KEEP, PAUSE, type FrameHandler, type Verdict } from './framing.js';
+import { HookPauser } from './hook-pause.js';
 import { Seam, type Interceptor, type Outgoing, type SessionContext } from './interceptor.js';
 import {
-  ACCEPT_ENCRYPTION,
   CANCEL_REQUEST_CODE,
   Fe,
-  GSSENC_REQUEST_CODE,
   MAX_STARTUP_PACKET,
-  REFUSE_ENCRYPTION,
-  SSL_REQUEST_CODE,
   SqlState,
   TERMINATE,
   backendKeyData,
@@ -27,10 +26,12 @@ import {
   readStartupPacket,
   typeName,
   type ErrorFields,
+  type StartupPacket,
   type TxStatus,
 } from './protocol.js';
 import type { ReadBuffer } from './read-buffer.js';
-import { socketFd, type NativeRelay, type RelayHandle, type RelayOutcome } from './relay.js';
+import { RelayHandoff } from './relay-handoff.js';
+import type { NativeRelay } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 
@@ -73,16 +74,10 @@ const READY = 3; // first ReadyForQuery passed
 const CLOSED = 4;
 
 // Reasons the client socket is not being read.
-const PAUSE_BACKPRESSURE = 1;
-const PAUSE_HOOK = 2;
-/**
- * While a hook runs the reader holds back what follows; the socket goes on being read up to this much,
- * because a socket that is not read does not report the client leaving (a socket reading through a
- * reused buffer stops reading outright when paused), and that must abort the hook's work at once.
- */
-const HOOK_BACKLOG_BYTES = 256 * 1024;
-const PAUSE_CONNECTING = 4;
-const PAUSE_RELAY = 8;
+const PAUSE_BACKPRESSURE = 1; // the server is slow to take what the client sends
+const PAUSE_HOOK = 2; // a hook is pending and enough waits behind it (hook-pause.ts)
+const PAUSE_CONNECTING = 4; // no upstream yet to take what the client sends
+const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
 
 /** The server's own authentication_timeout default: a client that never finishes startup is dropped. */
 const STARTUP_TIMEOUT_MS = 60_000;
@@ -92,6 +87,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   readonly tracker = new RequestTracker();
   readonly startedAt = Date.now();
   private phase = STARTUP;
+  /** The client's socket: `raw` as accepted, or the TLS socket over it. */
   private sock: Socket;
   private readonly raw: Socket;
   private readonly clientAddress: string;
@@ -102,22 +98,27 @@ export class ClientSession implements FrameHandler, SessionLink {
   private server: ServerConnection | null = null;
   private seam: Seam | null = null;
   private ctx: MutableContext | null = null;
+  /** PAUSE_* reasons the client socket is not read now. */
   private paused = 0;
+  /** The server socket is not read: the client is slow to take what it sends. */
   private serverPaused = false;
-  private hookPending = false;
-  private hookAbort = hookController();
+  private readonly hooks = new HookPauser({
+    heldBytes: () => this.reader!.buffered,
+    pauseSocket: () => this.pauseClient(PAUSE_HOOK),
+    resumeSocket: () => this.resumeClient(PAUSE_HOOK),
+    resumeReader: () => this.reader!.resume(),
+    closed: () => this.phase === CLOSED,
+    afterHook: () => this.drainIfDraining(),
+    internalError: (err) => this.internalError(err),
+  });
+  /** Present from the upstream connection on when the session is plaintext both ways and the native relay is loaded. */
+  private relay: RelayHandoff | null = null;
   private upstreamKey: CancelKey | null = null;
   private key: CancelKey | null = null;
   private draining = false;
   /** The client sent Terminate: the server's goodbye needs no message of ours. */
   private terminated = false;
   private startupTimer: NodeJS.Timeout | null;
-  /** Both sockets are with the native relay. */
-  private relay: RelayHandle | null = null;
-  /** A ReadyForQuery went by: once the chunk carrying it is through, see whether the relay can take over. */
-  private relayCheck = false;
-  /** The relay will not take this session (again): a socket ended under it, or it could not start. */
-  private relayOff = false;
   private readonly onData = (chunk: Buffer) => this.data(chunk);
 
   constructor(
@@ -143,13 +144,13 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** In a transaction or waiting for an answer: shutdown waits for it (within its grace period). */
   get busy(): boolean {
     if (this.phase !== READY) return false;
-    if (this.relay !== null) {
-      const st = this.env.nativeRelay!.state(this.relay);
-      return st.requests > 0 || st.held > 0 || st.streaming > 0 || (st.status !== '' && st.status !== 'I');
+    const relayed = this.relay?.state();
+    if (relayed) {
+      return relayed.requests > 0 || relayed.held > 0 || relayed.streaming > 0 || (relayed.status !== '' && relayed.status !== 'I');
     }
     return (
       this.tracker.size > 0 ||
-      this.hookPending ||
+      this.hooks.pending ||
       this.ctx!.txStatus !== 'I' ||
       !this.reader!.atBoundary ||
       !this.server!.reader.atBoundary
@@ -161,15 +162,14 @@ export class ClientSession implements FrameHandler, SessionLink {
     let n = this.sock.writableLength + (this.reader?.buffered ?? 0);
     for (const c of this.early) n += c.length;
     if (this.server) n += this.server.sock.writableLength + this.server.reader.buffered;
-    if (this.relay !== null) n += this.env.nativeRelay!.state(this.relay).held;
-    return n;
+    return n + (this.relay?.state()?.held ?? 0);
   }
 
   /** Bytes the native relay has moved for this session and not yet added to the totals (it adds them on exit). */
   get relayBytes(): { fromClient: number; fromServer: number } {
-    if (this.relay === null) return { fromClient: 0, fromServer: 0 };
-    const st = this.env.nativeRelay!.state(this.relay);
-    return { fromClient: st.bytesFromClient, fromServer: st.bytesFromServer };
+    const relayed = this.relay?.state();
+    if (!relayed) return { fromClient: 0, fromServer: 0 };
+    return { fromClient: relayed.bytesFromClient, fromServer: relayed.bytesFromServer };
   }
 
   get closed(): boolean {
@@ -198,7 +198,7 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** Does anything still point into the chunk just read (so the read buffer must not be reused)? */
   private holdsInput(): boolean {
-    return this.phase !== READY || this.hookPending || this.reader!.isPaused || (this.server !== null && this.server.sock.writableLength > 0);
+    return this.phase !== READY || this.hooks.pending || this.reader!.isPaused || (this.server !== null && this.server.sock.writableLength > 0);
   }
 
   private data(chunk: Buffer): void {
@@ -206,7 +206,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     try {
       if (this.reader !== null) {
         this.reader.push(chunk);
-        if (this.hookPending && this.reader.buffered > HOOK_BACKLOG_BYTES) this.pauseClient(PAUSE_HOOK);
+        this.hooks.limitBacklog();
       }
       else if (this.phase === STARTUP) this.startupData(chunk);
       else if (this.phase === CONNECTING) this.early.push(chunk);
@@ -288,12 +288,11 @@ export class ClientSession implements FrameHandler, SessionLink {
       const packet = buf.subarray(0, len);
       buf = buf.subarray(len);
       const code = packet.readUInt32BE(4);
-      if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
-        if (len !== 8) return this.protocolError(SqlState.ProtocolViolation, 'invalid length of SSL or GSS encryption request');
-        // Bytes sent before the handshake would be readable on the wire (CVE-2021-23214).
-        if (buf.length > 0) return this.protocolError(SqlState.ProtocolViolation, 'received unencrypted data after SSL or GSS encryption request');
-        if (code === SSL_REQUEST_CODE && this.env.secureContext && this.sock === this.raw) return this.startTls();
-        this.sock.write(REFUSE_ENCRYPTION);
+      if (isEncryptionRequest(code)) {
+        const tlsOffered = this.env.secureContext !== undefined && this.sock === this.raw;
+        const answer = answerEncryptionRequest(this.sock, code, len, buf.length, tlsOffered);
+        if (answer === 'tls') return this.startTls();
+        if (answer !== 'refused') return this.protocolError(SqlState.ProtocolViolation, answer.violation);
         continue;
       }
       if (code === CANCEL_REQUEST_CODE) return this.cancelRequest(packet);
@@ -306,18 +305,8 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   private startTls(): void {
-    this.sock.write(ACCEPT_ENCRYPTION);
-    this.raw.removeListener('data', this.onData);
-    if (this.input) this.input.onChunk = () => {};
-    this.raw.removeAllListeners('end');
-    const tls = new TLSSocket(this.raw, { isServer: true, secureContext: this.env.secureContext });
-    this.sock = tls;
-    this.listen(tls);
-    // Errors of the raw socket surface on the TLS socket; a handshake failure closes the session.
-    this.raw.removeAllListeners('error');
-    this.raw.on('error', () => {});
-    this.raw.removeAllListeners('close');
-    this.raw.on('close', () => this.close('client closed the connection'));
+    this.sock = acceptTls(this.raw, this.input, this.env.secureContext!, () => this.close('client closed the connection'));
+    this.listen(this.sock);
     this.log = this.log.child({ tls: true });
   }
 
@@ -345,7 +334,17 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (!user) return this.protocolError(SqlState.InvalidAuthorizationSpecification, 'no PostgreSQL user name specified in startup packet');
     const database = sp.params.get('database') || user;
     this.log = this.log.child({ user, db: database });
-    this.ctx = {
+    this.ctx = this.sessionContext(sp, user, database);
+    if (this.env.interceptor) this.seam = new Seam(this.env.interceptor, this.ctx, this.env.totals);
+    this.phase = CONNECTING;
+    if (rest.length > 0) this.early.push(rest);
+    this.pauseClient(PAUSE_CONNECTING);
+    this.connect(Buffer.from(packet)).catch((err) => this.internalError(err));
+  }
+
+  /** What the interceptor sees of the session. */
+  private sessionContext(sp: StartupPacket, user: string, database: string): MutableContext {
+    return {
       id: this.id,
       user,
       database,
@@ -357,18 +356,12 @@ export class ClientSession implements FrameHandler, SessionLink {
       watched: { statements: new Set(), portals: new Set() },
       log: this.log,
       data: {},
-      signal: this.hookAbort.signal,
+      signal: this.hooks.signal,
       send: (out) => {
-        if (!this.hookPending || this.phase === CLOSED) throw new Error('ctx.send is only for a pending interceptor hook');
-        const v = this.replacement([{ bytes: out.bytes, handler: out.responses }]);
-        for (const b of v as Buffer[]) this.onBytes(b);
+        if (!this.hooks.pending || this.phase === CLOSED) throw new Error('ctx.send is only for a pending interceptor hook');
+        for (const b of this.replacement([{ bytes: out.bytes, handler: out.responses }])) this.onBytes(b);
       },
     };
-    if (this.env.interceptor) this.seam = new Seam(this.env.interceptor, this.ctx, this.env.totals);
-    this.phase = CONNECTING;
-    if (rest.length > 0) this.early.push(rest);
-    this.pauseClient(PAUSE_CONNECTING);
-    this.connect(Buffer.from(packet)).catch((err) => this.internalError(err));
   }
 
   private async connect(startup: Buffer): Promise<void> {
@@ -376,29 +369,34 @@ export class ClientSession implements FrameHandler, SessionLink {
     try {
       up = await openUpstream(this.env.target, this.env.connectTimeoutMs);
     } catch (err) {
-      this.env.totals.upstreamFailures++;
-      const reason = err instanceof UpstreamUnreachable ? err.message : `cannot connect to upstream database at ${this.env.target.display}: ${String(err)}`;
-      this.log.warn({ upstream: this.env.target.display, err: reason }, 'upstream unreachable');
-      this.fatal({
-        severity: 'FATAL',
-        code: SqlState.ConnectionFailure,
-        message: reason,
-        hint: `Check that PostgreSQL is running at ${this.env.target.display} and accepts connections from the proxy, and that the proxy's upstream URL is right.`,
-      });
-      return this.close('upstream unreachable');
+      return this.upstreamUnreachable(err);
     }
     if (this.phase === CLOSED) {
       up.sock.destroy();
       return;
     }
-    this.server = new ServerConnection(this, up);
-    this.server.write(startup);
+    const server = (this.server = new ServerConnection(this, up));
+    server.write(startup);
     this.phase = AUTH;
-    this.reader = new FrameReader(this, this.env.maxMessageBytes);
+    const reader = (this.reader = new FrameReader(this, this.env.maxMessageBytes));
+    this.relay = this.relayHandoff(server, reader);
     const early = this.early;
     this.early = [];
-    for (const chunk of early) this.reader.push(chunk);
+    for (const chunk of early) reader.push(chunk);
     this.resumeClient(PAUSE_CONNECTING);
+  }
+
+  private upstreamUnreachable(err: unknown): void {
+    this.env.totals.upstreamFailures++;
+    const reason = err instanceof UpstreamUnreachable ? err.message : `cannot connect to upstream database at ${this.env.target.display}: ${String(err)}`;
+    this.log.warn({ upstream: this.env.target.display, err: reason }, 'upstream unreachable');
+    this.fatal({
+      severity: 'FATAL',
+      code: SqlState.ConnectionFailure,
+      message: reason,
+      hint: `Check that PostgreSQL is running at ${this.env.target.display} and accepts connections from the proxy, and that the proxy's upstream URL is right.`,
+    });
+    this.close('upstream unreachable');
   }
 
   // ---- client → server (FrameHandler of the client stream) -----------------------------------------
@@ -411,44 +409,31 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   onMessage(msg: Buffer, code: number): Verdict {
-    if (this.hookAbort.signal.aborted && this.ctx) {
-      this.hookAbort = hookController();
-      this.ctx.signal = this.hookAbort.signal;
-    }
+    this.ctx!.signal = this.hooks.signal;
     const r = this.seam!.offer(msg, code);
     if (r === undefined) {
       this.tracker.sent(code);
       return KEEP;
     }
     if (r instanceof Promise) {
-      this.hookPending = true;
-      r.then((out) => this.hookDone(out, msg, code)).catch((err) => this.internalError(err));
+      this.hooks.hold(r, (out) => this.sendHookOutcome(out, msg, code));
       return PAUSE;
     }
     return this.replacement(r);
   }
 
-  /**
-   * Stops the work of the pending hook. ctx.signal stays the aborted one until the next hook starts: the
-   * pending hook may read it only after an await of its own, and must see the abort then.
-   */
-  private abortHook(reason: Error): void {
-    this.hookAbort.abort(reason);
+  /** A settled hook's answer goes upstream where its message stood: the message itself, or its replacement. */
+  private sendHookOutcome(out: Outgoing | undefined, original: Buffer, code: number): void {
+    if (out === undefined) {
+      this.tracker.sent(code);
+      this.onBytes(original);
+    } else {
+      for (const b of this.replacement(out)) this.onBytes(b);
+    }
   }
 
-  private hookDone(out: Outgoing | undefined, original: Buffer, code: number): void {
-    this.hookPending = false;
-    if (this.phase === CLOSED) return;
-    const v = out === undefined ? (this.tracker.sent(code), original) : this.replacement(out);
-    if (Buffer.isBuffer(v)) this.onBytes(v);
-    else if (Array.isArray(v)) for (const b of v) this.onBytes(b);
-    this.resumeClient(PAUSE_HOOK);
-    this.reader!.resume();
-    if (this.draining) this.drainCheck();
-  }
-
-  /** Registers what the replacement will be answered with and hands its bytes to the reader to send. */
-  private replacement(out: Outgoing): Verdict {
+  /** Registers what the replacement will be answered with and returns its bytes to send. */
+  private replacement(out: Outgoing): Buffer[] {
     const bufs: Buffer[] = [];
     for (const { bytes, handler } of out) {
       forEachMessage(bytes, (c) => {
@@ -460,6 +445,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     return bufs;
   }
 
+  /** Client → server. */
   onBytes(bytes: Buffer): void {
     const server = this.server;
     if (server === null || this.phase === CLOSED) return;
@@ -487,19 +473,22 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   serverReady(status: TxStatus, first: boolean): void {
-    const ctx = this.ctx!;
-    ctx.txStatus = status;
-    this.seam?.ready(status);
-    if (this.env.nativeRelay !== null && !this.relayOff) this.relayCheck = true;
+    this.setTxStatus(status);
+    this.relay?.readyForQuery();
     if (first) {
       this.phase = READY;
       if (this.startupTimer) clearTimeout(this.startupTimer);
       this.startupTimer = null;
-      this.log.info({ serverVersion: ctx.serverParams.get('server_version') }, 'client connected');
+      this.log.info({ serverVersion: this.ctx!.serverParams.get('server_version') }, 'client connected');
       this.seam?.sessionStart();
     }
     // Shutdown acts after the ReadyForQuery has reached the client.
     if (this.draining) setImmediate(() => this.drainCheck());
+  }
+
+  private setTxStatus(status: TxStatus): void {
+    this.ctx!.txStatus = status;
+    this.seam?.ready(status);
   }
 
   serverParam(name: string, value: string): void {
@@ -515,106 +504,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   serverChunkDone(): void {
-    if (this.relayCheck) {
-      this.relayCheck = false;
-      this.startRelay();
-    }
-  }
-
-  // ---- the native relay ------------------------------------------------------------------------------
-
-  /**
-   * Hands both sockets to the native relay if the session is idle between statements: nothing in flight,
-   * held, paused or queued on either side, plaintext both ways, no watched statements.
-   */
-  private startRelay(): void {
-    const nr = this.env.nativeRelay;
-    const server = this.server;
-    if (nr === null || this.relay !== null || this.relayOff || this.phase !== READY || server === null) return;
-    if (this.sock !== this.raw || this.input === undefined || !server.plain) return;
-    if (this.tracker.size > 0 || this.hookPending || this.paused !== 0 || this.serverPaused || this.draining) return;
-    const r = this.reader!;
-    const sr = server.reader;
-    if (!r.atBoundary || r.isPaused || r.buffered > 0 || !sr.atBoundary || sr.isPaused || sr.buffered > 0) return;
-    if (this.sock.writableLength > 0 || server.sock.writableLength > 0) return;
-    const w = this.ctx!.watched;
-    if (w.statements.size > 0 || w.portals.size > 0) return;
-    // A socket reading through `onread` has a Readable that stays in its `reading` state after the first
-    // read; one that is not there yet could start reading from a nextTick of resume() under the relay.
-    if (!readableSettled(this.raw) || !readableSettled(server.sock)) return;
-    const cfd = socketFd(this.raw);
-    const sfd = socketFd(server.sock);
-    if (cfd < 0 || sfd < 0) {
-      this.relayOff = true;
-      return;
-    }
-    this.pauseClient(PAUSE_RELAY);
-    server.sock.pause();
-    try {
-      this.relay = nr.start(cfd, sfd, this.env.maxMessageBytes, (o) => {
-        try {
-          this.relayEnded(o);
-        } catch (err) {
-          this.internalError(err);
-        }
-      });
-    } catch (err) {
-      this.relayOff = true;
-      this.log.warn({ err: (err as Error).message }, 'native relay did not start; this session relays in JS');
-      server.sock.resume();
-      this.resumeClient(PAUSE_RELAY);
-      return;
-    }
-    this.env.totals.relayStarts++;
-  }
-
-  /**
-   * Takes the sockets back from the relay now, before JS writes to either. `final`: the session is ending,
-   * the relay must not take it again.
-   */
-  private stopRelay(final: boolean): void {
-    if (final) this.relayOff = true;
-    if (this.relay === null) return;
-    const o = this.env.nativeRelay!.stop(this.relay);
-    if (o !== null) this.relayEnded(o);
-  }
-
-  /**
-   * The relay gave the session back: what it had forwarded but not written goes out first, the request
-   * tracker learns what went by, and the messages it stopped at go through the JS path.
-   */
-  private relayEnded(o: RelayOutcome): void {
-    this.relay = null;
-    const totals = this.env.totals;
-    totals.relayExits++;
-    totals.bytesFromClients += o.bytesFromClient;
-    totals.bytesFromUpstream += o.bytesFromServer;
-    // A message the relay was streaming: the readers continue inside it (and close() sees it unfinished).
-    if (o.skipServer > 0) this.server!.reader.passThrough(o.skipServer);
-    if (o.skipClient > 0) this.reader!.passThrough(o.skipClient);
-    if (this.phase === CLOSED) return;
-    this.log.trace({ reason: o.reason, errno: o.errno }, 'native relay gave the session back');
-    const server = this.server!;
-    if (o.toServer.length > 0 && !server.write(o.toServer)) this.pauseClient(PAUSE_BACKPRESSURE);
-    if (o.toClient.length > 0 && !this.sock.write(o.toClient)) this.serverPaused = true;
-    for (const code of o.log) {
-      if (code & 0x80) this.tracker.received(code & 0x7f);
-      else this.tracker.sent(code);
-    }
-    if (o.status !== '') {
-      this.ctx!.txStatus = o.status as TxStatus;
-      this.seam?.ready(o.status as TxStatus);
-    }
-    // A socket that ended or failed under the relay: Node finds out on its next read and the session ends.
-    if (o.reason.endsWith('eof') || o.reason.endsWith('error')) this.relayOff = true;
-    this.relayCheck = false;
-    if (o.fromServer.length > 0) server.reader.push(o.fromServer);
-    if (o.fromClient.length > 0 && this.phase !== CLOSED) this.reader!.push(o.fromClient);
-    if (this.phase === CLOSED) return;
-    this.resumeClient(PAUSE_RELAY);
-    if (!this.serverPaused) server.sock.resume();
-    if (this.draining) this.drainCheck();
-    else this.serverChunkDone();
+    this.relay?.chunkDone();
   }
 
   serverDrained(): void {
@@ -638,14 +528,51 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.close('upstream closed the connection');
   }
 
+  // ---- the native relay -----------------------------------------------------------------------------
+
+  /** The hand-off to the native relay, for a session plaintext both ways; null: everything is relayed in JS. */
+  private relayHandoff(server: ServerConnection, reader: FrameReader): RelayHandoff | null {
+    const nr = this.env.nativeRelay;
+    if (nr === null || this.sock !== this.raw || this.input === undefined || !server.plain) return null;
+    const host = {
+      log: this.log,
+      tracker: this.tracker,
+      counts: this.env.totals,
+      closed: () => this.phase === CLOSED,
+      idle: () => this.idleForRelay(),
+      pauseReading: () => {
+        this.pauseClient(PAUSE_RELAY);
+        server.sock.pause();
+      },
+      resumeReading: () => {
+        this.resumeClient(PAUSE_RELAY);
+        if (!this.serverPaused) server.sock.resume();
+      },
+      toClient: (bytes: Buffer) => this.toClient(bytes),
+      toServer: (bytes: Buffer) => this.onBytes(bytes),
+      txStatus: (status: TxStatus) => this.setTxStatus(status),
+      relayReturned: () => this.drainIfDraining(),
+      internalError: (err: unknown) => this.internalError(err),
+    };
+    return new RelayHandoff(nr, host, { sock: this.raw, reader }, server, this.env.maxMessageBytes);
+  }
+
+  /** Idle between statements by the session's own state: nothing in flight, pending or paused, nothing watched. */
+  private idleForRelay(): boolean {
+    if (this.phase !== READY || this.tracker.size > 0 || this.hooks.pending || this.draining) return false;
+    if (this.paused !== 0 || this.serverPaused) return false;
+    const w = this.ctx!.watched;
+    return w.statements.size === 0 && w.portals.size === 0;
+  }
+
   // ---- cancel, shutdown, end -----------------------------------------------------------------------
 
   private cancelUpstream(): void {
-    if (this.hookPending) this.abortHook(new Error('canceling statement due to user request'));
+    this.hooks.cancel();
     // Nothing running upstream (a hook's statement is not sent yet): the backend would ignore the cancel
     // now, and one that arrives late would hit the client's next statement instead.
     if (this.upstreamKey === null || this.phase === CLOSED) return;
-    const inFlight = this.relay !== null ? this.env.nativeRelay!.state(this.relay).requests : this.tracker.size;
+    const inFlight = this.relay?.state()?.requests ?? this.tracker.size;
     if (inFlight === 0) return;
     sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
   }
@@ -653,8 +580,12 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Graceful shutdown: end the session as soon as it is idle (between transactions). */
   shutdown(): void {
     this.draining = true;
-    this.stopRelay(false); // draining: it will not take the session again
+    this.relay?.stop(false); // draining: it will not take the session again
     this.drainCheck();
+  }
+
+  private drainIfDraining(): void {
+    if (this.draining) this.drainCheck();
   }
 
   private drainCheck(): void {
@@ -665,7 +596,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Ends the session now with FATAL 57P01 (shutdown; also at the end of the grace period). */
   terminate(): void {
     if (this.phase === CLOSED) return;
-    this.stopRelay(true);
+    this.relay?.stop(true);
     this.fatal({ severity: 'FATAL', code: SqlState.AdminShutdown, message: 'terminating connection due to administrator command' });
     this.close('proxy shutting down');
   }
@@ -673,7 +604,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Sends a FATAL ErrorResponse if the client's stream is between messages. */
   private fatal(f: ErrorFields): void {
     if (this.phase === CLOSED || this.sock.destroyed || !this.sock.writable) return;
-    this.stopRelay(true);
+    this.relay?.stop(true);
     if (this.server !== null && !this.server.reader.atBoundary) return;
     this.sock.write(errorResponse(f));
   }
@@ -696,20 +627,10 @@ export class ClientSession implements FrameHandler, SessionLink {
     const busy = this.busy;
     const wasReady = this.phase === READY;
     this.phase = CLOSED;
-    this.stopRelay(true); // closed already: only its counts and where the readers stand are taken back
+    this.relay?.stop(true); // closed already: only its counts and where the readers stand are taken back
     if (this.startupTimer) clearTimeout(this.startupTimer);
     this.reader?.stop();
-    const server = this.server;
-    if (server !== null) {
-      server.reader.stop();
-      if (busy && this.upstreamKey !== null && this.tracker.size > 0) {
-        // Closing the socket alone leaves a running statement running until it next talks to the client.
-        sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
-      }
-      if (server.writable && this.reader?.atBoundary !== false && !this.terminated) server.sock.end(TERMINATE);
-      else server.sock.end();
-      setTimeout(() => server.sock.destroy(), 1_000).unref();
-    }
+    if (this.server !== null) this.closeUpstream(this.server, busy);
     if (!this.sock.destroyed) {
       this.sock.end();
       // A client that never reads would keep the socket half-open; give the goodbye a moment, no more.
@@ -717,13 +638,25 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
     if (this.key !== null) this.env.cancels.release(this.key.pid);
     this.tracker.close();
-    this.hookAbort.abort(new Error('client session ended'));
+    this.hooks.close();
     if (wasReady) this.seam?.sessionEnd();
     this.env.totals.closed++;
     const log = { reason, durationMs: Date.now() - this.startedAt };
     if (wasReady) this.log.info(log, 'client disconnected');
     else this.log.debug(log, 'connection closed before the session started');
     this.env.onClosed(this);
+  }
+
+  /** The session's upstream connection ends with it: Terminate when between messages, a running statement cancelled. */
+  private closeUpstream(server: ServerConnection, busy: boolean): void {
+    server.reader.stop();
+    if (busy && this.upstreamKey !== null && this.tracker.size > 0) {
+      // Closing the socket alone leaves a running statement running until it next talks to the client.
+      sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
+    }
+    if (server.writable && this.reader?.atBoundary !== false && !this.terminated) server.sock.end(TERMINATE);
+    else server.sock.end();
+    setTimeout(() => server.sock.destroy(), 1_000).unref();
   }
 }
 
@@ -732,17 +665,6 @@ interface MutableContext extends SessionContext {
   readonly serverParams: Map<string, string>;
 }
 
-function readableSettled(sock: Socket): boolean {
-  return (sock as Socket & { _readableState?: { reading?: boolean } })._readableState?.reading === true;
-}
-
 function plausibleStartupLength(len: number): boolean {
   return len >= 8 && len <= MAX_STARTUP_PACKET;
-}
-
-/** One hook may start many engine requests (prefetch), each listening on the same signal. */
-function hookController(): AbortController {
-  const ac = new AbortController();
-  setMaxListeners(0, ac.signal);
-  return ac;
 }
