@@ -60,10 +60,53 @@ export interface ProxyServer {
 export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const log = opts.logger;
   const target = parseUpstreamUrl(opts.upstream);
-  const secureContext = opts.tls ? createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
-  const sessions = new Set<ClientSession>();
   const cancels = opts.cancels ?? new CancelRegistry();
-  const totals: Totals = {
+  const sessions = new Sessions();
+  const env: SessionEnv = {
+    target,
+    secureContext: opts.tls ? createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined,
+    maxMessageBytes: opts.maxMessageBytes,
+    connectTimeoutMs: opts.connectTimeoutMs,
+    logger: log,
+    interceptor: opts.interceptor,
+    cancels,
+    totals: newTotals(),
+    nativeRelay: nativeRelayFor(opts.nativeRelay ?? 'auto', log),
+    onClosed: (session) => sessions.delete(session),
+  };
+  let closing: Promise<void> | null = null;
+  let nextId = 1;
+
+  const server: Server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (accepted: Socket) => {
+    if (closing) {
+      accepted.destroy();
+      return;
+    }
+    env.totals.accepted++;
+    const { sock: socket, input } = adoptAccepted(accepted, true);
+    try {
+      sessions.add(new ClientSession(nextId++, socket, env, input));
+    } catch (err) {
+      log.error({ err }, 'could not start a session');
+      socket.destroy();
+    }
+  });
+  server.on('error', (err) => log.error({ err }, 'listener error'));
+  const address = await listen(server, opts.listen);
+  log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!env.secureContext, relay: env.nativeRelay ? 'native' : 'js' }, 'proxy listening');
+
+  return {
+    address,
+    stats: () => sessions.stats(env.totals, cancels),
+    close(graceMs = opts.shutdownGraceMs) {
+      closing ??= shutdown(server, sessions, graceMs, log);
+      return closing;
+    },
+  };
+}
+
+function newTotals(): Totals {
+  return {
     accepted: 0,
     closed: 0,
     bytesFromClients: 0,
@@ -75,103 +118,98 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     relayStarts: 0,
     relayExits: 0,
   };
-  let nativeRelay: NativeRelay | null = null;
-  const relayMode = opts.nativeRelay ?? 'auto';
-  if (relayMode !== 'off') {
-    const { relay, why } = loadNativeRelay();
-    if (relay === null && relayMode === 'on') throw new Error(`native relay is required (nativeRelay on) but not available: ${why}`);
-    if (relay === null) log.warn({ why }, 'native relay not available: relaying in JS, which costs more CPU per message');
-    nativeRelay = relay;
-  }
-  let nextId = 1;
-  let closing: Promise<void> | null = null;
-  let allClosed: (() => void) | null = null;
+}
 
-  const env: SessionEnv = {
-    target,
-    secureContext,
-    maxMessageBytes: opts.maxMessageBytes,
-    connectTimeoutMs: opts.connectTimeoutMs,
-    logger: log,
-    interceptor: opts.interceptor,
-    cancels,
-    totals,
-    nativeRelay,
-    onClosed(session) {
-      sessions.delete(session);
-      if (sessions.size === 0) allClosed?.();
-    },
-  };
+/** The native relay as `mode` asks: null relays everything in JS (off, or auto when it is not built). */
+function nativeRelayFor(mode: NativeRelayMode, log: Logger): NativeRelay | null {
+  if (mode === 'off') return null;
+  const { relay, why } = loadNativeRelay();
+  if (relay === null && mode === 'on') throw new Error(`native relay is required (nativeRelay on) but not available: ${why}`);
+  if (relay === null) log.warn({ why }, 'native relay not available: relaying in JS, which costs more CPU per message');
+  return relay;
+}
 
-  const server: Server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (accepted: Socket) => {
-    if (closing) {
-      accepted.destroy();
-      return;
-    }
-    totals.accepted++;
-    const { sock: socket, input } = adoptAccepted(accepted, true);
-    try {
-      sessions.add(new ClientSession(nextId++, socket, env, input));
-    } catch (err) {
-      log.error({ err }, 'could not start a session');
-      socket.destroy();
-    }
-  });
-  server.on('error', (err) => log.error({ err }, 'listener error'));
-
+/** Starts listening; resolves with the address bound (the port chosen when 0 was asked for). */
+async function listen(server: Server, at: { host: string; port: number }): Promise<{ host: string; port: number }> {
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
-    server.listen(opts.listen.port, opts.listen.host, () => {
+    server.listen(at.port, at.host, () => {
       server.removeListener('error', onError);
       resolve();
     });
   });
   const bound = server.address();
-  const address = {
-    host: typeof bound === 'object' && bound ? bound.address : opts.listen.host,
-    port: typeof bound === 'object' && bound ? bound.port : opts.listen.port,
+  return {
+    host: typeof bound === 'object' && bound ? bound.address : at.host,
+    port: typeof bound === 'object' && bound ? bound.port : at.port,
   };
-  log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!secureContext, relay: nativeRelay ? 'native' : 'js' }, 'proxy listening');
+}
 
-  async function shutdown(graceMs: number): Promise<void> {
-    log.info({ sessions: sessions.size, graceMs }, 'proxy shutting down');
-    const listenerClosed = new Promise<void>((resolve) => server.close(() => resolve()));
-    const drained = new Promise<void>((resolve) => {
-      allClosed = resolve;
-      if (sessions.size === 0) resolve();
-    });
-    for (const s of [...sessions]) s.shutdown();
-    let timer: NodeJS.Timeout | undefined;
-    const graceOver = new Promise<'grace'>((resolve) => {
-      timer = setTimeout(() => resolve('grace'), Math.max(0, graceMs));
-    });
-    if ((await Promise.race([drained, graceOver])) === 'grace') {
-      log.warn({ sessions: sessions.size }, 'grace period over: terminating remaining sessions');
-      for (const s of [...sessions]) s.terminate();
-    }
-    clearTimeout(timer);
-    await drained;
-    await listenerClosed;
-    log.info('proxy stopped');
+/** The open sessions: what they hold, and when the last has closed. */
+class Sessions {
+  private readonly open = new Set<ClientSession>();
+  private allClosed: (() => void) | null = null;
+
+  get size(): number {
+    return this.open.size;
   }
 
-  return {
-    address,
-    stats: () => {
-      const t = { ...totals, cancelsForwarded: cancels.forwarded, cancelsIgnored: cancels.ignored };
-      let buffered = 0;
-      for (const s of sessions) {
-        buffered += s.buffered;
-        const r = s.relayBytes;
-        t.bytesFromClients += r.fromClient;
-        t.bytesFromUpstream += r.fromServer;
-      }
-      return { clients: sessions.size, buffered, totals: t };
-    },
-    close(graceMs = opts.shutdownGraceMs) {
-      closing ??= shutdown(graceMs);
-      return closing;
-    },
-  };
+  add(s: ClientSession): void {
+    this.open.add(s);
+  }
+
+  delete(s: ClientSession): void {
+    this.open.delete(s);
+    if (this.open.size === 0) this.allClosed?.();
+  }
+
+  /** Resolves once no session is open (at once if none is). */
+  closed(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.allClosed = resolve;
+      if (this.open.size === 0) resolve();
+    });
+  }
+
+  /** A copy to iterate over while sessions close. */
+  list(): ClientSession[] {
+    return [...this.open];
+  }
+
+  /** The totals so far, with what the native relay moved and has not yet counted, and what sessions hold now. */
+  stats(totals: Totals, cancels: CancelRegistry): ProxyStats {
+    const t = { ...totals, cancelsForwarded: cancels.forwarded, cancelsIgnored: cancels.ignored };
+    let buffered = 0;
+    for (const s of this.open) {
+      buffered += s.buffered;
+      const r = s.relayBytes;
+      t.bytesFromClients += r.fromClient;
+      t.bytesFromUpstream += r.fromServer;
+    }
+    return { clients: this.open.size, buffered, totals: t };
+  }
+}
+
+/**
+ * Graceful shutdown: stop accepting, let every session end once it is idle, and end those still open
+ * when the grace period is over. Resolves when all sessions and the listener are closed.
+ */
+async function shutdown(server: Server, sessions: Sessions, graceMs: number, log: Logger): Promise<void> {
+  log.info({ sessions: sessions.size, graceMs }, 'proxy shutting down');
+  const listenerClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+  const drained = sessions.closed();
+  for (const s of sessions.list()) s.shutdown();
+  let timer: NodeJS.Timeout | undefined;
+  const graceOver = new Promise<'grace'>((resolve) => {
+    timer = setTimeout(() => resolve('grace'), Math.max(0, graceMs));
+  });
+  if ((await Promise.race([drained, graceOver])) === 'grace') {
+    log.warn({ sessions: sessions.size }, 'grace period over: terminating remaining sessions');
+    for (const s of sessions.list()) s.terminate();
+  }
+  clearTimeout(timer);
+  await drained;
+  await listenerClosed;
+  log.info('proxy stopped');
 }
