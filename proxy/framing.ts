@@ -97,60 +97,32 @@ export class FrameReader {
   }
 
   private run(buf: Buffer, pos: number): void {
-    const end = buf.length;
-    const h = this.h;
     // The run of bytes to forward starts here, including the tail of a message passed through earlier.
     let start = pos;
-
     // Finish whatever the previous chunk left open.
     if (this.skip > 0) {
-      const n = Math.min(this.skip, end - pos);
-      this.skip -= n;
-      pos += n;
+      pos = this.skipTail(buf, pos);
     } else if (this.asm !== null) {
-      const asm = this.asm;
-      const n = Math.min(asm.length - this.asmLen, end - pos);
-      buf.copy(asm, this.asmLen, pos, pos + n);
-      this.asmLen += n;
-      pos += n;
-      if (this.asmLen < asm.length) return;
-      this.asm = null;
-      this.asmLen = 0;
-      const v = h.onMessage(asm, this.asmCode);
-      if (this.failed) return;
-      if (v === KEEP) h.onBytes(asm);
-      else if (v === PAUSE) return this.pauseAt(buf, pos);
-      else if (v !== DROP) this.emit(v);
-      start = pos;
+      start = pos = this.finishAssembly(buf, pos);
+      if (pos < 0) return;
     } else if (this.hdrLen > 0) {
-      const n = Math.min(5 - this.hdrLen, end - pos);
-      buf.copy(this.hdr, this.hdrLen, pos, pos + n);
-      this.hdrLen += n;
-      pos += n;
-      if (this.hdrLen < 5) return;
-      this.hdrLen = 0;
-      const code = this.hdr[0];
-      const length = this.hdr.readInt32BE(1);
-      if (!this.check(code, length)) return;
-      if (h.header(code, length)) {
-        this.asm = Buffer.allocUnsafe(1 + length);
-        this.hdr.copy(this.asm, 0, 0, 5);
-        this.asmLen = 5;
-        this.asmCode = code;
-      } else {
-        h.onBytes(Buffer.from(this.hdr)); // the held-back header; hdr itself is reused
-        this.skip = length - 4;
-      }
+      pos = this.finishHeader(buf, pos);
+      if (pos < 0) return;
       return this.run(buf, pos);
     }
+    this.walk(buf, start, pos);
+  }
 
+  /**
+   * The per-message path: walks whole messages from `pos`, forwarding the run of bytes from `start` in as
+   * few writes as it can (one for the whole chunk when nothing in it is wanted). Allocates nothing unless a
+   * wanted message spans chunks.
+   */
+  private walk(buf: Buffer, start: number, pos: number): void {
+    const end = buf.length;
+    const h = this.h;
     while (pos < end) {
-      if (end - pos < 5) {
-        if (pos > start) h.onBytes(buf.subarray(start, pos));
-        buf.copy(this.hdr, 0, pos, end);
-        this.hdrLen = end - pos;
-        return;
-      }
+      if (end - pos < 5) return this.holdHeader(buf, start, pos);
       const code = buf[pos];
       const length = buf.readInt32BE(pos + 1);
       if (length < 4 || length > this.maxLength) {
@@ -167,14 +139,7 @@ export class FrameReader {
         }
         continue;
       }
-      if (next > end) {
-        if (pos > start) h.onBytes(buf.subarray(start, pos));
-        this.asm = Buffer.allocUnsafe(1 + length);
-        buf.copy(this.asm, 0, pos, end);
-        this.asmLen = end - pos;
-        this.asmCode = code;
-        return;
-      }
+      if (next > end) return this.startAssembly(buf, start, pos, code, length);
       const v = h.onMessage(buf.subarray(pos, next), code);
       if (this.failed) return;
       if (v === KEEP) {
@@ -188,6 +153,77 @@ export class FrameReader {
       if (v !== DROP) this.emit(v);
     }
     if (pos > start) h.onBytes(start === 0 ? buf : buf.subarray(start, end));
+  }
+
+  /** The body of a passed-through message goes on in this chunk: returns where it ends (or the chunk does). */
+  private skipTail(buf: Buffer, pos: number): number {
+    const n = Math.min(this.skip, buf.length - pos);
+    this.skip -= n;
+    return pos + n;
+  }
+
+  /**
+   * Adds this chunk's part of a wanted message spanning chunks; once whole, hands it over. Returns where the
+   * chunk goes on, or -1 when it is used up, the reader paused or failed.
+   */
+  private finishAssembly(buf: Buffer, pos: number): number {
+    const asm = this.asm!;
+    const n = Math.min(asm.length - this.asmLen, buf.length - pos);
+    buf.copy(asm, this.asmLen, pos, pos + n);
+    this.asmLen += n;
+    pos += n;
+    if (this.asmLen < asm.length) return -1;
+    this.asm = null;
+    this.asmLen = 0;
+    const v = this.h.onMessage(asm, this.asmCode);
+    if (this.failed) return -1;
+    if (v === KEEP) this.h.onBytes(asm);
+    else if (v === PAUSE) {
+      this.pauseAt(buf, pos);
+      return -1;
+    } else if (v !== DROP) this.emit(v);
+    return pos;
+  }
+
+  /**
+   * Completes a header split across chunks; once whole, starts passing its message through or assembling
+   * it. Returns where the chunk goes on, or -1 when it is used up or the length is invalid.
+   */
+  private finishHeader(buf: Buffer, pos: number): number {
+    const n = Math.min(5 - this.hdrLen, buf.length - pos);
+    buf.copy(this.hdr, this.hdrLen, pos, pos + n);
+    this.hdrLen += n;
+    if (this.hdrLen < 5) return -1;
+    this.hdrLen = 0;
+    const code = this.hdr[0];
+    const length = this.hdr.readInt32BE(1);
+    if (!this.check(code, length)) return -1;
+    if (this.h.header(code, length)) {
+      this.asm = Buffer.allocUnsafe(1 + length);
+      this.hdr.copy(this.asm, 0, 0, 5);
+      this.asmLen = 5;
+      this.asmCode = code;
+    } else {
+      this.h.onBytes(Buffer.from(this.hdr)); // the held-back header; hdr itself is reused
+      this.skip = length - 4;
+    }
+    return pos + n;
+  }
+
+  /** The chunk ends inside a header: the run before it goes, the header's start waits for the next chunk. */
+  private holdHeader(buf: Buffer, start: number, pos: number): void {
+    if (pos > start) this.h.onBytes(buf.subarray(start, pos));
+    buf.copy(this.hdr, 0, pos, buf.length);
+    this.hdrLen = buf.length - pos;
+  }
+
+  /** A wanted message goes on in later chunks: the run before it goes, its start is copied to be assembled. */
+  private startAssembly(buf: Buffer, start: number, pos: number, code: number, length: number): void {
+    if (pos > start) this.h.onBytes(buf.subarray(start, pos));
+    this.asm = Buffer.allocUnsafe(1 + length);
+    buf.copy(this.asm, 0, pos, buf.length);
+    this.asmLen = buf.length - pos;
+    this.asmCode = code;
   }
 
   private emit(v: Buffer | Buffer[]): void {
