@@ -7,13 +7,15 @@
 // function answers itself from the cache or through the daemon endpoint (callback path).
 import type { Logger } from 'pino';
 import type { Engine } from '../inference/engine.js';
-import { findCalls, isParseFailure, loadParser, statementAst, type StatementCalls, type SteadyCall } from './calls.js';
-import type { Database, DatabaseRegistry } from './databases.js';
-import { argValues, boundParams } from './arguments.js';
 import type { Interceptor, InterceptedMessage, ResponseHandler, Rewrite, SessionContext } from '../proxy/interceptor.js';
-import { Be, query, readBind, readErrorFields, readParse, readTarget } from '../proxy/protocol.js';
+import { query, readBind, readParse, readTarget } from '../proxy/protocol.js';
+import { argValues, boundParams } from './arguments.js';
+import { findCalls, isParseFailure, loadParser, type StatementCalls, type SteadyCall } from './calls.js';
+import type { Database, DatabaseRegistry } from './databases.js';
 import { prefetch } from './prefetch.js';
-import { Server, type ServeJob } from './serve.js';
+import { constJobs, planParse, planQuery, splice } from './query-plan.js';
+import { afterwards, chain, hideNotice } from './responses.js';
+import { Server } from './serve.js';
 import { streamable, stream } from './stream.js';
 
 export interface SteadytextOptions {
@@ -29,20 +31,103 @@ export interface SteadytextOptions {
 const CANCELLED = `DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '57014', MESSAGE = 'canceling statement due to user request'; END$$`;
 
 /** A prepared statement with calls the proxy serves at each Bind. */
-interface Plan { paramTypes: number[]; calls: SteadyCall[] }
+interface Plan { paramTypes: readonly number[]; calls: SteadyCall[] }
 
-interface SessionState { plans: Map<string, Plan> }
+export function createSteadytextInterceptor(o: SteadytextOptions): SteadytextInterceptor {
+  return new SteadytextInterceptor(o);
+}
 
-export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor & { ready: Promise<void> } {
-  const ready = loadParser();
-  const server = new Server(o.engine, o.daemon);
+export class SteadytextInterceptor implements Interceptor {
+  /** Resolves once the parser is loaded (intercept() waits for it too). */
+  readonly ready: Promise<void> = loadParser();
+  private readonly server: Server;
 
-  const state = (ctx: SessionContext): SessionState =>
-    (ctx.data.steadytext ??= { plans: new Map() }) as SessionState;
+  constructor(private readonly o: SteadytextOptions) {
+    this.server = new Server(o.engine, o.daemon);
+  }
+
+  async intercept(m: InterceptedMessage, ctx: SessionContext): Promise<Rewrite | undefined> {
+    await this.ready;
+    switch (m.type) {
+      case 'Q': return this.onQuery(m.bytes.subarray(5, m.bytes.length - 1), ctx);
+      case 'P': return this.onParse(m.bytes, ctx);
+      case 'B': return this.onBind(m.bytes, ctx);
+      case 'C': {
+        const t = readTarget(m.bytes);
+        if (t.kind === 'S') plans(ctx).delete(t.name);
+        return undefined;
+      }
+    }
+    return undefined;
+  }
+
+  sessionEnd(ctx: SessionContext): void {
+    plans(ctx).clear();
+  }
+
+  /** A simple-protocol Query: stream it, or serve its calls ahead, then let it go on (as written, mostly). */
+  private async onQuery(sql: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
+    const stmts = this.analyse(sql, ctx);
+    if (!stmts) return undefined;
+    const db = await this.database(ctx);
+    if (!db) return undefined;
+    const streamed = await this.tryStream(sql, stmts, db, ctx);
+    if (streamed) return streamed;
+    const plan = planQuery(sql, stmts);
+    if (ctx.txStatus !== 'E') {
+      const ahead = { scs: ctx.serverParams.get('standard_conforming_strings') !== 'off', extended: false };
+      // Prefetch while the constant calls compute: both keep the engine busy at once.
+      await Promise.all([
+        this.server.serve(plan.jobs, db, ctx, ahead, 'rewrite'),
+        plan.prefetches.length ? prefetch(sql, plan.prefetches, db, ctx, this.server, { maxValues: this.o.prefetchMaxValues }) : undefined,
+      ]);
+    }
+    // The client cancelled while the proxy worked for this statement: the statement is what was cancelled,
+    // so it fails as a cancelled statement would, inside the database (a transaction block is aborted).
+    if (ctx.signal.aborted) return { send: [query(CANCELLED)] };
+    if (plan.readsStats) await db.flushCounters();
+    if (!plan.touchesConfig && plan.replaced.length === 0) return undefined;
+    const handlers: ResponseHandler[] = [];
+    if (plan.touchesConfig) handlers.push(afterwards(() => db.runtime.markStale()));
+    if (plan.replaced.length) handlers.push(hideNotice('extension "plpgsql" already exists'));
+    return { send: [{ bytes: query(splice(sql, plan.replaced).toString('utf8')), responses: chain(handlers) }] };
+  }
+
+  private async tryStream(sql: Buffer, stmts: StatementCalls[], db: Database, ctx: SessionContext): Promise<Rewrite | undefined> {
+    const shape = streamable(stmts);
+    if (!shape || ctx.txStatus === 'E') return undefined;
+    const values = argValues(shape.call, null);
+    return values ? stream(sql, shape.call, values, db, ctx, this.server) : undefined;
+  }
+
+  /** A Parse: remember the calls to serve at each Bind of this statement, and watch its name. */
+  private async onParse(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
+    const p = readParse(msg);
+    plans(ctx).delete(p.name);
+    ctx.watched.statements.delete(p.name);
+    const calls = planParse(this.analyse(Buffer.from(p.sql, 'utf8'), ctx), p.paramTypes);
+    // Install now, so the first Bind does not wait for it.
+    if (calls.length === 0 || !(await this.database(ctx))) return undefined;
+    plans(ctx).set(p.name, { paramTypes: p.paramTypes, calls });
+    ctx.watched.statements.add(p.name);
+    return undefined;
+  }
+
+  /** A Bind of a watched statement: serve its calls with these parameter values, then let it go on. */
+  private async onBind(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
+    const b = readBind(msg);
+    const plan = plans(ctx).get(b.statement);
+    if (!plan || ctx.txStatus === 'E') return undefined;
+    const db = await this.database(ctx);
+    if (!db) return undefined;
+    // Parameter values are data: no setting of the session changes how they read.
+    await this.server.serve(constJobs(plan.calls, boundParams(b, plan.paramTypes)), db, ctx, { scs: null, extended: true }, 'rewrite');
+    return undefined;
+  }
 
   /** The database of a session, installed on this first use; undefined when it cannot be (calls then go through as sent). */
-  async function database(ctx: SessionContext): Promise<Database | undefined> {
-    const db = o.databases.get(ctx.database);
+  private async database(ctx: SessionContext): Promise<Database | undefined> {
+    const db = this.o.databases.get(ctx.database);
     try {
       await db.ready();
       return db;
@@ -52,7 +137,7 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     }
   }
 
-  function analyse(sql: Buffer, ctx: SessionContext): StatementCalls[] | undefined {
+  private analyse(sql: Buffer, ctx: SessionContext): StatementCalls[] | undefined {
     const r = findCalls(sql, { standardConformingStrings: ctx.serverParams.get('standard_conforming_strings') !== 'off' });
     if (isParseFailure(r)) {
       ctx.log.debug({ failure: r.failure, message: r.message }, 'statement not parsed; forwarded unchanged');
@@ -60,174 +145,9 @@ export function createSteadytextInterceptor(o: SteadytextOptions): Interceptor &
     }
     return r;
   }
-
-  async function onQuery(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
-    const sql = msg.subarray(5, msg.length - 1);
-    const stmts = analyse(sql, ctx);
-    if (!stmts) return undefined;
-    const db = await database(ctx);
-    if (!db) return undefined;
-    const shape = streamable(stmts);
-    if (shape && ctx.txStatus !== 'E') {
-      const values = argValues(shape.call, null);
-      if (values) {
-        const r = await stream(sql, shape.call, values, db, ctx, server);
-        if (r) return r;
-      }
-    }
-    const jobs: ServeJob[] = [];
-    const replaced: { at: number; end: number; text: string }[] = [];
-    const prefetches: StatementCalls[] = [];
-    let touchesConfig = false;
-    let readsStats = false;
-    for (const st of stmts) {
-      const ast = statementAst(st);
-      if (ast?.CreateExtensionStmt?.extname === 'pg_steadytext') {
-        // The objects are already installed (database() above): keep the statement's meaning and tag.
-        replaced.push({ at: st.start, end: st.end, text: 'CREATE EXTENSION IF NOT EXISTS plpgsql' });
-        continue;
-      }
-      if (st.kind !== 'other' && mentionsStats(sql, st.start, st.end)) readsStats = true;
-      for (const call of st.calls) if (call.fn === 'steadytext_config_set') touchesConfig = true;
-      if (!servedAhead(stmts, st)) continue;
-      if (st.calls.some((c) => c.kind === 'row')) prefetches.push(st);
-      for (const call of st.calls) {
-        if (call.kind !== 'const') continue;
-        const values = argValues(call, null);
-        if (values) jobs.push({ call, values });
-      }
-    }
-    if (ctx.txStatus !== 'E') {
-      const ahead = { scs: ctx.serverParams.get('standard_conforming_strings') !== 'off', extended: false };
-      // Prefetch while the constant calls compute: both keep the engine busy at once.
-      await Promise.all([server.serve(jobs, db, ctx, ahead, 'rewrite'), prefetches.length ? prefetch(sql, prefetches, db, ctx, server, { maxValues: o.prefetchMaxValues }) : undefined]);
-    }
-    // The client cancelled while the proxy worked for this statement: the statement is what was cancelled,
-    // so it fails as a cancelled statement would, inside the database (a transaction block is aborted).
-    if (ctx.signal.aborted) return { send: [query(CANCELLED)] };
-    if (readsStats) await db.flushCounters();
-    if (!touchesConfig && replaced.length === 0) return undefined;
-    const out = query(splice(sql, replaced).toString('utf8'));
-    const handlers: ResponseHandler[] = [];
-    if (touchesConfig) handlers.push(configWatcher(db));
-    if (replaced.length) handlers.push(hideNotice('extension "plpgsql" already exists'));
-    return { send: [{ bytes: out, responses: chain(handlers) }] };
-  }
-
-  async function onParse(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
-    const p = readParse(msg);
-    const st = state(ctx);
-    st.plans.delete(p.name);
-    ctx.watched.statements.delete(p.name);
-    const stmts = analyse(Buffer.from(p.sql, 'utf8'), ctx);
-    if (!stmts || stmts.length !== 1 || !servedAhead(stmts, stmts[0])) return undefined;
-    const s = stmts[0];
-    const n = Math.max(s.maxParam, p.paramTypes.length);
-    const probe = { values: new Array(n).fill('0'), types: p.paramTypes };
-    const calls = s.calls.filter((c) => c.kind === 'const' && argValues(c, probe) !== null);
-    if (calls.length === 0) return undefined;
-    // Install now, so the first Bind does not wait for it.
-    if (!(await database(ctx))) return undefined;
-    st.plans.set(p.name, { paramTypes: p.paramTypes, calls });
-    ctx.watched.statements.add(p.name);
-    return undefined;
-  }
-
-  async function onBind(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
-    const b = readBind(msg);
-    const plan = state(ctx).plans.get(b.statement);
-    if (!plan || ctx.txStatus === 'E') return undefined;
-    const db = await database(ctx);
-    if (!db) return undefined;
-    const params = boundParams(b, plan.paramTypes);
-    const jobs: ServeJob[] = [];
-    for (const call of plan.calls) {
-      const values = argValues(call, params);
-      if (values) jobs.push({ call, values });
-    }
-    // Parameter values are data: no setting of the session changes how they read.
-    await server.serve(jobs, db, ctx, { scs: null, extended: true }, 'rewrite');
-    return undefined;
-  }
-
-  return {
-    ready,
-    sessionEnd(ctx) {
-      state(ctx).plans.clear();
-    },
-    async intercept(m: InterceptedMessage, ctx: SessionContext): Promise<Rewrite | undefined> {
-      await ready;
-      switch (m.type) {
-        case 'Q': return onQuery(m.bytes, ctx);
-        case 'P': return onParse(m.bytes, ctx);
-        case 'B': return onBind(m.bytes, ctx);
-        case 'C': {
-          const t = readTarget(m.bytes);
-          if (t.kind === 'S') state(ctx).plans.delete(t.name);
-          return undefined;
-        }
-      }
-      return undefined;
-    },
-  };
 }
 
-/**
- * Whether the proxy may serve a statement's calls ahead: the statement runs its calls now (not a
- * definition, not PREPARE), and nothing before it in the same message can change the session's role or
- * search_path first (only transaction control may precede it), so the check made before it holds for it.
- */
-export function servedAhead(stmts: readonly StatementCalls[], st: StatementCalls): boolean {
-  if (!st.rewritable || st.kind === 'prepare') return false;
-  for (const prev of stmts) {
-    if (prev === st) return true;
-    const t = Object.keys(statementAst(prev) ?? {})[0];
-    if (t !== 'TransactionStmt' && t !== 'VariableShowStmt') return false;
-  }
-  return false;
-}
-
-/** After a statement that may have changed steadytext_config, every session must see the change. */
-function configWatcher(db: Database): ResponseHandler {
-  return { onMessage: (m) => m, onEnd: () => db.runtime.markStale() };
-}
-
-/** Does sql[start, end) mention steadytext_stats (ASCII case-insensitive)? Its counters are flushed first. */
-function mentionsStats(sql: Buffer, start: number, end: number): boolean {
-  return sql.subarray(start, end).toString('latin1').toLowerCase().includes('steadytext_stats');
-}
-
-/** Drops the NoticeResponse with this exact message (the one our own replacement statement causes). */
-function hideNotice(message: string): ResponseHandler {
-  return { onMessage: (m) => (m[0] === Be.NoticeResponse && readErrorFields(m).M === message ? null : m) };
-}
-
-function chain(hs: ResponseHandler[]): ResponseHandler {
-  return {
-    onMessage(m, req) {
-      let cur: Buffer[] = [m];
-      for (const h of hs) {
-        const next: Buffer[] = [];
-        for (const x of cur) {
-          const r = h.onMessage(x, req);
-          if (r) next.push(...(Array.isArray(r) ? r : [r]));
-        }
-        cur = next;
-      }
-      return cur.length === 1 ? cur[0] : cur;
-    },
-    onEnd(req, how) { for (const h of hs) h.onEnd?.(req, how); },
-  };
-}
-
-/** Whole-range replacements over the original offsets. */
-function splice(sql: Buffer, replaces: { at: number; end: number; text: string }[]): Buffer {
-  const parts: Buffer[] = [];
-  let prev = 0;
-  for (const op of [...replaces].sort((a, b) => a.at - b.at)) {
-    parts.push(sql.subarray(prev, op.at), Buffer.from(op.text, 'utf8'));
-    prev = op.end;
-  }
-  parts.push(sql.subarray(prev));
-  return Buffer.concat(parts);
+/** The session's prepared statements with calls, in the interceptor's per-session data. */
+function plans(ctx: SessionContext): Map<string, Plan> {
+  return (ctx.data.steadytextPlans ??= new Map<string, Plan>()) as Map<string, Plan>;
 }

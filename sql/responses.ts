@@ -1,0 +1,33 @@
+// Response handlers the steadytext layer attaches to the statements it forwards (see the seam's
+// ResponseHandler in proxy/interceptor.ts).
+import type { ResponseHandler } from '../proxy/interceptor.js';
+import { Be, readErrorFields } from '../proxy/protocol.js';
+
+/** Calls `done` once the statement is answered (e.g. a config change every session must then see). */
+export function afterwards(done: () => void): ResponseHandler {
+  return { onMessage: (m) => m, onEnd: () => done() };
+}
+
+/** Drops the NoticeResponse with this exact message (the one our own replacement statement causes). */
+export function hideNotice(message: string): ResponseHandler {
+  return { onMessage: (m) => (m[0] === Be.NoticeResponse && readErrorFields(m).M === message ? null : m) };
+}
+
+/** The handlers one after another: each sees what the previous passed on. */
+export function chain(hs: readonly ResponseHandler[]): ResponseHandler {
+  return {
+    onMessage(m, req) {
+      let cur: Buffer[] = [m];
+      for (const h of hs) {
+        const next: Buffer[] = [];
+        for (const x of cur) {
+          const r = h.onMessage(x, req);
+          if (r) next.push(...(Array.isArray(r) ? r : [r]));
+        }
+        cur = next;
+      }
+      return cur.length === 1 ? cur[0] : cur;
+    },
+    onEnd(req, how) { for (const h of hs) h.onEnd?.(req, how); },
+  };
+}
