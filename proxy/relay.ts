@@ -1,8 +1,14 @@
-// The native steady-state relay (proxy/native/relay.c, built into build/relay.node by `npm install`):
-// loading it, and what it hands back as plain values. A session hands both its sockets to it while idle
-// and plaintext; it forwards in C until something JS must see, then returns the session (client.ts).
-// The addon's arrays are unpacked here once: the session code sees named fields.
-import { existsSync } from 'node:fs';
+// The native steady-state relay (proxy/native/relay.c): finding and loading it, and what it hands back as
+// plain values. A session hands both its sockets to it while idle and plaintext; it forwards in C until
+// something JS must see, then returns the session (client.ts). The addon's arrays are unpacked here once:
+// the session code sees named fields.
+//
+// Where it comes from, as node-gyp-build looks: build/Release/relay.node, compiled here by `npm install`
+// (scripts/build-native.mjs), else a binary shipped with the package in prebuilds/<platform>-<arch>/
+// whose name's tags fit this process (relay.napi.uv1.glibc.node: any Node-API Node whose libuv is 1.x,
+// on glibc). The install compiles only when no prebuilt binary loads, so a published package uses its
+// prebuilt one where it fits and a local build elsewhere; a development tree uses what it just built.
+import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -89,15 +95,78 @@ function outcome(r: Raw): RelayOutcome {
   };
 }
 
-/** Where build-native put it: build/ at the package root (this file runs from proxy/ or dist/proxy/). */
-function addonPath(): string | null {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 3; i++) {
-    const p = join(dir, 'build', 'relay.node');
-    if (existsSync(p)) return p;
-    dir = dirname(dir);
+/** The package root: the nearest directory above this file (proxy/ or dist/proxy/) with a package.json. */
+function packageRoot(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (let dir = here, i = 0; i < 4; i++, dir = dirname(dir)) if (existsSync(join(dir, 'package.json'))) return dir;
+  return dirname(here);
+}
+
+/** What a prebuilt binary's file name says it needs (node-gyp-build's tags: relay.napi.uv1.glibc.node). */
+interface Tags { file: string; runtime?: string; napi: boolean; abi?: string; uv?: string; armv?: string; libc?: string; specificity: number }
+
+function parseTags(file: string): Tags | null {
+  const parts = file.split('.');
+  if (parts.pop() !== 'node') return null;
+  const t: Tags = { file, napi: false, specificity: 0 };
+  for (const tag of parts) {
+    if (tag === 'node' || tag === 'electron' || tag === 'node-webkit') t.runtime = tag;
+    else if (tag === 'napi') t.napi = true;
+    else if (tag.startsWith('abi')) t.abi = tag.slice(3);
+    else if (tag.startsWith('uv')) t.uv = tag.slice(2);
+    else if (tag.startsWith('armv')) t.armv = tag.slice(4);
+    else if (tag === 'glibc' || tag === 'musl') t.libc = tag;
+    else continue;
+    t.specificity++;
   }
-  return null;
+  return t;
+}
+
+let libcOfThisProcess: string | undefined;
+function libc(): string {
+  if (libcOfThisProcess === undefined) {
+    const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+    libcOfThisProcess = header?.glibcVersionRuntime ? 'glibc' : 'musl';
+  }
+  return libcOfThisProcess;
+}
+
+function fits(t: Tags): boolean {
+  if (t.runtime && t.runtime !== 'node') return false;
+  if (t.abi && t.abi !== process.versions.modules && !t.napi) return false;
+  if (t.uv && t.uv !== process.versions.uv.split('.')[0]) return false;
+  if (t.armv && t.armv !== String((process.config.variables as { arm_version?: string | number }).arm_version ?? '')) return false;
+  if (t.libc && process.platform === 'linux' && t.libc !== libc()) return false;
+  return true;
+}
+
+/** Where the addon may be, in the order tried: the local build, then the best-fitting prebuilt binary. */
+function addonCandidates(root: string): string[] {
+  const found: string[] = [];
+  const local = join(root, 'build', 'Release', 'relay.node');
+  if (existsSync(local)) found.push(local);
+  const dir = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  if (existsSync(dir)) {
+    const tags = readdirSync(dir).map(parseTags).filter((t): t is Tags => t !== null && fits(t));
+    // An ABI-specific build before a Node-API one, then the most specific name.
+    tags.sort((a, b) => (a.abi ? 0 : 1) - (b.abi ? 0 : 1) || b.specificity - a.specificity);
+    found.push(...tags.map((t) => join(dir, t.file)));
+  }
+  return found;
+}
+
+function wrap(addon: Addon): NativeRelay {
+  return {
+    start: (c, s, max, onExit) => addon.start(c, s, max, (raw) => onExit(outcome(raw))),
+    stop: (h) => {
+      const r = addon.stop(h);
+      return r === null ? null : outcome(r);
+    },
+    state: (h) => {
+      const s = addon.state(h);
+      return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5] };
+    },
+  };
 }
 
 let loaded: { relay: NativeRelay | null; why: string } | undefined;
@@ -105,28 +174,25 @@ let loaded: { relay: NativeRelay | null; why: string } | undefined;
 /** The relay, or null with the reason it is not available. Loaded once per process. */
 export function loadNativeRelay(): { relay: NativeRelay | null; why: string } {
   if (loaded) return loaded;
-  const path = addonPath();
-  if (path === null) {
-    loaded = { relay: null, why: 'build/relay.node is missing: run `node scripts/build-native.mjs` (needs a C compiler and the headers of this Node)' };
+  const root = packageRoot();
+  const candidates = addonCandidates(root);
+  if (candidates.length === 0) {
+    loaded = {
+      relay: null,
+      why: `build/Release/relay.node is missing and no prebuilt binary in prebuilds/${process.platform}-${process.arch} fits: run \`npm run build:native\` (needs a C compiler and the headers of this Node)`,
+    };
     return loaded;
   }
-  try {
-    const addon = createRequire(import.meta.url)(path) as Addon;
-    const relay: NativeRelay = {
-      start: (c, s, max, onExit) => addon.start(c, s, max, (raw) => onExit(outcome(raw))),
-      stop: (h) => {
-        const r = addon.stop(h);
-        return r === null ? null : outcome(r);
-      },
-      state: (h) => {
-        const s = addon.state(h);
-        return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5] };
-      },
-    };
-    loaded = { relay, why: `loaded from ${path}` };
-  } catch (err) {
-    loaded = { relay: null, why: `${path} does not load (${(err as Error).message}): rebuild it with \`node scripts/build-native.mjs\`` };
+  const failures: string[] = [];
+  for (const path of candidates) {
+    try {
+      loaded = { relay: wrap(createRequire(import.meta.url)(path) as Addon), why: `loaded from ${path}` };
+      return loaded;
+    } catch (err) {
+      failures.push(`${path} does not load (${(err as Error).message})`);
+    }
   }
+  loaded = { relay: null, why: `${failures.join('; ')}: rebuild it with \`npm run build:native\`` };
   return loaded;
 }
 
