@@ -5,7 +5,7 @@ WORKDIR /app
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json* tsconfig.json ./
 RUN npm install --no-audit --no-fund --ignore-scripts
-COPY cli.ts ./
+COPY cli.ts index.ts ./
 COPY config ./config
 COPY proxy ./proxy
 COPY inference ./inference
