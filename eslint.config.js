@@ -4,10 +4,11 @@
 // (ESLint's bulk suppressions): each file may keep that many of that rule and no more; fix them, then
 // `npx eslint . --prune-suppressions` drops the entries (unused ones do not fail the lint meanwhile).
 import js from '@eslint/js';
+import { defineConfig } from 'eslint/config';
 import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
-export default tseslint.config(
+export default defineConfig(
   { ignores: ['dist/', 'build/', 'prebuilds/', 'node_modules/', 'coverage/'] },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,
