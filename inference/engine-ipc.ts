@@ -69,58 +69,74 @@ export interface ServeOptions {
  * detaches too, and aborts what that side still had running.
  */
 export function serveEngineOverIpc(engine: Engine, channel: IpcChannel, o: ServeOptions = {}): () => void {
-  const running = new Map<number, AbortController>();
-  const snapshot = (): Snapshot => ({ status: engine.status(), modelInfo: engine.modelInfo(), models: engine.models() });
-  const push = () => channel.send({ tag: TAG, kind: 'state', state: snapshot() } satisfies ToClient);
-  const prefix = o.callerPrefix ?? '';
-
-  async function run(id: number, op: Op, args: unknown[], signal: AbortSignal): Promise<unknown> {
-    const req = <T extends object>(r: T) => ({ ...r, signal, caller: `${prefix}${(r as { caller?: string }).caller ?? ''}` });
-    switch (op) {
-      case 'generate': return engine.generate(req(args[0] as GenerateRequest));
-      case 'embed': return engine.embed(req(args[0] as EmbedRequest));
-      case 'embedMany': return engine.embedMany(args[0] as string[], req((args[1] ?? {}) as Omit<EmbedRequest, 'text'>));
-      case 'modelIdentity': return engine.modelIdentity(args[0] as ModelRole, args[1] as string | null | undefined);
-      case 'load': return engine.load(args[0] as { role: ModelRole; modelSize?: string | null } | undefined);
-      case 'unload': return engine.unload();
-      case 'reload': return engine.reload();
-      case 'clearCache': return engine.clearCache();
-      case 'stream': {
-        for await (const text of engine.generateStream(req(args[0] as GenerateRequest))) channel.send({ tag: TAG, kind: 'chunk', id, text } satisfies ToClient);
-        return undefined;
-      }
-    }
-  }
-
+  const s: Serving = { engine, channel, prefix: o.callerPrefix ?? '', running: new Map() };
+  const push = () => channel.send({ tag: TAG, kind: 'state', state: snapshotOf(engine) } satisfies ToClient);
   const offMessage = channel.onMessage((m: ToServer) => {
     if (m?.tag !== TAG) return;
     if (m.kind === 'hello') return push();
-    if (m.kind === 'abort') return running.get(m.id)?.abort(new Error(m.reason ?? 'aborted by the caller'));
-    if (m.kind !== 'call') return;
-    const ac = new AbortController();
-    if (m.aborted) ac.abort(new Error('aborted by the caller'));
-    running.set(m.id, ac);
-    run(m.id, m.op, m.args, ac.signal).then(
-      (value) => ({ value }),
-      (e: unknown) => ({ error: toWire(e) }),
-    ).then((r) => {
-      running.delete(m.id);
-      // The request's outcome object was filled in here, on this side of the channel: send it back.
-      const outcome = (m.args[0] as { outcome?: { cached?: boolean } } | undefined)?.outcome;
-      channel.send({ tag: TAG, kind: 'result', id: m.id, ...r, outcome, state: snapshot() } satisfies ToClient);
-    });
+    if (m.kind === 'abort') return s.running.get(m.id)?.abort(new Error(m.reason ?? 'aborted by the caller'));
+    if (m.kind === 'call') void answerCall(s, m);
   });
   const timer = setInterval(push, o.pushIntervalMs ?? 1000).unref();
   const detach = () => {
     clearInterval(timer);
     offMessage();
     offClose();
-    for (const ac of running.values()) ac.abort(new Error('the calling process is gone'));
-    running.clear();
+    for (const ac of s.running.values()) ac.abort(new Error('the calling process is gone'));
+    s.running.clear();
   };
   const offClose = channel.onClose(detach);
   push();
   return detach;
+}
+
+/** The serving side of one channel. */
+interface Serving {
+  engine: Engine;
+  channel: IpcChannel;
+  /** ServeOptions.callerPrefix. */
+  prefix: string;
+  /** The calls still running, by id, to abort. */
+  running: Map<number, AbortController>;
+}
+
+type CallMessage = Extract<ToServer, { kind: 'call' }>;
+
+const snapshotOf = (engine: Engine): Snapshot => ({ status: engine.status(), modelInfo: engine.modelInfo(), models: engine.models() });
+
+/** Runs a call and sends its result back, with the snapshot it left. */
+async function answerCall(s: Serving, m: CallMessage): Promise<void> {
+  const ac = new AbortController();
+  if (m.aborted) ac.abort(new Error('aborted by the caller'));
+  s.running.set(m.id, ac);
+  const r = await runCall(s, m, ac.signal).then(
+    (value) => ({ value }),
+    (e: unknown) => ({ error: toWire(e) }),
+  );
+  s.running.delete(m.id);
+  // The request's outcome object was filled in here, on this side of the channel: send it back.
+  const outcome = (m.args[0] as { outcome?: { cached?: boolean } } | undefined)?.outcome;
+  s.channel.send({ tag: TAG, kind: 'result', id: m.id, ...r, outcome, state: snapshotOf(s.engine) } satisfies ToClient);
+}
+
+/** The engine's answer to a call; a stream's chunks are sent as they come, its result is undefined. */
+async function runCall(s: Serving, { id, op, args }: CallMessage, signal: AbortSignal): Promise<unknown> {
+  const { engine, channel } = s;
+  const req = <T extends object>(r: T) => ({ ...r, signal, caller: `${s.prefix}${(r as { caller?: string }).caller ?? ''}` });
+  switch (op) {
+    case 'generate': return engine.generate(req(args[0] as GenerateRequest));
+    case 'embed': return engine.embed(req(args[0] as EmbedRequest));
+    case 'embedMany': return engine.embedMany(args[0] as string[], req((args[1] ?? {}) as Omit<EmbedRequest, 'text'>));
+    case 'modelIdentity': return engine.modelIdentity(args[0] as ModelRole, args[1] as string | null | undefined);
+    case 'load': return engine.load(args[0] as { role: ModelRole; modelSize?: string | null } | undefined);
+    case 'unload': return engine.unload();
+    case 'reload': return engine.reload();
+    case 'clearCache': return engine.clearCache();
+    case 'stream': {
+      for await (const text of engine.generateStream(req(args[0] as GenerateRequest))) channel.send({ tag: TAG, kind: 'chunk', id, text } satisfies ToClient);
+      return undefined;
+    }
+  }
 }
 
 interface Pending {
@@ -136,91 +152,113 @@ interface Pending {
  * engine itself belongs to the serving process (and to every other process using it).
  */
 export function engineOverIpc(channel: IpcChannel): Engine & { ready: Promise<void> } {
-  const pending = new Map<number, Pending>();
-  let nextId = 1;
-  let state: Snapshot | undefined;
-  let closed = false;
-  let gotState!: () => void;
-  const ready = new Promise<void>((resolve) => (gotState = resolve));
-
-  const failAll = (e: Error) => {
-    for (const p of pending.values()) p.reject(e);
-    pending.clear();
+  const c = new IpcCalls(channel);
+  return {
+    ready: c.ready,
+    generate: (r) => c.call<string>('generate', [plain(r)], r.signal).result,
+    generateStream(r: GenerateRequest) {
+      let id = 0;
+      return pullChunks(
+        (push) => { const call = c.call<void>('stream', [plain(r)], r.signal, push); id = call.id; return call.result; },
+        // Leaving the loop early stops the generation, as with the engine itself.
+        () => c.abort(id, 'stream closed by its consumer'),
+      );
+    },
+    embed: (r) => c.call<Float32Array>('embed', [plain(r)], r.signal).result,
+    embedMany: (texts, r = {}) => c.call<Float32Array[]>('embedMany', [texts, plain(r)], r.signal).result,
+    modelIdentity: (role, modelSize) => c.call<string>('modelIdentity', [role, modelSize]).result,
+    load: (which) => c.call<void>('load', [which]).result,
+    unload: () => c.call<void>('unload', []).result,
+    reload: () => c.call<void>('reload', []).result,
+    clearCache: () => void c.call<void>('clearCache', []).result.catch(() => {}),
+    status: () => c.current().status,
+    modelInfo: () => c.current().modelInfo,
+    models: () => c.current().models,
+    close: async () => c.close(),
   };
-  const offMessage = channel.onMessage((m: ToClient) => {
-    if (m?.tag !== TAG) return;
-    if (m.kind === 'state' || m.kind === 'result') {
-      state = m.state;
-      gotState();
-    }
-    if (m.kind === 'chunk') pending.get(m.id)?.onChunk?.(m.text);
-    else if (m.kind === 'result') {
-      const p = pending.get(m.id);
-      if (!p) return;
-      pending.delete(m.id);
-      if (p.outcome && m.outcome) Object.assign(p.outcome, m.outcome);
-      if (m.error) p.reject(fromWire(m.error));
-      else p.resolve(m.value);
-    }
-  });
-  const offClose = channel.onClose(() => { closed = true; failAll(new EngineClosedError()); });
-  channel.send({ tag: TAG, kind: 'hello' } satisfies ToServer);
+}
 
-  /** Without the signal (it cannot cross); an abort is sent as its own message. */
-  function call<T>(op: Op, args: unknown[], signal?: AbortSignal | null, onChunk?: (text: string) => void): { id: number; result: Promise<T> } {
-    const id = nextId++;
+/** A request without its signal (it cannot cross the channel). */
+function plain<T extends { signal?: AbortSignal }>(r: T): Omit<T, 'signal'> {
+  const { signal: _signal, ...rest } = r;
+  return rest;
+}
+
+/** The calling side of a channel: the calls waiting for their result, and the latest snapshot. */
+class IpcCalls {
+  readonly ready: Promise<void>;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private state: Snapshot | undefined;
+  private closed = false;
+  private gotState!: () => void;
+  private readonly offMessage: () => void;
+  private readonly offClose: () => void;
+
+  constructor(private readonly channel: IpcChannel) {
+    this.ready = new Promise<void>((resolve) => (this.gotState = resolve));
+    this.offMessage = channel.onMessage((m: ToClient) => this.receive(m));
+    this.offClose = channel.onClose(() => {
+      this.closed = true;
+      this.failAll(new EngineClosedError());
+    });
+    channel.send({ tag: TAG, kind: 'hello' } satisfies ToServer);
+  }
+
+  /** Sends a call without the signal (it cannot cross); an abort is sent as its own message. */
+  call<T>(op: Op, args: unknown[], signal?: AbortSignal | null, onChunk?: (text: string) => void): { id: number; result: Promise<T> } {
+    const id = this.nextId++;
     const result = new Promise<T>((resolve, reject) => {
-      if (closed) return reject(new EngineClosedError());
+      if (this.closed) return reject(new EngineClosedError());
       const outcome = (args[0] as { outcome?: { cached?: boolean } } | undefined)?.outcome;
-      pending.set(id, { resolve: resolve as (v: unknown) => void, reject, onChunk, outcome: typeof outcome === 'object' ? outcome : undefined });
-      channel.send({ tag: TAG, kind: 'call', id, op, args, aborted: signal?.aborted || undefined } satisfies ToServer);
+      this.pending.set(id, { resolve, reject, onChunk, outcome: typeof outcome === 'object' ? outcome : undefined });
+      this.channel.send({ tag: TAG, kind: 'call', id, op, args, aborted: signal?.aborted || undefined } satisfies ToServer);
     });
     if (signal && !signal.aborted) {
-      const onAbort = () => abort(id, signal.reason);
+      const onAbort = () => this.abort(id, signal.reason);
       signal.addEventListener('abort', onAbort, { once: true });
       result.then(() => signal.removeEventListener('abort', onAbort), () => signal.removeEventListener('abort', onAbort));
     }
     return { id, result };
   }
-  const abort = (id: number, reason?: unknown) => {
-    if (pending.has(id)) channel.send({ tag: TAG, kind: 'abort', id, reason: reason === undefined ? undefined : String((reason as Error)?.message ?? reason) } satisfies ToServer);
-  };
-  const plain = <T extends { signal?: AbortSignal }>(r: T) => {
-    const { signal: _signal, ...rest } = r;
-    return rest;
-  };
-  const current = (): Snapshot => {
-    if (!state) throw new Error('the inference engine has not reported its state yet (await ready)');
-    return state;
-  };
 
-  return {
-    ready,
-    generate: (r) => call<string>('generate', [plain(r)], r.signal).result,
-    generateStream(r: GenerateRequest) {
-      let id = 0;
-      return pullChunks(
-        (push) => { const c = call<void>('stream', [plain(r)], r.signal, push); id = c.id; return c.result; },
-        // Leaving the loop early stops the generation, as with the engine itself.
-        () => abort(id, 'stream closed by its consumer'),
-      );
-    },
-    embed: (r) => call<Float32Array>('embed', [plain(r)], r.signal).result,
-    embedMany: (texts, r = {}) => call<Float32Array[]>('embedMany', [texts, plain(r)], r.signal).result,
-    modelIdentity: (role, modelSize) => call<string>('modelIdentity', [role, modelSize]).result,
-    load: (which) => call<void>('load', [which]).result,
-    unload: () => call<void>('unload', []).result,
-    reload: () => call<void>('reload', []).result,
-    clearCache: () => void call<void>('clearCache', []).result.catch(() => {}),
-    status: () => current().status,
-    modelInfo: () => current().modelInfo,
-    models: () => current().models,
-    async close() {
-      if (closed) return;
-      closed = true;
-      offMessage();
-      offClose();
-      failAll(new EngineClosedError());
-    },
-  };
+  abort(id: number, reason?: unknown): void {
+    if (this.pending.has(id)) this.channel.send({ tag: TAG, kind: 'abort', id, reason: reason === undefined ? undefined : String((reason as Error)?.message ?? reason) } satisfies ToServer);
+  }
+
+  current(): Snapshot {
+    if (!this.state) throw new Error('the inference engine has not reported its state yet (await ready)');
+    return this.state;
+  }
+
+  /** Detaches this side; calls still waiting fail with EngineClosedError. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.offMessage();
+    this.offClose();
+    this.failAll(new EngineClosedError());
+  }
+
+  private receive(m: ToClient): void {
+    if (m?.tag !== TAG) return;
+    if (m.kind === 'state' || m.kind === 'result') {
+      this.state = m.state;
+      this.gotState();
+    }
+    if (m.kind === 'chunk') this.pending.get(m.id)?.onChunk?.(m.text);
+    else if (m.kind === 'result') {
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (p.outcome && m.outcome) Object.assign(p.outcome, m.outcome);
+      if (m.error) p.reject(fromWire(m.error));
+      else p.resolve(m.value);
+    }
+  }
+
+  private failAll(e: Error): void {
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+  }
 }

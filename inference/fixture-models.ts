@@ -119,9 +119,13 @@ function buildVocab(minSize: number): Vocab {
 
 // ---- Model assembly.
 function modelFile(d: Dims, seed: number): GGUFFile {
-  const v = buildVocab(d.vocab), nVocab = v.tokens.length, headDim = d.embd / d.heads, kvDim = headDim * d.kvHeads;
+  const v = buildVocab(d.vocab);
+  return { metadata: modelMetadata(d, v), tensors: modelTensors(d, seed, v) };
+}
+
+function modelMetadata(d: Dims, v: Vocab): GGUFFile['metadata'] {
   const arch = 'llama';
-  const metadata: GGUFFile['metadata'] = {
+  return {
     'general.architecture': gv.str(arch),
     'general.name': gv.str(`pg-steadytext fixture ${d.name} (random weights)`),
     'general.alignment': gv.u32(32),
@@ -132,10 +136,10 @@ function modelFile(d: Dims, seed: number): GGUFFile {
     [`${arch}.feed_forward_length`]: gv.u32(d.ff),
     [`${arch}.attention.head_count`]: gv.u32(d.heads),
     [`${arch}.attention.head_count_kv`]: gv.u32(d.kvHeads),
-    [`${arch}.rope.dimension_count`]: gv.u32(headDim),
+    [`${arch}.rope.dimension_count`]: gv.u32(d.embd / d.heads),
     [`${arch}.rope.freq_base`]: gv.f32(d.ropeBase),
     [`${arch}.attention.layer_norm_rms_epsilon`]: gv.f32(1e-5),
-    [`${arch}.vocab_size`]: gv.u32(nVocab),
+    [`${arch}.vocab_size`]: gv.u32(v.tokens.length),
     ...(d.embedding ? { [`${arch}.pooling_type`]: gv.u32(1) } : {}),
     'tokenizer.ggml.model': gv.str('llama'),
     'tokenizer.ggml.tokens': gv.strs(v.tokens),
@@ -149,6 +153,10 @@ function modelFile(d: Dims, seed: number): GGUFFile {
     'tokenizer.ggml.add_eos_token': gv.bool(false),
     'tokenizer.chat_template': gv.str(CHATML_TEMPLATE),
   };
+}
+
+function modelTensors(d: Dims, seed: number, v: Vocab): GGUFTensor[] {
+  const nVocab = v.tokens.length, kvDim = (d.embd / d.heads) * d.kvHeads;
   const mat = (name: string, fanIn: number, out: number, type = d.type, rowGain?: Float32Array): GGUFTensor =>
     ({ name, shape: [fanIn, out], type, fill: randomFill(seed, name, 1 / Math.sqrt(fanIn), fanIn, rowGain) });
   const norm = (name: string): GGUFTensor => ({ name, shape: [d.embd], type: 'F32', fill: ones });
@@ -170,7 +178,7 @@ function modelFile(d: Dims, seed: number): GGUFFile {
     const gain = new Float32Array(nVocab).map((_, i) => (v.types[i] === TT.normal ? 2.5 : 0));
     tensors.push(mat('output.weight', d.embd, nVocab, d.type, gain));
   }
-  return { metadata, tensors };
+  return tensors;
 }
 
 export async function writeFixtureModels(

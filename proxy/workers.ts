@@ -51,16 +51,57 @@ interface Slot {
 export async function startWorkerPool(o: WorkerPoolOptions): Promise<WorkerPool> {
   if (!cluster.isPrimary) throw new Error('startWorkerPool runs in the primary process');
   if (o.workers < 1 || o.workers > MAX_WORKERS) throw new RangeError(`workers must be from 1 to ${MAX_WORKERS}, not ${o.workers}`);
-  const log = o.logger;
   // Structured clone: vectors cross as Float32Array (see inference/engine-ipc.ts).
   cluster.setupPrimary({ serialization: 'advanced' });
-  const slots: Slot[] = Array.from({ length: o.workers }, (_, index) => ({ index, listening: false, startedAt: 0, crashes: 0 }));
-  let stopping = false;
-  let address: Address | undefined;
-  let startup: { resolve(): void; reject(e: Error): void } | undefined;
-  const exited = new Set<Promise<void>>();
+  const pool = new Pool(o);
+  await pool.start();
+  return { address: pool.address!, close: () => pool.close() };
+}
 
-  function fork(slot: Slot): void {
+/** The primary's side of the pool: one slot per worker, each restarted when its worker dies. */
+class Pool {
+  address: Address | undefined;
+  private readonly slots: Slot[];
+  private stopping = false;
+  /** Set while start() waits for every worker to listen. */
+  private startup: { resolve(): void; reject(e: Error): void } | undefined;
+  /** Resolve when the worker they stand for has exited. */
+  private readonly exited = new Set<Promise<void>>();
+
+  constructor(private readonly o: WorkerPoolOptions) {
+    this.slots = Array.from({ length: o.workers }, (_, index) => ({ index, listening: false, startedAt: 0, crashes: 0 }));
+  }
+
+  /** Forks every worker; resolves once all listen, or closes the pool and rejects when one exits before. */
+  async start(): Promise<void> {
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.startup = { resolve, reject };
+        for (const s of this.slots) this.fork(s);
+      });
+    } catch (e) {
+      await this.close();
+      throw e;
+    } finally {
+      this.startup = undefined;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.stopping = true;
+    for (const s of this.slots) s.channel?.send({ tag: TAG, kind: 'shutdown' } satisfies ToWorker);
+    const timer = setTimeout(() => {
+      for (const s of this.slots) if (s.worker) {
+        this.o.logger.warn({ worker: s.index }, 'worker did not stop in time; killing it');
+        s.worker.process.kill('SIGKILL');
+      }
+    }, this.o.stopTimeoutMs).unref();
+    await Promise.all([...this.exited]);
+    clearTimeout(timer);
+  }
+
+  private fork(slot: Slot): void {
+    const { o } = this;
     const w = cluster.fork({ [ENV]: JSON.stringify({ index: slot.index, workers: o.workers, data: o.data ?? null }) });
     const channel = ipcChannel(w);
     slot.worker = w;
@@ -68,63 +109,44 @@ export async function startWorkerPool(o: WorkerPoolOptions): Promise<WorkerPool>
     slot.listening = false;
     slot.startedAt = Date.now();
     const detach = o.attach?.(channel, slot.index);
-    channel.onMessage((m: FromWorker) => {
-      if (m?.tag !== TAG) return;
-      if (m.kind === 'listening') {
-        slot.listening = true;
-        address ??= m.address;
-        if (slots.every((s) => s.listening)) startup?.resolve();
-      } else if (m.kind === 'cancel') {
-        // Only the issuing worker can check the secret; a key for a worker that is gone matches nothing.
-        slots[m.to]?.channel?.send({ tag: TAG, kind: 'cancel', from: slot.index, pid: m.pid, secret: m.secret } satisfies ToWorker);
-      }
-    });
+    channel.onMessage((m: FromWorker) => this.receive(slot, m));
     let done!: () => void;
     const gone = new Promise<void>((r) => (done = r));
-    exited.add(gone);
+    this.exited.add(gone);
     w.once('exit', (code: number | null, signal: string | null) => {
       detach?.();
-      exited.delete(gone);
+      this.exited.delete(gone);
       if (slot.worker === w) { slot.worker = undefined; slot.channel = undefined; }
       done();
-      if (stopping) return;
-      if (startup && !slot.listening) {
-        startup.reject(new Error(`worker ${slot.index} exited (${signal ?? `code ${code}`}) before it was listening: see its log above`));
-        return;
-      }
-      log.error({ worker: slot.index, code, signal }, slot.listening ? 'worker exited unexpectedly; restarting' : 'worker exited before it was listening; restarting');
-      // A worker that keeps dying right after its start is restarted more and more slowly.
-      slot.crashes = Date.now() - slot.startedAt < 10_000 ? slot.crashes + 1 : 0;
-      const delay = Math.min(30_000, slot.crashes ? 250 * 2 ** slot.crashes : 0);
-      setTimeout(() => { if (!stopping) fork(slot); }, delay);
+      this.afterExit(slot, code, signal);
     });
   }
 
-  async function close(): Promise<void> {
-    stopping = true;
-    for (const s of slots) s.channel?.send({ tag: TAG, kind: 'shutdown' } satisfies ToWorker);
-    const timer = setTimeout(() => {
-      for (const s of slots) if (s.worker) {
-        log.warn({ worker: s.index }, 'worker did not stop in time; killing it');
-        s.worker.process.kill('SIGKILL');
-      }
-    }, o.stopTimeoutMs).unref();
-    await Promise.all([...exited]);
-    clearTimeout(timer);
+  private receive(slot: Slot, m: FromWorker): void {
+    if (m?.tag !== TAG) return;
+    if (m.kind === 'listening') {
+      slot.listening = true;
+      this.address ??= m.address;
+      if (this.slots.every((s) => s.listening)) this.startup?.resolve();
+    } else if (m.kind === 'cancel') {
+      // Only the issuing worker can check the secret; a key for a worker that is gone matches nothing.
+      this.slots[m.to]?.channel?.send({ tag: TAG, kind: 'cancel', from: slot.index, pid: m.pid, secret: m.secret } satisfies ToWorker);
+    }
   }
 
-  try {
-    await new Promise<void>((resolve, reject) => {
-      startup = { resolve, reject };
-      for (const s of slots) fork(s);
-    });
-  } catch (e) {
-    await close();
-    throw e;
-  } finally {
-    startup = undefined;
+  /** A worker exited: fails the start if it was not listening yet, else restarts it (unless the pool stops). */
+  private afterExit(slot: Slot, code: number | null, signal: string | null): void {
+    if (this.stopping) return;
+    if (this.startup && !slot.listening) {
+      this.startup.reject(new Error(`worker ${slot.index} exited (${signal ?? `code ${code}`}) before it was listening: see its log above`));
+      return;
+    }
+    this.o.logger.error({ worker: slot.index, code, signal }, slot.listening ? 'worker exited unexpectedly; restarting' : 'worker exited before it was listening; restarting');
+    // A worker that keeps dying right after its start is restarted more and more slowly.
+    slot.crashes = Date.now() - slot.startedAt < 10_000 ? slot.crashes + 1 : 0;
+    const delay = Math.min(30_000, slot.crashes ? 250 * 2 ** slot.crashes : 0);
+    setTimeout(() => { if (!this.stopping) this.fork(slot); }, delay);
   }
-  return { address: address!, close };
 }
 
 export interface WorkerSetup {
@@ -164,7 +186,8 @@ export async function runPoolWorker(setup: WorkerSetup, o: PoolWorkerOptions): P
     workers: setup.workers,
     route: (to, pid, secret) => channel.send({ tag: TAG, kind: 'cancel', to, pid, secret: secret.toString('base64') } satisfies FromWorker),
   });
-  let proxy: ProxyServer | undefined;
+  // Not const: stop() may run (and read it) before o.start() has given it a value.
+  let proxy: ProxyServer | undefined = undefined;
   let stopping: Promise<void> | undefined;
   const stop = (why: string) => (stopping ??= (async () => {
     log.info({ why }, 'worker stopping');

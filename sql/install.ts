@@ -92,11 +92,7 @@ export async function installSql(client: pg.ClientBase, opts: InstallOptions = {
 
 async function installLocked(client: pg.ClientBase, schema: string, wanted: readonly Migration[], sources: string[], opts: InstallOptions): Promise<InstallResult> {
   const s = quoteIdent(schema);
-  const exists = await client.query('SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text', [schema]);
-  if (exists.rowCount === 0) {
-    await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
-    await client.query(`GRANT USAGE ON SCHEMA ${s} TO PUBLIC`);
-  }
+  await ensureSchema(client, schema);
   await checkSchemaIsOurs(client, schema);
   await checkOwners(client, schema);
   await checkForeignRoutines(client, schema);
@@ -105,6 +101,30 @@ async function installLocked(client: pg.ClientBase, schema: string, wanted: read
   const vectorSchema = await ensureVector(client, schema);
   const dblink = await ensureDblink(client, schema, opts.dblink !== false);
 
+  const done = await appliedMigrations(client, schema);
+  if (wanted.some((m) => !done.has(m.id))) await checkCanCreate(client, schema);
+  const migrated: string[] = [];
+  for (const [i, m] of wanted.entries()) {
+    if (done.has(m.id)) continue;
+    await applyMigration(client, schema, vectorSchema, m, sources[i]);
+    migrated.push(m.id);
+  }
+  const v = await client.query(`SELECT version FROM ${s}.steadytext_meta ORDER BY migration DESC LIMIT 1`);
+  return { version: (v.rows[0]?.version as string | undefined) ?? SQL_VERSION, installed: migrated.length > 0, migrated, dblink, schema };
+}
+
+/** Creates the schema, usable by every role, when it does not exist. */
+async function ensureSchema(client: pg.ClientBase, schema: string): Promise<void> {
+  const exists = await client.query('SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text', [schema]);
+  if (exists.rowCount !== 0) return;
+  const s = quoteIdent(schema);
+  await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
+  await client.query(`GRANT USAGE ON SCHEMA ${s} TO PUBLIC`);
+}
+
+/** Ids of the migrations steadytext_meta records; creates the (empty) table on a first install. */
+async function appliedMigrations(client: pg.ClientBase, schema: string): Promise<Set<string>> {
+  const s = quoteIdent(schema);
   const done = new Set<string>();
   if ((await client.query('SELECT pg_catalog.to_regclass($1::pg_catalog.text) AS r', [`${s}.steadytext_meta`])).rows[0].r === null) {
     await checkCanCreate(client, schema);
@@ -119,30 +139,27 @@ async function installLocked(client: pg.ClientBase, schema: string, wanted: read
   } else {
     for (const r of (await client.query(`SELECT migration FROM ${s}.steadytext_meta`)).rows) done.add(r.migration as string);
   }
-  if (wanted.some((m) => !done.has(m.id))) await checkCanCreate(client, schema);
+  return done;
+}
 
-  const migrated: string[] = [];
-  for (const [i, m] of wanted.entries()) {
-    if (done.has(m.id)) continue;
-    const sql = sources[i].replaceAll('@schema@', s).replaceAll('@vector_schema@', quoteIdent(vectorSchema));
-    await client.query('BEGIN');
-    try {
-      // Unqualified names in the migration land in (and resolve in) the install schema, after pg_catalog
-      // (searched first when not listed). pgvector's schema is not on the path: the migrations name its
-      // type as @vector_schema@.vector, and that schema may be one where other roles can create objects.
-      await client.query(`SET LOCAL search_path TO ${s}`);
-      await client.query(sql);
-      await client.query(`INSERT INTO ${s}.steadytext_meta (migration, version, checksum) VALUES ($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)`,
-        [m.id, m.version, sha256(sources[i])]);
-      await client.query('COMMIT');
-    } catch (e) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw new SqlInstallError(`pg-steadytext: migration ${m.id} failed in schema ${schema}: ${(e as Error).message}`, 'MIGRATION_FAILED', { cause: e });
-    }
-    migrated.push(m.id);
+/** Runs one migration and records it in steadytext_meta, in one transaction. */
+async function applyMigration(client: pg.ClientBase, schema: string, vectorSchema: string, m: Migration, source: string): Promise<void> {
+  const s = quoteIdent(schema);
+  const sql = source.replaceAll('@schema@', s).replaceAll('@vector_schema@', quoteIdent(vectorSchema));
+  await client.query('BEGIN');
+  try {
+    // Unqualified names in the migration land in (and resolve in) the install schema, after pg_catalog
+    // (searched first when not listed). pgvector's schema is not on the path: the migrations name its
+    // type as @vector_schema@.vector, and that schema may be one where other roles can create objects.
+    await client.query(`SET LOCAL search_path TO ${s}`);
+    await client.query(sql);
+    await client.query(`INSERT INTO ${s}.steadytext_meta (migration, version, checksum) VALUES ($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)`,
+      [m.id, m.version, sha256(source)]);
+    await client.query('COMMIT');
+  } catch (e) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw new SqlInstallError(`pg-steadytext: migration ${m.id} failed in schema ${schema}: ${(e as Error).message}`, 'MIGRATION_FAILED', { cause: e });
   }
-  const v = await client.query(`SELECT version FROM ${s}.steadytext_meta ORDER BY migration DESC LIMIT 1`);
-  return { version: (v.rows[0]?.version as string | undefined) ?? SQL_VERSION, installed: migrated.length > 0, migrated, dblink, schema };
 }
 
 // Login roles that can act as role `holder` ($1, an oid) and are neither superusers nor able to act as

@@ -102,7 +102,7 @@ function collect(v: unknown, into: PlanObjects): void {
   if (!v || typeof v !== 'object') return;
   if (Array.isArray(v)) { for (const x of v) collect(x, into); return; }
   const n = nodeOf(v);
-  const body: J = n ? n[1] : (v as J);
+  const body: J = n ? n[1] : v;
   const add = (list: QualifiedName[], q: QualifiedName | null) => {
     if (q && !list.some((x) => x.schema === q.schema && x.name === q.name)) list.push(q);
   };
@@ -284,14 +284,44 @@ function groupBySafe(sel: J): boolean {
  * so are calls that only some rows evaluate; a statement with LIMIT, OFFSET or FETCH gives null.
  */
 export function derivePrefetch(sql: Buffer, stmt: StatementCalls): PrefetchPlan | null {
-  const ast = statementAst(stmt);
-  const top = nodeOf(ast);
+  const target = innerStatement(sql, stmt);
+  if (!target) return null;
+  const { type, node, toks } = target;
+  const candidates = pickCalls(stmt, target);
+  if (!candidates.length) return null;
+  const qi = tokenAt(toks, target.qs);
+  const found = type === 'SelectStmt' || type === 'InsertStmt' ? selectScope(type, node, toks, qi, toks.length, candidates)
+    : type === 'UpdateStmt' ? updateScope(node, toks, qi, toks.length, candidates)
+    : null;
+  if (!found) return null;
+  const { scope, parts } = found;
+  const picked = found.picked.filter(({ c }) => !(conditional(scope.targetList, c.start) || conditional(scope.sortClause, c.start)));
+  if (!picked.length) return null;
+  const executed = [...found.executed, ...picked.flatMap(({ c }) => c.args.map((a) => argNode(scope, c, a.position)))];
+  if (executed.some(unsafe)) return null;
+  const objects: PlanObjects = { functions: [], operators: IMPLICIT_OPERATORS.map((name) => ({ schema: null, name })), types: [], relations: [] };
+  collect(executed, objects);
+  return emitPlan(new Emitter(sql, toks, target.types), parts, picked, objects);
+}
+
+/** The statement whose rows the calls run over, its first byte, and its tokens (those of the whole statement). */
+interface Target {
+  type: string;
+  node: J;
+  qs: number;
+  toks: Tok[];
+  /** PREPARE's declared parameter types (null for unknown), by `$n`. */
+  types: (string | null)[];
+}
+
+/** The statement itself, or the one PREPARE or EXPLAIN wraps; null when it cannot be found. */
+function innerStatement(sql: Buffer, stmt: StatementCalls): Target | null {
+  const top = nodeOf(statementAst(stmt));
   if (!top) return null;
-  let [type, node] = top;
-  let qs = stmt.start;
-  const types: (string | null)[] = [];
+  const [type, node] = top;
   const toks = scanRange(sql, stmt.start, stmt.end);
   if (type === 'PrepareStmt' && stmt.prepare) {
+    const types: (string | null)[] = [];
     if (stmt.prepare.typesOpen !== null) { // declared types become casts, since the derived query is untyped
       const m = matchBrackets(toks, tokenAt(toks, stmt.prepare.typesOpen));
       if (!m) return null;
@@ -300,94 +330,111 @@ export function derivePrefetch(sql: Buffer, stmt: StatementCalls): PrefetchPlan 
         types.push(s.toLowerCase() === 'unknown' ? null : s);
       }
     }
-    qs = stmt.prepare.queryStart;
-    [type, node] = nodeOf(node.query) ?? ['', {}];
-  } else if (type === 'ExplainStmt' && stmt.rewritable) {
+    const [innerType, inner] = nodeOf(node.query) ?? ['', {}];
+    return { type: innerType, node: inner, qs: stmt.prepare.queryStart, toks, types };
+  }
+  if (type === 'ExplainStmt' && stmt.rewritable) {
     const q = nodeOf(node.query);
     const i = [...level0(toks, 1, toks.length)]
       .find((j) => ['SELECT', 'WITH', 'UPDATE', 'INSERT'].some((w) => isKw(toks[j], w)));
     if (!q || i === undefined) return null;
-    qs = toks[i].start;
-    [type, node] = q;
+    return { type: q[0], node: q[1], qs: toks[i].start, toks, types: [] };
   }
-  const wanted: Record<string, string[]> = { SelectStmt: ['target', 'order_by'], UpdateStmt: ['set'], InsertStmt: ['target'] };
-  const picked = stmt.calls
+  return { type, node, qs: stmt.start, toks, types: [] };
+}
+
+/** A call of the statement, with its index in StatementCalls.calls. */
+interface Picked { c: SteadyCall; i: number }
+
+const WANTED_CLAUSES: Record<string, string[]> = { SelectStmt: ['target', 'order_by'], UpdateStmt: ['set'], InsertStmt: ['target'] };
+
+/** The plain row-valued generate/embed calls at the target's own level, in the clauses whose rows it reads. */
+function pickCalls(stmt: StatementCalls, target: Target): Picked[] {
+  const wanted = WANTED_CLAUSES[target.type] ?? [];
+  return stmt.calls
     .map((c, i) => ({ c, i }))
     .filter(({ c }) => (c.fn === 'steadytext_generate' || c.fn === 'steadytext_embed') && c.plain && c.kind === 'row'
-      && !c.inCall && !c.inCte && !c.inSubquery && c.start >= qs && (wanted[type] ?? []).includes(c.clause));
-  if (!picked.length) return null;
+      && !c.inCall && !c.inCte && !c.inSubquery && c.start >= target.qs && wanted.includes(c.clause));
+}
 
-  const qi = tokenAt(toks, qs);
-  const qe = toks.length;
-  const em = new Emitter(sql, toks, types);
-  let scope: J = node; // the query level whose rows the calls run over
-  let executed: unknown[] = [];
-  let parts: Derived | null = null;
+/** What a statement's rows come from: the derived query's text, what it runs, and the calls it can serve. */
+interface Scope {
+  /** The query level whose rows the calls run over. */
+  scope: J;
+  parts: Derived;
+  /** The subtrees the derived query runs (the calls' arguments are added later). */
+  executed: unknown[];
+  picked: Picked[];
+}
 
-  if (type === 'SelectStmt' || type === 'InsertStmt') {
-    let sel = node, si = qi, se = qe;
-    let outerWith: Piece[] = [];
-    if (type === 'InsertStmt') {
-      const s = nodeOf(node.selectStmt);
-      if (!s || s[0] !== 'SelectStmt') return null;
-      sel = s[1];
-      const lv = [...level0(toks, qi, qe)];
-      const ins = lv.find((j) => isKw(toks[j], 'INSERT'));
-      if (ins === undefined) return null;
-      if (ins > qi) outerWith = [[qi, ins - 1]];
-      si = lv.find((j) => j > ins && (isKw(toks[j], 'SELECT') || isKw(toks[j], 'WITH'))) ?? -1;
-      if (si < 0) return null;
-      const oc = node.onConflictClause ? tokenAt(toks, node.onConflictClause.location) : qe;
-      se = Math.min(oc, lv.find((j) => j > si && isKw(toks[j], 'RETURNING')) ?? qe);
-      executed.push(node.withClause);
-    }
-    // Only the first rows are evaluated: whatever the derived query read beyond them would be wasted.
-    if (sel.limitCount || sel.limitOffset) return null;
-    scope = sel;
-    // A call inside an aggregate runs per input row: derive over FROM/WHERE only, without the grouping.
-    const perRow = picked.some(({ c }) => insideAggregate(sel.targetList, c.start) || insideAggregate(sel.sortClause, c.start));
-    if (perRow) {
-      for (let k = picked.length - 1; k >= 0; k--) {
-        if (picked[k].c.args.some((a) => containsAggregate(argNode(scope, picked[k].c, a.position)))) picked.splice(k, 1);
-      }
-      if (!picked.length) return null;
-    }
-    parts = selectParts(sel, toks, si, se, perRow, outerWith);
-    executed.push(sel.withClause, sel.fromClause, sel.whereClause);
-    if (!perRow) executed.push(sel.groupClause, sel.havingClause, sel.windowClause);
-  } else if (type === 'UpdateStmt') {
-    if (nodeOf(node.whereClause)?.[0] === 'CurrentOfExpr') return null;
-    const lv = [...level0(toks, qi, qe)];
-    const upd = lv.find((j) => isKw(toks[j], 'UPDATE'));
-    const firstTarget = tokenAt(toks, node.targetList?.[0]?.ResTarget?.location ?? -1);
-    if (upd === undefined) return null;
-    const set = lv.filter((j) => j > upd && j < firstTarget && isKw(toks[j], 'SET')).pop();
-    if (set === undefined || set <= upd + 1) return null;
-    if (upd > qi && !node.withClause) return null;
-
-    let fromIdx = -1, whereIdx = -1, ret = qe;
-    for (const j of lv) {
-      if (j <= set) continue;
-      if (node.fromClause && fromIdx < 0 && whereIdx < 0 && isKw(toks[j], 'FROM') && !isKw(toks[j - 1], 'DISTINCT')) fromIdx = j;
-      if (whereIdx < 0 && isKw(toks[j], 'WHERE')) whereIdx = j;
-      if (isKw(toks[j], 'RETURNING')) { ret = j; break; }
-    }
-    if (node.fromClause && fromIdx < 0) return null;
-    const rest: Piece[] = fromIdx >= 0 ? [', ', [fromIdx + 1, ret - 1]] : whereIdx >= 0 ? [' ', [whereIdx, ret - 1]] : [];
-    parts = { head: upd > qi ? [[qi, upd - 1]] : [], body: ['FROM ', [upd + 1, set - 1], ...rest] };
-    executed = [node.withClause, { RangeVar: node.relation }, node.fromClause, node.whereClause];
-  } else return null;
+/** A SELECT, or the SELECT an INSERT reads from, in tokens [qi, qe). */
+function selectScope(type: string, node: J, toks: Tok[], qi: number, qe: number, picked: Picked[]): Scope | null {
+  const src = type === 'InsertStmt' ? insertSource(node, toks, qi, qe) : { sel: node, si: qi, se: qe, outerWith: [] };
+  if (!src) return null;
+  const { sel } = src;
+  const executed: unknown[] = type === 'InsertStmt' ? [node.withClause] : [];
+  // Only the first rows are evaluated: whatever the derived query read beyond them would be wasted.
+  if (sel.limitCount || sel.limitOffset) return null;
+  // A call inside an aggregate runs per input row: derive over FROM/WHERE only, without the grouping.
+  const perRow = picked.some(({ c }) => insideAggregate(sel.targetList, c.start) || insideAggregate(sel.sortClause, c.start));
+  const kept = perRow ? picked.filter(({ c }) => !c.args.some((a) => containsAggregate(argNode(sel, c, a.position)))) : picked;
+  if (!kept.length) return null;
+  const parts = selectParts(sel, toks, src.si, src.se, perRow, src.outerWith);
   if (!parts) return null;
+  executed.push(sel.withClause, sel.fromClause, sel.whereClause);
+  if (!perRow) executed.push(sel.groupClause, sel.havingClause, sel.windowClause);
+  return { scope: sel, parts, executed, picked: kept };
+}
 
-  for (let k = picked.length - 1; k >= 0; k--) {
-    const at = picked[k].c.start;
-    if (conditional(scope.targetList, at) || conditional(scope.sortClause, at)) picked.splice(k, 1);
+/** The SELECT of an INSERT ... SELECT: its tokens [si, se) and the INSERT's own WITH text. */
+function insertSource(node: J, toks: Tok[], qi: number, qe: number): { sel: J; si: number; se: number; outerWith: Piece[] } | null {
+  const s = nodeOf(node.selectStmt);
+  if (!s || s[0] !== 'SelectStmt') return null;
+  const lv = [...level0(toks, qi, qe)];
+  const ins = lv.find((j) => isKw(toks[j], 'INSERT'));
+  if (ins === undefined) return null;
+  const si = lv.find((j) => j > ins && (isKw(toks[j], 'SELECT') || isKw(toks[j], 'WITH'))) ?? -1;
+  if (si < 0) return null;
+  const oc = node.onConflictClause ? tokenAt(toks, node.onConflictClause.location) : qe;
+  const se = Math.min(oc, lv.find((j) => j > si && isKw(toks[j], 'RETURNING')) ?? qe);
+  return { sel: s[1], si, se, outerWith: ins > qi ? [[qi, ins - 1]] : [] };
+}
+
+/** An UPDATE in tokens [qi, qe): the derived query reads FROM its target table (and FROM list) WHERE its WHERE. */
+function updateScope(node: J, toks: Tok[], qi: number, qe: number, picked: Picked[]): Scope | null {
+  if (nodeOf(node.whereClause)?.[0] === 'CurrentOfExpr') return null;
+  const lv = [...level0(toks, qi, qe)];
+  const upd = lv.find((j) => isKw(toks[j], 'UPDATE'));
+  const firstTarget = tokenAt(toks, node.targetList?.[0]?.ResTarget?.location ?? -1);
+  if (upd === undefined) return null;
+  const set = lv.filter((j) => j > upd && j < firstTarget && isKw(toks[j], 'SET')).pop();
+  if (set === undefined || set <= upd + 1) return null;
+  if (upd > qi && !node.withClause) return null;
+  const rest = updateRest(node, toks, lv, set, qe);
+  if (!rest) return null;
+  return {
+    scope: node,
+    parts: { head: upd > qi ? [[qi, upd - 1]] : [], body: ['FROM ', [upd + 1, set - 1], ...rest] },
+    executed: [node.withClause, { RangeVar: node.relation }, node.fromClause, node.whereClause],
+    picked,
+  };
+}
+
+/** After the UPDATE's target table: its FROM list (joined with a comma) or its WHERE, up to RETURNING. */
+function updateRest(node: J, toks: Tok[], lv: number[], set: number, qe: number): Piece[] | null {
+  let fromIdx = -1, whereIdx = -1, ret = qe;
+  for (const j of lv) {
+    if (j <= set) continue;
+    if (node.fromClause && fromIdx < 0 && whereIdx < 0 && isKw(toks[j], 'FROM') && !isKw(toks[j - 1], 'DISTINCT')) fromIdx = j;
+    if (whereIdx < 0 && isKw(toks[j], 'WHERE')) whereIdx = j;
+    if (isKw(toks[j], 'RETURNING')) { ret = j; break; }
   }
-  if (!picked.length) return null;
-  for (const { c } of picked) for (const a of c.args) executed.push(argNode(scope, c, a.position));
-  if (executed.some(unsafe)) return null;
-  const objects: PlanObjects = { functions: [], operators: IMPLICIT_OPERATORS.map((name) => ({ schema: null, name })), types: [], relations: [] };
-  collect(executed, objects);
+  if (node.fromClause && fromIdx < 0) return null;
+  return fromIdx >= 0 ? [', ', [fromIdx + 1, ret - 1]] : whereIdx >= 0 ? [' ', [whereIdx, ret - 1]] : [];
+}
+
+/** The derived query's text, emitted in textual order (head, columns, body) so `$n` are numbered as they appear. */
+function emitPlan(em: Emitter, parts: Derived, picked: Picked[], objects: PlanObjects): PrefetchPlan {
   const head = em.emit(parts.head);
   // Columns: each distinct argument text once, in call order. No DISTINCT: the proxy reads the rows in
   // batches and skips repeats itself, so the first rows come at once however large the table is.

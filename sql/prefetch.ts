@@ -57,7 +57,7 @@ export async function prefetch(sql: Buffer, stmts: StatementCalls[], db: Databas
     if (!check || !check.allowed.every(Boolean) || txStatus(ctx) === 'E') continue;
     await fenced(ctx, plan, async (timeoutMs) => {
       const deadline = timeoutMs > 0 ? began + timeoutMs : Infinity;
-      await serveRows(st, plan, db, ctx, server, check.backendPid, deadline, maxValues);
+      await serveRows({ st, plan, db, ctx, server }, check.backendPid, deadline, maxValues);
     });
   }
 }
@@ -93,129 +93,232 @@ async function fenced(ctx: SessionContext, plan: PrefetchPlan, body: (statementT
   }
 }
 
+/** One statement's prefetch: what serveRows and its parts share. */
+interface Job {
+  st: StatementCalls;
+  plan: PrefetchPlan;
+  db: Database;
+  ctx: SessionContext;
+  server: Server;
+}
+
 /**
  * Reads the derived query's rows in batches through a cursor and computes their values, a few requests
  * more than the engine has contexts at a time (each request's daemon_timeout_ms then measures its own
  * work, and the queue limit is never hit by one statement), handing answers over in batches.
  */
-async function serveRows(st: StatementCalls, plan: PrefetchPlan, db: Database, ctx: SessionContext, server: Server,
-  backendPid: number, deadline: number, maxValues: number): Promise<void> {
-  const ac = new AbortController();
-  let stopped: Stop | undefined;
-  const stop = (why: Stop) => {
-    if (stopped) return;
-    stopped = why;
-    ac.abort(new Error(`prefetch stopped (${why})`));
-  };
-  const onCancel = () => stop('cancel');
-  ctx.signal.addEventListener('abort', onCancel);
-  if (ctx.signal.aborted) stop('cancel');
-  const timer = deadline < Infinity ? setTimeout(() => stop('timeout'), Math.max(0, deadline - performance.now())) : undefined;
-  timer?.unref?.();
-  const computeCtx: SessionContext = { ...ctx, signal: ac.signal };
-
-  // The rows: FETCH by FETCH, the next one asked for while the current batch still computes.
-  const queue: Resolved[] = [];
-  const seen = new Set<string>(); // cache keys, at most maxValues per call
-  let declare = `DECLARE ${FENCE} NO SCROLL CURSOR FOR ${plan.sql}; `;
-  let read = 0;
-  let exhausted = false;
-  let fetching: Promise<void> | undefined;
-  const refill = (): Promise<void> => fetching ??= (async () => {
-    try {
-      const n = Math.min(FETCH_ROWS, maxValues - read);
-      const r = await aux(ctx, `${declare}FETCH FORWARD ${n} FROM ${FENCE}`);
-      declare = '';
-      if ('error' in r) {
-        exhausted = true;
-        ctx.log.debug({ error: r.error.M }, 'prefetch query failed; the database will ask the daemon instead');
-        return stop(stopOf(r.error));
-      }
-      read += r.rows.length;
-      if (r.rows.length < n) exhausted = true;
-      else if (read >= maxValues) {
-        exhausted = true;
-        ctx.log.info({ rows: read, max: maxValues }, 'prefetch stopped at prefetch-max-values; the database computes the rest');
-      }
-      for (const row of r.rows) {
-        for (const pc of plan.calls) {
-          const call = st.calls[pc.call];
-          const values = rowValues(call.fn, call.args, pc.argColumns.map((i) => row[i]));
-          const res = values && await server.resolve(call, values, db);
-          if (!res || seen.has(res.key) || await server.known(res, db)) continue;
-          seen.add(res.key);
-          queue.push(res);
-        }
-      }
-    } catch (err) {
-      exhausted = true;
-      ctx.log.debug({ err }, 'prefetch could not read its rows');
-      stop('failed');
-    }
-  })().finally(() => { fetching = undefined; });
-
-  // While the engine works, the backend runs short sleeps: a cancel of the backend hits one of them.
-  let computing = true;
-  const tick = async () => {
-    let s = 0.005;
-    while (computing && !ac.signal.aborted) {
-      const r = await aux(ctx, `SELECT pg_catalog.pg_sleep(${s}) /* pg-steadytext: computing prefetched answers */`);
-      if ('error' in r) return stop(stopOf(r.error));
-      s = Math.min(2 * s, 0.05);
-    }
-  };
-
+async function serveRows(job: Job, backendPid: number, deadline: number, maxValues: number): Promise<void> {
+  const { ctx, server } = job;
+  const stopping = new Stopping();
+  const unwatch = stopOnCancelOrDeadline(ctx, deadline, stopping);
+  const rows = new RowReader(job, maxValues, stopping);
+  const sleeps = new BackendSleeps(ctx, stopping);
   const cpu = server.engine.status().cpu;
-  const width = Math.max(2, 2 * Math.max(cpu.generationContexts, cpu.embeddingContexts));
-  let writing: Promise<void> = Promise.resolve();
-  let pending: [Resolved, Outcome][] = [];
-  const flush = () => {
-    if (pending.length === 0) return;
-    const batch = pending;
-    pending = [];
-    writing = writing.then(() => server.handOver(batch, db, ctx, backendPid, 'prefetch'))
-      .catch((err) => ctx.log.warn({ err }, 'prefetch could not store answers in steadytext_cache'));
-  };
-  const t = performance.now();
-  let done = 0;
-  let shown = t;
-  const lane = async () => {
-    while (!ac.signal.aborted) {
-      if (!exhausted && queue.length < Math.max(width, REFILL_AT)) void refill();
-      const r = queue.shift();
-      if (!r) {
-        if (fetching) await fetching;
-        else if (exhausted) return;
-        continue;
-      }
-      const outcome = await server.computeOne(r, db, computeCtx);
-      // Stopped by statement_timeout (or a failure): what it cut short is left to the database. Stopped by
-      // a cancel: the failure is handed over, so the statement the cancel was meant for ends with it.
-      if ('error' in outcome && ac.signal.aborted && stopped !== 'cancel') continue;
-      pending.push([r, outcome]);
-      done++;
-      if (pending.length >= HANDOVER_BATCH) flush();
-      if (performance.now() - shown > PROGRESS_MS) {
-        shown = performance.now();
-        ctx.log.info({ done, rows: read, seconds: Math.round((shown - t) / 1000) }, 'prefetch progress');
-      }
-    }
+  const computeCtx: SessionContext = { ...ctx, signal: stopping.signal };
+  const lanes: Lanes = {
+    rows, stopping,
+    width: Math.max(2, 2 * Math.max(cpu.generationContexts, cpu.embeddingContexts)),
+    compute: (r) => server.computeOne(r, job.db, computeCtx),
+    answers: new HandOvers(job, backendPid),
+    progress: new Progress(ctx.log),
   };
   try {
-    if (!ac.signal.aborted) await refill();
-    const ticking = queue.length > 0 || !exhausted ? Promise.all([tick(), tick()]) : undefined;
-    await Promise.all(Array.from({ length: width }, lane));
-    computing = false;
-    await Promise.all([ticking, fetching]);
-    flush();
-    await writing;
+    if (!stopping.signal.aborted) await rows.refill();
+    const sleeping = rows.queue.length > 0 || !rows.exhausted ? sleeps.start() : undefined;
+    await Promise.all(Array.from({ length: lanes.width }, () => lane(lanes)));
+    sleeps.end();
+    await Promise.all([sleeping, rows.fetching]);
+    await lanes.answers.finish();
   } finally {
-    computing = false;
+    sleeps.end();
+    unwatch();
+  }
+  const { done, began } = lanes.progress;
+  if (stopping.why) ctx.log.info({ done, rows: rows.read, why: stopping.why }, 'prefetch stopped; the database computes the rest');
+  else if (done > HANDOVER_BATCH) ctx.log.info({ calls: done, ms: Math.round(performance.now() - began) }, 'prefetch done');
+}
+
+/** Whether, and why, the prefetch stopped; the first stop aborts the computations it started. */
+class Stopping {
+  private readonly ac = new AbortController();
+  readonly signal = this.ac.signal;
+  why: Stop | undefined;
+  readonly stop = (why: Stop): void => {
+    if (this.why) return;
+    this.why = why;
+    this.ac.abort(new Error(`prefetch stopped (${why})`));
+  };
+}
+
+/** Stops the prefetch when the client cancels and at the deadline; returns what undoes the watching. */
+function stopOnCancelOrDeadline(ctx: SessionContext, deadline: number, stopping: Stopping): () => void {
+  const onCancel = () => stopping.stop('cancel');
+  ctx.signal.addEventListener('abort', onCancel);
+  if (ctx.signal.aborted) stopping.stop('cancel');
+  const timer = deadline < Infinity ? setTimeout(() => stopping.stop('timeout'), Math.max(0, deadline - performance.now())) : undefined;
+  timer?.unref?.();
+  return () => {
     if (timer) clearTimeout(timer);
     ctx.signal.removeEventListener('abort', onCancel);
+  };
+}
+
+/**
+ * The derived query's rows through a cursor, FETCH by FETCH (the next one asked for while the current
+ * batch still computes), queued as the requests no cache row answers yet, each once.
+ */
+class RowReader {
+  readonly queue: Resolved[] = [];
+  read = 0;
+  exhausted = false;
+  fetching: Promise<void> | undefined;
+  private readonly seen = new Set<string>(); // cache keys, at most maxValues per call
+  private declare: string;
+
+  constructor(private readonly job: Job, private readonly maxValues: number, private readonly stopping: Stopping) {
+    this.declare = `DECLARE ${FENCE} NO SCROLL CURSOR FOR ${job.plan.sql}; `;
   }
-  if (stopped) ctx.log.info({ done, rows: read, why: stopped }, 'prefetch stopped; the database computes the rest');
-  else if (done > HANDOVER_BATCH) ctx.log.info({ calls: done, ms: Math.round(performance.now() - t) }, 'prefetch done');
+
+  /** The FETCH under way, or a new one. */
+  refill(): Promise<void> {
+    return this.fetching ??= this.fetch().finally(() => { this.fetching = undefined; });
+  }
+
+  private async fetch(): Promise<void> {
+    const { ctx } = this.job;
+    try {
+      const n = Math.min(FETCH_ROWS, this.maxValues - this.read);
+      const r = await aux(ctx, `${this.declare}FETCH FORWARD ${n} FROM ${FENCE}`);
+      this.declare = '';
+      if ('error' in r) {
+        this.exhausted = true;
+        ctx.log.debug({ error: r.error.M }, 'prefetch query failed; the database will ask the daemon instead');
+        return this.stopping.stop(stopOf(r.error));
+      }
+      this.read += r.rows.length;
+      if (r.rows.length < n) this.exhausted = true;
+      else if (this.read >= this.maxValues) {
+        this.exhausted = true;
+        ctx.log.info({ rows: this.read, max: this.maxValues }, 'prefetch stopped at prefetch-max-values; the database computes the rest');
+      }
+      for (const row of r.rows) await this.enqueue(row);
+    } catch (err) {
+      this.exhausted = true;
+      ctx.log.debug({ err }, 'prefetch could not read its rows');
+      this.stopping.stop('failed');
+    }
+  }
+
+  private async enqueue(row: (string | null)[]): Promise<void> {
+    const { st, plan, db, server } = this.job;
+    for (const pc of plan.calls) {
+      const call = st.calls[pc.call];
+      const values = rowValues(call.fn, call.args, pc.argColumns.map((i) => row[i]));
+      const res = values && await server.resolve(call, values, db);
+      if (!res || this.seen.has(res.key) || await server.known(res, db)) continue;
+      this.seen.add(res.key);
+      this.queue.push(res);
+    }
+  }
+}
+
+/**
+ * While the engine works, the backend runs short sleeps: a cancel of the backend hits one of them (a
+ * backend waiting for a command ignores it). Two loops, so the next sleep is always queued behind one.
+ */
+class BackendSleeps {
+  private computing = true;
+  constructor(private readonly ctx: SessionContext, private readonly stopping: Stopping) {}
+
+  start(): Promise<unknown> {
+    return Promise.all([this.loop(), this.loop()]);
+  }
+
+  end(): void {
+    this.computing = false;
+  }
+
+  private async loop(): Promise<void> {
+    let s = 0.005;
+    while (this.computing && !this.stopping.signal.aborted) {
+      const r = await aux(this.ctx, `SELECT pg_catalog.pg_sleep(${s}) /* pg-steadytext: computing prefetched answers */`);
+      if ('error' in r) return this.stopping.stop(stopOf(r.error));
+      s = Math.min(2 * s, 0.05);
+    }
+  }
+}
+
+/** Outcomes handed over to steadytext_cache in batches, one batch after the other. */
+class HandOvers {
+  private writing: Promise<void> = Promise.resolve();
+  private pending: [Resolved, Outcome][] = [];
+  constructor(private readonly job: Job, private readonly backendPid: number) {}
+
+  add(r: Resolved, outcome: Outcome): void {
+    this.pending.push([r, outcome]);
+    if (this.pending.length >= HANDOVER_BATCH) this.flush();
+  }
+
+  /** Hands the last batch over and waits for every batch. */
+  async finish(): Promise<void> {
+    this.flush();
+    await this.writing;
+  }
+
+  private flush(): void {
+    if (this.pending.length === 0) return;
+    const batch = this.pending;
+    this.pending = [];
+    const { db, ctx, server } = this.job;
+    this.writing = this.writing.then(() => server.handOver(batch, db, ctx, this.backendPid, 'prefetch'))
+      .catch((err) => ctx.log.warn({ err }, 'prefetch could not store answers in steadytext_cache'));
+  }
+}
+
+/** Counts the answers; a bulk prefetch logs how far it is every PROGRESS_MS. */
+class Progress {
+  readonly began = performance.now();
+  done = 0;
+  private shown = this.began;
+  constructor(private readonly log: SessionContext['log']) {}
+
+  count(rows: number): void {
+    this.done++;
+    if (performance.now() - this.shown > PROGRESS_MS) {
+      this.shown = performance.now();
+      this.log.info({ done: this.done, rows, seconds: Math.round((this.shown - this.began) / 1000) }, 'prefetch progress');
+    }
+  }
+}
+
+interface Lanes {
+  rows: RowReader;
+  stopping: Stopping;
+  /** How many lanes compute at once. */
+  width: number;
+  compute(r: Resolved): Promise<Outcome>;
+  answers: HandOvers;
+  progress: Progress;
+}
+
+/** One lane: computes queued requests one after the other, refilling the queue before it runs low. */
+async function lane(l: Lanes): Promise<void> {
+  const { rows, stopping } = l;
+  while (!stopping.signal.aborted) {
+    if (!rows.exhausted && rows.queue.length < Math.max(l.width, REFILL_AT)) void rows.refill();
+    const r = rows.queue.shift();
+    if (!r) {
+      if (rows.fetching) await rows.fetching;
+      else if (rows.exhausted) return;
+      continue;
+    }
+    const outcome = await l.compute(r);
+    // Stopped by statement_timeout (or a failure): what it cut short is left to the database. Stopped by
+    // a cancel: the failure is handed over, so the statement the cancel was meant for ends with it.
+    if ('error' in outcome && stopping.signal.aborted && stopping.why !== 'cancel') continue;
+    l.answers.add(r, outcome);
+    l.progress.count(rows.read);
+  }
 }
 
 /** Why an auxiliary statement failed: 57014 is a cancel or statement_timeout. */

@@ -50,52 +50,78 @@ export async function stream(sql: Buffer, call: SteadyCall, values: ArgValues, d
 
   const config = await db.config();
   const req = r.req;
-  let described = false;
-  let full = '';
-  let sent = 0;
-  const emit = (chunks: string[]) => new Promise<void>((resolve) => {
-    const rows = chunks.map((c) => dataRow([Buffer.from(c, 'utf8')]));
-    if (!described) { rows.unshift(head.rowDescription!); described = true; }
-    // A Sync answers at once with ReadyForQuery, in order behind everything sent before: the rows go to the
-    // client in its place.
-    ctx.send({ bytes: SYNC, responses: { onMessage: (m) => (m[0] === Be.ReadyForQuery ? rows : null), onEnd: () => resolve() } });
-  });
+  const rows = new RowsAhead(ctx, head.rowDescription);
   let outcome: Outcome;
   try {
     for await (const piece of server.engine.generateStream({
       prompt: req.prompt, maxTokens: req.maxTokens, seed: req.seed, temperature: 0, modelSize: req.modelSize,
       caller: `session:${ctx.id}`, signal: ctx.signal, timeoutMs: config.daemonTimeoutMs, cache: config.cacheEnabled,
-    })) {
-      full += piece;
-      // A chunk is final once whitespace follows it; the last one waits for the end of the text.
-      const chunks = streamChunks(full);
-      const ready = /\s$/.test(full) ? chunks.length : chunks.length - 1;
-      if (ready > sent) await emit(chunks.slice(sent, ready));
-      sent = Math.max(sent, ready);
-    }
-    outcome = { entry: cacheEntry(req, r.identity, streamAnswer(full)) };
+    })) await rows.add(piece);
+    outcome = { entry: cacheEntry(req, r.identity, streamAnswer(rows.full)) };
   } catch (err) {
     outcome = { error: callError(call.fn, err, config.daemonTimeoutMs) };
   }
   await server.handOver([[r, outcome]], db, ctx, check.backendPid, 'stream');
-  // The statement itself: its rows are those sent (the rest still to come), its tag and status are the client's.
-  const rest = 'entry' in outcome ? streamChunks(full).slice(sent) : [];
-  let restSent = false;
-  const finish: Outbound = {
-    bytes: query(text),
-    responses: {
-      onMessage(m) {
-        if (m[0] === Be.RowDescription) return described ? null : (described = true, m);
-        if (m[0] === Be.DataRow) {
-          if (restSent) return null;
-          restSent = true;
-          return rest.map((c) => dataRow([Buffer.from(c, 'utf8')]));
-        }
-        return m;
+  return { send: [rows.statement(text, 'entry' in outcome)] };
+}
+
+/** The statement's rows, sent to the client ahead of the statement as the text is generated. */
+class RowsAhead {
+  /** The text so far. */
+  full = '';
+  /** Chunks sent. */
+  private sent = 0;
+  private described = false;
+  constructor(private readonly ctx: SessionContext, private readonly rowDescription: Buffer) {}
+
+  /** Adds a generated piece; sends the chunks it makes final (once whitespace follows; the last waits for the end). */
+  async add(piece: string): Promise<void> {
+    this.full += piece;
+    const chunks = streamChunks(this.full);
+    const ready = /\s$/.test(this.full) ? chunks.length : chunks.length - 1;
+    if (ready > this.sent) await this.send(chunks.slice(this.sent, ready));
+    this.sent = Math.max(this.sent, ready);
+  }
+
+  private send(chunks: string[]): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const rows = chunks.map((c) => dataRow([Buffer.from(c, 'utf8')]));
+      if (!this.described) {
+        rows.unshift(this.rowDescription);
+        this.described = true;
+      }
+      // A Sync answers at once with ReadyForQuery, in order behind everything sent before: the rows go to the
+      // client in its place.
+      this.ctx.send({ bytes: SYNC, responses: { onMessage: (m) => (m[0] === Be.ReadyForQuery ? rows : null), onEnd: () => resolve() } });
+    });
+  }
+
+  /**
+   * The statement itself: its rows are those sent, then the rest of a complete text in place of its own;
+   * its tag and status are the client's.
+   */
+  statement(text: string, complete: boolean): Outbound {
+    const rest = complete ? streamChunks(this.full).slice(this.sent) : [];
+    let restSent = false;
+    return {
+      bytes: query(text),
+      responses: {
+        onMessage: (m) => {
+          if (m[0] === Be.RowDescription) {
+            if (this.described) return null;
+            this.described = true;
+            return m;
+          }
+          if (m[0] === Be.DataRow) {
+            if (restSent) return null;
+            restSent = true;
+            return rest.map((c) => dataRow([Buffer.from(c, 'utf8')]));
+          }
+          return m;
+        },
       },
-    },
-  };
-  return { send: [finish] };
+    };
+  }
 }
 
 /** Describes the statement without running it; a failure is passed to the client as the statement's answer. */
