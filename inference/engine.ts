@@ -284,7 +284,7 @@ class InferenceEngine implements Engine {
     if (modelSize != null && typeof modelSize !== 'string') throw new InvalidArgumentError('model_size must be a string');
     const spec = this.registry.get(role, modelSize);
     const id = `${role}:${spec.name}`;
-    let slot = this.slots.get(id);
+    const slot = this.slots.get(id);
     if (slot) return slot;
     const s: Slot = { spec, tally: { requests: 0, errors: 0, latencyMs: 0 }, sched: undefined! };
     const log = this.log?.child({ model: spec.name, role });

@@ -79,7 +79,7 @@ export function parseUpstreamUrl(url: string): UpstreamTarget {
     try {
       return readFileSync(file);
     } catch (err) {
-      throw new Error(`cannot read upstream ${what} ${file}: ${(err as Error).message}`);
+      throw new Error(`cannot read upstream ${what} ${file}: ${(err as Error).message}`, { cause: err });
     }
   };
   const tls: ConnectionOptions = {};

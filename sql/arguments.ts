@@ -9,7 +9,7 @@ import { parameter, parameterNames, servedByProxy, SQL_TYPES } from './signature
 import type { BindMessage } from '../proxy/protocol.js';
 
 // Type OIDs of bound parameters.
-const UNKNOWN = 0, TEXT = 25, VARCHAR = 1043, INT2 = 21, INT4 = 23, INT8 = 20, FLOAT4 = 700, FLOAT8 = 701, NUMERIC = 1700;
+const UNKNOWN = 0, TEXT = 25, VARCHAR = 1043, INT2 = 21, INT4 = 23, INT8 = 20, FLOAT8 = 701, NUMERIC = 1700;
 const TEXT_TYPES = new Set([UNKNOWN, TEXT, VARCHAR]);
 const INT_TYPES = new Set([UNKNOWN, INT2, INT4, INT8]);
 const FLOAT_TYPES = new Set([UNKNOWN, INT2, INT4, INT8, FLOAT8, NUMERIC]);

@@ -413,7 +413,7 @@ export function findCalls(sql: Buffer, opts: { standardConformingStrings?: boole
     } catch (e) { return { failure: 'syntax', message: (e as Error).message }; }
   }
   let tree: J;
-  try { tree = parseSync(text) as J; } catch (e) {
+  try { tree = parseSync(text); } catch (e) {
     const pos = (e as { sqlDetails?: { cursorPosition?: number } }).sqlDetails?.cursorPosition;
     return {
       failure: 'syntax', message: (e as Error).message,

@@ -18,15 +18,16 @@ export interface CoreOptions {
 }
 
 export async function startCore(o: CoreOptions): Promise<{ databases: DatabaseRegistry; daemon?: DaemonHandle }> {
-  let databases: DatabaseRegistry | undefined;
+  // Each needs the other: the daemon asks the registry (created below, once the daemon's address is bound).
+  const ref: { databases?: DatabaseRegistry } = {};
   const daemon = o.daemonListen
     ? await startDaemon({
       listen: o.daemonListen, engine: o.engine, logger: o.logger,
-      secret: () => databases?.secrets() ?? [],
+      secret: () => ref.databases?.secrets() ?? [],
       // One service writer per database: the daemon's cache rows, counters and logs go through the registry's.
-      databaseFor: (name) => databases?.get(name),
+      databaseFor: (name) => ref.databases?.get(name),
     })
     : undefined;
-  databases = new DatabaseRegistry({ serviceUrl: o.serviceUrl, schema: o.schema, autoInstall: o.autoInstall, daemon: daemon?.address, engine: o.engine, logger: o.logger });
+  const databases = ref.databases = new DatabaseRegistry({ serviceUrl: o.serviceUrl, schema: o.schema, autoInstall: o.autoInstall, daemon: daemon?.address, engine: o.engine, logger: o.logger });
   return { databases, daemon };
 }

@@ -129,7 +129,7 @@ for (const block of blocks.filter((b) => b.statements.some((x) => !outOfScope(x)
       try {
         r = await c.query(sql);
       } catch (e) {
-        if ((e as { code?: string }).code !== native) throw new Error(`seed statement failed: ${sql}\n${(e as Error).message}`);
+        if ((e as { code?: string }).code !== native) throw new Error(`seed statement failed: ${sql}\n${(e as Error).message}`, { cause: e });
         continue;
       }
       expect(native, `expected ${native} from: ${sql}`).toBeUndefined();

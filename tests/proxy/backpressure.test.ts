@@ -26,7 +26,7 @@ test('a client that stops reading a 100 MB result: the proxy holds little, then 
   let carry = Buffer.alloc(0);
   c.sock.on('data', (d: Buffer) => {
     bytes += d.length;
-    let buf = carry.length ? Buffer.concat([carry, d]) : d;
+    const buf = carry.length ? Buffer.concat([carry, d]) : d;
     let pos = 0;
     while (buf.length - pos >= 5) {
       const len = buf.readInt32BE(pos + 1);
@@ -36,7 +36,6 @@ test('a client that stops reading a 100 MB result: the proxy holds little, then 
       pos += 1 + len;
     }
     carry = Buffer.from(buf.subarray(pos));
-    buf = carry;
   });
   c.sock.pause();
   c.write(queryMsg(`select repeat('x', 1000) from generate_series(1, 100000)`));

@@ -2,7 +2,7 @@
 // through untouched (no call), matching messages can be rewritten (also asynchronously, in order with
 // pipelined ones), and responses to rewritten messages can be transformed through a ResponseHandler.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import pg from 'pg';
+import type pg from 'pg';
 import type { Interceptor, InterceptedMessage, ResponseHandler, Rewrite, SessionContext } from '../../proxy/interceptor.js';
 import { mentionsSteadytext } from '../../proxy/interceptor.js';
 import * as P from '../../proxy/protocol.js';

@@ -11,7 +11,7 @@ import { freePort } from '../setup/cluster.js';
 let proxy: ProxyServer;
 let healthy: pg.Client;
 let healthyRuns = 0;
-let healthyErrors: unknown[] = [];
+const healthyErrors: unknown[] = [];
 let stopHealthy = false;
 let healthyLoop: Promise<void>;
 /** Application names of this run only: the js-relay project runs this file too, maybe at the same time. */

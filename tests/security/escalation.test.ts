@@ -196,7 +196,7 @@ describe('a database owner plants overloads and shadows for the superuser servic
   it('no planted object ran during install, stats, log, cache and config writes, callbacks or the proxied session', async () => {
     expect(await db.query('SELECT who, what FROM hostile.pwned')).toEqual([]);
     expect(await isSuper(owner.user)).toBe(false);
-    if (pathsFailed) throw pathsFailed;
+    if (pathsFailed) throw pathsFailed instanceof Error ? pathsFailed : new Error(JSON.stringify(pathsFailed));
     expect(paths.cacheRows).toBeGreaterThanOrEqual(1502);
     expect(paths.counters.requests).toBeGreaterThanOrEqual(3);
     expect(paths.counters.callback_requests).toBeGreaterThanOrEqual(1);

@@ -6,7 +6,7 @@
 // backend and only for 30 s. Anything else goes to the daemon (here: a dead port, so 08001 shows that it
 // was asked).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
+import type pg from 'pg';
 import { createServer } from 'node:net';
 import { errorAnswer } from '../../sql/answers.js';
 import { installSql } from '../../sql/install.js';

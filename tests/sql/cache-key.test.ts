@@ -1,7 +1,7 @@
 // The cache key and answer formats are computed in TypeScript (proxy, daemon) and in SQL (the
 // functions): both sides must produce the same bytes for every input.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
+import type pg from 'pg';
 import { callKey, cacheKey, embedParams, float8FromHex, float8Hex, generateParams } from '../../inference/cache-key.js';
 import { parseVectorText, streamAnswer, streamChunks, vectorText } from '../../sql/answers.js';
 import { installSql } from '../../sql/install.js';

@@ -2,7 +2,7 @@
 // (PL/pgSQL, as in the seed's examples) reach the daemon through dblink and return exactly what the
 // engine returns when asked directly; the answers land in steadytext_cache for later calls.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
+import type pg from 'pg';
 import type { Engine } from '../../inference/engine.js';
 import { startDaemon, type DaemonHandle } from '../../sql/daemon/server.js';
 import { DatabaseRegistry, prepareDatabase } from '../../sql/databases.js';

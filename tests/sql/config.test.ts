@@ -1,6 +1,6 @@
 // steadytext_config_get / steadytext_config_set: validation, normalisation, NOTIFY, privileges.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
+import type pg from 'pg';
 import { installSql } from '../../sql/install.js';
 import { createRole, dropRole, freshDatabase, pgError, type TestDatabase } from './helpers.js';
 

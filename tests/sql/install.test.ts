@@ -1,6 +1,6 @@
 // Installing and upgrading the SQL objects: idempotent, concurrent-safe, upgrades in place.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
+import type pg from 'pg';
 import { installSql, SqlInstallError } from '../../sql/install.js';
 import { registerModels, storeCacheEntry } from '../../sql/store.js';
 import { MIGRATIONS, SQL_VERSION } from '../../sql/version.js';

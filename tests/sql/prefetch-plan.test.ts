@@ -74,7 +74,7 @@ async function derivedTuples(sql: string, st: StatementCalls, plan: PrefetchPlan
       const tuple: (string | null)[] = sig.map(() => null);
       call.args.forEach((a, i) => {
         const v = row[pc.argColumns[i]];
-        tuple[a.name ? sig.indexOf(a.name) : a.position] = v === null ? null : String(v);
+        tuple[a.name ? sig.indexOf(a.name) : a.position] = v === null ? null : typeof v === 'string' ? v : JSON.stringify(v);
       });
       out.add(`${pc.fn}|${JSON.stringify(tuple)}`);
     }
