@@ -33,4 +33,3 @@ export {
   type InferenceErrorCode,
 } from './errors.js';
 // Small GGUF models with random weights (what `npm run fixtures:models` writes): real inference, gibberish text.
-export { writeFixtureModels, type FixtureModels, type FixturePreset } from './fixture-models.js';

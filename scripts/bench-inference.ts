@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { LlamaChat, type LlamaModel } from 'node-llama-cpp';
 import { createEngine, type Engine } from '../inference/engine.js';
-import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels, type FixturePreset } from '../inference/fixture-models.js';
+import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels, type FixturePreset } from '../tools/fixture-models.js';
 import { getLlama, physicalCores } from '../inference/llama.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '2' }, preset: { type: 'string', multiple: true } } });

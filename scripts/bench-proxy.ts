@@ -18,7 +18,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
-import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels } from '../inference/fixture-models.js';
+import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels } from '../tools/fixture-models.js';
 import { freePort, startCluster, type Cluster } from '../tests/setup/cluster.js';
 
 const args = new Map<string, string>();

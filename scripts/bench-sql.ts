@@ -15,7 +15,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import pino from 'pino';
 import { createEngine, type EmbedRequest, type Engine } from '../inference/engine.js';
-import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels, type FixturePreset } from '../inference/fixture-models.js';
+import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels, type FixturePreset } from '../tools/fixture-models.js';
 import { findCalls, isParseFailure, loadParser } from '../sql/calls.js';
 import { startCore } from '../sql/core.js';
 import { derivePrefetch } from '../sql/prefetch-plan.js';

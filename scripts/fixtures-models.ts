@@ -1,7 +1,7 @@
 // npm run fixtures:models -- DIR [--preset tiny|bench] [--seed N]
 import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { DEFAULT_FIXTURE_SEED, FIXTURE_VERSION, writeFixtureModels, type FixturePreset } from '../inference/fixture-models.js';
+import { DEFAULT_FIXTURE_SEED, FIXTURE_VERSION, writeFixtureModels, type FixturePreset } from '../tools/fixture-models.js';
 
 const USAGE = `usage: npm run fixtures:models -- DIR [--preset tiny|bench] [--seed N]
   Writes DIR/generation.gguf and DIR/embedding.gguf: deterministic llama-architecture models with random weights.

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getLlama, LlamaChatSession, type ChatWrapper, LlamaLogLevel, readGgufFileInfo, type Llama, type LlamaModel } from 'node-llama-cpp';
-import { f16Bits, gv, writeGGUF } from '../../inference/gguf-writer.js';
-import { writeFixtureModels, type FixtureModels } from '../../inference/fixture-models.js';
+import { f16Bits, gv, writeGGUF } from '../../tools/gguf-writer.js';
+import { writeFixtureModels, type FixtureModels } from '../../tools/fixture-models.js';
 import { tinyModels } from '../fixtures/models.js';
 
 let scratch: string;

@@ -1,3 +1,4 @@
+// Test and benchmark tooling, not part of the published package (tsconfig.json does not compile tools/).
 // Minimal streaming GGUF v3 writer (little-endian). Tensor data is produced chunk by chunk from a fill
 // callback and encoded on the fly, so multi-GB files never sit in memory.
 import { open } from 'node:fs/promises';

@@ -1,3 +1,4 @@
+// Test and benchmark tooling, not part of the published package (tsconfig.json does not compile tools/).
 // Deterministic llama-architecture GGUF fixtures with random weights: `tiny` models for tests, `bench`
 // models with real dimensions so benchmarks see realistic per-token cost without downloading weights.
 import { mkdir, rename, rm } from 'node:fs/promises';
