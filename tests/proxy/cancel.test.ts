@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type { ProxyServer } from '../../proxy/server.js';
 import * as P from '../../proxy/protocol.js';
-import { RawClient, backendsOf, client, eventually, queryMsg, rawSession, startTestProxy, startupPacket, testDb } from './helpers.js';
+import { RawClient, appName, backendsOf, client, eventually, queryMsg, rawSession, startTestProxy, testDb } from './helpers.js';
 
 let proxy: ProxyServer;
 beforeAll(async () => {
@@ -18,15 +18,6 @@ function keyOf(c: RawClient): { pid: number; secret: Buffer } {
   const k = c.messages.find((m) => m.type === 'K');
   if (!k) throw new Error('no BackendKeyData');
   return { pid: k.body.readInt32BE(0), secret: k.body.subarray(4) };
-}
-
-/** A raw session whose backend can be found by its application name (unique to this run: the js-relay project runs this file too). */
-async function namedSession(name: string): Promise<{ c: RawClient; app: string }> {
-  const app = `${name}-${process.pid}`;
-  const c = await RawClient.open(proxy.address.port);
-  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app }));
-  await c.waitFor('Z');
-  return { c, app };
 }
 
 /** Resolves once the session's statement runs in its backend. */
@@ -52,7 +43,8 @@ test('the client gets the proxy\'s own key, not the backend\'s', async () => {
 });
 
 test('CancelRequest with the session\'s key cancels its query within a second; a concurrent session is untouched', async () => {
-  const { c: victim, app } = await namedSession('cancel-victim');
+  const app = appName('cancel-victim'); // unique to this run: the js-relay project runs this file too
+  const victim = await rawSession(proxy.address.port, app);
   const other = await client('scram', proxy);
   // Both statements run long enough to be running when the cancel arrives; only the victim's may end.
   const otherQuery = other.query('select pg_sleep(1.5), 7 as v');
@@ -74,7 +66,8 @@ test('CancelRequest with the session\'s key cancels its query within a second; a
 });
 
 test('forged keys (wrong secret, unknown pid, wrong length) do nothing', async () => {
-  const { c: victim, app } = await namedSession('forged-victim');
+  const app = appName('forged-victim');
+  const victim = await rawSession(proxy.address.port, app);
   const key = keyOf(victim);
   const ignoredBefore = proxy.stats().totals.cancelsIgnored;
   // A statement that runs long enough for the forged cancels to arrive while it runs, and then completes.
@@ -106,7 +99,7 @@ test('a stale key (its session ended) does nothing', async () => {
 test('psql: Ctrl-C (SIGINT) cancels the running statement through the proxy', async () => {
   const db = testDb();
   const role = db.roles.md5;
-  const app = `psql-cancel-${process.pid}`;
+  const app = appName('psql-cancel');
   const started = Date.now();
   const p = spawn('psql', ['-X', '-h', '127.0.0.1', '-p', String(proxy.address.port), '-U', role.user, '-d', 'postgres', '-c', 'select pg_sleep(30)'], {
     env: { ...process.env, PGPASSWORD: role.password, PGSSLMODE: 'disable', PGAPPNAME: app },

@@ -96,10 +96,6 @@ describe('acceptTls', () => {
     expect(entry.raw.listenerCount('data')).toBe(0);
     expect(entry.raw.listenerCount('end')).toBe(0);
     tls.destroy();
-    await new Promise<void>((r) => {
-      const poll = () => (entry.closes > 0 ? r() : setTimeout(poll, 10));
-      poll();
-    });
-    expect(entry.closes).toBe(1);
+    await expect.poll(() => entry.closes).toBe(1);
   });
 });

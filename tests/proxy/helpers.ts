@@ -233,10 +233,21 @@ export function frontend(type: string, body: Buffer | string = Buffer.alloc(0)):
 
 export const queryMsg = query;
 
-/** A raw client through authentication as trust_user (no password needed), until the first ReadyForQuery. */
-export async function rawSession(port: number): Promise<RawClient> {
+/**
+ * An application name unique to this run of this file: vitest runs the proxy suites in two projects at
+ * once (vitest.config.ts), and each must find only its own backends in pg_stat_activity.
+ */
+export function appName(name: string): string {
+  return `${name}-${process.pid}`;
+}
+
+/**
+ * A raw client through authentication as trust_user (no password needed), until the first ReadyForQuery,
+ * under the application name `app` (by default one of this run's).
+ */
+export async function rawSession(port: number, app = appName('raw-test')): Promise<RawClient> {
   const c = await RawClient.open(port);
-  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: 'raw-test' }));
+  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app }));
   await c.waitFor('Z');
   return c;
 }

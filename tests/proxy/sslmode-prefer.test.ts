@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { loadNativeRelay } from '../../proxy/relay.js';
 import type { ProxyServer } from '../../proxy/server.js';
 import * as P from '../../proxy/protocol.js';
-import { RawClient, backendsOf, captureLogger, client, eventually, queryMsg, startTestProxy, startupPacket, testDb } from './helpers.js';
+import { RawClient, appName, backendsOf, captureLogger, client, eventually, queryMsg, rawSession, startTestProxy, testDb } from './helpers.js';
 
 const relayed = (p: ProxyServer) => p.stats().totals.relayStarts - p.stats().totals.relayExits;
 const proxies: ProxyServer[] = [];
@@ -53,10 +53,8 @@ describe('sslmode=prefer (the default) against a server without TLS', () => {
 
   test('a cancel reaches the server over its own prefer connection, which also ends in plaintext', async () => {
     const p = await proxyTo(`postgres://${db().host}:${db().port}/postgres`);
-    const app = `prefer-cancel-${process.pid}`;
-    const victim = await RawClient.open(p.address.port);
-    victim.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app }));
-    await victim.waitFor('Z');
+    const app = appName('prefer-cancel');
+    const victim = await rawSession(p.address.port, app);
     await eventually(() => relayed(p) === 1, 5_000, 'session in the native relay');
     const k = victim.messages.find((m) => m.type === 'K')!.body;
     victim.write(queryMsg('select pg_sleep(30)'));

@@ -11,7 +11,7 @@ import { CancelRegistry } from '../../proxy/cancel.js';
 import { cancelRequest } from '../../proxy/protocol.js';
 import { tinyModels } from '../fixtures/models.js';
 import { freePort } from '../setup/cluster.js';
-import { adminQuery, RawClient, queryMsg, startupPacket, testDb } from './helpers.js';
+import { adminQuery, queryMsg, rawSession, testDb, type RawClient } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
 const GRACE_MS = 3_000;
@@ -88,14 +88,6 @@ const running = (app: string, sql?: string) => until(async () => (await adminQue
   'SELECT state, query FROM pg_stat_activity WHERE application_name = $1', [app])).some((b) => b.state === 'active' && (sql === undefined || b.query === sql)),
 5_000, `${sql ?? 'a statement'} running in ${app}`);
 
-/** A raw session as trust_user to the served database under an application name of its own. */
-async function namedSession(app: string): Promise<RawClient> {
-  const c = await RawClient.open(port);
-  c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: app }));
-  await c.waitFor('Z');
-  return c;
-}
-
 /** The worker that accepted a session: the proxy puts its index in the high bits of the key's pid. */
 const workerOf = (pid: number) => pid >>> 24;
 const keyOf = (c: pg.Client) => c as unknown as { processID: number; secretKey: number };
@@ -169,7 +161,7 @@ test('a CancelRequest cancels pg_sleep whichever worker receives it; forged keys
   const spare: RawClient[] = [];
   while (victims[0] === undefined || victims[1] === undefined) {
     const app = `workers-victim-${randomBytes(3).toString('hex')}`;
-    const c = await namedSession(app);
+    const c = await rawSession(port, app);
     const k = c.messages.find((m) => m.type === 'K')!.body;
     const w = workerOf(k.readInt32BE(0));
     if (victims[w] === undefined) { victims[w] = c; apps[w] = app; } else spare.push(c);

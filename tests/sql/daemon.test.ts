@@ -131,10 +131,10 @@ describe('wire protocol', () => {
     const raw = (bytes: Buffer) => new Promise<Buffer>((resolve) => {
       const chunks: Buffer[] = [];
       const s = connect(daemon.address.port, '127.0.0.1', () => s.write(bytes));
+      const deadline = setTimeout(() => s.destroy(), 2000); // a deadline, not a wait: the daemon closes these at once
       s.on('data', (d) => chunks.push(d));
       s.on('error', () => {});
-      s.on('close', () => resolve(Buffer.concat(chunks)));
-      setTimeout(() => s.destroy(), 2000);
+      s.on('close', () => { clearTimeout(deadline); resolve(Buffer.concat(chunks)); });
     });
     const ints = (...n: number[]) => Buffer.concat(n.map((x) => { const b = Buffer.alloc(4); b.writeInt32BE(x); return b; }));
     const tooShort = await raw(ints(4));
@@ -156,35 +156,43 @@ describe('wire protocol', () => {
 
   it('a CancelRequest with the session key aborts the running request (57014)', async () => {
     const c = await direct();
+    const n = calls.length;
     const pending = pgError(c.query('{"op":"generate","prompt":"slow","max_tokens":1,"seed":0}'));
-    await new Promise((r) => setTimeout(r, 100));
+    await expect.poll(() => calls.length).toBeGreaterThan(n); // the request reached the engine
+    const call = calls[n];
+    expect(call.prompt).toBe('slow');
     const { processID, secretKey } = c as unknown as { processID: number; secretKey: number };
     const key = (k: number) => { const b = Buffer.alloc(4); b.writeInt32BE(k); return b; };
-    const wrongKey = cancelRequest(processID, key(secretKey ^ 1));
-    const cancel = cancelRequest(processID, key(secretKey));
-    for (const packet of [wrongKey, cancel]) {
-      await new Promise<void>((resolve) => { const s = connect(daemon.address.port, '127.0.0.1', () => s.end(packet)); s.on('close', () => resolve()); });
-      if (packet === wrongKey) {
-        await new Promise((r) => setTimeout(r, 100));
-        expect(calls.at(-1)?.signal?.aborted).toBe(false); // a wrong key cancels nothing
-      }
-    }
+    const sendCancel = (packet: Buffer) => new Promise<void>((resolve, reject) => {
+      const s = connect(daemon.address.port, '127.0.0.1', () => s.end(packet));
+      s.on('close', () => resolve());
+      s.on('error', reject);
+    });
+    // The daemon acts on a CancelRequest before it closes that connection; one round trip on another
+    // session after the close, and a cancel by the wrong key would have shown.
+    await sendCancel(cancelRequest(processID, key(secretKey ^ 1)));
+    const probe = await direct();
+    expect((await probe.query('SELECT 1')).rows).toHaveLength(1);
+    await probe.end();
+    expect(call.signal?.aborted).toBe(false); // a wrong key cancels nothing
+    await sendCancel(cancelRequest(processID, key(secretKey)));
     const e = await pending;
     expect(e.code).toBe('57014');
-    expect(calls.at(-1)?.signal?.aborted).toBe(true);
+    expect(call.signal?.aborted).toBe(true);
     expect((await c.query('SELECT 1')).rows).toHaveLength(1);
     await c.end();
   });
 
   it('a client that goes away aborts its request', async () => {
     const c = await direct();
+    const n = calls.length;
     c.query('{"op":"generate","prompt":"slow","max_tokens":1,"seed":0}').catch(() => {});
-    await new Promise((r) => setTimeout(r, 100));
-    const signal = calls.at(-1)?.signal;
+    await expect.poll(() => calls.length).toBeGreaterThan(n); // the request reached the engine
+    const signal = calls[n].signal;
+    expect(calls[n].prompt).toBe('slow');
     expect(signal?.aborted).toBe(false);
     (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
-    for (let i = 0; i < 50 && !signal?.aborted; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(signal?.aborted).toBe(true);
+    await expect.poll(() => signal?.aborted).toBe(true);
   });
 
   it('answers 57014 when timeout_ms passes even if the engine does not stop', async () => {
@@ -291,8 +299,7 @@ describe('through dblink', () => {
     const c = await db.connect();
     expect((await c.query(`SELECT steadytext_generate('one call') AS a`)).rows[0].a).toMatch(/^echo:one call/);
     expect((await c.query('SELECT dblink_get_connections() AS c')).rows[0].c).toBeNull();
-    for (let i = 0; i < 50 && daemon.stats().connections > 0; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(daemon.stats().connections).toBe(0);
+    await expect.poll(() => daemon.stats().connections).toBe(0);
     await c.end();
   });
 
