@@ -232,6 +232,7 @@ async function main() {
     while (storesInFlight) await new Promise((r) => setTimeout(r, 50)); // a late write must not land in the next phase
     engine.clearCache();
     await direct.query('TRUNCATE steadytext_cache');
+    interceptor.forgetStored(); // otherwise it would leave the texts it stored before to callbacks
     await direct.query('UPDATE t SET emb = NULL');
     await direct.query('VACUUM ANALYZE t');
     await direct.query('VACUUM steadytext_cache');

@@ -42,9 +42,13 @@ export class KnownKeys {
   clear(): void { this.keys.clear(); }
 }
 
-/** How long a stored row counts as known: well inside its TTL, so the database never finds it expired. */
+/**
+ * How long a stored row counts as known: well inside its TTL, so the database never finds it expired, and
+ * at most 30 s: a row deleted behind the proxy's back (TRUNCATE by an administrator) costs callbacks only
+ * that long.
+ */
 export function knownTtlMs(cacheTtlSeconds: number): number {
-  return Math.max(0, Math.min(cacheTtlSeconds * 500, 600_000));
+  return Math.max(0, Math.min(cacheTtlSeconds * 500, 30_000));
 }
 
 /** The installed functions' identities, read through the service connection (pinned search_path). */

@@ -61,6 +61,11 @@ export class SteadytextInterceptor implements Interceptor {
     return undefined;
   }
 
+  /** Forgets which answers this proxy stored, e.g. after an administrator emptied steadytext_cache. */
+  forgetStored(): void {
+    this.server.forgetStored();
+  }
+
   sessionEnd(ctx: SessionContext): void {
     plans(ctx).clear();
   }

@@ -32,15 +32,22 @@ export interface Resolved { fn: string; call: SteadyCall; req: ComputeRequest; i
 /** A computed call: the cache row its answer becomes, or the error its function is to raise. */
 export type Outcome = { entry: CacheEntry } | { error: CallError };
 
-interface DbState { known: KnownKeys; installed?: Promise<Installed> }
+interface DbState { known: KnownKeys; generation: number; installed?: Promise<Installed> }
 
 export class Server {
   private readonly dbs = new WeakMap<Database, DbState>();
   constructor(readonly engine: Engine, private readonly daemon?: { host: string; port: number }) {}
 
+  private generation = 0;
+
+  /** Forgets which answers this proxy stored (an administrator emptied steadytext_cache). */
+  forgetStored(): void {
+    this.generation++;
+  }
+
   private stateOf(db: Database): DbState {
     let s = this.dbs.get(db);
-    if (!s) this.dbs.set(db, s = { known: new KnownKeys() });
+    if (!s || s.generation !== this.generation) this.dbs.set(db, s = { known: new KnownKeys(), generation: this.generation });
     return s;
   }
 
