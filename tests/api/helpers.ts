@@ -1,6 +1,7 @@
 // The whole product in one process for the SQL API suites: a fresh database, the engine on the tiny
 // fixture models, the daemon endpoint, and the proxy with the steadytext interceptor in front.
 import { randomBytes } from 'node:crypto';
+import { connect as tcpConnect } from 'node:net';
 import { inject } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
@@ -8,6 +9,7 @@ import { createEngine, type Engine, type EngineOptions } from '../../inference/e
 import { startCore } from '../../sql/core.js';
 import type { DaemonHandle } from '../../sql/daemon/server.js';
 import type { DatabaseRegistry } from '../../sql/databases.js';
+import { cancelRequest } from '../../proxy/protocol.js';
 import { startProxy, type ProxyServer } from '../../proxy/server.js';
 import { createSteadytextInterceptor } from '../../sql/interceptor.js';
 import { tinyModels } from '../fixtures/models.js';
@@ -81,4 +83,16 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
       await adminQuery(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(() => {});
     },
   };
+}
+
+/** Sends a CancelRequest for the client's running statement to the stack's proxy, as libpq does on Ctrl-C. */
+export function cancelThroughProxy(stack: Pick<Stack, 'proxy'>, client: pg.Client): Promise<void> {
+  const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
+  const secret = Buffer.alloc(4);
+  secret.writeInt32BE(secretKey);
+  return new Promise((resolve, reject) => {
+    const sock = tcpConnect(stack.proxy.address.port, stack.proxy.address.host, () => sock.end(cancelRequest(processID, secret)));
+    sock.on('close', () => resolve());
+    sock.on('error', reject);
+  });
 }

@@ -1,9 +1,8 @@
 // The prefetch path (calls that take column values), cancel of a running generation, and a client that
 // leaves during one.
-import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type pg from 'pg';
-import { startStack, type Stack } from './helpers.js';
+import { cancelThroughProxy, startStack, type Stack } from './helpers.js';
 
 let s: Stack;
 let c: pg.Client;
@@ -76,21 +75,6 @@ describe('bulk prefetch', () => {
   });
 });
 
-function cancel(client: pg.Client): Promise<void> {
-  const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
-  return new Promise((resolve, reject) => {
-    const sock = connect(s.proxy.address.port, s.proxy.address.host, () => {
-      const b = Buffer.alloc(16);
-      b.writeInt32BE(16, 0);
-      b.writeInt32BE(80877102, 4);
-      b.writeInt32BE(processID, 8);
-      b.writeInt32BE(secretKey, 12);
-      sock.end(b);
-    });
-    sock.on('close', () => resolve());
-    sock.on('error', reject);
-  });
-}
 
 const generationBusy = () => s.engine.status().models.filter((m) => m.role === 'generation').reduce((n, m) => n + m.active + m.queued, 0);
 
@@ -100,7 +84,7 @@ describe('cancel and disconnect', () => {
     const q = other.query(`SELECT steadytext_generate('Tell a very long story', max_tokens := 4000, temperature := 0.9, seed := 7)`).catch((e) => e);
     await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the generation reaches the engine' }).toBeGreaterThan(0);
     const t0 = Date.now();
-    await cancel(other);
+    await cancelThroughProxy(s, other);
     const err = await q;
     const ms = Date.now() - t0;
     expect(err?.code, `the query ended with ${err instanceof Error ? err.message : JSON.stringify(err?.rows)}`).toBe('57014');

@@ -4,12 +4,11 @@
 // the session's catalog does not vouch for (volatile functions, operators, views, domain CHECKs, a
 // function shadowing a built-in), leaves no effect behind (read-only, rolled back), and stops computing
 // on statement_timeout, on the client's cancel and on pg_cancel_backend of its backend.
-import { connect } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from 'vitest';
 import pg from 'pg';
 import { startProxy, type ProxyServer } from '../../proxy/server.js';
 import { createSteadytextInterceptor } from '../../sql/interceptor.js';
-import { silent, startStack, type Stack } from '../api/helpers.js';
+import { cancelThroughProxy, silent, startStack, type Stack } from '../api/helpers.js';
 
 let s: Stack;
 let c: pg.Client; // through the proxy
@@ -197,21 +196,6 @@ describe('the derived query runs no user code a second time', () => {
   });
 });
 
-function cancelRequest(client: pg.Client): Promise<void> {
-  const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
-  return new Promise((resolve, reject) => {
-    const sock = connect(s.proxy.address.port, s.proxy.address.host, () => {
-      const b = Buffer.alloc(16);
-      b.writeInt32BE(16, 0);
-      b.writeInt32BE(80877102, 4);
-      b.writeInt32BE(processID, 8);
-      b.writeInt32BE(secretKey, 12);
-      sock.end(b);
-    });
-    sock.on('close', () => resolve());
-    sock.on('error', reject);
-  });
-}
 
 const generationBusy = () => s.engine.status().models.filter((m) => m.role === 'generation').reduce((n, m) => n + m.active + m.queued, 0);
 
@@ -258,7 +242,7 @@ describe('the compute phase stops', () => {
   }, 60_000);
 
   test("the client's cancel while the proxy computes: the prefetch stops and the statement ends with 57014", async () => {
-    const r = await interrupted((client) => cancelRequest(client));
+    const r = await interrupted((client) => cancelThroughProxy(s, client));
     console.log('client cancel', { ...r, err: r.err.message });
     expect(r.prefetched).toBeLessThan(30);
     expect(r.err.code).toBe('57014');
