@@ -365,11 +365,25 @@ export const TERMINATE = Buffer.from([Fe.Terminate, 0, 0, 0, 4]);
 export const SYNC = Buffer.from([Fe.Sync, 0, 0, 0, 4]);
 export const FLUSH = Buffer.from([Fe.Flush, 0, 0, 0, 4]);
 
-export function query(sql: string): Buffer {
+/** DataRow: each column's bytes (views into msg), null for SQL NULL. */
+export function readDataRow(msg: Buffer): (Buffer | null)[] {
+  const n = msg.readInt16BE(5);
+  const out: (Buffer | null)[] = new Array(n);
+  let pos = 7;
+  for (let i = 0; i < n; i++) {
+    const len = msg.readInt32BE(pos);
+    pos += 4;
+    out[i] = len < 0 ? null : msg.subarray(pos, (pos += len));
+  }
+  return out;
+}
+
+/** Query; the SQL as text (UTF-8) or as the bytes of another client encoding. */
+export function query(sql: string | Buffer): Buffer {
   return cstrings(Fe.Query, [sql]);
 }
 
-export function parse(name: string, sql: string, paramTypes: readonly number[] = []): Buffer {
+export function parse(name: string, sql: string | Buffer, paramTypes: readonly number[] = []): Buffer {
   const tail = Buffer.allocUnsafe(2 + 4 * paramTypes.length);
   tail.writeInt16BE(paramTypes.length, 0);
   paramTypes.forEach((oid, i) => tail.writeUInt32BE(oid, 2 + 4 * i));

@@ -12,7 +12,7 @@
 // search_path. Every name and operator in that query is pg_catalog-qualified, so the session's own
 // search_path cannot change its meaning.
 import type { SessionContext } from '../proxy/interceptor.js';
-import { Be, bind, close, execute, FLUSH, parse, query, readErrorFields } from '../proxy/protocol.js';
+import { Be, bind, close, execute, FLUSH, parse, query, readDataRow, readErrorFields } from '../proxy/protocol.js';
 import type pg from 'pg';
 import { errorAnswer, type CallError } from './answers.js';
 import { quoteIdent } from './install.js';
@@ -39,7 +39,6 @@ export class KnownKeys {
     if (this.keys.size > this.max) this.keys.delete(this.keys.keys().next().value as string);
   }
 
-  clear(): void { this.keys.clear(); }
 }
 
 /**
@@ -64,10 +63,10 @@ export async function readInstalled(q: Queryable, schema: string): Promise<Insta
        FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_proc p ON p.pronamespace OPERATOR(pg_catalog.=) n.oid
       WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text AND p.proname OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.name[])`,
     [schema, STEADYTEXT_FUNCTIONS]);
-  const ns = await q.query('SELECT oid::int8 AS oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text', [schema]);
   const functions = new Map<string, number>();
   for (const row of r.rows) if (Number(row.n) === 1) functions.set(row.name as string, Number(row.oid));
-  return { schemaOid: Number(ns.rows[0]?.oid ?? 0), functions };
+  // Without rows there is nothing to serve, so the schema's OID is never needed then.
+  return { schemaOid: Number(r.rows[0]?.ns ?? 0), functions };
 }
 
 /** One call to check: the function, and the schema it was qualified with (null: found through search_path). */
@@ -142,7 +141,7 @@ export function checkExtended(ctx: SessionContext, sql: string, n: number): Prom
       bytes,
       responses: {
         onMessage(m) {
-          if (m[0] === Be.DataRow) rows.push(readDataRow(m));
+          if (m[0] === Be.DataRow) rows.push(textRow(m));
           // The check never fails by itself; if it does (a cancel, statement_timeout), the client's batch
           // is aborted from here on, so the client must see why.
           else if (m[0] === Be.ErrorResponse) { failed = true; return m; }
@@ -166,7 +165,7 @@ export function auxQuery(ctx: SessionContext, sql: string): Promise<{ rows: (str
       bytes: query(sql),
       responses: {
         onMessage(m) {
-          if (m[0] === Be.DataRow) rows.push(readDataRow(m));
+          if (m[0] === Be.DataRow) rows.push(textRow(m));
           else if (m[0] === Be.ErrorResponse) error = readErrorFields(m);
           return null;
         },
@@ -178,17 +177,9 @@ export function auxQuery(ctx: SessionContext, sql: string): Promise<{ rows: (str
   });
 }
 
-export function readDataRow(m: Buffer): (string | null)[] {
-  const n = m.readInt16BE(5);
-  const out: (string | null)[] = new Array(n);
-  let pos = 7;
-  for (let i = 0; i < n; i++) {
-    const len = m.readInt32BE(pos);
-    pos += 4;
-    if (len < 0) out[i] = null;
-    else { out[i] = m.toString('utf8', pos, pos + len); pos += len; }
-  }
-  return out;
+/** A DataRow's columns as text (the check and the prefetch read text columns only). */
+export function textRow(m: Buffer): (string | null)[] {
+  return readDataRow(m).map((v) => (v === null ? null : v.toString('utf8')));
 }
 
 /** A mailbox entry: what the function of this backend finds under this topic, an answer or an error to raise. */

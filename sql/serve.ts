@@ -51,11 +51,6 @@ export class Server {
     return s;
   }
 
-  /** The install schema of a database's steadytext objects. */
-  schemaOf(db: Database): string {
-    return db.schema;
-  }
-
   /** A computing call's request and key; undefined when the database must answer it alone. */
   async resolve(call: SteadyCall, values: ArgValues, db: Database): Promise<Resolved | undefined> {
     if (!isComputing(call.fn)) return undefined;
@@ -79,7 +74,7 @@ export class Server {
   async check(items: readonly CheckItem[], db: Database, ctx: SessionContext, ahead: Ahead): Promise<CheckResult | undefined> {
     if (items.length === 0) return undefined;
     const st = this.stateOf(db);
-    const schema = this.schemaOf(db);
+    const schema = db.schema;
     st.installed ??= readInstalled(db.pool, schema).catch((err) => { st.installed = undefined; throw err; });
     let installed: Installed;
     try { installed = await st.installed; } catch (err) {
@@ -118,7 +113,7 @@ export class Server {
         db.logEvent('error', `${how}_error`, o.error.message, { sqlstate: o.error.sqlstate, fn: r.fn, user: ctx.user });
       }
     }
-    await Promise.all([db.store(entries), postMailbox(db.pool, this.schemaOf(db), backendPid, posts)]);
+    await Promise.all([db.store(entries), postMailbox(db.pool, db.schema, backendPid, posts)]);
     if (config.cacheEnabled) {
       const known = this.stateOf(db).known;
       const ttl = knownTtlMs(config.cacheTtlSeconds);
@@ -134,39 +129,32 @@ export class Server {
    */
   async serve(jobs: readonly ServeJob[], db: Database, ctx: SessionContext, ahead: Ahead, how: 'rewrite'): Promise<void> {
     if (jobs.length === 0) return;
-    const computing: Resolved[] = [];
-    const managing: ManagementFunction[] = [];
-    const items: CheckItem[] = [];
+    // In job order: what each call is, so the check's answers map back by position.
+    const pending: ({ manage: ManagementFunction; schema: string | null } | { compute: Resolved })[] = [];
     const seen = new Set<string>();
     for (const j of jobs) {
       if (isManagement(j.call.fn)) {
-        managing.push(j.call.fn);
-        items.push({ fn: j.call.fn, schema: j.call.schema });
+        pending.push({ manage: j.call.fn, schema: j.call.schema });
         continue;
       }
       const r = await this.resolve(j.call, j.values, db);
       if (!r || seen.has(r.key) || await this.known(r, db)) continue;
       seen.add(r.key);
-      computing.push(r);
-      items.push({ fn: r.fn, schema: j.call.schema });
+      pending.push({ compute: r });
     }
+    const items = pending.map((p) => ('manage' in p ? { fn: p.manage, schema: p.schema } : { fn: p.compute.fn, schema: p.compute.call.schema }));
     const check = await this.check(items, db, ctx, ahead);
     if (!check) return;
-    // items: management entries and computing entries interleave in job order; map them back by position.
-    const okCompute: Resolved[] = [];
-    const okManage: ManagementFunction[] = [];
-    let ci = 0, mi = 0;
-    for (const [i, item] of items.entries()) {
-      if (isManagement(item.fn)) { const fn = managing[mi++]; if (check.allowed[i]) okManage.push(fn); }
-      else { const r = computing[ci++]; if (check.allowed[i]) okCompute.push(r); }
-    }
+    const allowed = pending.filter((_, i) => check.allowed[i]);
+    const okCompute = allowed.flatMap((p) => ('compute' in p ? [p.compute] : []));
+    const okManage = allowed.flatMap((p) => ('manage' in p ? [p.manage] : []));
     const [done, managed] = await Promise.all([
       Promise.all(okCompute.map(async (r) => [r, await this.computeOne(r, db, ctx)] as [Resolved, Outcome])),
       this.manageAll(okManage, db),
     ]);
     await Promise.all([
       done.length ? this.handOver(done, db, ctx, check.backendPid, how) : undefined,
-      postMailbox(db.pool, this.schemaOf(db), check.backendPid, managed),
+      postMailbox(db.pool, db.schema, check.backendPid, managed),
     ]);
   }
 

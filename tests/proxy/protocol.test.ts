@@ -7,7 +7,7 @@ import type { BackendMessage } from 'pg-protocol/dist/messages.js';
 import {
   AUTH_CLEARTEXT_PASSWORD, AUTH_OK, AUTH_SASL, Be, EMPTY_QUERY_RESPONSE, PROTOCOL_3_0, authentication, backendKeyData, cancelRequest,
   commandComplete, dataRow, errorResponse, forEachMessage, negotiateProtocolVersion, parameterStatus, readBackendKeyData,
-  readCancelRequest, readCString, readErrorFields, readParameterStatus, readTxStatus, readyForQuery, rowDescription,
+  readCancelRequest, readCString, readDataRow, readErrorFields, readParameterStatus, readTxStatus, readyForQuery, rowDescription,
 } from '../../proxy/protocol.js';
 
 /** What pg-protocol makes of a stream of backend messages. */
@@ -84,5 +84,13 @@ describe('CancelRequest', () => {
     expect(readCancelRequest(cancelRequest(77, Buffer.from([1, 2, 3, 4])))).toEqual({ pid: 77, secret: Buffer.from([1, 2, 3, 4]) });
     expect(readCancelRequest(cancelRequest(77, Buffer.alloc(0)))).toBeNull();
     expect(readCancelRequest(cancelRequest(77, Buffer.alloc(257)))).toBeNull();
+  });
+});
+
+describe('DataRow reader', () => {
+  test('reads back what dataRow writes: bytes as sent, NULL as null, empty as empty', () => {
+    const cols = [Buffer.from('é ok'), null, Buffer.alloc(0), Buffer.from([0, 255])];
+    expect(readDataRow(dataRow(cols))).toEqual(cols);
+    expect(readDataRow(dataRow([]))).toEqual([]);
   });
 });

@@ -3,7 +3,8 @@
 import pg from 'pg';
 import type { Stack } from '../api/helpers.js';
 import { adminQuery } from '../sql/helpers.js';
-import { frontend, RawClient, startupPacket } from '../proxy/helpers.js';
+import * as P from '../../proxy/protocol.js';
+import { RawClient, startupPacket } from '../proxy/helpers.js';
 
 export { createRole } from '../sql/helpers.js';
 
@@ -67,43 +68,14 @@ export function generate(s: Stack, prompt: string, maxTokens: number): Promise<s
 /** One statement's answer in a raw session: its rows (text columns) and its error, if any. */
 export interface RawStatement { rows: (Buffer | null)[][]; tag?: string; error?: Record<string, string> }
 
-function fields(body: Buffer): Record<string, string> {
-  const out: Record<string, string> = {};
-  let pos = 0;
-  while (pos < body.length && body[pos] !== 0) {
-    const end = body.indexOf(0, pos + 1);
-    out[String.fromCharCode(body[pos])] = body.toString('latin1', pos + 1, end);
-    pos = end + 1;
-  }
-  return out;
-}
-
-function dataRow(body: Buffer): (Buffer | null)[] {
-  const n = body.readInt16BE(0);
-  const out: (Buffer | null)[] = [];
-  let pos = 2;
-  for (let i = 0; i < n; i++) {
-    const len = body.readInt32BE(pos);
-    pos += 4;
-    if (len < 0) out.push(null);
-    else { out.push(Buffer.from(body.subarray(pos, pos + len))); pos += len; }
-  }
-  return out;
-}
-
-const cstr = (s: string | Buffer) => Buffer.concat([typeof s === 'string' ? Buffer.from(s, 'utf8') : s, Buffer.from([0])]);
-const int16 = (n: number) => { const b = Buffer.alloc(2); b.writeInt16BE(n); return b; };
-const int32 = (n: number) => { const b = Buffer.alloc(4); b.writeInt32BE(n); return b; };
-
-/** Frontend messages, to be concatenated into one write. */
+/** Frontend messages (the proxy's own codec), to be concatenated into one write. */
 export const fe = {
-  query: (sql: string | Buffer) => frontend('Q', cstr(sql)),
-  parse: (sql: string | Buffer, name = '') => frontend('P', Buffer.concat([cstr(name), cstr(sql), int16(0)])),
-  bind: (params: (string | null)[] = [], portal = '', statement = '') => frontend('B', Buffer.concat([
-    cstr(portal), cstr(statement), int16(0), int16(params.length),
-    ...params.map((p) => (p === null ? int32(-1) : Buffer.concat([int32(Buffer.byteLength(p)), Buffer.from(p)]))), int16(0)])),
-  execute: (portal = '') => frontend('E', Buffer.concat([cstr(portal), int32(0)])),
-  sync: () => frontend('S'),
+  query: (sql: string | Buffer) => P.query(sql),
+  parse: (sql: string | Buffer, name = '') => P.parse(name, sql),
+  bind: (params: (string | null)[] = [], portal = '', statement = '') =>
+    P.bind({ portal, statement, paramFormats: [], params: params.map((v) => (v === null ? null : Buffer.from(v))), resultFormats: [] }),
+  execute: (portal = '') => P.execute(portal),
+  sync: () => P.SYNC,
 };
 
 /**
@@ -121,10 +93,10 @@ export async function rawPipeline(s: Stack, bytes: Buffer, readyCount: number, s
     const out: RawStatement[] = [];
     let cur: RawStatement = { rows: [] };
     for (const m of c.messages.slice(start)) {
-      if (m.type === 'D') cur.rows.push(dataRow(m.body));
+      if (m.type === 'D') cur.rows.push(P.readDataRow(m.bytes).map((v) => (v === null ? null : Buffer.from(v))));
       else if (m.type === 'd') cur.rows.push([Buffer.from(m.body)]); // CopyData of COPY ... TO STDOUT
       else if (m.type === 'C') { cur.tag = m.body.toString('latin1', 0, m.body.length - 1); out.push(cur); cur = { rows: [] }; }
-      else if (m.type === 'E') { cur.error = fields(m.body); out.push(cur); cur = { rows: [] }; }
+      else if (m.type === 'E') { cur.error = P.readErrorFields(m.bytes); out.push(cur); cur = { rows: [] }; }
     }
     return out;
   } finally {
