@@ -70,6 +70,16 @@ export const SqlState = {
   AdminShutdown: '57P01',
   InvalidAuthorizationSpecification: '28000',
   InternalError: 'XX000',
+  InvalidCursorName: '34000',
+  DuplicateCursor: '42P03',
+  InvalidParameterValue: '22023',
+  TooManyConnections: '53300',
+  QueryCanceled: '57014',
+  IdleInTransactionTimeout: '25P03',
+  IdleSessionTimeout: '57P05',
+  InvalidStatementName: '26000',
+  DuplicatePreparedStatement: '42P05',
+  OutOfMemory: '53200',
 } as const;
 
 export type TxStatus = 'I' | 'T' | 'E';
@@ -275,6 +285,137 @@ export function authentication(code: number, data?: Buffer): Buffer {
   return out;
 }
 
+// ---- authentication exchanges of the pooler (it authenticates clients and logs into servers itself) ----
+
+/** More sub-codes of an Authentication ('R') message. */
+export const AUTH_MD5_PASSWORD = 5;
+export const AUTH_SASL_CONTINUE = 11;
+export const AUTH_SASL_FINAL = 12;
+
+/** AuthenticationMD5Password with its 4-byte salt. */
+export function authenticationMD5Password(salt: Buffer): Buffer {
+  return authentication(AUTH_MD5_PASSWORD, salt);
+}
+
+/** AuthenticationSASL offering `mechanisms`. */
+export function authenticationSASL(mechanisms: readonly string[]): Buffer {
+  return authentication(AUTH_SASL, Buffer.from(mechanisms.map((m) => `${m}\0`).join('') + '\0', 'utf8'));
+}
+
+/** AuthenticationSASLContinue: the server's challenge (SCRAM's server-first-message). */
+export function authenticationSASLContinue(data: Buffer): Buffer {
+  return authentication(AUTH_SASL_CONTINUE, data);
+}
+
+/** AuthenticationSASLFinal: the server's outcome (SCRAM's server-final-message). */
+export function authenticationSASLFinal(data: Buffer): Buffer {
+  return authentication(AUTH_SASL_FINAL, data);
+}
+
+/** An Authentication ('R') message, by what it asks for. */
+export type AuthenticationRequest =
+  | { kind: 'ok' }
+  | { kind: 'cleartext' }
+  | { kind: 'md5'; salt: Buffer }
+  | { kind: 'sasl'; mechanisms: string[] }
+  | { kind: 'sasl-continue'; data: Buffer }
+  | { kind: 'sasl-final'; data: Buffer }
+  /** Kerberos, GSSAPI, SSPI, ...: known to the protocol, not to the pooler. */
+  | { kind: 'other'; code: number };
+
+/** Reads an Authentication message; null when malformed. Data and salt are views into `msg`. */
+export function readAuthentication(msg: Buffer): AuthenticationRequest | null {
+  if (msg.length < 9 || msg[0] !== Be.Authentication || msg.readInt32BE(1) !== msg.length - 1) return null;
+  const code = msg.readInt32BE(5);
+  const data = msg.subarray(9);
+  switch (code) {
+    case AUTH_OK:
+      return data.length === 0 ? { kind: 'ok' } : null;
+    case AUTH_CLEARTEXT_PASSWORD:
+      return data.length === 0 ? { kind: 'cleartext' } : null;
+    case AUTH_MD5_PASSWORD:
+      return data.length === 4 ? { kind: 'md5', salt: data } : null;
+    case AUTH_SASL: {
+      const mechanisms: string[] = [];
+      let pos = 9;
+      for (;;) {
+        const [name, next] = readCString(msg, pos);
+        if (next < 0) return null;
+        if (name === '') return next === msg.length ? { kind: 'sasl', mechanisms } : null;
+        mechanisms.push(name);
+        pos = next;
+      }
+    }
+    case AUTH_SASL_CONTINUE:
+      return { kind: 'sasl-continue', data };
+    case AUTH_SASL_FINAL:
+      return { kind: 'sasl-final', data };
+    default:
+      return { kind: 'other', code };
+  }
+}
+
+/** StartupMessage (protocol 3.0) with these parameters (user, database, options, ...). */
+export function startupMessage(params: ReadonlyMap<string, string>): Buffer {
+  const parts: Buffer[] = [];
+  for (const [name, value] of params) parts.push(Buffer.from(`${name}\0${value}\0`, 'utf8'));
+  parts.push(Buffer.from([0]));
+  const body = Buffer.concat(parts);
+  const out = Buffer.allocUnsafe(8 + body.length);
+  out.writeInt32BE(8 + body.length, 0);
+  out.writeInt32BE(PROTOCOL_3_0, 4);
+  body.copy(out, 8);
+  return out;
+}
+
+/** PasswordMessage: a cleartext password or an md5 response. */
+export function passwordMessage(password: string | Buffer): Buffer {
+  return cstrings(Fe.Password, [password]);
+}
+
+/** SASLInitialResponse: the chosen mechanism and its first message (null: none, length -1). */
+export function saslInitialResponse(mechanism: string, data: Buffer | null): Buffer {
+  const tail = Buffer.allocUnsafe(4 + (data?.length ?? 0));
+  tail.writeInt32BE(data ? data.length : -1, 0);
+  data?.copy(tail, 4);
+  return cstrings(Fe.Password, [mechanism], tail);
+}
+
+/** SASLResponse: the next message of the mechanism. */
+export function saslResponse(data: Buffer): Buffer {
+  const out = message(Fe.Password, data.length);
+  data.copy(out, 5);
+  return out;
+}
+
+/** True when `msg` is one whole 'p' message (type byte and a length that matches). */
+function isPasswordFrame(msg: Buffer): boolean {
+  return msg.length >= 5 && msg[0] === Fe.Password && msg.readInt32BE(1) === msg.length - 1;
+}
+
+/** PasswordMessage: the password's bytes (a view), or null unless the body is exactly one NUL-terminated string. */
+export function readPasswordMessage(msg: Buffer): Buffer | null {
+  if (!isPasswordFrame(msg)) return null;
+  const nul = msg.indexOf(0, 5);
+  return nul === msg.length - 1 ? msg.subarray(5, nul) : null;
+}
+
+/** SASLInitialResponse: mechanism and data (a view; null when sent as length -1); null when malformed. */
+export function readSASLInitialResponse(msg: Buffer): { mechanism: string; data: Buffer | null } | null {
+  if (!isPasswordFrame(msg)) return null;
+  const [mechanism, pos] = readCString(msg, 5);
+  if (pos < 0 || msg.length - pos < 4) return null;
+  const len = msg.readInt32BE(pos);
+  if (len === -1) return pos + 4 === msg.length ? { mechanism, data: null } : null;
+  if (len < 0 || pos + 4 + len !== msg.length) return null;
+  return { mechanism, data: msg.subarray(pos + 4) };
+}
+
+/** SASLResponse: the mechanism's data (a view); null when the frame is malformed. */
+export function readSASLResponse(msg: Buffer): Buffer | null {
+  return isPasswordFrame(msg) ? msg.subarray(5) : null;
+}
+
 /** NegotiateProtocolVersion: the newest version the server speaks (as PROTOCOL_3_0) and the `_pq_.` options it does not know. */
 export function negotiateProtocolVersion(newest: number, unrecognised: readonly string[]): Buffer {
   const names = unrecognised.map((o) => Buffer.from(o, 'utf8'));
@@ -332,6 +473,18 @@ export function commandComplete(tag: string): Buffer {
 }
 
 export const EMPTY_QUERY_RESPONSE = Buffer.from([Be.EmptyQueryResponse, 0, 0, 0, 4]);
+/** BindComplete, NoData, PortalSuspended: the bodiless answers of the extended protocol (the admin console gives them itself). */
+export const BIND_COMPLETE = Buffer.from([Be.BindComplete, 0, 0, 0, 4]);
+export const NO_DATA = Buffer.from([Be.NoData, 0, 0, 0, 4]);
+export const PORTAL_SUSPENDED = Buffer.from([Be.PortalSuspended, 0, 0, 0, 4]);
+
+/** ParameterDescription: the type OID of each parameter of a prepared statement. */
+export function parameterDescription(typeOids: readonly number[]): Buffer {
+  const out = message(Be.ParameterDescription, 2 + 4 * typeOids.length);
+  let pos = out.writeInt16BE(typeOids.length, 5);
+  for (const oid of typeOids) pos = out.writeUInt32BE(oid, pos);
+  return out;
+}
 
 export function backendKeyData(pid: number, secret: Buffer): Buffer {
   const out = message(Be.BackendKeyData, 4 + secret.length);
@@ -431,6 +584,28 @@ export function execute(portal = '', maxRows = 0): Buffer {
   tail.writeInt32BE(maxRows, 0);
   return cstrings(Fe.Execute, [portal], tail);
 }
+
+/**
+ * The message with its statement name replaced: Parse (the name it defines), Bind (the statement it binds),
+ * Describe/Close of a statement. The pooler's prepared statements (prepared.ts) move names this way.
+ */
+export function withStatementName(msg: Buffer, name: Buffer): Buffer {
+  let at: number;
+  if (msg[0] === Fe.Bind) at = msg.indexOf(0, 5) + 1;
+  else if (msg[0] === Fe.Parse) at = 5;
+  else at = 6; // Describe / Close: after the 'S'
+  const end = msg.indexOf(0, at);
+  const out = Buffer.allocUnsafe(msg.length - (end - at) + name.length);
+  msg.copy(out, 0, 0, at);
+  name.copy(out, at);
+  msg.copy(out, at + name.length, end);
+  out.writeInt32BE(out.length - 1, 1);
+  return out;
+}
+
+/** ParseComplete, CloseComplete: the answers the pooler gives itself. */
+export const PARSE_COMPLETE = Buffer.from([Be.ParseComplete, 0, 0, 0, 4]);
+export const CLOSE_COMPLETE = Buffer.from([Be.CloseComplete, 0, 0, 0, 4]);
 
 /** Printable form of a type byte for logs and error messages. */
 export function typeName(code: number): string {
