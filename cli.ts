@@ -15,6 +15,9 @@ import { createSteadytextInterceptor } from './sql/interceptor.js';
 import { runPoolWorker, startWorkerPool, workerSetup, type WorkerSetup } from './proxy/workers.js';
 import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
 import { SQL_VERSION } from './sql/version.js';
+import { loadPgBouncerConfig, PgBouncerConfigError, type PoolerConfig } from './config/pgbouncer.js';
+import { createPooling } from './proxy/pooling.js';
+import { parseUpstreamUrl } from './proxy/upstream.js';
 
 // dist/cli.js when built, cli.ts when run from source.
 const PKG = [new URL('../package.json', import.meta.url), new URL('./package.json', import.meta.url)].find((u) => existsSync(u))!;
@@ -24,6 +27,8 @@ const HELP = `pg-steadytext ${VERSION}: a PostgreSQL proxy that answers steadyte
 
 usage:
   pg-steadytext serve [options]                 run the proxy (clients connect to --listen)
+  pg-steadytext serve --config pgbouncer.ini    run it as a pooler in pgBouncer's place, from pgBouncer's configuration
+  pg-steadytext pgbouncer [-d] [-q] [-v] [-u USER] pgbouncer.ini   the same, invoked as the pgbouncer binary is
   pg-steadytext install --database URL          install or upgrade the steadytext SQL objects in a database
   pg-steadytext models list | pull [name|--all] | path [name]
   pg-steadytext config [--markdown]             print the effective settings (or the reference table)
@@ -69,18 +74,34 @@ async function startServing(s: Settings, log: Logger) {
   return { engine, databases, daemon };
 }
 
-async function serve(s: Settings, log: Logger): Promise<void> {
+async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void> {
   const setup = workerSetup();
   if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
-  if (s.workers > 1) return serveWithWorkers(s, log);
+  if (s.workers > 1 && ini) log.warn({ workers: s.workers }, 'pooling runs in one process for now: --workers ignored');
+  else if (s.workers > 1) return serveWithWorkers(s, log);
   const { engine, databases, daemon } = await startServing(s, log);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
+  const pooling = ini ? createPooling({ config: ini, defaultTarget: parseUpstreamUrl(s.upstream), logger: log }) : undefined;
+  const st = ini?.settings;
   const proxy = await startProxy({
-    listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
-    connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor,
+    listen: st ? { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort } : s.listen,
+    unixSocketDir: st?.unixSocketDir,
+    upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
+    connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling,
   });
+  if (ini) {
+    for (const w of ini.warnings) log.warn(w);
+    process.on('SIGHUP', () => {
+      try {
+        pooling!.pooler.reload(loadPgBouncerConfig(ini.file));
+        log.info({ config: ini.file }, 'configuration reloaded');
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'configuration not reloaded');
+      }
+    });
+  }
   log.info({ listen: proxy.address, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
 
   let stopping = false;
@@ -160,6 +181,43 @@ async function serveAsWorker(s: Settings, log: Logger, setup: WorkerSetup): Prom
   });
 }
 
+function isIni(file: string): boolean {
+  return file.endsWith('.ini') || !readFileSync(file, 'utf8').trimStart().startsWith('{');
+}
+
+/** `pgbouncer [-d] [-q] [-v] [-u USER] [-R] CONFIG.ini`: pgBouncer's own invocation, for its units and scripts. */
+async function runAsPgBouncer(args: string[]): Promise<number> {
+  let file: string | undefined;
+  let verbose = 0;
+  let quiet = false;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '-v' || a === '--verbose') verbose++;
+    else if (a === '-q' || a === '--quiet') quiet = true;
+    else if (a === '-d' || a === '--daemon' || a === '-R' || a === '--reboot') continue; // -d: see below; -R is gone from pgBouncer too
+    else if (a === '-u' || a === '--user') i++;
+    else if (a === '-V' || a === '--version') {
+      process.stdout.write(`PgBouncer 1.24.1 compatible (pg-steadytext ${VERSION})\n`);
+      return 0;
+    } else if (a === '-h' || a === '--help') {
+      process.stdout.write('usage: pg-steadytext pgbouncer [-d] [-q] [-v] [-u USER] CONFIG.ini\n');
+      return 0;
+    } else if (a.startsWith('-')) {
+      process.stderr.write(`pg-steadytext pgbouncer: unknown option ${a}\n`);
+      return 1;
+    } else file = a;
+  }
+  if (!file) {
+    process.stderr.write('pg-steadytext pgbouncer: a configuration file is needed (usage: pg-steadytext pgbouncer [-d] [-q] [-v] [-u USER] CONFIG.ini)\n');
+    return 1;
+  }
+  const ini = loadPgBouncerConfig(file);
+  const level = quiet ? 'warn' : verbose > 1 ? 'trace' : verbose === 1 ? 'debug' : undefined;
+  const s = loadSettings({ flags: { ...ini.steadytext, ...(level ? { logLevel: level } : {}) } });
+  await serve(s, createLogger(s), ini);
+  return -1;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd = 'help', ...rest] = argv;
   if (cmd === 'help' || cmd === '--help' || cmd === '-h') { process.stdout.write(HELP + '\n'); return 0; }
@@ -170,7 +228,14 @@ async function main(argv: string[]): Promise<number> {
     const s = loadSettings({ flags: parsed.flags, configFile: parsed.configFile });
     return runModelsCommand([sub ?? 'list', ...parsed.positionals, ...(parsed.extra.all ? ['--all'] : [])], engineOptions(s));
   }
+  if (cmd === 'pgbouncer') return runAsPgBouncer(rest);
   const parsed = parseFlags(rest, ['database', 'markdown']);
+  if (cmd === 'serve' && parsed.configFile && isIni(parsed.configFile)) {
+    const ini = loadPgBouncerConfig(parsed.configFile);
+    const s = loadSettings({ flags: { ...ini.steadytext, ...parsed.flags } });
+    await serve(s, createLogger(s), ini);
+    return -1;
+  }
   const s = loadSettings({ flags: parsed.flags, configFile: parsed.configFile });
   switch (cmd) {
     case 'serve': {
@@ -198,8 +263,9 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => { if (code >= 0) process.exitCode = code; },
   (err: unknown) => {
-    const msg = err instanceof SettingsError ? `configuration error: ${err.message}` : `pg-steadytext: ${(err as Error)?.message ?? err}`;
+    const config = err instanceof SettingsError || err instanceof PgBouncerConfigError;
+    const msg = config ? `configuration error: ${err.message}` : `pg-steadytext: ${(err as Error)?.message ?? err}`;
     process.stderr.write(msg + '\n');
-    process.exit(err instanceof SettingsError ? 2 : 1);
+    process.exit(config ? 2 : 1);
   },
 );

@@ -11,7 +11,7 @@ import type { SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CancelKey, CancelRegistry } from './cancel.js';
 import { acceptTls, answerEncryptionRequest, isEncryptionRequest } from './client-tls.js';
-import { FrameReader, KEEP, PAUSE, type FrameHandler, type Verdict } from './framing.js';
+import { DROP, FrameReader, KEEP, PAUSE, type FrameHandler, type Verdict } from './framing.js';
 import { HookPauser } from './hook-pause.js';
 import { Seam, type Interceptor, type Outgoing, type SessionContext } from './interceptor.js';
 import {
@@ -34,6 +34,11 @@ import { RelayHandoff } from './relay-handoff.js';
 import type { NativeRelay } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
+import type { PoolingEnv } from './pooling.js';
+import { PooledSession } from './pooled-session.js';
+import { PoolError, type PoolDatabase, type PooledServer } from './pool.js';
+import { Fe as FeCodes, authentication, AUTH_OK, parameterStatus, readyForQuery } from './protocol.js';
+import type { ClientAuth } from './auth.js';
 
 /** Settings and shared state every session of one proxy uses. */
 export interface SessionEnv {
@@ -47,6 +52,8 @@ export interface SessionEnv {
   totals: Totals;
   /** Idle plaintext sessions are handed to it (relay.ts); null relays everything in JS. */
   nativeRelay: NativeRelay | null;
+  /** Present when the proxy pools server connections (pgbouncer.ini): clients log in to the proxy itself. */
+  pooling?: PoolingEnv;
   onClosed(session: ClientSession): void;
 }
 
@@ -72,12 +79,14 @@ const CONNECTING = 1; // StartupMessage read, upstream connection being opened
 const AUTH = 2; // startup relayed, authentication under way
 const READY = 3; // first ReadyForQuery passed
 const CLOSED = 4;
+const LOCAL_AUTH = 5; // pooling: the proxy authenticates the client itself
 
 // Reasons the client socket is not being read.
 const PAUSE_BACKPRESSURE = 1; // the server is slow to take what the client sends
 const PAUSE_HOOK = 2; // a hook is pending and enough waits behind it (hook-pause.ts)
 const PAUSE_CONNECTING = 4; // no upstream yet to take what the client sends
 const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
+const PAUSE_POOL = 16; // pooling: waiting for a server connection
 
 /** The server's own authentication_timeout default: a client that never finishes startup is dropped. */
 const STARTUP_TIMEOUT_MS = 60_000;
@@ -120,6 +129,13 @@ export class ClientSession implements FrameHandler, SessionLink {
   private terminated = false;
   private startupTimer: NodeJS.Timeout | null;
   private readonly onData = (chunk: Buffer) => this.data(chunk);
+  /** Pooling: the client's side of the pool (null in the transparent mode). */
+  pooled: PooledSession | null = null;
+  private poolDb: PoolDatabase | null = null;
+  private auth: ClientAuth | null = null;
+  private authBuf: Buffer | null = null;
+  /** Pooling: when the client last sent something, and when its transaction began (timeouts). */
+  lastActive = Date.now();
 
   constructor(
     readonly id: number,
@@ -148,12 +164,13 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (relayed) {
       return relayed.requests > 0 || relayed.held > 0 || relayed.streaming > 0 || (relayed.status !== '' && relayed.status !== 'I');
     }
+    if (this.server === null) return this.hooks.pending || !this.reader!.atBoundary;
     return (
       this.tracker.size > 0 ||
       this.hooks.pending ||
       this.ctx!.txStatus !== 'I' ||
       !this.reader!.atBoundary ||
-      !this.server!.reader.atBoundary
+      !this.server.reader.atBoundary
     );
   }
 
@@ -210,6 +227,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       }
       else if (this.phase === STARTUP) this.startupData(chunk);
       else if (this.phase === CONNECTING) this.early.push(chunk);
+      else if (this.phase === LOCAL_AUTH) this.authData(chunk);
     } catch (err) {
       this.internalError(err);
     }
@@ -336,6 +354,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.log = this.log.child({ user, db: database });
     this.ctx = this.sessionContext(sp, user, database);
     if (this.env.interceptor) this.seam = new Seam(this.env.interceptor, this.ctx, this.env.totals);
+    if (this.env.pooling) return this.pooledStartup(sp, user, database, rest);
     this.phase = CONNECTING;
     if (rest.length > 0) this.early.push(rest);
     this.pauseClient(PAUSE_CONNECTING);
@@ -399,9 +418,193 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.close('upstream unreachable');
   }
 
+  // ---- pooling: login to the proxy, server connections lent per transaction --------------------------
+
+  private pooledStartup(sp: StartupPacket, user: string, database: string, rest: Buffer): void {
+    const pooling = this.env.pooling!;
+    if (pooling.isConsole(database)) return this.consoleStartup(user, rest);
+    const db = pooling.pooler.database(database);
+    if (db === null) return this.fail(SqlState.ProtocolViolation, `no such database: ${database}`);
+    const refused = pooling.pooler.admit(db, user);
+    if (refused) return this.fail(refused.fields.code, refused.fields.message);
+    this.poolDb = db;
+    const pool = pooling.pooler.pool(db, user);
+    this.pooled = new PooledSession(this.pooledHost(), pool, sp.params, pooling.statements);
+    const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
+    if (auth instanceof PoolError) return this.fail(auth.fields.code, auth.fields.message);
+    this.auth = auth;
+    this.phase = LOCAL_AUTH;
+    if (rest.length > 0) this.authBuf = rest;
+    this.authStep(auth.begin());
+  }
+
+  /** Password messages during the proxy's own authentication. */
+  private authData(chunk: Buffer): void {
+    let buf = this.authBuf === null ? chunk : Buffer.concat([this.authBuf, chunk]);
+    this.authBuf = null;
+    while (this.phase === LOCAL_AUTH && buf.length >= 5) {
+      const len = buf.readInt32BE(1);
+      if (buf[0] !== FeCodes.Password || len < 4 || len > MAX_STARTUP_PACKET) {
+        return this.protocolError(SqlState.ProtocolViolation, `expected a password message during authentication, got ${typeName(buf[0])}`);
+      }
+      if (buf.length < len + 1) break;
+      const msg = Buffer.from(buf.subarray(0, len + 1));
+      buf = buf.subarray(len + 1);
+      this.authStep(this.auth!.respond(msg));
+    }
+    if (buf.length > 0) {
+      if (this.phase === LOCAL_AUTH) this.authBuf = Buffer.from(buf);
+      else if (this.phase === READY || this.phase === CONNECTING) this.early.push(Buffer.from(buf));
+    }
+  }
+
+  private authStep(step: ReturnType<ClientAuth['begin']>): void {
+    if (this.phase !== LOCAL_AUTH) return;
+    if (!step.done) {
+      this.sock.write(step.send);
+      if (this.authBuf !== null) {
+        const b = this.authBuf;
+        this.authBuf = null;
+        this.authData(b);
+      }
+      return;
+    }
+    if (!step.ok) {
+      this.log.info({ code: step.error.code }, 'client authentication failed');
+      this.fatal(step.error);
+      return this.close('authentication failed');
+    }
+    if (step.send) this.sock.write(step.send);
+    if (step.scramKeys) this.pooled!.pool.scramKeys = step.scramKeys;
+    this.auth = null;
+    this.phase = CONNECTING; // learning the server's parameters
+    this.pauseClient(PAUSE_CONNECTING);
+    this.env.pooling!.welcome(this.pooled!.pool).then(
+      (params) => this.welcomed(params),
+      (err: unknown) => {
+        const f = err instanceof PoolError ? err.fields : { severity: 'FATAL', code: SqlState.ConnectionFailure, message: String(err) };
+        this.fatal(f as ErrorFields);
+        this.close('server login failed');
+      },
+    );
+  }
+
+  /** Logged in to the proxy: the client gets the server's parameters (its own where it set them) and a key. */
+  private welcomed(params: Map<string, string>): void {
+    if (this.phase === CLOSED) return;
+    const mine = this.pooled!.settings;
+    const out: Buffer[] = [authentication(AUTH_OK)];
+    for (const [k, v] of params) {
+      const own = mine.get(k.toLowerCase());
+      out.push(parameterStatus(k, own ?? v));
+      this.ctx!.serverParams.set(k, own ?? v);
+    }
+    this.key = this.env.cancels.issue(4, () => this.cancelUpstream());
+    out.push(backendKeyData(this.key.pid, this.key.secret), readyForQuery('I'));
+    this.sock.write(Buffer.concat(out));
+    this.phase = READY;
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.startupTimer = null;
+    this.log.info('client connected');
+    this.seam?.sessionStart();
+    const reader = (this.reader = new FrameReader(this, this.env.maxMessageBytes));
+    const early = this.early;
+    this.early = [];
+    for (const chunk of early) reader.push(chunk);
+    this.resumeClient(PAUSE_CONNECTING);
+  }
+
+  private consoleStartup(user: string, rest: Buffer): void {
+    const pooling = this.env.pooling!;
+    const c = pooling.consoleFor(this, user, this.clientAddress);
+    if (c instanceof PoolError) return this.fail(c.fields.code, c.fields.message);
+    c.start(this.sock, rest, () => this.close('console client left'));
+    this.phase = READY;
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.startupTimer = null;
+    this.consoleClose = c.close;
+  }
+
+  private consoleClose: (() => void) | null = null;
+
+  private pooledHost() {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const session = this;
+    return {
+      id: this.id,
+      get log() {
+        return session.log;
+      },
+      tracker: this.tracker,
+      link: this as SessionLink,
+      sendUpstream: (out: Outgoing) => {
+        for (const b of this.replacement(out)) this.onBytes(b);
+      },
+      atRest: () => !this.hooks.pending && this.reader !== null && this.reader.atBoundary && (this.server === null || this.server.reader.atBoundary),
+      poolFailed: (err: PoolError) => {
+        this.fatal(err.fields);
+        this.close(err.message);
+      },
+      attached: (s: PooledServer) => {
+        this.server = s.conn;
+        this.upstreamKey = s.key;
+      },
+      released: () => {
+        const held = this.server;
+        this.server = null;
+        this.upstreamKey = null;
+        if (this.serverPaused && held !== null) {
+          this.serverPaused = false;
+          held.sock.resume();
+        }
+      },
+    };
+  }
+
+  private pooledReady(status: TxStatus): void {
+    if (this.phase === CLOSED) return;
+    this.pooled!.ready(status);
+    if (this.draining) setImmediate(() => this.drainCheck());
+  }
+
+  /** A message arrived and the client holds no server connection: take one (waiting in the pool's queue if need be). */
+  private pooledAcquire(msg: Buffer): Verdict | null {
+    const got = this.pooled!.acquire();
+    if (got instanceof Promise) {
+      this.pauseClient(PAUSE_POOL);
+      got.then(
+        () => {
+          if (this.phase === CLOSED) return this.pooled?.release(true);
+          this.reader!.requeue(msg);
+          this.resumeClient(PAUSE_POOL);
+          this.reader!.resume();
+        },
+        (err: unknown) => this.internalError(err),
+      );
+      return PAUSE;
+    }
+    return null;
+  }
+
+  /** The message goes to the held server connection, statement names moved (prepared.ts). */
+  private pooledForward(msg: Buffer, code: number): Verdict {
+    const out = this.pooled!.forward(msg, code);
+    if (out === undefined) {
+      this.tracker.sent(code);
+      return KEEP;
+    }
+    const bufs = this.replacement(out.send);
+    if (out.local && this.tracker.sentLocal(out.local, out.localSkipped)) this.sock.write(out.local);
+    return bufs.length > 0 ? bufs : DROP;
+  }
+
   // ---- client → server (FrameHandler of the client stream) -----------------------------------------
 
   header(code: number): boolean {
+    this.lastActive = Date.now();
+    if (this.pooled !== null) {
+      if (this.server === null || this.pooled.wants(code)) return true;
+    }
     if (this.seam !== null && this.seam.wants(code)) return true;
     this.tracker.sent(code);
     if (code === Fe.Terminate) this.terminated = true;
@@ -409,9 +612,22 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   onMessage(msg: Buffer, code: number): Verdict {
+    if (this.pooled !== null) {
+      if (code === Fe.Terminate) {
+        this.terminated = true;
+        this.close('client sent Terminate');
+        return DROP;
+      }
+      if (this.server === null) {
+        const v = this.pooledAcquire(msg);
+        if (v !== null) return v;
+      }
+      if (this.seam === null || !this.seam.wants(code)) return this.pooledForward(msg, code);
+    }
     this.ctx!.signal = this.hooks.signal;
     const r = this.seam!.offer(msg, code);
     if (r === undefined) {
+      if (this.pooled !== null) return this.pooledForward(msg, code);
       this.tracker.sent(code);
       return KEEP;
     }
@@ -425,6 +641,13 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** A settled hook's answer goes upstream where its message stood: the message itself, or its replacement. */
   private sendHookOutcome(out: Outgoing | undefined, original: Buffer, code: number): void {
     if (out === undefined) {
+      if (this.pooled !== null) {
+        const v = this.pooledForward(original, code);
+        if (v === KEEP) this.onBytes(original);
+        else if (Buffer.isBuffer(v)) this.onBytes(v);
+        else if (Array.isArray(v)) for (const b of v) this.onBytes(b);
+        return;
+      }
       this.tracker.sent(code);
       this.onBytes(original);
     } else {
@@ -474,6 +697,17 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   serverReady(status: TxStatus, first: boolean): void {
     this.setTxStatus(status);
+    if (this.pooled !== null) {
+      if (status === 'T' && this.pooled.pool.mode === 'statement') {
+        // Before the ReadyForQuery: the client hears it as the answer to the statement that opened the block.
+        this.fatal({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: 'transaction blocks not allowed in statement pooling mode' });
+        this.close('transaction block in statement pooling mode');
+        return;
+      }
+      // After the chunk holding this ReadyForQuery went to the client: the connection may change hands then.
+      queueMicrotask(() => this.pooledReady(status));
+      return;
+    }
     this.relay?.readyForQuery();
     if (first) {
       this.phase = READY;
@@ -517,6 +751,7 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   serverClosed(): void {
     if (this.phase === CLOSED) return;
+    this.pooled?.server?.pool.gone(this.pooled.server, 'server closed the connection');
     if (!this.terminated && !this.server!.sawFatal) {
       this.fatal({
         severity: 'FATAL',
@@ -574,6 +809,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.upstreamKey === null || this.phase === CLOSED) return;
     const inFlight = this.relay?.state()?.requests ?? this.tracker.size;
     if (inFlight === 0) return;
+    const held = this.pooled?.server;
+    if (held) return held.pool.cancelFor(held);
     sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
   }
 
@@ -630,7 +867,9 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.relay?.stop(true); // closed already: only its counts and where the readers stand are taken back
     if (this.startupTimer) clearTimeout(this.startupTimer);
     this.reader?.stop();
-    if (this.server !== null) this.closeUpstream(this.server, busy);
+    this.consoleClose?.();
+    if (this.pooled !== null) this.endPooled(busy);
+    else if (this.server !== null) this.closeUpstream(this.server, busy);
     if (!this.sock.destroyed) {
       this.sock.end();
       // A client that never reads would keep the socket half-open; give the goodbye a moment, no more.
@@ -645,6 +884,18 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (wasReady) this.log.info(log, 'client disconnected');
     else this.log.debug(log, 'connection closed before the session started');
     this.env.onClosed(this);
+  }
+
+  /** Pooling: the held connection goes back (closed if the client left it mid-transaction or mid-message). */
+  private endPooled(busy: boolean): void {
+    const pooled = this.pooled!;
+    const held = pooled.server;
+    if (held && busy && this.tracker.size > 0) held.pool.cancelFor(held);
+    this.tracker.close();
+    pooled.end(!busy && !this.hooks.pending);
+    this.server = null;
+    if (this.poolDb) this.env.pooling!.pooler.leave(this.poolDb, this.ctx!.user);
+    this.poolDb = null;
   }
 
   /** The session's upstream connection ends with it: Terminate when between messages, a running statement cancelled. */

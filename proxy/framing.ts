@@ -240,6 +240,19 @@ export class FrameReader {
     this.skip = n;
   }
 
+  /**
+   * While paused after `msg` (onMessage returned PAUSE): `msg` is delivered again first on resume. The
+   * pooler pauses a message until a server connection is there to take it, then lets it run its course.
+   */
+  requeue(msg: Buffer): void {
+    if (!this.paused) throw new Error('requeue only while paused');
+    if (this.queueOffset > 0) {
+      this.queue[0] = this.queue[0].subarray(this.queueOffset);
+      this.queueOffset = 0;
+    }
+    this.queue.unshift(msg);
+  }
+
   /** Stop for good (the session is ending): nothing more is delivered. */
   stop(): void {
     this.failed = true;

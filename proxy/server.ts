@@ -10,6 +10,9 @@ import type { Interceptor } from './interceptor.js';
 import { adoptAccepted } from './read-buffer.js';
 import { loadNativeRelay, type NativeRelay, type NativeRelayMode } from './relay.js';
 import { parseUpstreamUrl } from './upstream.js';
+import type { PoolingEnv } from './pooling.js';
+import { loadStatementParser } from './statement-effects.js';
+import { unlinkSync } from 'node:fs';
 
 export interface ProxyOptions {
   /** Where to listen; port 0 picks a free port (see ProxyServer.address). */
@@ -37,6 +40,10 @@ export interface ProxyOptions {
    * otherwise; on: refuse to start without it; off: always JS.
    */
   nativeRelay?: NativeRelayMode;
+  /** Pooling (pgbouncer.ini): clients log in to the proxy and share server connections. */
+  pooling?: PoolingEnv;
+  /** Also listen on `<dir>/.s.PGSQL.<port>` (pgBouncer's unix_socket_dir); '' or absent: no Unix socket. */
+  unixSocketDir?: string;
 }
 
 export interface ProxyStats {
@@ -55,10 +62,14 @@ export interface ProxyServer {
    * shutdownGraceMs), then ends the remaining sessions with FATAL 57P01. Resolves when all are closed.
    */
   close(graceMs?: number): Promise<void>;
+  /** The sessions open now (the admin console's SHOW CLIENTS). */
+  sessions(): ClientSession[];
 }
 
 export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const log = opts.logger;
+  // Pooled sessions classify statements (SET, PREPARE, pins) with the real parser, loaded once here.
+  if (opts.pooling) await loadStatementParser();
   const target = parseUpstreamUrl(opts.upstream);
   const cancels = opts.cancels ?? new CancelRegistry();
   const sessions = new Sessions();
@@ -71,13 +82,15 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     interceptor: opts.interceptor,
     cancels,
     totals: newTotals(),
-    nativeRelay: nativeRelayFor(opts.nativeRelay ?? 'auto', log),
+    // A pooled session changes server connections between transactions: the relay's fixed pair does not fit.
+    nativeRelay: opts.pooling ? null : nativeRelayFor(opts.nativeRelay ?? 'auto', log),
+    pooling: opts.pooling,
     onClosed: (session) => sessions.delete(session),
   };
   let closing: Promise<void> | null = null;
   let nextId = 1;
 
-  const server: Server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (accepted: Socket) => {
+  const accept = (accepted: Socket) => {
     if (closing) {
       accepted.destroy();
       return;
@@ -90,18 +103,37 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       log.error({ err }, 'could not start a session');
       socket.destroy();
     }
-  });
+  };
+  const server: Server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, accept);
   server.on('error', (err) => log.error({ err }, 'listener error'));
   const address = await listen(server, opts.listen);
+  let unix: Server | null = null;
+  if (opts.unixSocketDir) {
+    const path = `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}`;
+    try {
+      unlinkSync(path); // a stale socket of an earlier run (pgBouncer does the same)
+    } catch {
+      // none there
+    }
+    unix = createServer({ allowHalfOpen: true, pauseOnConnect: true }, accept);
+    unix.on('error', (err) => log.error({ err }, 'unix socket listener error'));
+    await new Promise<void>((resolve, reject) => {
+      unix!.once('error', reject);
+      unix!.listen(path, () => resolve());
+    });
+    log.info({ unixSocket: path }, 'listening on a Unix socket');
+  }
   log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!env.secureContext, relay: env.nativeRelay ? 'native' : 'js' }, 'proxy listening');
 
   return {
     address,
     stats: () => sessions.stats(env.totals, cancels),
     close(graceMs = opts.shutdownGraceMs) {
+      unix?.close();
       closing ??= shutdown(server, sessions, graceMs, log);
       return closing;
     },
+    sessions: () => sessions.list(),
   };
 }
 

@@ -17,6 +17,12 @@ import type { ResponseHandler } from './interceptor.js';
 
 /** Marks a CopyDone/CopyFail in the FIFO: no answer of its own, it bounds the Syncs a copy-in ignores. */
 const COPY_END = 0;
+/**
+ * A request answered by the proxy itself (the pooler's ParseComplete for a statement the server connection
+ * already has): its bytes go to the client when it reaches the head, in order; an error ahead of it in the
+ * same batch skips it, as the server would have skipped the real message.
+ */
+const LOCAL = 1;
 
 export type EndHow = 'done' | 'skipped' | 'closed';
 
@@ -32,6 +38,8 @@ export class RequestTracker {
   /** Handler notifications deferred until the current backend message was shown to its handler. */
   private ends: [ResponseHandler, number, EndHow][] = [];
   private currentRequest = 0;
+  /** Bytes of LOCAL entries, by FIFO slot. */
+  private locals: (Buffer | undefined)[] = new Array(256);
 
   /** Requests still awaiting (part of) their answer. */
   get size(): number {
@@ -69,6 +77,33 @@ export class RequestTracker {
         // CopyData, Flush, Terminate, password messages: no answer of their own.
         if (handler) handler.onEnd?.(code, 'done');
     }
+  }
+
+  /**
+   * An answer the proxy gives itself, in the place of a request. Returns true when nothing is in flight
+   * ahead of it: the caller sends the bytes to the client now. Otherwise they wait for their turn
+   * (takeLocal); `onSkipped` hears when an error ahead of it in the batch skips it.
+   */
+  sentLocal(bytes: Buffer, onSkipped?: ResponseHandler): boolean {
+    if (this.count === 0) return true;
+    this.push(LOCAL, onSkipped);
+    this.locals[(this.head + this.count - 1) & (this.codes.length - 1)] = bytes;
+    return false;
+  }
+
+  /** The head is a local answer now due (checked after received()). */
+  get localDue(): boolean {
+    return this.count > 0 && this.codes[this.head] === LOCAL;
+  }
+
+  /** The local answers now at the head, in order (after the message that made them due). */
+  takeLocal(): Buffer[] {
+    const out: Buffer[] = [];
+    while (this.count > 0 && this.codes[this.head] === LOCAL) {
+      out.push(this.locals[this.head]!);
+      this.pop();
+    }
+    return out;
   }
 
   /**
@@ -138,6 +173,7 @@ export class RequestTracker {
   private pop(): ResponseHandler | undefined {
     const h = this.handlers[this.head];
     this.currentRequest = this.codes[this.head];
+    if (this.currentRequest === LOCAL) this.locals[this.head] = undefined;
     if (h) {
       this.handlers[this.head] = undefined;
       this.withHandler--;
@@ -197,6 +233,7 @@ export class RequestTracker {
     const mask = this.codes.length - 1;
     const keptCodes: number[] = [];
     const keptHandlers: (ResponseHandler | undefined)[] = [];
+    const keptLocals: (Buffer | undefined)[] = [];
     let i = 1;
     let sawEnd = false;
     for (; i < this.count; i++) {
@@ -217,17 +254,20 @@ export class RequestTracker {
       }
       keptCodes.push(code);
       keptHandlers.push(h);
+      keptLocals.push(this.locals[at]);
     }
     for (; i < this.count; i++) {
       const at = (this.head + i) & mask;
       keptCodes.push(this.codes[at]);
       keptHandlers.push(this.handlers[at]);
+      keptLocals.push(this.locals[at]);
     }
     // Rewrite the FIFO behind the head in place.
     for (let k = 0; k < keptCodes.length; k++) {
       const at = (this.head + 1 + k) & mask;
       this.codes[at] = keptCodes[k];
       this.handlers[at] = keptHandlers[k];
+      this.locals[at] = keptLocals[k];
     }
     for (let k = keptCodes.length + 1; k < this.count; k++) this.handlers[(this.head + k) & mask] = undefined;
     this.count = keptCodes.length + 1;
@@ -238,13 +278,16 @@ export class RequestTracker {
     const n = this.codes.length * 2;
     const codes = new Uint8Array(n);
     const handlers: (ResponseHandler | undefined)[] = new Array(n);
+    const locals: (Buffer | undefined)[] = new Array(n);
     for (let k = 0; k < this.count; k++) {
       const at = (this.head + k) & (this.codes.length - 1);
       codes[k] = this.codes[at];
       handlers[k] = this.handlers[at];
+      locals[k] = this.locals[at];
     }
     this.codes = codes;
     this.handlers = handlers;
+    this.locals = locals;
     this.head = 0;
   }
 

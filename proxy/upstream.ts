@@ -234,10 +234,13 @@ export class ServerConnection implements FrameHandler {
   readonly plain: boolean;
 
   constructor(
-    private readonly s: SessionLink,
+    private s: SessionLink,
     { sock, input }: OpenedUpstream,
+    /** The pooler logged the connection in itself (server-login.ts): no startup phase to relay. */
+    loggedIn = false,
   ) {
     this.sock = sock;
+    this.ready = loggedIn;
     this.plain = input !== undefined;
     // Server lengths are trusted up to the protocol's own limit.
     const reader = (this.reader = new FrameReader(this, 0x7fffffff));
@@ -274,6 +277,15 @@ export class ServerConnection implements FrameHandler {
     sock.resume();
   }
 
+  /** The pooler hands the connection to another session (or to itself while the connection is idle). */
+  attach(link: SessionLink): void {
+    this.s = link;
+  }
+
+  get link(): SessionLink {
+    return this.s;
+  }
+
   /** Writes to the server; false when its buffer is full (wait for serverDrained). */
   write(bytes: Buffer): boolean {
     return this.sock.write(bytes);
@@ -285,12 +297,10 @@ export class ServerConnection implements FrameHandler {
 
   header(code: number): boolean {
     if (!this.ready) return true; // startup: every message is looked at
-    const h = this.s.tracker.received(code);
-    if (h !== undefined) {
-      this.handler = h;
-      return true;
-    }
-    return code === Be.ReadyForQuery || code === Be.ParameterStatus || code === Be.ErrorResponse;
+    const t = this.s.tracker;
+    const h = t.received(code);
+    if (h !== undefined) this.handler = h;
+    return h !== undefined || t.localDue || code === Be.ReadyForQuery || code === Be.ParameterStatus || code === Be.ErrorResponse;
   }
 
   onMessage(msg: Buffer, code: number): Verdict {
@@ -301,6 +311,8 @@ export class ServerConnection implements FrameHandler {
       verdict = this.runHandler(h, msg);
     }
     if (!this.ready) return this.startup(msg, code);
+    // Local answers due after this message follow it (taken before serverReady may hand the connection on).
+    if (this.s.tracker.localDue) verdict = withLocal(verdict, msg, this.s.tracker.takeLocal());
     if (code === Be.ReadyForQuery) this.s.serverReady(readTxStatus(msg), false);
     else if (code === Be.ParameterStatus) this.s.serverParam(...readParameterStatus(msg));
     else if (code === Be.ErrorResponse) this.noteError(msg);
@@ -364,6 +376,14 @@ export class ServerConnection implements FrameHandler {
         return KEEP; // NoticeResponse, NegotiateProtocolVersion
     }
   }
+}
+
+function withLocal(verdict: Verdict, msg: Buffer, local: Buffer[]): Verdict {
+  if (verdict === KEEP) return [msg, ...local];
+  if (verdict === DROP) return local;
+  if (Array.isArray(verdict)) return [...verdict, ...local];
+  if (Buffer.isBuffer(verdict)) return [verdict, ...local];
+  return verdict;
 }
 
 /**

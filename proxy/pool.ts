@@ -1,0 +1,645 @@
+// The pooler (pgBouncer's pooler.c and janitor.c): server connections kept per (database, user) pool and
+// lent to client sessions for a session, a transaction or a statement. It opens and logs in server
+// connections itself (server-login.ts), keeps the limits (pool_size, reserve_pool, max_db_connections,
+// max_user_connections, max_client_conn), queues clients fairly (FIFO per pool) when no connection is free,
+// and runs the timers: query_wait_timeout, server_lifetime, server_idle_timeout, server_check_delay,
+// server_login_retry, min_pool_size. What a client does with its connection is client.ts's and
+// pooled-session.ts's business.
+import type { Logger } from 'pino';
+import type { DatabaseEntry, PoolMode, PoolerConfig, Secret } from '../config/pgbouncer.js';
+import type { CancelKey } from './cancel.js';
+import { Be, SqlState, query, readDataRow, readErrorFields, type ErrorFields, type TxStatus } from './protocol.js';
+import { loginServer, LoginError, type LoginCredentials } from './server-login.js';
+import { RequestTracker } from './tracker.js';
+import { ServerConnection, openUpstream, sendCancel, type SessionLink, type UpstreamTarget } from './upstream.js';
+import type { ResponseHandler } from './interceptor.js';
+
+/** A client error in pgBouncer's words (its texts and SQLSTATEs). */
+export class PoolError extends Error {
+  constructor(
+    readonly fields: ErrorFields,
+    /** The client must be disconnected (FATAL) rather than answered with an ERROR. */
+    readonly fatal = true,
+  ) {
+    super(fields.message);
+  }
+}
+
+const poolError = (message: string, code: string = SqlState.ProtocolViolation, hint?: string): PoolError =>
+  new PoolError({ severity: 'FATAL', code, message, hint });
+
+/** What a pool needs of a client that waits for, or holds, one of its connections. */
+export interface PoolClient {
+  readonly id: number;
+  /** The client waited too long (query_wait_timeout) or the pool cannot serve it: it ends with this error. */
+  poolFailed(err: PoolError): void;
+}
+
+export interface PoolerOptions {
+  config: PoolerConfig;
+  /** Where a [databases] entry without host/port points (the proxy's --upstream). */
+  defaultTarget: UpstreamTarget;
+  logger: Logger;
+  /** Makes the target of an entry with its own host/port (TLS settings as the default target's). */
+  targetFor(entry: DatabaseEntry, fallback: UpstreamTarget): UpstreamTarget;
+}
+
+/** Counters per pool, as SHOW STATS reports them (totals since start). */
+export interface PoolStats {
+  xactCount: number;
+  queryCount: number;
+  bytesReceived: number;
+  bytesSent: number;
+  xactTimeUs: number;
+  queryTimeUs: number;
+  waitTimeUs: number;
+  clientParseCount: number;
+  serverParseCount: number;
+  bindCount: number;
+}
+
+const newStats = (): PoolStats => ({
+  xactCount: 0, queryCount: 0, bytesReceived: 0, bytesSent: 0, xactTimeUs: 0, queryTimeUs: 0, waitTimeUs: 0,
+  clientParseCount: 0, serverParseCount: 0, bindCount: 0,
+});
+
+let nextServerId = 1;
+
+/** One server connection of a pool. While idle in the pool its link is itself (it swallows what comes). */
+export class PooledServer implements SessionLink {
+  readonly id = nextServerId++;
+  readonly tracker = new RequestTracker();
+  readonly log: Logger;
+  conn!: ServerConnection;
+  key: CancelKey | null = null;
+  /** ParameterStatus values as the server reported them. */
+  readonly params = new Map<string, string>();
+  /** Settings the pooler applied for clients (name → value as the client set it); absent: the login default. */
+  readonly applied = new Map<string, string>();
+  /** Server-side prepared statement names, least recently used first (prepared.ts). */
+  readonly prepared = new Map<string, true>();
+  readonly createdAt = Date.now();
+  lastUsed = Date.now();
+  /** When it was last known good (login, check query, a transaction that ended well). */
+  checkedAt = Date.now();
+  client: PoolClient | null = null;
+  closed = false;
+  /** The connection must not be reused (an error, a lifetime over, RECONNECT): closed when released. */
+  dirty = false;
+  closeReason = '';
+  localAddr = '';
+  localPort = 0;
+  private internal: { resolve(r: InternalResult): void; rows: (Buffer | null)[][]; error: Record<string, string> | null } | null = null;
+
+  constructor(readonly pool: Pool) {
+    this.log = pool.log.child({ server: this.id });
+  }
+
+  // ---- SessionLink while idle or running the pool's own queries ---------------------------------------
+  readonly clientBacklog = 0;
+  toClient(): void {}
+  serverKey(key: CancelKey): Buffer {
+    this.key = key;
+    return Buffer.alloc(0);
+  }
+  serverReady(status: TxStatus): void {
+    const internal = this.internal;
+    if (internal && this.tracker.size === 0) {
+      this.internal = null;
+      internal.resolve({ ok: internal.error === null && status === 'I', rows: internal.rows, error: internal.error });
+    }
+  }
+  serverParam(name: string, value: string): void {
+    this.params.set(name, value);
+  }
+  startupError(): void {}
+  countUpstreamBytes(n: number): void {
+    this.pool.stats.bytesReceived += n;
+  }
+  serverChunkDone(): void {}
+  serverDrained(): void {}
+  serverError(err: Error): void {
+    this.log.debug({ err: err.message }, 'server connection error');
+  }
+  serverClosed(): void {
+    this.pool.gone(this, 'server closed the connection');
+  }
+  internalError(err: unknown): void {
+    this.log.error({ err }, 'internal error on a pooled server connection');
+    this.close('internal error');
+  }
+
+  /** Runs SQL on the idle connection (reset, check, connect_query), its answers swallowed. */
+  runInternal(sql: string): Promise<InternalResult> {
+    return new Promise((resolve) => {
+      const rows: (Buffer | null)[][] = [];
+      this.internal = { resolve, rows, error: null };
+      const internal = this.internal;
+      this.tracker.sent(0x51, {
+        onMessage(msg) {
+          if (msg[0] === Be.DataRow) rows.push(readDataRow(msg));
+          else if (msg[0] === Be.ErrorResponse) internal.error = readErrorFields(msg);
+          return null;
+        },
+        onEnd: (_req, how) => {
+          if (how === 'closed' && this.internal === internal) {
+            this.internal = null;
+            resolve({ ok: false, rows, error: { M: 'connection closed' } });
+          }
+        },
+      });
+      if (!this.conn.write(query(sql))) return;
+    });
+  }
+
+  /** Fails a pending internal query (the connection went away). */
+  private failInternal(): void {
+    this.tracker.close();
+  }
+
+  close(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeReason = reason;
+    this.failInternal();
+    const sock = this.conn?.sock;
+    if (sock && !sock.destroyed) {
+      sock.end(Buffer.from([0x58, 0, 0, 0, 4]));
+      setTimeout(() => sock.destroy(), 1_000).unref();
+    }
+  }
+}
+
+export interface InternalResult {
+  ok: boolean;
+  rows: (Buffer | null)[][];
+  error: Record<string, string> | null;
+}
+
+interface Waiter {
+  client: PoolClient;
+  since: number;
+  resolve(s: PooledServer): void;
+}
+
+/** One (database, user) pool. */
+export class Pool {
+  readonly idle: PooledServer[] = [];
+  readonly active = new Set<PooledServer>();
+  /** Connections being opened or checked (they count against the limits). */
+  opening = 0;
+  readonly waiters: Waiter[] = [];
+  readonly stats = newStats();
+  /** Server parameters as the last login reported them (the welcome clients get). */
+  welcome: Map<string, string> | null = null;
+  /** The last login failure, until server_login_retry has passed. */
+  loginFailure: { at: number; error: PoolError } | null = null;
+  /** SCRAM keys of a client that logged in with SCRAM, for logging in with a verifier only. */
+  scramKeys: { clientKey: Buffer; serverKey: Buffer } | null = null;
+  readonly log: Logger;
+  paused = false;
+  clientCount = 0;
+  usedReserve = 0;
+
+  constructor(
+    readonly pooler: Pooler,
+    readonly db: PoolDatabase,
+    /** The user server connections log in as. */
+    readonly user: string,
+    readonly mode: PoolMode,
+  ) {
+    this.log = pooler.log.child({ pool: `${db.name}/${user}` });
+  }
+
+  get size(): number {
+    return this.idle.length + this.active.size + this.opening;
+  }
+
+  get poolSize(): number {
+    const u = this.pooler.config.users.get(this.user);
+    return u?.poolSize ?? this.db.entry.poolSize ?? this.pooler.settings.defaultPoolSize;
+  }
+
+  get reserveSize(): number {
+    const u = this.pooler.config.users.get(this.user);
+    return u?.reservePool ?? this.db.entry.reservePool ?? this.pooler.settings.reservePoolSize;
+  }
+
+  /** A connection for the client: at once when one is idle, else when one frees or opens (FIFO). */
+  acquire(client: PoolClient): PooledServer | Promise<PooledServer> {
+    if (this.waiters.length === 0 && !this.paused) {
+      const s = this.takeIdle();
+      if (s) return this.lend(s, client);
+    }
+    return new Promise<PooledServer>((resolve) => {
+      this.waiters.push({ client, since: Date.now(), resolve });
+      this.pooler.schedule(this);
+    });
+  }
+
+  /** Takes a waiter out of the queue (its client left). */
+  forget(client: PoolClient): void {
+    const i = this.waiters.findIndex((w) => w.client === client);
+    if (i >= 0) this.waiters.splice(i, 1);
+  }
+
+  private takeIdle(): PooledServer | undefined {
+    // Most recently used first: the others may age out (server_idle_timeout) and the pool shrinks.
+    while (this.idle.length > 0) {
+      const s = this.idle.pop()!;
+      if (!s.closed) return s;
+    }
+    return undefined;
+  }
+
+  private lend(s: PooledServer, client: PoolClient): PooledServer {
+    s.client = client;
+    s.lastUsed = Date.now();
+    this.active.add(s);
+    return s;
+  }
+
+  /** The client is done with the connection. `clean`: between transactions, nothing of the client's left on it. */
+  release(s: PooledServer, clean: boolean): void {
+    this.active.delete(s);
+    s.client = null;
+    s.conn.attach(s);
+    if (s.closed) return this.pooler.schedule(this);
+    const settings = this.pooler.settings;
+    if (!clean || s.dirty) return this.retire(s, s.dirty ? s.closeReason || 'marked for closing' : 'client left it in use');
+    const lifetime = (this.db.entry.serverLifetime ?? settings.serverLifetime) * 1000;
+    if (lifetime > 0 && Date.now() - s.createdAt > lifetime) return this.retire(s, 'server lifetime over');
+    s.lastUsed = Date.now();
+    const reset = settings.serverResetQuery;
+    if (reset && (this.mode === 'session' || settings.serverResetQueryAlways)) {
+      this.opening++;
+      void s.runInternal(reset).then((r) => {
+        this.opening--;
+        if (!r.ok) return this.retire(s, `server_reset_query failed: ${r.error?.M ?? 'unknown error'}`);
+        s.applied.clear();
+        s.prepared.clear();
+        this.returnIdle(s);
+      });
+      return;
+    }
+    this.returnIdle(s);
+  }
+
+  private returnIdle(s: PooledServer): void {
+    if (s.closed) return this.pooler.schedule(this);
+    const w = this.waiters.shift();
+    if (w) {
+      this.stats.waitTimeUs += (Date.now() - w.since) * 1000;
+      w.resolve(this.lend(s, w.client));
+      return;
+    }
+    this.idle.push(s);
+    this.pooler.schedule(this);
+  }
+
+  private retire(s: PooledServer, reason: string): void {
+    s.log.debug({ reason }, 'closing server connection');
+    s.close(reason);
+    this.pooler.schedule(this);
+  }
+
+  /** The connection closed on its own (the server ended it, the network failed). */
+  gone(s: PooledServer, reason: string): void {
+    if (!s.closed) s.close(reason);
+    const i = this.idle.indexOf(s);
+    if (i >= 0) this.idle.splice(i, 1);
+    // An active one: its client hears it from the session (serverClosed) and releases it.
+    this.pooler.schedule(this);
+  }
+
+  /** Opens connections while clients wait and the limits allow, and up to min_pool_size. */
+  fill(): void {
+    if (this.paused || this.pooler.suspended) return;
+    const want = Math.max(this.waiters.length - this.opening, this.minPoolSize() - this.size);
+    for (let i = 0; i < want; i++) {
+      if (!this.mayOpen()) break;
+      this.open();
+    }
+  }
+
+  private minPoolSize(): number {
+    if (this.clientCount === 0 && this.db.entry.name === '*') return 0;
+    return this.db.entry.minPoolSize ?? this.pooler.settings.minPoolSize;
+  }
+
+  private mayOpen(): boolean {
+    const failure = this.loginFailure;
+    if (failure && Date.now() - failure.at < this.pooler.settings.serverLoginRetry * 1000) return false;
+    let limit = this.poolSize;
+    const oldest = this.waiters[0];
+    const reserveAfter = this.pooler.settings.reservePoolTimeout * 1000;
+    if (oldest && this.reserveSize > 0 && Date.now() - oldest.since >= reserveAfter) limit += this.reserveSize;
+    if (this.size >= limit) return false;
+    const maxDb = this.db.entry.maxDbConnections ?? this.pooler.settings.maxDbConnections;
+    if (maxDb > 0 && this.db.serverCount() >= maxDb) return this.pooler.evictIdle(this, (p) => p.db === this.db);
+    const maxUser = this.pooler.config.users.get(this.user)?.maxUserConnections ?? this.pooler.settings.maxUserConnections;
+    if (maxUser > 0 && this.pooler.userServerCount(this.user) >= maxUser) return this.pooler.evictIdle(this, (p) => p.user === this.user);
+    return true;
+  }
+
+  private open(): void {
+    this.opening++;
+    const s = new PooledServer(this);
+    this.connect(s).then(
+      () => {
+        this.opening--;
+        this.loginFailure = null;
+        this.returnIdle(s);
+      },
+      (err: unknown) => {
+        this.opening--;
+        this.loginFailed(err);
+        this.pooler.schedule(this);
+      },
+    );
+  }
+
+  private async connect(s: PooledServer): Promise<void> {
+    const settings = this.pooler.settings;
+    const target = this.db.target;
+    const timeoutMs = Math.max(1, settings.serverConnectTimeout * 1000);
+    const up = await openUpstream(target, timeoutMs);
+    const startup = new Map<string, string>([
+      ['user', this.user],
+      ['database', this.db.entry.dbname ?? this.db.name],
+    ]);
+    const e = this.db.entry;
+    if (e.clientEncoding) startup.set('client_encoding', e.clientEncoding);
+    if (e.datestyle) startup.set('DateStyle', e.datestyle);
+    if (e.timezone) startup.set('TimeZone', e.timezone);
+    if (e.applicationName) startup.set('application_name', e.applicationName);
+    let logged;
+    try {
+      logged = await loginServer(up, startup, this.credentials(), timeoutMs);
+    } catch (err) {
+      up.sock.destroy();
+      throw err;
+    }
+    for (const [k, v] of logged.params) s.params.set(k, v);
+    s.key = logged.key;
+    s.localAddr = up.sock.localAddress ?? '';
+    s.localPort = up.sock.localPort ?? 0;
+    s.conn = new ServerConnection(s, up, true);
+    this.welcome = new Map(logged.params);
+    const cq = e.connectQuery;
+    if (cq) {
+      const r = await s.runInternal(cq);
+      if (!r.ok) {
+        s.close('connect_query failed');
+        throw poolError(`connect_query failed: ${r.error?.M ?? 'unknown error'}`, SqlState.ConnectionFailure);
+      }
+    }
+    s.log.debug('server connection logged in');
+  }
+
+  /** How server connections of this pool log in: the entry's password, else the auth_file secret, else none. */
+  private credentials(): LoginCredentials {
+    const e = this.db.entry;
+    if (e.user && e.password !== undefined) return { user: this.user, password: e.password };
+    const secret: Secret | undefined = this.pooler.config.authFile.get(this.user) ?? this.pooler.dynamicSecrets.get(this.user);
+    if (secret?.kind === 'plain') return { user: this.user, password: secret.password };
+    if (secret?.kind === 'md5') return { user: this.user, md5Hash: secret.hash };
+    if (secret?.kind === 'scram' && this.scramKeys) return { user: this.user, scramKeys: this.scramKeys };
+    if (e.password !== undefined) return { user: this.user, password: e.password };
+    return { user: this.user };
+  }
+
+  private loginFailed(err: unknown): void {
+    let pe: PoolError;
+    if (err instanceof LoginError) {
+      const f = err.fields ?? {};
+      pe = new PoolError({ severity: 'FATAL', code: f.C ?? err.sqlstate ?? SqlState.ConnectionFailure, message: f.M ?? err.message, detail: f.D, hint: f.H });
+    } else if (err instanceof PoolError) {
+      pe = err;
+    } else {
+      pe = poolError(`server connection failed: ${(err as Error)?.message ?? String(err)}`, SqlState.ConnectionFailure);
+    }
+    this.log.warn({ err: pe.message }, 'server login failed');
+    this.loginFailure = { at: Date.now(), error: pe };
+    // Clients waiting for this pool hear why at once rather than at query_wait_timeout.
+    for (const w of this.waiters.splice(0)) w.client.poolFailed(pe);
+  }
+
+  /** The janitor's pass: waits timed out, idle connections aged, lifetimes over, checks due. */
+  tick(now: number): void {
+    const st = this.pooler.settings;
+    if (st.queryWaitTimeout > 0) {
+      const limit = st.queryWaitTimeout * 1000;
+      while (this.waiters.length > 0 && now - this.waiters[0].since >= limit) {
+        const w = this.waiters.shift()!;
+        w.client.poolFailed(poolError('query_wait_timeout', SqlState.ConnectionFailure));
+      }
+    }
+    const idleLimit = st.serverIdleTimeout * 1000;
+    const lifetime = (this.db.entry.serverLifetime ?? st.serverLifetime) * 1000;
+    const keep = this.minPoolSize();
+    for (let i = this.idle.length - 1; i >= 0; i--) {
+      const s = this.idle[i];
+      const over = (lifetime > 0 && now - s.createdAt > lifetime) || (idleLimit > 0 && now - s.lastUsed > idleLimit);
+      if (over && this.size > keep) {
+        this.idle.splice(i, 1);
+        this.retire(s, now - s.createdAt > lifetime ? 'server lifetime over' : 'server idle timeout');
+      }
+    }
+    this.fill();
+  }
+
+  /** server_check_delay: an idle connection unused for longer is checked before a client gets it. */
+  needsCheck(s: PooledServer, now: number): boolean {
+    const st = this.pooler.settings;
+    return st.serverCheckDelay >= 0 && !!st.serverCheckQuery && now - s.checkedAt > st.serverCheckDelay * 1000;
+  }
+
+  /** Closes every connection (RECONNECT closes them as they come back; KILL at once). */
+  closeAll(now: boolean, reason: string): void {
+    for (const s of this.idle.splice(0)) s.close(reason);
+    for (const s of this.active) {
+      if (now) s.close(reason);
+      else {
+        s.dirty = true;
+        s.closeReason = reason;
+      }
+    }
+  }
+
+  cancelFor(s: PooledServer): void {
+    if (s.key) sendCancel(this.db.target, s.key, Math.max(1, this.pooler.settings.serverConnectTimeout * 1000), this.log);
+  }
+}
+
+/** A database clients may connect to (a [databases] entry, or one made from the "*" fallback). */
+export class PoolDatabase {
+  readonly pools = new Map<string, Pool>();
+  paused = false;
+  disabled = false;
+  clientCount = 0;
+
+  constructor(
+    readonly name: string,
+    public entry: DatabaseEntry,
+    public target: UpstreamTarget,
+    /** Made from the "*" entry (autodb). */
+    readonly auto: boolean,
+  ) {}
+
+  serverCount(): number {
+    let n = 0;
+    for (const p of this.pools.values()) n += p.size;
+    return n;
+  }
+}
+
+/** All the pools, their limits and the janitor. */
+export class Pooler {
+  readonly databases = new Map<string, PoolDatabase>();
+  readonly log: Logger;
+  config: PoolerConfig;
+  suspended = false;
+  /** Secrets auth_query found (user → secret). */
+  readonly dynamicSecrets = new Map<string, Secret>();
+  clientCount = 0;
+  private readonly due = new Set<Pool>();
+  private dueScheduled = false;
+  private readonly janitor: NodeJS.Timeout;
+  private readonly userClients = new Map<string, number>();
+
+  constructor(private readonly opts: PoolerOptions) {
+    this.config = opts.config;
+    this.log = opts.logger.child({ component: 'pooler' });
+    this.janitor = setInterval(() => this.tick(), 250);
+    this.janitor.unref();
+  }
+
+  get settings() {
+    return this.config.settings;
+  }
+
+  /** The database entry a client names, or null (pgBouncer: "no such database"). */
+  database(name: string): PoolDatabase | null {
+    let db = this.databases.get(name);
+    if (db) return db;
+    const entry = this.config.databases.get(name);
+    if (entry) {
+      db = new PoolDatabase(name, entry, this.opts.targetFor(entry, this.opts.defaultTarget), false);
+    } else {
+      const star = this.config.databases.get('*');
+      if (!star) return null;
+      const e: DatabaseEntry = { ...star, name, dbname: star.dbname ?? name };
+      db = new PoolDatabase(name, e, this.opts.targetFor(e, this.opts.defaultTarget), true);
+    }
+    this.databases.set(name, db);
+    return db;
+  }
+
+  /** The pool a client of `db` logging in as `user` uses (the entry's forced user shares one pool). */
+  pool(db: PoolDatabase, user: string): Pool {
+    const serverUser = db.entry.user ?? user;
+    let p = db.pools.get(serverUser);
+    if (!p) {
+      const mode = this.config.users.get(user)?.poolMode ?? db.entry.poolMode ?? this.settings.poolMode;
+      p = new Pool(this, db, serverUser, mode);
+      db.pools.set(serverUser, p);
+    }
+    return p;
+  }
+
+  /** A client logs in: the client-count limits, or the error pgBouncer gives. */
+  admit(db: PoolDatabase, user: string): PoolError | null {
+    const st = this.settings;
+    if (st.maxClientConn > 0 && this.clientCount >= st.maxClientConn) {
+      return poolError('no more connections allowed (max_client_conn)', SqlState.TooManyConnections);
+    }
+    if (db.disabled) return poolError(`database "${db.name}" is disabled`, SqlState.ConnectionFailure);
+    const maxDb = db.entry.maxDbClientConnections ?? st.maxDbClientConnections;
+    if (maxDb > 0 && db.clientCount >= maxDb) return poolError('no more connections allowed (max_db_client_connections)', SqlState.TooManyConnections);
+    const maxUser = this.config.users.get(user)?.maxUserClientConnections ?? st.maxUserClientConnections;
+    if (maxUser > 0 && (this.userClients.get(user) ?? 0) >= maxUser) {
+      return poolError('no more connections allowed (max_user_client_connections)', SqlState.TooManyConnections);
+    }
+    this.clientCount++;
+    db.clientCount++;
+    this.userClients.set(user, (this.userClients.get(user) ?? 0) + 1);
+    return null;
+  }
+
+  /** The client admitted by admit() left. */
+  leave(db: PoolDatabase, user: string): void {
+    this.clientCount--;
+    db.clientCount--;
+    const n = (this.userClients.get(user) ?? 1) - 1;
+    if (n > 0) this.userClients.set(user, n);
+    else this.userClients.delete(user);
+  }
+
+  userServerCount(user: string): number {
+    let n = 0;
+    for (const db of this.databases.values()) {
+      const p = db.pools.get(user);
+      if (p) n += p.size;
+    }
+    return n;
+  }
+
+  /** At a limit shared by pools: closes an idle connection of another matching pool to make room. */
+  evictIdle(asking: Pool, match: (p: Pool) => boolean): boolean {
+    for (const db of this.databases.values()) {
+      for (const p of db.pools.values()) {
+        if (p === asking || !match(p) || p.idle.length === 0) continue;
+        const s = p.idle.shift()!;
+        s.close('evicted for another pool at max_db_connections/max_user_connections');
+        return false; // the slot frees when the close completes; the next pass opens
+      }
+    }
+    return false;
+  }
+
+  /** A pool has work (waiters, a returned connection): it runs once after the current event. */
+  schedule(p: Pool): void {
+    this.due.add(p);
+    if (this.dueScheduled) return;
+    this.dueScheduled = true;
+    queueMicrotask(() => {
+      this.dueScheduled = false;
+      const pools = [...this.due];
+      this.due.clear();
+      for (const pool of pools) pool.fill();
+    });
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    for (const db of this.databases.values()) for (const p of db.pools.values()) p.tick(now);
+  }
+
+  /** Every pool (SHOW POOLS, RECONNECT, ...). */
+  *pools(): Iterable<Pool> {
+    for (const db of this.databases.values()) yield* db.pools.values();
+  }
+
+  /** A new configuration (RELOAD, SIGHUP): clients stay; entries whose target changed reconnect as they come back. */
+  reload(config: PoolerConfig): void {
+    this.config = config;
+    for (const [name, db] of this.databases) {
+      const entry = config.databases.get(name) ?? (db.auto ? config.databases.get('*') : undefined);
+      if (!entry) continue;
+      const e = db.auto ? { ...entry, name, dbname: entry.dbname ?? name } : entry;
+      const target = this.opts.targetFor(e, this.opts.defaultTarget);
+      const moved = target.display !== db.target.display || (e.dbname ?? name) !== (db.entry.dbname ?? name) || e.user !== db.entry.user;
+      db.entry = e;
+      db.target = target;
+      if (moved) for (const p of db.pools.values()) p.closeAll(false, 'database configuration changed');
+    }
+  }
+
+  close(): void {
+    clearInterval(this.janitor);
+    for (const p of this.pools()) p.closeAll(true, 'pooler shutting down');
+  }
+}
+
+export type { ResponseHandler };

@@ -1,0 +1,344 @@
+// A client's side of pooling: which server connection it holds and when it gives it back (at the end of
+// each transaction, each statement, or the session), and what must follow it from one server connection
+// to the next. Settings (startup parameters, SET, RESET, set_config) are read back from the server after
+// a transaction that changed them, so what the client has is exactly what the server kept (a rolled-back
+// SET is gone, SET LOCAL never counts), and replayed on the next connection where it differs. Named
+// prepared statements follow the client through prepared.ts. What cannot move (session advisory locks,
+// temporary objects, WITH HOLD cursors, LISTEN, LOAD, SQL PREPARE) pins the connection to the client
+// until a check after the transaction finds it let go.
+import type { Logger } from 'pino';
+import type { Outgoing, ResponseHandler } from './interceptor.js';
+import type { Pool, PoolClient, PoolError, PooledServer } from './pool.js';
+import { ClientStatements, type PreparedOutcome, type StatementCache } from './prepared.js';
+import { Be, Fe, query, readDataRow, readErrorFields, type TxStatus } from './protocol.js';
+import { statementEffects, type StatementEffects } from './statement-effects.js';
+import type { RequestTracker } from './tracker.js';
+import type { SessionLink } from './upstream.js';
+
+/** What the pooled session needs of its client session (client.ts). */
+export interface PooledHost {
+  readonly id: number;
+  readonly log: Logger;
+  readonly tracker: RequestTracker;
+  /** The client session as the server connection's link while it holds it. */
+  readonly link: SessionLink;
+  /** Sends frontend messages upstream now, their answers to the handlers (registered in the tracker). */
+  sendUpstream(out: Outgoing): void;
+  /** Nothing is half-sent or queued from the client: the server connection may change hands. */
+  atRest(): boolean;
+  /** The pool could not serve the client: it ends with this error. */
+  poolFailed(err: PoolError): void;
+  /** The session holds this connection now (before anything is sent on it). */
+  attached(s: PooledServer): void;
+  /** The connection went back to the pool (the session forgets it). */
+  released(): void;
+}
+
+export type PinReason = 'advisory' | 'temp' | 'hold' | 'listen' | 'load' | 'prepare';
+
+/** Startup parameters that are not settings. */
+const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
+
+/** The check that decides whether a pinned client let go (one round trip, only after statements that may have). */
+const PIN_CHECK =
+  'SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) \'advisory\' AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()),' +
+  ' (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()),' +
+  ' (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),' +
+  ' (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels()),' +
+  ' (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)';
+const PIN_COLUMNS: PinReason[] = ['advisory', 'temp', 'hold', 'listen', 'prepare'];
+
+/** Every setting the session has that is not the server's default, as text the server takes back. */
+const READ_SETTINGS =
+  "SELECT pg_catalog.lower(name), pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source OPERATOR(pg_catalog.=) ANY (ARRAY['client','session'])";
+
+export class PooledSession implements PoolClient {
+  server: PooledServer | null = null;
+  /** The client's settings: lower-cased name → value. */
+  readonly settings = new Map<string, string>();
+  readonly pins = new Set<PinReason>();
+  readonly statements: ClientStatements | null;
+  /** Settings may have changed in the current transaction: read them back at its end. */
+  private settingsDirty = false;
+  /** Pins may have been taken or let go: check at the end of the transaction. */
+  private pinsDirty = false;
+  /** An internal exchange (read-back, check, replay) is in flight on the server connection. */
+  private internal = 0;
+  /** When the client began waiting for a connection, or took one (SHOW CLIENTS, stats). */
+  waitingSince = 0;
+  linkedAt = 0;
+  private xactStart = 0;
+  private waiting: Promise<PooledServer> | null = null;
+
+  constructor(
+    private readonly host: PooledHost,
+    readonly pool: Pool,
+    startup: ReadonlyMap<string, string>,
+    cache: StatementCache,
+  ) {
+    for (const [k, v] of startup) if (!NOT_SETTINGS.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
+    const options = startup.get('options');
+    if (options) for (const [k, v] of optionSettings(options)) this.settings.set(k, v);
+    const max = pool.pooler.settings.maxPreparedStatements;
+    this.statements =
+      pool.mode !== 'session' && max > 0 ? new ClientStatements(cache, max, Math.max(1000, 20 * max), pool.stats) : null;
+  }
+
+  get id(): number {
+    return this.host.id;
+  }
+
+  get pinReason(): string {
+    return [...this.pins].join(',');
+  }
+
+  /** A server connection for the client's next message: now, or a Promise (null if the session ended meanwhile). */
+  acquire(): PooledServer | Promise<PooledServer> {
+    if (this.server) return this.server;
+    this.waitingSince = Date.now();
+    const got = this.pool.acquire(this);
+    if (!(got instanceof Promise)) {
+      this.attach(got);
+      return got;
+    }
+    this.waiting = got;
+    return got.then((s) => {
+      this.waiting = null;
+      this.attach(s);
+      return s;
+    });
+  }
+
+  private attach(s: PooledServer): void {
+    this.server = s;
+    this.linkedAt = Date.now();
+    this.waitingSince = 0;
+    s.conn.attach(this.host.link);
+    this.host.attached(s);
+    this.replaySettings(s);
+  }
+
+  /** Client messages the pooled session must see whole while it holds a connection. */
+  wants(code: number): boolean {
+    if (code === Fe.Query || code === Fe.Terminate) return true;
+    if (this.statements === null) return code === Fe.Parse;
+    return code === Fe.Parse || code === Fe.Bind || code === Fe.Describe || code === Fe.Close;
+  }
+
+  /** A client message on its way to the server connection: its effects noted, statement names moved. */
+  forward(msg: Buffer, code: number): PreparedOutcome | undefined {
+    const s = this.server!;
+    if (this.xactStart === 0) this.xactStart = Date.now();
+    switch (code) {
+      case Fe.Query:
+        this.pool.stats.queryCount++;
+        this.note(statementEffects(msg, 5, msg.length - 1));
+        return undefined;
+      case Fe.Parse:
+        this.note(statementEffects(msg, readCStringEnd(msg, 5), msgTextEnd(msg)));
+        return this.statements?.parse(msg, s);
+      case Fe.Bind:
+        return this.statements?.use(msg, s);
+      case Fe.Describe:
+        return msg[5] === 0x53 ? this.statements?.use(msg, s) : undefined;
+      case Fe.Close:
+        return msg[5] === 0x53 ? this.statements?.close(msg) : undefined;
+    }
+    return undefined;
+  }
+
+  private note(e: StatementEffects | null): void {
+    if (e === null) return;
+    if (e.sets.length > 0 || e.unknownSet || e.discard === 'all') this.settingsDirty = true;
+    if (e.discard === 'all' || e.deallocates.includes('*')) {
+      this.statements?.clear();
+      // The server drops every statement it had, other clients' included: they are prepared again on use.
+      this.server?.prepared.clear();
+    }
+    if (e.pins.length > 0 || e.unpins.length > 0 || e.prepares.length > 0 || e.deallocates.length > 0 || e.discard !== null) {
+      this.pinsDirty = true;
+      for (const p of e.pins) this.pins.add(p);
+      if (e.prepares.length > 0) this.pins.add('prepare');
+    }
+  }
+
+  /**
+   * ReadyForQuery reached the client. At the end of a transaction the read-back and pin check run if due,
+   * then the connection goes back to the pool when the mode says so and nothing ties the client to it.
+   */
+  ready(status: TxStatus): void {
+    const s = this.server;
+    if (s === null) return;
+    if (status === 'I' && this.xactStart !== 0) {
+      this.pool.stats.xactCount++;
+      this.pool.stats.xactTimeUs += (Date.now() - this.xactStart) * 1000;
+      this.xactStart = 0;
+    }
+    if (status !== 'I') return;
+    if (this.host.tracker.size > 0 || this.internal > 0 || !this.host.atRest()) return;
+    if (this.settingsDirty) return this.readSettings(s);
+    if (this.pinsDirty) return this.checkPins(s);
+    if (this.pool.mode === 'session' || this.pins.size > 0) return;
+    this.release(true);
+  }
+
+  /** Gives the connection back (clean: between transactions with nothing of the client's on it). */
+  release(clean: boolean): void {
+    const s = this.server;
+    if (s === null) return;
+    this.server = null;
+    this.linkedAt = 0;
+    this.host.released();
+    this.pool.release(s, clean && this.internal === 0);
+  }
+
+  /** The session ends: the connection goes back if it is between transactions, else it is closed. */
+  end(clean: boolean): void {
+    if (this.waiting) this.pool.forget(this);
+    this.statements?.clear();
+    this.release(clean && this.pins.size === 0 && this.pool.mode !== 'session' ? true : clean);
+  }
+
+  poolFailed(err: PoolError): void {
+    this.host.poolFailed(err);
+  }
+
+  // ---- internal exchanges on the client's connection ----------------------------------------------------
+
+  private internalQuery(s: PooledServer, sql: string, done: (rows: (Buffer | null)[][], ok: boolean) => void): void {
+    const rows: (Buffer | null)[][] = [];
+    let ok = true;
+    this.internal++;
+    const handler: ResponseHandler = {
+      onMessage(msg) {
+        if (msg[0] === Be.DataRow) rows.push(readDataRow(msg));
+        else if (msg[0] === Be.ErrorResponse) ok = false;
+        return null;
+      },
+      onEnd: (_req, how) => {
+        this.internal--;
+        if (how !== 'done') ok = false;
+        try {
+          if (this.server === s) done(rows, ok);
+        } catch (err) {
+          this.host.log.error({ err }, 'pooled session bookkeeping failed');
+        }
+      },
+    };
+    this.host.sendUpstream([{ bytes: query(sql), handler }]);
+  }
+
+  private readSettings(s: PooledServer): void {
+    this.settingsDirty = false;
+    this.internalQuery(s, READ_SETTINGS, (rows, ok) => {
+      if (!ok) {
+        s.dirty = true; // unknown state: never lend it to another client
+        return;
+      }
+      const now = new Map<string, string>();
+      for (const [k, v] of rows) if (k && v) now.set(k.toString(), v.toString());
+      this.settings.clear();
+      for (const [k, v] of now) this.settings.set(k, v);
+      s.applied.clear();
+      for (const [k, v] of now) s.applied.set(k, v);
+      this.afterInternal();
+    });
+  }
+
+  private checkPins(s: PooledServer): void {
+    this.pinsDirty = false;
+    this.internalQuery(s, PIN_CHECK, (rows, ok) => {
+      const row = rows[0];
+      const keepLoad = this.pins.has('load');
+      this.pins.clear();
+      if (keepLoad) this.pins.add('load');
+      if (!ok || !row) {
+        this.pins.add('advisory'); // could not tell: keep the connection
+        return;
+      }
+      PIN_COLUMNS.forEach((reason, i) => {
+        if (Number(row[i]?.toString() ?? '0') > 0) this.pins.add(reason);
+      });
+      this.afterInternal();
+    });
+  }
+
+  /** An internal exchange ended; the connection may go back now (the same rules as at ReadyForQuery). */
+  private afterInternal(): void {
+    queueMicrotask(() => this.ready('I'));
+  }
+
+  /** The client's settings where the connection's differ: reset what the last client set, set what this one has. */
+  private replaySettings(s: PooledServer): void {
+    const parts: string[] = [];
+    for (const k of s.applied.keys()) if (!this.settings.has(k)) parts.push(`RESET ${ident(k)}`);
+    const sets: string[] = [];
+    for (const [k, v] of this.settings) if (s.applied.get(k) !== v) sets.push(`pg_catalog.set_config(${literal(k)}, ${literal(v)}, false)`);
+    if (sets.length > 0) parts.push(`SELECT ${sets.join(', ')}`);
+    if (parts.length === 0) return;
+    s.applied.clear();
+    for (const [k, v] of this.settings) s.applied.set(k, v);
+    this.internalQuery(s, parts.join('; '), (_rows, ok) => {
+      if (!ok) {
+        // A setting this server connection refuses (another server version, say): say so, keep serving.
+        this.host.log.warn('could not carry the session settings over to the server connection');
+        s.applied.clear();
+        s.dirty = true;
+      }
+    });
+  }
+}
+
+/** `-c name=value` and `--name=value` of the startup `options`, backslash escapes as libpq writes them. */
+export function optionSettings(options: string): [string, string][] {
+  const words: string[] = [];
+  let cur = '';
+  let any = false;
+  for (let i = 0; i < options.length; i++) {
+    const c = options[i];
+    if (c === '\\' && i + 1 < options.length) {
+      cur += options[++i];
+      any = true;
+    } else if (c === ' ' || c === '\t') {
+      if (any) words.push(cur);
+      cur = '';
+      any = false;
+    } else {
+      cur += c;
+      any = true;
+    }
+  }
+  if (any) words.push(cur);
+  const out: [string, string][] = [];
+  for (let i = 0; i < words.length; i++) {
+    let w = words[i];
+    if (w === '-c' && i + 1 < words.length) w = words[++i];
+    else if (w.startsWith('-c')) w = w.slice(2);
+    else if (w.startsWith('--')) w = w.slice(2);
+    else continue;
+    const eq = w.indexOf('=');
+    if (eq <= 0) continue;
+    out.push([w.slice(0, eq).toLowerCase().replaceAll('-', '_'), w.slice(eq + 1)]);
+  }
+  return out;
+}
+
+/** A string literal whatever standard_conforming_strings says (E'' with both quote and backslash escaped). */
+function literal(s: string): string {
+  return `E'${s.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`;
+}
+
+function ident(s: string): string {
+  return `"${s.replaceAll('"', '""')}"`;
+}
+
+function readCStringEnd(msg: Buffer, pos: number): number {
+  return msg.indexOf(0, pos) + 1;
+}
+
+/** Where a Parse's SQL text ends (its NUL). */
+function msgTextEnd(msg: Buffer): number {
+  return msg.indexOf(0, readCStringEnd(msg, 5));
+}
+
+export { readErrorFields };

@@ -1,0 +1,100 @@
+// What a client session needs from the pooler to log in (pgBouncer's client.c login half): which
+// authentication the client gets (auth_type, auth_hba_file, auth_file), the welcome parameters of its
+// pool, and whether it asked for the admin console.
+import type { Logger } from 'pino';
+import { matchHba, type HbaRule, type PoolerConfig } from '../config/pgbouncer.js';
+import { ClientAuth } from './auth.js';
+import { PoolError, Pooler, type Pool, type PoolClient } from './pool.js';
+import { StatementCache } from './prepared.js';
+import { SqlState } from './protocol.js';
+import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
+import type { DatabaseEntry, PoolerSettings } from '../config/pgbouncer.js';
+import type { Socket } from 'node:net';
+
+/** A console session the client session hands its socket to. */
+export interface ConsoleLink {
+  start(sock: Socket, early: Buffer, closed: () => void): void;
+  close: () => void;
+}
+
+export interface PoolingEnv {
+  readonly pooler: Pooler;
+  readonly statements: StatementCache;
+  isConsole(database: string): boolean;
+  /** How this client authenticates, or why it may not log in at all. */
+  authenticator(user: string, database: string, address: string, tls: boolean): ClientAuth | PoolError;
+  /** The ParameterStatus set a client of the pool is welcomed with (a server login if none is known yet). */
+  welcome(pool: Pool): Promise<Map<string, string>>;
+  consoleFor(session: { id: number }, user: string, address: string): ConsoleLink | PoolError;
+}
+
+/**
+ * Where a [databases] entry points, as pgBouncer reads it: host (a directory: its Unix socket; default the
+ * fallback's host), port (default 5432, or the fallback's), server_tls_sslmode and its files.
+ */
+export function targetFor(entry: DatabaseEntry, fallback: UpstreamTarget, st: PoolerSettings): UpstreamTarget {
+  const host = entry.host ?? fallback.host;
+  const port = entry.port ?? fallback.port;
+  const q = new URLSearchParams({ host, port: String(port), sslmode: host.startsWith('/') ? 'disable' : st.serverTlsSslmode || 'prefer' });
+  if (st.serverTlsCaFile) q.set('sslrootcert', st.serverTlsCaFile);
+  if (st.serverTlsCertFile) q.set('sslcert', st.serverTlsCertFile);
+  if (st.serverTlsKeyFile) q.set('sslkey', st.serverTlsKeyFile);
+  return parseUpstreamUrl(`postgres://x/?${q.toString()}`);
+}
+
+export interface PoolingOptions {
+  config: PoolerConfig;
+  defaultTarget: UpstreamTarget;
+  logger: Logger;
+  /** The admin console (console.ts), when present. */
+  console?: (session: { id: number }, user: string, address: string) => ConsoleLink | PoolError;
+  /** The rules of auth_hba_file, read by the caller (auth_type = hba). */
+  hba?: HbaRule[];
+}
+
+export function createPooling(opts: PoolingOptions): PoolingEnv {
+  const pooler: Pooler = new Pooler({
+    config: opts.config,
+    defaultTarget: opts.defaultTarget,
+    logger: opts.logger,
+    targetFor: (entry, fallback) => targetFor(entry, fallback, pooler.settings),
+  });
+  const statements = new StatementCache();
+  return {
+    pooler,
+    statements,
+    isConsole: (database) => database === 'pgbouncer',
+    authenticator(user, database, address, tls) {
+      const st = pooler.settings;
+      let method: string = st.authType;
+      if (method === 'hba') {
+        const rule = matchHba(opts.hba ?? [], { local: address.startsWith('/') || address.startsWith('?'), ssl: tls, database, user, address: address.replace(/:\d+$/, '') });
+        if (rule === null) return new PoolError({ severity: 'FATAL', code: SqlState.InvalidAuthorizationSpecification, message: `no pg_hba.conf entry for host "${address}", user "${user}", database "${database}"` });
+        method = rule.method === 'password' ? 'plain' : rule.method;
+      }
+      if (method === 'reject') return new PoolError({ severity: 'FATAL', code: SqlState.InvalidAuthorizationSpecification, message: 'login rejected' });
+      if (method !== 'trust' && method !== 'any' && method !== 'plain' && method !== 'md5' && method !== 'scram-sha-256') {
+        return new PoolError({ severity: 'FATAL', code: SqlState.FeatureNotSupported, message: `auth_type ${method} is not supported by pg-steadytext`, hint: 'Use trust, plain, md5, scram-sha-256 or hba.' });
+      }
+      const secret = pooler.config.authFile.get(user) ?? pooler.dynamicSecrets.get(user) ?? null;
+      return new ClientAuth({ method, user, secret });
+    },
+    welcome(pool) {
+      if (pool.welcome) return Promise.resolve(pool.welcome);
+      return new Promise((resolve, reject) => {
+        const probe: PoolClient = { id: 0, poolFailed: (err) => reject(err) };
+        const got = pool.acquire(probe);
+        const done = (s: Awaited<typeof got>) => {
+          pool.release(s, true);
+          resolve(pool.welcome ?? new Map(s.params));
+        };
+        if (got instanceof Promise) got.then(done, reject);
+        else done(got);
+      });
+    },
+    consoleFor(session, user, address) {
+      if (!opts.console) return new PoolError({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: 'no such database: pgbouncer' });
+      return opts.console(session, user, address);
+    },
+  };
+}

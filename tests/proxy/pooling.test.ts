@@ -1,0 +1,208 @@
+// Pooling through real clients against the real cluster: transaction, statement and session mode from a
+// pgbouncer.ini, server connections shared, prepared statements and settings following each client,
+// pinning, limits and pgBouncer's errors.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import pg from 'pg';
+import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
+import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
+import type { ProxyServer } from '../../proxy/server.js';
+import { parseUpstreamUrl } from '../../proxy/upstream.js';
+import { silentLogger, startTestProxy, testDb } from './helpers.js';
+
+interface Pooled {
+  proxy: ProxyServer;
+  pooling: PoolingEnv;
+  url(user?: 'scram' | 'md5', database?: string): string;
+}
+
+/** A pooling proxy from an ini written for the test cluster. */
+async function pooledProxy(pgbouncer: Record<string, string | number>, databases: Record<string, string> = {}): Promise<Pooled> {
+  const db = testDb();
+  const dir = mkdtempSync(join(tmpdir(), 'pooling-'));
+  const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
+  writeFileSync(join(dir, 'userlist.txt'), [
+    `${q(db.roles.scram.user)} ${q(db.roles.scram.password)}`,
+    `${q(db.roles.md5.user)} ${q(db.roles.md5.password)}`,
+    `"postgres" "postgres"`,
+  ].join('\n') + '\n');
+  const dbLines = { postgres: `host=${db.host} port=${db.port} dbname=postgres`, ...databases };
+  writeFileSync(join(dir, 'pgbouncer.ini'), [
+    '[databases]',
+    ...Object.entries(dbLines).map(([k, v]) => `${k} = ${v}`),
+    '[pgbouncer]',
+    'listen_addr = 127.0.0.1',
+    'listen_port = 6432',
+    'unix_socket_dir =',
+    'auth_type = scram-sha-256',
+    `auth_file = ${join(dir, 'userlist.txt')}`,
+    ...Object.entries(pgbouncer).map(([k, v]) => `${k} = ${v}`),
+  ].join('\n') + '\n');
+  const config = loadPgBouncerConfig(join(dir, 'pgbouncer.ini'));
+  const pooling = createPooling({ config, defaultTarget: parseUpstreamUrl(`postgres://${db.host}:${db.port}/?sslmode=disable`), logger: silentLogger });
+  const proxy = await startTestProxy({ pooling });
+  return {
+    proxy,
+    pooling,
+    url(user = 'scram', database = 'postgres') {
+      const r = db.roles[user];
+      return `postgres://${encodeURIComponent(r.user)}:${encodeURIComponent(r.password)}@127.0.0.1:${proxy.address.port}/${database}`;
+    },
+  };
+}
+
+async function connect(url: string, extra: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: url, ...extra });
+  c.on('error', () => {});
+  await c.connect();
+  return c;
+}
+
+describe('transaction mode', () => {
+  let p: Pooled;
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 3, max_client_conn: 600 });
+  });
+  afterAll(async () => {
+    await p.proxy.close(0);
+    p.pooling.pooler.close();
+  });
+
+  test('many clients share the pool: at most pool_size server connections, every answer right', async () => {
+    const clients = await Promise.all(Array.from({ length: 30 }, () => connect(p.url())));
+    const pids = new Set<number>();
+    await Promise.all(
+      clients.map(async (c, i) => {
+        for (let k = 0; k < 5; k++) {
+          const r = await c.query('select $1::int * 2 as v, pg_backend_pid() as pid', [i * 10 + k]);
+          expect(r.rows[0].v).toBe((i * 10 + k) * 2);
+          pids.add(r.rows[0].pid);
+        }
+      }),
+    );
+    expect(pids.size).toBeGreaterThan(0);
+    expect(pids.size).toBeLessThanOrEqual(3);
+    await Promise.all(clients.map((c) => c.end()));
+  });
+
+  test('named prepared statements follow each client across server connections', async () => {
+    const clients = await Promise.all(Array.from({ length: 12 }, () => connect(p.url())));
+    await Promise.all(
+      clients.map(async (c, i) => {
+        for (let k = 0; k < 6; k++) {
+          // Same name, different text per client: identity is the text, never the client's name.
+          const r = await c.query({ name: 'stmt', text: `select $1::int + ${i} as v`, values: [k] });
+          expect(r.rows[0].v).toBe(k + i);
+          const r2 = await c.query({ name: 'shared', text: 'select $1::text as t', values: [`c${i}`] });
+          expect(r2.rows[0].t).toBe(`c${i}`);
+        }
+      }),
+    );
+    await Promise.all(clients.map((c) => c.end()));
+  });
+
+  test('SET follows the client; SET LOCAL and rolled-back SETs do not; nothing leaks to another client', async () => {
+    const a = await connect(p.url());
+    const b = await connect(p.url());
+    await a.query(`set application_name = 'client-a'`);
+    await a.query(`set search_path = a_schema, public`);
+    await a.query('begin');
+    await a.query(`set local statement_timeout = '7s'`);
+    await a.query(`set extra_float_digits = 1`);
+    await a.query('rollback');
+    for (let i = 0; i < 8; i++) {
+      // Other traffic moves connections between clients.
+      await Promise.all([b.query('select 1'), a.query('select 1')]);
+      const ra = await a.query(`select current_setting('application_name') as app, current_setting('search_path') as sp, current_setting('statement_timeout') as st, current_setting('extra_float_digits') as efd`);
+      expect(ra.rows[0]).toEqual({ app: 'client-a', sp: 'a_schema, public', st: '0', efd: '1' });
+      const rb = await b.query(`select current_setting('application_name') as app, current_setting('search_path') as sp`);
+      expect(rb.rows[0].app).not.toBe('client-a');
+      expect(rb.rows[0].sp).toBe('"$user", public');
+    }
+    await Promise.all([a.end(), b.end()]);
+  });
+
+  test('a temporary table pins the client to its server connection until it is dropped', async () => {
+    const a = await connect(p.url());
+    const others = await Promise.all(Array.from({ length: 4 }, () => connect(p.url())));
+    await a.query('create temp table t_pin(x int)');
+    const pinned = () => p.proxy.sessions().find((s) => s.pooled?.pins.size);
+    expect(pinned()?.pooled?.pinReason).toBe('temp');
+    for (let i = 0; i < 5; i++) {
+      await Promise.all(others.map((o) => o.query('select 1')));
+      await a.query('insert into t_pin values ($1)', [i]);
+    }
+    expect((await a.query('select count(*)::int as n from t_pin')).rows[0].n).toBe(5);
+    await a.query('drop table t_pin');
+    // The check runs after the client has its answer.
+    await expect.poll(() => pinned()).toBeUndefined();
+    await Promise.all([a.end(), ...others.map((o) => o.end())]);
+  });
+
+  test('a session advisory lock pins until it is unlocked', async () => {
+    const a = await connect(p.url());
+    await a.query('select pg_advisory_lock(4242)');
+    const s = p.proxy.sessions().find((x) => x.pooled?.pins.has('advisory'));
+    expect(s).toBeDefined();
+    await a.query('select pg_advisory_unlock(4242)');
+    await expect.poll(() => s!.pooled!.pins.size).toBe(0);
+    await a.end();
+  });
+
+  test('no such database: pgBouncer\'s error', async () => {
+    await expect(connect(p.url('scram', 'nosuchdb'))).rejects.toThrow('no such database: nosuchdb');
+  });
+
+  test('a wrong password is refused by the proxy itself', async () => {
+    const u = new URL(p.url());
+    u.password = 'wrong';
+    // pgBouncer's words for a failed SCRAM exchange.
+    await expect(connect(u.toString())).rejects.toThrow('SASL authentication failed');
+  });
+});
+
+describe('statement mode and limits', () => {
+  test('statement mode refuses transaction blocks', async () => {
+    const p = await pooledProxy({ pool_mode: 'statement', default_pool_size: 2 });
+    try {
+      const c = await connect(p.url());
+      expect((await c.query('select 41 + 1 as v')).rows[0].v).toBe(42);
+      await expect(c.query('begin')).rejects.toThrow('transaction blocks not allowed in statement pooling mode');
+      await c.end().catch(() => {});
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
+  });
+
+  test('max_client_conn: the client beyond it gets pgBouncer\'s error', async () => {
+    const p = await pooledProxy({ pool_mode: 'transaction', max_client_conn: 2 });
+    try {
+      const a = await connect(p.url());
+      const b = await connect(p.url());
+      await expect(connect(p.url())).rejects.toThrow('no more connections allowed (max_client_conn)');
+      await Promise.all([a.end(), b.end()]);
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
+  });
+
+  test('query_wait_timeout: a client that cannot get a connection in time is told so', async () => {
+    const p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 1, query_wait_timeout: 1 });
+    try {
+      const holder = await connect(p.url());
+      await holder.query('begin');
+      await holder.query('select 1');
+      const waiter = await connect(p.url());
+      await expect(waiter.query('select 1')).rejects.toThrow('query_wait_timeout');
+      await holder.query('commit');
+      await holder.end();
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
+  });
+});
