@@ -197,7 +197,8 @@ async function runAsPgBouncer(args: string[]): Promise<number> {
     else if (a === '-d' || a === '--daemon' || a === '-R' || a === '--reboot') continue; // -d: see below; -R is gone from pgBouncer too
     else if (a === '-u' || a === '--user') i++;
     else if (a === '-V' || a === '--version') {
-      process.stdout.write(`PgBouncer 1.24.1 compatible (pg-steadytext ${VERSION})\n`);
+      // The first line is what SHOW VERSION says (tools compare the two).
+      process.stdout.write(`PgBouncer 1.24.1\npg-steadytext ${VERSION} (SQL objects ${SQL_VERSION})\n`);
       return 0;
     } else if (a === '-h' || a === '--help') {
       process.stdout.write('usage: pg-steadytext pgbouncer [-d] [-q] [-v] [-u USER] CONFIG.ini\n');

@@ -150,11 +150,16 @@ export class ClientSession implements FrameHandler, SessionLink {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 60_000);
     this.listen(socket);
-    this.startupTimer = setTimeout(() => {
-      this.log.warn('startup not finished in time');
-      this.fail(SqlState.ProtocolViolation, 'timeout: the connection startup did not complete in time');
-    }, STARTUP_TIMEOUT_MS);
-    this.startupTimer.unref();
+    // Pooling: pgBouncer's client_login_timeout (0: none) and its words.
+    const loginLimit = env.pooling ? env.pooling.pooler.settings.clientLoginTimeout * 1000 : STARTUP_TIMEOUT_MS;
+    this.startupTimer =
+      loginLimit > 0
+        ? setTimeout(() => {
+            this.log.warn('startup not finished in time');
+            this.fail(SqlState.ProtocolViolation, env.pooling ? 'client_login_timeout' : 'timeout: the connection startup did not complete in time');
+          }, loginLimit)
+        : null;
+    this.startupTimer?.unref();
   }
 
   /** In a transaction or waiting for an answer: shutdown waits for it (within its grace period). */
@@ -428,6 +433,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     const refused = pooling.pooler.admit(db, user);
     if (refused) return this.fail(refused.fields.code, refused.fields.message);
     this.poolDb = db;
+    if (pooling.pooler.settings.logConnections) pooling.pooler.pgbLog.line('LOG', `login attempt: db=${database} user=${user} tls=${this.sock !== this.raw ? 'yes' : 'no'} replication=no`, this.pgbSubject());
     const pool = pooling.pooler.pool(db, user);
     this.pooled = new PooledSession(this.pooledHost(), pool, sp.params, pooling.statements);
     const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
@@ -472,7 +478,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (!step.ok) {
       this.log.info({ code: step.error.code }, 'client authentication failed');
       this.fatal(step.error);
-      return this.close('authentication failed');
+      return this.close(step.error.message);
     }
     if (step.send) this.sock.write(step.send);
     if (step.scramKeys) this.pooled!.pool.scramKeys = step.scramKeys;
@@ -545,6 +551,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         this.fatal(err.fields);
         this.close(err.message);
       },
+      activity: () => ({ lastActive: this.lastActive, txStatus: this.ctx!.txStatus, inFlight: this.tracker.size }),
       attached: (s: PooledServer) => {
         this.server = s.conn;
         this.upstreamKey = s.key;
@@ -615,7 +622,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.pooled !== null) {
       if (code === Fe.Terminate) {
         this.terminated = true;
-        this.close('client sent Terminate');
+        this.close('client close request');
         return DROP;
       }
       if (this.server === null) {
@@ -880,10 +887,19 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.hooks.close();
     if (wasReady) this.seam?.sessionEnd();
     this.env.totals.closed++;
+    if (this.env.pooling && this.ctx) {
+      const why = reason === 'client closed the connection' ? 'client unexpected eof' : reason;
+      this.env.pooling.pooler.pgbLog.line('LOG', `closing because: ${why} (age=${Math.floor((Date.now() - this.startedAt) / 1000)}s)`, this.pgbSubject());
+    }
     const log = { reason, durationMs: Date.now() - this.startedAt };
     if (wasReady) this.log.info(log, 'client disconnected');
     else this.log.debug(log, 'connection closed before the session started');
     this.env.onClosed(this);
+  }
+
+  /** How pgBouncer's log names this client. */
+  pgbSubject() {
+    return { kind: 'C' as const, id: this.id, database: this.ctx?.database ?? '(nodb)', user: this.ctx?.user ?? '(nouser)', address: this.clientAddress };
   }
 
   /** Pooling: the held connection goes back (closed if the client left it mid-transaction or mid-message). */

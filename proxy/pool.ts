@@ -11,6 +11,7 @@ import type { CancelKey } from './cancel.js';
 import { Be, SqlState, query, readDataRow, readErrorFields, type ErrorFields, type TxStatus } from './protocol.js';
 import { loginServer, LoginError, type LoginCredentials } from './server-login.js';
 import { RequestTracker } from './tracker.js';
+import { PgBouncerLog } from './pgbouncer-log.js';
 import { ServerConnection, openUpstream, sendCancel, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ResponseHandler } from './interceptor.js';
 
@@ -157,10 +158,16 @@ export class PooledServer implements SessionLink {
     this.tracker.close();
   }
 
+  /** How pgBouncer's log names this connection. */
+  subject() {
+    return { kind: 'S' as const, id: this.id, database: this.pool.db.name, user: this.pool.user, address: `${this.pool.db.target.display}` };
+  }
+
   close(reason: string): void {
     if (this.closed) return;
     this.closed = true;
     this.closeReason = reason;
+    this.pool.pooler.pgbLog.line('LOG', `closing because: ${reason} (age=${Math.floor((Date.now() - this.createdAt) / 1000)}s)`, this.subject());
     this.failInternal();
     const sock = this.conn?.sock;
     if (sock && !sock.destroyed) {
@@ -189,6 +196,8 @@ export class Pool {
   /** Connections being opened or checked (they count against the limits). */
   opening = 0;
   readonly waiters: Waiter[] = [];
+  /** Clients logged in to this pool (their timeouts are checked by the janitor). */
+  readonly clients = new Set<PoolClient & { timeouts(now: number): void }>();
   readonly stats = newStats();
   /** Server parameters as the last login reported them (the welcome clients get). */
   welcome: Map<string, string> | null = null;
@@ -335,6 +344,7 @@ export class Pool {
     const reserveAfter = this.pooler.settings.reservePoolTimeout * 1000;
     if (oldest && this.reserveSize > 0 && Date.now() - oldest.since >= reserveAfter) limit += this.reserveSize;
     if (this.size >= limit) return false;
+    if (this.size >= this.poolSize) this.pooler.pgbLog.line('LOG', 'taking connection from reserve_pool');
     const maxDb = this.db.entry.maxDbConnections ?? this.pooler.settings.maxDbConnections;
     if (maxDb > 0 && this.db.serverCount() >= maxDb) return this.pooler.evictIdle(this, (p) => p.db === this.db);
     const maxUser = this.pooler.config.users.get(this.user)?.maxUserConnections ?? this.pooler.settings.maxUserConnections;
@@ -385,6 +395,7 @@ export class Pool {
     s.localAddr = up.sock.localAddress ?? '';
     s.localPort = up.sock.localPort ?? 0;
     s.conn = new ServerConnection(s, up, true);
+    this.pooler.pgbLog.line('LOG', `new connection to server (from ${s.localAddr}:${s.localPort})`, s.subject());
     this.welcome = new Map(logged.params);
     const cq = e.connectQuery;
     if (cq) {
@@ -428,6 +439,7 @@ export class Pool {
   /** The janitor's pass: waits timed out, idle connections aged, lifetimes over, checks due. */
   tick(now: number): void {
     const st = this.pooler.settings;
+    for (const c of this.clients) c.timeouts(now);
     if (st.queryWaitTimeout > 0) {
       const limit = st.queryWaitTimeout * 1000;
       while (this.waiters.length > 0 && now - this.waiters[0].since >= limit) {
@@ -503,6 +515,8 @@ export class Pooler {
   /** Secrets auth_query found (user → secret). */
   readonly dynamicSecrets = new Map<string, Secret>();
   clientCount = 0;
+  /** The ini's logfile, in pgBouncer's format. */
+  readonly pgbLog: PgBouncerLog;
   private readonly due = new Set<Pool>();
   private dueScheduled = false;
   private readonly janitor: NodeJS.Timeout;
@@ -511,6 +525,7 @@ export class Pooler {
   constructor(private readonly opts: PoolerOptions) {
     this.config = opts.config;
     this.log = opts.logger.child({ component: 'pooler' });
+    this.pgbLog = new PgBouncerLog(opts.config.settings.logfile, opts.config.settings.verbose);
     this.janitor = setInterval(() => this.tick(), 250);
     this.janitor.unref();
   }
@@ -531,6 +546,7 @@ export class Pooler {
       if (!star) return null;
       const e: DatabaseEntry = { ...star, name, dbname: star.dbname ?? name };
       db = new PoolDatabase(name, e, this.opts.targetFor(e, this.opts.defaultTarget), true);
+      this.pgbLog.line('LOG', `registered new auto-database: ${name}`);
     }
     this.databases.set(name, db);
     return db;
@@ -638,6 +654,7 @@ export class Pooler {
 
   close(): void {
     clearInterval(this.janitor);
+    this.pgbLog.close();
     for (const p of this.pools()) p.closeAll(true, 'pooler shutting down');
   }
 }

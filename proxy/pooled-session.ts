@@ -8,7 +8,7 @@
 // until a check after the transaction finds it let go.
 import type { Logger } from 'pino';
 import type { Outgoing, ResponseHandler } from './interceptor.js';
-import type { Pool, PoolClient, PoolError, PooledServer } from './pool.js';
+import { PoolError, type Pool, type PoolClient, type PooledServer } from './pool.js';
 import { ClientStatements, type PreparedOutcome, type StatementCache } from './prepared.js';
 import { Be, Fe, query, readDataRow, readErrorFields, type TxStatus } from './protocol.js';
 import { statementEffects, type StatementEffects } from './statement-effects.js';
@@ -28,6 +28,8 @@ export interface PooledHost {
   atRest(): boolean;
   /** The pool could not serve the client: it ends with this error. */
   poolFailed(err: PoolError): void;
+  /** What the client did last: its last message, its transaction status, requests unanswered. */
+  activity(): { lastActive: number; txStatus: TxStatus; inFlight: number };
   /** The session holds this connection now (before anything is sent on it). */
   attached(s: PooledServer): void;
   /** The connection went back to the pool (the session forgets it). */
@@ -79,6 +81,7 @@ export class PooledSession implements PoolClient {
     for (const [k, v] of startup) if (!NOT_SETTINGS.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
     const options = startup.get('options');
     if (options) for (const [k, v] of optionSettings(options)) this.settings.set(k, v);
+    pool.clients.add(this);
     const max = pool.pooler.settings.maxPreparedStatements;
     this.statements =
       pool.mode !== 'session' && max > 0 ? new ClientStatements(cache, max, Math.max(1000, 20 * max), pool.stats) : null;
@@ -194,9 +197,38 @@ export class PooledSession implements PoolClient {
 
   /** The session ends: the connection goes back if it is between transactions, else it is closed. */
   end(clean: boolean): void {
+    this.pool.clients.delete(this);
     if (this.waiting) this.pool.forget(this);
+    if (this.server && this.pins.size > 0) this.server.dirty = true; // temp objects, locks: nobody else may get them
     this.statements?.clear();
     this.release(clean && this.pins.size === 0 && this.pool.mode !== 'session' ? true : clean);
+  }
+
+  /** client_idle_timeout, idle_transaction_timeout, query_timeout (the janitor, about 4 times a second). */
+  timeouts(now: number): void {
+    const st = this.pool.pooler.settings;
+    const u = this.pool.pooler.config.users.get(this.pool.user);
+    const a = this.host.activity();
+    const quiet = now - a.lastActive;
+    const clientIdle = (u?.clientIdleTimeout ?? st.clientIdleTimeout) * 1000;
+    const idleTx = (u?.idleTransactionTimeout ?? st.idleTransactionTimeout) * 1000;
+    const queryTimeout = (u?.queryTimeout ?? st.queryTimeout) * 1000;
+    if (a.inFlight > 0) {
+      if (queryTimeout > 0 && quiet > queryTimeout && this.server) {
+        this.server.dirty = true;
+        this.pool.cancelFor(this.server);
+        this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'query timeout' }));
+      }
+      return;
+    }
+    if (a.txStatus !== 'I' && this.server) {
+      if (idleTx > 0 && quiet > idleTx) {
+        this.server.dirty = true;
+        this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'idle transaction timeout' }));
+      }
+      return;
+    }
+    if (clientIdle > 0 && quiet > clientIdle) this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'client_idle_timeout' }));
   }
 
   poolFailed(err: PoolError): void {
