@@ -10,8 +10,9 @@ import { startCore } from '../../sql/core.js';
 import type { DaemonHandle } from '../../sql/daemon/server.js';
 import type { DatabaseRegistry } from '../../sql/databases.js';
 import { cancelRequest } from '../../proxy/protocol.js';
-import { startProxy, type ProxyServer } from '../../proxy/server.js';
-import { createSteadytextInterceptor } from '../../sql/interceptor.js';
+import type { PoolingEnv } from '../../proxy/pooling.js';
+import { startProxy, type ProxyOptions, type ProxyServer } from '../../proxy/server.js';
+import { createSteadytextInterceptor, type SteadytextInterceptor } from '../../sql/interceptor.js';
 import { tinyModels } from '../fixtures/models.js';
 
 export const silent = pino({ level: process.env.PGST_TEST_LOG ?? 'silent' });
@@ -19,6 +20,7 @@ export const silent = pino({ level: process.env.PGST_TEST_LOG ?? 'silent' });
 export interface Stack {
   database: string;
   engine: Engine;
+  interceptor: SteadytextInterceptor;
   proxy: ProxyServer;
   daemon: DaemonHandle;
   databases: DatabaseRegistry;
@@ -27,6 +29,8 @@ export interface Stack {
   /** URL straight to the database (superuser). */
   directUrl: string;
   connect(url?: string): Promise<pg.Client>;
+  /** Another proxy with the same interceptor, pooling server connections; stop() closes it and its pooler. */
+  startPooled(pooling: PoolingEnv): Promise<ProxyServer>;
   stop(): Promise<void>;
 }
 
@@ -49,10 +53,12 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
   const daemon = core.daemon!;
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon.address, logger: silent });
   await interceptor.ready;
-  const proxy = await startProxy({
+  const proxyOptions: ProxyOptions = {
     listen: { host: '127.0.0.1', port: 0 }, upstream: `postgres://${admin.hostname}:${admin.port}/postgres?sslmode=disable`,
     maxMessageBytes: 64 * 1024 * 1024, shutdownGraceMs: 1000, connectTimeoutMs: 3000, logger: silent, interceptor,
-  });
+  };
+  const proxy = await startProxy(proxyOptions);
+  const pooled: { proxy: ProxyServer; pooling: PoolingEnv }[] = [];
   const clients = new Set<pg.Client>();
   const url = (user?: string, password?: string) => {
     const u = new URL(directUrl);
@@ -62,7 +68,7 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
     return u.toString();
   };
   return {
-    database, engine, proxy, daemon, databases, url, directUrl,
+    database, engine, interceptor, proxy, daemon, databases, url, directUrl,
     async connect(to = url()) {
       const c = new pg.Client(to);
       c.on('error', () => {});
@@ -70,9 +76,18 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
       clients.add(c);
       return c;
     },
+    async startPooled(pooling) {
+      const p = await startProxy({ ...proxyOptions, pooling });
+      pooled.push({ proxy: p, pooling });
+      return p;
+    },
     async stop() {
       await Promise.all([...clients].map((c) => c.end().catch(() => {})));
       await proxy.close(100);
+      for (const p of pooled) {
+        await p.proxy.close(100);
+        p.pooling.pooler.close();
+      }
       // A session's start begins the first-use install in the background, and databases.close() does not
       // wait for it: dropping the database under it killed its connection, which has no 'error' listener
       // (unhandled 57P01 / "Connection terminated unexpectedly" when a test ended early).
