@@ -7,7 +7,7 @@
 // session's state (request tracker, cancel key, transaction status) and its ending: on errors, client
 // disconnects, upstream loss and graceful shutdown.
 import type { Socket } from 'node:net';
-import type { SecureContext } from 'node:tls';
+import type { SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CancelKey, CancelRegistry } from './cancel.js';
 import { acceptTls, answerEncryptionRequest, isEncryptionRequest } from './client-tls.js';
@@ -34,7 +34,7 @@ import { RelayHandoff } from './relay-handoff.js';
 import type { NativeRelay } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
-import type { PoolingEnv } from './pooling.js';
+import type { ConsoleLink, PoolingEnv } from './pooling.js';
 import { PooledSession } from './pooled-session.js';
 import { PoolError, type PoolDatabase, type PooledServer } from './pool.js';
 import { Fe as FeCodes, authentication, AUTH_OK, parameterStatus, readyForQuery } from './protocol.js';
@@ -169,7 +169,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (relayed) {
       return relayed.requests > 0 || relayed.held > 0 || relayed.streaming > 0 || (relayed.status !== '' && relayed.status !== 'I');
     }
-    if (this.server === null) return this.hooks.pending || !this.reader!.atBoundary;
+    if (this.server === null) return this.hooks.pending || (this.reader !== null && !this.reader.atBoundary);
     return (
       this.tracker.size > 0 ||
       this.hooks.pending ||
@@ -220,7 +220,7 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** Does anything still point into the chunk just read (so the read buffer must not be reused)? */
   private holdsInput(): boolean {
-    return this.phase !== READY || this.hooks.pending || this.reader!.isPaused || (this.server !== null && this.server.sock.writableLength > 0);
+    return this.phase !== READY || this.reader === null || this.hooks.pending || this.reader.isPaused || (this.server !== null && this.server.sock.writableLength > 0);
   }
 
   private data(chunk: Buffer): void {
@@ -233,6 +233,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       else if (this.phase === STARTUP) this.startupData(chunk);
       else if (this.phase === CONNECTING) this.early.push(chunk);
       else if (this.phase === LOCAL_AUTH) this.authData(chunk);
+      else if (this.phase === READY && this.console !== null) this.console.data(chunk);
     } catch (err) {
       this.internalError(err);
     }
@@ -427,7 +428,7 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   private pooledStartup(sp: StartupPacket, user: string, database: string, rest: Buffer): void {
     const pooling = this.env.pooling!;
-    if (pooling.isConsole(database)) return this.consoleStartup(user, rest);
+    if (pooling.isConsole(database)) return this.consoleStartup(user, database, rest);
     const db = pooling.pooler.database(database);
     if (db === null) return this.fail(SqlState.ProtocolViolation, `no such database: ${database}`);
     const refused = pooling.pooler.admit(db, user);
@@ -460,6 +461,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
     if (buf.length > 0) {
       if (this.phase === LOCAL_AUTH) this.authBuf = Buffer.from(buf);
+      else if (this.phase === READY && this.console !== null) this.console.data(Buffer.from(buf));
       else if (this.phase === READY || this.phase === CONNECTING) this.early.push(Buffer.from(buf));
     }
   }
@@ -481,8 +483,9 @@ export class ClientSession implements FrameHandler, SessionLink {
       return this.close(step.error.message);
     }
     if (step.send) this.sock.write(step.send);
-    if (step.scramKeys) this.pooled!.pool.scramKeys = step.scramKeys;
     this.auth = null;
+    if (this.console !== null) return this.consoleStarted();
+    if (step.scramKeys) this.pooled!.pool.scramKeys = step.scramKeys;
     this.phase = CONNECTING; // learning the server's parameters
     this.pauseClient(PAUSE_CONNECTING);
     this.env.pooling!.welcome(this.pooled!.pool).then(
@@ -520,18 +523,72 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.resumeClient(PAUSE_CONNECTING);
   }
 
-  private consoleStartup(user: string, rest: Buffer): void {
+  // ---- the admin console (console-host.ts): logged in as pooled clients are, then handed the socket ----
+
+  /** The console's side once it has the socket: the session feeds it what the client sends. */
+  private console: ConsoleLink | null = null;
+
+  private consoleStartup(user: string, database: string, rest: Buffer): void {
     const pooling = this.env.pooling!;
+    // As pgBouncer: who may use the console is settled before the password exchange, then the same authentication.
     const c = pooling.consoleFor(this, user, this.clientAddress);
     if (c instanceof PoolError) return this.fail(c.fields.code, c.fields.message);
-    c.start(this.sock, rest, () => this.close('console client left'));
+    const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
+    if (auth instanceof PoolError) return this.fail(auth.fields.code, auth.fields.message);
+    this.console = c;
+    this.auth = auth;
+    this.phase = LOCAL_AUTH;
+    if (rest.length > 0) this.authBuf = rest;
+    this.authStep(auth.begin());
+  }
+
+  /** Authenticated: the console sends its own welcome and reads everything from here on. */
+  private consoleStarted(): void {
+    const early = this.authBuf ?? Buffer.alloc(0);
+    this.authBuf = null;
     this.phase = READY;
     if (this.startupTimer) clearTimeout(this.startupTimer);
     this.startupTimer = null;
-    this.consoleClose = c.close;
+    this.console!.start(this.sock, early, () => this.close('console client left'));
   }
 
-  private consoleClose: (() => void) | null = null;
+  /** Is this a session of the admin console? */
+  get isConsole(): boolean {
+    return this.console !== null;
+  }
+
+  /** Logged in (pooled or console): past authentication and the welcome. */
+  get loggedIn(): boolean {
+    return this.phase === READY;
+  }
+
+  /** Who the client logged in as, and its transaction status (null before its StartupMessage). */
+  get context(): SessionContext | null {
+    return this.ctx;
+  }
+
+  /** The client's socket for SHOW CLIENTS: addresses ('unix' for a Unix socket) and its TLS, '' when plaintext. */
+  get remote(): { addr: string; port: number; localAddr: string; localPort: number; tls: string } {
+    const s = this.sock;
+    const unix = s.remoteAddress === undefined && s.remotePort === undefined;
+    let tls = '';
+    if (s !== this.raw) {
+      const t = s as TLSSocket;
+      tls = [t.getProtocol?.() ?? '', t.getCipher?.()?.name ?? ''].filter(Boolean).join('/');
+    }
+    return {
+      addr: unix ? 'unix' : (s.remoteAddress ?? ''),
+      port: s.remotePort ?? 0,
+      localAddr: unix ? 'unix' : (s.localAddress ?? ''),
+      localPort: s.localPort ?? 0,
+      tls,
+    };
+  }
+
+  /** The admin console ends the session (KILL, KILL_CLIENT): FATAL 08P01 with pgBouncer's reason. */
+  kick(reason: string): void {
+    this.fail(SqlState.ProtocolViolation, reason);
+  }
 
   private pooledHost() {
     // eslint-disable-next-line @typescript-eslint/no-this-alias
@@ -568,9 +625,10 @@ export class ClientSession implements FrameHandler, SessionLink {
     };
   }
 
-  private pooledReady(status: TxStatus): void {
+  private pooledReady(): void {
     if (this.phase === CLOSED) return;
-    this.pooled!.ready(status);
+    // The latest status, not the one this ReadyForQuery carried: a later one may have come in the same chunk.
+    this.pooled!.ready(this.ctx!.txStatus);
     if (this.draining) setImmediate(() => this.drainCheck());
   }
 
@@ -705,14 +763,15 @@ export class ClientSession implements FrameHandler, SessionLink {
   serverReady(status: TxStatus, first: boolean): void {
     this.setTxStatus(status);
     if (this.pooled !== null) {
-      if (status === 'T' && this.pooled.pool.mode === 'statement') {
+      // The proxy's own fenced work (a prefetch's rolled-back read) is not the client's transaction block.
+      if (status === 'T' && this.pooled.pool.mode === 'statement' && !this.hooks.pending) {
         // Before the ReadyForQuery: the client hears it as the answer to the statement that opened the block.
         this.fatal({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: 'transaction blocks not allowed in statement pooling mode' });
         this.close('transaction block in statement pooling mode');
         return;
       }
       // After the chunk holding this ReadyForQuery went to the client: the connection may change hands then.
-      queueMicrotask(() => this.pooledReady(status));
+      queueMicrotask(() => this.pooledReady());
       return;
     }
     this.relay?.readyForQuery();
@@ -874,7 +933,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.relay?.stop(true); // closed already: only its counts and where the readers stand are taken back
     if (this.startupTimer) clearTimeout(this.startupTimer);
     this.reader?.stop();
-    this.consoleClose?.();
+    this.console?.close();
     if (this.pooled !== null) this.endPooled(busy);
     else if (this.server !== null) this.closeUpstream(this.server, busy);
     if (!this.sock.destroyed) {

@@ -66,6 +66,9 @@ const newStats = (): PoolStats => ({
 
 let nextServerId = 1;
 
+/** Login failures that a retry may cure: unreachable, starting up or shutting down, too many connections. */
+const TRANSIENT = new Set<string>([SqlState.ConnectionFailure, '08001', '08004', '57P01', '57P02', '57P03', SqlState.TooManyConnections]);
+
 /** One server connection of a pool. While idle in the pool its link is itself (it swallows what comes). */
 export class PooledServer implements SessionLink {
   readonly id = nextServerId++;
@@ -402,7 +405,7 @@ export class Pool {
       const r = await s.runInternal(cq);
       if (!r.ok) {
         s.close('connect_query failed');
-        throw poolError(`connect_query failed: ${r.error?.M ?? 'unknown error'}`, SqlState.ConnectionFailure);
+        throw poolError(`connect_query failed: ${r.error?.M ?? 'unknown error'}`, r.error?.C ?? SqlState.ProtocolViolation);
       }
     }
     s.log.debug('server connection logged in');
@@ -432,7 +435,10 @@ export class Pool {
     }
     this.log.warn({ err: pe.message }, 'server login failed');
     this.loginFailure = { at: Date.now(), error: pe };
-    // Clients waiting for this pool hear why at once rather than at query_wait_timeout.
+    // A database that is down or restarting comes back: waiting clients stay queued (query_wait_timeout bounds
+    // the wait) and the janitor tries again after server_login_retry. A refusal (credentials, no such
+    // database) will not heal by waiting: those clients hear why at once.
+    if (TRANSIENT.has(pe.fields.code)) return;
     for (const w of this.waiters.splice(0)) w.client.poolFailed(pe);
   }
 
@@ -481,6 +487,42 @@ export class Pool {
 
   cancelFor(s: PooledServer): void {
     if (s.key) sendCancel(this.db.target, s.key, Math.max(1, this.pooler.settings.serverConnectTimeout * 1000), this.log);
+  }
+
+  // ---- console operations ----
+
+  /**
+   * PAUSE, SUSPEND: no connection is lent from now on (acquire queues clients). `closeIdle` (PAUSE): idle ones
+   * are closed, as pgBouncer lets go of a paused database's connections; SUSPEND keeps them.
+   */
+  holdServers(closeIdle: boolean, reason: string): void {
+    this.paused = true;
+    if (closeIdle) for (const s of this.idle.splice(0)) s.close(reason);
+  }
+
+  /** Connections lent to clients or being set up (logging in, running the reset query): PAUSE waits for none. */
+  get serversOut(): number {
+    return this.active.size + this.opening;
+  }
+
+  /** RESUME: waiting clients get the idle connections, and new ones open for those left (fill). */
+  releaseServers(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    while (this.waiters.length > 0) {
+      const s = this.takeIdle();
+      if (!s) break;
+      this.returnIdle(s);
+    }
+    this.pooler.schedule(this);
+  }
+
+  /** Open connections RECONNECT or RELOAD marked for closing: WAIT_CLOSE waits for none. */
+  get closingServers(): number {
+    let n = 0;
+    for (const s of this.idle) if (s.dirty && !s.closed) n++;
+    for (const s of this.active) if (s.dirty && !s.closed) n++;
+    return n;
   }
 }
 

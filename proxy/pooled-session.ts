@@ -297,7 +297,7 @@ export class PooledSession implements PoolClient {
 
   /** An internal exchange ended; the connection may go back now (the same rules as at ReadyForQuery). */
   private afterInternal(): void {
-    queueMicrotask(() => this.ready('I'));
+    queueMicrotask(() => this.ready(this.host.activity().txStatus));
   }
 
   /** The client's settings where the connection's differ: reset what the last client set, set what this one has. */

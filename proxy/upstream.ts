@@ -248,32 +248,32 @@ export class ServerConnection implements FrameHandler {
     sock.setKeepAlive(true, 60_000);
     if (input) {
       input.onChunk = (chunk: Buffer) => {
-        s.countUpstreamBytes(chunk.length);
+        this.s.countUpstreamBytes(chunk.length);
         try {
           reader.push(chunk);
         } catch (err) {
-          s.internalError(err);
+          this.s.internalError(err);
         }
         // The chunk is a view of the read buffer: keep the buffer if anything still points into it.
-        if (s.clientBacklog > 0 || reader.isPaused || this.handlerRan) {
+        if (this.s.clientBacklog > 0 || reader.isPaused || this.handlerRan) {
           input.retained = true;
           this.handlerRan = false;
         }
-        s.serverChunkDone();
+        this.s.serverChunkDone();
       };
     } else {
       sock.on('data', (chunk: Buffer) => {
-        s.countUpstreamBytes(chunk.length);
+        this.s.countUpstreamBytes(chunk.length);
         try {
           reader.push(chunk);
         } catch (err) {
-          s.internalError(err);
+          this.s.internalError(err);
         }
       });
     }
-    sock.on('drain', () => s.serverDrained());
-    sock.on('error', (err) => s.serverError(err));
-    sock.on('close', () => s.serverClosed());
+    sock.on('drain', () => this.s.serverDrained());
+    sock.on('error', (err) => this.s.serverError(err));
+    sock.on('close', () => this.s.serverClosed());
     sock.resume();
   }
 

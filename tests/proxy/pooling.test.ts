@@ -206,3 +206,51 @@ describe('statement mode and limits', () => {
     }
   });
 });
+
+describe('500 clients on a pool of 10', () => {
+  let p: Pooled;
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 10, max_client_conn: 1000, query_wait_timeout: 120 });
+  });
+  afterAll(async () => {
+    await p.proxy.close(0);
+    p.pooling.pooler.close();
+  });
+
+  test('prepared statements, SQL PREPARE, SET, SET LOCAL, temporary tables and advisory locks: every result right, nothing leaks, pins released', async () => {
+    const N = 500;
+    const clients: pg.Client[] = [];
+    for (let i = 0; i < N; i += 50) clients.push(...(await Promise.all(Array.from({ length: Math.min(50, N - i) }, () => connect(p.url())))));
+    const pids = new Set<number>();
+    await Promise.all(
+      clients.map(async (c, i) => {
+        await c.query(`set application_name = 'c${i}'`);
+        const named = await c.query({ name: 'plus', text: 'select $1::int + 1 as v, current_setting($2) as app, pg_backend_pid() as pid', values: [i, 'application_name'] });
+        expect(named.rows[0]).toMatchObject({ v: i + 1, app: `c${i}` });
+        pids.add(named.rows[0].pid);
+        await c.query(`prepare triple(int) as select $1 * 3 as v`);
+        expect((await c.query(`execute triple(${i})`)).rows[0].v).toBe(i * 3);
+        await c.query('deallocate triple');
+        await c.query('begin');
+        await c.query(`set local application_name = 'local${i}'`);
+        expect((await c.query(`select current_setting('application_name') as app`)).rows[0].app).toBe(`local${i}`);
+        await c.query('commit');
+        await c.query(`create temp table mine(x int)`);
+        await c.query(`insert into mine values (${i})`);
+        expect((await c.query('select x from mine')).rows).toEqual([{ x: i }]);
+        await c.query('drop table mine');
+        await c.query(`select pg_advisory_lock(${100000 + i})`);
+        expect((await c.query(`select count(*)::int as n from pg_locks where locktype = 'advisory' and objid = ${100000 + i} and pid = pg_backend_pid()`)).rows[0].n).toBe(1);
+        await c.query(`select pg_advisory_unlock(${100000 + i})`);
+        const again = await c.query({ name: 'plus', text: 'select $1::int + 1 as v, current_setting($2) as app, pg_backend_pid() as pid', values: [i * 2, 'application_name'] });
+        expect(again.rows[0]).toMatchObject({ v: i * 2 + 1, app: `c${i}` });
+      }),
+    );
+    expect(pids.size).toBeLessThanOrEqual(10);
+    await expect.poll(() => p.proxy.sessions().filter((s) => s.pooled?.pins.size).length).toBe(0);
+    // Nothing a client left behind on a server connection: no temp tables, locks or SQL prepared statements.
+    const left = await Promise.all(clients.slice(0, 20).map((c) => c.query(`select (select count(*) from pg_prepared_statements where from_sql)::int as ps, (select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid())::int as locks`)));
+    for (const r of left) expect(r.rows[0]).toEqual({ ps: 0, locks: 0 });
+    await Promise.all(clients.map((c) => c.end()));
+  }, 120_000);
+});

@@ -14,6 +14,8 @@ export interface Cluster {
   /** Roles, one per auth method, each with its own password. */
   roles: { scram: Role; md5: Role; trust: Role };
   stop(): Promise<void>;
+  /** pg_ctl restart -m fast: every backend ends, the server comes back on the same port. */
+  restart?(): Promise<void>;
 }
 export interface Role { user: string; password: string; url: string }
 
@@ -117,6 +119,9 @@ export async function startCluster(): Promise<Cluster> {
   let stopped = false;
   return {
     ...clusterAt(host, port),
+    async restart() {
+      asPgUser(join(PG_BIN, 'pg_ctl'), ['-D', data, '-l', join(dir, 'server.log'), '-m', 'fast', '-w', '-t', '60', 'restart']);
+    },
     async stop() {
       if (stopped) return;
       stopped = true;
