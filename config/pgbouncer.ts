@@ -1110,3 +1110,28 @@ export function matchHba(
   }
   return null;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// SET on the admin console
+
+/** What `SET key = value` on the console does to one [pgbouncer] setting. */
+export interface SettingChange {
+  /** The PoolerSettings field: the key in camelCase. */
+  field: Exclude<keyof PoolerSettings, 'all'>;
+  typed: unknown;
+  /** As SHOW CONFIG prints it. */
+  shown: string;
+  /** False for a setting pgBouncer reads only at start: it accepts the SET and changes nothing. */
+  changeable: boolean;
+}
+
+/**
+ * A console SET read as pgBouncer's cf_set reads it: the key exactly as written (case matters), the value by
+ * the setting's kind as in the ini. Null for a key pgBouncer does not know; a bad value throws PgBouncerConfigError.
+ */
+export function parseSetting(key: string, text: string): SettingChange | null {
+  const p = PARAM_BY_KEY.get(key);
+  if (!p) return null;
+  const v = at(`SET ${key}`, () => parseValue(p.kind, text));
+  return { field: camel(key) as SettingChange['field'], typed: v.typed, shown: v.shown, changeable: p.changeable };
+}

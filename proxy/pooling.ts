@@ -13,7 +13,10 @@ import type { Socket } from 'node:net';
 
 /** A console session the client session hands its socket to. */
 export interface ConsoleLink {
+  /** After authentication: the console owns the conversation. `early`: client bytes already read; `closed`: it is over. */
   start(sock: Socket, early: Buffer, closed: () => void): void;
+  /** Client bytes read after start (the session reads the socket: it may read through a ReadBuffer, which emits no 'data'). */
+  data(chunk: Buffer): void;
   close: () => void;
 }
 
