@@ -1,8 +1,13 @@
-// pgbench -S through nothing, through the proxy (its own process) and through pgBouncer (session mode),
-// side by side in one run on one throwaway cluster.
-//   npm run bench:proxy [-- --seconds 10 --clients 8 --threads 2 --rounds 1 --modes simple,prepared
-//                          --workers 2 --targets direct,cli,proxy,pgbouncer[,proxy-seam][,proxy-js][,cli-...]]
-// cli, the main target, is `pg-steadytext serve` as the README starts it: default flags, an upstream URL
+// bench:proxy, two phases side by side in one run on one throwaway cluster (--phase session|pooling|all).
+//   npm run bench:proxy [-- --phase all --seconds 10 --rounds 1 --workers 2
+//                          --clients 8 --threads 2 --modes simple,prepared
+//                          --targets direct,cli,proxy,pgbouncer[,proxy-seam][,proxy-js][,cli-...]
+//                          --pool-clients 1,10,50,200 --pool-modes simple,extended,prepared]
+// session: pgbench -S through nothing, through the proxy (its own process) and through pgBouncer (Debian's
+// packaged one, session mode), with --clients, --threads, --modes and --targets.
+// pooling (scripts/bench-pooling.ts): pg-steadytext as a transaction pooler against pgBouncer 1.24 from the same
+// pgbouncer.ini, at --pool-clients with --pool-modes: TPS, exact p50/p99 and their ratios.
+// In the session phase, cli, the main target, is `pg-steadytext serve` as the README starts it: default flags, an upstream URL
 // without sslmode, the steadytext layer, the daemon endpoint, logging at info (JSON to a file), on the
 // fixture models. Only the ports are chosen (free ones: 6432 and 5557 may be taken on a shared machine).
 // Its variants each change one default, to find what a slow default costs: cli-disable (?sslmode=disable),
@@ -20,15 +25,36 @@ import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { FIXTURE_VERSION, writeFixtureModels, type FixtureModels } from '../tools/fixture-models.js';
 import { freePort, startCluster, type Cluster } from '../tests/setup/cluster.js';
+import { POOL_CLIENTS as POOL_CLIENTS_DEFAULT, POOL_MODES as POOL_MODES_DEFAULT, runPoolingPhase } from './bench-pooling.js';
 
+const OPTIONS = ['phase', 'seconds', 'clients', 'threads', 'rounds', 'modes', 'workers', 'targets', 'pool-clients', 'pool-modes'];
 const args = new Map<string, string>();
-for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i].replace(/^--/, ''), process.argv[i + 1]);
-const SECONDS = Number(args.get('seconds') ?? 10);
-const CLIENTS = Number(args.get('clients') ?? 8);
-const THREADS = Number(args.get('threads') ?? 2);
-const ROUNDS = Number(args.get('rounds') ?? 1);
-const MODES = (args.get('modes') ?? 'simple,prepared').split(',');
-const WORKERS = Number(args.get('workers') ?? 2);
+for (let i = 2; i < process.argv.length; i += 2) {
+  const name = process.argv[i].replace(/^--/, '');
+  if (!OPTIONS.includes(name) || !process.argv[i].startsWith('--')) throw new Error(`unknown option ${process.argv[i]} (known: --${OPTIONS.join(', --')})`);
+  if (process.argv[i + 1] === undefined) throw new Error(`--${name} needs a value`);
+  args.set(name, process.argv[i + 1]);
+}
+function positiveInt(name: string, fallback: number): number {
+  const v = Number(args.get(name) ?? fallback);
+  if (!Number.isInteger(v) || v < 1) throw new Error(`--${name} takes a positive integer, not ${args.get(name)}`);
+  return v;
+}
+function listOf(name: string, fallback: string[], allowed?: string[]): string[] {
+  const v = args.has(name) ? args.get(name)!.split(',') : fallback;
+  const bad = v.filter((x) => (allowed ? !allowed.includes(x) : !/^[1-9]\d*$/.test(x)));
+  if (bad.length) throw new Error(`--${name}: ${bad.join(',')} not among ${allowed?.join(',') ?? 'positive integers'}`);
+  return v;
+}
+const PHASE = listOf('phase', ['all'], ['session', 'pooling', 'all'])[0];
+const SECONDS = positiveInt('seconds', 10);
+const CLIENTS = positiveInt('clients', 8);
+const THREADS = positiveInt('threads', 2);
+const ROUNDS = positiveInt('rounds', 1);
+const MODES = listOf('modes', ['simple', 'prepared'], ['simple', 'extended', 'prepared']);
+const WORKERS = positiveInt('workers', 2);
+const POOL_CLIENTS = listOf('pool-clients', POOL_CLIENTS_DEFAULT.map(String)).map(Number);
+const POOL_MODES = listOf('pool-modes', POOL_MODES_DEFAULT, POOL_MODES_DEFAULT);
 const TARGETS = (args.get('targets') ?? 'direct,cli,proxy,pgbouncer').split(',')
   .flatMap((t) => (t === 'proxy' ? [...new Set(['proxy-1w', `proxy-${WORKERS}w`])] : [t]));
 /** The serve command's variants: one default changed each (see the header). */
@@ -270,19 +296,11 @@ function bench(target: Target, mode: string): Result {
   return { tps, latencyMs, cpuUserUs: per(before?.user, after?.user), cpuSysUs: per(before?.sys, after?.sys) };
 }
 
-async function main(): Promise<void> {
-  console.log(`pgbench -S -c ${CLIENTS} -j ${THREADS} -T ${SECONDS}, modes ${MODES.join('/')}, ${ROUNDS} round(s), proxy workers: 1 and ${WORKERS} (--workers)`);
-  const cluster = await startCluster();
-  const stops: (() => void | Promise<void>)[] = [];
-  // Interrupted (Ctrl-C, timeout): no cluster, proxy or pgBouncer is left running.
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      for (const stop of stops) void stop();
-      void cluster.stop().finally(() => process.exit(130));
-    });
-  }
+/** The session phase: pgbench -S with --clients through each of --targets. Stops its targets when done. */
+async function sessionPhase(cluster: Cluster, stops: (() => void | Promise<void>)[]): Promise<void> {
+  console.log(`== session: pgbench -S -c ${CLIENTS} -j ${THREADS} -T ${SECONDS}, modes ${MODES.join('/')}, ${ROUNDS} round(s), proxy workers: 1 and ${WORKERS} (--workers)`);
+  const started = stops.length;
   try {
-    pgbench(cluster.port, ['-i', '-q']);
     const targets: Record<string, Target> = { direct: { port: cluster.port, stop: () => {} } };
     const models = TARGETS.some((t) => cliVariant(t)) ? await fixtureModels() : undefined;
     for (const name of TARGETS) {
@@ -335,6 +353,31 @@ async function main(): Promise<void> {
       console.log(`\ncli (serve as the README starts it) / proxy-1w (bare proxy), tps: ${ratios.join(', ')}`);
     }
     console.log(`\n(cli: pg-steadytext serve with default flags; proxy-Nw: the bare proxy with N worker processes; proxy-js: one process, native relay off; cpu/tx: CPU time of the proxy (all its processes) / pgBouncer per transaction; less sensitive to other load than tps)`);
+  } finally {
+    // Stopped before the pooling phase, whose processes they would otherwise compete with for the CPU.
+    await Promise.all(stops.splice(started).map(async (stop) => stop()));
+  }
+}
+
+async function main(): Promise<void> {
+  const cluster = await startCluster();
+  const stops: (() => void | Promise<void>)[] = [];
+  // Interrupted (Ctrl-C, timeout): no cluster, proxy or pgBouncer is left running.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      for (const stop of stops) void stop();
+      void cluster.stop().finally(() => process.exit(130));
+    });
+  }
+  try {
+    pgbench(cluster.port, ['-i', '-q']);
+    if (PHASE !== 'pooling') await sessionPhase(cluster, stops);
+    if (PHASE !== 'session') {
+      await runPoolingPhase(cluster, {
+        seconds: SECONDS, rounds: ROUNDS, clients: POOL_CLIENTS, modes: POOL_MODES, workers: WORKERS, password: PASSWORD,
+        onStarted: (stop) => stops.push(stop),
+      });
+    }
   } finally {
     await Promise.all(stops.map(async (stop) => stop()));
     await new Promise((r) => setTimeout(r, 300));
