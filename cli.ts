@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // pg-steadytext: the command line. `serve` runs the proxy; the rest are tools around it.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { parseFlags } from './config/flags.js';
 import { createLogger } from './config/logger.js';
@@ -16,7 +16,9 @@ import { runPoolWorker, startWorkerPool, workerSetup, type WorkerSetup } from '.
 import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
 import { SQL_VERSION } from './sql/version.js';
 import { loadPgBouncerConfig, PgBouncerConfigError, type PoolerConfig } from './config/pgbouncer.js';
-import { createPooling } from './proxy/pooling.js';
+import { createPooling, type PoolingEnv } from './proxy/pooling.js';
+import type { Pooler } from './proxy/pool.js';
+import { createConsole } from './proxy/console-host.js';
 import { parseUpstreamUrl } from './proxy/upstream.js';
 
 // dist/cli.js when built, cli.ts when run from source.
@@ -83,7 +85,18 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
-  const pooling = ini ? createPooling({ config: ini, defaultTarget: parseUpstreamUrl(s.upstream), logger: log }) : undefined;
+  const reloadIni = () => pooling!.pooler.reload(loadPgBouncerConfig(ini!.file));
+  const consoleHost = ini
+    ? createConsole({
+        pooler: (): Pooler => pooling!.pooler,
+        sessions: () => proxy.sessions(), // called only once the proxy listens
+        configFile: ini.file,
+        reload: reloadIni, // throws on a bad ini: the console reports it
+        shutdown: (mode) => void stop(`SHUTDOWN ${mode}`, mode === 'immediate' ? 0 : FOREVER_MS),
+        logger: log,
+      })
+    : undefined;
+  const pooling: PoolingEnv | undefined = ini ? createPooling({ config: ini, defaultTarget: parseUpstreamUrl(s.upstream), logger: log, console: consoleHost }) : undefined;
   const st = ini?.settings;
   const proxy = await startProxy({
     listen: st ? { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort } : s.listen,
@@ -95,31 +108,43 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
     for (const w of ini.warnings) log.warn(w);
     process.on('SIGHUP', () => {
       try {
-        pooling!.pooler.reload(loadPgBouncerConfig(ini.file));
+        reloadIni();
         log.info({ config: ini.file }, 'configuration reloaded');
       } catch (err) {
         log.error({ err: (err as Error).message }, 'configuration not reloaded');
       }
     });
+    // pgBouncer's signals: USR1 pauses, USR2 resumes, QUIT shuts down at once, INT once servers are
+    // released, TERM once clients have left.
+    process.on('SIGUSR1', () => pooling!.pooler.pauseAll(true));
+    process.on('SIGUSR2', () => pooling!.pooler.pauseAll(false));
+    process.on('SIGQUIT', () => void stop('SIGQUIT', 0));
+    if (st!.pidfile) writeFileSync(st!.pidfile, `${process.pid}\n`);
   }
   log.info({ listen: proxy.address, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
 
   let stopping = false;
-  const stop = async (signal: string) => {
+  async function stop(signal: string, graceMs = ini ? FOREVER_MS : s.shutdownGraceMs) {
     if (stopping) return;
     stopping = true;
-    log.info({ signal, graceMs: s.shutdownGraceMs }, 'shutting down: no new connections, running queries may finish');
-    await proxy.close();
+    log.info({ signal, graceMs }, 'shutting down: no new connections, running queries may finish');
+    await proxy.close(graceMs);
+    consoleHost?.close();
+    pooling?.pooler.close();
+    if (st?.pidfile) rmSync(st.pidfile, { force: true });
     await daemon?.close();
     await databases.close();
     await engine.close();
     log.info('stopped');
     log.flush?.();
     process.exit(0);
-  };
+  }
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
 }
+
+/** The longest grace a timer takes (Node turns Infinity into 1 ms): "until they are done". */
+const FOREVER_MS = 2 ** 31 - 1;
 
 /** The primary of --workers N: models, daemon endpoint and installs here; client sessions in the workers. */
 async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {

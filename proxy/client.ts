@@ -437,11 +437,20 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (pooling.pooler.settings.logConnections) pooling.pooler.pgbLog.line('LOG', `login attempt: db=${database} user=${user} tls=${this.sock !== this.raw ? 'yes' : 'no'} replication=no`, this.pgbSubject());
     const pool = pooling.pooler.pool(db, user);
     this.pooled = new PooledSession(this.pooledHost(), pool, sp.params, pooling.statements);
-    const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
-    if (auth instanceof PoolError) return this.fail(auth.fields.code, auth.fields.message);
-    this.auth = auth;
     this.phase = LOCAL_AUTH;
     if (rest.length > 0) this.authBuf = rest;
+    const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
+    if (auth instanceof Promise) {
+      auth.then((a) => this.authBegin(a), (err: unknown) => this.internalError(err));
+      return;
+    }
+    this.authBegin(auth);
+  }
+
+  private authBegin(auth: ClientAuth | PoolError): void {
+    if (this.phase !== LOCAL_AUTH) return;
+    if (auth instanceof PoolError) return this.fail(auth.fields.code, auth.fields.message);
+    this.auth = auth;
     this.authStep(auth.begin());
   }
 
@@ -533,13 +542,15 @@ export class ClientSession implements FrameHandler, SessionLink {
     // As pgBouncer: who may use the console is settled before the password exchange, then the same authentication.
     const c = pooling.consoleFor(this, user, this.clientAddress);
     if (c instanceof PoolError) return this.fail(c.fields.code, c.fields.message);
-    const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
-    if (auth instanceof PoolError) return this.fail(auth.fields.code, auth.fields.message);
     this.console = c;
-    this.auth = auth;
     this.phase = LOCAL_AUTH;
     if (rest.length > 0) this.authBuf = rest;
-    this.authStep(auth.begin());
+    const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
+    if (auth instanceof Promise) {
+      auth.then((a) => this.authBegin(a), (err: unknown) => this.internalError(err));
+      return;
+    }
+    this.authBegin(auth);
   }
 
   /** Authenticated: the console sends its own welcome and reads everything from here on. */

@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { DatabaseEntry, PoolMode, PoolerConfig, Secret } from '../config/pgbouncer.js';
 import type { CancelKey } from './cancel.js';
-import { Be, SqlState, query, readDataRow, readErrorFields, type ErrorFields, type TxStatus } from './protocol.js';
+import { Be, Fe, SYNC, SqlState, bind, execute, parse, query, readDataRow, readErrorFields, type ErrorFields, type TxStatus } from './protocol.js';
 import { loginServer, LoginError, type LoginCredentials } from './server-login.js';
 import { RequestTracker } from './tracker.js';
 import { PgBouncerLog } from './pgbouncer-log.js';
@@ -133,13 +133,13 @@ export class PooledServer implements SessionLink {
     this.close('internal error');
   }
 
-  /** Runs SQL on the idle connection (reset, check, connect_query), its answers swallowed. */
-  runInternal(sql: string): Promise<InternalResult> {
+  /** Runs SQL on the idle connection (reset, check, connect_query, auth_query), its answers swallowed. */
+  runInternal(sql: string, params?: string[]): Promise<InternalResult> {
     return new Promise((resolve) => {
       const rows: (Buffer | null)[][] = [];
       this.internal = { resolve, rows, error: null };
       const internal = this.internal;
-      this.tracker.sent(0x51, {
+      const handler: ResponseHandler = {
         onMessage(msg) {
           if (msg[0] === Be.DataRow) rows.push(readDataRow(msg));
           else if (msg[0] === Be.ErrorResponse) internal.error = readErrorFields(msg);
@@ -151,8 +151,13 @@ export class PooledServer implements SessionLink {
             resolve({ ok: false, rows, error: { M: 'connection closed' } });
           }
         },
-      });
-      if (!this.conn.write(query(sql))) return;
+      };
+      // Parameters go by the extended protocol, never spliced into the text.
+      const bytes = params
+        ? Buffer.concat([parse('', sql), bind({ portal: '', statement: '', paramFormats: [], params: params.map((p) => Buffer.from(p)), resultFormats: [] }), execute(), SYNC])
+        : query(sql);
+      for (const code of params ? [Fe.Parse, Fe.Bind, Fe.Execute, Fe.Sync] : [Fe.Query]) this.tracker.sent(code, handler);
+      this.conn.write(bytes);
     });
   }
 
@@ -299,6 +304,7 @@ export class Pool {
 
   private returnIdle(s: PooledServer): void {
     if (s.closed) return this.pooler.schedule(this);
+    // PAUSE drains: a paused pool lends nothing, even to clients already waiting.
     const w = this.waiters.shift();
     if (w) {
       this.stats.waitTimeUs += (Date.now() - w.since) * 1000;
@@ -672,6 +678,14 @@ export class Pooler {
   private tick(): void {
     const now = Date.now();
     for (const db of this.databases.values()) for (const p of db.pools.values()) p.tick(now);
+  }
+
+  /** SIGUSR1 / SIGUSR2: no connection is lent while paused; on resume the waiting clients are served. */
+  pauseAll(paused: boolean): void {
+    for (const p of this.pools()) {
+      if (paused) p.paused = true;
+      else p.releaseServers();
+    }
   }
 
   /** Every pool (SHOW POOLS, RECONNECT, ...). */

@@ -2,9 +2,9 @@
 // authentication the client gets (auth_type, auth_hba_file, auth_file), the welcome parameters of its
 // pool, and whether it asked for the admin console.
 import type { Logger } from 'pino';
-import { matchHba, type HbaRule, type PoolerConfig } from '../config/pgbouncer.js';
+import { matchHba, parseSecret, type HbaRule, type PoolerConfig, type Secret } from '../config/pgbouncer.js';
 import { ClientAuth } from './auth.js';
-import { PoolError, Pooler, type Pool, type PoolClient } from './pool.js';
+import { PoolError, Pooler, type Pool, type PoolClient, type PoolDatabase, type PooledServer } from './pool.js';
 import { StatementCache } from './prepared.js';
 import { SqlState } from './protocol.js';
 import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
@@ -25,7 +25,7 @@ export interface PoolingEnv {
   readonly statements: StatementCache;
   isConsole(database: string): boolean;
   /** How this client authenticates, or why it may not log in at all. */
-  authenticator(user: string, database: string, address: string, tls: boolean): ClientAuth | PoolError;
+  authenticator(user: string, database: string, address: string, tls: boolean): ClientAuth | PoolError | Promise<ClientAuth | PoolError>;
   /** The ParameterStatus set a client of the pool is welcomed with (a server login if none is known yet). */
   welcome(pool: Pool): Promise<Map<string, string>>;
   consoleFor(session: { id: number }, user: string, address: string): ConsoleLink | PoolError;
@@ -55,6 +55,26 @@ export interface PoolingOptions {
   hba?: HbaRule[];
 }
 
+/** pgBouncer's auth_query: the user's secret, read through a connection of auth_user (null: no such user). */
+async function authQuery(pooler: Pooler, db: PoolDatabase, authUser: string, user: string): Promise<Secret | null> {
+  const st = pooler.settings;
+  const authDb = pooler.database(db.entry.authDbname ?? (st.authDbname || db.name)) ?? db;
+  const pool = pooler.pool(authDb, authUser);
+  const server = await new Promise<PooledServer>((resolve, reject) => {
+    const got = pool.acquire({ id: 0, poolFailed: reject });
+    if (got instanceof Promise) got.then(resolve, reject);
+    else resolve(got);
+  });
+  const r = await server.runInternal(db.entry.authQuery ?? st.authQuery, [user]);
+  pool.release(server, r.ok);
+  if (!r.ok) {
+    throw new PoolError({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: `auth_query failed: ${r.error?.M ?? 'unknown error'}` });
+  }
+  const row = r.rows[0];
+  const text = row?.[1]?.toString();
+  return text ? parseSecret(text) : null;
+}
+
 export function createPooling(opts: PoolingOptions): PoolingEnv {
   const pooler: Pooler = new Pooler({
     config: opts.config,
@@ -79,8 +99,19 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
       if (method !== 'trust' && method !== 'any' && method !== 'plain' && method !== 'md5' && method !== 'scram-sha-256') {
         return new PoolError({ severity: 'FATAL', code: SqlState.FeatureNotSupported, message: `auth_type ${method} is not supported by pg-steadytext`, hint: 'Use trust, plain, md5, scram-sha-256 or hba.' });
       }
-      const secret = pooler.config.authFile.get(user) ?? pooler.dynamicSecrets.get(user) ?? null;
-      return new ClientAuth({ method, user, secret });
+      const m = method;
+      const known = pooler.config.authFile.get(user);
+      // The console is no database of the pool: nothing is looked up or registered for it.
+      const db = database === 'pgbouncer' ? null : pooler.database(database);
+      const authUser = db?.entry.authUser ?? st.authUser;
+      if (known || m === 'any' || !authUser || !db) return new ClientAuth({ method: m, user, secret: known ?? null });
+      return authQuery(pooler, db, authUser, user).then(
+        (secret) => {
+          if (secret) pooler.dynamicSecrets.set(user, secret); // server logins of this user's pool use it
+          return new ClientAuth({ method: m, user, secret });
+        },
+        (err: unknown) => (err instanceof PoolError ? err : new PoolError({ severity: 'FATAL', code: SqlState.ConnectionFailure, message: `auth_query failed: ${String(err)}` })),
+      );
     },
     welcome(pool) {
       if (pool.welcome) return Promise.resolve(pool.welcome);

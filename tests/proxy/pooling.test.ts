@@ -19,13 +19,12 @@ interface Pooled {
 }
 
 /** A pooling proxy from an ini written for the test cluster. */
-async function pooledProxy(pgbouncer: Record<string, string | number>, databases: Record<string, string> = {}): Promise<Pooled> {
+async function pooledProxy(pgbouncer: Record<string, string | number>, databases: Record<string, string> = {}, users: ('scram' | 'md5')[] = ['scram', 'md5']): Promise<Pooled> {
   const db = testDb();
   const dir = mkdtempSync(join(tmpdir(), 'pooling-'));
   const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
   writeFileSync(join(dir, 'userlist.txt'), [
-    `${q(db.roles.scram.user)} ${q(db.roles.scram.password)}`,
-    `${q(db.roles.md5.user)} ${q(db.roles.md5.password)}`,
+    ...users.map((u) => `${q(db.roles[u].user)} ${q(db.roles[u].password)}`),
     `"postgres" "postgres"`,
   ].join('\n') + '\n');
   const dbLines = { postgres: `host=${db.host} port=${db.port} dbname=postgres`, ...databases };
@@ -160,6 +159,23 @@ describe('transaction mode', () => {
     u.password = 'wrong';
     // pgBouncer's words for a failed SCRAM exchange.
     await expect(connect(u.toString())).rejects.toThrow('SASL authentication failed');
+  });
+});
+
+describe('auth_query', () => {
+  test('a user missing from auth_file is looked up through auth_user, and its pool logs in with the secret found', async () => {
+    const p = await pooledProxy({ pool_mode: 'transaction', auth_type: 'md5', auth_user: 'postgres' }, {}, ['scram']);
+    try {
+      const c = await connect(p.url('md5'));
+      expect((await c.query('select current_user as u')).rows[0].u).toBe(testDb().roles.md5.user);
+      await c.end();
+      const u = new URL(p.url('md5'));
+      u.password = 'wrong';
+      await expect(connect(u.toString())).rejects.toThrow('password authentication failed');
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
   });
 });
 
