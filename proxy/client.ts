@@ -437,9 +437,14 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (pooling.pooler.settings.logConnections) pooling.pooler.pgbLog.line('LOG', `login attempt: db=${database} user=${user} tls=${this.sock !== this.raw ? 'yes' : 'no'} replication=no`, this.pgbSubject());
     const pool = pooling.pooler.pool(db, user);
     this.pooled = new PooledSession(this.pooledHost(), pool, sp.params, pooling.statements);
+    this.startAuth(user, database, rest);
+  }
+
+  /** The proxy's own authentication, for pooled and console clients alike (auth_query may make it wait). */
+  private startAuth(user: string, database: string, rest: Buffer): void {
     this.phase = LOCAL_AUTH;
     if (rest.length > 0) this.authBuf = rest;
-    const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
+    const auth = this.env.pooling!.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
     if (auth instanceof Promise) {
       auth.then((a) => this.authBegin(a), (err: unknown) => this.internalError(err));
       return;
@@ -543,14 +548,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     const c = pooling.consoleFor(this, user, this.clientAddress);
     if (c instanceof PoolError) return this.fail(c.fields.code, c.fields.message);
     this.console = c;
-    this.phase = LOCAL_AUTH;
-    if (rest.length > 0) this.authBuf = rest;
-    const auth = pooling.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
-    if (auth instanceof Promise) {
-      auth.then((a) => this.authBegin(a), (err: unknown) => this.internalError(err));
-      return;
-    }
-    this.authBegin(auth);
+    this.startAuth(user, database, rest);
   }
 
   /** Authenticated: the console sends its own welcome and reads everything from here on. */
