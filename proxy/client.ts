@@ -31,7 +31,7 @@ import {
 } from './protocol.js';
 import type { ReadBuffer } from './read-buffer.js';
 import { RelayHandoff } from './relay-handoff.js';
-import type { NativeRelay } from './relay.js';
+import { peerCredentials, type NativeRelay } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
@@ -545,10 +545,15 @@ export class ClientSession implements FrameHandler, SessionLink {
   private consoleStartup(user: string, database: string, rest: Buffer): void {
     const pooling = this.env.pooling!;
     // As pgBouncer: who may use the console is settled before the password exchange, then the same authentication.
-    const c = pooling.consoleFor(this, user, this.clientAddress);
+    // pgBouncer's admin_pre_login: "pgbouncer" from the proxy's own OS user on the Unix socket needs no password.
+    const own = user === 'pgbouncer' && this.remote.addr === 'unix' && peerCredentials(this.raw)?.uid === process.getuid?.();
+    const c = pooling.consoleFor(this, user, this.clientAddress, own);
     if (c instanceof PoolError) return this.fail(c.fields.code, c.fields.message);
     this.console = c;
-    this.startAuth(user, database, rest);
+    if (!own) return this.startAuth(user, database, rest);
+    this.log.info('pgbouncer access from unix socket');
+    if (rest.length > 0) this.authBuf = rest;
+    this.consoleStarted();
   }
 
   /** Authenticated: the console sends its own welcome and reads everything from here on. */

@@ -59,13 +59,15 @@ export interface ConsoleDeps {
 }
 
 /** What createPooling's `console` option takes; `close` stops the console's timers. */
-export type ConsoleFactory = ((session: { id: number }, user: string, address: string) => ConsoleLink | PoolError) & { close(): void };
+export type ConsoleFactory = ((session: { id: number }, user: string, address: string, own: boolean) => ConsoleLink | PoolError) & {
+  close(): void;
+};
 
 /** The admin console over the live pooler: a ConsoleLink per console login, or pgBouncer's refusal. */
 export function createConsole(deps: ConsoleDeps): ConsoleFactory {
   const host = new PoolerConsole(deps);
-  const open = (session: { id: number }, user: string, address: string): ConsoleLink | PoolError => {
-    const who = host.consoleUser(user);
+  const open = (session: { id: number }, user: string, address: string, own: boolean): ConsoleLink | PoolError => {
+    const who = own ? { user, admin: true, stats: true } : host.consoleUser(user);
     if (who === null) {
       host.log.info({ user, address }, 'console login refused: not in admin_users or stats_users');
       return new PoolError({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: 'not allowed' });

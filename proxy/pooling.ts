@@ -28,7 +28,8 @@ export interface PoolingEnv {
   authenticator(user: string, database: string, address: string, tls: boolean): ClientAuth | PoolError | Promise<ClientAuth | PoolError>;
   /** The ParameterStatus set a client of the pool is welcomed with (a server login if none is known yet). */
   welcome(pool: Pool): Promise<Map<string, string>>;
-  consoleFor(session: { id: number }, user: string, address: string): ConsoleLink | PoolError;
+  /** own: the client is the proxy's own OS user on a Unix socket, logging in as "pgbouncer" (admin, no password). */
+  consoleFor(session: { id: number }, user: string, address: string, own: boolean): ConsoleLink | PoolError;
 }
 
 /**
@@ -50,7 +51,7 @@ export interface PoolingOptions {
   defaultTarget: UpstreamTarget;
   logger: Logger;
   /** The admin console (console.ts), when present. */
-  console?: (session: { id: number }, user: string, address: string) => ConsoleLink | PoolError;
+  console?: (session: { id: number }, user: string, address: string, own: boolean) => ConsoleLink | PoolError;
   /** The rules of auth_hba_file, read by the caller (auth_type = hba). */
   hba?: HbaRule[];
 }
@@ -126,9 +127,9 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
         else done(got);
       });
     },
-    consoleFor(session, user, address) {
+    consoleFor(session, user, address, own) {
       if (!opts.console) return new PoolError({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: 'no such database: pgbouncer' });
-      return opts.console(session, user, address);
+      return opts.console(session, user, address, own);
     },
   };
 }

@@ -67,6 +67,7 @@ interface Addon {
   start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void): Handle;
   stop(h: Handle): Raw | null;
   state(h: Handle): [number, number, number, number, number, number];
+  peer?(fd: number): [number, number] | null;
 }
 
 export interface NativeRelay {
@@ -75,6 +76,8 @@ export interface NativeRelay {
   /** Gives the sockets back now; null if the relay already did (onExit ran). */
   stop(h: Handle): RelayOutcome | null;
   state(h: Handle): RelayState;
+  /** The uid and gid of the process at the other end of a Unix socket (null: unknown, or an older addon). */
+  peer(fd: number): { uid: number; gid: number } | null;
 }
 export type RelayHandle = Handle;
 
@@ -166,6 +169,10 @@ function wrap(addon: Addon): NativeRelay {
       const s = addon.state(h);
       return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5] };
     },
+    peer: (fd) => {
+      const p = addon.peer?.(fd) ?? null;
+      return p === null ? null : { uid: p[0], gid: p[1] };
+    },
   };
 }
 
@@ -200,4 +207,10 @@ export function loadNativeRelay(): { relay: NativeRelay | null; why: string } {
 export function socketFd(sock: unknown): number {
   const fd = (sock as { _handle?: { fd?: unknown } | null })._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : -1;
+}
+
+/** Who is at the other end of a Unix socket (pgBouncer's getpeereid), or null where the addon cannot tell. */
+export function peerCredentials(sock: unknown): { uid: number; gid: number } | null {
+  const fd = socketFd(sock);
+  return fd < 0 ? null : (loadNativeRelay().relay?.peer(fd) ?? null);
 }

@@ -11,6 +11,7 @@
 // the session is provably idle (every Sync/Query answered by ReadyForQuery, nothing sent after the last
 // one), so it stays short; a session that is never idle (COPY FROM STDIN swallowing Syncs) fills it and
 // goes back to JS.
+#define _GNU_SOURCE // struct ucred (SO_PEERCRED) on glibc
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -520,13 +521,44 @@ static napi_value js_state(napi_env env, napi_callback_info info) {
   return a;
 }
 
+// peer(fd) -> [uid, gid] of the process at the other end of a Unix socket, or null. Node has no call for it,
+// and pgBouncer's console login of the user running it (and hba's peer method) rest on it.
+static napi_value js_peer(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], nul;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_get_null(env, &nul);
+  int32_t fd;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) return nul;
+  double uid, gid;
+#if defined(SO_PEERCRED)
+  struct ucred cred;
+  socklen_t len = sizeof(cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return nul;
+  uid = cred.uid;
+  gid = cred.gid;
+#else
+  uid_t u;
+  gid_t g;
+  if (getpeereid(fd, &u, &g) != 0) return nul;
+  uid = u;
+  gid = g;
+#endif
+  napi_value a;
+  napi_create_array_with_length(env, 2, &a);
+  napi_set_element(env, a, 0, number(env, uid));
+  napi_set_element(env, a, 1, number(env, gid));
+  return a;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"start", NULL, js_start, NULL, NULL, NULL, napi_enumerable, NULL},
     {"stop", NULL, js_stop, NULL, NULL, NULL, napi_enumerable, NULL},
     {"state", NULL, js_state, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"peer", NULL, js_peer, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  napi_define_properties(env, exports, 3, props);
+  napi_define_properties(env, exports, 4, props);
   return exports;
 }
 
