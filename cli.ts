@@ -19,6 +19,7 @@ import { loadPgBouncerConfig, PgBouncerConfigError, type PoolerConfig } from './
 import { createPooling, type PoolingEnv } from './proxy/pooling.js';
 import type { Pooler } from './proxy/pool.js';
 import { createConsole } from './proxy/console-host.js';
+import type { ShutdownMode } from './proxy/console.js';
 import { parseUpstreamUrl } from './proxy/upstream.js';
 
 // dist/cli.js when built, cli.ts when run from source.
@@ -92,7 +93,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
         sessions: () => proxy.sessions(), // called only once the proxy listens
         configFile: ini.file,
         reload: reloadIni, // throws on a bad ini: the console reports it
-        shutdown: (mode) => void stop(`SHUTDOWN ${mode}`, mode === 'immediate' ? 0 : FOREVER_MS),
+        shutdown: (mode) => void drain(mode),
         logger: log,
       })
     : undefined;
@@ -116,8 +117,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
     });
     // pgBouncer's signals: USR1 pauses, USR2 resumes, QUIT shuts down at once, INT once servers are
     // released, TERM once clients have left.
-    process.on('SIGUSR1', () => pooling!.pooler.pauseAll(true));
-    process.on('SIGUSR2', () => pooling!.pooler.pauseAll(false));
+    for (const sig of ['SIGUSR1', 'SIGUSR2', 'SIGINT', 'SIGTERM'] as const) process.on(sig, () => consoleHost!.signal(sig));
     process.on('SIGQUIT', () => void stop('SIGQUIT', 0));
     if (st!.pidfile) writeFileSync(st!.pidfile, `${process.pid}\n`);
   }
@@ -139,8 +139,24 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
     log.flush?.();
     process.exit(0);
   }
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
+  if (!ini) {
+    process.on('SIGTERM', () => void stop('SIGTERM'));
+    process.on('SIGINT', () => void stop('SIGINT'));
+  }
+
+  /**
+   * pgBouncer's shutdown modes: no new connections, then exit once no server connection is lent out
+   * (wait_for_servers; the pooler refuses clients that ask for one) or once every client has left
+   * (wait_for_clients), checked as often as its janitor does; immediate: now.
+   */
+  async function drain(mode: ShutdownMode): Promise<void> {
+    if (mode === 'immediate') return stop('SHUTDOWN', 0);
+    proxy.stopAccepting();
+    const done = mode === 'wait_for_servers' ? () => pooling!.pooler.serversOut === 0 : () => proxy.sessions().length === 0;
+    while (!done() && !stopping) await new Promise((resolve) => setTimeout(resolve, 250));
+    pooling!.pooler.pgbLog.line('LOG', mode === 'wait_for_servers' ? 'server connections dropped, exiting' : 'client connections dropped, exiting');
+    await stop(`SHUTDOWN ${mode}`, 0);
+  }
 }
 
 /** The longest grace a timer takes (Node turns Infinity into 1 ms): "until they are done". */

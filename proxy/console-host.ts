@@ -37,7 +37,7 @@ import {
   type SteadytextRow,
   type UserRow,
 } from './console.js';
-import { PoolError, type Pool, type PoolDatabase, type PooledServer, type Pooler } from './pool.js';
+import { PoolError, poolError, type Pool, type PoolDatabase, type PooledServer, type Pooler } from './pool.js';
 import type { PinReason } from './pooled-session.js';
 import type { ConsoleLink } from './pooling.js';
 import { AUTH_OK, SqlState, authentication, backendKeyData, errorResponse, parameterStatus, readyForQuery } from './protocol.js';
@@ -61,7 +61,11 @@ export interface ConsoleDeps {
 /** What createPooling's `console` option takes; `close` stops the console's timers. */
 export type ConsoleFactory = ((session: { id: number }, user: string, address: string, own: boolean) => ConsoleLink | PoolError) & {
   close(): void;
+  /** pgBouncer's signals, which act as console commands do. */
+  signal(sig: PoolerSignal): void;
 };
+
+export type PoolerSignal = 'SIGUSR1' | 'SIGUSR2' | 'SIGINT' | 'SIGTERM';
 
 /** The admin console over the live pooler: a ConsoleLink per console login, or pgBouncer's refusal. */
 export function createConsole(deps: ConsoleDeps): ConsoleFactory {
@@ -74,7 +78,7 @@ export function createConsole(deps: ConsoleDeps): ConsoleFactory {
     }
     return new ConsoleConnection(host, session.id, who);
   };
-  return Object.assign(open, { close: () => host.close() });
+  return Object.assign(open, { close: () => host.close(), signal: (sig: PoolerSignal) => host.signal(sig) });
 }
 
 // ---- the connection --------------------------------------------------------------------------------------
@@ -285,6 +289,12 @@ class PoolerConsole implements ConsoleHost {
     return admin || stats ? { user, admin, stats } : null;
   }
 
+  /** An event pgBouncer logs: in its logfile's words, and in the structured log. */
+  note(text: string, fields: Record<string, unknown> = {}): void {
+    this.log.info(fields, text);
+    this.pooler.pgbLog.line('LOG', text);
+  }
+
   opened(c: ConsoleConnection): void {
     this.links.set(c.id, c);
   }
@@ -293,7 +303,7 @@ class PoolerConsole implements ConsoleHost {
     this.links.delete(c.id);
     // As pgBouncer: a suspended pooler whose last admin left resumes, or nothing could ever resume it.
     if (this.links.size === 0 && this.mode === 'suspend') {
-      this.log.info('admin disappeared when suspended, doing RESUME');
+      this.note('admin disappeared when suspended, doing RESUME');
       this.setMode('none');
     }
   }
@@ -757,11 +767,11 @@ class PoolerConsole implements ConsoleHost {
 
   pause(database?: string): CommandAnswer {
     if (database === undefined) {
-      this.log.info('PAUSE command issued');
+      this.note('PAUSE command issued');
       this.setMode('pause');
       return this.waitUntil(() => this.mode !== 'pause' || this.serversOut(this.poolsOf()) === 0);
     }
-    this.log.info({ database }, 'PAUSE command issued');
+    this.note(`PAUSE '${database}' command issued`, { database });
     const db = this.pooler.database(database);
     if (db === null) return { refused: 'no_such_database' };
     db.paused = true;
@@ -772,13 +782,13 @@ class PoolerConsole implements ConsoleHost {
 
   resume(database?: string): CommandAnswer {
     if (database === undefined) {
-      this.log.info('RESUME command issued');
+      this.note('RESUME command issued');
       if (this.shuttingDown) return { refused: 'shutting_down' };
       if (this.mode === 'none') return { refused: 'not_paused' };
       this.setMode('none');
       return;
     }
-    this.log.info({ database }, 'RESUME command issued');
+    this.note(`RESUME '${database}' command issued`, { database });
     const db = this.findDatabase(database);
     if (db === null) return { refused: 'no_such_database' };
     if (!db.paused) return { refused: 'not_paused' };
@@ -793,7 +803,7 @@ class PoolerConsole implements ConsoleHost {
    */
   suspend(): CommandAnswer {
     if (this.allDatabases().some((d) => d.paused)) return { refused: 'paused_databases' };
-    this.log.info('SUSPEND command issued');
+    this.note('SUSPEND command issued');
     this.setMode('suspend');
     const timeout = this.pooler.settings.suspendTimeout;
     const deadline = timeout > 0 ? Date.now() + timeout * 1000 : Infinity;
@@ -802,14 +812,14 @@ class PoolerConsole implements ConsoleHost {
   }
 
   reconnect(database?: string): CommandAnswer {
-    this.log.info({ database }, 'RECONNECT command issued');
+    this.note(database === undefined ? 'RECONNECT command issued' : `RECONNECT '${database}' command issued`, { database });
     const db = database === undefined ? undefined : this.pooler.database(database);
     if (db === null) return { refused: 'no_such_database' };
-    for (const pool of this.poolsOf(db)) pool.closeAll(false, 'RECONNECT');
+    for (const pool of this.poolsOf(db)) pool.closeAll(false, 'database configuration changed');
   }
 
   kill(database: string): CommandAnswer {
-    this.log.info({ database }, 'KILL command issued');
+    this.note(`KILL '${database}' command issued`, { database });
     const db = this.pooler.database(database);
     if (db === null) return { refused: 'no_such_database' };
     // As pgBouncer: the database stays paused after KILL, until RESUME.
@@ -821,28 +831,28 @@ class PoolerConsole implements ConsoleHost {
   }
 
   killClient(id: number): CommandAnswer {
-    this.log.info({ id }, 'KILL_CLIENT command issued');
+    this.note(`KILL_CLIENT '${id}' command issued`, { id });
     const s = this.openSessions().find((x) => x.id === id);
     if (!s) return { refused: 'client_not_found' };
     s.kick('admin forced disconnect');
   }
 
   disable(database: string): CommandAnswer {
-    this.log.info({ database }, 'DISABLE command issued');
+    this.note(`DISABLE '${database}' command issued`, { database });
     const db = this.pooler.database(database);
     if (db === null) return { refused: 'no_such_database' };
     db.disabled = true;
   }
 
   enable(database: string): CommandAnswer {
-    this.log.info({ database }, 'ENABLE command issued');
+    this.note(`ENABLE '${database}' command issued`, { database });
     const db = this.findDatabase(database);
     if (db === null) return { refused: 'no_such_database' };
     db.disabled = false;
   }
 
   reload(): CommandAnswer {
-    this.log.info({ config: this.deps.configFile }, 'RELOAD command issued');
+    this.note('RELOAD command issued', { config: this.deps.configFile });
     try {
       this.deps.reload();
     } catch (err) {
@@ -855,16 +865,47 @@ class PoolerConsole implements ConsoleHost {
   }
 
   shutdown(mode: ShutdownMode): CommandAnswer {
-    this.log.info({ mode }, 'SHUTDOWN command issued');
+    this.note(mode === 'immediate' ? 'SHUTDOWN command issued' : `SHUTDOWN ${mode.toUpperCase()} command issued`, { mode });
+    this.beginShutdown(mode);
+  }
+
+  private beginShutdown(mode: ShutdownMode): void {
     this.shuttingDown = true;
-    // WAIT_FOR_SERVERS lends no more connections while sessions finish, as pgBouncer's pause does.
-    if (mode === 'wait_for_servers' && this.mode === 'none') this.setMode('pause');
-    // After the console's answer is written: closing the proxy ends idle sessions, this one too.
+    // WAIT_FOR_SERVERS lends no more connections: a client that needs one (or waits for one) is let go.
+    if (mode === 'wait_for_servers') {
+      if (this.mode === 'none') this.setMode('pause');
+      this.pooler.refuseWaiters(poolError('server shutting down', SqlState.AdminShutdown));
+    }
+    // After the console's answer is written.
     setImmediate(() => this.deps.shutdown(mode));
   }
 
+  /**
+   * As pgBouncer's main.c: USR1 pauses, USR2 resumes (not while shutting down), INT shuts down once servers are
+   * released and TERM once clients have left; either of them again while shutting down exits at once.
+   */
+  signal(sig: PoolerSignal): void {
+    if (sig === 'SIGUSR1') {
+      if (this.mode !== 'none') return this.note('got SIGUSR1, but already paused/suspended');
+      this.note('got SIGUSR1, pausing all activity');
+      return this.setMode('pause');
+    }
+    if (sig === 'SIGUSR2') {
+      if (this.shuttingDown) return this.note('got SIGUSR2 while shutting down, ignoring');
+      if (this.mode === 'none') return this.note('got SIGUSR2, but not paused/suspended');
+      this.note(`got SIGUSR2, continuing from ${this.mode.toUpperCase()}`);
+      return this.setMode('none');
+    }
+    if (this.shuttingDown) {
+      this.note(`got ${sig} while shutting down, fast exit`);
+      return this.deps.shutdown('immediate');
+    }
+    this.note(sig === 'SIGINT' ? 'got SIGINT, shutting down, waiting for all servers connections to be released' : 'got SIGTERM, shutting down, waiting for all clients disconnect');
+    this.beginShutdown(sig === 'SIGINT' ? 'wait_for_servers' : 'wait_for_clients');
+  }
+
   waitClose(database?: string): CommandAnswer {
-    this.log.info({ database }, 'WAIT_CLOSE command issued');
+    this.note(database === undefined ? 'WAIT_CLOSE command issued' : `WAIT_CLOSE '${database}' command issued`, { database });
     const db = database === undefined ? undefined : this.pooler.database(database);
     if (db === null) return { refused: 'no_such_database' };
     return this.waitUntil(() => this.poolsOf(db).every((p) => p.closingServers === 0));
@@ -879,7 +920,7 @@ class PoolerConsole implements ConsoleHost {
       return { refused: 'set_failed', detail: err.message };
     }
     if (change === null) return { refused: 'set_failed', detail: `unknown parameter: ${key}` };
-    this.log.info({ key, value }, 'SET command issued');
+    this.note(`SET ${key} = ${value} command issued`, { key, value });
     // pgBouncer accepts a setting it reads only at start, and changes nothing.
     if (!change.changeable) return;
     const st = this.pooler.settings;

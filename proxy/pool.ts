@@ -26,7 +26,7 @@ export class PoolError extends Error {
   }
 }
 
-const poolError = (message: string, code: string = SqlState.ProtocolViolation, hint?: string): PoolError =>
+export const poolError = (message: string, code: string = SqlState.ProtocolViolation, hint?: string): PoolError =>
   new PoolError({ severity: 'FATAL', code, message, hint });
 
 /** What a pool needs of a client that waits for, or holds, one of its connections. */
@@ -34,6 +34,8 @@ export interface PoolClient {
   readonly id: number;
   /** The client waited too long (query_wait_timeout) or the pool cannot serve it: it ends with this error. */
   poolFailed(err: PoolError): void;
+  /** Between transactions with nothing in flight (server_fast_close may then take its connection). */
+  idleInSession?(): boolean;
 }
 
 export interface PoolerOptions {
@@ -41,8 +43,8 @@ export interface PoolerOptions {
   /** Where a [databases] entry without host/port points (the proxy's --upstream). */
   defaultTarget: UpstreamTarget;
   logger: Logger;
-  /** Makes the target of an entry with its own host/port (TLS settings as the default target's). */
-  targetFor(entry: DatabaseEntry, fallback: UpstreamTarget): UpstreamTarget;
+  /** The targets of an entry, one per host of its host list (TLS settings as the default target's). */
+  targetsFor(entry: DatabaseEntry, fallback: UpstreamTarget): UpstreamTarget[];
 }
 
 /** Counters per pool, as SHOW STATS reports them (totals since start). */
@@ -93,10 +95,13 @@ export class PooledServer implements SessionLink {
   closeReason = '';
   localAddr = '';
   localPort = 0;
+  /** The host of the entry's host list it is connected to (cancels go there too). */
+  target: UpstreamTarget;
   private internal: { resolve(r: InternalResult): void; rows: (Buffer | null)[][]; error: Record<string, string> | null } | null = null;
 
   constructor(readonly pool: Pool) {
     this.log = pool.log.child({ server: this.id });
+    this.target = pool.db.target;
   }
 
   // ---- SessionLink while idle or running the pool's own queries ---------------------------------------
@@ -168,7 +173,7 @@ export class PooledServer implements SessionLink {
 
   /** How pgBouncer's log names this connection. */
   subject() {
-    return { kind: 'S' as const, id: this.id, database: this.pool.db.name, user: this.pool.user, address: `${this.pool.db.target.display}` };
+    return { kind: 'S' as const, id: this.id, database: this.pool.db.name, user: this.pool.user, address: `${this.target.display}` };
   }
 
   close(reason: string): void {
@@ -244,6 +249,12 @@ export class Pool {
 
   /** A connection for the client: at once when one is idle, else when one frees or opens (FIFO). */
   acquire(client: PoolClient): PooledServer | Promise<PooledServer> {
+    const refusal = this.pooler.refusal;
+    if (refusal !== null) {
+      // Never settles: the client is ended by poolFailed, and its session forgets this wait.
+      queueMicrotask(() => client.poolFailed(refusal));
+      return new Promise<PooledServer>(() => {});
+    }
     if (this.waiters.length === 0 && !this.paused) {
       const s = this.takeIdle();
       if (s) return this.lend(s, client);
@@ -380,9 +391,8 @@ export class Pool {
 
   private async connect(s: PooledServer): Promise<void> {
     const settings = this.pooler.settings;
-    const target = this.db.target;
     const timeoutMs = Math.max(1, settings.serverConnectTimeout * 1000);
-    const up = await openUpstream(target, timeoutMs);
+    const up = await this.openHost(s, timeoutMs);
     const startup = new Map<string, string>([
       ['user', this.user],
       ['database', this.db.entry.dbname ?? this.db.name],
@@ -404,7 +414,8 @@ export class Pool {
     s.localAddr = up.sock.localAddress ?? '';
     s.localPort = up.sock.localPort ?? 0;
     s.conn = new ServerConnection(s, up, true);
-    this.pooler.pgbLog.line('LOG', `new connection to server (from ${s.localAddr}:${s.localPort})`, s.subject());
+    const from = s.localAddr.includes(':') ? `[${s.localAddr}]` : s.localAddr;
+    this.pooler.pgbLog.line('LOG', `new connection to server (from ${from}:${s.localPort})`, s.subject());
     this.welcome = new Map(logged.params);
     const cq = e.connectQuery;
     if (cq) {
@@ -415,6 +426,28 @@ export class Pool {
       }
     }
     s.log.debug('server connection logged in');
+  }
+
+  /**
+   * A connection to one host of the entry's list, as load_balance_hosts says: round-robin (the default) takes
+   * the next host for each connection; disable keeps to the first host that works and moves on when it fails.
+   */
+  private async openHost(s: PooledServer, timeoutMs: number): Promise<Awaited<ReturnType<typeof openUpstream>>> {
+    const db = this.db;
+    const n = db.targets.length;
+    const roundRobin = (db.entry.loadBalanceHosts ?? 'round-robin') === 'round-robin';
+    for (let tried = 1; ; tried++) {
+      const i = db.nextHost % n;
+      if (roundRobin) db.nextHost = (i + 1) % n;
+      s.target = db.targets[i];
+      try {
+        return await openUpstream(s.target, timeoutMs);
+      } catch (err) {
+        if (!roundRobin) db.nextHost = (i + 1) % n;
+        if (tried >= n) throw err;
+        this.log.warn({ host: s.target.display, err: (err as Error).message }, 'server host failed, trying the next of the host list');
+      }
+    }
   }
 
   /** How server connections of this pool log in: the entry's password, else the auth_file secret, else none. */
@@ -452,12 +485,18 @@ export class Pool {
   tick(now: number): void {
     const st = this.pooler.settings;
     for (const c of this.clients) c.timeouts(now);
+    const refusal = this.pooler.refusal;
+    if (refusal !== null) for (const w of this.waiters.splice(0)) w.client.poolFailed(refusal);
     if (st.queryWaitTimeout > 0) {
       const limit = st.queryWaitTimeout * 1000;
       while (this.waiters.length > 0 && now - this.waiters[0].since >= limit) {
         const w = this.waiters.shift()!;
         w.client.poolFailed(poolError('query_wait_timeout', SqlState.ConnectionFailure));
       }
+    }
+    // server_fast_close: a session-mode connection marked for closing goes at the end of its client's transaction.
+    if (st.serverFastClose && this.mode === 'session') {
+      for (const s of this.active) if (s.dirty && !s.closed && s.client?.idleInSession?.()) s.client.poolFailed(poolError(s.closeReason || 'database configuration changed'));
     }
     const idleLimit = st.serverIdleTimeout * 1000;
     const lifetime = (this.db.entry.serverLifetime ?? st.serverLifetime) * 1000;
@@ -492,7 +531,7 @@ export class Pool {
   }
 
   cancelFor(s: PooledServer): void {
-    if (s.key) sendCancel(this.db.target, s.key, Math.max(1, this.pooler.settings.serverConnectTimeout * 1000), this.log);
+    if (s.key) sendCancel(s.target, s.key, Math.max(1, this.pooler.settings.serverConnectTimeout * 1000), this.log);
   }
 
   // ---- console operations ----
@@ -538,14 +577,22 @@ export class PoolDatabase {
   paused = false;
   disabled = false;
   clientCount = 0;
+  /** The host list's next host (load_balance_hosts). */
+  nextHost = 0;
 
   constructor(
     readonly name: string,
     public entry: DatabaseEntry,
-    public target: UpstreamTarget,
+    /** One per host of the entry's host list. */
+    public targets: UpstreamTarget[],
     /** Made from the "*" entry (autodb). */
     readonly auto: boolean,
   ) {}
+
+  /** The first host: where the entry is said to point (SHOW DATABASES). */
+  get target(): UpstreamTarget {
+    return this.targets[0];
+  }
 
   serverCount(): number {
     let n = 0;
@@ -588,12 +635,12 @@ export class Pooler {
     if (db) return db;
     const entry = this.config.databases.get(name);
     if (entry) {
-      db = new PoolDatabase(name, entry, this.opts.targetFor(entry, this.opts.defaultTarget), false);
+      db = new PoolDatabase(name, entry, this.opts.targetsFor(entry, this.opts.defaultTarget), false);
     } else {
       const star = this.config.databases.get('*');
       if (!star) return null;
       const e: DatabaseEntry = { ...star, name, dbname: star.dbname ?? name };
-      db = new PoolDatabase(name, e, this.opts.targetFor(e, this.opts.defaultTarget), true);
+      db = new PoolDatabase(name, e, this.opts.targetsFor(e, this.opts.defaultTarget), true);
       this.pgbLog.line('LOG', `registered new auto-database: ${name}`);
     }
     this.databases.set(name, db);
@@ -680,12 +727,19 @@ export class Pooler {
     for (const db of this.databases.values()) for (const p of db.pools.values()) p.tick(now);
   }
 
-  /** SIGUSR1 / SIGUSR2: no connection is lent while paused; on resume the waiting clients are served. */
-  pauseAll(paused: boolean): void {
-    for (const p of this.pools()) {
-      if (paused) p.paused = true;
-      else p.releaseServers();
-    }
+  /** Shutting down (WAIT_FOR_SERVERS): every waiting client, and each that asks from now on, gets this error. */
+  refusal: PoolError | null = null;
+
+  /** Those waiting now hear it on the janitor's next pass, as in pgBouncer. */
+  refuseWaiters(err: PoolError): void {
+    this.refusal = err;
+  }
+
+  /** Connections lent out or being set up, in every pool (WAIT_FOR_SERVERS waits until none). */
+  get serversOut(): number {
+    let n = 0;
+    for (const p of this.pools()) n += p.serversOut;
+    return n;
   }
 
   /** Every pool (SHOW POOLS, RECONNECT, ...). */
@@ -700,10 +754,10 @@ export class Pooler {
       const entry = config.databases.get(name) ?? (db.auto ? config.databases.get('*') : undefined);
       if (!entry) continue;
       const e = db.auto ? { ...entry, name, dbname: entry.dbname ?? name } : entry;
-      const target = this.opts.targetFor(e, this.opts.defaultTarget);
-      const moved = target.display !== db.target.display || (e.dbname ?? name) !== (db.entry.dbname ?? name) || e.user !== db.entry.user;
+      const targets = this.opts.targetsFor(e, this.opts.defaultTarget);
+      const moved = targets.map((t) => t.display).join() !== db.targets.map((t) => t.display).join() || (e.dbname ?? name) !== (db.entry.dbname ?? name) || e.user !== db.entry.user;
       db.entry = e;
-      db.target = target;
+      db.targets = targets;
       if (moved) for (const p of db.pools.values()) p.closeAll(false, 'database configuration changed');
     }
   }

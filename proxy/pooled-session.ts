@@ -78,9 +78,11 @@ export class PooledSession implements PoolClient {
     startup: ReadonlyMap<string, string>,
     cache: StatementCache,
   ) {
-    for (const [k, v] of startup) if (!NOT_SETTINGS.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
+    // ignore_startup_parameters: accepted from the client and not applied, as pgBouncer does.
+    const ignored = new Set(pool.pooler.settings.ignoreStartupParameters.map((p) => p.toLowerCase()));
+    for (const [k, v] of startup) if (!NOT_SETTINGS.has(k.toLowerCase()) && !ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
     const options = startup.get('options');
-    if (options) for (const [k, v] of optionSettings(options)) this.settings.set(k, v);
+    if (options) for (const [k, v] of optionSettings(options)) if (!ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
     pool.clients.add(this);
     const max = pool.pooler.settings.maxPreparedStatements;
     this.statements =
@@ -229,6 +231,11 @@ export class PooledSession implements PoolClient {
       return;
     }
     if (clientIdle > 0 && quiet > clientIdle) this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'client_idle_timeout' }));
+  }
+
+  idleInSession(): boolean {
+    const a = this.host.activity();
+    return a.txStatus === 'I' && a.inFlight === 0 && this.host.atRest();
   }
 
   poolFailed(err: PoolError): void {

@@ -33,17 +33,20 @@ export interface PoolingEnv {
 }
 
 /**
- * Where a [databases] entry points, as pgBouncer reads it: host (a directory: its Unix socket; default the
- * fallback's host), port (default 5432, or the fallback's), server_tls_sslmode and its files.
+ * Where a [databases] entry points, as pgBouncer reads it: host, a comma-separated list of hosts (a directory:
+ * its Unix socket; default the fallback's host), port (default 5432, or the fallback's), server_tls_sslmode
+ * and its files. One target per host, in the entry's order.
  */
-export function targetFor(entry: DatabaseEntry, fallback: UpstreamTarget, st: PoolerSettings): UpstreamTarget {
-  const host = entry.host ?? fallback.host;
+export function targetsFor(entry: DatabaseEntry, fallback: UpstreamTarget, st: PoolerSettings): UpstreamTarget[] {
+  const hosts = (entry.host ?? fallback.host).split(',').map((h) => h.trim()).filter(Boolean);
   const port = entry.port ?? fallback.port;
-  const q = new URLSearchParams({ host, port: String(port), sslmode: host.startsWith('/') ? 'disable' : st.serverTlsSslmode || 'prefer' });
-  if (st.serverTlsCaFile) q.set('sslrootcert', st.serverTlsCaFile);
-  if (st.serverTlsCertFile) q.set('sslcert', st.serverTlsCertFile);
-  if (st.serverTlsKeyFile) q.set('sslkey', st.serverTlsKeyFile);
-  return parseUpstreamUrl(`postgres://x/?${q.toString()}`);
+  return (hosts.length > 0 ? hosts : [fallback.host]).map((host) => {
+    const q = new URLSearchParams({ host, port: String(port), sslmode: host.startsWith('/') ? 'disable' : st.serverTlsSslmode || 'prefer' });
+    if (st.serverTlsCaFile) q.set('sslrootcert', st.serverTlsCaFile);
+    if (st.serverTlsCertFile) q.set('sslcert', st.serverTlsCertFile);
+    if (st.serverTlsKeyFile) q.set('sslkey', st.serverTlsKeyFile);
+    return parseUpstreamUrl(`postgres://x/?${q.toString()}`);
+  });
 }
 
 export interface PoolingOptions {
@@ -81,7 +84,7 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
     config: opts.config,
     defaultTarget: opts.defaultTarget,
     logger: opts.logger,
-    targetFor: (entry, fallback) => targetFor(entry, fallback, pooler.settings),
+    targetsFor: (entry, fallback) => targetsFor(entry, fallback, pooler.settings),
   });
   const statements = new StatementCache();
   return {

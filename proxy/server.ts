@@ -62,6 +62,8 @@ export interface ProxyServer {
    * shutdownGraceMs), then ends the remaining sessions with FATAL 57P01. Resolves when all are closed.
    */
   close(graceMs?: number): Promise<void>;
+  /** Stops listening (TCP and Unix socket) and refuses connections still queued; open sessions go on. */
+  stopAccepting(): void;
   /** The sessions open now (the admin console's SHOW CLIENTS). */
   sessions(): ClientSession[];
 }
@@ -88,10 +90,11 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     onClosed: (session) => sessions.delete(session),
   };
   let closing: Promise<void> | null = null;
+  let accepting = true;
   let nextId = 1;
 
   const accept = (accepted: Socket) => {
-    if (closing) {
+    if (closing || !accepting) {
       accepted.destroy();
       return;
     }
@@ -132,6 +135,12 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       unix?.close();
       closing ??= shutdown(server, sessions, graceMs, log);
       return closing;
+    },
+    stopAccepting() {
+      if (!accepting) return;
+      accepting = false;
+      server.close();
+      unix?.close();
     },
     sessions: () => sessions.list(),
   };

@@ -101,7 +101,9 @@ else
   [ -f "$cli" ] || die "$cli is missing: run 'npm run build' first"
   node_bin=$(command -v node) || die "node is not on PATH"
   # pgBouncer's command line is passed through untouched: the suite uses --quiet, --reboot, --version, --help.
-  printf '#!/bin/sh\nexec %q %q pgbouncer "$@"\n' "$node_bin" "$cli" >"$run/pgbouncer"
+  # Each xdist worker runs its own bouncers at once: the daemon endpoint (our own, default port 5557) takes
+  # any free port so that they do not collide.
+  printf '#!/bin/sh\nPGSTEADYTEXT_DAEMON_LISTEN=127.0.0.1:0 exec %q %q pgbouncer "$@"\n' "$node_bin" "$cli" >"$run/pgbouncer"
   chmod 755 "$run/pgbouncer"
   binary="$node_bin $cli pgbouncer"
 fi
