@@ -35,7 +35,7 @@ import { peerCredentials, type NativeRelay } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
-import { PooledSession } from './pooled-session.js';
+import { PooledSession, optionSettings } from './pooled-session.js';
 import { PoolError, type PoolDatabase, type PooledServer } from './pool.js';
 import { Fe as FeCodes, authentication, AUTH_OK, parameterStatus, readyForQuery } from './protocol.js';
 import type { ClientAuth } from './auth.js';
@@ -431,6 +431,10 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (pooling.isConsole(database)) return this.consoleStartup(user, database, rest);
     const db = pooling.pooler.database(database);
     if (db === null) return this.fail(SqlState.ProtocolViolation, `no such database: ${database}`);
+    const options = sp.params.get('options');
+    if (options && optionSettings(options) === null) {
+      return this.fail(SqlState.ProtocolViolation, "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed");
+    }
     const refused = pooling.pooler.admit(db, user);
     if (refused) return this.fail(refused.fields.code, refused.fields.message);
     this.poolDb = db;

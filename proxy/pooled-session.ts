@@ -82,7 +82,7 @@ export class PooledSession implements PoolClient {
     const ignored = new Set(pool.pooler.settings.ignoreStartupParameters.map((p) => p.toLowerCase()));
     for (const [k, v] of startup) if (!NOT_SETTINGS.has(k.toLowerCase()) && !ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
     const options = startup.get('options');
-    if (options) for (const [k, v] of optionSettings(options)) if (!ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
+    if (options) for (const [k, v] of optionSettings(options) ?? []) if (!ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
     pool.clients.add(this);
     const max = pool.pooler.settings.maxPreparedStatements;
     this.statements =
@@ -328,8 +328,11 @@ export class PooledSession implements PoolClient {
   }
 }
 
-/** `-c name=value` and `--name=value` of the startup `options`, backslash escapes as libpq writes them. */
-export function optionSettings(options: string): [string, string][] {
+/**
+ * `-c name=value` and `--name=value` of the startup `options`, backslash escapes as libpq writes them; null when
+ * it holds anything else (another switch, a name without a value), which could not be replayed on another server.
+ */
+export function optionSettings(options: string): [string, string][] | null {
   const words: string[] = [];
   let cur = '';
   let any = false;
@@ -354,9 +357,9 @@ export function optionSettings(options: string): [string, string][] {
     if (w === '-c' && i + 1 < words.length) w = words[++i];
     else if (w.startsWith('-c')) w = w.slice(2);
     else if (w.startsWith('--')) w = w.slice(2);
-    else continue;
+    else return null;
     const eq = w.indexOf('=');
-    if (eq <= 0) continue;
+    if (eq <= 0) return null;
     out.push([w.slice(0, eq).toLowerCase().replaceAll('-', '_'), w.slice(eq + 1)]);
   }
   return out;
