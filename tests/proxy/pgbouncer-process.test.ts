@@ -1,0 +1,313 @@
+// The CLI run as pgBouncer is (`pg-steadytext pgbouncer CONFIG.ini`), as a real child process: the signals
+// only a process can receive (TERM, INT, USR2, twice), the console login of the process's own OS user over
+// the Unix socket, and host lists with a dead host. Each test writes its own ini against the test cluster and
+// reads pgBouncer's logfile, which is what an existing deployment's scripts and alerts look at.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as netConnect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { afterEach, describe, expect, test } from 'vitest';
+import { testDb } from './helpers.js';
+
+const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
+/** How long an exit may take once it is due: generous, the process is checked every 250 ms as pgBouncer's janitor does. */
+const EXIT_DEADLINE_MS = 10_000;
+
+interface Bouncer {
+  dir: string;
+  port: number;
+  child: ChildProcess;
+  /** pgBouncer's logfile so far. */
+  log(): string;
+  /** The child's stdout and stderr (pino), for the failure messages. */
+  output(): string;
+  alive(): boolean;
+  /** The exit code, or a rejection after timeoutMs. */
+  exited(timeoutMs?: number): Promise<number | null>;
+}
+
+const started: { bouncers: Bouncer[]; clients: pg.Client[] } = { bouncers: [], clients: [] };
+
+afterEach(async () => {
+  // No process may outlive its test, whatever the assertions did.
+  for (const b of started.bouncers) {
+    if (b.alive()) b.child.kill('SIGKILL');
+    await b.exited(5_000).catch(() => {});
+    rmSync(b.dir, { recursive: true, force: true });
+  }
+  await Promise.all(started.clients.map((c) => c.end().catch(() => {})));
+  started.bouncers = [];
+  started.clients = [];
+});
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves with the error code of a TCP connection attempt (null: it connected). */
+function tcpAttempt(host: string, port: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const s = netConnect({ host, port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(null);
+    });
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
+
+/** Starts the CLI as pgBouncer on a fresh ini; resolves once it has written its pidfile (its signal handlers are in place then). */
+async function startBouncer(opts: {
+  databases: Record<string, string>;
+  settings: Record<string, string | number>;
+  users?: [string, string][];
+}): Promise<Bouncer> {
+  const dir = mkdtempSync(join(tmpdir(), 'pgb-process-'));
+  const port = await freePort();
+  const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
+  const settings: Record<string, string | number> = {
+    listen_addr: '127.0.0.1',
+    listen_port: port,
+    unix_socket_dir: dir,
+    logfile: join(dir, 'pgb.log'),
+    pidfile: join(dir, 'pgb.pid'),
+    ...opts.settings,
+  };
+  if (opts.users) {
+    writeFileSync(join(dir, 'userlist.txt'), opts.users.map(([u, p]) => `${q(u)} ${q(p)}`).join('\n') + '\n');
+    settings.auth_file = join(dir, 'userlist.txt');
+  }
+  const ini = join(dir, 'pgbouncer.ini');
+  writeFileSync(
+    ini,
+    [
+      '[databases]',
+      ...Object.entries(opts.databases).map(([k, v]) => `${k} = ${v}`),
+      '[pgbouncer]',
+      ...Object.entries(settings).map(([k, v]) => `${k} = ${v}`),
+    ].join('\n') + '\n',
+  );
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'pgbouncer', ini], {
+    env: { ...process.env, PGSTEADYTEXT_DAEMON_LISTEN: 'off' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const logfile = join(dir, 'pgb.log');
+  const b: Bouncer = {
+    dir,
+    port,
+    child,
+    log: () => (existsSync(logfile) ? readFileSync(logfile, 'utf8') : ''),
+    output: () => output,
+    alive: () => child.exitCode === null && child.signalCode === null,
+    exited(timeoutMs = EXIT_DEADLINE_MS) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`still running after ${timeoutMs} ms; log:\n${b.log()}`)), timeoutMs);
+      });
+      return Promise.race([exit, late]).finally(() => clearTimeout(timer));
+    },
+  };
+  started.bouncers.push(b);
+  const pidfile = join(dir, 'pgb.pid');
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(pidfile) || readFileSync(pidfile, 'utf8').trim() !== String(child.pid)) {
+    if (!b.alive()) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 30 s:\n${output}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return b;
+}
+
+/** A connection to the bouncer: over TCP, or over its Unix socket (unix: true). */
+async function connect(b: Bouncer, c: { user: string; database: string; password?: string; unix?: boolean }): Promise<pg.Client> {
+  const client = new pg.Client({ host: c.unix ? b.dir : '127.0.0.1', port: b.port, user: c.user, database: c.database, password: c.password });
+  client.on('error', () => {}); // a dropped connection shows in the next query's result
+  started.clients.push(client);
+  await client.connect();
+  return client;
+}
+
+const one = async (c: pg.Client) => (await c.query('select 1 as v')).rows[0].v as number;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Waits until the logfile has `text` (the signal handlers run asynchronously to the kill). */
+const logged = (b: Bouncer, text: string) => expect.poll(() => b.log(), { timeout: 5_000 }).toContain(text);
+
+/** As in pgBouncer, auth_type = trust still wants the user in auth_file (the cluster trusts trust_user: no secret needed). */
+const TRUST_USERS: [string, string][] = [['trust_user', '']];
+
+function target(host = testDb().host): string {
+  return `host=${host} port=${testDb().port} dbname=postgres`;
+}
+
+describe('pg-steadytext pgbouncer as a process', () => {
+  test("the process's own OS user logs in to the console as pgbouncer over the Unix socket, without a password; not over TCP", async () => {
+    const scram = testDb().roles.scram;
+    // pgbouncer is neither in auth_file nor in admin_users: only admin_pre_login lets it in.
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'scram-sha-256', pool_mode: 'transaction', default_pool_size: 2 },
+      users: [[scram.user, scram.password]],
+    });
+    const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
+    const version = (await admin.query('SHOW VERSION')).rows;
+    expect(version).toHaveLength(1);
+    expect(String(Object.values(version[0])[0])).toMatch(/^PgBouncer/);
+    await expect(admin.query('PAUSE')).resolves.toBeDefined();
+    await expect(admin.query('RESUME')).resolves.toBeDefined();
+
+    await expect(connect(b, { user: 'pgbouncer', database: 'pgbouncer' })).rejects.toThrow(/not allowed|password/);
+    // The ini itself works for a pooled login with a password.
+    const pooled = await connect(b, { user: scram.user, password: scram.password, database: 'postgres' });
+    expect(await one(pooled)).toBe(1);
+  });
+
+  test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
+      users: TRUST_USERS,
+    });
+    const c = await connect(b, { user: 'trust_user', database: 'postgres' });
+    expect(await one(c)).toBe(1);
+
+    process.kill(b.child.pid!, 'SIGTERM');
+    await logged(b, 'got SIGTERM, shutting down, waiting for all clients disconnect');
+    await expect.poll(() => tcpAttempt('127.0.0.1', b.port), { timeout: 5_000 }).toBe('ECONNREFUSED');
+    for (let i = 0; i < 3; i++) {
+      await sleep(300);
+      expect(await one(c)).toBe(1);
+    }
+    expect(b.alive()).toBe(true);
+
+    await c.end();
+    expect(await b.exited()).toBe(0);
+    expect(b.log()).toContain('client connections dropped, exiting');
+  });
+
+  test('a second SIGTERM while waiting for clients exits at once', async () => {
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
+      users: TRUST_USERS,
+    });
+    const c = await connect(b, { user: 'trust_user', database: 'postgres' });
+    expect(await one(c)).toBe(1);
+
+    process.kill(b.child.pid!, 'SIGTERM');
+    await logged(b, 'got SIGTERM, shutting down, waiting for all clients disconnect');
+    expect(b.alive()).toBe(true);
+    process.kill(b.child.pid!, 'SIGTERM');
+    expect(await b.exited()).toBe(0);
+    expect(b.log()).toContain('got SIGTERM while shutting down, fast exit');
+    await expect(c.query('select 1')).rejects.toThrow();
+  });
+
+  test('SIGINT: a transaction in progress finishes, an idle client that asks for a server is let go, then the process exits', async () => {
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
+      users: TRUST_USERS,
+    });
+    const a = await connect(b, { user: 'trust_user', database: 'postgres' });
+    const idle = await connect(b, { user: 'trust_user', database: 'postgres' });
+    await a.query('BEGIN');
+    expect(await one(a)).toBe(1);
+
+    process.kill(b.child.pid!, 'SIGINT');
+    await logged(b, 'got SIGINT, shutting down, waiting for all servers connections to be released');
+    expect(await one(a)).toBe(1);
+    await expect(idle.query('select 1')).rejects.toThrow('server shutting down');
+    await logged(b, 'closing because: server shutting down');
+    expect(b.alive()).toBe(true);
+
+    await a.query('COMMIT');
+    expect(await b.exited()).toBe(0);
+    expect(b.log()).toContain('server connections dropped, exiting');
+  });
+
+  test('while shutting down, SIGUSR2 is ignored and RESUME from the console is refused', async () => {
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
+      users: TRUST_USERS,
+    });
+    // Opened before the signal: shutting down closes the Unix socket to new connections too.
+    const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
+    const c = await connect(b, { user: 'trust_user', database: 'postgres' });
+    expect(await one(c)).toBe(1);
+
+    process.kill(b.child.pid!, 'SIGTERM');
+    await logged(b, 'got SIGTERM, shutting down, waiting for all clients disconnect');
+    process.kill(b.child.pid!, 'SIGUSR2');
+    await logged(b, 'got SIGUSR2 while shutting down, ignoring');
+    await expect(admin.query('RESUME')).rejects.toThrow('pooler is shutting down');
+    expect(b.alive()).toBe(true);
+    expect(await one(c)).toBe(1);
+
+    await Promise.all([admin.end(), c.end()]);
+    expect(await b.exited()).toBe(0);
+  });
+
+  test('host lists: a dead host is skipped, with load_balance_hosts = disable and with round-robin', async () => {
+    const db = testDb();
+    // An address on the loopback where nothing listens on the cluster's port (the cluster listens on one address).
+    let dead: string | undefined;
+    for (let i = 2; i < 10 && dead === undefined; i++) {
+      const addr = `127.0.0.${i}`;
+      if (addr !== db.host && (await tcpAttempt(addr, db.port)) === 'ECONNREFUSED') dead = addr;
+    }
+    expect(dead, 'no loopback address without a listener on the cluster port').toBeDefined();
+    const b = await startBouncer({
+      databases: {
+        hostlist: `host=${dead},${db.host} port=${db.port} dbname=postgres load_balance_hosts=disable`,
+        hostlist_rr: `host=${db.host},${dead} port=${db.port} dbname=postgres`,
+      },
+      // Session mode and room for every client: each parallel client takes a server connection of its own,
+      // so round-robin comes to the dead host several times.
+      settings: { auth_type: 'trust', pool_mode: 'session', default_pool_size: 6 },
+      users: TRUST_USERS,
+    });
+
+    for (const database of ['hostlist', 'hostlist_rr']) {
+      for (let i = 0; i < 6; i++) {
+        const c = await connect(b, { user: 'trust_user', database });
+        expect(await one(c)).toBe(1);
+        await c.end();
+      }
+      const parallel = await Promise.all(Array.from({ length: 6 }, () => connect(b, { user: 'trust_user', database })));
+      expect(await Promise.all(parallel.map(one))).toEqual([1, 1, 1, 1, 1, 1]);
+      const servers = await Promise.all(
+        parallel.map(async (c) => (await c.query('select host(inet_server_addr()) as addr, pg_backend_pid() as pid')).rows[0]),
+      );
+      // Six server connections of their own, all on the live host.
+      expect(new Set(servers.map((s) => s.pid)).size).toBe(6);
+      expect(servers.map((s) => s.addr)).toEqual(Array(6).fill(db.host));
+      await Promise.all(parallel.map((c) => c.end()));
+    }
+
+    const lines = b
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('new connection to server (from 127.0.0.1:'));
+    for (const database of ['hostlist', 'hostlist_rr']) {
+      const mine = lines.filter((l) => l.includes(` ${database}/trust_user@`));
+      expect(mine.length, b.log()).toBeGreaterThanOrEqual(6);
+      // Every connection that was made is to the live host.
+      for (const l of mine) expect(l).toContain(`@${db.host}:${db.port} `);
+    }
+  });
+});
