@@ -436,14 +436,16 @@ export class Pool {
     const db = this.db;
     const n = db.targets.length;
     const roundRobin = (db.entry.loadBalanceHosts ?? 'round-robin') === 'round-robin';
+    // From this connection's own start: connections opening at the same time each go round the whole list.
+    const start = db.nextHost % n;
+    if (roundRobin) db.nextHost = (start + 1) % n;
     for (let tried = 1; ; tried++) {
-      const i = db.nextHost % n;
-      if (roundRobin) db.nextHost = (i + 1) % n;
+      const i = (start + tried - 1) % n;
       s.target = db.targets[i];
       try {
         return await openUpstream(s.target, timeoutMs);
       } catch (err) {
-        if (!roundRobin) db.nextHost = (i + 1) % n;
+        if (!roundRobin && db.nextHost === i) db.nextHost = (i + 1) % n;
         if (tried >= n) throw err;
         this.log.warn({ host: s.target.display, err: (err as Error).message }, 'server host failed, trying the next of the host list');
       }

@@ -3,7 +3,8 @@
 # one, to prove the harness, or pg-steadytext's `pgbouncer` subcommand, which is meant as a drop-in.
 #
 #   npm run test:pgbouncer-suite -- [--target pg-steadytext|pgbouncer] [--strict] [--jobs N] [--user NAME]
-#                                   [--out DIR] [--keep] [TEST_FILE...] [-- PYTEST_ARGS...]
+#                                   [--out DIR] [--keep] [--cli FILE] [TEST_FILE...] [-- PYTEST_ARGS...]
+#   --cli: the built cli.js to run (default dist/cli.js; e.g. one built with tsc --outDir dist-mine)
 #   TEST_FILE: test_admin.py or test_admin (default: every test_*.py); PYTEST_ARGS e.g. -k prepared, --timeout 60
 #
 # How the suite finds and starts the binary (test/utils.py): it chdirs into test/ at import and always runs
@@ -36,7 +37,7 @@ PYTHON=/usr/bin/python3 # Debian's, where apt installs the modules (not a pyenv 
 log() { printf '[pgbouncer-suite] %s\n' "$*" >&2; }
 die() { log "$*"; exit 2; }
 
-target=pg-steadytext strict=0 jobs=2 user="" out="" keep=0
+target=pg-steadytext strict=0 jobs=2 user="" out="" keep=0 cli=$repo/dist/cli.js
 files=() pytest_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -47,8 +48,9 @@ while [ $# -gt 0 ]; do
     --user) user=${2:?--user needs a value}; shift 2 ;;
     --out) out=${2:?--out needs a value}; shift 2 ;;
     --keep) keep=1; shift ;;
+    --cli) cli=$(realpath "${2:?--cli needs a file}"); shift 2 ;;
     --) shift; pytest_args=("$@"); break ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) files+=("$1"); shift ;;
   esac
@@ -97,7 +99,6 @@ if [ "$target" = pgbouncer ]; then
   cp "$bouncer_bin" "$run/pgbouncer"
   binary=$bouncer_bin
 else
-  cli=$repo/dist/cli.js
   [ -f "$cli" ] || die "$cli is missing: run 'npm run build' first"
   node_bin=$(command -v node) || die "node is not on PATH"
   # pgBouncer's command line is passed through untouched: the suite uses --quiet, --reboot, --version, --help.
@@ -141,7 +142,7 @@ if [ -n "$leftovers" ]; then
   log "ending processes the suite left running: $(echo $leftovers)"
   kill -TERM $leftovers 2>/dev/null || true
   for _ in 1 2 3 4 5; do
-    leftovers=$(for pid in $leftovers; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done)
+    leftovers=$(for pid in $leftovers; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done || true)
     [ -n "$leftovers" ] || break
     sleep 1
   done

@@ -22,6 +22,9 @@ class FakeRelay implements NativeRelay {
   starts: { clientFd: number; serverFd: number; maxMessage: number }[] = [];
   failStart = false;
   onExit: ((o: RelayOutcome) => void) | null = null;
+  peer(): null {
+    return null;
+  }
   /** What stop() returns: the outcome, or null when the relay already gave the session back. */
   onStop: RelayOutcome | null = null;
   stops = 0;
