@@ -87,6 +87,8 @@ const PAUSE_HOOK = 2; // a hook is pending and enough waits behind it (hook-paus
 const PAUSE_CONNECTING = 4; // no upstream yet to take what the client sends
 const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
 const PAUSE_POOL = 16; // pooling: waiting for a server connection
+/** Most bytes a client waiting for a server connection copies out of the read buffer (holdsInput). */
+const OWN_QUEUE_BYTES = 16 * 1024;
 
 /** The server's own authentication_timeout default: a client that never finishes startup is dropped. */
 const STARTUP_TIMEOUT_MS = 60_000;
@@ -218,9 +220,16 @@ export class ClientSession implements FrameHandler, SessionLink {
     sock.on('close', () => this.close('client closed the connection'));
   }
 
-  /** Does anything still point into the chunk just read (so the read buffer must not be reused)? */
+  /**
+   * Does anything still point into the chunk just read (so the read buffer must not be reused)? A client
+   * waiting in the pool's queue holds a copy of its message and of the few bytes after it: most pooled
+   * transactions wait, and a fresh 64 KiB read buffer for each made the GC the pooler's largest cost.
+   */
   private holdsInput(): boolean {
-    return this.phase !== READY || this.reader === null || this.hooks.pending || this.reader.isPaused || (this.server !== null && this.server.sock.writableLength > 0);
+    if (this.phase !== READY || this.reader === null || this.hooks.pending) return true;
+    if (this.server !== null && this.server.sock.writableLength > 0) return true;
+    if (!this.reader.isPaused) return false;
+    return this.paused !== PAUSE_POOL || !this.reader.ownQueue(OWN_QUEUE_BYTES);
   }
 
   private data(chunk: Buffer): void {
@@ -651,9 +660,11 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   /** A message arrived and the client holds no server connection: take one (waiting in the pool's queue if need be). */
-  private pooledAcquire(msg: Buffer): Verdict | null {
+  private pooledAcquire(view: Buffer): Verdict | null {
     const got = this.pooled!.acquire();
     if (got instanceof Promise) {
+      // A copy: the message waits, and the read buffer it was read into is reused meanwhile (holdsInput).
+      const msg = Buffer.from(view);
       this.pauseClient(PAUSE_POOL);
       got.then(
         () => {

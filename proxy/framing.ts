@@ -253,6 +253,19 @@ export class FrameReader {
     this.queue.unshift(msg);
   }
 
+  /**
+   * While paused: copies the queued bytes out of the chunks they point into, when they are no more than
+   * `limit` bytes, so that a socket's read buffer can be reused. Returns whether the queue now owns its bytes.
+   */
+  ownQueue(limit: number): boolean {
+    if (this.buffered - this.hdrLen - this.asmLen > limit) return false;
+    if (this.queue.length === 0) return true;
+    const first = this.queue[0].subarray(this.queueOffset);
+    this.queueOffset = 0;
+    this.queue = this.queue.length === 1 ? [Buffer.from(first)] : [Buffer.concat([first, ...this.queue.slice(1)])];
+    return true;
+  }
+
   /** Stop for good (the session is ending): nothing more is delivered. */
   stop(): void {
     this.failed = true;

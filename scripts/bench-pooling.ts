@@ -165,7 +165,9 @@ async function startSteadytext(cluster: Cluster, password: string, workers: numb
   // Nothing from the caller's environment may change a default.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PGSTEADYTEXT_')));
   const flags = workers > 1 ? ['--workers', String(workers)] : [];
-  const child = spawn(process.execPath, [cli, 'serve', '--config', ini, ...flags], { cwd: root, stdio: ['ignore', out, out], env, detached: true });
+  // BENCH_NODE_ARGS: Node options for the proxy only, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it.
+  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, cli, 'serve', '--config', ini, ...flags], { cwd: root, stdio: ['ignore', out, out], env, detached: true });
   closeSync(out);
   let exited = false;
   const gone = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));

@@ -125,6 +125,34 @@ describe('FrameReader', () => {
     expect(Buffer.concat(c.out).equals(Buffer.concat(expected))).toBe(true);
   });
 
+  test('a paused reader that owns its queue no longer points into the chunk: the read buffer may be reused', () => {
+    const rand = rng(7);
+    const msgs = randomStream(rand, 60).filter((m) => m.length < 100);
+    const all = Buffer.concat(msgs);
+    // The paused message waits as a copy, as the pooler's waiting client keeps it (client.ts pooledAcquire).
+    let waiting: Buffer | null = null;
+    const c = new Collector(
+      (code) => code === 0x51,
+      (msg) => {
+        if (waiting !== null) return KEEP;
+        waiting = Buffer.from(msg);
+        return PAUSE;
+      },
+    );
+    const r = new FrameReader(c, 1 << 30);
+    // One reused read buffer, as ReadBuffer hands to the socket.
+    const readBuffer = Buffer.from(all);
+    r.push(readBuffer);
+    expect(r.isPaused).toBe(true);
+    const held = r.buffered;
+    expect(r.ownQueue(held - 1)).toBe(false); // over the limit: still a view, the caller keeps the buffer
+    expect(r.ownQueue(held)).toBe(true);
+    readBuffer.fill(0xee); // the next read overwrites it
+    r.requeue(waiting!);
+    r.resume();
+    expect(Buffer.concat(c.out).equals(all)).toBe(true);
+  });
+
   test('impossible and oversized lengths are reported, nothing after them is forwarded', () => {
     for (const [len, tooLarge] of [[3, false], [-1, false], [2 ** 31 - 1, true], [1001, true]] as const) {
       const got: unknown[] = [];
