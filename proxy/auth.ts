@@ -65,8 +65,14 @@ export interface ClientAuthOptions {
   method: ClientAuthMethod;
   /** The user the client logs in as (its md5 secret is salted with the name). */
   user: string;
-  /** The user's secret; null for a user the pooler does not know. */
+  /** The user's secret; null for a user the pooler does not know, or one it knows without a usable secret. */
   secret: Secret | null;
+  /**
+   * The user exists although `secret` is null: auth_query found it with a NULL password (pgBouncer stores the
+   * impossible secret "md5" then). trust lets such a user in; every password method still fails for it.
+   * Default: known when there is a secret.
+   */
+  known?: boolean;
 }
 
 /** pgBouncer's words for what it refuses (all sent with SQLSTATE 08P01). */
@@ -114,7 +120,7 @@ export class ClientAuth {
 
   constructor(opts: ClientAuthOptions) {
     this.user = opts.user;
-    this.known = opts.secret !== null;
+    this.known = opts.secret !== null || opts.known === true;
     // An empty cleartext secret is no secret: pgBouncer refuses it for plain and md5; so do we for SCRAM.
     this.secret = opts.secret?.kind === 'plain' && opts.secret.password === '' ? null : opts.secret;
     const m = opts.method;

@@ -439,7 +439,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     const pooling = this.env.pooling!;
     if (pooling.isConsole(database)) return this.consoleStartup(user, database, rest);
     const db = pooling.pooler.database(database);
-    if (db === null) return this.fail(SqlState.ProtocolViolation, `no such database: ${database}`);
+    // As pgBouncer: a database it does not have is refused only after the authentication (authStep).
+    if (db === null) return this.startAuth(user, database, rest);
     const options = sp.params.get('options');
     if (options && optionSettings(options) === null) {
       return this.fail(SqlState.ProtocolViolation, "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed");
@@ -506,12 +507,14 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
     if (!step.ok) {
       this.log.info({ code: step.error.code }, 'client authentication failed');
+      this.logClosing(step.error.message);
       this.fatal(step.error);
       return this.close(step.error.message);
     }
     if (step.send) this.sock.write(step.send);
     this.auth = null;
     if (this.console !== null) return this.consoleStarted();
+    if (this.pooled === null) return this.fail(SqlState.ProtocolViolation, `no such database: ${this.ctx!.database}`);
     if (step.scramKeys) this.pooled!.pool.scramKeys = step.scramKeys;
     this.phase = CONNECTING; // learning the server's parameters
     this.pauseClient(PAUSE_CONNECTING);
@@ -632,6 +635,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       },
       atRest: () => !this.hooks.pending && this.reader !== null && this.reader.atBoundary && (this.server === null || this.server.reader.atBoundary),
       poolFailed: (err: PoolError) => {
+        this.logClosing(err.message);
         this.fatal(err.fields);
         this.close(err.message);
       },
@@ -949,6 +953,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   private fail(code: string, message: string): void {
+    this.logClosing(message);
     this.fatal({ severity: 'FATAL', code, message });
     this.close(message);
   }
@@ -956,6 +961,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Ends the session (idempotent): upstream closed (its running query cancelled), client socket ended. */
   close(reason: string): void {
     if (this.phase === CLOSED) return;
+    this.logClosing(reason);
     const busy = this.busy;
     const wasReady = this.phase === READY;
     this.phase = CLOSED;
@@ -975,14 +981,20 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.hooks.close();
     if (wasReady) this.seam?.sessionEnd();
     this.env.totals.closed++;
-    if (this.env.pooling && this.ctx) {
-      const why = reason === 'client closed the connection' ? 'client unexpected eof' : reason;
-      this.env.pooling.pooler.pgbLog.line('LOG', `closing because: ${why} (age=${Math.floor((Date.now() - this.startedAt) / 1000)}s)`, this.pgbSubject());
-    }
     const log = { reason, durationMs: Date.now() - this.startedAt };
     if (wasReady) this.log.info(log, 'client disconnected');
     else this.log.debug(log, 'connection closed before the session started');
     this.env.onClosed(this);
+  }
+
+  private closingLogged = false;
+
+  /** pgBouncer's "closing because" line, once: before the client hears the error, as pgBouncer writes it. */
+  private logClosing(reason: string): void {
+    if (this.closingLogged || !this.env.pooling || !this.ctx) return;
+    this.closingLogged = true;
+    const why = reason === 'client closed the connection' ? 'client unexpected eof' : reason;
+    this.env.pooling.pooler.pgbLog.line('LOG', `closing because: ${why} (age=${Math.floor((Date.now() - this.startedAt) / 1000)}s)`, this.pgbSubject());
   }
 
   /** How pgBouncer's log names this client. */

@@ -3,8 +3,8 @@
 // pool, and whether it asked for the admin console.
 import type { Logger } from 'pino';
 import { matchHba, parseSecret, type HbaRule, type PoolerConfig, type Secret } from '../config/pgbouncer.js';
-import { ClientAuth } from './auth.js';
-import { PoolError, Pooler, type Pool, type PoolClient, type PoolDatabase, type PooledServer } from './pool.js';
+import { ClientAuth, type ClientAuthMethod } from './auth.js';
+import { PoolError, Pooler, poolError, type Pool, type PoolClient, type PoolDatabase, type PooledServer } from './pool.js';
 import { StatementCache } from './prepared.js';
 import { SqlState } from './protocol.js';
 import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
@@ -59,24 +59,47 @@ export interface PoolingOptions {
   hba?: HbaRule[];
 }
 
-/** pgBouncer's auth_query: the user's secret, read through a connection of auth_user (null: no such user). */
-async function authQuery(pooler: Pooler, db: PoolDatabase, authUser: string, user: string): Promise<Secret | null> {
-  const st = pooler.settings;
-  const authDb = pooler.database(db.entry.authDbname ?? (st.authDbname || db.name)) ?? db;
+/** What auth_query says of a user: its secret, found without a usable one (NULL password), or no such user. */
+type Lookup = { found: true; secret: Secret | null } | { found: false };
+
+/** pgBouncer's "bouncer config error": the client hears only that, the log says why. */
+function configError(pooler: Pooler, why: string): PoolError {
+  pooler.pgbLog.line('ERROR', why);
+  return poolError('bouncer config error');
+}
+
+/**
+ * pgBouncer's prepare_auth_database: where auth_query runs. The entry's auth_dbname, else the global one, else
+ * the client's own database; `db` null is the admin console, which cannot run it itself.
+ */
+function authDatabase(pooler: Pooler, db: PoolDatabase | null): PoolDatabase | PoolError {
+  const name = db?.entry.authDbname || pooler.settings.authDbname || null;
+  if (name === null && db !== null) return db;
+  if (name === null || name === 'pgbouncer') return configError(pooler, 'cannot use the reserved "pgbouncer" database as an auth_dbname');
+  const authDb = pooler.database(name);
+  if (authDb === null) return configError(pooler, `authentication database "${name}" is not configured.`);
+  if (authDb.disabled) return poolError(`authentication database "${name}" is disabled`);
+  return authDb;
+}
+
+/** pgBouncer's auth_query: the user's secret, read through a connection of auth_user in the auth database. */
+async function authQuery(pooler: Pooler, authDb: PoolDatabase, query: string, authUser: string, user: string): Promise<Lookup> {
   const pool = pooler.pool(authDb, authUser);
   const server = await new Promise<PooledServer>((resolve, reject) => {
     const got = pool.acquire({ id: 0, poolFailed: reject });
     if (got instanceof Promise) got.then(resolve, reject);
     else resolve(got);
   });
-  const r = await server.runInternal(db.entry.authQuery ?? st.authQuery, [user]);
-  pool.release(server, r.ok);
-  if (!r.ok) {
-    throw new PoolError({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: `auth_query failed: ${r.error?.M ?? 'unknown error'}` });
-  }
+  const r = await server.runInternal(query, [user]);
   const row = r.rows[0];
-  const text = row?.[1]?.toString();
-  return text ? parseSecret(text) : null;
+  // As pgBouncer: the connection that answered wrongly is closed, and the client is told the config is wrong.
+  const wrong = !r.ok ? `error in auth_query: ${r.error?.S ?? 'ERROR'}: ${r.error?.M ?? 'unknown error'}` : row && row.length !== 2 ? `expected 2 columns from auth_query, not ${row.length}` : row && row[0] === null ? 'auth_query response contained null user name' : null;
+  pool.release(server, wrong === null);
+  if (wrong !== null) throw configError(pooler, `S: ${wrong}`);
+  if (!row) return { found: false };
+  const text = row[1]?.toString();
+  // A NULL password: the user exists, and no password will ever match (trust still lets it in).
+  return { found: true, secret: text === undefined ? null : parseSecret(text) };
 }
 
 export function createPooling(opts: PoolingOptions): PoolingEnv {
@@ -93,26 +116,47 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
     isConsole: (database) => database === 'pgbouncer',
     authenticator(user, database, address, tls) {
       const st = pooler.settings;
-      let method: string = st.authType;
-      if (method === 'hba') {
-        const rule = matchHba(opts.hba ?? [], { local: address.startsWith('/') || address.startsWith('?'), ssl: tls, database, user, address: address.replace(/:\d+$/, '') });
-        if (rule === null) return new PoolError({ severity: 'FATAL', code: SqlState.InvalidAuthorizationSpecification, message: `no pg_hba.conf entry for host "${address}", user "${user}", database "${database}"` });
-        method = rule.method === 'password' ? 'plain' : rule.method;
-      }
-      if (method === 'reject') return new PoolError({ severity: 'FATAL', code: SqlState.InvalidAuthorizationSpecification, message: 'login rejected' });
-      if (method !== 'trust' && method !== 'any' && method !== 'plain' && method !== 'md5' && method !== 'scram-sha-256') {
-        return new PoolError({ severity: 'FATAL', code: SqlState.FeatureNotSupported, message: `auth_type ${method} is not supported by pg-steadytext`, hint: 'Use trust, plain, md5, scram-sha-256 or hba.' });
-      }
-      const m = method;
+      // How the client authenticates: auth_type, or the hba rule (looked up after the user, as pgBouncer does).
+      const methodFor = (): ClientAuthMethod | PoolError => {
+        let method: string = st.authType;
+        if (method === 'hba') {
+          const rule = matchHba(opts.hba ?? [], { local: address.startsWith('/') || address.startsWith('?'), ssl: tls, database, user, address: address.replace(/:\d+$/, '') });
+          if (rule === null) return new PoolError({ severity: 'FATAL', code: SqlState.InvalidAuthorizationSpecification, message: `no pg_hba.conf entry for host "${address}", user "${user}", database "${database}"` });
+          method = rule.method === 'password' ? 'plain' : rule.method;
+        }
+        if (method === 'reject') return new PoolError({ severity: 'FATAL', code: SqlState.InvalidAuthorizationSpecification, message: 'login rejected' });
+        if (method !== 'trust' && method !== 'any' && method !== 'plain' && method !== 'md5' && method !== 'scram-sha-256') {
+          return new PoolError({ severity: 'FATAL', code: SqlState.FeatureNotSupported, message: `auth_type ${method} is not supported by pg-steadytext`, hint: 'Use trust, plain, md5, scram-sha-256 or hba.' });
+        }
+        return method;
+      };
+      const auth = (lookup: Lookup): ClientAuth | PoolError => {
+        const m = methodFor();
+        if (m instanceof PoolError) return m;
+        return new ClientAuth({ method: m, user, secret: lookup.found ? lookup.secret : null, known: lookup.found });
+      };
       const known = pooler.config.authFile.get(user);
-      // The console is no database of the pool: nothing is looked up or registered for it.
-      const db = database === 'pgbouncer' ? null : pooler.database(database);
-      const authUser = db?.entry.authUser ?? st.authUser;
-      if (known || m === 'any' || !authUser || !db) return new ClientAuth({ method: m, user, secret: known ?? null });
-      return authQuery(pooler, db, authUser, user).then(
-        (secret) => {
-          if (secret) pooler.dynamicSecrets.set(user, secret); // server logins of this user's pool use it
-          return new ClientAuth({ method: m, user, secret });
+      if (known) return auth({ found: true, secret: known });
+      if (st.authType === 'any') return auth({ found: false });
+      // The console ("pgbouncer") runs auth_query with the global auth_user; a database the pooler does not
+      // have (pgBouncer's fake one: "no such database" comes after the authentication) runs none.
+      const console = database === 'pgbouncer';
+      const db = console ? null : pooler.database(database);
+      const authUser = (console ? null : db?.entry.authUser) ?? st.authUser;
+      if (!authUser || (!console && db === null)) {
+        pooler.pgbLog.line('LOG', `no such user: ${user}`);
+        return auth({ found: false });
+      }
+      const authDb = authDatabase(pooler, db);
+      if (authDb instanceof PoolError) return authDb;
+      return authQuery(pooler, authDb, db?.entry.authQuery ?? st.authQuery, authUser, user).then(
+        (lookup) => {
+          // As pgBouncer (handle_auth_query_response): a user auth_query does not find is refused at once.
+          if (!lookup.found) return poolError('no such user');
+          // Server logins of this user's pools use what was found.
+          if (lookup.secret) pooler.dynamicSecrets.set(user, lookup.secret);
+          else pooler.dynamicSecrets.delete(user);
+          return auth(lookup);
         },
         (err: unknown) => (err instanceof PoolError ? err : new PoolError({ severity: 'FATAL', code: SqlState.ConnectionFailure, message: `auth_query failed: ${String(err)}` })),
       );
