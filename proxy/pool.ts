@@ -12,7 +12,7 @@ import { Be, Fe, SYNC, SqlState, bind, execute, parse, query, readDataRow, readE
 import { loginServer, LoginError, type LoginCredentials } from './server-login.js';
 import { RequestTracker } from './tracker.js';
 import { PgBouncerLog } from './pgbouncer-log.js';
-import { ServerConnection, openUpstream, sendCancel, type SessionLink, type UpstreamTarget } from './upstream.js';
+import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ResponseHandler } from './interceptor.js';
 
 /** A client error in pgBouncer's words (its texts and SQLSTATEs). */
@@ -95,6 +95,8 @@ export class PooledServer implements SessionLink {
   closeReason = '';
   localAddr = '';
   localPort = 0;
+  /** Cancel requests for it on their way to the server (Pool.cancelFor). */
+  cancelling = 0;
   /** The host of the entry's host list it is connected to (cancels go there too). */
   target: UpstreamTarget;
   private internal: { resolve(r: InternalResult): void; rows: (Buffer | null)[][]; error: Record<string, string> | null } | null = null;
@@ -206,6 +208,8 @@ interface Waiter {
 export class Pool {
   readonly idle: PooledServer[] = [];
   readonly active = new Set<PooledServer>();
+  /** Released while cancel requests for it are still on their way (cancelFor). */
+  private readonly parked = new Set<PooledServer>();
   /** Connections being opened or checked (they count against the limits). */
   opening = 0;
   readonly waiters: Waiter[] = [];
@@ -234,7 +238,7 @@ export class Pool {
   }
 
   get size(): number {
-    return this.idle.length + this.active.size + this.opening;
+    return this.idle.length + this.active.size + this.opening + this.parked.size;
   }
 
   get poolSize(): number {
@@ -298,6 +302,10 @@ export class Pool {
     const lifetime = (this.db.entry.serverLifetime ?? settings.serverLifetime) * 1000;
     if (lifetime > 0 && Date.now() - s.createdAt > lifetime) return this.retire(s, 'server lifetime over');
     s.lastUsed = Date.now();
+    if (s.cancelling > 0) {
+      this.parked.add(s);
+      return;
+    }
     const reset = settings.serverResetQuery;
     if (reset && (this.mode === 'session' || settings.serverResetQueryAlways)) {
       this.opening++;
@@ -445,6 +453,8 @@ export class Pool {
       try {
         return await openUpstream(s.target, timeoutMs);
       } catch (err) {
+        const why = err instanceof UpstreamUnreachable && err.reason.startsWith('DNS lookup failed') ? 'server DNS lookup failed' : 'server connect failed';
+        this.pooler.pgbLog.line('LOG', `closing because: ${why} (age=0s)`, s.subject());
         if (!roundRobin && db.nextHost === i) db.nextHost = (i + 1) % n;
         if (tried >= n) throw err;
         this.log.warn({ host: s.target.display, err: (err as Error).message }, 'server host failed, trying the next of the host list');
@@ -475,6 +485,7 @@ export class Pool {
       pe = poolError(`server connection failed: ${(err as Error)?.message ?? String(err)}`, SqlState.ConnectionFailure);
     }
     this.log.warn({ err: pe.message }, 'server login failed');
+    if (err instanceof LoginError && err.fields?.S) this.pooler.pgbLog.line('WARNING', `server login failed: ${err.fields.S} ${err.fields.M ?? ''}`);
     this.loginFailure = { at: Date.now(), error: pe };
     // A database that is down or restarting comes back: waiting clients stay queued (query_wait_timeout bounds
     // the wait) and the janitor tries again after server_login_retry. A refusal (credentials, no such
@@ -523,6 +534,7 @@ export class Pool {
   /** Closes every connection (RECONNECT closes them as they come back; KILL at once). */
   closeAll(now: boolean, reason: string): void {
     for (const s of this.idle.splice(0)) s.close(reason);
+    for (const s of this.parked) s.close(reason);
     for (const s of this.active) {
       if (now) s.close(reason);
       else {
@@ -532,8 +544,17 @@ export class Pool {
     }
   }
 
+  /**
+   * A client cancels what runs on its connection. Until the server has taken every such request, the
+   * connection goes to no other client: a late cancel would hit that client's statement (pgBouncer does the same).
+   */
   cancelFor(s: PooledServer): void {
-    if (s.key) sendCancel(s.target, s.key, Math.max(1, this.pooler.settings.serverConnectTimeout * 1000), this.log);
+    if (!s.key) return;
+    s.cancelling++;
+    void sendCancel(s.target, s.key, Math.max(1, this.pooler.settings.serverConnectTimeout * 1000), this.log).then(() => {
+      if (--s.cancelling > 0 || !this.parked.delete(s)) return;
+      this.release(s, true); // released clean before it was parked
+    });
   }
 
   // ---- console operations ----
@@ -549,7 +570,7 @@ export class Pool {
 
   /** Connections lent to clients or being set up (logging in, running the reset query): PAUSE waits for none. */
   get serversOut(): number {
-    return this.active.size + this.opening;
+    return this.active.size + this.opening + this.parked.size;
   }
 
   /** RESUME: waiting clients get the idle connections, and new ones open for those left (fill). */

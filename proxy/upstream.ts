@@ -182,15 +182,18 @@ export function openUpstream(t: UpstreamTarget, timeoutMs: number): Promise<Open
 }
 
 /** Sends a CancelRequest for `key` on a new upstream connection; failures are logged, never thrown. */
-export function sendCancel(t: UpstreamTarget, key: CancelKey, timeoutMs: number, log: Logger): void {
-  openUpstream(t, timeoutMs).then(
-    ({ sock }) => {
-      sock.on('error', () => {});
-      sock.resume();
-      // The server closes the connection after reading the request; end() flushes it first.
-      sock.end(cancelRequest(key.pid, key.secret));
-      setTimeout(() => sock.destroy(), timeoutMs).unref();
-    },
+/** Resolves once the server has taken the request (it closes the connection then) or it could not be sent. */
+export function sendCancel(t: UpstreamTarget, key: CancelKey, timeoutMs: number, log: Logger): Promise<void> {
+  return openUpstream(t, timeoutMs).then(
+    ({ sock }) =>
+      new Promise<void>((resolve) => {
+        sock.on('error', () => {});
+        sock.once('close', () => resolve());
+        sock.resume();
+        // The server closes the connection after reading the request; end() flushes it first.
+        sock.end(cancelRequest(key.pid, key.secret));
+        setTimeout(() => sock.destroy(), timeoutMs).unref();
+      }),
     (err: Error) => log.warn({ err: err.message }, 'could not send cancel request upstream'),
   );
 }
