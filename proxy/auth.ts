@@ -59,7 +59,7 @@ export type AuthStep =
   /** Refused: the caller sends `error` as a FATAL ErrorResponse and closes. */
   | { done: true; ok: false; error: ErrorFields };
 
-export type ClientAuthMethod = Extract<AuthType, 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256'>;
+export type ClientAuthMethod = Extract<AuthType, 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256' | 'cert'>;
 
 export interface ClientAuthOptions {
   method: ClientAuthMethod;
@@ -82,6 +82,7 @@ export const AUTH_FAILURE = {
   trust: '"trust" authentication failed',
   emptyPassword: 'empty password returned by client',
   mechanism: 'client selected an invalid SASL authentication mechanism',
+  cert: 'certificate authentication failed',
 } as const;
 
 /** What the SCRAM exchange checks against: a stored verifier, one made from a cleartext secret, or a decoy. */
@@ -108,7 +109,7 @@ interface ScramExchange {
 const DECOY_KEY = randomBytes(32);
 
 export class ClientAuth {
-  private readonly method: 'trust' | 'any' | 'plain' | 'md5' | 'scram';
+  private readonly method: 'trust' | 'any' | 'plain' | 'md5' | 'scram' | 'cert';
   private readonly user: string;
   /** Whether the user is known at all (trust needs no more). */
   private readonly known: boolean;
@@ -117,6 +118,11 @@ export class ClientAuth {
   private state: 'new' | 'password' | 'md5' | 'sasl-initial' | 'sasl-response' | 'done' = 'new';
   private md5Salt: Buffer | null = null;
   private scram: ScramExchange | null = null;
+  /**
+   * cert: the client's verified TLS certificate names the user (or the hba rule's ident map lets that name in);
+   * whoever knows the client's socket sets it before begin(). The user must be known as well, as pgBouncer's.
+   */
+  certified = false;
 
   constructor(opts: ClientAuthOptions) {
     this.user = opts.user;
@@ -133,6 +139,8 @@ export class ClientAuth {
     switch (this.method) {
       case 'any':
         return this.finish({ done: true, ok: true });
+      case 'cert':
+        return this.finish(this.certified && this.known ? { done: true, ok: true } : refuse(AUTH_FAILURE.cert));
       case 'trust':
         return this.finish(!this.known ? refuse(AUTH_FAILURE.trust) : { done: true, ok: true });
       case 'plain':
