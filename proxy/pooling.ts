@@ -8,6 +8,7 @@ import { PoolError, Pooler, poolError, type Pool, type PoolClient, type PoolData
 import { StatementCache } from './prepared.js';
 import { SqlState } from './protocol.js';
 import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
+import { tlsCiphers, tlsVersions } from './client-tls.js';
 import type { DatabaseEntry, PoolerSettings } from '../config/pgbouncer.js';
 import type { Socket } from 'node:net';
 
@@ -41,11 +42,15 @@ export function targetsFor(entry: DatabaseEntry, fallback: UpstreamTarget, st: P
   const hosts = (entry.host ?? fallback.host).split(',').map((h) => h.trim()).filter(Boolean);
   const port = entry.port ?? fallback.port;
   return (hosts.length > 0 ? hosts : [fallback.host]).map((host) => {
-    const q = new URLSearchParams({ host, port: String(port), sslmode: host.startsWith('/') ? 'disable' : st.serverTlsSslmode || 'prefer' });
-    if (st.serverTlsCaFile) q.set('sslrootcert', st.serverTlsCaFile);
+    const sslmode = host.startsWith('/') ? 'disable' : st.serverTlsSslmode || 'prefer';
+    const q = new URLSearchParams({ host, port: String(port), sslmode });
+    // As pgBouncer: only verify-ca and verify-full check the server's certificate (libpq's require would with a CA).
+    if (st.serverTlsCaFile && sslmode.startsWith('verify-')) q.set('sslrootcert', st.serverTlsCaFile);
     if (st.serverTlsCertFile) q.set('sslcert', st.serverTlsCertFile);
     if (st.serverTlsKeyFile) q.set('sslkey', st.serverTlsKeyFile);
-    return parseUpstreamUrl(`postgres://x/?${q.toString()}`);
+    const t = parseUpstreamUrl(`postgres://x/?${q.toString()}`);
+    if (t.tls) Object.assign(t.tls, tlsVersions('server_tls_protocols', st.serverTlsProtocols), { ciphers: tlsCiphers('server_tls_ciphers', st.serverTlsCiphers) });
+    return t;
   });
 }
 
@@ -125,7 +130,8 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
           method = rule.method === 'password' ? 'plain' : rule.method;
         }
         if (method === 'reject') return new PoolError({ severity: 'FATAL', code: SqlState.InvalidAuthorizationSpecification, message: 'login rejected' });
-        if (method !== 'trust' && method !== 'any' && method !== 'plain' && method !== 'md5' && method !== 'scram-sha-256') {
+        // cert: the proxy's listener certifies the client's certificate on the ClientAuth (server.ts).
+        if (method !== 'trust' && method !== 'any' && method !== 'plain' && method !== 'md5' && method !== 'scram-sha-256' && method !== 'cert') {
           return new PoolError({ severity: 'FATAL', code: SqlState.FeatureNotSupported, message: `auth_type ${method} is not supported by pg-steadytext`, hint: 'Use trust, plain, md5, scram-sha-256 or hba.' });
         }
         return method;
