@@ -31,7 +31,7 @@ import {
 } from './protocol.js';
 import type { ReadBuffer } from './read-buffer.js';
 import { RelayHandoff } from './relay-handoff.js';
-import { peerCredentials, type NativeRelay } from './relay.js';
+import { peerCredentials, socketFd, writeFast, type NativeRelay } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
@@ -101,6 +101,8 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** The client's socket: `raw` as accepted, or the TLS socket over it. */
   private sock: Socket;
   private readonly raw: Socket;
+  /** The plain client socket's descriptor for writeFast (-1: written through the stream only). */
+  private readonly rawFd: number;
   private readonly clientAddress: string;
   private startupBuf: Buffer | null = null;
   /** Client bytes that arrived after the StartupMessage, before the upstream was there to take them. */
@@ -147,6 +149,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     private readonly input?: ReadBuffer,
   ) {
     this.raw = this.sock = socket;
+    this.rawFd = input ? socketFd(socket) : -1;
     this.clientAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.log = env.logger.child({ session: id, client: this.clientAddress });
     socket.setNoDelay(true);
@@ -280,7 +283,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Server → client. */
   toClient(bytes: Buffer): void {
     if (this.phase === CLOSED) return;
-    if (!this.sock.write(bytes) && !this.serverPaused && this.server) {
+    if (!writeFast(this.sock, this.sock === this.raw ? this.rawFd : -1, bytes) && !this.serverPaused && this.server) {
       this.serverPaused = true;
       this.server.sock.pause();
     }

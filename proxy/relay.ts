@@ -12,6 +12,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Socket } from 'node:net';
 
 export type NativeRelayMode = 'auto' | 'on' | 'off';
 
@@ -68,6 +69,7 @@ interface Addon {
   stop(h: Handle): Raw | null;
   state(h: Handle): [number, number, number, number, number, number];
   peer?(fd: number): [number, number] | null;
+  send?(fd: number, bytes: Buffer): number;
 }
 
 export interface NativeRelay {
@@ -78,6 +80,8 @@ export interface NativeRelay {
   state(h: Handle): RelayState;
   /** The uid and gid of the process at the other end of a Unix socket (null: unknown, or an older addon). */
   peer(fd: number): { uid: number; gid: number } | null;
+  /** One non-blocking send(2): bytes taken (0: would block), -errno on an error; null without the call. */
+  send: ((fd: number, bytes: Buffer) => number) | null;
 }
 export type RelayHandle = Handle;
 
@@ -169,6 +173,7 @@ function wrap(addon: Addon): NativeRelay {
       const s = addon.state(h);
       return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5] };
     },
+    send: addon.send ? (fd, bytes) => addon.send!(fd, bytes) : null,
     peer: (fd) => {
       const p = addon.peer?.(fd) ?? null;
       return p === null ? null : { uid: p[0], gid: p[1] };
@@ -213,4 +218,20 @@ export function socketFd(sock: unknown): number {
 export function peerCredentials(sock: unknown): { uid: number; gid: number } | null {
   const fd = socketFd(sock);
   return fd < 0 ? null : (loadNativeRelay().relay?.peer(fd) ?? null);
+}
+
+let sendCall: ((fd: number, bytes: Buffer) => number) | null | undefined;
+
+/**
+ * socket.write for a plain socket with nothing queued: one send(2) from C instead of Node's stream layers (a
+ * WriteWrap and its callbacks per write, the largest JS cost of a pooled transaction). What the kernel does
+ * not take, and every error, goes through socket.write, which queues or reports it as before. `fd` is the
+ * socket's (socketFd), read once: a destroyed socket is never written to directly, so a reused number is safe.
+ */
+export function writeFast(sock: Socket, fd: number, bytes: Buffer): boolean {
+  sendCall ??= loadNativeRelay().relay?.send ?? null;
+  if (sendCall === null || fd < 0 || sock.writableLength > 0 || sock.destroyed || !sock.writable || sock.connecting) return sock.write(bytes);
+  const n = sendCall(fd, bytes);
+  if (n === bytes.length) return true;
+  return sock.write(n > 0 ? bytes.subarray(n) : bytes);
 }

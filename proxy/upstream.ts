@@ -10,6 +10,7 @@ import { checkServerIdentity, connect as tlsConnect, type ConnectionOptions } fr
 import { FrameReader, KEEP, DROP, type FrameHandler, type Verdict } from './framing.js';
 import type { ResponseHandler } from './interceptor.js';
 import { ReadBuffer } from './read-buffer.js';
+import { socketFd, writeFast } from './relay.js';
 import {
   AUTH_SASL,
   Be,
@@ -235,6 +236,8 @@ export class ServerConnection implements FrameHandler {
   private handler: ResponseHandler | undefined;
   /** Plaintext, read through a ReadBuffer: the native relay can take the socket. */
   readonly plain: boolean;
+  /** Its file descriptor for writeFast, -1 when written through the stream only. */
+  private readonly fd: number;
 
   constructor(
     private s: SessionLink,
@@ -245,6 +248,7 @@ export class ServerConnection implements FrameHandler {
     this.sock = sock;
     this.ready = loggedIn;
     this.plain = input !== undefined;
+    this.fd = this.plain ? socketFd(sock) : -1;
     // Server lengths are trusted up to the protocol's own limit.
     const reader = (this.reader = new FrameReader(this, 0x7fffffff));
     sock.setNoDelay(true);
@@ -291,7 +295,7 @@ export class ServerConnection implements FrameHandler {
 
   /** Writes to the server; false when its buffer is full (wait for serverDrained). */
   write(bytes: Buffer): boolean {
-    return this.sock.write(bytes);
+    return writeFast(this.sock, this.fd, bytes);
   }
 
   get writable(): boolean {
