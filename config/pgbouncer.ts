@@ -395,7 +395,8 @@ function parseValue(kind: Kind, text: string): Parsed {
     case 'str':
       return { typed: text, shown: text };
     case 'authdb':
-      if (text === 'pgbouncer') throw new Invalid('"pgbouncer" is the admin console, not a database to run auth_query in');
+      // pgBouncer's words (cf_set_authdb): "pgbouncer" is the admin console, not a database to run auth_query in.
+      if (text === 'pgbouncer') throw new Invalid('cannot use the reserved "pgbouncer" database as an auth_dbname');
       return { typed: text, shown: text };
     case 'list':
       return { typed: text.split(/[\s,]+/).filter(Boolean), shown: text };

@@ -525,8 +525,9 @@ export class ClientSession implements FrameHandler, SessionLink {
       (params) => this.welcomed(params),
       (err: unknown) => {
         const f = err instanceof PoolError ? err.fields : { severity: 'FATAL', code: SqlState.ConnectionFailure, message: String(err) };
+        this.logClosing(f.message);
         this.fatal(f as ErrorFields);
-        this.close('server login failed');
+        this.close(f.message);
       },
     );
   }

@@ -514,6 +514,7 @@ class PoolerConsole implements ConsoleHost {
     for (const pool of this.allPools()) {
       const s = pool.stats;
       const c = { ...(out.get(pool.db.name) ?? ZERO) } as Record<keyof StatCounters, number>;
+      c.serverAssignmentCount += s.serverAssignmentCount;
       c.xactCount += s.xactCount;
       c.queryCount += s.queryCount;
       c.bytesReceived += s.bytesReceived;
@@ -859,6 +860,7 @@ class PoolerConsole implements ConsoleHost {
       // pgBouncer answers RELOAD and logs; the console's user hears why too.
       const why = err instanceof Error ? err.message : String(err);
       this.log.error({ err: why }, 'configuration not reloaded');
+      this.pooler.pgbLog.line('ERROR', `configuration not reloaded: ${why}`);
       return { notice: `configuration not reloaded, still using the old one: ${why}` };
     }
     this.enforce();

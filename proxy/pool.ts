@@ -263,6 +263,15 @@ export class Pool {
       const s = this.takeIdle();
       if (s) return this.lend(s, client);
     }
+    // pgBouncer's check_fast_fail: while logins fail and no server is connected, a client fails at once with
+    // the cached error rather than waiting (a new login is still tried, as server_login_retry allows).
+    const failed = this.loginFailure;
+    if (failed !== null && this.idle.length + this.active.size === 0) {
+      const err = poolError(`server login has been failing, cached error: ${failed.error.message} (server_login_retry)`);
+      queueMicrotask(() => client.poolFailed(err));
+      this.pooler.schedule(this);
+      return new Promise<PooledServer>(() => {});
+    }
     return new Promise<PooledServer>((resolve) => {
       this.waiters.push({ client, since: Date.now(), resolve });
       this.pooler.schedule(this);
@@ -391,7 +400,7 @@ export class Pool {
       },
       (err: unknown) => {
         this.opening--;
-        this.loginFailed(err);
+        this.loginFailed(err, s);
         this.pooler.schedule(this);
       },
     );
@@ -474,7 +483,7 @@ export class Pool {
     return { user: this.user };
   }
 
-  private loginFailed(err: unknown): void {
+  private loginFailed(err: unknown, s: PooledServer): void {
     let pe: PoolError;
     if (err instanceof LoginError) {
       const f = err.fields ?? {};
@@ -486,6 +495,7 @@ export class Pool {
     }
     this.log.warn({ err: pe.message }, 'server login failed');
     if (err instanceof LoginError && err.fields?.S) this.pooler.pgbLog.line('WARNING', `server login failed: ${err.fields.S} ${err.fields.M ?? ''}`);
+    this.pooler.pgbLog.line('LOG', `closing because: ${pe.message} (age=${Math.floor((Date.now() - s.createdAt) / 1000)}s)`, s.subject());
     this.loginFailure = { at: Date.now(), error: pe };
     // A database that is down or restarting comes back: waiting clients stay queued (query_wait_timeout bounds
     // the wait) and the janitor tries again after server_login_retry. A refusal (credentials, no such

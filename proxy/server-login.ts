@@ -233,13 +233,15 @@ class ServerLogin implements FrameHandler {
     }
   }
 
-  /** The server asks for something these credentials cannot give. */
+  /** The server asks for something these credentials cannot give: pgBouncer's "wrong password type", and why. */
   private cannot(what: string): void {
-    const have = this.cred.scramKeys ? 'only SCRAM keys' : this.cred.md5Hash !== undefined ? 'only an md5 secret' : 'no password';
-    this.fail(
-      SqlState.InvalidAuthorizationSpecification,
-      `server login failed: the server asks for ${what} for user "${this.cred.user}", and the pooler has ${have}`,
-    );
+    const have = this.cred.scramKeys ? 'only SCRAM keys' : this.cred.md5Hash !== undefined ? 'only an md5 secret' : 'no usable password';
+    const message = 'server login failed: wrong password type';
+    this.fail(SqlState.ProtocolViolation, message, {
+      C: SqlState.ProtocolViolation,
+      M: message,
+      D: `The server asks for ${what} for user "${this.cred.user}", and the pooler has ${have} (a SCRAM secret serves only after a client logged in by SCRAM).`,
+    });
   }
 
   private scramBegin(mechanisms: string[]): void {

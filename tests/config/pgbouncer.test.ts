@@ -383,7 +383,7 @@ describe('ini syntax', () => {
     ['[pgbouncer]\nlog_connections = maybe', 2, 'log_connections: "maybe" is not a boolean (0/1, on/off, true/false, yes/no)'],
     ['[pgbouncer]\nauth_type = ldap', 2, 'auth_type: "ldap" is not one of any, trust, plain, md5, cert, hba, pam, scram-sha-256'],
     ['[pgbouncer]\nserver_tls_sslmode = on', 2, 'server_tls_sslmode: "on" is not one of disable, allow, prefer, require, verify-ca, verify-full'],
-    ['[pgbouncer]\nauth_dbname = pgbouncer', 2, 'auth_dbname: "pgbouncer" is the admin console, not a database to run auth_query in'],
+    ['[pgbouncer]\nauth_dbname = pgbouncer', 2, 'auth_dbname: cannot use the reserved "pgbouncer" database as an auth_dbname'],
     [
       '[pgbouncer]\n[pgbouncr]',
       2,

@@ -602,11 +602,12 @@ describe('loginServer against PostgreSQL', () => {
     expect((await loginAndQuery({ user, scramKeys })).rows).toEqual([user]);
     // Wrong keys: the server refuses the proof.
     expect((await loginFails({ user, scramKeys: { clientKey: randomBytes(32), serverKey: scramKeys.serverKey } })).sqlstate).toBe('28P01');
-    // Keys cannot answer md5 or cleartext requests.
+    // Keys cannot answer md5 or cleartext requests: pgBouncer's "wrong password type", the why in the detail.
     for (const other of [cluster.roles.md5.user, PASSWORD_ROLE.user]) {
       const err = await loginFails({ user: other, scramKeys });
-      expect(err.sqlstate).toBe('28000');
-      expect(err.message).toContain('only SCRAM keys');
+      expect(err.sqlstate).toBe('08P01');
+      expect(err.message).toBe('server login failed: wrong password type');
+      expect(err.fields?.D).toContain('only SCRAM keys');
     }
   });
 
@@ -726,7 +727,7 @@ describe('loginServer against odd servers', () => {
       /after ReadyForQuery/,
     ],
     ['a message length out of bounds', (s) => s.write(Buffer.from([0x52, 0x7f, 0, 0, 0])), { user: 'u' }, 5_000, '08P01', /invalid message/],
-    ['a cleartext request with no password', (s) => s.write(authentication(3)), { user: 'u' }, 5_000, '28000', /no password/],
+    ['a cleartext request with no password', (s) => s.write(authentication(3)), { user: 'u' }, 5_000, '08P01', /wrong password type/],
     ['GSSAPI', (s) => s.write(authentication(7)), { user: 'u', password: 'p' }, 5_000, '0A000', /code 7/],
   ];
   for (const [name, behave, cred, timeoutMs, sqlstate, message] of cases) {
