@@ -644,6 +644,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         this.close(err.message);
       },
       activity: () => ({ lastActive: this.lastActive, txStatus: this.ctx!.txStatus, inFlight: this.tracker.size }),
+      pgbSubject: () => this.pgbSubject(),
       attached: (s: PooledServer) => {
         this.server = s.conn;
         this.upstreamKey = s.key;
@@ -705,6 +706,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   header(code: number): boolean {
     this.lastActive = Date.now();
     if (this.pooled !== null) {
+      this.pooled.began(code);
       if (this.server === null || this.pooled.wants(code)) return true;
     }
     if (this.seam !== null && this.seam.wants(code)) return true;

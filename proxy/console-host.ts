@@ -256,6 +256,8 @@ class PoolerConsole implements ConsoleHost {
   private older: Snapshot;
   private newer: Snapshot;
   private statsTimer: NodeJS.Timeout | null = null;
+  /** The console's own requests (requested): one query and one transaction per console login, as pgBouncer counts. */
+  private consoleRequests = 0;
   /** Conditions pending commands wait for, and the timer that checks them and keeps pools paused. */
   private readonly watches = new Set<{ ready(): boolean; resolve(): void }>();
   private watchTimer: NodeJS.Timeout | null = null;
@@ -508,12 +510,14 @@ class PoolerConsole implements ConsoleHost {
 
   // ---- counters ----------------------------------------------------------------------------------------------
 
-  /** Each database's counters now, added over its pools (the console's own counts nothing). */
+  /** Each database's counters now, added over its pools; the console's, its logins' requests (requested). */
   private counters(): Map<string, StatCounters> {
     const out = new Map<string, StatCounters>();
+    if (this.consoleRequests > 0) out.set(CONSOLE_DATABASE, { ...ZERO, xactCount: this.consoleRequests, queryCount: this.consoleRequests });
     for (const pool of this.allPools()) {
       const s = pool.stats;
       const c = { ...(out.get(pool.db.name) ?? ZERO) } as Record<keyof StatCounters, number>;
+      c.serverAssignmentCount += s.serverAssignmentCount;
       c.serverAssignmentCount += s.serverAssignmentCount;
       c.xactCount += s.xactCount;
       c.queryCount += s.queryCount;
@@ -542,10 +546,14 @@ class PoolerConsole implements ConsoleHost {
     this.statsTimer.unref();
   }
 
+  requested(): void {
+    this.consoleRequests++;
+  }
+
   stats(): StatsSnapshot {
     const now = Date.now();
     const current = this.counters();
-    const names = [CONSOLE_DATABASE, ...current.keys()].sort(byName);
+    const names = [...new Set([CONSOLE_DATABASE, ...current.keys()])].sort(byName);
     const databases = names.map((database): DatabaseStats => ({
       database,
       current: current.get(database) ?? ZERO,

@@ -303,6 +303,11 @@ export interface ConsoleHost {
   /** SHOW SOCKETS (states cl_active, cl_waiting, sv_active, sv_idle, sv_used, sv_tested, sv_login, then cl_login); `activeOnly`: only sockets with buffered data (SHOW ACTIVE_SOCKETS). */
   sockets(activeOnly: boolean): DebugSocketRow[];
   stats(): StatsSnapshot;
+  /**
+   * A console session's first request (SHOW STATS counts it on the console's database). pgBouncer starts an
+   * admin client's query and transaction at its first message and never ends them: one of each per login.
+   */
+  requested?(): void;
   databases(): DatabaseRow[];
   users(): UserRow[];
   config(): ConfigRow[];
@@ -960,6 +965,7 @@ export class ConsoleSession {
   private skipping = false;
   private closed = false;
   private tail: Promise<unknown> | null = null;
+  private counted = false;
 
   constructor(
     private readonly host: ConsoleHost,
@@ -1003,6 +1009,10 @@ export class ConsoleSession {
       if (type === Fe.Terminate) {
         this.closed = true;
         return [];
+      }
+      if (!this.counted) {
+        this.counted = true;
+        this.host.requested?.();
       }
       if (this.skipping) return [];
       switch (type) {

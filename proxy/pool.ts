@@ -12,6 +12,7 @@ import { Be, Fe, SYNC, SqlState, bind, execute, parse, query, readDataRow, readE
 import { loginServer, LoginError, type LoginCredentials } from './server-login.js';
 import { RequestTracker } from './tracker.js';
 import { PgBouncerLog } from './pgbouncer-log.js';
+import { nextSocketId } from './socket-id.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ResponseHandler } from './interceptor.js';
 
@@ -59,21 +60,21 @@ export interface PoolStats {
   clientParseCount: number;
   serverParseCount: number;
   bindCount: number;
+  /** Times a client was given a server connection. */
+  serverAssignmentCount: number;
 }
 
 const newStats = (): PoolStats => ({
   xactCount: 0, queryCount: 0, bytesReceived: 0, bytesSent: 0, xactTimeUs: 0, queryTimeUs: 0, waitTimeUs: 0,
-  clientParseCount: 0, serverParseCount: 0, bindCount: 0,
+  clientParseCount: 0, serverParseCount: 0, bindCount: 0, serverAssignmentCount: 0,
 });
-
-let nextServerId = 1;
 
 /** Login failures that a retry may cure: unreachable, starting up or shutting down, too many connections. */
 const TRANSIENT = new Set<string>([SqlState.ConnectionFailure, '08001', '08004', '57P01', '57P02', '57P03', SqlState.TooManyConnections]);
 
 /** One server connection of a pool. While idle in the pool its link is itself (it swallows what comes). */
 export class PooledServer implements SessionLink {
-  readonly id = nextServerId++;
+  readonly id = nextSocketId();
   readonly tracker = new RequestTracker();
   readonly log: Logger;
   conn!: ServerConnection;
@@ -303,13 +304,16 @@ export class Pool {
   /** The client is done with the connection. `clean`: between transactions, nothing of the client's left on it. */
   release(s: PooledServer, clean: boolean): void {
     this.active.delete(s);
+    const served = s.client !== null && s.client.id !== 0;
     s.client = null;
     s.conn.attach(s);
     if (s.closed) return this.pooler.schedule(this);
     const settings = this.pooler.settings;
     if (!clean || s.dirty) return this.retire(s, s.dirty ? s.closeReason || 'marked for closing' : 'client left it in use');
-    const lifetime = (this.db.entry.serverLifetime ?? settings.serverLifetime) * 1000;
-    if (lifetime > 0 && Date.now() - s.createdAt > lifetime) return this.retire(s, 'server lifetime over');
+    // server_lifetime 0: each connection serves one client, then closes (pgBouncer; a database's 0 means unset).
+    // The login that only learns the server's parameters for a client's welcome (client id 0) does not count.
+    const lifetime = (this.db.entry.serverLifetime || settings.serverLifetime) * 1000;
+    if (lifetime > 0 ? Date.now() - s.createdAt >= lifetime : served) return this.retire(s, 'server lifetime over');
     s.lastUsed = Date.now();
     if (s.cancelling > 0) {
       this.parked.add(s);
@@ -462,7 +466,9 @@ export class Pool {
       try {
         return await openUpstream(s.target, timeoutMs);
       } catch (err) {
-        const why = err instanceof UpstreamUnreachable && err.reason.startsWith('DNS lookup failed') ? 'server DNS lookup failed' : 'server connect failed';
+        const reason = err instanceof UpstreamUnreachable ? err.reason : '';
+        // pgBouncer's words: its janitor's "connect timeout" past server_connect_timeout.
+        const why = reason.startsWith('DNS lookup failed') ? 'server DNS lookup failed' : reason.endsWith('(connect timeout)') ? 'connect timeout' : 'server connect failed';
         this.pooler.pgbLog.line('LOG', `closing because: ${why} (age=0s)`, s.subject());
         if (!roundRobin && db.nextHost === i) db.nextHost = (i + 1) % n;
         if (tried >= n) throw err;
@@ -510,6 +516,14 @@ export class Pool {
     for (const c of this.clients) c.timeouts(now);
     const refusal = this.pooler.refusal;
     if (refusal !== null) for (const w of this.waiters.splice(0)) w.client.poolFailed(refusal);
+    // query_timeout covers the wait for a server connection too, the wait at login included (pgBouncer's janitor).
+    if (st.queryTimeout > 0) {
+      const limit = st.queryTimeout * 1000;
+      while (this.waiters.length > 0 && now - this.waiters[0].since > limit) {
+        const w = this.waiters.shift()!;
+        w.client.poolFailed(poolError('query_timeout', SqlState.ConnectionFailure));
+      }
+    }
     if (st.queryWaitTimeout > 0) {
       const limit = st.queryWaitTimeout * 1000;
       while (this.waiters.length > 0 && now - this.waiters[0].since >= limit) {
@@ -522,14 +536,15 @@ export class Pool {
       for (const s of this.active) if (s.dirty && !s.closed && s.client?.idleInSession?.()) s.client.poolFailed(poolError(s.closeReason || 'database configuration changed'));
     }
     const idleLimit = st.serverIdleTimeout * 1000;
-    const lifetime = (this.db.entry.serverLifetime ?? st.serverLifetime) * 1000;
+    const lifetime = (this.db.entry.serverLifetime || st.serverLifetime) * 1000;
     const keep = this.minPoolSize();
     for (let i = this.idle.length - 1; i >= 0; i--) {
       const s = this.idle[i];
-      const over = (lifetime > 0 && now - s.createdAt > lifetime) || (idleLimit > 0 && now - s.lastUsed > idleLimit);
+      // (server_lifetime 0 closes a connection at its release, once it served a client.)
+      const over = (lifetime > 0 && now - s.createdAt >= lifetime) || (idleLimit > 0 && now - s.lastUsed > idleLimit);
       if (over && this.size > keep) {
         this.idle.splice(i, 1);
-        this.retire(s, now - s.createdAt > lifetime ? 'server lifetime over' : 'server idle timeout');
+        this.retire(s, now - s.createdAt >= lifetime ? 'server lifetime over' : 'server idle timeout');
       }
     }
     this.fill();

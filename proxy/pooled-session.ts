@@ -9,8 +9,9 @@
 import type { Logger } from 'pino';
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { PoolError, type Pool, type PoolClient, type PooledServer } from './pool.js';
-import { ClientStatements, type PreparedOutcome, type StatementCache } from './prepared.js';
-import { Be, Fe, query, readDataRow, readErrorFields, type TxStatus } from './protocol.js';
+import type { PgbSubject } from './pgbouncer-log.js';
+import { ClientStatements, UNKNOWN_STATEMENT, type PreparedOutcome, type StatementCache } from './prepared.js';
+import { Be, Fe, query, readCString, readDataRow, readErrorFields, type TxStatus } from './protocol.js';
 import { statementEffects, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
 import type { SessionLink } from './upstream.js';
@@ -34,6 +35,8 @@ export interface PooledHost {
   attached(s: PooledServer): void;
   /** The connection went back to the pool (the session forgets it). */
   released(): void;
+  /** How pgBouncer's logfile names the client (C-0x… db/user@address). */
+  pgbSubject?(): PgbSubject;
 }
 
 export type PinReason = 'advisory' | 'temp' | 'hold' | 'listen' | 'load' | 'prepare';
@@ -43,7 +46,7 @@ const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
 
 /** The check that decides whether a pinned client let go (one round trip, only after statements that may have). */
 const PIN_CHECK =
-  'SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) \'advisory\' AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()),' +
+  "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) 'advisory' AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())," +
   ' (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()),' +
   ' (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),' +
   ' (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels()),' +
@@ -59,7 +62,8 @@ export class PooledSession implements PoolClient {
   /** The client's settings: lower-cased name → value. */
   readonly settings = new Map<string, string>();
   readonly pins = new Set<PinReason>();
-  readonly statements: ClientStatements | null;
+  /** Protocol-level named statements (used while max_prepared_statements > 0 and the pool is not in session mode). */
+  readonly statements: ClientStatements;
   /** Settings may have changed in the current transaction: read them back at its end. */
   private settingsDirty = false;
   /** Pins may have been taken or let go: check at the end of the transaction. */
@@ -70,6 +74,10 @@ export class PooledSession implements PoolClient {
   waitingSince = 0;
   linkedAt = 0;
   private xactStart = 0;
+  /** When the client's current request began (its first message since the last ReadyForQuery); 0: none open. */
+  private queryStart = 0;
+  /** When the server last said it was ready (idle_transaction_timeout counts from there, as pgBouncer's does). */
+  private readyAt = 0;
   private waiting: Promise<PooledServer> | null = null;
 
   constructor(
@@ -84,9 +92,21 @@ export class PooledSession implements PoolClient {
     const options = startup.get('options');
     if (options) for (const [k, v] of optionSettings(options) ?? []) if (!ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
     pool.clients.add(this);
-    const max = pool.pooler.settings.maxPreparedStatements;
-    this.statements =
-      pool.mode !== 'session' && max > 0 ? new ClientStatements(cache, max, Math.max(1000, 20 * max), pool.stats) : null;
+    this.statements = new ClientStatements(
+      cache,
+      () => pool.pooler.settings.maxPreparedStatements,
+      pool.stats,
+      (text) => this.pgbLog('ERROR', text),
+    );
+  }
+
+  /** Statement names are the proxy's (pgBouncer: not in session mode, and max_prepared_statements not 0; read at each message). */
+  get preparing(): boolean {
+    return this.pool.mode !== 'session' && this.pool.pooler.settings.maxPreparedStatements > 0;
+  }
+
+  private pgbLog(level: 'ERROR' | 'LOG', text: string): void {
+    this.pool.pooler.pgbLog.line(level, text, this.host.pgbSubject?.());
   }
 
   get id(): number {
@@ -118,46 +138,89 @@ export class PooledSession implements PoolClient {
     this.server = s;
     this.linkedAt = Date.now();
     this.waitingSince = 0;
+    this.pool.stats.serverAssignmentCount++;
     s.conn.attach(this.host.link);
     this.host.attached(s);
     this.replaySettings(s);
   }
 
+  /**
+   * A client message begins (its header read): the first since the last ReadyForQuery starts a request, and
+   * the first of a transaction a transaction (SHOW STATS' query_count and xact_count, counted as pgBouncer does).
+   */
+  began(code: number): void {
+    if (this.queryStart !== 0 || code === Fe.Terminate) return;
+    const now = (this.queryStart = Date.now());
+    this.pool.stats.queryCount++;
+    if (this.xactStart === 0) {
+      this.xactStart = now;
+      this.pool.stats.xactCount++;
+    }
+  }
+
   /** Client messages the pooled session must see whole while it holds a connection. */
   wants(code: number): boolean {
     if (code === Fe.Query || code === Fe.Terminate) return true;
-    if (this.statements === null) return code === Fe.Parse;
+    if (!this.preparing) return code === Fe.Parse;
     return code === Fe.Parse || code === Fe.Bind || code === Fe.Describe || code === Fe.Close;
   }
 
   /** A client message on its way to the server connection: its effects noted, statement names moved. */
   forward(msg: Buffer, code: number): PreparedOutcome | undefined {
     const s = this.server!;
-    if (this.xactStart === 0) this.xactStart = Date.now();
     switch (code) {
-      case Fe.Query:
-        this.pool.stats.queryCount++;
-        this.note(statementEffects(msg, 5, msg.length - 1));
+      case Fe.Query: {
+        const e = statementEffects(msg, 5, msg.length - 1);
+        this.note(e, false);
+        // As pgBouncer: the statements go when the server says DEALLOCATE ALL / DISCARD ALL was done.
+        if (e !== null && (e.discard === 'all' || e.deallocates.includes('*'))) {
+          return { send: [{ bytes: msg, handler: { onMessage: (m) => (this.droppedAll(m, s), m) } }] };
+        }
         return undefined;
+      }
       case Fe.Parse:
-        this.note(statementEffects(msg, readCStringEnd(msg, 5), msgTextEnd(msg)));
-        return this.statements?.parse(msg, s);
+        this.note(statementEffects(msg, readCStringEnd(msg, 5), msgTextEnd(msg)), true);
+        return this.preparing ? this.statements.parse(msg, s) : undefined;
       case Fe.Bind:
-        return this.statements?.use(msg, s);
+        return this.preparing ? this.known(this.statements.use(msg, s), msg) : undefined;
       case Fe.Describe:
-        return msg[5] === 0x53 ? this.statements?.use(msg, s) : undefined;
+        return msg[5] === 0x53 && this.preparing ? this.known(this.statements.use(msg, s), msg) : undefined;
       case Fe.Close:
-        return msg[5] === 0x53 ? this.statements?.close(msg) : undefined;
+        return msg[5] === 0x53 && this.preparing ? this.statements.close(msg) : undefined;
     }
     return undefined;
   }
 
-  private note(e: StatementEffects | null): void {
+  /**
+   * A Bind or Describe of a name the client never prepared: pgBouncer ends the client ("prepared statement
+   * did not exist"), since its pipeline cannot be answered in order otherwise. A client holding SQL PREPAREd
+   * statements (pinned) may mean one of those: the server answers.
+   */
+  private known(out: PreparedOutcome | undefined | typeof UNKNOWN_STATEMENT, msg: Buffer): PreparedOutcome | undefined {
+    if (out !== UNKNOWN_STATEMENT) return out;
+    if (this.pins.has('prepare')) return undefined;
+    const name = msg[0] === Fe.Bind ? readCString(msg, readCString(msg, 5)[1])[0] : readCString(msg, 6)[0];
+    this.pgbLog('ERROR', `prepared statement '${name}' not found`);
+    this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'prepared statement did not exist' }));
+    return { send: [] };
+  }
+
+  /** The server's CommandComplete of the client's DEALLOCATE ALL / DISCARD ALL: every statement is gone. */
+  private droppedAll(m: Buffer, s: PooledServer): void {
+    if (m[0] !== Be.CommandComplete) return;
+    const tag = m.toString('latin1', 5, m.length - 1);
+    if (tag !== 'DEALLOCATE ALL' && tag !== 'DISCARD ALL') return;
+    this.statements.clear();
+    // The server dropped every statement it had, other clients' included: they are prepared again on use.
+    s.prepared.clear();
+  }
+
+  /** `parsed`: from a Parse, whose effects happen later at its Execute, unseen: the statements are dropped now. */
+  private note(e: StatementEffects | null, parsed: boolean): void {
     if (e === null) return;
     if (e.sets.length > 0 || e.unknownSet || e.discard === 'all') this.settingsDirty = true;
-    if (e.discard === 'all' || e.deallocates.includes('*')) {
-      this.statements?.clear();
-      // The server drops every statement it had, other clients' included: they are prepared again on use.
+    if (parsed && (e.discard === 'all' || e.deallocates.includes('*'))) {
+      this.statements.clear();
       this.server?.prepared.clear();
     }
     if (e.pins.length > 0 || e.unpins.length > 0 || e.prepares.length > 0 || e.deallocates.length > 0 || e.discard !== null) {
@@ -174,13 +237,20 @@ export class PooledSession implements PoolClient {
   ready(status: TxStatus): void {
     const s = this.server;
     if (s === null) return;
-    if (status === 'I' && this.xactStart !== 0) {
-      this.pool.stats.xactCount++;
-      this.pool.stats.xactTimeUs += (Date.now() - this.xactStart) * 1000;
-      this.xactStart = 0;
+    const now = (this.readyAt = Date.now());
+    // A request ends at the ReadyForQuery after which nothing is outstanding (pgBouncer's query and
+    // transaction times; a pipeline counts as one). The proxy's own exchanges are no request of the client's.
+    const quiet = this.host.tracker.size === 0 && this.internal === 0;
+    if (quiet && this.queryStart !== 0) {
+      this.pool.stats.queryTimeUs += (now - this.queryStart) * 1000;
+      this.queryStart = 0;
+      if (status === 'I' && this.xactStart !== 0) {
+        this.pool.stats.xactTimeUs += (now - this.xactStart) * 1000;
+        this.xactStart = 0;
+      }
     }
     if (status !== 'I') return;
-    if (this.host.tracker.size > 0 || this.internal > 0 || !this.host.atRest()) return;
+    if (!quiet || !this.host.atRest()) return;
     if (this.settingsDirty) return this.readSettings(s);
     if (this.pinsDirty) return this.checkPins(s);
     if (this.pool.mode === 'session' || this.pins.size > 0) return;
@@ -202,7 +272,7 @@ export class PooledSession implements PoolClient {
     this.pool.clients.delete(this);
     if (this.waiting) this.pool.forget(this);
     if (this.server && this.pins.size > 0) this.server.dirty = true; // temp objects, locks: nobody else may get them
-    this.statements?.clear();
+    this.statements.clear();
     this.release(clean && this.pins.size === 0 && this.pool.mode !== 'session' ? true : clean);
   }
 
@@ -223,14 +293,17 @@ export class PooledSession implements PoolClient {
       }
       return;
     }
+    if (this.waiting !== null) return; // query_timeout and query_wait_timeout of the wait: the pool's (Pool.tick)
     if (a.txStatus !== 'I' && this.server) {
-      if (idleTx > 0 && quiet > idleTx) {
+      // From the server's last ReadyForQuery, not the client's last message (a long statement is not idleness).
+      if (idleTx > 0 && now - Math.max(a.lastActive, this.readyAt) > idleTx) {
         this.server.dirty = true;
         this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'idle transaction timeout' }));
       }
       return;
     }
-    if (clientIdle > 0 && quiet > clientIdle) this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'client_idle_timeout' }));
+    if (clientIdle > 0 && quiet > clientIdle)
+      this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'client_idle_timeout' }));
   }
 
   idleInSession(): boolean {

@@ -5,6 +5,10 @@
 // runs a Bind or Describe of it. Each server connection keeps at most max_prepared_statements, least
 // recently used evicted with a Close. A Parse for a statement the connection already has is answered by
 // the proxy (ParseComplete in its turn); Close of a client statement is answered by the proxy too.
+// As in pgBouncer (src/prepare.c): a Bind or Describe of a name the client never prepared ends the client
+// (the session decides, pooled-session.ts), a name whose Parse the server refused or skipped stays the
+// client's (prepared again at its Bind), and max_prepared_statements is read at each use. Unlike pgBouncer,
+// a Parse of a name in use gets PostgreSQL's error and the client goes on.
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { Be, CLOSE_COMPLETE, Fe, PARSE_COMPLETE, SqlState, close, errorResponse, parse, readCString, withStatementName } from './protocol.js';
 import type { PooledServer } from './pool.js';
@@ -85,47 +89,78 @@ const quiet = (onError: () => void): ResponseHandler => ({
   },
 });
 
+/** One client's named statement: the shared statement, and whether its own Parse failed or was skipped. */
+interface ClientStatement {
+  readonly st: SharedStatement;
+  /**
+   * The server refused (or skipped, after an earlier error) the client's Parse. The name stays the client's,
+   * as in pgBouncer (a pipelining client such as psycopg binds names it sent a Parse for without waiting for
+   * the answer; the statement is prepared again on the server at that Bind), but a new Parse may take it.
+   */
+  failed: boolean;
+}
+
+/** A Bind or Describe names a statement the client never prepared (pgBouncer ends such a client). */
+export const UNKNOWN_STATEMENT = Symbol('unknown statement');
+
 /** One client's named statements. */
 export class ClientStatements {
-  private readonly byName = new Map<string, SharedStatement>();
+  private readonly byName = new Map<string, ClientStatement>();
 
   constructor(
     private readonly cache: StatementCache,
-    /** Server connections keep at most this many (max_prepared_statements). */
-    private readonly perServer: number,
-    /** A client may hold at most this many (memory bound against a client preparing without end). */
-    private readonly perClient: number,
+    /** max_prepared_statements, read at each use (SET max_prepared_statements takes effect at once). */
+    private readonly maxPerServer: () => number,
     private readonly counts: { clientParseCount: number; serverParseCount: number; bindCount: number },
+    /** pgBouncer's log line about this client (ERROR for a refused name). */
+    private readonly report: (text: string) => void = () => {},
   ) {}
 
   get size(): number {
     return this.byName.size;
   }
 
-  names(): IterableIterator<[string, SharedStatement]> {
-    return this.byName.entries();
+  /** Server connections keep at most this many. */
+  private get perServer(): number {
+    return Math.max(1, this.maxPerServer());
+  }
+
+  /** A client may hold at most this many (memory bound against a client preparing without end). */
+  private get perClient(): number {
+    return Math.max(1000, 20 * this.maxPerServer());
+  }
+
+  *names(): IterableIterator<[string, SharedStatement]> {
+    for (const [name, c] of this.byName) yield [name, c.st];
   }
 
   /** Parse. Unnamed statements pass as they are (they live within one exchange). */
   parse(msg: Buffer, server: PooledServer): PreparedOutcome | undefined {
     const [name, nameEnd] = readCString(msg, 5);
     if (name === '') return undefined;
-    if (this.byName.has(name)) return failWith(SqlState.DuplicatePreparedStatement, `prepared statement "${name}" already exists`);
+    const had = this.byName.get(name);
+    if (had && !had.failed) {
+      // pgBouncer closes the client here; the error PostgreSQL itself gives lets it go on.
+      this.report(`prepared statement '${name}' was already prepared`);
+      return failWith(SqlState.DuplicatePreparedStatement, `prepared statement "${name}" already exists`);
+    }
+    if (had) {
+      this.byName.delete(name);
+      this.cache.drop(had.st);
+    }
     if (this.byName.size >= this.perClient) {
       return failWith(SqlState.ProgramLimitExceeded, `too many prepared statements in this session (${this.perClient}); Close or DEALLOCATE some`);
     }
     const st = this.cache.take(msg, nameEnd);
-    this.byName.set(name, st);
+    const entry: ClientStatement = { st, failed: false };
+    this.byName.set(name, entry);
     this.counts.clientParseCount++;
-    const forget = () => {
-      if (this.byName.get(name) === st) {
-        this.byName.delete(name);
-        this.cache.drop(st);
-      }
+    const failed = () => {
+      entry.failed = true;
     };
     if (server.prepared.has(st.name)) {
       touch(server, st.name);
-      return { send: [], local: PARSE_COMPLETE, localSkipped: { onMessage: (m) => m, onEnd: (_r, how) => how === 'skipped' && forget() } };
+      return { send: [], local: PARSE_COMPLETE, localSkipped: { onMessage: (m) => m, onEnd: (_r, how) => how === 'skipped' && failed() } };
     }
     const send = this.makeRoom(server);
     server.prepared.set(st.name, true);
@@ -136,14 +171,14 @@ export class ClientStatements {
         onMessage(m) {
           if (m[0] === Be.ErrorResponse) {
             server.prepared.delete(st.name);
-            forget();
+            failed();
           }
           return m;
         },
         onEnd(_r, how) {
           if (how !== 'done') {
             server.prepared.delete(st.name);
-            forget();
+            failed();
           }
         },
       },
@@ -151,15 +186,18 @@ export class ClientStatements {
     return { send };
   }
 
-  /** Bind, or Describe of a statement: the server connection gets the statement first if it lacks it. */
-  use(msg: Buffer, server: PooledServer): PreparedOutcome | undefined {
+  /**
+   * Bind, or Describe of a statement: the server connection gets the statement first if it lacks it.
+   * UNKNOWN_STATEMENT: the client never prepared that name.
+   */
+  use(msg: Buffer, server: PooledServer): PreparedOutcome | undefined | typeof UNKNOWN_STATEMENT {
     const name = msg[0] === Fe.Bind ? readCString(msg, readCString(msg, 5)[1])[0] : readCString(msg, 6)[0];
     if (name === '') return undefined;
-    const st = this.byName.get(name);
-    if (!st) return undefined; // the server answers "does not exist", as it would
     if (msg[0] === Fe.Bind) this.counts.bindCount++;
-    const send = this.ensure(st, server);
-    send.push({ bytes: withStatementName(msg, st.nameBytes), handler: undefined });
+    const c = this.byName.get(name);
+    if (!c) return UNKNOWN_STATEMENT;
+    const send = this.ensure(c.st, server);
+    send.push({ bytes: withStatementName(msg, c.st.nameBytes), handler: undefined });
     return { send };
   }
 
@@ -167,10 +205,10 @@ export class ClientStatements {
   close(msg: Buffer): PreparedOutcome | undefined {
     const name = readCString(msg, 6)[0];
     if (name === '') return undefined;
-    const st = this.byName.get(name);
-    if (st) {
+    const c = this.byName.get(name);
+    if (c) {
       this.byName.delete(name);
-      this.cache.drop(st);
+      this.cache.drop(c.st);
     }
     // The server answers CloseComplete for a name that does not exist too.
     return { send: [], local: CLOSE_COMPLETE };
@@ -178,7 +216,7 @@ export class ClientStatements {
 
   /** DEALLOCATE ALL / DISCARD ALL from the client, or its session ending. */
   clear(): void {
-    for (const st of this.byName.values()) this.cache.drop(st);
+    for (const c of this.byName.values()) this.cache.drop(c.st);
     this.byName.clear();
   }
 
@@ -197,7 +235,8 @@ export class ClientStatements {
   /** Evicts the least recently used statements of the connection beyond its limit. */
   private makeRoom(server: PooledServer): Outgoing {
     const out: Outgoing = [];
-    while (server.prepared.size >= this.perServer && server.prepared.size > 0) {
+    const limit = this.perServer;
+    while (server.prepared.size >= limit && server.prepared.size > 0) {
       const oldest = server.prepared.keys().next().value as string;
       server.prepared.delete(oldest);
       out.push({ bytes: close('S', oldest), handler: quiet(() => {}) });

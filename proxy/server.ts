@@ -12,6 +12,7 @@ import { loadNativeRelay, type NativeRelay, type NativeRelayMode } from './relay
 import { parseUpstreamUrl } from './upstream.js';
 import type { PoolingEnv } from './pooling.js';
 import { loadStatementParser } from './statement-effects.js';
+import { nextSocketId } from './socket-id.js';
 import { unlinkSync } from 'node:fs';
 
 export interface ProxyOptions {
@@ -91,7 +92,6 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   };
   let closing: Promise<void> | null = null;
   let accepting = true;
-  let nextId = 1;
 
   const accept = (accepted: Socket) => {
     if (closing || !accepting) {
@@ -101,7 +101,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     env.totals.accepted++;
     const { sock: socket, input } = adoptAccepted(accepted, true);
     try {
-      sessions.add(new ClientSession(nextId++, socket, env, input));
+      sessions.add(new ClientSession(nextSocketId(), socket, env, input));
     } catch (err) {
       log.error({ err }, 'could not start a session');
       socket.destroy();
