@@ -518,7 +518,6 @@ class PoolerConsole implements ConsoleHost {
       const s = pool.stats;
       const c = { ...(out.get(pool.db.name) ?? ZERO) } as Record<keyof StatCounters, number>;
       c.serverAssignmentCount += s.serverAssignmentCount;
-      c.serverAssignmentCount += s.serverAssignmentCount;
       c.xactCount += s.xactCount;
       c.queryCount += s.queryCount;
       c.bytesReceived += s.bytesReceived;
