@@ -10,7 +10,7 @@ import { engineOverIpc, serveEngineOverIpc } from './inference/engine-ipc.js';
 import { runModelsCommand } from './inference/models-command.js';
 import { startCore } from './sql/core.js';
 import { prepareDatabase } from './sql/databases.js';
-import { startProxy } from './proxy/server.js';
+import { PoolerTls, startProxy } from './proxy/server.js';
 import { createSteadytextInterceptor } from './sql/interceptor.js';
 import { runPoolWorker, startWorkerPool, workerSetup, type WorkerSetup } from './proxy/workers.js';
 import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
@@ -86,7 +86,11 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
-  const reloadIni = () => pooling!.pooler.reload(loadPgBouncerConfig(ini!.file));
+  // As pgBouncer's RELOAD and SIGHUP: the new ini, then TLS set up again (a failure there keeps the old TLS).
+  const reloadIni = () => {
+    pooling!.pooler.reload(loadPgBouncerConfig(ini!.file));
+    poolerTls!.setup('TLS configuration could not be reloaded, keeping old configuration');
+  };
   const consoleHost = ini
     ? createConsole({
         pooler: (): Pooler => pooling!.pooler,
@@ -97,13 +101,28 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
         logger: log,
       })
     : undefined;
-  const pooling: PoolingEnv | undefined = ini ? createPooling({ config: ini, defaultTarget: parseUpstreamUrl(s.upstream), logger: log, console: consoleHost }) : undefined;
+  const defaultTarget = parseUpstreamUrl(s.upstream);
+  const pooling: PoolingEnv | undefined = ini
+    ? createPooling({
+        config: ini,
+        defaultTarget,
+        logger: log,
+        console: consoleHost,
+        // The rules of the configuration in use: RELOAD brings new ones.
+        get hba() {
+          return pooling!.pooler.config.hba ?? undefined;
+        },
+      })
+    : undefined;
+  // pgBouncer's client_tls_* and server_tls_*; a setup that fails at start stops it ("TLS setup failed").
+  const poolerTls = pooling ? new PoolerTls(pooling, defaultTarget, log) : undefined;
+  poolerTls?.setup();
   const st = ini?.settings;
   const proxy = await startProxy({
     listen: st ? { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort } : s.listen,
     unixSocketDir: st?.unixSocketDir,
     upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
-    connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling,
+    connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls,
   });
   if (ini) {
     for (const w of ini.warnings) log.warn(w);

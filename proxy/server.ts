@@ -2,18 +2,24 @@
 // upstream connection. Also stats and graceful shutdown: stop accepting, let sessions finish what they
 // are running within the grace period, then end the rest with FATAL 57P01.
 import { createServer, type Server, type Socket } from 'node:net';
-import { createSecureContext } from 'node:tls';
+import { createHash } from 'node:crypto';
+import { createSecureContext, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import { CancelRegistry } from './cancel.js';
 import { ClientSession, type SessionEnv, type Totals } from './client.js';
 import type { Interceptor } from './interceptor.js';
 import { adoptAccepted } from './read-buffer.js';
 import { loadNativeRelay, type NativeRelay, type NativeRelayMode } from './relay.js';
-import { parseUpstreamUrl } from './upstream.js';
-import type { PoolingEnv } from './pooling.js';
+import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
+import { targetsFor, type PoolingEnv } from './pooling.js';
 import { loadStatementParser } from './statement-effects.js';
 import { nextSocketId } from './socket-id.js';
-import { unlinkSync } from 'node:fs';
+import { readFileSync, unlinkSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { certAllows, clientTlsFrom, parseIdentFile, peerCertNames, type ClientTls, type IdentMapping } from './client-tls.js';
+import { matchHba, type PoolerSettings } from '../config/pgbouncer.js';
+import { ClientAuth } from './auth.js';
+import { poolError } from './pool.js';
 
 export interface ProxyOptions {
   /** Where to listen; port 0 picks a free port (see ProxyServer.address). */
@@ -26,6 +32,8 @@ export interface ProxyOptions {
   upstream: string;
   /** PEM certificate and key: clients may then use TLS (SSLRequest answered 'S'); else 'N'. */
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Pooling: pgBouncer's TLS settings (client_tls_*, server_tls_*) in place of `tls`, live as they change. */
+  poolerTls?: PoolerTls;
   /** Largest client message accepted; longer ones end the session with 54000. */
   maxMessageBytes: number;
   /** Default grace period of close(). */
@@ -76,9 +84,14 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const target = parseUpstreamUrl(opts.upstream);
   const cancels = opts.cancels ?? new CancelRegistry();
   const sessions = new Sessions();
+  const fixedContext = opts.tls ? createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
+  const poolerTls = opts.poolerTls;
   const env: SessionEnv = {
     target,
-    secureContext: opts.tls ? createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined,
+    // Read at each SSLRequest: a RELOAD, SIGHUP or SET changes it for the handshakes that follow.
+    get secureContext(): SecureContext | undefined {
+      return poolerTls ? poolerTls.client.context : fixedContext;
+    },
     maxMessageBytes: opts.maxMessageBytes,
     connectTimeoutMs: opts.connectTimeoutMs,
     logger: log,
@@ -87,7 +100,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     totals: newTotals(),
     // A pooled session changes server connections between transactions: the relay's fixed pair does not fit.
     nativeRelay: opts.pooling ? null : nativeRelayFor(opts.nativeRelay ?? 'auto', log),
-    pooling: opts.pooling,
+    pooling: opts.pooling && poolerTls ? poolerTls.wrap(opts.pooling) : opts.pooling,
     onClosed: (session) => sessions.delete(session),
   };
   let closing: Promise<void> | null = null;
@@ -144,6 +157,142 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     },
     sessions: () => sessions.list(),
   };
+}
+
+/** The settings whose change makes pgBouncer set its TLS up again (sbuf_tls_setup: SET of a *_tls_* key, RELOAD, SIGHUP). */
+const CLIENT_TLS_FIELDS = ['clientTlsSslmode', 'clientTlsKeyFile', 'clientTlsCertFile', 'clientTlsCaFile', 'clientTlsProtocols', 'clientTlsCiphers'] as const;
+const SERVER_TLS_FIELDS = ['serverTlsSslmode', 'serverTlsKeyFile', 'serverTlsCertFile', 'serverTlsCaFile', 'serverTlsProtocols', 'serverTlsCiphers'] as const;
+
+/**
+ * pgBouncer's TLS of a pooler, as its sbuf_tls_setup keeps it: the clients' context (client_tls_*), and the
+ * server connections' settings (server_tls_*). Set up at start and again at RELOAD, SIGHUP and a console SET of
+ * a TLS setting; settings that cannot be applied (a missing file, a bad protocol list) leave the old ones in
+ * use. When the server settings change, every pool's connections made with the old ones close: idle ones now,
+ * the others as their clients give them back ("database configuration changed").
+ */
+export class PoolerTls {
+  client: ClientTls & { identMaps: Map<string, IdentMapping[]> } = { sslmode: 'disable', context: undefined, identMaps: new Map() };
+  /** What the server connections were made with (sslmode, settings, files' contents); null before the first setup. */
+  private serverApplied: string | null = null;
+  private watched: PoolerSettings | null = null;
+
+  constructor(
+    private readonly pooling: PoolingEnv,
+    private readonly defaultTarget: UpstreamTarget,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Applies the pooler's settings now. `failure`: what to log after pgBouncer's reason when they cannot be
+   * applied, the old ones staying in use; without it (at start) the reason is thrown. Watches the settings
+   * object for console SETs from here on.
+   */
+  setup(failure?: string): boolean {
+    const pooler = this.pooling.pooler;
+    const st = pooler.settings;
+    this.watch(st);
+    let client: PoolerTls['client'];
+    let serverKey: string;
+    let targets: Map<string, UpstreamTarget[]> | null = null;
+    try {
+      client = { ...clientTlsFrom(st), identMaps: this.identMaps(st) };
+      serverKey = serverTlsKey(st);
+      // As pgBouncer: recycling is needed when the sslmode changed, or TLS is on and its settings changed.
+      if (this.serverApplied !== null && serverKey !== this.serverApplied) {
+        targets = new Map();
+        for (const [name, db] of pooler.databases) targets.set(name, targetsFor(db.entry, this.defaultTarget, st));
+      }
+    } catch (err) {
+      const why = (err as Error).message;
+      if (failure === undefined) throw err;
+      pooler.pgbLog.line('ERROR', why);
+      pooler.pgbLog.line('ERROR', failure);
+      this.log.error({ err: why }, failure);
+      return false;
+    }
+    this.client = client;
+    this.serverApplied = serverKey;
+    if (targets) {
+      this.log.info('server TLS settings changed: server connections made with the old ones close');
+      for (const [name, t] of targets) pooler.databases.get(name)!.targets = t;
+      for (const p of pooler.pools()) {
+        p.closeAll(false, 'database configuration changed');
+        // As pgBouncer's tag_pool_dirty: the welcome is learnt again. A login failure cached under the old
+        // settings fails no client any more (pgBouncer's clients wait for the welcome instead, which a pool
+        // whose logins failed lacks; ours would meet the cached error).
+        p.welcome = null;
+        p.loginFailure = null;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * The console's SET assigns the settings object's field: accessors on the TLS fields of the object in use set
+   * TLS up again at once, as pgBouncer's admin_set does (RELOAD brings a new object, watched at its setup).
+   */
+  private watch(st: PoolerSettings): void {
+    if (this.watched === st) return;
+    this.watched = st;
+    for (const field of [...CLIENT_TLS_FIELDS, ...SERVER_TLS_FIELDS]) {
+      let value = st[field];
+      Object.defineProperty(st, field, {
+        enumerable: true,
+        configurable: true,
+        get: () => value,
+        set: (v: string) => {
+          value = v;
+          if (this.watched === st) this.setup('TLS settings could not be applied, still using old configuration');
+        },
+      });
+    }
+  }
+
+  /** auth_ident_file's maps, read with the hba file (auth_type = hba); an unreadable file maps nobody. */
+  private identMaps(st: PoolerSettings): Map<string, IdentMapping[]> {
+    if (st.authType !== 'hba' || !st.authIdentFile) return new Map();
+    try {
+      return parseIdentFile(readFileSync(resolve(st.authIdentFile), 'utf8'));
+    } catch (err) {
+      this.pooling.pooler.pgbLog.line('WARNING', `could not load ident file ${st.authIdentFile}: ${(err as Error).message}`);
+      return new Map();
+    }
+  }
+
+  /**
+   * The sessions' side of the pooling: pgBouncer's client_tls_sslmode require and verify-* refuse plaintext
+   * clients but on the Unix socket ("SSL required"), and the cert method (auth_type cert, or the hba rule's)
+   * lets in a client whose verified certificate names the user, or whose name the rule's ident map takes to it.
+   */
+  wrap(pooling: PoolingEnv): PoolingEnv {
+    return {
+      ...pooling,
+      authenticator: (user, database, address, tls) => {
+        const local = address.startsWith('/') || address.startsWith('?');
+        const mode = this.client.sslmode;
+        if (!tls && !local && (mode === 'require' || mode === 'verify-ca' || mode === 'verify-full')) return poolError('SSL required');
+        const pooler = pooling.pooler;
+        const st = pooler.settings;
+        const rule = st.authType === 'hba' ? matchHba(pooler.config.hba ?? [], { local, ssl: tls, database, user, address: address.replace(/:\d+$/, '') }) : null;
+        const got = pooling.authenticator(user, database, address, tls);
+        if (st.authType !== 'cert' && rule?.method !== 'cert') return got;
+        const certify = <T>(a: T): T => {
+          if (!(a instanceof ClientAuth)) return a;
+          const why = (reason: string) => pooler.pgbLog.line('ERROR', `${database}/${user}@${address} ${reason}`);
+          a.certified = tls ? certAllows(peerCertNames(address), user, rule?.map, this.client.identMaps, why) : (why('TLS connection required'), false);
+          return a;
+        };
+        return got instanceof Promise ? got.then(certify) : certify(got);
+      },
+    };
+  }
+}
+
+/** What decides whether server connections must be made again: the sslmode, and under TLS its settings and files. */
+function serverTlsKey(st: PoolerSettings): string {
+  if (st.serverTlsSslmode === 'disable') return 'disable';
+  const digest = (file: string) => (file ? createHash('sha256').update(readFileSync(file)).digest('hex') : '');
+  return JSON.stringify([...SERVER_TLS_FIELDS.map((f) => st[f]), digest(st.serverTlsCaFile), digest(st.serverTlsCertFile), digest(st.serverTlsKeyFile)]);
 }
 
 function newTotals(): Totals {
