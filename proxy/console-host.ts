@@ -76,6 +76,8 @@ export function createConsole(deps: ConsoleDeps): ConsoleFactory {
       host.log.info({ user, address }, 'console login refused: not in admin_users or stats_users');
       return new PoolError({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: 'not allowed' });
     }
+    const refused = who.admin ? null : host.consoleLimits(session.id, user);
+    if (refused) return refused;
     return new ConsoleConnection(host, session.id, who);
   };
   return Object.assign(open, { close: () => host.close(), signal: (sig: PoolerSignal) => host.signal(sig) });
@@ -289,6 +291,24 @@ class PoolerConsole implements ConsoleHost {
     // auth_type any: everyone is let in; admin_users still decides who may run commands.
     if (st.authType === 'any') return { user, admin, stats: true };
     return admin || stats ? { user, admin, stats } : null;
+  }
+
+  /**
+   * pgBouncer's check_db_connection_count and check_user_connection_count for the console: max_db_client_connections
+   * and max_user_client_connections count its clients too, logged in or logging in; admin_users are exempt.
+   */
+  consoleLimits(asking: number, user: string): PoolError | null {
+    const st = this.pooler.settings;
+    const others = this.openSessions().filter((s) => s.id !== asking && s.context !== null);
+    const maxDb = st.maxDbClientConnections;
+    if (maxDb > 0 && others.filter((s) => s.context!.database === CONSOLE_DATABASE).length >= maxDb) {
+      return poolError('no more connections allowed (max_db_client_connections)', SqlState.TooManyConnections);
+    }
+    const maxUser = this.pooler.config.users.get(user)?.maxUserClientConnections ?? st.maxUserClientConnections;
+    if (maxUser > 0 && others.filter((s) => s.context!.user === user).length >= maxUser) {
+      return poolError('no more connections allowed (max_user_client_connections)', SqlState.TooManyConnections);
+    }
+    return null;
   }
 
   /** An event pgBouncer logs: in its logfile's words, and in the structured log. */

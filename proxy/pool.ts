@@ -373,7 +373,8 @@ export class Pool {
   }
 
   private minPoolSize(): number {
-    if (this.clientCount === 0 && this.db.entry.name === '*') return 0;
+    // As pgBouncer's janitor: only a pool with clients, or one of a database with a forced user, is kept at it.
+    if (this.clients.size === 0 && !this.db.entry.user) return 0;
     return this.db.entry.minPoolSize ?? this.pooler.settings.minPoolSize;
   }
 
@@ -772,6 +773,12 @@ export class Pooler {
 
   private tick(): void {
     const now = Date.now();
+    // pgBouncer's janitor: a database with a forced user and min_pool_size has its pool before any client comes.
+    for (const [name, e] of this.config.databases) {
+      if (name === '*' || !e.user || (e.minPoolSize ?? this.settings.minPoolSize) <= 0) continue;
+      const db = this.database(name);
+      if (db && !db.pools.has(e.user)) this.pool(db, e.user);
+    }
     for (const db of this.databases.values()) for (const p of db.pools.values()) p.tick(now);
   }
 

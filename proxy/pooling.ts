@@ -67,6 +67,16 @@ export interface PoolingOptions {
 /** What auth_query says of a user: its secret, found without a usable one (NULL password), or no such user. */
 type Lookup = { found: true; secret: Secret | null } | { found: false };
 
+/**
+ * pgBouncer makes no pool for a user it does not know (nor lists the user): the one made for this client's
+ * login goes again while it is unused. A forced user's pool is the database's own and stays.
+ */
+function forgetPool(db: PoolDatabase | null, user: string): void {
+  if (db === null || db.entry.user) return;
+  const p = db.pools.get(user);
+  if (p && p.size === 0 && p.clients.size <= 1 && p.waiters.length === 0) db.pools.delete(user);
+}
+
 /** pgBouncer's "bouncer config error": the client hears only that, the log says why. */
 function configError(pooler: Pooler, why: string): PoolError {
   pooler.pgbLog.line('ERROR', why);
@@ -151,6 +161,7 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
       const authUser = (console ? null : db?.entry.authUser) ?? st.authUser;
       if (!authUser || (!console && db === null)) {
         pooler.pgbLog.line('LOG', `no such user: ${user}`);
+        forgetPool(db, user);
         return auth({ found: false });
       }
       const authDb = authDatabase(pooler, db);
@@ -158,7 +169,10 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
       return authQuery(pooler, authDb, db?.entry.authQuery ?? st.authQuery, authUser, user).then(
         (lookup) => {
           // As pgBouncer (handle_auth_query_response): a user auth_query does not find is refused at once.
-          if (!lookup.found) return poolError('no such user');
+          if (!lookup.found) {
+            forgetPool(db, user);
+            return poolError('no such user');
+          }
           // Server logins of this user's pools use what was found.
           if (lookup.secret) pooler.dynamicSecrets.set(user, lookup.secret);
           else pooler.dynamicSecrets.delete(user);

@@ -234,6 +234,22 @@ describe('ClientAuth, unit', () => {
     expect(new ClientAuth({ method: 'any', user: 'nobody', secret: null }).begin()).toEqual({ done: true, ok: true });
   });
 
+  test('a user auth_query found with a NULL password: trust lets it in, no password ever does', () => {
+    const found = (method: 'trust' | 'plain' | 'md5' | 'scram-sha-256') => new ClientAuth({ method, user: 'u', secret: null, known: true });
+    expect(found('trust').begin()).toEqual({ done: true, ok: true });
+    const refused = { done: true, ok: false, error: { severity: 'FATAL', code: '08P01', message: 'password authentication failed' } };
+    for (const guess of ['', 'md5', 'u', 'guess']) {
+      const plain = found('plain');
+      plain.begin();
+      if (guess !== '') expect(plain.respond(passwordMessage(guess))).toEqual(refused);
+      const md5 = found('md5');
+      md5.begin();
+      expect(md5.respond(passwordMessage('md5' + 'a'.repeat(32)))).toEqual(refused);
+    }
+    expect(scramByHand(found('scram-sha-256'), '').final).toMatchObject({ done: true, ok: false, error: { message: 'SASL authentication failed' } });
+    expect(scramByHand(found('scram-sha-256'), 'md5').final).toMatchObject({ done: true, ok: false, error: { message: 'SASL authentication failed' } });
+  });
+
   test("SCRAM by hand: the server signature checks out, and the keys handed on are the client's", () => {
     const secret = scramSecretOf('right');
     const r = scramByHand(new ClientAuth({ method: 'scram-sha-256', user: 'u', secret }), 'right');

@@ -177,6 +177,30 @@ describe('auth_query', () => {
       p.pooling.pooler.close();
     }
   });
+
+  test('as pgBouncer: a user it does not find gets "no such user"; one found with a NULL password passes trust only; a bad auth_dbname is a config error', async () => {
+    const db = testDb();
+    const md5 = db.roles.md5.user;
+    // The md5 role is found, with a NULL password; nobody else is.
+    const query = `SELECT usename, NULL::text FROM (VALUES ('${md5}'::text)) v(usename) WHERE usename = $1`;
+    const outcome = (url: string) => connect(url).then((c) => c.end().then(() => 'logged in'), (e: Error) => e.message);
+    for (const authType of ['trust', 'md5']) {
+      const p = await pooledProxy({ auth_type: authType, auth_user: 'postgres', auth_query: query }, { badauth: `host=${db.host} port=${db.port} dbname=postgres auth_dbname=nosuchdb` }, ['scram']);
+      try {
+        const nobody = new URL(p.url('md5'));
+        nobody.username = 'nobody';
+        expect(await outcome(nobody.toString())).toBe('no such user');
+        const found = await outcome(p.url('md5'));
+        // trust: past the proxy's own authentication (the server's login may still want a password the pooler lacks).
+        if (authType === 'trust') expect(found).not.toMatch(/authentication failed|no such user/);
+        else expect(found).toBe('password authentication failed');
+        expect(await outcome(p.url('md5', 'badauth'))).toBe('bouncer config error');
+      } finally {
+        await p.proxy.close(0);
+        p.pooling.pooler.close();
+      }
+    }
+  });
 });
 
 describe('statement mode and limits', () => {
