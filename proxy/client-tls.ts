@@ -1,10 +1,13 @@
 // Encryption with the client, during startup: the answer to SSLRequest and GSSENCRequest, and the upgrade
 // of the accepted socket to TLS. SSLRequest is answered 'S' when the proxy has a certificate (and the
-// socket is not TLS already), else 'N'; GSSENCRequest always 'N' (no GSSAPI here). Either way the client
-// may go on with a StartupMessage, in the clear or over TLS. Nothing may follow the request before the
-// answer: those bytes would have crossed the wire unencrypted (CVE-2021-23214).
+// socket is neither TLS already nor a Unix socket), else 'N'; GSSENCRequest always 'N' (no GSSAPI here).
+// Either way the client may go on with a StartupMessage, in the clear or over TLS. Nothing may follow the
+// request before the answer: those bytes would have crossed the wire unencrypted (CVE-2021-23214).
+// Also pgBouncer's client_tls_* settings (clientTlsFrom: the context, and how it treats client
+// certificates), the libtls protocol and cipher syntax both sides use, and what cert authentication needs:
+// the names of a client's verified certificate, and auth_ident_file's maps.
 import { readFileSync } from 'node:fs';
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { TLSSocket, createSecureContext, type SecureContext } from 'node:tls';
 import { ACCEPT_ENCRYPTION, GSSENC_REQUEST_CODE, REFUSE_ENCRYPTION, SSL_REQUEST_CODE } from './protocol.js';
 import type { ReadBuffer } from './read-buffer.js';
@@ -27,7 +30,9 @@ export type EncryptionAnswer = 'tls' | 'refused' | { violation: string };
 export function answerEncryptionRequest(sock: Socket, code: number, length: number, bytesAfter: number, tlsOffered: boolean): EncryptionAnswer {
   if (length !== 8) return { violation: 'invalid length of SSL or GSS encryption request' };
   if (bytesAfter > 0) return { violation: 'received unencrypted data after SSL or GSS encryption request' };
-  if (code === SSL_REQUEST_CODE && tlsOffered) return 'tls';
+  // As PostgreSQL and pgBouncer: no TLS over a Unix socket (a socket without a remote address).
+  const unix = sock instanceof Socket && sock.remoteAddress === undefined && sock.remotePort === undefined;
+  if (code === SSL_REQUEST_CODE && tlsOffered && !unix) return 'tls';
   sock.write(REFUSE_ENCRYPTION);
   return 'refused';
 }

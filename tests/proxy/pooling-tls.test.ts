@@ -4,7 +4,7 @@
 // RELOAD and SIGHUP. The certificates are made here with openssl, two CAs as in pgBouncer's test/ssl.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -165,6 +165,22 @@ async function admin(b: Bouncer, sql: string): Promise<void> {
   await c.end();
 }
 
+/** The one-byte answer to an SSLRequest, over TCP or the Unix socket. */
+function sslAnswer(b: Bouncer, unix: boolean): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = unix ? netConnect(join(b.dir, `.s.PGSQL.${b.port}`)) : netConnect(b.port, '127.0.0.1');
+    s.on('error', reject);
+    s.once('data', (d) => {
+      s.destroy();
+      resolve(d.subarray(0, 1).toString());
+    });
+    const req = Buffer.alloc(8);
+    req.writeInt32BE(8, 0);
+    req.writeInt32BE(80877103, 4);
+    s.write(req);
+  });
+}
+
 const caOf = (name: string) => readFileSync(cert(name), 'utf8');
 
 const requireTls = () => ({
@@ -195,6 +211,9 @@ describe('client TLS (client_tls_*)', () => {
     await expect(pgClient(b)).rejects.toThrow('SSL required');
     const unix = await pgClient(b, { unix: true });
     expect((await unix.query('select 1 as v')).rows[0].v).toBe(1);
+    // As pgBouncer: TLS is offered over TCP only.
+    expect(await sslAnswer(b, false)).toBe('S');
+    expect(await sslAnswer(b, true)).toBe('N');
     // The wrong CA: the bouncer's certificate does not verify.
     const wrong = await psqlVia(b, { sslmode: 'verify-full', sslrootcert: cert('ca2.crt') });
     expect(wrong.code).not.toBe(0);
