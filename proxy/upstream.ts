@@ -112,6 +112,13 @@ export class UpstreamUnreachable extends Error {
   }
 }
 
+/** OpenSSL's verification failures as Node codes them: logged in OpenSSL's (and pgBouncer's) words too. */
+const CERT_ERRORS = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_UNTRUSTED', 'CERT_REJECTED',
+  'CERT_SIGNATURE_FAILURE', 'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
 function describe(err: unknown): string {
   const e = err as NodeJS.ErrnoException & { hostname?: string };
   if (e?.code === 'ENOTFOUND' || e?.code === 'EAI_AGAIN') return `DNS lookup failed (${e.code} ${e.hostname ?? ''})`.trim();
@@ -169,7 +176,7 @@ export function openUpstream(t: UpstreamTarget, timeoutMs: number): Promise<Open
         const raw = sock;
         raw.on('error', () => {}); // the TLS socket reports it
         sock = tlsConnect({ ...t.tls, socket: raw });
-        sock.on('error', (err) => fail(`TLS: ${describe(err)}`));
+        sock.on('error', (err) => fail(`TLS: ${CERT_ERRORS.has((err as NodeJS.ErrnoException).code ?? '') ? 'certificate verify failed: ' : ''}${describe(err)}`));
         sock.once('secureConnect', () => {
           sock.removeAllListeners('error');
           ok(false);
