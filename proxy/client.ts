@@ -670,23 +670,22 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** A message arrived and the client holds no server connection: take one (waiting in the pool's queue if need be). */
   private pooledAcquire(view: Buffer): Verdict | null {
-    const got = this.pooled!.acquire();
-    if (got instanceof Promise) {
-      // A copy: the message waits, and the read buffer it was read into is reused meanwhile (holdsInput).
-      const msg = Buffer.from(view);
-      this.pauseClient(PAUSE_POOL);
-      got.then(
-        () => {
-          if (this.phase === CLOSED) return this.pooled?.release(true);
-          this.reader!.requeue(msg);
-          this.resumeClient(PAUSE_POOL);
-          this.reader!.resume();
-        },
-        (err: unknown) => this.internalError(err),
-      );
-      return PAUSE;
-    }
-    return null;
+    let msg: Buffer | null = null;
+    const got = this.pooled!.acquire(() => {
+      if (this.phase === CLOSED) return this.pooled?.release(true);
+      try {
+        this.reader!.requeue(msg!);
+        this.resumeClient(PAUSE_POOL);
+        this.reader!.resume();
+      } catch (err) {
+        this.internalError(err);
+      }
+    });
+    if (got !== null) return null;
+    // A copy: the message waits, and the read buffer it was read into is reused meanwhile (holdsInput).
+    msg = Buffer.from(view);
+    this.pauseClient(PAUSE_POOL);
+    return PAUSE;
   }
 
   /** The message goes to the held server connection, statement names moved (prepared.ts). */

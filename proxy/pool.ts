@@ -202,7 +202,7 @@ export interface InternalResult {
 interface Waiter {
   client: PoolClient;
   since: number;
-  resolve(s: PooledServer): void;
+  granted(s: PooledServer): void;
 }
 
 /** One (database, user) pool. */
@@ -252,13 +252,16 @@ export class Pool {
     return u?.reservePool ?? this.db.entry.reservePool ?? this.pooler.settings.reservePoolSize;
   }
 
-  /** A connection for the client: at once when one is idle, else when one frees or opens (FIFO). */
-  acquire(client: PoolClient): PooledServer | Promise<PooledServer> {
+  /**
+   * A connection for the client: returned at once when one is idle, else null and `granted` gets it when one
+   * frees or opens (FIFO), or the client's poolFailed says why none will. A callback, not a Promise: most pooled
+   * transactions wait here, and each saved its promises and their microtask hops.
+   */
+  acquire(client: PoolClient, granted: (s: PooledServer) => void): PooledServer | null {
     const refusal = this.pooler.refusal;
     if (refusal !== null) {
-      // Never settles: the client is ended by poolFailed, and its session forgets this wait.
       queueMicrotask(() => client.poolFailed(refusal));
-      return new Promise<PooledServer>(() => {});
+      return null;
     }
     if (this.waiters.length === 0 && !this.paused) {
       const s = this.takeIdle();
@@ -271,12 +274,11 @@ export class Pool {
       const err = poolError(`server login has been failing, cached error: ${failed.error.message} (server_login_retry)`);
       queueMicrotask(() => client.poolFailed(err));
       this.pooler.schedule(this);
-      return new Promise<PooledServer>(() => {});
+      return null;
     }
-    return new Promise<PooledServer>((resolve) => {
-      this.waiters.push({ client, since: Date.now(), resolve });
-      this.pooler.schedule(this);
-    });
+    this.waiters.push({ client, since: Date.now(), granted });
+    this.pooler.schedule(this);
+    return null;
   }
 
   /** Takes a waiter out of the queue (its client left). */
@@ -340,7 +342,7 @@ export class Pool {
     const w = this.waiters.shift();
     if (w) {
       this.stats.waitTimeUs += (Date.now() - w.since) * 1000;
-      w.resolve(this.lend(s, w.client));
+      w.granted(this.lend(s, w.client));
       return;
     }
     this.idle.push(s);

@@ -78,7 +78,7 @@ export class PooledSession implements PoolClient {
   private queryStart = 0;
   /** When the server last said it was ready (idle_transaction_timeout counts from there, as pgBouncer's does). */
   private readyAt = 0;
-  private waiting: Promise<PooledServer> | null = null;
+  private waiting = false;
 
   constructor(
     private readonly host: PooledHost,
@@ -117,21 +117,27 @@ export class PooledSession implements PoolClient {
     return [...this.pins].join(',');
   }
 
-  /** A server connection for the client's next message: now, or a Promise (null if the session ended meanwhile). */
-  acquire(): PooledServer | Promise<PooledServer> {
+  /** A server connection for the client's next message: now, or null and `granted` once it has one. */
+  acquire(granted: () => void): PooledServer | null {
     if (this.server) return this.server;
     this.waitingSince = Date.now();
-    const got = this.pool.acquire(this);
-    if (!(got instanceof Promise)) {
-      this.attach(got);
-      return got;
-    }
-    this.waiting = got;
-    return got.then((s) => {
-      this.waiting = null;
-      this.attach(s);
-      return s;
+    const got = this.pool.acquire(this, (s) => {
+      this.waiting = false;
+      // Called from another client's release: a failure here is this client's, not that one's.
+      try {
+        this.attach(s);
+        granted();
+      } catch (err) {
+        this.host.log.error({ err }, 'could not hand the server connection to the client');
+        this.host.poolFailed(new PoolError({ severity: 'FATAL', code: 'XX000', message: 'internal error in the pooler' }));
+      }
     });
+    if (got === null) {
+      this.waiting = true;
+      return null;
+    }
+    this.attach(got);
+    return got;
   }
 
   private attach(s: PooledServer): void {
@@ -293,7 +299,7 @@ export class PooledSession implements PoolClient {
       }
       return;
     }
-    if (this.waiting !== null) return; // query_timeout and query_wait_timeout of the wait: the pool's (Pool.tick)
+    if (this.waiting) return; // query_timeout and query_wait_timeout of the wait: the pool's (Pool.tick)
     if (a.txStatus !== 'I' && this.server) {
       // From the server's last ReadyForQuery, not the client's last message (a long statement is not idleness).
       if (idleTx > 0 && now - Math.max(a.lastActive, this.readyAt) > idleTx) {

@@ -101,9 +101,8 @@ function authDatabase(pooler: Pooler, db: PoolDatabase | null): PoolDatabase | P
 async function authQuery(pooler: Pooler, authDb: PoolDatabase, query: string, authUser: string, user: string): Promise<Lookup> {
   const pool = pooler.pool(authDb, authUser);
   const server = await new Promise<PooledServer>((resolve, reject) => {
-    const got = pool.acquire({ id: 0, poolFailed: reject });
-    if (got instanceof Promise) got.then(resolve, reject);
-    else resolve(got);
+    const got = pool.acquire({ id: 0, poolFailed: reject }, resolve);
+    if (got !== null) resolve(got);
   });
   const r = await server.runInternal(query, [user]);
   const row = r.rows[0];
@@ -185,13 +184,12 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
       if (pool.welcome) return Promise.resolve(pool.welcome);
       return new Promise((resolve, reject) => {
         const probe: PoolClient = { id: 0, poolFailed: (err) => reject(err) };
-        const got = pool.acquire(probe);
-        const done = (s: Awaited<typeof got>) => {
+        const done = (s: PooledServer) => {
           pool.release(s, true);
           resolve(pool.welcome ?? new Map(s.params));
         };
-        if (got instanceof Promise) got.then(done, reject);
-        else done(got);
+        const got = pool.acquire(probe, done);
+        if (got !== null) done(got);
       });
     },
     consoleFor(session, user, address, own) {
