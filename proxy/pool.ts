@@ -109,7 +109,11 @@ export class PooledServer implements SessionLink {
 
   // ---- SessionLink while idle or running the pool's own queries ---------------------------------------
   readonly clientBacklog = 0;
-  toClient(): void {}
+  toClient(): void {
+    // A FATAL while idle (pg_terminate_backend, a shutdown): closed now, before it is lent to a client that
+    // would hear it instead of its own login's outcome; the socket's close may come an event later.
+    if (this.conn.sawFatal && !this.closed && this.client === null) this.pool.gone(this, 'server conn crashed?');
+  }
   serverKey(key: CancelKey): Buffer {
     this.key = key;
     return Buffer.alloc(0);
@@ -291,7 +295,7 @@ export class Pool {
     // Most recently used first: the others may age out (server_idle_timeout) and the pool shrinks.
     while (this.idle.length > 0) {
       const s = this.idle.pop()!;
-      if (!s.closed) return s;
+      if (!s.closed && !s.conn.sawFatal) return s;
     }
     return undefined;
   }
