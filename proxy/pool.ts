@@ -757,8 +757,8 @@ export class Pooler {
       for (const p of db.pools.values()) {
         if (p === asking || !match(p) || p.idle.length === 0) continue;
         const s = p.idle.shift()!;
-        s.close('evicted for another pool at max_db_connections/max_user_connections');
-        return false; // the slot frees when the close completes; the next pass opens
+        s.close('evicted');
+        return true; // out of the idle list, it no longer counts: the asking pool opens in its place now
       }
     }
     return false;
