@@ -36,7 +36,7 @@ import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
 import { PooledSession, optionSettings } from './pooled-session.js';
-import { PoolError, type PoolDatabase, type PooledServer } from './pool.js';
+import { PoolError, replicationKind, type PoolDatabase, type PooledServer } from './pool.js';
 import { Fe as FeCodes, authentication, AUTH_OK, parameterStatus, readyForQuery } from './protocol.js';
 import type { ClientAuth } from './auth.js';
 
@@ -445,15 +445,18 @@ export class ClientSession implements FrameHandler, SessionLink {
     // As pgBouncer: a database it does not have is refused only after the authentication (authStep).
     if (db === null) return this.startAuth(user, database, rest);
     const options = sp.params.get('options');
-    if (options && optionSettings(options) === null) {
+    const replication = replicationKind(sp.params.get('replication'));
+    // A replication client's options go to its own server connection verbatim: any switch is fine there.
+    if (options && replication === null && optionSettings(options) === null) {
       return this.fail(SqlState.ProtocolViolation, "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed");
     }
     const refused = pooling.pooler.admit(db, user);
     if (refused) return this.fail(refused.fields.code, refused.fields.message);
     this.poolDb = db;
-    if (pooling.pooler.settings.logConnections) pooling.pooler.pgbLog.line('LOG', `login attempt: db=${database} user=${user} tls=${this.sock !== this.raw ? 'yes' : 'no'} replication=no`, this.pgbSubject());
+    if (pooling.pooler.settings.logConnections) pooling.pooler.pgbLog.line('LOG', `login attempt: db=${database} user=${user} tls=${this.sock !== this.raw ? 'yes' : 'no'} replication=${replication ?? 'no'}`, this.pgbSubject());
     const pool = pooling.pooler.pool(db, user);
     this.pooled = new PooledSession(this.pooledHost(), pool, sp.params, pooling.statements);
+    if (replication !== null) this.pooled.replication = replication;
     this.startAuth(user, database, rest);
   }
 
@@ -518,10 +521,11 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.auth = null;
     if (this.console !== null) return this.consoleStarted();
     if (this.pooled === null) return this.fail(SqlState.ProtocolViolation, `no such database: ${this.ctx!.database}`);
-    if (step.scramKeys) this.pooled!.pool.scramKeys = step.scramKeys;
+    if (step.scramKeys) this.pooled.pool.scramKeys = step.scramKeys;
     this.phase = CONNECTING; // learning the server's parameters
     this.pauseClient(PAUSE_CONNECTING);
-    this.env.pooling!.welcome(this.pooled!.pool).then(
+    if (this.pooled.replication !== null) return this.replicationStart(this.pooled.replication);
+    this.env.pooling!.welcome(this.pooled.pool).then(
       (params) => this.welcomed(params),
       (err: unknown) => {
         const f = err instanceof PoolError ? err.fields : { severity: 'FATAL', code: SqlState.ConnectionFailure, message: String(err) };
@@ -533,6 +537,19 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   /** Logged in to the proxy: the client gets the server's parameters (its own where it set them) and a key. */
+  /**
+   * A replication client logged in to the proxy: its own server connection opens now (pgBouncer links it at
+   * once), and the client's welcome is that connection's parameters. A refused login ends the client with
+   * pgBouncer's "login failed".
+   */
+  private replicationStart(kind: NonNullable<PooledSession['replication']>): void {
+    this.pooled!.startReplication(kind, (r) => {
+      if (this.phase === CLOSED) return;
+      if (r instanceof PoolError) return this.fail(r.fields.code, r.fields.message);
+      this.welcomed(r);
+    });
+  }
+
   private welcomed(params: Map<string, string>): void {
     if (this.phase === CLOSED) return;
     const mine = this.pooled!.settings;
@@ -802,7 +819,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.setTxStatus(status);
     if (this.pooled !== null) {
       // The proxy's own fenced work (a prefetch's rolled-back read) is not the client's transaction block.
-      if (status === 'T' && this.pooled.pool.mode === 'statement' && !this.hooks.pending) {
+      // A replication connection is its client's alone, as in session mode (pgBouncer).
+      if (status === 'T' && this.pooled.pool.mode === 'statement' && this.pooled.replication === null && !this.hooks.pending) {
         // Before the ReadyForQuery: the client hears it as the answer to the statement that opened the block.
         this.fatal({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: 'transaction blocks not allowed in statement pooling mode' });
         this.close('transaction block in statement pooling mode');

@@ -69,6 +69,27 @@ const newStats = (): PoolStats => ({
   clientParseCount: 0, serverParseCount: 0, bindCount: 0, serverAssignmentCount: 0,
 });
 
+/** A replication client's kind, as the server is told it: logical ("database") or physical ("yes"). */
+export type ReplicationKind = 'database' | 'yes';
+
+/** The startup packet's `replication` value as pgBouncer reads it: "database", a true boolean, or none. */
+export function replicationKind(v: string | undefined): ReplicationKind | null {
+  if (v === undefined) return null;
+  if (v === 'database') return 'database';
+  return ['true', 'on', 'yes', '1', 't', 'y'].includes(v.toLowerCase()) ? 'yes' : null;
+}
+
+/** A replication client waiting for room in the pool for a connection of its own (pgBouncer opens one per client). */
+interface ReplicationWaiter {
+  client: PoolClient;
+  since: number;
+  kind: ReplicationKind;
+  /** The client's startup parameters the server gets (application_name, options, ...). */
+  params: Map<string, string>;
+  done(s: PooledServer | PoolError): void;
+  cancelled: boolean;
+}
+
 /** Login failures that a retry may cure: unreachable, starting up or shutting down, too many connections. */
 const TRANSIENT = new Set<string>([SqlState.ConnectionFailure, '08001', '08004', '57P01', '57P02', '57P03', SqlState.TooManyConnections]);
 
@@ -100,6 +121,8 @@ export class PooledServer implements SessionLink {
   cancelling = 0;
   /** The host of the entry's host list it is connected to (cancels go there too). */
   target: UpstreamTarget;
+  /** A replication connection: its one client's alone, closed when that client leaves. */
+  replication: ReplicationKind | null = null;
   private internal: { resolve(r: InternalResult): void; rows: (Buffer | null)[][]; error: Record<string, string> | null } | null = null;
 
   constructor(readonly pool: Pool) {
@@ -218,6 +241,9 @@ export class Pool {
   /** Connections being opened or checked (they count against the limits). */
   opening = 0;
   readonly waiters: Waiter[] = [];
+  /** Replication clients waiting for a connection of their own, and those being opened for them. */
+  private readonly replWaiting: ReplicationWaiter[] = [];
+  private readonly replOpening = new Set<ReplicationWaiter>();
   /** Clients logged in to this pool (their timeouts are checked by the janitor). */
   readonly clients = new Set<PoolClient & { timeouts(now: number): void }>();
   readonly stats = newStats();
@@ -243,7 +269,7 @@ export class Pool {
   }
 
   get size(): number {
-    return this.idle.length + this.active.size + this.opening + this.parked.size;
+    return this.idle.length + this.active.size + this.opening + this.parked.size + this.replOpening.size;
   }
 
   get poolSize(): number {
@@ -309,6 +335,7 @@ export class Pool {
 
   /** The client is done with the connection. `clean`: between transactions, nothing of the client's left on it. */
   release(s: PooledServer, clean: boolean): void {
+    if (s.replication !== null) return this.releaseReplication(s);
     this.active.delete(s);
     const served = s.client !== null && s.client.id !== 0;
     s.client = null;
@@ -371,6 +398,7 @@ export class Pool {
   /** Opens connections while clients wait and the limits allow, and up to min_pool_size. */
   fill(): void {
     if (this.paused || this.pooler.suspended) return;
+    if (this.replWaiting.length > 0) this.fillReplication();
     const want = Math.max(this.waiters.length - this.opening, this.minPoolSize() - this.size);
     for (let i = 0; i < want; i++) {
       if (!this.mayOpen()) break;
@@ -417,7 +445,87 @@ export class Pool {
     );
   }
 
-  private async connect(s: PooledServer): Promise<void> {
+  // ---- replication clients: a connection each, opened with the client's own startup parameters ----------
+
+  /**
+   * A replication connection for the client, opened for it alone as soon as the pool has room (an idle
+   * connection is evicted to make it). `done` gets it, lent to the client, or the error the client ends with.
+   */
+  acquireReplication(client: PoolClient, kind: ReplicationKind, params: Map<string, string>, done: (s: PooledServer | PoolError) => void): void {
+    const refusal = this.pooler.refusal;
+    if (refusal !== null) return queueMicrotask(() => done(refusal));
+    this.replWaiting.push({ client, since: Date.now(), kind, params, done, cancelled: false });
+    this.pooler.schedule(this);
+  }
+
+  /** The replication client left before it got its connection. */
+  forgetReplication(client: PoolClient): void {
+    const i = this.replWaiting.findIndex((w) => w.client === client);
+    if (i >= 0) this.replWaiting.splice(i, 1);
+    for (const w of this.replOpening) if (w.client === client) w.cancelled = true;
+  }
+
+  private fillReplication(): void {
+    while (this.replWaiting.length > 0 && this.roomForReplication(this.replWaiting[0])) this.openReplication(this.replWaiting.shift()!);
+  }
+
+  /** pgBouncer's launch_new_connection for a replication client: at the pool's size an idle connection is evicted. */
+  private roomForReplication(w: ReplicationWaiter): boolean {
+    let limit = this.poolSize;
+    if (this.reserveSize > 0 && Date.now() - w.since >= this.pooler.settings.reservePoolTimeout * 1000) limit += this.reserveSize;
+    while (this.size >= limit && this.idle.length > 0) this.idle.shift()!.close('evicted');
+    if (this.size >= limit) return false;
+    const maxDb = this.db.entry.maxDbConnections ?? this.pooler.settings.maxDbConnections;
+    if (maxDb > 0 && this.db.serverCount() >= maxDb) {
+      if (this.idle.length > 0) this.idle.shift()!.close('evicted');
+      else if (!this.pooler.evictIdle(this, (p) => p.db === this.db)) return false;
+    }
+    const maxUser = this.pooler.config.users.get(this.user)?.maxUserConnections ?? this.pooler.settings.maxUserConnections;
+    if (maxUser > 0 && this.pooler.userServerCount(this.user) >= maxUser) {
+      if (this.idle.length > 0) this.idle.shift()!.close('evicted');
+      else if (!this.pooler.evictIdle(this, (p) => p.user === this.user)) return false;
+    }
+    return true;
+  }
+
+  private openReplication(w: ReplicationWaiter): void {
+    this.replOpening.add(w);
+    const s = new PooledServer(this);
+    s.replication = w.kind;
+    this.connect(s, w.params).then(
+      () => {
+        this.replOpening.delete(w);
+        if (w.cancelled) {
+          s.conn.attach(s);
+          this.retire(s, 'replication client was closed');
+          return;
+        }
+        this.stats.waitTimeUs += (Date.now() - w.since) * 1000;
+        w.done(this.lend(s, w.client));
+      },
+      (err: unknown) => {
+        this.replOpening.delete(w);
+        // Not the pool's failure (pgBouncer): a missing REPLICATION role or pg_hba.conf line fails this client
+        // alone, and normal clients go on logging in.
+        const f = err instanceof LoginError ? err.fields : undefined;
+        if (f?.S && f.M) this.pooler.pgbLog.line('ERROR', `S: login failed: ${f.S}: ${f.M}`);
+        this.log.warn({ err: f?.M ?? (err as Error)?.message }, 'replication connection login failed');
+        this.pooler.pgbLog.line('LOG', `closing because: login failed (age=${Math.floor((Date.now() - s.createdAt) / 1000)}s)`, s.subject());
+        if (!w.cancelled) w.done(poolError('login failed'));
+        this.pooler.schedule(this);
+      },
+    );
+  }
+
+  /** The replication client is done: its connection closes (never lent to another client). */
+  private releaseReplication(s: PooledServer): void {
+    this.active.delete(s);
+    s.client = null;
+    s.conn.attach(s);
+    this.retire(s, 'replication client disconnected');
+  }
+
+  private async connect(s: PooledServer, replicationParams?: Map<string, string>): Promise<void> {
     const settings = this.pooler.settings;
     const timeoutMs = Math.max(1, settings.serverConnectTimeout * 1000);
     const up = await this.openHost(s, timeoutMs);
@@ -430,6 +538,11 @@ export class Pool {
     if (e.datestyle) startup.set('DateStyle', e.datestyle);
     if (e.timezone) startup.set('TimeZone', e.timezone);
     if (e.applicationName) startup.set('application_name', e.applicationName);
+    // A replication connection gets the client's own parameters in its startup: a physical walsender takes no SET.
+    if (s.replication !== null && replicationParams) {
+      for (const [k, v] of replicationParams) startup.set(k, v);
+      startup.set('replication', s.replication);
+    }
     let logged;
     try {
       logged = await loginServer(up, startup, this.credentials(), timeoutMs);
@@ -444,6 +557,7 @@ export class Pool {
     s.conn = new ServerConnection(s, up, true);
     const from = s.localAddr.includes(':') ? `[${s.localAddr}]` : s.localAddr;
     this.pooler.pgbLog.line('LOG', `new connection to server (from ${from}:${s.localPort})`, s.subject());
+    if (s.replication !== null) return; // its parameters are its client's, not the pool's welcome; no connect_query on a walsender
     this.welcome = new Map(logged.params);
     const cq = e.connectQuery;
     if (cq) {
@@ -523,6 +637,11 @@ export class Pool {
     for (const c of this.clients) c.timeouts(now);
     const refusal = this.pooler.refusal;
     if (refusal !== null) for (const w of this.waiters.splice(0)) w.client.poolFailed(refusal);
+    if (refusal !== null) for (const w of this.replWaiting.splice(0)) w.done(refusal);
+    const waitLimit = (st.queryWaitTimeout || st.queryTimeout) * 1000;
+    while (waitLimit > 0 && this.replWaiting.length > 0 && now - this.replWaiting[0].since >= waitLimit) {
+      this.replWaiting.shift()!.done(poolError(st.queryWaitTimeout ? 'query_wait_timeout' : 'query_timeout', SqlState.ConnectionFailure));
+    }
     // query_timeout covers the wait for a server connection too, the wait at login included (pgBouncer's janitor).
     if (st.queryTimeout > 0) {
       const limit = st.queryTimeout * 1000;
@@ -602,7 +721,7 @@ export class Pool {
 
   /** Connections lent to clients or being set up (logging in, running the reset query): PAUSE waits for none. */
   get serversOut(): number {
-    return this.active.size + this.opening + this.parked.size;
+    return this.active.size + this.opening + this.parked.size + this.replOpening.size;
   }
 
   /** RESUME: waiting clients get the idle connections, and new ones open for those left (fill). */

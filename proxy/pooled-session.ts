@@ -8,7 +8,7 @@
 // until a check after the transaction finds it let go.
 import type { Logger } from 'pino';
 import type { Outgoing, ResponseHandler } from './interceptor.js';
-import { PoolError, type Pool, type PoolClient, type PooledServer } from './pool.js';
+import { PoolError, type Pool, type PoolClient, type PooledServer, type ReplicationKind } from './pool.js';
 import type { PgbSubject } from './pgbouncer-log.js';
 import { ClientStatements, UNKNOWN_STATEMENT, type PreparedOutcome, type StatementCache } from './prepared.js';
 import { Be, Fe, query, readCString, readDataRow, readErrorFields, type TxStatus } from './protocol.js';
@@ -79,6 +79,13 @@ export class PooledSession implements PoolClient {
   /** When the server last said it was ready (idle_transaction_timeout counts from there, as pgBouncer's does). */
   private readyAt = 0;
   private waiting = false;
+  /**
+   * A replication client (pgBouncer 1.23+): it owns one server connection, opened for it with its startup
+   * parameters, and everything it sends is relayed as is: no settings replay, statement renaming or pin checks,
+   * and no SQL of the proxy's on a walsender.
+   */
+  replication: ReplicationKind | null = null;
+  private replicationStartup: ReadonlyMap<string, string> | null = null;
 
   constructor(
     private readonly host: PooledHost,
@@ -92,6 +99,7 @@ export class PooledSession implements PoolClient {
     const options = startup.get('options');
     if (options) for (const [k, v] of optionSettings(options) ?? []) if (!ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
     pool.clients.add(this);
+    if (startup.has('replication')) this.replicationStartup = startup;
     this.statements = new ClientStatements(
       cache,
       () => pool.pooler.settings.maxPreparedStatements,
@@ -102,7 +110,35 @@ export class PooledSession implements PoolClient {
 
   /** Statement names are the proxy's (pgBouncer: not in session mode, and max_prepared_statements not 0; read at each message). */
   get preparing(): boolean {
-    return this.pool.mode !== 'session' && this.pool.pooler.settings.maxPreparedStatements > 0;
+    return this.pool.mode !== 'session' && this.replication === null && this.pool.pooler.settings.maxPreparedStatements > 0;
+  }
+
+  /**
+   * A replication client logged in: its own server connection is opened (waiting while the pool is full), then
+   * held until it leaves. `done` gets the server's parameters for the client's welcome, or why it ends.
+   */
+  startReplication(kind: ReplicationKind, done: (r: Map<string, string> | PoolError) => void): void {
+    this.replication = kind;
+    const ignored = new Set(this.pool.pooler.settings.ignoreStartupParameters.map((p) => p.toLowerCase()));
+    const params = new Map<string, string>();
+    // As pgBouncer: the client's parameters and its options verbatim (any switch: the connection is its alone).
+    for (const [k, v] of this.replicationStartup ?? []) {
+      const key = k.toLowerCase();
+      if (key === 'options' || (!NOT_SETTINGS.has(key) && !ignored.has(key))) params.set(k, v);
+    }
+    this.waiting = true;
+    this.waitingSince = Date.now();
+    this.pool.acquireReplication(this, kind, params, (s) => {
+      this.waiting = false;
+      this.waitingSince = 0;
+      if (s instanceof PoolError) return done(s);
+      this.server = s;
+      this.linkedAt = Date.now();
+      this.pool.stats.serverAssignmentCount++;
+      s.conn.attach(this.host.link);
+      this.host.attached(s);
+      done(new Map(s.params));
+    });
   }
 
   private pgbLog(level: 'ERROR' | 'LOG', text: string): void {
@@ -166,6 +202,7 @@ export class PooledSession implements PoolClient {
 
   /** Client messages the pooled session must see whole while it holds a connection. */
   wants(code: number): boolean {
+    if (this.replication !== null) return code === Fe.Terminate;
     if (code === Fe.Query || code === Fe.Terminate) return true;
     if (!this.preparing) return code === Fe.Parse;
     return code === Fe.Parse || code === Fe.Bind || code === Fe.Describe || code === Fe.Close;
@@ -173,6 +210,7 @@ export class PooledSession implements PoolClient {
 
   /** A client message on its way to the server connection: its effects noted, statement names moved. */
   forward(msg: Buffer, code: number): PreparedOutcome | undefined {
+    if (this.replication !== null) return undefined;
     const s = this.server!;
     switch (code) {
       case Fe.Query: {
@@ -255,7 +293,7 @@ export class PooledSession implements PoolClient {
         this.xactStart = 0;
       }
     }
-    if (status !== 'I') return;
+    if (status !== 'I' || this.replication !== null) return;
     if (!quiet || !this.host.atRest()) return;
     if (this.settingsDirty) return this.readSettings(s);
     if (this.pinsDirty) return this.checkPins(s);
@@ -276,7 +314,8 @@ export class PooledSession implements PoolClient {
   /** The session ends: the connection goes back if it is between transactions, else it is closed. */
   end(clean: boolean): void {
     this.pool.clients.delete(this);
-    if (this.waiting) this.pool.forget(this);
+    if (this.waiting && this.replication !== null) this.pool.forgetReplication(this);
+    else if (this.waiting) this.pool.forget(this);
     if (this.server && this.pins.size > 0) this.server.dirty = true; // temp objects, locks: nobody else may get them
     this.statements.clear();
     this.release(clean && this.pins.size === 0 && this.pool.mode !== 'session' ? true : clean);
