@@ -59,7 +59,8 @@ export type AuthStep =
   /** Refused: the caller sends `error` as a FATAL ErrorResponse and closes. */
   | { done: true; ok: false; error: ErrorFields };
 
-export type ClientAuthMethod = Extract<AuthType, 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256' | 'cert'>;
+/** pgBouncer's client methods; peer comes from an hba rule only. */
+export type ClientAuthMethod = Extract<AuthType, 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256' | 'cert'> | 'peer';
 
 export interface ClientAuthOptions {
   method: ClientAuthMethod;
@@ -83,6 +84,7 @@ export const AUTH_FAILURE = {
   emptyPassword: 'empty password returned by client',
   mechanism: 'client selected an invalid SASL authentication mechanism',
   cert: 'certificate authentication failed',
+  peer: 'peer authentication failed',
 } as const;
 
 /** What the SCRAM exchange checks against: a stored verifier, one made from a cleartext secret, or a decoy. */
@@ -109,7 +111,7 @@ interface ScramExchange {
 const DECOY_KEY = randomBytes(32);
 
 export class ClientAuth {
-  private readonly method: 'trust' | 'any' | 'plain' | 'md5' | 'scram' | 'cert';
+  private readonly method: 'trust' | 'any' | 'plain' | 'md5' | 'scram' | 'cert' | 'peer';
   private readonly user: string;
   /** Whether the user is known at all (trust needs no more). */
   private readonly known: boolean;
@@ -120,7 +122,8 @@ export class ClientAuth {
   private scram: ScramExchange | null = null;
   /**
    * cert: the client's verified TLS certificate names the user (or the hba rule's ident map lets that name in);
-   * whoever knows the client's socket sets it before begin(). The user must be known as well, as pgBouncer's.
+   * peer: the OS user at the other end of the Unix socket does. Whoever knows the client's socket sets it
+   * before begin(). The user must be known as well, as pgBouncer's.
    */
   certified = false;
 
@@ -140,7 +143,8 @@ export class ClientAuth {
       case 'any':
         return this.finish({ done: true, ok: true });
       case 'cert':
-        return this.finish(this.certified && this.known ? { done: true, ok: true } : refuse(AUTH_FAILURE.cert));
+      case 'peer':
+        return this.finish(this.certified && this.known ? { done: true, ok: true } : refuse(AUTH_FAILURE[this.method]));
       case 'trust':
         return this.finish(!this.known ? refuse(AUTH_FAILURE.trust) : { done: true, ok: true });
       case 'plain':

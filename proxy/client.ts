@@ -464,7 +464,8 @@ export class ClientSession implements FrameHandler, SessionLink {
   private startAuth(user: string, database: string, rest: Buffer): void {
     this.phase = LOCAL_AUTH;
     if (rest.length > 0) this.authBuf = rest;
-    const auth = this.env.pooling!.authenticator(user, database, this.clientAddress, this.sock !== this.raw);
+    const unix = this.remote.addr === 'unix';
+    const auth = this.env.pooling!.authenticator(user, database, this.clientAddress, this.sock !== this.raw, unix ? (peerCredentials(this.raw)?.uid ?? null) : null);
     if (auth instanceof Promise) {
       auth.then((a) => this.authBegin(a), (err: unknown) => this.internalError(err));
       return;
@@ -536,7 +537,6 @@ export class ClientSession implements FrameHandler, SessionLink {
     );
   }
 
-  /** Logged in to the proxy: the client gets the server's parameters (its own where it set them) and a key. */
   /**
    * A replication client logged in to the proxy: its own server connection opens now (pgBouncer links it at
    * once), and the client's welcome is that connection's parameters. A refused login ends the client with
@@ -550,6 +550,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     });
   }
 
+  /** Logged in to the proxy: the client gets the server's parameters (its own where it set them) and a key. */
   private welcomed(params: Map<string, string>): void {
     if (this.phase === CLOSED) return;
     const mine = this.pooled!.settings;
@@ -933,7 +934,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (inFlight === 0) return;
     const held = this.pooled?.server;
     if (held) return held.pool.cancelFor(held);
-    sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
+    void sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
   }
 
   /** Graceful shutdown: end the session as soon as it is idle (between transactions). */
@@ -1042,7 +1043,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     server.reader.stop();
     if (busy && this.upstreamKey !== null && this.tracker.size > 0) {
       // Closing the socket alone leaves a running statement running until it next talks to the client.
-      sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
+      void sendCancel(this.env.target, this.upstreamKey, this.env.connectTimeoutMs, this.log);
     }
     if (server.writable && this.reader?.atBoundary !== false && !this.terminated) server.sock.end(TERMINATE);
     else server.sock.end();

@@ -26,7 +26,8 @@ export interface PoolingEnv {
   readonly statements: StatementCache;
   isConsole(database: string): boolean;
   /** How this client authenticates, or why it may not log in at all. */
-  authenticator(user: string, database: string, address: string, tls: boolean): ClientAuth | PoolError | Promise<ClientAuth | PoolError>;
+  /** peer: the OS user id at the other end of a Unix socket (null: TCP, or unknown). */
+  authenticator(user: string, database: string, address: string, tls: boolean, peer: number | null): ClientAuth | PoolError | Promise<ClientAuth | PoolError>;
   /** The ParameterStatus set a client of the pool is welcomed with (a server login if none is known yet). */
   welcome(pool: Pool): Promise<Map<string, string>>;
   /** own: the client is the proxy's own OS user on a Unix socket, logging in as "pgbouncer" (admin, no password). */
@@ -140,7 +141,7 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
         }
         if (method === 'reject') return new PoolError({ severity: 'FATAL', code: SqlState.InvalidAuthorizationSpecification, message: 'login rejected' });
         // cert: the proxy's listener certifies the client's certificate on the ClientAuth (server.ts).
-        if (method !== 'trust' && method !== 'any' && method !== 'plain' && method !== 'md5' && method !== 'scram-sha-256' && method !== 'cert') {
+        if (method !== 'trust' && method !== 'any' && method !== 'plain' && method !== 'md5' && method !== 'scram-sha-256' && method !== 'cert' && method !== 'peer') {
           return new PoolError({ severity: 'FATAL', code: SqlState.FeatureNotSupported, message: `auth_type ${method} is not supported by pg-steadytext`, hint: 'Use trust, plain, md5, scram-sha-256 or hba.' });
         }
         return method;

@@ -267,14 +267,25 @@ export class PoolerTls {
   wrap(pooling: PoolingEnv): PoolingEnv {
     return {
       ...pooling,
-      authenticator: (user, database, address, tls) => {
+      authenticator: (user, database, address, tls, peer) => {
         const local = address.startsWith('/') || address.startsWith('?');
         const mode = this.client.sslmode;
         if (!tls && !local && (mode === 'require' || mode === 'verify-ca' || mode === 'verify-full')) return poolError('SSL required');
         const pooler = pooling.pooler;
         const st = pooler.settings;
         const rule = st.authType === 'hba' ? matchHba(pooler.config.hba ?? [], { local, ssl: tls, database, user, address: address.replace(/:\d+$/, '') }) : null;
-        const got = pooling.authenticator(user, database, address, tls);
+        const got = pooling.authenticator(user, database, address, tls, peer);
+        if (rule?.method === 'peer') {
+          // pgBouncer's peer: the Unix socket's OS user is the user, or the rule's ident map takes it to the user.
+          const certifyPeer = <T>(a: T): T => {
+            if (!(a instanceof ClientAuth)) return a;
+            const why = (reason: string) => pooler.pgbLog.line('ERROR', `${database}/${user}@${address} ${reason}`);
+            const os = peer === null ? null : osUserName(peer);
+            a.certified = os === null ? (why('peer authentication needs a Unix socket whose peer is known'), false) : certAllows([os], user, rule.map, this.client.identMaps, why);
+            return a;
+          };
+          return got instanceof Promise ? got.then(certifyPeer) : certifyPeer(got);
+        }
         if (st.authType !== 'cert' && rule?.method !== 'cert') return got;
         const certify = <T>(a: T): T => {
           if (!(a instanceof ClientAuth)) return a;
@@ -286,6 +297,19 @@ export class PoolerTls {
       },
     };
   }
+}
+
+/** The name /etc/passwd gives a uid (pgBouncer's getpwuid), or null. */
+function osUserName(uid: number): string | null {
+  try {
+    for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
+      const f = line.split(':');
+      if (f.length > 2 && Number(f[2]) === uid) return f[0];
+    }
+  } catch {
+    // no passwd file: nobody is known
+  }
+  return null;
 }
 
 /** What decides whether server connections must be made again: the sslmode, and under TLS its settings and files. */

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -173,6 +173,26 @@ describe('pg-steadytext pgbouncer as a process', () => {
     // The ini itself works for a pooled login with a password.
     const pooled = await connect(b, { user: scram.user, password: scram.password, database: 'postgres' });
     expect(await one(pooled)).toBe(1);
+  });
+
+  test('hba peer: the Unix socket\'s OS user logs in as the users its ident map names, nobody else and never over TCP', async () => {
+    const md5 = testDb().roles.md5;
+    const dir = mkdtempSync(join(tmpdir(), 'pgb-peer-'));
+    writeFileSync(join(dir, 'hba.conf'), 'local all all peer map=m\nhost all all 127.0.0.1/32 peer\n');
+    writeFileSync(join(dir, 'ident.conf'), `m ${userInfo().username} trust_user\n`);
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'hba', auth_hba_file: join(dir, 'hba.conf'), auth_ident_file: join(dir, 'ident.conf'), pool_mode: 'transaction' },
+      users: [...TRUST_USERS, [md5.user, md5.password]],
+    });
+    try {
+      expect(await one(await connect(b, { user: 'trust_user', database: 'postgres', unix: true }))).toBe(1);
+      // Known to the pooler, with its password even, but not this OS user's to use.
+      await expect(connect(b, { user: md5.user, password: md5.password, database: 'postgres', unix: true })).rejects.toThrow(/peer authentication failed/);
+      await expect(connect(b, { user: 'trust_user', database: 'postgres' })).rejects.toThrow(/peer authentication failed/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
