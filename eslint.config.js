@@ -9,7 +9,7 @@ import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 export default defineConfig(
-  { ignores: ['dist/', 'build/', 'prebuilds/', 'node_modules/', 'coverage/'] },
+  { ignores: ['dist/', 'dist-*/', 'build/', 'prebuilds/', 'node_modules/', 'coverage/'] },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,
   {
