@@ -22,6 +22,7 @@ class FakeRelay implements NativeRelay {
   starts: { clientFd: number; serverFd: number; maxMessage: number }[] = [];
   failStart = false;
   onExit: ((o: RelayOutcome) => void) | null = null;
+  readonly send = null;
   peer(): null {
     return null;
   }
