@@ -37,7 +37,7 @@ import {
   type SteadytextRow,
   type UserRow,
 } from './console.js';
-import { PoolError, poolError, type Pool, type PoolDatabase, type PooledServer, type Pooler } from './pool.js';
+import { PoolError, poolError, type ReplicationKind, type Pool, type PoolDatabase, type PooledServer, type Pooler } from './pool.js';
 import type { PinReason } from './pooled-session.js';
 import type { ConsoleLink } from './pooling.js';
 import { AUTH_OK, SqlState, authentication, backendKeyData, errorResponse, parameterStatus, readyForQuery } from './protocol.js';
@@ -249,6 +249,11 @@ interface Snapshot {
 /** A pool row of SHOW POOLS and friends: one of the pooler's, or the console's own pgbouncer/pgbouncer. */
 type PoolEntry = { kind: 'pool'; name: string; user: string; pool: Pool } | { kind: 'console'; name: string; user: string };
 
+/** SHOW CLIENTS/SERVERS' replication column: the startup parameter's kind, in pgBouncer's words. */
+function replicationName(kind: ReplicationKind | null): 'none' | 'logical' | 'physical' {
+  return kind === 'database' ? 'logical' : kind === 'yes' ? 'physical' : 'none';
+}
+
 class PoolerConsole implements ConsoleHost {
   readonly log: Logger;
   private mode: PauseMode = 'none';
@@ -399,7 +404,7 @@ class PoolerConsole implements ConsoleHost {
     return {
       user: ctx?.user ?? null,
       database: p ? p.pool.db.name : s.isConsole ? CONSOLE_DATABASE : (ctx?.database ?? null),
-      replication: 'none',
+      replication: replicationName(p?.replication ?? null),
       state: waiting ? 'waiting' : 'active',
       addr: r.addr,
       port: r.port,
@@ -427,7 +432,7 @@ class PoolerConsole implements ConsoleHost {
     return {
       user: s.pool.user,
       database: s.pool.db.name,
-      replication: 'none',
+      replication: replicationName(s.replication),
       state,
       addr: unix ? 'unix' : (sock?.remoteAddress ?? ''),
       port: sock?.remotePort ?? s.pool.db.target.port,

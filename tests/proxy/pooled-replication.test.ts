@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import pg from 'pg';
 import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
+import { createConsole } from '../../proxy/console-host.js';
 import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
 import type { ProxyServer } from '../../proxy/server.js';
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
@@ -74,9 +75,18 @@ beforeAll(async () => {
     `replication = host=${cluster.host} port=${cluster.port} dbname=replication`,
     '[pgbouncer]', 'unix_socket_dir =', 'auth_type = scram-sha-256', `auth_file = ${join(dir, 'users.txt')}`,
     'pool_mode = transaction', 'default_pool_size = 4', 'max_prepared_statements = 100', 'query_wait_timeout = 60',
-    `logfile = ${logfile}`,
+    `logfile = ${logfile}`, 'admin_users = postgres',
   ].join('\n'));
-  pooling = createPooling({ config: loadPgBouncerConfig(join(dir, 'p.ini')), defaultTarget: parseUpstreamUrl(`postgres://${cluster.host}:${cluster.port}/?sslmode=disable`), logger: silentLogger });
+  // The admin console reads the sessions lazily: the proxy starts after createPooling, which takes the console.
+  const console = createConsole({
+    pooler: () => pooling.pooler,
+    sessions: () => (proxy ? proxy.sessions() : []),
+    configFile: join(dir, 'p.ini'),
+    reload: () => {},
+    shutdown: () => {},
+    logger: silentLogger,
+  });
+  pooling = createPooling({ config: loadPgBouncerConfig(join(dir, 'p.ini')), defaultTarget: parseUpstreamUrl(`postgres://${cluster.host}:${cluster.port}/?sslmode=disable`), logger: silentLogger, console });
   proxy = await startTestProxy({ pooling });
 }, 120_000);
 
@@ -96,6 +106,13 @@ test('logical: the server connection has the client startup parameters and optio
   expect(ident.rows[0].dbname).toBe('postgres');
   const ws = await direct<{ backend_type: string }>(`select backend_type from pg_stat_activity where application_name = 'repl-logical'`);
   expect(ws.map((w) => w.backend_type)).toEqual(['walsender']);
+  // The console shows the client and its server connection as logical replication, as pgBouncer does.
+  const admin = await connect('pgbouncer');
+  const clients = (await admin.query('SHOW CLIENTS')).rows as { application_name: string; replication: string }[];
+  expect(clients.find((r) => r.application_name === 'repl-logical')?.replication).toBe('logical');
+  const servers = (await admin.query('SHOW SERVERS')).rows as { replication: string }[];
+  expect(servers.map((r) => r.replication)).toContain('logical');
+  await admin.end();
   // A normal client of the same pool is unaffected and never gets the walsender.
   const n = await connect('postgres', { application_name: 'repl-normal' });
   expect((await n.query(`select backend_type from pg_stat_activity where pid = pg_backend_pid()`)).rows[0].backend_type).toBe('client backend');
