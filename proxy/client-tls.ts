@@ -61,16 +61,11 @@ export function acceptTls(raw: Socket, input: ReadBuffer | undefined, secureCont
       else if (sent) verifiedClients.add(tls);
     });
   }
-  const address = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? '?'}`;
-  tlsClients.set(address, tls);
   // Replaced once the TLSSocket is made, so the listeners it puts on the raw socket go too.
   raw.removeAllListeners('error');
   raw.on('error', () => {});
   raw.removeAllListeners('close');
-  raw.on('close', () => {
-    if (tlsClients.get(address) === tls) tlsClients.delete(address);
-    onClose();
-  });
+  raw.on('close', () => onClose());
   return tls;
 }
 
@@ -192,16 +187,12 @@ function chainError(tls: TLSSocket): string | null {
   return err ? (err.code ?? err.message) : null;
 }
 
-/** TLS client sockets by the address the session knows them by (`addr:port`), while they are open (cert auth). */
-const tlsClients = new Map<string, TLSSocket>();
-
 /**
- * The names in the verified certificate of the TLS client at `address` (its subject's CN and its DNS
- * subjectAltNames, as libtls's tls_peer_cert_contains_name looks at them); null when it sent none.
+ * The names in the verified certificate of a TLS client (its subject's CN and its DNS subjectAltNames, as
+ * libtls's tls_peer_cert_contains_name looks at them); null when it sent none, or it did not verify.
  */
-export function peerCertNames(address: string): string[] | null {
-  const sock = tlsClients.get(address);
-  if (!sock || !verifiedClients.has(sock)) return null;
+export function peerCertNames(sock: TLSSocket): string[] | null {
+  if (!verifiedClients.has(sock)) return null;
   const cert = sock.getPeerCertificate();
   if (!cert || Object.keys(cert).length === 0) return null;
   const cn = cert.subject?.CN;

@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
 import type { SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CancelKey, CancelRegistry } from './cancel.js';
-import { acceptTls, answerEncryptionRequest, isEncryptionRequest } from './client-tls.js';
+import { acceptTls, answerEncryptionRequest, isEncryptionRequest, peerCertNames } from './client-tls.js';
 import { DROP, FrameReader, KEEP, PAUSE, type FrameHandler, type Verdict } from './framing.js';
 import { HookPauser } from './hook-pause.js';
 import { Seam, type Interceptor, type Outgoing, type SessionContext } from './interceptor.js';
@@ -464,8 +464,12 @@ export class ClientSession implements FrameHandler, SessionLink {
   private startAuth(user: string, database: string, rest: Buffer): void {
     this.phase = LOCAL_AUTH;
     if (rest.length > 0) this.authBuf = rest;
-    const unix = this.remote.addr === 'unix';
-    const auth = this.env.pooling!.authenticator(user, database, this.clientAddress, this.sock !== this.raw, unix ? (peerCredentials(this.raw)?.uid ?? null) : null);
+    const tls = this.sock !== this.raw;
+    const auth = this.env.pooling!.authenticator(user, database, this.clientAddress, {
+      tls,
+      certNames: tls ? peerCertNames(this.sock as TLSSocket) : null,
+      peerUid: this.remote.addr === 'unix' ? (peerCredentials(this.raw)?.uid ?? null) : null,
+    });
     if (auth instanceof Promise) {
       auth.then((a) => this.authBegin(a), (err: unknown) => this.internalError(err));
       return;

@@ -21,13 +21,21 @@ export interface ConsoleLink {
   close: () => void;
 }
 
+/** What the client's socket says of it, for the methods that rest on it (cert, peer) and hba's hostssl. */
+export interface ClientIdentity {
+  tls: boolean;
+  /** The names of its verified TLS certificate (null: none). */
+  certNames: string[] | null;
+  /** The OS user id at the other end of a Unix socket (null: TCP, or unknown). */
+  peerUid: number | null;
+}
+
 export interface PoolingEnv {
   readonly pooler: Pooler;
   readonly statements: StatementCache;
   isConsole(database: string): boolean;
   /** How this client authenticates, or why it may not log in at all. */
-  /** peer: the OS user id at the other end of a Unix socket (null: TCP, or unknown). */
-  authenticator(user: string, database: string, address: string, tls: boolean, peer: number | null): ClientAuth | PoolError | Promise<ClientAuth | PoolError>;
+  authenticator(user: string, database: string, address: string, who: ClientIdentity): ClientAuth | PoolError | Promise<ClientAuth | PoolError>;
   /** The ParameterStatus set a client of the pool is welcomed with (a server login if none is known yet). */
   welcome(pool: Pool): Promise<Map<string, string>>;
   /** own: the client is the proxy's own OS user on a Unix socket, logging in as "pgbouncer" (admin, no password). */
@@ -129,7 +137,7 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
     pooler,
     statements,
     isConsole: (database) => database === 'pgbouncer',
-    authenticator(user, database, address, tls) {
+    authenticator(user, database, address, { tls }) {
       const st = pooler.settings;
       // How the client authenticates: auth_type, or the hba rule (looked up after the user, as pgBouncer does).
       const methodFor = (): ClientAuthMethod | PoolError => {

@@ -16,7 +16,7 @@ import { loadStatementParser } from './statement-effects.js';
 import { nextSocketId } from './socket-id.js';
 import { readFileSync, unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { certAllows, clientTlsFrom, parseIdentFile, peerCertNames, type ClientTls, type IdentMapping } from './client-tls.js';
+import { certAllows, clientTlsFrom, parseIdentFile, type ClientTls, type IdentMapping } from './client-tls.js';
 import { matchHba, type PoolerSettings } from '../config/pgbouncer.js';
 import { ClientAuth } from './auth.js';
 import { poolError } from './pool.js';
@@ -267,14 +267,15 @@ export class PoolerTls {
   wrap(pooling: PoolingEnv): PoolingEnv {
     return {
       ...pooling,
-      authenticator: (user, database, address, tls, peer) => {
+      authenticator: (user, database, address, who) => {
+        const { tls, certNames, peerUid: peer } = who;
         const local = address.startsWith('/') || address.startsWith('?');
         const mode = this.client.sslmode;
         if (!tls && !local && (mode === 'require' || mode === 'verify-ca' || mode === 'verify-full')) return poolError('SSL required');
         const pooler = pooling.pooler;
         const st = pooler.settings;
         const rule = st.authType === 'hba' ? matchHba(pooler.config.hba ?? [], { local, ssl: tls, database, user, address: address.replace(/:\d+$/, '') }) : null;
-        const got = pooling.authenticator(user, database, address, tls, peer);
+        const got = pooling.authenticator(user, database, address, who);
         if (rule?.method === 'peer') {
           // pgBouncer's peer: the Unix socket's OS user is the user, or the rule's ident map takes it to the user.
           const certifyPeer = <T>(a: T): T => {
@@ -290,7 +291,7 @@ export class PoolerTls {
         const certify = <T>(a: T): T => {
           if (!(a instanceof ClientAuth)) return a;
           const why = (reason: string) => pooler.pgbLog.line('ERROR', `${database}/${user}@${address} ${reason}`);
-          a.certified = tls ? certAllows(peerCertNames(address), user, rule?.map, this.client.identMaps, why) : (why('TLS connection required'), false);
+          a.certified = tls ? certAllows(certNames, user, rule?.map, this.client.identMaps, why) : (why('TLS connection required'), false);
           return a;
         };
         return got instanceof Promise ? got.then(certify) : certify(got);
