@@ -732,7 +732,6 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
     if (this.seam !== null && this.seam.wants(code)) return true;
     this.tracker.sent(code);
-    this.pooled?.passed(code);
     if (code === Fe.Terminate) this.terminated = true;
     return false;
   }
@@ -749,8 +748,6 @@ export class ClientSession implements FrameHandler, SessionLink {
         if (v !== null) return v;
       }
       if (this.seam === null || !this.seam.wants(code)) return this.pooledForward(msg, code);
-      // The interceptor may send it in another form: no exchange of the client's is repeated past it.
-      this.pooled.unseen();
     }
     this.ctx!.signal = this.hooks.signal;
     const r = this.seam!.offer(msg, code);

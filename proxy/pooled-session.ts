@@ -10,8 +10,8 @@ import type { Logger } from 'pino';
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { PoolError, type Pool, type PoolClient, type PooledServer, type ReplicationKind } from './pool.js';
 import type { PgbSubject } from './pgbouncer-log.js';
-import { ClientStatements, UNKNOWN_STATEMENT, type PreparedOutcome, type SharedStatement, type StatementCache } from './prepared.js';
-import { Be, Fe, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
+import { ClientStatements, UNKNOWN_STATEMENT, type PreparedOutcome, type StatementCache } from './prepared.js';
+import { Be, Fe, query, readCString, readDataRow, readErrorFields, type TxStatus } from './protocol.js';
 import { statementEffects, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
 import type { SessionLink } from './upstream.js';
@@ -40,43 +40,6 @@ export interface PooledHost {
 }
 
 export type PinReason = 'advisory' | 'temp' | 'hold' | 'listen' | 'load' | 'prepare';
-
-/**
- * A Bind or Describe of a cached statement at the start of an exchange outside a transaction block, which
- * may be run again if the server refuses the statement's plan because its result type changed (0A000
- * "cached plan must not change result type", after ALTER TABLE and the like: PostgreSQL does not replan
- * a prepared statement whose result changed). The client's messages after it are kept up to its Sync;
- * the error is held back only when that Sync went upstream with nothing of the client's after it, and
- * the exchange runs again (statement prepared anew under a new name) only when the server's
- * ReadyForQuery after it says 'I': it ran outside a transaction block, and nothing before it in its
- * exchange did anything (Bind, Execute: no retry).
- */
-interface Replan {
-  readonly st: SharedStatement;
-  /** The server-side name it went under. */
-  readonly name: string;
-  readonly server: PooledServer;
-  /** The message as sent; sent again under the statement's new name. */
-  readonly sent: Buffer;
-  /** Copies of the client's messages after it, through its Sync. */
-  readonly rest: Buffer[];
-  synced: boolean;
-  /** A message the exchange cannot repeat, or anything after its Sync, went upstream: no retry. */
-  stale: boolean;
-  /** The server's 0A000, held back until its ReadyForQuery. */
-  error: Buffer | null;
-}
-
-/** The client messages a repeated exchange may hold after its Bind or Describe (Describe only of a portal). */
-const REPEATABLE = new Set<number>([Fe.Execute, Fe.Describe, Fe.Flush, Fe.Sync]);
-
-/** The server refused a prepared statement's plan because its result type changed. */
-function resultTypeChanged(m: Buffer): boolean {
-  if (m[0] !== Be.ErrorResponse) return false;
-  const f = readErrorFields(m);
-  // The routine is not translated (lc_messages), the message is.
-  return f.C === '0A000' && (f.R === 'RevalidateCachedQuery' || f.M === 'cached plan must not change result type');
-}
 
 /** Startup parameters that are not settings. */
 const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
@@ -107,10 +70,6 @@ export class PooledSession implements PoolClient {
   private pinsDirty = false;
   /** An internal exchange (read-back, check, replay) is in flight on the server connection. */
   private internal = 0;
-  /** The exchange that may be run again (its messages are being kept, or its error is held back). */
-  private replan: Replan | null = null;
-  /** The client's current exchange (since its last Sync or Query) ran a Bind, Execute or the like. */
-  private exchangeDirty = false;
   /** When the client began waiting for a connection, or took one (SHOW CLIENTS, stats). */
   waitingSince = 0;
   linkedAt = 0;
@@ -244,7 +203,6 @@ export class PooledSession implements PoolClient {
   /** Client messages the pooled session must see whole while it holds a connection. */
   wants(code: number): boolean {
     if (this.replication !== null) return code === Fe.Terminate;
-    if (this.replan !== null) return true;
     if (code === Fe.Query || code === Fe.Terminate) return true;
     if (!this.preparing) return code === Fe.Parse;
     return code === Fe.Parse || code === Fe.Bind || code === Fe.Describe || code === Fe.Close;
@@ -254,12 +212,6 @@ export class PooledSession implements PoolClient {
   forward(msg: Buffer, code: number): PreparedOutcome | undefined {
     if (this.replication !== null) return undefined;
     const s = this.server!;
-    const clean = !this.exchangeDirty;
-    this.passed(code);
-    if (this.replan !== null) {
-      const out = this.follow(this.replan, msg, code);
-      if (out !== undefined) return out;
-    }
     switch (code) {
       case Fe.Query: {
         const e = statementEffects(msg, 5, msg.length - 1);
@@ -274,84 +226,13 @@ export class PooledSession implements PoolClient {
         this.note(statementEffects(msg, readCStringEnd(msg, 5), msgTextEnd(msg)), true);
         return this.preparing ? this.statements.parse(msg, s) : undefined;
       case Fe.Bind:
-        return this.preparing ? this.known(this.statements.use(msg, s, this.watchFor(clean, s)), msg) : undefined;
+        return this.preparing ? this.known(this.statements.use(msg, s), msg) : undefined;
       case Fe.Describe:
-        return msg[5] === 0x53 && this.preparing ? this.known(this.statements.use(msg, s, this.watchFor(clean, s)), msg) : undefined;
+        return msg[5] === 0x53 && this.preparing ? this.known(this.statements.use(msg, s), msg) : undefined;
       case Fe.Close:
         return msg[5] === 0x53 && this.preparing ? this.statements.close(msg) : undefined;
     }
     return undefined;
-  }
-
-  /** A client message went upstream (seen whole or not): whether its exchange did anything yet. */
-  passed(code: number): void {
-    if (code === Fe.Sync || code === Fe.Query) this.exchangeDirty = false;
-    else if (code !== Fe.Parse && code !== Fe.Describe && code !== Fe.Close && code !== Fe.Flush) this.exchangeDirty = true;
-  }
-
-  /** A client message went upstream in another form than the pooled session's (an interceptor's rewrite). */
-  unseen(): void {
-    this.exchangeDirty = true;
-    if (this.replan !== null) {
-      this.replan.stale = true;
-      this.replan = null;
-    }
-  }
-
-  /**
-   * The handler for a Bind or Describe of a cached statement when its exchange may be run again: the first
-   * thing it does, outside a transaction block, with no other such exchange open.
-   */
-  private watchFor(clean: boolean, s: PooledServer): ((st: SharedStatement, sent: Buffer) => ResponseHandler) | undefined {
-    if (!clean || this.replan !== null || this.host.activity().txStatus !== 'I') return undefined;
-    return (st, sent) => {
-      const r: Replan = { st, name: st.name, server: s, sent, rest: [], synced: false, stale: false, error: null };
-      this.replan = r;
-      return {
-        onMessage: (m) => {
-          if (r.synced && !r.stale && this.replan === r && resultTypeChanged(m)) {
-            r.error = m;
-            return null;
-          }
-          return m;
-        },
-        onEnd: () => {
-          if (r.error === null && this.replan === r) this.replan = null;
-        },
-      };
-    };
-  }
-
-  /** A client message after the watched Bind or Describe: kept (through the Sync), or the end of the watch. */
-  private follow(r: Replan, msg: Buffer, code: number): PreparedOutcome | undefined {
-    if (r.synced || !REPEATABLE.has(code) || (code === Fe.Describe && msg[5] !== 0x50)) {
-      r.stale = true;
-      this.replan = null;
-      return undefined;
-    }
-    r.rest.push(Buffer.from(msg));
-    if (code !== Fe.Sync) return undefined;
-    r.synced = true;
-    return { send: [{ bytes: msg, handler: { onMessage: (m) => (m[0] === Be.ReadyForQuery ? this.replanned(r, m) : m) } }] };
-  }
-
-  /**
-   * The ReadyForQuery of a watched exchange: with its error held back and the exchange outside a transaction
-   * block, the statement is prepared again and the exchange repeated (its answers go to the client as they
-   * come); otherwise the error goes to the client, then the ReadyForQuery.
-   */
-  private replanned(r: Replan, m: Buffer): Buffer | Buffer[] | null {
-    if (this.replan === r) this.replan = null;
-    const error = r.error;
-    if (error === null) return m;
-    r.error = null;
-    if (r.stale || readTxStatus(m) !== 'I' || this.server !== r.server) return [error, m];
-    const out = this.statements.reprepare(r.st, r.name, r.server);
-    out.push({ bytes: withStatementName(r.sent, r.st.nameBytes), handler: undefined });
-    for (const b of r.rest) out.push({ bytes: b, handler: undefined });
-    this.host.log.debug({ statement: r.name, now: r.st.name }, 'cached plan changed result type: statement prepared again, exchange repeated');
-    this.host.sendUpstream(out);
-    return null;
   }
 
   /**

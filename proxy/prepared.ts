@@ -8,18 +8,17 @@
 // As in pgBouncer (src/prepare.c): a Bind or Describe of a name the client never prepared ends the client
 // (the session decides, pooled-session.ts), a name whose Parse the server refused or skipped stays the
 // client's (prepared again at its Bind), and max_prepared_statements is read at each use. Unlike pgBouncer,
-// a Parse of a name in use gets PostgreSQL's error and the client goes on, and a statement whose result type
-// changed (0A000 at Bind/Describe) is prepared again under a new name, its exchange repeated (pooled-session.ts).
+// a Parse of a name in use gets PostgreSQL's error and the client goes on.
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { Be, CLOSE_COMPLETE, Fe, PARSE_COMPLETE, SqlState, close, errorResponse, parse, readCString, withStatementName } from './protocol.js';
 import type { PooledServer } from './pool.js';
 
-export interface SharedStatement {
-  /** Server-side name (a new one when the server connections' copies went stale: rename). */
-  name: string;
-  nameBytes: Buffer;
+interface SharedStatement {
+  /** Server-side name. */
+  readonly name: string;
+  readonly nameBytes: Buffer;
   /** The Parse under the server-side name. */
-  parse: Buffer;
+  readonly parse: Buffer;
   readonly key: string;
   refs: number;
 }
@@ -46,17 +45,6 @@ export class StatementCache {
     }
     st.refs++;
     return st;
-  }
-
-  /**
-   * The server refused to reuse a copy of the statement (its result type changed: 0A000 at Bind or Describe):
-   * it gets a new server-side name, so that no server connection's copy under the old one is used again
-   * (they would fail the same way); the old copies are left to their connections' LRU eviction.
-   */
-  rename(st: SharedStatement): void {
-    st.name = `PGST_${this.next++}`;
-    st.nameBytes = Buffer.from(st.name);
-    st.parse = withStatementName(st.parse, st.nameBytes);
   }
 
   drop(st: SharedStatement): void {
@@ -175,23 +163,21 @@ export class ClientStatements {
       return { send: [], local: PARSE_COMPLETE, localSkipped: { onMessage: (m) => m, onEnd: (_r, how) => how === 'skipped' && failed() } };
     }
     const send = this.makeRoom(server);
-    // The name as sent: the statement may be renamed before the answer comes.
-    const sentName = st.name;
-    server.prepared.set(sentName, true);
+    server.prepared.set(st.name, true);
     this.counts.serverParseCount++;
     send.push({
       bytes: st.parse,
       handler: {
         onMessage(m) {
           if (m[0] === Be.ErrorResponse) {
-            server.prepared.delete(sentName);
+            server.prepared.delete(st.name);
             failed();
           }
           return m;
         },
         onEnd(_r, how) {
           if (how !== 'done') {
-            server.prepared.delete(sentName);
+            server.prepared.delete(st.name);
             failed();
           }
         },
@@ -202,36 +188,17 @@ export class ClientStatements {
 
   /**
    * Bind, or Describe of a statement: the server connection gets the statement first if it lacks it.
-   * UNKNOWN_STATEMENT: the client never prepared that name. `watch` may give a handler for the answer of the
-   * message as sent (renamed), given the shared statement (its name now the one sent) and those bytes.
+   * UNKNOWN_STATEMENT: the client never prepared that name.
    */
-  use(
-    msg: Buffer,
-    server: PooledServer,
-    watch?: (st: SharedStatement, sent: Buffer) => ResponseHandler | undefined,
-  ): PreparedOutcome | undefined | typeof UNKNOWN_STATEMENT {
+  use(msg: Buffer, server: PooledServer): PreparedOutcome | undefined | typeof UNKNOWN_STATEMENT {
     const name = msg[0] === Fe.Bind ? readCString(msg, readCString(msg, 5)[1])[0] : readCString(msg, 6)[0];
     if (name === '') return undefined;
     if (msg[0] === Fe.Bind) this.counts.bindCount++;
     const c = this.byName.get(name);
     if (!c) return UNKNOWN_STATEMENT;
     const send = this.ensure(c.st, server);
-    const bytes = withStatementName(msg, c.st.nameBytes);
-    send.push({ bytes, handler: watch?.(c.st, bytes) });
+    send.push({ bytes: withStatementName(msg, c.st.nameBytes), handler: undefined });
     return { send };
-  }
-
-  /**
-   * The server connection's copy of `st` under `failedName` can no longer be used (0A000, its result type
-   * changed): the statement gets a new name unless another client's retry gave it one already, the stale
-   * copy is closed on this connection, and the statement prepared again under its new name.
-   */
-  reprepare(st: SharedStatement, failedName: string, server: PooledServer): Outgoing {
-    if (st.name === failedName) this.cache.rename(st);
-    const out: Outgoing = [];
-    if (server.prepared.delete(failedName)) out.push({ bytes: close('S', failedName), handler: quiet(() => {}) });
-    out.push(...this.ensure(st, server));
-    return out;
   }
 
   /** Close of a statement: forgotten here, kept on the server connections for other clients. */
@@ -259,10 +226,9 @@ export class ClientStatements {
       return [];
     }
     const send = this.makeRoom(server);
-    const sentName = st.name;
-    server.prepared.set(sentName, true);
+    server.prepared.set(st.name, true);
     this.counts.serverParseCount++;
-    send.push({ bytes: st.parse, handler: quiet(() => server.prepared.delete(sentName)) });
+    send.push({ bytes: st.parse, handler: quiet(() => server.prepared.delete(st.name)) });
     return send;
   }
 
