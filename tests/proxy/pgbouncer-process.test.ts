@@ -4,12 +4,13 @@
 // reads pgBouncer's logfile, which is what an existing deployment's scripts and alerts look at.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect as netConnect, createServer } from 'node:net';
+import { connect as netConnect } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterEach, describe, expect, test } from 'vitest';
+import { freePort } from '../setup/cluster.js';
 import { testDb } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
@@ -42,17 +43,6 @@ afterEach(async () => {
   started.bouncers = [];
   started.clients = [];
 });
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Resolves with the error code of a TCP connection attempt (null: it connected). */
 function tcpAttempt(host: string, port: number): Promise<string | null> {
@@ -149,6 +139,15 @@ const logged = (b: Bouncer, text: string) => expect.poll(() => b.log(), { timeou
 /** As in pgBouncer, auth_type = trust still wants the user in auth_file (the cluster trusts trust_user: no secret needed). */
 const TRUST_USERS: [string, string][] = [['trust_user', '']];
 
+/** The shutdown tests' bouncer: trust_user in transaction mode on a pool of 2, in front of the test cluster. */
+function trustBouncer(): Promise<Bouncer> {
+  return startBouncer({
+    databases: { postgres: target() },
+    settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
+    users: TRUST_USERS,
+  });
+}
+
 function target(host = testDb().host): string {
   return `host=${host} port=${testDb().port} dbname=postgres`;
 }
@@ -196,11 +195,7 @@ describe('pg-steadytext pgbouncer as a process', () => {
   });
 
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
-    const b = await startBouncer({
-      databases: { postgres: target() },
-      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
-      users: TRUST_USERS,
-    });
+    const b = await trustBouncer();
     const c = await connect(b, { user: 'trust_user', database: 'postgres' });
     expect(await one(c)).toBe(1);
 
@@ -219,11 +214,7 @@ describe('pg-steadytext pgbouncer as a process', () => {
   });
 
   test('a second SIGTERM while waiting for clients exits at once', async () => {
-    const b = await startBouncer({
-      databases: { postgres: target() },
-      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
-      users: TRUST_USERS,
-    });
+    const b = await trustBouncer();
     const c = await connect(b, { user: 'trust_user', database: 'postgres' });
     expect(await one(c)).toBe(1);
 
@@ -237,11 +228,7 @@ describe('pg-steadytext pgbouncer as a process', () => {
   });
 
   test('SIGINT: a transaction in progress finishes, an idle client that asks for a server is let go, then the process exits', async () => {
-    const b = await startBouncer({
-      databases: { postgres: target() },
-      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
-      users: TRUST_USERS,
-    });
+    const b = await trustBouncer();
     const a = await connect(b, { user: 'trust_user', database: 'postgres' });
     const idle = await connect(b, { user: 'trust_user', database: 'postgres' });
     await a.query('BEGIN');
@@ -260,11 +247,7 @@ describe('pg-steadytext pgbouncer as a process', () => {
   });
 
   test('while shutting down, SIGUSR2 is ignored and RESUME from the console is refused', async () => {
-    const b = await startBouncer({
-      databases: { postgres: target() },
-      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2 },
-      users: TRUST_USERS,
-    });
+    const b = await trustBouncer();
     // Opened before the signal: shutting down closes the Unix socket to new connections too.
     const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
     const c = await connect(b, { user: 'trust_user', database: 'postgres' });
