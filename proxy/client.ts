@@ -239,6 +239,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.env.totals.bytesFromClients += chunk.length;
     try {
       if (this.reader !== null) {
+        // SHOW STATS total_received: per chunk, as the client's messages after login (console's aside).
+        if (this.pooled !== null) this.pooled.pool.stats.bytesReceived += chunk.length;
         this.reader.push(chunk);
         this.hooks.limitBacklog();
       }
@@ -856,12 +858,17 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.ctx!.serverParams.set(name, value);
   }
 
+  serverNotice(msg: Buffer): boolean {
+    return this.seam !== null && this.seam.notice(msg);
+  }
+
   startupError(fields: Record<string, string>): void {
     this.log.info({ code: fields.C, error: fields.M }, 'upstream refused the session');
   }
 
   countUpstreamBytes(n: number): void {
     this.env.totals.bytesFromUpstream += n;
+    if (this.pooled !== null) this.pooled.pool.stats.bytesSent += n; // SHOW STATS total_sent, of the lent connection
   }
 
   serverChunkDone(): void {

@@ -114,6 +114,12 @@ export interface Interceptor {
    * it unchanged, or a Rewrite; either may come as a Promise (the session waits, in order).
    */
   intercept(msg: InterceptedMessage, ctx: SessionContext): Rewrite | undefined | Promise<Rewrite | undefined>;
+  /**
+   * A NoticeResponse from the server that names steadytext, while the session's statement runs (the SQL
+   * functions' in-band callback asks this way). Synchronous, on the response path: start any work and
+   * return at once. True: the notice is the interceptor's and never reaches the client.
+   */
+  notice?(msg: Buffer, ctx: SessionContext): boolean;
   /** Once per session, when it ends (also after a failed authentication, if sessionStart ran). */
   sessionEnd?(ctx: SessionContext): void;
 }
@@ -195,6 +201,17 @@ export class Seam {
         return w.portals.has(readCString(msg, 5)[0]) ? this.call(msg, 'E', 'watched') : undefined;
     }
     return undefined;
+  }
+
+  /** A server NoticeResponse: true when the interceptor took it (the client must not see it). */
+  notice(msg: Buffer): boolean {
+    if (this.interceptor.notice === undefined || !mentionsSteadytext(msg, 5, msg.length)) return false;
+    try {
+      return this.interceptor.notice(msg, this.ctx) === true;
+    } catch (err) {
+      this.ctx.log.warn({ err }, 'interceptor failed on a notice; forwarded unchanged');
+      return false;
+    }
   }
 
   /** ReadyForQuery: portals do not outlive their transaction. */

@@ -219,6 +219,8 @@ export interface SessionLink {
   /** ReadyForQuery from the server; `first` for the one that ends startup. */
   serverReady(status: TxStatus, first: boolean): void;
   serverParam(name: string, value: string): void;
+  /** A NoticeResponse that names steadytext (the in-band callback's request): true when it must not reach the client. */
+  serverNotice?(msg: Buffer): boolean;
   /** An ErrorResponse during startup (authentication failed, database missing, ...). */
   startupError(fields: Record<string, string>): void;
   countUpstreamBytes(n: number): void;
@@ -314,7 +316,7 @@ export class ServerConnection implements FrameHandler {
     const t = this.s.tracker;
     const h = t.received(code);
     if (h !== undefined) this.handler = h;
-    return h !== undefined || t.localDue || code === Be.ReadyForQuery || code === Be.ParameterStatus || code === Be.ErrorResponse;
+    return h !== undefined || t.localDue || code === Be.ReadyForQuery || code === Be.ParameterStatus || code === Be.ErrorResponse || code === Be.NoticeResponse;
   }
 
   onMessage(msg: Buffer, code: number): Verdict {
@@ -330,6 +332,7 @@ export class ServerConnection implements FrameHandler {
     if (code === Be.ReadyForQuery) this.s.serverReady(readTxStatus(msg), false);
     else if (code === Be.ParameterStatus) this.s.serverParam(...readParameterStatus(msg));
     else if (code === Be.ErrorResponse) this.noteError(msg);
+    else if (code === Be.NoticeResponse && verdict === KEEP && this.s.serverNotice?.(msg) === true) return DROP;
     return verdict;
   }
 

@@ -14,6 +14,8 @@ import { findCalls, isParseFailure, loadParser, type StatementCalls, type Steady
 import type { Database, DatabaseRegistry } from './databases.js';
 import { prefetch } from './prefetch.js';
 import { constJobs, planParse, planQuery, splice } from './query-plan.js';
+import { Responder } from './daemon/responder.js';
+import { InbandCallbacks } from './inband.js';
 import { afterwards, chain, hideNotice } from './responses.js';
 import { Server } from './serve.js';
 import { streamable, stream } from './stream.js';
@@ -41,9 +43,20 @@ export class SteadytextInterceptor implements Interceptor {
   /** Resolves once the parser is loaded (intercept() waits for it too). */
   readonly ready: Promise<void> = loadParser();
   private readonly server: Server;
+  private readonly inband: InbandCallbacks;
 
   constructor(private readonly o: SteadytextOptions) {
     this.server = new Server(o.engine, o.daemon);
+    const responder = new Responder({
+      engine: o.engine, log: o.logger, address: o.daemon ?? { host: '', port: 0 },
+      databaseFor: (name) => o.databases.get(name),
+    });
+    this.inband = new InbandCallbacks(responder, o.databases);
+  }
+
+  /** A server notice naming steadytext: an in-band callback request is answered and kept from the client. */
+  notice(msg: Buffer, ctx: SessionContext): boolean {
+    return this.inband.notice(msg, ctx);
   }
 
   async intercept(m: InterceptedMessage, ctx: SessionContext): Promise<Rewrite | undefined> {

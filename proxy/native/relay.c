@@ -4,7 +4,8 @@
 //
 // It only forwards. It hands the session back to JS (the exit callback, with everything it holds) at the
 // first thing JS must see: a Query or Parse that passes the steadytext prefilter, Terminate, a message over
-// the limit, a server ParameterStatus or ErrorResponse, end of stream or an error. Messages too large for
+// the limit, a server ParameterStatus or ErrorResponse, a server NoticeResponse naming steadytext (the in-band
+// callback's request), end of stream or an error. Messages too large for
 // its buffer are streamed through unless JS must read them (Query, Parse, ParameterStatus, ErrorResponse).
 // JS keeps the request tracker: the relay logs the type byte of every message it forwarded that moves the
 // tracker (server ones with the high bit set) and JS replays the log on exit. The log is cleared whenever
@@ -152,6 +153,8 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
     if ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len))) return EXIT_CLIENT_MESSAGE;
   } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6))) {
     return EXIT_SERVER_MESSAGE;
+  } else if (code == 'N' && (!whole || mentions_steadytext(m, 5, len))) {
+    return EXIT_SERVER_MESSAGE; // perhaps an in-band callback request (interceptor.ts notice)
   }
   if (tracked(client, code)) {
     // A full log stops here, before the message: JS must be able to replay everything forwarded.

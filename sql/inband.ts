@@ -1,0 +1,111 @@
+// The in-band callback transport, proxy side (the SQL side is sql/migrations/005_inband.sql). A steadytext
+// function that missed the cache inside a statement the proxy could not read ahead (PL/pgSQL, a trigger, a
+// view) raises an INFO notice `steadytext:inband` whose detail is the same JSON request the dblink transport
+// sends and whose hint is an HMAC-SHA256 of it under the database's daemon secret. The notice reaches the proxy
+// at once, while the statement runs. Here it is checked (signature, database), kept from the client, and
+// answered: the request is evaluated like a daemon request (daemon/responder.ts) and its answer, or the error
+// to raise, is committed to steadytext_mailbox under the request's id for the requesting backend, where the
+// function, polling with fresh snapshots, picks it up.
+//
+// A notice that does not verify (another role raising the same text, a client replaying one) is the
+// client's own: it goes through unchanged and nothing is computed or stored for it.
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import type { SessionContext } from '../proxy/interceptor.js';
+import { Be, readErrorFields } from '../proxy/protocol.js';
+import type { DatabaseRegistry } from './databases.js';
+import { WireError } from './errors.js';
+import { postMailbox } from './handover.js';
+import type { Responder } from './daemon/responder.js';
+
+export const INBAND_MARKER = 'steadytext:inband';
+
+/** Requests of one session being answered at once: a statement asks one at a time, so this only bounds abuse. */
+const MAX_PER_SESSION = 16;
+
+interface Signed {
+  payload: string;
+  id: string;
+  backendPid: number;
+}
+
+export class InbandCallbacks {
+  constructor(
+    private readonly responder: Responder,
+    private readonly databases: DatabaseRegistry,
+  ) {}
+
+  /** A server notice naming steadytext: true when it is an in-band request of ours (then answered, and hidden). */
+  notice(msg: Buffer, ctx: SessionContext): boolean {
+    if (msg[0] !== Be.NoticeResponse) return false;
+    const f = readErrorFields(msg);
+    if (f.M !== INBAND_MARKER || f.D === undefined || f.H === undefined) return false;
+    const db = this.databases.get(ctx.database);
+    if (db.secret === undefined) {
+      // First contact with this database is a callback (a trigger, say): read its secret, then check.
+      void db.ready().then(
+        () => this.accept(db.secret !== undefined ? verify(f.D, f.H, db.secret, ctx.database) : null, ctx),
+        (err: unknown) => ctx.log.warn({ err }, 'steadytext objects not ready; an in-band request goes unanswered'),
+      );
+      return true;
+    }
+    return this.accept(verify(f.D, f.H, db.secret, ctx.database), ctx);
+  }
+
+  private accept(signed: Signed | null, ctx: SessionContext): boolean {
+    if (signed === null) {
+      ctx.log.warn({ event: 'inband_unsigned' }, 'a steadytext:inband notice without a valid signature: nothing computed for it');
+      return false;
+    }
+    const inFlight = (ctx.data.inbandInFlight as number | undefined) ?? 0;
+    if (inFlight >= MAX_PER_SESSION) {
+      ctx.log.warn({ inFlight }, 'too many in-band requests in flight for one session; this one is dropped (its caller times out)');
+      return true;
+    }
+    ctx.data.inbandInFlight = inFlight + 1;
+    void this.answer(signed, ctx).finally(() => {
+      ctx.data.inbandInFlight = ((ctx.data.inbandInFlight as number) ?? 1) - 1;
+    });
+    return true;
+  }
+
+  private async answer(r: Signed, ctx: SessionContext): Promise<void> {
+    const db = this.databases.get(ctx.database);
+    const abort = new AbortController();
+    const stop = () => abort.abort(ctx.signal.reason);
+    if (ctx.signal.aborted) stop();
+    else ctx.signal.addEventListener('abort', stop, { once: true });
+    let entry: { topic: string; answer: string } | { topic: string; error: { sqlstate: string; message: string; hint: string } };
+    const topic = `inband:${r.id}`;
+    try {
+      entry = { topic, answer: await this.responder.respond(r.payload, { pid: r.backendPid, abort }) };
+    } catch (e) {
+      const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
+      entry = { topic, error: { sqlstate: w.code, message: w.message, hint: w.hint ?? '' } };
+    } finally {
+      ctx.signal.removeEventListener('abort', stop);
+    }
+    try {
+      // Committed before this resolves: the function's next poll sees it.
+      await postMailbox(db.pool, db.schema, r.backendPid, [entry]);
+    } catch (err) {
+      ctx.log.warn({ err, id: r.id }, 'could not hand an in-band answer over; the function will time out');
+    }
+  }
+}
+
+/** The request if `mac` is its signature under `secret` and it comes from `database`; null otherwise. */
+export function verify(payload: string, mac: string, secret: string, database: string): Signed | null {
+  if (!/^[0-9a-f]{64}$/.test(mac)) return null;
+  const want = createHmac('sha256', Buffer.from(secret, 'utf8')).update(payload, 'utf8').digest();
+  if (!timingSafeEqual(want, Buffer.from(mac, 'hex'))) return null;
+  let j: unknown;
+  try {
+    j = JSON.parse(payload);
+  } catch {
+    return null;
+  }
+  const o = j as { id?: unknown; backend_pid?: unknown; database?: unknown };
+  if (typeof o.id !== 'string' || !/^[0-9a-f]{32}$/.test(o.id)) return null;
+  if (!Number.isInteger(o.backend_pid) || o.database !== database) return null;
+  return { payload, id: o.id, backendPid: o.backend_pid as number };
+}

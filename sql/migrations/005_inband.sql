@@ -1,0 +1,184 @@
+-- pg-steadytext SQL objects, level 5: the in-band callback transport.
+--
+-- A call the proxy cannot see (inside a PL/pgSQL function, a trigger, a view) that misses the cache asks the
+-- proxy for its answer. Up to level 4 it could only do so through dblink, which needs the extension and a
+-- network path from the database server back to the proxy. From this level it may ask through the client's
+-- own connection instead: the request goes out as an INFO notice (sent to the client at once, whatever
+-- client_min_messages says), which the proxy reads off the connection and never shows the client; the proxy
+-- computes the answer and commits it to steadytext_mailbox through its service connection; the function
+-- polls for it through a VOLATILE helper, whose every statement takes a fresh snapshot, so in READ
+-- COMMITTED the committed answer becomes visible while the statement runs.
+--
+-- The request is signed: an HMAC-SHA256 over its text, keyed with the daemon secret that only the owning
+-- role reads (the secret itself never goes on the wire). A notice another role raises with the same text
+-- cannot carry a valid signature, so the proxy ignores it. The request names the backend it comes from and
+-- a fresh id; the proxy answers under exactly that id for exactly that backend.
+--
+-- callback_transport (steadytext_config): auto (dblink when the extension is there and the daemon answers,
+-- else in-band), dblink, inband.
+
+INSERT INTO steadytext_config (key, value, description) VALUES
+    ('callback_transport', 'auto', 'How a call the proxy cannot see asks for its answer: auto, dblink or inband')
+ON CONFLICT (key) DO NOTHING;
+
+-- The level-1 check keeps serving every other key under its new name.
+ALTER FUNCTION _steadytext_config_check(text, text) RENAME TO _steadytext_config_check_v1;
+
+CREATE FUNCTION _steadytext_config_check(p_key text, p_value text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+DECLARE
+    v text := lower(btrim(p_value));
+BEGIN
+    IF p_key IS DISTINCT FROM 'callback_transport' THEN
+        RETURN _steadytext_config_check_v1(p_key, p_value);
+    END IF;
+    IF p_value IS NULL OR v NOT IN ('auto', 'dblink', 'inband') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('steadytext_config_set: callback_transport must be auto, dblink or inband, got %s',
+                             coalesce(quote_literal(p_value), 'NULL'));
+    END IF;
+    RETURN v;
+END
+$fn$;
+
+-- HMAC-SHA256 (RFC 2104) with the built-in sha256(): pgcrypto may be absent (PGlite, hosted databases).
+CREATE OR REPLACE FUNCTION _steadytext_hmac(p_key bytea, p_message bytea)
+RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    k bytea := p_key;
+    ipad bytea;
+    opad bytea;
+BEGIN
+    IF length(k) > 64 THEN
+        k := sha256(k);
+    END IF;
+    k := k || decode(repeat('00', 64 - length(k)), 'hex');
+    ipad := k;
+    opad := k;
+    FOR i IN 0..63 LOOP
+        ipad := set_byte(ipad, i, get_byte(k, i) # 54);  -- 0x36
+        opad := set_byte(opad, i, get_byte(k, i) # 92);  -- 0x5c
+    END LOOP;
+    RETURN sha256(opad || sha256(ipad || p_message));
+END
+$fn$;
+
+-- The answer the proxy posted for one in-band request of this backend, taken (a read-only transaction can
+-- only read it; it then expires). VOLATILE: each call sees what was committed since the last.
+CREATE OR REPLACE FUNCTION _steadytext_inband_take(p_topic text)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+DECLARE
+    v_answer text;
+BEGIN
+    IF current_setting('transaction_read_only')::boolean THEN
+        SELECT m.answer INTO v_answer FROM steadytext_mailbox m
+         WHERE m.backend_pid = pg_backend_pid() AND m.topic = p_topic;
+        RETURN v_answer;
+    END IF;
+    DELETE FROM steadytext_mailbox m
+     WHERE m.backend_pid = pg_backend_pid() AND m.topic = p_topic
+    RETURNING m.answer INTO v_answer;
+    RETURN v_answer;
+END
+$fn$;
+
+-- Asks the proxy through the client's connection and waits for the answer (see the top of this file).
+CREATE OR REPLACE FUNCTION _steadytext_inband_call(p_function text, p_request jsonb, p_timeout_ms integer)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+DECLARE
+    v_secret text;
+    v_id text := md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text);
+    v_payload text;
+    v_answer text;
+    v_deadline timestamptz := clock_timestamp() + make_interval(secs => p_timeout_ms / 1000.0);
+    v_nap double precision := 0.001;
+    v_isolation text := current_setting('transaction_isolation');
+BEGIN
+    SELECT s.secret INTO v_secret FROM steadytext_daemon_secret s WHERE s.id = 1;
+    IF v_secret IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('%s cannot ask the pg-steadytext proxy: this database has no daemon secret yet', p_function),
+            HINT = 'Connect through the pg-steadytext proxy once; it creates the secret when it prepares the database.';
+    END IF;
+    v_payload := (p_request || jsonb_build_object('id', v_id, 'timeout_ms', p_timeout_ms, 'function', p_function,
+                                                  'user', session_user, 'database', current_database(),
+                                                  'backend_pid', pg_backend_pid()))::text;
+    RAISE INFO 'steadytext:inband' USING
+        DETAIL = v_payload,
+        HINT = encode(_steadytext_hmac(convert_to(v_secret, 'UTF8'), convert_to(v_payload, 'UTF8')), 'hex');
+
+    IF v_isolation NOT IN ('read committed', 'read uncommitted') THEN
+        -- The committed answer cannot become visible to this snapshot. The proxy computes and caches it all
+        -- the same, so the transaction, run again, finds it.
+        RAISE EXCEPTION USING ERRCODE = '40001',
+            MESSAGE = format('%s: the answer is not in steadytext_cache yet and cannot become visible in a %s transaction', p_function, upper(v_isolation)),
+            DETAIL = 'The pg-steadytext proxy was asked for it through the connection and stores it for the next attempt.',
+            HINT = 'Retry the transaction (as for any serialization failure), or run the call in READ COMMITTED.';
+    END IF;
+
+    LOOP
+        v_answer := _steadytext_inband_take('inband:' || v_id);
+        IF v_answer IS NOT NULL THEN
+            RETURN _steadytext_unwrap(p_function, v_answer);
+        END IF;
+        IF clock_timestamp() >= v_deadline THEN
+            RAISE EXCEPTION USING ERRCODE = '57014',
+                MESSAGE = format('%s: no pg-steadytext proxy answered within %s ms', p_function, p_timeout_ms),
+                DETAIL = 'The call was not visible to a proxy (inside a function, trigger or view) and missed steadytext_cache, so it asked the proxy through the client connection.',
+                HINT = 'Connect through the pg-steadytext proxy rather than to the database directly, or raise daemon_timeout_ms with steadytext_config_set if the proxy is busy.';
+        END IF;
+        PERFORM pg_sleep(v_nap);
+        v_nap := least(v_nap * 2, 0.05);
+    END LOOP;
+END
+$fn$;
+
+-- The dblink transport, as level 1 defined it (its body is unchanged; only its name is new).
+ALTER FUNCTION _steadytext_daemon_call(text, jsonb) RENAME TO _steadytext_dblink_call;
+
+CREATE FUNCTION _steadytext_daemon_call(p_function text, p_request jsonb)
+RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+DECLARE
+    c record;
+BEGIN
+    SELECT max(value) FILTER (WHERE key = 'callback_transport') AS transport,
+           max(value) FILTER (WHERE key = 'daemon_timeout_ms') AS timeout_ms
+      INTO c
+      FROM steadytext_config
+     WHERE key IN ('callback_transport', 'daemon_timeout_ms');
+    c.transport := coalesce(c.transport, 'auto');
+    IF c.transport = 'dblink' THEN
+        RETURN _steadytext_dblink_call(p_function, p_request);
+    END IF;
+    IF c.transport = 'auto' AND EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'dblink') THEN
+        BEGIN
+            RETURN _steadytext_dblink_call(p_function, p_request);
+        EXCEPTION WHEN sqlclient_unable_to_establish_sqlconnection THEN
+            NULL; -- no daemon endpoint answers: ask in-band
+        END;
+    END IF;
+    RETURN _steadytext_inband_call(p_function, p_request, coalesce(c.timeout_ms::integer, 30000));
+END
+$fn$;
+
+REVOKE EXECUTE ON FUNCTION _steadytext_config_check(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_hmac(bytea, bytea) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_inband_take(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_inband_call(text, jsonb, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_dblink_call(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_daemon_call(text, jsonb) FROM PUBLIC;

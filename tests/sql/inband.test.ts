@@ -1,0 +1,232 @@
+// The in-band callback transport (issue 13): with dblink dropped and the daemon endpoint closed, calls the
+// proxy cannot see (the seed's PL/pgSQL functions and a trigger) ask the proxy through the client's own
+// connection and get the bytes the rewrite path gives. A notice raised by the session itself with the same
+// text computes and stores nothing; without a proxy in between, a miss fails with a clear error.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import pg from 'pg';
+import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
+import { createPooling } from '../../proxy/pooling.js';
+import { parseUpstreamUrl } from '../../proxy/upstream.js';
+import { silent, startStack, type Stack } from '../api/helpers.js';
+import { pgError } from './helpers.js';
+
+let s: Stack;
+let direct: pg.Client;
+
+const EXPAND = (topic: string) => `Write a detailed explanation about ${topic}`;
+
+async function cacheRows(): Promise<number> {
+  return (await direct.query('SELECT count(*)::int AS n FROM steadytext_cache')).rows[0].n as number;
+}
+
+/** The answer the rewrite path gives (the proxy sees the call with constant arguments), then forgotten. */
+async function rewritten(sql: string, params: unknown[] = []): Promise<string> {
+  const c = await s.connect();
+  try {
+    return (await c.query(sql, params)).rows[0].v as string;
+  } finally {
+    await c.end();
+  }
+}
+
+/** Empties steadytext_cache and the proxy's memory of it: the next call misses. */
+async function fresh(): Promise<void> {
+  await direct.query('TRUNCATE steadytext_cache');
+  s.interceptor.forgetStored();
+}
+
+/** A client through the proxy that records the notices it receives. */
+async function client(url = s.url()): Promise<{ c: pg.Client; notices: { message?: string }[] }> {
+  const c = await s.connect(url);
+  const notices: { message?: string }[] = [];
+  c.on('notice', (n) => notices.push(n));
+  return { c, notices };
+}
+
+beforeAll(async () => {
+  s = await startStack('st_inband');
+  await s.databases.get(s.database).ready();
+  // What the issue asks for: no dblink, no daemon endpoint. callback_transport stays 'auto'.
+  await s.daemon.close();
+  direct = new pg.Client(s.directUrl);
+  await direct.connect();
+  await direct.query('DROP EXTENSION IF EXISTS dblink');
+  await direct.query(`
+    CREATE OR REPLACE FUNCTION deterministic_expand(topic TEXT, seed INT DEFAULT 42) RETURNS TEXT AS $$
+    BEGIN
+        RETURN steadytext_generate('Write a detailed explanation about ' || topic, max_tokens := 200, seed := seed);
+    END;
+    $$ LANGUAGE plpgsql;
+
+    CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
+    CREATE FUNCTION docs_embed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.emb := steadytext_embed(NEW.body);
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER docs_embed BEFORE INSERT ON docs FOR EACH ROW EXECUTE FUNCTION docs_embed();`);
+}, 180_000);
+
+afterAll(async () => {
+  await direct?.end();
+  await s?.stop();
+});
+
+describe('in-band callback without dblink or daemon endpoint', () => {
+  test('a PL/pgSQL call gives the rewrite path’s bytes, in autocommit, and the request never reaches the client', async () => {
+    await fresh();
+    const { c, notices } = await client();
+    const got = (await c.query(`SELECT deterministic_expand('gravity') AS v`)).rows[0].v as string;
+    await c.end();
+    expect(notices.filter((n) => n.message?.includes('steadytext'))).toEqual([]);
+    expect(await cacheRows()).toBeGreaterThan(0);
+    await fresh();
+    const want = await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('gravity')]);
+    expect(got).toBe(want);
+    expect(got.length).toBeGreaterThan(0);
+  });
+
+  test('inside a transaction block and through the extended protocol', async () => {
+    await fresh();
+    const { c } = await client();
+    await c.query('BEGIN');
+    const inBlock = (await c.query('SELECT deterministic_expand($1) AS v', ['tides'])).rows[0].v as string;
+    const again = (await c.query(`SELECT deterministic_expand('tides') AS v`)).rows[0].v as string;
+    await c.query('COMMIT');
+    await c.end();
+    await fresh();
+    const want = await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('tides')]);
+    expect(inBlock).toBe(want);
+    expect(again).toBe(want);
+  });
+
+  test('a trigger embeds each inserted row', async () => {
+    await fresh();
+    const { c } = await client();
+    const bodies = Array.from({ length: 12 }, (_, i) => `document number ${i}`);
+    await c.query('INSERT INTO docs (id, body) SELECT i, b FROM unnest($1::text[]) WITH ORDINALITY AS t(b, i)', [bodies]);
+    const rows = (await c.query('SELECT id, body, emb::text AS emb FROM docs ORDER BY id')).rows as { body: string; emb: string }[];
+    await c.end();
+    expect(rows).toHaveLength(bodies.length);
+    await fresh();
+    for (const r of [rows[0], rows[rows.length - 1]]) {
+      expect(r.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [r.body]));
+    }
+  });
+
+  test('REPEATABLE READ: the first attempt fails with 40001 and the retried transaction gets the answer', async () => {
+    await fresh();
+    const { c } = await client();
+    await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+    const e = await pgError(c.query(`SELECT deterministic_expand('comets') AS v`));
+    await c.query('ROLLBACK');
+    expect(e.code).toBe('40001');
+    expect(e.hint).toMatch(/Retry the transaction/);
+    let got: string | undefined;
+    for (let attempt = 0; attempt < 200 && got === undefined; attempt++) {
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      try {
+        got = (await c.query(`SELECT deterministic_expand('comets') AS v`)).rows[0].v as string;
+        await c.query('COMMIT');
+      } catch (err) {
+        await c.query('ROLLBACK');
+        if ((err as { code?: string }).code !== '40001') throw err;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    await c.end();
+    await fresh();
+    expect(got).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('comets')]));
+  });
+
+  test('under transaction pooling the request follows the server connection the statement runs on', async () => {
+    await fresh();
+    const url = await pooledUrl();
+    const clients = await Promise.all([0, 1, 2].map(() => client(url)));
+    const got = await Promise.all(clients.map(({ c }, i) => c.query('SELECT deterministic_expand($1) AS v', [`pool topic ${i}`])));
+    await Promise.all(clients.map(({ c }) => c.end()));
+    await fresh();
+    for (let i = 0; i < 3; i++) {
+      expect(got[i].rows[0].v).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND(`pool topic ${i}`)]));
+    }
+  });
+});
+
+describe('what the in-band transport refuses', () => {
+  test('a notice forged by the session computes nothing, stores nothing, and reaches the client as raised', async () => {
+    await fresh();
+    const mailbox = async () => (await direct.query('SELECT count(*)::int AS n FROM steadytext_mailbox')).rows[0].n as number;
+    const before = await mailbox();
+    const pid = (await direct.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
+    const { c, notices } = await client();
+    const request = JSON.stringify({
+      op: 'generate', prompt: 'forged prompt', max_tokens: 8, seed: 42, id: 'a'.repeat(32), database: s.database, backend_pid: pid,
+    });
+    await c.query(`DO $$ BEGIN RAISE INFO 'steadytext:inband' USING DETAIL = ${literal(request)}, HINT = ${literal('0'.repeat(64))}; END $$`);
+    await c.end();
+    expect(notices.map((n) => n.message)).toContain('steadytext:inband');
+    // Give a wrongly accepted request time to land before looking.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await cacheRows()).toBe(0);
+    expect(await mailbox()).toBe(before);
+  });
+
+  test('straight to the database, with no proxy to answer, a miss fails with an error that says so', async () => {
+    await fresh();
+    await direct.query(`SELECT steadytext_config_set('daemon_timeout_ms', '700')`);
+    try {
+      const e = await pgError(direct.query(`SELECT deterministic_expand('no proxy here') AS v`));
+      expect(e.code).toBe('57014');
+      expect(e.message).toMatch(/no pg-steadytext proxy answered within 700 ms/);
+      expect(e.hint).toMatch(/Connect through the pg-steadytext proxy/);
+    } finally {
+      await direct.query(`SELECT steadytext_config_set('daemon_timeout_ms', '30000')`);
+    }
+  });
+
+  test('callback_transport takes auto, dblink or inband only', async () => {
+    const e = await pgError(direct.query(`SELECT steadytext_config_set('callback_transport', 'carrier pigeon')`));
+    expect(e.code).toBe('22023');
+    expect(e.message).toMatch(/callback_transport must be auto, dblink or inband/);
+    await direct.query(`SELECT steadytext_config_set('callback_transport', ' INBAND ')`);
+    expect((await direct.query(`SELECT steadytext_config_get('callback_transport') AS v`)).rows[0].v).toBe('inband');
+    await direct.query(`SELECT steadytext_config_set('callback_transport', 'auto')`);
+  });
+});
+
+function literal(v: string): string {
+  return `'${v.replaceAll("'", "''")}'`;
+}
+
+/** A transaction-pooling proxy over the stack's database with the stack's interceptor; two server connections. */
+async function pooledUrl(): Promise<string> {
+  const d = new URL(s.directUrl);
+  const user = decodeURIComponent(d.username);
+  const password = decodeURIComponent(d.password);
+  const dir = mkdtempSync(join(tmpdir(), 'inband-pool-'));
+  const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
+  writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
+  writeFileSync(join(dir, 'pgbouncer.ini'), [
+    '[databases]',
+    `${s.database} = host=${d.hostname} port=${d.port} dbname=${s.database}`,
+    '[pgbouncer]',
+    'listen_addr = 127.0.0.1',
+    'listen_port = 6432',
+    'unix_socket_dir =',
+    'auth_type = scram-sha-256',
+    `auth_file = ${join(dir, 'userlist.txt')}`,
+    'pool_mode = transaction',
+    'default_pool_size = 2',
+    'server_tls_sslmode = disable',
+  ].join('\n') + '\n');
+  const pooling = createPooling({
+    config: loadPgBouncerConfig(join(dir, 'pgbouncer.ini')),
+    defaultTarget: parseUpstreamUrl(`postgres://${d.hostname}:${d.port}/?sslmode=disable`),
+    logger: silent,
+  });
+  const proxy = await s.startPooled(pooling);
+  return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${proxy.address.port}/${s.database}`;
+}
