@@ -14,7 +14,10 @@ import type { SessionContext } from '../proxy/interceptor.js';
 import { Be, readErrorFields } from '../proxy/protocol.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
+import { errorAnswer, wrapAnswer } from './answers.js';
+import type { Database } from './databases.js';
 import { postMailbox } from './handover.js';
+import { quoteIdent } from './install.js';
 import type { Responder } from './daemon/responder.js';
 
 export const INBAND_MARKER = 'steadytext:inband';
@@ -26,7 +29,13 @@ interface Signed {
   payload: string;
   id: string;
   backendPid: number;
+  /** The large object to write the answer into (REPEATABLE READ, SERIALIZABLE), else the mailbox. */
+  lo: number | null;
 }
+
+/** How often left-behind large objects are looked for, and how old they must be to go. */
+const SWEEP_EVERY_MS = 60_000;
+const SWEEP_AGE = '10 minutes';
 
 export class InbandCallbacks {
   constructor(
@@ -74,22 +83,34 @@ export class InbandCallbacks {
     const stop = () => abort.abort(ctx.signal.reason);
     if (ctx.signal.aborted) stop();
     else ctx.signal.addEventListener('abort', stop, { once: true });
-    let entry: { topic: string; answer: string } | { topic: string; error: { sqlstate: string; message: string; hint: string } };
-    const topic = `inband:${r.id}`;
+    let text: string;
     try {
-      entry = { topic, answer: await this.responder.respond(r.payload, { pid: r.backendPid, abort }) };
+      text = wrapAnswer(await this.responder.respond(r.payload, { pid: r.backendPid, abort }));
     } catch (e) {
       const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
-      entry = { topic, error: { sqlstate: w.code, message: w.message, hint: w.hint ?? '' } };
+      text = errorAnswer(w.code, w.message, w.hint ?? '');
     } finally {
       ctx.signal.removeEventListener('abort', stop);
     }
     try {
       // Committed before this resolves: the function's next poll sees it.
-      await postMailbox(db.pool, db.schema, r.backendPid, [entry]);
+      if (r.lo === null) await postMailbox(db.pool, db.schema, r.backendPid, [{ topic: `inband:${r.id}`, answer: text }]);
+      else await db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put($1::pg_catalog.oid, $2::pg_catalog.text)`, [r.lo, text]);
     } catch (err) {
       ctx.log.warn({ err, id: r.id }, 'could not hand an in-band answer over; the function will time out');
     }
+    this.sweep(db, ctx);
+  }
+
+  private lastSweep = new WeakMap<Database, number>();
+
+  /** Now and then: large objects whose reader never took them (its transaction rolled back, say). */
+  private sweep(db: Database, ctx: SessionContext): void {
+    const now = Date.now();
+    if (now - (this.lastSweep.get(db) ?? 0) < SWEEP_EVERY_MS) return;
+    this.lastSweep.set(db, now);
+    db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_sweep($1::pg_catalog.interval)`, [SWEEP_AGE])
+      .catch((err: unknown) => ctx.log.warn({ err }, 'could not sweep in-band large objects'));
   }
 }
 
@@ -104,8 +125,10 @@ export function verify(payload: string, mac: string, secret: string, database: s
   } catch {
     return null;
   }
-  const o = j as { id?: unknown; backend_pid?: unknown; database?: unknown };
+  const o = j as { id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown };
   if (typeof o.id !== 'string' || !/^[0-9a-f]{32}$/.test(o.id)) return null;
   if (!Number.isInteger(o.backend_pid) || o.database !== database) return null;
-  return { payload, id: o.id, backendPid: o.backend_pid as number };
+  const lo = o.lo === null || o.lo === undefined ? null : Number(o.lo);
+  if (lo !== null && !(Number.isInteger(lo) && lo > 0 && lo < 2 ** 32)) return null;
+  return { payload, id: o.id, backendPid: o.backend_pid as number, lo };
 }

@@ -7,7 +7,12 @@
 -- client_min_messages says), which the proxy reads off the connection and never shows the client; the proxy
 -- computes the answer and commits it to steadytext_mailbox through its service connection; the function
 -- polls for it through a VOLATILE helper, whose every statement takes a fresh snapshot, so in READ
--- COMMITTED the committed answer becomes visible while the statement runs.
+-- COMMITTED the committed answer becomes visible while the statement runs. A REPEATABLE READ or SERIALIZABLE
+-- snapshot never shows rows committed after it was taken; there the answer comes in a large object instead:
+-- a large object opened for writing reads what other transactions committed, whatever the snapshot (the
+-- documented behaviour of lo_open with INV_WRITE), so no retry is needed either. Only a read-only
+-- transaction at those levels, which may not open one for writing, gets a serialization failure (40001);
+-- the answer is stored all the same, so the retried transaction finds it in steadytext_cache.
 --
 -- The request is signed: an HMAC-SHA256 over its text, keyed with the daemon secret that only the owning
 -- role reads (the secret itself never goes on the wire). A notice another role raises with the same text
@@ -91,6 +96,74 @@ BEGIN
 END
 $fn$;
 
+-- The answer the proxy wrote into large object p_lo, or NULL while it is not there. Opened for writing (INV_READ
+-- | INV_WRITE): such a descriptor sees what other transactions committed after this one's snapshot.
+CREATE OR REPLACE FUNCTION _steadytext_inband_lo_take(p_lo oid)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+DECLARE
+    fd integer;
+    n bigint;
+    v bytea;
+BEGIN
+    BEGIN
+        fd := lo_open(p_lo, 393216); -- x'40000' INV_READ | x'20000' INV_WRITE
+    EXCEPTION WHEN undefined_object THEN
+        RETURN NULL;
+    END;
+    n := lo_lseek64(fd, 0, 2);
+    PERFORM lo_lseek64(fd, 0, 0);
+    v := loread(fd, n::integer);
+    PERFORM lo_close(fd);
+    -- Read once. Should this transaction roll back, the unlink does too, and the proxy's sweep removes it.
+    PERFORM lo_unlink(p_lo);
+    RETURN convert_from(v, 'UTF8');
+END
+$fn$;
+
+-- Large objects the proxy wrote answers into, so that one left behind (its transaction rolled back, its
+-- caller gone) is removed later (sql/inband.ts sweeps entries older than ten minutes).
+CREATE TABLE IF NOT EXISTS steadytext_inband_objects (
+    lo         oid PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+REVOKE ALL ON steadytext_inband_objects FROM PUBLIC;
+
+-- The proxy's side: writes an answer into the large object the request named, owned by the owning role
+-- (which the functions run as), and records it for the sweep.
+CREATE OR REPLACE FUNCTION _steadytext_inband_lo_put(p_lo oid, p_answer text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+BEGIN
+    PERFORM lo_from_bytea(p_lo, convert_to(p_answer, 'UTF8'));
+    INSERT INTO steadytext_inband_objects (lo) VALUES (p_lo);
+END
+$fn$;
+
+-- Removes what an answer's reader did not: large objects older than p_age.
+CREATE OR REPLACE FUNCTION _steadytext_inband_sweep(p_age interval)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+DECLARE
+    r record;
+    n integer := 0;
+BEGIN
+    FOR r IN DELETE FROM steadytext_inband_objects o WHERE o.created_at < clock_timestamp() - p_age RETURNING o.lo LOOP
+        IF EXISTS (SELECT 1 FROM pg_largeobject_metadata m WHERE m.oid = r.lo) THEN
+            PERFORM lo_unlink(r.lo);
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$fn$;
+
 -- Asks the proxy through the client's connection and waits for the answer (see the top of this file).
 CREATE OR REPLACE FUNCTION _steadytext_inband_call(p_function text, p_request jsonb, p_timeout_ms integer)
 RETURNS text
@@ -105,6 +178,7 @@ DECLARE
     v_deadline timestamptz := clock_timestamp() + make_interval(secs => p_timeout_ms / 1000.0);
     v_nap double precision := 0.001;
     v_isolation text := current_setting('transaction_isolation');
+    v_lo oid;
 BEGIN
     SELECT s.secret INTO v_secret FROM steadytext_daemon_secret s WHERE s.id = 1;
     IF v_secret IS NULL THEN
@@ -112,24 +186,32 @@ BEGIN
             MESSAGE = format('%s cannot ask the pg-steadytext proxy: this database has no daemon secret yet', p_function),
             HINT = 'Connect through the pg-steadytext proxy once; it creates the secret when it prepares the database.';
     END IF;
+    IF v_isolation NOT IN ('read committed', 'read uncommitted') AND NOT current_setting('transaction_read_only')::boolean THEN
+        -- A random oid above 2^31; the proxy creates the large object, so a taken one fails there, not here.
+        v_lo := (2147483648 + floor(random() * 2147483000))::bigint::oid;
+    END IF;
     v_payload := (p_request || jsonb_build_object('id', v_id, 'timeout_ms', p_timeout_ms, 'function', p_function,
                                                   'user', session_user, 'database', current_database(),
-                                                  'backend_pid', pg_backend_pid()))::text;
+                                                  'backend_pid', pg_backend_pid(), 'lo', v_lo))::text;
     RAISE INFO 'steadytext:inband' USING
         DETAIL = v_payload,
         HINT = encode(_steadytext_hmac(convert_to(v_secret, 'UTF8'), convert_to(v_payload, 'UTF8')), 'hex');
 
-    IF v_isolation NOT IN ('read committed', 'read uncommitted') THEN
-        -- The committed answer cannot become visible to this snapshot. The proxy computes and caches it all
-        -- the same, so the transaction, run again, finds it.
+    IF v_isolation NOT IN ('read committed', 'read uncommitted') AND v_lo IS NULL THEN
+        -- Read-only at this level: neither a committed row nor a large object can reach this snapshot. The
+        -- proxy computes and caches the answer all the same, so the transaction, run again, finds it.
         RAISE EXCEPTION USING ERRCODE = '40001',
-            MESSAGE = format('%s: the answer is not in steadytext_cache yet and cannot become visible in a %s transaction', p_function, upper(v_isolation)),
+            MESSAGE = format('%s: the answer is not in steadytext_cache yet and cannot become visible in a read-only %s transaction', p_function, upper(v_isolation)),
             DETAIL = 'The pg-steadytext proxy was asked for it through the connection and stores it for the next attempt.',
-            HINT = 'Retry the transaction (as for any serialization failure), or run the call in READ COMMITTED.';
+            HINT = 'Retry the transaction (as for any serialization failure), or run the call in READ COMMITTED or in a read-write transaction.';
     END IF;
 
     LOOP
-        v_answer := _steadytext_inband_take('inband:' || v_id);
+        IF v_lo IS NULL THEN
+            v_answer := _steadytext_inband_take('inband:' || v_id);
+        ELSE
+            v_answer := _steadytext_inband_lo_take(v_lo);
+        END IF;
         IF v_answer IS NOT NULL THEN
             RETURN _steadytext_unwrap(p_function, v_answer);
         END IF;
@@ -180,5 +262,8 @@ REVOKE EXECUTE ON FUNCTION _steadytext_config_check(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_hmac(bytea, bytea) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_take(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_call(text, jsonb, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_inband_lo_take(oid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_inband_lo_put(oid, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_inband_sweep(interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_dblink_call(text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_daemon_call(text, jsonb) FROM PUBLIC;
