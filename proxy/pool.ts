@@ -153,7 +153,7 @@ export class PooledServer implements SessionLink {
   }
   startupError(): void {}
   countUpstreamBytes(n: number): void {
-    this.pool.stats.bytesReceived += n;
+    this.pool.stats.bytesSent += n; // pgBouncer's server_bytes counts the pool's own exchanges too
   }
   serverChunkDone(): void {}
   serverDrained(): void {}
@@ -229,6 +229,8 @@ export interface InternalResult {
 interface Waiter {
   client: PoolClient;
   since: number;
+  /** performance.now() then: SHOW STATS' wait_time in microseconds. */
+  waitStart: number;
   granted(s: PooledServer): void;
 }
 
@@ -306,7 +308,7 @@ export class Pool {
       this.pooler.schedule(this);
       return null;
     }
-    this.waiters.push({ client, since: Date.now(), granted });
+    this.waiters.push({ client, since: Date.now(), waitStart: performance.now(), granted });
     this.pooler.schedule(this);
     return null;
   }
@@ -372,7 +374,7 @@ export class Pool {
     // PAUSE drains: a paused pool lends nothing, even to clients already waiting.
     const w = this.waiters.shift();
     if (w) {
-      this.stats.waitTimeUs += (Date.now() - w.since) * 1000;
+      this.stats.waitTimeUs += Math.round((performance.now() - w.waitStart) * 1000);
       w.granted(this.lend(s, w.client));
       return;
     }

@@ -73,8 +73,9 @@ export class PooledSession implements PoolClient {
   /** When the client began waiting for a connection, or took one (SHOW CLIENTS, stats). */
   waitingSince = 0;
   linkedAt = 0;
+  /** performance.now() at the transaction's first message (SHOW STATS' times, mostly under a millisecond); 0: none open. */
   private xactStart = 0;
-  /** When the client's current request began (its first message since the last ReadyForQuery); 0: none open. */
+  /** performance.now() at the client's current request's first message since the last ReadyForQuery; 0: none open. */
   private queryStart = 0;
   /** When the server last said it was ready (idle_transaction_timeout counts from there, as pgBouncer's does). */
   private readyAt = 0;
@@ -192,7 +193,7 @@ export class PooledSession implements PoolClient {
    */
   began(code: number): void {
     if (this.queryStart !== 0 || code === Fe.Terminate) return;
-    const now = (this.queryStart = Date.now());
+    const now = (this.queryStart = performance.now());
     this.pool.stats.queryCount++;
     if (this.xactStart === 0) {
       this.xactStart = now;
@@ -281,15 +282,16 @@ export class PooledSession implements PoolClient {
   ready(status: TxStatus): void {
     const s = this.server;
     if (s === null) return;
-    const now = (this.readyAt = Date.now());
+    this.readyAt = Date.now();
     // A request ends at the ReadyForQuery after which nothing is outstanding (pgBouncer's query and
     // transaction times; a pipeline counts as one). The proxy's own exchanges are no request of the client's.
     const quiet = this.host.tracker.size === 0 && this.internal === 0;
     if (quiet && this.queryStart !== 0) {
-      this.pool.stats.queryTimeUs += (now - this.queryStart) * 1000;
+      const now = performance.now();
+      this.pool.stats.queryTimeUs += Math.round((now - this.queryStart) * 1000);
       this.queryStart = 0;
       if (status === 'I' && this.xactStart !== 0) {
-        this.pool.stats.xactTimeUs += (now - this.xactStart) * 1000;
+        this.pool.stats.xactTimeUs += Math.round((now - this.xactStart) * 1000);
         this.xactStart = 0;
       }
     }
