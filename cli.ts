@@ -21,6 +21,8 @@ import type { Pooler } from './proxy/pool.js';
 import { createConsole } from './proxy/console-host.js';
 import type { ShutdownMode } from './proxy/console.js';
 import { parseUpstreamUrl } from './proxy/upstream.js';
+import { startMetricsServer, type MetricsServer, type MetricsSources } from './proxy/metrics.js';
+import { meterCalls } from './sql/call-figures.js';
 
 // dist/cli.js when built, cli.ts when run from source.
 const PKG = [new URL('../package.json', import.meta.url), new URL('./package.json', import.meta.url)].find((u) => existsSync(u))!;
@@ -70,11 +72,21 @@ function redact(url: string): string {
 
 /** What one process owns whatever the worker count: the models, the per-database registry, the daemon endpoint. */
 async function startServing(s: Settings, log: Logger) {
-  const engine = createEngine(engineOptions(s, log));
+  // Counted per database and model for SHOW STEADYTEXT and the metrics endpoint.
+  const calls = meterCalls(createEngine(engineOptions(s, log)));
+  const engine = calls.engine;
   const daemonListen = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
   const { databases, daemon } = await startCore({ engine, serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemonListen, logger: log });
   void databases.checkServiceRole(); // warns when it is a superuser (in the background: the database may be slow or down)
-  return { engine, databases, daemon };
+  return { engine, databases, daemon, calls };
+}
+
+/** The Prometheus endpoint when metrics-listen is set (a port it cannot bind stops the start). */
+async function startMetrics(s: Settings, log: Logger, sources: MetricsSources): Promise<MetricsServer | undefined> {
+  if (s.metricsListen === 'off') return undefined;
+  const metrics = await startMetricsServer({ listen: parseHostPort(s.metricsListen, 'metrics-listen'), sources, logger: log });
+  log.info({ metrics: `http://${metrics.address.host}:${metrics.address.port}/metrics` }, 'metrics endpoint listening');
+  return metrics;
 }
 
 async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void> {
@@ -82,7 +94,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
   if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
   if (s.workers > 1 && ini) log.warn({ workers: s.workers }, 'pooling runs in one process for now: --workers ignored');
   else if (s.workers > 1) return serveWithWorkers(s, log);
-  const { engine, databases, daemon } = await startServing(s, log);
+  const { engine, databases, daemon, calls } = await startServing(s, log);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
@@ -99,6 +111,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
         reload: reloadIni, // throws on a bad ini: the console reports it
         shutdown: (mode) => void drain(mode),
         logger: log,
+        steadytext: () => calls.rows(),
       })
     : undefined;
   const defaultTarget = parseUpstreamUrl(s.upstream);
@@ -124,6 +137,12 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
     upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
     connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls,
   });
+  calls.sessionDatabase = (id) => proxy.sessions().find((x) => x.id === id)?.context?.database;
+  const metrics = await startMetrics(s, log, {
+    proxy: () => proxy.stats(),
+    pooler: consoleHost && (() => consoleHost.figures()),
+    steadytext: () => calls.figures(),
+  });
   if (ini) {
     for (const w of ini.warnings) log.warn(w);
     process.on('SIGHUP', () => {
@@ -148,6 +167,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
     stopping = true;
     log.info({ signal, graceMs }, 'shutting down: no new connections, running queries may finish');
     await proxy.close(graceMs);
+    await metrics?.close();
     consoleHost?.close();
     pooling?.pooler.close();
     if (st?.pidfile) rmSync(st.pidfile, { force: true });
@@ -183,8 +203,11 @@ const FOREVER_MS = 2 ** 31 - 1;
 
 /** The primary of --workers N: models, daemon endpoint and installs here; client sessions in the workers. */
 async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {
-  const { engine, databases, daemon } = await startServing(s, log);
+  const { engine, databases, daemon, calls } = await startServing(s, log);
+  // The sessions are the workers': the primary reports the steadytext calls it serves for them.
+  const metrics = await startMetrics(s, log, { steadytext: () => calls.figures() });
   const release = async () => {
+    await metrics?.close();
     await daemon?.close();
     await databases.close();
     await engine.close();

@@ -34,6 +34,7 @@ export const SPECS = {
   workers: { kind: 'int', env: 'PGSTEADYTEXT_WORKERS', flag: 'workers', default: 1, min: 1, help: 'Processes that serve client connections (the models stay in one process). On a busy machine 2 or more lift the proxy past what one Node process can relay.' },
   nativeRelay: { kind: { oneOf: ['auto', 'on', 'off'] }, env: 'PGSTEADYTEXT_NATIVE_RELAY', flag: 'native-relay', default: 'auto', help: 'Idle plaintext sessions are relayed by a small C relay (built by npm install) until a statement needs the proxy: auto uses it when built, on refuses to start without it, off relays everything in JS (more CPU per message).' },
   daemonListen: { kind: 'string', env: 'PGSTEADYTEXT_DAEMON_LISTEN', flag: 'daemon-listen', default: '127.0.0.1:5557', help: 'Address of the daemon endpoint that the SQL functions reach through dblink (host:port), or "off".' },
+  metricsListen: { kind: 'string', env: 'PGSTEADYTEXT_METRICS_LISTEN', flag: 'metrics-listen', default: 'off', help: 'Address (host:port) of the Prometheus endpoint GET /metrics, or "off": what SHOW STATS, POOLS and DATABASES report when pooling, the steadytext calls and the open sessions (README: Metrics).' },
   autoInstall: { kind: 'bool', env: 'PGSTEADYTEXT_AUTO_INSTALL', flag: 'auto-install', default: true, help: 'Install or upgrade the steadytext SQL objects in a database on first use.' },
   logLevel: { kind: { oneOf: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, env: 'PGSTEADYTEXT_LOG_LEVEL', flag: 'log-level', default: 'info', help: 'Log level.' },
   logFormat: { kind: { oneOf: ['auto', 'json', 'pretty'] }, env: 'PGSTEADYTEXT_LOG_FORMAT', flag: 'log-format', default: 'auto', help: 'auto: readable on a terminal, JSON otherwise.' },
@@ -106,7 +107,7 @@ function coerce(key: SettingKey, raw: unknown, source: string): unknown {
   if (typeof kind === 'object' && !kind.oneOf.includes(raw)) {
     throw new SettingsError(`${what}: "${raw}" is not one of ${kind.oneOf.join(', ')}`);
   }
-  if (key === 'daemonListen' && raw !== 'off') parseHostPort(raw, what);
+  if ((key === 'daemonListen' || key === 'metricsListen') && raw !== 'off') parseHostPort(raw, what);
   return raw;
 }
 

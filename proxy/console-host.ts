@@ -39,6 +39,7 @@ import {
 } from './console.js';
 import { PoolError, poolError, type ReplicationKind, type Pool, type PoolDatabase, type PooledServer, type Pooler } from './pool.js';
 import type { PinReason } from './pooled-session.js';
+import type { PoolerFigures } from './metrics.js';
 import type { ConsoleLink } from './pooling.js';
 import { AUTH_OK, SqlState, authentication, backendKeyData, errorResponse, parameterStatus, readyForQuery } from './protocol.js';
 
@@ -63,6 +64,8 @@ export type ConsoleFactory = ((session: { id: number }, user: string, address: s
   close(): void;
   /** pgBouncer's signals, which act as console commands do. */
   signal(sig: PoolerSignal): void;
+  /** What SHOW STATS, POOLS, DATABASES and LISTS report now, for the metrics endpoint. */
+  figures(): PoolerFigures;
 };
 
 export type PoolerSignal = 'SIGUSR1' | 'SIGUSR2' | 'SIGINT' | 'SIGTERM';
@@ -80,7 +83,7 @@ export function createConsole(deps: ConsoleDeps): ConsoleFactory {
     if (refused) return refused;
     return new ConsoleConnection(host, session.id, who);
   };
-  return Object.assign(open, { close: () => host.close(), signal: (sig: PoolerSignal) => host.signal(sig) });
+  return Object.assign(open, { close: () => host.close(), signal: (sig: PoolerSignal) => host.signal(sig), figures: () => host.figures() });
 }
 
 // ---- the connection --------------------------------------------------------------------------------------
@@ -572,6 +575,18 @@ class PoolerConsole implements ConsoleHost {
 
   requested(): void {
     this.consoleRequests++;
+  }
+
+  figures(): PoolerFigures {
+    const st = this.pooler.settings;
+    return {
+      stats: this.stats().databases.map((d) => ({ database: d.database, totals: d.current })),
+      pools: this.pools(),
+      databases: this.databases(),
+      lists: this.lists(),
+      maxClientConn: st.maxClientConn,
+      maxUserConnections: st.maxUserConnections,
+    };
   }
 
   stats(): StatsSnapshot {
