@@ -21,6 +21,9 @@ import type { Pooler } from './proxy/pool.js';
 import { createConsole } from './proxy/console-host.js';
 import type { ShutdownMode } from './proxy/console.js';
 import { parseUpstreamUrl } from './proxy/upstream.js';
+import { PoolLimits, WorkerSlots } from './proxy/pool-limits.js';
+import { ConsoleHub, ConsoleRelay } from './proxy/console-relay.js';
+import type { ProxyServer } from './proxy/server.js';
 import { startMetricsServer, type MetricsServer, type MetricsSources } from './proxy/metrics.js';
 import { meterCalls } from './sql/call-figures.js';
 
@@ -91,9 +94,12 @@ async function startMetrics(s: Settings, log: Logger, sources: MetricsSources): 
 
 async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void> {
   const setup = workerSetup();
+  if (setup && ini) return servePoolingWorker(s, log.child({ worker: setup.index }), setup, ini);
   if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
-  if (s.workers > 1 && ini) log.warn({ workers: s.workers }, 'pooling runs in one process for now: --workers ignored');
-  else if (s.workers > 1) return serveWithWorkers(s, log);
+  // pgBouncer's so_reuseport runs processes side by side, each with limits of its own; here one command runs
+  // the workers, with one set of limits. Node 20 cannot set SO_REUSEPORT for other processes to join.
+  if (s.workers > 1) return serveWithWorkers(s, log, ini);
+  if (ini?.settings.soReuseport) log.warn('so_reuseport = 1: to serve from several processes with limits counted across them, set workers = N in [steadytext] (or --workers N)');
   const { engine, databases, daemon, calls } = await startServing(s, log);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
@@ -201,8 +207,12 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
 /** The longest grace a timer takes (Node turns Infinity into 1 ms): "until they are done". */
 const FOREVER_MS = 2 ** 31 - 1;
 
-/** The primary of --workers N: models, daemon endpoint and installs here; client sessions in the workers. */
-async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {
+/**
+ * The primary of --workers N: models, daemon endpoint and installs here; client sessions in the workers. Under a
+ * pgbouncer.ini also the pool limits across the workers (pool-limits.ts), their consoles' meeting point
+ * (console-relay.ts), pgBouncer's signals and the pidfile.
+ */
+async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void> {
   const { engine, databases, daemon, calls } = await startServing(s, log);
   // The sessions are the workers': the primary reports the steadytext calls it serves for them.
   const metrics = await startMetrics(s, log, { steadytext: () => calls.figures() });
@@ -212,6 +222,8 @@ async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {
     await databases.close();
     await engine.close();
   };
+  const limits = ini ? new PoolLimits(log) : undefined;
+  const hub = ini ? new ConsoleHub({ logger: log, onShutdown: () => void finish('SHUTDOWN') }) : undefined;
   const pool = await startWorkerPool({
     workers: s.workers,
     logger: log,
@@ -221,7 +233,9 @@ async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {
     attach(channel, index) {
       const offEngine = serveEngineOverIpc(engine, channel, { callerPrefix: `worker${index}/` });
       const offInstalls = serveInstalls(databases, channel);
-      return () => { offEngine(); offInstalls(); };
+      const offLimits = limits?.attach(channel, index);
+      const offConsole = hub?.attach(channel, index);
+      return () => { offEngine(); offInstalls(); offLimits?.(); offConsole?.(); };
     },
   }).catch(async (err) => { await release(); throw err; });
   log.info({ listen: pool.address, workers: s.workers, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
@@ -238,8 +252,129 @@ async function serveWithWorkers(s: Settings, log: Logger): Promise<void> {
     log.flush?.();
     process.exit(0);
   };
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
+  if (!ini || !hub) {
+    process.on('SIGTERM', () => void stop('SIGTERM'));
+    process.on('SIGINT', () => void stop('SIGINT'));
+    return;
+  }
+  const pidfile = ini.settings.pidfile;
+  for (const w of ini.warnings) log.warn(w);
+  /** The workers stop on their own (pgBouncer's shutdown modes): none is restarted, and the primary follows the last. */
+  async function finish(why: string): Promise<void> {
+    if (stopping) return;
+    stopping = true;
+    log.info({ why, workers: s.workers }, 'shutting down: the workers stop as pgBouncer would');
+    await pool.finishing();
+    limits?.close();
+    if (pidfile) rmSync(pidfile, { force: true });
+    await release();
+    log.info('stopped');
+    log.flush?.();
+    process.exit(0);
+  }
+  // pgBouncer's signals, passed to every worker's console (the workers ignore those sent to them directly).
+  process.on('SIGHUP', () => {
+    void hub.command('reload').then((outcomes) => log.info({ config: ini.file, outcomes: outcomes.filter(Boolean) }, 'configuration reloaded by the workers'));
+  });
+  for (const sig of ['SIGUSR1', 'SIGUSR2'] as const) process.on(sig, () => hub.signal(sig));
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      hub.signal(sig);
+      void finish(sig);
+    });
+  }
+  process.on('SIGQUIT', () => {
+    void hub.command('shutdown', ['immediate']);
+    void finish('SIGQUIT');
+  });
+  if (pidfile) writeFileSync(pidfile, `${process.pid}\n`);
+}
+
+/**
+ * One worker of --workers N under a pgbouncer.ini: the pooler for the clients this worker accepts. Its server
+ * connections and clients count against limits the primary keeps for all workers (WorkerSlots); a CancelRequest
+ * reaches the worker of its key; its console's commands reach every worker and its SHOWs count them all.
+ */
+async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, ini: PoolerConfig): Promise<void> {
+  const engine = engineOverIpc(setup.channel);
+  await engine.ready;
+  const daemon = (setup.data?.daemon ?? undefined) as { host: string; port: number } | undefined;
+  const databases = new WorkerDatabaseRegistry({ serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log }, setup.channel);
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
+  await interceptor.ready;
+  // The primary passes pgBouncer's signals on (serveWithWorkers); Node's defaults would end or debug this process.
+  for (const sig of ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT'] as const) process.on(sig, () => {});
+  let proxy: ProxyServer | undefined;
+  const relay = new ConsoleRelay(setup.channel, setup.index, setup.workers, log);
+  const reloadIni = () => {
+    pooling.pooler.reload(loadPgBouncerConfig(ini.file));
+    poolerTls.setup('TLS configuration could not be reloaded, keeping old configuration');
+  };
+  const consoleHost = createConsole({
+    pooler: (): Pooler => pooling.pooler,
+    sessions: () => proxy?.sessions() ?? [],
+    configFile: ini.file,
+    reload: reloadIni,
+    shutdown: (mode) => void drain(mode),
+    logger: log,
+    relay: relay.wrap,
+  });
+  relay.onSignal = (sig) => consoleHost.signal(sig);
+  const defaultTarget = parseUpstreamUrl(s.upstream);
+  const pooling: PoolingEnv = createPooling({
+    config: ini,
+    defaultTarget,
+    logger: log,
+    console: consoleHost,
+    get hba() {
+      return pooling.pooler.config.hba ?? undefined;
+    },
+    // Clients come once the proxy listens, after `slots` is set.
+    admission: { ticket: (database, user) => slots.ticket(database, user) },
+  });
+  const slots = new WorkerSlots(pooling.pooler, setup.channel);
+  pooling.pooler.slots = slots;
+  const poolerTls = new PoolerTls(pooling, defaultTarget, log);
+  poolerTls.setup();
+  const st = ini.settings;
+  const cleanup = async () => {
+    consoleHost.close();
+    slots.close();
+    pooling.pooler.close();
+    await databases.close();
+    await engine.close();
+  };
+  let stopping = false;
+  const stop = async (why: string, graceMs: number) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ why, graceMs }, 'worker stopping');
+    await proxy?.close(graceMs);
+    await cleanup();
+    log.flush?.();
+    process.exit(0);
+  };
+  // pgBouncer's shutdown modes, as serve() carries them out in one process.
+  async function drain(mode: ShutdownMode): Promise<void> {
+    if (mode === 'immediate' || !proxy) return stop('SHUTDOWN', 0);
+    proxy.stopAccepting();
+    const done = mode === 'wait_for_servers' ? () => pooling.pooler.serversOut === 0 : () => proxy!.sessions().length === 0;
+    while (!done() && !stopping) await new Promise((resolve) => setTimeout(resolve, 250));
+    pooling.pooler.pgbLog.line('LOG', mode === 'wait_for_servers' ? 'server connections dropped, exiting' : 'client connections dropped, exiting');
+    await stop(`SHUTDOWN ${mode}`, 0);
+  }
+  await runPoolWorker(setup, {
+    logger: log,
+    signals: 'primary',
+    start: async (cancels) => (proxy = await startProxy({
+      listen: { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort },
+      // One worker binds the Unix socket (each would first remove the file the primary made for the others).
+      unixSocketDir: setup.index === 0 ? st.unixSocketDir : undefined,
+      upstream: s.upstream, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
+      connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls, cancels,
+    })),
+    cleanup,
+  });
 }
 
 /** One worker of --workers N: a proxy whose engine and installs are the primary's, over IPC. */

@@ -57,6 +57,8 @@ export interface ConsoleDeps {
   logger: Logger;
   /** SHOW STEADYTEXT rows, where the steadytext layer runs in this process. */
   steadytext?: () => SteadytextRow[];
+  /** The host console sessions use instead of this process's own (worker processes: console-relay.ts). */
+  relay?: (host: ConsoleHost) => ConsoleHost;
 }
 
 /** What createPooling's `console` option takes; `close` stops the console's timers. */
@@ -73,6 +75,7 @@ export type PoolerSignal = 'SIGUSR1' | 'SIGUSR2' | 'SIGINT' | 'SIGTERM';
 /** The admin console over the live pooler: a ConsoleLink per console login, or pgBouncer's refusal. */
 export function createConsole(deps: ConsoleDeps): ConsoleFactory {
   const host = new PoolerConsole(deps);
+  if (deps.relay) host.shown = deps.relay(host);
   const open = (session: { id: number }, user: string, address: string, own: boolean): ConsoleLink | PoolError => {
     const who = own ? { user, admin: true, stats: true } : host.consoleUser(user);
     if (who === null) {
@@ -112,7 +115,7 @@ class ConsoleConnection implements ConsoleLink {
     readonly id: number,
     who: ConsoleUser,
   ) {
-    this.session = new ConsoleSession(host, who);
+    this.session = new ConsoleSession(host.shown, who);
   }
 
   start(sock: Socket, early: Buffer, closed: () => void): void {
@@ -259,6 +262,8 @@ function replicationName(kind: ReplicationKind | null): 'none' | 'logical' | 'ph
 
 class PoolerConsole implements ConsoleHost {
   readonly log: Logger;
+  /** What console sessions talk to: this, or the relay over every worker's. */
+  shown: ConsoleHost = this;
   private mode: PauseMode = 'none';
   private shuttingDown = false;
   private readonly links = new Map<number, ConsoleConnection>();

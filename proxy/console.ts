@@ -320,6 +320,8 @@ export interface ConsoleHost {
   peerPools(): PeerPoolRow[];
   mem(): MemRow[];
   steadytext(): SteadytextRow[];
+  /** Before a SHOW reads its rows: a host whose rows live in several processes (console-relay.ts) gathers them. */
+  gather?(show: string): void | Promise<void>;
 
   /** The console has checked: admin access, not already paused/suspended, `database` is not the console's. */
   pause(database?: string): CommandAnswer;
@@ -1215,7 +1217,7 @@ export class ConsoleSession {
       case 'show': {
         const spec = SHOWS[st.name];
         if (spec.adminOnly && !this.who.admin) throw new ConsoleError(ADMIN_NEEDED);
-        return { rows: spec.rows(this.host), notices: [], tag: 'SHOW' };
+        return then(this.host.gather?.(st.name), () => ({ rows: spec.rows(this.host), notices: [], tag: 'SHOW' }));
       }
       case 'set':
         if (Object.hasOwn(FAKE_PARAMS, st.key.toLowerCase())) return { rows: [], notices: [notice('SET ignored')], tag: 'SET' };

@@ -39,6 +39,20 @@ export interface PoolClient {
   idleInSession?(): boolean;
 }
 
+/**
+ * The pool limits kept across worker processes (pool-limits.ts). With it the primary counts server connections
+ * and clients: a pool opens a connection only on a slot granted to it, and gives the slot back when it closes.
+ */
+export interface ServerSlots {
+  /** Each fill pass: slots of closed connections go back, asked-for closes (yields) are done. */
+  fill(pool: Pool): void;
+  /** May the pool open one more connection now (a slot is granted and unused)? If not, one is asked for. */
+  take(pool: Pool): boolean;
+  /** A client the local limits admitted, and its leaving: the primary has the last word (max_client_conn, ...). */
+  admit(db: PoolDatabase, user: string): void;
+  leave(db: PoolDatabase, user: string): void;
+}
+
 export interface PoolerOptions {
   config: PoolerConfig;
   /** Where a [databases] entry without host/port points (the proxy's --upstream). */
@@ -245,6 +259,9 @@ export class Pool {
   readonly waiters: Waiter[] = [];
   /** Replication clients waiting for a connection of their own, and those being opened for them. */
   private readonly replWaiting: ReplicationWaiter[] = [];
+  get replicationWaiting(): number {
+    return this.replWaiting.length;
+  }
   private readonly replOpening = new Set<ReplicationWaiter>();
   /** Clients logged in to this pool (their timeouts are checked by the janitor). */
   readonly clients = new Set<PoolClient & { timeouts(now: number): void }>();
@@ -259,6 +276,8 @@ export class Pool {
   paused = false;
   clientCount = 0;
   usedReserve = 0;
+  /** Connections to close at their next release rather than lend (ServerSlots: another worker needs the slot). */
+  yieldNext = 0;
 
   constructor(
     readonly pooler: Pooler,
@@ -371,6 +390,10 @@ export class Pool {
 
   private returnIdle(s: PooledServer): void {
     if (s.closed) return this.pooler.schedule(this);
+    if (this.yieldNext > 0) {
+      this.yieldNext--;
+      return this.retire(s, 'evicted');
+    }
     // PAUSE drains: a paused pool lends nothing, even to clients already waiting.
     const w = this.waiters.shift();
     if (w) {
@@ -399,6 +422,7 @@ export class Pool {
 
   /** Opens connections while clients wait and the limits allow, and up to min_pool_size. */
   fill(): void {
+    this.pooler.slots?.fill(this);
     if (this.paused || this.pooler.suspended) return;
     if (this.replWaiting.length > 0) this.fillReplication();
     const want = Math.max(this.waiters.length - this.opening, this.minPoolSize() - this.size);
@@ -408,7 +432,7 @@ export class Pool {
     }
   }
 
-  private minPoolSize(): number {
+  minPoolSize(): number {
     // As pgBouncer's janitor: only a pool with clients, or one of a database with a forced user, is kept at it.
     if (this.clients.size === 0 && !this.db.entry.user) return 0;
     return this.db.entry.minPoolSize ?? this.pooler.settings.minPoolSize;
@@ -417,6 +441,7 @@ export class Pool {
   private mayOpen(): boolean {
     const failure = this.loginFailure;
     if (failure && Date.now() - failure.at < this.pooler.settings.serverLoginRetry * 1000) return false;
+    if (this.pooler.slots !== null) return this.pooler.slots.take(this);
     let limit = this.poolSize;
     const oldest = this.waiters[0];
     const reserveAfter = this.pooler.settings.reservePoolTimeout * 1000;
@@ -473,6 +498,7 @@ export class Pool {
 
   /** pgBouncer's launch_new_connection for a replication client: at the pool's size an idle connection is evicted. */
   private roomForReplication(w: ReplicationWaiter): boolean {
+    if (this.pooler.slots !== null) return this.pooler.slots.take(this);
     let limit = this.poolSize;
     if (this.reserveSize > 0 && Date.now() - w.since >= this.pooler.settings.reservePoolTimeout * 1000) limit += this.reserveSize;
     while (this.size >= limit && this.idle.length > 0) this.idle.shift()!.close('evicted');
@@ -786,6 +812,8 @@ export class Pooler {
   /** Secrets auth_query found (user → secret). */
   readonly dynamicSecrets = new Map<string, Secret>();
   clientCount = 0;
+  /** Set in a worker process: the limits are counted across workers. */
+  slots: ServerSlots | null = null;
   /** The ini's logfile, in pgBouncer's format. */
   readonly pgbLog: PgBouncerLog;
   private readonly due = new Set<Pool>();
@@ -851,11 +879,13 @@ export class Pooler {
     this.clientCount++;
     db.clientCount++;
     this.userClients.set(user, (this.userClients.get(user) ?? 0) + 1);
+    this.slots?.admit(db, user);
     return null;
   }
 
   /** The client admitted by admit() left. */
   leave(db: PoolDatabase, user: string): void {
+    this.slots?.leave(db, user);
     this.clientCount--;
     db.clientCount--;
     const n = (this.userClients.get(user) ?? 1) - 1;

@@ -71,6 +71,11 @@ export interface PoolingOptions {
   console?: (session: { id: number }, user: string, address: string, own: boolean) => ConsoleLink | PoolError;
   /** The rules of auth_hba_file, read by the caller (auth_type = hba). */
   hba?: HbaRule[];
+  /**
+   * In a worker process (pool-limits.ts): the primary's answer on the client the pooler admitted just before,
+   * which the authentication waits for (max_client_conn and the client limits count every worker's clients).
+   */
+  admission?: { ticket(database: string, user: string): Promise<PoolError | null> | null };
 }
 
 /** What auth_query says of a user: its secret, found without a usable one (NULL password), or no such user. */
@@ -133,7 +138,7 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
     targetsFor: (entry, fallback) => targetsFor(entry, fallback, pooler.settings),
   });
   const statements = new StatementCache();
-  return {
+  const env: PoolingEnv = {
     pooler,
     statements,
     isConsole: (database) => database === 'pgbouncer',
@@ -204,6 +209,17 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
     consoleFor(session, user, address, own) {
       if (!opts.console) return new PoolError({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: 'no such database: pgbouncer' });
       return opts.console(session, user, address, own);
+    },
+  };
+  const admission = opts.admission;
+  if (!admission) return env;
+  const authenticate: PoolingEnv['authenticator'] = (user, database, address, who) => env.authenticator(user, database, address, who);
+  return {
+    ...env,
+    authenticator(user, database, address, who) {
+      const admitted = admission.ticket(database, user);
+      if (admitted === null) return authenticate(user, database, address, who);
+      return admitted.then((refused) => refused ?? authenticate(user, database, address, who));
     },
   };
 }

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { CancelRegistry, MAX_WORKERS } from './cancel.js';
 import { ipcChannel, type IpcChannel } from './ipc.js';
 import type { ProxyServer } from './server.js';
+import { socketIdsForWorker } from './socket-id.js';
 
 const TAG = 'steadytext-worker';
 /** How the primary tells a forked process which worker it is. */
@@ -36,6 +37,8 @@ export interface WorkerPool {
   address: Address;
   /** Asks every worker to close gracefully; resolves when all have exited. */
   close(): Promise<void>;
+  /** The workers are stopping on their own (a console SHUTDOWN, a pgBouncer signal): none is restarted; resolves when all have exited. */
+  finishing(): Promise<void>;
 }
 
 interface Slot {
@@ -55,7 +58,7 @@ export async function startWorkerPool(o: WorkerPoolOptions): Promise<WorkerPool>
   cluster.setupPrimary({ serialization: 'advanced' });
   const pool = new Pool(o);
   await pool.start();
-  return { address: pool.address!, close: () => pool.close() };
+  return { address: pool.address!, close: () => pool.close(), finishing: () => pool.finishing() };
 }
 
 /** The primary's side of the pool: one slot per worker, each restarted when its worker dies. */
@@ -85,6 +88,11 @@ class Pool {
     } finally {
       this.startup = undefined;
     }
+  }
+
+  async finishing(): Promise<void> {
+    this.stopping = true;
+    await Promise.all([...this.exited]);
   }
 
   async close(): Promise<void> {
@@ -162,6 +170,7 @@ export function workerSetup(): WorkerSetup | undefined {
   const raw = process.env[ENV];
   if (!cluster.isWorker || !raw) return undefined;
   const { index, workers, data } = JSON.parse(raw) as { index: number; workers: number; data: unknown };
+  socketIdsForWorker(index, workers);
   return { index, workers, data, channel: ipcChannel(process) };
 }
 
@@ -171,6 +180,12 @@ export interface PoolWorkerOptions {
   start(cancels: CancelRegistry): Promise<ProxyServer>;
   /** After the proxy has closed (sessions drained): release what the worker holds. */
   cleanup?(): Promise<void>;
+  /**
+   * 'primary': SIGTERM and SIGINT sent to this process are ignored; the primary passes on what it receives (a
+   * pooler's signals mean pgBouncer's shutdown modes, and systemd or a terminal send them to every process of the
+   * group: each must act once). Default 'own': each closes this worker.
+   */
+  signals?: 'own' | 'primary';
 }
 
 /**
@@ -205,7 +220,7 @@ export async function runPoolWorker(setup: WorkerSetup, o: PoolWorkerOptions): P
     }
   });
   channel.onClose(() => void stop('the primary process is gone'));
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void stop(sig));
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => (o.signals === 'primary' ? undefined : void stop(sig)));
   proxy = await o.start(cancels);
   if (stopping) return;
   channel.send({ tag: TAG, kind: 'listening', address: proxy.address } satisfies FromWorker);

@@ -1,0 +1,274 @@
+// Pooling with worker processes: `pg-steadytext pgbouncer CONFIG.ini` with `workers = 2` in [steadytext], as a
+// real child process in front of the test cluster. The limits count across the workers (pool size, max_client_conn),
+// a worker whose clients wait gets a connection another worker holds, a CancelRequest accepted by one worker
+// cancels the query of a client on the other, and the console's commands and SHOWs cover both workers.
+// Which worker a client is on: the high bits of its BackendKeyData pid (proxy/cancel.ts), and the parity of its
+// SHOW CLIENTS id (proxy/socket-id.ts).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterEach, describe, expect, test } from 'vitest';
+import { workerOfPid } from '../../proxy/cancel.js';
+import { cancelRequest } from '../../proxy/protocol.js';
+import { freePort } from '../setup/cluster.js';
+import { adminQuery, testDb } from './helpers.js';
+
+const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
+const TRUST_USERS: [string, string][] = [['trust_user', '']];
+
+interface Bouncer {
+  dir: string;
+  port: number;
+  ini: string;
+  child: ChildProcess;
+  output(): string;
+  alive(): boolean;
+  exited(): Promise<number | null>;
+}
+
+const started: { bouncers: Bouncer[]; clients: pg.Client[] } = { bouncers: [], clients: [] };
+
+afterEach(async () => {
+  await Promise.all(started.clients.map((c) => c.end().catch(() => {})));
+  for (const b of started.bouncers) {
+    // The primary's SIGKILL leaves the workers: they stop when their channel to it closes.
+    if (b.alive()) b.child.kill('SIGKILL');
+    await b.exited();
+    rmSync(b.dir, { recursive: true, force: true });
+  }
+  started.bouncers = [];
+  started.clients = [];
+});
+
+function iniText(databases: Record<string, string>, settings: Record<string, string | number>): string {
+  return [
+    '[databases]',
+    ...Object.entries(databases).map(([k, v]) => `${k} = ${v}`),
+    '[pgbouncer]',
+    ...Object.entries(settings).map(([k, v]) => `${k} = ${v}`),
+    '[steadytext]',
+    'workers = 2',
+    'daemon_listen = off',
+  ].join('\n') + '\n';
+}
+
+/** pg-steadytext as pgBouncer with two workers; resolves once the primary wrote its pidfile (all workers listen then). */
+async function startBouncer(databases: Record<string, string>, extra: Record<string, string | number>): Promise<Bouncer> {
+  const dir = mkdtempSync(join(tmpdir(), 'pgb-workers-'));
+  const port = await freePort();
+  writeFileSync(join(dir, 'userlist.txt'), TRUST_USERS.map(([u, p]) => `"${u}" "${p}"`).join('\n') + '\n');
+  const settings = {
+    listen_addr: '127.0.0.1',
+    listen_port: port,
+    unix_socket_dir: '',
+    pidfile: join(dir, 'pgb.pid'),
+    auth_type: 'trust',
+    auth_file: join(dir, 'userlist.txt'),
+    admin_users: 'trust_user',
+    pool_mode: 'transaction',
+    ...extra,
+  };
+  const ini = join(dir, 'pgbouncer.ini');
+  writeFileSync(ini, iniText(databases, settings));
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'pgbouncer', ini], {
+    env: { ...process.env, PGSTEADYTEXT_LOG_FORMAT: 'json', PGSTEADYTEXT_LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const b: Bouncer = {
+    dir,
+    port,
+    ini,
+    child,
+    output: () => output,
+    alive: () => child.exitCode === null && child.signalCode === null,
+    exited: () => exit,
+  };
+  started.bouncers.push(b);
+  const pidfile = join(dir, 'pgb.pid');
+  const deadline = Date.now() + 60_000;
+  while (!existsSync(pidfile) || readFileSync(pidfile, 'utf8').trim() !== String(child.pid)) {
+    if (!b.alive()) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 60 s:\n${output}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return b;
+}
+
+async function connect(b: Bouncer, database = 'postgres'): Promise<pg.Client> {
+  const c = new pg.Client({ host: '127.0.0.1', port: b.port, user: 'trust_user', database });
+  c.on('error', () => {});
+  started.clients.push(c);
+  await c.connect();
+  return c;
+}
+
+/** The worker a client is on, from the cancel key the proxy gave it. */
+const workerOf = (c: pg.Client) => workerOfPid((c as unknown as { processID: number }).processID);
+
+/** Clients connected one after another until both workers have one (the listener hands connections out in turn). */
+async function onBothWorkers(b: Bouncer, database = 'postgres'): Promise<[pg.Client, pg.Client]> {
+  const first = await connect(b, database);
+  for (let i = 0; i < 4; i++) {
+    const other = await connect(b, database);
+    if (workerOf(other) !== workerOf(first)) return [first, other];
+  }
+  throw new Error('connections never reached the second worker');
+}
+
+function target(extra = ''): string {
+  return `host=${testDb().host} port=${testDb().port} dbname=postgres ${extra}`.trim();
+}
+
+/** The test cluster's server connections made for this bouncer (its [databases] entry sets their application_name). */
+async function serverCount(app: string): Promise<number> {
+  const rows = await adminQuery<{ n: string }>('SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1', [app]);
+  return Number(rows[0].n);
+}
+
+const appName = () => `pgw_${randomBytes(4).toString('hex')}`;
+
+/** Samples the server connection count until `work` settles; resolves with the highest seen. */
+async function peakWhile(app: string, work: Promise<unknown>): Promise<number> {
+  let done = false;
+  void work.finally(() => (done = true)).catch(() => {});
+  let peak = 0;
+  while (!done) {
+    peak = Math.max(peak, await serverCount(app));
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await work;
+  return Math.max(peak, await serverCount(app));
+}
+
+describe('pooling with --workers: one set of limits', () => {
+  test('default_pool_size = 2 with 2 workers: 20 clients sleeping in transactions never have more than 2 server connections', async () => {
+    const app = appName();
+    const b = await startBouncer({ postgres: target(`application_name=${app}`) }, { default_pool_size: 2 });
+    const clients = await Promise.all(Array.from({ length: 20 }, () => connect(b)));
+    expect(new Set(clients.map(workerOf)).size).toBe(2);
+    const work = Promise.all(
+      clients.map(async (c, i) => {
+        for (let round = 0; round < 2; round++) {
+          await c.query('BEGIN');
+          const r = await c.query('SELECT pg_sleep(0.05), $1::int AS i', [i]);
+          await c.query('COMMIT');
+          expect(r.rows[0].i).toBe(i);
+        }
+      }),
+    );
+    const peak = await peakWhile(app, work);
+    expect(peak).toBeGreaterThan(0);
+    expect(peak).toBeLessThanOrEqual(2);
+  });
+
+  test('a worker whose clients wait takes the pool\'s only connection from the other worker, idle or busy', async () => {
+    const app = appName();
+    const b = await startBouncer({ postgres: target(`application_name=${app}`) }, { default_pool_size: 1, query_wait_timeout: 60 });
+    const [a, other] = await onBothWorkers(b);
+    // a's worker opens the one connection, which then sits idle there.
+    expect((await a.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    expect(await serverCount(app)).toBe(1);
+    // The other worker's client gets it: the idle one is closed for it.
+    expect((await other.query('SELECT 2 AS v')).rows[0].v).toBe(2);
+    // Now a keeps its worker's (new) connection busy, one transaction after another: the other still gets its turn.
+    let stop = false;
+    const busy = (async () => {
+      while (!stop) await a.query('SELECT pg_sleep(0.01)');
+    })();
+    const turn = (async () => {
+      for (let i = 0; i < 3; i++) expect((await other.query('SELECT $1::int AS v', [i])).rows[0].v).toBe(i);
+    })().finally(() => (stop = true));
+    const peak = await peakWhile(app, Promise.all([busy, turn]));
+    expect(peak).toBeLessThanOrEqual(1);
+  });
+
+  test('max_client_conn = 5 across 2 workers: the 6th client is refused with pgBouncer\'s error; a leaving client frees its place', async () => {
+    const b = await startBouncer({ postgres: target() }, { max_client_conn: 5, default_pool_size: 2 });
+    const five: pg.Client[] = [];
+    for (let i = 0; i < 5; i++) five.push(await connect(b));
+    expect(new Set(five.map(workerOf)).size).toBe(2);
+    // Whichever worker the 6th lands on, it counts the other's clients too.
+    for (let i = 0; i < 2; i++) {
+      const err = await connect(b).then(() => null, (e: Error & { code?: string }) => e);
+      expect(err?.message).toBe('no more connections allowed (max_client_conn)');
+      expect(err?.code).toBe('53300');
+    }
+    await five.pop()!.end();
+    await expect.poll(async () => connect(b).then((c) => (c.end(), true), () => false), { timeout: 10_000 }).toBe(true);
+  });
+});
+
+describe('pooling with --workers: cancel and console across workers', () => {
+  test('a CancelRequest accepted by the other worker cancels the query of a pooled client', async () => {
+    const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 });
+    const c = await connect(b);
+    const key = c as unknown as { processID: number; secretKey: number };
+    const routed = () => b.output().split('\n').filter((l) => l.includes('cancel request from another worker forwarded')).length;
+    // The listener alternates between the workers: within a few tries a cancel lands on the worker that is not c's.
+    for (let attempt = 0; attempt < 6; attempt++) {
+      const before = routed();
+      const running = c.query('SELECT pg_sleep(30)').then(() => null, (e: Error & { code?: string }) => e);
+      await expect.poll(async () => (await adminQuery(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'`))[0].n, { timeout: 10_000 }).toBe(1);
+      const secret = Buffer.alloc(4);
+      secret.writeInt32BE(key.secretKey);
+      await new Promise<void>((resolve, reject) => {
+        const s = netConnect({ host: '127.0.0.1', port: b.port }, () => s.end(cancelRequest(key.processID, secret)));
+        s.on('close', () => resolve());
+        s.on('error', reject);
+      });
+      const err = await running;
+      expect(err?.code).toBe('57014');
+      if (routed() > before) return;
+    }
+    throw new Error(`no cancel request was routed between the workers:\n${b.output()}`);
+  });
+
+  test('PAUSE and RESUME given to one console hold and free the clients of both workers; SHOW POOLS and CLIENTS count both', async () => {
+    const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 });
+    const [x, y] = await onBothWorkers(b);
+    expect((await x.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    expect((await y.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    const admin = await connect(b, 'pgbouncer');
+    const clients = (await admin.query('SHOW CLIENTS')).rows.filter((r) => r.database === 'postgres');
+    // Both workers' clients (ids of both parities), as one list.
+    expect(clients).toHaveLength(2);
+    expect(new Set(clients.map((r) => Number(r.id) % 2)).size).toBe(2);
+    await admin.query('PAUSE');
+    const xq = x.query('SELECT 2 AS v');
+    const yq = y.query('SELECT 3 AS v');
+    const waiting = async () => (await admin.query('SHOW POOLS')).rows.find((r) => r.database === 'postgres' && r.user === 'trust_user')?.cl_waiting;
+    await expect.poll(waiting, { timeout: 10_000 }).toBe(2);
+    await admin.query('RESUME');
+    expect((await xq).rows[0].v).toBe(2);
+    expect((await yq).rows[0].v).toBe(3);
+  });
+
+  test('RELOAD given to one console, and SIGHUP to the primary, reload every worker', async () => {
+    const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 });
+    const text = readFileSync(b.ini, 'utf8');
+    await expect(connect(b, 'added')).rejects.toThrow(/no such database/);
+    writeFileSync(b.ini, text.replace('[databases]\n', `[databases]\nadded = ${target()}\n`));
+    const admin = await connect(b, 'pgbouncer');
+    await admin.query('RELOAD');
+    const [p, q] = await onBothWorkers(b, 'added');
+    expect((await p.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    expect((await q.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+
+    writeFileSync(b.ini, text.replace('[databases]\n', `[databases]\nhupped = ${target()}\n`));
+    b.child.kill('SIGHUP');
+    await expect.poll(() => b.output(), { timeout: 10_000 }).toContain('configuration reloaded by the workers');
+    const [r, s] = await onBothWorkers(b, 'hupped');
+    expect((await r.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    expect((await s.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    expect(b.alive()).toBe(true);
+  });
+});
