@@ -14,6 +14,8 @@ export interface RuntimeConfig {
   debugMode: boolean;
   daemonAutoStart: boolean;
   connectionPoolSize: number;
+  /** How a call the proxy cannot see asks for its answer: auto, dblink or inband (SQL objects 1.4.0). */
+  callbackTransport: string;
 }
 
 export const RUNTIME_DEFAULTS: RuntimeConfig = {
@@ -28,6 +30,7 @@ export const RUNTIME_DEFAULTS: RuntimeConfig = {
   debugMode: false,
   daemonAutoStart: true,
   connectionPoolSize: 4,
+  callbackTransport: 'auto',
 };
 
 const KEYS: Record<string, keyof RuntimeConfig> = {
@@ -42,6 +45,7 @@ const KEYS: Record<string, keyof RuntimeConfig> = {
   debug_mode: 'debugMode',
   daemon_auto_start: 'daemonAutoStart',
   connection_pool_size: 'connectionPoolSize',
+  callback_transport: 'callbackTransport',
 };
 
 /** Builds a RuntimeConfig from steadytext_config rows; values the table validation let through but we can't use fall back to defaults. */

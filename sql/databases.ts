@@ -12,6 +12,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { RuntimeConfigSource, type RuntimeConfig } from '../config/runtime.js';
 import type { Engine } from '../inference/engine.js';
+import { callbackTransport } from './evaluate.js';
 import { installSql, quoteIdent } from './install.js';
 import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
 
@@ -100,6 +101,8 @@ export class Database {
   /** Schema of the steadytext objects. */
   readonly schema: string;
   secret: string | undefined;
+  /** The dblink extension is installed (the callback transport 'auto' then prefers it). */
+  dblink = false;
   private prepared: Promise<void> | undefined;
   private listener: pg.Client | undefined;
   private listenerRetry: ReturnType<typeof setTimeout> | undefined;
@@ -136,14 +139,20 @@ export class Database {
         daemonHost: this.reg.opts.daemon?.host, daemonPort: this.reg.opts.daemon?.port, schema: this.schema, logger: this.log,
       });
       this.secret = r.secret;
+      this.dblink = r.dblink;
       if (r.migrated.length) this.log.info({ version: r.version, migrated: r.migrated, schema: this.schema }, 'steadytext SQL objects installed');
     } else {
       this.secret = (await this.pool.query(`SELECT secret FROM ${this.s}.steadytext_daemon_secret WHERE id OPERATOR(pg_catalog.=) 1`)
         .catch(() => ({ rows: [] as { secret: string }[] }))).rows[0]?.secret;
+      this.dblink = (await this.pool.query(`SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'dblink'`)).rowCount === 1;
     }
     const who = (await this.pool.query(SERVICE_ROLE_SQL)).rows[0];
     this.reg.warnIfSuperuser(this.name, who.role, who.superuser);
     await this.openListener();
+    const cfg = await this.runtime.get();
+    const daemonOn = this.reg.opts.daemon !== undefined;
+    this.log.info({ callbackTransport: callbackTransport(cfg, this.dblink, daemonOn), configured: cfg.callbackTransport, dblink: this.dblink, daemonEndpoint: daemonOn },
+      'callback transport of calls the proxy cannot see');
   }
 
   /**

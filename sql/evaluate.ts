@@ -102,21 +102,34 @@ export function callError(fn: string, err: unknown, timeoutMs?: number): CallErr
   return { sqlstate: w.code, message: text(w.message), hint: text(w.hint ?? '') };
 }
 
+export type CallbackTransport = 'dblink' | 'inband';
+
+/**
+ * The transport a database's calls the proxy cannot see use (steadytext_config callback_transport): auto means
+ * dblink when the extension is there and this proxy serves the daemon endpoint, else in-band.
+ */
+export function callbackTransport(cfg: RuntimeConfig, dblink: boolean, daemonOn: boolean): CallbackTransport {
+  if (cfg.callbackTransport === 'dblink' || cfg.callbackTransport === 'inband') return cfg.callbackTransport;
+  return dblink && daemonOn ? 'dblink' : 'inband';
+}
+
 /** What a management function returns, as the text its SQL function parses (JSON, or a boolean), or its error. */
-export async function manage(fn: ManagementFunction, engine: Engine, daemon: { host: string; port: number } | undefined, cfg: RuntimeConfig): Promise<Evaluated> {
+export async function manage(fn: ManagementFunction, engine: Engine, daemon: { host: string; port: number } | undefined, cfg: RuntimeConfig, via: CallbackTransport = 'dblink'): Promise<Evaluated> {
   try {
-    return { answer: await act(fn, engine, daemon, cfg) };
+    return { answer: await act(fn, engine, daemon, cfg, via) };
   } catch (err) {
     return { error: callError(fn, err, cfg.daemonTimeoutMs) };
   }
 }
 
-async function act(fn: ManagementFunction, engine: Engine, daemon: { host: string; port: number } | undefined, cfg: RuntimeConfig): Promise<string> {
+async function act(fn: ManagementFunction, engine: Engine, daemon: { host: string; port: number } | undefined, cfg: RuntimeConfig, via: CallbackTransport): Promise<string> {
   switch (fn) {
     case 'steadytext_daemon_status': {
       const st = engine.status();
+      // Where the database reaches the proxy: the daemon endpoint, or 'in-band' (through client connections).
+      const [host, port] = via === 'inband' ? ['in-band', null] : [daemon?.host ?? cfg.daemonHost, daemon?.port ?? cfg.daemonPort];
       return JSON.stringify({
-        running: st.running, pid: st.pid, host: daemon?.host ?? cfg.daemonHost, port: daemon?.port ?? cfg.daemonPort,
+        running: st.running, pid: st.pid, host, port,
         uptime_seconds: st.uptimeSeconds, requests_processed: st.requestsProcessed, errors_count: st.errorsCount,
         avg_latency_ms: st.requestsProcessed ? st.avgLatencyMs : null,
       });

@@ -85,7 +85,7 @@ export class InbandCallbacks {
     else ctx.signal.addEventListener('abort', stop, { once: true });
     let text: string;
     try {
-      text = wrapAnswer(await this.responder.respond(r.payload, { pid: r.backendPid, abort }));
+      text = wrapAnswer(await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband' }));
     } catch (e) {
       const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
       text = errorAnswer(w.code, w.message, w.hint ?? '');

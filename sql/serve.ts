@@ -7,7 +7,7 @@ import type { CallError } from './answers.js';
 import type { SteadyCall } from './calls.js';
 import type { Database } from './databases.js';
 import {
-  cacheEntry, compute, isComputing, isManagement, manage, managementTopic, resolveRequest, roleOf,
+  callbackTransport, cacheEntry, compute, isComputing, isManagement, manage, managementTopic, resolveRequest, roleOf,
   type ArgValues, type ComputeRequest, type ManagementFunction,
 } from './evaluate.js';
 import {
@@ -164,7 +164,7 @@ export class Server {
     const out = new Map<string, MailboxEntry>();
     for (const fn of fns) {
       const topic = managementTopic(fn);
-      out.set(topic, { topic, ...await manage(fn, this.engine, this.daemon, config) });
+      out.set(topic, { topic, ...await manage(fn, this.engine, this.daemon, config, callbackTransport(config, db.dblink, this.daemon !== undefined)) });
     }
     return [...out.values()];
   }

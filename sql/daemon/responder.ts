@@ -7,7 +7,7 @@ import { RUNTIME_DEFAULTS, type RuntimeConfig } from '../../config/runtime.js';
 import type { Engine } from '../../inference/engine.js';
 import type { Database } from '../databases.js';
 import { callErrorToWire, engineErrorToWire, WireError } from '../errors.js';
-import { cacheEntry, compute, manage, roleOf } from '../evaluate.js';
+import { cacheEntry, compute, manage, roleOf, type CallbackTransport } from '../evaluate.js';
 import { parseRequest, type ComputeCall, type Request } from './requests.js';
 
 /** What the daemon uses of the inference engine (a fake with these methods serves in tests). */
@@ -42,12 +42,12 @@ export class Responder {
   }
 
   /** The answer text for one JSON request; rejects with the WireError to send. */
-  async respond(text: string, call: { pid: number; abort: AbortController }): Promise<string> {
+  async respond(text: string, call: { pid: number; abort: AbortController; via?: CallbackTransport }): Promise<string> {
     const t0 = performance.now();
     let req: Request | undefined;
     try {
       req = parseRequest(text);
-      const answer = await this.withinLimits(req, call.abort, callerOf(req, call.pid));
+      const answer = await this.withinLimits(req, call.abort, callerOf(req, call.pid), call.via ?? 'dblink');
       this.answered(req, t0);
       return answer;
     } catch (e) {
@@ -68,7 +68,7 @@ export class Responder {
    * Evaluates `req` until it answers, the session aborts (a CancelRequest, the client gone: 57014), or
    * timeout_ms and the backstop pass (57014; the evaluation is aborted).
    */
-  private async withinLimits(req: Request, abort: AbortController, caller: string): Promise<string> {
+  private async withinLimits(req: Request, abort: AbortController, caller: string, via: CallbackTransport): Promise<string> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const signal = abort.signal;
     const stopped = new Promise<never>((_, reject) => {
@@ -82,16 +82,16 @@ export class Responder {
       }, req.timeoutMs + BACKSTOP_MS);
     });
     try {
-      return await Promise.race([this.evaluate(req, signal, caller), stopped]);
+      return await Promise.race([this.evaluate(req, signal, caller, via), stopped]);
     } finally {
       if (timer) clearTimeout(timer);
     }
   }
 
-  private async evaluate(req: Request, signal: AbortSignal, caller: string): Promise<string> {
+  private async evaluate(req: Request, signal: AbortSignal, caller: string, via: CallbackTransport): Promise<string> {
     const config = configOf(req);
     if (req.kind === 'management') {
-      const done = await manage(req.function, this.engine, this.o.address, config);
+      const done = await manage(req.function, this.engine, this.o.address, config, via);
       if ('error' in done) throw callErrorToWire(done.error);
       return done.answer;
     }

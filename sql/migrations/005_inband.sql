@@ -165,7 +165,7 @@ END
 $fn$;
 
 -- Asks the proxy through the client's connection and waits for the answer (see the top of this file).
-CREATE OR REPLACE FUNCTION _steadytext_inband_call(p_function text, p_request jsonb, p_timeout_ms integer)
+CREATE OR REPLACE FUNCTION _steadytext_inband_call(p_function text, p_request jsonb, p_timeout_ms integer, p_tried text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, @schema@, pg_temp
@@ -218,7 +218,8 @@ BEGIN
         IF clock_timestamp() >= v_deadline THEN
             RAISE EXCEPTION USING ERRCODE = '57014',
                 MESSAGE = format('%s: no pg-steadytext proxy answered within %s ms', p_function, p_timeout_ms),
-                DETAIL = 'The call was not visible to a proxy (inside a function, trigger or view) and missed steadytext_cache, so it asked the proxy through the client connection.',
+                DETAIL = 'The call was not visible to a proxy (inside a function, trigger or view) and missed steadytext_cache, so it asked the proxy through the client connection.'
+                         || coalesce(' The daemon endpoint was tried first: ' || p_tried, ''),
                 HINT = 'Connect through the pg-steadytext proxy rather than to the database directly, or raise daemon_timeout_ms with steadytext_config_set if the proxy is busy.';
         END IF;
         PERFORM pg_sleep(v_nap);
@@ -237,6 +238,7 @@ SET search_path = pg_catalog, @schema@, pg_temp
 AS $fn$
 DECLARE
     c record;
+    v_tried text;
 BEGIN
     SELECT max(value) FILTER (WHERE key = 'callback_transport') AS transport,
            max(value) FILTER (WHERE key = 'daemon_timeout_ms') AS timeout_ms
@@ -251,19 +253,34 @@ BEGIN
         BEGIN
             RETURN _steadytext_dblink_call(p_function, p_request);
         EXCEPTION WHEN sqlclient_unable_to_establish_sqlconnection THEN
-            NULL; -- no daemon endpoint answers: ask in-band
+            GET STACKED DIAGNOSTICS v_tried = MESSAGE_TEXT; -- no daemon endpoint answers: ask in-band
         END;
     END IF;
-    RETURN _steadytext_inband_call(p_function, p_request, coalesce(c.timeout_ms::integer, 30000));
+    RETURN _steadytext_inband_call(p_function, p_request, coalesce(c.timeout_ms::integer, 30000), v_tried);
 END
 $fn$;
 
 REVOKE EXECUTE ON FUNCTION _steadytext_config_check(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_hmac(bytea, bytea) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_take(text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION _steadytext_inband_call(text, jsonb, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _steadytext_inband_call(text, jsonb, integer, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_lo_take(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_lo_put(oid, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_sweep(interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_dblink_call(text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_daemon_call(text, jsonb) FROM PUBLIC;
+
+-- As at level 4: every function reads its own literals with standard strings, whatever the session set.
+DO $scs$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = '@schema@'::regnamespace
+                AND p.proname IN ('_steadytext_config_check', '_steadytext_hmac', '_steadytext_inband_take', '_steadytext_inband_lo_take',
+                                  '_steadytext_inband_lo_put', '_steadytext_inband_sweep', '_steadytext_inband_call', '_steadytext_daemon_call')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET standard_conforming_strings = on', f);
+    END LOOP;
+END
+$scs$;

@@ -29,6 +29,8 @@ beforeAll(async () => {
   svc = await db.connect();
   await installSql(svc);
   await svc.query(`INSERT INTO steadytext_daemon_secret (secret) VALUES ('0123456789abcdef0123')`);
+  // Misses go to the daemon through dblink only (no in-band fallback: no proxy answers here).
+  await svc.query(`SELECT steadytext_config_set('callback_transport', 'dblink')`);
   // A port nobody listens on: any call that asks the daemon fails loudly (08001).
   deadPort = await new Promise<number>((resolve) => {
     const s = createServer().listen(0, '127.0.0.1', () => {

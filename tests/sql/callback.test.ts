@@ -24,6 +24,8 @@ beforeAll(async () => {
   daemon = await start(0, secret);
   await prepareDatabase(db.url, { daemonHost: '127.0.0.1', daemonPort: daemon.address.port });
   c = await db.connect();
+  // This suite is the dblink transport's: no in-band fallback when the daemon is away (tests/sql/inband.test.ts).
+  await c.query(`SELECT steadytext_config_set('callback_transport', 'dblink')`);
   // The seed's examples, verbatim.
   await c.query(`
     CREATE OR REPLACE FUNCTION deterministic_expand(topic TEXT, seed INT DEFAULT 42) RETURNS TEXT AS $$

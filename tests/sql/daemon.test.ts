@@ -66,6 +66,8 @@ beforeAll(async () => {
   daemon = await start(0);
   await prepareDatabase(db.url, { daemonHost: '127.0.0.1', daemonPort: daemon.address.port });
   sql = await db.connect();
+  // This suite is the dblink transport's: no in-band fallback when the daemon is away (tests/sql/inband.test.ts).
+  await sql.query(`SELECT steadytext_config_set('callback_transport', 'dblink')`);
 });
 afterAll(async () => {
   await daemon?.close();

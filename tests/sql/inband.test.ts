@@ -201,6 +201,23 @@ describe('what the in-band transport refuses', () => {
     }
   });
 
+  test('steadytext_daemon_status() says the database reaches the proxy in-band', async () => {
+    await direct.query(`SELECT steadytext_config_set('callback_transport', 'inband')`);
+    try {
+      const { c } = await client();
+      // The config listener's NOTIFY reaches the proxy asynchronously: ask until it took effect.
+      let row: { host: string; port: number | null } | undefined;
+      for (let i = 0; i < 100 && row?.host !== 'in-band'; i++) {
+        row = (await c.query('SELECT host, port FROM steadytext_daemon_status()')).rows[0] as typeof row;
+        if (row?.host !== 'in-band') await new Promise((r) => setTimeout(r, 20));
+      }
+      await c.end();
+      expect(row).toEqual({ host: 'in-band', port: null });
+    } finally {
+      await direct.query(`SELECT steadytext_config_set('callback_transport', 'auto')`);
+    }
+  });
+
   test('callback_transport takes auto, dblink or inband only', async () => {
     const e = await pgError(direct.query(`SELECT steadytext_config_set('callback_transport', 'carrier pigeon')`));
     expect(e.code).toBe('22023');

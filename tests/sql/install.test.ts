@@ -10,7 +10,7 @@ import { createRole, dropRole, freshDatabase, pgError, type TestDatabase } from 
 const DEFAULTS: Record<string, string> = {
   daemon_host: 'localhost', daemon_port: '5557', daemon_timeout_ms: '30000', default_max_tokens: '512',
   default_seed: '42', default_model_size: 'small', cache_enabled: 'true', cache_ttl_seconds: '3600',
-  debug_mode: 'false', daemon_auto_start: 'true', connection_pool_size: '4',
+  debug_mode: 'false', daemon_auto_start: 'true', connection_pool_size: '4', callback_transport: 'auto',
 };
 
 const USER_FUNCTIONS = [
@@ -98,6 +98,8 @@ describe('installSql', () => {
     for (const f of legacy) expect(byName.get(f)?.prosecdef, f).toBe(false);
     expect(rows.filter((r) => r.public_exec).map((r) => r.proname).sort()).toEqual([...open, ...legacy].sort());
     for (const f of [...admin, '_steadytext_mailbox_read', '_steadytext_mailbox_take', '_steadytext_raise_posted', '_steadytext_lookup_ttl', '_steadytext_daemon_call',
+      '_steadytext_dblink_call', '_steadytext_inband_call', '_steadytext_inband_take', '_steadytext_inband_lo_take', '_steadytext_inband_lo_put',
+      '_steadytext_inband_sweep', '_steadytext_hmac', '_steadytext_config_check',
       'steadytext_stats_bump', 'steadytext_log', 'steadytext_cache_evict']) {
       expect(byName.get(f)?.public_exec, f).toBe(false);
     }
@@ -339,6 +341,8 @@ describe('schemas and prerequisites', () => {
     const r = await installSql(c, { dblink: false });
     expect(r.dblink).toBe(false);
     await c.query(`INSERT INTO steadytext_daemon_secret (secret) VALUES ('0123456789abcdef0123')`);
+    // Asked for dblink explicitly (auto would ask in-band: tests/sql/inband.test.ts).
+    await c.query(`SELECT steadytext_config_set('callback_transport', 'dblink')`);
     const e = await pgError(c.query(`SELECT steadytext_generate('hello')`));
     expect(e.code).toBe('55000');
     expect(e.message).toMatch(/steadytext_generate has no cached answer and cannot call the pg-steadytext daemon: the dblink extension is not installed/);
