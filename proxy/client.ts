@@ -859,7 +859,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   serverNotice(msg: Buffer): boolean {
-    return this.seam !== null && this.seam.notice(msg);
+    return this.seam !== null && this.seam.notice(msg, this.upstreamKey?.pid);
   }
 
   startupError(fields: Record<string, string>): void {

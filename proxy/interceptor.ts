@@ -117,9 +117,10 @@ export interface Interceptor {
   /**
    * A NoticeResponse from the server that names steadytext, while the session's statement runs (the SQL
    * functions' in-band callback asks this way). Synchronous, on the response path: start any work and
-   * return at once. True: the notice is the interceptor's and never reaches the client.
+   * return at once. True: the notice is the interceptor's and never reaches the client. `backendPid`: the
+   * server backend that sent it (the connection the statement runs on, pooled or not), when known.
    */
-  notice?(msg: Buffer, ctx: SessionContext): boolean;
+  notice?(msg: Buffer, ctx: SessionContext, backendPid: number | undefined): boolean;
   /** Once per session, when it ends (also after a failed authentication, if sessionStart ran). */
   sessionEnd?(ctx: SessionContext): void;
 }
@@ -204,10 +205,10 @@ export class Seam {
   }
 
   /** A server NoticeResponse: true when the interceptor took it (the client must not see it). */
-  notice(msg: Buffer): boolean {
+  notice(msg: Buffer, backendPid: number | undefined): boolean {
     if (this.interceptor.notice === undefined || !mentionsSteadytext(msg, 5, msg.length)) return false;
     try {
-      return this.interceptor.notice(msg, this.ctx) === true;
+      return this.interceptor.notice(msg, this.ctx, backendPid) === true;
     } catch (err) {
       this.ctx.log.warn({ err }, 'interceptor failed on a notice; forwarded unchanged');
       return false;

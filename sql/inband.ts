@@ -31,6 +31,8 @@ interface Signed {
   backendPid: number;
   /** The large object to write the answer into (REPEATABLE READ, SERIALIZABLE), else the mailbox. */
   lo: number | null;
+  /** The function waits for the answer; false: it raised 40001 and only the cache row is wanted. */
+  wait: boolean;
 }
 
 /** How often left-behind large objects are looked for, and how old they must be to go. */
@@ -44,7 +46,7 @@ export class InbandCallbacks {
   ) {}
 
   /** A server notice naming steadytext: true when it is an in-band request of ours (then answered, and hidden). */
-  notice(msg: Buffer, ctx: SessionContext): boolean {
+  notice(msg: Buffer, ctx: SessionContext, backendPid: number | undefined): boolean {
     if (msg[0] !== Be.NoticeResponse) return false;
     const f = readErrorFields(msg);
     if (f.M !== INBAND_MARKER || f.D === undefined || f.H === undefined) return false;
@@ -52,12 +54,12 @@ export class InbandCallbacks {
     if (db.secret === undefined) {
       // First contact with this database is a callback (a trigger, say): read its secret, then check.
       void db.ready().then(
-        () => this.accept(db.secret !== undefined ? verify(f.D, f.H, db.secret, ctx.database) : null, ctx),
+        () => this.accept(db.secret !== undefined ? verify(f.D, f.H, db.secret, ctx.database, backendPid) : null, ctx),
         (err: unknown) => ctx.log.warn({ err }, 'steadytext objects not ready; an in-band request goes unanswered'),
       );
       return true;
     }
-    return this.accept(verify(f.D, f.H, db.secret, ctx.database), ctx);
+    return this.accept(verify(f.D, f.H, db.secret, ctx.database, backendPid), ctx);
   }
 
   private accept(signed: Signed | null, ctx: SessionContext): boolean {
@@ -92,6 +94,7 @@ export class InbandCallbacks {
     } finally {
       ctx.signal.removeEventListener('abort', stop);
     }
+    if (!r.wait) return; // the responder writes the cache row the retried transaction finds
     try {
       // Committed before this resolves: the function's next poll sees it.
       if (r.lo === null) await postMailbox(db.pool, db.schema, r.backendPid, [{ topic: `inband:${r.id}`, answer: text }]);
@@ -114,8 +117,11 @@ export class InbandCallbacks {
   }
 }
 
-/** The request if `mac` is its signature under `secret` and it comes from `database`; null otherwise. */
-export function verify(payload: string, mac: string, secret: string, database: string): Signed | null {
+/**
+ * The request if `mac` is its signature under `secret` and it comes from `database` and from the backend that
+ * sent the notice (a signed request replayed on another connection is not answered); null otherwise.
+ */
+export function verify(payload: string, mac: string, secret: string, database: string, backendPid: number | undefined): Signed | null {
   if (!/^[0-9a-f]{64}$/.test(mac)) return null;
   const want = createHmac('sha256', Buffer.from(secret, 'utf8')).update(payload, 'utf8').digest();
   if (!timingSafeEqual(want, Buffer.from(mac, 'hex'))) return null;
@@ -125,10 +131,10 @@ export function verify(payload: string, mac: string, secret: string, database: s
   } catch {
     return null;
   }
-  const o = j as { id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown };
+  const o = j as { id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown; wait?: unknown };
   if (typeof o.id !== 'string' || !/^[0-9a-f]{32}$/.test(o.id)) return null;
-  if (!Number.isInteger(o.backend_pid) || o.database !== database) return null;
+  if (!Number.isInteger(o.backend_pid) || o.backend_pid !== backendPid || o.database !== database) return null;
   const lo = o.lo === null || o.lo === undefined ? null : Number(o.lo);
   if (lo !== null && !(Number.isInteger(lo) && lo > 0 && lo < 2 ** 32)) return null;
-  return { payload, id: o.id, backendPid: o.backend_pid as number, lo };
+  return { payload, id: o.id, backendPid: o.backend_pid as number, lo, wait: o.wait !== false };
 }

@@ -55,8 +55,8 @@ export class SteadytextInterceptor implements Interceptor {
   }
 
   /** A server notice naming steadytext: an in-band callback request is answered and kept from the client. */
-  notice(msg: Buffer, ctx: SessionContext): boolean {
-    return this.inband.notice(msg, ctx);
+  notice(msg: Buffer, ctx: SessionContext, backendPid: number | undefined): boolean {
+    return this.inband.notice(msg, ctx, backendPid);
   }
 
   async intercept(m: InterceptedMessage, ctx: SessionContext): Promise<Rewrite | undefined> {

@@ -192,7 +192,9 @@ BEGIN
     END IF;
     v_payload := (p_request || jsonb_build_object('id', v_id, 'timeout_ms', p_timeout_ms, 'function', p_function,
                                                   'user', session_user, 'database', current_database(),
-                                                  'backend_pid', pg_backend_pid(), 'lo', v_lo))::text;
+                                                  'backend_pid', pg_backend_pid(), 'lo', v_lo,
+                                                  -- false: this call will not wait (40001 below), so only cache the answer
+                                                  'wait', v_lo IS NOT NULL OR v_isolation IN ('read committed', 'read uncommitted')))::text;
     RAISE INFO 'steadytext:inband' USING
         DETAIL = v_payload,
         HINT = encode(_steadytext_hmac(convert_to(v_secret, 'UTF8'), convert_to(v_payload, 'UTF8')), 'hex');

@@ -11,7 +11,7 @@ import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
 import { createPooling } from '../../proxy/pooling.js';
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
 import { silent, startStack, type Stack } from '../api/helpers.js';
-import { pgError } from './helpers.js';
+import { createRole, dropRole, pgError } from './helpers.js';
 
 let s: Stack;
 let direct: pg.Client;
@@ -34,6 +34,7 @@ async function rewritten(sql: string, params: unknown[] = []): Promise<string> {
 
 /** Empties steadytext_cache and the proxy's memory of it: the next call misses. */
 async function fresh(): Promise<void> {
+  await s.databases.get(s.database).flush(); // cache rows of earlier answers still being written
   await direct.query('TRUNCATE steadytext_cache');
   s.interceptor.forgetStored();
 }
@@ -156,6 +157,17 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     expect(got).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('read only')]));
   });
 
+  test('a 100,000-row SELECT whose last row calls through a PL/pgSQL wrapper streams, and the last row is right', async () => {
+    await fresh();
+    const { c } = await client();
+    const rows = (await c.query(`SELECT i, CASE WHEN i = 100000 THEN deterministic_expand('the last row') END AS v FROM generate_series(1, 100000) AS i`)).rows as { i: number; v: string | null }[];
+    await c.end();
+    expect(rows).toHaveLength(100000);
+    expect(rows.slice(0, -1).every((r) => r.v === null)).toBe(true);
+    await fresh();
+    expect(rows[99999].v).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('the last row')]));
+  });
+
   test('under transaction pooling the request follows the server connection the statement runs on', async () => {
     await fresh();
     const url = await pooledUrl();
@@ -186,6 +198,41 @@ describe('what the in-band transport refuses', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(await cacheRows()).toBe(0);
     expect(await mailbox()).toBe(before);
+  });
+
+  test('a signed request replayed by a role that may not call the function computes and stores nothing', async () => {
+    await fresh();
+    // A genuine request, captured where no proxy hides it: straight to the database.
+    await direct.query(`SELECT steadytext_config_set('daemon_timeout_ms', '300')`);
+    const captured: { detail?: string; hint?: string; message?: string }[] = [];
+    const onNotice = (n: { detail?: string; hint?: string; message?: string }) => captured.push(n);
+    direct.on('notice', onNotice);
+    try {
+      await pgError(direct.query(`SELECT deterministic_expand('replayed secret topic') AS v`));
+    } finally {
+      direct.off('notice', onNotice);
+      await direct.query(`SELECT steadytext_config_set('daemon_timeout_ms', '30000')`);
+    }
+    const signed = captured.find((n) => n.message === 'steadytext:inband');
+    expect(signed?.detail).toContain('replayed secret topic');
+    await fresh();
+    const role = await createRole('st_inband_denied');
+    try {
+      await direct.query(`REVOKE EXECUTE ON FUNCTION steadytext_generate FROM PUBLIC`);
+      const { c, notices } = await client(s.url(role.user, role.password));
+      // Its own call is refused by the database, before anything is asked.
+      expect((await pgError(c.query(`SELECT deterministic_expand('replayed secret topic') AS v`))).code).toBe('42501');
+      // The replay comes from another backend than the one that signed it: not answered, shown as raised.
+      await c.query(`DO $$ BEGIN RAISE INFO 'steadytext:inband' USING DETAIL = ${literal(signed!.detail!)}, HINT = ${literal(signed!.hint!)}; END $$`);
+      await c.end();
+      expect(notices.map((n) => n.message)).toContain('steadytext:inband');
+      await new Promise((r) => setTimeout(r, 300));
+      expect((await direct.query('SELECT prompt FROM steadytext_cache')).rows).toEqual([]);
+      expect((await direct.query(`SELECT count(*)::int AS n FROM steadytext_mailbox WHERE topic LIKE 'inband:%'`)).rows[0].n).toBe(0);
+    } finally {
+      await direct.query(`GRANT EXECUTE ON FUNCTION steadytext_generate TO PUBLIC`);
+      await dropRole(role.user);
+    }
   });
 
   test('straight to the database, with no proxy to answer, a miss fails with an error that says so', async () => {
