@@ -758,6 +758,8 @@ export class ClientSession implements FrameHandler, SessionLink {
       this.tracker.sent(code);
       return KEEP;
     }
+    // The interceptor sends it in its own form: no exchange is run again past it (pooled-session.ts, 0A000).
+    this.pooled?.unwatch();
     if (r instanceof Promise) {
       this.hooks.hold(r, (out) => this.sendHookOutcome(out, msg, code));
       return PAUSE;
@@ -799,6 +801,8 @@ export class ClientSession implements FrameHandler, SessionLink {
   onBytes(bytes: Buffer): void {
     const server = this.server;
     if (server === null || this.phase === CLOSED) return;
+    const pooled = this.pooled;
+    if (pooled !== null && pooled.watching) pooled.sentUpstream(bytes);
     if (!server.write(bytes)) this.pauseClient(PAUSE_BACKPRESSURE);
   }
 
@@ -860,6 +864,14 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   serverNotice(msg: Buffer): boolean {
     return this.seam !== null && this.seam.notice(msg, this.upstreamKey?.pid);
+  }
+
+  holdError(msg: Buffer): boolean {
+    return this.pooled !== null && this.pooled.watching && this.pooled.holdError(msg);
+  }
+
+  releaseHeld(rfq: Buffer): Buffer[] | null {
+    return this.pooled !== null ? this.pooled.releaseHeld(rfq) : [rfq];
   }
 
   startupError(fields: Record<string, string>): void {

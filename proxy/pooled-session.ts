@@ -3,15 +3,32 @@
 // to the next. Settings (startup parameters, SET, RESET, set_config) are read back from the server after
 // a transaction that changed them, so what the client has is exactly what the server kept (a rolled-back
 // SET is gone, SET LOCAL never counts), and replayed on the next connection where it differs. Named
-// prepared statements follow the client through prepared.ts. What cannot move (session advisory locks,
-// temporary objects, WITH HOLD cursors, LISTEN, LOAD, SQL PREPARE) pins the connection to the client
-// until a check after the transaction finds it let go.
+// prepared statements, the protocol's and SQL PREPARE's alike, follow the client through prepared.ts
+// (SQL ones read back from pg_prepared_statements after the transaction that made or dropped them). What
+// cannot move (session advisory locks, temporary objects, WITH HOLD cursors, LISTEN, LOAD) pins the
+// connection to the client until a check after the transaction finds it let go.
+//
+// A statement whose result type changed since it was prepared (ALTER TABLE ...: the server refuses its
+// cached plan with 0A000) is prepared again and its exchange run again, when nothing of the client's was
+// done before it in that exchange, it ran outside a transaction block and nothing was sent after it: the
+// Bind (or a Query that is one EXECUTE) of such an exchange is "watched" (a few fields, no handler), what
+// follows it upstream up to its Sync kept in a small buffer, and the server connection's own ErrorResponse
+// and ReadyForQuery handling asks the session (holdError, releaseHeld): only that error path pays.
 import type { Logger } from 'pino';
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { PoolError, type Pool, type PoolClient, type PooledServer, type ReplicationKind } from './pool.js';
 import type { PgbSubject } from './pgbouncer-log.js';
-import { ClientStatements, UNKNOWN_STATEMENT, type PreparedOutcome, type StatementCache } from './prepared.js';
-import { Be, Fe, query, readCString, readDataRow, readErrorFields, type TxStatus } from './protocol.js';
+import {
+  ClientStatements,
+  UNKNOWN_STATEMENT,
+  literals,
+  namesStatements,
+  sweepLiterals,
+  type PreparedOutcome,
+  type SharedStatement,
+  type StatementCache,
+} from './prepared.js';
+import { Be, Fe, SYNC, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
 import { statementEffects, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
 import type { SessionLink } from './upstream.js';
@@ -40,6 +57,54 @@ export interface PooledHost {
 }
 
 export type PinReason = 'advisory' | 'temp' | 'hold' | 'listen' | 'load' | 'prepare';
+
+/**
+ * The exchange the pooler may run again if the server refuses its prepared statement's plan (0A000). One per
+ * session, reused: watching costs a few stores per exchange, keeping what follows a copy into `rest`.
+ */
+interface Watch {
+  /** 0: none; 1: its message is on its way upstream; 2: what follows it is being kept. */
+  state: number;
+  /** Fe.Bind, or Fe.Query (a Query that is one EXECUTE). */
+  code: number;
+  /** The message as sent (Bind under the shared name; the Query's own copy). */
+  sent: Buffer | null;
+  st: SharedStatement | null;
+  /** The server-side name `st` had when sent (for an EXECUTE: of the definition its copy came from). */
+  version: string;
+  /** The EXECUTEd name (Query). */
+  name: string;
+  server: PooledServer | null;
+  /** What went upstream after it (up to REST_BYTES). */
+  rest: Buffer | null;
+  restLen: number;
+  /** The server's 0A000, held back until its ReadyForQuery. */
+  error: Buffer | null;
+}
+
+/** Kept after a watched message: an Execute, Describe, Sync or two fit many times over. */
+const REST_BYTES = 256;
+const EMPTY = Buffer.alloc(0);
+
+/** What may follow a watched Bind up to its Sync for the exchange to be run again: Execute, Describe of a portal, Flush. */
+function repeatable(rest: Buffer, len: number, code: number): boolean {
+  let pos = 0;
+  while (pos + 5 <= len) {
+    const c = rest[pos];
+    const end = pos + 1 + rest.readInt32BE(pos + 1);
+    if (end > len) return false;
+    if (c === Fe.Sync) return end === len && code === Fe.Bind;
+    if (code !== Fe.Bind || !(c === Fe.Execute || c === Fe.Flush || (c === Fe.Describe && rest[pos + 5] === 0x50))) return false;
+    pos = end;
+  }
+  // A Query's exchange is the Query: nothing may follow it.
+  return pos === len && code === Fe.Query && len === 0;
+}
+
+/** The server refused a prepared statement's plan because its result type changed (the routine is not translated, the message may be). */
+function resultTypeChanged(f: Record<string, string>): boolean {
+  return f.C === '0A000' && (f.R === 'RevalidateCachedQuery' || f.M === 'cached plan must not change result type');
+}
 
 /** Startup parameters that are not settings. */
 const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
@@ -70,6 +135,20 @@ export class PooledSession implements PoolClient {
   private pinsDirty = false;
   /** An internal exchange (read-back, check, replay) is in flight on the server connection. */
   private internal = 0;
+  /** SQL may have prepared or dropped statements (statements.uncertain): read them back at the transaction's end. */
+  private statementsDirty = false;
+  private readonly watch: Watch = {
+    state: 0,
+    code: 0,
+    sent: null,
+    st: null,
+    version: '',
+    name: '',
+    server: null,
+    rest: null,
+    restLen: 0,
+    error: null,
+  };
   /** When the client began waiting for a connection, or took one (SHOW CLIENTS, stats). */
   waitingSince = 0;
   linkedAt = 0;
@@ -185,6 +264,11 @@ export class PooledSession implements PoolClient {
     s.conn.attach(this.host.link);
     this.host.attached(s);
     this.replaySettings(s);
+    if (this.preparing) {
+      // Other clients' statements under their own names that they no longer have (prepared.ts).
+      const closes = sweepLiterals(s);
+      if (closes.length > 0) this.host.sendUpstream([...closes, { bytes: SYNC, handler: { onMessage: () => null } }]);
+    }
   }
 
   /**
@@ -217,17 +301,35 @@ export class PooledSession implements PoolClient {
       case Fe.Query: {
         const e = statementEffects(msg, 5, msg.length - 1);
         this.note(e, false);
+        if (e === null) return undefined;
+        const send = this.preparing && namesStatements(e) ? this.sqlNames(e, s, true) : [];
         // As pgBouncer: the statements go when the server says DEALLOCATE ALL / DISCARD ALL was done.
-        if (e !== null && (e.discard === 'all' || e.deallocates.includes('*'))) {
-          return { send: [{ bytes: msg, handler: { onMessage: (m) => (this.droppedAll(m, s), m) } }] };
-        }
-        return undefined;
+        const handler: ResponseHandler | undefined =
+          e.discard === 'all' || e.deallocates.includes('*') ? { onMessage: (m) => (this.droppedAll(m, s), m) } : undefined;
+        const bytes = e.executeAlone && this.preparing ? this.watchExecute(e.executes[0], msg, s) : msg;
+        if (send.length === 0 && handler === undefined && bytes === msg) return undefined;
+        send.push({ bytes, handler });
+        return { send };
       }
-      case Fe.Parse:
-        this.note(statementEffects(msg, readCStringEnd(msg, 5), msgTextEnd(msg)), true);
-        return this.preparing ? this.statements.parse(msg, s) : undefined;
-      case Fe.Bind:
-        return this.preparing ? this.known(this.statements.use(msg, s), msg) : undefined;
+      case Fe.Parse: {
+        const e = statementEffects(msg, readCStringEnd(msg, 5), msgTextEnd(msg));
+        this.note(e, true);
+        if (!this.preparing) return undefined;
+        const pre = e !== null && namesStatements(e) ? this.sqlNames(e, s, false) : [];
+        const out = this.statements.parse(msg, s);
+        if (pre.length === 0) return out;
+        if (out === undefined) return { send: [...pre, { bytes: msg, handler: undefined }] };
+        out.send.unshift(...pre);
+        return out;
+      }
+      case Fe.Bind: {
+        if (!this.preparing) return undefined;
+        const out = this.known(this.statements.use(msg, s), msg);
+        // The first thing its exchange runs, nothing else in flight: it may be run again (0A000).
+        const t = this.host.tracker;
+        if (out !== undefined && out.send.length > 0 && t.exchangeClean && t.size === this.internal) this.watchBind(out, s);
+        return out;
+      }
       case Fe.Describe:
         return msg[5] === 0x53 && this.preparing ? this.known(this.statements.use(msg, s), msg) : undefined;
       case Fe.Close:
@@ -236,14 +338,136 @@ export class PooledSession implements PoolClient {
     return undefined;
   }
 
+  /** SQL naming statements: the server connection's statements of those names made the client's first (prepared.ts). */
+  private sqlNames(e: StatementEffects, s: PooledServer, beforeQuery: boolean): Outgoing {
+    const out = this.statements.sql(e, s, beforeQuery);
+    if (e.prepares.length > 0 || e.deallocates.length > 0) this.statementsDirty = true;
+    return out;
+  }
+
+  // ---- 0A000: a statement prepared again, its exchange run again ------------------------------------------
+
+  /** Is an exchange watched (client.ts hands over what goes upstream meanwhile)? */
+  get watching(): boolean {
+    return this.watch.state !== 0;
+  }
+
+  private watchBind(out: PreparedOutcome, s: PooledServer): void {
+    const w = this.watch;
+    const st = this.statements.lastUsed!;
+    w.state = 1;
+    w.code = Fe.Bind;
+    w.sent = out.send[out.send.length - 1].bytes;
+    w.st = st;
+    w.version = st.name;
+    w.name = '';
+    w.server = s;
+    w.restLen = 0;
+    w.error = null;
+  }
+
+  /** A Query that is one EXECUTE of a statement the client has: watched, sent as its own copy (returned). */
+  private watchExecute(name: string, msg: Buffer, s: PooledServer): Buffer {
+    const t = this.host.tracker;
+    const st = this.statements.get(name);
+    const version = literals(s).get(name)?.version;
+    if (st === undefined || !version || this.statements.uncertain.has(name) || !t.exchangeClean || t.size !== this.internal) return msg;
+    const w = this.watch;
+    w.state = 1;
+    w.code = Fe.Query;
+    w.sent = Buffer.from(msg);
+    w.st = st;
+    w.version = version;
+    w.name = name;
+    w.server = s;
+    w.restLen = 0;
+    w.error = null;
+    return w.sent;
+  }
+
+  /** The interceptor sent a client message in its own form: no exchange is run again past it. */
+  unwatch(): void {
+    this.watch.state = 0;
+  }
+
+  /** Bytes went upstream on the client's account while an exchange is watched. */
+  sentUpstream(bytes: Buffer): void {
+    const w = this.watch;
+    if (w.state === 1) {
+      if (bytes === w.sent) w.state = 2;
+      return;
+    }
+    if (w.restLen + bytes.length > REST_BYTES) {
+      w.state = 0; // more than one exchange's worth: it cannot be run again anyway
+      return;
+    }
+    w.rest ??= Buffer.allocUnsafe(REST_BYTES);
+    bytes.copy(w.rest, w.restLen);
+    w.restLen += bytes.length;
+  }
+
+  /**
+   * An ErrorResponse from the server connection while an exchange is watched: true when it is the watched
+   * message's 0A000 (the connection drops it; releaseHeld decides at the ReadyForQuery).
+   */
+  holdError(msg: Buffer): boolean {
+    const w = this.watch;
+    if (w.state !== 2 || w.server !== this.server || this.host.tracker.request !== w.code) return false;
+    // Its Sync must have gone already: a client waiting for this answer (after a Flush) before it sends one
+    // would wait for ever for a ReadyForQuery.
+    if (!repeatable(w.rest ?? EMPTY, w.restLen, w.code) || !resultTypeChanged(readErrorFields(msg))) return false;
+    w.error = Buffer.from(msg);
+    return true;
+  }
+
+  /**
+   * The ReadyForQuery after a held 0A000. Outside a transaction block, with nothing sent after the exchange
+   * and nothing else in flight, the statement is prepared again (under a new name: every connection's copy is
+   * stale) and the exchange sent again; its answers reach the client as if the first had not happened, and
+   * null is returned (this ReadyForQuery is not the client's). Otherwise the error, then the ReadyForQuery.
+   */
+  releaseHeld(rfq: Buffer): Buffer[] | null {
+    const w = this.watch;
+    const error = w.error!;
+    const state = w.state;
+    w.error = null;
+    w.state = 0;
+    const s = this.server;
+    if (
+      state !== 2 ||
+      s === null ||
+      s !== w.server ||
+      readTxStatus(rfq) !== 'I' ||
+      this.host.tracker.size !== 0 ||
+      !this.host.atRest() ||
+      !repeatable(w.rest ?? EMPTY, w.restLen, w.code)
+    ) {
+      return [error, rfq];
+    }
+    const st = w.st!;
+    let out: Outgoing;
+    if (w.code === Fe.Bind) {
+      out = this.statements.replan(st, w.version, s);
+      out.push({ bytes: withStatementName(w.sent!, st.nameBytes), handler: undefined });
+      out.push({ bytes: Buffer.from(w.rest!.subarray(0, w.restLen)), handler: undefined });
+    } else {
+      out = this.statements.replanLiteral(w.name, st, w.version, s);
+      out.push({ bytes: w.sent!, handler: undefined });
+    }
+    this.host.log.debug(
+      { statement: w.name || w.version, now: st.name },
+      'cached plan changed result type: statement prepared again, exchange run again',
+    );
+    this.host.sendUpstream(out);
+    return null;
+  }
+
   /**
    * A Bind or Describe of a name the client never prepared: pgBouncer ends the client ("prepared statement
-   * did not exist"), since its pipeline cannot be answered in order otherwise. A client holding SQL PREPAREd
-   * statements (pinned) may mean one of those: the server answers.
+   * did not exist"), since its pipeline cannot be answered in order otherwise.
    */
   private known(out: PreparedOutcome | undefined | typeof UNKNOWN_STATEMENT, msg: Buffer): PreparedOutcome | undefined {
     if (out !== UNKNOWN_STATEMENT) return out;
-    if (this.pins.has('prepare')) return undefined;
     const name = msg[0] === Fe.Bind ? readCString(msg, readCString(msg, 5)[1])[0] : readCString(msg, 6)[0];
     this.pgbLog('ERROR', `prepared statement '${name}' not found`);
     this.host.poolFailed(new PoolError({ severity: 'FATAL', code: '08P01', message: 'prepared statement did not exist' }));
@@ -258,6 +482,7 @@ export class PooledSession implements PoolClient {
     this.statements.clear();
     // The server dropped every statement it had, other clients' included: they are prepared again on use.
     s.prepared.clear();
+    literals(s).clear();
   }
 
   /** `parsed`: from a Parse, whose effects happen later at its Execute, unseen: the statements are dropped now. */
@@ -267,11 +492,14 @@ export class PooledSession implements PoolClient {
     if (parsed && (e.discard === 'all' || e.deallocates.includes('*'))) {
       this.statements.clear();
       this.server?.prepared.clear();
+      if (this.server) literals(this.server).clear();
     }
-    if (e.pins.length > 0 || e.unpins.length > 0 || e.prepares.length > 0 || e.deallocates.length > 0 || e.discard !== null) {
+    // SQL PREPARE pins only where the proxy does not keep statements (session mode, max_prepared_statements 0).
+    const pinPrepare = !this.preparing && (e.prepares.length > 0 || e.deallocates.length > 0);
+    if (e.pins.length > 0 || e.unpins.length > 0 || pinPrepare || e.discard !== null) {
       this.pinsDirty = true;
       for (const p of e.pins) this.pins.add(p);
-      if (e.prepares.length > 0) this.pins.add('prepare');
+      if (pinPrepare && e.prepares.length > 0) this.pins.add('prepare');
     }
   }
 
@@ -286,6 +514,7 @@ export class PooledSession implements PoolClient {
     // A request ends at the ReadyForQuery after which nothing is outstanding (pgBouncer's query and
     // transaction times; a pipeline counts as one). The proxy's own exchanges are no request of the client's.
     const quiet = this.host.tracker.size === 0 && this.internal === 0;
+    if (quiet) this.watch.state = 0; // the watched exchange, if any, is over
     if (quiet && this.queryStart !== 0) {
       const now = performance.now();
       this.pool.stats.queryTimeUs += Math.round((now - this.queryStart) * 1000);
@@ -299,6 +528,7 @@ export class PooledSession implements PoolClient {
     if (!quiet || !this.host.atRest()) return;
     if (this.settingsDirty) return this.readSettings(s);
     if (this.pinsDirty) return this.checkPins(s);
+    if (this.statementsDirty) return this.readStatements(s);
     if (this.pool.mode === 'session' || this.pins.size > 0) return;
     this.release(true);
   }
@@ -309,6 +539,7 @@ export class PooledSession implements PoolClient {
     if (s === null) return;
     this.server = null;
     this.linkedAt = 0;
+    this.watch.state = 0;
     this.host.released();
     this.pool.release(s, clean && this.internal === 0);
   }
@@ -319,7 +550,7 @@ export class PooledSession implements PoolClient {
     if (this.waiting && this.replication !== null) this.pool.forgetReplication(this);
     else if (this.waiting) this.pool.forget(this);
     if (this.server && this.pins.size > 0) this.server.dirty = true; // temp objects, locks: nobody else may get them
-    this.statements.clear();
+    this.statements.end();
     this.release(clean && this.pins.size === 0 && this.pool.mode !== 'session' ? true : clean);
   }
 
@@ -409,15 +640,46 @@ export class PooledSession implements PoolClient {
     this.internalQuery(s, PIN_CHECK, (rows, ok) => {
       const row = rows[0];
       const keepLoad = this.pins.has('load');
+      // With the proxy keeping statements, 'prepare' is the read-back's to give and take (readStatements).
+      const keepPrepare = this.preparing && this.pins.has('prepare');
       this.pins.clear();
       if (keepLoad) this.pins.add('load');
+      if (keepPrepare) this.pins.add('prepare');
       if (!ok || !row) {
         this.pins.add('advisory'); // could not tell: keep the connection
         return;
       }
       PIN_COLUMNS.forEach((reason, i) => {
+        if (reason === 'prepare' && this.preparing) return; // other clients' statements stay on the connection
         if (Number(row[i]?.toString() ?? '0') > 0) this.pins.add(reason);
       });
+      this.afterInternal();
+    });
+  }
+
+  /**
+   * The names SQL may have prepared or dropped, read back: each becomes a definition the client can take to
+   * any server connection, or is gone. One that cannot be told keeps the client on this connection ('prepare').
+   */
+  private readStatements(s: PooledServer): void {
+    this.statementsDirty = false;
+    const names = [...this.statements.uncertain];
+    if (names.length === 0) {
+      this.pins.delete('prepare');
+      return this.afterInternal();
+    }
+    const sql =
+      'SELECT name, from_sql, parameter_types::pg_catalog.oid[]::pg_catalog.text, statement FROM pg_catalog.pg_prepared_statements' +
+      ` WHERE name OPERATOR(pg_catalog.=) ANY (ARRAY[${names.map(literal).join(', ')}]::pg_catalog.text[])`;
+    this.internalQuery(s, sql, (rows, ok) => {
+      if (ok) this.statements.settle(rows, s);
+      if (this.statements.uncertain.size > 0) {
+        this.host.log.warn(
+          { statements: [...this.statements.uncertain] },
+          'could not read back SQL prepared statements; the client keeps its server connection',
+        );
+        this.pins.add('prepare');
+      } else this.pins.delete('prepare');
       this.afterInternal();
     });
   }

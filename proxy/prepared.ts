@@ -1,4 +1,4 @@
-// Protocol-level prepared statements under transaction and statement pooling (max_prepared_statements).
+// Prepared statements under transaction and statement pooling (max_prepared_statements).
 // A client's named statement lives in the proxy, not on a server connection: its Parse is kept under a
 // server-side name shared by every client that prepared the same statement (identity: the full query
 // text and parameter types, byte for byte, never a hash), and prepared on whichever server connection
@@ -9,16 +9,29 @@
 // (the session decides, pooled-session.ts), a name whose Parse the server refused or skipped stays the
 // client's (prepared again at its Bind), and max_prepared_statements is read at each use. Unlike pgBouncer,
 // a Parse of a name in use gets PostgreSQL's error and the client goes on.
+//
+// SQL-level PREPARE / EXECUTE / DEALLOCATE share the client's names with the protocol. SQL text names a
+// statement as the client does, so where SQL runs, the server connection holds the client's statement
+// under the client's own name (a "literal" name, tracked per connection): before a Query or Parse whose
+// text EXECUTEs, DEALLOCATEs or PREPAREs a name, the connection's statement of that name is made the
+// client's (prepared from the client's definition, or closed when it is another client's), so the SQL
+// runs unchanged. A name the SQL may have created or dropped is "uncertain": until the end of the
+// transaction the server connection decides (a Bind, Describe, Parse or Close of it goes there under that
+// name), then pg_prepared_statements is read back and the name becomes a definition like a Parse's (its
+// text and resolved parameter type OIDs), which any server connection can be given, by Bind or EXECUTE.
+// A plan the server refuses because the result type changed (0A000, after ALTER TABLE and the like) gets a
+// new server-side name (replan); the session decides when the exchange can run again (pooled-session.ts).
 import type { Outgoing, ResponseHandler } from './interceptor.js';
-import { Be, CLOSE_COMPLETE, Fe, PARSE_COMPLETE, SqlState, close, errorResponse, parse, readCString, withStatementName } from './protocol.js';
+import { Be, CLOSE_COMPLETE, Fe, PARSE_COMPLETE, SYNC, SqlState, close, errorResponse, parse, readCString, withStatementName } from './protocol.js';
 import type { PooledServer } from './pool.js';
+import { statementEffects, type StatementEffects } from './statement-effects.js';
 
-interface SharedStatement {
-  /** Server-side name. */
-  readonly name: string;
-  readonly nameBytes: Buffer;
+export interface SharedStatement {
+  /** Server-side name (a new one once a server refused a copy's plan: rename). */
+  name: string;
+  nameBytes: Buffer;
   /** The Parse under the server-side name. */
-  readonly parse: Buffer;
+  parse: Buffer;
   readonly key: string;
   refs: number;
 }
@@ -45,6 +58,39 @@ export class StatementCache {
     }
     st.refs++;
     return st;
+  }
+
+  /**
+   * A server refused to run a copy of the statement (its result type changed: 0A000): a new server-side name,
+   * so that no connection's copy under the old one is used again (each would fail the same way); the old
+   * copies are left to their connections' eviction.
+   */
+  rename(st: SharedStatement): void {
+    st.name = `PGST_${this.next++}`;
+    st.nameBytes = Buffer.from(st.name);
+    st.parse = withStatementName(st.parse, st.nameBytes);
+  }
+
+  /**
+   * Online restart (takeover.ts): a statement of the replaced process, under its server-side name (its Parse's);
+   * names given from now on come after it, so none names another statement on a server connection taken over.
+   */
+  restore(parse: Buffer): SharedStatement {
+    const [name, nameEnd] = readCString(parse, 5);
+    this.reserve(name);
+    const key = parse.toString('latin1', nameEnd);
+    let st = this.byKey.get(key);
+    if (!st) {
+      st = { name, nameBytes: Buffer.from(name), parse, key, refs: 0 };
+      this.byKey.set(key, st);
+    }
+    return st;
+  }
+
+  /** Online restart: a server-side name a server connection taken over may hold is never given again. */
+  reserve(name: string): void {
+    const n = /^PGST_(\d+)$/.exec(name);
+    if (n && Number(n[1]) >= this.next) this.next = Number(n[1]) + 1;
   }
 
   drop(st: SharedStatement): void {
@@ -89,6 +135,84 @@ const quiet = (onError: () => void): ResponseHandler => ({
   },
 });
 
+/**
+ * Swallows everything of what the proxy sent ahead of a client's Query, error and ReadyForQuery included: the
+ * Query's own answer says what the client needs to know (a statement that could not be prepared again does
+ * not exist for its EXECUTE).
+ */
+const swallow = (onError: () => void): ResponseHandler => ({
+  onMessage(msg) {
+    if (msg[0] === Be.ErrorResponse) onError();
+    return null;
+  },
+  onEnd(_req, how) {
+    if (how !== 'done') onError();
+  },
+});
+const SWALLOW = swallow(() => {});
+
+/** A statement a server connection holds under a client's own name (SQL names statements so). */
+interface Literal {
+  /** The server-side name its definition had when it was prepared there ('' when the owner's SQL made it and it was not read back yet). */
+  version: string;
+  owner: ClientStatements;
+}
+
+/**
+ * Each server connection's literal names, in use order (the least recently used go first when there are too
+ * many), and how many times clients had forgotten statements when it was last swept: a copy whose owner no
+ * longer has it under that name (deallocated, read back as gone, renamed after 0A000, the client gone) is
+ * closed when the connection is next lent, so that no client's statement outlives it on a shared connection.
+ */
+interface ServerLiterals {
+  names: Map<string, Literal>;
+  swept: number;
+}
+const serverLiterals = new WeakMap<PooledServer, ServerLiterals>();
+/** Bumped each time a client forgets a statement or goes (sweep). */
+let forgotten = 0;
+
+function literalsOf(server: PooledServer): ServerLiterals {
+  let l = serverLiterals.get(server);
+  if (l === undefined) serverLiterals.set(server, (l = { names: new Map(), swept: forgotten }));
+  return l;
+}
+
+/** The server connection's literal names (name → the owner and version of its copy). */
+export function literals(server: PooledServer): Map<string, Literal> {
+  return literalsOf(server).names;
+}
+
+/** Is the copy still its owner's statement of that name? */
+function live(name: string, l: Literal): boolean {
+  if (!l.owner.alive) return false;
+  if (l.version === '') return l.owner.uncertain.has(name);
+  return l.owner.get(name)?.name === l.version;
+}
+
+/**
+ * When the connection is lent: Close for each copy that is no longer its owner's (nothing when no client
+ * forgot anything since the last sweep). The caller ends them with a Sync.
+ */
+export function sweepLiterals(server: PooledServer): Outgoing {
+  if (forgotten === 0) return [];
+  const l = literalsOf(server);
+  if (l.swept === forgotten) return [];
+  l.swept = forgotten;
+  const out: Outgoing = [];
+  for (const [name, lit] of l.names) {
+    if (live(name, lit)) continue;
+    l.names.delete(name);
+    out.push({ bytes: close('S', name), handler: SWALLOW });
+  }
+  return out;
+}
+
+/** Does the SQL name prepared statements (PREPARE, EXECUTE, DEALLOCATE of a name)? */
+export function namesStatements(e: StatementEffects): boolean {
+  return e.prepares.length > 0 || e.executes.length > 0 || e.deallocates.length > 0;
+}
+
 /** One client's named statement: the shared statement, and whether its own Parse failed or was skipped. */
 interface ClientStatement {
   readonly st: SharedStatement;
@@ -106,6 +230,15 @@ export const UNKNOWN_STATEMENT = Symbol('unknown statement');
 /** One client's named statements. */
 export class ClientStatements {
   private readonly byName = new Map<string, ClientStatement>();
+  /**
+   * Names the client's SQL may have prepared or dropped on the server connection it holds: that connection
+   * decides about them (they go there under their own name) until they are read back (settle).
+   */
+  readonly uncertain = new Set<string>();
+  /** The statement of the last Bind or Describe that use() sent under a shared name. */
+  lastUsed: SharedStatement | null = null;
+  /** False once the client is gone (its copies under its own names are closed: sweepLiterals). */
+  alive = true;
 
   constructor(
     private readonly cache: StatementCache,
@@ -134,10 +267,33 @@ export class ClientStatements {
     for (const [name, c] of this.byName) yield [name, c.st];
   }
 
+  /** The client's statement of that name, if it has one the server did not refuse. */
+  get(name: string): SharedStatement | undefined {
+    const c = this.byName.get(name);
+    return c !== undefined && !c.failed ? c.st : undefined;
+  }
+
+  /** Online restart (takeover.ts): the client's statements, and whether each one's Parse failed. */
+  *handover(): IterableIterator<[string, SharedStatement, boolean]> {
+    for (const [name, c] of this.byName) yield [name, c.st, c.failed];
+  }
+
+  /** Online restart: a statement the client had in the replaced process (the cache's, restored). */
+  adopt(name: string, st: SharedStatement, failed: boolean): void {
+    if (this.byName.has(name)) return;
+    st.refs++;
+    this.byName.set(name, { st, failed });
+  }
+
   /** Parse. Unnamed statements pass as they are (they live within one exchange). */
   parse(msg: Buffer, server: PooledServer): PreparedOutcome | undefined {
     const [name, nameEnd] = readCString(msg, 5);
     if (name === '') return undefined;
+    if (this.uncertain.size > 0 && this.uncertain.has(name)) {
+      // The server knows whether the client's SQL left a statement of that name: it answers.
+      literals(server).set(name, { version: '', owner: this });
+      return undefined;
+    }
     const had = this.byName.get(name);
     if (had && !had.failed) {
       // pgBouncer closes the client here; the error PostgreSQL itself gives lets it go on.
@@ -163,21 +319,22 @@ export class ClientStatements {
       return { send: [], local: PARSE_COMPLETE, localSkipped: { onMessage: (m) => m, onEnd: (_r, how) => how === 'skipped' && failed() } };
     }
     const send = this.makeRoom(server);
-    server.prepared.set(st.name, true);
+    const sentName = st.name; // the statement may be renamed before the answer comes
+    server.prepared.set(sentName, true);
     this.counts.serverParseCount++;
     send.push({
       bytes: st.parse,
       handler: {
         onMessage(m) {
           if (m[0] === Be.ErrorResponse) {
-            server.prepared.delete(st.name);
+            server.prepared.delete(sentName);
             failed();
           }
           return m;
         },
         onEnd(_r, how) {
           if (how !== 'done') {
-            server.prepared.delete(st.name);
+            server.prepared.delete(sentName);
             failed();
           }
         },
@@ -194,10 +351,12 @@ export class ClientStatements {
     const name = msg[0] === Fe.Bind ? readCString(msg, readCString(msg, 5)[1])[0] : readCString(msg, 6)[0];
     if (name === '') return undefined;
     if (msg[0] === Fe.Bind) this.counts.bindCount++;
+    if (this.uncertain.size > 0 && this.uncertain.has(name)) return undefined;
     const c = this.byName.get(name);
     if (!c) return UNKNOWN_STATEMENT;
     const send = this.ensure(c.st, server);
     send.push({ bytes: withStatementName(msg, c.st.nameBytes), handler: undefined });
+    this.lastUsed = c.st;
     return { send };
   }
 
@@ -205,19 +364,173 @@ export class ClientStatements {
   close(msg: Buffer): PreparedOutcome | undefined {
     const name = readCString(msg, 6)[0];
     if (name === '') return undefined;
+    if (this.uncertain.size > 0 && this.uncertain.has(name)) return undefined; // the server closes it; read back later
     const c = this.byName.get(name);
     if (c) {
       this.byName.delete(name);
       this.cache.drop(c.st);
+      forgotten++;
     }
     // The server answers CloseComplete for a name that does not exist too.
     return { send: [], local: CLOSE_COMPLETE };
   }
 
-  /** DEALLOCATE ALL / DISCARD ALL from the client, or its session ending. */
+  /** DEALLOCATE ALL / DISCARD ALL from the client (uncertain names are read back). */
   clear(): void {
     for (const c of this.byName.values()) this.cache.drop(c.st);
+    if (this.byName.size > 0) forgotten++;
     this.byName.clear();
+  }
+
+  /** The client is gone. */
+  end(): void {
+    this.clear();
+    this.alive = false;
+    forgotten++;
+  }
+
+  /**
+   * A Query's or Parse's SQL names statements (PREPARE, EXECUTE, DEALLOCATE): what must go upstream before it
+   * so that the server connection's statement of each name is the client's, and the names it may create or
+   * drop become uncertain. Before a Query the messages end with a Sync and their answers are swallowed (the
+   * Query must run whatever becomes of them); before a Parse (within the client's pipeline, no Sync) an
+   * error reaches the client, whose messages the server then skips as it would after the client's own.
+   */
+  sql(e: StatementEffects, server: PooledServer, beforeQuery: boolean): Outgoing {
+    const out: Outgoing = [];
+    const names = new Set<string>();
+    for (const p of e.prepares) names.add(p.name);
+    for (const n of e.executes) names.add(n);
+    for (const n of e.deallocates) if (n !== '*') names.add(n);
+    for (const n of names) this.mirror(n, server, out, names, beforeQuery);
+    const lits = literals(server);
+    for (const p of e.prepares) {
+      this.uncertain.add(p.name);
+      lits.delete(p.name);
+      lits.set(p.name, { version: '', owner: this });
+    }
+    for (const n of e.deallocates) {
+      if (n === '*') continue;
+      this.uncertain.add(n);
+      lits.delete(n);
+      lits.set(n, { version: '', owner: this });
+    }
+    if (out.length > 0 && beforeQuery) out.push({ bytes: SYNC, handler: SWALLOW });
+    return out;
+  }
+
+  /** The server connection's statement `name` made the client's: prepared under that name, or closed. */
+  private mirror(name: string, server: PooledServer, out: Outgoing, keep: Set<string>, beforeQuery: boolean): void {
+    if (this.uncertain.has(name)) return; // the server holds the client's truth about it already
+    const lits = literals(server);
+    const have = lits.get(name);
+    const st = this.get(name);
+    if (st !== undefined && have !== undefined && have.version === st.name) {
+      // Another client's copy of the same definition serves as well.
+      lits.delete(name);
+      lits.set(name, { version: st.name, owner: this });
+      return;
+    }
+    if (have !== undefined || server.prepared.has(name)) {
+      out.push({ bytes: close('S', name), handler: beforeQuery ? SWALLOW : quiet(() => {}) });
+      lits.delete(name);
+      server.prepared.delete(name);
+    }
+    if (st === undefined) return;
+    this.evictLiterals(server, keep, out, beforeQuery);
+    const lit: Literal = { version: st.name, owner: this };
+    lits.set(name, lit);
+    const gone = () => {
+      if (lits.get(name) === lit) lits.delete(name);
+    };
+    out.push({ bytes: withStatementName(st.parse, Buffer.from(name)), handler: beforeQuery ? swallow(gone) : quiet(gone) });
+  }
+
+  /** Beyond max_prepared_statements, the least recently used literal names go (not those in use now). */
+  private evictLiterals(server: PooledServer, keep: Set<string>, out: Outgoing, beforeQuery: boolean): void {
+    const lits = literals(server);
+    if (lits.size < this.perServer) return;
+    for (const [name, lit] of lits) {
+      if (lits.size < this.perServer) return;
+      if (keep.has(name) || lit.version === '') continue;
+      lits.delete(name);
+      out.push({ bytes: close('S', name), handler: beforeQuery ? SWALLOW : quiet(() => {}) });
+    }
+  }
+
+  /**
+   * The uncertain names read back from pg_prepared_statements on `server` (rows: name, from_sql, parameter
+   * type OIDs as text, statement): each becomes the client's definition, or is gone. A name whose
+   * definition cannot be told stays uncertain (the session keeps the connection then).
+   */
+  settle(rows: (Buffer | null)[][], server: PooledServer): void {
+    const lits = literals(server);
+    const found = new Map<string, (Buffer | null)[]>();
+    for (const r of rows) if (r[0]) found.set(r[0].toString(), r);
+    for (const name of [...this.uncertain]) {
+      const row = found.get(name);
+      const had = this.byName.get(name);
+      if (row === undefined) {
+        if (had) {
+          this.byName.delete(name);
+          this.cache.drop(had.st);
+          forgotten++;
+        }
+        lits.delete(name);
+        this.uncertain.delete(name);
+        continue;
+      }
+      const def = definition(name, row);
+      if (def === null) continue;
+      const st = this.cache.take(def, 6);
+      this.byName.set(name, { st, failed: false });
+      if (had) {
+        this.cache.drop(had.st);
+        if (had.st !== st) forgotten++;
+      }
+      lits.delete(name);
+      lits.set(name, { version: st.name, owner: this });
+      this.uncertain.delete(name);
+    }
+  }
+
+  /**
+   * A server refused the plan of its copy of `st` under the server-side name `failed` (0A000): the statement
+   * gets a new name (unless another retry gave it one already), the stale copy is closed, and the
+   * statement prepared again on this connection.
+   */
+  replan(st: SharedStatement, failed: string, server: PooledServer): Outgoing {
+    if (st.name === failed) {
+      this.cache.rename(st);
+      forgotten++; // copies under client names made from the old one are stale too
+    }
+    const out: Outgoing = [];
+    if (server.prepared.delete(failed)) out.push({ bytes: close('S', failed), handler: quiet(() => {}) });
+    out.push(...this.ensure(st, server));
+    return out;
+  }
+
+  /**
+   * The same for the copy a SQL EXECUTE used, under the client's own name `name` (version: the server-side
+   * name of the definition it was prepared from): closed and prepared again under that name, before a Query.
+   */
+  replanLiteral(name: string, st: SharedStatement, version: string, server: PooledServer): Outgoing {
+    if (st.name === version) {
+      this.cache.rename(st);
+      forgotten++;
+    }
+    const lits = literals(server);
+    const lit: Literal = { version: st.name, owner: this };
+    lits.delete(name);
+    lits.set(name, lit);
+    const gone = () => {
+      if (lits.get(name) === lit) lits.delete(name);
+    };
+    return [
+      { bytes: close('S', name), handler: SWALLOW },
+      { bytes: withStatementName(st.parse, Buffer.from(name)), handler: swallow(gone) },
+      { bytes: SYNC, handler: SWALLOW },
+    ];
   }
 
   private ensure(st: SharedStatement, server: PooledServer): Outgoing {
@@ -226,9 +539,12 @@ export class ClientStatements {
       return [];
     }
     const send = this.makeRoom(server);
-    server.prepared.set(st.name, true);
+    const sentName = st.name;
+    // A client's own statement under this very name (SQL can spell it): the shared one takes the name.
+    if (literals(server).delete(sentName)) send.push({ bytes: close('S', sentName), handler: quiet(() => {}) });
+    server.prepared.set(sentName, true);
     this.counts.serverParseCount++;
-    send.push({ bytes: st.parse, handler: quiet(() => server.prepared.delete(st.name)) });
+    send.push({ bytes: st.parse, handler: quiet(() => server.prepared.delete(sentName)) });
     return send;
   }
 
@@ -248,4 +564,21 @@ export class ClientStatements {
 function touch(server: PooledServer, name: string): void {
   server.prepared.delete(name);
   server.prepared.set(name, true);
+}
+
+/**
+ * A read-back row's statement as a Parse (unnamed; the cache names it): the text a Parse gave, or the
+ * PREPARE's inner statement found in the SQL that made it (the last PREPARE of that name in the text),
+ * with the parameter types the server resolved. null when the text cannot be told.
+ */
+function definition(name: string, row: (Buffer | null)[]): Buffer | null {
+  const [, fromSql, types, statement] = row;
+  if (!fromSql || !types || !statement) return null;
+  const oids = types.toString().replace(/^\{|\}$/g, '');
+  const paramTypes = oids === '' ? [] : oids.split(',').map(Number);
+  if (paramTypes.some((t) => !Number.isInteger(t) || t < 0)) return null;
+  if (fromSql.toString() !== 't') return parse('', statement, paramTypes);
+  const e = statementEffects(statement);
+  const p = e?.prepares.filter((x) => x.name === name).at(-1);
+  return p === undefined ? null : parse('', p.text, paramTypes);
 }

@@ -41,6 +41,12 @@ export interface StatementEffects {
   prepares: { name: string; text: string; paramTypes: string[] }[];
   /** EXECUTE name, also under EXPLAIN and CREATE TABLE AS. */
   executes: string[];
+  /**
+   * Present when the text is one statement and that statement's only effect is its one EXECUTE (bare, under
+   * EXPLAIN or CREATE TABLE AS): the pooler may run it again after the server refused the prepared
+   * statement's plan, the client having heard nothing of it yet.
+   */
+  executeAlone?: true;
   /** DEALLOCATE [PREPARE] name; '*' for ALL. */
   deallocates: string[];
   /**
@@ -232,8 +238,11 @@ export function statementEffects(sql: Buffer, start = 0, end = sql.length, opts:
   }
   try {
     const acc = none();
-    for (const raw of tree.stmts ?? []) statement(bytes, raw, acc);
-    return isNone(acc) ? null : acc;
+    const stmts: J[] = tree.stmts ?? [];
+    for (const raw of stmts) statement(bytes, raw, acc);
+    if (isNone(acc)) return null;
+    if (stmts.length === 1 && acc.executes.length === 1 && isNone({ ...acc, executes: [] })) acc.executeAlone = true;
+    return acc;
   } catch (e) {
     if (e instanceof Inconsistent) return unexamined(); // parser and scanner disagree: do not guess
     throw e;

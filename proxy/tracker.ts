@@ -40,6 +40,8 @@ export class RequestTracker {
   private currentRequest = 0;
   /** Bytes of LOCAL entries, by FIFO slot. */
   private locals: (Buffer | undefined)[] = new Array(256);
+  /** A Bind or Execute went upstream since the last Sync, Query or FunctionCall (its exchange has run something). */
+  private exchangeRan = false;
 
   /** Requests still awaiting (part of) their answer. */
   get size(): number {
@@ -51,20 +53,37 @@ export class RequestTracker {
     return this.currentRequest;
   }
 
+  /**
+   * Nothing of the client's current exchange ran yet: no Bind or Execute since the last Sync, Query or
+   * FunctionCall (the pooler may run an exchange again from a Bind sent now, if the server refuses it).
+   */
+  get exchangeClean(): boolean {
+    return !this.exchangeRan;
+  }
+
   /** A frontend message went upstream. */
   sent(code: number, handler?: ResponseHandler): void {
     switch (code) {
-      case Fe.Parse:
       case Fe.Bind:
-      case Fe.Describe:
       case Fe.Execute:
-      case Fe.Close:
+        this.exchangeRan = true;
+        this.syncsIgnored = false;
+        this.push(code, handler);
+        return;
       case Fe.Query:
       case Fe.FunctionCall:
+        this.exchangeRan = false;
+        this.syncsIgnored = false;
+        this.push(code, handler);
+        return;
+      case Fe.Parse:
+      case Fe.Describe:
+      case Fe.Close:
         this.syncsIgnored = false; // anything else ends a copy-in (the server reports an error)
         this.push(code, handler);
         return;
       case Fe.Sync:
+        this.exchangeRan = false;
         if (this.syncsIgnored) return handler?.onEnd?.(code, 'skipped');
         this.push(code, handler);
         return;

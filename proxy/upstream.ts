@@ -221,6 +221,13 @@ export interface SessionLink {
   serverParam(name: string, value: string): void;
   /** A NoticeResponse that names steadytext (the in-band callback's request): true when it must not reach the client. */
   serverNotice?(msg: Buffer): boolean;
+  /**
+   * Pooling: an ErrorResponse the session may hold back until the ReadyForQuery after it (the 0A000 retry,
+   * pooled-session.ts); true: held (not forwarded). Asked of errors only: the success path pays nothing.
+   */
+  holdError?(msg: Buffer): boolean;
+  /** The ReadyForQuery after a held error: what goes to the client instead (null: nothing, the exchange runs again). */
+  releaseHeld?(rfq: Buffer): Buffer[] | null;
   /** An ErrorResponse during startup (authentication failed, database missing, ...). */
   startupError(fields: Record<string, string>): void;
   countUpstreamBytes(n: number): void;
@@ -241,6 +248,8 @@ export class ServerConnection implements FrameHandler {
   private handlerRan = false;
   /** A FATAL/PANIC ErrorResponse went to the client: the server's closing needs no words of ours. */
   sawFatal = false;
+  /** The session held back an ErrorResponse (holdError): the next ReadyForQuery is its to answer. */
+  private held = false;
   private ready = false;
   private handler: ResponseHandler | undefined;
   /** Plaintext, read through a ReadBuffer: the native relay can take the socket. */
@@ -329,10 +338,17 @@ export class ServerConnection implements FrameHandler {
     if (!this.ready) return this.startup(msg, code);
     // Local answers due after this message follow it (taken before serverReady may hand the connection on).
     if (this.s.tracker.localDue) verdict = withLocal(verdict, msg, this.s.tracker.takeLocal());
-    if (code === Be.ReadyForQuery) this.s.serverReady(readTxStatus(msg), false);
-    else if (code === Be.ParameterStatus) this.s.serverParam(...readParameterStatus(msg));
-    else if (code === Be.ErrorResponse) this.noteError(msg);
-    else if (code === Be.NoticeResponse && verdict === KEEP && this.s.serverNotice?.(msg) === true) return DROP;
+    if (code === Be.ReadyForQuery) {
+      if (this.held) verdict = this.releaseHeld(verdict, msg);
+      this.s.serverReady(readTxStatus(msg), false);
+    } else if (code === Be.ParameterStatus) this.s.serverParam(...readParameterStatus(msg));
+    else if (code === Be.ErrorResponse) {
+      this.noteError(msg);
+      if (verdict === KEEP && this.s.holdError?.(msg) === true) {
+        this.held = true;
+        verdict = DROP;
+      }
+    } else if (code === Be.NoticeResponse && verdict === KEEP && this.s.serverNotice?.(msg) === true) return DROP;
     return verdict;
   }
 
@@ -358,6 +374,17 @@ export class ServerConnection implements FrameHandler {
     if (out === msg) return KEEP;
     if (out === null) return DROP;
     return out;
+  }
+
+  /** The held error's ReadyForQuery: the session says what the client gets for both. */
+  private releaseHeld(verdict: Verdict, msg: Buffer): Verdict {
+    this.held = false;
+    const out = this.s.releaseHeld?.(msg) ?? null;
+    if (out === null) return DROP;
+    if (verdict === KEEP) return out;
+    // A handler rewrote the ReadyForQuery: the error goes before whatever it made of it.
+    const rest = verdict === DROP ? [] : Buffer.isBuffer(verdict) ? [verdict] : Array.isArray(verdict) ? verdict : [];
+    return [out[0], ...rest];
   }
 
   private noteError(msg: Buffer): void {

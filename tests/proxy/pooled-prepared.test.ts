@@ -2,22 +2,28 @@
 // stats): a Bind of a name the client never prepared ends it, a refused Parse keeps its name, DEALLOCATE ALL
 // counts once the server did it, max_prepared_statements read at each use, idle_transaction_timeout from
 // the server's last ReadyForQuery, SHOW STATS' query/transaction/assignment counts, one id numbering for
-// clients and servers, server_lifetime = 0.
+// clients and servers, server_lifetime = 0. Beyond pgBouncer: SQL PREPARE / EXECUTE / DEALLOCATE follow the
+// client across server connections without pinning it, in one namespace with the protocol's named
+// statements, and a statement whose result type changed (0A000) is prepared again outside a transaction block.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import pg from 'pg';
 import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
+import { createConsole } from '../../proxy/console-host.js';
 import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
 import { bind as bindMessage, execute, parse, query, readDataRow, SYNC } from '../../proxy/protocol.js';
 import type { ProxyServer } from '../../proxy/server.js';
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
-import { RawClient, appName, frontend, silentLogger, startTestProxy, startupPacket, testDb } from './helpers.js';
+import { RawClient, adminQuery, appName, frontend, silentLogger, startTestProxy, startupPacket, testDb } from './helpers.js';
 
 interface Pooled {
   proxy: ProxyServer;
   pooling: PoolingEnv;
   session(): Promise<RawClient>;
+  /** A node-postgres client through the proxy as trust_user (database 'pgbouncer': the console). */
+  pg(app?: string, database?: string): Promise<pg.Client>;
   close(): Promise<void>;
 }
 
@@ -41,12 +47,23 @@ async function pooledProxy(pgbouncer: Record<string, string | number>): Promise<
     ].join('\n') + '\n',
   );
   const config = loadPgBouncerConfig(join(dir, 'pgbouncer.ini'));
+  // The admin console (SHOW CLIENTS), reading the sessions of the proxy started below.
+  const started: { proxy?: ProxyServer } = {};
+  const console = createConsole({
+    pooler: () => pooling.pooler,
+    sessions: () => started.proxy?.sessions() ?? [],
+    configFile: config.file,
+    reload: () => pooling.pooler.reload(loadPgBouncerConfig(config.file)),
+    shutdown: () => {},
+    logger: silentLogger,
+  });
   const pooling = createPooling({
     config,
     defaultTarget: parseUpstreamUrl(`postgres://${db.host}:${db.port}/?sslmode=disable`),
     logger: silentLogger,
+    console,
   });
-  const proxy = await startTestProxy({ pooling });
+  const proxy = (started.proxy = await startTestProxy({ pooling }));
   return {
     proxy,
     pooling,
@@ -55,6 +72,12 @@ async function pooledProxy(pgbouncer: Record<string, string | number>): Promise<
       c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: appName('pooled-prepared') }));
       await c.waitFor('Z');
       c.messages.length = 0;
+      return c;
+    },
+    async pg(app = appName('pooled-prepared'), database = 'postgres') {
+      const c = new pg.Client({ host: '127.0.0.1', port: proxy.address.port, user: 'trust_user', database, application_name: app });
+      c.on('error', () => {});
+      await c.connect();
       return c;
     },
     async close() {
@@ -203,5 +226,250 @@ describe('timeouts and ids', () => {
       await c.waitClosed();
     }
     expect(pids[0]).not.toBe(pids[1]);
+  });
+});
+
+const pid = async (c: pg.Client) => (await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0].pid;
+
+/**
+ * Opens a transaction on another client over the server connection with backend `pid` (pool of two: at most
+ * two tries), so that the next transaction of anyone else lands on the other one. Returns the holder.
+ */
+async function hold(p: Pooled, on: number): Promise<pg.Client> {
+  const first = await p.pg();
+  await first.query('begin');
+  if ((await pid(first)) === on) return first;
+  const second = await p.pg();
+  await second.query('begin');
+  expect(await pid(second)).toBe(on);
+  await first.query('commit');
+  await first.end();
+  return second;
+}
+
+async function letGo(c: pg.Client): Promise<void> {
+  await c.query('commit');
+  await c.end();
+}
+
+/** Messages of a raw exchange by type. */
+const rows = (ms: { type: string; bytes: Buffer }[]) =>
+  ms.filter((m) => m.type === 'D').map((m) => readDataRow(m.bytes).map((v) => v?.toString() ?? null));
+
+describe('SQL PREPARE, EXECUTE and DEALLOCATE follow the client, in one namespace with the protocol, without a pin', () => {
+  let p: Pooled;
+  let admin: pg.Client;
+  const app = appName('sql-prepare');
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 2, max_prepared_statements: 10, admin_users: 'trust_user' });
+    admin = await p.pg(appName('sql-prepare-console'), 'pgbouncer');
+  });
+  afterAll(async () => {
+    await admin.end();
+    await p.close();
+  });
+
+  const pinned = async () =>
+    (await admin.query<{ application_name: string; pinned: string }>('SHOW CLIENTS')).rows.find((r) => r.application_name === app)?.pinned;
+
+  test('PREPARE with parameter types in one transaction, EXECUTE in a later one on another server connection', async () => {
+    const a = await p.pg(app);
+    await a.query('begin');
+    await a.query('prepare typed(numeric, text) as select pg_typeof($1)::text as t1, $2 || $1 as s, pg_backend_pid() as pid');
+    const first = await pid(a);
+    await a.query('commit');
+    // Once the statement was read back after the transaction, the client holds no server connection.
+    await expect.poll(pinned).toBe('');
+    const holder = await hold(p, first);
+    const r = (await a.query('execute typed(1, $$x$$)')).rows[0];
+    // The types as written: numeric, not the integer a literal 1 would infer.
+    expect(r).toMatchObject({ t1: 'numeric', s: 'x1' });
+    expect(r.pid).not.toBe(first);
+    await letGo(holder);
+    // Back on the first connection, and the second again: the same statement everywhere.
+    for (let i = 0; i < 4; i++) expect((await a.query(`execute typed(${i}.5, 'y')`)).rows[0]).toMatchObject({ t1: 'numeric', s: `y${i}.5` });
+    await expect.poll(pinned).toBe('');
+    expect(p.proxy.sessions().find((x) => x.context?.applicationName === app)?.pooled?.pins.size).toBe(0);
+    await a.end();
+  });
+
+  test('a statement the protocol prepared runs by SQL EXECUTE, and one SQL prepared by a Bind of its name', async () => {
+    const a = await p.pg(app);
+    // node-postgres: Parse with a name, then Bind.
+    const named = await a.query({ name: 'proto_stmt', text: 'select $1::int * 3 as v, pg_backend_pid() as pid', values: [2] });
+    expect(named.rows[0].v).toBe(6);
+    const holder = await hold(p, named.rows[0].pid);
+    const r = (await a.query('execute proto_stmt(5)')).rows[0];
+    expect(r.v).toBe(15);
+    expect(r.pid).not.toBe(named.rows[0].pid);
+    await letGo(holder);
+    await a.end();
+
+    // SQL PREPARE, then the protocol's Bind of that name (a raw client: drivers bind only names they parsed).
+    const c = await p.session();
+    let got = await exchange(c, [query('prepare sql_stmt(int) as select $1 + 100, pg_backend_pid()')]);
+    expect(errors(got)).toEqual([]);
+    got = await exchange(c, [query('select pg_backend_pid()')]);
+    const where = Number(rows(got)[0][0]);
+    const holder2 = await hold(p, where);
+    got = await exchange(c, [bind('', 'sql_stmt', [Buffer.from('7')]), execute(''), SYNC]);
+    expect(errors(got)).toEqual([]);
+    const [[v, backend]] = rows(got);
+    expect(v).toBe('107');
+    expect(Number(backend)).not.toBe(where);
+    // Describe of the statement too: its parameter type is the one PREPARE gave (int4).
+    got = await exchange(c, [frontend('D', 'Ssql_stmt\0'), SYNC]);
+    const t = got.find((m) => m.type === 't')!;
+    expect(t.bytes.readInt16BE(5)).toBe(1);
+    expect(t.bytes.readUInt32BE(7)).toBe(23);
+    await letGo(holder2);
+    c.destroy();
+  });
+
+  test('DEALLOCATE forgets a statement wherever it was prepared, of the protocol or SQL; DEALLOCATE ALL all of them', async () => {
+    const a = await p.pg(app);
+    await a.query({ name: 'gone_proto', text: 'select 1 as v' });
+    await a.query('prepare gone_sql as select 2 as v');
+    const first = await pid(a);
+    const holder = await hold(p, first);
+    await a.query('deallocate gone_proto');
+    await a.query('deallocate gone_sql');
+    await letGo(holder);
+    for (let i = 0; i < 3; i++) {
+      await expect(a.query('execute gone_sql')).rejects.toThrow('prepared statement "gone_sql" does not exist');
+      await expect(a.query('execute gone_proto')).rejects.toThrow('prepared statement "gone_proto" does not exist');
+    }
+    // Prepared again under the same names, with other text: the new ones run, on either connection.
+    await a.query('prepare gone_sql as select 3 as v');
+    await a.query('prepare gone_proto as select 4 as v');
+    for (let i = 0; i < 3; i++) expect((await a.query('execute gone_sql')).rows[0].v + (await a.query('execute gone_proto')).rows[0].v).toBe(7);
+    await a.query('deallocate all');
+    await expect(a.query('execute gone_sql')).rejects.toThrow('does not exist');
+    // A failed PREPARE (a name in use) leaves the statement as it was.
+    await a.query('prepare dup as select 5 as v');
+    await expect(a.query('prepare dup as select 6 as v')).rejects.toThrow('prepared statement "dup" already exists');
+    const h = await hold(p, await pid(a));
+    expect((await a.query('execute dup')).rows[0].v).toBe(5);
+    await letGo(h);
+    await a.end();
+  });
+
+  test('the same name in two clients means each its own statement; nothing of a client stays behind on the server connections', async () => {
+    const clients = await Promise.all(Array.from({ length: 6 }, () => p.pg(app)));
+    await Promise.all(
+      clients.map(async (c, i) => {
+        await c.query(`prepare mine(int) as select $1 + ${i * 1000} as v`);
+        for (let k = 0; k < 5; k++) {
+          expect((await c.query(`execute mine(${k})`)).rows[0].v).toBe(k + i * 1000);
+          expect((await c.query({ name: 'mine2', text: `select ${i} as who` })).rows[0].who).toBe(i);
+        }
+        await c.query('deallocate mine');
+      }),
+    );
+    await Promise.all(clients.map((c) => c.end()));
+    // Each server connection, when next lent: no statement of a client under the client's own name.
+    const probes = await Promise.all([p.pg(), p.pg()]);
+    await Promise.all(probes.map((c) => c.query('begin')));
+    for (const c of probes) {
+      const left = await c.query(`select name from pg_prepared_statements where name !~ '^PGST_'`);
+      expect(left.rows).toEqual([]);
+    }
+    await Promise.all(probes.map((c) => letGo(c)));
+  });
+
+  test('EXECUTE from a Parse (extended protocol, as psycopg and asyncpg send SQL) and PREPARE inside a transaction', async () => {
+    const a = await p.pg(app);
+    await a.query('prepare via_parse(int) as select $1 * 10 as v');
+    const holder = await hold(p, await pid(a));
+    // Parse/Bind/Execute: EXECUTE in an unnamed Parse's text.
+    expect((await a.query({ text: 'execute via_parse(4)', queryMode: 'extended' } as pg.QueryConfig)).rows[0].v).toBe(40);
+    await letGo(holder);
+    await a.query('begin');
+    await a.query('prepare in_tx as select 9 as v');
+    expect((await a.query('execute in_tx')).rows[0].v).toBe(9);
+    await a.query('rollback'); // PREPARE is not transactional: the statement stays, as in PostgreSQL
+    const h = await hold(p, await pid(a));
+    expect((await a.query('execute in_tx')).rows[0].v).toBe(9);
+    await letGo(h);
+    await a.end();
+  });
+});
+
+describe('a statement whose result type changed is prepared again (0A000) outside a transaction block', () => {
+  let p: Pooled;
+  const table = `pp_replan_${process.pid}`;
+  beforeAll(async () => {
+    // One server connection: the statement's stale copy is where the client runs it next.
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 1, max_prepared_statements: 10 });
+    await adminQuery(
+      `drop table if exists ${table}; create table ${table}(a int); insert into ${table} values (1); grant select on ${table} to trust_user`,
+    );
+  });
+  afterAll(async () => {
+    await p.close();
+    await adminQuery(`drop table if exists ${table}`);
+  });
+
+  const alter = (col: string) => adminQuery(`alter table ${table} add column ${col} int default 7`);
+
+  test('a named statement of the protocol: the next Bind outside a block gets the new columns, not the error', async () => {
+    const a = await p.pg();
+    const q = { name: 'replan_proto', text: `select * from ${table}` };
+    expect((await a.query(q)).rows).toEqual([{ a: 1 }]);
+    await alter('b');
+    expect((await a.query(q)).rows).toEqual([{ a: 1, b: 7 }]);
+    // Another client sharing the statement (same text) finds it fresh too.
+    const other = await p.pg();
+    expect((await other.query({ name: 'x', text: q.text })).rows).toEqual([{ a: 1, b: 7 }]);
+    await other.end();
+    // Inside a transaction block the client gets PostgreSQL's error; after the rollback it runs again.
+    await alter('c');
+    await a.query('begin');
+    await expect(a.query(q)).rejects.toMatchObject({ code: '0A000', message: 'cached plan must not change result type' });
+    await a.query('rollback');
+    expect((await a.query(q)).rows).toEqual([{ a: 1, b: 7, c: 7 }]);
+    await a.end();
+  });
+
+  test('SQL EXECUTE of a PREPAREd statement: run again with the new columns; inside a block the error', async () => {
+    const a = await p.pg();
+    await a.query(`prepare replan_sql as select * from ${table}`);
+    const before = (await a.query('execute replan_sql')).rows[0];
+    await alter('d');
+    expect((await a.query('execute replan_sql')).rows[0]).toEqual({ ...before, d: 7 });
+    await alter('e');
+    await a.query('begin');
+    await expect(a.query('execute replan_sql')).rejects.toMatchObject({ code: '0A000' });
+    await a.query('rollback');
+    expect((await a.query('execute replan_sql')).rows[0]).toEqual({ ...before, d: 7, e: 7 });
+    await alter('f');
+    expect((await a.query('execute replan_sql')).rows[0]).toMatchObject({ f: 7 });
+    await a.end();
+  });
+
+  test('pipelined exchanges after the failing one, or work before it in its exchange: the error, not a retry', async () => {
+    const c = await p.session();
+    await exchange(c, [parse('pipe', `select * from ${table}`), bind('', 'pipe', []), execute(''), SYNC]);
+    await alter('g');
+    // Two exchanges in one write: the first's error cannot be run again behind the second.
+    let got = await exchange(c, [bind('', 'pipe', []), execute(''), SYNC, query('select 42')], 2);
+    expect(errors(got).join()).toContain('cached plan must not change result type');
+    expect(rows(got)).toEqual([['42']]);
+    // Recovered once alone: the new columns.
+    got = await exchange(c, [bind('', 'pipe', []), execute(''), SYNC]);
+    expect(errors(got)).toEqual([]);
+    expect(rows(got)[0]).toHaveLength(7); // a, b ... g
+    // An Execute before the Bind in the same exchange: its work would be lost to the retry.
+    await alter('h');
+    got = await exchange(c, [parse('', 'select 1'), bind('', '', []), execute(''), bind('', 'pipe', []), execute(''), SYNC]);
+    expect(errors(got).join()).toContain('cached plan must not change result type');
+    // Flushed before its Sync: the client may wait for the answer before it syncs, so it gets the error now.
+    await alter('i');
+    const from = c.messages.length;
+    c.write(Buffer.concat([bind('', 'pipe', []), execute(''), frontend('H')]));
+    await c.until(() => c.messages.slice(from).some((m) => m.type === 'E'), 5_000, 'the error before the Sync');
+    got = await exchange(c, [SYNC]);
+    expect(errors(c.messages.slice(from)).join()).toContain('cached plan must not change result type');
+    c.destroy();
   });
 });

@@ -274,6 +274,23 @@ describe('statementEffects', () => {
     expect(effects("PREPARE TRANSACTION 'x'")).toEqual(only({ txControl: true }));
   });
 
+  test('executeAlone: the text is one statement whose only effect is one EXECUTE (the pooler may run it again)', () => {
+    for (const sql of ['EXECUTE p(1)', ' execute "P" ;', 'EXPLAIN (ANALYZE) EXECUTE p', 'CREATE TABLE t AS EXECUTE p(2)', '/* c */ EXECUTE p -- d']) {
+      expect(effects(sql)?.executeAlone, sql).toBe(true);
+      expect(effects(sql)?.executes).toHaveLength(1);
+    }
+    for (const sql of [
+      'SELECT 1; EXECUTE p',
+      'EXECUTE p; SELECT 1',
+      'EXECUTE p; EXECUTE q',
+      'CREATE TEMP TABLE t AS EXECUTE p',
+      'PREPARE p AS SELECT 1',
+      "SELECT set_config('a.b', '1', false)",
+    ]) {
+      expect(effects(sql)?.executeAlone, sql).toBeUndefined();
+    }
+  });
+
   test('DISCARD', () => {
     expect(effects('DISCARD ALL')).toEqual(only({ discard: 'all' }));
     expect(effects('DISCARD PLANS')).toEqual(only({ discard: 'plans' }));
