@@ -14,10 +14,10 @@ type Queryable = Pick<pg.ClientBase, 'query'> | Pick<pg.Pool, 'query'>;
  * "$user" comes first by default) is ever found by name in what the proxy runs with the service
  * role's privileges.
  */
-export function serviceConnection(url: string, applicationName: string): pg.ClientConfig & pg.PoolConfig {
+export function serviceConnection(url: string, applicationName: string, settings: readonly string[] = []): pg.ClientConfig & pg.PoolConfig {
   const u = new URL(url);
   const own = u.searchParams.get('options');
-  u.searchParams.set('options', [own, `-c search_path=${SERVICE_SEARCH_PATH.replaceAll(' ', '')}`].filter(Boolean).join(' '));
+  u.searchParams.set('options', [own, ...settings.map((s) => `-c ${s}`), `-c search_path=${SERVICE_SEARCH_PATH.replaceAll(' ', '')}`].filter(Boolean).join(' '));
   return { connectionString: u.toString(), application_name: applicationName };
 }
 

@@ -181,6 +181,12 @@ describe('in-band callback without dblink or daemon endpoint', () => {
   });
 });
 
+test('answers are handed over with asynchronous commit (visible at once, no WAL flush per answer), search_path still pinned', async () => {
+  const pool = s.databases.get(s.database).pool;
+  expect((await pool.query('SHOW synchronous_commit')).rows[0].synchronous_commit).toBe('off');
+  expect((await pool.query('SHOW search_path')).rows[0].search_path).toMatch(/^pg_catalog/);
+});
+
 describe('what the in-band transport refuses', () => {
   test('a notice forged by the session computes nothing, stores nothing, and reaches the client as raised', async () => {
     await fresh();
