@@ -119,8 +119,9 @@ function descriptions(n: number): string[] {
 }
 
 // ---- Measurement helpers.
-interface EmbedProbe { byPath: Map<string, number>; failed: Map<string, number>; first?: number; last?: number }
-const newProbe = (): EmbedProbe => ({ byPath: new Map(), failed: new Map() });
+/** busy: milliseconds spent inside engine.embed, summed over its calls. */
+interface EmbedProbe { byPath: Map<string, number>; failed: Map<string, number>; first?: number; last?: number; busy: number }
+const newProbe = (): EmbedProbe => ({ byPath: new Map(), failed: new Map(), busy: 0 });
 interface StoreCall { entries: number; start: number; end: number; ok: boolean }
 
 const stats = (ms: number[]) => {
@@ -173,7 +174,8 @@ async function main() {
   const rawEmbed = engine.embed.bind(engine);
   engine.embed = async (r: EmbedRequest) => {
     const p = probe, path = (r.caller ?? 'direct').split(':')[0];
-    p.first ??= performance.now();
+    const t = performance.now();
+    p.first ??= t;
     try {
       const v = await rawEmbed(r);
       p.byPath.set(path, (p.byPath.get(path) ?? 0) + 1);
@@ -184,6 +186,7 @@ async function main() {
       throw e;
     } finally {
       p.last = performance.now();
+      p.busy += p.last - t;
     }
   };
 
@@ -196,10 +199,12 @@ async function main() {
   await interceptor.ready;
   // In-band requests: the signed notices the interceptor took off a client connection (and answered).
   let inbandTaken = 0;
+  // When each in-band request was taken, and when its answer was committed to steadytext_mailbox.
+  let inbandLog = { notices: [] as number[], posts: [] as number[] };
   const rawNotice = interceptor.notice.bind(interceptor);
-  interceptor.notice = (msg, ctx) => {
-    const taken = rawNotice(msg, ctx);
-    if (taken) inbandTaken++;
+  interceptor.notice = (...a: Parameters<typeof rawNotice>) => {
+    const taken = rawNotice(...a);
+    if (taken) { inbandTaken++; inbandLog.notices.push(performance.now()); }
     return taken;
   };
   const proxy = await startProxy({
@@ -218,7 +223,14 @@ async function main() {
   // Queries on the proxy's service pool (mailbox answers, large objects, counters, logs; not the cache stores).
   let serviceQueries = 0;
   const rawPoolQuery = db.pool.query.bind(db.pool) as (...a: unknown[]) => unknown;
-  db.pool.query = ((...a: unknown[]) => { serviceQueries++; return rawPoolQuery(...a); }) as typeof db.pool.query;
+  db.pool.query = ((...a: unknown[]) => {
+    serviceQueries++;
+    const r = rawPoolQuery(...a);
+    if (typeof a[0] === 'string' && /^\s*INSERT INTO \S*steadytext_mailbox/.test(a[0])) {
+      (r as Promise<unknown>).then(() => inbandLog.posts.push(performance.now()), () => {});
+    }
+    return r;
+  }) as typeof db.pool.query;
   let storeCalls: StoreCall[] = [];
   let storesInFlight = 0;
   db.store = async (entries) => {
@@ -412,6 +424,11 @@ async function main() {
   const MODES = ['engine', 'visible', 'dblink', 'inband'] as const;
   type Mode = (typeof MODES)[number];
   const missMs = new Map<Mode, number[]>(MODES.map((m) => [m, []]));
+  // Per call, the time inside engine.embed, the rest (the transport's), and for in-band the time from the answer's
+  // commit to the function's return: what the poll's sleep adds.
+  const engineMs = new Map<Mode, number[]>(MODES.map((m) => [m, []]));
+  const outsideMs = new Map<Mode, number[]>(MODES.map((m) => [m, []]));
+  const pollWaitMs: number[] = [];
   const hitMs = new Map<Transport, number[]>([['dblink', []], ['inband', []]]);
   const callDeltas = new Map<string, Delta>();
   const CHUNK = Math.ceil(MISSES / 4);
@@ -424,11 +441,17 @@ async function main() {
       if (m === 'dblink' || m === 'inband') await setTransport(m);
       const before = await counts();
       for (const text of chunk) {
+        probe = newProbe();
+        inbandLog = { notices: [], posts: [] };
         const t = performance.now();
         if (m === 'engine') await engine.embed({ text, seed: SEED });
         else if (m === 'visible') await viaProxy.query('SELECT steadytext_embed($1)', [text]);
         else await viaProxy.query('SELECT wrap_embed($1)', [text]);
-        missMs.get(m)!.push(performance.now() - t);
+        const end = performance.now();
+        missMs.get(m)!.push(end - t);
+        engineMs.get(m)!.push(probe.busy);
+        outsideMs.get(m)!.push(end - t - probe.busy);
+        if (m === 'inband' && inbandLog.posts.length === 1) pollWaitMs.push(end - inbandLog.posts[0]);
       }
       callDeltas.set(`miss ${m}`, sum(callDeltas.get(`miss ${m}`), delta(before, await counts())));
       if (m !== 'dblink' && m !== 'inband') continue;
@@ -446,6 +469,18 @@ async function main() {
 
   // (f) a whole table through the wrapper, one request per row, per transport.
   const wrapSql = 'UPDATE t SET emb = wrap_embed(body) WHERE emb IS NULL';
+  // A statement asking one row at a time: its time outside the engine per row and, in-band, from each answer's
+  // commit to the next request (the poll's sleep and the executor's work on the row between them).
+  const serialNotes: string[] = [];
+  const serialNote = (label: string, seconds: number, rows: number) => {
+    const outside = (seconds * 1000 - probe.busy) / rows;
+    const { notices, posts } = inbandLog;
+    const gaps = posts.slice(0, notices.length - 1).map((p, i) => notices[i + 1] - p);
+    const g = gaps.length ? stats(gaps) : undefined;
+    return `  ${label}: outside the engine ${f(outside, 2)} ms/row` + (g
+      ? `; answer committed -> next request: mean ${f(g.mean, 2)}, p50 ${f(g.p50, 2)}, max ${f(g.max, 2)} ms (${f(g.mean * gaps.length / 1000, 2)} s of ${f(seconds, 2)} s)`
+      : '');
+  };
   const wrapped = async (transport: Transport) => {
     await setTransport(transport);
     await reset();
@@ -453,11 +488,13 @@ async function main() {
     progress(`[${label}] ${wrapSql} ...`);
     const before = await counts();
     const stop = ticker(() => `${ok(probe)}/${ROWS} embedded (${paths(probe)})`);
+    inbandLog = { notices: [], posts: [] };
     const elapsed = clock();
     const result = await viaProxy.query(wrapSql).finally(stop);
     const e = elapsed();
     const d = delta(before, await counts());
     phases.push({ name: label, ...e, missing: await nullCount(), note: `${result.rowCount} rows; ${paths(probe)}; requests: dblink ${d.dblink}, in-band ${d.inband} (${pollsEach(d)} polls each)` });
+    serialNotes.push(serialNote(label, e.seconds, ROWS));
     return verify(direct, reference, SAMPLE);
   };
   const wrapDblinkCheck = await wrapped('dblink');
@@ -479,9 +516,11 @@ async function main() {
     progress(`[${name}] ${sql} ...`);
     const before = await counts();
     const stop = ticker(() => `${ok(probe)}/${TRIG} embedded (${paths(probe)})`);
+    inbandLog = { notices: [], posts: [] };
     const elapsed = clock();
     await viaProxy.query(sql).finally(stop);
     const e = elapsed();
+    if (table === 't_trigger') serialNotes.push(serialNote(`INSERT, ${name}`, e.seconds, TRIG)); // the prefetch embeds concurrently
     await db.flush();
     const d = delta(before, await counts());
     insertRuns.push({ name, sql, ...e, d, stores: storeCalls.length, embeds: paths(probe), check: await verify(direct, reference.slice(0, TRIG), SAMPLE, table) });
@@ -540,22 +579,29 @@ async function main() {
   out.push(`  Database.store of ${entries.length} entries alone: ${perEntry(storeMs)}; one INSERT per entry in a transaction: ${perEntry(oneByOneMs)}\n`);
 
   const engineCall = stats(missMs.get('engine')!).mean;
-  const callRow = (name: string, ms: number[], d?: Delta) => {
-    const s = stats(ms);
-    return [name, String(ms.length), f(s.mean, 2), f(s.p50, 2), f(s.p99, 2), f(s.max, 2), f(s.mean / engineCall, 2), d ? String(d.dblink) : '-', d ? String(d.inband) : '-', d ? pollsEach(d) : '-'];
+  const callRow = (name: string, ms: number[], d?: Delta, m?: Mode) => {
+    const s = stats(ms), mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const eng = m ? f(mean(engineMs.get(m)!), 2) : '-', out = m ? stats(outsideMs.get(m)!) : undefined;
+    return [name, String(ms.length), f(s.mean, 2), f(s.p50, 2), f(s.p99, 2), f(s.max, 2), f(s.mean / engineCall, 2), eng, out ? f(out.mean, 2) : '-', out ? f(out.p50, 2) : '-',
+      d ? String(d.dblink) : '-', d ? String(d.inband) : '-', d ? pollsEach(d) : '-'];
   };
-  out.push(table(['call the proxy cannot see (ms per call)', 'calls', 'mean', 'p50', 'p99', 'max', 'x engine', 'dblink req', 'in-band req', 'polls/req'], [
-    callRow('engine.embed, one cold text (no database)', missMs.get('engine')!),
-    callRow('steadytext_embed($1) via proxy, miss (visible: rewrite)', missMs.get('visible')!, callDeltas.get('miss visible')),
-    callRow('wrap_embed($1) via proxy, miss, dblink', missMs.get('dblink')!, callDeltas.get('miss dblink')),
-    callRow('wrap_embed($1) via proxy, miss, in-band', missMs.get('inband')!, callDeltas.get('miss inband')),
+  out.push(table(['call the proxy cannot see (ms per call)', 'calls', 'mean', 'p50', 'p99', 'max', 'x engine', 'in engine', 'outside', 'outside p50', 'dblink req', 'in-band req', 'polls/req'], [
+    callRow('engine.embed, one cold text (no database)', missMs.get('engine')!, undefined, 'engine'),
+    callRow('steadytext_embed($1) via proxy, miss (visible: rewrite)', missMs.get('visible')!, callDeltas.get('miss visible'), 'visible'),
+    callRow('wrap_embed($1) via proxy, miss, dblink', missMs.get('dblink')!, callDeltas.get('miss dblink'), 'dblink'),
+    callRow('wrap_embed($1) via proxy, miss, in-band', missMs.get('inband')!, callDeltas.get('miss inband'), 'inband'),
     callRow('wrap_embed($1) via proxy, hit, transport dblink', hitMs.get('dblink')!, callDeltas.get('hit dblink')),
     callRow('wrap_embed($1) via proxy, hit, transport inband', hitMs.get('inband')!, callDeltas.get('hit inband')),
   ]));
   out.push(`  ${MISSES} distinct cold texts per mode, sequential from one client, in chunks of ${CHUNK}, each chunk every mode from cold caches`);
   out.push('  (engine cache cleared, steadytext_cache truncated), order alternating; hits: the same texts again. x engine: mean against');
-  out.push('  engine.embed\'s mean. polls/req: calls of the in-band answer-taking helper per request (pg_stat_user_functions);');
-  out.push('  _steadytext_inband_call sleeps 1, 2, 4, ... up to 50 ms between polls.');
+  out.push('  engine.embed\'s mean. in engine: mean time inside engine.embed during the call; outside: the rest (the transport).');
+  out.push('  polls/req: calls of the in-band answer-taking helper per request (pg_stat_user_functions); _steadytext_inband_call');
+  out.push('  sleeps 1, 2, 4, ... up to 50 ms between polls, so it looks at 0, 1, 3, 7, 15, 31, 63, 113, 163, ... ms.');
+  if (pollWaitMs.length) {
+    const w = stats(pollWaitMs);
+    out.push(`  in-band miss, answer committed to steadytext_mailbox -> function returned: mean ${f(w.mean, 2)}, p50 ${f(w.p50, 2)}, p99 ${f(w.p99, 2)}, max ${f(w.max, 2)} ms.`);
+  }
   const ratio = (k: 'mean' | 'p50') => stats(missMs.get('inband')!)[k] / stats(missMs.get('dblink')!)[k];
   const met = (ok: boolean) => (ok ? 'met' : 'NOT met');
   out.push(`  goal: an in-band miss no slower than a dblink miss: in-band/dblink ${f(ratio('mean'), 2)}x (mean), ${f(ratio('p50'), 2)}x (p50): ${met(ratio('mean') <= 1)}.`);
@@ -564,7 +610,8 @@ async function main() {
   // The wrapper asks for one row at a time, so it cannot use more than one embedding context: its ceiling.
   const serialRate = 1000 / engineCall;
   out.push(`  one text at a time the engine gives ${f(serialRate, 2)} rows/s (${f(serialRate / engineRate, 2)}x embedMany): the wrapper UPDATE is ${f(wrapX('dblink') * engineRate / serialRate, 2)}x that`);
-  out.push(`  with dblink, ${f(wrapX('inband') * engineRate / serialRate, 2)}x in-band.\n`);
+  out.push(`  with dblink, ${f(wrapX('inband') * engineRate / serialRate, 2)}x in-band.`);
+  out.push(...serialNotes.filter((n) => n.includes('wrapper')), '');
 
   out.push(table([`INSERT of ${TRIG} rows via proxy (cold caches)`, 'seconds', 'rows/s', 'x engine', 'in-band req', 'polls/req', 'dblink req', 'service queries', 'store batches', 'our CPU/s', 'others CPU/s', 'embeds by path'],
     insertRuns.map((r) => [r.name, f(r.seconds, 2), f(TRIG / r.seconds, 2), f(TRIG / r.seconds / engineRate, 2), String(r.d.inband), pollsEach(r.d), String(r.d.dblink), String(r.d.service), String(r.stores), f(r.cpu, 2), f(r.others, 2), r.embeds])));
@@ -573,7 +620,8 @@ async function main() {
   out.push(`  the trigger (BEFORE INSERT, NEW.emb := steadytext_embed(NEW.body), callback_transport inband) took ${f(trig.seconds / pre.seconds, 2)}x the prefetchable INSERT's time,`);
   out.push(`  with ${trig.d.inband} in-band round trips (a signed notice to the proxy, the answer committed back through the service pool, polled for)`);
   out.push(`  against ${pre.d.inband + pre.d.dblink} for the prefetchable INSERT, which the proxy embeds before the statement runs. service queries: on the`);
-  out.push('  proxy\'s service pool (mailbox answers, counters, logs); store batches: steadytext_cache writes.\n');
+  out.push('  proxy\'s service pool (mailbox answers, counters, logs); store batches: steadytext_cache writes.');
+  out.push(...serialNotes.filter((n) => n.includes('INSERT')), '');
   out.push(table(['cached round trip (ms)', 'mean', 'p50', 'p99', 'max'],
     kinds.map((k, i) => { const s = stats(samples[i]); return [k.name, f(s.mean, 3), f(s.p50, 3), f(s.p99, 3), f(s.max, 3)]; })));
   out.push(`  ${CALLS} sequential calls of each from one client, interleaved; goal: a cached call within 1 ms.`);
