@@ -21,6 +21,7 @@ import type { Pooler } from './proxy/pool.js';
 import { createConsole } from './proxy/console-host.js';
 import type { ShutdownMode } from './proxy/console.js';
 import { parseUpstreamUrl } from './proxy/upstream.js';
+import { TakeoverSource, takeOver } from './proxy/takeover.js';
 import { PoolLimits, WorkerSlots } from './proxy/pool-limits.js';
 import { ConsoleHub, ConsoleRelay } from './proxy/console-relay.js';
 import type { ProxyServer } from './proxy/server.js';
@@ -36,7 +37,8 @@ const HELP = `pg-steadytext ${VERSION}: a PostgreSQL proxy that answers steadyte
 usage:
   pg-steadytext serve [options]                 run the proxy (clients connect to --listen)
   pg-steadytext serve --config pgbouncer.ini    run it as a pooler in pgBouncer's place, from pgBouncer's configuration
-  pg-steadytext pgbouncer [-d] [-q] [-v] [-u USER] pgbouncer.ini   the same, invoked as the pgbouncer binary is
+  pg-steadytext pgbouncer [-d] [-R] [-q] [-v] [-u USER] pgbouncer.ini   the same, invoked as the pgbouncer binary is
+                                                (-R, or --reboot with serve --config: take the running one's sockets over)
   pg-steadytext install --database URL          install or upgrade the steadytext SQL objects in a database
   pg-steadytext models list | pull [name|--all] | path [name]
   pg-steadytext config [--markdown]             print the effective settings (or the reference table)
@@ -92,7 +94,7 @@ async function startMetrics(s: Settings, log: Logger, sources: MetricsSources): 
   return metrics;
 }
 
-async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void> {
+async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = false): Promise<void> {
   const setup = workerSetup();
   if (setup && ini) return servePoolingWorker(s, log.child({ worker: setup.index }), setup, ini);
   if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
@@ -109,6 +111,8 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
     pooling!.pooler.reload(loadPgBouncerConfig(ini!.file));
     poolerTls!.setup('TLS configuration could not be reloaded, keeping old configuration');
   };
+  // pgBouncer's SUSPEND and SHOW FDS on this process's sockets, for a later -R (takeover.ts).
+  const takeoverSource = ini ? new TakeoverSource({ proxy: () => proxy, pooling: () => pooling!, logger: log }) : undefined;
   const consoleHost = ini
     ? createConsole({
         pooler: (): Pooler => pooling!.pooler,
@@ -118,6 +122,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
         shutdown: (mode) => void drain(mode),
         logger: log,
         steadytext: () => calls.rows(),
+        takeover: takeoverSource,
       })
     : undefined;
   const defaultTarget = parseUpstreamUrl(s.upstream);
@@ -137,12 +142,22 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void
   const poolerTls = pooling ? new PoolerTls(pooling, defaultTarget, log) : undefined;
   poolerTls?.setup();
   const st = ini?.settings;
+  // -R: the running process's sockets, taken over as late as can be (it is suspended from here on).
+  const taken =
+    reboot && st
+      ? await takeOver({ unixSocketDir: st.unixSocketDir, port: st.listenPort, suspendTimeout: st.suspendTimeout, logger: log, note: (text) => pooling!.pooler.pgbLog.line('LOG', text) })
+      : null;
   const proxy = await startProxy({
     listen: st ? { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort } : s.listen,
     unixSocketDir: st?.unixSocketDir,
     upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
-    connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls,
+    connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls, listenFds: taken?.listenFds,
   });
+  if (taken) {
+    taken.adopt(proxy, pooling!);
+    // Then the old process goes (SHUTDOWN), and what it held besides (its pidfile, other ports) is free.
+    await taken.finish(st!.pidfile);
+  }
   calls.sessionDatabase = (id) => proxy.sessions().find((x) => x.id === id)?.context?.database;
   const metrics = await startMetrics(s, log, {
     proxy: () => proxy.stats(),
@@ -408,18 +423,20 @@ async function runAsPgBouncer(args: string[]): Promise<number> {
   let file: string | undefined;
   let verbose = 0;
   let quiet = false;
+  let reboot = false;
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === '-v' || a === '--verbose') verbose++;
     else if (a === '-q' || a === '--quiet') quiet = true;
-    else if (a === '-d' || a === '--daemon' || a === '-R' || a === '--reboot') continue; // -d: see below; -R is gone from pgBouncer too
+    else if (a === '-R' || a === '--reboot') reboot = true;
+    else if (a === '-d' || a === '--daemon') continue; // see below
     else if (a === '-u' || a === '--user') i++;
     else if (a === '-V' || a === '--version') {
       // The first line is what SHOW VERSION says (tools compare the two).
       process.stdout.write(`PgBouncer 1.24.1\npg-steadytext ${VERSION} (SQL objects ${SQL_VERSION})\n`);
       return 0;
     } else if (a === '-h' || a === '--help') {
-      process.stdout.write('usage: pg-steadytext pgbouncer [-d] [-q] [-v] [-u USER] CONFIG.ini\n');
+      process.stdout.write('usage: pg-steadytext pgbouncer [-d] [-R] [-q] [-v] [-u USER] CONFIG.ini\n');
       return 0;
     } else if (a.startsWith('-')) {
       process.stderr.write(`pg-steadytext pgbouncer: unknown option ${a}\n`);
@@ -433,7 +450,7 @@ async function runAsPgBouncer(args: string[]): Promise<number> {
   const ini = loadPgBouncerConfig(file);
   const level = quiet ? 'warn' : verbose > 1 ? 'trace' : verbose === 1 ? 'debug' : undefined;
   const s = loadSettings({ flags: { ...ini.steadytext, ...(level ? { logLevel: level } : {}) } });
-  await serve(s, createLogger(s), ini);
+  await serve(s, createLogger(s), ini, reboot);
   return -1;
 }
 
@@ -448,11 +465,11 @@ async function main(argv: string[]): Promise<number> {
     return runModelsCommand([sub ?? 'list', ...parsed.positionals, ...(parsed.extra.all ? ['--all'] : [])], engineOptions(s));
   }
   if (cmd === 'pgbouncer') return runAsPgBouncer(rest);
-  const parsed = parseFlags(rest, ['database', 'markdown']);
+  const parsed = parseFlags(rest.filter((a) => a !== '-R'), ['database', 'markdown', 'reboot']);
   if (cmd === 'serve' && parsed.configFile && isIni(parsed.configFile)) {
     const ini = loadPgBouncerConfig(parsed.configFile);
     const s = loadSettings({ flags: { ...ini.steadytext, ...parsed.flags } });
-    await serve(s, createLogger(s), ini);
+    await serve(s, createLogger(s), ini, rest.includes('-R') || parsed.extra.reboot === true);
     return -1;
   }
   const s = loadSettings({ flags: parsed.flags, configFile: parsed.configFile });

@@ -63,6 +63,16 @@ export class CancelRegistry {
   }
 
   /**
+   * Online restart (takeover.ts): a key the process this one replaced gave its client, which cancels here from
+   * now on. False when the pid is taken (the client then keeps a key that cancels nothing).
+   */
+  restore(pid: number, secret: Buffer, cancel: () => void): boolean {
+    if (this.byPid.has(pid) || pid <= 0) return false;
+    this.byPid.set(pid, { secret: Buffer.from(secret), cancel });
+    return true;
+  }
+
+  /**
    * Handles a client's CancelRequest; true if it matched a live session, or if it was routed to the
    * worker that issued the pid (which then checks the secret: a forged key does nothing there either).
    */

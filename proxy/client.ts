@@ -36,7 +36,7 @@ import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
 import { PooledSession, optionSettings } from './pooled-session.js';
-import { PoolError, replicationKind, type PoolDatabase, type PooledServer } from './pool.js';
+import { PoolError, replicationKind, type Pool, type PoolDatabase, type PooledServer } from './pool.js';
 import { Fe as FeCodes, authentication, AUTH_OK, parameterStatus, readyForQuery } from './protocol.js';
 import type { ClientAuth } from './auth.js';
 
@@ -87,6 +87,7 @@ const PAUSE_HOOK = 2; // a hook is pending and enough waits behind it (hook-paus
 const PAUSE_CONNECTING = 4; // no upstream yet to take what the client sends
 const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
 const PAUSE_POOL = 16; // pooling: waiting for a server connection
+const PAUSE_SUSPEND = 32; // SUSPEND: nothing more is read until RESUME or the handover (takeover.ts)
 /** Most bytes a client waiting for a server connection copies out of the read buffer (holdsInput). */
 const OWN_QUEUE_BYTES = 16 * 1024;
 
@@ -1072,6 +1073,144 @@ export class ClientSession implements FrameHandler, SessionLink {
     else server.sock.end();
     setTimeout(() => server.sock.destroy(), 1_000).unref();
   }
+
+  // ---- online restart (takeover.ts) -----------------------------------------------------------------
+
+  /** SUSPEND is on: the client is read no more from a message boundary on. */
+  private suspending = false;
+  /** Suspended through: neither socket is read and nothing is half-done (a handover may take the session). */
+  private still = false;
+
+  /**
+   * SUSPEND, as pgBouncer suspends a socket once its buffer is empty: the client is read no more from a message
+   * boundary on, then its server connection no more once that one is between messages too and every answer
+   * still due is the client's own (a running statement's answer waits in the socket). True once both are still.
+   * suspend(false) is RESUME: both are read again.
+   */
+  suspend(on: boolean): boolean {
+    if (!on) {
+      if (this.suspending) {
+        this.suspending = this.still = false;
+        this.resumeClient(PAUSE_SUSPEND);
+        if (this.server !== null && !this.serverPaused) this.server.sock.resume();
+      }
+      return false;
+    }
+    this.suspending = true;
+    if (this.still) return true;
+    const r = this.reader;
+    if (this.phase !== READY || this.pooled === null || r === null) return false;
+    if ((this.paused & PAUSE_SUSPEND) === 0) {
+      if (!r.atBoundary || r.isPaused || r.buffered > 0) return false;
+      this.pauseClient(PAUSE_SUSPEND);
+    }
+    if (this.hooks.pending || this.sock.writableLength > 0 || this.tracker.handover() === null) return false;
+    const s = this.server;
+    if (s !== null && (!s.reader.atBoundary || s.reader.isPaused || s.reader.buffered > 0 || s.sock.writableLength > 0)) return false;
+    s?.sock.pause();
+    return (this.still = true);
+  }
+
+  /**
+   * SHOW FDS: the client's socket and cancel key (null under TLS, which ends here as in pgBouncer), and whether the
+   * session can move to the process taking over now: still, and neither a replication client nor one holding
+   * the interceptor's plans.
+   */
+  handover(): { fd: number; key: CancelKey | null; moves: boolean } | null {
+    const p = this.pooled;
+    const fd = socketFd(this.raw);
+    if (fd < 0 || this.sock !== this.raw) return null;
+    const w = this.ctx?.watched;
+    const moves =
+      this.still && p !== null && this.key !== null && p.replication === null && w !== undefined && w.statements.size === 0 && w.portals.size === 0 &&
+      (this.server === null || (this.server.plain && socketFd(this.server.sock) >= 0));
+    return { fd, key: this.key, moves };
+  }
+
+  /** Handed over: the session ends here without a word to either side (the new process has the sockets). */
+  detach(): void {
+    if (this.phase === CLOSED) return;
+    this.phase = CLOSED;
+    this.reader?.stop();
+    this.server?.reader.stop();
+    this.server = null;
+    if (this.key !== null) this.env.cancels.release(this.key.pid);
+    const p = this.pooled;
+    if (p !== null) {
+      p.pool.clients.delete(p);
+      p.server = null; // the takeover detaches the server connection itself
+    }
+    if (this.poolDb) this.env.pooling!.pooler.leave(this.poolDb, this.ctx!.user);
+    this.poolDb = null;
+    this.hooks.close();
+    this.seam?.sessionEnd();
+    this.raw.removeAllListeners();
+    this.raw.on('error', () => {});
+    this.raw.destroy(); // our descriptor only: no FIN while the new process holds the socket
+    this.env.onClosed(this);
+  }
+
+  /**
+   * A pooled session handed over by the process this one replaces, going on where it stood: logged in, with its
+   * cancel key, its requests in flight, and the server connection it held.
+   */
+  static adopt(id: number, socket: Socket, input: ReadBuffer, env: SessionEnv, a: AdoptedSession): ClientSession {
+    const c = new ClientSession(id, socket, env, input);
+    c.resumeAdopted(a);
+    return c;
+  }
+
+  private resumeAdopted(a: AdoptedSession): void {
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.startupTimer = null;
+    const pooling = this.env.pooling!;
+    this.log = this.log.child({ user: a.user, db: a.database, takenOver: true });
+    const ctx = (this.ctx = this.sessionContext({ major: 3, minor: 0, params: a.startup }, a.user, a.database));
+    ctx.txStatus = a.txStatus;
+    for (const [k, v] of a.serverParams) ctx.serverParams.set(k, v);
+    if (this.env.interceptor) this.seam = new Seam(this.env.interceptor, ctx, this.env.totals);
+    const refused = pooling.pooler.admit(a.pool.db, a.user);
+    if (refused) this.log.warn({ err: refused.message }, 'client taken over beyond this configuration\'s limits');
+    else this.poolDb = a.pool.db;
+    const pooled = (this.pooled = new PooledSession(this.pooledHost(), a.pool, a.startup, pooling.statements));
+    a.restore(pooled);
+    this.key = a.key;
+    if (!this.env.cancels.restore(a.key.pid, a.key.secret, () => this.cancelUpstream())) this.log.warn('the cancel key of this client is in use here: its cancels are ignored');
+    this.tracker.adopt(a.requests);
+    this.lastActive = a.lastActive;
+    this.reader = new FrameReader(this, this.env.maxMessageBytes);
+    this.phase = READY;
+    const s = a.server;
+    if (s !== null) {
+      s.client = pooled;
+      a.pool.active.add(s);
+      pooled.server = s;
+      pooled.linkedAt = Date.now();
+      s.conn.attach(this);
+      this.server = s.conn;
+      this.upstreamKey = s.key;
+    }
+    this.seam?.sessionStart();
+  }
+}
+
+/** What takeover.ts gives a session handed over by the process this one replaces (ClientSession.adopt). */
+export interface AdoptedSession {
+  user: string;
+  database: string;
+  startup: Map<string, string>;
+  /** The ParameterStatus values the client was told. */
+  serverParams: Map<string, string>;
+  txStatus: TxStatus;
+  key: CancelKey;
+  lastActive: number;
+  /** Its requests awaiting answers (RequestTracker.handover). */
+  requests: { codes: number[]; syncsIgnored: boolean };
+  pool: Pool;
+  /** Puts back what follows the client between server connections (settings, pins, statements). */
+  restore(pooled: PooledSession): void;
+  /** The server connection it held, taken over too. */
+  server: PooledServer | null;
 }
 
 interface MutableContext extends SessionContext {

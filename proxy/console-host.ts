@@ -41,7 +41,9 @@ import { PoolError, poolError, type ReplicationKind, type Pool, type PoolDatabas
 import type { PinReason } from './pooled-session.js';
 import type { PoolerFigures } from './metrics.js';
 import type { ConsoleLink } from './pooling.js';
-import { AUTH_OK, SqlState, authentication, backendKeyData, errorResponse, parameterStatus, readyForQuery } from './protocol.js';
+import { AUTH_OK, Be, SqlState, authentication, backendKeyData, errorResponse, parameterStatus, readyForQuery } from './protocol.js';
+import { loadNativeRelay, socketFd } from './relay.js';
+import { TAKEOVER_LOGIN, type FdAnswer, type TakeoverSource } from './takeover.js';
 
 export interface ConsoleDeps {
   /** Read lazily: createPooling makes the pooler, and takes the console among its options. */
@@ -57,6 +59,8 @@ export interface ConsoleDeps {
   logger: Logger;
   /** SHOW STEADYTEXT rows, where the steadytext layer runs in this process. */
   steadytext?: () => SteadytextRow[];
+  /** SUSPEND, RESUME and SHOW FDS on the sockets, for the online restart (takeover.ts). */
+  takeover?: TakeoverSource;
   /** The host console sessions use instead of this process's own (worker processes: console-relay.ts). */
   relay?: (host: ConsoleHost) => ConsoleHost;
 }
@@ -84,7 +88,9 @@ export function createConsole(deps: ConsoleDeps): ConsoleFactory {
     }
     const refused = who.admin ? null : host.consoleLimits(session.id, user);
     if (refused) return refused;
-    return new ConsoleConnection(host, session.id, who);
+    // The online restart's login: the proxy's own OS user on the Unix socket, named so (takeover.ts).
+    const takeover = own && (session as { context?: { applicationName?: string } | null }).context?.applicationName === TAKEOVER_LOGIN;
+    return new ConsoleConnection(host, session.id, who, own, takeover);
   };
   return Object.assign(open, { close: () => host.close(), signal: (sig: PoolerSignal) => host.signal(sig), figures: () => host.figures() });
 }
@@ -95,6 +101,8 @@ export function createConsole(deps: ConsoleDeps): ConsoleFactory {
 const MAX_MESSAGE = 1024 * 1024;
 /** Messages queued behind a pending answer (PAUSE, WAIT_CLOSE) before the socket stops being read. */
 const QUEUE_LIMIT = 64;
+/** How long SHOW FDS waits for the receiving end to take a row (pgBouncer's console turns blocking for it). */
+const FD_SEND_TIMEOUT_MS = 10_000;
 
 class ConsoleConnection implements ConsoleLink {
   private readonly session: ConsoleSession;
@@ -114,6 +122,10 @@ class ConsoleConnection implements ConsoleLink {
     private readonly host: PoolerConsole,
     readonly id: number,
     who: ConsoleUser,
+    /** The proxy's own OS user on the Unix socket: SHOW FDS passes the descriptors (pgBouncer's send_one_fd). */
+    private readonly ownUser = false,
+    /** The online restart's login: SHOW FDS hands the sockets over to it. */
+    private readonly takeoverLogin = false,
   ) {
     this.session = new ConsoleSession(host.shown, who);
   }
@@ -165,16 +177,57 @@ class ConsoleConnection implements ConsoleLink {
         out.then(
           (bufs) => {
             this.waiting = false;
-            this.send(bufs);
+            const fds = this.host.takeFdAnswer();
+            if (fds !== null) this.sendFds(bufs, fds);
+            else this.send(bufs);
             this.pump();
           },
           (err: unknown) => this.failed(err),
         );
         break;
       }
-      this.send(out);
+      const fds = this.host.takeFdAnswer();
+      if (fds !== null) this.sendFds(out, fds);
+      else this.send(out);
     }
     this.flowControl();
+  }
+
+  /**
+   * SHOW FDS' answer. As pgBouncer's send_one_fd: the proxy's own OS user on the Unix socket gets each socket's
+   * descriptor with its row (SCM_RIGHTS), the rows written whole and in order, waiting where the socket is full.
+   * The takeover's login also gets the sockets' state first, and once the rows are out, what they list is its.
+   */
+  private sendFds(out: Buffer[], answer: FdAnswer): void {
+    const sock = this.sock!;
+    const io = loadNativeRelay().relay?.fds;
+    const fd = socketFd(sock);
+    if (!this.ownUser || !io || fd < 0 || this.ended) return this.send(out);
+    if (sock.writableLength > 0) {
+      // Earlier answers go first.
+      this.waiting = true;
+      sock.once('drain', () => {
+        this.waiting = false;
+        this.sendFds(out, answer);
+        this.pump();
+      });
+      return;
+    }
+    const bufs = this.takeoverLogin ? [answer.notice(), ...out] : out;
+    let row = 0;
+    for (const b of bufs) {
+      const withFd = b[0] === Be.DataRow && row < answer.fds.length ? [answer.fds[row++]] : [];
+      const n = io.send(fd, b, withFd, FD_SEND_TIMEOUT_MS);
+      if (n < 0) {
+        this.host.log.error({ errno: -n }, 'SHOW FDS: the answer could not be sent');
+        return this.finish([]);
+      }
+    }
+    if (this.takeoverLogin) {
+      this.handedOver = true;
+      answer.handOver();
+    }
+    if (this.session.done) this.finish([]);
   }
 
   private send(bufs: Buffer[]): void {
@@ -212,6 +265,9 @@ class ConsoleConnection implements ConsoleLink {
     this.queue.length = 0;
     this.host.gone(this);
   }
+
+  /** SHOW FDS handed the sockets over on this connection. */
+  handedOver = false;
 }
 
 // ---- the host ---------------------------------------------------------------------------------------------
@@ -336,8 +392,15 @@ class PoolerConsole implements ConsoleHost {
 
   gone(c: ConsoleConnection): void {
     this.links.delete(c.id);
-    // As pgBouncer: a suspended pooler whose last admin left resumes, or nothing could ever resume it.
-    if (this.links.size === 0 && this.mode === 'suspend') {
+    // The process that took the sockets over went away without SHUTDOWN: there is nothing left to serve here.
+    if (c.handedOver && !this.shuttingDown) {
+      this.note('takeover: the new process left before SHUTDOWN, exiting');
+      this.deps.shutdown('immediate');
+      return;
+    }
+    // As pgBouncer: a suspended pooler whose last admin left resumes, or nothing could ever resume it (once its
+    // sockets are handed over, there is nothing left to resume).
+    if (this.links.size === 0 && this.mode === 'suspend' && !this.deps.takeover?.handedOver) {
       this.note('admin disappeared when suspended, doing RESUME');
       this.setMode('none');
     }
@@ -710,9 +773,21 @@ class PoolerConsole implements ConsoleHost {
     };
   }
 
-  /** No online restart (-R) takes sockets over from this proxy: nothing to hand on. */
+  /** SHOW FDS' last answer, for the connection that asked (its descriptors go with the rows). */
+  private fdAnswer: FdAnswer | null = null;
+
+  /** The sockets an online restart (-R) takes over (takeover.ts). */
   fds(): FdRow[] {
-    return [];
+    const t = this.deps.takeover;
+    if (!t) return [];
+    this.fdAnswer = t.fds();
+    return this.fdAnswer.rows;
+  }
+
+  takeFdAnswer(): FdAnswer | null {
+    const a = this.fdAnswer;
+    this.fdAnswer = null;
+    return a;
   }
 
   /** Host names are resolved by the system per connection: there is no DNS cache to show. */
@@ -800,15 +875,18 @@ class PoolerConsole implements ConsoleHost {
    * which also catches pools made after the PAUSE (a new user, a database made from "*").
    */
   private enforce(): void {
+    // Where the takeover suspends the sockets, SUSPEND lends on to waiting clients, as pgBouncer's janitor does.
+    const holds = this.mode === 'pause' || (this.mode === 'suspend' && !this.deps.takeover);
     for (const pool of this.allPools()) {
-      const paused = this.mode !== 'none' || pool.db.paused;
+      const paused = holds || pool.db.paused;
       if (!paused) pool.releaseServers();
       else pool.holdServers(this.mode !== 'suspend', 'pause mode');
     }
-    this.pooler.suspended = this.mode === 'suspend';
+    this.pooler.suspended = (this.mode === 'suspend' && !this.deps.takeover) || this.deps.takeover?.handedOver === true;
   }
 
   private setMode(mode: PauseMode): void {
+    if (this.mode === 'suspend' && mode !== 'suspend') this.deps.takeover?.resume();
     this.mode = mode;
     this.enforce();
     this.watch();
@@ -851,8 +929,10 @@ class PoolerConsole implements ConsoleHost {
   }
 
   /**
-   * SUSPEND, as far as this proxy goes: no connection is lent or opened, and the answer waits until no session
-   * holds unsent bytes (or suspend_timeout). Clients inside a transaction keep their connection meanwhile.
+   * SUSPEND, as pgBouncer's: nothing is accepted, and each client session is read no more once it is between
+   * messages, its server connection too (takeover.ts); the answer waits until all are (clients not by
+   * suspend_timeout are closed). Without the takeover: no connection is lent or opened, and the answer waits until
+   * no session holds unsent bytes.
    */
   suspend(): CommandAnswer {
     if (this.allDatabases().some((d) => d.paused)) return { refused: 'paused_databases' };
@@ -860,8 +940,18 @@ class PoolerConsole implements ConsoleHost {
     this.setMode('suspend');
     const timeout = this.pooler.settings.suspendTimeout;
     const deadline = timeout > 0 ? Date.now() + timeout * 1000 : Infinity;
-    const flushed = () => this.openSessions().every((s) => s.isConsole || s.buffered === 0);
-    return this.waitUntil(() => this.mode !== 'suspend' || flushed() || Date.now() >= deadline);
+    const t = this.deps.takeover;
+    if (!t) {
+      const flushed = () => this.openSessions().every((s) => s.isConsole || s.buffered === 0);
+      return this.waitUntil(() => this.mode !== 'suspend' || flushed() || Date.now() >= deadline);
+    }
+    t.suspend();
+    return this.waitUntil(() => {
+      if (this.mode !== 'suspend' || t.settled()) return true;
+      if (Date.now() < deadline) return false;
+      t.timedOut();
+      return true;
+    });
   }
 
   reconnect(database?: string): CommandAnswer {

@@ -188,6 +188,16 @@ export class PooledSession implements PoolClient {
     );
   }
 
+  /** Online restart (takeover.ts): the read-back and pin check due at the end of the current transaction, carried over. */
+  get due(): { settings: boolean; pins: boolean } {
+    return { settings: this.settingsDirty, pins: this.pinsDirty };
+  }
+
+  set due(d: { settings: boolean; pins: boolean }) {
+    this.settingsDirty = d.settings;
+    this.pinsDirty = d.pins;
+  }
+
   /** Statement names are the proxy's (pgBouncer: not in session mode, and max_prepared_statements not 0; read at each message). */
   get preparing(): boolean {
     return this.pool.mode !== 'session' && this.replication === null && this.pool.pooler.settings.maxPreparedStatements > 0;

@@ -70,6 +70,8 @@ interface Addon {
   state(h: Handle): [number, number, number, number, number, number];
   peer?(fd: number): [number, number] | null;
   send?(fd: number, bytes: Buffer): number;
+  sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
+  recvFds?(fd: number, maxBytes: number, timeoutMs: number): [Buffer, number[]] | null;
 }
 
 export interface NativeRelay {
@@ -82,8 +84,17 @@ export interface NativeRelay {
   peer(fd: number): { uid: number; gid: number } | null;
   /** One non-blocking send(2): bytes taken (0: would block), -errno on an error; null without the call. */
   send: ((fd: number, bytes: Buffer) => number) | null;
+  /** Descriptors over a Unix socket (SCM_RIGHTS), for the online restart (takeover.ts); null without the calls. */
+  fds?: FdPassing | null;
 }
 export type RelayHandle = Handle;
+
+export interface FdPassing {
+  /** Sends all of `bytes`, `fds` with its first byte, waiting up to timeoutMs where the socket is full: bytes sent, or -errno. */
+  send(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
+  /** One receive of up to maxBytes and the descriptors that came with it (bytes empty: end of stream); null after timeoutMs with nothing. */
+  recv(fd: number, maxBytes: number, timeoutMs: number): { bytes: Buffer; fds: number[] } | null;
+}
 
 function outcome(r: Raw): RelayOutcome {
   return {
@@ -174,6 +185,16 @@ function wrap(addon: Addon): NativeRelay {
       return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5] };
     },
     send: addon.send ? (fd, bytes) => addon.send!(fd, bytes) : null,
+    fds:
+      addon.sendFds && addon.recvFds
+        ? {
+            send: (fd, bytes, fds, timeoutMs) => addon.sendFds!(fd, bytes, fds, timeoutMs),
+            recv: (fd, maxBytes, timeoutMs) => {
+              const r = addon.recvFds!(fd, maxBytes, timeoutMs);
+              return r === null ? null : { bytes: r[0], fds: r[1] };
+            },
+          }
+        : null,
     peer: (fd) => {
       const p = addon.peer?.(fd) ?? null;
       return p === null ? null : { uid: p[0], gid: p[1] };

@@ -14,7 +14,7 @@ import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
 import { targetsFor, type PoolingEnv } from './pooling.js';
 import { loadStatementParser } from './statement-effects.js';
 import { nextSocketId } from './socket-id.js';
-import { readFileSync, unlinkSync } from 'node:fs';
+import { linkSync, readFileSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { certAllows, clientTlsFrom, parseIdentFile, type ClientTls, type IdentMapping } from './client-tls.js';
 import { matchHba, type PoolerSettings } from '../config/pgbouncer.js';
@@ -53,6 +53,8 @@ export interface ProxyOptions {
   pooling?: PoolingEnv;
   /** Also listen on `<dir>/.s.PGSQL.<port>` (pgBouncer's unix_socket_dir); '' or absent: no Unix socket. */
   unixSocketDir?: string;
+  /** Online restart (takeover.ts): the listening sockets of the process this one replaces, used instead of binding. */
+  listenFds?: { tcp: number; unix: number | null };
 }
 
 export interface ProxyStats {
@@ -75,6 +77,21 @@ export interface ProxyServer {
   stopAccepting(): void;
   /** The sessions open now (the admin console's SHOW CLIENTS). */
   sessions(): ClientSession[];
+  /** Online restart (takeover.ts): the listeners as SUSPEND and the handover need them. */
+  readonly takeover: ListenerTakeover;
+}
+
+export interface ListenerTakeover {
+  /** SUSPEND (true): connections are accepted and held unread; RESUME (false): their sessions start. */
+  hold(on: boolean): void;
+  /** The listening sockets (addr 'unix' for the Unix socket) and the connections held. */
+  sockets(): { listeners: { fd: number; addr: string; port: number }[]; held: Socket[] };
+  /** Handed over: nothing is accepted here any more; the Unix socket's file stays for the process that has it now. */
+  release(): void;
+  /** A connection handed over before its session began: a session as for one accepted here. */
+  accept(sock: Socket): void;
+  /** A session handed over by the replaced process, made on this proxy's settings. */
+  adopt(make: (env: SessionEnv) => ClientSession): void;
 }
 
 export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
@@ -105,10 +122,17 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   };
   let closing: Promise<void> | null = null;
   let accepting = true;
+  /** SUSPEND: accepted connections wait here unread. */
+  let held: Socket[] | null = null;
 
   const accept = (accepted: Socket) => {
     if (closing || !accepting) {
       accepted.destroy();
+      return;
+    }
+    if (held !== null) {
+      accepted.on('error', () => {});
+      held.push(accepted);
       return;
     }
     env.totals.accepted++;
@@ -122,9 +146,12 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   };
   const server: Server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, accept);
   server.on('error', (err) => log.error({ err }, 'listener error'));
-  const address = await listen(server, opts.listen);
   let unix: Server | null = null;
-  if (opts.unixSocketDir) {
+  let address: { host: string; port: number };
+  if (opts.listenFds) {
+    ({ address, unix } = await adoptListeners(server, opts.listenFds, accept, log));
+  } else address = await listen(server, opts.listen);
+  if (opts.unixSocketDir && !opts.listenFds) {
     const path = `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}`;
     try {
       unlinkSync(path); // a stale socket of an earlier run (pgBouncer does the same)
@@ -141,11 +168,61 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   }
   log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!env.secureContext, relay: env.nativeRelay ? 'native' : 'js' }, 'proxy listening');
 
+  let released = false;
+  const unixPath = unix && opts.unixSocketDir ? `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}` : null;
+  // Taken over, the Unix socket is not bound here: closing it leaves the file, which pgBouncer removes at exit.
+  const unlinkAdopted = opts.listenFds ? unixPath : null;
+  const takeover: ListenerTakeover = {
+    hold(on) {
+      if (on) held ??= [];
+      else if (held !== null) {
+        const waiting = held;
+        held = null;
+        for (const sock of waiting) accept(sock);
+      }
+    },
+    sockets: () => ({
+      listeners: [server, unix].flatMap((srv) => {
+        const fd = srv ? listenerFd(srv) : -1;
+        if (fd < 0) return [];
+        const a = srv!.address();
+        return [srv === unix || a === null || typeof a === 'string' ? { fd, addr: 'unix', port: address.port } : { fd, addr: a.address, port: a.port }];
+      }),
+      held: held ?? [],
+    }),
+    release() {
+      released = true;
+      accepting = false;
+      held = null;
+      server.close();
+      const path = unixPath;
+      if (unix && path && !unlinkAdopted) {
+        // Closing a socket Node bound removes its file, which the new process listens on now: it is kept under
+        // another name meanwhile.
+        const keep = `${path}.${process.pid}`;
+        let kept = false;
+        try {
+          rmSync(keep, { force: true });
+          linkSync(path, keep);
+          kept = true;
+        } catch (err) {
+          log.error({ err, path }, 'the Unix socket could not be kept for the process taking over');
+        }
+        unix.close();
+        if (kept) renameSync(keep, path);
+      } else unix?.close();
+    },
+    accept,
+    adopt: (make) => sessions.add(make(env)),
+  };
+
   return {
     address,
+    takeover,
     stats: () => sessions.stats(env.totals, cancels),
     close(graceMs = opts.shutdownGraceMs) {
       unix?.close();
+      if (unlinkAdopted && !released) rmSync(unlinkAdopted, { force: true });
       closing ??= shutdown(server, sessions, graceMs, log);
       return closing;
     },
@@ -342,6 +419,35 @@ function nativeRelayFor(mode: NativeRelayMode, log: Logger): NativeRelay | null 
   if (relay === null && mode === 'on') throw new Error(`native relay is required (nativeRelay on) but not available: ${why}`);
   if (relay === null) log.warn({ why }, 'native relay not available: relaying in JS, which costs more CPU per message');
   return relay;
+}
+
+/** A listening socket's descriptor (-1 when closed or not a plain handle). */
+function listenerFd(srv: Server): number {
+  const fd = (srv as Server & { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : -1;
+}
+
+/** Online restart: listens on the sockets handed over, as pgBouncer's use_pooler_socket does. */
+async function adoptListeners(server: Server, fds: { tcp: number; unix: number | null }, accept: (s: Socket) => void, log: Logger): Promise<{ address: { host: string; port: number }; unix: Server | null }> {
+  const on = (srv: Server, fd: number) =>
+    new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen({ fd }, () => {
+        srv.removeListener('error', reject);
+        resolve();
+      });
+    });
+  await on(server, fds.tcp);
+  const a = server.address();
+  if (a === null || typeof a === 'string') throw new Error('the TCP listening socket taken over is not one');
+  let unix: Server | null = null;
+  if (fds.unix !== null) {
+    unix = createServer({ allowHalfOpen: true, pauseOnConnect: true }, accept);
+    unix.on('error', (err) => log.error({ err }, 'unix socket listener error'));
+    await on(unix, fds.unix);
+    log.info({ fd: fds.unix }, 'listening on the Unix socket taken over');
+  }
+  return { address: { host: a.address, port: a.port }, unix };
 }
 
 /** Starts listening; resolves with the address bound (the port chosen when 0 was asked for). */

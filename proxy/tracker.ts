@@ -171,6 +171,28 @@ export class RequestTracker {
     this.flushEnds();
   }
 
+  /**
+   * Online restart (takeover.ts): the requests still awaiting answers, oldest first, when every one of them is
+   * the client's own (no handler, no answer of the proxy's); null otherwise.
+   */
+  handover(): { codes: number[]; syncsIgnored: boolean } | null {
+    if (this.withHandler > 0 || this.ends.length > 0) return null;
+    const codes: number[] = [];
+    for (let k = 0; k < this.count; k++) {
+      const code = this.codes[(this.head + k) & (this.codes.length - 1)];
+      if (code === LOCAL) return null;
+      codes.push(code);
+    }
+    return { codes, syncsIgnored: this.syncsIgnored };
+  }
+
+  /** Online restart: the requests a session of the replaced process had in flight (handover()), into an empty FIFO. */
+  adopt(h: { codes: number[]; syncsIgnored: boolean }): void {
+    if (this.count > 0) throw new Error('adopt into a tracker in use');
+    for (const code of h.codes) if (code !== LOCAL) this.push(code, undefined);
+    this.syncsIgnored = h.syncsIgnored;
+  }
+
   /** Session over: every handler still waiting hears 'closed'. */
   close(): void {
     while (this.count > 0) {

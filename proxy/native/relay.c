@@ -14,6 +14,8 @@
 // goes back to JS.
 #define _GNU_SOURCE // struct ucred (SO_PEERCRED) on glibc
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -25,6 +27,9 @@
 
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0 // macOS: Node ignores SIGPIPE anyway
+#endif
+#ifndef MSG_CMSG_CLOEXEC
+#define MSG_CMSG_CLOEXEC 0 // macOS: FD_CLOEXEC is set after the receive
 #endif
 
 #define IN_CAP (64 * 1024)
@@ -573,6 +578,153 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
   return number(env, (double)w);
 }
 
+// ---- online restart (proxy/takeover.ts) ---------------------------------------------------------------------
+// pgBouncer's takeover: the running process hands its sockets to the new one as SCM_RIGHTS over the console's
+// Unix socket, one descriptor with each SHOW FDS row. Both calls wait (poll, up to the timeout) where the
+// socket would block, as pgBouncer turns its console socket blocking for SHOW FDS: each row goes out whole,
+// its descriptor with its first byte, and the rows in order.
+
+#define MAX_FDS 64
+
+// 1 ready, 0 timed out, -errno.
+static int wait_fd(int fd, short events, int32_t timeout_ms) {
+  struct pollfd p = {.fd = fd, .events = events};
+  int n;
+  do n = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
+  while (n < 0 && errno == EINTR);
+  return n < 0 ? -errno : n;
+}
+
+// sendFds(fd, buffer, [fds], timeoutMs) -> bytes sent (the whole buffer), or -errno (-ETIMEDOUT when the peer
+// took nothing for timeoutMs). The descriptors go with the buffer's first byte.
+static napi_value js_send_fds(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd, timeout_ms;
+  void *data;
+  size_t len;
+  uint32_t nfds = 0;
+  bool is_array = false;
+  if (argc < 4 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0 ||
+      napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok || napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, argv[2], &nfds) != napi_ok || nfds > MAX_FDS ||
+      napi_get_value_int32(env, argv[3], &timeout_ms) != napi_ok)
+    return throw_error(env, "sendFds(fd, buffer, fds (at most 64), timeoutMs)");
+  int fds[MAX_FDS];
+  for (uint32_t i = 0; i < nfds; i++) {
+    napi_value v;
+    if (napi_get_element(env, argv[2], i, &v) != napi_ok || napi_get_value_int32(env, v, &fds[i]) != napi_ok || fds[i] < 0)
+      return throw_error(env, "sendFds: fds must be descriptors");
+  }
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+  } control;
+  size_t off = 0;
+  bool first = true;
+  while (off < len || first) {
+    struct iovec io = {.iov_base = (uint8_t *)data + off, .iov_len = len - off};
+    struct msghdr msg = {.msg_iov = &io, .msg_iovlen = 1};
+    if (first && nfds > 0) {
+      memset(&control, 0, sizeof(control));
+      msg.msg_control = control.buf;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+      memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return number(env, -(double)errno);
+      int ready = wait_fd(fd, POLLOUT, timeout_ms);
+      if (ready <= 0) return number(env, ready == 0 ? -(double)ETIMEDOUT : (double)ready);
+      continue;
+    }
+    off += (size_t)w;
+    first = false;
+  }
+  return number(env, (double)off);
+}
+
+// recvFds(fd, maxBytes, timeoutMs) -> [bytes, [fds]] (bytes empty at the end of the stream), or null when nothing
+// came within timeoutMs. Throws on an error. Received descriptors are close-on-exec.
+static napi_value js_recv_fds(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], nul;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_get_null(env, &nul);
+  int32_t fd, max_bytes, timeout_ms;
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0 ||
+      napi_get_value_int32(env, argv[1], &max_bytes) != napi_ok || max_bytes <= 0 ||
+      napi_get_value_int32(env, argv[2], &timeout_ms) != napi_ok)
+    return throw_error(env, "recvFds(fd, maxBytes, timeoutMs)");
+  uint8_t *data = malloc((size_t)max_bytes);
+  if (data == NULL) return throw_error(env, "recvFds: out of memory");
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+  } control;
+  ssize_t n;
+  struct msghdr msg;
+  for (;;) {
+    struct iovec io = {.iov_base = data, .iov_len = (size_t)max_bytes};
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &io;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n >= 0) break;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) break;
+    int ready = wait_fd(fd, POLLIN, timeout_ms);
+    if (ready == 0) {
+      free(data);
+      return nul;
+    }
+    if (ready < 0) {
+      errno = -ready;
+      n = -1;
+      break;
+    }
+  }
+  if (n < 0) {
+    int e = errno;
+    free(data);
+    napi_throw_error(env, NULL, strerror(e));
+    return NULL;
+  }
+  napi_value fd_list, out, bytes;
+  napi_create_array(env, &fd_list);
+  uint32_t count = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < k; i++) {
+      int got;
+      memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fcntl(got, F_SETFD, FD_CLOEXEC);
+      napi_set_element(env, fd_list, count++, number(env, got));
+    }
+  }
+  if (msg.msg_flags & MSG_CTRUNC) {
+    // Descriptors beyond the control buffer were closed by the kernel: the sender's rows no longer match.
+    free(data);
+    return throw_error(env, "recvFds: descriptors were dropped (control data truncated)");
+  }
+  void *copy;
+  napi_create_buffer_copy(env, (size_t)n, data, &copy, &bytes);
+  free(data);
+  napi_create_array_with_length(env, 2, &out);
+  napi_set_element(env, out, 0, bytes);
+  napi_set_element(env, out, 1, fd_list);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"start", NULL, js_start, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -580,8 +732,10 @@ static napi_value init(napi_env env, napi_value exports) {
     {"state", NULL, js_state, NULL, NULL, NULL, napi_enumerable, NULL},
     {"peer", NULL, js_peer, NULL, NULL, NULL, napi_enumerable, NULL},
     {"send", NULL, js_send, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"sendFds", NULL, js_send_fds, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"recvFds", NULL, js_recv_fds, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  napi_define_properties(env, exports, 5, props);
+  napi_define_properties(env, exports, 7, props);
   return exports;
 }
 

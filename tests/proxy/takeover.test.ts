@@ -1,0 +1,241 @@
+// The online restart, pgBouncer's -R/--reboot: the CLI run as pgBouncer is, as a real child process, then a second
+// one with -R that takes its sockets over through the console (SUSPEND, SHOW FDS with SCM_RIGHTS, SHUTDOWN). The
+// clients are real node-postgres connections that stay open across it: one mid-query (blocked on an advisory lock
+// held outside the proxy), one idle with settings and a named prepared statement, one inside a transaction, one
+// whose statement is cancelled after the takeover with the key it got before.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { afterEach, describe, expect, test } from 'vitest';
+import { freePort } from '../setup/cluster.js';
+import { client as direct, testDb } from './helpers.js';
+
+const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
+
+interface Proc {
+  child: ChildProcess;
+  output(): string;
+  exited: Promise<number | null>;
+}
+
+interface Bouncer {
+  dir: string;
+  port: number;
+  ini: string;
+  log(): string;
+}
+
+const started: { procs: Proc[]; clients: pg.Client[]; dirs: string[] } = { procs: [], clients: [], dirs: [] };
+
+afterEach(async () => {
+  for (const p of started.procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+  await Promise.all(started.procs.map((p) => p.exited));
+  await Promise.all(started.clients.map((c) => c.end().catch(() => {})));
+  for (const d of started.dirs) rmSync(d, { recursive: true, force: true });
+  started.procs = [];
+  started.clients = [];
+  started.dirs = [];
+});
+
+/** Runs `pg-steadytext pgbouncer [args] ini`; resolves once its pidfile names it (it serves then). */
+async function run(b: Bouncer, args: string[] = []): Promise<Proc> {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'pgbouncer', ...args, b.ini], {
+    env: { ...process.env, PGSTEADYTEXT_DAEMON_LISTEN: 'off' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const p: Proc = { child, output: () => output, exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
+  started.procs.push(p);
+  const pidfile = join(b.dir, 'pgb.pid');
+  const deadline = Date.now() + 60_000;
+  while (!existsSync(pidfile) || readFileSync(pidfile, 'utf8').trim() !== String(child.pid)) {
+    if (child.exitCode !== null) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output}\n${b.log()}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 60 s:\n${output}\n${b.log()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return p;
+}
+
+function bouncer(settings: Record<string, string | number>, users: [string, string][]): Promise<Bouncer> {
+  return freePort().then((port) => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgb-takeover-'));
+    started.dirs.push(dir);
+    const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
+    writeFileSync(join(dir, 'userlist.txt'), users.map(([u, p]) => `${q(u)} ${q(p)}`).join('\n') + '\n');
+    const db = testDb();
+    const all: Record<string, string | number> = {
+      listen_addr: '127.0.0.1',
+      listen_port: port,
+      unix_socket_dir: dir,
+      logfile: join(dir, 'pgb.log'),
+      pidfile: join(dir, 'pgb.pid'),
+      auth_file: join(dir, 'userlist.txt'),
+      ...settings,
+    };
+    const ini = join(dir, 'pgbouncer.ini');
+    writeFileSync(
+      ini,
+      [
+        '[databases]',
+        `postgres = host=${db.host} port=${db.port} dbname=postgres`,
+        '[pgbouncer]',
+        ...Object.entries(all).map(([k, v]) => `${k} = ${v}`),
+      ].join('\n') + '\n',
+    );
+    const logfile = join(dir, 'pgb.log');
+    return { dir, port, ini, log: () => (existsSync(logfile) ? readFileSync(logfile, 'utf8') : '') };
+  });
+}
+
+async function connect(b: Bouncer, c: { user: string; password?: string; database?: string; unix?: boolean }): Promise<pg.Client> {
+  const client = new pg.Client({
+    host: c.unix ? b.dir : '127.0.0.1',
+    port: b.port,
+    user: c.user,
+    password: c.password,
+    database: c.database ?? 'postgres',
+  });
+  client.on('error', () => {});
+  started.clients.push(client);
+  await client.connect();
+  return client;
+}
+
+/** A CancelRequest with the key the client was given, as libpq sends it; resolves once the proxy closed the connection. */
+function cancel(port: number, c: pg.Client): Promise<void> {
+  const { processID, secretKey } = c as unknown as { processID: number; secretKey: number };
+  const packet = Buffer.alloc(16);
+  packet.writeInt32BE(16, 0);
+  packet.writeInt32BE(80877102, 4);
+  packet.writeInt32BE(processID, 8);
+  packet.writeInt32BE(secretKey, 12);
+  return new Promise((resolve, reject) => {
+    const s = netConnect({ host: '127.0.0.1', port }, () => s.end(packet));
+    s.on('error', reject);
+    s.on('close', () => resolve());
+  });
+}
+
+const TRUST_USERS: [string, string][] = [['trust_user', '']];
+
+describe("online restart (-R): a new process takes over the running one's sockets", () => {
+  test('clients mid-query, idle, and inside a transaction go on through the new process; their cancel keys still cancel; new clients connect', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 5 }, TRUST_USERS);
+    const old = await run(b);
+    const holder = await direct('admin', null);
+    started.clients.push(holder);
+    await holder.query('select pg_advisory_lock(7401), pg_advisory_lock(7402)');
+
+    // Idle between transactions, with a setting and a named statement that must follow it.
+    const idle = await connect(b, { user: 'trust_user' });
+    await idle.query("set statement_timeout = '123s'");
+    expect((await idle.query({ name: 'twice', text: 'select $1::int * 2 as v', values: [21] })).rows[0].v).toBe(42);
+    // Inside a transaction: its server connection moves with it.
+    const tx = await connect(b, { user: 'trust_user' });
+    await tx.query('begin');
+    const xid = (await tx.query('select txid_current()::text as x')).rows[0].x as string;
+    // Mid-query: blocked until the holder lets go, which it does only after the takeover.
+    const waiting = await connect(b, { user: 'trust_user' });
+    const answer = waiting.query('select pg_advisory_xact_lock(7401) as locked, 41 as v');
+    const cancelled = await connect(b, { user: 'trust_user' });
+    const stuck = cancelled.query('select pg_advisory_xact_lock(7402)').then(
+      () => null,
+      (err: { code?: string }) => err,
+    );
+    await expect
+      .poll(
+        async () =>
+          (
+            await holder.query(
+              "select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%pg_advisory_xact_lock(74%'",
+            )
+          ).rows[0].n,
+        { timeout: 10_000 },
+      )
+      .toBe(2);
+
+    const next = await run(b, ['-R']);
+    expect(await old.exited).toBe(0);
+    expect(next.child.exitCode).toBeNull();
+    const log = b.log();
+    expect(log).toContain('SUSPEND command issued');
+    expect(log).toContain('takeover: handed over 4 clients');
+    expect(log).toContain('old process killed, resuming work');
+
+    // The statement that ran through the takeover answers the client that sent it.
+    await holder.query('select pg_advisory_unlock(7401)');
+    expect((await answer).rows[0].v).toBe(41);
+    // The idle client: its setting and its statement are still there.
+    expect((await idle.query('show statement_timeout')).rows[0].statement_timeout).toBe('123s');
+    expect((await idle.query({ name: 'twice', text: 'select $1::int * 2 as v', values: [5] })).rows[0].v).toBe(10);
+    // The transaction is the same one, on the same server connection.
+    expect((await tx.query('select txid_current()::text as x')).rows[0].x).toBe(xid);
+    await tx.query('commit');
+    // The key the client got from the old process cancels its statement in the new one.
+    await cancel(b.port, cancelled);
+    expect((await stuck)?.code).toBe('57014');
+    await holder.query('select pg_advisory_unlock(7402)');
+    // New clients, over TCP and the Unix socket the new process took over.
+    expect((await (await connect(b, { user: 'trust_user' })).query('select 1 as v')).rows[0].v).toBe(1);
+    const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
+    const fds = await admin.query('SHOW FDS');
+    // pgBouncer's columns for the console (the state beyond them goes to the takeover's own login only).
+    expect(fds.fields.map((f) => f.name)).toEqual([
+      'fd',
+      'task',
+      'user',
+      'database',
+      'addr',
+      'port',
+      'cancel',
+      'link',
+      'client_encoding',
+      'std_strings',
+      'datestyle',
+      'timezone',
+      'password',
+      'scram_client_key',
+      'scram_server_key',
+    ]);
+    expect(fds.rows.filter((r) => r.task === 'pooler')).toHaveLength(2);
+    expect(fds.rows.filter((r) => r.task === 'client').map((r) => r.user)).toContain('trust_user');
+    expect(await waiting.query('select 2 as v').then((r) => r.rows[0].v)).toBe(2);
+  });
+
+  test("SCRAM: a server login after the takeover uses the keys of the client's login (the auth_file has a verifier only)", async () => {
+    const scram = testDb().roles.scram;
+    const verifier = await direct('admin', null).then(async (c) => {
+      try {
+        return (await c.query<{ v: string }>('select rolpassword as v from pg_authid where rolname = $1', [scram.user])).rows[0].v;
+      } finally {
+        await c.end();
+      }
+    });
+    expect(verifier).toMatch(/^SCRAM-SHA-256\$/);
+    const b = await bouncer({ auth_type: 'scram-sha-256', pool_mode: 'transaction', admin_users: 'pgbouncer' }, [[scram.user, verifier]]);
+    const old = await run(b);
+    const c = await connect(b, { user: scram.user, password: scram.password });
+    expect((await c.query('select 1 as v')).rows[0].v).toBe(1);
+
+    await run(b, ['--reboot']);
+    expect(await old.exited).toBe(0);
+    // Every server connection closes: the next statement needs a login of the new process's own.
+    const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
+    await admin.query('RECONNECT');
+    await admin.query('WAIT_CLOSE');
+    expect((await c.query('select current_user as u')).rows[0].u).toBe(scram.user);
+  });
+
+  test('with no process running, -R starts as usual', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction' }, TRUST_USERS);
+    await run(b, ['-R']);
+    expect(b.log()).toContain('old process not found, try to continue normally');
+    expect((await (await connect(b, { user: 'trust_user' })).query('select 1 as v')).rows[0].v).toBe(1);
+  });
+});
