@@ -252,6 +252,55 @@ describe('pooling with --workers: cancel and console across workers', () => {
     expect((await yq).rows[0].v).toBe(3);
   });
 
+  test('SET and KILL_CLIENT given to one console act in the other worker too', async () => {
+    const b = await startBouncer({ postgres: target() }, { max_client_conn: 10, default_pool_size: 2 });
+    const admin = await connect(b, 'pgbouncer');
+    await admin.query('SET max_client_conn = 3');
+    const three = [await connect(b), await connect(b), await connect(b)];
+    expect(new Set(three.map(workerOf)).size).toBe(2);
+    // Both workers have the new limit: the next clients are refused whichever worker they land on.
+    for (let i = 0; i < 2; i++) await expect(connect(b)).rejects.toThrow('no more connections allowed (max_client_conn)');
+    const rows = (await admin.query('SHOW CLIENTS')).rows;
+    const own = rows.find((r) => r.database === 'pgbouncer')!;
+    const victim = rows.find((r) => r.database === 'postgres' && Number(r.id) % 2 !== Number(own.id) % 2)!;
+    await admin.query(`KILL_CLIENT ${victim.id}`);
+    await expect.poll(async () => (await admin.query('SHOW CLIENTS')).rows.some((r) => r.id === victim.id), { timeout: 10_000 }).toBe(false);
+    const left = await Promise.all(three.map((c) => c.query('SELECT 1').then(() => true, () => false)));
+    expect(left.filter((ok) => !ok)).toHaveLength(1);
+  });
+
+  test('SHUTDOWN given to one console stops every worker, and the primary with them', async () => {
+    const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 });
+    await onBothWorkers(b);
+    const admin = await connect(b, 'pgbouncer');
+    void admin.query('SHUTDOWN').catch(() => {});
+    expect(await b.exited()).toBe(0);
+    expect(existsSync(join(b.dir, 'pgb.pid'))).toBe(false);
+    expect(b.output()).not.toContain('restarting');
+  });
+
+  test('SIGTERM to the primary: the clients of both workers go on, new ones are refused, all exit once they left', async () => {
+    const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 });
+    const [x, y] = await onBothWorkers(b);
+    b.child.kill('SIGTERM');
+    // A connection made while the workers close their listeners may be left unanswered (Node's round-robin handle
+    // can drop one in flight to the last worker closing): each attempt has a deadline, and the listener ends closed.
+    const attempt = () =>
+      new Promise<string>((resolve) => {
+        const s = netConnect({ host: '127.0.0.1', port: b.port });
+        const timer = setTimeout(() => (s.destroy(), resolve('no answer')), 2_000);
+        s.on('connect', () => (clearTimeout(timer), s.destroy(), resolve('connected')));
+        s.on('error', (e: NodeJS.ErrnoException) => (clearTimeout(timer), resolve(e.code ?? e.message)));
+      });
+    await expect.poll(attempt, { timeout: 15_000, interval: 100 }).toBe('ECONNREFUSED');
+    expect((await x.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    expect((await y.query('SELECT 2 AS v')).rows[0].v).toBe(2);
+    expect(b.alive()).toBe(true);
+    await x.end();
+    await y.end();
+    expect(await b.exited()).toBe(0);
+  });
+
   test('RELOAD given to one console, and SIGHUP to the primary, reload every worker', async () => {
     const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 });
     const text = readFileSync(b.ini, 'utf8');
