@@ -239,6 +239,8 @@ export class ClientStatements {
   lastUsed: SharedStatement | null = null;
   /** False once the client is gone (its copies under its own names are closed: sweepLiterals). */
   alive = true;
+  /** Some server connection was given a copy of the client's under the client's own name (SQL named one). */
+  private hasLiterals = false;
 
   constructor(
     private readonly cache: StatementCache,
@@ -267,6 +269,12 @@ export class ClientStatements {
     for (const [name, c] of this.byName) yield [name, c.st];
   }
 
+  /** A server connection's copy of a statement of the client's under the client's own name. */
+  private literal(version: string): Literal {
+    this.hasLiterals = true;
+    return { version, owner: this };
+  }
+
   /** The client's statement of that name, if it has one the server did not refuse. */
   get(name: string): SharedStatement | undefined {
     const c = this.byName.get(name);
@@ -291,7 +299,7 @@ export class ClientStatements {
     if (name === '') return undefined;
     if (this.uncertain.size > 0 && this.uncertain.has(name)) {
       // The server knows whether the client's SQL left a statement of that name: it answers.
-      literals(server).set(name, { version: '', owner: this });
+      literals(server).set(name, this.literal(''));
       return undefined;
     }
     const had = this.byName.get(name);
@@ -369,7 +377,7 @@ export class ClientStatements {
     if (c) {
       this.byName.delete(name);
       this.cache.drop(c.st);
-      forgotten++;
+      if (this.hasLiterals) forgotten++;
     }
     // The server answers CloseComplete for a name that does not exist too.
     return { send: [], local: CLOSE_COMPLETE };
@@ -378,7 +386,7 @@ export class ClientStatements {
   /** DEALLOCATE ALL / DISCARD ALL from the client (uncertain names are read back). */
   clear(): void {
     for (const c of this.byName.values()) this.cache.drop(c.st);
-    if (this.byName.size > 0) forgotten++;
+    if (this.hasLiterals && this.byName.size > 0) forgotten++;
     this.byName.clear();
   }
 
@@ -386,7 +394,7 @@ export class ClientStatements {
   end(): void {
     this.clear();
     this.alive = false;
-    forgotten++;
+    if (this.hasLiterals) forgotten++;
   }
 
   /**
@@ -407,13 +415,13 @@ export class ClientStatements {
     for (const p of e.prepares) {
       this.uncertain.add(p.name);
       lits.delete(p.name);
-      lits.set(p.name, { version: '', owner: this });
+      lits.set(p.name, this.literal(''));
     }
     for (const n of e.deallocates) {
       if (n === '*') continue;
       this.uncertain.add(n);
       lits.delete(n);
-      lits.set(n, { version: '', owner: this });
+      lits.set(n, this.literal(''));
     }
     if (out.length > 0 && beforeQuery) out.push({ bytes: SYNC, handler: SWALLOW });
     return out;
@@ -428,7 +436,7 @@ export class ClientStatements {
     if (st !== undefined && have !== undefined && have.version === st.name) {
       // Another client's copy of the same definition serves as well.
       lits.delete(name);
-      lits.set(name, { version: st.name, owner: this });
+      lits.set(name, this.literal(st.name));
       return;
     }
     if (have !== undefined || server.prepared.has(name)) {
@@ -438,7 +446,7 @@ export class ClientStatements {
     }
     if (st === undefined) return;
     this.evictLiterals(server, keep, out, beforeQuery);
-    const lit: Literal = { version: st.name, owner: this };
+    const lit: Literal = this.literal(st.name);
     lits.set(name, lit);
     const gone = () => {
       if (lits.get(name) === lit) lits.delete(name);
@@ -489,7 +497,7 @@ export class ClientStatements {
         if (had.st !== st) forgotten++;
       }
       lits.delete(name);
-      lits.set(name, { version: st.name, owner: this });
+      lits.set(name, this.literal(st.name));
       this.uncertain.delete(name);
     }
   }
@@ -520,7 +528,7 @@ export class ClientStatements {
       forgotten++;
     }
     const lits = literals(server);
-    const lit: Literal = { version: st.name, owner: this };
+    const lit: Literal = this.literal(st.name);
     lits.delete(name);
     lits.set(name, lit);
     const gone = () => {
