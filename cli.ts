@@ -100,6 +100,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
   // pgBouncer's so_reuseport runs processes side by side, each with limits of its own; here one command runs
   // the workers, with one set of limits. Node 20 cannot set SO_REUSEPORT for other processes to join.
+  if (reboot && s.workers > 1) throw new Error('online restart (-R) of a process with workers is not supported: restart it instead');
   if (s.workers > 1) return serveWithWorkers(s, log, ini);
   if (ini?.settings.soReuseport) log.warn('so_reuseport = 1: to serve from several processes with limits counted across them, set workers = N in [steadytext] (or --workers N)');
   const { engine, databases, daemon, calls } = await startServing(s, log);

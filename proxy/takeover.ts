@@ -388,7 +388,7 @@ export class TakeoverSource {
           { clients: moved.length, servers: movedServers.length, listeners: listeners.length, waiting: fresh.length },
           'sockets handed over to the new process',
         );
-        pooler.pgbLog.line('LOG', `takeover: handed over ${moved.length} clients and ${movedServers.length} server connections`);
+        pooler.pgbLog.line('LOG', `takeover: handed over ${moved.length} clients, ${movedServers.length} server connections and ${fresh.length} connections not logged in yet`);
       },
     };
   }
@@ -718,8 +718,9 @@ export class Takeover {
       idle++;
     }
     for (const p of pools) if (p) pooler.schedule(p);
-    log.info({ clients, servers: servers.size, idle }, 'sockets taken over');
-    this.o.note(`takeover: took over ${clients} clients and ${servers.size} server connections`);
+    const fresh = [...this.byOldFd.keys()].filter((fd) => this.state.sockets[fd]?.kind === 'fresh').length;
+    log.info({ clients, servers: servers.size, idle, fresh }, 'sockets taken over');
+    this.o.note(`takeover: took over ${clients} clients, ${servers.size} server connections and ${fresh} connections not logged in yet`);
   }
 
   /**

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterEach, describe, expect, test } from 'vitest';
 import { freePort } from '../setup/cluster.js';
-import { client as direct, testDb } from './helpers.js';
+import { client as direct, queryMsg, rawSession, testDb } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
 
@@ -230,6 +230,39 @@ describe("online restart (-R): a new process takes over the running one's socket
     await admin.query('RECONNECT');
     await admin.query('WAIT_CLOSE');
     expect((await c.query('select current_user as u')).rows[0].u).toBe(scram.user);
+  });
+
+  test('SUSPEND waits for a client in the middle of a message; a connection made meanwhile waits unread, then logs in to the new process', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction' }, TRUST_USERS);
+    const old = await run(b);
+    const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
+    const raw = await rawSession(b.port);
+    const q = queryMsg('select 5 as v');
+    raw.write(q.subarray(0, 3));
+    const next = run(b, ['-R']);
+    next.catch(() => {});
+    await expect.poll(() => b.log(), { timeout: 60_000 }).toContain('SUSPEND command issued');
+    // Held unread: the old process lists it (no user yet) and its login waits.
+    const late = new pg.Client({ host: '127.0.0.1', port: b.port, user: 'trust_user', database: 'postgres' });
+    late.on('error', () => {});
+    started.clients.push(late);
+    const lateConnected = late.connect();
+    await expect
+      .poll(async () => (await admin.query('SHOW FDS')).rows.filter((r) => r.task === 'client' && r.user === null).length, { timeout: 10_000 })
+      .toBe(1);
+    expect(old.child.exitCode).toBeNull();
+    // The rest of the message: its answer, then the session is still and the takeover goes on.
+    raw.write(q.subarray(3));
+    await raw.waitForCount('Z', 2);
+    await next;
+    expect(await old.exited).toBe(0);
+    expect(b.log()).toContain('and 1 connections not logged in yet');
+    await lateConnected;
+    expect((await late.query('select 6 as v')).rows[0].v).toBe(6);
+    // The raw client moved too.
+    raw.write(queryMsg('select 7 as v'));
+    await raw.waitForCount('Z', 3);
+    raw.destroy();
   });
 
   test('with no process running, -R starts as usual', async () => {
