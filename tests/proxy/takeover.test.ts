@@ -3,7 +3,7 @@
 // clients are real node-postgres connections that stay open across it: one mid-query (blocked on an advisory lock
 // held outside the proxy), one idle with settings and a named prepared statement, one inside a transaction, one
 // whose statement is cancelled after the takeover with the key it got before.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -263,6 +263,52 @@ describe("online restart (-R): a new process takes over the running one's socket
     raw.write(queryMsg('select 7 as v'));
     await raw.waitForCount('Z', 3);
     raw.destroy();
+  });
+
+  test('a TLS client does not move (as in pgBouncer): it ends with the old process, a plaintext one goes on', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgb-takeover-tls-'));
+    started.dirs.push(dir);
+    const key = join(dir, 'server.key');
+    const crt = join(dir, 'server.crt');
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        key,
+        '-out',
+        crt,
+        '-days',
+        '2',
+        '-subj',
+        '/CN=localhost',
+      ],
+      { stdio: 'pipe' },
+    );
+    const b = await bouncer(
+      { auth_type: 'trust', pool_mode: 'transaction', client_tls_sslmode: 'allow', client_tls_key_file: key, client_tls_cert_file: crt },
+      TRUST_USERS,
+    );
+    const old = await run(b);
+    const tls = new pg.Client({ host: '127.0.0.1', port: b.port, user: 'trust_user', database: 'postgres', ssl: { rejectUnauthorized: false } });
+    tls.on('error', () => {});
+    started.clients.push(tls);
+    await tls.connect();
+    expect((await tls.query('select 1 as v')).rows[0].v).toBe(1);
+    const plain = await connect(b, { user: 'trust_user' });
+    expect((await plain.query('select 2 as v')).rows[0].v).toBe(2);
+
+    await run(b, ['-R']);
+    expect(await old.exited).toBe(0);
+    expect(b.log()).toContain('takeover: handed over 1 clients');
+    expect((await plain.query('select 3 as v')).rows[0].v).toBe(3);
+    await expect(tls.query('select 4 as v')).rejects.toThrow();
   });
 
   test('with no process running, -R starts as usual', async () => {
