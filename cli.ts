@@ -473,6 +473,7 @@ async function main(argv: string[]): Promise<number> {
     await serve(s, createLogger(s), ini, rest.includes('-R') || parsed.extra.reboot === true);
     return -1;
   }
+  if (rest.includes('-R') || parsed.extra.reboot) throw new SettingsError('--reboot takes the sockets of a pooler: serve --config pgbouncer.ini --reboot');
   const s = loadSettings({ flags: parsed.flags, configFile: parsed.configFile });
   switch (cmd) {
     case 'serve': {

@@ -41,9 +41,9 @@ afterEach(async () => {
   started.dirs = [];
 });
 
-/** Runs `pg-steadytext pgbouncer [args] ini`; resolves once its pidfile names it (it serves then). */
-async function run(b: Bouncer, args: string[] = []): Promise<Proc> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'pgbouncer', ...args, b.ini], {
+/** Runs `pg-steadytext pgbouncer [args] ini` (or the command line given); resolves once its pidfile names it (it serves then). */
+async function run(b: Bouncer, args: string[] = [], command = ['pgbouncer', ...args, b.ini]): Promise<Proc> {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...command], {
     env: { ...process.env, PGSTEADYTEXT_DAEMON_LISTEN: 'off' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -223,7 +223,7 @@ describe("online restart (-R): a new process takes over the running one's socket
     const c = await connect(b, { user: scram.user, password: scram.password });
     expect((await c.query('select 1 as v')).rows[0].v).toBe(1);
 
-    await run(b, ['--reboot']);
+    await run(b, [], ['serve', '--config', b.ini, '--reboot']);
     expect(await old.exited).toBe(0);
     // Every server connection closes: the next statement needs a login of the new process's own.
     const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
