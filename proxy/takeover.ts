@@ -38,11 +38,16 @@ import type { ProxyServer } from './server.js';
 import { nextSocketId } from './socket-id.js';
 import { ServerConnection } from './upstream.js';
 
-/** The application_name of the takeover's console login: it gets the state notice, and SHOW FDS hands over. */
-export const TAKEOVER_LOGIN = 'pg-steadytext takeover';
+/** The state's format: a process hands over only to a login that names the format it writes. */
+const STATE_VERSION = 1;
+/**
+ * The application_name of the takeover's console login: it gets the state notice, and SHOW FDS hands over. A
+ * process that writes another format sees an ordinary console login: it hands nothing over, the new process
+ * finds no state it can read and gives up, and the old one resumes (its admin left).
+ */
+export const TAKEOVER_LOGIN = `pg-steadytext takeover ${STATE_VERSION}`;
 /** The state notice's message (its detail is the JSON). */
 const STATE_NOTICE = 'pg-steadytext takeover state';
-const STATE_VERSION = 1;
 
 type B64 = string;
 type Pairs = [string, string][];

@@ -311,6 +311,33 @@ describe("online restart (-R): a new process takes over the running one's socket
     await expect(tls.query('select 4 as v')).rejects.toThrow();
   });
 
+  test('a takeover login of another state format gets no state and takes nothing: once it leaves, the old process resumes', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction' }, TRUST_USERS);
+    const old = await run(b);
+    const c = await connect(b, { user: 'trust_user' });
+    expect((await c.query('select 1 as v')).rows[0].v).toBe(1);
+    const other = new pg.Client({
+      host: b.dir,
+      port: b.port,
+      user: 'pgbouncer',
+      database: 'pgbouncer',
+      application_name: 'pg-steadytext takeover 999',
+    });
+    started.clients.push(other);
+    const notices: string[] = [];
+    other.on('notice', (n) => notices.push(n.message));
+    await other.connect();
+    await other.query('SUSPEND');
+    const fds = await other.query('SHOW FDS');
+    expect(fds.rows.filter((r) => r.task === 'client').length).toBe(1);
+    expect(notices).toEqual([]);
+    await other.end();
+    await expect.poll(() => b.log(), { timeout: 10_000 }).toContain('admin disappeared when suspended, doing RESUME');
+    expect(b.log()).not.toContain('handed over');
+    expect((await c.query('select 2 as v')).rows[0].v).toBe(2);
+    expect(old.child.exitCode).toBeNull();
+  });
+
   test('with no process running, -R starts as usual', async () => {
     const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction' }, TRUST_USERS);
     await run(b, ['-R']);
