@@ -13,7 +13,7 @@ import pg from 'pg';
 import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
 import { createConsole } from '../../proxy/console-host.js';
 import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
-import { bind as bindMessage, execute, parse, query, readDataRow, SYNC } from '../../proxy/protocol.js';
+import { bind as bindMessage, close, execute, parse, query, readDataRow, SYNC } from '../../proxy/protocol.js';
 import type { ProxyServer } from '../../proxy/server.js';
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
 import { RawClient, adminQuery, appName, frontend, silentLogger, startTestProxy, startupPacket, testDb } from './helpers.js';
@@ -377,6 +377,31 @@ describe('SQL PREPARE, EXECUTE and DEALLOCATE follow the client, in one namespac
     await Promise.all(probes.map((c) => letGo(c)));
   });
 
+  test("within the transaction of a SQL PREPARE, the protocol's Parse, Bind and Close of that name go to the server as they are", async () => {
+    const c = await p.session();
+    await exchange(c, [query('begin')]);
+    await exchange(c, [query('prepare u as select 11')]);
+    // The server, which holds the SQL's statement, answers: the name is taken.
+    let got = await exchange(c, [parse('u', 'select 12'), SYNC]);
+    expect(errors(got).join()).toContain('prepared statement "u" already exists');
+    await exchange(c, [query('rollback')]);
+    got = await exchange(c, [query('select pg_backend_pid()')]);
+    const holder = await hold(p, Number(rows(got)[0][0]));
+    // Read back after the transaction: the SQL's statement, bound on the other connection.
+    got = await exchange(c, [bind('', 'u', []), execute(''), SYNC]);
+    expect(rows(got)).toEqual([['11']]);
+    await letGo(holder);
+    // Closed by the protocol in the transaction that made it: gone there and after.
+    await exchange(c, [query('begin')]);
+    await exchange(c, [query('prepare v as select 13')]);
+    got = await exchange(c, [close('S', 'v'), SYNC]);
+    expect(errors(got)).toEqual([]);
+    await exchange(c, [query('commit')]);
+    got = await exchange(c, [query('execute v')]);
+    expect(errors(got).join()).toContain('prepared statement "v" does not exist');
+    c.destroy();
+  });
+
   test('EXECUTE from a Parse (extended protocol, as psycopg and asyncpg send SQL) and PREPARE inside a transaction', async () => {
     const a = await p.pg(app);
     await a.query('prepare via_parse(int) as select $1 * 10 as v');
@@ -468,7 +493,7 @@ describe('a statement whose result type changed is prepared again (0A000) outsid
     const from = c.messages.length;
     c.write(Buffer.concat([bind('', 'pipe', []), execute(''), frontend('H')]));
     await c.until(() => c.messages.slice(from).some((m) => m.type === 'E'), 5_000, 'the error before the Sync');
-    got = await exchange(c, [SYNC]);
+    await exchange(c, [SYNC]);
     expect(errors(c.messages.slice(from)).join()).toContain('cached plan must not change result type');
     c.destroy();
   });
