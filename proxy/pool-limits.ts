@@ -509,11 +509,13 @@ export class WorkerSlots implements ServerSlots {
         if (st.held === 0 && !st.yields.soft && !st.yields.now && !st.yields.hard) this.local.delete(k);
         continue;
       }
+      // Only whether a worker asks matters to the primary (whom to grant, where to ask for yields), not how much:
+      // asks go back once nothing waits, not as the number of waiting clients moves with each transaction.
       const { wait, min } = this.needs(pool);
       const spare = Math.max(0, st.held - pool.size);
-      const extraWait = st.askWait - Math.max(0, wait - spare);
-      const extraMin = st.askMin - Math.max(0, min - Math.max(0, spare - wait));
-      if (extraWait > 0 || extraMin > 0) this.withdraw(st, Math.max(0, extraWait), Math.max(0, extraMin));
+      const waitGone = wait <= spare && st.askWait > 0;
+      const minGone = min <= Math.max(0, spare - wait) && st.askMin > 0;
+      if (waitGone || minGone) this.withdraw(st, waitGone ? st.askWait : 0, minGone ? st.askMin : 0);
       if (st.yields.soft || st.yields.now) this.pooler.schedule(pool);
     }
   }
