@@ -1107,6 +1107,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.hooks.pending || this.sock.writableLength > 0 || this.tracker.handover() === null) return false;
     const s = this.server;
     if (s !== null && (!s.reader.atBoundary || s.reader.isPaused || s.reader.buffered > 0 || s.sock.writableLength > 0)) return false;
+    if (!this.pooled.unwatchForHandover()) return false;
     s?.sock.pause();
     return (this.still = true);
   }

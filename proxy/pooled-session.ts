@@ -188,14 +188,25 @@ export class PooledSession implements PoolClient {
     );
   }
 
-  /** Online restart (takeover.ts): the read-back and pin check due at the end of the current transaction, carried over. */
-  get due(): { settings: boolean; pins: boolean } {
-    return { settings: this.settingsDirty, pins: this.pinsDirty };
+  /** Online restart (takeover.ts): the read-backs and pin check due at the end of the current transaction, carried over. */
+  get due(): { settings: boolean; pins: boolean; statements: boolean } {
+    return { settings: this.settingsDirty, pins: this.pinsDirty, statements: this.statementsDirty };
   }
 
-  set due(d: { settings: boolean; pins: boolean }) {
+  set due(d: { settings: boolean; pins: boolean; statements?: boolean }) {
     this.settingsDirty = d.settings;
     this.pinsDirty = d.pins;
+    this.statementsDirty = d.statements ?? false;
+  }
+
+  /**
+   * Online restart: the exchange watched for a 0A000, if any, is watched no more (after the handover a 0A000
+   * reaches the client, as inside a transaction block); false while one is held for its ReadyForQuery.
+   */
+  unwatchForHandover(): boolean {
+    if (this.watch.state !== 0 && this.watch.error !== null) return false;
+    this.watch.state = 0;
+    return true;
   }
 
   /** Statement names are the proxy's (pgBouncer: not in session mode, and max_prepared_statements not 0; read at each message). */

@@ -208,6 +208,18 @@ export function sweepLiterals(server: PooledServer): Outgoing {
   return out;
 }
 
+let orphans: ClientStatements | undefined;
+
+/**
+ * Online restart (takeover.ts): a server connection taken over holds a statement under a name no client here
+ * owns (its owner did not move): closed when the connection is next lent.
+ */
+export function orphanLiteral(server: PooledServer, name: string): void {
+  orphans ??= Object.assign(new ClientStatements(new StatementCache(), () => 1, { clientParseCount: 0, serverParseCount: 0, bindCount: 0 }), { alive: false });
+  literals(server).set(name, { version: '', owner: orphans });
+  forgotten++;
+}
+
 /** Does the SQL name prepared statements (PREPARE, EXECUTE, DEALLOCATE of a name)? */
 export function namesStatements(e: StatementEffects): boolean {
   return e.prepares.length > 0 || e.executes.length > 0 || e.deallocates.length > 0;
@@ -291,6 +303,12 @@ export class ClientStatements {
     if (this.byName.has(name)) return;
     st.refs++;
     this.byName.set(name, { st, failed });
+  }
+
+  /** Online restart: a server connection taken over holds a copy of this client's under the client's own name. */
+  adoptLiteral(server: PooledServer, name: string, version: string): void {
+    literals(server).set(name, this.literal(version));
+    forgotten++; // a copy that is stale already goes at the next lend
   }
 
   /** Parse. Unnamed statements pass as they are (they live within one exchange). */

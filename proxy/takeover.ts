@@ -30,7 +30,7 @@ import type { FdRow } from './console.js';
 import { PooledServer, type Pool } from './pool.js';
 import type { PinReason } from './pooled-session.js';
 import type { PoolingEnv } from './pooling.js';
-import type { SharedStatement } from './prepared.js';
+import { literals, orphanLiteral, type ClientStatements, type SharedStatement } from './prepared.js';
 import { Be, TERMINATE, errorResponse, query, readCString, readDataRow, readErrorFields, startupMessage, type TxStatus } from './protocol.js';
 import { ReadBuffer } from './read-buffer.js';
 import { loadNativeRelay, socketFd, type FdPassing } from './relay.js';
@@ -76,7 +76,9 @@ interface ClientState {
   pins: PinReason[];
   /** Client name, server-side name, whether its Parse failed. */
   statements: [string, string, boolean][];
-  due: { settings: boolean; pins: boolean };
+  /** Names its SQL may have prepared or dropped in the current transaction (read back at its end). */
+  uncertain: string[];
+  due: { settings: boolean; pins: boolean; statements: boolean };
   /** The old descriptor of the server connection it holds (0: none). */
   link: number;
 }
@@ -90,6 +92,8 @@ interface ServerState {
   applied: Pairs;
   /** Server-side statement names, least recently used first. */
   prepared: string[];
+  /** Statements under client names (SQL's), least recently used first: name, version, the owner's old descriptor (0: it stays). */
+  literals: [string, string, number][];
   target: string;
   lastUsed: number;
   checkedAt: number;
@@ -265,6 +269,7 @@ export class TakeoverSource {
     // Clients, then server connections: idle ones and those of the clients listed.
     const statements = new Map<string, SharedStatement>();
     const moved: ClientSession[] = [];
+    const ownerFd = new Map<ClientStatements, number>();
     const servers = new Map<PooledServer, { clientFd: number; moves: boolean }>();
     const clientRows: [FdRow, ClientState | null][] = [];
     for (const session of proxy.sessions()) {
@@ -315,10 +320,12 @@ export class TakeoverSource {
           settings: [...p.settings],
           pins: [...p.pins],
           statements: entries,
+          uncertain: [...p.statements.uncertain],
           due: p.due,
           link: serverFd > 0 ? serverFd : 0,
         };
         moved.push(session);
+        ownerFd.set(p.statements, fd);
       }
       if (s && serverFd > 0) servers.set(s, { clientFd: fd, moves: st !== null });
       clientRows.push([r, st]);
@@ -355,6 +362,7 @@ export class TakeoverSource {
               params: [...s.params],
               applied: [...s.applied],
               prepared: [...s.prepared.keys()],
+              literals: [...literals(s)].map(([name, l]): [string, string, number] => [name, l.version, ownerFd.get(l.owner) ?? 0]),
               target: s.target.display,
               lastUsed: s.lastUsed,
               checkedAt: s.checkedAt,
@@ -658,6 +666,7 @@ export class Takeover {
       }
     }
     const linked = new Set<PooledServer>();
+    const owners = new Map<number, ClientStatements>();
     let clients = 0;
     for (const [oldFd, fd] of this.byOldFd) {
       const st = this.state.sockets[oldFd];
@@ -702,7 +711,9 @@ export class Takeover {
                 const shared1 = shared.get(serverName);
                 if (shared1) p.statements.adopt(name, shared1, failed);
               }
+              for (const name of st.uncertain) p.statements.uncertain.add(name);
               p.due = st.due;
+              owners.set(oldFd, p.statements);
             },
           }),
         );
@@ -716,6 +727,15 @@ export class Takeover {
         continue;
       }
       clients++;
+    }
+    // SQL's statements under client names: their owners' here, or closed at the next lend when their owner stayed.
+    for (const [oldFd, s] of servers) {
+      const st = this.state.sockets[oldFd] as ServerState;
+      for (const [name, version, owner] of st.literals ?? []) {
+        const statements = owners.get(owner);
+        if (statements) statements.adoptLiteral(s, name, version);
+        else orphanLiteral(s, name);
+      }
     }
     for (const s of servers.values()) {
       if (linked.has(s)) continue;

@@ -232,6 +232,26 @@ describe("online restart (-R): a new process takes over the running one's socket
     expect((await c.query('select current_user as u')).rows[0].u).toBe(scram.user);
   });
 
+  test('SQL PREPAREd statements of two clients under one name keep to their owners across the takeover (one server connection)', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 1 }, TRUST_USERS);
+    const old = await run(b);
+    const a = await connect(b, { user: 'trust_user' });
+    const c = await connect(b, { user: 'trust_user' });
+    await a.query('PREPARE q(int) AS SELECT $1 * 3 AS v');
+    await c.query('PREPARE q(int) AS SELECT $1 + 100 AS v');
+    expect((await a.query('EXECUTE q(2)')).rows[0].v).toBe(6);
+    // The one server connection now holds c's q under that name.
+    expect((await c.query('EXECUTE q(2)')).rows[0].v).toBe(102);
+
+    await run(b, ['-R']);
+    expect(await old.exited).toBe(0);
+    expect((await a.query('EXECUTE q(5)')).rows[0].v).toBe(15);
+    expect((await c.query('EXECUTE q(5)')).rows[0].v).toBe(105);
+    await a.query('DEALLOCATE q');
+    await expect(a.query('EXECUTE q(1)')).rejects.toThrow(/does not exist/);
+    expect((await c.query('EXECUTE q(1)')).rows[0].v).toBe(101);
+  });
+
   test('SUSPEND waits for a client in the middle of a message; a connection made meanwhile waits unread, then logs in to the new process', async () => {
     const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction' }, TRUST_USERS);
     const old = await run(b);
@@ -325,7 +345,7 @@ describe("online restart (-R): a new process takes over the running one's socket
     });
     started.clients.push(other);
     const notices: string[] = [];
-    other.on('notice', (n) => notices.push(n.message));
+    other.on('notice', (n) => notices.push(n.message ?? ''));
     await other.connect();
     await other.query('SUSPEND');
     const fds = await other.query('SHOW FDS');
