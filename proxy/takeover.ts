@@ -13,14 +13,20 @@
 //
 // SHOW FDS shows pgBouncer's columns to the console. The takeover's own login (application_name TAKEOVER_LOGIN)
 // also gets, in a notice before the rows, what pgBouncer's columns cannot carry, keyed by descriptor: each
-// client's startup parameters and what it was told, its settings, pins, named prepared statements (under the
-// server-side names of the statement cache, which the new cache keeps), the requests it has in flight, and each
-// server connection's backend key, parameters, applied settings and prepared statements. Once the rows are out,
-// what they list is the new process's: the old one lets go of it without a word (TakeoverSource.handOver).
+// client's startup parameters and what it was told, its settings, pins, prepared statements, the protocol's and
+// SQL's (under the server-side names of the statement cache, which the new cache keeps), the requests it has in
+// flight, and each server connection's backend key, parameters, applied settings and the statements it holds
+// (under server-side names, and under client names with their owners). Once the rows are out, what they list is
+// the new process's: the old one lets go of it without a word (TakeoverSource.handOver). The login names the
+// state's format (TAKEOVER_LOGIN): a process of another format hands nothing over.
 //
 // What does not move, as in pgBouncer: TLS clients and server connections, and console sessions; they end with
 // the old process. Beyond pgBouncer's reasons: replication clients, and sessions holding the interceptor's plans
 // (statements rewritten at Parse). pgBouncer resets the moved connections' ages; so does this.
+//
+// Unlike pgBouncer: the old process lets go of what it listed as soon as the rows are out (pgBouncer keeps it until
+// SHUTDOWN), so a new process that fails after SHOW FDS loses those clients instead of the old one resuming them;
+// and a client still logging in when SUSPEND comes is waited for (closed at suspend_timeout), not moved mid-login.
 import { closeSync, existsSync } from 'node:fs';
 import { connect as netConnect, Socket } from 'node:net';
 import type { Logger } from 'pino';
