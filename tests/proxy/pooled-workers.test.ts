@@ -19,7 +19,8 @@ import { freePort } from '../setup/cluster.js';
 import { adminQuery, testDb } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
-const TRUST_USERS: [string, string][] = [['trust_user', '']];
+/** Clients log in with trust; md5_user's server logins take its password from the auth_file. */
+const USERS = (): [string, string][] => [['trust_user', ''], [testDb().roles.md5.user, testDb().roles.md5.password]];
 
 interface Bouncer {
   dir: string;
@@ -61,7 +62,7 @@ function iniText(databases: Record<string, string>, settings: Record<string, str
 async function startBouncer(databases: Record<string, string>, extra: Record<string, string | number>): Promise<Bouncer> {
   const dir = mkdtempSync(join(tmpdir(), 'pgb-workers-'));
   const port = await freePort();
-  writeFileSync(join(dir, 'userlist.txt'), TRUST_USERS.map(([u, p]) => `"${u}" "${p}"`).join('\n') + '\n');
+  writeFileSync(join(dir, 'userlist.txt'), USERS().map(([u, p]) => `"${u}" "${p}"`).join('\n') + '\n');
   const settings = {
     listen_addr: '127.0.0.1',
     listen_port: port,
@@ -103,8 +104,8 @@ async function startBouncer(databases: Record<string, string>, extra: Record<str
   return b;
 }
 
-async function connect(b: Bouncer, database = 'postgres'): Promise<pg.Client> {
-  const c = new pg.Client({ host: '127.0.0.1', port: b.port, user: 'trust_user', database });
+async function connect(b: Bouncer, database = 'postgres', user = 'trust_user'): Promise<pg.Client> {
+  const c = new pg.Client({ host: '127.0.0.1', port: b.port, user, database });
   c.on('error', () => {});
   started.clients.push(c);
   await c.connect();
@@ -115,10 +116,10 @@ async function connect(b: Bouncer, database = 'postgres'): Promise<pg.Client> {
 const workerOf = (c: pg.Client) => workerOfPid((c as unknown as { processID: number }).processID);
 
 /** Clients connected one after another until both workers have one (the listener hands connections out in turn). */
-async function onBothWorkers(b: Bouncer, database = 'postgres'): Promise<[pg.Client, pg.Client]> {
+async function onBothWorkers(b: Bouncer, database = 'postgres', otherUser = 'trust_user'): Promise<[pg.Client, pg.Client]> {
   const first = await connect(b, database);
   for (let i = 0; i < 4; i++) {
-    const other = await connect(b, database);
+    const other = await connect(b, database, otherUser);
     if (workerOf(other) !== workerOf(first)) return [first, other];
   }
   throw new Error('connections never reached the second worker');
@@ -189,6 +190,19 @@ describe('pooling with --workers: one set of limits', () => {
     })().finally(() => (stop = true));
     const peak = await peakWhile(app, Promise.all([busy, turn]));
     expect(peak).toBeLessThanOrEqual(1);
+  });
+
+  test('max_db_connections = 1 across 2 workers: another user\'s pool in the other worker takes the idle connection\'s place', async () => {
+    const app = appName();
+    const b = await startBouncer({ postgres: target(`application_name=${app}`) }, { max_db_connections: 1, default_pool_size: 2, query_wait_timeout: 60 });
+    const [a, other] = await onBothWorkers(b, 'postgres', testDb().roles.md5.user);
+    const turns = (async () => {
+      for (let i = 0; i < 3; i++) {
+        expect((await a.query('SELECT current_user AS u')).rows[0].u).toBe('trust_user');
+        expect((await other.query('SELECT current_user AS u')).rows[0].u).toBe(testDb().roles.md5.user);
+      }
+    })();
+    expect(await peakWhile(app, turns)).toBeLessThanOrEqual(1);
   });
 
   test('max_client_conn = 5 across 2 workers: the 6th client is refused with pgBouncer\'s error; a leaving client frees its place', async () => {
