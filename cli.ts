@@ -239,6 +239,9 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
     await engine.close();
   };
   const limits = ini ? new PoolLimits(log) : undefined;
+  // The workers' Unix socket is bound here, for all of them: a stale one of an earlier run goes first.
+  const unixDir = ini?.settings.unixSocketDir;
+  if (unixDir && ini.settings.listenPort > 0) rmSync(`${unixDir.replace(/\/$/, '')}/.s.PGSQL.${ini.settings.listenPort}`, { force: true });
   const hub = ini ? new ConsoleHub({ logger: log, onShutdown: () => void finish('SHUTDOWN') }) : undefined;
   const pool = await startWorkerPool({
     workers: s.workers,
@@ -384,8 +387,8 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
     signals: 'primary',
     start: async (cancels) => (proxy = await startProxy({
       listen: { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort },
-      // One worker binds the Unix socket (each would first remove the file the primary made for the others).
-      unixSocketDir: setup.index === 0 ? st.unixSocketDir : undefined,
+      unixSocketDir: st.unixSocketDir,
+      sharedUnixSocket: true,
       upstream: s.upstream, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
       connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls, cancels,
     })),

@@ -53,6 +53,8 @@ export interface ProxyOptions {
   pooling?: PoolingEnv;
   /** Also listen on `<dir>/.s.PGSQL.<port>` (pgBouncer's unix_socket_dir); '' or absent: no Unix socket. */
   unixSocketDir?: string;
+  /** Worker processes: the Unix socket is the primary's, which removed a stale one (removing it here would remove the one bound for the other workers). */
+  sharedUnixSocket?: boolean;
   /** Online restart (takeover.ts): the listening sockets of the process this one replaces, used instead of binding. */
   listenFds?: { tcp: number; unix: number | null };
 }
@@ -154,7 +156,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   if (opts.unixSocketDir && !opts.listenFds) {
     const path = `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}`;
     try {
-      unlinkSync(path); // a stale socket of an earlier run (pgBouncer does the same)
+      if (!opts.sharedUnixSocket) unlinkSync(path); // a stale socket of an earlier run (pgBouncer does the same)
     } catch {
       // none there
     }

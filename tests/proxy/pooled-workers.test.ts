@@ -59,14 +59,16 @@ function iniText(databases: Record<string, string>, settings: Record<string, str
 }
 
 /** pg-steadytext as pgBouncer with two workers; resolves once the primary wrote its pidfile (all workers listen then). */
-async function startBouncer(databases: Record<string, string>, extra: Record<string, string | number>): Promise<Bouncer> {
+async function startBouncer(databases: Record<string, string>, extra: Record<string, string | number>, staleSocket = false): Promise<Bouncer> {
   const dir = mkdtempSync(join(tmpdir(), 'pgb-workers-'));
   const port = await freePort();
+  // What a crashed run leaves: the socket's file, which binding the path again would fail on.
+  if (staleSocket) writeFileSync(join(dir, `.s.PGSQL.${port}`), '');
   writeFileSync(join(dir, 'userlist.txt'), USERS().map(([u, p]) => `"${u}" "${p}"`).join('\n') + '\n');
   const settings = {
     listen_addr: '127.0.0.1',
     listen_port: port,
-    unix_socket_dir: '',
+    unix_socket_dir: dir,
     pidfile: join(dir, 'pgb.pid'),
     auth_type: 'trust',
     auth_file: join(dir, 'userlist.txt'),
@@ -104,8 +106,8 @@ async function startBouncer(databases: Record<string, string>, extra: Record<str
   return b;
 }
 
-async function connect(b: Bouncer, database = 'postgres', user = 'trust_user'): Promise<pg.Client> {
-  const c = new pg.Client({ host: '127.0.0.1', port: b.port, user, database });
+async function connect(b: Bouncer, database = 'postgres', user = 'trust_user', host = '127.0.0.1'): Promise<pg.Client> {
+  const c = new pg.Client({ host, port: b.port, user, database });
   c.on('error', () => {});
   started.clients.push(c);
   await c.connect();
@@ -203,6 +205,17 @@ describe('pooling with --workers: one set of limits', () => {
       }
     })();
     expect(await peakWhile(app, turns)).toBeLessThanOrEqual(1);
+  });
+
+  test('the Unix socket is served by both workers, a stale socket file of an earlier run notwithstanding', async () => {
+    const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 }, true);
+    const seen = new Set<number>();
+    for (let i = 0; i < 6 && seen.size < 2; i++) {
+      const c = await connect(b, 'postgres', 'trust_user', b.dir);
+      expect((await c.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+      seen.add(workerOf(c));
+    }
+    expect(seen.size).toBe(2);
   });
 
   test('max_client_conn = 5 across 2 workers: the 6th client is refused with pgBouncer\'s error; a leaving client frees its place', async () => {
