@@ -424,7 +424,8 @@ export class WorkerSlots implements ServerSlots {
     if (st.hardPending && pool.yieldNext === 0) {
       st.hardPending = false;
       st.yields.hard = false;
-      this.release(st, 1, 'hard');
+      // The connection it closed is out of pool.size (a pool made anew since has none to give; the primary hears it is done).
+      this.release(st, st.held > pool.size ? 1 : 0, 'hard');
     }
     if (st.yields.soft || st.yields.now) this.yieldIdle(pool, st);
     const spare = st.held - pool.size;
