@@ -64,7 +64,8 @@ export class InbandCallbacks {
 
   private accept(signed: Signed | null, ctx: SessionContext): boolean {
     if (signed === null) {
-      ctx.log.warn({ event: 'inband_unsigned' }, 'a steadytext:inband notice without a valid signature: nothing computed for it');
+      // debug, not warn: a session can raise such notices at will, and must not be able to flood the log.
+      ctx.log.debug({ event: 'inband_unsigned' }, 'a steadytext:inband notice without a valid signature: nothing computed for it');
       return false;
     }
     const inFlight = (ctx.data.inbandInFlight as number | undefined) ?? 0;
