@@ -1,6 +1,6 @@
 // Text generation workers: one context with one sequence each, so no request is ever batched with
 // another, and the sequence is cleared before each request so nothing of an earlier one is reused.
-import { LlamaChat, type ChatHistoryItem, type LlamaContext, type LlamaContextSequence, type LlamaModel } from 'node-llama-cpp';
+import type { ChatHistoryItem, LlamaChat, LlamaContext, LlamaContextSequence, LlamaModel } from 'node-llama-cpp';
 import type { Logger } from 'pino';
 import { InvalidArgumentError, ModelLoadError, PromptTooLongError, largerContextHint, SETTING_NAMES } from './errors.js';
 import { loadModel } from './llama.js';
@@ -15,6 +15,7 @@ const SAMPLING = { topK: 40, topP: 0.95, minP: 0.05 } as const;
 
 export async function openGenerator(path: string, o: { contexts: number; threads: number; contextSize: number; batchSize?: number; logger?: Logger }): Promise<GeneratorLane> {
   const model = await loadModel(path, o.logger);
+  const { LlamaChat } = await import('node-llama-cpp'); // loaded by loadModel already: no start-up cost
   const contextSize = Math.min(o.contextSize, model.trainContextSize || o.contextSize);
   const workers: GenerationWorker[] = [];
   try {

@@ -5,7 +5,8 @@
 import { constants, readFileSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { getLlama as loadBinding, LlamaLogLevel, type Llama, type LlamaModel } from 'node-llama-cpp';
+// Types only: the module itself (~0.4 s to import here) loads with the first model, not at process start.
+import type { Llama, LlamaModel } from 'node-llama-cpp';
 import type { Logger } from 'pino';
 import { ModelLoadError } from './errors.js';
 import { checkGguf } from './gguf.js';
@@ -14,10 +15,10 @@ let binding: Promise<Llama> | undefined;
 
 /** The CPU build of llama.cpp, loaded once (never compiled, never a GPU probe). */
 export function getLlama(logger?: Logger): Promise<Llama> {
-  return (binding ??= loadBinding({
+  return (binding ??= import('node-llama-cpp').then(({ getLlama: loadBinding, LlamaLogLevel }) => loadBinding({
     gpu: false, build: 'never', logLevel: LlamaLogLevel.error,
     logger: (level, message) => logger?.[level === LlamaLogLevel.warn ? 'warn' : 'error']({ llama: level }, message.trim()),
-  }).then((l) => { l.maxThreads = 0; return l; }, (e) => { binding = undefined; throw e; }));
+  })).then((l) => { l.maxThreads = 0; return l; }, (e) => { binding = undefined; throw e; }));
 }
 
 /** Physical cores this process may use: /proc/cpuinfo core ids, capped by affinity and a cgroup quota. */

@@ -3,7 +3,6 @@ import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
-import { createModelDownloader } from 'node-llama-cpp';
 import type { Logger } from 'pino';
 import { DownloadFailedError, InvalidArgumentError, ModelNotFoundError } from './errors.js';
 
@@ -135,6 +134,7 @@ export class ModelRegistry {
     log?.info({ path }, 'downloading model');
     let last = 0;
     try {
+      const { createModelDownloader } = await import('node-llama-cpp');
       const dl = await createModelDownloader({
         modelUri: spec.source.startsWith('hf:') ? spec.source : r.url, dirPath: this.cacheDir, fileName: r.file,
         showCliProgress: this.o.progress ?? !!process.stderr.isTTY,
