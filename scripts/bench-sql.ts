@@ -401,7 +401,7 @@ async function main() {
   await direct.query('CREATE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$ BEGIN RETURN steadytext_embed(t); END $$');
   type Transport = 'dblink' | 'inband';
   const setTransport = (t: Transport | 'auto') => viaProxy.query(`SELECT steadytext_config_set('callback_transport', '${t}')`);
-  const HELPERS = ['_steadytext_dblink_call', '_steadytext_inband_call', '_steadytext_inband_take', '_steadytext_inband_lo_take'];
+  const HELPERS = ['_steadytext_dblink_call', '_steadytext_inband_call', '_steadytext_mailbox_take', '_steadytext_inband_lo_take'];
   interface Counts { dblink: number; inband: number; service: number; fn: Map<string, number> }
   const counts = async (): Promise<Counts> => {
     // This session's function statistics are flushed before it answers, so the direct connection sees them.
@@ -412,7 +412,7 @@ async function main() {
   interface Delta { dblink: number; inband: number; service: number; polls: number }
   const delta = (a: Counts, b: Counts): Delta => {
     const calls = (k: string) => (b.fn.get(k) ?? 0) - (a.fn.get(k) ?? 0);
-    return { dblink: b.dblink - a.dblink, inband: b.inband - a.inband, service: b.service - a.service, polls: calls('_steadytext_inband_take') + calls('_steadytext_inband_lo_take') };
+    return { dblink: b.dblink - a.dblink, inband: b.inband - a.inband, service: b.service - a.service, polls: calls('_steadytext_mailbox_take') + calls('_steadytext_inband_lo_take') };
   };
   const sum = (a: Delta | undefined, b: Delta): Delta => (a ? { dblink: a.dblink + b.dblink, inband: a.inband + b.inband, service: a.service + b.service, polls: a.polls + b.polls } : b);
   const pollsEach = (d: Delta) => (d.inband ? f(d.polls / d.inband, 1) : '-');

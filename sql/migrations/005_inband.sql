@@ -74,28 +74,6 @@ BEGIN
 END
 $fn$;
 
--- The answer the proxy posted for one in-band request of this backend, taken (a read-only transaction can
--- only read it; it then expires). VOLATILE: each call sees what was committed since the last.
-CREATE OR REPLACE FUNCTION _steadytext_inband_take(p_topic text)
-RETURNS text
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, @schema@, pg_temp
-AS $fn$
-DECLARE
-    v_answer text;
-BEGIN
-    IF current_setting('transaction_read_only')::boolean THEN
-        SELECT m.answer INTO v_answer FROM steadytext_mailbox m
-         WHERE m.backend_pid = pg_backend_pid() AND m.topic = p_topic;
-        RETURN v_answer;
-    END IF;
-    DELETE FROM steadytext_mailbox m
-     WHERE m.backend_pid = pg_backend_pid() AND m.topic = p_topic
-    RETURNING m.answer INTO v_answer;
-    RETURN v_answer;
-END
-$fn$;
-
 -- The answer the proxy wrote into large object p_lo, or NULL while it is not there. Opened for writing (INV_READ
 -- | INV_WRITE): such a descriptor sees what other transactions committed after this one's snapshot.
 CREATE OR REPLACE FUNCTION _steadytext_inband_lo_take(p_lo oid)
@@ -210,7 +188,9 @@ BEGIN
 
     LOOP
         IF v_lo IS NULL THEN
-            v_answer := _steadytext_inband_take('inband:' || v_id);
+            -- Level 4's taker: VOLATILE, so each poll sees what was committed since the last; the answer was
+            -- posted during this statement, so its 30-second window always holds.
+            v_answer := _steadytext_mailbox_take('inband:' || v_id);
         ELSE
             v_answer := _steadytext_inband_lo_take(v_lo);
         END IF;
@@ -266,7 +246,6 @@ $fn$;
 
 REVOKE EXECUTE ON FUNCTION _steadytext_config_check(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_hmac(bytea, bytea) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION _steadytext_inband_take(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_call(text, jsonb, integer, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_lo_take(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _steadytext_inband_lo_put(oid, text) FROM PUBLIC;
@@ -281,7 +260,7 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
               WHERE p.pronamespace = '@schema@'::regnamespace
-                AND p.proname IN ('_steadytext_config_check', '_steadytext_hmac', '_steadytext_inband_take', '_steadytext_inband_lo_take',
+                AND p.proname IN ('_steadytext_config_check', '_steadytext_hmac', '_steadytext_inband_lo_take',
                                   '_steadytext_inband_lo_put', '_steadytext_inband_sweep', '_steadytext_inband_call', '_steadytext_daemon_call')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SET standard_conforming_strings = on', f);

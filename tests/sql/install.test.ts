@@ -98,7 +98,7 @@ describe('installSql', () => {
     for (const f of legacy) expect(byName.get(f)?.prosecdef, f).toBe(false);
     expect(rows.filter((r) => r.public_exec).map((r) => r.proname).sort()).toEqual([...open, ...legacy].sort());
     for (const f of [...admin, '_steadytext_mailbox_read', '_steadytext_mailbox_take', '_steadytext_raise_posted', '_steadytext_lookup_ttl', '_steadytext_daemon_call',
-      '_steadytext_dblink_call', '_steadytext_inband_call', '_steadytext_inband_take', '_steadytext_inband_lo_take', '_steadytext_inband_lo_put',
+      '_steadytext_dblink_call', '_steadytext_inband_call', '_steadytext_inband_lo_take', '_steadytext_inband_lo_put',
       '_steadytext_inband_sweep', '_steadytext_hmac', '_steadytext_config_check',
       'steadytext_stats_bump', 'steadytext_log', 'steadytext_cache_evict']) {
       expect(byName.get(f)?.public_exec, f).toBe(false);
