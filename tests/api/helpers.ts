@@ -1,17 +1,22 @@
 // The whole product in one process for the SQL API suites: a fresh database, the engine on the tiny
 // fixture models, the daemon endpoint, and the proxy with the steadytext interceptor in front.
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { inject } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
+import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
 import { createEngine, type Engine, type EngineOptions } from '../../inference/engine.js';
 import { startCore } from '../../sql/core.js';
 import type { DaemonHandle } from '../../sql/daemon/server.js';
 import type { DatabaseRegistry } from '../../sql/databases.js';
 import { cancelRequest } from '../../proxy/protocol.js';
-import type { PoolingEnv } from '../../proxy/pooling.js';
+import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
 import { startProxy, type ProxyOptions, type ProxyServer } from '../../proxy/server.js';
+import { parseUpstreamUrl } from '../../proxy/upstream.js';
 import { createSteadytextInterceptor, type SteadytextInterceptor } from '../../sql/interceptor.js';
 import { tinyModels } from '../fixtures/models.js';
 
@@ -29,8 +34,11 @@ export interface Stack {
   /** URL straight to the database (superuser). */
   directUrl: string;
   connect(url?: string): Promise<pg.Client>;
-  /** Another proxy with the same interceptor, pooling server connections; stop() closes it and its pooler. */
-  startPooled(pooling: PoolingEnv): Promise<ProxyServer>;
+  /**
+   * Another proxy with the same interceptor, pooling the stack's database from a pgbouncer.ini (SCRAM logins,
+   * `poolSize` server connections); the superuser's URL through it. stop() closes it and its pooler.
+   */
+  pooledUrl(mode: 'session' | 'transaction' | 'statement', poolSize: number): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -76,10 +84,33 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
       clients.add(c);
       return c;
     },
-    async startPooled(pooling) {
+    async pooledUrl(mode, poolSize) {
+      const user = decodeURIComponent(admin.username);
+      const password = decodeURIComponent(admin.password);
+      const dir = mkdtempSync(join(tmpdir(), `pooled-${mode}-`));
+      const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
+      writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
+      writeFileSync(join(dir, 'pgbouncer.ini'), [
+        '[databases]',
+        `${database} = host=${admin.hostname} port=${admin.port} dbname=${database}`,
+        '[pgbouncer]',
+        'listen_addr = 127.0.0.1',
+        'listen_port = 6432',
+        'unix_socket_dir =',
+        'auth_type = scram-sha-256',
+        `auth_file = ${join(dir, 'userlist.txt')}`,
+        `pool_mode = ${mode}`,
+        `default_pool_size = ${poolSize}`,
+        'server_tls_sslmode = disable',
+      ].join('\n') + '\n');
+      const pooling = createPooling({
+        config: loadPgBouncerConfig(join(dir, 'pgbouncer.ini')),
+        defaultTarget: parseUpstreamUrl(`postgres://${admin.hostname}:${admin.port}/?sslmode=disable`),
+        logger: silent,
+      });
       const p = await startProxy({ ...proxyOptions, pooling });
       pooled.push({ proxy: p, pooling });
-      return p;
+      return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${p.address.port}/${database}`;
     },
     async stop() {
       await Promise.all([...clients].map((c) => c.end().catch(() => {})));

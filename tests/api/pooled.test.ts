@@ -3,16 +3,10 @@
 // each check the cache is emptied and the interceptor forgets what it stored, so each path really runs
 // under pooling; the daemon's request count tells which path answered (unchanged: served by the proxy
 // ahead of the statement; grown: the function called back).
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import pg from 'pg';
-import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
-import { createPooling } from '../../proxy/pooling.js';
-import { parseUpstreamUrl } from '../../proxy/upstream.js';
 import { streamChunks } from '../../sql/answers.js';
-import { silent, startStack, type Stack } from './helpers.js';
+import { startStack, type Stack } from './helpers.js';
 
 const POOL_SIZE = 2;
 const CLIENTS = 4;
@@ -80,36 +74,6 @@ async function together<T>(url: string, n: number, work: (c: pg.Client, i: numbe
   );
 }
 
-/** A pooling proxy over the stack's database, from a pgbouncer.ini, with the stack's interceptor. */
-async function pooledUrl(mode: 'session' | 'transaction' | 'statement'): Promise<string> {
-  const direct = new URL(s.directUrl);
-  const user = decodeURIComponent(direct.username);
-  const password = decodeURIComponent(direct.password);
-  const dir = mkdtempSync(join(tmpdir(), `pooled-${mode}-`));
-  const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
-  writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
-  writeFileSync(join(dir, 'pgbouncer.ini'), [
-    '[databases]',
-    `${s.database} = host=${direct.hostname} port=${direct.port} dbname=${s.database}`,
-    '[pgbouncer]',
-    'listen_addr = 127.0.0.1',
-    'listen_port = 6432',
-    'unix_socket_dir =',
-    'auth_type = scram-sha-256',
-    `auth_file = ${join(dir, 'userlist.txt')}`,
-    `pool_mode = ${mode}`,
-    `default_pool_size = ${POOL_SIZE}`,
-    'server_tls_sslmode = disable',
-  ].join('\n') + '\n');
-  const pooling = createPooling({
-    config: loadPgBouncerConfig(join(dir, 'pgbouncer.ini')),
-    defaultTarget: parseUpstreamUrl(`postgres://${direct.hostname}:${direct.port}/?sslmode=disable`),
-    logger: silent,
-  });
-  const proxy = await s.startPooled(pooling);
-  return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${proxy.address.port}/${s.database}`;
-}
-
 beforeAll(async () => {
   s = await startStack('st_pooled');
   await s.databases.get(s.database).ready();
@@ -155,7 +119,7 @@ afterAll(() => s?.stop());
 describe.each(['session', 'transaction', 'statement'] as const)('%s pooling', (mode) => {
   let url: string;
   beforeAll(async () => {
-    url = await pooledUrl(mode);
+    url = await s.pooledUrl(mode, POOL_SIZE);
   });
 
   test('serve ahead: literals, parameters and a named prepared statement give the non-pooled bytes', async () => {

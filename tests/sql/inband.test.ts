@@ -2,15 +2,9 @@
 // proxy cannot see (the seed's PL/pgSQL functions and a trigger) ask the proxy through the client's own
 // connection and get the bytes the rewrite path gives. A notice raised by the session itself with the same
 // text computes and stores nothing; without a proxy in between, a miss fails with a clear error.
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import pg from 'pg';
-import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
-import { createPooling } from '../../proxy/pooling.js';
-import { parseUpstreamUrl } from '../../proxy/upstream.js';
-import { silent, startStack, type Stack } from '../api/helpers.js';
+import { startStack, type Stack } from '../api/helpers.js';
 import { createRole, dropRole, pgError } from './helpers.js';
 
 let s: Stack;
@@ -170,7 +164,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
 
   test('under transaction pooling the request follows the server connection the statement runs on', async () => {
     await fresh();
-    const url = await pooledUrl();
+    const url = await s.pooledUrl('transaction', 2);
     const clients = await Promise.all([0, 1, 2].map(() => client(url)));
     const got = await Promise.all(clients.map(({ c }, i) => c.query('SELECT deterministic_expand($1) AS v', [`pool topic ${i}`])));
     await Promise.all(clients.map(({ c }) => c.end()));
@@ -283,34 +277,4 @@ describe('what the in-band transport refuses', () => {
 
 function literal(v: string): string {
   return `'${v.replaceAll("'", "''")}'`;
-}
-
-/** A transaction-pooling proxy over the stack's database with the stack's interceptor; two server connections. */
-async function pooledUrl(): Promise<string> {
-  const d = new URL(s.directUrl);
-  const user = decodeURIComponent(d.username);
-  const password = decodeURIComponent(d.password);
-  const dir = mkdtempSync(join(tmpdir(), 'inband-pool-'));
-  const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
-  writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
-  writeFileSync(join(dir, 'pgbouncer.ini'), [
-    '[databases]',
-    `${s.database} = host=${d.hostname} port=${d.port} dbname=${s.database}`,
-    '[pgbouncer]',
-    'listen_addr = 127.0.0.1',
-    'listen_port = 6432',
-    'unix_socket_dir =',
-    'auth_type = scram-sha-256',
-    `auth_file = ${join(dir, 'userlist.txt')}`,
-    'pool_mode = transaction',
-    'default_pool_size = 2',
-    'server_tls_sslmode = disable',
-  ].join('\n') + '\n');
-  const pooling = createPooling({
-    config: loadPgBouncerConfig(join(dir, 'pgbouncer.ini')),
-    defaultTarget: parseUpstreamUrl(`postgres://${d.hostname}:${d.port}/?sslmode=disable`),
-    logger: silent,
-  });
-  const proxy = await s.startPooled(pooling);
-  return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${proxy.address.port}/${s.database}`;
 }
