@@ -257,8 +257,8 @@ export class ConsoleRelay {
       servers: () => mergeSockets([local.servers(), ...this.take<SocketRow[]>('servers')]),
       sockets: (activeOnly) => mergeSockets([local.sockets(activeOnly), ...this.take<DebugSocketRow[]>('sockets')]),
       stats: () => mergeStats([local.stats(), ...this.take<StatsSnapshot>('stats')]),
-      databases: () => mergeDatabases([local.databases(), ...this.take<DatabaseRow[]>('databases')]),
-      users: () => mergeUsers([local.users(), ...this.take<UserRow[]>('users')]),
+      databases: () => mergeByName([local.databases(), ...this.take<DatabaseRow[]>('databases')]),
+      users: () => mergeByName([local.users(), ...this.take<UserRow[]>('users')]),
       lists: () => mergeLists([local.lists(), ...this.take<ListCounts>('lists')]),
       requested: () => local.requested?.(),
       config: () => local.config(),
@@ -347,23 +347,9 @@ function mergeStats(parts: StatsSnapshot[]): StatsSnapshot {
   return { databases: [...out.values()].sort((a, b) => byName(a.database, b.database)), periodUs: parts.map((p) => p.periodUs).reduce((a, b) => (a > b ? a : b)) };
 }
 
-function mergeDatabases(parts: DatabaseRow[][]): DatabaseRow[] {
-  const out = new Map<string, DatabaseRow>();
-  for (const rows of parts) {
-    for (const r of rows) {
-      const m = out.get(r.name);
-      if (!m) out.set(r.name, { ...r });
-      else {
-        m.currentConnections += r.currentConnections;
-        m.currentClientConnections += r.currentClientConnections;
-      }
-    }
-  }
-  return [...out.values()].sort((a, b) => byName(a.name, b.name));
-}
-
-function mergeUsers(parts: UserRow[][]): UserRow[] {
-  const out = new Map<string, UserRow>();
+/** SHOW DATABASES and SHOW USERS: one row per name (the same configuration in each worker), connection counts added up. */
+function mergeByName<T extends DatabaseRow | UserRow>(parts: T[][]): T[] {
+  const out = new Map<string, T>();
   for (const rows of parts) {
     for (const r of rows) {
       const m = out.get(r.name);
