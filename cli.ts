@@ -315,12 +315,7 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
  * reaches the worker of its key; its console's commands reach every worker and its SHOWs count them all.
  */
 async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, ini: PoolerConfig): Promise<void> {
-  const engine = engineOverIpc(setup.channel);
-  await engine.ready;
-  const daemon = (setup.data?.daemon ?? undefined) as { host: string; port: number } | undefined;
-  const databases = new WorkerDatabaseRegistry({ serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log }, setup.channel);
-  const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
-  await interceptor.ready;
+  const { engine, databases, interceptor } = await workerSteadytext(s, log, setup);
   // The primary passes pgBouncer's signals on (serveWithWorkers); Node's defaults would end or debug this process.
   for (const sig of ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT'] as const) process.on(sig, () => {});
   let proxy: ProxyServer | undefined;
@@ -396,14 +391,20 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
   });
 }
 
-/** One worker of --workers N: a proxy whose engine and installs are the primary's, over IPC. */
-async function serveAsWorker(s: Settings, log: Logger, setup: WorkerSetup): Promise<void> {
+/** A worker's steadytext layer: the primary's engine and installs over IPC, and the interceptor over them. */
+async function workerSteadytext(s: Settings, log: Logger, setup: WorkerSetup) {
   const engine = engineOverIpc(setup.channel);
   await engine.ready;
   const daemon = (setup.data?.daemon ?? undefined) as { host: string; port: number } | undefined;
   const databases = new WorkerDatabaseRegistry({ serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log }, setup.channel);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
+  return { engine, databases, interceptor };
+}
+
+/** One worker of --workers N: a proxy whose engine and installs are the primary's, over IPC. */
+async function serveAsWorker(s: Settings, log: Logger, setup: WorkerSetup): Promise<void> {
+  const { engine, databases, interceptor } = await workerSteadytext(s, log, setup);
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
   await runPoolWorker(setup, {
     logger: log,
