@@ -1,7 +1,9 @@
 // Shared helpers of the proxy suites: a proxy on port 0 in front of the test cluster, URLs through it,
 // psql runs, and a raw wire-protocol client for what drivers never send.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
 import pino from 'pino';
 import pg from 'pg';
@@ -9,6 +11,17 @@ import { query, readErrorFields } from '../../proxy/protocol.js';
 import { startProxy, type ProxyOptions, type ProxyServer } from '../../proxy/server.js';
 
 export type RoleName = 'scram' | 'md5' | 'trust';
+
+const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
+
+/** The CLI (cli.ts through tsx) as a child process with `env` over this one's, its stdout and stderr gathered. */
+export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): { child: ChildProcessByStdio<null, Readable, Readable>; output: () => string } {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  return { child, output: () => output };
+}
 
 export function testDb() {
   const db = inject('db');

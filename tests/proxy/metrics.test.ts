@@ -15,7 +15,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { METRICS_CONTENT_TYPE, startMetricsServer } from '../../proxy/metrics.js';
 import { tinyModels } from '../fixtures/models.js';
 import { freePort } from '../setup/cluster.js';
-import { adminQuery, silentLogger, testDb } from './helpers.js';
+import { adminQuery, silentLogger, spawnCli, testDb } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
 
@@ -28,23 +28,17 @@ interface Child {
 /** Runs the CLI; resolves once `ready` answers (the proxy and the endpoint listen then). */
 async function runCli(args: string[], env: Record<string, string>, ready: () => Promise<boolean>): Promise<Child> {
   const models = await tinyModels();
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
-    env: { ...process.env, PGSTEADYTEXT_DAEMON_LISTEN: 'off', PGSTEADYTEXT_GENERATION_MODEL: models.generation, PGSTEADYTEXT_EMBEDDING_MODEL: models.embedding, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const { child, output } = spawnCli(args, { PGSTEADYTEXT_DAEMON_LISTEN: 'off', PGSTEADYTEXT_GENERATION_MODEL: models.generation, PGSTEADYTEXT_EMBEDDING_MODEL: models.embedding, ...env });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const deadline = Date.now() + 60_000;
   while (!(await ready().catch(() => false))) {
-    if (child.exitCode !== null) throw new Error(`pg-steadytext exited (${child.exitCode}) before it was ready:\n${output}`);
-    if (Date.now() > deadline) throw new Error(`pg-steadytext not ready after 60 s:\n${output}`);
+    if (child.exitCode !== null) throw new Error(`pg-steadytext exited (${child.exitCode}) before it was ready:\n${output()}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext not ready after 60 s:\n${output()}`);
     await new Promise((r) => setTimeout(r, 200));
   }
   return {
     child,
-    output: () => output,
+    output,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exited;

@@ -2,18 +2,16 @@
 // only a process can receive (TERM, INT, USR2, twice), the console login of the process's own OS user over
 // the Unix socket, and host lists with a dead host. Each test writes its own ini against the test cluster and
 // reads pgBouncer's logfile, which is what an existing deployment's scripts and alerts look at.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterEach, describe, expect, test } from 'vitest';
 import { freePort } from '../setup/cluster.js';
-import { testDb } from './helpers.js';
+import { spawnCli, testDb } from './helpers.js';
 
-const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
 /** How long an exit may take once it is due: generous, the process is checked every 250 ms as pgBouncer's janitor does. */
 const EXIT_DEADLINE_MS = 10_000;
 
@@ -87,13 +85,7 @@ async function startBouncer(opts: {
       ...Object.entries(settings).map(([k, v]) => `${k} = ${v}`),
     ].join('\n') + '\n',
   );
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'pgbouncer', ini], {
-    env: { ...process.env, PGSTEADYTEXT_DAEMON_LISTEN: 'off' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const { child, output } = spawnCli(['pgbouncer', ini], { PGSTEADYTEXT_DAEMON_LISTEN: 'off' });
   const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const logfile = join(dir, 'pgb.log');
   const b: Bouncer = {
@@ -101,7 +93,7 @@ async function startBouncer(opts: {
     port,
     child,
     log: () => (existsSync(logfile) ? readFileSync(logfile, 'utf8') : ''),
-    output: () => output,
+    output,
     alive: () => child.exitCode === null && child.signalCode === null,
     exited(timeoutMs = EXIT_DEADLINE_MS) {
       let timer: NodeJS.Timeout | undefined;
@@ -115,8 +107,8 @@ async function startBouncer(opts: {
   const pidfile = join(dir, 'pgb.pid');
   const deadline = Date.now() + 30_000;
   while (!existsSync(pidfile) || readFileSync(pidfile, 'utf8').trim() !== String(child.pid)) {
-    if (!b.alive()) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output}`);
-    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 30 s:\n${output}`);
+    if (!b.alive()) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output()}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 30 s:\n${output()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
   return b;

@@ -4,21 +4,19 @@
 // cancels the query of a client on the other, and the console's commands and SHOWs cover both workers.
 // Which worker a client is on: the high bits of its BackendKeyData pid (proxy/cancel.ts), and the parity of its
 // SHOW CLIENTS id (proxy/socket-id.ts).
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterEach, describe, expect, test } from 'vitest';
 import { workerOfPid } from '../../proxy/cancel.js';
 import { cancelRequest } from '../../proxy/protocol.js';
 import { freePort } from '../setup/cluster.js';
-import { adminQuery, testDb } from './helpers.js';
+import { adminQuery, spawnCli, testDb } from './helpers.js';
 
-const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
 /** Clients log in with trust; md5_user's server logins take its password from the auth_file. */
 const USERS = (): [string, string][] => [['trust_user', ''], [testDb().roles.md5.user, testDb().roles.md5.password]];
 
@@ -78,20 +76,14 @@ async function startBouncer(databases: Record<string, string>, extra: Record<str
   };
   const ini = join(dir, 'pgbouncer.ini');
   writeFileSync(ini, iniText(databases, settings));
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'pgbouncer', ini], {
-    env: { ...process.env, PGSTEADYTEXT_LOG_FORMAT: 'json', PGSTEADYTEXT_LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const { child, output } = spawnCli(['pgbouncer', ini], { PGSTEADYTEXT_LOG_FORMAT: 'json', PGSTEADYTEXT_LOG_LEVEL: 'info' });
   const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const b: Bouncer = {
     dir,
     port,
     ini,
     child,
-    output: () => output,
+    output,
     alive: () => child.exitCode === null && child.signalCode === null,
     exited: () => exit,
   };
@@ -99,8 +91,8 @@ async function startBouncer(databases: Record<string, string>, extra: Record<str
   const pidfile = join(dir, 'pgb.pid');
   const deadline = Date.now() + 60_000;
   while (!existsSync(pidfile) || readFileSync(pidfile, 'utf8').trim() !== String(child.pid)) {
-    if (!b.alive()) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output}`);
-    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 60 s:\n${output}`);
+    if (!b.alive()) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output()}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 60 s:\n${output()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
   return b;

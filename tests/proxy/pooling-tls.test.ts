@@ -2,18 +2,15 @@
 // client_tls_* for clients (psql and node-postgres over TLS), auth_type = cert and the hba cert method with an
 // ident map, server_tls_* for the server connections, each applied at start and again on a console SET,
 // RELOAD and SIGHUP. The certificates are made here with openssl, two CAs as in pgBouncer's test/ssl.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { freePort } from '../setup/cluster.js';
-import { run, testDb, type RunResult } from './helpers.js';
-
-const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
+import { run, spawnCli, testDb, type RunResult } from './helpers.js';
 
 let certs: string;
 
@@ -104,21 +101,15 @@ async function startBouncer(settings: Record<string, string | number>, files: Re
       }).map(([k, v]) => `${k} = ${String(v).replace(/^FILE:/, `${dir}/`)}`),
     ].join('\n') + '\n',
   );
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'pgbouncer', ini], {
-    env: { ...process.env, PGSTEADYTEXT_DAEMON_LISTEN: 'off' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const { child, output } = spawnCli(['pgbouncer', ini], { PGSTEADYTEXT_DAEMON_LISTEN: 'off' });
   const logfile = join(dir, 'pgb.log');
-  const b: Bouncer = { dir, port, ini, child, log: () => (existsSync(logfile) ? readFileSync(logfile, 'utf8') : ''), output: () => output };
+  const b: Bouncer = { dir, port, ini, child, log: () => (existsSync(logfile) ? readFileSync(logfile, 'utf8') : ''), output };
   started.bouncers.push(b);
   const pidfile = join(dir, 'pgb.pid');
   const deadline = Date.now() + 30_000;
   while (!existsSync(pidfile) || readFileSync(pidfile, 'utf8').trim() !== String(child.pid)) {
-    if (child.exitCode !== null) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output}`);
-    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 30 s:\n${output}`);
+    if (child.exitCode !== null) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output()}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 30 s:\n${output()}`);
     await sleep(100);
   }
   return b;

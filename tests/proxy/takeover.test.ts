@@ -3,18 +3,15 @@
 // clients are real node-postgres connections that stay open across it: one mid-query (blocked on an advisory lock
 // held outside the proxy), one idle with settings and a named prepared statement, one inside a transaction, one
 // whose statement is cancelled after the takeover with the key it got before.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterEach, describe, expect, test } from 'vitest';
 import { freePort } from '../setup/cluster.js';
-import { client as direct, queryMsg, rawSession, testDb } from './helpers.js';
-
-const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
+import { client as direct, queryMsg, rawSession, spawnCli, testDb } from './helpers.js';
 
 interface Proc {
   child: ChildProcess;
@@ -43,20 +40,14 @@ afterEach(async () => {
 
 /** Runs `pg-steadytext pgbouncer [args] ini` (or the command line given); resolves once its pidfile names it (it serves then). */
 async function run(b: Bouncer, args: string[] = [], command = ['pgbouncer', ...args, b.ini]): Promise<Proc> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...command], {
-    env: { ...process.env, PGSTEADYTEXT_DAEMON_LISTEN: 'off' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
-  const p: Proc = { child, output: () => output, exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
+  const { child, output } = spawnCli(command, { PGSTEADYTEXT_DAEMON_LISTEN: 'off' });
+  const p: Proc = { child, output, exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
   started.procs.push(p);
   const pidfile = join(b.dir, 'pgb.pid');
   const deadline = Date.now() + 60_000;
   while (!existsSync(pidfile) || readFileSync(pidfile, 'utf8').trim() !== String(child.pid)) {
-    if (child.exitCode !== null) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output}\n${b.log()}`);
-    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 60 s:\n${output}\n${b.log()}`);
+    if (child.exitCode !== null) throw new Error(`pg-steadytext pgbouncer exited (${child.exitCode}) before it was ready:\n${output()}\n${b.log()}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext pgbouncer not ready after 60 s:\n${output()}\n${b.log()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
   return p;
