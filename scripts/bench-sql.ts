@@ -597,7 +597,7 @@ async function main() {
   out.push('  (engine cache cleared, steadytext_cache truncated), order alternating; hits: the same texts again. x engine: mean against');
   out.push('  engine.embed\'s mean. in engine: mean time inside engine.embed during the call; outside: the rest (the transport).');
   out.push('  polls/req: calls of the in-band answer-taking helper per request (pg_stat_user_functions); _steadytext_inband_call');
-  out.push('  sleeps 1, 2, then 4 ms between polls, so it looks at 0, 1, 3, 7, 11, 15, ... ms.');
+  out.push('  looks, naps 0.5, 1, 2 ms until the proxy holds the request\'s advisory lock, then waits on the lock and looks once more.');
   if (pollWaitMs.length) {
     const w = stats(pollWaitMs);
     out.push(`  in-band miss, answer committed to steadytext_mailbox -> function returned: mean ${f(w.mean, 2)}, p50 ${f(w.p50, 2)}, p99 ${f(w.p99, 2)}, max ${f(w.max, 2)} ms.`);

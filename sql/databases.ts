@@ -221,6 +221,41 @@ export class Database {
     return cfg;
   }
 
+  /**
+   * The in-band wake-up (migration 006): a session-level advisory lock on `key`, taken on the config listener's
+   * connection while an in-band request is worked on; the function that asked blocks on it and wakes when it
+   * is let go. Null when no lock is held (no live listener, another session holds the key): the function polls.
+   */
+  async holdWake(key: number): Promise<pg.Client | null> {
+    const l = this.listener;
+    if (!l) return null;
+    try {
+      const r = await l.query(WAKE_LOCK, [WAKE_CLASS, key]);
+      return r.rows[0]?.held === true ? l : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Lets go of holdWake's lock (a lost connection let go of it already). */
+  releaseWake(holder: pg.Client, key: number): void {
+    holder.query(wakeUnlock(key)).catch(() => {});
+  }
+
+  /**
+   * Commits `sql` (statements with their values inlined) and lets go of holdWake's lock, in one round trip on
+   * the lock's connection: the function waiting on the lock wakes to the committed answer (a transaction's
+   * rows are visible before its locks go; the unlock comes after COMMIT in any case).
+   */
+  async commitThenWake(holder: pg.Client, key: number, sql: string): Promise<void> {
+    try {
+      await holder.query(`BEGIN; SET LOCAL synchronous_commit = off; ${sql}; COMMIT; ${wakeUnlock(key)}`);
+    } catch (err) {
+      holder.query(`ROLLBACK; ${wakeUnlock(key)}`).catch(() => {}); // the failed statement left the block open
+      throw err;
+    }
+  }
+
   /** The model identity the SQL functions look up for (role, size), registered on first sight. */
   async identity(role: ModelRole, size: string): Promise<string> {
     const id = await this.reg.opts.engine.modelIdentity(role, size);
@@ -312,6 +347,11 @@ export class Database {
     await this.pool.end().catch(() => {});
   }
 }
+
+/** The advisory lock class of the in-band wake-up ('STEX'), as in sql/migrations/006_inband_wake.sql. */
+const WAKE_CLASS = 1398031704;
+const WAKE_LOCK = 'SELECT pg_catalog.pg_try_advisory_lock($1::pg_catalog.int4, $2::pg_catalog.int4) AS held';
+const wakeUnlock = (key: number) => `SELECT pg_catalog.pg_advisory_unlock(${WAKE_CLASS}, ${key | 0})`;
 
 /** Writes waiting at once (writeLater) before more are dropped. */
 const MAX_PENDING_WRITES = 1000;

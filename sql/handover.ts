@@ -13,7 +13,7 @@
 // search_path cannot change its meaning.
 import type { SessionContext } from '../proxy/interceptor.js';
 import { Be, bind, close, execute, FLUSH, parse, query, readDataRow, readErrorFields } from '../proxy/protocol.js';
-import type pg from 'pg';
+import pg from 'pg';
 import { errorAnswer, type CallError } from './answers.js';
 import { quoteIdent } from './install.js';
 import { isSteadyFunction, STEADYTEXT_FUNCTIONS } from './signatures.js';
@@ -187,6 +187,13 @@ export type MailboxEntry = { topic: string } & ({ answer: string } | { error: Ca
 
 /** The text of an entry as the SQL function reads it: an error only here takes its in-band form. */
 const mailboxText = (e: MailboxEntry): string => ('error' in e ? errorAnswer(e.error.sqlstate, e.error.message, e.error.hint) : e.answer);
+
+/** postMailbox's write of one entry with its values inlined, for a statement list sent in one round trip. */
+export function mailboxStatement(schema: string, backendPid: number, e: MailboxEntry): string {
+  return `INSERT INTO ${quoteIdent(schema)}.steadytext_mailbox AS m (backend_pid, topic, answer, created_at)
+     VALUES (${backendPid | 0}, ${pg.escapeLiteral(e.topic)}, ${pg.escapeLiteral(mailboxText(e))}, pg_catalog.clock_timestamp())
+     ON CONFLICT (backend_pid, topic) DO UPDATE SET answer = EXCLUDED.answer, created_at = EXCLUDED.created_at`;
+}
 
 let lastSweep = 0;
 

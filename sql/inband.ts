@@ -5,18 +5,20 @@
 // at once, while the statement runs. Here it is checked (signature, database), kept from the client, and
 // answered: the request is evaluated like a daemon request (daemon/responder.ts) and its answer, or the error
 // to raise, is committed to steadytext_mailbox under the request's id for the requesting backend, where the
-// function, polling with fresh snapshots, picks it up.
+// function picks it up with a fresh snapshot. Meanwhile an advisory lock keyed by the request is held, which
+// the function waits on, so it looks the moment the answer is committed rather than at its next poll.
 //
 // A notice that does not verify (another role raising the same text, a client replaying one) is the
 // client's own: it goes through unchanged and nothing is computed or stored for it.
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import pg from 'pg';
 import type { SessionContext } from '../proxy/interceptor.js';
 import { Be, readErrorFields } from '../proxy/protocol.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
 import { errorAnswer, wrapAnswer } from './answers.js';
 import type { Database } from './databases.js';
-import { postMailbox } from './handover.js';
+import { mailboxStatement, postMailbox } from './handover.js';
 import { quoteIdent } from './install.js';
 import type { Responder } from './daemon/responder.js';
 
@@ -86,6 +88,9 @@ export class InbandCallbacks {
     const stop = () => abort.abort(ctx.signal.reason);
     if (ctx.signal.aborted) stop();
     else ctx.signal.addEventListener('abort', stop, { once: true });
+    // Taken now, while the answer is computed: the function blocks on it instead of polling (migration 006).
+    const key = wakeKey(r.id);
+    const wake = r.wait ? db.holdWake(key) : null;
     let text: string;
     try {
       text = wrapAnswer(await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband' }));
@@ -96,10 +101,21 @@ export class InbandCallbacks {
       ctx.signal.removeEventListener('abort', stop);
     }
     if (!r.wait) return; // the responder writes the cache row the retried transaction finds
+    const entry = { topic: `inband:${r.id}`, answer: text };
     try {
-      // Committed before this resolves: the function's next poll sees it.
-      if (r.lo === null) await postMailbox(db.pool, db.schema, r.backendPid, [{ topic: `inband:${r.id}`, answer: text }]);
-      else await db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put($1::pg_catalog.oid, $2::pg_catalog.text)`, [r.lo, text]);
+      const holder = await wake;
+      if (holder) {
+        // One round trip: the answer committed, then the lock the function waits on let go.
+        const put = r.lo === null
+          ? mailboxStatement(db.schema, r.backendPid, entry)
+          : `SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put(${r.lo}::pg_catalog.oid, ${pg.escapeLiteral(text)}::pg_catalog.text)`;
+        await db.commitThenWake(holder, key, put);
+      } else if (r.lo === null) {
+        // Committed before this resolves: the function's next poll sees it.
+        await postMailbox(db.pool, db.schema, r.backendPid, [entry]);
+      } else {
+        await db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put($1::pg_catalog.oid, $2::pg_catalog.text)`, [r.lo, text]);
+      }
     } catch (err) {
       ctx.log.warn({ err, id: r.id }, 'could not hand an in-band answer over; the function will time out');
     }
@@ -116,6 +132,11 @@ export class InbandCallbacks {
     db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_sweep($1::pg_catalog.interval)`, [SWEEP_AGE])
       .catch((err: unknown) => ctx.log.warn({ err }, 'could not sweep in-band large objects'));
   }
+}
+
+/** The advisory lock key of a request: its id's first 32 bits, as the SQL function computes it. */
+export function wakeKey(id: string): number {
+  return Number.parseInt(id.slice(0, 8), 16) | 0;
 }
 
 /**

@@ -162,6 +162,53 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     expect(rows[99999].v).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('the last row')]));
   });
 
+  test('a waiting call blocks on the proxy’s advisory lock instead of polling, and wakes once the answer is committed', async () => {
+    await fresh();
+    const db = s.databases.get(s.database);
+    // Instrumentation only: the proxy hands the answer over (and lets go of the lock) once the test saw the caller wait.
+    await rewritten(`SELECT steadytext_generate('warm the model up', max_tokens := 4) AS v`);
+    let seen!: () => void;
+    const caught = new Promise<void>((r) => (seen = r));
+    const handOver = db.commitThenWake.bind(db);
+    const keys: number[] = [];
+    db.commitThenWake = async (holder, key, sql) => {
+      keys.push(key);
+      await caught;
+      return handOver(holder, key, sql);
+    };
+    try {
+      const { c } = await client();
+      const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
+      await c.query("SET track_functions = 'all'");
+      await c.query('BEGIN');
+      const call = c.query(`SELECT deterministic_expand('lighthouses') AS v`);
+      let waiting: { objid: string; holder: number }[] = [];
+      for (let i = 0; i < 1000 && waiting.length === 0; i++) {
+        waiting = (await direct.query(`
+          SELECT w.objid::text AS objid, h.pid AS holder FROM pg_locks w
+            JOIN pg_locks h ON h.locktype = 'advisory' AND h.classid = w.classid AND h.objid = w.objid AND h.granted
+           WHERE w.locktype = 'advisory' AND w.classid = 1398031704 AND w.pid = $1 AND NOT w.granted`, [pid])).rows;
+        if (waiting.length === 0) await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(waiting).toHaveLength(1);
+      const listener = (await direct.query(`SELECT pid FROM pg_stat_activity WHERE application_name = 'pg-steadytext config listener' AND datname = current_database()`)).rows;
+      expect(listener.map((r) => r.pid)).toContain(waiting[0].holder);
+      await new Promise((r) => setTimeout(r, 300));
+      seen();
+      const got = (await call).rows[0].v as string;
+      const takes = (await c.query(`SELECT pg_stat_get_xact_function_calls('_steadytext_mailbox_take(text)'::regprocedure) AS n`)).rows[0].n as number;
+      await c.query('COMMIT');
+      await c.end();
+      // Held a further 300 ms after the wait was seen: polling every 4 ms would have looked 75 times more.
+      expect(Number(takes)).toBeLessThan(20);
+      expect(keys.map((k) => (k >>> 0).toString())).toContain(waiting[0].objid);
+      await fresh();
+      expect(got).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('lighthouses')]));
+    } finally {
+      db.commitThenWake = handOver;
+    }
+  });
+
   test('under transaction pooling the request follows the server connection the statement runs on', async () => {
     await fresh();
     const url = await s.pooledUrl('transaction', 2);
