@@ -88,6 +88,7 @@ const PAUSE_CONNECTING = 4; // no upstream yet to take what the client sends
 const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
 const PAUSE_POOL = 16; // pooling: waiting for a server connection
 const PAUSE_SUSPEND = 32; // SUSPEND: nothing more is read until RESUME or the handover (takeover.ts)
+const PAUSE_RERUN = 64; // the current exchange will run again (SessionContext.rerun)
 /** Most bytes a client waiting for a server connection copies out of the read buffer (holdsInput). */
 const OWN_QUEUE_BYTES = 16 * 1024;
 
@@ -116,6 +117,15 @@ export class ClientSession implements FrameHandler, SessionLink {
   private paused = 0;
   /** The server socket is not read: the client is slow to take what it sends. */
   private serverPaused = false;
+  /** The Query that began the current exchange outside a transaction block (ctx.keepQueries), and toClientBytes then. */
+  private keptQuery: Buffer | null = null;
+  private keptAt = 0;
+  private keptCount = 0;
+  private toClientBytes = 0;
+  /** The current exchange runs again (ctx.rerun): what then decides, and the error that ended the attempt. */
+  private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null } | null = null;
+  /** The current exchange is itself a rerun: it is not run again. */
+  private isRerun = false;
   private readonly hooks = new HookPauser({
     heldBytes: () => this.reader!.buffered,
     pauseSocket: () => this.pauseClient(PAUSE_HOOK),
@@ -286,6 +296,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Server → client. */
   toClient(bytes: Buffer): void {
     if (this.phase === CLOSED) return;
+    this.toClientBytes += bytes.length;
     if (!writeFast(this.sock, this.sock === this.raw ? this.rawFd : -1, bytes) && !this.serverPaused && this.server) {
       this.serverPaused = true;
       this.server.sock.pause();
@@ -384,6 +395,8 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** What the interceptor sees of the session. */
   private sessionContext(sp: StartupPacket, user: string, database: string): MutableContext {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const session = this;
     return {
       id: this.id,
       user,
@@ -401,7 +414,38 @@ export class ClientSession implements FrameHandler, SessionLink {
         if (!this.hooks.pending || this.phase === CLOSED) throw new Error('ctx.send is only for a pending interceptor hook');
         for (const b of this.replacement([{ bytes: out.bytes, handler: out.responses }])) this.onBytes(b);
       },
+      keepQueries: false,
+      get exchange() {
+        return session.keptCount;
+      },
+      rerun: (then) => this.armRerun(then),
     };
+  }
+
+  /** A Query goes upstream unchanged: kept when it begins an exchange outside a transaction block (ctx.keepQueries). */
+  private keepQuery(msg: Buffer): void {
+    // Nothing of the client's in flight (the pooler's own settings replay may be, ahead of it).
+    if (this.ctx!.keepQueries && this.ctx!.txStatus === 'I' && this.tracker.size === (this.pooled?.internalInFlight ?? 0)) {
+      this.keptQuery = Buffer.from(msg);
+      this.keptAt = this.toClientBytes;
+      this.keptCount++;
+    } else {
+      this.keptQuery = null;
+    }
+    this.isRerun = false;
+  }
+
+  /** ctx.rerun: see SessionContext. */
+  private armRerun(plan: (query: Buffer) => ((error: Buffer) => Promise<boolean>) | null): boolean {
+    const q = this.keptQuery;
+    if (q === null || this.isRerun || this.rerunning !== null || this.toClientBytes !== this.keptAt || this.tracker.size !== 1 || this.hooks.pending || this.phase === CLOSED) {
+      return false;
+    }
+    const then = plan(q);
+    if (then === null) return false;
+    this.rerunning = { then, query: q, error: null };
+    this.pauseClient(PAUSE_RERUN);
+    return true;
   }
 
   private async connect(startup: Buffer): Promise<void> {
@@ -754,6 +798,10 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
     this.ctx!.signal = this.hooks.signal;
     const r = this.seam!.offer(msg, code);
+    if (code === Fe.Query) {
+      if (r === undefined) this.keepQuery(msg);
+      else this.keptQuery = null;
+    }
     if (r === undefined) {
       if (this.pooled !== null) return this.pooledForward(msg, code);
       this.tracker.sent(code);
@@ -829,6 +877,11 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   serverReady(status: TxStatus, first: boolean): void {
     this.setTxStatus(status);
+    if (this.rerunning !== null && this.rerunning.error === null) {
+      // The attempt ended without the error it was to end in: its answer went to the client as it came.
+      this.rerunning = null;
+      this.resumeClient(PAUSE_RERUN);
+    }
     if (this.pooled !== null) {
       // The proxy's own fenced work (a prefetch's rolled-back read) is not the client's transaction block.
       // A replication connection is its client's alone, as in session mode (pgBouncer).
@@ -868,11 +921,43 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   holdError(msg: Buffer): boolean {
+    if (this.rerunning !== null && this.rerunning.error === null) {
+      this.rerunning.error = Buffer.from(msg);
+      return true;
+    }
     return this.pooled !== null && this.pooled.watching && this.pooled.holdError(msg);
   }
 
   releaseHeld(rfq: Buffer): Buffer[] | null {
+    const r = this.rerunning;
+    if (r !== null && r.error !== null) {
+      this.rerunning = null;
+      this.heldRerun(r.then, r.query, r.error, Buffer.from(rfq));
+      return null;
+    }
     return this.pooled !== null ? this.pooled.releaseHeld(rfq) : [rfq];
+  }
+
+  /**
+   * The attempt of a rerun exchange ended in its withheld error: `then` decides, as a pending hook (the server
+   * connection stays with the client meanwhile), whether the Query runs again or the client gets the error.
+   */
+  private heldRerun(then: (error: Buffer) => Promise<boolean>, query: Buffer, error: Buffer, rfq: Buffer): void {
+    this.ctx!.signal = this.hooks.signal;
+    // `then` runs once the hook is pending (ctx.send needs that), from a microtask.
+    this.hooks.hold(Promise.resolve().then(() => then(error)).catch((err: unknown) => {
+      this.log.warn({ err }, 'an exchange to run again failed; the client gets the error of its first attempt');
+      return false;
+    }), (again) => {
+      if (again) {
+        this.isRerun = true;
+        this.sendHookOutcome(undefined, query, Fe.Query);
+      } else {
+        this.toClient(Buffer.concat([error, rfq]));
+        if (this.pooled !== null) queueMicrotask(() => this.pooledReady());
+      }
+      this.resumeClient(PAUSE_RERUN);
+    });
   }
 
   startupError(fields: Record<string, string>): void {
@@ -934,6 +1019,14 @@ export class ClientSession implements FrameHandler, SessionLink {
       toServer: (bytes: Buffer) => this.onBytes(bytes),
       txStatus: (status: TxStatus) => this.setTxStatus(status),
       relayReturned: () => this.drainIfDraining(),
+      keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) : 0),
+      keptQuery: (q: Buffer | null) => {
+        // A Query the relay forwarded (or none since it took over: what JS kept before is over).
+        this.keptQuery = q;
+        this.keptAt = this.toClientBytes;
+        if (q !== null) this.keptCount++;
+        this.isRerun = false;
+      },
       internalError: (err: unknown) => this.internalError(err),
     };
     return new RelayHandoff(nr, host, { sock: this.raw, reader }, server, this.env.maxMessageBytes);

@@ -63,6 +63,24 @@ export interface SessionContext {
    * auxiliary query on the session's own connection, with the client's own privileges.
    */
   send(out: Outbound): void;
+  /**
+   * Set by the interceptor (default false): the session keeps a copy of each Query that begins an exchange
+   * outside a transaction block, so that rerun() can send it again. Costs one copy of each such Query.
+   */
+  keepQueries: boolean;
+  /** Queries kept so far (keepQueries): tells one exchange from the next. */
+  readonly exchange: number;
+  /**
+   * From notice(): asks to run the client's current exchange again rather than answer the client with this
+   * attempt. Possible only when the exchange is one kept Query (keepQueries), nothing of its answer has reached
+   * the client, nothing was sent after it, and it is not itself a rerun; `plan` sees the Query and may decline
+   * (null). On true, the session withholds the ErrorResponse that ends this attempt (the interceptor sees to it
+   * that it ends in one) and its ReadyForQuery, reads nothing more from the client, and calls what `plan`
+   * returned with that error, as a pending hook (ctx.send works, ctx.signal aborts on cancel): on true the
+   * Query goes upstream again and its answer is the client's; on false the withheld error and ReadyForQuery
+   * go to the client after all.
+   */
+  rerun(plan: (query: Buffer) => ((error: Buffer) => Promise<boolean>) | null): boolean;
 }
 
 /** A frontend message handed to the interceptor. */

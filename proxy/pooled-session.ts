@@ -135,6 +135,11 @@ export class PooledSession implements PoolClient {
   private pinsDirty = false;
   /** An internal exchange (read-back, check, replay) is in flight on the server connection. */
   private internal = 0;
+
+  /** The pooler's own exchanges in flight (each one request in the tracker). */
+  get internalInFlight(): number {
+    return this.internal;
+  }
   /** SQL may have prepared or dropped statements (statements.uncertain): read them back at the transaction's end. */
   private statementsDirty = false;
   private readonly watch: Watch = {

@@ -45,6 +45,10 @@ export interface RelayHost {
   toServer(bytes: Buffer): void;
   /** The last ReadyForQuery the relay passed said this. */
   txStatus(status: TxStatus): void;
+  /** Non-zero (the transaction status's character code) when the session keeps Queries (SessionContext.keepQueries). */
+  keepStatus(): number;
+  /** The relay gave the session back: the Query it kept (RelayOutcome.query), or null. */
+  keptQuery(query: Buffer | null): void;
   /** The session has its sockets back and is reading again: a pending shutdown acts now. */
   relayReturned(): void;
   internalError(err: unknown): void;
@@ -108,7 +112,7 @@ export class RelayHandoff {
         } catch (err) {
           this.host.internalError(err);
         }
-      });
+      }, this.host.keepStatus());
     } catch (err) {
       this.off = true;
       this.host.log.warn({ err: (err as Error).message }, 'native relay did not start; this session relays in JS');
@@ -153,6 +157,7 @@ export class RelayHandoff {
       else host.tracker.sent(code);
     }
     if (o.status !== '') host.txStatus(o.status as TxStatus);
+    host.keptQuery(o.query);
   }
 }
 

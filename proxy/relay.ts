@@ -48,6 +48,8 @@ export interface RelayOutcome {
   /** Body bytes still to come of a large message the relay was streaming: they pass through unread. */
   skipClient: number;
   skipServer: number;
+  /** The Query that began the current exchange outside a transaction block, nothing of its answer forwarded (start's keepStatus). */
+  query: Buffer | null;
 }
 
 export interface RelayState {
@@ -63,9 +65,9 @@ export interface RelayState {
 }
 
 type Handle = object & { readonly __relay: unique symbol };
-type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number];
+type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number, (Buffer | null)?];
 interface Addon {
-  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void): Handle;
+  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus?: number): Handle;
   stop(h: Handle): Raw | null;
   state(h: Handle): [number, number, number, number, number, number];
   peer?(fd: number): [number, number] | null;
@@ -75,8 +77,11 @@ interface Addon {
 }
 
 export interface NativeRelay {
-  /** Takes over both (paused, plaintext) sockets; onExit runs once, when the relay gives them back. */
-  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void): Handle;
+  /**
+   * Takes over both (paused, plaintext) sockets; onExit runs once, when the relay gives them back. keepStatus:
+   * the session's transaction status as a character code to keep Queries (RelayOutcome.query), else 0.
+   */
+  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void, keepStatus?: number): Handle;
   /** Gives the sockets back now; null if the relay already did (onExit ran). */
   stop(h: Handle): RelayOutcome | null;
   state(h: Handle): RelayState;
@@ -110,6 +115,7 @@ function outcome(r: Raw): RelayOutcome {
     bytesFromServer: r[9],
     skipClient: r[10],
     skipServer: r[11],
+    query: r[12] ?? null,
   };
 }
 
@@ -175,7 +181,7 @@ function addonCandidates(root: string): string[] {
 
 function wrap(addon: Addon): NativeRelay {
   return {
-    start: (c, s, max, onExit) => addon.start(c, s, max, (raw) => onExit(outcome(raw))),
+    start: (c, s, max, onExit, keep = 0) => addon.start(c, s, max, (raw) => onExit(outcome(raw)), keep),
     stop: (h) => {
       const r = addon.stop(h);
       return r === null ? null : outcome(r);

@@ -474,6 +474,8 @@ async function main() {
   const serialNotes: string[] = [];
   const serialNote = (label: string, seconds: number, rows: number) => {
     const outside = (seconds * 1000 - probe.busy) / rows;
+    // Gathered (the statement stopped, its calls computed together, run again): engine time overlaps, no per-row split.
+    if (outside < 0) return `  ${label}: calls computed together (engine time ${f(probe.busy / 1000, 2)} s over ${f(seconds, 2)} s of statement)`;
     const { notices, posts } = inbandLog;
     const gaps = posts.slice(0, notices.length - 1).map((p, i) => notices[i + 1] - p);
     const g = gaps.length ? stats(gaps) : undefined;
@@ -618,7 +620,8 @@ async function main() {
   for (const r of insertRuns) out.push(`  ${r.name}: ${r.sql}`);
   const [trig, pre] = insertRuns;
   out.push(`  the trigger (BEFORE INSERT, NEW.emb := steadytext_embed(NEW.body), callback_transport inband) took ${f(trig.seconds / pre.seconds, 2)}x the prefetchable INSERT's time,`);
-  out.push(`  with ${trig.d.inband} in-band round trips (a signed notice to the proxy, the answer committed back through the service pool, polled for)`);
+  out.push(`  with ${trig.d.inband} in-band round trips (a signed notice to the proxy, the answer committed back through the service pool; from`);
+  out.push('  the second miss on, the statement is stopped, its calls gathered in a rolled-back dry run, computed together, and run again)');
   out.push(`  against ${pre.d.inband + pre.d.dblink} for the prefetchable INSERT, which the proxy embeds before the statement runs. service queries: on the`);
   out.push('  proxy\'s service pool (mailbox answers, counters, logs); store batches: steadytext_cache writes.');
   out.push(...serialNotes.filter((n) => n.includes('INSERT')), '');

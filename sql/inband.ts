@@ -12,8 +12,9 @@
 // client's own: it goes through unchanged and nothing is computed or stored for it.
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import pg from 'pg';
-import type { SessionContext } from '../proxy/interceptor.js';
-import { Be, readErrorFields } from '../proxy/protocol.js';
+import type { ResponseHandler, SessionContext } from '../proxy/interceptor.js';
+import { Be, query as queryMessage, readErrorFields } from '../proxy/protocol.js';
+import { findCalls, isParseFailure } from './calls.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
 import { errorAnswer, wrapAnswer } from './answers.js';
@@ -35,6 +36,10 @@ interface Signed {
   lo: number | null;
   /** The function waits for the answer; false: it raised 40001 and only the cache row is wanted. */
   wait: boolean;
+  /** Asked from a dry run (steadytext.gather on): computed to be cached, answered to no one. */
+  gather: boolean;
+  /** The SQL function that asked. */
+  fn: string;
 }
 
 /** How often left-behind large objects are looked for, and how old they must be to go. */
@@ -46,6 +51,23 @@ export class InbandCallbacks {
     private readonly responder: Responder,
     private readonly databases: DatabaseRegistry,
   ) {}
+
+  /**
+   * Unless calls the proxy cannot see are set to ask through dblink only, the session keeps its Queries so
+   * that a statement missing row after row can be run again (stopToGather). ('auto' may fall back to in-band
+   * at any call, when the daemon endpoint does not answer the database.) Read for databases already prepared
+   * (a session's first in-band request turns it on too): a session start never installs anything.
+   */
+  sessionStart(ctx: SessionContext): void {
+    const db = this.databases.get(ctx.database);
+    if (db.secret === undefined) return;
+    // At once (the native relay, which may take the session next, reads it when it starts), then as configured.
+    ctx.keepQueries = true;
+    db.config().then(
+      (cfg) => { ctx.keepQueries = cfg.callbackTransport !== 'dblink'; },
+      () => {},
+    );
+  }
 
   /** A server notice naming steadytext: true when it is an in-band request of ours (then answered, and hidden). */
   notice(msg: Buffer, ctx: SessionContext, backendPid: number | undefined): boolean {
@@ -75,6 +97,8 @@ export class InbandCallbacks {
       ctx.log.warn({ inFlight }, 'too many in-band requests in flight for one session; this one is dropped (its caller times out)');
       return true;
     }
+    ctx.keepQueries = true;
+    if (signed.wait && this.stopToGather(signed, ctx)) return true;
     ctx.data.inbandInFlight = inFlight + 1;
     void this.answer(signed, ctx).finally(() => {
       ctx.data.inbandInFlight = ((ctx.data.inbandInFlight as number) ?? 1) - 1;
@@ -101,6 +125,11 @@ export class InbandCallbacks {
       ctx.signal.removeEventListener('abort', stop);
     }
     if (!r.wait) return; // the responder writes the cache row the retried transaction finds
+    await this.handOver(r, text, wake, key, db, ctx);
+  }
+
+  /** Puts `text` where the waiting function looks (mailbox or large object), committed, and wakes it. */
+  private async handOver(r: Signed, text: string, wake: Promise<pg.Client | null> | null, key: number, db: Database, ctx: SessionContext): Promise<void> {
     const entry = { topic: `inband:${r.id}`, answer: text };
     try {
       const holder = await wake;
@@ -122,6 +151,65 @@ export class InbandCallbacks {
     this.sweep(db, ctx);
   }
 
+  /**
+   * The second miss of one exchange (a statement that misses row after row: an UPDATE through a wrapper, a
+   * trigger): rather than a round trip per row, the statement is stopped now, before any of its answer reached
+   * the client (the function raises the 40001 posted here, which the session withholds), run once inside a
+   * rolled-back transaction with steadytext.gather on to learn every call it makes, those are computed
+   * together, and it runs again finding them in steadytext_cache. False: answer this miss as usual.
+   */
+  private stopToGather(r: Signed, ctx: SessionContext): boolean {
+    const exchange = ctx.exchange;
+    const second = ctx.data.inbandExchange === exchange;
+    ctx.data.inbandExchange = exchange;
+    if (!second) return false;
+    const db = this.databases.get(ctx.database);
+    const marker = `steadytext:rerun:${r.id}`;
+    const armed = ctx.rerun((query) => (rerunnable(query, ctx) ? (error) => this.gatherThenRerun(query, error, marker, r, db, ctx) : null));
+    if (!armed) return false;
+    const key = wakeKey(r.id);
+    const stop = errorAnswer(
+      '40001',
+      `${r.fn}: the statement was stopped to be run again with its steadytext calls answered together (${marker})`,
+      'The pg-steadytext proxy runs it again by itself; if this reaches you, run the statement again.',
+    );
+    void this.handOver(r, stop, db.holdWake(key), key, db, ctx);
+    return true;
+  }
+
+  /** The statement stopped with our 40001: gathers its calls in a dry run, computes them, and says to run it again. */
+  private async gatherThenRerun(query: Buffer, error: Buffer, marker: string, first: Signed, db: Database, ctx: SessionContext): Promise<boolean> {
+    const f = readErrorFields(error);
+    if (f.C !== '40001' || !f.M?.includes(marker) || db.secret === undefined) return false;
+    const gathered = await dryRun(query, first.backendPid, db.secret, ctx);
+    const abort = new AbortController();
+    const stop = () => abort.abort(ctx.signal.reason);
+    if (ctx.signal.aborted) return false;
+    ctx.signal.addEventListener('abort', stop, { once: true });
+    try {
+      let next = 0;
+      const worker = async () => {
+        while (next < gathered.length && !abort.signal.aborted) {
+          const g = gathered[next++];
+          // A failed call is not cached: the run again misses it and asks for it on its own (and gets the error).
+          await this.responder.respond(g.payload, { pid: g.backendPid, abort, via: 'inband' }).catch(() => undefined);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(GATHER_CONCURRENCY, gathered.length) }, worker));
+      await this.responder.flush(); // the cache rows the run again reads, committed
+      // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
+      await db.pool.query(
+        `DELETE FROM ${quoteIdent(db.schema)}.steadytext_mailbox WHERE backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`,
+        [first.backendPid],
+      ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
+    } finally {
+      ctx.signal.removeEventListener('abort', stop);
+    }
+    if (ctx.signal.aborted) return false;
+    ctx.log.debug({ gathered: gathered.length }, 'in-band calls gathered in a dry run; the statement runs again');
+    return true;
+  }
+
   private lastSweep = new WeakMap<Database, number>();
 
   /** Now and then: large objects whose reader never took them (its transaction rolled back, say). */
@@ -132,6 +220,47 @@ export class InbandCallbacks {
     db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_sweep($1::pg_catalog.interval)`, [SWEEP_AGE])
       .catch((err: unknown) => ctx.log.warn({ err }, 'could not sweep in-band large objects'));
   }
+}
+
+/** Requests computed at once for a gathered statement (the engine's queue holds the rest fairly). */
+const GATHER_CONCURRENCY = 8;
+/** Requests one dry run gathers at most; the run again asks for the rest one by one. */
+const MAX_GATHERED = 10_000;
+
+/** Statement kinds a dry run may run and roll back, and the session may run again (no transaction control, no PREPARE). */
+const RERUNNABLE = new Set(['select', 'insert', 'update', 'delete', 'call', 'do', 'execute']);
+
+/** The Query holds only statements that may run in a rolled-back dry run and then again. */
+function rerunnable(query: Buffer, ctx: SessionContext): boolean {
+  const r = findCalls(query.subarray(5, query.length - 1), { standardConformingStrings: ctx.serverParams.get('standard_conforming_strings') !== 'off' });
+  return !isParseFailure(r) && r.length > 0 && r.every((st) => RERUNNABLE.has(st.kind));
+}
+
+/**
+ * Runs `query` inside a transaction that is rolled back, with steadytext.gather on, on the session's own
+ * connection, and returns the requests its calls made (signed by the same backend). Nothing of it reaches the
+ * client; an error in it only ends the gathering early.
+ */
+function dryRun(query: Buffer, backendPid: number, secret: string, ctx: SessionContext): Promise<Signed[]> {
+  return new Promise((resolve) => {
+    const gathered: Signed[] = [];
+    const collect: ResponseHandler = {
+      onMessage(m) {
+        if (m[0] !== Be.NoticeResponse || gathered.length >= MAX_GATHERED) return null;
+        const f = readErrorFields(m);
+        if (f.M !== INBAND_MARKER || f.D === undefined || f.H === undefined) return null;
+        const g = verify(f.D, f.H, secret, ctx.database, backendPid);
+        if (g !== null && g.gather) gathered.push(g);
+        return null;
+      },
+    };
+    ctx.send({ bytes: queryMessage("BEGIN; SET LOCAL steadytext.gather = 'on'"), responses: collect });
+    ctx.send({ bytes: query, responses: collect });
+    ctx.send({
+      bytes: queryMessage('ROLLBACK'),
+      responses: { onMessage: () => null, onEnd: () => resolve(gathered) },
+    });
+  });
 }
 
 /** The advisory lock key of a request: its id's first 32 bits, as the SQL function computes it. */
@@ -153,10 +282,13 @@ export function verify(payload: string, mac: string, secret: string, database: s
   } catch {
     return null;
   }
-  const o = j as { id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown; wait?: unknown };
+  const o = j as { id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown; wait?: unknown; gather?: unknown; function?: unknown };
   if (typeof o.id !== 'string' || !/^[0-9a-f]{32}$/.test(o.id)) return null;
   if (!Number.isInteger(o.backend_pid) || o.backend_pid !== backendPid || o.database !== database) return null;
   const lo = o.lo === null || o.lo === undefined ? null : Number(o.lo);
   if (lo !== null && !(Number.isInteger(lo) && lo > 0 && lo < 2 ** 32)) return null;
-  return { payload, id: o.id, backendPid: o.backend_pid as number, lo, wait: o.wait !== false };
+  return {
+    payload, id: o.id, backendPid: o.backend_pid as number, lo, wait: o.wait !== false, gather: o.gather === true,
+    fn: typeof o.function === 'string' ? o.function : 'steadytext',
+  };
 }

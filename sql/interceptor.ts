@@ -54,6 +54,10 @@ export class SteadytextInterceptor implements Interceptor {
     this.inband = new InbandCallbacks(responder, o.databases);
   }
 
+  sessionStart(ctx: SessionContext): void {
+    this.inband.sessionStart(ctx);
+  }
+
   /** A server notice naming steadytext: an in-band callback request is answered and kept from the client. */
   notice(msg: Buffer, ctx: SessionContext, backendPid: number | undefined): boolean {
     return this.inband.notice(msg, ctx, backendPid);

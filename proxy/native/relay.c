@@ -75,6 +75,11 @@ typedef struct relay {
   int64_t pending_sync; // Sync/Query/FunctionCall sent minus ReadyForQuery received
   int64_t since_sync;   // Parse/Bind/Describe/Execute/Close sent after the last Sync/Query
   uint8_t status;       // the last ReadyForQuery's transaction status, 0 if none
+  // A copy of the Query that began the current exchange outside a transaction block, while nothing of its
+  // answer went to the client (JS may run it again: SessionContext.rerun). Kept only when JS asks (start).
+  bool keep;
+  uint8_t *kept;
+  size_t kept_len, kept_cap;
   bool running;
   int reason, err;
   int open_handles;
@@ -88,6 +93,7 @@ static void maybe_free(relay_t *r) {
   free(r->c.out);
   free(r->s.out);
   free(r->log);
+  free(r->kept);
   free(r);
 }
 
@@ -160,6 +166,24 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
     return EXIT_SERVER_MESSAGE;
   } else if (code == 'N' && (!whole || mentions_steadytext(m, 5, len))) {
     return EXIT_SERVER_MESSAGE; // perhaps an in-band callback request (interceptor.ts notice)
+  }
+  if (client && code == 'Q' && r->keep) {
+    r->kept_len = 0;
+    if (whole && r->pending_sync == 0 && r->since_sync == 0 && r->status == 'I') {
+      if (len > r->kept_cap) {
+        uint8_t *grown = realloc(r->kept, len);
+        if (grown != NULL) {
+          r->kept = grown;
+          r->kept_cap = len;
+        }
+      }
+      if (len <= r->kept_cap) {
+        memcpy(r->kept, m, len);
+        r->kept_len = len;
+      }
+    }
+  } else if (!client) {
+    r->kept_len = 0; // part of the answer goes to the client: the exchange cannot run again unseen
   }
   if (tracked(client, code)) {
     // A full log stops here, before the message: JS must be able to replay everything forwarded.
@@ -353,11 +377,13 @@ static napi_value number(napi_env env, double d) {
 }
 
 // [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer,
-//  skipClient, skipServer]
+//  skipClient, skipServer, kept Query or null]
 static napi_value outcome(napi_env env, relay_t *r) {
-  napi_value a;
-  napi_create_array_with_length(env, 12, &a);
-  napi_value v[12] = {
+  napi_value a, kept;
+  napi_create_array_with_length(env, 13, &a);
+  if (r->kept_len > 0) kept = buffer_copy(env, r->kept, r->kept_len);
+  else napi_get_null(env, &kept);
+  napi_value v[13] = {
     number(env, r->reason),
     number(env, r->err),
     buffer_copy(env, r->c.out + r->c.out_off, r->c.out_len - r->c.out_off),
@@ -370,8 +396,9 @@ static napi_value outcome(napi_env env, relay_t *r) {
     number(env, (double)r->s.bytes_read),
     number(env, (double)r->c.skip),
     number(env, (double)r->s.skip),
+    kept,
   };
-  for (uint32_t i = 0; i < 12; i++) napi_set_element(env, a, i, v[i]);
+  for (uint32_t i = 0; i < 13; i++) napi_set_element(env, a, i, v[i]);
   return a;
 }
 
@@ -445,10 +472,11 @@ static relay_t *handle_arg(napi_env env, napi_callback_info info, const char *us
   return r;
 }
 
-// start(clientFd, serverFd, maxMessage, onExit) -> handle
+// start(clientFd, serverFd, maxMessage, onExit[, keepStatus]) -> handle. keepStatus: the session's transaction
+// status as a character code when JS wants Queries kept (see relay_t.kept), else 0.
 static napi_value js_start(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 4) return throw_error(env, "start(clientFd, serverFd, maxMessage, onExit)");
   int32_t cfd, sfd;
@@ -465,6 +493,11 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   r->s.fd = sfd;
   r->env = env;
   r->max_message = max;
+  uint32_t keep = 0;
+  if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok && keep > 0 && keep < 256) {
+    r->keep = true;
+    r->status = (uint8_t)keep;
+  }
   int e1 = uv_poll_init(loop, &r->c.poll, cfd);
   if (e1 != 0) {
     r->finalized = true;

@@ -9,6 +9,13 @@
 -- lost, another session holding the key), the function polls as before; the key only says when to look,
 -- never what the answer is, so whoever else takes it can delay a call (by at most a second per wait,
 -- lock_timeout) but not change it.
+--
+-- A statement with many misses (an UPDATE or INSERT through a PL/pgSQL wrapper or a trigger) is not answered
+-- one round trip per row: at its second miss the proxy answers with an error (40001, naming the request) that
+-- stops it before anything reached the client, runs it once more inside a transaction it rolls back, with
+-- steadytext.gather = on, where each miss only asks (wait false) and returns NULL, computes every answer so
+-- gathered at once, and runs the statement again, now finding them in steadytext_cache. Setting
+-- steadytext.gather oneself only makes one's own calls return NULL.
 
 CREATE OR REPLACE FUNCTION _steadytext_inband_call(p_function text, p_request jsonb, p_timeout_ms integer, p_tried text DEFAULT NULL)
 RETURNS text
@@ -37,6 +44,18 @@ BEGIN
     IF v_isolation NOT IN ('read committed', 'read uncommitted') AND NOT current_setting('transaction_read_only')::boolean THEN
         -- A random oid above 2^31; the proxy creates the large object, so a taken one fails there, not here.
         v_lo := (2147483648 + floor(random() * 2147483000))::bigint::oid;
+    END IF;
+    IF current_setting('steadytext.gather', true) = 'on'
+       AND p_function IN ('steadytext_generate', 'steadytext_embed', 'steadytext_generate_stream') THEN
+        -- The proxy's dry run of a statement whose calls it gathers (see the top of this file): ask, do not
+        -- wait, and answer NULL for now; the dry run is rolled back and the statement runs again with answers.
+        v_payload := (p_request || jsonb_build_object('id', v_id, 'timeout_ms', p_timeout_ms, 'function', p_function,
+                                                      'user', session_user, 'database', current_database(),
+                                                      'backend_pid', pg_backend_pid(), 'wait', false, 'gather', true))::text;
+        RAISE INFO 'steadytext:inband' USING
+            DETAIL = v_payload,
+            HINT = encode(_steadytext_hmac(convert_to(v_secret, 'UTF8'), convert_to(v_payload, 'UTF8')), 'hex');
+        RETURN NULL;
     END IF;
     v_payload := (p_request || jsonb_build_object('id', v_id, 'timeout_ms', p_timeout_ms, 'function', p_function,
                                                   'user', session_user, 'database', current_database(),

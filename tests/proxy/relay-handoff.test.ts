@@ -55,7 +55,7 @@ class FakeRelay implements NativeRelay {
 
 function outcome(o: Partial<RelayOutcome>): RelayOutcome {
   const none = Buffer.alloc(0);
-  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, ...o };
+  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, ...o };
 }
 
 /** A socket as the hand-off sees it: a file descriptor, a Readable already reading, nothing unsent. */
@@ -99,6 +99,8 @@ function setup() {
     toServer: (b: Buffer) => events.push(`toServer ${b.toString()}`),
     txStatus: (s: TxStatus) => events.push(`status ${s}`),
     relayReturned: () => events.push('returned'),
+    keepStatus: () => 0,
+    keptQuery: (q: Buffer | null) => { if (q !== null) events.push(`kept ${q.toString()}`); },
     internalError: (err: unknown) => events.push(`error ${(err as Error).message}`),
   };
   const client = { sock: fakeSocket(3), reader: reader('client', seen) };

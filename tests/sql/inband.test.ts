@@ -209,6 +209,69 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     }
   });
 
+  test.each(['session', 'transaction'] as const)(
+    'an UPDATE missing on every row (%s mode) is stopped, its calls gathered and answered together, and run again',
+    async (mode) => {
+      await fresh();
+      await direct.query(`
+        CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
+        TRUNCATE notes;
+        CREATE OR REPLACE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
+        BEGIN RETURN steadytext_embed(t); END $$;`);
+      await direct.query(`INSERT INTO notes (id, body) SELECT i, 'note ' || i || ' ' || $1 FROM generate_series(1, 24) i`, [mode]);
+      const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+      let taken = 0;
+      const notice = s.interceptor.notice.bind(s.interceptor);
+      s.interceptor.notice = (...a: Parameters<typeof notice>) => {
+        const mine = notice(...a);
+        if (mine) taken++;
+        return mine;
+      };
+      try {
+        const { c, notices } = await client(url);
+        await c.query('SELECT 1'); // the session's first Query: what follows is kept for a rerun
+        const r = await c.query('UPDATE notes SET emb = wrap_embed(body)');
+        await c.end();
+        expect(r.rowCount).toBe(24);
+        expect(notices).toEqual([]);
+      } finally {
+        s.interceptor.notice = notice;
+      }
+      // Two misses asked one by one (the second stops the statement), the other 22 gathered in one dry run.
+      expect(taken).toBe(2);
+      const rows = (await direct.query('SELECT body, emb::text AS emb FROM notes ORDER BY id')).rows as { body: string; emb: string | null }[];
+      expect(rows.every((row) => row.emb !== null)).toBe(true);
+      await fresh();
+      for (const row of [rows[0], rows[11], rows[23]]) {
+        expect(row.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [row.body]));
+      }
+    },
+  );
+
+  test('a SELECT whose rows began to reach the client is never run again: each miss is answered where it stands', async () => {
+    await fresh();
+    let taken = 0;
+    const notice = s.interceptor.notice.bind(s.interceptor);
+    s.interceptor.notice = (...a: Parameters<typeof notice>) => {
+      const mine = notice(...a);
+      if (mine) taken++;
+      return mine;
+    };
+    try {
+      const { c, notices } = await client();
+      await c.query('SELECT 1');
+      const rows = (await c.query('SELECT id, wrap_embed(body)::text AS emb FROM notes ORDER BY id LIMIT 6')).rows as { emb: string }[];
+      await c.end();
+      expect(notices).toEqual([]);
+      expect(rows).toHaveLength(6);
+      expect(rows.every((r) => r.emb.startsWith('['))).toBe(true);
+    } finally {
+      s.interceptor.notice = notice;
+    }
+    // Its RowDescription went to the client before the first miss: nothing to stop, every miss asked on its own.
+    expect(taken).toBe(6);
+  });
+
   test('under transaction pooling the request follows the server connection the statement runs on', async () => {
     await fresh();
     const url = await s.pooledUrl('transaction', 2);
