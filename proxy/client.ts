@@ -117,8 +117,12 @@ export class ClientSession implements FrameHandler, SessionLink {
   private paused = 0;
   /** The server socket is not read: the client is slow to take what it sends. */
   private serverPaused = false;
-  /** The Query that began the current exchange outside a transaction block (ctx.keepQueries), and toClientBytes then. */
+  /**
+   * The Query that began the current exchange outside a transaction block (ctx.keepQueries), and toClientBytes
+   * then. A view, not a copy: where it points into the reused read buffer, valid while input.reads is keptReads.
+   */
   private keptQuery: Buffer | null = null;
+  private keptReads = -1;
   private keptAt = 0;
   private keptCount = 0;
   private toClientBytes = 0;
@@ -422,11 +426,12 @@ export class ClientSession implements FrameHandler, SessionLink {
     };
   }
 
-  /** A Query goes upstream unchanged: kept when it begins an exchange outside a transaction block (ctx.keepQueries). */
+  /** A Query goes upstream unchanged: kept (a view) when it begins an exchange outside a transaction block (ctx.keepQueries). */
   private keepQuery(msg: Buffer): void {
     // Nothing of the client's in flight (the pooler's own settings replay may be, ahead of it).
     if (this.ctx!.keepQueries && this.ctx!.txStatus === 'I' && this.tracker.size === (this.pooled?.internalInFlight ?? 0)) {
-      this.keptQuery = Buffer.from(msg);
+      this.keptQuery = msg;
+      this.keptReads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
       this.keptAt = this.toClientBytes;
       this.keptCount++;
     } else {
@@ -437,10 +442,13 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** ctx.rerun: see SessionContext. */
   private armRerun(plan: (query: Buffer) => ((error: Buffer) => Promise<boolean>) | null): boolean {
-    const q = this.keptQuery;
-    if (q === null || this.isRerun || this.rerunning !== null || this.toClientBytes !== this.keptAt || this.tracker.size !== 1 || this.hooks.pending || this.phase === CLOSED) {
+    const view = this.keptQuery;
+    if (view === null || this.isRerun || this.rerunning !== null || this.toClientBytes !== this.keptAt || this.tracker.size !== 1 || this.hooks.pending || this.phase === CLOSED) {
       return false;
     }
+    // The client sent more since (read into the same buffer): the Query's bytes may be gone.
+    if (this.keptReads >= 0 && this.input!.reads !== this.keptReads) return false;
+    const q = Buffer.from(view);
     const then = plan(q);
     if (then === null) return false;
     this.rerunning = { then, query: q, error: null };
@@ -1023,6 +1031,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       keptQuery: (q: Buffer | null) => {
         // A Query the relay forwarded (or none since it took over: what JS kept before is over).
         this.keptQuery = q;
+        this.keptReads = -1; // the relay's own copy
         this.keptAt = this.toClientBytes;
         if (q !== null) this.keptCount++;
         this.isRerun = false;

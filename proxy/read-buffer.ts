@@ -11,6 +11,8 @@ const READ_BUFFER_BYTES = 64 * 1024;
 export class ReadBuffer {
   private buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
   retained = false;
+  /** Reads that brought bytes: a view into a chunk is intact while this has not moved on (the buffer is reused). */
+  reads = 0;
   onChunk: (chunk: Buffer) => void = () => {};
 
   /** For onread.buffer: called by Node for the next read. */
@@ -23,6 +25,7 @@ export class ReadBuffer {
   };
 
   readonly callback = (n: number, buf: Buffer): boolean => {
+    this.reads++;
     this.onChunk(buf.subarray(0, n));
     return true; // flow control goes through socket.pause()/resume()
   };

@@ -224,8 +224,9 @@ export class InbandCallbacks {
 
 /** Requests computed at once for a gathered statement (the engine's queue holds the rest fairly). */
 const GATHER_CONCURRENCY = 8;
-/** Requests one dry run gathers at most; the run again asks for the rest one by one. */
+/** Requests one dry run gathers at most, and their total size; the run again asks for the rest one by one. */
 const MAX_GATHERED = 10_000;
+const MAX_GATHERED_BYTES = 64 * 1024 * 1024;
 
 /** Statement kinds a dry run may run and roll back, and the session may run again (no transaction control, no PREPARE). */
 const RERUNNABLE = new Set(['select', 'insert', 'update', 'delete', 'call', 'do', 'execute']);
@@ -244,9 +245,11 @@ function rerunnable(query: Buffer, ctx: SessionContext): boolean {
 function dryRun(query: Buffer, backendPid: number, secret: string, ctx: SessionContext): Promise<Signed[]> {
   return new Promise((resolve) => {
     const gathered: Signed[] = [];
+    let bytes = 0;
     const collect: ResponseHandler = {
       onMessage(m) {
-        if (m[0] !== Be.NoticeResponse || gathered.length >= MAX_GATHERED) return null;
+        if (m[0] !== Be.NoticeResponse || gathered.length >= MAX_GATHERED || bytes >= MAX_GATHERED_BYTES) return null;
+        bytes += m.length;
         const f = readErrorFields(m);
         if (f.M !== INBAND_MARKER || f.D === undefined || f.H === undefined) return null;
         const g = verify(f.D, f.H, secret, ctx.database, backendPid);

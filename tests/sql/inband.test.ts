@@ -77,6 +77,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     const got = (await c.query(`SELECT deterministic_expand('gravity') AS v`)).rows[0].v as string;
     await c.end();
     expect(notices.filter((n) => n.message?.includes('steadytext'))).toEqual([]);
+    await s.databases.get(s.database).flush(); // the answer's cache row is written after the answer
     expect(await cacheRows()).toBeGreaterThan(0);
     await fresh();
     const want = await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('gravity')]);
