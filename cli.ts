@@ -15,7 +15,7 @@ import { createSteadytextInterceptor } from './sql/interceptor.js';
 import { runPoolWorker, startWorkerPool, workerSetup, type WorkerSetup } from './proxy/workers.js';
 import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
 import { SQL_VERSION } from './sql/version.js';
-import { loadPgBouncerConfig, PgBouncerConfigError, type PoolerConfig } from './config/pgbouncer.js';
+import { loadPgBouncerConfig, PgBouncerConfigError, serviceUrlForDatabase, type PoolerConfig } from './config/pgbouncer.js';
 import { createPooling, type PoolingEnv } from './proxy/pooling.js';
 import type { Pooler } from './proxy/pool.js';
 import { createConsole } from './proxy/console-host.js';
@@ -75,13 +75,25 @@ function redact(url: string): string {
   } catch { return url; }
 }
 
+/**
+ * Under a pgbouncer.ini, the service connection to a database goes where the ini sends its clients: its entry's
+ * host, port and dbname, with the service URL's credentials and options. (A RELOAD that moves a database is
+ * seen by the service connections of a later start.)
+ */
+function serviceUrls(s: Settings, ini: PoolerConfig | undefined): ((database: string) => string) | undefined {
+  if (!ini) return undefined;
+  return (database) => serviceUrlForDatabase(s.serviceUrl, ini, database);
+}
+
 /** What one process owns whatever the worker count: the models, the per-database registry, the daemon endpoint. */
-async function startServing(s: Settings, log: Logger) {
+async function startServing(s: Settings, log: Logger, ini?: PoolerConfig) {
   // Counted per database and model for SHOW STEADYTEXT and the metrics endpoint.
   const calls = meterCalls(createEngine(engineOptions(s, log)));
   const engine = calls.engine;
   const daemonListen = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
-  const { databases, daemon } = await startCore({ engine, serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemonListen, logger: log });
+  const { databases, daemon } = await startCore({
+    engine, serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemonListen, logger: log, serviceUrlFor: serviceUrls(s, ini),
+  });
   void databases.checkServiceRole(); // warns when it is a superuser (in the background: the database may be slow or down)
   return { engine, databases, daemon, calls };
 }
@@ -103,7 +115,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   if (reboot && s.workers > 1) throw new Error('online restart (-R) of a process with workers is not supported: restart it instead');
   if (s.workers > 1) return serveWithWorkers(s, log, ini);
   if (ini?.settings.soReuseport) log.warn('so_reuseport = 1: to serve from several processes with limits counted across them, set workers = N in [steadytext] (or --workers N)');
-  const { engine, databases, daemon, calls } = await startServing(s, log);
+  const { engine, databases, daemon, calls } = await startServing(s, log, ini);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
@@ -229,7 +241,7 @@ const FOREVER_MS = 2 ** 31 - 1;
  * (console-relay.ts), pgBouncer's signals and the pidfile.
  */
 async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void> {
-  const { engine, databases, daemon, calls } = await startServing(s, log);
+  const { engine, databases, daemon, calls } = await startServing(s, log, ini);
   // The sessions are the workers': the primary reports the steadytext calls it serves for them.
   const metrics = await startMetrics(s, log, { steadytext: () => calls.figures() });
   const release = async () => {
@@ -315,7 +327,7 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
  * reaches the worker of its key; its console's commands reach every worker and its SHOWs count them all.
  */
 async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, ini: PoolerConfig): Promise<void> {
-  const { engine, databases, interceptor } = await workerSteadytext(s, log, setup);
+  const { engine, databases, interceptor } = await workerSteadytext(s, log, setup, ini);
   // The primary passes pgBouncer's signals on (serveWithWorkers); Node's defaults would end or debug this process.
   for (const sig of ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT'] as const) process.on(sig, () => {});
   let proxy: ProxyServer | undefined;
@@ -392,11 +404,14 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
 }
 
 /** A worker's steadytext layer: the primary's engine and installs over IPC, and the interceptor over them. */
-async function workerSteadytext(s: Settings, log: Logger, setup: WorkerSetup) {
+async function workerSteadytext(s: Settings, log: Logger, setup: WorkerSetup, ini?: PoolerConfig) {
   const engine = engineOverIpc(setup.channel);
   await engine.ready;
   const daemon = (setup.data?.daemon ?? undefined) as { host: string; port: number } | undefined;
-  const databases = new WorkerDatabaseRegistry({ serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log }, setup.channel);
+  const databases = new WorkerDatabaseRegistry(
+    { serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log, serviceUrlFor: serviceUrls(s, ini) },
+    setup.channel,
+  );
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   return { engine, databases, interceptor };

@@ -204,6 +204,26 @@ export interface PoolerConfig {
   warnings: string[];
 }
 
+/**
+ * The proxy's own connection (installs, steadytext_cache writes) to the database a client names, where the ini
+ * sends that client's sessions: the first host and the port of its [databases] entry (or of "*"), its dbname,
+ * with `base`'s credentials, TLS and options. A host that is a directory is a Unix socket. With no entry the
+ * base URL with the name as its database (the client gets "no such database" from the pooler anyway).
+ */
+export function serviceUrlForDatabase(base: string, cfg: PoolerConfig, database: string): string {
+  const u = new URL(base);
+  const entry = cfg.databases.get(database) ?? cfg.databases.get('*');
+  const host = entry?.host?.split(',').map((h) => h.trim()).find(Boolean);
+  if (host?.startsWith('/')) u.searchParams.set('host', host);
+  else if (host) {
+    u.searchParams.delete('host');
+    u.hostname = host.includes(':') ? `[${host}]` : host;
+  }
+  if (entry?.port) u.port = String(entry.port);
+  u.pathname = '/' + encodeURIComponent(entry?.dbname || database);
+  return u.toString();
+}
+
 export class PgBouncerConfigError extends Error {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);

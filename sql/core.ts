@@ -15,6 +15,8 @@ export interface CoreOptions {
   /** Where the daemon endpoint listens; undefined: no daemon (calls the proxy cannot see then fail clearly). */
   daemonListen?: { host: string; port: number };
   logger: Logger;
+  /** Where each database's service connection goes (DatabaseRegistryOptions.serviceUrlFor). */
+  serviceUrlFor?: (database: string) => string;
 }
 
 export async function startCore(o: CoreOptions): Promise<{ databases: DatabaseRegistry; daemon?: DaemonHandle }> {
@@ -28,6 +30,9 @@ export async function startCore(o: CoreOptions): Promise<{ databases: DatabaseRe
       databaseFor: (name) => ref.databases?.get(name),
     })
     : undefined;
-  const databases = ref.databases = new DatabaseRegistry({ serviceUrl: o.serviceUrl, schema: o.schema, autoInstall: o.autoInstall, daemon: daemon?.address, engine: o.engine, logger: o.logger });
+  const databases = ref.databases = new DatabaseRegistry({
+    serviceUrl: o.serviceUrl, schema: o.schema, autoInstall: o.autoInstall, daemon: daemon?.address, engine: o.engine, logger: o.logger,
+    serviceUrlFor: o.serviceUrlFor,
+  });
   return { databases, daemon };
 }

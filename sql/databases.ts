@@ -27,6 +27,11 @@ export interface DatabaseRegistryOptions {
   daemon?: { host: string; port: number };
   engine: Engine;
   logger: Logger;
+  /**
+   * The service URL for one database (a pgbouncer.ini's [databases] entry may send it to another host, port
+   * or database name); default: serviceUrl with its database name replaced.
+   */
+  serviceUrlFor?: (database: string) => string;
 }
 
 export class DatabaseRegistry {
@@ -67,6 +72,7 @@ export class DatabaseRegistry {
 
   /** The service URL for one database: the configured one with its database name replaced. */
   serviceUrlFor(database: string): string {
+    if (this.opts.serviceUrlFor) return this.opts.serviceUrlFor(database);
     const u = new URL(this.opts.serviceUrl);
     u.pathname = '/' + encodeURIComponent(database);
     return u.toString();

@@ -1,0 +1,97 @@
+// Under a pgbouncer.ini, the proxy's own service connection (installs, steadytext_cache writes) goes where the ini
+// sends a database's clients: its [databases] entry's host, port and dbname, not the upstream or service URL's.
+// The CLI runs as a real child process on the tiny test models, with an upstream and a service URL that point
+// nowhere (port 1, another database) but carry the service role's credentials.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { inject } from 'vitest';
+import { SQL_VERSION } from '../../sql/version.js';
+import { tinyModels } from '../fixtures/models.js';
+import { freePort } from '../setup/cluster.js';
+import { spawnCli } from '../proxy/helpers.js';
+import { adminQuery } from './helpers.js';
+
+const real = `st_ini_${randomBytes(4).toString('hex')}`;
+const alias = 'app_alias';
+let dir: string;
+let port: number;
+let cli: ReturnType<typeof spawnCli>;
+let user: string;
+let password: string;
+
+beforeAll(async () => {
+  await adminQuery(`CREATE DATABASE ${real}`);
+  const admin = new URL(inject('db').adminUrl);
+  user = decodeURIComponent(admin.username);
+  password = decodeURIComponent(admin.password);
+  dir = mkdtempSync(join(tmpdir(), 'ini-service-'));
+  port = await freePort();
+  const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
+  writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
+  writeFileSync(join(dir, 'pgbouncer.ini'), [
+    '[databases]',
+    `${alias} = host=${admin.hostname} port=${admin.port} dbname=${real}`,
+    '[pgbouncer]',
+    'listen_addr = 127.0.0.1',
+    `listen_port = ${port}`,
+    'unix_socket_dir =',
+    'auth_type = scram-sha-256',
+    `auth_file = ${join(dir, 'userlist.txt')}`,
+    'pool_mode = transaction',
+    'server_tls_sslmode = disable',
+  ].join('\n') + '\n');
+  const models = await tinyModels();
+  const nowhere = new URL(inject('db').adminUrl);
+  nowhere.port = '1';
+  nowhere.pathname = '/no_such_database';
+  cli = spawnCli(['serve', '--config', join(dir, 'pgbouncer.ini')], {
+    PGSTEADYTEXT_DAEMON_LISTEN: 'off',
+    PGSTEADYTEXT_UPSTREAM: 'postgres://127.0.0.1:1/nowhere',
+    PGSTEADYTEXT_SERVICE_URL: nowhere.toString(),
+    PGSTEADYTEXT_GENERATION_MODEL: models.generation,
+    PGSTEADYTEXT_EMBEDDING_MODEL: models.embedding,
+  });
+  const deadline = Date.now() + 60_000;
+  while (!cli.output().includes('pg-steadytext ready')) {
+    if (cli.child.exitCode !== null) throw new Error(`pg-steadytext exited before it was ready:\n${cli.output()}`);
+    if (Date.now() > deadline) throw new Error(`pg-steadytext not ready after 60 s:\n${cli.output()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}, 90_000);
+
+afterAll(async () => {
+  if (cli && cli.child.exitCode === null) {
+    const exited = new Promise((r) => cli.child.once('exit', r));
+    cli.child.kill('SIGKILL');
+    await exited;
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  await adminQuery(`DROP DATABASE IF EXISTS ${real} WITH (FORCE)`).catch(() => {});
+});
+
+test('a database the ini aliases gets its SQL objects and its answers through the entry’s host, port and dbname', async () => {
+  const c = new pg.Client(`postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${port}/${alias}`);
+  await c.connect();
+  try {
+    const v = (await c.query(`SELECT steadytext_embed('routed by the ini')::text AS v`)).rows[0].v as string;
+    expect(v.startsWith('[')).toBe(true);
+    expect(v.split(',')).toHaveLength(1024);
+    expect((await c.query('SELECT steadytext_version() AS v')).rows[0].v).toBe(SQL_VERSION);
+  } finally {
+    await c.end();
+  }
+  // Installed in the entry's dbname, the database the clients reach, and the answer cached there.
+  const direct = new URL(inject('db').adminUrl);
+  direct.pathname = `/${real}`;
+  const d = new pg.Client(direct.toString());
+  await d.connect();
+  try {
+    expect((await d.query('SELECT steadytext_version() AS v')).rows[0].v).toBe(SQL_VERSION);
+  } finally {
+    await d.end();
+  }
+});
