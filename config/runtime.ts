@@ -16,6 +16,8 @@ export interface RuntimeConfig {
   connectionPoolSize: number;
   /** How a call the proxy cannot see asks for its answer: auto, dblink or inband (SQL objects 1.4.0). */
   callbackTransport: string;
+  /** In-band: stop a statement that misses row after row and run it again with its calls answered together (SQL objects 1.5.0). */
+  inbandRerun: boolean;
 }
 
 export const RUNTIME_DEFAULTS: RuntimeConfig = {
@@ -31,6 +33,7 @@ export const RUNTIME_DEFAULTS: RuntimeConfig = {
   daemonAutoStart: true,
   connectionPoolSize: 4,
   callbackTransport: 'auto',
+  inbandRerun: true,
 };
 
 const KEYS: Record<string, keyof RuntimeConfig> = {
@@ -46,6 +49,7 @@ const KEYS: Record<string, keyof RuntimeConfig> = {
   daemon_auto_start: 'daemonAutoStart',
   connection_pool_size: 'connectionPoolSize',
   callback_transport: 'callbackTransport',
+  inband_rerun: 'inbandRerun',
 };
 
 /** Builds a RuntimeConfig from steadytext_config rows; values the table validation let through but we can't use fall back to defaults. */

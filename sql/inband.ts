@@ -14,6 +14,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import pg from 'pg';
 import type { ResponseHandler, SessionContext } from '../proxy/interceptor.js';
 import { Be, query as queryMessage, readErrorFields } from '../proxy/protocol.js';
+import type { RuntimeConfig } from '../config/runtime.js';
 import { findCalls, isParseFailure } from './calls.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
@@ -63,10 +64,13 @@ export class InbandCallbacks {
     if (db.secret === undefined) return;
     // At once (the native relay, which may take the session next, reads it when it starts), then as configured.
     ctx.keepQueries = true;
-    db.config().then(
-      (cfg) => { ctx.keepQueries = cfg.callbackTransport !== 'dblink'; },
-      () => {},
-    );
+    db.config().then((cfg) => this.configured(ctx, cfg), () => {});
+  }
+
+  /** What steadytext_config says of reruns, for this session (refreshed at each in-band request). */
+  private configured(ctx: SessionContext, cfg: RuntimeConfig): void {
+    ctx.data.inbandRerun = cfg.inbandRerun;
+    ctx.keepQueries = cfg.inbandRerun && cfg.callbackTransport !== 'dblink';
   }
 
   /** A server notice naming steadytext: true when it is an in-band request of ours (then answered, and hidden). */
@@ -97,8 +101,10 @@ export class InbandCallbacks {
       ctx.log.warn({ inFlight }, 'too many in-band requests in flight for one session; this one is dropped (its caller times out)');
       return true;
     }
-    ctx.keepQueries = true;
-    if (signed.wait && this.stopToGather(signed, ctx)) return true;
+    const db = this.databases.get(ctx.database);
+    if (ctx.data.inbandRerun === undefined) ctx.keepQueries = true; // until the config says otherwise, below
+    void db.config().then((cfg) => this.configured(ctx, cfg), () => {});
+    if (signed.wait && ctx.data.inbandRerun !== false && this.stopToGather(signed, ctx)) return true;
     ctx.data.inbandInFlight = inFlight + 1;
     void this.answer(signed, ctx).finally(() => {
       ctx.data.inbandInFlight = ((ctx.data.inbandInFlight as number) ?? 1) - 1;

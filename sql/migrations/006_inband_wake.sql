@@ -15,7 +15,9 @@
 -- stops it before anything reached the client, runs it once more inside a transaction it rolls back, with
 -- steadytext.gather = on, where each miss only asks (wait false) and returns NULL, computes every answer so
 -- gathered at once, and runs the statement again, now finding them in steadytext_cache. Setting
--- steadytext.gather oneself only makes one's own calls return NULL.
+-- steadytext.gather oneself only makes one's own calls return NULL. Such a statement runs up to three times
+-- (stopped, dry run, for real): what it does outside its transaction (nextval, dblink, session advisory
+-- locks) happens each time. steadytext_config inband_rerun = false answers it miss by miss instead.
 
 CREATE OR REPLACE FUNCTION _steadytext_inband_call(p_function text, p_request jsonb, p_timeout_ms integer, p_tried text DEFAULT NULL)
 RETURNS text
@@ -111,3 +113,34 @@ END
 $fn$;
 
 ALTER FUNCTION _steadytext_inband_call(text, jsonb, integer, text) SET standard_conforming_strings = on;
+
+INSERT INTO steadytext_config (key, value, description) VALUES
+    ('inband_rerun', 'true', 'Run a statement that misses row after row again with its calls answered together (in-band transport)')
+ON CONFLICT (key) DO NOTHING;
+
+-- The level-5 check keeps serving every other key under its new name.
+ALTER FUNCTION _steadytext_config_check(text, text) RENAME TO _steadytext_config_check_v5;
+
+CREATE FUNCTION _steadytext_config_check(p_key text, p_value text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+DECLARE
+    v text := lower(btrim(p_value));
+BEGIN
+    IF p_key IS DISTINCT FROM 'inband_rerun' THEN
+        RETURN _steadytext_config_check_v5(p_key, p_value);
+    END IF;
+    IF v IN ('true', 't', 'on', 'yes', 'y', '1') THEN
+        RETURN 'true';
+    ELSIF v IN ('false', 'f', 'off', 'no', 'n', '0') THEN
+        RETURN 'false';
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '22023',
+        MESSAGE = format('steadytext_config_set: inband_rerun must be true or false, got %s', coalesce(quote_literal(p_value), 'NULL'));
+END
+$fn$;
+
+REVOKE EXECUTE ON FUNCTION _steadytext_config_check(text, text) FROM PUBLIC;
+ALTER FUNCTION _steadytext_config_check(text, text) SET standard_conforming_strings = on;

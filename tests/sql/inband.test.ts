@@ -384,6 +384,36 @@ describe('what the in-band transport refuses', () => {
     expect((await direct.query(`SELECT steadytext_config_get('callback_transport') AS v`)).rows[0].v).toBe('inband');
     await direct.query(`SELECT steadytext_config_set('callback_transport', 'auto')`);
   });
+
+  test('inband_rerun takes true or false; false answers a statement missing row after row miss by miss', async () => {
+    const e = await pgError(direct.query(`SELECT steadytext_config_set('inband_rerun', 'sometimes')`));
+    expect(e.code).toBe('22023');
+    expect(e.message).toMatch(/inband_rerun must be true or false/);
+    await direct.query(`SELECT steadytext_config_set('inband_rerun', ' OFF ')`);
+    try {
+      expect((await direct.query(`SELECT steadytext_config_get('inband_rerun') AS v`)).rows[0].v).toBe('false');
+      await fresh();
+      await direct.query('UPDATE notes SET emb = NULL');
+      let taken = 0;
+      const notice = s.interceptor.notice.bind(s.interceptor);
+      s.interceptor.notice = (...a: Parameters<typeof notice>) => {
+        const mine = notice(...a);
+        if (mine) taken++;
+        return mine;
+      };
+      try {
+        const { c } = await client();
+        await c.query('SELECT 1');
+        expect((await c.query('UPDATE notes SET emb = wrap_embed(body)')).rowCount).toBe(24);
+        await c.end();
+      } finally {
+        s.interceptor.notice = notice;
+      }
+      expect(taken).toBe(24);
+    } finally {
+      await direct.query(`SELECT steadytext_config_set('inband_rerun', 'true')`);
+    }
+  });
 });
 
 function literal(v: string): string {
