@@ -15,6 +15,7 @@ import pg from 'pg';
 import type { ResponseHandler, SessionContext } from '../proxy/interceptor.js';
 import { Be, query as queryMessage, readErrorFields } from '../proxy/protocol.js';
 import type { RuntimeConfig } from '../config/runtime.js';
+import type { CacheEntry } from './store.js';
 import { findCalls, isParseFailure } from './calls.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
@@ -194,15 +195,19 @@ export class InbandCallbacks {
     ctx.signal.addEventListener('abort', stop, { once: true });
     try {
       let next = 0;
+      const rows: Promise<CacheEntry>[] = [];
       const worker = async () => {
         while (next < gathered.length && !abort.signal.aborted) {
           const g = gathered[next++];
           // A failed call is not cached: the run again misses it and asks for it on its own (and gets the error).
-          await this.responder.respond(g.payload, { pid: g.backendPid, abort, via: 'inband' }).catch(() => undefined);
+          await this.responder.respond(g.payload, { pid: g.backendPid, abort, via: 'inband', collect: rows }).catch(() => undefined);
         }
       };
       await Promise.all(Array.from({ length: Math.min(GATHER_CONCURRENCY, gathered.length) }, worker));
-      await this.responder.flush(); // the cache rows the run again reads, committed
+      // The cache rows the run again reads, committed, in multi-row INSERTs rather than one per call.
+      const entries = (await Promise.allSettled(rows)).flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      await db.store(entries).catch((err: unknown) => ctx.log.warn({ err }, 'could not store gathered answers; the run again asks for them one by one'));
+      await this.responder.flush();
       // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
       await db.pool.query(
         `DELETE FROM ${quoteIdent(db.schema)}.steadytext_mailbox WHERE backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`,

@@ -6,6 +6,7 @@ import type pino from 'pino';
 import { RUNTIME_DEFAULTS, type RuntimeConfig } from '../../config/runtime.js';
 import type { Engine } from '../../inference/engine.js';
 import type { Database } from '../databases.js';
+import type { CacheEntry } from '../store.js';
 import { callErrorToWire, engineErrorToWire, WireError } from '../errors.js';
 import { cacheEntry, compute, manage, roleOf, type CallbackTransport } from '../evaluate.js';
 import { parseRequest, type ComputeCall, type Request } from './requests.js';
@@ -42,12 +43,16 @@ export class Responder {
   }
 
   /** The answer text for one JSON request; rejects with the WireError to send. */
-  async respond(text: string, call: { pid: number; abort: AbortController; via?: CallbackTransport }): Promise<string> {
+  /**
+   * `collect`: the answer's steadytext_cache row goes there (to be stored with others in one write) instead of
+   * being written on its own after the answer.
+   */
+  async respond(text: string, call: { pid: number; abort: AbortController; via?: CallbackTransport; collect?: Promise<CacheEntry>[] }): Promise<string> {
     const t0 = performance.now();
     let req: Request | undefined;
     try {
       req = parseRequest(text);
-      const answer = await this.withinLimits(req, call.abort, callerOf(req, call.pid), call.via ?? 'dblink');
+      const answer = await this.withinLimits(req, call.abort, callerOf(req, call.pid), call.via ?? 'dblink', call.collect);
       this.answered(req, t0);
       return answer;
     } catch (e) {
@@ -68,7 +73,7 @@ export class Responder {
    * Evaluates `req` until it answers, the session aborts (a CancelRequest, the client gone: 57014), or
    * timeout_ms and the backstop pass (57014; the evaluation is aborted).
    */
-  private async withinLimits(req: Request, abort: AbortController, caller: string, via: CallbackTransport): Promise<string> {
+  private async withinLimits(req: Request, abort: AbortController, caller: string, via: CallbackTransport, collect?: Promise<CacheEntry>[]): Promise<string> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const signal = abort.signal;
     const stopped = new Promise<never>((_, reject) => {
@@ -82,13 +87,13 @@ export class Responder {
       }, req.timeoutMs + BACKSTOP_MS);
     });
     try {
-      return await Promise.race([this.evaluate(req, signal, caller, via), stopped]);
+      return await Promise.race([this.evaluate(req, signal, caller, via, collect), stopped]);
     } finally {
       if (timer) clearTimeout(timer);
     }
   }
 
-  private async evaluate(req: Request, signal: AbortSignal, caller: string, via: CallbackTransport): Promise<string> {
+  private async evaluate(req: Request, signal: AbortSignal, caller: string, via: CallbackTransport, collect?: Promise<CacheEntry>[]): Promise<string> {
     const config = configOf(req);
     if (req.kind === 'management') {
       const done = await manage(req.function, this.engine, this.o.address, config, via);
@@ -97,15 +102,16 @@ export class Responder {
     }
     const done = await compute(req.request, { engine: this.engine, config, caller, signal });
     if ('error' in done) throw callErrorToWire(done.error);
-    if (req.cache) this.store(req, done.answer);
+    if (req.cache) this.store(req, done.answer, collect);
     return done.answer;
   }
 
   /** Off the answer's path: the caller has its answer; later calls find it in steadytext_cache. */
-  private store(req: ComputeCall, answer: string): void {
+  private store(req: ComputeCall, answer: string, collect?: Promise<CacheEntry>[]): void {
     const db = this.database(req.database);
     const r = req.request;
-    db?.writeLater('cache write', async () => db.store([cacheEntry(r, await db.identity(roleOf(r), r.modelSize), answer)]));
+    if (db && collect) collect.push(db.identity(roleOf(r), r.modelSize).then((id) => cacheEntry(r, id, answer)));
+    else db?.writeLater('cache write', async () => db.store([cacheEntry(r, await db.identity(roleOf(r), r.modelSize), answer)]));
   }
 
   private answered(req: Request, t0: number): void {
