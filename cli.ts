@@ -12,7 +12,7 @@ import { startCore } from './sql/core.js';
 import { prepareDatabase } from './sql/databases.js';
 import { PoolerTls, startProxy } from './proxy/server.js';
 import { createSteadytextInterceptor } from './sql/interceptor.js';
-import { runPoolWorker, startWorkerPool, workerSetup, type WorkerSetup } from './proxy/workers.js';
+import { runPoolWorker, startWorkerPool, workerSetup, type WorkerPool, type WorkerSetup } from './proxy/workers.js';
 import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
 import { SQL_VERSION } from './sql/version.js';
 import { loadPgBouncerConfig, PgBouncerConfigError, serviceUrlForDatabase, type PoolerConfig } from './config/pgbouncer.js';
@@ -242,8 +242,10 @@ const FOREVER_MS = 2 ** 31 - 1;
  */
 async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void> {
   const { engine, databases, daemon, calls } = await startServing(s, log, ini);
-  // The sessions are the workers': the primary reports the steadytext calls it serves for them.
-  const metrics = await startMetrics(s, log, { steadytext: () => calls.figures() });
+  const hub = ini ? new ConsoleHub({ logger: log, onShutdown: () => void finish('SHUTDOWN'), steadytext: () => calls.rows() }) : undefined;
+  let group: WorkerPool | undefined = undefined;
+  // The sessions are the workers': their figures are gathered and added up at each scrape.
+  const metrics = await startMetrics(s, log, { proxy: () => group?.stats(), pooler: hub && (() => hub.figures()), steadytext: () => calls.figures() });
   const release = async () => {
     await metrics?.close();
     await daemon?.close();
@@ -254,7 +256,6 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
   // The workers' Unix socket is bound here, for all of them: a stale one of an earlier run goes first.
   const unixDir = ini?.settings.unixSocketDir;
   if (unixDir && ini.settings.listenPort > 0) rmSync(`${unixDir.replace(/\/$/, '')}/.s.PGSQL.${ini.settings.listenPort}`, { force: true });
-  const hub = ini ? new ConsoleHub({ logger: log, onShutdown: () => void finish('SHUTDOWN') }) : undefined;
   const pool = await startWorkerPool({
     workers: s.workers,
     logger: log,
@@ -269,6 +270,7 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
       return () => { offEngine(); offInstalls(); offLimits?.(); offConsole?.(); };
     },
   }).catch(async (err) => { await release(); throw err; });
+  group = pool;
   log.info({ listen: pool.address, workers: s.workers, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
 
   let stopping = false;
@@ -392,7 +394,8 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
   await runPoolWorker(setup, {
     logger: log,
     signals: 'primary',
-    start: async (cancels) => (proxy = await startProxy({
+    // Clients only once this worker has the group's state (a restarted one: as the console left the others).
+    start: async (cancels) => (await relay.restored, proxy = await startProxy({
       listen: { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort },
       unixSocketDir: st.unixSocketDir,
       sharedUnixSocket: true,

@@ -877,6 +877,7 @@ class PoolerConsole implements ConsoleHost {
   private enforce(): void {
     // Where the takeover suspends the sockets, SUSPEND lends on to waiting clients, as pgBouncer's janitor does.
     const holds = this.mode === 'pause' || (this.mode === 'suspend' && !this.deps.takeover);
+    this.pooler.holding = holds;
     for (const pool of this.allPools()) {
       const paused = holds || pool.db.paused;
       if (!paused) pool.releaseServers();

@@ -3,6 +3,8 @@
 // unchanged against the proxy itself (no exporter in between); the steadytext calls and the proxy's own
 // sessions are pg_steadytext_*. Every figure is read from plain data at each scrape: the providers are given
 // by cli.ts (the pooler's console host, the steadytext layer), so nothing here knows the SQL layer or the engine.
+// With --workers the primary serves the endpoint for the process group: its sources gather every worker's
+// figures over IPC (workers.ts, console-relay.ts) and add them up, as the console's SHOWs do.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -49,11 +51,27 @@ export interface SteadytextFigures {
   models: ModelQueue[];
 }
 
+/** What a source gives: now, or once gathered from other processes (--workers); undefined: nothing to report. */
+type Read<T> = T | undefined | Promise<T | undefined>;
+
 /** Each is read at every scrape; absent ones are left out (no pooling: no pgbouncer_*). */
 export interface MetricsSources {
-  proxy?(): ProxyStats;
-  pooler?(): PoolerFigures;
-  steadytext?(): SteadytextFigures;
+  proxy?(): Read<ProxyStats>;
+  pooler?(): Read<PoolerFigures>;
+  steadytext?(): Read<SteadytextFigures>;
+}
+
+/** The figures of one scrape, as the sources gave them. */
+export interface MetricsFigures {
+  proxy?: ProxyStats;
+  pooler?: PoolerFigures;
+  steadytext?: SteadytextFigures;
+}
+
+/** Reads every source (those of the workers' processes in parallel). */
+export async function readSources(sources: MetricsSources): Promise<MetricsFigures> {
+  const [proxy, pooler, steadytext] = await Promise.all([sources.proxy?.(), sources.pooler?.(), sources.steadytext?.()]);
+  return { proxy, pooler, steadytext };
 }
 
 export interface MetricsServer {
@@ -174,16 +192,16 @@ const PROXY_TOTALS: [keyof ProxyStats['totals'], string, string][] = [
   ['cancelsIgnored', 'cancels_ignored_total', 'Cancel requests matching no session'],
 ];
 
-/** The exposition of what the sources report now. */
-export function renderMetrics(sources: MetricsSources): string {
+/** The exposition of one scrape's figures. */
+export function renderMetrics(figures: MetricsFigures): string {
   const x = new Exposition();
-  const proxy = sources.proxy?.();
+  const proxy = figures.proxy;
   if (proxy) {
     x.family('pg_steadytext_proxy_client_connections', 'gauge', 'Client sessions open now (authenticating ones included)', [[{}, proxy.clients]]);
     x.family('pg_steadytext_proxy_buffered_bytes', 'gauge', 'Bytes held in memory for the sessions now (unsent writes, partial messages)', [[{}, proxy.buffered]]);
     for (const [k, name, help] of PROXY_TOTALS) x.family(`pg_steadytext_proxy_${name}`, 'counter', help, [[{}, proxy.totals[k]]]);
   }
-  const pooler = sources.pooler?.();
+  const pooler = figures.pooler;
   if (pooler) {
     x.family('pgbouncer_up', 'gauge', 'The pooler answers (always 1: the proxy serves these figures itself)', [[{}, 1]]);
     x.family('pgbouncer_version_info', 'gauge', 'The pgBouncer version whose console and figures the proxy reproduces', [[{ version: PGBOUNCER_VERSION }, 1]]);
@@ -209,7 +227,7 @@ export function renderMetrics(sources: MetricsSources): string {
     x.family('pgbouncer_config_max_client_connections', 'gauge', 'Configured maximum number of client connections (max_client_conn)', [[{}, pooler.maxClientConn]]);
     x.family('pgbouncer_config_max_user_connections', 'gauge', 'Configured maximum number of server connections per user (max_user_connections)', [[{}, pooler.maxUserConnections]]);
   }
-  const st = sources.steadytext?.();
+  const st = figures.steadytext;
   if (st) {
     const by = (c: CallFigures) => ({ database: c.database, model: c.model });
     x.family('pg_steadytext_calls_total', 'counter', 'steadytext calls answered by the engine, per database and model', st.calls.map((c) => [by(c), c.calls]));
@@ -234,7 +252,7 @@ export function renderMetrics(sources: MetricsSources): string {
 export async function startMetricsServer(opts: { listen: { host: string; port: number }; sources: MetricsSources; logger: Logger }): Promise<MetricsServer> {
   const log = opts.logger.child({ component: 'metrics' });
   const sockets = new Set<Socket>();
-  const server: Server = createServer((req, res) => answer(req, res, opts.sources, log));
+  const server: Server = createServer((req, res) => void answer(req, res, opts.sources, log));
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
@@ -266,17 +284,19 @@ export async function startMetricsServer(opts: { listen: { host: string; port: n
   };
 }
 
-function answer(req: IncomingMessage, res: ServerResponse, sources: MetricsSources, log: Logger): void {
+async function answer(req: IncomingMessage, res: ServerResponse, sources: MetricsSources, log: Logger): Promise<void> {
   const path = (req.url ?? '').split('?', 1)[0];
   if (path !== '/metrics') return plain(res, 404, 'not found: the metrics are at /metrics\n');
   if (req.method !== 'GET' && req.method !== 'HEAD') return plain(res, 405, 'method not allowed: GET /metrics\n', { Allow: 'GET, HEAD' });
   let body: string;
   try {
-    body = renderMetrics(sources);
+    body = renderMetrics(await readSources(sources));
   } catch (err) {
     log.warn({ err }, 'metrics could not be read');
     return plain(res, 500, 'metrics could not be read; see the proxy log\n');
   }
+  // The scraper may have gone while the workers' figures were gathered.
+  if (res.destroyed) return;
   res.writeHead(200, { 'Content-Type': METRICS_CONTENT_TYPE, 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store' });
   res.end(req.method === 'HEAD' ? undefined : body);
 }

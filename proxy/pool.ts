@@ -809,6 +809,8 @@ export class Pooler {
   readonly log: Logger;
   config: PoolerConfig;
   suspended = false;
+  /** The console holds every pool (PAUSE, SUSPEND): one made meanwhile starts held, as one of a paused database. */
+  holding = false;
   /** Secrets auth_query found (user → secret). */
   readonly dynamicSecrets = new Map<string, Secret>();
   clientCount = 0;
@@ -859,6 +861,8 @@ export class Pooler {
       const mode = this.config.users.get(user)?.poolMode ?? db.entry.poolMode ?? this.settings.poolMode;
       p = new Pool(this, db, serverUser, mode);
       db.pools.set(serverUser, p);
+      // Else it would lend connections until the console's next look (a client logging in under PAUSE gets none).
+      if (this.holding || db.paused) p.holdServers(false, 'pause mode');
     }
     return p;
   }

@@ -7,7 +7,7 @@ import cluster, { type Worker } from 'node:cluster';
 import type { Logger } from 'pino';
 import { CancelRegistry, MAX_WORKERS } from './cancel.js';
 import { ipcChannel, type IpcChannel } from './ipc.js';
-import type { ProxyServer } from './server.js';
+import type { ProxyServer, ProxyStats } from './server.js';
 import { socketIdsForWorker } from './socket-id.js';
 
 const TAG = 'steadytext-worker';
@@ -17,10 +17,15 @@ const ENV = 'PGSTEADYTEXT_WORKER_SETUP';
 type Address = { host: string; port: number };
 type FromWorker =
   | { tag: typeof TAG; kind: 'listening'; address: Address }
-  | { tag: typeof TAG; kind: 'cancel'; to: number; pid: number; secret: string };
+  | { tag: typeof TAG; kind: 'cancel'; to: number; pid: number; secret: string }
+  | { tag: typeof TAG; kind: 'stats'; id: number; stats: ProxyStats | null };
 type ToWorker =
   | { tag: typeof TAG; kind: 'cancel'; from: number; pid: number; secret: string }
+  | { tag: typeof TAG; kind: 'stats'; id: number }
   | { tag: typeof TAG; kind: 'shutdown' };
+
+/** How long stats() waits for a worker's figures (one that does not answer is left out). */
+const STATS_TIMEOUT_MS = 3_000;
 
 export interface WorkerPoolOptions {
   workers: number;
@@ -39,6 +44,8 @@ export interface WorkerPool {
   close(): Promise<void>;
   /** The workers are stopping on their own (a console SHUTDOWN, a pgBouncer signal): none is restarted; resolves when all have exited. */
   finishing(): Promise<void>;
+  /** The proxy's figures (ProxyServer.stats) added up over the workers that listen now (the metrics endpoint). */
+  stats(): Promise<ProxyStats>;
 }
 
 interface Slot {
@@ -58,7 +65,7 @@ export async function startWorkerPool(o: WorkerPoolOptions): Promise<WorkerPool>
   cluster.setupPrimary({ serialization: 'advanced' });
   const pool = new Pool(o);
   await pool.start();
-  return { address: pool.address!, close: () => pool.close(), finishing: () => pool.finishing() };
+  return { address: pool.address!, close: () => pool.close(), finishing: () => pool.finishing(), stats: () => pool.stats() };
 }
 
 /** The primary's side of the pool: one slot per worker, each restarted when its worker dies. */
@@ -70,6 +77,9 @@ class Pool {
   private startup: { resolve(): void; reject(e: Error): void } | undefined;
   /** Resolve when the worker they stand for has exited. */
   private readonly exited = new Set<Promise<void>>();
+  /** stats() requests waiting for workers' answers, by id: each worker's answer (null: it is gone). */
+  private readonly asked = new Map<number, (worker: Worker, stats: ProxyStats | null) => void>();
+  private nextAsk = 1;
 
   constructor(private readonly o: WorkerPoolOptions) {
     this.slots = Array.from({ length: o.workers }, (_, index) => ({ index, listening: false, startedAt: 0, crashes: 0 }));
@@ -108,6 +118,30 @@ class Pool {
     clearTimeout(timer);
   }
 
+  /** Every listening worker's ProxyStats, added up. */
+  async stats(): Promise<ProxyStats> {
+    const id = this.nextAsk++;
+    const parts: ProxyStats[] = [];
+    const from = new Set(this.slots.filter((s) => s.listening && s.worker).map((s) => s.worker!));
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.o.logger.warn({ workers: this.slots.filter((s) => s.worker && from.has(s.worker)).map((s) => s.index) }, 'workers did not send their figures in time; counted without them');
+        resolve();
+      }, STATS_TIMEOUT_MS);
+      timer.unref();
+      const done = () => { clearTimeout(timer); resolve(); };
+      this.asked.set(id, (w, stats) => {
+        if (!from.delete(w)) return;
+        if (stats) parts.push(stats);
+        if (from.size === 0) done();
+      });
+      if (from.size === 0) return done();
+      for (const s of this.slots) if (s.worker && from.has(s.worker)) s.channel?.send({ tag: TAG, kind: 'stats', id } satisfies ToWorker);
+    });
+    this.asked.delete(id);
+    return sumStats(parts);
+  }
+
   private fork(slot: Slot): void {
     const { o } = this;
     const w = cluster.fork({ [ENV]: JSON.stringify({ index: slot.index, workers: o.workers, data: o.data ?? null }) });
@@ -123,6 +157,7 @@ class Pool {
     this.exited.add(gone);
     w.once('exit', (code: number | null, signal: string | null) => {
       detach?.();
+      for (const answer of this.asked.values()) answer(w, null);
       this.exited.delete(gone);
       if (slot.worker === w) { slot.worker = undefined; slot.channel = undefined; }
       done();
@@ -136,6 +171,8 @@ class Pool {
       slot.listening = true;
       this.address ??= m.address;
       if (this.slots.every((s) => s.listening)) this.startup?.resolve();
+    } else if (m.kind === 'stats') {
+      if (slot.worker) this.asked.get(m.id)?.(slot.worker, m.stats);
     } else if (m.kind === 'cancel') {
       // Only the issuing worker can check the secret; a key for a worker that is gone matches nothing.
       this.slots[m.to]?.channel?.send({ tag: TAG, kind: 'cancel', from: slot.index, pid: m.pid, secret: m.secret } satisfies ToWorker);
@@ -214,6 +251,7 @@ export async function runPoolWorker(setup: WorkerSetup, o: PoolWorkerOptions): P
   channel.onMessage((m: ToWorker) => {
     if (m?.tag !== TAG) return;
     if (m.kind === 'shutdown') void stop('asked by the primary');
+    else if (m.kind === 'stats') channel.send({ tag: TAG, kind: 'stats', id: m.id, stats: proxy?.stats() ?? null } satisfies FromWorker);
     else if (m.kind === 'cancel') {
       const matched = cancels.deliver(m.pid, Buffer.from(m.secret, 'base64'));
       log.info({ pid: m.pid, matched, from: m.from }, matched ? 'cancel request from another worker forwarded' : 'cancel request from another worker with an unknown key ignored');
@@ -224,4 +262,16 @@ export async function runPoolWorker(setup: WorkerSetup, o: PoolWorkerOptions): P
   proxy = await o.start(cancels);
   if (stopping) return;
   channel.send({ tag: TAG, kind: 'listening', address: proxy.address } satisfies FromWorker);
+}
+
+/** ProxyStats of several workers as one: every count added up. */
+export function sumStats(parts: ProxyStats[]): ProxyStats {
+  const out: ProxyStats = { clients: 0, buffered: 0, totals: {} as ProxyStats['totals'] };
+  for (const p of parts) {
+    out.clients += p.clients;
+    out.buffered += p.buffered;
+    const totals = out.totals as unknown as Record<string, number>;
+    for (const [k, v] of Object.entries(p.totals)) totals[k] = (totals[k] ?? 0) + v;
+  }
+  return out;
 }

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { workerOfPid } from '../../proxy/cancel.js';
 import { METRICS_CONTENT_TYPE, startMetricsServer } from '../../proxy/metrics.js';
 import { tinyModels } from '../fixtures/models.js';
 import { freePort } from '../setup/cluster.js';
@@ -100,6 +101,12 @@ function wellFormed(text: string): void {
     seen.add(family);
   }
 }
+
+/** The worker a client of the pooler is on, from the cancel key the proxy gave it. */
+const workerOf = (c: pg.Client) => workerOfPid((c as unknown as { processID: number }).processID);
+
+/** The client's own port, as SHOW CLIENTS lists it. */
+const localPort = (c: pg.Client) => (c as unknown as { connection: { stream: { localPort: number } } }).connection.stream.localPort;
 
 const delta = (a: Scrape, b: Scrape, name: string, labels?: Record<string, string>) => (b.value(name, labels) ?? 0) - (a.value(name, labels) ?? 0);
 
@@ -309,6 +316,152 @@ describe('pooling from a pgbouncer.ini with [steadytext] metrics_listen', () => 
     const c = await connect();
     expect((await c.query('SELECT 42 AS v')).rows[0].v).toBe(42);
     expect((await scrape(metricsPort)).value('pgbouncer_up')).toBe(1);
+  });
+});
+
+describe('pooling with workers = 2: one endpoint for the process group', () => {
+  let dir: string;
+  let port: number;
+  let metricsPort: number;
+  let cli: Child;
+  const clients: pg.Client[] = [];
+  const admin = adminUrl();
+  const user = decodeURIComponent(admin.username);
+  const password = decodeURIComponent(admin.password);
+
+  async function connect(db = database): Promise<pg.Client> {
+    const c = new pg.Client({ host: '127.0.0.1', port, user, password, database: db });
+    c.on('error', () => {});
+    clients.push(c);
+    await c.connect();
+    return c;
+  }
+
+  /** Clients connected one after another until each worker has one (the listener hands connections out in turn). */
+  async function onBothWorkers(): Promise<pg.Client[]> {
+    const made = [await connect()];
+    while (new Set(made.map(workerOf)).size < 2) {
+      if (made.length > 6) throw new Error('connections never reached the second worker');
+      made.push(await connect());
+    }
+    return made;
+  }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'pgst-metrics-workers-'));
+    port = await freePort();
+    metricsPort = await freePort();
+    const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
+    writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
+    writeFileSync(
+      join(dir, 'pgbouncer.ini'),
+      [
+        '[databases]',
+        `${database} = host=${admin.hostname} port=${admin.port} dbname=${database}`,
+        '[pgbouncer]',
+        'listen_addr = 127.0.0.1',
+        `listen_port = ${port}`,
+        'unix_socket_dir =',
+        'auth_type = scram-sha-256',
+        `auth_file = ${join(dir, 'userlist.txt')}`,
+        `admin_users = ${user}`,
+        'pool_mode = transaction',
+        'default_pool_size = 2',
+        'server_tls_sslmode = disable',
+        '[steadytext]',
+        'workers = 2',
+        `upstream = ${admin.toString()}`,
+        `metrics_listen = 127.0.0.1:${metricsPort}`,
+      ].join('\n') + '\n',
+    );
+    // Ready once the workers answer (the endpoint listens before they start).
+    cli = await runCli(['pgbouncer', join(dir, 'pgbouncer.ini')], {}, async () => {
+      if (!(await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).ok) return false;
+      const c = new pg.Client({ host: '127.0.0.1', port, user, password, database });
+      c.on('error', () => {});
+      try {
+        await c.connect();
+        await c.query('SELECT 1');
+        return true;
+      } finally {
+        await c.end().catch(() => {});
+      }
+    });
+  });
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.end().catch(() => {})));
+  });
+  afterAll(async () => {
+    await cli?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("pgBouncer's counters and gauges and the proxy's sessions add up both workers', as the console's SHOWs do", async () => {
+    const labels = { database };
+    const pool = { database, user };
+    // Whatever the ready check left has gone.
+    await expect.poll(async () => (await scrape(metricsPort)).value('pg_steadytext_proxy_client_connections'), { timeout: 10_000 }).toBe(0);
+    const before = await scrape(metricsPort);
+    const made = await onBothWorkers();
+    const [a, b] = [made[0], made.find((c) => workerOf(c) !== workerOf(made[0]))!];
+    const sqlsA = ['SELECT 1 AS v', "SELECT repeat('x', 100) AS v"];
+    const sqlsB = ['SELECT 2 AS v', 'SELECT 3 AS v', 'SELECT pg_sleep(0.01)'];
+    for (const sql of sqlsA) await a.query(sql);
+    for (const sql of sqlsB) await b.query(sql);
+    const after = await scrape(metricsPort);
+
+    const sent = [...sqlsA, ...sqlsB];
+    expect(delta(before, after, 'pgbouncer_stats_queries_pooled_total', labels)).toBe(sent.length);
+    expect(delta(before, after, 'pgbouncer_stats_received_bytes_total', labels)).toBe(sent.reduce((n, s) => n + queryBytes(s), 0));
+    expect(after.value('pgbouncer_pools_client_active_connections', pool)).toBe(made.length);
+    expect(after.value('pgbouncer_databases_current_client_connections', { name: database })).toBe(made.length);
+    expect(after.value('pgbouncer_used_clients')).toBeGreaterThanOrEqual(made.length);
+    // One row per database, pool and family, not one per worker.
+    expect(after.text.match(/^pgbouncer_up /gm)).toHaveLength(1);
+    expect(after.text.match(new RegExp(`^pgbouncer_pools_client_active_connections\\{database="${database}",user=`, 'gm'))).toHaveLength(1);
+    expect(after.value('pgbouncer_databases_pool_size', { name: database })).toBe(2);
+    expect(after.value('pgbouncer_config_max_client_connections')).toBe(100);
+    // The proxy's own: every worker's sessions.
+    expect(after.value('pg_steadytext_proxy_client_connections')).toBe(made.length);
+    expect(delta(before, after, 'pg_steadytext_proxy_accepted_connections_total')).toBe(made.length);
+    expect(delta(before, after, 'pg_steadytext_proxy_client_received_bytes_total')).toBeGreaterThanOrEqual(sent.reduce((n, s) => n + queryBytes(s), 0));
+
+    // The console, on whichever worker, reads the same sums.
+    const console = await connect('pgbouncer');
+    const stats = (await console.query('SHOW STATS')).rows.find((r: { database: string }) => r.database === database) as Record<string, string>;
+    const poolRow = (await console.query('SHOW POOLS')).rows.find((r: { database: string; user: string }) => r.database === database && r.user === user) as Record<string, string | number>;
+    const now = await scrape(metricsPort);
+    expect(Number(stats.total_query_count)).toBe(now.value('pgbouncer_stats_queries_pooled_total', labels));
+    expect(Number(stats.total_received)).toBe(now.value('pgbouncer_stats_received_bytes_total', labels));
+    expect(Number(stats.total_sent)).toBe(now.value('pgbouncer_stats_sent_bytes_total', labels));
+    expect(Number(poolRow.cl_active)).toBe(now.value('pgbouncer_pools_client_active_connections', pool));
+    expect(Number(poolRow.sv_idle) + Number(poolRow.sv_active)).toBe((now.value('pgbouncer_pools_server_idle_connections', pool) ?? 0) + (now.value('pgbouncer_pools_server_active_connections', pool) ?? 0));
+    expect(now.value('pg_steadytext_proxy_client_connections')).toBe(made.length + 1);
+
+    for (const c of made) await c.end();
+    await expect.poll(async () => (await scrape(metricsPort)).value('pgbouncer_pools_client_active_connections', pool), { timeout: 10_000 }).toBe(0);
+    expect((await scrape(metricsPort)).value('pg_steadytext_proxy_client_connections')).toBe(1);
+  });
+
+  test("SHOW STEADYTEXT on a worker's console lists the calls the primary served, as the endpoint does", async () => {
+    const [c] = await onBothWorkers();
+    const model = { database: '', model: 'generation:small' };
+    const before = await scrape(metricsPort);
+    await c.query(`SELECT steadytext_generate('metrics across workers', 8) AS v`);
+    const after = await scrape(metricsPort);
+    expect(delta(before, after, 'pg_steadytext_calls_total', model)).toBe(1);
+    const calls = after.value('pg_steadytext_calls_total', model)!;
+    // Both workers' consoles: each shows the primary's rows.
+    const seen = new Set<number>();
+    for (let i = 0; i < 8 && seen.size < 2; i++) {
+      const console = await connect('pgbouncer');
+      const rows = (await console.query('SHOW STEADYTEXT')).rows;
+      expect(rows).toContainEqual(expect.objectContaining({ database: '', model: 'generation:small', calls: String(calls) }));
+      const own = (await console.query('SHOW CLIENTS')).rows.find((r: { port: number }) => Number(r.port) === localPort(console));
+      seen.add(Number(own.id) % 2);
+      await console.end();
+    }
+    expect(seen.size).toBe(2);
   });
 });
 

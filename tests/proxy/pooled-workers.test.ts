@@ -109,6 +109,64 @@ async function connect(b: Bouncer, database = 'postgres', user = 'trust_user', h
 /** The worker a client is on, from the cancel key the proxy gave it. */
 const workerOf = (c: pg.Client) => workerOfPid((c as unknown as { processID: number }).processID);
 
+/** The client's own port, as SHOW CLIENTS lists it. */
+const localPort = (c: pg.Client) => (c as unknown as { connection: { stream: { localPort: number } } }).connection.stream.localPort;
+
+/** The pid of each worker's latest process, from the log's 'proxy listening' lines (pino's pid and our worker). */
+function workerPids(b: Bouncer): Map<number, number> {
+  const pids = new Map<number, number>();
+  for (const line of b.output().split('\n')) {
+    if (!line.startsWith('{')) continue;
+    let r: { msg?: string; worker?: number; pid?: number };
+    try {
+      r = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    if (r.msg === 'proxy listening' && typeof r.worker === 'number' && typeof r.pid === 'number') pids.set(r.worker, r.pid);
+  }
+  return pids;
+}
+
+/** SIGKILLs a worker's process; resolves with its successor's pid once that one listens. */
+async function crashWorker(b: Bouncer, worker: number): Promise<number> {
+  const old = workerPids(b).get(worker);
+  expect(old).toBeDefined();
+  process.kill(old!, 'SIGKILL');
+  await expect.poll(() => workerPids(b).get(worker), { timeout: 30_000 }).not.toBe(old);
+  expect(b.output()).toContain('worker exited unexpectedly; restarting');
+  return workerPids(b).get(worker)!;
+}
+
+/** A console session on the given worker (its own SHOW CLIENTS row's id tells the worker). */
+async function consoleOn(b: Bouncer, worker: number): Promise<pg.Client> {
+  for (let i = 0; i < 8; i++) {
+    const c = await connect(b, 'pgbouncer');
+    const own = (await c.query('SHOW CLIENTS')).rows.find((r) => Number(r.port) === localPort(c));
+    if (Number(own?.id) % 2 === worker) return c;
+    await c.end();
+  }
+  throw new Error(`no console login reached worker ${worker}`);
+}
+
+/**
+ * Logins to a paused database (logging in needs a server connection: they wait), started one at a time until both
+ * workers have one waiting, as the console's SHOW SOCKETS lists them (cl_login; the id's parity is the worker).
+ */
+async function loginsWaiting(b: Bouncer, admin: pg.Client, database: string): Promise<Promise<pg.Client | Error>[]> {
+  const listed = async () => (await admin.query('SHOW SOCKETS')).rows.filter((r) => r.type === 'C' && r.database === database);
+  const logins: Promise<pg.Client | Error>[] = [];
+  while (new Set((await listed()).map((r) => Number(r.id) % 2)).size < 2) {
+    if (logins.length >= 8) throw new Error('logins never reached both workers');
+    logins.push(connect(b, database).then((c) => c, (e: Error) => e));
+    await expect.poll(async () => (await listed()).length, { timeout: 10_000 }).toBe(logins.length);
+  }
+  // None has got through, in either worker.
+  const settled = await Promise.race([...logins.map((l) => l.then(() => 'a login got through')), new Promise((r) => setImmediate(() => r('all waiting')))]);
+  expect(settled).toBe('all waiting');
+  return logins;
+}
+
 /** Clients connected one after another until both workers have one (the listener hands connections out in turn). */
 async function onBothWorkers(b: Bouncer, database = 'postgres', otherUser = 'trust_user'): Promise<[pg.Client, pg.Client]> {
   const first = await connect(b, database);
@@ -223,6 +281,59 @@ describe('pooling with --workers: one set of limits', () => {
     }
     await five.pop()!.end();
     await expect.poll(async () => connect(b).then((c) => (c.end(), true), () => false), { timeout: 10_000 }).toBe(true);
+  });
+});
+
+describe('pooling with --workers: a worker restarted after a crash is as the others', () => {
+  test('after SET, PAUSE of a database and DISABLE of another, the restarted worker has the SET value, the pause and the disable', async () => {
+    const b = await startBouncer({ postgres: target(), held: target(), off: target() }, { max_client_conn: 20, default_pool_size: 2 });
+    // On the worker that stays: the other's sessions end with it.
+    const admin = await consoleOn(b, 0);
+    await admin.query('SET max_client_conn = 7');
+    await admin.query('SET query_wait_timeout = 42');
+    await admin.query('PAUSE held');
+    await admin.query('DISABLE off');
+    await crashWorker(b, 1);
+
+    // Its own state, as its console reads it (SHOW CONFIG and STATE are the worker's own; SHOW DATABASES lists its row first).
+    const own = await consoleOn(b, 1);
+    const config = new Map((await own.query('SHOW CONFIG')).rows.map((r) => [r.key, r.value]));
+    expect(config.get('max_client_conn')).toBe('7');
+    expect(config.get('query_wait_timeout')).toBe('42');
+    const dbs = new Map((await own.query('SHOW DATABASES')).rows.map((r) => [r.name, r]));
+    expect(Number(dbs.get('held')?.paused)).toBe(1);
+    expect(Number(dbs.get('off')?.disabled)).toBe(1);
+    expect(Number(dbs.get('postgres')?.paused)).toBe(0);
+    expect((await own.query('SHOW STATE')).rows).toContainEqual({ key: 'active', value: 'yes' });
+
+    // And what it does with it: logins to the disabled database are refused on both workers.
+    for (let i = 0; i < 4; i++) await expect(connect(b, 'off')).rejects.toThrow('database "off" is disabled');
+    // Clients of the paused database wait in both workers until RESUME.
+    const logins = await loginsWaiting(b, admin, 'held');
+    await admin.query('RESUME held');
+    const held = await Promise.all(logins);
+    for (const c of held) expect((await (c as pg.Client).query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    expect(new Set(held.map((c) => workerOf(c as pg.Client))).size).toBe(2);
+    // ENABLE reaches it too: it is one of the group again.
+    await admin.query('ENABLE off');
+    const [p, q] = await onBothWorkers(b, 'off');
+    expect((await p.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+    expect((await q.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+  });
+
+  test('after PAUSE of everything, the restarted worker is paused; RESUME frees the clients of both', async () => {
+    const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 });
+    const admin = await consoleOn(b, 0);
+    await admin.query('PAUSE');
+    await crashWorker(b, 1);
+    const own = await consoleOn(b, 1);
+    expect((await own.query('SHOW STATE')).rows).toContainEqual({ key: 'paused', value: 'yes' });
+    const logins = await loginsWaiting(b, admin, 'postgres');
+    await admin.query('RESUME');
+    const clients = await Promise.all(logins);
+    for (const c of clients) expect((await (c as pg.Client).query('SELECT 2 AS v')).rows[0].v).toBe(2);
+    expect(new Set(clients.map((c) => workerOf(c as pg.Client))).size).toBe(2);
+    expect((await own.query('SHOW STATE')).rows).toContainEqual({ key: 'active', value: 'yes' });
   });
 });
 
