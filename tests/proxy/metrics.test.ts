@@ -502,6 +502,48 @@ describe('without pooling: --metrics-listen', () => {
     }
   });
 
+  test("--workers 2: the proxy's sessions and bytes are both workers' added up", async () => {
+    const port = await freePort();
+    const metricsPort = await freePort();
+    const admin = adminUrl();
+    const url = new URL(admin);
+    url.host = `127.0.0.1:${port}`;
+    const clients: pg.Client[] = [];
+    const open = async () => {
+      const c = new pg.Client(url.toString());
+      c.on('error', () => {});
+      clients.push(c);
+      await c.connect();
+      return c;
+    };
+    const cli = await runCli(
+      ['serve', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--upstream', admin.toString(), '--metrics-listen', `127.0.0.1:${metricsPort}`],
+      {},
+      // Ready once a worker answers (the endpoint listens before they start).
+      async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).ok && (await open().then((c) => c.end().then(() => true))),
+    );
+    try {
+      await expect.poll(async () => (await scrape(metricsPort)).value('pg_steadytext_proxy_client_connections'), { timeout: 10_000 }).toBe(0);
+      const before = await scrape(metricsPort);
+      const made = [await open()];
+      while (new Set(made.map(workerOf)).size < 2) {
+        if (made.length > 6) throw new Error('connections never reached the second worker');
+        made.push(await open());
+      }
+      for (const c of made) await c.query('SELECT 1 AS v');
+      const after = await scrape(metricsPort);
+      expect(after.value('pg_steadytext_proxy_client_connections')).toBe(made.length);
+      expect(delta(before, after, 'pg_steadytext_proxy_accepted_connections_total')).toBe(made.length);
+      expect(delta(before, after, 'pg_steadytext_proxy_client_received_bytes_total')).toBeGreaterThanOrEqual(made.length * queryBytes('SELECT 1 AS v'));
+      expect(after.text).not.toMatch(/^pgbouncer_/m);
+      await made[0].end();
+      await expect.poll(async () => (await scrape(metricsPort)).value('pg_steadytext_proxy_closed_connections_total'), { timeout: 10_000 }).toBe((before.value('pg_steadytext_proxy_closed_connections_total') ?? 0) + 1);
+    } finally {
+      await Promise.all(clients.map((c) => c.end().catch(() => {})));
+      await cli.stop();
+    }
+  });
+
   test('a metrics-listen that is not host:port stops the start with a message naming it', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--metrics-listen', 'everywhere'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
