@@ -16,11 +16,12 @@ import { runPoolWorker, startWorkerPool, workerSetup, type WorkerPool, type Work
 import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
 import { SQL_VERSION } from './sql/version.js';
 import { loadPgBouncerConfig, PgBouncerConfigError, serviceUrlForDatabase, type PoolerConfig } from './config/pgbouncer.js';
-import { createPooling, type PoolingEnv } from './proxy/pooling.js';
+import { createPooling, peerTarget, type PoolingEnv } from './proxy/pooling.js';
 import type { Pooler } from './proxy/pool.js';
 import { createConsole } from './proxy/console-host.js';
 import type { ShutdownMode } from './proxy/console.js';
-import { parseUpstreamUrl } from './proxy/upstream.js';
+import { parseUpstreamUrl, sendCancel } from './proxy/upstream.js';
+import { CancelRegistry } from './proxy/cancel.js';
 import { TakeoverSource, takeOver } from './proxy/takeover.js';
 import { PoolLimits, WorkerSlots } from './proxy/pool-limits.js';
 import { ConsoleHub, ConsoleRelay } from './proxy/console-relay.js';
@@ -114,7 +115,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   // the workers, with one set of limits. Node 20 cannot set SO_REUSEPORT for other processes to join.
   if (reboot && s.workers > 1) throw new Error('online restart (-R) of a process with workers is not supported: restart it instead');
   if (s.workers > 1) return serveWithWorkers(s, log, ini);
-  if (ini?.settings.soReuseport) log.warn('so_reuseport = 1: to serve from several processes with limits counted across them, set workers = N in [steadytext] (or --workers N)');
+  // so_reuseport = 1 with one process: pgBouncer's way, peers each with limits of their own (below).
   const { engine, databases, daemon, calls } = await startServing(s, log, ini);
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
@@ -160,11 +161,26 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
     reboot && st
       ? await takeOver({ unixSocketDir: st.unixSocketDir, port: st.listenPort, suspendTimeout: st.suspendTimeout, logger: log, note: (text) => pooling!.pooler.pgbLog.line('LOG', text) })
       : null;
+  // pgBouncer's peering: this process's keys carry its peer_id; a CancelRequest for a key of another peer that
+  // shares the port (so_reuseport) goes to that peer's [peers] address ([peers] as last RELOADed).
+  const peering = st && st.peerId > 0
+    ? {
+        peerId: st.peerId,
+        forward: (peer: number, pid: number, secret: Buffer) => {
+          const p = pooling!.pooler.config.peers.get(peer);
+          if (!p) return false;
+          void sendCancel(peerTarget(p), { pid, secret }, s.connectTimeoutMs, log);
+          return true;
+        },
+      }
+    : undefined;
   const proxy = await startProxy({
     listen: st ? { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort } : s.listen,
     unixSocketDir: st?.unixSocketDir,
     upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
     connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls, listenFds: taken?.listenFds,
+    reusePort: st?.soReuseport === true && !taken,
+    cancels: peering ? new CancelRegistry(undefined, peering) : undefined,
   });
   if (taken) {
     taken.adopt(proxy, pooling!);

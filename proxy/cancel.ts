@@ -28,6 +28,21 @@ export interface CancelRouting {
   route(worker: number, pid: number, secret: Buffer): void;
 }
 
+/**
+ * pgBouncer's peering ([peers], peer_id): processes sharing a port (so_reuseport) each issue pids carrying their
+ * peer id above PEER_PID_SHIFT, and a CancelRequest that reached another one is forwarded to the issuer.
+ */
+export interface CancelPeering {
+  /** This process's peer_id (1..16383). */
+  peerId: number;
+  /** Forwards a CancelRequest to the peer that issued its key; false when no such peer is configured. */
+  forward(peerId: number, pid: number, secret: Buffer): boolean;
+}
+
+/** Bits of a pid below the peer id: 65535 live keys per peer. */
+export const PEER_PID_SHIFT = 16;
+export const MAX_PEER_ID = 16383;
+
 /** The worker whose registry issued `pid` (meaningful only for registries with routing). */
 export const workerOfPid = (pid: number): number => pid >>> WORKER_PID_SHIFT;
 
@@ -39,10 +54,18 @@ export class CancelRegistry {
   ignored = 0;
   /** CancelRequests handed to the worker that issued the key. */
   routed = 0;
+  /** CancelRequests forwarded to the peer that issued the key. */
+  peered = 0;
 
-  constructor(private readonly routing?: CancelRouting) {
+  constructor(
+    private readonly routing?: CancelRouting,
+    private readonly peering?: CancelPeering,
+  ) {
     if (routing && !(Number.isInteger(routing.worker) && routing.worker >= 0 && routing.worker < Math.min(routing.workers, MAX_WORKERS)))
       throw new RangeError(`worker index ${routing.worker} out of range (${routing.workers} workers, at most ${MAX_WORKERS})`);
+    if (peering && routing) throw new RangeError('peering and worker routing do not go together');
+    if (peering && !(Number.isInteger(peering.peerId) && peering.peerId >= 1 && peering.peerId <= MAX_PEER_ID))
+      throw new RangeError(`peer_id ${peering.peerId} out of range (1..${MAX_PEER_ID})`);
   }
 
   /**
@@ -51,7 +74,11 @@ export class CancelRegistry {
    */
   issue(secretLength: number, cancel: () => void): CancelKey {
     let pid: number;
-    do pid = this.routing ? this.routing.worker * 2 ** WORKER_PID_SHIFT + randomInt(1, 2 ** WORKER_PID_SHIFT) : randomInt(1, 0x7fffffff);
+    do {
+      if (this.routing) pid = this.routing.worker * 2 ** WORKER_PID_SHIFT + randomInt(1, 2 ** WORKER_PID_SHIFT);
+      else if (this.peering) pid = this.peering.peerId * 2 ** PEER_PID_SHIFT + randomInt(1, 2 ** PEER_PID_SHIFT);
+      else pid = randomInt(1, 0x7fffffff);
+    }
     while (this.byPid.has(pid));
     const secret = randomBytes(Math.max(4, secretLength));
     this.byPid.set(pid, { secret, cancel });
@@ -86,6 +113,17 @@ export class CancelRegistry {
         }
         this.routed++;
         this.routing.route(w, pid, Buffer.from(secret));
+        return true;
+      }
+    }
+    if (this.peering) {
+      const p = pid >>> PEER_PID_SHIFT;
+      if (p !== this.peering.peerId && pid > 0) {
+        if (!this.peering.forward(p, pid, Buffer.from(secret))) {
+          this.ignored++;
+          return false;
+        }
+        this.peered++;
         return true;
       }
     }

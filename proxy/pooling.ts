@@ -63,6 +63,12 @@ export function targetsFor(entry: DatabaseEntry, fallback: UpstreamTarget, st: P
   });
 }
 
+/** Where a CancelRequest for another peer's key goes ([peers]: host, a directory for its Unix socket, and port). */
+export function peerTarget(peer: { host: string; port: number }): UpstreamTarget {
+  const q = new URLSearchParams({ host: peer.host, port: String(peer.port), sslmode: 'disable' });
+  return parseUpstreamUrl(`postgres://x/?${q.toString()}`);
+}
+
 export interface PoolingOptions {
   config: PoolerConfig;
   defaultTarget: UpstreamTarget;

@@ -74,6 +74,7 @@ interface Addon {
   send?(fd: number, bytes: Buffer): number;
   sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
   recvFds?(fd: number, maxBytes: number, timeoutMs: number): [Buffer, number[]] | null;
+  listenReusePort?(host: string, port: number, backlog: number): number;
 }
 
 export interface NativeRelay {
@@ -91,6 +92,8 @@ export interface NativeRelay {
   send: ((fd: number, bytes: Buffer) => number) | null;
   /** Descriptors over a Unix socket (SCM_RIGHTS), for the online restart (takeover.ts); null without the calls. */
   fds?: FdPassing | null;
+  /** A listening TCP socket with SO_REUSEPORT (pgBouncer's so_reuseport): its descriptor; throws with the reason. */
+  listenReusePort?: ((host: string, port: number, backlog: number) => number) | null;
 }
 export type RelayHandle = Handle;
 
@@ -191,6 +194,7 @@ function wrap(addon: Addon): NativeRelay {
       return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5] };
     },
     send: addon.send ? (fd, bytes) => addon.send!(fd, bytes) : null,
+    listenReusePort: addon.listenReusePort ? (host, port, backlog) => addon.listenReusePort!(host, port, backlog) : null,
     fds:
       addon.sendFds && addon.recvFds
         ? {

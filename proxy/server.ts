@@ -57,6 +57,11 @@ export interface ProxyOptions {
   sharedUnixSocket?: boolean;
   /** Online restart (takeover.ts): the listening sockets of the process this one replaces, used instead of binding. */
   listenFds?: { tcp: number; unix: number | null };
+  /**
+   * pgBouncer's so_reuseport: the TCP port is bound with SO_REUSEPORT, so that other processes (peers) may listen
+   * on it too and the kernel spreads connections among them. Needs the native addon (Node 20 cannot set it).
+   */
+  reusePort?: boolean;
 }
 
 export interface ProxyStats {
@@ -152,7 +157,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   let address: { host: string; port: number };
   if (opts.listenFds) {
     ({ address, unix } = await adoptListeners(server, opts.listenFds, accept, log));
-  } else address = await listen(server, opts.listen);
+  } else address = await listen(server, opts.listen, opts.reusePort === true);
   if (opts.unixSocketDir && !opts.listenFds) {
     const path = `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}`;
     try {
@@ -453,14 +458,23 @@ async function adoptListeners(server: Server, fds: { tcp: number; unix: number |
 }
 
 /** Starts listening; resolves with the address bound (the port chosen when 0 was asked for). */
-async function listen(server: Server, at: { host: string; port: number }): Promise<{ host: string; port: number }> {
+async function listen(server: Server, at: { host: string; port: number }, reusePort = false): Promise<{ host: string; port: number }> {
+  let fd = -1;
+  if (reusePort) {
+    const bind = loadNativeRelay().relay?.listenReusePort;
+    if (!bind) throw new Error('so_reuseport needs the native addon (npm run build:native), which this Node cannot do without');
+    const host = at.host === 'localhost' ? '127.0.0.1' : at.host;
+    fd = bind(host, at.port, 511);
+  }
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
-    server.listen(at.port, at.host, () => {
+    const done = () => {
       server.removeListener('error', onError);
       resolve();
-    });
+    };
+    if (fd >= 0) server.listen({ fd }, done);
+    else server.listen(at.port, at.host, done);
   });
   const bound = server.address();
   return {

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 #include <node_api.h>
 #include <uv.h>
@@ -758,6 +760,54 @@ static napi_value js_recv_fds(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// ---- pgBouncer's so_reuseport (peering) ---------------------------------------------------------------------------
+// Node 20 cannot set SO_REUSEPORT, so several processes cannot share a port through net.Server alone: the
+// listening socket is made here and handed to net.Server.listen({ fd }).
+
+// listenReusePort(host, port, backlog) -> fd of a listening, non-blocking TCP socket with SO_REUSEPORT (a
+// numeric IPv4 or IPv6 address), or throws with the system's reason.
+static napi_value js_listen_reuse_port(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char host[64];
+  size_t host_len = 0;
+  int32_t port, backlog;
+  if (argc < 3 || napi_get_value_string_utf8(env, argv[0], host, sizeof host, &host_len) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &port) != napi_ok || napi_get_value_int32(env, argv[2], &backlog) != napi_ok ||
+      port < 0 || port > 65535)
+    return throw_error(env, "listenReusePort(host, port, backlog)");
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t ss_len;
+  struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons((uint16_t)port);
+    ss_len = sizeof *v4;
+  } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons((uint16_t)port);
+    ss_len = sizeof *v6;
+  } else {
+    return throw_error(env, "listenReusePort: host must be a numeric IPv4 or IPv6 address");
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_error(env, strerror(errno));
+  int one = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+#ifdef SO_REUSEPORT
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+#endif
+      bind(fd, (struct sockaddr *)&ss, ss_len) != 0 || listen(fd, backlog > 0 ? backlog : 511) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_error(env, strerror(e));
+  }
+  return number(env, fd);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"start", NULL, js_start, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -767,8 +817,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"send", NULL, js_send, NULL, NULL, NULL, napi_enumerable, NULL},
     {"sendFds", NULL, js_send_fds, NULL, NULL, NULL, napi_enumerable, NULL},
     {"recvFds", NULL, js_recv_fds, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"listenReusePort", NULL, js_listen_reuse_port, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  napi_define_properties(env, exports, 7, props);
+  napi_define_properties(env, exports, 8, props);
   return exports;
 }
 
