@@ -362,6 +362,7 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
     shutdown: (mode) => void drain(mode),
     logger: log,
     relay: relay.wrap,
+    admission: { admitConsole: (user, admin) => slots.admitConsole(user, admin), leaveConsole: (user) => slots.leaveConsole(user) },
   });
   relay.onSignal = (sig) => consoleHost.signal(sig);
   const defaultTarget = parseUpstreamUrl(s.upstream);

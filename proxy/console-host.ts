@@ -63,6 +63,11 @@ export interface ConsoleDeps {
   takeover?: TakeoverSource;
   /** The host console sessions use instead of this process's own (worker processes: console-relay.ts). */
   relay?: (host: ConsoleHost) => ConsoleHost;
+  /**
+   * Worker processes: console logins counted across the workers (pool-limits.ts WorkerSlots), refused by the
+   * authenticator when the primary's counts say so; `leave` once the session has ended.
+   */
+  admission?: { admitConsole(user: string, admin: boolean): void; leaveConsole(user: string): void };
 }
 
 /** What createPooling's `console` option takes; `close` stops the console's timers. */
@@ -90,7 +95,12 @@ export function createConsole(deps: ConsoleDeps): ConsoleFactory {
     if (refused) return refused;
     // The online restart's login: the proxy's own OS user on the Unix socket, named so (takeover.ts).
     const takeover = own && (session as { context?: { applicationName?: string } | null }).context?.applicationName === TAKEOVER_LOGIN;
-    return new ConsoleConnection(host, session.id, who, own, takeover);
+    const link = new ConsoleConnection(host, session.id, who, own, takeover);
+    if (deps.admission) {
+      deps.admission.admitConsole(user, who.admin);
+      link.admitted = user;
+    }
+    return link;
   };
   return Object.assign(open, { close: () => host.close(), signal: (sig: PoolerSignal) => host.signal(sig), figures: () => host.figures() });
 }
@@ -117,6 +127,8 @@ class ConsoleConnection implements ConsoleLink {
   private ended = false;
   /** When the client last sent a message (SHOW CLIENTS request_time). */
   lastRequest = Date.now();
+  /** The user the workers' admission counts this session under (ConsoleDeps.admission), given back when it ends. */
+  admitted: string | null = null;
 
   constructor(
     private readonly host: PoolerConsole,
@@ -392,6 +404,8 @@ class PoolerConsole implements ConsoleHost {
 
   gone(c: ConsoleConnection): void {
     this.links.delete(c.id);
+    if (c.admitted !== null) this.deps.admission?.leaveConsole(c.admitted);
+    c.admitted = null;
     // The process that took the sockets over went away without SHUTDOWN: there is nothing left to serve here.
     if (c.handedOver && !this.shuttingDown) {
       this.note('takeover: the new process left before SHUTDOWN, exiting');

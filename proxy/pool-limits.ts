@@ -12,6 +12,7 @@
 // none and has waited a while), so every worker with clients gets its fair part. At max_db_connections or
 // max_user_connections, idle connections of the other pools go at once, as pgBouncer's evict does.
 import type { Logger } from 'pino';
+import { CONSOLE_DATABASE } from './console.js';
 import type { IpcChannel } from './ipc.js';
 import { poolError, type Pool, type PoolDatabase, type PoolError, type Pooler, type ServerSlots } from './pool.js';
 import { SqlState } from './protocol.js';
@@ -42,7 +43,7 @@ type FromWorker =
   | { tag: typeof TAG; kind: 'ask'; db: string; user: string; limits: SlotLimits; wait: number; min: number }
   | { tag: typeof TAG; kind: 'withdraw'; db: string; user: string; wait: number; min: number }
   | { tag: typeof TAG; kind: 'release'; db: string; user: string; n: number; yielded: YieldKind | null }
-  | { tag: typeof TAG; kind: 'admit'; id: number; db: string; user: string; maxClient: number; maxDb: number; maxUser: number }
+  | { tag: typeof TAG; kind: 'admit'; id: number; db: string; user: string; maxClient: number; maxDb: number; maxUser: number; console?: boolean }
   | { tag: typeof TAG; kind: 'leave'; db: string; user: string; n: number };
 type ToWorker =
   | { tag: typeof TAG; kind: 'grant'; db: string; user: string; min: boolean; reserve: boolean }
@@ -158,17 +159,23 @@ export class PoolLimits {
     this.dispatch();
   }
 
-  /** max_client_conn, max_db_client_connections, max_user_client_connections over every worker's clients. */
+  /**
+   * max_client_conn, max_db_client_connections, max_user_client_connections over every worker's clients. Console
+   * sessions count as one process counts them (console-host.ts consoleLimits): in max_db_client_connections of the
+   * console's database, and in a console login's max_user_client_connections with the user's pooled clients; never in
+   * max_client_conn, nor in a pooled client's user limit.
+   */
   private admit(w: number, m: Extract<FromWorker, { kind: 'admit' }>): string | null {
     let all = 0;
     let db = 0;
     let user = 0;
     for (const counts of this.clients.values()) {
       for (const [k, n] of counts) {
-        all += n;
         const [d, u] = k.split('\u0000');
+        const ofConsole = d === CONSOLE_DATABASE;
+        if (!ofConsole) all += n;
         if (d === m.db) db += n;
-        if (u === m.user) user += n;
+        if (u === m.user && (m.console || !ofConsole)) user += n;
       }
     }
     if (m.maxClient > 0 && all >= m.maxClient) return 'no more connections allowed (max_client_conn)';
@@ -543,23 +550,41 @@ export class WorkerSlots implements ServerSlots {
    */
   admit(db: PoolDatabase, user: string): void {
     const st = this.pooler.settings;
-    const a = this.admission(db.name, user);
+    this.request(db.name, user, {
+      maxClient: st.maxClientConn,
+      maxDb: db.entry.maxDbClientConnections ?? st.maxDbClientConnections,
+      maxUser: this.pooler.config.users.get(user)?.maxUserClientConnections ?? st.maxUserClientConnections,
+    });
+  }
+
+  /**
+   * A console login, counted across workers as one process counts its console sessions (admin_users are counted,
+   * never refused); the authenticator waits for the answer, as for a pooled client (ticket()).
+   */
+  admitConsole(user: string, admin: boolean): void {
+    const st = this.pooler.settings;
+    const maxUser = this.pooler.config.users.get(user)?.maxUserClientConnections ?? st.maxUserClientConnections;
+    this.request(CONSOLE_DATABASE, user, { maxClient: 0, maxDb: admin ? 0 : st.maxDbClientConnections, maxUser: admin ? 0 : maxUser }, true);
+  }
+
+  /** The console session admitConsole() counted has ended. */
+  leaveConsole(user: string): void {
+    this.clientLeft(CONSOLE_DATABASE, user);
+  }
+
+  private request(dbName: string, user: string, limits: { maxClient: number; maxDb: number; maxUser: number }, ofConsole = false): void {
+    const a = this.admission(dbName, user);
     a.live++;
     a.pending++;
     const id = this.nextTicket++;
     const answer = new Promise<PoolError | null>((resolve) => this.tickets.set(id, resolve));
-    this.last = { db: db.name, user, answer };
+    this.last = { db: dbName, user, answer };
     // The authenticator asks for it in the same turn (client.ts: admit, then the authentication starts).
     queueMicrotask(() => {
       if (this.last?.answer === answer) this.last = null;
     });
-    this.channel.send({
-      tag: TAG, kind: 'admit', id, db: db.name, user,
-      maxClient: st.maxClientConn,
-      maxDb: db.entry.maxDbClientConnections ?? st.maxDbClientConnections,
-      maxUser: this.pooler.config.users.get(user)?.maxUserClientConnections ?? st.maxUserClientConnections,
-    } satisfies FromWorker);
-    const ticketDb = db.name;
+    this.channel.send({ tag: TAG, kind: 'admit', id, db: dbName, user, ...limits, ...(ofConsole ? { console: true } : {}) } satisfies FromWorker);
+    const ticketDb = dbName;
     const ticketUser = user;
     void answer.then((error) => {
       a.pending--;
@@ -572,15 +597,19 @@ export class WorkerSlots implements ServerSlots {
   }
 
   leave(db: PoolDatabase, user: string): void {
-    const a = this.admission(db.name, user);
+    this.clientLeft(db.name, user);
+  }
+
+  private clientLeft(dbName: string, user: string): void {
+    const a = this.admission(dbName, user);
     a.live--;
     if (a.refused > 0) a.refused--;
     else if (a.pending > a.abandoned) a.abandoned++;
     else if (a.held > 0) {
       a.held--;
-      this.channel.send({ tag: TAG, kind: 'leave', db: db.name, user, n: 1 } satisfies FromWorker);
+      this.channel.send({ tag: TAG, kind: 'leave', db: dbName, user, n: 1 } satisfies FromWorker);
     }
-    if (a.live === 0 && a.pending === 0) this.admissions.delete(keyOf(db.name, user));
+    if (a.live === 0 && a.pending === 0) this.admissions.delete(keyOf(dbName, user));
   }
 
   /** The primary's answer for the client admit() saw just before (same database and user), or null if there is none. */

@@ -338,6 +338,24 @@ describe('pooling with --workers: a worker restarted after a crash is as the oth
 });
 
 describe('pooling with --workers: cancel and console across workers', () => {
+  test('console logins count across workers: one stats_users login at max_user_client_connections = 1, or at max_db_client_connections = 1, in all', async () => {
+    const stats = testDb().roles.md5.user;
+    for (const limit of ['max_user_client_connections', 'max_db_client_connections']) {
+      const b = await startBouncer({ postgres: target() }, { default_pool_size: 2, stats_users: stats, [limit]: 1 });
+      const first = await connect(b, 'pgbouncer', stats);
+      expect((await first.query('SHOW VERSION')).rows).toHaveLength(1);
+      // Whichever worker the next logins land on, the first one counts.
+      for (let i = 0; i < 4; i++) await expect(connect(b, 'pgbouncer', stats)).rejects.toThrow(`no more connections allowed (${limit})`);
+      // admin_users are never refused.
+      const admins = [await connect(b, 'pgbouncer'), await connect(b, 'pgbouncer')];
+      for (const a of admins) expect((await a.query('SHOW VERSION')).rows).toHaveLength(1);
+      await Promise.all(admins.map((a) => a.end()));
+      // Once it has left (and the admins, who count at max_db_client_connections), the next one gets in.
+      await first.end();
+      await expect.poll(() => connect(b, 'pgbouncer', stats).then((c) => c.end().then(() => true), () => false), { timeout: 10_000 }).toBe(true);
+    }
+  });
+
   test('a CancelRequest accepted by the other worker cancels the query of a pooled client', async () => {
     const b = await startBouncer({ postgres: target() }, { default_pool_size: 2 });
     const c = await connect(b);
