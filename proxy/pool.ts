@@ -606,6 +606,23 @@ export class Pool {
     const db = this.db;
     const n = db.targets.length;
     const roundRobin = (db.entry.loadBalanceHosts ?? 'round-robin') === 'round-robin';
+    if (!roundRobin && n > 1) {
+      // disable: connections open one at a time, as pgBouncer's, so that one opening while another finds the
+      // first host dead starts from the host that works instead of failing on the dead one too.
+      const before = db.opening;
+      let done!: () => void;
+      db.opening = new Promise<void>((resolve) => (done = resolve));
+      await before;
+      try {
+        return await this.openFrom(s, timeoutMs, db, n, false);
+      } finally {
+        done();
+      }
+    }
+    return this.openFrom(s, timeoutMs, db, n, roundRobin);
+  }
+
+  private async openFrom(s: PooledServer, timeoutMs: number, db: PoolDatabase, n: number, roundRobin: boolean): Promise<Awaited<ReturnType<typeof openUpstream>>> {
     // From this connection's own start: connections opening at the same time each go round the whole list.
     const start = db.nextHost % n;
     if (roundRobin) db.nextHost = (start + 1) % n;
@@ -781,6 +798,8 @@ export class PoolDatabase {
   clientCount = 0;
   /** The host list's next host (load_balance_hosts). */
   nextHost = 0;
+  /** load_balance_hosts = disable: the connection being opened now, which the next one waits for. */
+  opening: Promise<void> = Promise.resolve();
 
   constructor(
     readonly name: string,

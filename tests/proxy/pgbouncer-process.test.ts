@@ -270,12 +270,21 @@ describe('pg-steadytext pgbouncer as a process', () => {
       databases: {
         hostlist: `host=${dead},${db.host} port=${db.port} dbname=postgres load_balance_hosts=disable`,
         hostlist_rr: `host=${db.host},${dead} port=${db.port} dbname=postgres`,
+        hostlist_cold: `host=${dead},${db.host} port=${db.port} dbname=postgres load_balance_hosts=disable`,
       },
       // Session mode and room for every client: each parallel client takes a server connection of its own,
       // so round-robin comes to the dead host several times.
       settings: { auth_type: 'trust', pool_mode: 'session', default_pool_size: 6 },
       users: TRUST_USERS,
     });
+
+    // disable, cold: connections open one at a time (pgBouncer's way), so of two opened together only the first
+    // tries the dead host; the second starts from the host that works.
+    const cold = await Promise.all([0, 1].map(() => connect(b, { user: 'trust_user', database: 'hostlist_cold' })));
+    expect(await Promise.all(cold.map(one))).toEqual([1, 1]);
+    await Promise.all(cold.map((c) => c.end()));
+    const failed = b.log().split('\n').filter((l) => l.includes('closing because: server connect failed') && l.includes(' hostlist_cold/'));
+    expect(failed, b.log()).toHaveLength(1);
 
     for (const database of ['hostlist', 'hostlist_rr']) {
       for (let i = 0; i < 6; i++) {
