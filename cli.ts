@@ -28,6 +28,7 @@ import { ConsoleHub, ConsoleRelay } from './proxy/console-relay.js';
 import type { ProxyServer } from './proxy/server.js';
 import { startMetricsServer, type MetricsServer, type MetricsSources } from './proxy/metrics.js';
 import { meterCalls } from './sql/call-figures.js';
+import { doctorCommand } from './sql/doctor.js';
 
 // dist/cli.js when built, cli.ts when run from source.
 const PKG = [new URL('../package.json', import.meta.url), new URL('./package.json', import.meta.url)].find((u) => existsSync(u))!;
@@ -41,6 +42,9 @@ usage:
   pg-steadytext pgbouncer [-d] [-R] [-q] [-v] [-u USER] pgbouncer.ini   the same, invoked as the pgbouncer binary is
                                                 (-R, or --reboot with serve --config: take the running one's sockets over)
   pg-steadytext install --database URL          install or upgrade the steadytext SQL objects in a database
+  pg-steadytext doctor [--json] [options]       check the upstream, pgvector, dblink, the service role, the SQL objects,
+                                                the models, the daemon endpoint and the callback transport (serve's options,
+                                                --config pgbouncer.ini too); exit status 1 when something is broken
   pg-steadytext models list | pull [name|--all] | path [name]
   pg-steadytext config [--markdown]             print the effective settings (or the reference table)
   pg-steadytext version
@@ -505,6 +509,13 @@ async function main(argv: string[]): Promise<number> {
     return runModelsCommand([sub ?? 'list', ...parsed.positionals, ...(parsed.extra.all ? ['--all'] : [])], engineOptions(s));
   }
   if (cmd === 'pgbouncer') return runAsPgBouncer(rest);
+  if (cmd === 'doctor') {
+    // serve's settings from the same sources, a pgbouncer.ini's [steadytext] section included.
+    const p = parseFlags(rest, ['json']);
+    const ini = p.configFile && isIni(p.configFile) ? loadPgBouncerConfig(p.configFile) : undefined;
+    const s = loadSettings(ini ? { flags: { ...ini.steadytext, ...p.flags } } : { flags: p.flags, configFile: p.configFile });
+    return doctorCommand({ settings: s, ini, engine: engineOptions(s), json: p.extra.json === true });
+  }
   const parsed = parseFlags(rest.filter((a) => a !== '-R'), ['database', 'markdown', 'reboot']);
   if (cmd === 'serve' && parsed.configFile && isIni(parsed.configFile)) {
     const ini = loadPgBouncerConfig(parsed.configFile);

@@ -45,10 +45,7 @@ export class DatabaseRegistry {
   warnIfSuperuser(database: string, role: string, superuser: boolean): void {
     if (!superuser || this.opts.superuserWarning === false || this.warned.has(database)) return;
     this.warned.add(database);
-    this.opts.logger.warn({ database, role },
-      `the proxy's service role "${role}" is a superuser: whatever a bug or a hostile object in database "${database}" gets the service role to run, ` +
-      'runs as a superuser. Give the proxy a role of its own that is no superuser and owns the schema of the steadytext objects ' +
-      '(README: "Running with a non-superuser service role"), and pass it with --service-url and --schema.');
+    this.opts.logger.warn({ database, role }, superuserAdvice(role, database));
   }
 
   /**
@@ -92,6 +89,13 @@ export class DatabaseRegistry {
   async close(): Promise<void> {
     await Promise.all([...this.dbs.values()].map((d) => d.close()));
   }
+}
+
+/** What to do about a superuser service role: logged once per database, and said by `pg-steadytext doctor`. */
+export function superuserAdvice(role: string, database: string): string {
+  return `the proxy's service role "${role}" is a superuser: whatever a bug or a hostile object in database "${database}" gets the service role to run, ` +
+    'runs as a superuser. Give the proxy a role of its own that is no superuser and owns the schema of the steadytext objects ' +
+    '(README: "Running with a non-superuser service role"), and pass it with --service-url and --schema.';
 }
 
 const SERVICE_ROLE_SQL = `SELECT CURRENT_USER::pg_catalog.text AS role, pg_catalog.current_database()::pg_catalog.text AS db,

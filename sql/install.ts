@@ -182,7 +182,7 @@ const list = (names: string[]) => names.map((n) => quoteIdent(n)).join(', ');
  * the service role anyway) can CREATE: an overload of a steadytext function, or of a built-in the
  * objects call, that such a role created there would run with the service role's privileges.
  */
-async function checkSchemaIsOurs(client: pg.ClientBase, schema: string): Promise<void> {
+export async function checkSchemaIsOurs(client: pg.ClientBase, schema: string): Promise<void> {
   const ns = (await client.query(`
     SELECT n.nspowner::pg_catalog.int8 AS owner, r.rolname::pg_catalog.text AS owner_name, r.rolsuper AS owner_super,
            pg_catalog.current_database()::pg_catalog.text AS db, CURRENT_USER::pg_catalog.text AS me,
@@ -225,7 +225,7 @@ async function checkSchemaIsOurs(client: pg.ClientBase, schema: string): Promise
 }
 
 /** The steadytext objects already in the schema must belong to a role the service role acts as, and nobody else does. */
-async function checkOwners(client: pg.ClientBase, schema: string): Promise<void> {
+export async function checkOwners(client: pg.ClientBase, schema: string): Promise<void> {
   const rows = (await client.query(`
     WITH o AS (
       SELECT c.relowner AS owner, c.relname::pg_catalog.text AS name FROM pg_catalog.pg_class c
@@ -270,7 +270,7 @@ async function checkOwners(client: pg.ClientBase, schema: string): Promise<void>
  * an overload there that matches their arguments better than the built-in they mean (format(text, text)
  * against format(text, VARIADIC "any")) would be called instead, with the service role's privileges.
  */
-async function checkForeignRoutines(client: pg.ClientBase, schema: string): Promise<void> {
+export async function checkForeignRoutines(client: pg.ClientBase, schema: string): Promise<void> {
   const rows = (await client.query(`
     WITH n AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text),
     o AS (
@@ -302,7 +302,7 @@ async function checkForeignRoutines(client: pg.ClientBase, schema: string): Prom
     'UNSAFE_SCHEMA');
 }
 
-async function checkCanCreate(client: pg.ClientBase, schema: string): Promise<void> {
+export async function checkCanCreate(client: pg.ClientBase, schema: string): Promise<void> {
   const r = (await client.query(`SELECT pg_catalog.has_schema_privilege(CURRENT_USER, n.oid, 'CREATE') AS ok, CURRENT_USER::pg_catalog.text AS me
       FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.text`, [schema])).rows[0] as { ok: boolean; me: string };
   if (r.ok) return;
