@@ -37,7 +37,7 @@ import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type O
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
 import { PooledSession, optionSettings } from './pooled-session.js';
 import { PoolError, replicationKind, type Pool, type PoolDatabase, type PooledServer } from './pool.js';
-import { Fe as FeCodes, authentication, AUTH_OK, parameterStatus, readyForQuery } from './protocol.js';
+import { Be, Fe as FeCodes, authentication, AUTH_OK, parameterStatus, readyForQuery } from './protocol.js';
 import type { ClientAuth } from './auth.js';
 
 /** Settings and shared state every session of one proxy uses. */
@@ -123,11 +123,14 @@ export class ClientSession implements FrameHandler, SessionLink {
    */
   private keptQuery: Buffer | null = null;
   private keptReads = -1;
+  /** The server connection's message count when it was kept; the native relay's count of a RowDescription it forwarded since (bytes). */
+  private keptMsgs = 0;
+  private keptRelayT = 0;
   private keptAt = 0;
   private keptCount = 0;
   private toClientBytes = 0;
   /** The current exchange runs again (ctx.rerun): what then decides, and the error that ended the attempt. */
-  private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null } | null = null;
+  private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null; dropT: boolean } | null = null;
   /** The current exchange is itself a rerun: it is not run again. */
   private isRerun = false;
   private readonly hooks = new HookPauser({
@@ -433,6 +436,8 @@ export class ClientSession implements FrameHandler, SessionLink {
       this.keptQuery = msg;
       this.keptReads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
       this.keptAt = this.toClientBytes;
+      this.keptMsgs = this.server?.received ?? 0;
+      this.keptRelayT = 0;
       this.keptCount++;
     } else {
       this.keptQuery = null;
@@ -443,15 +448,21 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** ctx.rerun: see SessionContext. */
   private armRerun(plan: (query: Buffer) => ((error: Buffer) => Promise<boolean>) | null): boolean {
     const view = this.keptQuery;
-    if (view === null || this.isRerun || this.rerunning !== null || this.toClientBytes !== this.keptAt || this.tracker.size !== 1 || this.hooks.pending || this.phase === CLOSED) {
-      return false;
+    if (view === null || this.isRerun || this.rerunning !== null || this.tracker.size !== 1 || this.hooks.pending || this.phase === CLOSED) return false;
+    // Nothing of its answer reached the client, or only its RowDescription (then the notice): the rerun's is dropped.
+    const sent = this.toClientBytes - this.keptAt;
+    let dropT = this.keptRelayT > 0;
+    if (sent !== 0) {
+      const s = this.server;
+      if (dropT || s === null || s.received - this.keptMsgs !== 2 || s.prevCode !== Be.RowDescription || s.prevLength + 1 !== sent) return false;
+      dropT = true;
     }
     // The client sent more since (read into the same buffer): the Query's bytes may be gone.
     if (this.keptReads >= 0 && this.input!.reads !== this.keptReads) return false;
     const q = Buffer.from(view);
     const then = plan(q);
     if (then === null) return false;
-    this.rerunning = { then, query: q, error: null };
+    this.rerunning = { then, query: q, error: null, dropT };
     this.pauseClient(PAUSE_RERUN);
     return true;
   }
@@ -940,7 +951,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     const r = this.rerunning;
     if (r !== null && r.error !== null) {
       this.rerunning = null;
-      this.heldRerun(r.then, r.query, r.error, Buffer.from(rfq));
+      this.heldRerun(r.then, r.query, r.error, Buffer.from(rfq), r.dropT);
       return null;
     }
     return this.pooled !== null ? this.pooled.releaseHeld(rfq) : [rfq];
@@ -950,7 +961,7 @@ export class ClientSession implements FrameHandler, SessionLink {
    * The attempt of a rerun exchange ended in its withheld error: `then` decides, as a pending hook (the server
    * connection stays with the client meanwhile), whether the Query runs again or the client gets the error.
    */
-  private heldRerun(then: (error: Buffer) => Promise<boolean>, query: Buffer, error: Buffer, rfq: Buffer): void {
+  private heldRerun(then: (error: Buffer) => Promise<boolean>, query: Buffer, error: Buffer, rfq: Buffer, dropT: boolean): void {
     this.ctx!.signal = this.hooks.signal;
     // `then` runs once the hook is pending (ctx.send needs that), from a microtask.
     this.hooks.hold(Promise.resolve().then(() => then(error)).catch((err: unknown) => {
@@ -959,6 +970,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     }), (again) => {
       if (again) {
         this.isRerun = true;
+        if (dropT && this.server !== null) this.server.dropRowDescription = true;
         this.sendHookOutcome(undefined, query, Fe.Query);
       } else {
         this.toClient(Buffer.concat([error, rfq]));
@@ -1028,11 +1040,12 @@ export class ClientSession implements FrameHandler, SessionLink {
       txStatus: (status: TxStatus) => this.setTxStatus(status),
       relayReturned: () => this.drainIfDraining(),
       keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) : 0),
-      keptQuery: (q: Buffer | null) => {
+      keptQuery: (q: Buffer | null, rowDescription: number) => {
         // A Query the relay forwarded (or none since it took over: what JS kept before is over).
         this.keptQuery = q;
         this.keptReads = -1; // the relay's own copy
         this.keptAt = this.toClientBytes;
+        this.keptRelayT = rowDescription;
         if (q !== null) this.keptCount++;
         this.isRerun = false;
       },

@@ -47,8 +47,8 @@ export interface RelayHost {
   txStatus(status: TxStatus): void;
   /** Non-zero (the transaction status's character code) when the session keeps Queries (SessionContext.keepQueries). */
   keepStatus(): number;
-  /** The relay gave the session back: the Query it kept (RelayOutcome.query), or null. */
-  keptQuery(query: Buffer | null): void;
+  /** The relay gave the session back: the Query it kept (RelayOutcome.query), or null, and the bytes of the RowDescription it forwarded after it (0: none). */
+  keptQuery(query: Buffer | null, rowDescription: number): void;
   /** The session has its sockets back and is reading again: a pending shutdown acts now. */
   relayReturned(): void;
   internalError(err: unknown): void;
@@ -157,7 +157,7 @@ export class RelayHandoff {
       else host.tracker.sent(code);
     }
     if (o.status !== '') host.txStatus(o.status as TxStatus);
-    host.keptQuery(o.query);
+    host.keptQuery(o.query, o.queryRowDescription);
   }
 }
 

@@ -48,8 +48,12 @@ export interface RelayOutcome {
   /** Body bytes still to come of a large message the relay was streaming: they pass through unread. */
   skipClient: number;
   skipServer: number;
-  /** The Query that began the current exchange outside a transaction block, nothing of its answer forwarded (start's keepStatus). */
+  /**
+   * The Query that began the current exchange outside a transaction block, while nothing of its answer was
+   * forwarded but its RowDescription (start's keepStatus), and that RowDescription's size in bytes (0: none).
+   */
   query: Buffer | null;
+  queryRowDescription: number;
 }
 
 export interface RelayState {
@@ -65,7 +69,7 @@ export interface RelayState {
 }
 
 type Handle = object & { readonly __relay: unique symbol };
-type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number, (Buffer | null)?];
+type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number, (Buffer | null)?, number?];
 interface Addon {
   start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus?: number): Handle;
   stop(h: Handle): Raw | null;
@@ -119,6 +123,7 @@ function outcome(r: Raw): RelayOutcome {
     skipClient: r[10],
     skipServer: r[11],
     query: r[12] ?? null,
+    queryRowDescription: r[13] ?? 0,
   };
 }
 

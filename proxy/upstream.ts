@@ -256,6 +256,14 @@ export class ServerConnection implements FrameHandler {
   readonly plain: boolean;
   /** Its file descriptor for writeFast, -1 when written through the stream only. */
   private readonly fd: number;
+  /** Messages received so far, and the type and length of the one before the latest (SessionContext.rerun). */
+  received = 0;
+  prevCode = 0;
+  prevLength = 0;
+  private lastCode = 0;
+  private lastLength = 0;
+  /** A rerun's RowDescription the client already has from the first attempt: the next one is dropped. */
+  dropRowDescription = false;
 
   constructor(
     private s: SessionLink,
@@ -320,12 +328,18 @@ export class ServerConnection implements FrameHandler {
     return !this.sock.destroyed && this.sock.writable;
   }
 
-  header(code: number): boolean {
+  header(code: number, length: number): boolean {
     if (!this.ready) return true; // startup: every message is looked at
+    this.received++;
+    this.prevCode = this.lastCode;
+    this.prevLength = this.lastLength;
+    this.lastCode = code;
+    this.lastLength = length;
     const t = this.s.tracker;
     const h = t.received(code);
     if (h !== undefined) this.handler = h;
-    return h !== undefined || t.localDue || code === Be.ReadyForQuery || code === Be.ParameterStatus || code === Be.ErrorResponse || code === Be.NoticeResponse;
+    return h !== undefined || t.localDue || code === Be.ReadyForQuery || code === Be.ParameterStatus || code === Be.ErrorResponse || code === Be.NoticeResponse ||
+      (code === Be.RowDescription && this.dropRowDescription);
   }
 
   onMessage(msg: Buffer, code: number): Verdict {
@@ -336,9 +350,14 @@ export class ServerConnection implements FrameHandler {
       verdict = this.runHandler(h, msg);
     }
     if (!this.ready) return this.startup(msg, code);
+    if (code === Be.RowDescription && this.dropRowDescription && verdict === KEEP) {
+      this.dropRowDescription = false;
+      return DROP;
+    }
     // Local answers due after this message follow it (taken before serverReady may hand the connection on).
     if (this.s.tracker.localDue) verdict = withLocal(verdict, msg, this.s.tracker.takeLocal());
     if (code === Be.ReadyForQuery) {
+      this.dropRowDescription = false; // the rerun ended without one (an error before its first row)
       if (this.held) verdict = this.releaseHeld(verdict, msg);
       this.s.serverReady(readTxStatus(msg), false);
     } else if (code === Be.ParameterStatus) this.s.serverParam(...readParameterStatus(msg));
@@ -348,7 +367,14 @@ export class ServerConnection implements FrameHandler {
         this.held = true;
         verdict = DROP;
       }
-    } else if (code === Be.NoticeResponse && verdict === KEEP && this.s.serverNotice?.(msg) === true) return DROP;
+    } else if (code === Be.NoticeResponse && verdict === KEEP && this.s.serverNotice?.(msg) === true) {
+      // The interceptor's own (an in-band request): not part of what the client's statement answered.
+      this.received--;
+      this.lastCode = this.prevCode;
+      this.lastLength = this.prevLength;
+      this.prevCode = this.prevLength = 0;
+      return DROP;
+    }
     return verdict;
   }
 

@@ -82,6 +82,7 @@ typedef struct relay {
   bool keep;
   uint8_t *kept;
   size_t kept_len, kept_cap;
+  size_t kept_t; // the bytes of the RowDescription forwarded after it (the only message that may have been), 0: none
   bool running;
   int reason, err;
   int open_handles;
@@ -171,6 +172,7 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   }
   if (client && code == 'Q' && r->keep) {
     r->kept_len = 0;
+    r->kept_t = 0;
     if (whole && r->pending_sync == 0 && r->since_sync == 0 && r->status == 'I') {
       if (len > r->kept_cap) {
         uint8_t *grown = realloc(r->kept, len);
@@ -184,8 +186,11 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
         r->kept_len = len;
       }
     }
-  } else if (!client) {
-    r->kept_len = 0; // part of the answer goes to the client: the exchange cannot run again unseen
+  } else if (!client && r->kept_len > 0) {
+    // Part of the answer goes to the client: beyond its RowDescription (which a rerun's would repeat, and JS
+    // drops), the exchange cannot run again unseen.
+    if (code == 'T' && whole && r->kept_t == 0) r->kept_t = len;
+    else r->kept_len = 0;
   }
   if (tracked(client, code)) {
     // A full log stops here, before the message: JS must be able to replay everything forwarded.
@@ -379,13 +384,13 @@ static napi_value number(napi_env env, double d) {
 }
 
 // [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer,
-//  skipClient, skipServer, kept Query or null]
+//  skipClient, skipServer, kept Query or null, bytes of the RowDescription forwarded after it]
 static napi_value outcome(napi_env env, relay_t *r) {
   napi_value a, kept;
-  napi_create_array_with_length(env, 13, &a);
+  napi_create_array_with_length(env, 14, &a);
   if (r->kept_len > 0) kept = buffer_copy(env, r->kept, r->kept_len);
   else napi_get_null(env, &kept);
-  napi_value v[13] = {
+  napi_value v[14] = {
     number(env, r->reason),
     number(env, r->err),
     buffer_copy(env, r->c.out + r->c.out_off, r->c.out_len - r->c.out_off),
@@ -399,8 +404,9 @@ static napi_value outcome(napi_env env, relay_t *r) {
     number(env, (double)r->c.skip),
     number(env, (double)r->s.skip),
     kept,
+    number(env, r->kept_len > 0 ? (double)r->kept_t : 0),
   };
-  for (uint32_t i = 0; i < 13; i++) napi_set_element(env, a, i, v[i]);
+  for (uint32_t i = 0; i < 14; i++) napi_set_element(env, a, i, v[i]);
   return a;
 }
 

@@ -249,6 +249,50 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     },
   );
 
+  test.each(['session', 'transaction'] as const)(
+    'SELECT of a PL/pgSQL batch function (%s mode): only its RowDescription reached the client, so it is gathered too, and the client sees one',
+    async (mode) => {
+      await fresh();
+      await direct.query(`
+        UPDATE notes SET emb = NULL;
+        CREATE OR REPLACE FUNCTION embed_all_notes() RETURNS integer LANGUAGE plpgsql AS $$
+        DECLARE n integer := 0; r record;
+        BEGIN
+          FOR r IN SELECT id, body FROM notes ORDER BY id LOOP
+            UPDATE notes SET emb = steadytext_embed(r.body) WHERE id = r.id;
+            n := n + 1;
+          END LOOP;
+          RETURN n;
+        END $$;`);
+      const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+      let taken = 0;
+      const notice = s.interceptor.notice.bind(s.interceptor);
+      s.interceptor.notice = (...a: Parameters<typeof notice>) => {
+        const mine = notice(...a);
+        if (mine) taken++;
+        return mine;
+      };
+      try {
+        const { c, notices } = await client(url);
+        await c.query('SELECT 1');
+        const r = await c.query('SELECT embed_all_notes() AS n');
+        // One RowDescription (pg would fail on a second), one row.
+        expect(r.fields.map((f) => f.name)).toEqual(['n']);
+        expect(r.rows).toEqual([{ n: 24 }]);
+        expect(notices).toEqual([]);
+        expect((await c.query('SELECT 2 AS two')).rows).toEqual([{ two: 2 }]);
+        await c.end();
+      } finally {
+        s.interceptor.notice = notice;
+      }
+      expect(taken).toBe(2);
+      const rows = (await direct.query('SELECT body, emb::text AS emb FROM notes ORDER BY id')).rows as { body: string; emb: string | null }[];
+      expect(rows.every((row) => row.emb !== null)).toBe(true);
+      await fresh();
+      expect(rows[5].emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [rows[5].body]));
+    },
+  );
+
   test('a SELECT whose rows began to reach the client is never run again: each miss is answered where it stands', async () => {
     await fresh();
     let taken = 0;
