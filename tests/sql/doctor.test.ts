@@ -35,9 +35,9 @@ async function fresh(): Promise<TestDatabase> {
 }
 
 /** Runs `pg-steadytext doctor` with the fixture models (an empty model dir: nothing else is found) and a daemon port that is always free. */
-async function doctor(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string; lines: string[] }> {
+async function doctor(args: string[], o: { embeddingModel?: boolean } = {}): Promise<{ code: number | null; output: string; lines: string[] }> {
   const cli = spawnCli(['doctor', '--daemon-listen', '127.0.0.1:0', '--model-dir', join(dir, 'models'),
-    '--generation-model', models.generation, '--embedding-model', models.embedding, ...args], env);
+    '--generation-model', models.generation, ...(o.embeddingModel === false ? [] : ['--embedding-model', models.embedding]), ...args]);
   const code = await new Promise<number | null>((resolve) => cli.child.once('exit', resolve));
   const output = cli.output();
   return { code, output, lines: output.split('\n') };
@@ -92,7 +92,7 @@ describe('pg-steadytext doctor', () => {
     expect(broken(r)).toHaveLength(1);
   });
 
-  it('a model file missing: broken, naming the file, where it was looked for and what to set', async () => {
+  it('a model file missing: broken, naming the file, where it was looked for and what to set (a default one not downloaded: a warning with the command)', async () => {
     const db = await fresh();
     const missing = join(dir, 'no-such-dir', 'generation.gguf');
     const r = await doctor(['--upstream', db.url, '--generation-model', missing]);
@@ -100,6 +100,12 @@ describe('pg-steadytext doctor', () => {
     expect(line(r, 'model', 'generation:small')).toBe(
       `broken  model [generation:small]: generation model 'small': no file at ${missing}: check the path, or set PGSTEADYTEXT_GENERATION_MODEL (or the generation model option) to an existing .gguf file or an hf: URI`);
     expect(broken(r)).toHaveLength(1);
+
+    // The default embedding model not downloaded: fetched on first use, so a warning with the command that fetches it now.
+    const remote = await doctor(['--upstream', db.url], { embeddingModel: false });
+    expect(remote.code, remote.output).toBe(0);
+    expect(line(remote, 'model', 'embedding:small')).toMatch(new RegExp(
+      `^warning\\s+model \\[embedding:small\\]: embedding model 'small' is not downloaded: run \`pg-steadytext models pull small\`, or download https://huggingface\\.co/\\S+ by hand and save it as ${join(dir, 'models')}/hf_Qwen_Qwen3-Embedding-0\\.6B-Q8_0\\.gguf\\. Without that, it is downloaded on first use`));
   });
 
   it('SQL objects older than this version with auto-install off: broken, with the install command', async () => {
