@@ -142,7 +142,7 @@ describe('pg-steadytext doctor', () => {
     expect(broken(r)).toHaveLength(1);
   });
 
-  it('dblink dropped: reported with the in-band transport, not broken', async () => {
+  it('dblink dropped: reported with the in-band transport, not broken (broken once callback_transport names dblink)', async () => {
     const db = await fresh();
     await prepareDatabase(db.url, { advertise: 'never' });
     await db.query('DROP EXTENSION dblink');
@@ -152,6 +152,13 @@ describe('pg-steadytext doctor', () => {
     expect(line(r, 'dblink')).toMatch(/^warning\s+dblink .*not installed .*use the in-band transport/);
     expect(line(r, 'callback transport')).toMatch(/^ok\s+.*in-band \(callback_transport auto, no dblink\)/);
     expect(broken(r)).toEqual([]);
+
+    // callback_transport set to dblink without dblink: what the SQL function would raise, and broken.
+    await db.query(`SELECT steadytext_config_set('callback_transport', 'dblink')`);
+    const pinned = await doctor(['--upstream', db.url, '--no-auto-install']);
+    expect(pinned.code, pinned.output).toBe(1);
+    expect(line(pinned, 'callback transport')).toMatch(/^broken\s+.*cannot call the pg-steadytext daemon: the dblink extension is not installed in database/);
+    expect(broken(pinned)).toHaveLength(1);
   });
 
   it('--config pgbouncer.ini: each [databases] entry is checked where it sends its clients', async () => {
