@@ -118,17 +118,16 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** The server socket is not read: the client is slow to take what it sends. */
   private serverPaused = false;
   /**
-   * The Query that began the current exchange outside a transaction block (ctx.keepQueries), and toClientBytes
-   * then. A view, not a copy: where it points into the reused read buffer, valid while input.reads is keptReads.
+   * The Query that began the current exchange outside a transaction block (ctx.keepQueries). A view, not a
+   * copy: where it points into the reused read buffer, valid while input.reads is keptReads.
    */
   private keptQuery: Buffer | null = null;
   private keptReads = -1;
-  /** The server connection's message count when it was kept; the native relay's count of a RowDescription it forwarded since (bytes). */
+  /** The server connection's message count when it was kept; the bytes of a RowDescription the native relay forwarded after it. */
   private keptMsgs = 0;
   private keptRelayT = 0;
-  private keptAt = 0;
+  /** Queries kept so far (ctx.exchange). */
   private keptCount = 0;
-  private toClientBytes = 0;
   /** The current exchange runs again (ctx.rerun): what then decides, and the error that ended the attempt. */
   private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null; dropT: boolean } | null = null;
   /** The current exchange is itself a rerun: it is not run again. */
@@ -303,7 +302,6 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Server → client. */
   toClient(bytes: Buffer): void {
     if (this.phase === CLOSED) return;
-    this.toClientBytes += bytes.length;
     if (!writeFast(this.sock, this.sock === this.raw ? this.rawFd : -1, bytes) && !this.serverPaused && this.server) {
       this.serverPaused = true;
       this.server.sock.pause();
@@ -435,7 +433,6 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.ctx!.keepQueries && this.ctx!.txStatus === 'I' && this.tracker.size === (this.pooled?.internalInFlight ?? 0)) {
       this.keptQuery = msg;
       this.keptReads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
-      this.keptAt = this.toClientBytes;
       this.keptMsgs = this.server?.received ?? 0;
       this.keptRelayT = 0;
       this.keptCount++;
@@ -449,14 +446,13 @@ export class ClientSession implements FrameHandler, SessionLink {
   private armRerun(plan: (query: Buffer) => ((error: Buffer) => Promise<boolean>) | null): boolean {
     const view = this.keptQuery;
     if (view === null || this.isRerun || this.rerunning !== null || this.tracker.size !== 1 || this.hooks.pending || this.phase === CLOSED) return false;
-    // Nothing of its answer reached the client, or only its RowDescription (then the notice): the rerun's is dropped.
-    const sent = this.toClientBytes - this.keptAt;
+    // Nothing of its answer went to the client, or only its RowDescription: counted in server messages (the
+    // bytes before this notice in its chunk are forwarded only after it), the interceptor's own notices aside.
+    const s = this.server;
+    const seen = (s?.received ?? 0) - this.keptMsgs; // this notice included
     let dropT = this.keptRelayT > 0;
-    if (sent !== 0) {
-      const s = this.server;
-      if (dropT || s === null || s.received - this.keptMsgs !== 2 || s.prevCode !== Be.RowDescription || s.prevLength + 1 !== sent) return false;
-      dropT = true;
-    }
+    if (seen === 2 && !dropT && s!.prevCode === Be.RowDescription) dropT = true;
+    else if (seen !== 1) return false;
     // The client sent more since (read into the same buffer): the Query's bytes may be gone.
     if (this.keptReads >= 0 && this.input!.reads !== this.keptReads) return false;
     const q = Buffer.from(view);
@@ -1044,7 +1040,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         // A Query the relay forwarded (or none since it took over: what JS kept before is over).
         this.keptQuery = q;
         this.keptReads = -1; // the relay's own copy
-        this.keptAt = this.toClientBytes;
+        this.keptMsgs = this.server?.received ?? 0;
         this.keptRelayT = rowDescription;
         if (q !== null) this.keptCount++;
         this.isRerun = false;

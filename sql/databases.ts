@@ -75,6 +75,11 @@ export class DatabaseRegistry {
     return u.toString();
   }
 
+  /** The database's entry if the proxy already serves it (a lookup that starts nothing). */
+  find(database: string): Database | undefined {
+    return this.dbs.get(database);
+  }
+
   get(database: string): Database {
     let d = this.dbs.get(database);
     if (!d) this.dbs.set(database, d = new Database(database, this));

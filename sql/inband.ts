@@ -61,8 +61,8 @@ export class InbandCallbacks {
    * (a session's first in-band request turns it on too): a session start never installs anything.
    */
   sessionStart(ctx: SessionContext): void {
-    const db = this.databases.get(ctx.database);
-    if (db.secret === undefined) return;
+    const db = this.databases.find(ctx.database);
+    if (db?.secret === undefined) return;
     // At once (the native relay, which may take the session next, reads it when it starts), then as configured.
     ctx.keepQueries = true;
     db.config().then((cfg) => this.configured(ctx, cfg), () => {});

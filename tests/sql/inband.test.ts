@@ -293,6 +293,19 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     },
   );
 
+  test.each(['session', 'transaction'] as const)('a SELECT that computes every row before the first goes out (%s mode) is gathered, and the client gets each row once', async (mode) => {
+    await fresh();
+    const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+    const { c, notices } = await client(url);
+    await c.query('SELECT 1');
+    // ORDER BY a computed column: every row's call runs before the sort gives the first row.
+    const r = await c.query('SELECT id, wrap_embed(body)::text AS emb FROM notes ORDER BY md5(body) LIMIT 6');
+    await c.end();
+    expect(notices).toEqual([]);
+    expect(r.rows).toHaveLength(6);
+    expect(new Set(r.rows.map((x: { id: number }) => x.id)).size).toBe(6);
+  });
+
   test('a SELECT whose rows began to reach the client is never run again: each miss is answered where it stands', async () => {
     await fresh();
     let taken = 0;

@@ -10,7 +10,7 @@ import { createRole, dropRole, freshDatabase, pgError, type TestDatabase } from 
 const DEFAULTS: Record<string, string> = {
   daemon_host: 'localhost', daemon_port: '5557', daemon_timeout_ms: '30000', default_max_tokens: '512',
   default_seed: '42', default_model_size: 'small', cache_enabled: 'true', cache_ttl_seconds: '3600',
-  debug_mode: 'false', daemon_auto_start: 'true', connection_pool_size: '4', callback_transport: 'auto',
+  debug_mode: 'false', daemon_auto_start: 'true', connection_pool_size: '4', callback_transport: 'auto', inband_rerun: 'true',
 };
 
 const USER_FUNCTIONS = [
