@@ -1,8 +1,8 @@
 // Figures of the steadytext calls per database and model (SHOW STEADYTEXT, the metrics endpoint): the engine
 // wrapped so that every call of every path (served ahead, prefetch, stream, the daemon's callbacks) is counted
 // where it reaches the engine. The database a call serves comes from its caller key: serve.ts and stream.ts
-// send `session:<id>` (the session's database, asked of the proxy through sessionDatabase), the daemon
-// `callback:<database>:<pid>`. Calls from other processes (--workers) count under database ''.
+// send `session:<id>:<database>` (older keys without it: asked of the proxy through sessionDatabase), the daemon
+// `callback:<database>:<pid>`, so a worker's calls, which its primary counts, are under their database too.
 import type { EmbedRequest, Engine, GenerateRequest, ModelRole } from '../inference/engine.js';
 import type { SteadytextRow } from '../proxy/console.js';
 import type { CallFigures, SteadytextFigures } from '../proxy/metrics.js';
@@ -88,8 +88,15 @@ export function meterCalls(engine: Engine, o: { defaultModelSize?: string } = {}
     },
   };
 
-  function databaseOf(caller: string | undefined): string {
-    if (caller?.startsWith('session:')) return meter.sessionDatabase(Number(caller.slice(8))) ?? '';
+  function databaseOf(key: string | undefined): string {
+    // A worker's call reaches the primary's engine as worker<i>/<its key> (engine-ipc.ts, callerPrefix).
+    const caller = key?.startsWith('worker') && key.indexOf('/') > 0 ? key.slice(key.indexOf('/') + 1) : key;
+    if (caller?.startsWith('session:')) {
+      // session:<id>:<database> (the database named: a worker's session, which the primary cannot look up).
+      const sep = caller.indexOf(':', 8);
+      if (sep > 0) return caller.slice(sep + 1);
+      return meter.sessionDatabase(Number(caller.slice(8))) ?? '';
+    }
     if (caller?.startsWith('callback:')) {
       const last = caller.lastIndexOf(':');
       return last > 8 ? caller.slice(9, last) : '';

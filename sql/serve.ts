@@ -94,7 +94,7 @@ export class Server {
   /** Computes one request; never throws. */
   async computeOne(r: Resolved, db: Database, ctx: SessionContext): Promise<Outcome> {
     const config = await db.config();
-    const e = await compute(r.req, { engine: this.engine, config, caller: `session:${ctx.id}`, signal: ctx.signal });
+    const e = await compute(r.req, { engine: this.engine, config, caller: `session:${ctx.id}:${ctx.database}`, signal: ctx.signal });
     return 'answer' in e ? { entry: cacheEntry(r.req, r.identity, e.answer) } : e;
   }
 

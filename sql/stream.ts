@@ -55,7 +55,7 @@ export async function stream(sql: Buffer, call: SteadyCall, values: ArgValues, d
   try {
     for await (const piece of server.engine.generateStream({
       prompt: req.prompt, maxTokens: req.maxTokens, seed: req.seed, temperature: 0, modelSize: req.modelSize,
-      caller: `session:${ctx.id}`, signal: ctx.signal, timeoutMs: config.daemonTimeoutMs, cache: config.cacheEnabled,
+      caller: `session:${ctx.id}:${ctx.database}`, signal: ctx.signal, timeoutMs: config.daemonTimeoutMs, cache: config.cacheEnabled,
     })) await rows.add(piece);
     outcome = { entry: cacheEntry(req, r.identity, streamAnswer(rows.full)) };
   } catch (err) {

@@ -443,9 +443,9 @@ describe('pooling with workers = 2: one endpoint for the process group', () => {
     expect((await scrape(metricsPort)).value('pg_steadytext_proxy_client_connections')).toBe(1);
   });
 
-  test("SHOW STEADYTEXT on a worker's console lists the calls the primary served, as the endpoint does", async () => {
+  test("SHOW STEADYTEXT on a worker's console lists the calls the primary served under their database, as the endpoint does", async () => {
     const [c] = await onBothWorkers();
-    const model = { database: '', model: 'generation:small' };
+    const model = { database, model: 'generation:small' };
     const before = await scrape(metricsPort);
     await c.query(`SELECT steadytext_generate('metrics across workers', 8) AS v`);
     const after = await scrape(metricsPort);
@@ -456,7 +456,7 @@ describe('pooling with workers = 2: one endpoint for the process group', () => {
     for (let i = 0; i < 8 && seen.size < 2; i++) {
       const console = await connect('pgbouncer');
       const rows = (await console.query('SHOW STEADYTEXT')).rows;
-      expect(rows).toContainEqual(expect.objectContaining({ database: '', model: 'generation:small', calls: String(calls) }));
+      expect(rows).toContainEqual(expect.objectContaining({ database, model: 'generation:small', calls: String(calls) }));
       const own = (await console.query('SHOW CLIENTS')).rows.find((r: { port: number }) => Number(r.port) === localPort(console));
       seen.add(Number(own.id) % 2);
       await console.end();
