@@ -55,7 +55,7 @@ class FakeRelay implements NativeRelay {
 
 function outcome(o: Partial<RelayOutcome>): RelayOutcome {
   const none = Buffer.alloc(0);
-  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, ...o };
+  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, queryRowDescription: 0, ...o };
 }
 
 /** A socket as the hand-off sees it: a file descriptor, a Readable already reading, nothing unsent. */
