@@ -22,7 +22,10 @@ export interface FrameHandler {
    * the whole message in onMessage, false to let its bytes pass through.
    */
   header(code: number, length: number): boolean;
-  /** A message header() asked for, whole. Everything before it has already gone to onBytes. */
+  /**
+   * A message header() asked for, whole. What came before it in an earlier chunk has gone to onBytes; the run
+   * before it in this chunk is still held by the reader, forwarded once this returns (ahead of any replacement).
+   */
   onMessage(msg: Buffer, code: number): Verdict;
   /** A run of bytes to forward unchanged. */
   onBytes(bytes: Buffer): void;
