@@ -969,7 +969,11 @@ export class ClientSession implements FrameHandler, SessionLink {
         if (dropT && this.server !== null) this.server.dropRowDescription = true;
         this.sendHookOutcome(undefined, query, Fe.Query);
       } else {
-        this.toClient(Buffer.concat([error, rfq]));
+        // Cancelled while it gathered: what the client asked for, not the error that stopped the first attempt.
+        const cancelled = this.ctx!.signal.aborted
+          ? errorResponse({ severity: 'ERROR', code: SqlState.QueryCanceled, message: 'canceling statement due to user request' })
+          : error;
+        this.toClient(Buffer.concat([cancelled, rfq]));
         if (this.pooled !== null) queueMicrotask(() => this.pooledReady());
       }
       this.resumeClient(PAUSE_RERUN);

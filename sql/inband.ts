@@ -189,6 +189,11 @@ export class InbandCallbacks {
     const f = readErrorFields(error);
     if (f.C !== '40001' || !f.M?.includes(marker) || db.secret === undefined) return false;
     const gathered = await dryRun(query, first.backendPid, db.secret, ctx);
+    // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
+    await db.pool.query(
+      `DELETE FROM ${quoteIdent(db.schema)}.steadytext_mailbox WHERE backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`,
+      [first.backendPid],
+    ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
     const abort = new AbortController();
     const stop = () => abort.abort(ctx.signal.reason);
     if (ctx.signal.aborted) return false;
@@ -208,11 +213,6 @@ export class InbandCallbacks {
       const entries = (await Promise.allSettled(rows)).flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       await db.store(entries).catch((err: unknown) => ctx.log.warn({ err }, 'could not store gathered answers; the run again asks for them one by one'));
       await this.responder.flush();
-      // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
-      await db.pool.query(
-        `DELETE FROM ${quoteIdent(db.schema)}.steadytext_mailbox WHERE backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`,
-        [first.backendPid],
-      ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
     } finally {
       ctx.signal.removeEventListener('abort', stop);
     }

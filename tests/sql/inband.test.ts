@@ -2,9 +2,9 @@
 // proxy cannot see (the seed's PL/pgSQL functions and a trigger) ask the proxy through the client's own
 // connection and get the bytes the rewrite path gives. A notice raised by the session itself with the same
 // text computes and stores nothing; without a proxy in between, a miss fails with a clear error.
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import pg from 'pg';
-import { startStack, type Stack } from '../api/helpers.js';
+import { cancelThroughProxy, startStack, type Stack } from '../api/helpers.js';
 import { createRole, dropRole, pgError } from './helpers.js';
 
 let s: Stack;
@@ -304,6 +304,50 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     expect(notices).toEqual([]);
     expect(r.rows).toHaveLength(6);
     expect(new Set(r.rows.map((x: { id: number }) => x.id)).size).toBe(6);
+  });
+
+  test('a client that cancels while its statement’s calls are gathered gets 57014, and the statement left nothing', async () => {
+    await fresh();
+    await direct.query(`
+      DROP TABLE IF EXISTS notes_cancel;
+      CREATE TABLE notes_cancel (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
+      INSERT INTO notes_cancel (id, body) SELECT i, 'cancelled note ' || i FROM generate_series(1, 12) i;`);
+    // The last row, locked elsewhere: the first attempt stops at its second miss before it, the dry run waits for it.
+    let taken = 0;
+    const notice = s.interceptor.notice.bind(s.interceptor);
+    s.interceptor.notice = (...a: Parameters<typeof notice>) => {
+      const mine = notice(...a);
+      if (mine) taken++;
+      return mine;
+    };
+    onTestFinished(() => void (s.interceptor.notice = notice));
+    const blocker = new pg.Client(s.directUrl);
+    await blocker.connect();
+    await blocker.query('BEGIN');
+    await blocker.query('SELECT 1 FROM notes_cancel WHERE id = 12 FOR UPDATE');
+    try {
+      const { c } = await client();
+      const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
+      const running = c.query('UPDATE notes_cancel SET emb = wrap_embed(body)').then(() => null, (e: { code?: string }) => e);
+      let waiting = false;
+      for (let i = 0; i < 500 && !waiting; i++) {
+        // A row lock (not the advisory lock a waiting call blocks on while the proxy computes).
+        const r = await direct.query(`SELECT query FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock' AND wait_event IN ('transactionid', 'tuple')`, [pid]);
+        waiting = r.rows.length === 1;
+        if (!waiting) await new Promise((res) => setTimeout(res, 20));
+      }
+      expect(waiting).toBe(true);
+      // It waits inside the proxy's dry run: the first attempt asked twice and was stopped at its second miss.
+      expect(taken).toBe(2);
+      await cancelThroughProxy(s, c);
+      expect((await running)?.code).toBe('57014');
+      expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+      await c.end();
+    } finally {
+      await blocker.query('ROLLBACK');
+      await blocker.end();
+    }
+    expect((await direct.query('SELECT count(*)::int AS n FROM notes_cancel WHERE emb IS NOT NULL')).rows[0].n).toBe(0);
   });
 
   test('a SELECT whose rows began to reach the client is never run again: each miss is answered where it stands', async () => {
