@@ -252,11 +252,6 @@ export class Database {
     }
   }
 
-  /** Lets go of holdWake's lock (a lost connection let go of it already). */
-  releaseWake(holder: pg.Client, key: number): void {
-    holder.query(wakeUnlock(key)).catch(() => {});
-  }
-
   /**
    * Commits `sql` (statements with their values inlined) and lets go of holdWake's lock, in one round trip on
    * the lock's connection: the function waiting on the lock wakes to the committed answer (a transaction's
