@@ -4,7 +4,7 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { parseFlags } from './config/flags.js';
 import { createLogger } from './config/logger.js';
-import { loadSettings, parseHostPort, SettingsError, settingsMarkdown, type Settings } from './config/settings.js';
+import { loadSettings, parseHostPort, redactUrl, SettingsError, settingsMarkdown, type Settings } from './config/settings.js';
 import { createEngine, type EngineOptions } from './inference/engine.js';
 import { engineOverIpc, serveEngineOverIpc } from './inference/engine-ipc.js';
 import { runModelsCommand } from './inference/models-command.js';
@@ -70,14 +70,6 @@ export function engineOptions(s: Settings, logger?: Logger): EngineOptions {
     eager: s.preloadModels,
     logger,
   };
-}
-
-function redact(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch { return url; }
 }
 
 /**
@@ -213,7 +205,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
     process.on('SIGQUIT', () => void stop('SIGQUIT', 0));
     if (st!.pidfile) writeFileSync(st!.pidfile, `${process.pid}\n`);
   }
-  log.info({ listen: proxy.address, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+  log.info({ listen: proxy.address, upstream: redactUrl(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
 
   let stopping = false;
   async function stop(signal: string, graceMs = ini ? FOREVER_MS : s.shutdownGraceMs) {
@@ -291,7 +283,7 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
     },
   }).catch(async (err) => { await release(); throw err; });
   group = pool;
-  log.info({ listen: pool.address, workers: s.workers, upstream: redact(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+  log.info({ listen: pool.address, workers: s.workers, upstream: redactUrl(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -534,13 +526,13 @@ async function main(argv: string[]): Promise<number> {
       const url = typeof parsed.extra.database === 'string' ? parsed.extra.database : s.serviceUrl;
       const daemon = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
       const r = await prepareDatabase(url, { daemonHost: daemon?.host, daemonPort: daemon?.port, schema: s.schema });
-      process.stdout.write(`steadytext SQL objects ${r.version} in ${redact(url)}, schema ${r.schema}${r.migrated.length ? ` (applied ${r.migrated.join(', ')})` : ' (already up to date)'}${r.dblink ? '' : '; dblink is not installed: calls inside PL/pgSQL functions, triggers and views need it (CREATE EXTENSION dblink)'}\n`);
+      process.stdout.write(`steadytext SQL objects ${r.version} in ${redactUrl(url)}, schema ${r.schema}${r.migrated.length ? ` (applied ${r.migrated.join(', ')})` : ' (already up to date)'}${r.dblink ? '' : '; dblink is not installed: calls inside PL/pgSQL functions, triggers and views need it (CREATE EXTENSION dblink)'}\n`);
       if (r.superuser) process.stderr.write(`warning: role "${r.role}" is a superuser; the proxy should use a role of its own that is not (README: "Running with a non-superuser service role")\n`);
       return 0;
     }
     case 'config': {
       if (parsed.extra.markdown) process.stdout.write(settingsMarkdown() + '\n');
-      else process.stdout.write(JSON.stringify({ ...s, upstream: redact(s.upstream), serviceUrl: redact(s.serviceUrl) }, null, 2) + '\n');
+      else process.stdout.write(JSON.stringify({ ...s, upstream: redactUrl(s.upstream), serviceUrl: redactUrl(s.serviceUrl) }, null, 2) + '\n');
       return 0;
     }
   }

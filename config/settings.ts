@@ -68,6 +68,17 @@ export class SettingsError extends Error {
   constructor(message: string) { super(message); this.name = 'SettingsError'; }
 }
 
+/** A URL as it may be shown or logged: its password, if any, replaced by ***. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
 export function parseHostPort(value: string, what: string): HostPort {
   const i = value.lastIndexOf(':');
   const host = (i > 0 ? value.slice(0, i) : '').replace(/^\[(.*)\]$/, '$1');

@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import pg from 'pg';
 import { serviceUrlForDatabase, type PoolerConfig } from '../config/pgbouncer.js';
 import { runtimeFromRows, type RuntimeConfig } from '../config/runtime.js';
-import { parseHostPort, type Settings } from '../config/settings.js';
+import { parseHostPort, redactUrl, type Settings } from '../config/settings.js';
 import { closeEmbedder, openEmbedder } from '../inference/embedder.js';
 import type { EngineOptions } from '../inference/engine.js';
 import { closeGenerator, openGenerator } from '../inference/generator.js';
@@ -96,14 +96,6 @@ function targets(s: Settings, ini: PoolerConfig | undefined): Target[] {
   return [...out.values()];
 }
 
-function redact(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch { return url; }
-}
-
 /** A connection error's text: node's AggregateError (several addresses tried) has an empty message. */
 function errorText(err: unknown): string {
   const e = err as Error & { errors?: Error[]; code?: string };
@@ -132,7 +124,7 @@ function unreachable(url: string, err: unknown, what: string): string {
     : code === '3D000'
       ? 'that database does not exist: create it, or correct the database name'
       : `Is PostgreSQL running there and reachable from here? Check ${what}`;
-  return `cannot connect to ${redact(url)}: ${errorText(err)}. ${fix}`;
+  return `cannot connect to ${redactUrl(url)}: ${errorText(err)}. ${fix}`;
 }
 
 /** Everything serve needs of one database, through the service connection it would open. */
@@ -150,7 +142,7 @@ async function checkDatabase(t: Target, s: Settings, daemonOn: boolean, add: Add
         pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on' AS superuser,
         pg_catalog.has_database_privilege(CURRENT_USER, pg_catalog.current_database(), 'CREATE') AS can_create`)).rows[0] as
       { role: string; db: string; version: string; superuser: boolean; can_create: boolean };
-    add('upstream', 'ok', `${redact(t.url)} reachable: PostgreSQL ${who.version}, database "${who.db}" as role "${who.role}"`);
+    add('upstream', 'ok', `${redactUrl(t.url)} reachable: PostgreSQL ${who.version}, database "${who.db}" as role "${who.role}"`);
     const vector = await extension(c, 'vector');
     const dblink = await extension(c, 'dblink');
     const schema = s.schema;
@@ -266,7 +258,7 @@ function compareVersions(a: string, b: string): number {
 }
 
 function checkObjects(version: string | undefined, schema: string, db: string, url: string, autoInstall: boolean, add: AddFor): void {
-  const install = `run pg-steadytext install --database ${redact(url)}${schema !== 'public' ? ` --schema ${schema}` : ''} (as the service role), or turn auto-install on (--auto-install, PGSTEADYTEXT_AUTO_INSTALL)`;
+  const install = `run pg-steadytext install --database ${redactUrl(url)}${schema !== 'public' ? ` --schema ${schema}` : ''} (as the service role), or turn auto-install on (--auto-install, PGSTEADYTEXT_AUTO_INSTALL)`;
   if (version === undefined) {
     if (autoInstall) add('SQL objects', 'ok', `not installed in schema "${schema}" of database "${db}": they will be installed on first use (SQL objects ${SQL_VERSION})`);
     else add('SQL objects', 'broken', `not installed in schema "${schema}" of database "${db}", and auto-install is off: steadytext_* calls fail there. To install them, ${install}`);
@@ -324,7 +316,7 @@ async function checkClientUpstream(s: Settings, add: Add): Promise<void> {
       return;
     }
   }
-  add('upstream', 'clients', 'ok', `${redact(s.upstream)} answers (clients log in there with their own credentials)`);
+  add('upstream', 'clients', 'ok', `${redactUrl(s.upstream)} answers (clients log in there with their own credentials)`);
 }
 
 async function checkDaemonEndpoint(s: Settings, add: Add): Promise<void> {
