@@ -115,10 +115,7 @@ export class InbandCallbacks {
 
   private async answer(r: Signed, ctx: SessionContext): Promise<void> {
     const db = this.databases.get(ctx.database);
-    const abort = new AbortController();
-    const stop = () => abort.abort(ctx.signal.reason);
-    if (ctx.signal.aborted) stop();
-    else ctx.signal.addEventListener('abort', stop, { once: true });
+    const { abort, release } = following(ctx.signal);
     // Taken now, while the answer is computed: the function blocks on it instead of polling (migration 006).
     const key = wakeKey(r.id);
     const wake = r.wait ? db.holdWake(key) : null;
@@ -129,7 +126,7 @@ export class InbandCallbacks {
       const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
       text = errorAnswer(w.code, w.message, w.hint ?? '');
     } finally {
-      ctx.signal.removeEventListener('abort', stop);
+      release();
     }
     if (!r.wait) return; // the responder writes the cache row the retried transaction finds
     await this.handOver(r, text, wake, key, db, ctx);
@@ -194,10 +191,8 @@ export class InbandCallbacks {
       `DELETE FROM ${quoteIdent(db.schema)}.steadytext_mailbox WHERE backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`,
       [first.backendPid],
     ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
-    const abort = new AbortController();
-    const stop = () => abort.abort(ctx.signal.reason);
     if (ctx.signal.aborted) return false;
-    ctx.signal.addEventListener('abort', stop, { once: true });
+    const { abort, release } = following(ctx.signal);
     try {
       let next = 0;
       const rows: Promise<CacheEntry>[] = [];
@@ -214,7 +209,7 @@ export class InbandCallbacks {
       await db.store(entries).catch((err: unknown) => ctx.log.warn({ err }, 'could not store gathered answers; the run again asks for them one by one'));
       await this.responder.flush();
     } finally {
-      ctx.signal.removeEventListener('abort', stop);
+      release();
     }
     if (ctx.signal.aborted) return false;
     ctx.log.debug({ gathered: gathered.length }, 'in-band calls gathered in a dry run; the statement runs again');
@@ -231,6 +226,15 @@ export class InbandCallbacks {
     db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_sweep($1::pg_catalog.interval)`, [SWEEP_AGE])
       .catch((err: unknown) => ctx.log.warn({ err }, 'could not sweep in-band large objects'));
   }
+}
+
+/** An AbortController (what the responder takes) that the session's signal aborts too; release() unhooks it. */
+function following(signal: AbortSignal): { abort: AbortController; release: () => void } {
+  const abort = new AbortController();
+  const stop = () => abort.abort(signal.reason);
+  if (signal.aborted) stop();
+  else signal.addEventListener('abort', stop, { once: true });
+  return { abort, release: () => signal.removeEventListener('abort', stop) };
 }
 
 /** Requests computed at once for a gathered statement (the engine's queue holds the rest fairly). */
