@@ -431,14 +431,19 @@ export class ClientSession implements FrameHandler, SessionLink {
   private keepQuery(msg: Buffer): void {
     // Nothing of the client's in flight (the pooler's own settings replay may be, ahead of it).
     if (this.ctx!.keepQueries && this.ctx!.txStatus === 'I' && this.tracker.size === (this.pooled?.internalInFlight ?? 0)) {
-      this.keptQuery = msg;
-      this.keptReads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
-      this.keptMsgs = this.server?.received ?? 0;
-      this.keptRelayT = 0;
-      this.keptCount++;
+      this.keep(msg, this.sock === this.raw && this.input !== undefined ? this.input.reads : -1, 0);
     } else {
-      this.keptQuery = null;
+      this.keep(null, -1, 0);
     }
+  }
+
+  /** The exchange now begun: its Query (or none to run again), where it reads from, what the relay forwarded of its answer. */
+  private keep(query: Buffer | null, reads: number, relayRowDescription: number): void {
+    this.keptQuery = query;
+    this.keptReads = reads;
+    this.keptMsgs = this.server?.received ?? 0;
+    this.keptRelayT = relayRowDescription;
+    if (query !== null) this.keptCount++;
     this.isRerun = false;
   }
 
@@ -1040,15 +1045,8 @@ export class ClientSession implements FrameHandler, SessionLink {
       txStatus: (status: TxStatus) => this.setTxStatus(status),
       relayReturned: () => this.drainIfDraining(),
       keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) : 0),
-      keptQuery: (q: Buffer | null, rowDescription: number) => {
-        // A Query the relay forwarded (or none since it took over: what JS kept before is over).
-        this.keptQuery = q;
-        this.keptReads = -1; // the relay's own copy
-        this.keptMsgs = this.server?.received ?? 0;
-        this.keptRelayT = rowDescription;
-        if (q !== null) this.keptCount++;
-        this.isRerun = false;
-      },
+      // A Query the relay forwarded, its own copy (or none since it took over: what JS kept before is over).
+      keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       internalError: (err: unknown) => this.internalError(err),
     };
     return new RelayHandoff(nr, host, { sock: this.raw, reader }, server, this.env.maxMessageBytes);
