@@ -33,6 +33,19 @@ async function fresh(): Promise<void> {
   s.interceptor.forgetStored();
 }
 
+/** Counts the in-band requests the proxy takes (from any session) until the test ends. */
+function countTaken(): { readonly n: number } {
+  const notice = s.interceptor.notice.bind(s.interceptor);
+  const counter = { n: 0 };
+  s.interceptor.notice = (...a: Parameters<typeof notice>) => {
+    const mine = notice(...a);
+    if (mine) counter.n++;
+    return mine;
+  };
+  onTestFinished(() => void (s.interceptor.notice = notice));
+  return counter;
+}
+
 /** A client through the proxy that records the notices it receives. */
 async function client(url = s.url()): Promise<{ c: pg.Client; notices: { message?: string }[] }> {
   const c = await s.connect(url);
@@ -221,25 +234,15 @@ describe('in-band callback without dblink or daemon endpoint', () => {
         BEGIN RETURN steadytext_embed(t); END $$;`);
       await direct.query(`INSERT INTO notes (id, body) SELECT i, 'note ' || i || ' ' || $1 FROM generate_series(1, 24) i`, [mode]);
       const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
-      let taken = 0;
-      const notice = s.interceptor.notice.bind(s.interceptor);
-      s.interceptor.notice = (...a: Parameters<typeof notice>) => {
-        const mine = notice(...a);
-        if (mine) taken++;
-        return mine;
-      };
-      try {
-        const { c, notices } = await client(url);
-        await c.query('SELECT 1'); // the session's first Query: what follows is kept for a rerun
-        const r = await c.query('UPDATE notes SET emb = wrap_embed(body)');
-        await c.end();
-        expect(r.rowCount).toBe(24);
-        expect(notices).toEqual([]);
-      } finally {
-        s.interceptor.notice = notice;
-      }
+      const taken = countTaken();
+      const { c, notices } = await client(url);
+      await c.query('SELECT 1'); // the session's first Query: what follows is kept for a rerun
+      const r = await c.query('UPDATE notes SET emb = wrap_embed(body)');
+      await c.end();
+      expect(r.rowCount).toBe(24);
+      expect(notices).toEqual([]);
       // Two misses asked one by one (the second stops the statement), the other 22 gathered in one dry run.
-      expect(taken).toBe(2);
+      expect(taken.n).toBe(2);
       const rows = (await direct.query('SELECT body, emb::text AS emb FROM notes ORDER BY id')).rows as { body: string; emb: string | null }[];
       expect(rows.every((row) => row.emb !== null)).toBe(true);
       await fresh();
@@ -265,27 +268,17 @@ describe('in-band callback without dblink or daemon endpoint', () => {
           RETURN n;
         END $$;`);
       const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
-      let taken = 0;
-      const notice = s.interceptor.notice.bind(s.interceptor);
-      s.interceptor.notice = (...a: Parameters<typeof notice>) => {
-        const mine = notice(...a);
-        if (mine) taken++;
-        return mine;
-      };
-      try {
-        const { c, notices } = await client(url);
-        await c.query('SELECT 1');
-        const r = await c.query('SELECT embed_all_notes() AS n');
-        // One RowDescription (pg would fail on a second), one row.
-        expect(r.fields.map((f) => f.name)).toEqual(['n']);
-        expect(r.rows).toEqual([{ n: 24 }]);
-        expect(notices).toEqual([]);
-        expect((await c.query('SELECT 2 AS two')).rows).toEqual([{ two: 2 }]);
-        await c.end();
-      } finally {
-        s.interceptor.notice = notice;
-      }
-      expect(taken).toBe(2);
+      const taken = countTaken();
+      const { c, notices } = await client(url);
+      await c.query('SELECT 1');
+      const r = await c.query('SELECT embed_all_notes() AS n');
+      // One RowDescription (pg would fail on a second), one row.
+      expect(r.fields.map((f) => f.name)).toEqual(['n']);
+      expect(r.rows).toEqual([{ n: 24 }]);
+      expect(notices).toEqual([]);
+      expect((await c.query('SELECT 2 AS two')).rows).toEqual([{ two: 2 }]);
+      await c.end();
+      expect(taken.n).toBe(2);
       const rows = (await direct.query('SELECT body, emb::text AS emb FROM notes ORDER BY id')).rows as { body: string; emb: string | null }[];
       expect(rows.every((row) => row.emb !== null)).toBe(true);
       await fresh();
@@ -313,14 +306,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
       CREATE TABLE notes_cancel (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
       INSERT INTO notes_cancel (id, body) SELECT i, 'cancelled note ' || i FROM generate_series(1, 12) i;`);
     // The last row, locked elsewhere: the first attempt stops at its second miss before it, the dry run waits for it.
-    let taken = 0;
-    const notice = s.interceptor.notice.bind(s.interceptor);
-    s.interceptor.notice = (...a: Parameters<typeof notice>) => {
-      const mine = notice(...a);
-      if (mine) taken++;
-      return mine;
-    };
-    onTestFinished(() => void (s.interceptor.notice = notice));
+    const taken = countTaken();
     const blocker = new pg.Client(s.directUrl);
     await blocker.connect();
     await blocker.query('BEGIN');
@@ -338,7 +324,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
       }
       expect(waiting).toBe(true);
       // It waits inside the proxy's dry run: the first attempt asked twice and was stopped at its second miss.
-      expect(taken).toBe(2);
+      expect(taken.n).toBe(2);
       await cancelThroughProxy(s, c);
       expect((await running)?.code).toBe('57014');
       expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
@@ -352,26 +338,16 @@ describe('in-band callback without dblink or daemon endpoint', () => {
 
   test('a SELECT whose rows began to reach the client is never run again: each miss is answered where it stands', async () => {
     await fresh();
-    let taken = 0;
-    const notice = s.interceptor.notice.bind(s.interceptor);
-    s.interceptor.notice = (...a: Parameters<typeof notice>) => {
-      const mine = notice(...a);
-      if (mine) taken++;
-      return mine;
-    };
-    try {
-      const { c, notices } = await client();
-      await c.query('SELECT 1');
-      const rows = (await c.query('SELECT id, wrap_embed(body)::text AS emb FROM notes ORDER BY id LIMIT 6')).rows as { emb: string }[];
-      await c.end();
-      expect(notices).toEqual([]);
-      expect(rows).toHaveLength(6);
-      expect(rows.every((r) => r.emb.startsWith('['))).toBe(true);
-    } finally {
-      s.interceptor.notice = notice;
-    }
+    const taken = countTaken();
+    const { c, notices } = await client();
+    await c.query('SELECT 1');
+    const rows = (await c.query('SELECT id, wrap_embed(body)::text AS emb FROM notes ORDER BY id LIMIT 6')).rows as { emb: string }[];
+    await c.end();
+    expect(notices).toEqual([]);
+    expect(rows).toHaveLength(6);
+    expect(rows.every((r) => r.emb.startsWith('['))).toBe(true);
     // Its RowDescription went to the client before the first miss: nothing to stop, every miss asked on its own.
-    expect(taken).toBe(6);
+    expect(taken.n).toBe(6);
   });
 
   test('under transaction pooling the request follows the server connection the statement runs on', async () => {
@@ -495,22 +471,12 @@ describe('what the in-band transport refuses', () => {
       expect((await direct.query(`SELECT steadytext_config_get('inband_rerun') AS v`)).rows[0].v).toBe('false');
       await fresh();
       await direct.query('UPDATE notes SET emb = NULL');
-      let taken = 0;
-      const notice = s.interceptor.notice.bind(s.interceptor);
-      s.interceptor.notice = (...a: Parameters<typeof notice>) => {
-        const mine = notice(...a);
-        if (mine) taken++;
-        return mine;
-      };
-      try {
-        const { c } = await client();
-        await c.query('SELECT 1');
-        expect((await c.query('UPDATE notes SET emb = wrap_embed(body)')).rowCount).toBe(24);
-        await c.end();
-      } finally {
-        s.interceptor.notice = notice;
-      }
-      expect(taken).toBe(24);
+      const taken = countTaken();
+      const { c } = await client();
+      await c.query('SELECT 1');
+      expect((await c.query('UPDATE notes SET emb = wrap_embed(body)')).rowCount).toBe(24);
+      await c.end();
+      expect(taken.n).toBe(24);
     } finally {
       await direct.query(`SELECT steadytext_config_set('inband_rerun', 'true')`);
     }
