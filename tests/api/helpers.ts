@@ -1,7 +1,7 @@
 // The whole product in one process for the SQL API suites: a fresh database, the engine on the tiny
 // fixture models, the daemon endpoint, and the proxy with the steadytext interceptor in front.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,7 @@ import { startProxy, type ProxyOptions, type ProxyServer } from '../../proxy/ser
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
 import { createSteadytextInterceptor, type SteadytextInterceptor } from '../../sql/interceptor.js';
 import { tinyModels } from '../fixtures/models.js';
+import { writePgbouncerIni } from '../proxy/helpers.js';
 
 export const silent = pino({ level: process.env.PGST_TEST_LOG ?? 'silent' });
 
@@ -88,23 +89,13 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
       const user = decodeURIComponent(admin.username);
       const password = decodeURIComponent(admin.password);
       const dir = mkdtempSync(join(tmpdir(), `pooled-${mode}-`));
-      const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
-      writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
-      writeFileSync(join(dir, 'pgbouncer.ini'), [
-        '[databases]',
-        `${database} = host=${admin.hostname} port=${admin.port} dbname=${database}`,
-        '[pgbouncer]',
-        'listen_addr = 127.0.0.1',
-        'listen_port = 6432',
-        'unix_socket_dir =',
-        'auth_type = scram-sha-256',
-        `auth_file = ${join(dir, 'userlist.txt')}`,
-        `pool_mode = ${mode}`,
-        `default_pool_size = ${poolSize}`,
-        'server_tls_sslmode = disable',
-      ].join('\n') + '\n');
+      const ini = writePgbouncerIni(dir, {
+        port: 6432, user, password, // the port is the ini's only: this proxy listens where proxyOptions says
+        databases: [`${database} = host=${admin.hostname} port=${admin.port} dbname=${database}`],
+        pgbouncer: [`pool_mode = ${mode}`, `default_pool_size = ${poolSize}`],
+      });
       const pooling = createPooling({
-        config: loadPgBouncerConfig(join(dir, 'pgbouncer.ini')),
+        config: loadPgBouncerConfig(ini),
         defaultTarget: parseUpstreamUrl(`postgres://${admin.hostname}:${admin.port}/?sslmode=disable`),
         logger: silent,
       });

@@ -3,7 +3,7 @@
 // The CLI runs as a real child process on the tiny test models, with an upstream and a service URL that point
 // nowhere (port 1, another database) but carry the service role's credentials.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -12,7 +12,7 @@ import { inject } from 'vitest';
 import { SQL_VERSION } from '../../sql/version.js';
 import { tinyModels } from '../fixtures/models.js';
 import { freePort } from '../setup/cluster.js';
-import { spawnCli } from '../proxy/helpers.js';
+import { spawnCli, writePgbouncerIni } from '../proxy/helpers.js';
 import { adminQuery } from './helpers.js';
 
 const real = `st_ini_${randomBytes(4).toString('hex')}`;
@@ -30,25 +30,16 @@ beforeAll(async () => {
   password = decodeURIComponent(admin.password);
   dir = mkdtempSync(join(tmpdir(), 'ini-service-'));
   port = await freePort();
-  const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
-  writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
-  writeFileSync(join(dir, 'pgbouncer.ini'), [
-    '[databases]',
-    `${alias} = host=${admin.hostname} port=${admin.port} dbname=${real}`,
-    '[pgbouncer]',
-    'listen_addr = 127.0.0.1',
-    `listen_port = ${port}`,
-    'unix_socket_dir =',
-    'auth_type = scram-sha-256',
-    `auth_file = ${join(dir, 'userlist.txt')}`,
-    'pool_mode = transaction',
-    'server_tls_sslmode = disable',
-  ].join('\n') + '\n');
+  const ini = writePgbouncerIni(dir, {
+    port, user, password,
+    databases: [`${alias} = host=${admin.hostname} port=${admin.port} dbname=${real}`],
+    pgbouncer: ['pool_mode = transaction'],
+  });
   const models = await tinyModels();
   const nowhere = new URL(inject('db').adminUrl);
   nowhere.port = '1';
   nowhere.pathname = '/no_such_database';
-  cli = spawnCli(['serve', '--config', join(dir, 'pgbouncer.ini')], {
+  cli = spawnCli(['serve', '--config', ini], {
     PGSTEADYTEXT_DAEMON_LISTEN: 'off',
     PGSTEADYTEXT_UPSTREAM: 'postgres://127.0.0.1:1/nowhere',
     PGSTEADYTEXT_SERVICE_URL: nowhere.toString(),

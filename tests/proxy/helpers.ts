@@ -1,7 +1,9 @@
 // Shared helpers of the proxy suites: a proxy on port 0 in front of the test cluster, URLs through it,
 // psql runs, and a raw wire-protocol client for what drivers never send.
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
@@ -21,6 +23,36 @@ export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): { child: 
   child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
   return { child, output: () => output };
+}
+
+/**
+ * A pgbouncer.ini in `dir` (and its userlist.txt): one user with a SCRAM login, the given [databases] lines,
+ * listening on 127.0.0.1:port, server TLS off; `pgbouncer` lines join that section, `sections` ([steadytext],
+ * [peers], ...) follow.
+ * Returns the ini's path.
+ */
+export function writePgbouncerIni(
+  dir: string,
+  o: { port: number; user: string; password: string; databases: string[]; unixSocketDir?: string; pgbouncer?: string[]; sections?: Record<string, string[]> },
+): string {
+  const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
+  const userlist = join(dir, 'userlist.txt');
+  writeFileSync(userlist, `${q(o.user)} ${q(o.password)}\n`);
+  const ini = join(dir, 'pgbouncer.ini');
+  writeFileSync(ini, [
+    '[databases]',
+    ...o.databases,
+    '[pgbouncer]',
+    'listen_addr = 127.0.0.1',
+    `listen_port = ${o.port}`,
+    `unix_socket_dir = ${o.unixSocketDir ?? ''}`.trimEnd(),
+    'auth_type = scram-sha-256',
+    `auth_file = ${userlist}`,
+    ...(o.pgbouncer ?? []),
+    'server_tls_sslmode = disable',
+    ...Object.entries(o.sections ?? {}).flatMap(([name, lines]) => [`[${name}]`, ...lines]),
+  ].join('\n') + '\n');
+  return ini;
 }
 
 export function testDb() {

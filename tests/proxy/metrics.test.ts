@@ -5,7 +5,7 @@
 // endpoint refuses without harm to the proxy.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +16,7 @@ import { workerOfPid } from '../../proxy/cancel.js';
 import { METRICS_CONTENT_TYPE, startMetricsServer } from '../../proxy/metrics.js';
 import { tinyModels } from '../fixtures/models.js';
 import { freePort } from '../setup/cluster.js';
-import { adminQuery, silentLogger, spawnCli, testDb } from './helpers.js';
+import { adminQuery, silentLogger, spawnCli, testDb, writePgbouncerIni } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../cli.ts', import.meta.url));
 
@@ -163,30 +163,14 @@ describe('pooling from a pgbouncer.ini with [steadytext] metrics_listen', () => 
     dir = mkdtempSync(join(tmpdir(), 'pgst-metrics-'));
     port = await freePort();
     metricsPort = await freePort();
-    const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
-    writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
-    writeFileSync(
-      join(dir, 'pgbouncer.ini'),
-      [
-        '[databases]',
-        `${database} = host=${admin.hostname} port=${admin.port} dbname=${database}`,
-        '[pgbouncer]',
-        'listen_addr = 127.0.0.1',
-        `listen_port = ${port}`,
-        'unix_socket_dir =',
-        'auth_type = scram-sha-256',
-        `auth_file = ${join(dir, 'userlist.txt')}`,
-        `admin_users = ${user}`,
-        'pool_mode = transaction',
-        // One server connection: a second client waits while the first holds it in a transaction.
-        'default_pool_size = 1',
-        'server_tls_sslmode = disable',
-        '[steadytext]',
-        `upstream = ${admin.toString()}`,
-        `metrics_listen = 127.0.0.1:${metricsPort}`,
-      ].join('\n') + '\n',
-    );
-    cli = await runCli(['pgbouncer', join(dir, 'pgbouncer.ini')], {}, async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).ok);
+    const ini = writePgbouncerIni(dir, {
+      port, user, password,
+      databases: [`${database} = host=${admin.hostname} port=${admin.port} dbname=${database}`],
+      // One server connection: a second client waits while the first holds it in a transaction.
+      pgbouncer: [`admin_users = ${user}`, 'pool_mode = transaction', 'default_pool_size = 1'],
+      sections: { steadytext: [`upstream = ${admin.toString()}`, `metrics_listen = 127.0.0.1:${metricsPort}`] },
+    });
+    cli = await runCli(['pgbouncer', ini], {}, async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).ok);
   });
   // Each test's clients leave with it: SHOW POOLS counts every logged-in client as cl_active.
   afterEach(async () => {
@@ -351,31 +335,14 @@ describe('pooling with workers = 2: one endpoint for the process group', () => {
     dir = mkdtempSync(join(tmpdir(), 'pgst-metrics-workers-'));
     port = await freePort();
     metricsPort = await freePort();
-    const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
-    writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
-    writeFileSync(
-      join(dir, 'pgbouncer.ini'),
-      [
-        '[databases]',
-        `${database} = host=${admin.hostname} port=${admin.port} dbname=${database}`,
-        '[pgbouncer]',
-        'listen_addr = 127.0.0.1',
-        `listen_port = ${port}`,
-        'unix_socket_dir =',
-        'auth_type = scram-sha-256',
-        `auth_file = ${join(dir, 'userlist.txt')}`,
-        `admin_users = ${user}`,
-        'pool_mode = transaction',
-        'default_pool_size = 2',
-        'server_tls_sslmode = disable',
-        '[steadytext]',
-        'workers = 2',
-        `upstream = ${admin.toString()}`,
-        `metrics_listen = 127.0.0.1:${metricsPort}`,
-      ].join('\n') + '\n',
-    );
+    const ini = writePgbouncerIni(dir, {
+      port, user, password,
+      databases: [`${database} = host=${admin.hostname} port=${admin.port} dbname=${database}`],
+      pgbouncer: [`admin_users = ${user}`, 'pool_mode = transaction', 'default_pool_size = 2'],
+      sections: { steadytext: ['workers = 2', `upstream = ${admin.toString()}`, `metrics_listen = 127.0.0.1:${metricsPort}`] },
+    });
     // Ready once the workers answer (the endpoint listens before they start).
-    cli = await runCli(['pgbouncer', join(dir, 'pgbouncer.ini')], {}, async () => {
+    cli = await runCli(['pgbouncer', ini], {}, async () => {
       if (!(await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).ok) return false;
       const c = new pg.Client({ host: '127.0.0.1', port, user, password, database });
       c.on('error', () => {});

@@ -1,7 +1,7 @@
 // pgBouncer's peering: processes sharing one port (so_reuseport = 1), each with its peer_id and the others in
 // [peers]. A client's cancel key carries the peer_id of the process that serves it, and a CancelRequest that
 // reaches another process is forwarded to that one, as pgBouncer does. The CLI runs as two real processes.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import { inject } from 'vitest';
 import { CancelRegistry, PEER_PID_SHIFT } from '../../proxy/cancel.js';
 import { cancelRequest } from '../../proxy/protocol.js';
 import { freePort } from '../setup/cluster.js';
-import { spawnCli } from './helpers.js';
+import { spawnCli, writePgbouncerIni } from './helpers.js';
 
 describe('cancel keys of a peer', () => {
   test('carry its peer_id; a key of another peer is forwarded there, an unknown peer’s is ignored', () => {
@@ -42,28 +42,18 @@ describe('two processes on one port', () => {
     const password = decodeURIComponent(admin.password);
     dir = mkdtempSync(join(tmpdir(), 'peering-'));
     port = await freePort();
-    const q = (v: string) => `"${v.replaceAll('"', '""')}"`;
-    writeFileSync(join(dir, 'userlist.txt'), `${q(user)} ${q(password)}\n`);
     for (const id of [1, 2]) {
       mkdirSync(join(dir, `s${id}`)); // each peer's own Unix socket, where the other forwards cancels
-      writeFileSync(join(dir, `p${id}.ini`), [
-        '[databases]',
-        `postgres = host=${admin.hostname} port=${admin.port} dbname=postgres`,
-        '[pgbouncer]',
-        'listen_addr = 127.0.0.1',
-        `listen_port = ${port}`,
-        `unix_socket_dir = ${join(dir, `s${id}`)}`,
-        'auth_type = scram-sha-256',
-        `auth_file = ${join(dir, 'userlist.txt')}`,
-        'pool_mode = session',
-        'server_tls_sslmode = disable',
-        'so_reuseport = 1',
-        `peer_id = ${id}`,
-        '[peers]',
-        `${3 - id} = host=${join(dir, `s${3 - id}`)} port=${port}`,
-      ].join('\n') + '\n');
+      mkdirSync(join(dir, `p${id}`));
+      const ini = writePgbouncerIni(join(dir, `p${id}`), {
+        port, user, password,
+        databases: [`postgres = host=${admin.hostname} port=${admin.port} dbname=postgres`],
+        unixSocketDir: join(dir, `s${id}`),
+        pgbouncer: ['pool_mode = session', 'so_reuseport = 1', `peer_id = ${id}`],
+        sections: { peers: [`${3 - id} = host=${join(dir, `s${3 - id}`)} port=${port}`] },
+      });
+      procs.push(spawnCli(['pgbouncer', ini], { PGSTEADYTEXT_DAEMON_LISTEN: 'off' }));
     }
-    for (const id of [1, 2]) procs.push(spawnCli(['pgbouncer', join(dir, `p${id}.ini`)], { PGSTEADYTEXT_DAEMON_LISTEN: 'off' }));
     const deadline = Date.now() + 60_000;
     while (!procs.every((p) => p.output().includes('pg-steadytext ready'))) {
       for (const p of procs) if (p.child.exitCode !== null) throw new Error(`a peer exited before it was ready:\n${p.output()}`);
