@@ -13,7 +13,7 @@ import type { CancelKey, CancelRegistry } from './cancel.js';
 import { acceptTls, answerEncryptionRequest, isEncryptionRequest, peerCertNames } from './client-tls.js';
 import { DROP, FrameReader, KEEP, PAUSE, type FrameHandler, type Verdict } from './framing.js';
 import { HookPauser } from './hook-pause.js';
-import { Seam, type Interceptor, type Outgoing, type SessionContext } from './interceptor.js';
+import { Seam, type Interceptor, type Outgoing, type ResponseHandler, type SessionContext } from './interceptor.js';
 import {
   CANCEL_REQUEST_CODE,
   Fe,
@@ -31,6 +31,7 @@ import {
 } from './protocol.js';
 import type { ReadBuffer } from './read-buffer.js';
 import { RelayHandoff } from './relay-handoff.js';
+import { rerunnableExchange } from './rerun-exchange.js';
 import { peerCredentials, socketFd, writeFast, type NativeRelay } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
@@ -89,6 +90,8 @@ const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
 const PAUSE_POOL = 16; // pooling: waiting for a server connection
 const PAUSE_SUSPEND = 32; // SUSPEND: nothing more is read until RESUME or the handover (takeover.ts)
 const PAUSE_RERUN = 64; // the current exchange will run again (SessionContext.rerun)
+/** A rerun exchange's Parse, Bind and Describe: the client has their answers from the first attempt. */
+const ANSWERED: ResponseHandler = { onMessage: (m) => (m[0] === Be.ErrorResponse || m[0] === Be.NoticeResponse ? m : null) };
 /** Most bytes a client waiting for a server connection copies out of the read buffer (holdsInput). */
 const OWN_QUEUE_BYTES = 16 * 1024;
 
@@ -123,7 +126,10 @@ export class ClientSession implements FrameHandler, SessionLink {
    */
   private keptQuery: Buffer | null = null;
   private keptReads = -1;
-  /** The server connection's message count when it was kept; the bytes of a RowDescription the native relay forwarded after it. */
+  /**
+   * The server connection's message count when it was kept; what the native relay forwarded of its answer: a
+   * Query's RowDescription (its bytes), an exchange's answers before its rows (how many).
+   */
   private keptMsgs = 0;
   private keptRelayT = 0;
   /** Queries kept so far (ctx.exchange). */
@@ -132,6 +138,14 @@ export class ClientSession implements FrameHandler, SessionLink {
   private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null; dropT: boolean } | null = null;
   /** The current exchange is itself a rerun: it is not run again. */
   private isRerun = false;
+  /**
+   * An extended-protocol exchange being kept (its Parse read, its Sync not yet): the chunk it is read from,
+   * where its Parse starts there, its bytes so far, input.reads then. Kept only when read in one piece.
+   */
+  private extChunk: Buffer | null = null;
+  private extStart = 0;
+  private extLen = 0;
+  private extReads = -1;
   private readonly hooks = new HookPauser({
     heldBytes: () => this.reader!.buffered,
     pauseSocket: () => this.pauseClient(PAUSE_HOOK),
@@ -437,6 +451,40 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
   }
 
+  /**
+   * A Parse of the unnamed statement goes upstream unchanged: it may begin an exchange to keep (ctx.keepQueries),
+   * then kept once its Sync comes in the same chunk (extHeader), as a view like a Query.
+   */
+  private keepParse(msg: Buffer): void {
+    this.keep(null, -1, 0);
+    this.extChunk = null;
+    if (!this.ctx!.keepQueries || this.ctx!.txStatus !== 'I' || msg[5] !== 0 || this.tracker.size !== (this.pooled?.internalInFlight ?? 0)) return;
+    const chunk = this.reader!.chunk;
+    // A view into the chunk being read, not a copy assembled across chunks.
+    if (msg.buffer !== chunk.buffer || msg.byteOffset < chunk.byteOffset || msg.byteOffset + msg.length > chunk.byteOffset + chunk.length) return;
+    this.extChunk = chunk;
+    this.extStart = msg.byteOffset - chunk.byteOffset;
+    this.extLen = msg.length;
+    this.extReads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
+  }
+
+  /** A message header after a kept Parse: Bind, Describe and Execute add to the exchange, Sync ends it, anything else drops it. */
+  private extHeader(code: number, length: number): void {
+    const chunk = this.extChunk!;
+    this.extLen += 1 + length;
+    if ((code !== Fe.Bind && code !== Fe.Describe && code !== Fe.Execute && code !== Fe.Sync) || this.extStart + this.extLen > chunk.length) {
+      this.extChunk = null;
+      return;
+    }
+    if (code !== Fe.Sync) return;
+    this.extChunk = null;
+    const view = chunk.subarray(this.extStart, this.extStart + this.extLen);
+    if (rerunnableExchange(view) === null) return;
+    this.keptQuery = view;
+    this.keptReads = this.extReads;
+    this.keptCount++;
+  }
+
   /** The exchange now begun: its Query (or none to run again), where it reads from, what the relay forwarded of its answer. */
   private keep(query: Buffer | null, reads: number, relayRowDescription: number): void {
     this.keptQuery = query;
@@ -450,13 +498,21 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** ctx.rerun: see SessionContext. */
   private armRerun(plan: (query: Buffer) => ((error: Buffer) => Promise<boolean>) | null): boolean {
     const view = this.keptQuery;
-    if (view === null || this.isRerun || this.rerunning !== null || this.tracker.size !== 1 || this.hooks.pending || this.phase === CLOSED) return false;
-    // Nothing of its answer went to the client, or only its RowDescription: counted in server messages (the
-    // bytes before this notice in its chunk are forwarded only after it), the interceptor's own notices aside.
+    const ext = view !== null && view[0] === Fe.Parse ? rerunnableExchange(view) : null;
+    if (view !== null && view[0] === Fe.Parse && ext === null) return false; // the relay kept it before its Sync
+    // In flight: the Query, or the exchange's Execute and Sync.
+    if (view === null || this.isRerun || this.rerunning !== null || this.tracker.size !== (ext ? 2 : 1) || this.hooks.pending || this.phase === CLOSED) return false;
+    // Nothing of its answer went to the client, or only its RowDescription (of an exchange: only the answers
+    // before its Execute): counted in server messages (the bytes before this notice in its chunk are forwarded
+    // only after it), the interceptor's own notices aside.
     const s = this.server;
     const seen = (s?.received ?? 0) - this.keptMsgs; // this notice included
     let dropT = this.keptRelayT > 0;
-    if (seen === 2 && !dropT && s!.prevCode === Be.RowDescription) dropT = true;
+    if (ext !== null) {
+      // The native relay counts the answers it forwarded before it gave the session back (keep()).
+      if (seen + this.keptRelayT !== ext.answered + 1) return false;
+      dropT = false;
+    } else if (seen === 2 && !dropT && s!.prevCode === Be.RowDescription) dropT = true;
     else if (seen !== 1) return false;
     // The client sent more since (read into the same buffer): the Query's bytes may be gone.
     if (this.keptReads >= 0 && this.input!.reads !== this.keptReads) return false;
@@ -791,8 +847,9 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   // ---- client → server (FrameHandler of the client stream) -----------------------------------------
 
-  header(code: number): boolean {
+  header(code: number, length: number): boolean {
     this.lastActive = Date.now();
+    if (this.extChunk !== null) this.extHeader(code, length);
     if (this.pooled !== null) {
       this.pooled.began(code);
       if (this.server === null || this.pooled.wants(code)) return true;
@@ -821,6 +878,9 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (code === Fe.Query) {
       if (r === undefined) this.keepQuery(msg);
       else this.keptQuery = null;
+    } else if (code === Fe.Parse) {
+      if (r === undefined) this.keepParse(msg);
+      else this.keep(null, -1, 0);
     }
     if (r === undefined) {
       if (this.pooled !== null) return this.pooledForward(msg, code);
@@ -971,8 +1031,15 @@ export class ClientSession implements FrameHandler, SessionLink {
     }), (again) => {
       if (again) {
         this.isRerun = true;
-        if (dropT && this.server !== null) this.server.dropRowDescription = true;
-        this.sendHookOutcome(undefined, query, Fe.Query);
+        const ext = query[0] === Fe.Parse ? rerunnableExchange(query) : null;
+        if (ext !== null) {
+          // The client has the answers up to the Execute: those of the second attempt are dropped, errors aside.
+          const out = [{ bytes: query.subarray(0, ext.execute), handler: ANSWERED }, { bytes: query.subarray(ext.execute), handler: undefined }];
+          for (const b of this.replacement(out)) this.onBytes(b);
+        } else {
+          if (dropT && this.server !== null) this.server.dropRowDescription = true;
+          this.sendHookOutcome(undefined, query, Fe.Query);
+        }
       } else {
         // Cancelled while it gathered: what the client asked for, not the error that stopped the first attempt.
         const cancelled = this.ctx!.signal.aborted

@@ -16,6 +16,8 @@ export const DROP = 2;
  */
 export type Verdict = typeof KEEP | typeof PAUSE | typeof DROP | Buffer | Buffer[];
 
+const EMPTY = Buffer.alloc(0);
+
 export interface FrameHandler {
   /**
    * Called once per message, in stream order, as soon as its header is known. Return true to receive
@@ -48,6 +50,8 @@ export class FrameReader {
   private queueOffset = 0;
   private paused = false;
   private failed = false;
+  /** The chunk being read: a message handed to onMessage as a view lies inside it (one assembled across chunks does not). */
+  chunk: Buffer = EMPTY;
 
   constructor(
     private readonly h: FrameHandler,
@@ -100,6 +104,7 @@ export class FrameReader {
   }
 
   private run(buf: Buffer, pos: number): void {
+    this.chunk = buf;
     // The run of bytes to forward starts here, including the tail of a message passed through earlier.
     let start = pos;
     // Finish whatever the previous chunk left open.

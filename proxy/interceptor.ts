@@ -64,16 +64,19 @@ export interface SessionContext {
    */
   send(out: Outbound): void;
   /**
-   * Set by the interceptor (default false): the session keeps a copy of each Query that begins an exchange
-   * outside a transaction block, so that rerun() can send it again. Costs one copy of each such Query.
+   * Set by the interceptor (default false): the session keeps each Query that begins an exchange outside a
+   * transaction block, and each extended-protocol exchange of the unnamed statement (Parse, Bind, Describes,
+   * one Execute, Sync) read in one piece (proxy/rerun-exchange.ts), so that rerun() can send it again. A view
+   * of the bytes read, copied only when a rerun is armed.
    */
   keepQueries: boolean;
   /** Queries kept so far (keepQueries): tells one exchange from the next. */
   readonly exchange: number;
   /**
    * From notice(): asks to run the client's current exchange again rather than answer the client with this
-   * attempt. Possible only when the exchange is one kept Query (keepQueries), nothing of its answer has reached
-   * the client, nothing was sent after it, and it is not itself a rerun; `plan` sees the Query and may decline
+   * attempt. Possible only when the exchange is kept (keepQueries), nothing of its answer has reached the client
+   * (but a Query's RowDescription, an exchange's answers before its Execute, which the rerun's do not repeat),
+   * nothing was sent after it, and it is not itself a rerun; `plan` sees the Query (or the exchange) and may decline
    * (null). On true, the session withholds the ErrorResponse that ends this attempt (the interceptor sees to it
    * that it ends in one) and its ReadyForQuery, reads nothing more from the client, and calls what `plan`
    * returned with that error, as a pending hook (ctx.send works, ctx.signal aborts on cancel): on true the

@@ -47,7 +47,7 @@ export interface RelayHost {
   txStatus(status: TxStatus): void;
   /** Non-zero (the transaction status's character code) when the session keeps Queries (SessionContext.keepQueries). */
   keepStatus(): number;
-  /** The relay gave the session back: the Query it kept (RelayOutcome.query), or null, and the bytes of the RowDescription it forwarded after it (0: none). */
+  /** The relay gave the session back: the Query or exchange it kept (RelayOutcome.query), or null, and what it forwarded of its answer (queryRowDescription). */
   keptQuery(query: Buffer | null, rowDescription: number): void;
   /** The session has its sockets back and is reading again: a pending shutdown acts now. */
   relayReturned(): void;

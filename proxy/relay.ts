@@ -50,7 +50,9 @@ export interface RelayOutcome {
   skipServer: number;
   /**
    * The Query that began the current exchange outside a transaction block, while nothing of its answer was
-   * forwarded but its RowDescription (start's keepStatus), and that RowDescription's size in bytes (0: none).
+   * forwarded but its RowDescription (start's keepStatus), and that RowDescription's size in bytes (0: none);
+   * or the exchange from a Parse of the unnamed statement (through its Sync, if it came), while nothing was
+   * forwarded but the answers before its rows, and how many of those were.
    */
   query: Buffer | null;
   queryRowDescription: number;

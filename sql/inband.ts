@@ -13,7 +13,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import pg from 'pg';
 import type { ResponseHandler, SessionContext } from '../proxy/interceptor.js';
-import { Be, query as queryMessage, readErrorFields } from '../proxy/protocol.js';
+import { Be, Fe, query as queryMessage, readErrorFields } from '../proxy/protocol.js';
 import type { RuntimeConfig } from '../config/runtime.js';
 import type { CacheEntry } from './store.js';
 import { findCalls, isParseFailure } from './calls.js';
@@ -246,9 +246,14 @@ const MAX_GATHERED_BYTES = 64 * 1024 * 1024;
 /** Statement kinds a dry run may run and roll back, and the session may run again (no transaction control, no PREPARE). */
 const RERUNNABLE = new Set(['select', 'insert', 'update', 'delete', 'call', 'do', 'execute']);
 
-/** The Query holds only statements that may run in a rolled-back dry run and then again. */
+/** The Query (or the exchange's Parse) holds only statements that may run in a rolled-back dry run and then again. */
 function rerunnable(query: Buffer, ctx: SessionContext): boolean {
-  const r = findCalls(query.subarray(5, query.length - 1), { standardConformingStrings: ctx.serverParams.get('standard_conforming_strings') !== 'off' });
+  let text = query.subarray(5, query.length - 1);
+  if (query[0] === Fe.Parse) {
+    const start = query.indexOf(0, 5) + 1; // after the statement's name
+    text = query.subarray(start, query.indexOf(0, start));
+  }
+  const r = findCalls(text, { standardConformingStrings: ctx.serverParams.get('standard_conforming_strings') !== 'off' });
   return !isParseFailure(r) && r.length > 0 && r.every((st) => RERUNNABLE.has(st.kind));
 }
 

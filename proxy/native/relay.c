@@ -77,12 +77,16 @@ typedef struct relay {
   int64_t pending_sync; // Sync/Query/FunctionCall sent minus ReadyForQuery received
   int64_t since_sync;   // Parse/Bind/Describe/Execute/Close sent after the last Sync/Query
   uint8_t status;       // the last ReadyForQuery's transaction status, 0 if none
-  // A copy of the Query that began the current exchange outside a transaction block, while nothing of its
-  // answer went to the client (JS may run it again: SessionContext.rerun). Kept only when JS asks (start).
+  // A copy of the Query that began the current exchange outside a transaction block, or of its Parse (the
+  // unnamed statement) through Sync, while nothing of its answer went to the client (JS may run it again:
+  // SessionContext.rerun, proxy/rerun-exchange.ts). Kept only when JS asks (start).
   bool keep;
+  bool kept_open; // a kept Parse whose Sync has not come yet
   uint8_t *kept;
   size_t kept_len, kept_cap;
-  size_t kept_t; // the bytes of the RowDescription forwarded after it (the only message that may have been), 0: none
+  // Of a Query: the bytes of the RowDescription forwarded after it (the only message that may have been), 0:
+  // none. Of an exchange: how many of the answers that precede its rows (1 2 t T n) were forwarded.
+  size_t kept_t;
   bool running;
   int reason, err;
   int open_handles;
@@ -158,6 +162,30 @@ static bool tracked(bool client, uint8_t code) {
   return code != 0 && strchr(client ? "PBDECQFScf" : "ZGW123nTCIs", code) != NULL;
 }
 
+// Most bytes of an exchange kept (a Parse, Binds, Describes, one Execute): a longer one is not run again.
+#define KEPT_MAX (1 << 20)
+
+// Appends a whole message to what is kept; false (and nothing kept) when it cannot.
+static bool keep_bytes(relay_t *r, const uint8_t *m, size_t len) {
+  size_t need = r->kept_len + len;
+  if (need > KEPT_MAX) {
+    r->kept_len = 0;
+    return false;
+  }
+  if (need > r->kept_cap) {
+    uint8_t *grown = realloc(r->kept, need);
+    if (grown == NULL) {
+      r->kept_len = 0;
+      return false;
+    }
+    r->kept = grown;
+    r->kept_cap = need;
+  }
+  memcpy(r->kept + r->kept_len, m, len);
+  r->kept_len = need;
+  return true;
+}
+
 // Whether a message may be forwarded without JS (0), or why not; counts and logs it if so. `whole`: the
 // message is all in the buffer (else it is too large to hold, and may only be streamed if JS need not read it).
 static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len, bool whole) {
@@ -170,27 +198,30 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   } else if (code == 'N' && (!whole || mentions_steadytext(m, 5, len))) {
     return EXIT_SERVER_MESSAGE; // perhaps an in-band callback request (interceptor.ts notice)
   }
-  if (client && code == 'Q' && r->keep) {
-    r->kept_len = 0;
-    r->kept_t = 0;
-    if (whole && r->pending_sync == 0 && r->since_sync == 0 && r->status == 'I') {
-      if (len > r->kept_cap) {
-        uint8_t *grown = realloc(r->kept, len);
-        if (grown != NULL) {
-          r->kept = grown;
-          r->kept_cap = len;
-        }
-      }
-      if (len <= r->kept_cap) {
-        memcpy(r->kept, m, len);
-        r->kept_len = len;
+  if (client && r->keep) {
+    if (code == 'Q' || (code == 'P' && !r->kept_open)) {
+      r->kept_len = 0;
+      r->kept_t = 0;
+      r->kept_open = false;
+      if (whole && r->pending_sync == 0 && r->since_sync == 0 && r->status == 'I' && (code == 'Q' || m[5] == 0) && keep_bytes(r, m, len))
+        r->kept_open = code == 'P';
+    } else if (r->kept_open) {
+      if (whole && (code == 'B' || code == 'D' || code == 'E' || code == 'S') && keep_bytes(r, m, len)) {
+        if (code == 'S') r->kept_open = false;
+      } else {
+        r->kept_len = 0;
+        r->kept_open = false;
       }
     }
   } else if (!client && r->kept_len > 0) {
-    // Part of the answer goes to the client: beyond its RowDescription (which a rerun's would repeat, and JS
-    // drops), the exchange cannot run again unseen.
-    if (code == 'T' && whole && r->kept_t == 0) r->kept_t = len;
-    else r->kept_len = 0;
+    // Part of the answer goes to the client: beyond a Query's RowDescription, or an exchange's answers before
+    // its rows (which a rerun's would repeat, and JS drops), the exchange cannot run again unseen.
+    if (r->kept[0] == 'P' && code != 0 && strchr("12tTn", code) != NULL) r->kept_t++;
+    else if (r->kept[0] == 'Q' && code == 'T' && whole && r->kept_t == 0) r->kept_t = len;
+    else {
+      r->kept_len = 0;
+      r->kept_open = false;
+    }
   }
   if (tracked(client, code)) {
     // A full log stops here, before the message: JS must be able to replay everything forwarded.
@@ -384,7 +415,7 @@ static napi_value number(napi_env env, double d) {
 }
 
 // [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer,
-//  skipClient, skipServer, kept Query or null, bytes of the RowDescription forwarded after it]
+//  skipClient, skipServer, kept Query or exchange or null, what of its answer was forwarded (relay_t.kept_t)]
 static napi_value outcome(napi_env env, relay_t *r) {
   napi_value a, kept;
   napi_create_array_with_length(env, 14, &a);

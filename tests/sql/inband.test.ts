@@ -252,6 +252,79 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     },
   );
 
+  // Session mode runs through the native relay (which keeps the exchange in C), transaction mode through JS.
+  test.each(['session', 'transaction'] as const)(
+    'the same UPDATE as a driver sends a parameterized statement (extended protocol, %s mode) is gathered too',
+    async (mode) => {
+      await fresh();
+      await direct.query(`
+        CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
+        TRUNCATE notes;
+        CREATE OR REPLACE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
+        BEGIN RETURN steadytext_embed(t); END $$;`);
+      await direct.query(`INSERT INTO notes (id, body) SELECT i, 'extended ' || i || ' ' || $1 FROM generate_series(1, 24) i`, [mode]);
+      const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+      const taken = countTaken();
+      const { c, notices } = await client(url);
+      await c.query('SELECT 1');
+      // node-postgres: Parse (unnamed), Bind, Describe portal, Execute, Sync, in one write.
+      const r = await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id <= $1', [24]);
+      expect(r.rowCount).toBe(24);
+      // The session goes on as usual: the unnamed statement re-parsed, nothing left over.
+      expect((await c.query('SELECT $1::int AS two', [2])).rows).toEqual([{ two: 2 }]);
+      await c.end();
+      expect(notices).toEqual([]);
+      expect(taken.n).toBe(2);
+      const rows = (await direct.query('SELECT body, emb::text AS emb FROM notes ORDER BY id')).rows as { body: string; emb: string | null }[];
+      expect(rows.every((row) => row.emb !== null)).toBe(true);
+      await fresh();
+      for (const row of [rows[0], rows[23]]) {
+        expect(row.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [row.body]));
+      }
+    },
+  );
+
+  test.each(['session', 'transaction'] as const)(
+    'a named statement is never run again (the first attempt created it): each miss answered where it stands (%s mode)',
+    async (mode) => {
+      await fresh();
+      await direct.query(`UPDATE notes SET emb = NULL, body = 'named ' || id || ' ' || $1`, [mode]);
+      const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+      const taken = countTaken();
+      const { c, notices } = await client(url);
+      await c.query('SELECT 1');
+      const r = await c.query({ name: 'embed_some', text: 'UPDATE notes SET emb = wrap_embed(body) WHERE id <= $1', values: [4] });
+      await c.end();
+      expect(r.rowCount).toBe(4);
+      expect(notices).toEqual([]);
+      expect(taken.n).toBe(4);
+      expect((await direct.query('SELECT count(*)::int AS n FROM notes WHERE emb IS NOT NULL')).rows[0].n).toBe(4);
+    },
+  );
+
+  test.each(['session', 'transaction'] as const)(
+    'a parameterized SELECT computing every row before the first (extended protocol, %s mode): gathered, one RowDescription, each row once',
+    async (mode) => {
+      await fresh();
+      await direct.query(`UPDATE notes SET body = 'sorted ' || id || ' ' || $1`, [mode]);
+      const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+      const taken = countTaken();
+      const { c, notices } = await client(url);
+      await c.query('SELECT 1');
+      // Sorted by the call's result: every row's call runs before the first row goes out.
+      const r = await c.query('SELECT id, wrap_embed(body)::text AS emb FROM notes WHERE id <= $1 ORDER BY 2', [24]);
+      await c.end();
+      expect(notices).toEqual([]);
+      expect(r.fields.map((f) => f.name)).toEqual(['id', 'emb']);
+      expect(r.rows).toHaveLength(24);
+      expect(new Set(r.rows.map((x: { id: number }) => x.id)).size).toBe(24);
+      expect(taken.n).toBe(2);
+      const some = r.rows.find((x: { id: number }) => x.id === 7) as { emb: string };
+      await fresh();
+      expect(some.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [`sorted 7 ${mode}`]));
+    },
+  );
+
   test.each(['session', 'transaction'] as const)(
     'SELECT of a PL/pgSQL batch function (%s mode): only its RowDescription reached the client, so it is gathered too, and the client sees one',
     async (mode) => {
