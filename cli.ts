@@ -8,6 +8,7 @@ import { loadSettings, parseHostPort, redactUrl, SettingsError, settingsMarkdown
 import { createEngine, type EngineOptions } from './inference/engine.js';
 import { engineOverIpc, serveEngineOverIpc } from './inference/engine-ipc.js';
 import { runModelsCommand } from './inference/models-command.js';
+import { DEFAULT_CACHE_DIR, ModelRegistry } from './inference/registry.js';
 import { startCore } from './sql/core.js';
 import { prepareDatabase } from './sql/databases.js';
 import { PoolerTls, startProxy } from './proxy/server.js';
@@ -80,6 +81,24 @@ export function engineOptions(s: Settings, logger?: Logger): EngineOptions {
 function serviceUrls(s: Settings, ini: PoolerConfig | undefined): ((database: string) => string) | undefined {
   if (!ini) return undefined;
   return (database) => serviceUrlForDatabase(s.serviceUrl, ini, database);
+}
+
+/**
+ * For the startup banner: the default models' files, present or missing, and the one command that fetches the
+ * missing ones (a local path that is not there names its file: no command can fetch it).
+ */
+function modelsBanner(s: Settings): { models: Record<string, string>; getModels?: string } {
+  const reg = new ModelRegistry(engineOptions(s));
+  const models: Record<string, string> = {};
+  let pull = false;
+  for (const spec of [reg.get('generation'), reg.get('embedding')]) {
+    const path = reg.localPath(spec);
+    const present = existsSync(path);
+    pull ||= !present && reg.remoteUrl(spec) !== undefined;
+    models[`${spec.role}:${spec.name}`] = `${present ? 'present' : 'missing'}: ${path}`;
+  }
+  if (!pull) return { models };
+  return { models, getModels: `pg-steadytext models pull${reg.cacheDir === DEFAULT_CACHE_DIR ? '' : ` --model-dir ${reg.cacheDir}`}` };
 }
 
 /** What one process owns whatever the worker count: the models, the per-database registry, the daemon endpoint. */
@@ -205,7 +224,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
     process.on('SIGQUIT', () => void stop('SIGQUIT', 0));
     if (st!.pidfile) writeFileSync(st!.pidfile, `${process.pid}\n`);
   }
-  log.info({ listen: proxy.address, upstream: redactUrl(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+  log.info({ listen: proxy.address, upstream: redactUrl(s.upstream), daemon: daemon?.address, ...modelsBanner(s), sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
 
   let stopping = false;
   async function stop(signal: string, graceMs = ini ? FOREVER_MS : s.shutdownGraceMs) {
@@ -283,7 +302,7 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
     },
   }).catch(async (err) => { await release(); throw err; });
   group = pool;
-  log.info({ listen: pool.address, workers: s.workers, upstream: redactUrl(s.upstream), daemon: daemon?.address, sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+  log.info({ listen: pool.address, workers: s.workers, upstream: redactUrl(s.upstream), daemon: daemon?.address, ...modelsBanner(s), sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
 
   let stopping = false;
   const stop = async (signal: string) => {
