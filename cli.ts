@@ -57,6 +57,7 @@ See README.md for what each one means.`;
 export function engineOptions(s: Settings, logger?: Logger): EngineOptions {
   return {
     cacheDir: s.modelDir,
+    autoDownload: s.download,
     generationModel: s.generationModel || undefined,
     embeddingModel: s.embeddingModel || undefined,
     embeddingDimension: s.embeddingDimensions,
@@ -104,7 +105,7 @@ function modelsBanner(s: Settings): { models: Record<string, string>; getModels?
 /** What one process owns whatever the worker count: the models, the per-database registry, the daemon endpoint. */
 async function startServing(s: Settings, log: Logger, ini?: PoolerConfig) {
   // Counted per database and model for SHOW STEADYTEXT and the metrics endpoint.
-  const calls = meterCalls(createEngine(engineOptions(s, log)));
+  const calls = meterCalls(createEngine({ ...engineOptions(s, log), fetchMissing: true }));
   const engine = calls.engine;
   const daemonListen = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
   const { databases, daemon } = await startCore({

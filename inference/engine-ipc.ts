@@ -6,7 +6,7 @@
 // state that call left) and once a second.
 import { pullChunks } from './pull-chunks.js';
 import {
-  EngineClosedError, InferenceError, type EmbedRequest, type Engine, type EngineStatus, type GenerateRequest,
+  EngineClosedError, InferenceError, type DownloadProgress, type EmbedRequest, type Engine, type EngineStatus, type GenerateRequest,
   type InferenceErrorCode, type ModelInfo, type ModelRole, type ModelSpec,
 } from './engine.js';
 
@@ -32,6 +32,8 @@ type ToServer =
 type ToClient =
   | { tag: typeof TAG; kind: 'result'; id: number; value?: unknown; error?: WireError; outcome?: { cached?: boolean }; state: Snapshot }
   | { tag: typeof TAG; kind: 'chunk'; id: number; text: string }
+  /** modelIdentity's onWait: the call waits for this download. */
+  | { tag: typeof TAG; kind: 'wait'; id: number; progress: DownloadProgress }
   | { tag: typeof TAG; kind: 'state'; state: Snapshot };
 
 const INFERENCE_CODES = new Set<InferenceErrorCode>([
@@ -127,7 +129,10 @@ async function runCall(s: Serving, { id, op, args }: CallMessage, signal: AbortS
     case 'generate': return engine.generate(req(args[0] as GenerateRequest));
     case 'embed': return engine.embed(req(args[0] as EmbedRequest));
     case 'embedMany': return engine.embedMany(args[0] as string[], req((args[1] ?? {}) as Omit<EmbedRequest, 'text'>));
-    case 'modelIdentity': return engine.modelIdentity(args[0] as ModelRole, args[1] as string | null | undefined);
+    case 'modelIdentity':
+      return engine.modelIdentity(args[0] as ModelRole, args[1] as string | null | undefined, {
+        signal, onWait: args[2] ? (progress) => channel.send({ tag: TAG, kind: 'wait', id, progress } satisfies ToClient) : undefined,
+      });
     case 'load': return engine.load(args[0] as { role: ModelRole; modelSize?: string | null } | undefined);
     case 'unload': return engine.unload();
     case 'reload': return engine.reload();
@@ -143,6 +148,7 @@ interface Pending {
   resolve(v: unknown): void;
   reject(e: Error): void;
   onChunk?(text: string): void;
+  onWait?(p: DownloadProgress): void;
   outcome?: { cached?: boolean };
 }
 
@@ -166,7 +172,7 @@ export function engineOverIpc(channel: IpcChannel): Engine & { ready: Promise<vo
     },
     embed: (r) => c.call<Float32Array>('embed', [plain(r)], r.signal).result,
     embedMany: (texts, r = {}) => c.call<Float32Array[]>('embedMany', [texts, plain(r)], r.signal).result,
-    modelIdentity: (role, modelSize) => c.call<string>('modelIdentity', [role, modelSize]).result,
+    modelIdentity: (role, modelSize, o = {}) => c.call<string>('modelIdentity', [role, modelSize, !!o.onWait], o.signal, undefined, o.onWait).result,
     load: (which) => c.call<void>('load', [which]).result,
     unload: () => c.call<void>('unload', []).result,
     reload: () => c.call<void>('reload', []).result,
@@ -206,12 +212,12 @@ class IpcCalls {
   }
 
   /** Sends a call without the signal (it cannot cross); an abort is sent as its own message. */
-  call<T>(op: Op, args: unknown[], signal?: AbortSignal | null, onChunk?: (text: string) => void): { id: number; result: Promise<T> } {
+  call<T>(op: Op, args: unknown[], signal?: AbortSignal | null, onChunk?: (text: string) => void, onWait?: (p: DownloadProgress) => void): { id: number; result: Promise<T> } {
     const id = this.nextId++;
     const result = new Promise<T>((resolve, reject) => {
       if (this.closed) return reject(new EngineClosedError());
       const outcome = (args[0] as { outcome?: { cached?: boolean } } | undefined)?.outcome;
-      this.pending.set(id, { resolve, reject, onChunk, outcome: typeof outcome === 'object' ? outcome : undefined });
+      this.pending.set(id, { resolve, reject, onChunk, onWait, outcome: typeof outcome === 'object' ? outcome : undefined });
       this.channel.send({ tag: TAG, kind: 'call', id, op, args, aborted: signal?.aborted || undefined } satisfies ToServer);
     });
     if (signal && !signal.aborted) {
@@ -247,6 +253,7 @@ class IpcCalls {
       this.gotState();
     }
     if (m.kind === 'chunk') this.pending.get(m.id)?.onChunk?.(m.text);
+    else if (m.kind === 'wait') this.pending.get(m.id)?.onWait?.(m.progress);
     else if (m.kind === 'result') {
       const p = this.pending.get(m.id);
       if (!p) return;

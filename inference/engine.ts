@@ -6,13 +6,14 @@ import { closeEmbedder, embed as embedText, embeddingContextRam, openEmbedder, t
 import { CancelledError, InferenceError, InferenceFailedError, InvalidArgumentError, TimeoutError, EngineClosedError } from './errors.js';
 import { closeGenerator, generate as generateText, openGenerator, type GenerationParams, type GeneratorLane } from './generator.js';
 import { CpuSlots, planCpu, type CpuOptions, type CpuPlan } from './llama.js';
-import { modelFileIdentity, ModelRegistry, type ModelRole, type ModelSpec, type RegistryOptions } from './registry.js';
+import { missingModelsMessage, modelFileIdentity, ModelRegistry, type DownloadProgress, type ModelRole, type ModelSpec, type RegistryOptions } from './registry.js';
 import { pullChunks } from './pull-chunks.js';
 import { Scheduler, withinRequest, type LaneState, type RequestControl } from './scheduler.js';
 
 export { callKey, cacheKey, type KeyedCall } from './cache-key.js';
 export * from './errors.js';
-export type { ModelRole, ModelSpec } from './registry.js';
+export type { DownloadProgress, ModelRole, ModelSpec } from './registry.js';
+export { downloadWaitNote } from './registry.js';
 export type { RequestControl } from './scheduler.js';
 
 export const MAX_TOKENS_LIMIT = 8192;
@@ -35,6 +36,11 @@ export interface EngineOptions extends RegistryOptions, CpuOptions {
   cacheBytes?: number;
   /** Load the default models at creation instead of on first use. */
   eager?: boolean;
+  /**
+   * At creation, look for the default models' files: log the missing ones once, and download them in the
+   * background when downloads are allowed (autoDownload), so that the first call finds them sooner.
+   */
+  fetchMissing?: boolean;
   defaultMaxTokens?: number;
   defaultSeed?: number;
   logger?: Logger;
@@ -66,6 +72,15 @@ export interface EngineStatus {
   running: boolean; pid: number; uptimeSeconds: number;
   requestsProcessed: number; errorsCount: number; avgLatencyMs: number;
   cpu: CpuPlan & { busyThreads: number }; cache: CacheStats; models: ModelStatus[];
+  /** Model files being downloaded, and how far each has come. */
+  downloads: DownloadProgress[];
+}
+/** What a caller may ask of modelIdentity besides the model. */
+export interface IdentityOptions {
+  /** Ends the wait (a download's included) for the caller; the download itself goes on. */
+  signal?: AbortSignal;
+  /** Told when the call is about to wait for the model's file to be downloaded. */
+  onWait?: (p: DownloadProgress) => void;
 }
 /** One row of steadytext_model_info. */
 export interface ModelInfo { modelType: ModelRole; modelSize: string; loaded: boolean; memoryMb: number; source: string; path: string }
@@ -78,7 +93,7 @@ export interface Engine {
   /** Many texts at once, concurrently; `timeoutMs` bounds the whole batch. */
   embedMany(texts: readonly string[], r?: Omit<EmbedRequest, 'text'>): Promise<Float32Array[]>;
   /** Content identity of a model's file (what cache keys use); resolves (downloads) the file if needed. */
-  modelIdentity(role: ModelRole, modelSize?: string | null): Promise<string>;
+  modelIdentity(role: ModelRole, modelSize?: string | null, opts?: IdentityOptions): Promise<string>;
   /** Load models now: the given one, or the default generation and embedding models. */
   load(which?: { role: ModelRole; modelSize?: string | null }): Promise<void>;
   /** Free every model once its running requests end; later requests load them again. */
@@ -132,11 +147,31 @@ class InferenceEngine implements Engine {
     this.timeoutMs = o.timeoutMs ?? 300_000;
     this.log?.info({ cpu: this.plan, cacheDir: this.registry.cacheDir }, 'inference engine created');
     if (o.eager) this.load().catch((e) => this.log?.error({ err: e }, 'eager model load failed'));
+    if (o.fetchMissing) void this.fetchMissing();
+  }
+
+  /** EngineOptions.fetchMissing: says once what is missing, and fetches it when that is allowed. */
+  private async fetchMissing(): Promise<void> {
+    const reg = this.registry;
+    const missing = await reg.missing();
+    if (!missing.length) return;
+    const what = missing.map((m) => ({ model: `${m.spec.role}:${m.spec.name}`, path: m.path, url: m.url, expectedBytes: m.spec.size }));
+    const remote = missing.filter((m) => m.url);
+    if (!reg.downloadsAllowed || remote.length < missing.length) {
+      this.log?.warn({ missing: what, dir: reg.cacheDir }, `steadytext calls that need these models fail until their files are there: ${missingModelsMessage(missing, reg.cacheDir)}`);
+    }
+    if (!reg.downloadsAllowed || !remote.length) return;
+    this.log?.info({ downloading: what.filter((w) => w.url), dir: reg.cacheDir }, 'downloading missing models in the background; steadytext calls wait for them, other SQL goes on');
+    // One at a time: the generation model first, as the embedding model's download would only slow it.
+    for (const m of remote) {
+      try { await reg.resolve(m.spec); } catch (e) {
+        this.log?.error({ err: (e as Error).message, model: `${m.spec.role}:${m.spec.name}` }, 'model download failed; steadytext calls that need it try again');
+      }
+    }
   }
 
   async generate(r: GenerateRequest): Promise<string> {
-    const t0 = performance.now();
-    return this.track(t0, () => this.slot('generation', r.modelSize), async (slot) => {
+    return this.track(r, () => this.slot('generation', r.modelSize), async (slot, t0) => {
       const p = this.generationParams(r);
       const key = this.generationKey(p, slot.identity ?? await this.identify(slot, r, t0));
       const hit = r.cache === false ? undefined : this.cache.get(key);
@@ -149,12 +184,11 @@ class InferenceEngine implements Engine {
   }
 
   async *generateStream(r: GenerateRequest): AsyncGenerator<string, void, undefined> {
-    const t0 = performance.now();
     const ac = new AbortController();
     const onAbort = () => ac.abort(r.signal!.reason);
     if (r.signal?.aborted) onAbort(); else r.signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      yield* pullChunks((push) => this.track(t0, () => this.slot('generation', r.modelSize), async (slot) => {
+      yield* pullChunks((push) => this.track({ signal: ac.signal }, () => this.slot('generation', r.modelSize), async (slot, t0) => {
         const p = this.generationParams(r);
         const key = this.generationKey(p, slot.identity ?? await this.identify(slot, r, t0));
         const hit = r.cache === false ? undefined : this.cache.get(key);
@@ -169,8 +203,7 @@ class InferenceEngine implements Engine {
   }
 
   async embed(r: EmbedRequest): Promise<Float32Array> {
-    const t0 = performance.now();
-    return this.track(t0, () => this.slot('embedding', r.modelSize), async (slot) => {
+    return this.track(r, () => this.slot('embedding', r.modelSize), async (slot, t0) => {
       const text = nonEmpty(r.text, 'text'), seed = this.seed(r.seed);
       // The dimension is the engine's own, the same for every entry of its cache: not part of the key.
       const key = callKey({ op: 'embed', identity: slot.identity ?? await this.identify(slot, r, t0), text, seed });
@@ -217,9 +250,11 @@ class InferenceEngine implements Engine {
     return texts.map((t) => (seen.has(t) ? vectors.get(t)!.slice() : (seen.add(t), vectors.get(t)!)));
   }
 
-  async modelIdentity(role: ModelRole, modelSize?: string | null): Promise<string> {
+  async modelIdentity(role: ModelRole, modelSize?: string | null, opts: IdentityOptions = {}): Promise<string> {
     const slot = this.slot(role, modelSize);
-    return slot.identity ?? this.identify(slot, {}, performance.now());
+    if (slot.identity) return slot.identity;
+    await this.fileOf(slot, opts.signal, opts.onWait);
+    return slot.identity ?? this.identify(slot, { signal: opts.signal }, performance.now());
   }
 
   async load(which?: { role: ModelRole; modelSize?: string | null }): Promise<void> {
@@ -250,7 +285,7 @@ class InferenceEngine implements Engine {
     return {
       running: !this.closed && !this.stopped, pid: process.pid, uptimeSeconds: Math.floor((Date.now() - this.started) / 1000),
       requestsProcessed: this.tally.requests, errorsCount: this.tally.errors, avgLatencyMs: avg(this.tally),
-      cpu: { ...this.plan, busyThreads: this.cpu.busy }, cache: this.cache.stats(), models,
+      cpu: { ...this.plan, busyThreads: this.cpu.busy }, cache: this.cache.stats(), models, downloads: this.registry.downloading(),
     };
   }
 
@@ -312,6 +347,16 @@ class InferenceEngine implements Engine {
     return s;
   }
 
+  /**
+   * The slot's file, downloaded first if need be. A download (a first run's takes minutes) is waited for
+   * outside the request's time limit: only the caller's signal ends the wait, and the download goes on.
+   */
+  private async fileOf(slot: Slot, signal?: AbortSignal, onWait?: (p: DownloadProgress) => void): Promise<string> {
+    if (slot.path !== undefined) return slot.path;
+    const path = await withinRequest(this.registry.resolve(slot.spec, { onWait }), { signal });
+    return (slot.path ??= path);
+  }
+
   private identify(slot: Slot, ctl: RequestControl, t0: number): Promise<string> {
     slot.identifying ??= (async () => {
       const path = slot.path ??= await this.registry.resolve(slot.spec);
@@ -325,11 +370,17 @@ class InferenceEngine implements Engine {
     return { caller: r.caller, signal: r.signal, timeoutMs: total > 0 ? Math.max(1, total - (performance.now() - t0)) : 0 };
   }
 
-  private async track<T>(t0: number, pick: () => Slot, run: (s: Slot) => Promise<T>): Promise<T> {
+  /** Runs a request on its model's slot, counted; its time limit starts once the model's file is there (fileOf). */
+  private async track<T>(r: RequestControl, pick: () => Slot, run: (s: Slot, t0: number) => Promise<T>): Promise<T> {
     let slot: Slot | undefined;
+    let t0 = performance.now();
     try {
       slot = pick();
-      const v = await run(slot);
+      if (slot.path === undefined) {
+        await this.fileOf(slot, r.signal);
+        t0 = performance.now();
+      }
+      const v = await run(slot, t0);
       this.count(slot, t0, false);
       return v;
     } catch (e) {

@@ -7,13 +7,17 @@ import type { Logger } from 'pino';
 import { DownloadFailedError, InvalidArgumentError, ModelNotFoundError } from './errors.js';
 
 export type ModelRole = 'generation' | 'embedding';
-/** `source` is a local .gguf path, `hf:owner/repo/path/file.gguf[#branch]`, or an https URL. */
-export interface ModelSpec { name: string; role: ModelRole; source: string }
+/** `source` is a local .gguf path, `hf:owner/repo/path/file.gguf[#branch]`, or an http(s) URL. */
+export interface ModelSpec {
+  name: string; role: ModelRole; source: string;
+  /** The file's size in bytes, roughly, when known before it is downloaded (told to whoever must fetch it by hand). */
+  size?: number;
+}
 
 export const DEFAULT_MODELS: readonly ModelSpec[] = [
-  { name: 'small', role: 'generation', source: 'hf:unsloth/gemma-3n-E2B-it-GGUF/gemma-3n-E2B-it-Q8_0.gguf' },
-  { name: 'large', role: 'generation', source: 'hf:unsloth/gemma-3n-E4B-it-GGUF/gemma-3n-E4B-it-Q8_0.gguf' },
-  { name: 'small', role: 'embedding', source: 'hf:Qwen/Qwen3-Embedding-0.6B-GGUF/Qwen3-Embedding-0.6B-Q8_0.gguf' },
+  { name: 'small', role: 'generation', source: 'hf:unsloth/gemma-3n-E2B-it-GGUF/gemma-3n-E2B-it-Q8_0.gguf', size: 4.79e9 },
+  { name: 'large', role: 'generation', source: 'hf:unsloth/gemma-3n-E4B-it-GGUF/gemma-3n-E4B-it-Q8_0.gguf', size: 7.35e9 },
+  { name: 'small', role: 'embedding', source: 'hf:Qwen/Qwen3-Embedding-0.6B-GGUF/Qwen3-Embedding-0.6B-Q8_0.gguf', size: 639_150_592 },
 ];
 export const DEFAULT_CACHE_DIR = join(homedir(), '.cache', 'pg-steadytext', 'models');
 const ENV: Record<ModelRole, string> = { generation: 'PGSTEADYTEXT_GENERATION_MODEL', embedding: 'PGSTEADYTEXT_EMBEDDING_MODEL' };
@@ -38,11 +42,26 @@ export interface RegistryOptions {
 
 interface Remote { url: string; file: string }
 
+/** A download under way: what the caller of a model waits for. */
+export interface DownloadProgress {
+  role: ModelRole; name: string;
+  /** The file's name in the model directory, and its full path there. */
+  file: string; path: string;
+  url: string;
+  downloadedBytes: number;
+  /** 0 until the server has told the size (or the spec's expected size). */
+  totalBytes: number;
+}
+
+/** A model file that is not where the registry expects it. */
+export interface MissingModel { spec: ModelSpec; path: string; url?: string }
+
 export class ModelRegistry {
   readonly cacheDir: string;
   readonly defaultSize: string;
   private specs: ModelSpec[];
   private downloads = new Map<string, Promise<string>>();
+  private progress = new Map<string, DownloadProgress>();
 
   constructor(private o: RegistryOptions = {}) {
     this.cacheDir = resolve(expandHome(o.cacheDir ?? DEFAULT_CACHE_DIR));
@@ -85,16 +104,38 @@ export class ModelRegistry {
 
   remoteUrl(spec: ModelSpec): string | undefined { return remote(spec.source)?.url; }
 
-  /** The model's local file, downloading it first if it is remote, missing and `download` allows. */
-  async resolve(spec: ModelSpec, opts: { download?: boolean; signal?: AbortSignal } = {}): Promise<string> {
+  /** Whether missing remote models are downloaded when first needed (RegistryOptions.autoDownload). */
+  get downloadsAllowed(): boolean { return this.o.autoDownload ?? true; }
+
+  /** Of these models (default: the default generation and embedding models), those whose file is not there. */
+  async missing(specs: readonly ModelSpec[] = [this.get('generation'), this.get('embedding')]): Promise<MissingModel[]> {
+    const out: MissingModel[] = [];
+    for (const spec of specs) {
+      const path = this.localPath(spec);
+      if (!(await isFile(path))) out.push({ spec, path, url: this.remoteUrl(spec) });
+    }
+    return out;
+  }
+
+  /** The downloads under way, with how far each has come. */
+  downloading(): DownloadProgress[] { return [...this.progress.values()].map((p) => ({ ...p })); }
+
+  /**
+   * The model's local file, downloading it first if it is remote, missing and `download` allows. `onWait` is
+   * told when the caller is about to wait for a download (its own or one already running).
+   */
+  async resolve(spec: ModelSpec, opts: { download?: boolean; signal?: AbortSignal; onWait?: (p: DownloadProgress) => void } = {}): Promise<string> {
     const path = this.localPath(spec);
     if (await isFile(path)) return path;
     const r = remote(spec.source);
     const hint = `set ${ENV[spec.role]} (or the ${spec.role} model option) to an existing .gguf file or an hf: URI`;
     if (!r) throw new ModelNotFoundError(`${spec.role} model '${spec.name}': no file at ${path}: check the path, or ${hint}`, spec.name);
-    if (!(opts.download ?? this.o.autoDownload ?? true))
-      throw new ModelNotFoundError(`${spec.role} model '${spec.name}' is not downloaded: run \`pg-steadytext models pull ${spec.name}\`, or download ${r.url} by hand and save it as ${path}`, spec.name);
-    return this.download(spec, opts.signal);
+    if (!(opts.download ?? this.downloadsAllowed))
+      throw new ModelNotFoundError(`${spec.role} model '${spec.name}' is not downloaded${this.downloadsAllowed ? '' : ' and downloads are off (--no-download)'}: ${fetchByHand(spec, r.url, this.cacheDir, path)}`, spec.name);
+    const p = this.download(spec, opts.signal);
+    const progress = this.progress.get(path);
+    if (progress) opts.onWait?.({ ...progress });
+    return p;
   }
 
   /** Download (or resume) a remote model into the cache directory; one download per file at a time. */
@@ -104,7 +145,8 @@ export class ModelRegistry {
     const path = join(this.cacheDir, r.file);
     let p = this.downloads.get(path);
     if (!p) {
-      p = this.fetchModel(spec, r, path, signal).finally(() => this.downloads.delete(path));
+      this.progress.set(path, { role: spec.role, name: spec.name, file: r.file, path, url: r.url, downloadedBytes: 0, totalBytes: spec.size ?? 0 });
+      p = this.fetchModel(spec, r, path, signal).finally(() => { this.downloads.delete(path); this.progress.delete(path); });
       this.downloads.set(path, p);
     }
     return p;
@@ -113,11 +155,10 @@ export class ModelRegistry {
   private async fetchModel(spec: ModelSpec, r: Remote, path: string, signal?: AbortSignal): Promise<string> {
     const log = this.o.logger?.child({ model: spec.name, role: spec.role, url: r.url });
     const fail = (why: string, cause?: unknown) => new DownloadFailedError(
-      `cannot download ${spec.role} model '${spec.name}' from ${r.url}: ${why}. ` +
-      `Without network access, download that file on another machine and place it at ${path}, or set ${ENV[spec.role]} to a local .gguf file`,
+      `cannot download ${spec.role} model '${spec.name}' from ${r.url}: ${why}; ${fetchByHand(spec, r.url, this.cacheDir, path)}, or set ${ENV[spec.role]} to a local .gguf file`,
       r.url, path, cause);
     const token = process.env.HF_TOKEN || process.env.HUGGING_FACE_HUB_TOKEN;
-    const headers: Record<string, string> = token && r.url.startsWith('https://huggingface.co/') ? { Authorization: `Bearer ${token}` } : {};
+    const headers: Record<string, string> = token && r.url.startsWith(hfEndpoint()) ? { Authorization: `Bearer ${token}` } : {};
     // The downloader retries an unreachable host for minutes; one HEAD request tells within seconds.
     try {
       const timeout = AbortSignal.timeout(15_000);
@@ -125,13 +166,17 @@ export class ModelRegistry {
       if (res.status === 401 || res.status === 403) throw fail(`access denied (HTTP ${res.status}); for a gated model set HF_TOKEN`);
       if (res.status === 404) throw fail('no such file (HTTP 404); check the model URI');
       if (res.status >= 400) throw fail(`HTTP ${res.status}`);
+      // Hugging Face answers with a redirect to its storage that tells the size; a plain server, with the file's.
+      const size = Number(res.headers.get('x-linked-size') ?? (res.status < 300 ? res.headers.get('content-length') : undefined));
+      const progress = this.progress.get(path);
+      if (progress && size > 0) progress.totalBytes = size;
     } catch (e) {
       if (e instanceof DownloadFailedError) throw e;
       if (signal?.aborted) throw signal.reason;
       const c = (e as { cause?: { code?: string; message?: string } }).cause;
       throw fail(`network unreachable (${c?.code ?? c?.message ?? (e as Error).message})`, e);
     }
-    log?.info({ path }, 'downloading model');
+    log?.info({ path, totalBytes: this.progress.get(path)?.totalBytes || undefined }, 'downloading model');
     let last = 0;
     try {
       const { createModelDownloader } = await import('node-llama-cpp');
@@ -142,9 +187,14 @@ export class ModelRegistry {
         skipExisting: true,
         tokens: token ? { huggingFace: token } : undefined,
         onProgress: ({ totalSize, downloadedSize }) => {
+          const progress = this.progress.get(path);
+          if (progress) {
+            progress.downloadedBytes = downloadedSize;
+            if (totalSize > 0) progress.totalBytes = totalSize;
+          }
           if (Date.now() - last < 5000) return;
           last = Date.now();
-          log?.info({ downloadedMb: Math.round(downloadedSize / 2 ** 20), totalMb: Math.round(totalSize / 2 ** 20) }, 'download progress');
+          log?.info({ percent: percentOf(downloadedSize, totalSize), downloadedBytes: downloadedSize, totalBytes: totalSize }, 'download progress');
         },
       });
       const out = await dl.download({ signal });
@@ -157,6 +207,42 @@ export class ModelRegistry {
   }
 }
 
+/** "about 4.8 GB" (decimal units, as Hugging Face shows sizes), or '' for an unknown size. */
+export function aboutSize(bytes: number | undefined): string {
+  if (!bytes) return '';
+  return bytes >= 1e9 ? `about ${(bytes / 1e9).toFixed(1)} GB` : `about ${Math.max(1, Math.round(bytes / 1e6))} MB`;
+}
+
+const percentOf = (done: number, total: number) => (total > 0 ? Math.min(100, Math.floor((done * 100) / total)) : undefined);
+
+/** The notice a call waiting for a download gets: which file, how far, and that the call waits. */
+export function downloadWaitNote(p: DownloadProgress): string {
+  const pct = percentOf(p.downloadedBytes, p.totalBytes);
+  const how = [pct === undefined ? undefined : `${pct}%`, aboutSize(p.totalBytes) ? `of ${aboutSize(p.totalBytes).replace('about ', '')}` : undefined].filter(Boolean).join(' ');
+  return `steadytext: downloading ${p.role} model '${p.name}' (${p.file}${how ? `, ${how}` : ''}), the call waits for it`;
+}
+
+/** How a user gets a model file without the proxy's download: the file, its size, where it goes, the command. */
+function fetchByHand(spec: ModelSpec, url: string, dir: string, path: string): string {
+  const size = aboutSize(spec.size);
+  return `put ${basename(path)}${size ? ` (${size})` : ''} from ${url} into ${dir}, or run \`pg-steadytext models pull${spec.name === 'small' ? '' : ` ${spec.role}:${spec.name}`}\` where the network allows`;
+}
+
+/** One line for the start of `serve`: the models that are missing, with fetchByHand's advice for each. */
+export function missingModelsMessage(missing: readonly MissingModel[], dir: string): string {
+  return missing.map((m) => (m.url
+    ? `${m.spec.role} model '${m.spec.name}' is not downloaded: ${fetchByHand(m.spec, m.url, dir, m.path)}`
+    : `${m.spec.role} model '${m.spec.name}': no file at ${m.path}`)).join('; ');
+}
+
+/** Hugging Face's address as node-llama-cpp resolves it (a mirror through MODEL_ENDPOINT or HF_ENDPOINT), with a final slash. */
+function hfEndpoint(): string {
+  for (const v of [process.env.MODEL_ENDPOINT, process.env.HF_ENDPOINT]) {
+    if (v && /^https?:\/\//.test(v)) return v.endsWith('/') ? v : `${v}/`;
+  }
+  return 'https://huggingface.co/';
+}
+
 /** Remote location and cache file name (`hf_<owner>_<file>`, the name node-llama-cpp gives it) of a source. */
 function remote(source: string): Remote | undefined {
   if (source.startsWith('hf:') || source.startsWith('hf://')) {
@@ -166,7 +252,7 @@ function remote(source: string): Remote | undefined {
     if (parts.length < 3 || !path.endsWith('.gguf'))
       throw new InvalidArgumentError(`model source '${source}': expected hf:owner/repo/file.gguf (a file, not a repository or quantization tag)`);
     const [owner, repo, ...file] = parts;
-    const url = `https://huggingface.co/${owner}/${repo}/resolve/${encodeURIComponent(branch)}/${file.map(encodeURIComponent).join('/')}`;
+    const url = `${hfEndpoint()}${owner}/${repo}/resolve/${encodeURIComponent(branch)}/${file.map(encodeURIComponent).join('/')}`;
     return { url, file: `hf_${owner}_${file[file.length - 1]}` };
   }
   if (/^https?:\/\//.test(source)) return { url: source, file: basename(new URL(source).pathname) };

@@ -175,7 +175,7 @@ export function meterCalls(engine: Engine, o: { defaultModelSize?: string } = {}
           t.calls += texts.length;
         }
       },
-      modelIdentity: (role, size) => engine.modelIdentity(role, size),
+      modelIdentity: (role, size, opts) => engine.modelIdentity(role, size, opts),
       load: (which) => engine.load(which),
       unload: () => engine.unload(),
       reload: () => engine.reload(),

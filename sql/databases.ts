@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { RuntimeConfigSource, type RuntimeConfig } from '../config/runtime.js';
-import type { Engine } from '../inference/engine.js';
+import type { Engine, IdentityOptions } from '../inference/engine.js';
 import { callbackTransport } from './evaluate.js';
 import { installSql, quoteIdent } from './install.js';
 import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
@@ -267,8 +267,8 @@ export class Database {
   }
 
   /** The model identity the SQL functions look up for (role, size), registered on first sight. */
-  async identity(role: ModelRole, size: string): Promise<string> {
-    const id = await this.reg.opts.engine.modelIdentity(role, size);
+  async identity(role: ModelRole, size: string, opts?: IdentityOptions): Promise<string> {
+    const id = await this.reg.opts.engine.modelIdentity(role, size, opts);
     const k = `${role}\0${size}`;
     if (this.registered.get(k) !== id) {
       await registerModels(this.pool, [{ role, size, identity: id }], this.schema);

@@ -366,7 +366,8 @@ async function checkModels(o: EngineOptions, add: Add): Promise<void> {
       // The registry's own message: which file, where, and the command or the setting that fixes it.
       const missing = await reg.resolve(spec, { download: false }).then(() => `no file at ${path}`, (err: Error) => err.message);
       if (!reg.remoteUrl(spec)) add('model', subject, 'broken', missing);
-      else if (isDefault) add('model', subject, 'warning', `${missing}. Without that, it is downloaded on first use (needs network access to ${reg.remoteUrl(spec)})`);
+      else if (isDefault && reg.downloadsAllowed) add('model', subject, 'warning', `${missing}. Without that, it is downloaded on first use (needs network access to ${reg.remoteUrl(spec)})`);
+      else if (isDefault) add('model', subject, 'broken', missing); // --no-download: calls fail until it is there
       else add('model', subject, 'ok', `not downloaded, needed only for model_size '${spec.name}': pg-steadytext models pull ${spec.name} fetches it to ${path}`);
       continue;
     }

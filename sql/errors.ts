@@ -29,7 +29,7 @@ export function engineErrorToWire(fn: string, e: unknown, timeoutMs?: number): W
       return new WireError('57014', message, timeoutMs ? `The request exceeded daemon_timeout_ms (${timeoutMs} ms) or was cancelled.` : undefined);
     case 'MODEL_NOT_FOUND':
     case 'DOWNLOAD_FAILED':
-      return new WireError('58P01', message, 'Give the proxy a model file (see its --help for the model options), or let it download one.');
+      return new WireError('58P01', message, 'Put the model file where the message says (`pg-steadytext models pull` downloads it), or point the proxy at another file (--generation-model, --embedding-model).');
     case 'MODEL_LOAD_FAILED':
     case 'CLOSED':
       return new WireError('55000', message, "See the pg-steadytext proxy's log; SELECT steadytext_daemon_restart() reloads the models.");

@@ -210,11 +210,11 @@ class RowReader {
   }
 
   private async enqueue(row: (string | null)[]): Promise<void> {
-    const { st, plan, db, server } = this.job;
+    const { st, plan, db, server, ctx } = this.job;
     for (const pc of plan.calls) {
       const call = st.calls[pc.call];
       const values = rowValues(call.fn, call.args, pc.argColumns.map((i) => row[i]));
-      const res = values && await server.resolve(call, values, db);
+      const res = values && await server.resolve(call, values, db, ctx);
       if (!res || this.seen.has(res.key) || await server.known(res, db)) continue;
       this.seen.add(res.key);
       this.queue.push(res);

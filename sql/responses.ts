@@ -1,7 +1,7 @@
 // Response handlers the steadytext layer attaches to the statements it forwards (see the seam's
 // ResponseHandler in proxy/interceptor.ts).
-import type { ResponseHandler } from '../proxy/interceptor.js';
-import { Be, readErrorFields } from '../proxy/protocol.js';
+import type { ResponseHandler, SessionContext } from '../proxy/interceptor.js';
+import { Be, close, errorResponse, FLUSH, readErrorFields } from '../proxy/protocol.js';
 
 /** Calls `done` once the statement is answered (e.g. a config change every session must then see). */
 export function afterwards(done: () => void): ResponseHandler {
@@ -11,6 +11,18 @@ export function afterwards(done: () => void): ResponseHandler {
 /** Drops the NoticeResponse with this exact message (the one our own replacement statement causes). */
 export function hideNotice(message: string): ResponseHandler {
   return { onMessage: (m) => (m[0] === Be.NoticeResponse && readErrorFields(m).M === message ? null : m) };
+}
+
+/**
+ * Tells the client something while its statement waits in a hook (a download, say): a NOTICE it gets at once.
+ * It rides on the answer to a Close of a statement that does not exist (no error, nothing changes in the
+ * session, in or out of an extended-protocol batch), whose CloseComplete the notice replaces.
+ */
+export function noticeToClient(ctx: SessionContext, message: string): void {
+  ctx.send({
+    bytes: Buffer.concat([close('S', '_steadytext_notice'), FLUSH]),
+    responses: { onMessage: (m) => (m[0] === Be.CloseComplete ? errorResponse({ severity: 'NOTICE', code: '00000', message }, Be.NoticeResponse) : null) },
+  });
 }
 
 /** The handlers one after another: each sees what the previous passed on. */

@@ -1,7 +1,7 @@
 // Serving calls ahead of their statement: resolve each call into a request and its cache key, skip what
 // this proxy stored recently, ask the session whether it may run each function (handover.ts), compute
 // what it may, and hand the answers over (cache rows, mailbox entries) before the statement goes on.
-import type { Engine } from '../inference/engine.js';
+import { downloadWaitNote, type DownloadProgress, type Engine } from '../inference/engine.js';
 import { entryKey, type CacheEntry } from './store.js';
 import type { CallError } from './answers.js';
 import type { SteadyCall } from './calls.js';
@@ -15,6 +15,7 @@ import {
   type CheckItem, type CheckResult, type Installed, type MailboxEntry,
 } from './handover.js';
 import type { SessionContext } from '../proxy/interceptor.js';
+import { noticeToClient } from './responses.js';
 
 export interface ServeJob { call: SteadyCall; values: ArgValues }
 
@@ -51,16 +52,28 @@ export class Server {
     return s;
   }
 
-  /** A computing call's request and key; undefined when the database must answer it alone. */
-  async resolve(call: SteadyCall, values: ArgValues, db: Database): Promise<Resolved | undefined> {
+  /**
+   * A computing call's request and key; undefined when the database must answer it alone. While its model is
+   * being downloaded the call waits, and the client of `ctx` is told why (once per download and statement).
+   */
+  async resolve(call: SteadyCall, values: ArgValues, db: Database, ctx?: SessionContext): Promise<Resolved | undefined> {
     if (!isComputing(call.fn)) return undefined;
     const req = resolveRequest(call.fn, values, await db.config());
     if (!req) return undefined;
     let identity: string;
+    const told = ctx ? (ctx.data.steadytextDownloadsTold ??= new Set<string>()) as Set<string> : undefined;
+    let waited: string | undefined;
+    const onWait = (p: DownloadProgress) => {
+      if (!ctx || told!.has(p.path)) return;
+      told!.add(waited = p.path);
+      noticeToClient(ctx, downloadWaitNote(p));
+    };
     try {
-      identity = await db.identity(roleOf(req), req.modelSize);
+      identity = await db.identity(roleOf(req), req.modelSize, { signal: ctx?.signal, onWait: ctx && onWait });
     } catch {
       return undefined; // no model: the function reports it (through the daemon) with the engine's own words
+    } finally {
+      if (waited) told!.delete(waited);
     }
     return { fn: call.fn, call, req, identity, key: entryKey(cacheEntry(req, identity, '')) };
   }
@@ -137,7 +150,7 @@ export class Server {
         pending.push({ manage: j.call.fn, schema: j.call.schema });
         continue;
       }
-      const r = await this.resolve(j.call, j.values, db);
+      const r = await this.resolve(j.call, j.values, db, ctx);
       if (!r || seen.has(r.key) || await this.known(r, db)) continue;
       seen.add(r.key);
       pending.push({ compute: r });

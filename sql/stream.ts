@@ -37,7 +37,7 @@ function onlyReadsTheStream(s: J): boolean {
 
 /** A Rewrite that streams the statement, or undefined to leave it to the ordinary path. */
 export async function stream(sql: Buffer, call: SteadyCall, values: ArgValues, db: Database, ctx: SessionContext, server: Server): Promise<Rewrite | undefined> {
-  const r = await server.resolve(call, values, db);
+  const r = await server.resolve(call, values, db, ctx);
   if (!r || r.req.op !== 'generate_stream') return undefined;
   const check = await server.check([{ fn: call.fn, schema: call.schema }], db, ctx, { scs: ctx.serverParams.get('standard_conforming_strings') !== 'off', extended: false });
   // Rows sent before the statement runs must be its rows: a transaction that wrote may have changed the

@@ -105,7 +105,11 @@ describe('pg-steadytext doctor', () => {
     const remote = await doctor(['--upstream', db.url], { embeddingModel: false });
     expect(remote.code, remote.output).toBe(0);
     expect(line(remote, 'model', 'embedding:small')).toMatch(new RegExp(
-      `^warning\\s+model \\[embedding:small\\]: embedding model 'small' is not downloaded: run \`pg-steadytext models pull small\`, or download https://huggingface\\.co/\\S+ by hand and save it as ${join(dir, 'models')}/hf_Qwen_Qwen3-Embedding-0\\.6B-Q8_0\\.gguf\\. Without that, it is downloaded on first use`));
+      `^warning\\s+model \\[embedding:small\\]: embedding model 'small' is not downloaded: put hf_Qwen_Qwen3-Embedding-0\\.6B-Q8_0\\.gguf \\(about 639 MB\\) from https://huggingface\\.co/\\S+ into ${join(dir, 'models')}, or run \`pg-steadytext models pull\` where the network allows\\. Without that, it is downloaded on first use`));
+    // With --no-download nothing fetches it: steadytext calls fail until it is there.
+    const off = await doctor(['--upstream', db.url, '--no-download'], { embeddingModel: false });
+    expect(off.code, off.output).toBe(1);
+    expect(line(off, 'model', 'embedding:small')).toMatch(/^broken\s+model \[embedding:small\]: embedding model 'small' is not downloaded and downloads are off \(--no-download\): put hf_Qwen_Qwen3-Embedding-0\.6B-Q8_0\.gguf \(about 639 MB\)/);
   });
 
   it('SQL objects older than this version with auto-install off: broken, with the install command', async () => {
