@@ -70,7 +70,9 @@ const ENV_VARS = new Set([...settingsMarkdown().matchAll(/PGSTEADYTEXT_[A-Z0-9_]
 /** What is wrong with one documented command, if anything. */
 function problems(cmd: string): string[] {
   const { env, argv } = splitEnv(cmd);
-  const out = Object.keys(env).filter((k) => k.startsWith('PGSTEADYTEXT_') && !ENV_VARS.has(k)).map((k) => `unknown environment variable ${k}`);
+  const out = Object.keys(env)
+    .filter((k) => k.startsWith('PGSTEADYTEXT_') && !ENV_VARS.has(k))
+    .map((k) => `unknown environment variable ${k}`);
   if (argv[0] === 'npm') {
     const builtin: Record<string, string | undefined> = { install: undefined, ci: undefined, test: 'test', start: 'start' };
     if (argv[1] === 'run') {
@@ -83,7 +85,8 @@ function problems(cmd: string): string[] {
   const sub = args[0];
   const usage = HELP.split('\n').filter((l) => l.trimStart().startsWith(`pg-steadytext ${sub}`));
   if (sub && !sub.startsWith('-') && !usage.length) out.push(`the CLI's help has no subcommand "${sub}"`);
-  if (sub === 'models' && args[1] && !args[1].startsWith('-') && !usage.some((l) => new RegExp(`\\b${args[1]}\\b`).test(l))) out.push(`no "models ${args[1]}"`);
+  if (sub === 'models' && args[1] && !args[1].startsWith('-') && !usage.some((l) => new RegExp(`\\b${args[1]}\\b`).test(l)))
+    out.push(`no "models ${args[1]}"`);
   for (const a of args) {
     const flag = /^--[a-z][a-z-]*/.exec(a)?.[0];
     if (flag && !HELP.includes(flag) && !HELP.includes(flag.replace(/^--no-/, '--'))) out.push(`the CLI's help knows no flag ${flag}`);
@@ -131,7 +134,10 @@ describe('README', () => {
     });
 
     /** The documented serve command with the test's addresses, through the CLI; resolves with its ready line. */
-    async function start(cmd: string, extraEnv: Record<string, string> = {}): Promise<{ ready: Record<string, unknown>; url: (sqlUrl: string) => string }> {
+    async function start(
+      cmd: string,
+      extraEnv: Record<string, string> = {},
+    ): Promise<{ ready: Record<string, unknown>; url: (sqlUrl: string) => string }> {
       const { env, argv } = splitEnv(cmd);
       const args = argv.slice(argv[0] === 'npx' ? 2 : 1);
       expect(args[0]).toBe('serve');
@@ -139,7 +145,10 @@ describe('README', () => {
       expect(i).toBeGreaterThan(0);
       const documented = new URL(args[i + 1]);
       args[i + 1] = upstream.toString();
-      const { child, output } = spawnCli([...args, '--listen', '127.0.0.1:0', '--daemon-listen', 'off', '--log-format', 'json'], { ...env, ...extraEnv });
+      const { child, output } = spawnCli([...args, '--listen', '127.0.0.1:0', '--daemon-listen', 'off', '--log-format', 'json'], {
+        ...env,
+        ...extraEnv,
+      });
       stops.push(() => child.kill('SIGKILL'));
       const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
       const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
@@ -173,7 +182,11 @@ describe('README', () => {
       const serveCmd = quick.find((c) => /pg-steadytext serve /.test(c) && c.includes('--upstream') && c.includes('PGSTEADYTEXT_GENERATION_MODEL'));
       const fixturesCmd = quick.find((c) => c.startsWith('npm run fixtures:models'));
       const psqlCmd = quick.find((c) => c.startsWith('psql '));
-      expect({ serveCmd, fixturesCmd, psqlCmd }).toEqual({ serveCmd: expect.any(String), fixturesCmd: expect.any(String), psqlCmd: expect.any(String) });
+      expect({ serveCmd, fixturesCmd, psqlCmd }).toEqual({
+        serveCmd: expect.any(String),
+        fixturesCmd: expect.any(String),
+        psqlCmd: expect.any(String),
+      });
 
       // npm run fixtures:models -- ./models, into a temp dir instead of ./models.
       const dir = mkdtempSync(join(tmpdir(), 'pgst-readme-'));
@@ -185,7 +198,10 @@ describe('README', () => {
       const { ready, url } = await start(serveCmd!.replaceAll(docDir, dir));
       // The banner: where it listens, what it fronts (the password redacted), both models present.
       expect(ready.upstream).toBe(upstream.toString().replace(`:${upstream.password}@`, ':***@'));
-      expect(ready.models).toEqual({ 'generation:small': `present: ${join(dir, 'generation.gguf')}`, 'embedding:small': `present: ${join(dir, 'embedding.gguf')}` });
+      expect(ready.models).toEqual({
+        'generation:small': `present: ${join(dir, 'generation.gguf')}`,
+        'embedding:small': `present: ${join(dir, 'embedding.gguf')}`,
+      });
       expect(ready.getModels).toBeUndefined();
 
       // The documented psql line (the real psql), at this proxy.
@@ -209,7 +225,10 @@ describe('README', () => {
       // Nowhere to download from: nothing is fetched behind the test's back.
       const dead = 'http://127.0.0.1:9/';
       const { ready } = await start(`${plain!} --model-dir ${modelDir}`, {
-        PGSTEADYTEXT_GENERATION_MODEL: '', PGSTEADYTEXT_EMBEDDING_MODEL: '', HF_ENDPOINT: dead, MODEL_ENDPOINT: dead,
+        PGSTEADYTEXT_GENERATION_MODEL: '',
+        PGSTEADYTEXT_EMBEDDING_MODEL: '',
+        HF_ENDPOINT: dead,
+        MODEL_ENDPOINT: dead,
       });
       const models = ready.models as Record<string, string>;
       expect(Object.keys(models)).toEqual(['generation:small', 'embedding:small']);
@@ -217,7 +236,11 @@ describe('README', () => {
       expect(ready.getModels).toBe(`pg-steadytext models pull --model-dir ${modelDir}`);
       // That command is the CLI's own, and names those very files.
       expect(problems(ready.getModels as string)).toEqual([]);
-      const paths = spawn(process.execPath, ['--import', 'tsx', join(root, 'cli.ts'), 'models', 'path', 'generation:small', '--model-dir', modelDir], { env: { ...process.env, PGSTEADYTEXT_GENERATION_MODEL: '' } });
+      const paths = spawn(
+        process.execPath,
+        ['--import', 'tsx', join(root, 'cli.ts'), 'models', 'path', 'generation:small', '--model-dir', modelDir],
+        { env: { ...process.env, PGSTEADYTEXT_GENERATION_MODEL: '' } },
+      );
       let out = '';
       paths.stdout.on('data', (d: Buffer) => (out += d.toString()));
       await new Promise((resolve) => paths.once('exit', resolve));
