@@ -10,11 +10,12 @@
 // listening (the port accepts), connected (the client's login done), first answer. Goal: cold < 5 s.
 // --preset tiny: the test models (a few MB); bench: real models' dimensions (a 1 B generator, 1 GB), random weights.
 // --trace: the CLI's log lines (at debug) with their time since the spawn, to see where the time goes.
+// --serve-flag F (repeatable): one more word for serve's command line, e.g. --serve-flag=--preload-models.
 // --cli: another build of the CLI (e.g. dist-NAME/cli.js); it must exist (npm run build writes dist/).
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -29,6 +30,7 @@ const { values: opt } = parseArgs({
     cli: { type: 'string', default: 'dist/cli.js' },
     'max-tokens': { type: 'string', default: '16' },
     trace: { type: 'boolean', default: false },
+    'serve-flag': { type: 'string', multiple: true, default: [] },
   },
 });
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -111,6 +113,7 @@ async function firstAnswer(cluster: Cluster, database: string, models: FixtureMo
     '--model-dir',
     modelDir,
   ];
+  args.push(...opt['serve-flag']);
   if (opt.trace) args.push('--log-level', 'debug', '--log-format', 'json');
   // Nothing from the caller's environment may change a default; the models are those of the preset.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PGSTEADYTEXT_')));
@@ -208,10 +211,14 @@ try {
   const head = ['round', 'start', 'listening', 'connected', 'first answer', 'answer (start)'];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === 1 || i === 5 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
-  console.log(`\ntime to first steadytext_generate answer (max_tokens ${MAX_TOKENS}), ${PRESET} models, from spawning node ${opt.cli} serve`);
+  const flags = opt['serve-flag'].length ? ` ${opt['serve-flag'].join(' ')}` : '';
+  console.log(`\ntime to first steadytext_generate answer (max_tokens ${MAX_TOKENS}), ${PRESET} models, from spawning node ${opt.cli} serve${flags}`);
   console.log([line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n'));
   const worst = Math.max(...colds);
   console.log(`goal: cold < ${s(GOAL_MS)}: ${worst < GOAL_MS ? 'met' : 'NOT met'} (slowest cold ${s(worst)})`);
+  // Other work on the machine slows every phase: say how busy it was.
+  const load = loadavg().map((x) => x.toFixed(1));
+  console.log(`load average ${load.join(' ')} on ${availableParallelism()} cores`);
 } finally {
   await cluster?.stop();
   rmSync(work, { recursive: true, force: true });
