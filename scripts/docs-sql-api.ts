@@ -248,7 +248,10 @@ const FUNCTIONS: Record<SteadyFunction, FunctionDoc> = {
     returns:
       '`running`: models loaded; `pid`: the proxy process; `host`, `port`: where the database reaches the proxy (the daemon endpoint, or `in-band` and NULL); ' +
       '`uptime_seconds`, `requests_processed`, `errors_count`, `avg_latency_ms`: since the engine started (latency NULL before the first request).',
-    notes: ['With no proxy reachable (connected straight to the database), one row with `running` false and a NOTICE saying why, instead of an error.'],
+    notes: [
+      'Connected straight to the database (no proxy on the connection): through dblink, when the daemon endpoint cannot be reached, one row with `running` false and a NOTICE saying why; ' +
+        'in-band, the call fails after `daemon_timeout_ms` with 57014, as no proxy reads the request.',
+    ],
     examples: [
       {
         sql: 'SELECT * FROM steadytext_daemon_status();',
@@ -283,13 +286,13 @@ const FUNCTIONS: Record<SteadyFunction, FunctionDoc> = {
     summary: 'One row per configured model.',
     params: {},
     returns: '`model_type`: `generation` or `embedding`; `model_size`: its name; `loaded`; `memory_mb`: RAM of the model and its contexts while loaded, else 0.',
-    notes: ['With no proxy reachable, the models the proxy registered in the database, none loaded, and a NOTICE.'],
+    notes: ['Connected straight to the database, through dblink with the daemon endpoint unreachable: the models the proxy registered in the database, none loaded, and a NOTICE (in-band: 57014 after `daemon_timeout_ms`).'],
     examples: [
       {
         sql: 'SELECT * FROM steadytext_model_info();',
         columns: ['model_type', 'model_size', 'loaded', 'memory_mb'],
         rows: [['generation', 'small', 't', '4711'], ['generation', 'large', 'f', '0'], ['embedding', 'small', 't', '655']],
-        note: 'The rows are the configured models: with `--generation-model` set, one generation row.',
+        note: 'One row per model the proxy knows: `small` and `large` for generation and `small` for embeddings, unless configured otherwise.',
       },
     ],
   },
