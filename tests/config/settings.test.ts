@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -116,5 +116,16 @@ describe('settings', () => {
   test('the reference lists every option', () => {
     const md = settingsMarkdown();
     for (const s of Object.values(SPECS)) expect(md).toContain(`\`${s.env}\``);
+  });
+
+  test("README's configuration table is the generated reference (pg-steadytext config --markdown)", () => {
+    expect(readFileSync(new URL('../../README.md', import.meta.url), 'utf8')).toContain(settingsMarkdown());
+  });
+
+  test('--no-download, PGSTEADYTEXT_DOWNLOAD and the download key turn downloads off', () => {
+    expect(loadSettings({ env: {} }).download).toBe(true);
+    expect(loadSettings({ env: {}, flags: parseFlags(['--no-download']).flags }).download).toBe(false);
+    expect(loadSettings({ env: { PGSTEADYTEXT_DOWNLOAD: 'off' } }).download).toBe(false);
+    expect(loadSettings({ env: {}, configFile: file({ download: false }) }).download).toBe(false);
   });
 });
