@@ -246,8 +246,8 @@ const FUNCTIONS: Record<SteadyFunction, FunctionDoc> = {
     summary: "The proxy's inference engine as the database sees it.",
     params: {},
     returns:
-      '`running`: models loaded; `pid`: the proxy process; `host`, `port`: where the database reaches the proxy (the daemon endpoint, or `in-band` and NULL); ' +
-      '`uptime_seconds`, `requests_processed`, `errors_count`, `avg_latency_ms`: since the engine started (latency NULL before the first request).',
+      '`running`: false only after `steadytext_daemon_stop()` (models otherwise load when needed, see `steadytext_model_info`); `pid`: the proxy process; `host`, `port`: where the database reaches the proxy (the daemon endpoint, or `in-band` and NULL); ' +
+      '`uptime_seconds`, `requests_processed`, `errors_count`, `avg_latency_ms`: since the proxy started (latency NULL before the first request).',
     notes: [
       'Connected straight to the database (no proxy on the connection): through dblink, when the daemon endpoint cannot be reached, one row with `running` false and a NOTICE saying why; ' +
         'in-band, the call fails after `daemon_timeout_ms` with 57014, as no proxy reads the request.',
