@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type pg from 'pg';
 import { renderSqlApi, sqlApiExamples, SQL_API_PATH } from '../scripts/docs-sql-api.js';
+import { SPECS } from '../config/settings.js';
 import { isSteadyFunction } from '../sql/signatures.js';
 import { startStack, type Stack } from './api/helpers.js';
 
@@ -50,6 +51,25 @@ describe('comparison with the extension', () => {
       expect(isSteadyFunction(fn), `${fn} is not in sql/signatures.ts`).toBe(true);
       expect(comparison, `docs/comparison.md does not list ${fn}`).toMatch(new RegExp(`^\\|.*\`${fn}\\(.*\\| implemented`, 'm'));
     }
+  });
+});
+
+describe('options named in docs/', () => {
+  // The CLI's own flags besides the settings (cli.ts), and other programs' flags the pages quote.
+  const COMMAND_FLAGS = ['config', 'all', 'reboot', 'database', 'json', 'markdown', 'help', 'version', 'daemon', 'quiet', 'verbose', 'user'];
+  const OTHER_PROGRAMS = ['exclude-table-data'];
+
+  test('every --flag is one the CLI takes', () => {
+    const known = new Set<string>([...COMMAND_FLAGS, ...OTHER_PROGRAMS]);
+    for (const s of Object.values(SPECS)) {
+      known.add(s.flag);
+      if (s.kind === 'bool') known.add(`no-${s.flag}`);
+    }
+    const unknown: string[] = [];
+    for (const f of readdirSync(join(ROOT, 'docs')).filter((x) => x.endsWith('.md'))) {
+      for (const m of readFileSync(join(ROOT, 'docs', f), 'utf8').matchAll(/(?<![\w-])--([a-z][a-z-]*)/g)) if (!known.has(m[1])) unknown.push(`${f}: --${m[1]}`);
+    }
+    expect(unknown).toEqual([]);
   });
 });
 

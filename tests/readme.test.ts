@@ -60,10 +60,13 @@ function splitEnv(cmd: string): { env: Record<string, string>; argv: string[] } 
 
 /** The README's npm and pg-steadytext commands: every shell block's, and inline code that starts with one. */
 function documentedCommands(): string[] {
-  const inline = [...README.matchAll(/`((?:npx |npm |pg-steadytext )[^`]+)`/g)].map((m) => m[1]);
+  // The startup banner's message reads like a command; it is checked below as the ready line's message.
+  const inline = [...README.matchAll(/`((?:npx |npm |pg-steadytext )[^`]+)`/g)].map((m) => m[1]).filter((c) => c !== READY);
   return [...shellCommands(README), ...inline].filter((c) => /^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*(?:npx pg-steadytext|pg-steadytext|npm)\b/.test(c));
 }
 
+/** The message of the startup banner, the log line that says the proxy is ready. */
+const READY = 'pg-steadytext ready';
 const HELP = spawnSync(process.execPath, ['--import', 'tsx', join(root, 'cli.ts'), '--help'], { encoding: 'utf8', cwd: root }).stdout;
 const ENV_VARS = new Set([...settingsMarkdown().matchAll(/PGSTEADYTEXT_[A-Z0-9_]+/g)].map((m) => m[0]));
 
@@ -74,7 +77,16 @@ function problems(cmd: string): string[] {
     .filter((k) => k.startsWith('PGSTEADYTEXT_') && !ENV_VARS.has(k))
     .map((k) => `unknown environment variable ${k}`);
   if (argv[0] === 'npm') {
-    const builtin: Record<string, string | undefined> = { install: undefined, ci: undefined, test: 'test', start: 'start' };
+    // npm's own commands the README may show; test and start run scripts of package.json.
+    const builtin: Record<string, string | undefined> = {
+      install: undefined,
+      ci: undefined,
+      ls: undefined,
+      pack: undefined,
+      'install-scripts': undefined,
+      test: 'test',
+      start: 'start',
+    };
     if (argv[1] === 'run') {
       if (!pkg.scripts[argv[2]]) out.push(`no npm script "${argv[2]}" in package.json`);
     } else if (!(argv[1] in builtin)) out.push(`npm ${argv[1]} is not a command the README should need`);
@@ -108,6 +120,14 @@ describe('README', () => {
     const tsconfig = readFileSync(join(root, 'tsconfig.json'), 'utf8');
     expect(tsconfig).toMatch(/"outDir":\s*"(\.\/)?dist"/);
     expect(tsconfig).toMatch(/"include":\s*\[[^\]]*"cli\.ts"/);
+  });
+
+  test("the slim install's llama.cpp packages are at the version node-llama-cpp depends on", () => {
+    // Installed from the lockfile: what `npm install` resolves node-llama-cpp to.
+    const version = (JSON.parse(readFileSync(join(root, 'node_modules/node-llama-cpp/package.json'), 'utf8')) as { version: string }).version;
+    const named = [...section('Install size').matchAll(/@node-llama-cpp\/[a-z0-9-]+@([0-9][^\s`]*)/g)].map((m) => m[1]);
+    expect(named.length).toBeGreaterThan(0);
+    expect(new Set(named)).toEqual(new Set([version]));
   });
 
   test('the check catches a command that drifted', () => {
@@ -155,7 +175,7 @@ describe('README', () => {
         void exited.then((code) => reject(new Error(`pg-steadytext exited (${code}):\n${output()}`)));
         const look = () => {
           for (const l of output().split('\n')) {
-            if (!l.includes('"pg-steadytext ready"')) continue;
+            if (!l.includes(`"${READY}"`)) continue;
             child.stderr.off('data', look);
             resolve(JSON.parse(l) as Record<string, unknown>);
           }
