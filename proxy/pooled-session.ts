@@ -11,7 +11,8 @@
 // A statement whose result type changed since it was prepared (ALTER TABLE ...: the server refuses its
 // cached plan with 0A000) is prepared again and its exchange run again, when nothing of the client's was
 // done before it in that exchange, it ran outside a transaction block and nothing was sent after it: the
-// Bind (or a Query that is one EXECUTE) of such an exchange is "watched" (a few fields, no handler), what
+// Bind, the Describe of the statement (its plan is checked there too: pgx and asyncpg describe before they
+// bind), or a Query that is one EXECUTE, of such an exchange is "watched" (a few fields, no handler), what
 // follows it upstream up to its Sync kept in a small buffer, and the server connection's own ErrorResponse
 // and ReadyForQuery handling asks the session (holdError, releaseHeld): only that error path pays.
 import type { Logger } from 'pino';
@@ -29,7 +30,7 @@ import {
   type StatementCache,
 } from './prepared.js';
 import { Be, Fe, SYNC, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
-import { statementEffects, type StatementEffects } from './statement-effects.js';
+import { statementEffects, type EffectsOptions, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
 import type { SessionLink } from './upstream.js';
 
@@ -65,7 +66,7 @@ export type PinReason = 'advisory' | 'temp' | 'hold' | 'listen' | 'load' | 'prep
 interface Watch {
   /** 0: none; 1: its message is on its way upstream; 2: what follows it is being kept. */
   state: number;
-  /** Fe.Bind, or Fe.Query (a Query that is one EXECUTE). */
+  /** Fe.Bind, Fe.Describe (of a statement), or Fe.Query (a Query that is one EXECUTE). */
   code: number;
   /** The message as sent (Bind under the shared name; the Query's own copy). */
   sent: Buffer | null;
@@ -86,25 +87,76 @@ interface Watch {
 const REST_BYTES = 256;
 const EMPTY = Buffer.alloc(0);
 
-/** What may follow a watched Bind up to its Sync for the exchange to be run again: Execute, Describe of a portal, Flush. */
-function repeatable(rest: Buffer, len: number, code: number): boolean {
+/**
+ * What may follow a watched Bind or Describe up to its Sync for the exchange to be run again: Execute, Describe
+ * of a portal, Flush; after a Describe of the statement also a Bind or Describe of that statement (under its
+ * server-side name when sent, `version`: renamed when sent again, see renamed()).
+ */
+function repeatable(rest: Buffer, len: number, code: number, version: string): boolean {
   let pos = 0;
   while (pos + 5 <= len) {
     const c = rest[pos];
     const end = pos + 1 + rest.readInt32BE(pos + 1);
     if (end > len) return false;
-    if (c === Fe.Sync) return end === len && code === Fe.Bind;
-    if (code !== Fe.Bind || !(c === Fe.Execute || c === Fe.Flush || (c === Fe.Describe && rest[pos + 5] === 0x50))) return false;
+    if (c === Fe.Sync) return end === len && code !== Fe.Query;
+    if (code === Fe.Query) return false;
+    if (!(c === Fe.Execute || c === Fe.Flush || (c === Fe.Describe && rest[pos + 5] === 0x50))) {
+      if (code !== Fe.Describe || !((c === Fe.Bind || (c === Fe.Describe && rest[pos + 5] === 0x53)) && namesStatement(rest, pos, end, version)))
+        return false;
+    }
     pos = end;
   }
   // A Query's exchange is the Query: nothing may follow it.
   return pos === len && code === Fe.Query && len === 0;
 }
 
+/** Drops the ParameterDescription of a Describe run again. */
+const NO_PARAMETERS: ResponseHandler = { onMessage: (m) => (m[0] === Be.ParameterDescription ? null : m) };
+
+/** Does the Bind or Describe of a statement at rest[pos, end) name the statement `name`? */
+function namesStatement(rest: Buffer, pos: number, end: number, name: string): boolean {
+  const at = rest[pos] === Fe.Bind ? rest.indexOf(0, pos + 5) + 1 : pos + 6;
+  const nul = rest.indexOf(0, at);
+  return at > 0 && nul >= 0 && nul < end && rest.toString('latin1', at, nul) === name;
+}
+
+/** What followed a watched Describe, its Binds and Describes of the statement under the statement's new name. */
+function renamed(rest: Buffer, len: number, nameBytes: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let pos = 0; pos < len;) {
+    const end = pos + 1 + rest.readInt32BE(pos + 1);
+    const m = Buffer.from(rest.subarray(pos, end));
+    out.push(m[0] === Fe.Bind || (m[0] === Fe.Describe && m[5] === 0x53) ? withStatementName(m, nameBytes) : m);
+    pos = end;
+  }
+  return out;
+}
+
 /** The server refused a prepared statement's plan because its result type changed (the routine is not translated, the message may be). */
 function resultTypeChanged(f: Record<string, string>): boolean {
   return f.C === '0A000' && (f.R === 'RevalidateCachedQuery' || f.M === 'cached plan must not change result type');
 }
+
+/** Client encodings whose multibyte characters may hold ASCII bytes (PostgreSQL's names and aliases, cleaned as it cleans them). */
+const NOT_ASCII_SAFE = new Set(
+  [
+    'sjis',
+    'shiftjis',
+    'mskanji',
+    'win932',
+    'windows932',
+    'shiftjis2004',
+    'big5',
+    'win950',
+    'windows950',
+    'gbk',
+    'win936',
+    'windows936',
+    'cp936',
+  ].concat(['uhc', 'win949', 'windows949', 'gb18030', 'johab']),
+);
+const ASCII_SAFE: EffectsOptions = { asciiSafe: true };
+const NOT_SAFE: EffectsOptions = {};
 
 /** Startup parameters that are not settings. */
 const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
@@ -129,6 +181,8 @@ export class PooledSession implements PoolClient {
   readonly pins = new Set<PinReason>();
   /** Protocol-level named statements (used while max_prepared_statements > 0 and the pool is not in session mode). */
   readonly statements: ClientStatements;
+  /** How statementEffects reads the client's text that is not UTF-8: byte for byte where its encoding allows. */
+  private effectsOpts: EffectsOptions = ASCII_SAFE;
   /** Settings may have changed in the current transaction: read them back at its end. */
   private settingsDirty = false;
   /** Pins may have been taken or let go: check at the end of the transaction. */
@@ -191,6 +245,14 @@ export class PooledSession implements PoolClient {
       pool.stats,
       (text) => this.pgbLog('ERROR', text),
     );
+    this.encoding(this.settings.get('client_encoding'));
+  }
+
+  /** The client's encoding (unset: the database's, which is ASCII-safe), for statementEffects and statement identity. */
+  private encoding(name: string | undefined): void {
+    const n = (name ?? '').toLowerCase().replace(/[^a-z0-9]/g, '');
+    this.effectsOpts = NOT_ASCII_SAFE.has(n) ? NOT_SAFE : ASCII_SAFE;
+    this.statements.encoding = n === 'utf8' || n === 'unicode' ? '' : n;
   }
 
   /** Online restart (takeover.ts): the read-backs and pin check due at the end of the current transaction, carried over. */
@@ -325,7 +387,7 @@ export class PooledSession implements PoolClient {
     const s = this.server!;
     switch (code) {
       case Fe.Query: {
-        const e = statementEffects(msg, 5, msg.length - 1);
+        const e = statementEffects(msg, 5, msg.length - 1, this.effectsOpts);
         this.note(e, false);
         if (e === null) return undefined;
         const send = this.preparing && namesStatements(e) ? this.sqlNames(e, s, true) : [];
@@ -338,30 +400,32 @@ export class PooledSession implements PoolClient {
         return { send };
       }
       case Fe.Parse: {
-        const e = statementEffects(msg, readCStringEnd(msg, 5), msgTextEnd(msg));
+        const e = statementEffects(msg, readCStringEnd(msg, 5), msgTextEnd(msg), this.effectsOpts);
         this.note(e, true);
         if (!this.preparing) return undefined;
         const pre = e !== null && namesStatements(e) ? this.sqlNames(e, s, false) : [];
-        const out = this.statements.parse(msg, s);
+        const out = this.statements.parse(msg, s, e !== null && e.executes.length > 0 ? e.executes : null);
         if (pre.length === 0) return out;
         if (out === undefined) return { send: [...pre, { bytes: msg, handler: undefined }] };
         out.send.unshift(...pre);
         return out;
       }
-      case Fe.Bind: {
-        if (!this.preparing) return undefined;
-        const out = this.known(this.statements.use(msg, s), msg);
-        // The first thing its exchange runs, nothing else in flight: it may be run again (0A000).
-        const t = this.host.tracker;
-        if (out !== undefined && out.send.length > 0 && t.exchangeClean && t.size === this.internal) this.watchBind(out, s);
-        return out;
-      }
+      case Fe.Bind:
+        return this.preparing ? this.use(msg, code, s) : undefined;
       case Fe.Describe:
-        return msg[5] === 0x53 && this.preparing ? this.known(this.statements.use(msg, s), msg) : undefined;
+        return msg[5] === 0x53 && this.preparing ? this.use(msg, code, s) : undefined;
       case Fe.Close:
         return msg[5] === 0x53 && this.preparing ? this.statements.close(msg) : undefined;
     }
     return undefined;
+  }
+
+  /** Bind, or Describe of a statement: under its shared name; the first thing its exchange runs, nothing else in flight, it may be run again (0A000). */
+  private use(msg: Buffer, code: number, s: PooledServer): PreparedOutcome | undefined {
+    const out = this.known(this.statements.use(msg, s), msg);
+    const t = this.host.tracker;
+    if (out !== undefined && out.send.length > 0 && t.exchangeClean && t.size === this.internal) this.watchUse(out, code, s);
+    return out;
   }
 
   /** SQL naming statements: the server connection's statements of those names made the client's first (prepared.ts). */
@@ -378,11 +442,11 @@ export class PooledSession implements PoolClient {
     return this.watch.state !== 0;
   }
 
-  private watchBind(out: PreparedOutcome, s: PooledServer): void {
+  private watchUse(out: PreparedOutcome, code: number, s: PooledServer): void {
     const w = this.watch;
     const st = this.statements.lastUsed!;
     w.state = 1;
-    w.code = Fe.Bind;
+    w.code = code;
     w.sent = out.send[out.send.length - 1].bytes;
     w.st = st;
     w.version = st.name;
@@ -441,7 +505,7 @@ export class PooledSession implements PoolClient {
     if (w.state !== 2 || w.server !== this.server || this.host.tracker.request !== w.code) return false;
     // Its Sync must have gone already: a client waiting for this answer (after a Flush) before it sends one
     // would wait for ever for a ReadyForQuery.
-    if (!repeatable(w.rest ?? EMPTY, w.restLen, w.code) || !resultTypeChanged(readErrorFields(msg))) return false;
+    if (!repeatable(w.rest ?? EMPTY, w.restLen, w.code, w.version) || !resultTypeChanged(readErrorFields(msg))) return false;
     w.error = Buffer.from(msg);
     return true;
   }
@@ -466,7 +530,7 @@ export class PooledSession implements PoolClient {
       readTxStatus(rfq) !== 'I' ||
       this.host.tracker.size !== 0 ||
       !this.host.atRest() ||
-      !repeatable(w.rest ?? EMPTY, w.restLen, w.code)
+      !repeatable(w.rest ?? EMPTY, w.restLen, w.code, w.version)
     ) {
       return [error, rfq];
     }
@@ -476,6 +540,11 @@ export class PooledSession implements PoolClient {
       out = this.statements.replan(st, w.version, s);
       out.push({ bytes: withStatementName(w.sent!, st.nameBytes), handler: undefined });
       out.push({ bytes: Buffer.from(w.rest!.subarray(0, w.restLen)), handler: undefined });
+    } else if (w.code === Fe.Describe) {
+      out = this.statements.replan(st, w.version, s);
+      // The first try's ParameterDescription reached the client before the error (the types are the Parse's).
+      out.push({ bytes: withStatementName(w.sent!, st.nameBytes), handler: NO_PARAMETERS });
+      for (const m of renamed(w.rest!, w.restLen, st.nameBytes)) out.push({ bytes: m, handler: undefined });
     } else {
       out = this.statements.replanLiteral(w.name, st, w.version, s);
       out.push({ bytes: w.sent!, handler: undefined });
@@ -515,6 +584,8 @@ export class PooledSession implements PoolClient {
   private note(e: StatementEffects | null, parsed: boolean): void {
     if (e === null) return;
     if (e.sets.length > 0 || e.unknownSet || e.discard === 'all') this.settingsDirty = true;
+    // SET client_encoding / SET NAMES: the text that follows is in that encoding (the read-back confirms it).
+    for (const x of e.sets) if (x.name === 'client_encoding' && x.value !== null) this.encoding(x.value);
     if (parsed && (e.discard === 'all' || e.deallocates.includes('*'))) {
       this.statements.clear();
       this.server?.prepared.clear();
@@ -655,6 +726,7 @@ export class PooledSession implements PoolClient {
       for (const [k, v] of rows) if (k && v) now.set(k.toString(), v.toString());
       this.settings.clear();
       for (const [k, v] of now) this.settings.set(k, v);
+      this.encoding(now.get('client_encoding'));
       s.applied.clear();
       for (const [k, v] of now) s.applied.set(k, v);
       this.afterInternal();
@@ -698,7 +770,7 @@ export class PooledSession implements PoolClient {
       'SELECT name, from_sql, parameter_types::pg_catalog.oid[]::pg_catalog.text, statement FROM pg_catalog.pg_prepared_statements' +
       ` WHERE name OPERATOR(pg_catalog.=) ANY (ARRAY[${names.map(literal).join(', ')}]::pg_catalog.text[])`;
     this.internalQuery(s, sql, (rows, ok) => {
-      if (ok) this.statements.settle(rows, s);
+      if (ok) this.statements.settle(rows, s, this.effectsOpts);
       if (this.statements.uncertain.size > 0) {
         this.host.log.warn(
           { statements: [...this.statements.uncertain] },

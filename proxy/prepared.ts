@@ -15,16 +15,19 @@
 // under the client's own name (a "literal" name, tracked per connection): before a Query or Parse whose
 // text EXECUTEs, DEALLOCATEs or PREPAREs a name, the connection's statement of that name is made the
 // client's (prepared from the client's definition, or closed when it is another client's), so the SQL
-// runs unchanged. A name the SQL may have created or dropped is "uncertain": until the end of the
+// runs unchanged; so before a Bind or Describe of a named statement whose own text is an EXECUTE (the protocol
+// takes any statement). A name the SQL may have created or dropped is "uncertain": until the end of the
 // transaction the server connection decides (a Bind, Describe, Parse or Close of it goes there under that
 // name), then pg_prepared_statements is read back and the name becomes a definition like a Parse's (its
 // text and resolved parameter type OIDs), which any server connection can be given, by Bind or EXECUTE.
+// Text is kept as the client's bytes (read back in its client encoding, sent again in it); the same bytes
+// beyond ASCII from clients of different encodings are different statements.
 // A plan the server refuses because the result type changed (0A000, after ALTER TABLE and the like) gets a
 // new server-side name (replan); the session decides when the exchange can run again (pooled-session.ts).
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { Be, CLOSE_COMPLETE, Fe, PARSE_COMPLETE, SYNC, SqlState, close, errorResponse, parse, readCString, withStatementName } from './protocol.js';
 import type { PooledServer } from './pool.js';
-import { statementEffects, type StatementEffects } from './statement-effects.js';
+import { statementEffects, type EffectsOptions, type StatementEffects } from './statement-effects.js';
 
 export interface SharedStatement {
   /** Server-side name (a new one once a server refused a copy's plan: rename). */
@@ -36,6 +39,8 @@ export interface SharedStatement {
   refs: number;
 }
 
+const NOT_ASCII = /[\u0080-\uffff]/;
+
 /** The statements all clients of one pooler prepared, by identity. */
 export class StatementCache {
   private readonly byKey = new Map<string, SharedStatement>();
@@ -45,10 +50,15 @@ export class StatementCache {
     return this.byKey.size;
   }
 
-  /** The shared statement for a client's Parse (`nameEnd`: where its name ends). */
-  take(msg: Buffer, nameEnd: number): SharedStatement {
+  /**
+   * The shared statement for a client's Parse (`nameEnd`: where its name ends). `encoding`: the client's, when
+   * not UTF-8 ('' otherwise): the same bytes beyond ASCII are another text in another encoding.
+   */
+  take(msg: Buffer, nameEnd: number, encoding = ''): SharedStatement {
     // latin1 maps each byte to one char: the key is the exact bytes of query text and parameter types.
-    const key = msg.toString('latin1', nameEnd);
+    let key = msg.toString('latin1', nameEnd);
+    // No key of a Parse starts so (a NUL, then a negative parameter count).
+    if (encoding !== '' && NOT_ASCII.test(key)) key = `\0\xff${encoding}\0${key}`;
     let st = this.byKey.get(key);
     if (!st) {
       const name = `PGST_${this.next++}`;
@@ -234,6 +244,8 @@ interface ClientStatement {
    * the answer; the statement is prepared again on the server at that Bind), but a new Parse may take it.
    */
   failed: boolean;
+  /** The names its text EXECUTEs (SQL's EXECUTE as a protocol statement): the client's statements of them go first. */
+  readonly executes: readonly string[] | null;
 }
 
 /** A Bind or Describe names a statement the client never prepared (pgBouncer ends such a client). */
@@ -253,6 +265,8 @@ export class ClientStatements {
   alive = true;
   /** Some server connection was given a copy of the client's under the client's own name (SQL named one). */
   private hasLiterals = false;
+  /** The client encoding when it is not UTF-8 (lower case, '' otherwise): a part of a statement's identity. */
+  encoding = '';
 
   constructor(
     private readonly cache: StatementCache,
@@ -302,7 +316,7 @@ export class ClientStatements {
   adopt(name: string, st: SharedStatement, failed: boolean): void {
     if (this.byName.has(name)) return;
     st.refs++;
-    this.byName.set(name, { st, failed });
+    this.byName.set(name, { st, failed, executes: null });
   }
 
   /** Online restart: a server connection taken over holds a copy of this client's under the client's own name. */
@@ -311,8 +325,11 @@ export class ClientStatements {
     forgotten++; // a copy that is stale already goes at the next lend
   }
 
-  /** Parse. Unnamed statements pass as they are (they live within one exchange). */
-  parse(msg: Buffer, server: PooledServer): PreparedOutcome | undefined {
+  /**
+   * Parse. Unnamed statements pass as they are (they live within one exchange). `executes`: the names its text
+   * EXECUTEs, if any (statementEffects).
+   */
+  parse(msg: Buffer, server: PooledServer, executes: readonly string[] | null = null): PreparedOutcome | undefined {
     const [name, nameEnd] = readCString(msg, 5);
     if (name === '') return undefined;
     if (this.uncertain.size > 0 && this.uncertain.has(name)) {
@@ -333,8 +350,8 @@ export class ClientStatements {
     if (this.byName.size >= this.perClient) {
       return failWith(SqlState.ProgramLimitExceeded, `too many prepared statements in this session (${this.perClient}); Close or DEALLOCATE some`);
     }
-    const st = this.cache.take(msg, nameEnd);
-    const entry: ClientStatement = { st, failed: false };
+    const st = this.cache.take(msg, nameEnd, this.encoding);
+    const entry: ClientStatement = { st, failed: false, executes };
     this.byName.set(name, entry);
     this.counts.clientParseCount++;
     const failed = () => {
@@ -380,7 +397,7 @@ export class ClientStatements {
     if (this.uncertain.size > 0 && this.uncertain.has(name)) return undefined;
     const c = this.byName.get(name);
     if (!c) return UNKNOWN_STATEMENT;
-    const send = this.ensure(c.st, server);
+    const send = c.executes === null ? this.ensure(c.st, server) : this.executing(c, server);
     send.push({ bytes: withStatementName(msg, c.st.nameBytes), handler: undefined });
     this.lastUsed = c.st;
     return { send };
@@ -489,7 +506,7 @@ export class ClientStatements {
    * type OIDs as text, statement): each becomes the client's definition, or is gone. A name whose
    * definition cannot be told stays uncertain (the session keeps the connection then).
    */
-  settle(rows: (Buffer | null)[][], server: PooledServer): void {
+  settle(rows: (Buffer | null)[][], server: PooledServer, opts: EffectsOptions): void {
     const lits = literals(server);
     const found = new Map<string, (Buffer | null)[]>();
     for (const r of rows) if (r[0]) found.set(r[0].toString(), r);
@@ -506,10 +523,10 @@ export class ClientStatements {
         this.uncertain.delete(name);
         continue;
       }
-      const def = definition(name, row);
+      const def = definition(name, row, opts);
       if (def === null) continue;
-      const st = this.cache.take(def, 6);
-      this.byName.set(name, { st, failed: false });
+      const st = this.cache.take(def.parse, 6, this.encoding);
+      this.byName.set(name, { st, failed: false, executes: def.executes });
       if (had) {
         this.cache.drop(had.st);
         if (had.st !== st) forgotten++;
@@ -559,6 +576,18 @@ export class ClientStatements {
     ];
   }
 
+  /**
+   * A statement whose text EXECUTEs the client's statements (by name, when it runs, where it runs): those go to
+   * the server connection first under the client's names, as before a Query or Parse that EXECUTEs them.
+   */
+  private executing(c: ClientStatement, server: PooledServer): Outgoing {
+    const out: Outgoing = [];
+    const names = new Set(c.executes);
+    for (const n of names) this.mirror(n, server, out, names, false);
+    out.push(...this.ensure(c.st, server));
+    return out;
+  }
+
   private ensure(st: SharedStatement, server: PooledServer): Outgoing {
     if (server.prepared.has(st.name)) {
       touch(server, st.name);
@@ -595,16 +624,19 @@ function touch(server: PooledServer, name: string): void {
 /**
  * A read-back row's statement as a Parse (unnamed; the cache names it): the text a Parse gave, or the
  * PREPARE's inner statement found in the SQL that made it (the last PREPARE of that name in the text),
- * with the parameter types the server resolved. null when the text cannot be told.
+ * with the parameter types the server resolved, byte for byte in the client's encoding; and the names a
+ * Parse's text EXECUTEs. null when the text cannot be told.
  */
-function definition(name: string, row: (Buffer | null)[]): Buffer | null {
+function definition(name: string, row: (Buffer | null)[], opts: EffectsOptions): { parse: Buffer; executes: string[] | null } | null {
   const [, fromSql, types, statement] = row;
   if (!fromSql || !types || !statement) return null;
   const oids = types.toString().replace(/^\{|\}$/g, '');
   const paramTypes = oids === '' ? [] : oids.split(',').map(Number);
   if (paramTypes.some((t) => !Number.isInteger(t) || t < 0)) return null;
-  if (fromSql.toString() !== 't') return parse('', statement, paramTypes);
-  const e = statementEffects(statement);
+  const e = statementEffects(statement, 0, statement.length, opts);
+  const executes = e !== null && e.executes.length > 0 ? e.executes : null;
+  if (fromSql.toString() !== 't') return { parse: parse('', statement, paramTypes), executes };
   const p = e?.prepares.filter((x) => x.name === name).at(-1);
-  return p === undefined ? null : parse('', p.text, paramTypes);
+  if (p === undefined) return null;
+  return { parse: parse('', Buffer.from(p.text, e!.bytewise ? 'latin1' : 'utf8'), paramTypes), executes: null };
 }

@@ -47,6 +47,11 @@ export interface StatementEffects {
    * statement's plan, the client having heard nothing of it yet.
    */
   executeAlone?: true;
+  /**
+   * The text was not UTF-8 and was read byte for byte (EffectsOptions.asciiSafe): each char of `prepares`' text
+   * is one byte of the client's encoding (Buffer.from(text, 'latin1') gives the bytes back). Names are ASCII then.
+   */
+  bytewise?: true;
   /** DEALLOCATE [PREPARE] name; '*' for ALL. */
   deallocates: string[];
   /**
@@ -64,6 +69,12 @@ export interface StatementEffects {
 export interface EffectsOptions {
   /** The session's standard_conforming_strings (from ParameterStatus); default true. */
   standardConformingStrings?: boolean;
+  /**
+   * The client encoding keeps every byte of a multibyte character at 0x80 or above (every one PostgreSQL has
+   * but SJIS, BIG5, GBK, UHC, GB18030 and JOHAB): text that is not UTF-8 lexes the same read byte for byte, as
+   * latin1, and is classified so (StatementEffects.bytewise) instead of getting the safe answer.
+   */
+  asciiSafe?: boolean;
 }
 
 /** Text longer than this is not parsed (the WASM heap grows to the largest parse and never shrinks). */
@@ -211,7 +222,7 @@ export function prefilterHits(sql: Buffer, start: number, end: number): boolean 
  * so a terminator inside the range does no harm), classified as a whole; null when there are none (decided
  * by the prefilter alone when it can) or when the text does not parse (the server reports that error).
  * Synchronous; needs loadStatementParser() first. Text that passes the prefilter but cannot be parsed
- * faithfully (longer than MAX_EFFECTS_PARSE_BYTES, not UTF-8, or lexed differently with
+ * faithfully (longer than MAX_EFFECTS_PARSE_BYTES, not UTF-8 without opts.asciiSafe, or lexed differently with
  * standard_conforming_strings off) gets the safe answer: unknownSet, every pin and unpin, txControl.
  */
 export function statementEffects(sql: Buffer, start = 0, end = sql.length, opts: EffectsOptions = {}): StatementEffects | null {
@@ -225,9 +236,11 @@ export function statementEffects(sql: Buffer, start = 0, end = sql.length, opts:
   if (bareTransaction(sql, start, stop)) return { ...none(), txControl: true };
   const bytes = sql.subarray(start, stop);
   if (bytes.length === 0) return null;
-  if (bytes.length > MAX_EFFECTS_PARSE_BYTES || !isUtf8(bytes)) return unexamined();
+  if (bytes.length > MAX_EFFECTS_PARSE_BYTES) return unexamined();
+  const utf8 = isUtf8(bytes);
+  if (!utf8 && opts.asciiSafe !== true) return unexamined();
   parserRunCount++;
-  const text = bytes.toString('utf8');
+  const text = bytes.toString(utf8 ? 'utf8' : 'latin1');
   if (opts.standardConformingStrings === false && bytes.includes(0x5c) && !lexesAlikeWithoutScs(text)) return unexamined();
   let tree: J;
   try {
@@ -239,8 +252,15 @@ export function statementEffects(sql: Buffer, start = 0, end = sql.length, opts:
   try {
     const acc = none();
     const stmts: J[] = tree.stmts ?? [];
-    for (const raw of stmts) statement(bytes, raw, acc);
+    // The parser's locations are offsets into the UTF-8 of what it was given: for text read as latin1, its UTF-8.
+    const parsed = utf8 ? bytes : Buffer.from(text, 'utf8');
+    for (const raw of stmts) statement(parsed, raw, acc);
     if (isNone(acc)) return null;
+    if (!utf8) {
+      // A name the rest of the proxy reads as UTF-8 (protocol messages): one that is not ASCII cannot be told.
+      if (!acc.prepares.every((p) => ascii(p.name)) || !acc.executes.every(ascii) || !acc.deallocates.every(ascii)) return unexamined();
+      acc.bytewise = true;
+    }
     if (stmts.length === 1 && acc.executes.length === 1 && isNone({ ...acc, executes: [] })) acc.executeAlone = true;
     return acc;
   } catch (e) {
@@ -248,6 +268,8 @@ export function statementEffects(sql: Buffer, start = 0, end = sql.length, opts:
     throw e;
   }
 }
+
+const ascii = (s: string): boolean => !/[\u0080-\uffff]/.test(s);
 
 const none = (): StatementEffects => ({
   sets: [],

@@ -498,3 +498,184 @@ describe('a statement whose result type changed is prepared again (0A000) outsid
     c.destroy();
   });
 });
+
+describe('0A000 at a Describe of the statement, outside a transaction block: prepared again, the exchange run again', () => {
+  let p: Pooled;
+  const table = `pp_replan_d_${process.pid}`;
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 1, max_prepared_statements: 10 });
+    await adminQuery(
+      `drop table if exists ${table}; create table ${table}(a int); insert into ${table} values (1); grant select on ${table} to trust_user`,
+    );
+  });
+  afterAll(async () => {
+    await p.close();
+    await adminQuery(`drop table if exists ${table}`);
+  });
+
+  const alter = (col: string) => adminQuery(`alter table ${table} add column ${col} int default 7`);
+  const describeS = (name: string) => frontend('D', `S${name}\0`);
+  const describeP = (name: string) => frontend('D', `P${name}\0`);
+  /** Columns of the exchange's RowDescriptions. */
+  const columns = (ms: { type: string; bytes: Buffer }[]) => ms.filter((m) => m.type === 'T').map((m) => m.bytes.readInt16BE(5));
+
+  test('Describe S alone (pgx, asyncpg), and Describe S then Bind, Describe P, Execute: the new columns, not the error', async () => {
+    const c = await p.session();
+    await exchange(c, [parse('dsc', `select * from ${table}`), SYNC]);
+    await alter('b');
+    let got = await exchange(c, [describeS('dsc'), SYNC]);
+    expect(errors(got)).toEqual([]);
+    expect(got.map((m) => m.type).join('')).toBe('tTZ');
+    expect(columns(got)).toEqual([2]);
+    await alter('c');
+    got = await exchange(c, [describeS('dsc'), bind('', 'dsc', []), describeP(''), execute(''), SYNC]);
+    expect(errors(got)).toEqual([]);
+    expect(got.map((m) => m.type).join('')).toBe('tT2TDCZ');
+    expect(columns(got)).toEqual([3, 3]);
+    expect(rows(got)).toEqual([['1', '7', '7']]);
+    // A Bind of the statement afterwards finds its copy fresh.
+    got = await exchange(c, [bind('', 'dsc', []), execute(''), SYNC]);
+    expect(rows(got)).toEqual([['1', '7', '7']]);
+    c.destroy();
+  });
+
+  test("a Parse the proxy answers itself (another client's copy, stale) then Describe S: no error on the client's Parse", async () => {
+    const a = await p.session();
+    await exchange(a, [parse('first', `select *, 1 as one from ${table}`), SYNC]);
+    await alter('d');
+    const b = await p.session();
+    const got = await exchange(b, [parse('second', `select *, 1 as one from ${table}`), describeS('second'), SYNC]);
+    expect(errors(got)).toEqual([]);
+    expect(got.map((m) => m.type).join('')).toBe('1tTZ');
+    a.destroy();
+    b.destroy();
+  });
+
+  test('inside a transaction block, or with work before it in its exchange, the client gets the error', async () => {
+    const c = await p.session();
+    await exchange(c, [parse('dsc2', `select * from ${table}`), SYNC]);
+    await alter('e');
+    await exchange(c, [query('begin')]);
+    let got = await exchange(c, [describeS('dsc2'), SYNC]);
+    expect(errors(got).join()).toContain('cached plan must not change result type');
+    await exchange(c, [query('rollback')]);
+    got = await exchange(c, [parse('', 'select 1'), bind('', '', []), execute(''), describeS('dsc2'), SYNC]);
+    expect(errors(got).join()).toContain('cached plan must not change result type');
+    // Alone again: recovered.
+    got = await exchange(c, [describeS('dsc2'), SYNC]);
+    expect(errors(got)).toEqual([]);
+    c.destroy();
+  });
+});
+
+describe('an SQL EXECUTE as the text of a named protocol statement runs on whichever server connection it lands', () => {
+  let p: Pooled;
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 2, max_prepared_statements: 10 });
+  });
+  afterAll(() => p.close());
+
+  test('of a statement SQL PREPAREd, and of one the protocol prepared', async () => {
+    const a = await p.pg();
+    await a.query('prepare s1(int) as select $1 * 2 as v, pg_backend_pid() as pid');
+    const first = (await a.query({ name: 'p1', text: 'execute s1(21)' })).rows[0];
+    expect(first.v).toBe(42);
+    const holder = await hold(p, first.pid);
+    const other = (await a.query({ name: 'p1', text: 'execute s1(21)' })).rows[0];
+    expect(other).toMatchObject({ v: 42 });
+    expect(other.pid).not.toBe(first.pid);
+    // The protocol's own statement, EXECUTEd from another named statement on the connection held before.
+    const proto = (await a.query({ name: 's2', text: 'select $1::int + 1 as v, pg_backend_pid() as pid', values: [1] })).rows[0];
+    expect(proto.v).toBe(2);
+    await letGo(holder);
+    const holder2 = await hold(p, proto.pid);
+    const r = (await a.query({ name: 'p2', text: 'execute s2(9)' })).rows[0];
+    expect(r.v).toBe(10);
+    expect(r.pid).not.toBe(proto.pid);
+    await letGo(holder2);
+    // Both named statements on both connections, a few times over.
+    for (let i = 0; i < 4; i++) {
+      expect((await a.query({ name: 'p1', text: 'execute s1(21)' })).rows[0].v).toBe(42);
+      expect((await a.query({ name: 'p2', text: 'execute s2(9)' })).rows[0].v).toBe(10);
+    }
+    await a.end();
+  });
+
+  test('a Describe of the statement on another connection, and the EXECUTEd name deallocated', async () => {
+    const c = await p.session();
+    await exchange(c, [query('prepare s3 as select 5 as five, pg_backend_pid()')]);
+    let got = await exchange(c, [parse('p3', 'execute s3'), SYNC]);
+    expect(errors(got)).toEqual([]);
+    got = await exchange(c, [query('select pg_backend_pid()')]);
+    const holder = await hold(p, Number(rows(got)[0][0]));
+    got = await exchange(c, [frontend('D', 'Sp3\0'), bind('', 'p3', []), execute(''), SYNC]);
+    expect(errors(got)).toEqual([]);
+    expect(got.filter((m) => m.type === 'T').map((m) => m.bytes.readInt16BE(5))).toEqual([2]);
+    expect(rows(got)[0][0]).toBe('5');
+    await letGo(holder);
+    await exchange(c, [query('deallocate s3')]);
+    got = await exchange(c, [bind('', 'p3', []), execute(''), SYNC]);
+    expect(errors(got).join()).toContain('prepared statement "s3" does not exist');
+    c.destroy();
+  });
+});
+
+describe('SQL PREPARE in a client encoding other than UTF-8 follows the client byte for byte', () => {
+  let p: Pooled;
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 2, max_prepared_statements: 10 });
+  });
+  afterAll(() => p.close());
+
+  async function session(encoding: string): Promise<RawClient> {
+    const c = await RawClient.open(p.proxy.address.port);
+    c.write(startupPacket({ user: 'trust_user', database: 'postgres', application_name: appName('pooled-latin1'), client_encoding: encoding }));
+    await c.waitFor('Z');
+    c.messages.length = 0;
+    return c;
+  }
+  const latin1 = (s: string) => Buffer.from(s, 'latin1');
+  const values = (ms: { type: string; bytes: Buffer }[]) =>
+    ms.filter((m) => m.type === 'D').map((m) => readDataRow(m.bytes).map((v) => v?.toString('latin1')));
+
+  test('LATIN1: the PREPARE read back and replayed on another server connection gives the same bytes', async () => {
+    const c = await session('LATIN1');
+    let got = await exchange(c, [
+      query(latin1("prepare lat(text) as select 'caf\xe9 \xe0 ' || $1 as v, length('caf\xe9') as n, pg_backend_pid() as pid")),
+    ]);
+    expect(errors(got)).toEqual([]);
+    got = await exchange(c, [query(latin1("execute lat('\xfc')"))]);
+    const [[v, n, where]] = values(got);
+    expect([v, n]).toEqual(['caf\xe9 \xe0 \xfc', '4']);
+    const holder = await hold(p, Number(where));
+    got = await exchange(c, [query(latin1("execute lat('\xfc')"))]);
+    expect(errors(got)).toEqual([]);
+    const [[v2, n2, where2]] = values(got);
+    expect([v2, n2]).toEqual([v, n]);
+    expect(where2).not.toBe(where);
+    // The protocol's Bind of it there too.
+    got = await exchange(c, [bind('', 'lat', [latin1('\xdf')]), execute(''), SYNC]);
+    expect(values(got).map((r) => r.slice(0, 2))).toEqual([['caf\xe9 \xe0 \xdf', '4']]);
+    await letGo(holder);
+    expect(p.proxy.sessions().find((s) => s.pooled?.statements.get('lat'))?.pooled?.pins.size).toBe(0);
+    c.destroy();
+  });
+
+  test('the same bytes from a LATIN1 and a UTF-8 client are two statements: each its own text', async () => {
+    const text = Buffer.from("select length('\u00e9') as n, '\u00e9' as v", 'utf8'); // in LATIN1: two characters, Ã©
+    const l = await session('LATIN1');
+    const u = await session('UTF8');
+    for (let i = 0; i < 3; i++) {
+      for (const [c, n] of [
+        [l, '2'],
+        [u, '1'],
+      ] as const) {
+        const got = await exchange(c, [...(i === 0 ? [parse('enc', text)] : []), bind('', 'enc', []), execute(''), SYNC]);
+        expect(errors(got)).toEqual([]);
+        expect(values(got)).toEqual([[n, '\xc3\xa9']]);
+      }
+    }
+    l.destroy();
+    u.destroy();
+  });
+});
