@@ -23,6 +23,7 @@ import {
   backendKeyData,
   errorResponse,
   forEachMessage,
+  query as queryMessage,
   readStartupPacket,
   typeName,
   type ErrorFields,
@@ -90,6 +91,14 @@ const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
 const PAUSE_POOL = 16; // pooling: waiting for a server connection
 const PAUSE_SUSPEND = 32; // SUSPEND: nothing more is read until RESUME or the handover (takeover.ts)
 const PAUSE_RERUN = 64; // the current exchange will run again (SessionContext.rerun)
+/** Fenced Queries in one transaction (SessionContext.fenceable): a writing one takes a subtransaction id; past 64, snapshots overflow. */
+const FENCES_PER_TRANSACTION = 32;
+const FENCE = queryMessage('SAVEPOINT steadytext_fence');
+const UNFENCE = queryMessage('RELEASE SAVEPOINT steadytext_fence');
+/** A block the proxy brought back from failure (ROLLBACK TO its fence) fails again where the client is told it failed. */
+const REFAIL = queryMessage("DO $$BEGIN RAISE EXCEPTION 'pg-steadytext: the statement stopped to be run again was not'; END$$");
+/** The fence's own statements: their answers are the proxy's (a RELEASE after a failed statement fails too). */
+const SWALLOW: ResponseHandler = { onMessage: () => null };
 /** A rerun exchange's Parse, Bind and Describe: the client has their answers from the first attempt. */
 const ANSWERED: ResponseHandler = { onMessage: (m) => (m[0] === Be.ErrorResponse || m[0] === Be.NoticeResponse ? m : null) };
 /** Most bytes a client waiting for a server connection copies out of the read buffer (holdsInput). */
@@ -134,8 +143,11 @@ export class ClientSession implements FrameHandler, SessionLink {
   private keptRelayT = 0;
   /** Queries kept so far (ctx.exchange). */
   private keptCount = 0;
+  /** The kept Query is fenced (SessionContext.fenceable); Queries fenced in the current transaction. */
+  private keptFenced = false;
+  private fences = 0;
   /** The current exchange runs again (ctx.rerun): what then decides, and the error that ended the attempt. */
-  private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null; dropT: boolean } | null = null;
+  private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null; dropT: boolean; fenced: boolean } | null = null;
   /** The current exchange is itself a rerun: it is not run again. */
   private isRerun = false;
   /**
@@ -434,6 +446,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         for (const b of this.replacement([{ bytes: out.bytes, handler: out.responses }])) this.onBytes(b);
       },
       keepQueries: false,
+      fenceable: null,
       get exchange() {
         return session.keptCount;
       },
@@ -441,14 +454,39 @@ export class ClientSession implements FrameHandler, SessionLink {
     };
   }
 
-  /** A Query goes upstream unchanged: kept (a view) when it begins an exchange outside a transaction block (ctx.keepQueries). */
-  private keepQuery(msg: Buffer): void {
+  /**
+   * A Query goes upstream unchanged: kept (a view) when it begins an exchange outside a transaction block
+   * (ctx.keepQueries), or inside one, fenced (ctx.fenceable): then true, and it goes through fenced().
+   */
+  private keepQuery(msg: Buffer): boolean {
+    const ctx = this.ctx!;
     // Nothing of the client's in flight (the pooler's own settings replay may be, ahead of it).
-    if (this.ctx!.keepQueries && this.ctx!.txStatus === 'I' && this.tracker.size === (this.pooled?.internalInFlight ?? 0)) {
-      this.keep(msg, this.sock === this.raw && this.input !== undefined ? this.input.reads : -1, 0);
-    } else {
-      this.keep(null, -1, 0);
+    const idle = this.tracker.size === (this.pooled?.internalInFlight ?? 0);
+    const reads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
+    if (ctx.keepQueries && ctx.txStatus === 'I' && idle) {
+      this.keep(msg, reads, 0);
+      return false;
     }
+    if (ctx.fenceable !== null && ctx.txStatus === 'T' && idle && this.fences < FENCES_PER_TRANSACTION && ctx.fenceable(msg)) {
+      this.fences++;
+      this.keep(msg, reads, 0);
+      this.keptMsgs += 2; // the SAVEPOINT's CommandComplete and ReadyForQuery come first
+      this.keptFenced = true;
+      return true;
+    }
+    this.keep(null, -1, 0);
+    return false;
+  }
+
+  /** A kept Query inside a transaction block goes upstream between the fence's SAVEPOINT and RELEASE. */
+  private fenced(msg: Buffer, code: number): Verdict {
+    const out = this.replacement([{ bytes: FENCE, handler: SWALLOW }]);
+    const v = this.pooled !== null ? this.pooledForward(msg, code) : (this.tracker.sent(code), KEEP);
+    if (v === KEEP) out.push(msg);
+    else if (Buffer.isBuffer(v)) out.push(v);
+    else if (Array.isArray(v)) out.push(...v);
+    out.push(...this.replacement([{ bytes: UNFENCE, handler: SWALLOW }]));
+    return out;
   }
 
   /**
@@ -493,15 +531,16 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.keptRelayT = relayRowDescription;
     if (query !== null) this.keptCount++;
     this.isRerun = false;
+    this.keptFenced = false;
   }
 
   /** ctx.rerun: see SessionContext. */
-  private armRerun(plan: (query: Buffer) => ((error: Buffer) => Promise<boolean>) | null): boolean {
+  private armRerun(plan: (query: Buffer, fenced: boolean) => ((error: Buffer) => Promise<boolean>) | null): boolean {
     const view = this.keptQuery;
     const ext = view !== null && view[0] === Fe.Parse ? rerunnableExchange(view) : null;
     if (view !== null && view[0] === Fe.Parse && ext === null) return false; // the relay kept it before its Sync
-    // In flight: the Query, or the exchange's Execute and Sync.
-    if (view === null || this.isRerun || this.rerunning !== null || this.tracker.size !== (ext ? 2 : 1) || this.hooks.pending || this.phase === CLOSED) return false;
+    // In flight: the Query (and the fence's RELEASE), or the exchange's Execute and Sync.
+    if (view === null || this.isRerun || this.rerunning !== null || this.tracker.size !== (ext ? 2 : 1) + (this.keptFenced ? 1 : 0) || this.hooks.pending || this.phase === CLOSED) return false;
     // Nothing of its answer went to the client, or only its RowDescription (of an exchange: only the answers
     // before its Execute): counted in server messages (the bytes before this notice in its chunk are forwarded
     // only after it), the interceptor's own notices aside.
@@ -517,9 +556,9 @@ export class ClientSession implements FrameHandler, SessionLink {
     // The client sent more since (read into the same buffer): the Query's bytes may be gone.
     if (this.keptReads >= 0 && this.input!.reads !== this.keptReads) return false;
     const q = Buffer.from(view);
-    const then = plan(q);
+    const then = plan(q, this.keptFenced);
     if (then === null) return false;
-    this.rerunning = { then, query: q, error: null, dropT };
+    this.rerunning = { then, query: q, error: null, dropT, fenced: this.keptFenced };
     this.pauseClient(PAUSE_RERUN);
     return true;
   }
@@ -876,8 +915,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.ctx!.signal = this.hooks.signal;
     const r = this.seam!.offer(msg, code);
     if (code === Fe.Query) {
-      if (r === undefined) this.keepQuery(msg);
-      else this.keptQuery = null;
+      if (r !== undefined) this.keptQuery = null;
+      else if (this.keepQuery(msg)) return this.fenced(msg, code);
     } else if (code === Fe.Parse) {
       if (r === undefined) this.keepParse(msg);
       else this.keep(null, -1, 0);
@@ -989,6 +1028,7 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   private setTxStatus(status: TxStatus): void {
     this.ctx!.txStatus = status;
+    if (status === 'I') this.fences = 0;
     this.seam?.ready(status);
   }
 
@@ -1012,7 +1052,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     const r = this.rerunning;
     if (r !== null && r.error !== null) {
       this.rerunning = null;
-      this.heldRerun(r.then, r.query, r.error, Buffer.from(rfq), r.dropT);
+      this.heldRerun(r, Buffer.from(rfq));
       return null;
     }
     return this.pooled !== null ? this.pooled.releaseHeld(rfq) : [rfq];
@@ -1022,10 +1062,12 @@ export class ClientSession implements FrameHandler, SessionLink {
    * The attempt of a rerun exchange ended in its withheld error: `then` decides, as a pending hook (the server
    * connection stays with the client meanwhile), whether the Query runs again or the client gets the error.
    */
-  private heldRerun(then: (error: Buffer) => Promise<boolean>, query: Buffer, error: Buffer, rfq: Buffer, dropT: boolean): void {
+  private heldRerun(r: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null; dropT: boolean; fenced: boolean }, rfq: Buffer): void {
+    const { query, dropT, fenced } = r;
+    const error = r.error!;
     this.ctx!.signal = this.hooks.signal;
     // `then` runs once the hook is pending (ctx.send needs that), from a microtask.
-    this.hooks.hold(Promise.resolve().then(() => then(error)).catch((err: unknown) => {
+    this.hooks.hold(Promise.resolve().then(() => r.then(error)).catch((err: unknown) => {
       this.log.warn({ err }, 'an exchange to run again failed; the client gets the error of its first attempt');
       return false;
     }), (again) => {
@@ -1039,8 +1081,12 @@ export class ClientSession implements FrameHandler, SessionLink {
         } else {
           if (dropT && this.server !== null) this.server.dropRowDescription = true;
           this.sendHookOutcome(undefined, query, Fe.Query);
+          // Still inside the fence (ROLLBACK TO keeps the savepoint), which goes once the statement is through.
+          if (fenced) for (const b of this.replacement([{ bytes: UNFENCE, handler: SWALLOW }])) this.onBytes(b);
         }
       } else {
+        // The gathering rolled back to the fence, so the block is no longer failed: it must be, as the client hears.
+        if (fenced && this.ctx!.txStatus === 'T') for (const b of this.replacement([{ bytes: REFAIL, handler: SWALLOW }])) this.onBytes(b);
         // Cancelled while it gathered: what the client asked for, not the error that stopped the first attempt.
         const cancelled = this.ctx!.signal.aborted
           ? errorResponse({ severity: 'ERROR', code: SqlState.QueryCanceled, message: 'canceling statement due to user request' })
@@ -1111,7 +1157,8 @@ export class ClientSession implements FrameHandler, SessionLink {
       toServer: (bytes: Buffer) => this.onBytes(bytes),
       txStatus: (status: TxStatus) => this.setTxStatus(status),
       relayReturned: () => this.drainIfDraining(),
-      keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) : 0),
+      // 0x100: a transaction block begun gives the session back, for JS to fence its statements.
+      keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) | (this.ctx!.fenceable !== null ? 0x100 : 0) : 0),
       // A Query the relay forwarded, its own copy (or none since it took over: what JS kept before is over).
       keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       internalError: (err: unknown) => this.internalError(err),
@@ -1124,7 +1171,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.phase !== READY || this.tracker.size > 0 || this.hooks.pending || this.draining) return false;
     if (this.paused !== 0 || this.serverPaused) return false;
     const w = this.ctx!.watched;
-    return w.statements.size === 0 && w.portals.size === 0;
+    // Inside a transaction block JS fences the statements (ctx.fenceable).
+    return w.statements.size === 0 && w.portals.size === 0 && !(this.ctx!.fenceable !== null && this.ctx!.txStatus === 'T');
   }
 
   // ---- cancel, shutdown, end -----------------------------------------------------------------------

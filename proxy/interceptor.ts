@@ -70,20 +70,29 @@ export interface SessionContext {
    * of the bytes read, copied only when a rerun is armed.
    */
   keepQueries: boolean;
+  /**
+   * Set by the interceptor (default null): which Queries inside a transaction block the session fences, so
+   * that rerun() can run them again there too. A fenced Query goes upstream between `SAVEPOINT
+   * steadytext_fence` and `RELEASE SAVEPOINT steadytext_fence`, whose answers the client never sees; the
+   * predicate must refuse transaction control. At most FENCES_PER_TRANSACTION per transaction: each writing
+   * one costs the transaction a subtransaction id, and past 64 PostgreSQL's snapshots overflow.
+   */
+  fenceable: ((query: Buffer) => boolean) | null;
   /** Queries kept so far (keepQueries): tells one exchange from the next. */
   readonly exchange: number;
   /**
    * From notice(): asks to run the client's current exchange again rather than answer the client with this
    * attempt. Possible only when the exchange is kept (keepQueries), nothing of its answer has reached the client
    * (but a Query's RowDescription, an exchange's answers before its Execute, which the rerun's do not repeat),
-   * nothing was sent after it, and it is not itself a rerun; `plan` sees the Query (or the exchange) and may decline
+   * nothing was sent after it, and it is not itself a rerun; `plan` sees the Query (or the exchange), and
+   * whether it is fenced (inside a transaction block, SAVEPOINT steadytext_fence just before it), and may decline
    * (null). On true, the session withholds the ErrorResponse that ends this attempt (the interceptor sees to it
    * that it ends in one) and its ReadyForQuery, reads nothing more from the client, and calls what `plan`
    * returned with that error, as a pending hook (ctx.send works, ctx.signal aborts on cancel): on true the
    * Query goes upstream again and its answer is the client's; on false the withheld error and ReadyForQuery
    * go to the client after all.
    */
-  rerun(plan: (query: Buffer) => ((error: Buffer) => Promise<boolean>) | null): boolean;
+  rerun(plan: (query: Buffer, fenced: boolean) => ((error: Buffer) => Promise<boolean>) | null): boolean;
 }
 
 /** A frontend message handed to the interceptor. */

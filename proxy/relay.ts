@@ -86,7 +86,8 @@ interface Addon {
 export interface NativeRelay {
   /**
    * Takes over both (paused, plaintext) sockets; onExit runs once, when the relay gives them back. keepStatus:
-   * the session's transaction status as a character code to keep Queries (RelayOutcome.query), else 0.
+   * the session's transaction status as a character code to keep Queries (RelayOutcome.query), else 0; plus
+   * 0x100 to have a ReadyForQuery that opens a transaction block give the session back (JS fences statements there).
    */
   start(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void, keepStatus?: number): Handle;
   /** Gives the sockets back now; null if the relay already did (onExit ran). */

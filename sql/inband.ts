@@ -72,6 +72,16 @@ export class InbandCallbacks {
   private configured(ctx: SessionContext, cfg: RuntimeConfig): void {
     ctx.data.inbandRerun = cfg.inbandRerun;
     ctx.keepQueries = cfg.inbandRerun && cfg.callbackTransport !== 'dblink';
+    if (!ctx.keepQueries) ctx.fenceable = null;
+  }
+
+  /**
+   * A session that asked in-band has calls the proxy cannot see: from now on its statements inside transaction
+   * blocks are fenced too (SessionContext.fenceable), so that one missing row after row there is gathered as
+   * outside. Not before: a fence costs each statement of a block two more, and a writing one a subtransaction.
+   */
+  private fenceBlocks(ctx: SessionContext): void {
+    if (ctx.fenceable === null && ctx.keepQueries && ctx.data.inbandRerun !== false) ctx.fenceable = (query) => rerunnable(query, ctx);
   }
 
   /** A server notice naming steadytext: true when it is an in-band request of ours (then answered, and hidden). */
@@ -105,6 +115,7 @@ export class InbandCallbacks {
     const db = this.databases.get(ctx.database);
     if (ctx.data.inbandRerun === undefined) ctx.keepQueries = true; // until the config says otherwise, below
     void db.config().then((cfg) => this.configured(ctx, cfg), () => {});
+    if (!signed.gather) this.fenceBlocks(ctx);
     if (signed.wait && ctx.data.inbandRerun !== false && this.stopToGather(signed, ctx)) return true;
     ctx.data.inbandInFlight = inFlight + 1;
     void this.answer(signed, ctx).finally(() => {
@@ -169,7 +180,7 @@ export class InbandCallbacks {
     if (!second) return false;
     const db = this.databases.get(ctx.database);
     const marker = `steadytext:rerun:${r.id}`;
-    const armed = ctx.rerun((query) => (rerunnable(query, ctx) ? (error) => this.gatherThenRerun(query, error, marker, r, db, ctx) : null));
+    const armed = ctx.rerun((query, fenced) => (rerunnable(query, ctx) ? (error) => this.gatherThenRerun(query, fenced, error, marker, r, db, ctx) : null));
     if (!armed) return false;
     const key = wakeKey(r.id);
     const stop = errorAnswer(
@@ -182,10 +193,10 @@ export class InbandCallbacks {
   }
 
   /** The statement stopped with our 40001: gathers its calls in a dry run, computes them, and says to run it again. */
-  private async gatherThenRerun(query: Buffer, error: Buffer, marker: string, first: Signed, db: Database, ctx: SessionContext): Promise<boolean> {
+  private async gatherThenRerun(query: Buffer, fenced: boolean, error: Buffer, marker: string, first: Signed, db: Database, ctx: SessionContext): Promise<boolean> {
     const f = readErrorFields(error);
     if (f.C !== '40001' || !f.M?.includes(marker) || db.secret === undefined) return false;
-    const gathered = await dryRun(query, first.backendPid, db.secret, ctx);
+    const gathered = await dryRun(query, fenced, first.backendPid, db.secret, ctx);
     // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
     await db.pool.query(
       `DELETE FROM ${quoteIdent(db.schema)}.steadytext_mailbox WHERE backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`,
@@ -258,11 +269,12 @@ function rerunnable(query: Buffer, ctx: SessionContext): boolean {
 }
 
 /**
- * Runs `query` inside a transaction that is rolled back, with steadytext.gather on, on the session's own
- * connection, and returns the requests its calls made (signed by the same backend). Nothing of it reaches the
- * client; an error in it only ends the gathering early.
+ * Runs `query` inside a transaction that is rolled back (inside the client's block: back to the fence the
+ * stopped attempt left, which stays), with steadytext.gather on, on the session's own connection, and returns
+ * the requests its calls made (signed by the same backend). Nothing of it reaches the client; an error in it
+ * only ends the gathering early.
  */
-function dryRun(query: Buffer, backendPid: number, secret: string, ctx: SessionContext): Promise<Signed[]> {
+function dryRun(query: Buffer, fenced: boolean, backendPid: number, secret: string, ctx: SessionContext): Promise<Signed[]> {
   return new Promise((resolve) => {
     const gathered: Signed[] = [];
     let bytes = 0;
@@ -277,10 +289,13 @@ function dryRun(query: Buffer, backendPid: number, secret: string, ctx: SessionC
         return null;
       },
     };
-    ctx.send({ bytes: queryMessage("BEGIN; SET LOCAL steadytext.gather = 'on'"), responses: collect });
+    const [begin, end] = fenced
+      ? ["ROLLBACK TO SAVEPOINT steadytext_fence; SET LOCAL steadytext.gather = 'on'", 'ROLLBACK TO SAVEPOINT steadytext_fence']
+      : ["BEGIN; SET LOCAL steadytext.gather = 'on'", 'ROLLBACK'];
+    ctx.send({ bytes: queryMessage(begin), responses: collect });
     ctx.send({ bytes: query, responses: collect });
     ctx.send({
-      bytes: queryMessage('ROLLBACK'),
+      bytes: queryMessage(end),
       responses: { onMessage: () => null, onEnd: () => resolve(gathered) },
     });
   });

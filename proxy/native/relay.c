@@ -81,6 +81,7 @@ typedef struct relay {
   // unnamed statement) through Sync, while nothing of its answer went to the client (JS may run it again:
   // SessionContext.rerun, proxy/rerun-exchange.ts). Kept only when JS asks (start).
   bool keep;
+  bool fence;     // JS fences statements inside transaction blocks: a ReadyForQuery 'T' gives the session back
   bool kept_open; // a kept Parse whose Sync has not come yet
   uint8_t *kept;
   size_t kept_len, kept_cap;
@@ -193,7 +194,7 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   if (client) {
     if (code == 'X') return EXIT_CLIENT_MESSAGE;
     if ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len))) return EXIT_CLIENT_MESSAGE;
-  } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6))) {
+  } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6 || (r->fence && m[5] == 'T')))) {
     return EXIT_SERVER_MESSAGE;
   } else if (code == 'N' && (!whole || mentions_steadytext(m, 5, len))) {
     return EXIT_SERVER_MESSAGE; // perhaps an in-band callback request (interceptor.ts notice)
@@ -512,7 +513,8 @@ static relay_t *handle_arg(napi_env env, napi_callback_info info, const char *us
 }
 
 // start(clientFd, serverFd, maxMessage, onExit[, keepStatus]) -> handle. keepStatus: the session's transaction
-// status as a character code when JS wants Queries kept (see relay_t.kept), else 0.
+// status as a character code when JS wants Queries kept (see relay_t.kept), else 0; plus 0x100 when JS fences
+// statements inside transaction blocks (relay_t.fence).
 static napi_value js_start(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -533,9 +535,10 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   r->env = env;
   r->max_message = max;
   uint32_t keep = 0;
-  if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok && keep > 0 && keep < 256) {
+  if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok && (keep & 0xff) > 0 && keep < 512) {
     r->keep = true;
-    r->status = (uint8_t)keep;
+    r->fence = (keep & 0x100) != 0;
+    r->status = (uint8_t)(keep & 0xff);
   }
   int e1 = uv_poll_init(loop, &r->c.poll, cfd);
   if (e1 != 0) {

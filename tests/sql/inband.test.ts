@@ -34,7 +34,7 @@ async function fresh(): Promise<void> {
 }
 
 /** Counts the in-band requests the proxy takes (from any session) until the test ends. */
-function countTaken(): { readonly n: number } {
+function countTaken(): { n: number } {
   const notice = s.interceptor.notice.bind(s.interceptor);
   const counter = { n: 0 };
   s.interceptor.notice = (...a: Parameters<typeof notice>) => {
@@ -326,6 +326,49 @@ describe('in-band callback without dblink or daemon endpoint', () => {
   );
 
   test.each(['session', 'transaction'] as const)(
+    'inside a transaction block (%s mode), once the session asked in-band, a statement missing row after row is fenced, gathered and run again',
+    async (mode) => {
+      await fresh();
+      await direct.query(`UPDATE notes SET emb = NULL, body = 'in a block ' || id || ' ' || $1`, [mode]);
+      const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+      const { c, notices } = await client(url);
+      await c.query(`SELECT deterministic_expand('fences ${mode}') AS v`); // the session's first in-band call
+      const taken = countTaken();
+      await c.query('BEGIN');
+      await c.query('SAVEPOINT mine');
+      const r = await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id <= 12');
+      expect(r.rowCount).toBe(12);
+      // Two asked one by one (the second stopped it), the other ten gathered.
+      expect(taken.n).toBe(2);
+      // The client's own savepoint is intact around the fence: rolling back to it undoes the UPDATE.
+      await c.query('ROLLBACK TO SAVEPOINT mine');
+      expect((await c.query('SELECT count(*)::int AS n FROM notes WHERE emb IS NOT NULL')).rows[0].n).toBe(0);
+      // Run again, it finds every answer cached: no request at all.
+      await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id <= 12');
+      expect(taken.n).toBe(2);
+      // A fenced statement's own error fails the block as usual, and ROLLBACK ends it.
+      expect(await pgError(c.query('SELECT 1 / (id - id) FROM notes'))).toMatchObject({ code: '22012' });
+      expect(await pgError(c.query('SELECT 1'))).toMatchObject({ code: '25P02' });
+      await c.query('ROLLBACK');
+      await c.query('BEGIN');
+      await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id > 12');
+      await c.query('COMMIT');
+      expect(taken.n).toBe(4);
+      // Nothing of the fences reached the client, and none is left behind.
+      expect(notices).toEqual([]);
+      await c.query('BEGIN');
+      await c.query('SELECT count(wrap_embed(body)) FROM notes');
+      expect(await pgError(c.query('RELEASE SAVEPOINT steadytext_fence'))).toMatchObject({ code: '3B001' });
+      await c.query('ROLLBACK');
+      await c.end();
+      const rows = (await direct.query('SELECT body, emb::text AS emb FROM notes ORDER BY id')).rows as { body: string; emb: string | null }[];
+      expect(rows.map((row) => row.emb === null)).toEqual([...Array(12).fill(true), ...Array(12).fill(false)]);
+      await fresh();
+      expect(rows[20].emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [rows[20].body]));
+    },
+  );
+
+  test.each(['session', 'transaction'] as const)(
     'SELECT of a PL/pgSQL batch function (%s mode): only its RowDescription reached the client, so it is gathered too, and the client sees one',
     async (mode) => {
       await fresh();
@@ -372,7 +415,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     expect(new Set(r.rows.map((x: { id: number }) => x.id)).size).toBe(6);
   });
 
-  test('a client that cancels while its statement’s calls are gathered gets 57014, and the statement left nothing', async () => {
+  test.each(['autocommit', 'a transaction block'] as const)('a client that cancels while its statement’s calls are gathered gets 57014, and the statement left nothing (%s)', async (where) => {
     await fresh();
     await direct.query(`
       DROP TABLE IF EXISTS notes_cancel;
@@ -387,6 +430,11 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     try {
       const { c } = await client();
       const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
+      if (where === 'a transaction block') {
+        await c.query(`SELECT deterministic_expand('cancelled in a block') AS v`); // the session asks in-band: blocks are fenced
+        taken.n = 0;
+        await c.query('BEGIN');
+      }
       const running = c.query('UPDATE notes_cancel SET emb = wrap_embed(body)').then(() => null, (e: { code?: string }) => e);
       let waiting = false;
       for (let i = 0; i < 500 && !waiting; i++) {
@@ -400,6 +448,11 @@ describe('in-band callback without dblink or daemon endpoint', () => {
       expect(taken.n).toBe(2);
       await cancelThroughProxy(s, c);
       expect((await running)?.code).toBe('57014');
+      if (where === 'a transaction block') {
+        // The gathering had rolled the block back to the fence; it is failed again, as the client was told.
+        expect(await pgError(c.query('SELECT 1 AS one'))).toMatchObject({ code: '25P02' });
+        await c.query('ROLLBACK');
+      }
       expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
       await c.end();
     } finally {
