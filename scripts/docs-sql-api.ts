@@ -69,6 +69,7 @@ export function readMigrations(): Installed {
         /^CREATE SEQUENCE IF NOT EXISTS (\w+);/.source,
         /^(REVOKE ALL|GRANT SELECT) ON (?:SEQUENCE )?([\w, ]+) (?:FROM|TO) PUBLIC;/.source,
         /^INSERT INTO steadytext_config \(key, value, description\) VALUES\n([\s\S]*?)\nON CONFLICT/.source,
+        /^DROP (?:FUNCTION|TABLE|VIEW|SEQUENCE) (?:IF EXISTS )?(\w+)/.source,
       ].join('|'),
       'gm',
     );
@@ -108,6 +109,9 @@ export function readMigrations(): Installed {
           const r = relations.get(n);
           if (r) r.publicSelect = x[14] === 'GRANT SELECT';
         }
+      } else if (x[17] !== undefined) {
+        functions.delete(x[17]);
+        relations.delete(x[17]);
       } else if (x[16] !== undefined) {
         for (const t of x[16].matchAll(/\(\s*'([^']*)',\s*'([^']*)',\s*'((?:[^']|'')*)'\s*\)/g)) {
           config.push({ key: t[1], value: t[2], description: t[3].replace(/''/g, "'"), migration: m.id });
@@ -115,7 +119,24 @@ export function readMigrations(): Installed {
       }
     }
   }
+  // Any other way of creating a steadytext_* object would escape the patterns above: refuse it rather than
+  // leave it out of the reference.
+  for (const m of MIGRATIONS) {
+    const sql = readFileSync(`${ROOT}sql/migrations/${m.id}.sql`, 'utf8');
+    for (const x of sql.matchAll(/^CREATE (?:OR REPLACE )?(?:UNLOGGED )?(?:FUNCTION|PROCEDURE|TABLE|VIEW|MATERIALIZED VIEW|SEQUENCE|TYPE|AGGREGATE)(?: IF NOT EXISTS)? (\w+)/gm)) {
+      const name = x[1];
+      if (!isPublicName(name) || functions.has(name) || relations.has(name) || renamedAway(name, m.id)) continue;
+      throw new Error(`${m.id}.sql creates ${name} in a form scripts/docs-sql-api.ts does not read`);
+    }
+  }
   return { functions, relations, config };
+}
+
+/** A steadytext_* object a later migration (or this one) renamed or dropped. */
+function renamedAway(name: string, from: string): boolean {
+  const later = MIGRATIONS.slice(MIGRATIONS.findIndex((m) => m.id === from));
+  const re = new RegExp(`^(?:ALTER FUNCTION ${name}\\([^)]*\\) RENAME TO|DROP (?:FUNCTION|TABLE|VIEW|SEQUENCE) (?:IF EXISTS )?${name}\\b)`, 'm');
+  return later.some((m) => re.test(readFileSync(`${ROOT}sql/migrations/${m.id}.sql`, 'utf8')));
 }
 
 /** The signature table and the migrations must say the same of every function. */
