@@ -163,6 +163,8 @@ export interface Example {
   rows: string[][];
   /** The result has as many rows as shown here (false: more, or a number that depends on the models). */
   exactRows?: boolean;
+  /** The values shown are the ones the example gives whatever the models (as PostgreSQL prints them). */
+  exactValues?: boolean;
   note?: string;
 }
 
@@ -287,21 +289,21 @@ const FUNCTIONS: Record<SteadyFunction, FunctionDoc> = {
     params: {},
     returns: 'true once loaded.',
     notes: ['Administrators only (see [Privileges](#privileges)).'],
-    examples: [{ sql: 'SELECT steadytext_daemon_start();', columns: ['steadytext_daemon_start'], rows: [['t']], exactRows: true }],
+    examples: [{ sql: 'SELECT steadytext_daemon_start();', columns: ['steadytext_daemon_start'], rows: [['t']], exactRows: true, exactValues: true }],
   },
   steadytext_daemon_stop: {
     summary: 'Unloads the models and frees their memory. The next call loads them again, unless `daemon_auto_start` is false: then calls fail with 55000 until `steadytext_daemon_start()`.',
     params: {},
     returns: 'true once unloaded.',
     notes: ['Administrators only.'],
-    examples: [{ sql: 'SELECT steadytext_daemon_stop();', columns: ['steadytext_daemon_stop'], rows: [['t']], exactRows: true }],
+    examples: [{ sql: 'SELECT steadytext_daemon_stop();', columns: ['steadytext_daemon_stop'], rows: [['t']], exactRows: true, exactValues: true }],
   },
   steadytext_daemon_restart: {
     summary: 'Unloads and loads the models again (after replacing a model file, say).',
     params: {},
     returns: 'true once reloaded.',
     notes: ['Administrators only.'],
-    examples: [{ sql: 'SELECT steadytext_daemon_restart();', columns: ['steadytext_daemon_restart'], rows: [['t']], exactRows: true }],
+    examples: [{ sql: 'SELECT steadytext_daemon_restart();', columns: ['steadytext_daemon_restart'], rows: [['t']], exactRows: true, exactValues: true }],
   },
   steadytext_model_info: {
     summary: 'One row per configured model.',
@@ -332,14 +334,14 @@ const FUNCTIONS: Record<SteadyFunction, FunctionDoc> = {
       'Administrators only; `daemon_host` and `daemon_port` only for members of the owning role (they receive the daemon secret).',
       'Takes effect at the next call in every session, through every proxy serving the database (NOTIFY at commit).',
     ],
-    examples: [{ sql: "SELECT steadytext_config_set('default_max_tokens', '256');", columns: ['steadytext_config_set'], rows: [['']], exactRows: true }],
+    examples: [{ sql: "SELECT steadytext_config_set('cache_ttl_seconds', '86400');", columns: ['steadytext_config_set'], rows: [['']], exactRows: true, exactValues: true }],
   },
   steadytext_config_get: {
     summary: 'Reads a `steadytext_config` key.',
     params: { key: 'The key.' },
     returns: 'Its value, or NULL for a key that is not set.',
     notes: [],
-    examples: [{ sql: "SELECT steadytext_config_get('default_seed');", columns: ['steadytext_config_get'], rows: [['42']], exactRows: true }],
+    examples: [{ sql: "SELECT steadytext_config_get('default_seed');", columns: ['steadytext_config_get'], rows: [['42']], exactRows: true, exactValues: true }],
   },
 };
 
@@ -359,6 +361,7 @@ const RELATIONS: Record<string, RelationDoc> = {
       columns: ['key', 'value'],
       rows: [['default_max_tokens', '512'], ['default_model_size', 'small'], ['default_seed', '42']],
       exactRows: true,
+      exactValues: true,
     },
   },
   steadytext_cache: {

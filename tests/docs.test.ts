@@ -32,9 +32,11 @@ describe('SQL API reference', () => {
     // In the reference's order: a later example may rely on an earlier one (steadytext_daemon_stop, then a call).
     test.each(sqlApiExamples().map((e) => [e.sql, e] as const))('%s', async (_sql, e) => {
       if (e.setup) await client.query(e.setup);
-      const r = await client.query(e.sql);
+      // Values as PostgreSQL prints them (t, not true), as the reference shows them.
+      const r = await client.query<string[]>({ text: e.sql, rowMode: 'array', types: { getTypeParser: () => (v: string) => v } });
       expect(r.fields.map((f) => f.name)).toEqual(e.columns);
       if (e.exactRows) expect(r.rows).toHaveLength(e.rows.length);
+      if (e.exactValues) expect(r.rows).toEqual(e.rows);
     });
   });
 });
