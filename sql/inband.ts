@@ -42,6 +42,11 @@ interface Signed {
   gather: boolean;
   /** The SQL function that asked. */
   fn: string;
+  /** The function raised 40001 naming this request right after asking (read-only REPEATABLE READ or SERIALIZABLE). */
+  stops: boolean;
+  /** What the answer is named by when handed over in the session (migration 007), and whether it must be. */
+  answerKey: string | null;
+  snapshot: boolean;
 }
 
 /** How often left-behind large objects are looked for, and how old they must be to go. */
@@ -116,7 +121,11 @@ export class InbandCallbacks {
     if (ctx.data.inbandRerun === undefined) ctx.keepQueries = true; // until the config says otherwise, below
     void db.config().then((cfg) => this.configured(ctx, cfg), () => {});
     if (!signed.gather) this.fenceBlocks(ctx);
-    if (signed.wait && ctx.data.inbandRerun !== false && this.stopToGather(signed, ctx)) return true;
+    if (ctx.data.inbandRerun !== false) {
+      // Stopped already (a read-only snapshot that cannot see the answer): run again with it, where possible.
+      if (signed.stops && this.armRerun(signed, ctx)) return true;
+      if (signed.wait && this.stopToGather(signed, ctx)) return true;
+    }
     ctx.data.inbandInFlight = inFlight + 1;
     void this.answer(signed, ctx).finally(() => {
       ctx.data.inbandInFlight = ((ctx.data.inbandInFlight as number) ?? 1) - 1;
@@ -177,11 +186,9 @@ export class InbandCallbacks {
     const exchange = ctx.exchange;
     const second = ctx.data.inbandExchange === exchange;
     ctx.data.inbandExchange = exchange;
-    if (!second) return false;
+    if (!second || !this.armRerun(r, ctx)) return false;
     const db = this.databases.get(ctx.database);
     const marker = `steadytext:rerun:${r.id}`;
-    const armed = ctx.rerun((query, fenced) => (rerunnable(query, ctx) ? (error) => this.gatherThenRerun(query, fenced, error, marker, r, db, ctx) : null));
-    if (!armed) return false;
     const key = wakeKey(r.id);
     const stop = errorAnswer(
       '40001',
@@ -192,7 +199,18 @@ export class InbandCallbacks {
     return true;
   }
 
-  /** The statement stopped with our 40001: gathers its calls in a dry run, computes them, and says to run it again. */
+  /** Asks the session to run the current exchange again once it ends in the 40001 naming `r`. */
+  private armRerun(r: Signed, ctx: SessionContext): boolean {
+    const db = this.databases.get(ctx.database);
+    const marker = `steadytext:rerun:${r.id}`;
+    return ctx.rerun((query, fenced) => (rerunnable(query, ctx) ? (error) => this.gatherThenRerun(query, fenced, error, marker, r, db, ctx) : null));
+  }
+
+  /**
+   * The statement stopped with our 40001: gathers its calls in a dry run, computes them, and says to run it
+   * again. Inside a block whose snapshot cannot see answers committed now, they are handed over in the
+   * session too (migration 007).
+   */
   private async gatherThenRerun(query: Buffer, fenced: boolean, error: Buffer, marker: string, first: Signed, db: Database, ctx: SessionContext): Promise<boolean> {
     const f = readErrorFields(error);
     if (f.C !== '40001' || !f.M?.includes(marker) || db.secret === undefined) return false;
@@ -204,6 +222,9 @@ export class InbandCallbacks {
     ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
     if (ctx.signal.aborted) return false;
     const { abort, release } = following(ctx.signal);
+    const inSession = fenced && gathered.some((g) => g.snapshot);
+    const given = new Map<string, string>();
+    let givenBytes = 0;
     try {
       let next = 0;
       const rows: Promise<CacheEntry>[] = [];
@@ -211,7 +232,12 @@ export class InbandCallbacks {
         while (next < gathered.length && !abort.signal.aborted) {
           const g = gathered[next++];
           // A failed call is not cached: the run again misses it and asks for it on its own (and gets the error).
-          await this.responder.respond(g.payload, { pid: g.backendPid, abort, via: 'inband', collect: rows }).catch(() => undefined);
+          const a = await this.responder.respond(g.payload, { pid: g.backendPid, abort, via: 'inband', collect: rows }).catch(() => undefined);
+          if (inSession && a !== undefined && g.answerKey !== null && givenBytes < MAX_GIVEN_BYTES && !given.has(g.answerKey)) {
+            const text = wrapAnswer(a);
+            given.set(g.answerKey, text);
+            givenBytes += text.length;
+          }
         }
       };
       await Promise.all(Array.from({ length: Math.min(GATHER_CONCURRENCY, gathered.length) }, worker));
@@ -223,6 +249,8 @@ export class InbandCallbacks {
       release();
     }
     if (ctx.signal.aborted) return false;
+    // Sent before the statement runs again, in the same transaction (after the dry run's ROLLBACK TO the fence).
+    if (given.size > 0) ctx.send({ bytes: queryMessage(giveInSession(given, db.secret)), responses: IGNORED });
     ctx.log.debug({ gathered: gathered.length }, 'in-band calls gathered in a dry run; the statement runs again');
     return true;
   }
@@ -246,6 +274,29 @@ function following(signal: AbortSignal): { abort: AbortController; release: () =
   if (signal.aborted) stop();
   else signal.addEventListener('abort', stop, { once: true });
   return { abort, release: () => signal.removeEventListener('abort', stop) };
+}
+
+/** Most bytes of answers one rerun hands over in the session; the rest are asked for one by one. */
+const MAX_GIVEN_BYTES = 32 * 1024 * 1024;
+
+const IGNORED: ResponseHandler = { onMessage: () => null };
+
+/**
+ * The statement that hands `answers` (by request key) over in the session until the transaction ends: one
+ * transaction-local setting per first two hex digits of the key, a JSON object of key → HMAC + answer.
+ */
+function giveInSession(answers: ReadonlyMap<string, string>, secret: string): string {
+  const slots = new Map<string, Record<string, string>>();
+  for (const [key, text] of answers) {
+    const mac = createHmac('sha256', Buffer.from(secret, 'utf8')).update(key + text, 'utf8').digest('hex');
+    const name = `steadytext.answers_${key.slice(0, 2)}`;
+    let slot = slots.get(name);
+    if (slot === undefined) slots.set(name, (slot = {}));
+    slot[key] = mac + text;
+  }
+  const settings: Record<string, string> = {};
+  for (const [name, slot] of slots) settings[name] = JSON.stringify(slot);
+  return `SELECT pg_catalog.count(pg_catalog.set_config(t.key, t.value, true)) FROM pg_catalog.jsonb_each_text(${pg.escapeLiteral(JSON.stringify(settings))}::pg_catalog.jsonb) AS t`;
 }
 
 /** Requests computed at once for a gathered statement (the engine's queue holds the rest fairly). */
@@ -320,7 +371,10 @@ export function verify(payload: string, mac: string, secret: string, database: s
   } catch {
     return null;
   }
-  const o = j as { id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown; wait?: unknown; gather?: unknown; function?: unknown };
+  const o = j as {
+    id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown; wait?: unknown; gather?: unknown; function?: unknown;
+    stops?: unknown; answer_key?: unknown; snapshot?: unknown;
+  };
   if (typeof o.id !== 'string' || !/^[0-9a-f]{32}$/.test(o.id)) return null;
   if (!Number.isInteger(o.backend_pid) || o.backend_pid !== backendPid || o.database !== database) return null;
   const lo = o.lo === null || o.lo === undefined ? null : Number(o.lo);
@@ -328,5 +382,8 @@ export function verify(payload: string, mac: string, secret: string, database: s
   return {
     payload, id: o.id, backendPid: o.backend_pid as number, lo, wait: o.wait !== false, gather: o.gather === true,
     fn: typeof o.function === 'string' ? o.function : 'steadytext',
+    stops: o.stops === true,
+    answerKey: typeof o.answer_key === 'string' && /^[0-9a-f]{32}$/.test(o.answer_key) ? o.answer_key : null,
+    snapshot: o.snapshot === true,
   };
 }

@@ -14,6 +14,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { id: '004_handover', version: '1.3.0' },
   { id: '005_inband', version: '1.4.0' },
   { id: '006_inband_wake', version: '1.5.0' },
+  { id: '007_inband_session_answers', version: '1.6.0' },
 ];
 
 export const SQL_VERSION: string = MIGRATIONS[MIGRATIONS.length - 1].version;

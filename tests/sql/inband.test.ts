@@ -140,7 +140,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     expect((await direct.query('SELECT count(*)::int AS n FROM pg_largeobject_metadata')).rows[0].n).toBe(0);
   });
 
-  test('a read-only REPEATABLE READ transaction gets 40001, and the retried one finds the answer', async () => {
+  test('a session’s first read-only REPEATABLE READ block gets 40001 (nothing fenced yet), and the retried one finds the answer', async () => {
     await fresh();
     const { c } = await client();
     await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
@@ -164,6 +164,51 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     await fresh();
     expect(got).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('read only')]));
   });
+
+  test('a read-only REPEATABLE READ statement outside a block is stopped at its first miss and run again: no 40001', async () => {
+    await fresh();
+    const { c, notices } = await client();
+    await c.query(`SET default_transaction_isolation = 'repeatable read'`);
+    await c.query('SET default_transaction_read_only = on');
+    const taken = countTaken();
+    const got = (await c.query(`SELECT deterministic_expand('read only, autocommit') AS v`)).rows[0].v as string;
+    await c.end();
+    expect(notices).toEqual([]);
+    expect(taken.n).toBe(1);
+    await fresh();
+    expect(got).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('read only, autocommit')]));
+  });
+
+  test.each(['REPEATABLE READ READ ONLY', 'REPEATABLE READ', 'SERIALIZABLE READ ONLY'])(
+    'in a %s block of a session that asked in-band, a statement missing row after row gets its answers in the session and runs again',
+    async (level) => {
+      await fresh();
+      await direct.query(`
+        CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
+        CREATE OR REPLACE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
+        BEGIN RETURN steadytext_embed(t); END $$;
+        TRUNCATE notes;`);
+      await direct.query(`INSERT INTO notes (id, body) SELECT i, 'snapshot ' || i || ' ' || $1 FROM generate_series(1, 8) i`, [level]);
+      const { c, notices } = await client();
+      await c.query(`SELECT deterministic_expand('before the block, ${level}') AS v`);
+      const taken = countTaken();
+      await c.query(`BEGIN ISOLATION LEVEL ${level}`);
+      const r = await c.query('SELECT id, wrap_embed(body)::text AS emb FROM notes ORDER BY 2');
+      // A single call too, and the same call again: found in the session.
+      const one = (await c.query(`SELECT deterministic_expand('in the block, ${level}') AS v`)).rows[0].v as string;
+      await c.query('COMMIT');
+      await c.end();
+      expect(notices).toEqual([]);
+      expect(r.rows).toHaveLength(8);
+      expect(new Set(r.rows.map((x: { id: number }) => x.id)).size).toBe(8);
+      // Read-only: the first miss stops the statement. Read-write: the first is answered through a large object, the second stops it.
+      expect(taken.n).toBe(level.endsWith('READ ONLY') ? 2 : 3);
+      await fresh();
+      const third = r.rows.find((x: { id: number }) => x.id === 3) as { emb: string };
+      expect(third.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [`snapshot 3 ${level}`]));
+      expect(one).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND(`in the block, ${level}`)]));
+    },
+  );
 
   test('a 100,000-row SELECT whose last row calls through a PL/pgSQL wrapper streams, and the last row is right', async () => {
     await fresh();
@@ -496,6 +541,35 @@ test('answers are handed over with asynchronous commit (visible at once, no WAL 
 });
 
 describe('what the in-band transport refuses', () => {
+  test('an answer handed over in the session must verify: one the session altered itself is ignored, and it ends with the transaction', async () => {
+    await fresh();
+    const { c } = await client();
+    await c.query(`SELECT deterministic_expand('warm up the session') AS v`);
+    await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    const truth = (await c.query(`SELECT deterministic_expand('handed over') AS v`)).rows[0].v as string;
+    // Placeholder settings are not in pg_settings: each of the 256 names looked at.
+    const given = (await c.query(`
+      SELECT name, current_setting(name, true) AS setting
+        FROM (SELECT 'steadytext.answers_' || lpad(to_hex(i), 2, '0') AS name FROM generate_series(0, 255) i) n
+       WHERE coalesce(current_setting(name, true), '') <> ''`)).rows as { name: string; setting: string }[];
+    await c.query('COMMIT');
+    expect(given).toHaveLength(1);
+    expect((await c.query(`SELECT coalesce(current_setting($1, true), '') AS v`, [given[0].name])).rows[0].v).toBe('');
+    // The same key and signature, another answer: a session may set this, but it does not verify.
+    const entries = JSON.parse(given[0].setting) as Record<string, string>;
+    const [key, signed] = Object.entries(entries)[0];
+    await fresh();
+    await c.query('BEGIN');
+    await c.query('SELECT set_config($1, $2, true)', [given[0].name, JSON.stringify({ [key]: signed.slice(0, 64) + 'forged answer' })]);
+    const got = (await c.query(`SELECT deterministic_expand('handed over') AS v`)).rows[0].v as string;
+    await c.query('COMMIT');
+    await c.query(`SELECT set_config($1, 'not json', false)`, [given[0].name]); // nor does garbage break a call
+    expect((await c.query(`SELECT deterministic_expand('handed over') AS v`)).rows[0].v).toBe(truth);
+    await c.end();
+    expect(got).toBe(truth);
+    expect(truth).not.toContain('forged');
+  });
+
   test('a notice forged by the session computes nothing, stores nothing, and reaches the client as raised', async () => {
     await fresh();
     const mailbox = async () => (await direct.query('SELECT count(*)::int AS n FROM steadytext_mailbox')).rows[0].n as number;
