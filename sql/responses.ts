@@ -16,7 +16,9 @@ export function hideNotice(message: string): ResponseHandler {
 /**
  * Tells the client something while its statement waits in a hook (a download, say): a NOTICE it gets at once.
  * It rides on the answer to a Close of a statement that does not exist (no error, nothing changes in the
- * session, in or out of an extended-protocol batch), whose CloseComplete the notice replaces.
+ * session, in or out of an extended-protocol batch: a Flush, not a Sync), whose CloseComplete the notice
+ * replaces. Under a transaction pool the session then holds its server connection until the statement is
+ * answered, as it does while the answer is computed.
  */
 export function noticeToClient(ctx: SessionContext, message: string): void {
   ctx.send({

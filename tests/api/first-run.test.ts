@@ -4,7 +4,7 @@
 // steadytext call waits for it with a NOTICE while other SQL goes on. With --no-download, or no network, the
 // call fails with 58P01 and what to fetch; with the files in --model-dir, nothing is fetched at all.
 import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -13,6 +13,7 @@ import { inject } from 'vitest';
 import pg from 'pg';
 import { createEngine } from '../../inference/engine.js';
 import { DEFAULT_MODELS } from '../../inference/registry.js';
+import { modelServer, type ModelServer } from '../fixtures/model-server.js';
 import { tinyModels } from '../fixtures/models.js';
 import { spawnCli } from '../proxy/helpers.js';
 import { adminQuery, silent } from './helpers.js';
@@ -81,41 +82,19 @@ async function connect(url: string, notices: string[] = []): Promise<pg.Client> 
   return c;
 }
 
-/**
- * A Hugging Face mirror for HF_ENDPOINT: the fixture models at the default models' download paths. The
- * generation model's body stops halfway until release() is called.
- */
-async function mirror(): Promise<{ endpoint: string; release: () => void; requested: Promise<void>; server: Server }> {
-  const files = new Map<string, Buffer>([
-    [new URL(DEFAULT_MODELS[0].source.replace(/^hf:([^/]+\/[^/]+)\//, 'http://x/$1/resolve/main/')).pathname, readFileSync(fixtures.generation)],
-    [new URL(DEFAULT_MODELS[2].source.replace(/^hf:([^/]+\/[^/]+)\//, 'http://x/$1/resolve/main/')).pathname, readFileSync(fixtures.embedding)],
-  ]);
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let requested!: () => void;
-  const firstGet = new Promise<void>((resolve) => (requested = resolve));
-  const held = DEFAULT_MODELS[0].source.split('/').pop()!;
-  const server = createServer((req, res) => {
-    const path = new URL(req.url!, 'http://x').pathname;
-    const body = files.get(path);
-    if (!body) { res.writeHead(404).end(); return; }
-    res.writeHead(200, { 'content-length': body.length, 'content-type': 'application/octet-stream' });
-    if (req.method === 'HEAD') { res.end(); return; }
-    if (!path.endsWith(held)) { res.end(body); return; }
-    res.write(body.subarray(0, body.length >> 1));
-    requested();
-    void released.then(() => res.end(body.subarray(body.length >> 1)));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  running.push(() => { release(); server.closeAllConnections(); server.close(); });
-  return { endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/`, release, requested: firstGet, server };
+/** A Hugging Face mirror for HF_ENDPOINT: the fixture models at the default models' download paths, the generation model held. */
+async function mirror(): Promise<ModelServer> {
+  const at = (source: string) => source.replace(/^hf:([^/]+\/[^/]+)\//, '/$1/resolve/main/');
+  const m = await modelServer(new Map([[at(DEFAULT_MODELS[0].source), readFileSync(fixtures.generation)], [at(DEFAULT_MODELS[2].source), readFileSync(fixtures.embedding)]]), at(DEFAULT_MODELS[0].source));
+  running.push(() => m.close());
+  return m;
 }
 
 describe('models on first run', () => {
   test('a missing default model is downloaded in the background: a steadytext call waits with a NOTICE, other SQL is answered meanwhile', async () => {
     const m = await mirror();
     const dir = mkdtempSync(join(tmpdir(), 'pgst-first-'));
-    const s = await serve(['--model-dir', dir], { HF_ENDPOINT: m.endpoint });
+    const s = await serve(['--model-dir', dir], { HF_ENDPOINT: m.base });
     await m.requested; // the download started at start, before any call
     const notices: string[] = [];
     const waiting = await connect(s.url, notices);

@@ -1,35 +1,16 @@
 // A model downloaded on first use, from a local HTTP server whose answer stops halfway until the test lets
 // it finish: what callers waiting for it see, in this process and over the IPC channel workers use.
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createEngine, type DownloadProgress, type Engine, type InferenceError } from '../../inference/engine.js';
 import { engineOverIpc, serveEngineOverIpc, type IpcChannel } from '../../inference/engine-ipc.js';
+import { modelServer } from '../fixtures/model-server.js';
 import { tinyModels } from '../fixtures/models.js';
 
 const cleanup: (() => unknown)[] = [];
 afterAll(async () => { for (const f of cleanup.reverse()) await f(); });
-
-/** Serves `body` at /gen.gguf; a GET sends half of it, the rest once release() is called. */
-async function heldServer(body: Buffer) {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let gotGet!: () => void;
-  const requested = new Promise<void>((resolve) => (gotGet = resolve));
-  const server = createServer((req, res) => {
-    if (!req.url!.startsWith('/gen.gguf')) { res.writeHead(404).end(); return; }
-    res.writeHead(200, { 'content-length': body.length });
-    if (req.method === 'HEAD') { res.end(); return; }
-    res.write(body.subarray(0, body.length >> 1));
-    gotGet();
-    void released.then(() => res.end(body.subarray(body.length >> 1)));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanup.push(() => { release(); server.closeAllConnections(); server.close(); });
-  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}/gen.gguf`, release, requested };
-}
 
 /** Two in-process ends of an IPC channel that deep-copy every message, as a real channel does. */
 function channelPair(): [IpcChannel, IpcChannel] {
@@ -46,7 +27,9 @@ describe('a model downloaded on first use', () => {
   it('callers wait for it outside the time limit and are told how far it is; a cancelled wait leaves the download going', async () => {
     const models = await tinyModels();
     const body = readFileSync(models.generation);
-    const held = await heldServer(body);
+    const server = await modelServer(new Map([['/gen.gguf', body]]), '/gen.gguf');
+    cleanup.push(() => server.close());
+    const held = { ...server, url: `${server.base}gen.gguf` };
     const engine: Engine = createEngine({
       generationModel: held.url, embeddingModel: models.embedding, cacheDir: mkdtempSync(join(tmpdir(), 'pgst-dl-')), timeoutMs: 1000, progress: false,
     });
