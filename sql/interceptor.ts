@@ -8,12 +8,12 @@
 import type { Logger } from 'pino';
 import type { Engine } from '../inference/engine.js';
 import type { Interceptor, InterceptedMessage, ResponseHandler, Rewrite, SessionContext } from '../proxy/interceptor.js';
-import { query, readBind, readParse, readTarget } from '../proxy/protocol.js';
+import { parse, query, readBind, readExecute, readParse, readTarget } from '../proxy/protocol.js';
 import { argValues, boundParams } from './arguments.js';
 import { findCalls, isParseFailure, loadParser, type StatementCalls, type SteadyCall } from './calls.js';
 import type { Database, DatabaseRegistry } from './databases.js';
 import { prefetch } from './prefetch.js';
-import { constJobs, planParse, planQuery, splice } from './query-plan.js';
+import { constJobs, createsExtension, EXTENSION_STANDIN, EXTENSION_STANDIN_NOTICE, planParse, planQuery, splice } from './query-plan.js';
 import { Responder } from './daemon/responder.js';
 import { InbandCallbacks } from './inband.js';
 import { afterwards, chain, hideNotice } from './responses.js';
@@ -33,7 +33,8 @@ export interface SteadytextOptions {
 const CANCELLED = `DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '57014', MESSAGE = 'canceling statement due to user request'; END$$`;
 
 /** A prepared statement with calls the proxy serves at each Bind. */
-interface Plan { paramTypes: readonly number[]; calls: SteadyCall[] }
+/** A prepared statement's calls to serve at each Bind, or (extension) a CREATE EXTENSION pg_steadytext sent as its stand-in. */
+interface Plan { paramTypes: readonly number[]; calls: SteadyCall[]; extension?: boolean }
 
 export function createSteadytextInterceptor(o: SteadytextOptions): SteadytextInterceptor {
   return new SteadytextInterceptor(o);
@@ -69,6 +70,9 @@ export class SteadytextInterceptor implements Interceptor {
       case 'Q': return this.onQuery(m.bytes.subarray(5, m.bytes.length - 1), ctx);
       case 'P': return this.onParse(m.bytes, ctx);
       case 'B': return this.onBind(m.bytes, ctx);
+      case 'E':
+        // The portal of a CREATE EXTENSION pg_steadytext (onBind): its stand-in's notice is not the client's.
+        return extensionPortals(ctx).has(readExecute(m.bytes).portal) ? { send: [{ bytes: m.bytes, responses: HIDE_STANDIN }] } : undefined;
       case 'C': {
         const t = readTarget(m.bytes);
         if (t.kind === 'S') plans(ctx).delete(t.name);
@@ -111,7 +115,7 @@ export class SteadytextInterceptor implements Interceptor {
     if (!plan.touchesConfig && plan.replaced.length === 0) return undefined;
     const handlers: ResponseHandler[] = [];
     if (plan.touchesConfig) handlers.push(afterwards(() => db.runtime.markStale()));
-    if (plan.replaced.length) handlers.push(hideNotice('extension "plpgsql" already exists'));
+    if (plan.replaced.length) handlers.push(HIDE_STANDIN);
     return { send: [{ bytes: query(splice(sql, plan.replaced).toString('utf8')), responses: chain(handlers) }] };
   }
 
@@ -127,7 +131,14 @@ export class SteadytextInterceptor implements Interceptor {
     const p = readParse(msg);
     plans(ctx).delete(p.name);
     ctx.watched.statements.delete(p.name);
-    const calls = planParse(this.analyse(Buffer.from(p.sql, 'utf8'), ctx), p.paramTypes);
+    const stmts = this.analyse(Buffer.from(p.sql, 'utf8'), ctx);
+    if (stmts?.length === 1 && createsExtension(stmts[0])) {
+      if (!(await this.database(ctx))) return undefined;
+      plans(ctx).set(p.name, { paramTypes: p.paramTypes, calls: [], extension: true });
+      ctx.watched.statements.add(p.name);
+      return { send: [parse(p.name, EXTENSION_STANDIN, p.paramTypes)] };
+    }
+    const calls = planParse(stmts, p.paramTypes);
     // Install now, so the first Bind does not wait for it.
     if (calls.length === 0 || !(await this.database(ctx))) return undefined;
     plans(ctx).set(p.name, { paramTypes: p.paramTypes, calls });
@@ -139,6 +150,11 @@ export class SteadytextInterceptor implements Interceptor {
   private async onBind(msg: Buffer, ctx: SessionContext): Promise<Rewrite | undefined> {
     const b = readBind(msg);
     const plan = plans(ctx).get(b.statement);
+    if (plan?.extension) {
+      extensionPortals(ctx).add(b.portal);
+      ctx.watched.portals.add(b.portal);
+      return undefined;
+    }
     if (!plan || ctx.txStatus === 'E') return undefined;
     const db = await this.database(ctx);
     if (!db) return undefined;
@@ -167,6 +183,16 @@ export class SteadytextInterceptor implements Interceptor {
     }
     return r;
   }
+}
+
+const HIDE_STANDIN = hideNotice(EXTENSION_STANDIN_NOTICE);
+
+/** Portals bound to a CREATE EXTENSION pg_steadytext (until the session's portals go, at the end of a transaction). */
+function extensionPortals(ctx: SessionContext): Set<string> {
+  const w = ctx.watched.portals;
+  const s = (ctx.data.steadytextExtensionPortals ??= new Set<string>()) as Set<string>;
+  for (const p of s) if (!w.has(p)) s.delete(p);
+  return s;
 }
 
 /** The session's prepared statements with calls, in the interceptor's per-session data. */

@@ -19,14 +19,23 @@ export interface QueryPlan {
   readsStats: boolean;
 }
 
+/**
+ * `CREATE EXTENSION pg_steadytext`: the objects are installed before any statement naming steadytext goes on,
+ * so it is sent as EXTENSION_STANDIN, which keeps its meaning (nothing to do) and its command tag, and whose
+ * NOTICE (EXTENSION_STANDIN_NOTICE) the client is not shown.
+ */
+export function createsExtension(st: StatementCalls): boolean {
+  return statementAst(st)?.CreateExtensionStmt?.extname === 'pg_steadytext';
+}
+export const EXTENSION_STANDIN = 'CREATE EXTENSION IF NOT EXISTS plpgsql';
+export const EXTENSION_STANDIN_NOTICE = 'extension "plpgsql" already exists, skipping';
+
 /** The plan of a simple-protocol Query (sql: the message's SQL bytes). */
 export function planQuery(sql: Buffer, stmts: readonly StatementCalls[]): QueryPlan {
   const plan: QueryPlan = { jobs: [], prefetches: [], replaced: [], touchesConfig: false, readsStats: false };
   for (const st of stmts) {
-    if (statementAst(st)?.CreateExtensionStmt?.extname === 'pg_steadytext') {
-      // The objects are installed before any statement naming steadytext goes on: keep the statement's
-      // meaning (nothing to do) and its command tag.
-      plan.replaced.push({ at: st.start, end: st.end, text: 'CREATE EXTENSION IF NOT EXISTS plpgsql' });
+    if (createsExtension(st)) {
+      plan.replaced.push({ at: st.start, end: st.end, text: EXTENSION_STANDIN });
       continue;
     }
     if (st.kind !== 'other' && mentionsStats(sql, st.start, st.end)) plan.readsStats = true;

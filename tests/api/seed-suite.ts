@@ -156,6 +156,10 @@ export interface SeedVariant {
   start(): Promise<Stack>;
   /** The URL its one client connects to (default: through the proxy as the superuser). */
   url?(s: Stack): string;
+  /** Each statement through the extended protocol (Parse, Bind, Describe, Execute, Sync), as drivers send them. */
+  extended?: boolean;
+  /** Each statement inside its own transaction block (BEGIN, the statement, COMMIT; ROLLBACK after an error). */
+  inBlock?: boolean;
 }
 
 /** Defines the suite's tests on the stack `v` starts (call inside a describe() for several variants in one file). */
@@ -187,9 +191,12 @@ export function seedSuite(v: SeedVariant): void {
         if (outOfScope(sql)) continue;
         const native = Object.entries(NATIVE_ERRORS).find(([k]) => sql.replace(/\s+/g, ' ') === k.replace(/\s+/g, ' '))?.[1];
         let r: pg.QueryResult;
+        if (v.inBlock) await c.query('BEGIN');
         try {
-          r = await c.query(sql);
+          r = await c.query(v.extended ? ({ text: sql, queryMode: 'extended' } as pg.QueryConfig) : sql);
+          if (v.inBlock) await c.query('COMMIT');
         } catch (e) {
+          if (v.inBlock) await c.query('ROLLBACK');
           if ((e as { code?: string }).code !== native) throw new Error(`seed statement failed: ${sql}\n${(e as Error).message}`, { cause: e });
           continue;
         }

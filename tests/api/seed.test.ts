@@ -28,8 +28,17 @@ async function inbandStack(): Promise<Stack> {
   return s;
 }
 
-for (const level of ['read committed', 'repeatable read', 'serializable']) {
-  describe(`in-band, ${level}`, () => {
+// Autocommit through the simple protocol (psql) in each level; then each statement inside its own transaction
+// block, through the simple and the extended protocol, across the levels.
+const variants = [
+  { level: 'read committed' }, { level: 'repeatable read' }, { level: 'serializable' },
+  { level: 'read committed', extended: true },
+  { level: 'repeatable read', inBlock: true },
+  { level: 'serializable', inBlock: true, extended: true },
+];
+for (const { level, extended = false, inBlock = false } of variants) {
+  const how = [inBlock ? 'in transaction blocks' : '', extended ? 'extended protocol' : ''].filter(Boolean).join(', ');
+  describe(`in-band, ${level}${how ? `, ${how}` : ''}`, () => {
     seedSuite({
       start: inbandStack,
       url: (s) => {
@@ -37,6 +46,8 @@ for (const level of ['read committed', 'repeatable read', 'serializable']) {
         u.searchParams.set('options', `-c default_transaction_isolation=${level.replace(' ', '\\ ')}`);
         return u.toString();
       },
+      extended,
+      inBlock,
     });
   });
 }

@@ -114,5 +114,13 @@ describe('the first statement that names steadytext installs', () => {
     expect(after.extensions).toEqual(expect.arrayContaining(['plpgsql', 'vector']));
     expect(after.functions).toEqual(expect.arrayContaining(['steadytext_generate', 'steadytext_embed', 'steadytext_version']));
     expect((await c.query('CREATE EXTENSION IF NOT EXISTS pg_steadytext')).command).toBe('CREATE');
+    // Through the extended protocol too (a driver or migration tool), and the stand-in's notice is never shown.
+    const notices: string[] = [];
+    c.on('notice', (n) => notices.push(n.message));
+    expect((await c.query({ text: 'CREATE EXTENSION pg_steadytext', queryMode: 'extended' } as pg.QueryConfig)).command).toBe('CREATE');
+    expect((await c.query({ name: 'ext', text: 'CREATE EXTENSION IF NOT EXISTS pg_steadytext' })).command).toBe('CREATE');
+    expect((await c.query({ name: 'ext', text: 'CREATE EXTENSION IF NOT EXISTS pg_steadytext' })).command).toBe('CREATE');
+    expect((await c.query('CREATE EXTENSION pg_steadytext')).command).toBe('CREATE');
+    expect(notices).toEqual([]);
   });
 });
