@@ -116,7 +116,7 @@ describe('the first statement that names steadytext installs', () => {
     expect((await c.query('CREATE EXTENSION IF NOT EXISTS pg_steadytext')).command).toBe('CREATE');
     // Through the extended protocol too (a driver or migration tool), and the stand-in's notice is never shown.
     const notices: string[] = [];
-    c.on('notice', (n) => notices.push(n.message));
+    c.on('notice', (n) => notices.push(n.message ?? ''));
     expect((await c.query({ text: 'CREATE EXTENSION pg_steadytext', queryMode: 'extended' } as pg.QueryConfig)).command).toBe('CREATE');
     expect((await c.query({ name: 'ext', text: 'CREATE EXTENSION IF NOT EXISTS pg_steadytext' })).command).toBe('CREATE');
     expect((await c.query({ name: 'ext', text: 'CREATE EXTENSION IF NOT EXISTS pg_steadytext' })).command).toBe('CREATE');
