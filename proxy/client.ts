@@ -158,6 +158,9 @@ export class ClientSession implements FrameHandler, SessionLink {
   private extStart = 0;
   private extLen = 0;
   private extReads = -1;
+  /** The exchange began inside a transaction block behind the fence's SAVEPOINT: its RELEASE follows the next Sync. */
+  private extFenced = false;
+  private unfenceAtSync = false;
   private readonly hooks = new HookPauser({
     heldBytes: () => this.reader!.buffered,
     pauseSocket: () => this.pauseClient(PAUSE_HOOK),
@@ -478,32 +481,32 @@ export class ClientSession implements FrameHandler, SessionLink {
     return false;
   }
 
-  /** A kept Query inside a transaction block goes upstream between the fence's SAVEPOINT and RELEASE. */
-  private fenced(msg: Buffer, code: number): Verdict {
-    const out = this.replacement([{ bytes: FENCE, handler: SWALLOW }]);
-    const v = this.pooled !== null ? this.pooledForward(msg, code) : (this.tracker.sent(code), KEEP);
-    if (v === KEEP) out.push(msg);
-    else if (Buffer.isBuffer(v)) out.push(v);
-    else if (Array.isArray(v)) out.push(...v);
-    out.push(...this.replacement([{ bytes: UNFENCE, handler: SWALLOW }]));
-    return out;
-  }
-
   /**
    * A Parse of the unnamed statement goes upstream unchanged: it may begin an exchange to keep (ctx.keepQueries),
    * then kept once its Sync comes in the same chunk (extHeader), as a view like a Query.
    */
-  private keepParse(msg: Buffer): void {
+  private keepParse(msg: Buffer): boolean {
     this.keep(null, -1, 0);
     this.extChunk = null;
-    if (!this.ctx!.keepQueries || this.ctx!.txStatus !== 'I' || msg[5] !== 0 || this.tracker.size !== (this.pooled?.internalInFlight ?? 0)) return;
+    const ctx = this.ctx!;
+    if (!ctx.keepQueries || msg[5] !== 0 || this.unfenceAtSync || this.tracker.size !== (this.pooled?.internalInFlight ?? 0)) return false;
     const chunk = this.reader!.chunk;
     // A view into the chunk being read, not a copy assembled across chunks.
-    if (msg.buffer !== chunk.buffer || msg.byteOffset < chunk.byteOffset || msg.byteOffset + msg.length > chunk.byteOffset + chunk.length) return;
+    if (msg.buffer !== chunk.buffer || msg.byteOffset < chunk.byteOffset || msg.byteOffset + msg.length > chunk.byteOffset + chunk.length) return false;
+    let fenced = false;
+    if (ctx.txStatus === 'T') {
+      if (ctx.fenceable === null || this.fences >= FENCES_PER_TRANSACTION || !ctx.fenceable(msg)) return false;
+      this.fences++;
+      fenced = true;
+    } else if (ctx.txStatus !== 'I') {
+      return false;
+    }
+    this.extFenced = this.unfenceAtSync = fenced;
     this.extChunk = chunk;
     this.extStart = msg.byteOffset - chunk.byteOffset;
     this.extLen = msg.length;
     this.extReads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
+    return fenced;
   }
 
   /** A message header after a kept Parse: Bind, Describe and Execute add to the exchange, Sync ends it, anything else drops it. */
@@ -521,6 +524,21 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.keptQuery = view;
     this.keptReads = this.extReads;
     this.keptCount++;
+    if (this.extFenced) {
+      this.keptFenced = true;
+      this.keptMsgs += 2; // the SAVEPOINT's CommandComplete and ReadyForQuery come first
+    }
+  }
+
+  /** A fenced Parse goes upstream behind the fence's SAVEPOINT; a Sync after one, ahead of its RELEASE. */
+  private fencedAround(msg: Buffer, code: number, before: Buffer | null, after: Buffer | null): Verdict {
+    const out = before !== null ? this.replacement([{ bytes: before, handler: SWALLOW }]) : [];
+    const v = this.pooled !== null ? this.pooledForward(msg, code) : (this.tracker.sent(code), KEEP);
+    if (v === KEEP) out.push(msg);
+    else if (Buffer.isBuffer(v)) out.push(v);
+    else if (Array.isArray(v)) out.push(...v);
+    if (after !== null) out.push(...this.replacement([{ bytes: after, handler: SWALLOW }]));
+    return out;
   }
 
   /** The exchange now begun: its Query (or none to run again), where it reads from, what the relay forwarded of its answer. */
@@ -889,6 +907,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   header(code: number, length: number): boolean {
     this.lastActive = Date.now();
     if (this.extChunk !== null) this.extHeader(code, length);
+    if (this.unfenceAtSync && (code === Fe.Sync || code === Fe.Query)) return true;
     if (this.pooled !== null) {
       this.pooled.began(code);
       if (this.server === null || this.pooled.wants(code)) return true;
@@ -900,6 +919,24 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   onMessage(msg: Buffer, code: number): Verdict {
+    if (this.unfenceAtSync && code === Fe.Sync) {
+      this.unfenceAtSync = false;
+      return this.fencedAround(msg, code, null, UNFENCE);
+    }
+    if (this.unfenceAtSync && code === Fe.Query) {
+      // A Query before the fenced batch's Sync (the server runs it all the same): the fence goes first, so
+      // that no savepoint of the client's can be inside it.
+      this.unfenceAtSync = false;
+      const pre = this.replacement([{ bytes: UNFENCE, handler: SWALLOW }]);
+      const v = this.onMessage(msg, code);
+      if (v === KEEP) return [...pre, msg];
+      if (v === DROP) return pre;
+      if (v === PAUSE) {
+        queueMicrotask(() => this.onBytes(pre[0])); // after the run before the Query, before the Query
+        return PAUSE;
+      }
+      return Buffer.isBuffer(v) ? [...pre, v] : [...pre, ...v];
+    }
     if (this.pooled !== null) {
       if (code === Fe.Terminate) {
         this.terminated = true;
@@ -916,10 +953,10 @@ export class ClientSession implements FrameHandler, SessionLink {
     const r = this.seam!.offer(msg, code);
     if (code === Fe.Query) {
       if (r !== undefined) this.keptQuery = null;
-      else if (this.keepQuery(msg)) return this.fenced(msg, code);
+      else if (this.keepQuery(msg)) return this.fencedAround(msg, code, FENCE, UNFENCE);
     } else if (code === Fe.Parse) {
-      if (r === undefined) this.keepParse(msg);
-      else this.keep(null, -1, 0);
+      if (r !== undefined) this.keep(null, -1, 0);
+      else if (this.keepParse(msg)) return this.fencedAround(msg, code, FENCE, null);
     }
     if (r === undefined) {
       if (this.pooled !== null) return this.pooledForward(msg, code);
@@ -1077,6 +1114,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         if (ext !== null) {
           // The client has the answers up to the Execute: those of the second attempt are dropped, errors aside.
           const out = [{ bytes: query.subarray(0, ext.execute), handler: ANSWERED }, { bytes: query.subarray(ext.execute), handler: undefined }];
+          if (fenced) out.push({ bytes: UNFENCE, handler: SWALLOW });
           for (const b of this.replacement(out)) this.onBytes(b);
         } else {
           if (dropT && this.server !== null) this.server.dropRowDescription = true;

@@ -414,6 +414,40 @@ describe('in-band callback without dblink or daemon endpoint', () => {
   );
 
   test.each(['session', 'transaction'] as const)(
+    'inside a transaction block, a parameterized statement (extended protocol, %s mode) is fenced and gathered too',
+    async (mode) => {
+      await fresh();
+      await direct.query(`UPDATE notes SET emb = NULL, body = 'extended in a block ' || id || ' ' || $1`, [mode]);
+      const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+      const { c, notices } = await client(url);
+      await c.query(`SELECT deterministic_expand('fences, extended ${mode}') AS v`);
+      const taken = countTaken();
+      await c.query('BEGIN');
+      await c.query('SAVEPOINT mine');
+      const r = await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id <= $1', [12]);
+      expect(r.rowCount).toBe(12);
+      expect(taken.n).toBe(2);
+      // The client's savepoint holds around the fence, and none of the proxy's is left.
+      await c.query('ROLLBACK TO SAVEPOINT mine');
+      expect((await c.query('SELECT count(*)::int AS n FROM notes WHERE emb IS NOT NULL AND id <= $1', [24])).rows[0].n).toBe(0);
+      const again = await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id > $1', [12]);
+      expect(again.rowCount).toBe(12);
+      expect(taken.n).toBe(4);
+      expect(await pgError(c.query('RELEASE SAVEPOINT steadytext_fence'))).toMatchObject({ code: '3B001' });
+      await c.query('ROLLBACK TO SAVEPOINT mine');
+      await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id > $1', [12]);
+      await c.query('COMMIT');
+      await c.end();
+      expect(taken.n).toBe(4); // answered from the cache the first run filled
+      expect(notices).toEqual([]);
+      const rows = (await direct.query('SELECT body, emb::text AS emb FROM notes ORDER BY id')).rows as { body: string; emb: string | null }[];
+      expect(rows.map((row) => row.emb === null)).toEqual([...Array(12).fill(true), ...Array(12).fill(false)]);
+      await fresh();
+      expect(rows[15].emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [rows[15].body]));
+    },
+  );
+
+  test.each(['session', 'transaction'] as const)(
     'SELECT of a PL/pgSQL batch function (%s mode): only its RowDescription reached the client, so it is gathered too, and the client sees one',
     async (mode) => {
       await fresh();
