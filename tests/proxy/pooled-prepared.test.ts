@@ -601,6 +601,16 @@ describe('an SQL EXECUTE as the text of a named protocol statement runs on which
     await a.end();
   });
 
+  test('two clients, the same named statement text, each its own EXECUTEd statement of that name', async () => {
+    const clients = await Promise.all([p.pg(), p.pg(), p.pg()]);
+    await Promise.all(clients.map((c, i) => c.query(`prepare mine as select ${i} as who`)));
+    for (let k = 0; k < 4; k++) {
+      const got = await Promise.all(clients.map(async (c) => (await c.query({ name: 'runs_mine', text: 'execute mine' })).rows[0].who));
+      expect(got).toEqual([0, 1, 2]);
+    }
+    await Promise.all(clients.map((c) => c.end()));
+  });
+
   test('a Describe of the statement on another connection, and the EXECUTEd name deallocated', async () => {
     const c = await p.session();
     await exchange(c, [query('prepare s3 as select 5 as five, pg_backend_pid()')]);
