@@ -273,7 +273,7 @@ const FUNCTIONS: Record<SteadyFunction, FunctionDoc> = {
       '`uptime_seconds`, `requests_processed`, `errors_count`, `avg_latency_ms`: since the proxy started (latency NULL before the first request).',
     notes: [
       'Connected straight to the database (no proxy on the connection): through dblink, when the daemon endpoint cannot be reached, one row with `running` false and a NOTICE saying why; ' +
-        'in-band, the call fails after `daemon_timeout_ms` with 57014, as no proxy reads the request.',
+        'in-band, the same row (and NOTICE) after at most 2 s without an answer, as no proxy reads the request.',
     ],
     examples: [
       {
@@ -309,7 +309,7 @@ const FUNCTIONS: Record<SteadyFunction, FunctionDoc> = {
     summary: 'One row per configured model.',
     params: {},
     returns: '`model_type`: `generation` or `embedding`; `model_size`: its name; `loaded`; `memory_mb`: RAM of the model and its contexts while loaded, else 0.',
-    notes: ['Connected straight to the database, through dblink with the daemon endpoint unreachable: the models the proxy registered in the database, none loaded, and a NOTICE (in-band: 57014 after `daemon_timeout_ms`).'],
+    notes: ['Connected straight to the database, through dblink with the daemon endpoint unreachable: the models the proxy registered in the database, none loaded, and a NOTICE (in-band: the same, after at most 2 s without an answer).'],
     examples: [
       {
         sql: 'SELECT * FROM steadytext_model_info();',

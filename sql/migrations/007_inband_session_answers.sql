@@ -16,6 +16,10 @@
 -- to retry): its 40001 now names the request, so the proxy, when it may, stops the statement there, gathers
 -- its calls, and runs it again, outside a block in a new transaction that sees the committed answers, inside
 -- one with the answers handed over as above.
+--
+-- Also: steadytext_daemon_status() and steadytext_model_info() on a direct connection (no proxy reading it)
+-- report the daemon not running after at most 2 s, as they do under dblink, instead of failing after
+-- daemon_timeout_ms.
 CREATE OR REPLACE FUNCTION _steadytext_inband_call(p_function text, p_request jsonb, p_timeout_ms integer, p_tried text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
@@ -107,7 +111,9 @@ BEGIN
             RETURN _steadytext_unwrap(p_function, v_answer);
         END IF;
         IF clock_timestamp() >= v_deadline THEN
-            RAISE EXCEPTION USING ERRCODE = '57014',
+            -- For status and model information, as dblink's failure to connect (which those report as the
+            -- daemon not running); for a call, as a timeout.
+            RAISE EXCEPTION USING ERRCODE = CASE WHEN p_request->>'op' IN ('status', 'model_info') THEN '08001' ELSE '57014' END,
                 MESSAGE = format('%s: no pg-steadytext proxy answered within %s ms', p_function, p_timeout_ms),
                 DETAIL = 'The call was not visible to a proxy (inside a function, trigger or view) and missed steadytext_cache, so it asked the proxy through the client connection.'
                          || coalesce(' The daemon endpoint was tried first: ' || p_tried, ''),
@@ -132,3 +138,38 @@ END
 $fn$;
 
 ALTER FUNCTION _steadytext_inband_call(text, jsonb, integer, text) SET standard_conforming_strings = on;
+
+CREATE OR REPLACE FUNCTION _steadytext_daemon_call(p_function text, p_request jsonb)
+RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @schema@, pg_temp
+AS $fn$
+DECLARE
+    c record;
+    v_tried text;
+BEGIN
+    SELECT max(value) FILTER (WHERE key = 'callback_transport') AS transport,
+           max(value) FILTER (WHERE key = 'daemon_timeout_ms') AS timeout_ms
+      INTO c
+      FROM steadytext_config
+     WHERE key IN ('callback_transport', 'daemon_timeout_ms');
+    c.transport := coalesce(c.transport, 'auto');
+    IF c.transport = 'dblink' THEN
+        RETURN _steadytext_dblink_call(p_function, p_request);
+    END IF;
+    IF c.transport = 'auto' AND EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'dblink') THEN
+        BEGIN
+            RETURN _steadytext_dblink_call(p_function, p_request);
+        EXCEPTION WHEN sqlclient_unable_to_establish_sqlconnection THEN
+            GET STACKED DIAGNOSTICS v_tried = MESSAGE_TEXT; -- no daemon endpoint answers: ask in-band
+        END;
+    END IF;
+    -- Status and model information are for monitoring: with no proxy to answer (a direct connection) they
+    -- report the daemon not running after a short wait, as under dblink, rather than fail after the full one.
+    IF p_request->>'op' IN ('status', 'model_info') THEN
+        RETURN _steadytext_inband_call(p_function, p_request, least(coalesce(c.timeout_ms::integer, 30000), 2000), v_tried);
+    END IF;
+    RETURN _steadytext_inband_call(p_function, p_request, coalesce(c.timeout_ms::integer, 30000), v_tried);
+END
+$fn$;
+ALTER FUNCTION _steadytext_daemon_call(text, jsonb) SET standard_conforming_strings = on;

@@ -670,6 +670,28 @@ describe('what the in-band transport refuses', () => {
     }
   });
 
+  test('straight to the database, steadytext_daemon_status() and steadytext_model_info() report no daemon instead of failing', async () => {
+    const notices: string[] = [];
+    const onNotice = (n: { message?: string }) => notices.push(n.message ?? '');
+    direct.on('notice', onNotice);
+    try {
+      const status = (await direct.query('SELECT running, pid FROM steadytext_daemon_status()')).rows;
+      expect(status).toEqual([{ running: false, pid: null }]);
+      const models = (await direct.query('SELECT model_type, loaded FROM steadytext_model_info()')).rows as { model_type: string; loaded: boolean }[];
+      // What the proxy registered, none known to be loaded.
+      expect(models.length).toBe((await direct.query('SELECT count(*)::int AS n FROM steadytext_models')).rows[0].n);
+      expect(models.every((m) => !m.loaded)).toBe(true);
+    } finally {
+      direct.off('notice', onNotice);
+    }
+    // Besides the requests themselves (no proxy keeps them from this client), each says why.
+    expect(notices.filter((m) => /no pg-steadytext proxy answered within 2000 ms/.test(m))).toHaveLength(2);
+    // Through the proxy, the same functions answer.
+    const c = await s.connect();
+    expect((await c.query('SELECT running FROM steadytext_daemon_status()')).rows).toEqual([{ running: true }]);
+    await c.end();
+  });
+
   test('steadytext_daemon_status() says the database reaches the proxy in-band', async () => {
     await direct.query(`SELECT steadytext_config_set('callback_transport', 'inband')`);
     try {
