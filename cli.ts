@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // pg-steadytext: the command line. `serve` runs the proxy; the rest are tools around it.
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { parseFlags } from './config/flags.js';
@@ -480,12 +481,13 @@ async function runAsPgBouncer(args: string[]): Promise<number> {
   let verbose = 0;
   let quiet = false;
   let reboot = false;
+  let daemon = false;
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === '-v' || a === '--verbose') verbose++;
     else if (a === '-q' || a === '--quiet') quiet = true;
     else if (a === '-R' || a === '--reboot') reboot = true;
-    else if (a === '-d' || a === '--daemon') continue; // see below
+    else if (a === '-d' || a === '--daemon') daemon = true;
     else if (a === '-u' || a === '--user') i++;
     else if (a === '-V' || a === '--version') {
       // The first line is what SHOW VERSION says (tools compare the two).
@@ -504,10 +506,41 @@ async function runAsPgBouncer(args: string[]): Promise<number> {
     return 1;
   }
   const ini = loadPgBouncerConfig(file);
+  if (daemon && process.env[DAEMONIZED] !== '1') return daemonize(args.filter((a) => a !== '-d' && a !== '--daemon'));
   const level = quiet ? 'warn' : verbose > 1 ? 'trace' : verbose === 1 ? 'debug' : undefined;
   const s = loadSettings({ flags: { ...ini.steadytext, ...(level ? { logLevel: level } : {}) } });
   await serve(s, createLogger(s), ini, reboot);
+  if (process.env[DAEMONIZED] === '1' && process.send) {
+    // Ready: the invoking process may return (daemonize).
+    process.send('ready');
+    process.disconnect();
+  }
   return -1;
+}
+
+const DAEMONIZED = 'PGSTEADYTEXT_DAEMONIZED';
+
+/**
+ * `-d`, as pgBouncer: the server goes on in a detached process of its own (its pidfile names that one; it
+ * writes only its logfile), and this one returns once it serves, or fails if it stops before.
+ */
+function daemonize(args: string[]): Promise<number> {
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1], 'pgbouncer', ...args], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
+    env: { ...process.env, [DAEMONIZED]: '1' },
+  });
+  return new Promise((resolve) => {
+    child.once('message', () => {
+      child.disconnect();
+      child.unref();
+      resolve(0);
+    });
+    child.once('exit', (code, signal) => {
+      process.stderr.write(`pg-steadytext pgbouncer -d: the server stopped before it was ready (${signal ?? `exit code ${code}`}); run it without -d to see why\n`);
+      resolve(1);
+    });
+  });
 }
 
 async function main(argv: string[]): Promise<number> {

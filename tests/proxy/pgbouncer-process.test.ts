@@ -60,6 +60,18 @@ async function startBouncer(opts: {
   settings: Record<string, string | number>;
   users?: [string, string][];
 }): Promise<Bouncer> {
+  const r = await launch(opts);
+  if ('exit' in r) throw new Error('unreachable');
+  return r;
+}
+
+/** Writes the ini and runs the CLI as pgBouncer (with -d: returns the invoking process and its exit). */
+async function launch(opts: {
+  databases: Record<string, string>;
+  settings: Record<string, string | number>;
+  users?: [string, string][];
+  daemon?: boolean;
+}): Promise<Bouncer | { dir: string; child: ChildProcess; output: () => string; exit: Promise<number | null> }> {
   const dir = mkdtempSync(join(tmpdir(), 'pgb-process-'));
   const port = await freePort();
   const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
@@ -85,7 +97,8 @@ async function startBouncer(opts: {
       ...Object.entries(settings).map(([k, v]) => `${k} = ${v}`),
     ].join('\n') + '\n',
   );
-  const { child, output } = spawnCli(['pgbouncer', ini], { PGSTEADYTEXT_DAEMON_LISTEN: 'off' });
+  const { child, output } = spawnCli(['pgbouncer', ...(opts.daemon ? ['-d'] : []), ini], { PGSTEADYTEXT_DAEMON_LISTEN: 'off' });
+  if (opts.daemon) return { dir, child, output, exit: new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code))) };
   const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const logfile = join(dir, 'pgb.log');
   const b: Bouncer = {
@@ -255,6 +268,40 @@ describe('pg-steadytext pgbouncer as a process', () => {
 
     await Promise.all([admin.end(), c.end()]);
     expect(await b.exited()).toBe(0);
+  });
+
+  test('-d: the invoking process returns once the server serves; the server goes on detached, named by the pidfile, and SIGTERM stops it', async () => {
+    const r = await launch({ databases: { postgres: target() }, settings: { auth_type: 'trust', pool_mode: 'transaction' }, users: TRUST_USERS, daemon: true });
+    if (!('exit' in r)) throw new Error('expected the daemonizing launch');
+    let pid = 0;
+    try {
+      expect(await r.exit, r.output()).toBe(0);
+      pid = Number(readFileSync(join(r.dir, 'pgb.pid'), 'utf8').trim());
+      expect(pid).toBeGreaterThan(0);
+      expect(pid).not.toBe(r.child.pid);
+      const port = Number(/listen_port = (\d+)/.exec(readFileSync(join(r.dir, 'pgbouncer.ini'), 'utf8'))![1]);
+      const c = new pg.Client({ host: '127.0.0.1', port, user: 'trust_user', database: 'postgres' });
+      await c.connect();
+      expect(await one(c)).toBe(1);
+      await c.end();
+      process.kill(pid, 'SIGTERM');
+      await expect.poll(() => { try { process.kill(pid, 0); return true; } catch { return false; } }, { timeout: EXIT_DEADLINE_MS }).toBe(false);
+      pid = 0;
+    } finally {
+      if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      rmSync(r.dir, { recursive: true, force: true });
+    }
+  });
+
+  test('-d with a configuration the server cannot start with: the invoking process fails and says so', async () => {
+    const r = await launch({ databases: { postgres: target() }, settings: { auth_type: 'trust', listen_addr: '203.0.113.1' }, users: TRUST_USERS, daemon: true });
+    if (!('exit' in r)) throw new Error('expected the daemonizing launch');
+    try {
+      expect(await r.exit).toBe(1);
+      expect(r.output()).toMatch(/the server stopped before it was ready/);
+    } finally {
+      rmSync(r.dir, { recursive: true, force: true });
+    }
   });
 
   test('host lists: a dead host is skipped, with load_balance_hosts = disable and with round-robin', async () => {
