@@ -139,7 +139,9 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
   // As pgBouncer's RELOAD and SIGHUP: the new ini, then TLS set up again (a failure there keeps the old TLS).
   const reloadIni = () => {
-    pooling!.pooler.reload(loadPgBouncerConfig(ini!.file));
+    const next = loadPgBouncerConfig(ini!.file);
+    pooling!.pooler.reload(next);
+    databases.retarget(serviceUrls(s, next)!);
     poolerTls!.setup('TLS configuration could not be reloaded, keeping old configuration');
   };
   // pgBouncer's SUSPEND and SHOW FDS on this process's sockets, for a later -R (takeover.ts).
@@ -340,6 +342,12 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
   }
   // pgBouncer's signals, passed to every worker's console (the workers ignore those sent to them directly).
   process.on('SIGHUP', () => {
+    // The installs the workers ask of this process follow the reloaded ini too.
+    try {
+      databases.retarget(serviceUrls(s, loadPgBouncerConfig(ini.file))!);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'configuration not reloaded');
+    }
     void hub.command('reload').then((outcomes) => log.info({ config: ini.file, outcomes: outcomes.filter(Boolean) }, 'configuration reloaded by the workers'));
   });
   for (const sig of ['SIGUSR1', 'SIGUSR2'] as const) process.on(sig, () => hub.signal(sig));
@@ -368,7 +376,9 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
   let proxy: ProxyServer | undefined;
   const relay = new ConsoleRelay(setup.channel, setup.index, setup.workers, log);
   const reloadIni = () => {
-    pooling.pooler.reload(loadPgBouncerConfig(ini.file));
+    const next = loadPgBouncerConfig(ini.file);
+    pooling.pooler.reload(next);
+    databases.retarget(serviceUrls(s, next)!);
     poolerTls.setup('TLS configuration could not be reloaded, keeping old configuration');
   };
   const consoleHost = createConsole({

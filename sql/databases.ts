@@ -86,6 +86,24 @@ export class DatabaseRegistry {
     return d;
   }
 
+  /**
+   * A reloaded pgbouncer.ini: databases whose service URL it changes (moved to another host, port or name)
+   * are let go (their service connections end once their pending writes are in) and met again at their new
+   * place on next use, installed there if need be. Returns the names moved.
+   */
+  retarget(serviceUrlFor: (database: string) => string): string[] {
+    this.opts.serviceUrlFor = serviceUrlFor;
+    const moved: string[] = [];
+    for (const [name, d] of this.dbs) {
+      if (this.serviceUrlFor(name) === d.url) continue;
+      this.dbs.delete(name);
+      moved.push(name);
+      d.close().catch((err: unknown) => this.opts.logger.warn({ err, database: name }, 'could not close the service connections of a moved database'));
+    }
+    if (moved.length) this.opts.logger.info({ databases: moved }, 'service connections follow the reloaded configuration');
+    return moved;
+  }
+
   /** Every daemon secret known so far (the daemon accepts any of them). */
   *secrets(): Iterable<string> {
     for (const d of this.dbs.values()) if (d.secret) yield d.secret;
@@ -112,6 +130,8 @@ const LISTENER_RETRY_MS = [250, 30_000] as const;
 export class Database {
   /** The service connections (search_path pinned: name every object with its schema, type every parameter). */
   readonly pool: pg.Pool;
+  /** Where they go. */
+  readonly url: string;
   readonly runtime: RuntimeConfigSource;
   /** Schema of the steadytext objects. */
   readonly schema: string;
@@ -138,7 +158,8 @@ export class Database {
     // is visible to other sessions at once, which is all a waiting statement needs, without a WAL flush each
     // (measured here: 4.3 ms a commit, against 0.2 ms); a crash loses at most answers that are computed again,
     // and a client statement that used one flushes the WAL past it when it commits.
-    this.pool = new pg.Pool({ ...serviceConnection(reg.serviceUrlFor(name), 'pg-steadytext service', ['synchronous_commit=off']), max: 4, idleTimeoutMillis: 30_000 });
+    this.url = reg.serviceUrlFor(name);
+    this.pool = new pg.Pool({ ...serviceConnection(this.url, 'pg-steadytext service', ['synchronous_commit=off']), max: 4, idleTimeoutMillis: 30_000 });
     this.pool.on('error', (err) => this.log.warn({ err }, 'service connection failed'));
     const readConfig = `SELECT key, value FROM ${quoteIdent(this.schema)}.steadytext_config`;
     this.runtime = new RuntimeConfigSource(async () => (await this.pool.query(readConfig)).rows);
@@ -154,7 +175,7 @@ export class Database {
 
   private async prepare(): Promise<void> {
     if (this.reg.opts.autoInstall) {
-      const r = await prepareDatabase(this.reg.serviceUrlFor(this.name), {
+      const r = await prepareDatabase(this.url, {
         daemonHost: this.reg.opts.daemon?.host, daemonPort: this.reg.opts.daemon?.port, schema: this.schema, logger: this.log,
       });
       this.secret = r.secret;
@@ -180,7 +201,7 @@ export class Database {
    * it is reopened with backoff, and what changed in between is re-read once it is back.
    */
   private async openListener(): Promise<void> {
-    const l = new pg.Client(serviceConnection(this.reg.serviceUrlFor(this.name), 'pg-steadytext config listener'));
+    const l = new pg.Client(serviceConnection(this.url, 'pg-steadytext config listener'));
     let live = false; // from LISTEN on; failures before that reject this call instead
     const onLost = (err?: Error) => {
       if (!live) return;

@@ -86,3 +86,40 @@ test('a database the ini aliases gets its SQL objects and its answers through th
     await d.end();
   }
 });
+
+test('RELOAD (SIGHUP) that moves the database: the service connection follows, installs there and caches there', async () => {
+  const moved = `${real}_moved`;
+  await adminQuery(`CREATE DATABASE ${moved}`);
+  try {
+    const admin = new URL(inject('db').adminUrl);
+    writePgbouncerIni(dir, {
+      port, user, password,
+      databases: [`${alias} = host=${admin.hostname} port=${admin.port} dbname=${moved}`],
+      pgbouncer: ['pool_mode = transaction'],
+    });
+    const before = cli.output().length;
+    cli.child.kill('SIGHUP');
+    await expect.poll(() => cli.output().slice(before), { timeout: 10_000 }).toContain('service connections follow the reloaded configuration');
+    const c = new pg.Client(`postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${port}/${alias}`);
+    await c.connect();
+    try {
+      expect((await c.query('SELECT current_database() AS d')).rows[0].d).toBe(moved);
+      const v = (await c.query(`SELECT steadytext_embed('after the move')::text AS v`)).rows[0].v as string;
+      expect(v.split(',')).toHaveLength(1024);
+    } finally {
+      await c.end();
+    }
+    const direct = new URL(inject('db').adminUrl);
+    direct.pathname = `/${moved}`;
+    const d = new pg.Client(direct.toString());
+    await d.connect();
+    try {
+      expect((await d.query('SELECT steadytext_version() AS v')).rows[0].v).toBe(SQL_VERSION);
+      await expect.poll(async () => (await d.query('SELECT count(*)::int AS n FROM steadytext_cache')).rows[0].n, { timeout: 10_000 }).toBeGreaterThan(0);
+    } finally {
+      await d.end();
+    }
+  } finally {
+    await adminQuery(`DROP DATABASE IF EXISTS ${moved} WITH (FORCE)`).catch(() => {});
+  }
+});
