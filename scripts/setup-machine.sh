@@ -10,13 +10,12 @@ PG_LIB="/usr/lib/postgresql/${PG_MAJOR}/lib"
 PG_SHARE="/usr/share/postgresql/${PG_MAJOR}/extension"
 log() { printf '[setup-machine] %s\n' "$*" >&2; }
 
-# plpython3u only so that the seed document's own install block runs unchanged in the tests.
-have_pg() { [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -f "$PG_LIB/dblink.so" ] && [ -f "$PG_LIB/plpython3.so" ]; }
+have_pg() { [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -f "$PG_LIB/dblink.so" ]; }
 have_vector() { [ -f "$PG_LIB/vector.so" ] && [ -f "$PG_SHARE/vector.control" ]; }
 have_tools() { command -v psql >/dev/null && command -v pgbench >/dev/null && command -v pgbouncer >/dev/null; }
 
 if have_pg && have_vector && have_tools; then
-  log "PostgreSQL ${PG_MAJOR}, dblink, plpython3u, pgvector and pgbouncer already installed"
+  log "PostgreSQL ${PG_MAJOR}, dblink, pgvector and pgbouncer already installed"
   exit 0
 fi
 
@@ -31,7 +30,7 @@ apt_install() {
 
 if ! have_pg || ! have_tools; then
   log "installing postgresql-${PG_MAJOR}, client and pgbouncer"
-  apt_install "postgresql-${PG_MAJOR}" "postgresql-client-${PG_MAJOR}" "postgresql-plpython3-${PG_MAJOR}" postgresql-contrib pgbouncer
+  apt_install "postgresql-${PG_MAJOR}" "postgresql-client-${PG_MAJOR}" postgresql-contrib pgbouncer
   # Debian's pgbouncer package starts a system service; the benchmark runs its own instance.
   $SUDO systemctl disable --now pgbouncer >/dev/null 2>&1 || $SUDO service pgbouncer stop >/dev/null 2>&1 || true
 fi
