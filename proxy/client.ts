@@ -459,7 +459,7 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /**
    * A Query goes upstream unchanged: kept (a view) when it begins an exchange outside a transaction block
-   * (ctx.keepQueries), or inside one, fenced (ctx.fenceable): then true, and it goes through fenced().
+   * (ctx.keepQueries), or inside one, fenced (ctx.fenceable): then true, and it goes through fencedAround().
    */
   private keepQuery(msg: Buffer): boolean {
     const ctx = this.ctx!;
@@ -907,11 +907,12 @@ export class ClientSession implements FrameHandler, SessionLink {
   header(code: number, length: number): boolean {
     this.lastActive = Date.now();
     if (this.extChunk !== null) this.extHeader(code, length);
-    if (this.unfenceAtSync && (code === Fe.Sync || code === Fe.Query)) return true;
     if (this.pooled !== null) {
       this.pooled.began(code);
       if (this.server === null || this.pooled.wants(code)) return true;
     }
+    // The RELEASE of a fenced exchange goes after its Sync (onMessage).
+    if (this.unfenceAtSync && (code === Fe.Sync || code === Fe.Query)) return true;
     if (this.seam !== null && this.seam.wants(code)) return true;
     this.tracker.sent(code);
     if (code === Fe.Terminate) this.terminated = true;
