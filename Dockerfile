@@ -1,4 +1,6 @@
-# pg-steadytext proxy image. Models are downloaded on first use into /models (mount a volume to keep them).
+# pg-steadytext proxy image (compose.yaml runs it in front of pgvector/pgvector:pg17). Models are downloaded on
+# first use into /models (mount a volume to keep them). Not built on the development machine (no Docker engine
+# answers there): .ci/run builds and runs it wherever one does.
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 # A C compiler for the native relay (proxy/native/relay.c); the image's Node ships its own headers.
@@ -11,7 +13,12 @@ COPY proxy ./proxy
 COPY inference ./inference
 COPY sql ./sql
 COPY scripts/build-native.mjs ./scripts/
-RUN npx tsc -p tsconfig.json && node scripts/build-native.mjs && npm prune --omit=dev --no-audit --no-fund
+# The slim install (README "Install size"): no GPU builds of llama.cpp, only this architecture's CPU one.
+RUN npx tsc -p tsconfig.json && node scripts/build-native.mjs \
+ && npm prune --omit=dev --omit=optional --no-audit --no-fund \
+ && arch="$(node -p process.arch)" \
+ && npm install --no-save --omit=dev --omit=optional --no-audit --no-fund --ignore-scripts \
+      "@node-llama-cpp/linux-${arch}@$(node -p "require('node-llama-cpp/package.json').version")"
 
 FROM node:20-bookworm-slim
 WORKDIR /app
@@ -25,8 +32,11 @@ COPY --from=build /app/dist ./dist
 COPY --from=build /app/build ./build
 COPY --from=build /app/package.json ./
 COPY sql ./sql
+COPY scripts/healthcheck.mjs ./scripts/
 VOLUME /models
 EXPOSE 6432 5557
 USER node
+# One SELECT 1 through the proxy to the upstream (scripts/healthcheck.mjs).
+HEALTHCHECK --interval=10s --timeout=12s --start-period=30s CMD ["node", "scripts/healthcheck.mjs"]
 ENTRYPOINT ["node", "dist/cli.js"]
 CMD ["serve"]
