@@ -33,6 +33,16 @@ async function fresh(): Promise<void> {
   s.interceptor.forgetStored();
 }
 
+/** A `notes` table of `n` rows whose bodies name `label` (so that each misses), and the PL/pgSQL wrapper wrap_embed. */
+async function notes(label: string, n = 24): Promise<void> {
+  await direct.query(`
+    CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
+    CREATE OR REPLACE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
+    BEGIN RETURN steadytext_embed(t); END $$;
+    TRUNCATE notes;`);
+  await direct.query(`INSERT INTO notes (id, body) SELECT i, $1 || ' ' || i FROM generate_series(1, $2::int) i`, [label, n]);
+}
+
 /** Counts the in-band requests the proxy takes (from any session) until the test ends. */
 function countTaken(): { n: number } {
   const notice = s.interceptor.notice.bind(s.interceptor);
@@ -183,12 +193,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     'in a %s block of a session that asked in-band, a statement missing row after row gets its answers in the session and runs again',
     async (level) => {
       await fresh();
-      await direct.query(`
-        CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
-        CREATE OR REPLACE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
-        BEGIN RETURN steadytext_embed(t); END $$;
-        TRUNCATE notes;`);
-      await direct.query(`INSERT INTO notes (id, body) SELECT i, 'snapshot ' || i || ' ' || $1 FROM generate_series(1, 8) i`, [level]);
+      await notes(`snapshot ${level}`, 8);
       const { c, notices } = await client();
       await c.query(`SELECT deterministic_expand('before the block, ${level}') AS v`);
       const taken = countTaken();
@@ -205,7 +210,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
       expect(taken.n).toBe(level.endsWith('READ ONLY') ? 2 : 3);
       await fresh();
       const third = r.rows.find((x: { id: number }) => x.id === 3) as { emb: string };
-      expect(third.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [`snapshot 3 ${level}`]));
+      expect(third.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [`snapshot ${level} 3`]));
       expect(one).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND(`in the block, ${level}`)]));
     },
   );
@@ -272,12 +277,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     'an UPDATE missing on every row (%s mode) is stopped, its calls gathered and answered together, and run again',
     async (mode) => {
       await fresh();
-      await direct.query(`
-        CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
-        TRUNCATE notes;
-        CREATE OR REPLACE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
-        BEGIN RETURN steadytext_embed(t); END $$;`);
-      await direct.query(`INSERT INTO notes (id, body) SELECT i, 'note ' || i || ' ' || $1 FROM generate_series(1, 24) i`, [mode]);
+      await notes(`note ${mode}`);
       const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
       const taken = countTaken();
       const { c, notices } = await client(url);
@@ -302,12 +302,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     'the same UPDATE as a driver sends a parameterized statement (extended protocol, %s mode) is gathered too',
     async (mode) => {
       await fresh();
-      await direct.query(`
-        CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
-        TRUNCATE notes;
-        CREATE OR REPLACE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
-        BEGIN RETURN steadytext_embed(t); END $$;`);
-      await direct.query(`INSERT INTO notes (id, body) SELECT i, 'extended ' || i || ' ' || $1 FROM generate_series(1, 24) i`, [mode]);
+      await notes(`extended ${mode}`);
       const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
       const taken = countTaken();
       const { c, notices } = await client(url);
@@ -333,7 +328,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     'a named statement is never run again (the first attempt created it): each miss answered where it stands (%s mode)',
     async (mode) => {
       await fresh();
-      await direct.query(`UPDATE notes SET emb = NULL, body = 'named ' || id || ' ' || $1`, [mode]);
+      await notes(`named ${mode}`);
       const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
       const taken = countTaken();
       const { c, notices } = await client(url);
@@ -351,7 +346,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     'a parameterized SELECT computing every row before the first (extended protocol, %s mode): gathered, one RowDescription, each row once',
     async (mode) => {
       await fresh();
-      await direct.query(`UPDATE notes SET body = 'sorted ' || id || ' ' || $1`, [mode]);
+      await notes(`sorted ${mode}`);
       const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
       const taken = countTaken();
       const { c, notices } = await client(url);
@@ -366,7 +361,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
       expect(taken.n).toBe(2);
       const some = r.rows.find((x: { id: number }) => x.id === 7) as { emb: string };
       await fresh();
-      expect(some.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [`sorted 7 ${mode}`]));
+      expect(some.emb).toBe(await rewritten('SELECT steadytext_embed($1)::text AS v', [`sorted ${mode} 7`]));
     },
   );
 
@@ -374,7 +369,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     'inside a transaction block (%s mode), once the session asked in-band, a statement missing row after row is fenced, gathered and run again',
     async (mode) => {
       await fresh();
-      await direct.query(`UPDATE notes SET emb = NULL, body = 'in a block ' || id || ' ' || $1`, [mode]);
+      await notes(`in a block ${mode}`);
       const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
       const { c, notices } = await client(url);
       await c.query(`SELECT deterministic_expand('fences ${mode}') AS v`); // the session's first in-band call
@@ -417,7 +412,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     'inside a transaction block, a parameterized statement (extended protocol, %s mode) is fenced and gathered too',
     async (mode) => {
       await fresh();
-      await direct.query(`UPDATE notes SET emb = NULL, body = 'extended in a block ' || id || ' ' || $1`, [mode]);
+      await notes(`extended in a block ${mode}`);
       const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
       const { c, notices } = await client(url);
       await c.query(`SELECT deterministic_expand('fences, extended ${mode}') AS v`);
@@ -451,8 +446,8 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     'SELECT of a PL/pgSQL batch function (%s mode): only its RowDescription reached the client, so it is gathered too, and the client sees one',
     async (mode) => {
       await fresh();
+      await notes(`batch ${mode}`);
       await direct.query(`
-        UPDATE notes SET emb = NULL;
         CREATE OR REPLACE FUNCTION embed_all_notes() RETURNS integer LANGUAGE plpgsql AS $$
         DECLARE n integer := 0; r record;
         BEGIN
@@ -726,7 +721,7 @@ describe('what the in-band transport refuses', () => {
     try {
       expect((await direct.query(`SELECT steadytext_config_get('inband_rerun') AS v`)).rows[0].v).toBe('false');
       await fresh();
-      await direct.query('UPDATE notes SET emb = NULL');
+      await notes('rerun off');
       const taken = countTaken();
       const { c } = await client();
       await c.query('SELECT 1');
