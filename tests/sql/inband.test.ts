@@ -33,12 +33,10 @@ async function fresh(): Promise<void> {
   s.interceptor.forgetStored();
 }
 
-/** A `notes` table of `n` rows whose bodies name `label` (so that each misses), and the PL/pgSQL wrapper wrap_embed. */
+/** A `notes` table of `n` rows whose bodies name `label`, so that each misses. */
 async function notes(label: string, n = 24): Promise<void> {
   await direct.query(`
     CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
-    CREATE OR REPLACE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
-    BEGIN RETURN steadytext_embed(t); END $$;
     TRUNCATE notes;`);
   await direct.query(`INSERT INTO notes (id, body) SELECT i, $1 || ' ' || i FROM generate_series(1, $2::int) i`, [label, n]);
 }
@@ -85,7 +83,10 @@ beforeAll(async () => {
         NEW.emb := steadytext_embed(NEW.body);
         RETURN NEW;
     END $$;
-    CREATE TRIGGER docs_embed BEFORE INSERT ON docs FOR EACH ROW EXECUTE FUNCTION docs_embed();`);
+    CREATE TRIGGER docs_embed BEFORE INSERT ON docs FOR EACH ROW EXECUTE FUNCTION docs_embed();
+
+    CREATE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
+    BEGIN RETURN steadytext_embed(t); END $$;`);
 }, 180_000);
 
 afterAll(async () => {
