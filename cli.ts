@@ -104,16 +104,18 @@ function modelsBanner(s: Settings): { models: Record<string, string>; getModels?
 }
 
 /** What one process owns whatever the worker count: the models, the per-database registry, the daemon endpoint. */
-async function startServing(s: Settings, log: Logger, ini?: PoolerConfig) {
+async function startServing(s: Settings, log: Logger, ini?: PoolerConfig, reboot = false) {
   // Counted per database and model for SHOW STEADYTEXT and the metrics endpoint.
   const calls = meterCalls(createEngine({ ...engineOptions(s, log), fetchMissing: true }));
   const engine = calls.engine;
   const daemonListen = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
-  const { databases, daemon } = await startCore({
+  const { databases, daemon, bindDaemon } = await startCore({
     engine, serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemonListen, logger: log, serviceUrlFor: serviceUrls(s, ini),
+    // -R: the running process holds the daemon port until it exits (after the takeover).
+    deferDaemon: reboot,
   });
   void databases.checkServiceRole(); // warns when it is a superuser (in the background: the database may be slow or down)
-  return { engine, databases, daemon, calls };
+  return { engine, databases, daemon, bindDaemon, calls };
 }
 
 /** The Prometheus endpoint when metrics-listen is set (a port it cannot bind stops the start). */
@@ -133,8 +135,10 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   if (reboot && s.workers > 1) throw new Error('online restart (-R) of a process with workers is not supported: restart it instead');
   if (s.workers > 1) return serveWithWorkers(s, log, ini);
   // so_reuseport = 1 with one process: pgBouncer's way, peers each with limits of their own (below).
-  const { engine, databases, daemon, calls } = await startServing(s, log, ini);
-  const interceptor = createSteadytextInterceptor({ engine, databases, daemon: daemon?.address, logger: log, prefetchMaxValues: s.prefetchMaxValues });
+  const serving = await startServing(s, log, ini, reboot);
+  const { engine, databases, calls } = serving;
+  let daemon = serving.daemon;
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon: databases.opts.daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
   // As pgBouncer's RELOAD and SIGHUP: the new ini, then TLS set up again (a failure there keeps the old TLS).
@@ -228,7 +232,9 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
     process.on('SIGQUIT', () => void stop('SIGQUIT', 0));
     if (st!.pidfile) writeFileSync(st!.pidfile, `${process.pid}\n`);
   }
-  log.info({ listen: proxy.address, upstream: redactUrl(s.upstream), daemon: daemon?.address, ...modelsBanner(s), sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+  log.info({ listen: proxy.address, upstream: redactUrl(s.upstream), daemon: databases.opts.daemon, ...modelsBanner(s), sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+  // -R: the daemon port is free once the process taken over has exited.
+  if (serving.bindDaemon) void serving.bindDaemon().then((d) => (daemon = d));
 
   let stopping = false;
   async function stop(signal: string, graceMs = ini ? FOREVER_MS : s.shutdownGraceMs) {

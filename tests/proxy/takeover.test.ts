@@ -39,8 +39,8 @@ afterEach(async () => {
 });
 
 /** Runs `pg-steadytext pgbouncer [args] ini` (or the command line given); resolves once its pidfile names it (it serves then). */
-async function run(b: Bouncer, args: string[] = [], command = ['pgbouncer', ...args, b.ini]): Promise<Proc> {
-  const { child, output } = spawnCli(command, { PGSTEADYTEXT_DAEMON_LISTEN: 'off' });
+async function run(b: Bouncer, args: string[] = [], command = ['pgbouncer', ...args, b.ini], daemonListen = 'off'): Promise<Proc> {
+  const { child, output } = spawnCli(command, { PGSTEADYTEXT_DAEMON_LISTEN: daemonListen });
   const p: Proc = { child, output, exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
   started.procs.push(p);
   const pidfile = join(b.dir, 'pgb.pid');
@@ -115,7 +115,32 @@ function cancel(port: number, c: pg.Client): Promise<void> {
 
 const TRUST_USERS: [string, string][] = [['trust_user', '']];
 
+/** Whether something accepts TCP connections on 127.0.0.1:port. */
+function tcpOpen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port }, () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.on('error', () => resolve(false));
+  });
+}
+
 describe("online restart (-R): a new process takes over the running one's sockets", () => {
+  test('with the daemon endpoint on a fixed port (the default setup), the new process starts and binds it once the old one has gone', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction' }, TRUST_USERS);
+    const daemonPort = await freePort();
+    const old = await run(b, [], undefined, `127.0.0.1:${daemonPort}`);
+    expect(await tcpOpen(daemonPort)).toBe(true);
+    const next = await run(b, ['-R'], undefined, `127.0.0.1:${daemonPort}`);
+    expect(await old.exited).toBe(0);
+    expect(next.child.exitCode).toBeNull();
+    await expect.poll(() => next.output(), { timeout: 30_000 }).toContain('daemon endpoint listening');
+    await expect.poll(() => tcpOpen(daemonPort), { timeout: 30_000 }).toBe(true);
+    const c = await connect(b, { user: 'trust_user' });
+    expect((await c.query('select 1 as v')).rows[0].v).toBe(1);
+  });
+
   test('clients mid-query, idle, and inside a transaction go on through the new process; their cancel keys still cancel; new clients connect', async () => {
     const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 5 }, TRUST_USERS);
     const old = await run(b);
