@@ -283,7 +283,15 @@ const FOREVER_MS = 2 ** 31 - 1;
  */
 async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): Promise<void> {
   const { engine, databases, daemon, calls } = await startServing(s, log, ini);
-  const hub = ini ? new ConsoleHub({ logger: log, onShutdown: () => void finish('SHUTDOWN'), steadytext: () => calls.rows() }) : undefined;
+  // The installs the workers ask of this process follow a reloaded ini too (SIGHUP here, RELOAD in any worker's console).
+  const retarget = () => {
+    try {
+      databases.retarget(serviceUrls(s, loadPgBouncerConfig(ini!.file))!);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'configuration not reloaded');
+    }
+  };
+  const hub = ini ? new ConsoleHub({ logger: log, onShutdown: () => void finish('SHUTDOWN'), onReload: retarget, steadytext: () => calls.rows() }) : undefined;
   let group: WorkerPool | undefined = undefined;
   // The sessions are the workers': their figures are gathered and added up at each scrape.
   const metrics = await startMetrics(s, log, { proxy: () => group?.stats(), pooler: hub && (() => hub.figures()), steadytext: () => calls.figures() });
@@ -348,12 +356,7 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
   }
   // pgBouncer's signals, passed to every worker's console (the workers ignore those sent to them directly).
   process.on('SIGHUP', () => {
-    // The installs the workers ask of this process follow the reloaded ini too.
-    try {
-      databases.retarget(serviceUrls(s, loadPgBouncerConfig(ini.file))!);
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'configuration not reloaded');
-    }
+    retarget();
     void hub.command('reload').then((outcomes) => log.info({ config: ini.file, outcomes: outcomes.filter(Boolean) }, 'configuration reloaded by the workers'));
   });
   for (const sig of ['SIGUSR1', 'SIGUSR2'] as const) process.on(sig, () => hub.signal(sig));

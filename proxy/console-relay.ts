@@ -118,6 +118,8 @@ export interface ConsoleHubOptions {
   onShutdown(mode: string): void;
   /** SHOW STEADYTEXT's rows: the steadytext calls are served here, in the primary. */
   steadytext?: () => SteadytextRow[];
+  /** A worker's console RELOAD: what the primary itself keeps of the configuration reloads too. */
+  onReload?(): void;
 }
 
 /** The primary's side: passes a worker's console command or SHOW on to the others, and their answers back. */
@@ -235,6 +237,7 @@ export class ConsoleHub {
     if (m.kind === 'hello') return this.welcome(w);
     if (m.kind === 'command') {
       if (m.method === 'shutdown') this.o.onShutdown(typeof m.args[0] === 'string' ? m.args[0] : 'immediate');
+      if (m.method === 'reload') this.o.onReload?.();
       const targets = m.to === null ? this.reachable(w) : this.reachable().filter((x) => x === m.to);
       if (m.method === 'shutdown') this.ending = { method: 'shutdown', args: m.args };
       this.fanOut(this.nextId++, { origin: w, originId: m.id, waiting: new Set(), results: [], kind: 'outcomes' }, targets, (id) => ({ tag: TAG, kind: 'run', id, method: m.method, args: m.args }));

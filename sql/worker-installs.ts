@@ -62,6 +62,13 @@ export class WorkerDatabaseRegistry extends DatabaseRegistry {
     return d;
   }
 
+  /** A moved database is installed again at its new place (the primary follows the same RELOAD). */
+  override retarget(serviceUrlFor: (database: string) => string): string[] {
+    const moved = super.retarget(serviceUrlFor);
+    for (const name of moved) this.installs.delete(name);
+    return moved;
+  }
+
   private install(database: string): Promise<void> {
     let p = this.installs.get(database);
     if (!p) {

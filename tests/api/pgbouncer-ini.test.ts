@@ -123,3 +123,70 @@ test('RELOAD (SIGHUP) that moves the database: the service connection follows, i
     await adminQuery(`DROP DATABASE IF EXISTS ${moved} WITH (FORCE)`).catch(() => {});
   }
 });
+
+test('with workers, a console RELOAD that moves the database: the installs the primary runs for the workers follow too', async () => {
+  const from = `${real}_w1`;
+  const to = `${real}_w2`;
+  await adminQuery(`CREATE DATABASE ${from}`);
+  await adminQuery(`CREATE DATABASE ${to}`);
+  const wdir = mkdtempSync(join(tmpdir(), 'ini-workers-'));
+  const wport = await freePort();
+  const admin = new URL(inject('db').adminUrl);
+  const ini = (dbname: string) => writePgbouncerIni(wdir, {
+    port: wport, user, password,
+    databases: [`${alias} = host=${admin.hostname} port=${admin.port} dbname=${dbname}`],
+    pgbouncer: ['pool_mode = transaction', `admin_users = ${user}`],
+  });
+  const models = await tinyModels();
+  // The service role's credentials, nowhere else: the ini's entry says where.
+  const nowhere = new URL(inject('db').adminUrl);
+  nowhere.port = '1';
+  nowhere.pathname = '/no_such_database';
+  const w = spawnCli(['serve', '--config', ini(from)], {
+    PGSTEADYTEXT_DAEMON_LISTEN: 'off',
+    PGSTEADYTEXT_SERVICE_URL: nowhere.toString(),
+    PGSTEADYTEXT_WORKERS: '2',
+    PGSTEADYTEXT_GENERATION_MODEL: models.generation,
+    PGSTEADYTEXT_EMBEDDING_MODEL: models.embedding,
+  });
+  const url = (db: string) => `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${wport}/${db}`;
+  const embedVia = async () => {
+    const c = new pg.Client(url(alias));
+    await c.connect();
+    try {
+      return [(await c.query('SELECT current_database() AS d')).rows[0].d as string, (await c.query(`SELECT steadytext_embed('workers move')::text AS v`)).rows[0].v as string];
+    } finally {
+      await c.end();
+    }
+  };
+  try {
+    await expect.poll(() => w.output(), { timeout: 60_000 }).toContain('pg-steadytext ready');
+    expect((await embedVia())[0]).toBe(from);
+    ini(to);
+    const console = new pg.Client(url('pgbouncer'));
+    await console.connect();
+    await console.query('RELOAD');
+    await console.end();
+    const [db, v] = await embedVia();
+    expect(db).toBe(to);
+    expect(v.split(',')).toHaveLength(1024);
+    const direct = new URL(inject('db').adminUrl);
+    direct.pathname = `/${to}`;
+    const d = new pg.Client(direct.toString());
+    await d.connect();
+    try {
+      expect((await d.query('SELECT steadytext_version() AS v')).rows[0].v).toBe(SQL_VERSION);
+    } finally {
+      await d.end();
+    }
+  } finally {
+    if (w.child.exitCode === null) {
+      const exited = new Promise((r) => w.child.once('exit', r));
+      w.child.kill('SIGKILL');
+      await exited;
+    }
+    rmSync(wdir, { recursive: true, force: true });
+    await adminQuery(`DROP DATABASE IF EXISTS ${from} WITH (FORCE)`).catch(() => {});
+    await adminQuery(`DROP DATABASE IF EXISTS ${to} WITH (FORCE)`).catch(() => {});
+  }
+}, 120_000);
