@@ -97,6 +97,8 @@ const FENCE = queryMessage('SAVEPOINT steadytext_fence');
 const UNFENCE = queryMessage('RELEASE SAVEPOINT steadytext_fence');
 /** A block the proxy brought back from failure (ROLLBACK TO its fence) fails again where the client is told it failed. */
 const REFAIL = queryMessage("DO $$BEGIN RAISE EXCEPTION 'pg-steadytext: the statement stopped to be run again was not'; END$$");
+/** The fence's own statements: their answers are the proxy's (a RELEASE after a failed statement fails too). */
+const SWALLOW: ResponseHandler = { onMessage: () => null };
 /** A rerun exchange's Parse, Bind and Describe: the client has their answers from the first attempt. */
 const ANSWERED: ResponseHandler = { onMessage: (m) => (m[0] === Be.ErrorResponse || m[0] === Be.NoticeResponse ? m : null) };
 /** Most bytes a client waiting for a server connection copies out of the read buffer (holdsInput). */
@@ -144,16 +146,6 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** The kept Query is fenced (SessionContext.fenceable); Queries fenced in the current transaction. */
   private keptFenced = false;
   private fences = 0;
-  /**
-   * The fence's own statements in flight, whose answers are the proxy's (a RELEASE after a failed statement
-   * fails too): not the client's, so the client's next statement, sent before the RELEASE is answered, is
-   * still one that begins an exchange.
-   */
-  private fencesInFlight = 0;
-  private readonly fenceAnswers: ResponseHandler = {
-    onMessage: () => null,
-    onEnd: () => void this.fencesInFlight--,
-  };
   /** The current exchange runs again (ctx.rerun): what then decides, and the error that ended the attempt. */
   private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null; dropT: boolean; fenced: boolean } | null = null;
   /** The current exchange is itself a rerun: it is not run again. */
@@ -472,7 +464,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   private keepQuery(msg: Buffer): boolean {
     const ctx = this.ctx!;
     // Nothing of the client's in flight (the pooler's own settings replay may be, ahead of it).
-    const idle = this.tracker.size === (this.pooled?.internalInFlight ?? 0) + this.fencesInFlight;
+    const idle = this.tracker.size === (this.pooled?.internalInFlight ?? 0);
     const reads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
     if (ctx.keepQueries && ctx.txStatus === 'I' && idle) {
       this.keep(msg, reads, 0);
@@ -497,7 +489,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.keep(null, -1, 0);
     this.extChunk = null;
     const ctx = this.ctx!;
-    if (!ctx.keepQueries || msg[5] !== 0 || this.unfenceAtSync || this.tracker.size !== (this.pooled?.internalInFlight ?? 0) + this.fencesInFlight) return false;
+    if (!ctx.keepQueries || msg[5] !== 0 || this.unfenceAtSync || this.tracker.size !== (this.pooled?.internalInFlight ?? 0)) return false;
     const chunk = this.reader!.chunk;
     // A view into the chunk being read, not a copy assembled across chunks.
     if (msg.buffer !== chunk.buffer || msg.byteOffset < chunk.byteOffset || msg.byteOffset + msg.length > chunk.byteOffset + chunk.length) return false;
@@ -540,19 +532,13 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** A fenced Parse goes upstream behind the fence's SAVEPOINT; a Sync after one, ahead of its RELEASE. */
   private fencedAround(msg: Buffer, code: number, before: Buffer | null, after: Buffer | null): Verdict {
-    const out = before !== null ? this.replacement([this.fenceStatement(before)]) : [];
+    const out = before !== null ? this.replacement([{ bytes: before, handler: SWALLOW }]) : [];
     const v = this.pooled !== null ? this.pooledForward(msg, code) : (this.tracker.sent(code), KEEP);
     if (v === KEEP) out.push(msg);
     else if (Buffer.isBuffer(v)) out.push(v);
     else if (Array.isArray(v)) out.push(...v);
-    if (after !== null) out.push(...this.replacement([this.fenceStatement(after)]));
+    if (after !== null) out.push(...this.replacement([{ bytes: after, handler: SWALLOW }]));
     return out;
-  }
-
-  /** One of the fence's statements (FENCE, UNFENCE, REFAIL), counted until answered. */
-  private fenceStatement(bytes: Buffer): { bytes: Buffer; handler: ResponseHandler } {
-    this.fencesInFlight++;
-    return { bytes, handler: this.fenceAnswers };
   }
 
   /** The exchange now begun: its Query (or none to run again), where it reads from, what the relay forwarded of its answer. */
@@ -942,7 +928,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       // A Query before the fenced batch's Sync (the server runs it all the same): the fence goes first, so
       // that no savepoint of the client's can be inside it.
       this.unfenceAtSync = false;
-      const pre = this.replacement([this.fenceStatement(UNFENCE)]);
+      const pre = this.replacement([{ bytes: UNFENCE, handler: SWALLOW }]);
       const v = this.onMessage(msg, code);
       if (v === KEEP) return [...pre, msg];
       if (v === DROP) return pre;
@@ -1129,17 +1115,17 @@ export class ClientSession implements FrameHandler, SessionLink {
         if (ext !== null) {
           // The client has the answers up to the Execute: those of the second attempt are dropped, errors aside.
           const out = [{ bytes: query.subarray(0, ext.execute), handler: ANSWERED }, { bytes: query.subarray(ext.execute), handler: undefined }];
-          if (fenced) out.push(this.fenceStatement(UNFENCE));
+          if (fenced) out.push({ bytes: UNFENCE, handler: SWALLOW });
           for (const b of this.replacement(out)) this.onBytes(b);
         } else {
           if (dropT && this.server !== null) this.server.dropRowDescription = true;
           this.sendHookOutcome(undefined, query, Fe.Query);
           // Still inside the fence (ROLLBACK TO keeps the savepoint), which goes once the statement is through.
-          if (fenced) for (const b of this.replacement([this.fenceStatement(UNFENCE)])) this.onBytes(b);
+          if (fenced) for (const b of this.replacement([{ bytes: UNFENCE, handler: SWALLOW }])) this.onBytes(b);
         }
       } else {
         // The gathering rolled back to the fence, so the block is no longer failed: it must be, as the client hears.
-        if (fenced && this.ctx!.txStatus === 'T') for (const b of this.replacement([this.fenceStatement(REFAIL)])) this.onBytes(b);
+        if (fenced && this.ctx!.txStatus === 'T') for (const b of this.replacement([{ bytes: REFAIL, handler: SWALLOW }])) this.onBytes(b);
         // Cancelled while it gathered: what the client asked for, not the error that stopped the first attempt.
         const cancelled = this.ctx!.signal.aborted
           ? errorResponse({ severity: 'ERROR', code: SqlState.QueryCanceled, message: 'canceling statement due to user request' })
