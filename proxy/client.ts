@@ -463,9 +463,8 @@ export class ClientSession implements FrameHandler, SessionLink {
    */
   private keepQuery(msg: Buffer): boolean {
     const ctx = this.ctx!;
-    // Nothing of the client's in flight (the pooler's own settings replay may be, ahead of it).
-    const idle = this.tracker.size === (this.pooled?.internalInFlight ?? 0);
-    const reads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
+    const idle = this.nothingInFlight();
+    const reads = this.readsNow();
     if (ctx.keepQueries && ctx.txStatus === 'I' && idle) {
       this.keep(msg, reads, 0);
       return false;
@@ -489,7 +488,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.keep(null, -1, 0);
     this.extChunk = null;
     const ctx = this.ctx!;
-    if (!ctx.keepQueries || msg[5] !== 0 || this.unfenceAtSync || this.tracker.size !== (this.pooled?.internalInFlight ?? 0)) return false;
+    if (!ctx.keepQueries || msg[5] !== 0 || this.unfenceAtSync || !this.nothingInFlight()) return false;
     const chunk = this.reader!.chunk;
     // A view into the chunk being read, not a copy assembled across chunks.
     if (msg.buffer !== chunk.buffer || msg.byteOffset < chunk.byteOffset || msg.byteOffset + msg.length > chunk.byteOffset + chunk.length) return false;
@@ -505,8 +504,18 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.extChunk = chunk;
     this.extStart = msg.byteOffset - chunk.byteOffset;
     this.extLen = msg.length;
-    this.extReads = this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
+    this.extReads = this.readsNow();
     return fenced;
+  }
+
+  /** Nothing of the client's in flight (the pooler's own settings replay may be, ahead of it): a message begins an exchange. */
+  private nothingInFlight(): boolean {
+    return this.tracker.size === (this.pooled?.internalInFlight ?? 0);
+  }
+
+  /** The read generation a view into the client's read buffer is valid for (-1: views stay valid, no reused buffer). */
+  private readsNow(): number {
+    return this.sock === this.raw && this.input !== undefined ? this.input.reads : -1;
   }
 
   /** A message header after a kept Parse: Bind, Describe and Execute add to the exchange, Sync ends it, anything else drops it. */
