@@ -188,7 +188,7 @@ export class InbandCallbacks {
     ctx.data.inbandExchange = exchange;
     if (!second || !this.armRerun(r, ctx)) return false;
     const db = this.databases.get(ctx.database);
-    const marker = `steadytext:rerun:${r.id}`;
+    const marker = rerunMarker(r);
     const key = wakeKey(r.id);
     const stop = errorAnswer(
       '40001',
@@ -202,7 +202,7 @@ export class InbandCallbacks {
   /** Asks the session to run the current exchange again once it ends in the 40001 naming `r`. */
   private armRerun(r: Signed, ctx: SessionContext): boolean {
     const db = this.databases.get(ctx.database);
-    const marker = `steadytext:rerun:${r.id}`;
+    const marker = rerunMarker(r);
     return ctx.rerun((query, fenced) => (rerunnable(query, ctx) ? (error) => this.gatherThenRerun(query, fenced, error, marker, r, db, ctx) : null));
   }
 
@@ -350,6 +350,11 @@ function dryRun(query: Buffer, fenced: boolean, backendPid: number, secret: stri
       responses: { onMessage: () => null, onEnd: () => resolve(gathered) },
     });
   });
+}
+
+/** What the 40001 that stops a statement for request `r` says, the proxy's or the function's own (migration 007). */
+function rerunMarker(r: Signed): string {
+  return `steadytext:rerun:${r.id}`;
 }
 
 /** The advisory lock key of a request: its id's first 32 bits, as the SQL function computes it. */
