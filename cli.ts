@@ -11,7 +11,7 @@ import { engineOverIpc, serveEngineOverIpc } from './inference/engine-ipc.js';
 import { runModelsCommand } from './inference/models-command.js';
 import { DEFAULT_CACHE_DIR, ModelRegistry } from './inference/registry.js';
 import { startCore } from './sql/core.js';
-import { prepareDatabase } from './sql/databases.js';
+import { prepareDatabase, type DatabaseRegistry } from './sql/databases.js';
 import { PoolerTls, startProxy } from './proxy/server.js';
 import { createSteadytextInterceptor } from './sql/interceptor.js';
 import { runPoolWorker, startWorkerPool, workerSetup, type WorkerPool, type WorkerSetup } from './proxy/workers.js';
@@ -86,6 +86,17 @@ function serviceUrls(s: Settings, ini: PoolerConfig | undefined): ((database: st
 }
 
 /**
+ * pgBouncer's RELOAD and SIGHUP, in a process that pools: the new ini (throws on a bad one: the console reports
+ * it), the service connections of moved databases, then TLS set up again (a failure there keeps the old TLS).
+ */
+function reloadPooler(s: Settings, file: string, pooling: PoolingEnv, tls: PoolerTls, databases: DatabaseRegistry): void {
+  const next = loadPgBouncerConfig(file);
+  pooling.pooler.reload(next);
+  databases.retarget(serviceUrls(s, next)!);
+  tls.setup('TLS configuration could not be reloaded, keeping old configuration');
+}
+
+/**
  * For the startup banner: the default models' files, present or missing, and the one command that fetches the
  * missing ones (a local path that is not there names its file: no command can fetch it).
  */
@@ -141,13 +152,8 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: databases.opts.daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
   await interceptor.ready;
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
-  // As pgBouncer's RELOAD and SIGHUP: the new ini, then TLS set up again (a failure there keeps the old TLS).
-  const reloadIni = () => {
-    const next = loadPgBouncerConfig(ini!.file);
-    pooling!.pooler.reload(next);
-    databases.retarget(serviceUrls(s, next)!);
-    poolerTls!.setup('TLS configuration could not be reloaded, keeping old configuration');
-  };
+  // As pgBouncer's RELOAD and SIGHUP (reloadPooler).
+  const reloadIni = () => reloadPooler(s, ini!.file, pooling!, poolerTls!, databases);
   // pgBouncer's SUSPEND and SHOW FDS on this process's sockets, for a later -R (takeover.ts).
   const takeoverSource = ini ? new TakeoverSource({ proxy: () => proxy, pooling: () => pooling!, logger: log }) : undefined;
   const consoleHost = ini
@@ -384,12 +390,7 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
   for (const sig of ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT'] as const) process.on(sig, () => {});
   let proxy: ProxyServer | undefined;
   const relay = new ConsoleRelay(setup.channel, setup.index, setup.workers, log);
-  const reloadIni = () => {
-    const next = loadPgBouncerConfig(ini.file);
-    pooling.pooler.reload(next);
-    databases.retarget(serviceUrls(s, next)!);
-    poolerTls.setup('TLS configuration could not be reloaded, keeping old configuration');
-  };
+  const reloadIni = () => reloadPooler(s, ini.file, pooling, poolerTls, databases);
   const consoleHost = createConsole({
     pooler: (): Pooler => pooling.pooler,
     sessions: () => proxy?.sessions() ?? [],
