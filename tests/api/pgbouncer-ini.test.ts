@@ -64,6 +64,19 @@ afterAll(async () => {
   await adminQuery(`DROP DATABASE IF EXISTS ${real} WITH (FORCE)`).catch(() => {});
 });
 
+/** Runs `f` on a superuser connection straight to `database` (no proxy). */
+async function inDatabase(database: string, f: (d: pg.Client) => Promise<void>): Promise<void> {
+  const direct = new URL(inject('db').adminUrl);
+  direct.pathname = `/${database}`;
+  const d = new pg.Client(direct.toString());
+  await d.connect();
+  try {
+    await f(d);
+  } finally {
+    await d.end();
+  }
+}
+
 test('a database the ini aliases gets its SQL objects and its answers through the entry’s host, port and dbname', async () => {
   const c = new pg.Client(`postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${port}/${alias}`);
   await c.connect();
@@ -75,16 +88,10 @@ test('a database the ini aliases gets its SQL objects and its answers through th
   } finally {
     await c.end();
   }
-  // Installed in the entry's dbname, the database the clients reach, and the answer cached there.
-  const direct = new URL(inject('db').adminUrl);
-  direct.pathname = `/${real}`;
-  const d = new pg.Client(direct.toString());
-  await d.connect();
-  try {
+  // Installed in the entry's dbname, the database the clients reach.
+  await inDatabase(real, async (d) => {
     expect((await d.query('SELECT steadytext_version() AS v')).rows[0].v).toBe(SQL_VERSION);
-  } finally {
-    await d.end();
-  }
+  });
 });
 
 test('RELOAD (SIGHUP) that moves the database: the service connection follows, installs there and caches there', async () => {
@@ -109,16 +116,10 @@ test('RELOAD (SIGHUP) that moves the database: the service connection follows, i
     } finally {
       await c.end();
     }
-    const direct = new URL(inject('db').adminUrl);
-    direct.pathname = `/${moved}`;
-    const d = new pg.Client(direct.toString());
-    await d.connect();
-    try {
+    await inDatabase(moved, async (d) => {
       expect((await d.query('SELECT steadytext_version() AS v')).rows[0].v).toBe(SQL_VERSION);
       await expect.poll(async () => (await d.query('SELECT count(*)::int AS n FROM steadytext_cache')).rows[0].n, { timeout: 10_000 }).toBeGreaterThan(0);
-    } finally {
-      await d.end();
-    }
+    });
   } finally {
     await adminQuery(`DROP DATABASE IF EXISTS ${moved} WITH (FORCE)`).catch(() => {});
   }
@@ -170,15 +171,9 @@ test('with workers, a console RELOAD that moves the database: the installs the p
     const [db, v] = await embedVia();
     expect(db).toBe(to);
     expect(v.split(',')).toHaveLength(1024);
-    const direct = new URL(inject('db').adminUrl);
-    direct.pathname = `/${to}`;
-    const d = new pg.Client(direct.toString());
-    await d.connect();
-    try {
+    await inDatabase(to, async (d) => {
       expect((await d.query('SELECT steadytext_version() AS v')).rows[0].v).toBe(SQL_VERSION);
-    } finally {
-      await d.end();
-    }
+    });
   } finally {
     if (w.child.exitCode === null) {
       const exited = new Promise((r) => w.child.once('exit', r));
