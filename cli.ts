@@ -31,6 +31,8 @@ import type { ProxyServer } from './proxy/server.js';
 import { startMetricsServer, type MetricsServer, type MetricsSources } from './proxy/metrics.js';
 import { meterCalls } from './sql/call-figures.js';
 import { doctorCommand } from './sql/doctor.js';
+import { startEmbedded } from './embedded/index.js';
+import { join } from 'node:path';
 
 // dist/cli.js when built, cli.ts when run from source.
 const PKG = [new URL('../package.json', import.meta.url), new URL('./package.json', import.meta.url)].find((u) => existsSync(u))!;
@@ -137,7 +139,57 @@ async function startMetrics(s: Settings, log: Logger, sources: MetricsSources): 
   return metrics;
 }
 
-async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = false): Promise<void> {
+/** What serve() does besides serving, for the embedded database: its line in the banner, and its stop. */
+interface Alongside {
+  banner(listen: { host: string; port: number }): Record<string, unknown>;
+  /** Databases to prepare (install the SQL objects) before clients are let in. */
+  databases: string[];
+  stop(): Promise<void>;
+}
+
+/**
+ * No upstream: the embedded database (embedded/) in its place, with the pooler in front. PGlite is one session,
+ * so the clients take turns on it a transaction at a time (transaction pooling, one server connection), each
+ * keeping its own settings and prepared statements; PGlite has one database, postgres.
+ */
+async function serveEmbedded(s: Settings, log: Logger): Promise<void> {
+  if (s.workers > 1) throw new SettingsError('--workers needs --upstream: the embedded database is one session, served by one process');
+  const db = await startEmbedded({
+    dataDir: s.memory ? null : s.dataDir,
+    logger: log,
+    onCrash: () => {
+      log.flush?.();
+      process.exit(1);
+    },
+  });
+  const file = join(db.socketDir, 'pgbouncer.ini');
+  writeFileSync(file, [
+    '[databases]',
+    `postgres = host=${db.socketDir} port=5432 user=postgres dbname=postgres`,
+    '[pgbouncer]',
+    `listen_addr = ${s.listen.host}`,
+    `listen_port = ${s.listen.port}`,
+    'unix_socket_dir =',
+    // Any user name and password: PGlite has one superuser, whoever connects (see the README's warning).
+    'auth_type = any',
+    'pool_mode = transaction',
+    'default_pool_size = 1',
+    '',
+  ].join('\n'));
+  const ini = loadPgBouncerConfig(file);
+  // The daemon endpoint is for dblink, which PGlite does not have: calls it cannot see are answered in-band.
+  const settings: Settings = { ...s, upstream: db.url, serviceUrl: db.url, daemonListen: 'off' };
+  await serve(settings, log, ini, false, {
+    banner: (listen) => ({
+      upstream: `embedded: ${db.version.replace(/ on .*/, '')}, data ${db.dataDir ?? 'in memory (gone at stop)'}`,
+      connect: `psql -h ${listen.host} -p ${listen.port} -U postgres postgres`,
+    }),
+    databases: ['postgres'],
+    stop: () => db.stop(),
+  });
+}
+
+async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = false, alongside?: Alongside): Promise<void> {
   const setup = workerSetup();
   if (setup && ini) return servePoolingWorker(s, log.child({ worker: setup.index }), setup, ini);
   if (setup) return serveAsWorker(s, log.child({ worker: setup.index }), setup);
@@ -147,6 +199,8 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   if (s.workers > 1) return serveWithWorkers(s, log, ini);
   // so_reuseport = 1 with one process: pgBouncer's way, peers each with limits of their own (below).
   const serving = await startServing(s, log, ini, reboot);
+  // Prepared before any client: on a one-session database, a client's open block would hold the install up.
+  for (const name of alongside?.databases ?? []) await serving.databases.get(name).ready();
   const { engine, databases, calls } = serving;
   let daemon = serving.daemon;
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon: databases.opts.daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
@@ -234,11 +288,12 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
     });
     // pgBouncer's signals: USR1 pauses, USR2 resumes, QUIT shuts down at once, INT once servers are
     // released, TERM once clients have left.
-    for (const sig of ['SIGUSR1', 'SIGUSR2', 'SIGINT', 'SIGTERM'] as const) process.on(sig, () => consoleHost!.signal(sig));
+    // The embedded database is not a pgBouncer deployment: INT and TERM stop as `serve` does (below).
+    for (const sig of ['SIGUSR1', 'SIGUSR2', 'SIGINT', 'SIGTERM'] as const) if (!alongside || sig.startsWith('SIGUSR')) process.on(sig, () => consoleHost!.signal(sig));
     process.on('SIGQUIT', () => void stop('SIGQUIT', 0));
     if (st!.pidfile) writeFileSync(st!.pidfile, `${process.pid}\n`);
   }
-  log.info({ listen: proxy.address, upstream: redactUrl(s.upstream), daemon: databases.opts.daemon, ...modelsBanner(s), sqlVersion: SQL_VERSION, version: VERSION }, 'pg-steadytext ready');
+  log.info({ listen: proxy.address, upstream: redactUrl(s.upstream), daemon: databases.opts.daemon, ...modelsBanner(s), sqlVersion: SQL_VERSION, version: VERSION, ...alongside?.banner(proxy.address) }, 'pg-steadytext ready');
   // -R: the daemon port is free once the process taken over has exited.
   if (serving.bindDaemon) void serving.bindDaemon().then((d) => (daemon = d));
 
@@ -255,13 +310,14 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
     await daemon?.close();
     await databases.close();
     await engine.close();
+    await alongside?.stop();
     log.info('stopped');
     log.flush?.();
     process.exit(0);
   }
-  if (!ini) {
-    process.on('SIGTERM', () => void stop('SIGTERM'));
-    process.on('SIGINT', () => void stop('SIGINT'));
+  if (!ini || alongside) {
+    process.on('SIGTERM', () => void stop('SIGTERM', s.shutdownGraceMs));
+    process.on('SIGINT', () => void stop('SIGINT', s.shutdownGraceMs));
   }
 
   /**
@@ -564,7 +620,9 @@ function daemonize(args: string[]): Promise<number> {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [cmd = 'help', ...rest] = argv;
+  // `npx pg-steadytext` alone, or with serve's options only, serves (with no upstream: the embedded database).
+  const bare = argv.length === 0 || (argv[0].startsWith('--') && !['--help', '--version'].includes(argv[0]));
+  const [cmd, ...rest] = bare ? ['serve', ...argv] : argv;
   if (cmd === 'help' || cmd === '--help' || cmd === '-h') { process.stdout.write(HELP + '\n'); return 0; }
   if (cmd === 'version' || cmd === '--version') { process.stdout.write(`pg-steadytext ${VERSION} (SQL objects ${SQL_VERSION})\n`); return 0; }
   if (cmd === 'models') {
@@ -592,7 +650,8 @@ async function main(argv: string[]): Promise<number> {
   const s = loadSettings({ flags: parsed.flags, configFile: parsed.configFile });
   switch (cmd) {
     case 'serve': {
-      await serve(s, createLogger(s));
+      if (!s.upstream) await serveEmbedded(s, createLogger(s));
+      else await serve(s, createLogger(s));
       return -1; // keeps running
     }
     case 'install': {

@@ -20,10 +20,15 @@ interface Spec<K extends Kind = Kind> {
 
 const MiB = 1024 * 1024;
 
+/** The embedded database's data, under XDG's data directory (the models are under its cache directory). */
+const DEFAULT_DATA_DIR = join(process.env.XDG_DATA_HOME || join(homedir(), '.local', 'share'), 'pg-steadytext', 'pgdata');
+
 /** The option table: README's configuration reference is generated from it (`pg-steadytext config --markdown`). */
 export const SPECS = {
   listen: { kind: 'hostport', env: 'PGSTEADYTEXT_LISTEN', flag: 'listen', default: '127.0.0.1:6432', help: 'Address clients connect to (host:port).' },
-  upstream: { kind: 'url', env: 'PGSTEADYTEXT_UPSTREAM', flag: 'upstream', default: 'postgres://127.0.0.1:5432/postgres', help: 'The real PostgreSQL, as a postgres:// URL; `sslmode` in it sets upstream TLS. Only host, port and TLS settings are used for client sessions: clients log in with their own credentials.' },
+  upstream: { kind: 'url', env: 'PGSTEADYTEXT_UPSTREAM', flag: 'upstream', default: '', help: 'The real PostgreSQL, as a postgres:// URL; `sslmode` in it sets upstream TLS. Only host, port and TLS settings are used for client sessions: clients log in with their own credentials. Without it (and without a pgbouncer.ini), `serve` runs the embedded database (PGlite with pgvector) in its place.' },
+  dataDir: { kind: 'path', env: 'PGSTEADYTEXT_DATA_DIR', flag: 'data-dir', default: DEFAULT_DATA_DIR, help: 'With no upstream: where the embedded database keeps its data.' },
+  memory: { kind: 'bool', env: 'PGSTEADYTEXT_MEMORY', flag: 'memory', default: false, help: 'With no upstream: an embedded database in memory, gone when the proxy stops.' },
   serviceUrl: { kind: 'url', env: 'PGSTEADYTEXT_SERVICE_URL', flag: 'service-url', default: '', help: "The proxy's own connection (installs the SQL objects, writes steadytext_cache). Defaults to the upstream URL with its credentials." },
   schema: { kind: 'string', env: 'PGSTEADYTEXT_SCHEMA', flag: 'schema', default: 'public', help: 'Schema of the steadytext SQL objects in every database. Only the service role (and superusers) may be able to create objects in it: the proxy refuses to install anywhere else.' },
   tlsCert: { kind: 'path', env: 'PGSTEADYTEXT_TLS_CERT', flag: 'tls-cert', default: '', help: 'PEM certificate file; with tls-key, the proxy accepts TLS from clients. Without, SSLRequest is answered N.' },
@@ -164,7 +169,7 @@ export function loadSettings(sources: SettingsSources = {}): Settings {
 /** The configuration reference as a Markdown table (README). */
 export function settingsMarkdown(): string {
   const rows = Object.entries(SPECS).map(([k, s]: [string, Spec]) => {
-    const d = k === 'modelDir' ? '`~/.cache/pg-steadytext/models`' : s.default === '' ? '' : `\`${String(s.default)}\``;
+    const d = k === 'modelDir' ? '`~/.cache/pg-steadytext/models`' : k === 'dataDir' ? '`~/.local/share/pg-steadytext/pgdata`' : s.default === '' ? '' : `\`${String(s.default)}\``;
     return `| \`--${s.flag}\` | \`${s.env}\` | \`${k}\` | ${d} | ${s.help} |`;
   });
   return ['| flag | environment | config file key | default | meaning |', '|---|---|---|---|---|', ...rows].join('\n');

@@ -140,6 +140,8 @@ export class ClientSession implements FrameHandler, SessionLink {
    * Query's RowDescription (its bytes), an exchange's answers before its rows (how many).
    */
   private keptMsgs = 0;
+  /** PooledSession.internalMessages when the exchange was kept. */
+  private keptInternal = 0;
   private keptRelayT = 0;
   /** Queries kept so far (ctx.exchange). */
   private keptCount = 0;
@@ -461,10 +463,9 @@ export class ClientSession implements FrameHandler, SessionLink {
    * A Query goes upstream unchanged: kept (a view) when it begins an exchange outside a transaction block
    * (ctx.keepQueries), or inside one, fenced (ctx.fenceable): then true, and it goes through fencedAround().
    */
-  private keepQuery(msg: Buffer): boolean {
+  private keepQuery(msg: Buffer, reads = this.readsNow()): boolean {
     const ctx = this.ctx!;
     const idle = this.nothingInFlight();
-    const reads = this.readsNow();
     if (ctx.keepQueries && ctx.txStatus === 'I' && idle) {
       this.keep(msg, reads, 0);
       return false;
@@ -555,6 +556,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.keptQuery = query;
     this.keptReads = reads;
     this.keptMsgs = this.server?.received ?? 0;
+    this.keptInternal = this.pooled?.internalMessages ?? 0;
     this.keptRelayT = relayRowDescription;
     if (query !== null) this.keptCount++;
     this.isRerun = false;
@@ -572,7 +574,8 @@ export class ClientSession implements FrameHandler, SessionLink {
     // before its Execute): counted in server messages (the bytes before this notice in its chunk are forwarded
     // only after it), the interceptor's own notices aside.
     const s = this.server;
-    const seen = (s?.received ?? 0) - this.keptMsgs; // this notice included
+    // This notice included; the pooler's own exchanges (a settings replay ahead of the client's) left out.
+    const seen = (s?.received ?? 0) - this.keptMsgs - ((this.pooled?.internalMessages ?? 0) - this.keptInternal);
     let dropT = this.keptRelayT > 0;
     if (ext !== null) {
       // The native relay counts the answers it forwarded before it gave the session back (keep()).
@@ -982,8 +985,17 @@ export class ClientSession implements FrameHandler, SessionLink {
     return this.replacement(r);
   }
 
-  /** A settled hook's answer goes upstream where its message stood: the message itself, or its replacement. */
-  private sendHookOutcome(out: Outgoing | undefined, original: Buffer, code: number): void {
+  /**
+   * A settled hook's answer goes upstream where its message stood: the message itself, or its replacement. A
+   * Query the interceptor let go unchanged is kept (a copy: the read buffer moved on meanwhile) and fenced as
+   * any other (keepQuery), unless it is itself a run again (`fresh` false).
+   */
+  private sendHookOutcome(out: Outgoing | undefined, original: Buffer, code: number, fresh = true): void {
+    if (out === undefined && fresh && code === Fe.Query && this.keepQuery(Buffer.from(original), -1)) {
+      const v = this.fencedAround(original, code, FENCE, UNFENCE);
+      for (const b of Array.isArray(v) ? v : [v]) if (Buffer.isBuffer(b)) this.onBytes(b);
+      return;
+    }
     if (out === undefined) {
       if (this.pooled !== null) {
         const v = this.pooledForward(original, code);
@@ -1128,7 +1140,7 @@ export class ClientSession implements FrameHandler, SessionLink {
           for (const b of this.replacement(out)) this.onBytes(b);
         } else {
           if (dropT && this.server !== null) this.server.dropRowDescription = true;
-          this.sendHookOutcome(undefined, query, Fe.Query);
+          this.sendHookOutcome(undefined, query, Fe.Query, false);
           // Still inside the fence (ROLLBACK TO keeps the savepoint), which goes once the statement is through.
           if (fenced) for (const b of this.replacement([{ bytes: UNFENCE, handler: SWALLOW }])) this.onBytes(b);
         }

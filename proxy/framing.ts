@@ -254,9 +254,12 @@ export class FrameReader {
    */
   requeue(msg: Buffer): void {
     if (!this.paused) throw new Error('requeue only while paused');
-    if (this.queueOffset > 0) {
-      this.queue[0] = this.queue[0].subarray(this.queueOffset);
+    // Joined with what follows it in one buffer: a batch (Parse, Bind, ..., Sync) stays one chunk, which is what
+    // lets a session keep it to run again (client.ts keepParse).
+    if (this.queue.length > 0) {
+      this.queue[0] = Buffer.concat([msg, this.queue[0].subarray(this.queueOffset)]);
       this.queueOffset = 0;
+      return;
     }
     this.queue.unshift(msg);
   }

@@ -194,6 +194,11 @@ export class PooledSession implements PoolClient {
   get internalInFlight(): number {
     return this.internal;
   }
+  /** Server messages that answered the pooler's own exchanges so far (a rerun counts only the client's: client.ts). */
+  get internalMessages(): number {
+    return this.internalMsgs;
+  }
+  private internalMsgs = 0;
   /** SQL may have prepared or dropped statements (statements.uncertain): read them back at the transaction's end. */
   private statementsDirty = false;
   private readonly watch: Watch = {
@@ -697,7 +702,8 @@ export class PooledSession implements PoolClient {
     let ok = true;
     this.internal++;
     const handler: ResponseHandler = {
-      onMessage(msg) {
+      onMessage: (msg) => {
+        this.internalMsgs++;
         if (msg[0] === Be.DataRow) rows.push(readDataRow(msg));
         else if (msg[0] === Be.ErrorResponse) ok = false;
         return null;

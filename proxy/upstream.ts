@@ -256,7 +256,7 @@ export class ServerConnection implements FrameHandler {
   readonly plain: boolean;
   /** Its file descriptor for writeFast, -1 when written through the stream only. */
   private readonly fd: number;
-  /** Messages received so far, and the type and length of the one before the latest (SessionContext.rerun). */
+  /** Messages received so far (asynchronous ones aside), and the type and length of the one before the latest (SessionContext.rerun). */
   received = 0;
   prevCode = 0;
   prevLength = 0;
@@ -330,11 +330,14 @@ export class ServerConnection implements FrameHandler {
 
   header(code: number, length: number): boolean {
     if (!this.ready) return true; // startup: every message is looked at
-    this.received++;
-    this.prevCode = this.lastCode;
-    this.prevLength = this.lastLength;
-    this.lastCode = code;
-    this.lastLength = length;
+    // Asynchronous messages answer nothing: a settings replay's ParameterStatus is no part of a statement's answer.
+    if (code !== Be.ParameterStatus && code !== Be.NotificationResponse) {
+      this.received++;
+      this.prevCode = this.lastCode;
+      this.prevLength = this.lastLength;
+      this.lastCode = code;
+      this.lastLength = length;
+    }
     const t = this.s.tracker;
     const h = t.received(code);
     if (h !== undefined) this.handler = h;

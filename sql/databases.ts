@@ -14,6 +14,8 @@ import { RuntimeConfigSource, type RuntimeConfig } from '../config/runtime.js';
 import type { Engine, IdentityOptions } from '../inference/engine.js';
 import { callbackTransport } from './evaluate.js';
 import { installSql, quoteIdent } from './install.js';
+import { sessionQueryable, type Queryable } from './handover.js';
+import type { SessionContext } from '../proxy/interceptor.js';
 import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
 
 export interface DatabaseRegistryOptions {
@@ -59,7 +61,8 @@ export class DatabaseRegistry {
     try {
       await c.connect();
       const r = (await c.query(SERVICE_ROLE_SQL)).rows[0];
-      this.warnIfSuperuser(database ?? r.db, r.role, r.superuser);
+      // PGlite (the embedded database) has no other role: its one superuser is everyone's.
+      if (!String(r.version).includes('PGlite')) this.warnIfSuperuser(database ?? r.db, r.role, r.superuser);
     } catch (err) {
       this.opts.logger.debug({ err }, 'could not check the service role at start');
     } finally {
@@ -122,7 +125,10 @@ export function superuserAdvice(role: string, database: string): string {
 }
 
 const SERVICE_ROLE_SQL = `SELECT CURRENT_USER::pg_catalog.text AS role, pg_catalog.current_database()::pg_catalog.text AS db,
-  pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on' AS superuser`;
+  pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on' AS superuser, pg_catalog.version() AS version`;
+
+/** How stale a one-session database's config may be (Database.single: no listener tells of changes). */
+const SINGLE_CONFIG_MS = 1000;
 
 /** Backoff of the config listener's reconnects: 250 ms doubling to 30 s. */
 const LISTENER_RETRY_MS = [250, 30_000] as const;
@@ -138,6 +144,14 @@ export class Database {
   secret: string | undefined;
   /** The dblink extension is installed (the callback transport 'auto' then prefers it). */
   dblink = false;
+  /**
+   * One backend session for every connection (PGlite, the embedded default): while a client's block or batch
+   * is open there, the service connection waits behind it, so what the proxy writes for that client's statement
+   * goes through the client's own connection (writer), and nothing on a client's path waits for the service
+   * connection (config, counters). Read from version() when the database is prepared.
+   */
+  single = false;
+  private configReadAt = 0;
   private prepared: Promise<void> | undefined;
   private listener: pg.Client | undefined;
   private listenerRetry: ReturnType<typeof setTimeout> | undefined;
@@ -187,9 +201,14 @@ export class Database {
       this.dblink = (await this.pool.query(`SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'dblink'`)).rowCount === 1;
     }
     const who = (await this.pool.query(SERVICE_ROLE_SQL)).rows[0];
-    this.reg.warnIfSuperuser(this.name, who.role, who.superuser);
-    await this.openListener();
+    this.single = String(who.version).includes('PGlite');
+    // PGlite is one database with one superuser, reached only through this proxy: no other role to guard against.
+    if (!this.single) this.reg.warnIfSuperuser(this.name, who.role, who.superuser);
+    // A LISTEN there would deliver the NOTIFY to whichever client runs at that moment: config is re-read instead.
+    if (!this.single) await this.openListener();
     const cfg = await this.runtime.get();
+    this.lastConfig = cfg;
+    this.configReadAt = Date.now();
     const daemonOn = this.reg.opts.daemon !== undefined;
     this.log.info({ callbackTransport: callbackTransport(cfg, this.dblink, daemonOn), configured: cfg.callbackTransport, dblink: this.dblink, daemonEndpoint: daemonOn },
       'callback transport of calls the proxy cannot see');
@@ -252,9 +271,32 @@ export class Database {
 
   async config(): Promise<RuntimeConfig> {
     await this.ready();
+    if (this.single) return this.singleConfig();
     const cfg = await this.runtime.get();
     if (!this.listener) this.runtime.markStale();
     return cfg;
+  }
+
+  /** One session (single): the config last read, read again in the background at most once a second. */
+  private async singleConfig(): Promise<RuntimeConfig> {
+    const now = Date.now();
+    if (now - this.configReadAt >= SINGLE_CONFIG_MS) {
+      this.configReadAt = now;
+      this.runtime.markStale();
+      const reading = this.runtime.get();
+      if (this.lastConfig === undefined) this.lastConfig = await reading;
+      else reading.then((c) => (this.lastConfig = c), (err: unknown) => this.log.warn({ err }, 'could not read steadytext_config'));
+    }
+    return this.lastConfig!;
+  }
+  private lastConfig: RuntimeConfig | undefined;
+
+  /**
+   * Where the proxy's writes for a statement of `ctx` go: the service pool, or on a one-session database the
+   * client's own connection (sessionQueryable; `inBatch`: inside its extended-protocol batch).
+   */
+  via(ctx: SessionContext | undefined, inBatch = false): Queryable {
+    return this.single && ctx ? sessionQueryable(ctx, inBatch) : this.pool;
   }
 
   /**
@@ -288,18 +330,23 @@ export class Database {
   }
 
   /** The model identity the SQL functions look up for (role, size), registered on first sight. */
-  async identity(role: ModelRole, size: string, opts?: IdentityOptions): Promise<string> {
+  async identity(role: ModelRole, size: string, opts?: IdentityOptions, q: Queryable = this.pool): Promise<string> {
     const id = await this.reg.opts.engine.modelIdentity(role, size, opts);
     const k = `${role}\0${size}`;
-    if (this.registered.get(k) !== id) {
-      await registerModels(this.pool, [{ role, size, identity: id }], this.schema);
+    if (this.registered.get(k) !== id && this.single && q === this.pool) {
+      // One session, and no client's connection to write through: the service connection may have to wait for a
+      // client's block to end, so not here. A call meanwhile misses the cache and is answered in-band.
+      this.registered.set(k, id);
+      this.writeLater('model registration', () => registerModels(this.pool, [{ role, size, identity: id }], this.schema));
+    } else if (this.registered.get(k) !== id) {
+      await registerModels(q, [{ role, size, identity: id }], this.schema);
       this.registered.set(k, id);
     }
     return id;
   }
 
   /** Stores answers in steadytext_cache (committed before this resolves: prefetch relies on it). */
-  async store(entries: CacheEntry[]): Promise<void> {
+  async store(entries: CacheEntry[], q: Queryable = this.pool): Promise<void> {
     if (entries.length === 0) return;
     // One row per key, the last entry winning as with one INSERT after another: a multi-row
     // ON CONFLICT DO UPDATE must not touch the same row twice.
@@ -307,8 +354,9 @@ export class Database {
     const chunks: unknown[][][] = [];
     for (let i = 0; i < rows.length; i += STORE_CHUNK_ROWS) chunks.push(rows.slice(i, i + STORE_CHUNK_ROWS));
     // Multi-row INSERTs: one round trip per chunk instead of one per entry (~0.4 ms each, 1024-float vectors).
-    if (chunks.length === 1) {
-      await this.pool.query(insertCacheRows(this.schema, chunks[0].length), chunks[0].flat());
+    if (chunks.length === 1 || q !== this.pool) {
+      // On the client's connection (writer): its transaction, if any, is theirs to end; a part stored is a cache.
+      for (const chunk of chunks) await q.query(insertCacheRows(this.schema, chunk.length), chunk.flat());
       return;
     }
     const c = await this.pool.connect();
@@ -359,13 +407,13 @@ export class Database {
     this.counterTimer ??= setTimeout(() => void this.flushCounters(), 1000).unref();
   }
 
-  async flushCounters(): Promise<void> {
+  async flushCounters(q: Queryable = this.pool): Promise<void> {
     if (this.counterTimer) clearTimeout(this.counterTimer);
     this.counterTimer = undefined;
     const deltas = this.counters;
     if (Object.keys(deltas).length === 0) return;
     this.counters = {};
-    await this.pool.query(`SELECT ${this.s}.steadytext_stats_bump($1::pg_catalog.jsonb)`, [JSON.stringify(deltas)])
+    await q.query(`SELECT ${this.s}.steadytext_stats_bump($1::pg_catalog.jsonb)`, [JSON.stringify(deltas)])
       .catch((err) => this.log.warn({ err }, 'could not write steadytext_stats counters'));
   }
 

@@ -12,13 +12,14 @@
 // search_path. Every name and operator in that query is pg_catalog-qualified, so the session's own
 // search_path cannot change its meaning.
 import type { SessionContext } from '../proxy/interceptor.js';
-import { Be, bind, close, execute, FLUSH, parse, query, readDataRow, readErrorFields } from '../proxy/protocol.js';
+import { Be, bind, close, describe, execute, FLUSH, parse, query, readDataRow, readErrorFields, SYNC } from '../proxy/protocol.js';
 import pg from 'pg';
 import { errorAnswer, type CallError } from './answers.js';
 import { quoteIdent } from './install.js';
 import { isSteadyFunction, STEADYTEXT_FUNCTIONS } from './signatures.js';
 
-type Queryable = Pick<pg.ClientBase, 'query'> | Pick<pg.Pool, 'query'>;
+/** What runs the proxy's own statements: the service pool, or the session's connection (sessionQueryable). */
+export interface Queryable { query(text: string, values?: any[]): Promise<{ rows: any[]; rowCount: number | null }> }
 
 /** Keys this proxy stored recently: a repeated call then costs no round trip at all. */
 export class KnownKeys {
@@ -122,38 +123,83 @@ export async function checkSimple(ctx: SessionContext, sql: string, n: number): 
 }
 
 /**
- * Runs the check inside an extended-protocol batch (for a Bind): a named statement and portal of our own,
- * closed again, and no Sync, so the client's implicit transaction stays whole. If the server is skipping
- * to the client's Sync after an error, the check is skipped too and nothing is computed.
+ * Runs the check inside an extended-protocol batch (for a Bind), without ending it (auxExtended). If the server
+ * is skipping to the client's Sync after an error, the check is skipped too and nothing is computed.
  */
-export function checkExtended(ctx: SessionContext, sql: string, n: number): Promise<CheckResult | undefined> {
-  const name = '_steadytext_check';
+export async function checkExtended(ctx: SessionContext, sql: string, n: number): Promise<CheckResult | undefined> {
+  const r = await auxExtended(ctx, '_steadytext_check', sql, [], true, false);
+  return 'rows' in r ? result(r.rows[0], n) : undefined;
+}
+
+/**
+ * Runs one statement with real parameters (text) on the session's own connection, as a named statement and
+ * portal of our own, closed again. `inBatch`: inside the client's extended-protocol batch, which must stay whole:
+ * a Flush rather than a Sync (the server holds extended-protocol answers until one of them), and a failure is
+ * the client's to see, since its batch is aborted from there on. Otherwise Sync, and the client sees nothing.
+ */
+export function auxExtended(ctx: SessionContext, name: string, sql: string, params: readonly unknown[], inBatch: boolean, names = true): Promise<{ rows: (string | null)[][]; fields: string[] } | { error: Record<string, string> }> {
+  const values = params.map((v) => (v === null || v === undefined ? null : Buffer.from(paramText(v), 'utf8')));
   const bytes = Buffer.concat([
-    parse(name, sql), bind({ portal: name, statement: name, paramFormats: [], params: [], resultFormats: [] }),
-    // Flush: the server holds extended-protocol answers until a Sync or Flush, and a Sync would end the batch.
-    execute(name), close('P', name), close('S', name), FLUSH,
+    parse(name, sql), bind({ portal: name, statement: name, paramFormats: [], params: values, resultFormats: [] }),
+    // The column names (`names`) come with a Describe of the portal.
+    ...(names ? [describe('P', name)] : []), execute(name), close('P', name), close('S', name), inBatch ? FLUSH : SYNC,
   ]);
+  // Flush is answered by nothing; each other message once.
+  const answered = (inBatch ? 5 : 6) + (names ? 1 : 0);
   return new Promise((resolve) => {
     const rows: (string | null)[][] = [];
+    let fields: string[] = [];
     let ends = 0;
-    let failed = false;
+    let error: Record<string, string> | undefined;
     ctx.send({
       bytes,
       responses: {
         onMessage(m) {
           if (m[0] === Be.DataRow) rows.push(textRow(m));
-          // The check never fails by itself; if it does (a cancel, statement_timeout), the client's batch
-          // is aborted from here on, so the client must see why.
-          else if (m[0] === Be.ErrorResponse) { failed = true; return m; }
+          else if (m[0] === Be.RowDescription) fields = fieldNames(m);
+          else if (m[0] === Be.ErrorResponse) {
+            error = readErrorFields(m);
+            return inBatch ? m : null;
+          }
           return null;
         },
         onEnd(_req, how) {
-          if (how !== 'done') failed = true;
-          if (++ends === 5) resolve(failed ? undefined : result(rows[0], n));
+          if (how !== 'done') error ??= { M: `session ${how}` };
+          if (++ends === answered) resolve(error ? { error } : { rows, fields });
         },
       },
     });
   });
+}
+
+/** A parameter as text, as node-postgres sends it: arrays as array literals, other objects as JSON. */
+function paramText(v: unknown): string {
+  if (Array.isArray(v)) return `{${v.map((e) => (e === null ? 'NULL' : `"${String(e).replace(/[\\"]/g, '\\$&')}"`)).join(',')}}`;
+  if (typeof v === 'string') return v;
+  return typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint' ? String(v) : JSON.stringify(v);
+}
+
+/** Column names of a RowDescription. */
+function fieldNames(m: Buffer): string[] {
+  const out: string[] = [];
+  let pos = 7;
+  for (let i = m.readInt16BE(5); i > 0; i--) {
+    const end = m.indexOf(0, pos);
+    out.push(m.toString('utf8', pos, end));
+    pos = end + 19;
+  }
+  return out;
+}
+
+/** The proxy's statements as the service connection takes them, run on the session's own connection (auxExtended). */
+export function sessionQueryable(ctx: SessionContext, inBatch: boolean): Queryable {
+  return {
+    async query(text: string, values: readonly unknown[] = []) {
+      const r = await auxExtended(ctx, '_steadytext_write', text, values, inBatch);
+      if ('error' in r) throw Object.assign(new Error(r.error.M ?? 'failed'), { code: r.error.C });
+      return { rows: r.rows.map((row) => Object.fromEntries(r.fields.map((f, i) => [f, row[i]]))), rowCount: r.rows.length };
+    },
+  };
 }
 
 /** Runs a simple query on the session's own connection; the client sees none of its responses. */

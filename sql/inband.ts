@@ -21,7 +21,7 @@ import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
 import { errorAnswer, wrapAnswer } from './answers.js';
 import type { Database } from './databases.js';
-import { mailboxStatement, postMailbox } from './handover.js';
+import { auxQuery, mailboxStatement, postMailbox } from './handover.js';
 import { quoteIdent } from './install.js';
 import type { Responder } from './daemon/responder.js';
 
@@ -70,7 +70,11 @@ export class InbandCallbacks {
     if (db?.secret === undefined) return;
     // At once (the native relay, which may take the session next, reads it when it starts), then as configured.
     ctx.keepQueries = true;
-    db.config().then((cfg) => this.configured(ctx, cfg), () => {});
+    db.config().then((cfg) => {
+      this.configured(ctx, cfg);
+      // One session (PGlite): every miss stops its statement (migration 008), in a block too, so fence from the start.
+      if (db.single) this.fenceBlocks(ctx);
+    }, () => {});
   }
 
   /** What steadytext_config says of reruns, for this session (refreshed at each in-band request). */
@@ -216,7 +220,7 @@ export class InbandCallbacks {
     if (f.C !== '40001' || !f.M?.includes(marker) || db.secret === undefined) return false;
     const gathered = await dryRun(query, fenced, first.backendPid, db.secret, ctx);
     // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
-    await db.pool.query(
+    await db.via(ctx).query(
       `DELETE FROM ${quoteIdent(db.schema)}.steadytext_mailbox WHERE backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`,
       [first.backendPid],
     ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
@@ -243,14 +247,17 @@ export class InbandCallbacks {
       await Promise.all(Array.from({ length: Math.min(GATHER_CONCURRENCY, gathered.length) }, worker));
       // The cache rows the run again reads, committed, in multi-row INSERTs rather than one per call.
       const entries = (await Promise.allSettled(rows)).flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-      await db.store(entries).catch((err: unknown) => ctx.log.warn({ err }, 'could not store gathered answers; the run again asks for them one by one'));
-      await this.responder.flush();
+      await db.store(entries, db.via(ctx)).catch((err: unknown) => ctx.log.warn({ err }, 'could not store gathered answers; the run again asks for them one by one'));
+      // (Not on a one-session database, where the service connection waits for this client's block to end.)
+      if (!db.single) await this.responder.flush();
     } finally {
       release();
     }
     if (ctx.signal.aborted) return false;
     // Sent before the statement runs again, in the same transaction (after the dry run's ROLLBACK TO the fence).
-    if (given.size > 0) ctx.send({ bytes: queryMessage(giveInSession(given, db.secret)), responses: IGNORED });
+    // Answered before the run again goes: a ReadyForQuery after it would end the session's wait for the rerun's own
+    // RowDescription (which the client already has from the first attempt) and let that through twice.
+    if (given.size > 0) await auxQuery(ctx, giveInSession(given, db.secret));
     ctx.log.debug({ gathered: gathered.length }, 'in-band calls gathered in a dry run; the statement runs again');
     return true;
   }
@@ -279,8 +286,6 @@ function following(signal: AbortSignal): { abort: AbortController; release: () =
 /** Most bytes of answers one rerun hands over in the session; the rest are asked for one by one. */
 const MAX_GIVEN_BYTES = 32 * 1024 * 1024;
 
-const IGNORED: ResponseHandler = { onMessage: () => null };
-
 /**
  * The statement that hands `answers` (by request key) over in the session until the transaction ends: one
  * transaction-local setting per first two hex digits of the key, a JSON object of key → HMAC + answer.
@@ -305,8 +310,8 @@ const GATHER_CONCURRENCY = 8;
 const MAX_GATHERED = 10_000;
 const MAX_GATHERED_BYTES = 64 * 1024 * 1024;
 
-/** Statement kinds a dry run may run and roll back, and the session may run again (no transaction control, no PREPARE). */
-const RERUNNABLE = new Set(['select', 'insert', 'update', 'delete', 'call', 'do', 'execute']);
+/** Statement kinds a dry run may run and roll back, and the session may run again (no transaction control, no PREPARE; EXPLAIN ANALYZE runs its statement). */
+const RERUNNABLE = new Set(['select', 'insert', 'update', 'delete', 'call', 'do', 'execute', 'explain']);
 
 /** The Query (or the exchange's Parse) holds only statements that may run in a rolled-back dry run and then again. */
 function rerunnable(query: Buffer, ctx: SessionContext): boolean {

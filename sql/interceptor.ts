@@ -105,13 +105,15 @@ export class SteadytextInterceptor implements Interceptor {
       // Prefetch while the constant calls compute: both keep the engine busy at once.
       await Promise.all([
         this.server.serve(plan.jobs, db, ctx, ahead, 'rewrite'),
-        plan.prefetches.length ? prefetch(sql, plan.prefetches, db, ctx, this.server, { maxValues: this.o.prefetchMaxValues }) : undefined,
+        // Not on a one-session database: its cursor and the answers' writes would take turns with the statement
+        // itself; the calls are gathered in-band there instead (one round for the statement, as prefetch).
+        plan.prefetches.length && !db.single ? prefetch(sql, plan.prefetches, db, ctx, this.server, { maxValues: this.o.prefetchMaxValues }) : undefined,
       ]);
     }
     // The client cancelled while the proxy worked for this statement: the statement is what was cancelled,
     // so it fails as a cancelled statement would, inside the database (a transaction block is aborted).
     if (ctx.signal.aborted) return { send: [query(CANCELLED)] };
-    if (plan.readsStats) await db.flushCounters();
+    if (plan.readsStats) await db.flushCounters(db.via(ctx));
     if (!plan.touchesConfig && plan.replaced.length === 0) return undefined;
     const handlers: ResponseHandler[] = [];
     if (plan.touchesConfig) handlers.push(afterwards(() => db.runtime.markStale()));

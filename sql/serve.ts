@@ -56,7 +56,7 @@ export class Server {
    * A computing call's request and key; undefined when the database must answer it alone. While its model is
    * being downloaded the call waits, and the client of `ctx` is told why (once per download and statement).
    */
-  async resolve(call: SteadyCall, values: ArgValues, db: Database, ctx?: SessionContext): Promise<Resolved | undefined> {
+  async resolve(call: SteadyCall, values: ArgValues, db: Database, ctx?: SessionContext, inBatch = false): Promise<Resolved | undefined> {
     if (!isComputing(call.fn)) return undefined;
     const req = resolveRequest(call.fn, values, await db.config());
     if (!req) return undefined;
@@ -69,7 +69,7 @@ export class Server {
       noticeToClient(ctx, downloadWaitNote(p));
     };
     try {
-      identity = await db.identity(roleOf(req), req.modelSize, { signal: ctx?.signal, onWait: ctx && onWait });
+      identity = await db.identity(roleOf(req), req.modelSize, { signal: ctx?.signal, onWait: ctx && onWait }, db.via(ctx, inBatch));
     } catch {
       return undefined; // no model: the function reports it (through the daemon) with the engine's own words
     } finally {
@@ -88,7 +88,7 @@ export class Server {
     if (items.length === 0) return undefined;
     const st = this.stateOf(db);
     const schema = db.schema;
-    st.installed ??= readInstalled(db.pool, schema).catch((err) => { st.installed = undefined; throw err; });
+    st.installed ??= readInstalled(db.via(ctx, ahead.extended), schema).catch((err) => { st.installed = undefined; throw err; });
     let installed: Installed;
     try { installed = await st.installed; } catch (err) {
       ctx.log.warn({ err }, 'cannot read the installed steadytext functions; calls go to the database');
@@ -112,7 +112,7 @@ export class Server {
   }
 
   /** Hands computed answers over: cache rows, and failures in the session's mailbox (committed on return). */
-  async handOver(done: readonly [Resolved, Outcome][], db: Database, ctx: SessionContext, backendPid: number, how: 'rewrite' | 'prefetch' | 'stream'): Promise<void> {
+  async handOver(done: readonly [Resolved, Outcome][], db: Database, ctx: SessionContext, backendPid: number, how: 'rewrite' | 'prefetch' | 'stream', inBatch = false): Promise<void> {
     const config = await db.config();
     const entries: CacheEntry[] = [];
     const posts: MailboxEntry[] = [];
@@ -126,7 +126,10 @@ export class Server {
         db.logEvent('error', `${how}_error`, o.error.message, { sqlstate: o.error.sqlstate, fn: r.fn, user: ctx.user });
       }
     }
-    await Promise.all([db.store(entries), postMailbox(db.pool, db.schema, backendPid, posts)]);
+    const w = db.via(ctx, inBatch);
+    // One after the other on a session's connection (writer): it answers in order anyway.
+    if (w === db.pool) await Promise.all([db.store(entries), postMailbox(w, db.schema, backendPid, posts)]);
+    else await db.store(entries, w).then(() => postMailbox(w, db.schema, backendPid, posts));
     if (config.cacheEnabled) {
       const known = this.stateOf(db).known;
       const ttl = knownTtlMs(config.cacheTtlSeconds);
@@ -150,7 +153,7 @@ export class Server {
         pending.push({ manage: j.call.fn, schema: j.call.schema });
         continue;
       }
-      const r = await this.resolve(j.call, j.values, db, ctx);
+      const r = await this.resolve(j.call, j.values, db, ctx, ahead.extended);
       if (!r || seen.has(r.key) || await this.known(r, db)) continue;
       seen.add(r.key);
       pending.push({ compute: r });
@@ -165,6 +168,12 @@ export class Server {
       Promise.all(okCompute.map(async (r) => [r, await this.computeOne(r, db, ctx)] as [Resolved, Outcome])),
       this.manageAll(okManage, db),
     ]);
+    if (db.single) {
+      // On the client's connection, in turn (Database.writer).
+      if (done.length) await this.handOver(done, db, ctx, check.backendPid, how, ahead.extended);
+      await postMailbox(db.via(ctx, ahead.extended), db.schema, check.backendPid, managed);
+      return;
+    }
     await Promise.all([
       done.length ? this.handOver(done, db, ctx, check.backendPid, how) : undefined,
       postMailbox(db.pool, db.schema, check.backendPid, managed),

@@ -5,7 +5,7 @@ import type pg from 'pg';
 import { callKey } from '../inference/cache-key.js';
 import { quoteIdent, SERVICE_SEARCH_PATH } from './install.js';
 
-type Queryable = Pick<pg.ClientBase, 'query'> | Pick<pg.Pool, 'query'>;
+import type { Queryable } from './handover.js';
 
 /**
  * The settings of a connection the proxy makes as its own role (pg.Client or pg.Pool): its search_path

@@ -15,6 +15,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { id: '005_inband', version: '1.4.0' },
   { id: '006_inband_wake', version: '1.5.0' },
   { id: '007_inband_session_answers', version: '1.6.0' },
+  { id: '008_single_session', version: '1.7.0' },
 ];
 
 export const SQL_VERSION: string = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -25,6 +25,9 @@ const OUT_OF_SCOPE: Record<string, string> = {
 };
 const outOfScope = (sql: string) => Object.hasOwn(OUT_OF_SCOPE, sql.replace(/\s+/g, ' ').replace(/;$/, ''));
 
+/** The process that answers steadytext calls (this one, unless the variant runs the CLI: SeedVariant.pid). */
+let proxyPid = process.pid;
+
 interface Result {
   sql: string;
   rows: Record<string, unknown>[];
@@ -75,7 +78,7 @@ const CHECKS: { start: string; every?: boolean; check(r: Result, earlier: readon
       // Daemon status: the seed's columns, live values.
       expect(r.fields).toEqual(['running', 'pid', 'host', 'port', 'uptime_seconds', 'requests_processed', 'errors_count', 'avg_latency_ms']);
       expect(r.rows[0].running).toBe(true);
-      expect(r.rows[0].pid).toBe(process.pid);
+      expect(r.rows[0].pid).toBe(proxyPid);
     },
   },
   {
@@ -160,6 +163,8 @@ export interface SeedVariant {
   extended?: boolean;
   /** Each statement inside its own transaction block (BEGIN, the statement, COMMIT; ROLLBACK after an error). */
   inBlock?: boolean;
+  /** The pid of the process serving the stack, when not this one. */
+  pid?(s: Stack): number;
 }
 
 /** Defines the suite's tests on the stack `v` starts (call inside a describe() for several variants in one file). */
@@ -171,6 +176,7 @@ export function seedSuite(v: SeedVariant): void {
   let c: pg.Client;
   beforeAll(async () => {
     s = await v.start();
+    proxyPid = v.pid?.(s) ?? process.pid;
     c = await s.connect(v.url?.(s));
     await c.query('DROP ROLE IF EXISTS ai_user').catch(() => {});
   }, 120_000);

@@ -1,0 +1,123 @@
+// The embedded default: with no upstream configured, PGlite runs in a worker thread of this process (its own
+// event loop and core, so a long statement never stalls the proxy) and the proxy pools its clients onto it.
+// The data directory is locked for the life of the process: two PGlite instances on one directory would
+// corrupt it.
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { extname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { WorkerInput, WorkerReport } from './pglite-worker.js';
+
+export interface EmbeddedOptions {
+  /** Where the data lives; null: in memory, gone at exit. */
+  dataDir: string | null;
+  /** Progress and failures. */
+  logger: { info(o: object, msg: string): void; error(o: object, msg: string): void };
+  /** Called if the database stops on its own (a crash of the worker): the process cannot go on without it. */
+  onCrash(message: string): void;
+}
+
+export interface Embedded {
+  /** The directory of its Unix socket (libpq's host=), port 5432. */
+  socketDir: string;
+  /** A postgres:// URL that reaches it (user postgres, database postgres). */
+  url: string;
+  version: string;
+  dataDir: string | null;
+  stop(): Promise<void>;
+}
+
+const LOCK = 'pg-steadytext.pid';
+const STOP_MS = 5000;
+
+export class EmbeddedError extends Error {}
+
+/** Takes the data directory for this process, or says which live process has it. */
+function lock(dataDir: string): () => void {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const file = join(dataDir, LOCK);
+  if (existsSync(file)) {
+    const pid = Number(readFileSync(file, 'utf8').trim());
+    let alive = false;
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+      try {
+        process.kill(pid, 0);
+        alive = true;
+      } catch (e) {
+        alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+      }
+    }
+    if (alive) {
+      throw new EmbeddedError(`the embedded database in ${dataDir} is in use by process ${pid}: stop that one, or give this one another --data-dir (or --memory)`);
+    }
+  }
+  writeFileSync(file, `${process.pid}\n`);
+  return () => rmSync(file, { force: true });
+}
+
+export async function startEmbedded(o: EmbeddedOptions): Promise<Embedded> {
+  const unlock = o.dataDir ? lock(o.dataDir) : () => {};
+  const socketDir = mkdtempSync(join(tmpdir(), 'pg-steadytext-'));
+  const input: WorkerInput = { dataDir: o.dataDir, socketPath: join(socketDir, '.s.PGSQL.5432') };
+  // The worker's file beside this one: .ts when run from the sources (tsx, inherited through execArgv), .js built.
+  const here = fileURLToPath(import.meta.url);
+  const file = join(here, '..', `pglite-worker${extname(here)}`);
+  // From the sources (tests, tsx), the worker registers tsx's loader itself: Node 20 does not carry it over.
+  const worker = extname(here) === '.ts'
+    ? new Worker(`import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})
+        .then((tsx) => { tsx.register(); return import(${JSON.stringify(pathToFileURL(file).href)}); })`, { eval: true, workerData: input })
+    : new Worker(file, { workerData: input });
+  if (o.dataDir && !existsSync(join(o.dataDir, 'PG_VERSION'))) o.logger.info({ dataDir: o.dataDir }, 'creating the embedded database (first start only; a few seconds)');
+  let stopped = false;
+  const cleanup = () => {
+    unlock();
+    rmSync(socketDir, { recursive: true, force: true });
+  };
+  // One listener of each kind for the worker's life (removing a Worker's listeners wholesale upsets its port).
+  let onReport: (r: WorkerReport) => void = () => {};
+  let onGone: (why: string) => void = () => {};
+  worker.on('message', (r: WorkerReport) => onReport(r));
+  worker.on('error', (err) => onGone(err.message));
+  worker.on('exit', (code) => onGone(`its worker exited with code ${code}`));
+  const ready = await new Promise<Extract<WorkerReport, { kind: 'ready' }>>((resolve, reject) => {
+    onReport = (r) => (r.kind === 'ready' ? resolve(r) : reject(new EmbeddedError(`the embedded database did not start: ${r.kind === 'error' ? r.message : r.kind}`)));
+    onGone = (why) => reject(new EmbeddedError(`the embedded database did not start: ${why}`));
+  }).catch((err: unknown) => {
+    cleanup();
+    void worker.terminate();
+    throw err;
+  });
+  const died = (why: string) => {
+    if (stopped) return;
+    stopped = true;
+    cleanup();
+    o.logger.error({ dataDir: o.dataDir }, `the embedded database stopped: ${why}`);
+    o.onCrash(why);
+  };
+  onReport = (r) => { if (r.kind === 'error') died(r.message); };
+  onGone = died;
+  o.logger.info({ dataDir: o.dataDir ?? 'memory', ms: ready.ms }, 'embedded database started');
+  return {
+    socketDir,
+    url: `postgres://postgres@localhost/postgres?host=${encodeURIComponent(socketDir)}&port=5432`,
+    version: ready.version,
+    dataDir: o.dataDir,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await new Promise<void>((resolve) => {
+        onReport = (r) => { if (r.kind === 'stopped' || r.kind === 'error') resolve(); };
+        onGone = () => resolve();
+        worker.postMessage('stop');
+        // A PGlite that no longer answers (it ended its session after an error) cannot close: stop it anyway.
+        setTimeout(() => {
+          o.logger.error({ dataDir: o.dataDir }, 'the embedded database did not close within 5 s; stopped without closing it');
+          resolve();
+        }, STOP_MS).unref();
+      });
+      await worker.terminate();
+      cleanup();
+    },
+  };
+}
