@@ -6,6 +6,8 @@
 //   psql) and `SELECT 1` through it; only the addresses are the test's (the cluster's URL, a free port, a temp
 //   dir). The startup banner says where it listens, what it fronts (password redacted) and which models are
 //   present, or missing with the command that fetches them.
+// - the one-command start, as written: `npx pg-steadytext` with no upstream (the embedded database, in a temp data
+//   dir, with the fixture models), then its psql line (the real psql) at the port it listens on.
 // `npx pg-steadytext` runs package.json's bin, dist/cli.js, compiled from cli.ts: here cli.ts runs through tsx (no
 // build needed), and the bin is checked to be that file.
 import { spawn, spawnSync } from 'node:child_process';
@@ -18,6 +20,7 @@ import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { settingsMarkdown } from '../config/settings.js';
 import { spawnCli } from './proxy/helpers.js';
 import { adminQuery } from './api/helpers.js';
+import { tinyModels } from './fixtures/models.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const README = readFileSync(join(root, 'README.md'), 'utf8');
@@ -137,6 +140,39 @@ describe('README', () => {
     expect(problems('PGSTEADYTEXT_NO_SUCH=1 npx pg-steadytext serve')).toEqual(['unknown environment variable PGSTEADYTEXT_NO_SUCH']);
     expect(problems('npx pg-steadytext serve --no-auto-install --upstream postgres://x')).toEqual([]);
   });
+
+  test('the one-command start, run as written: the embedded database answers the documented psql line', async () => {
+    const cmds = shellCommands(section('Start in one command'));
+    expect(cmds[0]).toBe('npm install');
+    expect(cmds[1]).toBe('npx pg-steadytext');
+    const psqlArgs = words(cmds.find((c) => c.startsWith('psql '))!).slice(1);
+    const models = await tinyModels();
+    const { child, output } = spawnCli(['--data-dir', join(mkdtempSync(join(tmpdir(), 'pgst-readme-emb-')), 'pgdata'), '--listen', '127.0.0.1:0', '--log-format', 'json'], {
+      PGSTEADYTEXT_UPSTREAM: '', PGSTEADYTEXT_GENERATION_MODEL: models.generation, PGSTEADYTEXT_EMBEDDING_MODEL: models.embedding,
+    });
+    try {
+      const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        child.once('exit', (code) => reject(new Error(`pg-steadytext exited (${code}):\n${output()}`)));
+        const look = () => {
+          const l = output().split('\n').find((x) => x.includes(`"${READY}"`));
+          if (l) resolve(JSON.parse(l) as Record<string, unknown>);
+        };
+        child.stderr.on('data', look);
+        child.stdout.on('data', look);
+      });
+      expect(ready.upstream).toMatch(/^embedded: PostgreSQL/);
+      const { port } = ready.listen as { port: number };
+      // The documented line, at this port: its -p is the default 6432.
+      const p = psqlArgs.indexOf('-p');
+      expect(psqlArgs[p + 1]).toBe('6432');
+      psqlArgs[p + 1] = String(port);
+      const r = spawnSync(PSQL, ['-X', '-A', '-t', ...psqlArgs], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout.trim().length).toBeGreaterThan(0);
+    } finally {
+      child.kill('SIGTERM');
+    }
+  }, 120_000);
 
   describe('the quick start, run as written', () => {
     const stops: (() => void)[] = [];
