@@ -584,7 +584,7 @@ async function runAsPgBouncer(args: string[]): Promise<number> {
   const ini = loadPgBouncerConfig(file);
   if (daemon && process.env[DAEMONIZED] !== '1') return daemonize(args.filter((a) => a !== '-d' && a !== '--daemon'));
   const level = quiet ? 'warn' : verbose > 1 ? 'trace' : verbose === 1 ? 'debug' : undefined;
-  const s = loadSettings({ flags: { ...ini.steadytext, ...(level ? { logLevel: level } : {}) } });
+  const s = loadSettings({ flags: { ...ini.steadytext, ...(level ? { logLevel: level } : {}) }, pooler: true });
   await serve(s, createLogger(s), ini, reboot);
   if (process.env[DAEMONIZED] === '1' && process.send) {
     // Ready: the invoking process may return (daemonize).
@@ -636,13 +636,13 @@ async function main(argv: string[]): Promise<number> {
     // serve's settings from the same sources, a pgbouncer.ini's [steadytext] section included.
     const p = parseFlags(rest, ['json']);
     const ini = p.configFile && isIni(p.configFile) ? loadPgBouncerConfig(p.configFile) : undefined;
-    const s = loadSettings(ini ? { flags: { ...ini.steadytext, ...p.flags } } : { flags: p.flags, configFile: p.configFile });
+    const s = loadSettings(ini ? { flags: { ...ini.steadytext, ...p.flags }, pooler: true } : { flags: p.flags, configFile: p.configFile });
     return doctorCommand({ settings: s, ini, engine: engineOptions(s), json: p.extra.json === true });
   }
   const parsed = parseFlags(rest.filter((a) => a !== '-R'), ['database', 'markdown', 'reboot']);
   if (cmd === 'serve' && parsed.configFile && isIni(parsed.configFile)) {
     const ini = loadPgBouncerConfig(parsed.configFile);
-    const s = loadSettings({ flags: { ...ini.steadytext, ...parsed.flags } });
+    const s = loadSettings({ flags: { ...ini.steadytext, ...parsed.flags }, pooler: true });
     await serve(s, createLogger(s), ini, rest.includes('-R') || parsed.extra.reboot === true);
     return -1;
   }
@@ -656,6 +656,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'install': {
       const url = typeof parsed.extra.database === 'string' ? parsed.extra.database : s.serviceUrl;
+      if (!url) throw new SettingsError('install needs a database: --database URL (or --upstream / --service-url); the embedded one installs itself at start');
       const daemon = s.daemonListen === 'off' ? undefined : parseHostPort(s.daemonListen, 'daemon-listen');
       const r = await prepareDatabase(url, { daemonHost: daemon?.host, daemonPort: daemon?.port, schema: s.schema });
       process.stdout.write(`steadytext SQL objects ${r.version} in ${redactUrl(url)}, schema ${r.schema}${r.migrated.length ? ` (applied ${r.migrated.join(', ')})` : ' (already up to date)'}${r.dblink ? '' : '; dblink is not installed: calls inside PL/pgSQL functions, triggers and views need it (CREATE EXTENSION dblink)'}\n`);

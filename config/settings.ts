@@ -134,7 +134,14 @@ export interface SettingsSources {
   env?: NodeJS.ProcessEnv;
   /** Path of a JSON config file; also taken from PGSTEADYTEXT_CONFIG. */
   configFile?: string;
+  /**
+   * Under a pgbouncer.ini, whose [databases] say where clients go: the upstream URL is then only the base of the
+   * service connections (their credentials and options), postgres://127.0.0.1:5432/postgres when not given.
+   */
+  pooler?: boolean;
 }
+
+const POOLER_UPSTREAM = 'postgres://127.0.0.1:5432/postgres';
 
 export function loadSettings(sources: SettingsSources = {}): Settings {
   const env = sources.env ?? process.env;
@@ -161,6 +168,7 @@ export function loadSettings(sources: SettingsSources = {}): Settings {
     if (v !== undefined) out[k] = coerce(k as SettingKey, v, `--${SPECS[k as SettingKey].flag}`);
   }
   const s = out as Settings;
+  if (!s.upstream && sources.pooler) s.upstream = POOLER_UPSTREAM;
   if (!s.serviceUrl) s.serviceUrl = s.upstream;
   if (Boolean(s.tlsCert) !== Boolean(s.tlsKey)) throw new SettingsError('tls-cert and tls-key must be given together');
   return s;

@@ -4,7 +4,9 @@
 // endpoint and the callback transport each database will use. Each check is one line, ok / warning / broken, and
 // says what to do; the wording is the product's own wherever it has one (the installer's refusals, the model
 // registry's, the SQL functions'). Read-only: nothing is installed, created or written.
-import { stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, readFile, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { createServer } from 'node:net';
 import pg from 'pg';
 import { serviceUrlForDatabase, type PoolerConfig } from '../config/pgbouncer.js';
@@ -59,6 +61,13 @@ export async function runDoctor(o: DoctorOptions): Promise<DoctorReport> {
   const add = (check: string, subject: string | undefined, status: Status, message: string) => void checks.push({ check, subject, status, message });
   const s = o.settings;
   const daemonOn = s.daemonListen !== 'off';
+  if (!o.ini && !s.upstream) {
+    // No upstream: serve runs the embedded database. Nothing is started here (it may be serving now).
+    await checkEmbedded(s, add);
+    await checkModels(o.engine, add);
+    const broken = checks.filter((c) => c.status === 'broken').length;
+    return { ok: broken === 0, broken, warnings: checks.filter((c) => c.status === 'warning').length, checks };
+  }
   for (const t of targets(s, o.ini)) await checkDatabase(t, s, daemonOn, (check, status, message) => add(check, t.database, status, message));
   if (!o.ini) await checkClientUpstream(s, add);
   await checkDaemonEndpoint(s, add);
@@ -317,6 +326,40 @@ async function checkClientUpstream(s: Settings, add: Add): Promise<void> {
     }
   }
   add('upstream', 'clients', 'ok', `${redactUrl(s.upstream)} answers (clients log in there with their own credentials)`);
+}
+
+/** The embedded database serve would run: PGlite installed, its data directory usable, and whether a process serves it. */
+async function checkEmbedded(s: Settings, add: Add): Promise<void> {
+  try {
+    import.meta.resolve('@electric-sql/pglite');
+    import.meta.resolve('@electric-sql/pglite-pgvector');
+    add('embedded', undefined, 'ok', 'no --upstream: serve runs the embedded database (PGlite with pgvector)');
+  } catch {
+    add('embedded', undefined, 'broken', 'no --upstream, and PGlite is not installed: run npm install (or give --upstream a PostgreSQL server)');
+    return;
+  }
+  if (s.memory) return add('embedded', 'data', 'ok', 'in memory (--memory): nothing is kept');
+  let dir = s.dataDir;
+  const existed = await stat(join(dir, 'PG_VERSION')).then(() => true, () => false);
+  // The nearest directory that exists must take the data (created on first start).
+  while (!(await stat(dir).then(() => true, () => false))) dir = dirname(dir);
+  if (!(await stat(dir)).isDirectory()) return add('embedded', 'data', 'broken', `${s.dataDir}: ${dir} is a file, not a directory; give --data-dir a directory`);
+  try {
+    await access(dir, constants.W_OK);
+  } catch {
+    return add('embedded', 'data', 'broken', `${s.dataDir}: ${dir} is not writable by this user; fix its permissions or give --data-dir another directory`);
+  }
+  const pid = Number((await readFile(join(s.dataDir, 'pg-steadytext.pid'), 'utf8').catch(() => '')).trim());
+  let serving = false;
+  if (pid > 0) {
+    try {
+      process.kill(pid, 0);
+      serving = true;
+    } catch (e) {
+      serving = (e as NodeJS.ErrnoException).code === 'EPERM';
+    }
+  }
+  add('embedded', 'data', 'ok', `${s.dataDir}: ${existed ? 'a database' : 'created on first start'}${serving ? `, served now by process ${pid}` : ''}`);
 }
 
 async function checkDaemonEndpoint(s: Settings, add: Add): Promise<void> {

@@ -1,7 +1,7 @@
 // `pg-steadytext doctor`: the real CLI as a child process against fresh databases of the test cluster, on the
 // tiny fixture models. A healthy setup exits 0; each test after that removes exactly one prerequisite and finds
 // the line that names it (exit status 1 when it is broken, 0 when it is only reported).
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -184,5 +184,24 @@ describe('pg-steadytext doctor', () => {
     expect(line(r, 'pgvector', 'app')).toMatch(/^ok\s+/);
     expect(line(r, 'upstream', 'gone')).toMatch(/^broken\s+upstream \[gone\]: cannot connect to .*:1\/.*ECONNREFUSED/);
     expect(broken(r)).toHaveLength(1);
+  });
+
+  it('with no upstream, it checks the embedded database serve would run, without starting it: its data directory, who serves it', async () => {
+    const data = join(dir, 'embedded', 'pgdata');
+    const r = await doctor(['--data-dir', data], {});
+    expect(r.code, r.output).toBe(0);
+    expect(r.lines).toContain('ok      embedded: no --upstream: serve runs the embedded database (PGlite with pgvector)');
+    expect(line(r, 'embedded', 'data')).toBe(`ok      embedded [data]: ${data}: created on first start`);
+    // A live process's lock: named.
+    const held = join(dir, 'held');
+    mkdirSync(held);
+    writeFileSync(join(held, 'PG_VERSION'), '18\n');
+    writeFileSync(join(held, 'pg-steadytext.pid'), `${process.pid}\n`);
+    expect(line(await doctor(['--data-dir', held]), 'embedded', 'data')).toBe(`ok      embedded [data]: ${held}: a database, served now by process ${process.pid}`);
+    // A file where a directory must be: broken, exit status 1.
+    writeFileSync(join(dir, 'plain-file'), '');
+    const bad = await doctor(['--data-dir', join(dir, 'plain-file', 'pgdata')]);
+    expect(bad.code).toBe(1);
+    expect(line(bad, 'embedded', 'data')).toMatch(/^broken\s+.*plain-file is a file, not a directory; give --data-dir a directory/);
   });
 });
