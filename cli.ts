@@ -154,6 +154,9 @@ interface Alongside {
  */
 async function serveEmbedded(s: Settings, log: Logger): Promise<void> {
   if (s.workers > 1) throw new SettingsError('--workers needs --upstream: the embedded database is one session, served by one process');
+  if (!['127.0.0.1', '::1', 'localhost'].includes(s.listen.host)) {
+    log.warn({ listen: `${s.listen.host}:${s.listen.port}` }, 'the embedded database asks no password: whoever reaches this address is its superuser; listen on a loopback address unless that is what you want');
+  }
   const db = await startEmbedded({
     dataDir: s.memory ? null : s.dataDir,
     logger: log,

@@ -1,10 +1,15 @@
-// npm run bench:first-answer [-- --preset tiny|bench] [--rounds N] [--cli dist/cli.js] [--max-tokens 16]
-// Time to first answer: from spawning `pg-steadytext serve` as the README starts it (`node dist/cli.js serve
-// --upstream postgres://postgres:...@host:port/db`, the models present) to the first steadytext_generate answer
-// through the proxy, against a throwaway cluster (tests/setup/cluster.ts). Per round:
-//   cold  a fresh process, a database the proxy has never served (it installs the SQL objects on the first
-//         connection), fresh copies of the models in a fresh model directory, evicted from the page cache
-//         (`dd iflag=nocache`, the model files only: `fincore` confirms when present)
+// npm run bench:first-answer [-- --target embedded|upstream] [--preset tiny|bench] [--rounds N] [--cli dist/cli.js] [--max-tokens 16]
+// Time to first answer: from spawning pg-steadytext as the README starts it, the models present, to the first
+// steadytext_generate answer through the proxy:
+//   --target embedded (default): `node dist/cli.js` with no upstream, the README's one command (the embedded
+//         database, in a data directory of the round's own)
+//   --target upstream: `node dist/cli.js serve --upstream postgres://postgres:...@host:port/db` against a
+//         throwaway cluster (tests/setup/cluster.ts)
+// Per round:
+//   cold  a fresh process, a database the proxy has never served (embedded: a new data directory, created by
+//         this start; upstream: a new database, the SQL objects installed on the first connection), fresh copies
+//         of the models in a fresh model directory, evicted from the page cache (`dd iflag=nocache`, the model
+//         files only: `fincore` confirms when present)
 //   warm  a second process on the same database and models (SQL objects installed, files cached)
 // Each prompt is new, so every answer is computed, never found in steadytext_cache. Phases from the spawn:
 // listening (the port accepts), connected (the client's login done), first answer. Goal: cold < 5 s.
@@ -26,6 +31,7 @@ import { freePort, startCluster, type Cluster } from '../tests/setup/cluster.js'
 const { values: opt } = parseArgs({
   options: {
     preset: { type: 'string', default: 'tiny' },
+    target: { type: 'string', default: 'embedded' },
     rounds: { type: 'string', default: '1' },
     cli: { type: 'string', default: 'dist/cli.js' },
     'max-tokens': { type: 'string', default: '16' },
@@ -43,6 +49,8 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1 || !Number.isInteger(MAX_TOKENS) || 
 const CLI = resolve(root, opt.cli);
 if (!existsSync(CLI)) throw new Error(`${CLI} not found: run npm run build (or pass --cli to a build of your own)`);
 const GOAL_MS = 5000;
+const EMBEDDED = opt.target === 'embedded';
+if (!EMBEDDED && opt.target !== 'upstream') throw new Error(`--target must be embedded or upstream, not ${opt.target}`);
 const progress = (s: string) => process.stderr.write(s + '\n');
 
 /** The fixture models of a preset, generated once into node_modules/.cache (as the other benches keep them). */
@@ -98,21 +106,14 @@ interface Run {
 }
 
 /** One start of the CLI, timed to the first answer, then stopped (SIGTERM) and waited for. */
-async function firstAnswer(cluster: Cluster, database: string, models: FixtureModels, modelDir: string, prompt: string): Promise<Run> {
+async function firstAnswer(where: { cluster: Cluster; database: string } | { dataDir: string }, models: FixtureModels, modelDir: string, prompt: string): Promise<Run> {
   const port = await freePort();
-  const upstream = `postgres://postgres:postgres@${cluster.host}:${cluster.port}/${database}`;
-  const args = [
-    CLI,
-    'serve',
-    '--upstream',
-    upstream,
-    '--listen',
-    `127.0.0.1:${port}`,
-    '--daemon-listen',
-    `127.0.0.1:${await freePort()}`,
-    '--model-dir',
-    modelDir,
-  ];
+  const database = 'database' in where ? where.database : 'postgres';
+  const args = 'cluster' in where
+    ? [CLI, 'serve', '--upstream', `postgres://postgres:postgres@${where.cluster.host}:${where.cluster.port}/${database}`,
+        '--daemon-listen', `127.0.0.1:${await freePort()}`]
+    : [CLI, '--data-dir', where.dataDir];
+  args.push('--listen', `127.0.0.1:${port}`, '--model-dir', modelDir);
   args.push(...opt['serve-flag']);
   if (opt.trace) args.push('--log-level', 'debug', '--log-format', 'json');
   // Nothing from the caller's environment may change a default; the models are those of the preset.
@@ -184,35 +185,36 @@ let cluster: Cluster | undefined;
 const work = mkdtempSync(join(tmpdir(), 'pgst-first-answer-'));
 try {
   const source = await fixtures(PRESET);
-  progress(`preset ${PRESET}, ${ROUNDS} round(s), ${CLI}; starting a throwaway PostgreSQL cluster...`);
-  cluster = await startCluster();
-  const admin = new pg.Client(cluster.adminUrl);
-  await admin.connect();
+  progress(`preset ${PRESET}, ${ROUNDS} round(s), ${CLI}, ${EMBEDDED ? 'embedded database' : 'starting a throwaway PostgreSQL cluster...'}`);
+  cluster = EMBEDDED ? undefined : await startCluster();
+  const admin = cluster ? new pg.Client(cluster.adminUrl) : undefined;
+  await admin?.connect();
   const rows: string[][] = [];
   const colds: number[] = [];
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       const database = `first_answer_${round}_${process.pid}`;
-      await admin.query(`CREATE DATABASE ${database}`);
+      await admin?.query(`CREATE DATABASE ${database}`);
+      const where = cluster ? { cluster, database } : { dataDir: join(work, `pgdata-${round}`) };
       const modelDir = join(work, `models-${round}`);
       mkdirSync(modelDir);
       const { models, cached } = coldCopies(source, modelDir);
       progress(`round ${round}: ${cached} before the cold start`);
       for (const kind of ['cold', 'warm'] as const) {
-        const r = await firstAnswer(cluster, database, models, modelDir, `Round ${round}, ${kind} start: the capital of France is`);
+        const r = await firstAnswer(where, models, modelDir, `Round ${round}, ${kind} start: the capital of France is`);
         if (kind === 'cold') colds.push(r.answered);
         rows.push([`${round}`, kind, s(r.listening), s(r.connected), s(r.answered), JSON.stringify(r.answer.slice(0, 30))]);
       }
-      await admin.query(`DROP DATABASE ${database} WITH (FORCE)`);
+      await admin?.query(`DROP DATABASE ${database} WITH (FORCE)`);
     }
   } finally {
-    await admin.end();
+    await admin?.end();
   }
   const head = ['round', 'start', 'listening', 'connected', 'first answer', 'answer (start)'];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === 1 || i === 5 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
   const flags = opt['serve-flag'].length ? ` ${opt['serve-flag'].join(' ')}` : '';
-  console.log(`\ntime to first steadytext_generate answer (max_tokens ${MAX_TOKENS}), ${PRESET} models, from spawning node ${opt.cli} serve${flags}`);
+  console.log(`\ntime to first steadytext_generate answer (max_tokens ${MAX_TOKENS}), ${PRESET} models, from spawning node ${opt.cli} ${EMBEDDED ? '(no upstream: the embedded database)' : 'serve --upstream'}${flags}`);
   console.log([line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n'));
   const worst = Math.max(...colds);
   console.log(`goal: cold < ${s(GOAL_MS)}: ${worst < GOAL_MS ? 'met' : 'NOT met'} (slowest cold ${s(worst)})`);

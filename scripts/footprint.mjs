@@ -1,6 +1,6 @@
 // npm run footprint [-- --install] [--dir PATH]
 // What node_modules weighs on disk, broken down: node-llama-cpp's binary packages one by one (@node-llama-cpp/*:
-// the CPU build of this platform, its GPU builds, other architectures), node-llama-cpp itself, libpg-query,
+// the CPU build of this platform, its GPU builds, other architectures), node-llama-cpp itself, libpg-query, PGlite,
 // the rest.
 //   (default)  this checkout's node_modules (or --dir PATH), dev dependencies included.
 //   --install  as a user gets it: `npm pack` of this checkout (scripts off: the tree's dist/ as it is), then the
@@ -40,7 +40,7 @@ export function cpuPackage() {
   return `@node-llama-cpp/${os}-${process.arch}${os === 'mac' && process.arch === 'arm64' ? '-metal' : ''}`;
 }
 
-/** Rows of the breakdown: each @node-llama-cpp/* package, node-llama-cpp, libpg-query, everything else. */
+/** Rows of the breakdown: each @node-llama-cpp/* package, node-llama-cpp, libpg-query, PGlite, everything else. */
 function breakdown(nodeModules) {
   const total = diskUsage(nodeModules);
   const rows = [];
@@ -61,6 +61,8 @@ function breakdown(nodeModules) {
   for (const [pkg, why] of [
     ['node-llama-cpp', 'JS, llama.cpp sources for a build from source'],
     ['libpg-query', 'PostgreSQL parser (WASM)'],
+    ['@electric-sql/pglite', 'the embedded database: PostgreSQL in WASM'],
+    ['@electric-sql/pglite-pgvector', 'pgvector for it'],
   ]) {
     rows.push([pkg, diskUsage(join(nodeModules, pkg)), why]);
   }
