@@ -31,7 +31,7 @@ import type { ProxyServer } from './proxy/server.js';
 import { startMetricsServer, type MetricsServer, type MetricsSources } from './proxy/metrics.js';
 import { meterCalls } from './sql/call-figures.js';
 import { doctorCommand } from './sql/doctor.js';
-import { startEmbedded } from './embedded/index.js';
+import { startEmbedded, type Embedded } from './embedded/index.js';
 import { join } from 'node:path';
 
 // dist/cli.js when built, cli.ts when run from source.
@@ -141,6 +141,8 @@ async function startMetrics(s: Settings, log: Logger, sources: MetricsSources): 
 
 /** What serve() does besides serving, for the embedded database: its line in the banner, and its stop. */
 interface Alongside {
+  /** Waited for once the engine exists (whose models load meanwhile), before anything connects to the database. */
+  started: Promise<unknown>;
   banner(listen: { host: string; port: number }): Record<string, unknown>;
   /** Databases to prepare (install the SQL objects) before clients are let in. */
   databases: string[];
@@ -157,7 +159,7 @@ async function serveEmbedded(s: Settings, log: Logger): Promise<void> {
   if (!['127.0.0.1', '::1', 'localhost'].includes(s.listen.host)) {
     log.warn({ listen: `${s.listen.host}:${s.listen.port}` }, 'the embedded database asks no password: whoever reaches this address is its superuser; listen on a loopback address unless that is what you want');
   }
-  const db = await startEmbedded({
+  const db = startEmbedded({
     dataDir: s.memory ? null : s.dataDir,
     logger: log,
     onCrash: () => {
@@ -165,6 +167,9 @@ async function serveEmbedded(s: Settings, log: Logger): Promise<void> {
       process.exit(1);
     },
   });
+  let started: Embedded | undefined;
+  const ready = db.ready.then((d) => (started = d));
+  ready.catch(() => {}); // awaited in serve(), after the engine is created: a failure is reported there
   const file = join(db.socketDir, 'pgbouncer.ini');
   writeFileSync(file, [
     '[databases]',
@@ -183,12 +188,13 @@ async function serveEmbedded(s: Settings, log: Logger): Promise<void> {
   // The daemon endpoint is for dblink, which PGlite does not have: calls it cannot see are answered in-band.
   const settings: Settings = { ...s, upstream: db.url, serviceUrl: db.url, daemonListen: 'off' };
   await serve(settings, log, ini, false, {
+    started: ready,
     banner: (listen) => ({
-      upstream: `embedded: ${db.version.replace(/ on .*/, '')}, data ${db.dataDir ?? 'in memory (gone at stop)'}`,
+      upstream: `embedded: ${started!.version.replace(/ on .*/, '')}, data ${started!.dataDir ?? 'in memory (gone at stop)'}`,
       connect: `psql -h ${listen.host} -p ${listen.port} -U postgres postgres`,
     }),
     databases: ['postgres'],
-    stop: () => db.stop(),
+    stop: () => db.ready.then((d) => d.stop()),
   });
 }
 
@@ -202,6 +208,11 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   if (s.workers > 1) return serveWithWorkers(s, log, ini);
   // so_reuseport = 1 with one process: pgBouncer's way, peers each with limits of their own (below).
   const serving = await startServing(s, log, ini, reboot);
+  if (alongside) {
+    // The default models load while the embedded database starts: both take seconds, and the first call needs them.
+    void serving.engine.load().catch((err: unknown) => log.warn({ err }, 'models not loaded at start; the first call loads them'));
+    await alongside.started;
+  }
   // Prepared before any client: on a one-session database, a client's open block would hold the install up.
   for (const name of alongside?.databases ?? []) await serving.databases.get(name).ready();
   const { engine, databases, calls } = serving;

@@ -56,9 +56,25 @@ function lock(dataDir: string): () => void {
   return () => rmSync(file, { force: true });
 }
 
-export async function startEmbedded(o: EmbeddedOptions): Promise<Embedded> {
+/** Where the database will answer, known at once; `ready` once it does. */
+export interface Starting {
+  socketDir: string;
+  url: string;
+  ready: Promise<Embedded>;
+}
+
+/**
+ * Takes the data directory (throws at once when another process has it) and starts the database: the caller may
+ * do its own start meanwhile (load models) and wait for `ready` before it connects.
+ */
+export function startEmbedded(o: EmbeddedOptions): Starting {
   const unlock = o.dataDir ? lock(o.dataDir) : () => {};
   const socketDir = mkdtempSync(join(tmpdir(), 'pg-steadytext-'));
+  const url = `postgres://postgres@localhost/postgres?host=${encodeURIComponent(socketDir)}&port=5432`;
+  return { socketDir, url, ready: run(o, unlock, socketDir, url) };
+}
+
+async function run(o: EmbeddedOptions, unlock: () => void, socketDir: string, url: string): Promise<Embedded> {
   const input: WorkerInput = { dataDir: o.dataDir, socketPath: join(socketDir, '.s.PGSQL.5432') };
   // The worker's file beside this one: .ts when run from the sources (tsx, inherited through execArgv), .js built.
   const here = fileURLToPath(import.meta.url);
@@ -100,7 +116,7 @@ export async function startEmbedded(o: EmbeddedOptions): Promise<Embedded> {
   o.logger.info({ dataDir: o.dataDir ?? 'memory', ms: ready.ms }, 'embedded database started');
   return {
     socketDir,
-    url: `postgres://postgres@localhost/postgres?host=${encodeURIComponent(socketDir)}&port=5432`,
+    url,
     version: ready.version,
     dataDir: o.dataDir,
     async stop() {
