@@ -59,6 +59,8 @@ async function client(url = s.url()): Promise<{ c: pg.Client; notices: { message
   const c = await s.connect(url);
   const notices: { message?: string }[] = [];
   c.on('notice', (n) => notices.push(n));
+  // A test that fails midway leaves no block open: its locks would hold the next test's TRUNCATE forever.
+  onTestFinished(() => void c.end().catch(() => {}));
   return { c, notices };
 }
 
