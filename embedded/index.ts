@@ -76,7 +76,7 @@ export function startEmbedded(o: EmbeddedOptions): Starting {
 
 async function run(o: EmbeddedOptions, unlock: () => void, socketDir: string, url: string): Promise<Embedded> {
   const input: WorkerInput = { dataDir: o.dataDir, socketPath: join(socketDir, '.s.PGSQL.5432') };
-  // The worker's file beside this one: .ts when run from the sources (tsx, inherited through execArgv), .js built.
+  // The worker's file beside this one: .ts when run from the sources, .js built.
   const here = fileURLToPath(import.meta.url);
   const file = join(here, '..', `pglite-worker${extname(here)}`);
   // From the sources (tests, tsx), the worker registers tsx's loader itself: Node 20 does not carry it over.
@@ -122,16 +122,18 @@ async function run(o: EmbeddedOptions, unlock: () => void, socketDir: string, ur
     async stop() {
       if (stopped) return;
       stopped = true;
+      let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
         onReport = (r) => { if (r.kind === 'stopped' || r.kind === 'error') resolve(); };
         onGone = () => resolve();
         worker.postMessage('stop');
         // A PGlite that no longer answers (it ended its session after an error) cannot close: stop it anyway.
-        setTimeout(() => {
+        timer = setTimeout(() => {
           o.logger.error({ dataDir: o.dataDir }, 'the embedded database did not close within 5 s; stopped without closing it');
           resolve();
-        }, STOP_MS).unref();
+        }, STOP_MS);
       });
+      clearTimeout(timer);
       await worker.terminate();
       cleanup();
     },
