@@ -4,7 +4,7 @@
 // corrupt it.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { extname, join } from 'node:path';
+import { dirname, extname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { WorkerInput, WorkerReport } from './pglite-worker.js';
@@ -32,6 +32,24 @@ const LOCK = 'pg-steadytext.pid';
 const STOP_MS = 5000;
 
 export class EmbeddedError extends Error {}
+
+/**
+ * The template `npm install` made for this PGlite version (scripts/pglite-template.mjs), at the package's root
+ * (beside dist/ when built, beside embedded/ in the sources); null: a first start runs initdb.
+ */
+function template(here: string): string | null {
+  try {
+    const entry = fileURLToPath(import.meta.resolve('@electric-sql/pglite'));
+    const version = (JSON.parse(readFileSync(join(dirname(entry), '..', 'package.json'), 'utf8')) as { version: string }).version;
+    for (const root of [join(here, '..', '..'), join(here, '..', '..', '..')]) {
+      const file = join(root, `pglite-template-${version}.tar.gz`);
+      if (existsSync(file)) return file;
+    }
+  } catch {
+    // no PGlite to ask: the worker reports that
+  }
+  return null;
+}
 
 /** Takes the data directory for this process, or says which live process has it. */
 function lock(dataDir: string): () => void {
@@ -75,16 +93,17 @@ export function startEmbedded(o: EmbeddedOptions): Starting {
 }
 
 async function run(o: EmbeddedOptions, unlock: () => void, socketDir: string, url: string): Promise<Embedded> {
-  const input: WorkerInput = { dataDir: o.dataDir, socketPath: join(socketDir, '.s.PGSQL.5432') };
-  // The worker's file beside this one: .ts when run from the sources, .js built.
   const here = fileURLToPath(import.meta.url);
+  const fresh = o.dataDir === null || !existsSync(join(o.dataDir, 'PG_VERSION'));
+  const input: WorkerInput = { dataDir: o.dataDir, socketPath: join(socketDir, '.s.PGSQL.5432'), template: fresh ? template(here) : null };
+  // The worker's file beside this one: .ts when run from the sources, .js built.
   const file = join(here, '..', `pglite-worker${extname(here)}`);
   // From the sources (tests, tsx), the worker registers tsx's loader itself: Node 20 does not carry it over.
   const worker = extname(here) === '.ts'
     ? new Worker(`import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})
         .then((tsx) => { tsx.register(); return import(${JSON.stringify(pathToFileURL(file).href)}); })`, { eval: true, workerData: input })
     : new Worker(file, { workerData: input });
-  if (o.dataDir && !existsSync(join(o.dataDir, 'PG_VERSION'))) o.logger.info({ dataDir: o.dataDir }, 'creating the embedded database (first start only; a few seconds)');
+  if (o.dataDir && fresh) o.logger.info({ dataDir: o.dataDir, from: input.template ?? 'initdb' }, 'creating the embedded database (first start only; a few seconds)');
   let stopped = false;
   const cleanup = () => {
     unlock();

@@ -8,7 +8,7 @@
 // rolled back, so the next one starts clean. Startup parameters and the user name are PGlite's to ignore:
 // every connection is its one superuser, which is why only this process's user may reach the socket.
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { PGlite } from '@electric-sql/pglite';
 import { vector } from '@electric-sql/pglite-pgvector';
@@ -19,6 +19,8 @@ export interface WorkerInput {
   dataDir: string | null;
   /** The socket's file (its directory is made private). */
   socketPath: string;
+  /** A new database starts as this dump of a fresh one (embedded/index.ts template()) rather than by initdb. */
+  template: string | null;
 }
 
 export type WorkerReport =
@@ -116,7 +118,11 @@ interface Conn {
 export async function runEmbedded(input: WorkerInput, report: (r: WorkerReport) => void): Promise<{ stop(): Promise<void> }> {
   const t0 = Date.now();
   await loadModule();
-  const db = await PGlite.create({ ...(input.dataDir ? { dataDir: input.dataDir } : {}), extensions: { vector } });
+  const db = await PGlite.create({
+    ...(input.dataDir ? { dataDir: input.dataDir } : {}),
+    ...(input.template ? { loadDataDir: new Blob([readFileSync(input.template)]) } : {}),
+    extensions: { vector },
+  });
   const version = (await db.query<{ v: string }>('SELECT pg_catalog.version() AS v')).rows[0].v;
   const conns: Conn[] = [];
   let owner: Conn | null = null;

@@ -128,6 +128,9 @@ describe('a data directory of its own', () => {
     expect(ready.upstream).toMatch(/^embedded: PostgreSQL \d+\.\d+ \(PGlite [\d.]+\), data /);
     expect(ready.upstream).toContain(dir);
     expect(ready.connect).toBe(`psql -h 127.0.0.1 -p ${e.port} -U postgres postgres`);
+    // A new directory starts from the template npm install made (scripts/pglite-template.mjs), not from initdb.
+    const created = e.lines().find((l) => String(l.msg).startsWith('creating the embedded database'));
+    expect(created?.from).toMatch(/pglite-template-[\d.]+\.tar\.gz$/);
     expect(ready.sqlVersion).toBeDefined();
   });
 
