@@ -62,7 +62,7 @@ export class DatabaseRegistry {
       await c.connect();
       const r = (await c.query(SERVICE_ROLE_SQL)).rows[0];
       // PGlite (the embedded database) has no other role: its one superuser is everyone's.
-      if (!String(r.version).includes('PGlite')) this.warnIfSuperuser(database ?? r.db, r.role, r.superuser);
+      if (!oneSession(r.version)) this.warnIfSuperuser(database ?? r.db, r.role, r.superuser);
     } catch (err) {
       this.opts.logger.debug({ err }, 'could not check the service role at start');
     } finally {
@@ -127,6 +127,9 @@ export function superuserAdvice(role: string, database: string): string {
 const SERVICE_ROLE_SQL = `SELECT CURRENT_USER::pg_catalog.text AS role, pg_catalog.current_database()::pg_catalog.text AS db,
   pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on' AS superuser, pg_catalog.version() AS version`;
 
+/** PGlite (what version() says, as migration 008 reads it): one backend session for every connection. */
+const oneSession = (version: unknown): boolean => String(version).includes('PGlite');
+
 /** How stale a one-session database's config may be (Database.single: no listener tells of changes). */
 const SINGLE_CONFIG_MS = 1000;
 
@@ -147,7 +150,7 @@ export class Database {
   /**
    * One backend session for every connection (PGlite, the embedded default): while a client's block or batch
    * is open there, the service connection waits behind it, so what the proxy writes for that client's statement
-   * goes through the client's own connection (writer), and nothing on a client's path waits for the service
+   * goes through the client's own connection (via), and nothing on a client's path waits for the service
    * connection (config, counters). Read from version() when the database is prepared.
    */
   single = false;
@@ -201,7 +204,7 @@ export class Database {
       this.dblink = (await this.pool.query(`SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'dblink'`)).rowCount === 1;
     }
     const who = (await this.pool.query(SERVICE_ROLE_SQL)).rows[0];
-    this.single = String(who.version).includes('PGlite');
+    this.single = oneSession(who.version);
     // PGlite is one database with one superuser, reached only through this proxy: no other role to guard against.
     if (!this.single) this.reg.warnIfSuperuser(this.name, who.role, who.superuser);
     // A LISTEN there would deliver the NOTIFY to whichever client runs at that moment: config is re-read instead.
@@ -333,15 +336,13 @@ export class Database {
   async identity(role: ModelRole, size: string, opts?: IdentityOptions, q: Queryable = this.pool): Promise<string> {
     const id = await this.reg.opts.engine.modelIdentity(role, size, opts);
     const k = `${role}\0${size}`;
-    if (this.registered.get(k) !== id && this.single && q === this.pool) {
-      // One session, and no client's connection to write through: the service connection may have to wait for a
-      // client's block to end, so not here. A call meanwhile misses the cache and is answered in-band.
-      this.registered.set(k, id);
-      this.writeLater('model registration', () => registerModels(this.pool, [{ role, size, identity: id }], this.schema));
-    } else if (this.registered.get(k) !== id) {
-      await registerModels(q, [{ role, size, identity: id }], this.schema);
-      this.registered.set(k, id);
-    }
+    if (this.registered.get(k) === id) return id;
+    const write = () => registerModels(q, [{ role, size, identity: id }], this.schema);
+    // One session, and no client's connection to write through: the service connection may have to wait for a
+    // client's block to end, so not here. A call meanwhile misses the cache and is answered in-band.
+    if (this.single && q === this.pool) this.writeLater('model registration', write);
+    else await write();
+    this.registered.set(k, id);
     return id;
   }
 
@@ -355,7 +356,7 @@ export class Database {
     for (let i = 0; i < rows.length; i += STORE_CHUNK_ROWS) chunks.push(rows.slice(i, i + STORE_CHUNK_ROWS));
     // Multi-row INSERTs: one round trip per chunk instead of one per entry (~0.4 ms each, 1024-float vectors).
     if (chunks.length === 1 || q !== this.pool) {
-      // On the client's connection (writer): its transaction, if any, is theirs to end; a part stored is a cache.
+      // On the client's connection (via): its transaction, if any, is theirs to end; a part stored is a cache.
       for (const chunk of chunks) await q.query(insertCacheRows(this.schema, chunk.length), chunk.flat());
       return;
     }

@@ -169,7 +169,7 @@ export class Server {
       this.manageAll(okManage, db),
     ]);
     if (db.single) {
-      // On the client's connection, in turn (Database.writer).
+      // On the client's connection, in turn (Database.via).
       if (done.length) await this.handOver(done, db, ctx, check.backendPid, how, ahead.extended);
       await postMailbox(db.via(ctx, ahead.extended), db.schema, check.backendPid, managed);
       return;
