@@ -51,25 +51,31 @@ function template(here: string): string | null {
   return null;
 }
 
-/** Takes the data directory for this process, or says which live process has it. */
+/** The live process (another than this one) that serves the data directory now, per its lock file; null: none. */
+export function servedBy(dataDir: string): number | null {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(join(dataDir, LOCK), 'utf8').trim());
+  } catch {
+    return null;
+  }
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return null;
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM' ? pid : null;
+  }
+}
+
+/** Takes the data directory for this process (a lock file of a process that is gone is taken over). */
 function lock(dataDir: string): () => void {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const file = join(dataDir, LOCK);
-  if (existsSync(file)) {
-    const pid = Number(readFileSync(file, 'utf8').trim());
-    let alive = false;
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
-      try {
-        process.kill(pid, 0);
-        alive = true;
-      } catch (e) {
-        alive = (e as NodeJS.ErrnoException).code === 'EPERM';
-      }
-    }
-    if (alive) {
-      throw new EmbeddedError(`the embedded database in ${dataDir} is in use by process ${pid}: stop that one, or give this one another --data-dir (or --memory)`);
-    }
+  const pid = servedBy(dataDir);
+  if (pid !== null) {
+    throw new EmbeddedError(`the embedded database in ${dataDir} is in use by process ${pid}: stop that one, or give this one another --data-dir (or --memory)`);
   }
+  const file = join(dataDir, LOCK);
   writeFileSync(file, `${process.pid}\n`);
   return () => rmSync(file, { force: true });
 }

@@ -5,7 +5,7 @@
 // says what to do; the wording is the product's own wherever it has one (the installer's refusals, the model
 // registry's, the SQL functions'). Read-only: nothing is installed, created or written.
 import { constants } from 'node:fs';
-import { access, readFile, stat } from 'node:fs/promises';
+import { access, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createServer } from 'node:net';
 import pg from 'pg';
@@ -22,6 +22,7 @@ import { callbackTransport } from './evaluate.js';
 import { checkCanCreate, checkForeignRoutines, checkOwners, checkSchemaIsOurs, quoteIdent } from './install.js';
 import { serviceConnection } from './store.js';
 import { SQL_VERSION } from './version.js';
+import { servedBy } from '../embedded/index.js';
 
 export type Status = 'ok' | 'warning' | 'broken';
 
@@ -64,13 +65,11 @@ export async function runDoctor(o: DoctorOptions): Promise<DoctorReport> {
   if (!o.ini && !s.upstream) {
     // No upstream: serve runs the embedded database. Nothing is started here (it may be serving now).
     await checkEmbedded(s, add);
-    await checkModels(o.engine, add);
-    const broken = checks.filter((c) => c.status === 'broken').length;
-    return { ok: broken === 0, broken, warnings: checks.filter((c) => c.status === 'warning').length, checks };
+  } else {
+    for (const t of targets(s, o.ini)) await checkDatabase(t, s, daemonOn, (check, status, message) => add(check, t.database, status, message));
+    if (!o.ini) await checkClientUpstream(s, add);
+    await checkDaemonEndpoint(s, add);
   }
-  for (const t of targets(s, o.ini)) await checkDatabase(t, s, daemonOn, (check, status, message) => add(check, t.database, status, message));
-  if (!o.ini) await checkClientUpstream(s, add);
-  await checkDaemonEndpoint(s, add);
   await checkModels(o.engine, add);
   const broken = checks.filter((c) => c.status === 'broken').length;
   return { ok: broken === 0, broken, warnings: checks.filter((c) => c.status === 'warning').length, checks };
@@ -349,17 +348,8 @@ async function checkEmbedded(s: Settings, add: Add): Promise<void> {
   } catch {
     return add('embedded', 'data', 'broken', `${s.dataDir}: ${dir} is not writable by this user; fix its permissions or give --data-dir another directory`);
   }
-  const pid = Number((await readFile(join(s.dataDir, 'pg-steadytext.pid'), 'utf8').catch(() => '')).trim());
-  let serving = false;
-  if (pid > 0) {
-    try {
-      process.kill(pid, 0);
-      serving = true;
-    } catch (e) {
-      serving = (e as NodeJS.ErrnoException).code === 'EPERM';
-    }
-  }
-  add('embedded', 'data', 'ok', `${s.dataDir}: ${existed ? 'a database' : 'created on first start'}${serving ? `, served now by process ${pid}` : ''}`);
+  const pid = servedBy(s.dataDir);
+  add('embedded', 'data', 'ok', `${s.dataDir}: ${existed ? 'a database' : 'created on first start'}${pid !== null ? `, served now by process ${pid}` : ''}`);
 }
 
 async function checkDaemonEndpoint(s: Settings, add: Add): Promise<void> {
