@@ -541,7 +541,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   /** A fenced Parse goes upstream behind the fence's SAVEPOINT; a Sync after one, ahead of its RELEASE. */
-  private fencedAround(msg: Buffer, code: number, before: Buffer | null, after: Buffer | null): Verdict {
+  private fencedAround(msg: Buffer, code: number, before: Buffer | null, after: Buffer | null): Buffer[] {
     const out = before !== null ? this.replacement([{ bytes: before, handler: SWALLOW }]) : [];
     const v = this.pooled !== null ? this.pooledForward(msg, code) : (this.tracker.sent(code), KEEP);
     if (v === KEEP) out.push(msg);
@@ -992,8 +992,7 @@ export class ClientSession implements FrameHandler, SessionLink {
    */
   private sendHookOutcome(out: Outgoing | undefined, original: Buffer, code: number, fresh = true): void {
     if (out === undefined && fresh && code === Fe.Query && this.keepQuery(Buffer.from(original), -1)) {
-      const v = this.fencedAround(original, code, FENCE, UNFENCE);
-      for (const b of Array.isArray(v) ? v : [v]) if (Buffer.isBuffer(b)) this.onBytes(b);
+      for (const b of this.fencedAround(original, code, FENCE, UNFENCE)) this.onBytes(b);
       return;
     }
     if (out === undefined) {
