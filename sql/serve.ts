@@ -98,8 +98,9 @@ export class Server {
     const r = ahead.extended ? await checkExtended(ctx, sql, items.length) : await checkSimple(ctx, sql, items.length);
     if (!r || r.clientEncoding !== 'UTF8' || (ahead.scs !== null && ahead.scs !== r.standardConformingStrings)) return undefined;
     // Inside a REPEATABLE READ or SERIALIZABLE block the statement reads an older snapshot than our rows:
-    // computing now would only be computed again through the daemon (and a stop would act twice).
-    if (ctx.txStatus === 'T' && r.isolation !== 'read committed' && r.isolation !== 'read uncommitted') return undefined;
+    // computing now would only be computed again through the daemon (and a stop would act twice). Not on one
+    // session (Database.single), where our rows are written in the client's own transaction and so are seen.
+    if (!db.single && ctx.txStatus === 'T' && r.isolation !== 'read committed' && r.isolation !== 'read uncommitted') return undefined;
     if (r.allowed.some((a, i) => !a && installed.functions.get(items[i].fn) === undefined)) st.installed = undefined; // reinstalled?
     return r;
   }

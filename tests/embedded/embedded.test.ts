@@ -85,30 +85,45 @@ beforeAll(async () => {
   expect(made.stderr).toBe('');
 }, 240_000);
 
-describe('the seed document on the embedded database', () => {
-  seedSuite({
-    start: async () => {
-      const e = await start(['--memory']);
-      const clients: pg.Client[] = [];
-      const stack = {
-        pid: e.pid,
-        url: () => e.url,
-        async connect(url?: string) {
-          const c = new pg.Client(url ?? e.url);
-          await c.connect();
-          clients.push(c);
-          return c;
-        },
-        async stop() {
-          await Promise.all(clients.map((c) => c.end().catch(() => {})));
-          await e.stop();
-        },
-      };
-      return stack as unknown as Stack;
-    },
-    pid: (s) => (s as unknown as { pid: number }).pid,
+// Autocommit through psql's simple protocol; then each statement in its own REPEATABLE READ block through the
+// extended protocol: a miss of a call the proxy cannot see stops its statement (PGlite's one session), which runs again in the block.
+for (const { name, inBlock, extended, level } of [
+  { name: '', inBlock: false, extended: false, level: '' },
+  { name: ', each statement in a repeatable read block, extended protocol', inBlock: true, extended: true, level: 'repeatable\\ read' },
+]) {
+  describe(`the seed document on the embedded database${name}`, () => {
+    seedSuite({
+      start: async () => {
+        const e = await start(['--memory']);
+        const clients: pg.Client[] = [];
+        const stack = {
+          pid: e.pid,
+          url: () => e.url,
+          async connect(url?: string) {
+            const c = new pg.Client(url ?? e.url);
+            await c.connect();
+            clients.push(c);
+            return c;
+          },
+          async stop() {
+            await Promise.all(clients.map((c) => c.end().catch(() => {})));
+            await e.stop();
+          },
+        };
+        return stack as unknown as Stack;
+      },
+      url: (s) => {
+        if (level === '') return s.url();
+        const u = new URL(s.url());
+        u.searchParams.set('options', `-c default_transaction_isolation=${level}`);
+        return u.toString();
+      },
+      inBlock,
+      extended,
+      pid: (s) => (s as unknown as { pid: number }).pid,
+    });
   });
-});
+}
 
 describe('a data directory of its own', () => {
   let dir: string;
