@@ -1,7 +1,8 @@
 // The embedded database's templates (scripts/pglite-template.mjs): a new data directory restored from the one made
 // with the steadytext objects installed is, once the start has prepared it (prepareDatabase, as the CLI does), the
 // same database as one restored from the bare template and installed at start: the same objects, grants, config and
-// migrations recorded, with nothing left to migrate; what is each instance's own (the daemon secret) is its own.
+// migrations recorded, with nothing left to migrate; what is each instance's own (the daemon secret) is its own. A data
+// directory is restored by the worker (embedded/pglite-worker.ts restore()), the same as PGlite restores one in memory.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -41,10 +42,10 @@ const running: Embedded[] = [];
 afterAll(async () => { await Promise.all(running.map((d) => d.stop())); });
 
 /** A new data directory, started from the template `objects` picks, prepared as the CLI's start prepares it. */
-async function start(objects: string | undefined): Promise<Started> {
+async function start(objects: string | undefined, memory = false): Promise<Started> {
   const logged: object[] = [];
   const db = await startEmbedded({
-    dataDir: join(mkdtempSync(join(tmpdir(), 'st-template-')), 'pgdata'),
+    dataDir: memory ? null : join(mkdtempSync(join(tmpdir(), 'st-template-')), 'pgdata'),
     objects,
     logger: { info: (o) => logged.push(o), error: () => {} },
     onCrash: () => {},
@@ -99,6 +100,12 @@ describe('a new embedded database from the template with the steadytext objects'
     const again = await start(objects);
     expect(new Set([bare.secret, made.secret, again.secret]).size).toBe(3);
     expect(made.secret).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  test('restored into a data directory by the worker, the same database as PGlite restores in memory', async () => {
+    const inMemory = await start(objects, true);
+    expect(inMemory.prepared.migrated).toEqual([]);
+    expect(inMemory.snapshot).toEqual(made.snapshot);
   });
 
   test('a label no template was made for starts from the bare one, and the start installs everything', async () => {
