@@ -16,7 +16,6 @@ import { gunzip } from 'node:zlib';
 import { parentPort, workerData } from 'node:worker_threads';
 import { PGlite } from '@electric-sql/pglite';
 import { vector } from '@electric-sql/pglite-pgvector';
-import { loadModule, parseSync } from 'libpg-query';
 
 export interface WorkerInput {
   /** null: in memory, gone when the worker stops. */
@@ -54,8 +53,17 @@ function query(sql: string): Buffer {
  */
 const NO_COPY_IN = `DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = 'COPY FROM STDIN is not supported by the embedded database (PGlite)', HINT = 'Load the rows with INSERT (several rows per statement), or run pg-steadytext with --upstream in front of a PostgreSQL server.'; END$$`;
 
-function copiesIn(sql: string): boolean {
+// The parser (WebAssembly, ~0.2 s to load) is loaded by the first statement that names STDIN, not at start, where the
+// database's own start is what the first client waits for.
+let parser: Promise<typeof import('libpg-query')> | undefined;
+const loadParser = () => (parser ??= import('libpg-query').then(async (m) => {
+  await m.loadModule();
+  return m;
+}));
+
+async function copiesIn(sql: string): Promise<boolean> {
   if (!sql.toLowerCase().includes('stdin')) return false;
+  const { parseSync } = await loadParser();
   try {
     const tree = parseSync(sql) as { stmts?: { stmt?: { CopyStmt?: { is_from?: boolean; filename?: string } } }[] };
     return (tree.stmts ?? []).some((x) => x.stmt?.CopyStmt?.is_from === true && x.stmt.CopyStmt.filename === undefined);
@@ -65,12 +73,12 @@ function copiesIn(sql: string): boolean {
 }
 
 /** The message to run instead of a Query or Parse (name kept) that copies from the client, else the message. */
-function guarded(m: Buffer): Buffer {
-  if (m[0] === 0x51) return copiesIn(m.toString('utf8', 5, m.length - 1)) ? query(NO_COPY_IN) : m;
+async function guarded(m: Buffer): Promise<Buffer> {
+  if (m[0] === 0x51) return (await copiesIn(m.toString('utf8', 5, m.length - 1))) ? query(NO_COPY_IN) : m;
   if (m[0] !== 0x50) return m;
   const nameEnd = m.indexOf(0, 5);
   const sqlEnd = m.indexOf(0, nameEnd + 1);
-  if (!copiesIn(m.toString('utf8', nameEnd + 1, sqlEnd))) return m;
+  if (!(await copiesIn(m.toString('utf8', nameEnd + 1, sqlEnd)))) return m;
   const name = m.subarray(5, nameEnd + 1);
   const body = Buffer.concat([name, Buffer.from(NO_COPY_IN + '\0', 'utf8'), Buffer.from([0, 0])]);
   const out = Buffer.alloc(5 + body.length);
@@ -168,7 +176,6 @@ async function restore(template: string, dataDir: string): Promise<void> {
 
 export async function runEmbedded(input: WorkerInput, report: (r: WorkerReport) => void): Promise<{ stop(): Promise<void> }> {
   const t0 = Date.now();
-  await loadModule();
   // A data directory gets the template's files before PGlite opens it; in memory, PGlite restores it itself.
   if (input.template && input.dataDir) await restore(input.template, input.dataDir);
   const db = await PGlite.create({
@@ -207,7 +214,8 @@ export async function runEmbedded(input: WorkerInput, report: (r: WorkerReport) 
         const [c, msg] = job;
         let status = 0;
         try {
-          status = await run(msg, c);
+          // Guarded as it is run, not as it arrives: the parser may have to load first (loadParser).
+          status = await run(await guarded(msg), c);
         } catch (err) {
           c.sock.destroy(err as Error);
           status = 0;
@@ -273,7 +281,7 @@ export async function runEmbedded(input: WorkerInput, report: (r: WorkerReport) 
       c.buf = c.buf.subarray(len + 1);
       // Terminate ends this connection, never the one session everyone shares.
       if (m[0] === 0x58) return void c.sock.end();
-      c.queue.push(guarded(m));
+      c.queue.push(m);
     }
     void pump();
   };
