@@ -20,8 +20,9 @@ import { findCalls, isParseFailure } from './calls.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
 import { errorAnswer, wrapAnswer } from './answers.js';
+import { isManagement, managementTopic } from './evaluate.js';
 import type { Database } from './databases.js';
-import { auxQuery, deleteMailbox, mailboxStatement, postMailbox } from './handover.js';
+import { auxQuery, deleteMailbox, mailboxStatement, postMailbox, type MailboxEntry } from './handover.js';
 import { quoteIdent } from './install.js';
 import type { Responder } from './daemon/responder.js';
 
@@ -218,7 +219,14 @@ export class InbandCallbacks {
   private async gatherThenRerun(query: Buffer, fenced: boolean, error: Buffer, marker: string, first: Signed, db: Database, ctx: SessionContext): Promise<boolean> {
     const f = readErrorFields(error);
     if (f.C !== '40001' || !f.M?.includes(marker) || db.secret === undefined) return false;
+    // One session: status, model information and the daemon actions are no cache rows, and their function cannot
+    // wait. Their answer (computed, or acted, once) goes where the function looks first, the mailbox topic the
+    // rewrite path posts: outside a block before the dry run, so that it gathers past them; inside one after it,
+    // once it has rolled the failed block back to the fence.
+    const managed = db.single ? await this.manage(first, ctx) : null;
+    if (managed !== null && !fenced) await postMailbox(db.via(ctx), db.schema, first.backendPid, [managed]);
     const gathered = await dryRun(query, fenced, first.backendPid, db.secret, ctx);
+    if (managed !== null && fenced) await postMailbox(db.via(ctx), db.schema, first.backendPid, [managed]);
     // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
     // Rows the client's block took before the fence stay locked until it ends: skipped, never waited on.
     await db.via(ctx).query(
@@ -261,6 +269,21 @@ export class InbandCallbacks {
     if (given.size > 0) await auxQuery(ctx, giveInSession(given, db.secret));
     ctx.log.debug({ gathered: gathered.length }, 'in-band calls gathered in a dry run; the statement runs again');
     return true;
+  }
+
+  /** The mailbox entry answering a management function's request (its topic, as the rewrite path posts it), else null. */
+  private async manage(r: Signed, ctx: SessionContext): Promise<MailboxEntry | null> {
+    if (!isManagement(r.fn)) return null;
+    const topic = managementTopic(r.fn);
+    const { abort, release } = following(ctx.signal);
+    try {
+      return { topic, answer: await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband' }) };
+    } catch (e) {
+      const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
+      return { topic, error: { sqlstate: w.code, message: w.message, hint: w.hint ?? '' } };
+    } finally {
+      release();
+    }
   }
 
   private lastSweep = new WeakMap<Database, number>();

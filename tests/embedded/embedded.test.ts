@@ -190,6 +190,29 @@ describe('a data directory of its own', () => {
     }
   });
 
+  test('status, model information and the daemon actions inside PL/pgSQL: answered, in autocommit and in a block', async () => {
+    const c = new pg.Client(e.url);
+    await c.connect();
+    try {
+      // Invisible to the proxy, no cache rows, and PGlite's one session cannot wait: each stops its statement,
+      // which runs again with the answer in the mailbox (it used to reach the client as the 40001).
+      await c.query(`CREATE FUNCTION running() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT running FROM steadytext_daemon_status()); END $$`);
+      await c.query(`CREATE FUNCTION models() RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM steadytext_model_info()); END $$`);
+      await c.query(`CREATE FUNCTION restart() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RETURN steadytext_daemon_restart(); END $$`);
+      expect((await c.query('SELECT running() AS r')).rows[0].r).toBe(true);
+      // As many as the visible call (the rewrite path) lists.
+      const listed = Number((await c.query('SELECT count(*) AS n FROM steadytext_model_info()')).rows[0].n);
+      expect(listed).toBeGreaterThan(0);
+      expect(Number((await c.query('SELECT models() AS n')).rows[0].n)).toBe(listed);
+      await c.query('BEGIN');
+      expect((await c.query('SELECT restart() AS r')).rows[0].r).toBe(true);
+      expect(Number((await c.query({ text: 'SELECT models() AS n', queryMode: 'extended' } as pg.QueryConfig)).rows[0].n)).toBe(listed);
+      await c.query('COMMIT');
+    } finally {
+      await c.end();
+    }
+  });
+
   test('COPY FROM STDIN is refused with 0A000 and what to do instead; the session and the database go on', async () => {
     const r = spawnSync(PSQL, ['-X', '-v', 'ON_ERROR_STOP=1', e.url], { input: 'COPY notes (id, body) FROM STDIN;\n9\tnine\n\\.\n', encoding: 'utf8' });
     expect(r.status).not.toBe(0);
