@@ -1254,7 +1254,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       internalError: (err: unknown) => this.internalError(err),
       poolFlags: () => poolFlags,
-      exited: (o: RelayOutcome) => this.pooled?.returned(o.pool, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer }),
+      exited: (o: RelayOutcome) => this.pooled?.returned(o.pool, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer }, o.reason),
     };
     return new RelayHandoff(nr, host, { sock: this.raw, reader }, server, this.env.maxMessageBytes);
   }

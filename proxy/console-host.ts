@@ -485,7 +485,7 @@ class PoolerConsole implements ConsoleHost {
     const p = s.pooled;
     if (p === null) return '';
     if (p.pins.size > 0) return [...p.pins].map((r) => PIN_WORDS[r]).join(', ');
-    if (p.server === null) return '';
+    if (p.linked === null) return '';
     return p.pool.mode === 'session' ? 'session' : 'transaction';
   }
 
@@ -509,7 +509,7 @@ class PoolerConsole implements ConsoleHost {
       waitUs: waiting ? Math.max(0, now - p!.waitingSince) * 1000 : 0,
       closeNeeded: false,
       ptr: clientPtr(s.id),
-      link: p?.server ? serverPtr(p.server.id) : '',
+      link: p?.linked ? serverPtr(p.linked.id) : '',
       remotePid: 0,
       tls: r.tls,
       applicationName: p?.settings.get('application_name') ?? ctx?.applicationName ?? '',

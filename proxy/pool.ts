@@ -1013,6 +1013,17 @@ export class Pooler {
         return true; // out of the idle list, it no longer counts: the asking pool opens in its place now
       }
     }
+    // A lent connection is idle too: taken back from its client's relay, it is evicted as any idle one.
+    for (const db of this.databases.values()) {
+      for (const p of db.pools.values()) {
+        if (p === asking || !match(p) || p.lent.size === 0) continue;
+        p.reclaimLent(1);
+        if (p.idle.length > 0) {
+          p.idle.shift()!.close('evicted');
+          return true;
+        }
+      }
+    }
     return false;
   }
 

@@ -36,7 +36,7 @@ import {
   type StatementCache,
 } from './prepared.js';
 import { Be, Fe, SYNC, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
-import { RelayPool, type RelayPoolCounts, type RelayState } from './relay.js';
+import { RelayPool, type RelayExitReason, type RelayPoolCounts, type RelayState } from './relay.js';
 import { statementEffects, type EffectsOptions, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
 import type { SessionLink } from './upstream.js';
@@ -240,6 +240,12 @@ export class PooledSession implements PoolClient {
   private waiting = false;
   /** The connection is lent to the native relay (Pool.lent); what of its counts the stats have already. */
   private lent = false;
+  /**
+   * Lends skipped before the next try, and the next back-off: a client whose every transaction the relay must
+   * hand back at once (named statements, a SET each time) would pay a start and an exit per transaction for nothing.
+   */
+  private lendSkip = 0;
+  private lendBackoff = 0;
   private seen: RelayPoolCounts = NO_COUNTS;
   private seenBytes = { fromClient: 0, fromServer: 0 };
   /**
@@ -660,6 +666,10 @@ export class PooledSession implements PoolClient {
   /** At a transaction's end with nothing due: the relay takes the session when the pool lets the client keep the connection. */
   private lend(s: PooledServer): boolean {
     if (this.replication !== null || this.watch.state !== 0 || this.host.lend === undefined || !this.pool.mayLend(s)) return false;
+    if (this.lendSkip > 0) {
+      this.lendSkip--;
+      return false;
+    }
     // Named statements are renamed per server connection (prepared.ts): the relay hands them to JS.
     if (!this.host.lend(RelayPool.lend | (this.preparing ? RelayPool.named : 0))) return false;
     this.lent = true;
@@ -675,6 +685,8 @@ export class PooledSession implements PoolClient {
     const was = this.seen;
     st.queryCount += c.queries - was.queries;
     st.xactCount += c.xacts - was.xacts;
+    // Each transaction the relay began is one pgBouncer would have assigned the connection for.
+    st.serverAssignmentCount += c.xacts - was.xacts;
     st.queryTimeUs += c.queryUs - was.queryUs;
     st.xactTimeUs += c.xactUs - was.xactUs;
     st.bytesReceived += bytes.fromClient - this.seenBytes.fromClient;
@@ -687,14 +699,16 @@ export class PooledSession implements PoolClient {
    * The relay gave the sockets back (it met something the pooler must see, a socket ended, or it was stopped):
    * the connection is the client's active one again, and a request or transaction the relay began goes on being timed here.
    */
-  returned(c: RelayPoolCounts, bytes: { fromClient: number; fromServer: number }): void {
+  returned(c: RelayPoolCounts, bytes: { fromClient: number; fromServer: number }, reason: RelayExitReason): void {
     if (!this.lent) return;
     this.lent = false;
     this.count(c, bytes);
+    if (c.xacts > 0) this.lendBackoff = 0;
+    else if (reason === 'client-message') this.lendSkip = this.lendBackoff = Math.min(64, this.lendBackoff * 2 || 1);
     const now = performance.now();
     this.queryStart = c.queryOpenUs >= 0 ? now - c.queryOpenUs / 1000 : 0;
     this.xactStart = c.xactOpenUs >= 0 ? now - c.xactOpenUs / 1000 : 0;
-    this.readyAt = Date.now();
+    this.readyAt = 0; // idle_transaction_timeout counts from the client's last message then
     if (this.server !== null) this.pool.takeBack(this.server);
   }
 
@@ -713,6 +727,11 @@ export class PooledSession implements PoolClient {
     if (a.txStatus !== 'I' || a.inFlight > 0 || this.internal > 0 || !this.host.atRest()) return; // released at its ReadyForQuery
     if (this.settingsDirty || this.pinsDirty || this.statementsDirty || this.pins.size > 0) return;
     this.release(true);
+  }
+
+  /** The connection as the console shows the client linked to it: none while lent between transactions (it is idle then). */
+  get linked(): PooledServer | null {
+    return this.lent && !this.lentBusy() ? null : this.server;
   }
 
   lentBusy(): boolean {
