@@ -16,6 +16,11 @@ export interface EmbeddedOptions {
   logger: { info(o: object, msg: string): void; error(o: object, msg: string): void };
   /** Called if the database stops on its own (a crash of the worker): the process cannot go on without it. */
   onCrash(message: string): void;
+  /**
+   * What the caller installs in a new database (cli.ts: the steadytext objects' version and digest): a new one
+   * starts from the template made with exactly these installed, when there is one, else from the bare template.
+   */
+  objects?: string;
 }
 
 export interface Embedded {
@@ -33,17 +38,25 @@ const STOP_MS = 5000;
 
 export class EmbeddedError extends Error {}
 
+/** The template's file name (scripts/pglite-template.mjs writes it): the PGlite version, and what it holds besides. */
+export function templateName(pgliteVersion: string, objects?: string): string {
+  return `pglite-template-${pgliteVersion}${objects ? `-${objects}` : ''}.tar.gz`;
+}
+
 /**
  * The template `npm install` made for this PGlite version (scripts/pglite-template.mjs), at the package's root
- * (beside dist/ when built, beside embedded/ in the sources); null: a first start runs initdb.
+ * (beside dist/ when built, beside embedded/ in the sources): the one with `objects` installed when there is
+ * one, else the bare one; null: a first start runs initdb.
  */
-function template(here: string): string | null {
+function template(here: string, objects: string | undefined): string | null {
   try {
     const entry = fileURLToPath(import.meta.resolve('@electric-sql/pglite'));
     const version = (JSON.parse(readFileSync(join(dirname(entry), '..', 'package.json'), 'utf8')) as { version: string }).version;
-    for (const root of [join(here, '..', '..'), join(here, '..', '..', '..')]) {
-      const file = join(root, `pglite-template-${version}.tar.gz`);
-      if (existsSync(file)) return file;
+    for (const name of objects ? [templateName(version, objects), templateName(version)] : [templateName(version)]) {
+      for (const root of [join(here, '..', '..'), join(here, '..', '..', '..')]) {
+        const file = join(root, name);
+        if (existsSync(file)) return file;
+      }
     }
   } catch {
     // no PGlite to ask: the worker reports that
@@ -101,7 +114,7 @@ export function startEmbedded(o: EmbeddedOptions): Starting {
 async function run(o: EmbeddedOptions, unlock: () => void, socketDir: string, url: string): Promise<Embedded> {
   const here = fileURLToPath(import.meta.url);
   const fresh = o.dataDir === null || !existsSync(join(o.dataDir, 'PG_VERSION'));
-  const input: WorkerInput = { dataDir: o.dataDir, socketPath: join(socketDir, '.s.PGSQL.5432'), template: fresh ? template(here) : null };
+  const input: WorkerInput = { dataDir: o.dataDir, socketPath: join(socketDir, '.s.PGSQL.5432'), template: fresh ? template(here, o.objects) : null };
   // The worker's file beside this one: .ts when run from the sources, .js built.
   const file = join(here, '..', `pglite-worker${extname(here)}`);
   // From the sources (tests, tsx), the worker registers tsx's loader itself: Node 20 does not carry it over.

@@ -8,11 +8,14 @@
 // rolled back, so the next one starts clean. Startup parameters and the user name are PGlite's to ignore:
 // every connection is its one superuser, which is why only this process's user may reach the socket.
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, join, resolve, sep } from 'node:path';
+import { promisify } from 'node:util';
+import { gunzip } from 'node:zlib';
 import { parentPort, workerData } from 'node:worker_threads';
 import { PGlite } from '@electric-sql/pglite';
 import { vector } from '@electric-sql/pglite-pgvector';
-import { loadModule, parseSync } from 'libpg-query';
 
 export interface WorkerInput {
   /** null: in memory, gone when the worker stops. */
@@ -50,8 +53,17 @@ function query(sql: string): Buffer {
  */
 const NO_COPY_IN = `DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = 'COPY FROM STDIN is not supported by the embedded database (PGlite)', HINT = 'Load the rows with INSERT (several rows per statement), or run pg-steadytext with --upstream in front of a PostgreSQL server.'; END$$`;
 
-function copiesIn(sql: string): boolean {
+// The parser (WebAssembly, ~0.2 s to load) is loaded by the first statement that names STDIN, not at start, where the
+// database's own start is what the first client waits for.
+let parser: Promise<typeof import('libpg-query')> | undefined;
+const loadParser = () => (parser ??= import('libpg-query').then(async (m) => {
+  await m.loadModule();
+  return m;
+}));
+
+async function copiesIn(sql: string): Promise<boolean> {
   if (!sql.toLowerCase().includes('stdin')) return false;
+  const { parseSync } = await loadParser();
   try {
     const tree = parseSync(sql) as { stmts?: { stmt?: { CopyStmt?: { is_from?: boolean; filename?: string } } }[] };
     return (tree.stmts ?? []).some((x) => x.stmt?.CopyStmt?.is_from === true && x.stmt.CopyStmt.filename === undefined);
@@ -61,12 +73,12 @@ function copiesIn(sql: string): boolean {
 }
 
 /** The message to run instead of a Query or Parse (name kept) that copies from the client, else the message. */
-function guarded(m: Buffer): Buffer {
-  if (m[0] === 0x51) return copiesIn(m.toString('utf8', 5, m.length - 1)) ? query(NO_COPY_IN) : m;
+async function guarded(m: Buffer): Promise<Buffer> {
+  if (m[0] === 0x51) return (await copiesIn(m.toString('utf8', 5, m.length - 1))) ? query(NO_COPY_IN) : m;
   if (m[0] !== 0x50) return m;
   const nameEnd = m.indexOf(0, 5);
   const sqlEnd = m.indexOf(0, nameEnd + 1);
-  if (!copiesIn(m.toString('utf8', nameEnd + 1, sqlEnd))) return m;
+  if (!(await copiesIn(m.toString('utf8', nameEnd + 1, sqlEnd)))) return m;
   const name = m.subarray(5, nameEnd + 1);
   const body = Buffer.concat([name, Buffer.from(NO_COPY_IN + '\0', 'utf8'), Buffer.from([0, 0])]);
   const out = Buffer.alloc(5 + body.length);
@@ -115,12 +127,60 @@ interface Conn {
   gone: boolean;
 }
 
+/**
+ * Restores a template (the gzipped tar PGlite's dumpDataDir writes) into a new data directory with Node's own zlib
+ * and file calls: PGlite's loadDataDir does the same through its emulated file system, for 0.5 s more CPU on the
+ * first start's path. Regular files and directories, with their modification times, as loadDataDir restores them;
+ * PG_VERSION last, so that a restore cut short leaves a directory that the next start takes for new and restores again.
+ */
+async function restore(template: string, dataDir: string): Promise<void> {
+  const tar = await promisify(gunzip)(await readFile(template));
+  const root = resolve(dataDir);
+  const made = new Set<string>();
+  let last: (() => void) | undefined;
+  for (let at = 0; at + 512 <= tar.length;) {
+    const header = tar.subarray(at, at + 512);
+    if (header.every((b) => b === 0)) break; // the end-of-archive blocks
+    const field = (from: number, length: number) => {
+      const f = header.subarray(from, from + length);
+      const nul = f.indexOf(0);
+      return f.toString('utf8', 0, nul < 0 ? length : nul);
+    };
+    const prefix = field(345, 155);
+    const name = (prefix ? `${prefix}/` : '') + field(0, 100);
+    const size = parseInt(field(124, 12).trim() || '0', 8);
+    const mtime = parseInt(field(136, 12).trim() || '0', 8);
+    const type = header[156];
+    at += 512;
+    const data = tar.subarray(at, at + size);
+    at += Math.ceil(size / 512) * 512;
+    const path = resolve(root, `.${sep}${name}`);
+    if (path !== root && !path.startsWith(root + sep)) throw new Error(`template ${template}: ${name} is outside the data directory`);
+    if (type === 0x35 /* '5': a directory */) {
+      if (!made.has(path)) mkdirSync(path, { recursive: true });
+      made.add(path);
+    } else if (type === 0x30 || type === 0 /* '0' or NUL: a regular file */) {
+      const write = () => {
+        if (!made.has(dirname(path))) mkdirSync(dirname(path), { recursive: true });
+        made.add(dirname(path));
+        writeFileSync(path, data);
+        utimesSync(path, mtime, mtime);
+      };
+      if (path === join(root, 'PG_VERSION')) last = write;
+      else write();
+    }
+  }
+  if (!last) throw new Error(`template ${template} holds no PG_VERSION: not a PGlite data directory`);
+  last();
+}
+
 export async function runEmbedded(input: WorkerInput, report: (r: WorkerReport) => void): Promise<{ stop(): Promise<void> }> {
   const t0 = Date.now();
-  await loadModule();
+  // A data directory gets the template's files before PGlite opens it; in memory, PGlite restores it itself.
+  if (input.template && input.dataDir) await restore(input.template, input.dataDir);
   const db = await PGlite.create({
     ...(input.dataDir ? { dataDir: input.dataDir } : {}),
-    ...(input.template ? { loadDataDir: new Blob([readFileSync(input.template)]) } : {}),
+    ...(input.template && !input.dataDir ? { loadDataDir: new Blob([readFileSync(input.template)]) } : {}),
     extensions: { vector },
   });
   const version = (await db.query<{ v: string }>('SELECT pg_catalog.version() AS v')).rows[0].v;
@@ -154,7 +214,8 @@ export async function runEmbedded(input: WorkerInput, report: (r: WorkerReport) 
         const [c, msg] = job;
         let status = 0;
         try {
-          status = await run(msg, c);
+          // Guarded as it is run, not as it arrives: the parser may have to load first (loadParser).
+          status = await run(await guarded(msg), c);
         } catch (err) {
           c.sock.destroy(err as Error);
           status = 0;
@@ -220,7 +281,7 @@ export async function runEmbedded(input: WorkerInput, report: (r: WorkerReport) 
       c.buf = c.buf.subarray(len + 1);
       // Terminate ends this connection, never the one session everyone shares.
       if (m[0] === 0x58) return void c.sock.end();
-      c.queue.push(guarded(m));
+      c.queue.push(m);
     }
     void pump();
   };

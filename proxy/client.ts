@@ -91,14 +91,13 @@ const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
 const PAUSE_POOL = 16; // pooling: waiting for a server connection
 const PAUSE_SUSPEND = 32; // SUSPEND: nothing more is read until RESUME or the handover (takeover.ts)
 const PAUSE_RERUN = 64; // the current exchange will run again (SessionContext.rerun)
+const PAUSE_FENCE = 128; // a statement waits for the answer to the fence's own last statement
 /** Fenced Queries in one transaction (SessionContext.fenceable): a writing one takes a subtransaction id; past 64, snapshots overflow. */
 const FENCES_PER_TRANSACTION = 32;
 const FENCE = queryMessage('SAVEPOINT steadytext_fence');
 const UNFENCE = queryMessage('RELEASE SAVEPOINT steadytext_fence');
 /** A block the proxy brought back from failure (ROLLBACK TO its fence) fails again where the client is told it failed. */
 const REFAIL = queryMessage("DO $$BEGIN RAISE EXCEPTION 'pg-steadytext: the statement stopped to be run again was not'; END$$");
-/** The fence's own statements: their answers are the proxy's (a RELEASE after a failed statement fails too). */
-const SWALLOW: ResponseHandler = { onMessage: () => null };
 /** A rerun exchange's Parse, Bind and Describe: the client has their answers from the first attempt. */
 const ANSWERED: ResponseHandler = { onMessage: (m) => (m[0] === Be.ErrorResponse || m[0] === Be.NoticeResponse ? m : null) };
 /** Most bytes a client waiting for a server connection copies out of the read buffer (holdsInput). */
@@ -142,12 +141,27 @@ export class ClientSession implements FrameHandler, SessionLink {
   private keptMsgs = 0;
   /** PooledSession.internalMessages when the exchange was kept. */
   private keptInternal = 0;
+  /** Server messages answering what hooks sent (ctx.send), and their count when the exchange was kept. */
+  private hookAnswers = 0;
+  private keptHookAnswers = 0;
   private keptRelayT = 0;
   /** Queries kept so far (ctx.exchange). */
   private keptCount = 0;
   /** The kept Query is fenced (SessionContext.fenceable); Queries fenced in the current transaction. */
   private keptFenced = false;
   private fences = 0;
+  /**
+   * The fence's own statements in flight. A statement that comes while they are the only thing in flight
+   * (the client had its ReadyForQuery before the RELEASE after it was answered) waits for them (fenceWaiting):
+   * decided earlier, it would go unfenced and be answered miss by miss (40001 in a read-only REPEATABLE READ block).
+   */
+  private ownFences = 0;
+  private fenceWaiting: Buffer | null = null;
+  /** The fence's own statements: their answers are the proxy's (a RELEASE after a failed statement fails too). */
+  private readonly fenceHandler: ResponseHandler = {
+    onMessage: () => null,
+    onEnd: () => this.fenceAnswered(),
+  };
   /** The current exchange runs again (ctx.rerun): what then decides, and the error that ended the attempt. */
   private rerunning: { then: (error: Buffer) => Promise<boolean>; query: Buffer; error: Buffer | null; dropT: boolean; fenced: boolean } | null = null;
   /** The current exchange is itself a rerun: it is not run again. */
@@ -454,7 +468,13 @@ export class ClientSession implements FrameHandler, SessionLink {
       signal: this.hooks.signal,
       send: (out) => {
         if (!this.hooks.pending || this.phase === CLOSED) throw new Error('ctx.send is only for a pending interceptor hook');
-        for (const b of this.replacement([{ bytes: out.bytes, handler: out.responses }])) this.onBytes(b);
+        const h = out.responses;
+        // Counted apart from the client's exchange (armRerun): a Bind's hook writes after its Parse was kept.
+        const counted: ResponseHandler = {
+          onMessage: (m, req) => (this.hookAnswers++, h.onMessage(m, req)),
+          onEnd: h.onEnd && ((req, how) => h.onEnd!(req, how)),
+        };
+        for (const b of this.replacement([{ bytes: out.bytes, handler: counted }])) this.onBytes(b);
       },
       keepQueries: false,
       fenceable: null,
@@ -548,12 +568,12 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** A fenced Parse goes upstream behind the fence's SAVEPOINT; a Sync after one, ahead of its RELEASE. */
   private fencedAround(msg: Buffer, code: number, before: Buffer | null, after: Buffer | null): Buffer[] {
-    const out = before !== null ? this.replacement([{ bytes: before, handler: SWALLOW }]) : [];
+    const out = before !== null ? this.replacement([{ bytes: before, handler: this.fenceHandler }]) : [];
     const v = this.pooled !== null ? this.pooledForward(msg, code) : (this.tracker.sent(code), KEEP);
     if (v === KEEP) out.push(msg);
     else if (Buffer.isBuffer(v)) out.push(v);
     else if (Array.isArray(v)) out.push(...v);
-    if (after !== null) out.push(...this.replacement([{ bytes: after, handler: SWALLOW }]));
+    if (after !== null) out.push(...this.replacement([{ bytes: after, handler: this.fenceHandler }]));
     return out;
   }
 
@@ -563,6 +583,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.keptReads = reads;
     this.keptMsgs = this.server?.received ?? 0;
     this.keptInternal = this.pooled?.internalMessages ?? 0;
+    this.keptHookAnswers = this.hookAnswers;
     this.keptRelayT = relayRowDescription;
     if (query !== null) this.keptCount++;
     this.isRerun = false;
@@ -581,7 +602,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     // only after it), the interceptor's own notices aside.
     const s = this.server;
     // This notice included; the pooler's own exchanges (a settings replay ahead of the client's) left out.
-    const seen = (s?.received ?? 0) - this.keptMsgs - ((this.pooled?.internalMessages ?? 0) - this.keptInternal);
+    const seen = (s?.received ?? 0) - this.keptMsgs - ((this.pooled?.internalMessages ?? 0) - this.keptInternal) - (this.hookAnswers - this.keptHookAnswers);
     let dropT = this.keptRelayT > 0;
     if (ext !== null) {
       // The native relay counts the answers it forwarded before it gave the session back (keep()).
@@ -972,7 +993,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       // A Query before the fenced batch's Sync (the server runs it all the same): the fence goes first, so
       // that no savepoint of the client's can be inside it.
       this.unfenceAtSync = false;
-      const pre = this.replacement([{ bytes: UNFENCE, handler: SWALLOW }]);
+      const pre = this.replacement([{ bytes: UNFENCE, handler: this.fenceHandler }]);
       const v = this.onMessage(msg, code);
       if (v === KEEP) return [...pre, msg];
       if (v === DROP) return pre;
@@ -981,6 +1002,12 @@ export class ClientSession implements FrameHandler, SessionLink {
         return PAUSE;
       }
       return Buffer.isBuffer(v) ? [...pre, v] : [...pre, ...v];
+    }
+    if (this.ownFences > 0 && (code === Fe.Query || code === Fe.Parse) && this.tracker.size === (this.pooled?.internalInFlight ?? 0) + this.ownFences) {
+      // A copy: the read buffer moves on meanwhile. The rest of its chunk stays queued behind it (requeue).
+      this.fenceWaiting = Buffer.from(msg);
+      this.pauseClient(PAUSE_FENCE);
+      return PAUSE;
     }
     if (this.pooled !== null) {
       if (code === Fe.Terminate) {
@@ -1027,6 +1054,12 @@ export class ClientSession implements FrameHandler, SessionLink {
       for (const b of this.fencedAround(original, code, FENCE, UNFENCE)) this.onBytes(b);
       return;
     }
+    // A Parse with visible calls the proxy could not serve ahead (a snapshot older than its answers): still a
+    // view into its chunk, whose Bind ... Sync follow it there, so its exchange is kept and fenced as any other.
+    if (out === undefined && fresh && code === Fe.Parse && this.keepParse(original)) {
+      for (const b of this.fencedAround(original, code, FENCE, null)) this.onBytes(b);
+      return;
+    }
     if (out === undefined) {
       if (this.pooled !== null) {
         const v = this.pooledForward(original, code);
@@ -1042,10 +1075,29 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
   }
 
+  /** One of the fence's own statements is answered (or the session ended): a statement waiting for them goes on. */
+  private fenceAnswered(): void {
+    if (--this.ownFences > 0 || this.fenceWaiting === null) return;
+    // After the chunk that carried the answer: its ReadyForQuery has set the transaction status by then.
+    queueMicrotask(() => {
+      const msg = this.fenceWaiting;
+      this.fenceWaiting = null;
+      if (msg === null || this.phase === CLOSED) return;
+      try {
+        this.reader!.requeue(msg);
+        this.resumeClient(PAUSE_FENCE);
+        this.reader!.resume();
+      } catch (err) {
+        this.internalError(err);
+      }
+    });
+  }
+
   /** Registers what the replacement will be answered with and returns its bytes to send. */
   private replacement(out: Outgoing): Buffer[] {
     const bufs: Buffer[] = [];
     for (const { bytes, handler } of out) {
+      if (handler === this.fenceHandler) this.ownFences++; // one Query each
       forEachMessage(bytes, (c) => {
         this.tracker.sent(c, handler);
         if (c === Fe.Terminate) this.terminated = true;
@@ -1167,17 +1219,17 @@ export class ClientSession implements FrameHandler, SessionLink {
         if (ext !== null) {
           // The client has the answers up to the Execute: those of the second attempt are dropped, errors aside.
           const out = [{ bytes: query.subarray(0, ext.execute), handler: ANSWERED }, { bytes: query.subarray(ext.execute), handler: undefined }];
-          if (fenced) out.push({ bytes: UNFENCE, handler: SWALLOW });
+          if (fenced) out.push({ bytes: UNFENCE, handler: this.fenceHandler });
           for (const b of this.replacement(out)) this.onBytes(b);
         } else {
           if (dropT && this.server !== null) this.server.dropRowDescription = true;
           this.sendHookOutcome(undefined, query, Fe.Query, false);
           // Still inside the fence (ROLLBACK TO keeps the savepoint), which goes once the statement is through.
-          if (fenced) for (const b of this.replacement([{ bytes: UNFENCE, handler: SWALLOW }])) this.onBytes(b);
+          if (fenced) for (const b of this.replacement([{ bytes: UNFENCE, handler: this.fenceHandler }])) this.onBytes(b);
         }
       } else {
         // The gathering rolled back to the fence, so the block is no longer failed: it must be, as the client hears.
-        if (fenced && this.ctx!.txStatus === 'T') for (const b of this.replacement([{ bytes: REFAIL, handler: SWALLOW }])) this.onBytes(b);
+        if (fenced && this.ctx!.txStatus === 'T') for (const b of this.replacement([{ bytes: REFAIL, handler: this.fenceHandler }])) this.onBytes(b);
         // Cancelled while it gathered: what the client asked for, not the error that stopped the first attempt.
         const cancelled = this.ctx!.signal.aborted
           ? errorResponse({ severity: 'ERROR', code: SqlState.QueryCanceled, message: 'canceling statement due to user request' })

@@ -12,13 +12,14 @@
 //         files only: `fincore` confirms when present)
 //   warm  a second process on the same database and models (SQL objects installed, files cached)
 // Each prompt is new, so every answer is computed, never found in steadytext_cache. Phases from the spawn:
-// listening (the port accepts), connected (the client's login done), first answer. Goal: cold < 5 s.
+// listening (the port accepts), connected (the client's login done), first answer; cpu: the CPU time the CLI used
+// until then (all its threads, and its children that exited), which a busy machine changes far less. Goal: cold < 5 s.
 // --preset tiny: the test models (a few MB); bench: real models' dimensions (a 1 B generator, 1 GB), random weights.
 // --trace: the CLI's log lines (at debug) with their time since the spawn, to see where the time goes.
 // --serve-flag F (repeatable): one more word for serve's command line, e.g. --serve-flag=--preload-models.
 // --cli: another build of the CLI (e.g. dist-NAME/cli.js); it must exist (npm run build writes dist/).
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -102,7 +103,22 @@ interface Run {
   listening: number;
   connected: number;
   answered: number;
+  /** CPU seconds the CLI used until the first answer (its threads and its children that exited, e.g. a binding test); null: no /proc. */
+  cpu: number | null;
   answer: string;
+}
+
+const TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/** CPU time of a process so far (user and system, its own and its waited-for children's), from /proc: a figure that
+ * other work on a busy machine changes far less than the wall-clock times. */
+function cpuSeconds(pid: number): number | null {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / TICKS;
+  } catch {
+    return null;
+  }
 }
 
 /** One start of the CLI, timed to the first answer, then stopped (SIGTERM) and waited for. */
@@ -151,8 +167,9 @@ async function firstAnswer(where: { cluster: Cluster; database: string } | { dat
         `SELECT steadytext_generate('${prompt.replaceAll("'", "''")}', max_tokens := ${MAX_TOKENS}) AS answer`,
       );
       const answered = performance.now() - t0;
+      const cpu = cpuSeconds(child.pid!);
       if (opt.trace) traceLog(log, epoch0);
-      return { listening, connected, answered, answer: r.rows[0].answer };
+      return { listening, connected, answered, cpu, answer: r.rows[0].answer };
     } finally {
       await client.end();
     }
@@ -203,16 +220,16 @@ try {
       for (const kind of ['cold', 'warm'] as const) {
         const r = await firstAnswer(where, models, modelDir, `Round ${round}, ${kind} start: the capital of France is`);
         if (kind === 'cold') colds.push(r.answered);
-        rows.push([`${round}`, kind, s(r.listening), s(r.connected), s(r.answered), JSON.stringify(r.answer.slice(0, 30))]);
+        rows.push([`${round}`, kind, s(r.listening), s(r.connected), s(r.answered), r.cpu === null ? '-' : `${r.cpu.toFixed(2)} s`, JSON.stringify(r.answer.slice(0, 30))]);
       }
       await admin?.query(`DROP DATABASE ${database} WITH (FORCE)`);
     }
   } finally {
     await admin?.end();
   }
-  const head = ['round', 'start', 'listening', 'connected', 'first answer', 'answer (start)'];
+  const head = ['round', 'start', 'listening', 'connected', 'first answer', 'cpu', 'answer (start)'];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 1 || i === 5 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
+  const line = (cells: string[]) => cells.map((c, i) => (i === 1 || i === 6 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
   const flags = opt['serve-flag'].length ? ` ${opt['serve-flag'].join(' ')}` : '';
   console.log(`\ntime to first steadytext_generate answer (max_tokens ${MAX_TOKENS}), ${PRESET} models, from spawning node ${opt.cli} ${EMBEDDED ? '(no upstream: the embedded database)' : 'serve --upstream'}${flags}`);
   console.log([line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n'));

@@ -296,10 +296,11 @@ export class Database {
 
   /**
    * Where the proxy's writes for a statement of `ctx` go: the service pool, or on a one-session database the
-   * client's own connection (sessionQueryable; `inBatch`: inside its extended-protocol batch).
+   * client's own connection (sessionQueryable; `inBatch`: inside its extended-protocol batch). `own`: the
+   * client's connection on any database, for writes that could wait on locks the client's open block holds.
    */
-  via(ctx: SessionContext | undefined, inBatch = false): Queryable {
-    return this.single && ctx ? sessionQueryable(ctx, inBatch) : this.pool;
+  via(ctx: SessionContext | undefined, inBatch = false, own = false): Queryable {
+    return (this.single || own) && ctx ? sessionQueryable(ctx, inBatch) : this.pool;
   }
 
   /**

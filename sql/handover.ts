@@ -243,6 +243,16 @@ export function mailboxStatement(schema: string, backendPid: number, e: MailboxE
 
 let lastSweep = 0;
 
+/**
+ * Deletes the mailbox rows matching `where` that no open transaction holds: a row a client's block took (and
+ * so locked) is left to expire, never waited on, since that block may itself be waiting on the proxy.
+ */
+export function deleteMailbox(schema: string, where: string): string {
+  const t = `${quoteIdent(schema)}.steadytext_mailbox`;
+  return `DELETE FROM ${t} AS m USING (SELECT backend_pid, topic FROM ${t} WHERE ${where} FOR UPDATE SKIP LOCKED) AS d
+     WHERE m.backend_pid OPERATOR(pg_catalog.=) d.backend_pid AND m.topic OPERATOR(pg_catalog.=) d.topic`;
+}
+
 /** Writes mailbox entries for one backend (committed before this resolves); drops old entries now and then. */
 export async function postMailbox(q: Queryable, schema: string, backendPid: number, entries: readonly MailboxEntry[]): Promise<void> {
   if (entries.length === 0) return;
@@ -254,6 +264,6 @@ export async function postMailbox(q: Queryable, schema: string, backendPid: numb
     [backendPid, ...entries.flatMap((e) => [e.topic, mailboxText(e)])]);
   if (Date.now() - lastSweep > 60_000) {
     lastSweep = Date.now();
-    await q.query(`DELETE FROM ${s}.steadytext_mailbox WHERE created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval)`);
+    await q.query(deleteMailbox(schema, `created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval)`));
   }
 }

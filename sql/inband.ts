@@ -21,7 +21,7 @@ import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
 import { errorAnswer, wrapAnswer } from './answers.js';
 import type { Database } from './databases.js';
-import { auxQuery, mailboxStatement, postMailbox } from './handover.js';
+import { auxQuery, deleteMailbox, mailboxStatement, postMailbox } from './handover.js';
 import { quoteIdent } from './install.js';
 import type { Responder } from './daemon/responder.js';
 
@@ -220,8 +220,9 @@ export class InbandCallbacks {
     if (f.C !== '40001' || !f.M?.includes(marker) || db.secret === undefined) return false;
     const gathered = await dryRun(query, fenced, first.backendPid, db.secret, ctx);
     // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
+    // Rows the client's block took before the fence stay locked until it ends: skipped, never waited on.
     await db.via(ctx).query(
-      `DELETE FROM ${quoteIdent(db.schema)}.steadytext_mailbox WHERE backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`,
+      deleteMailbox(db.schema, `backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`),
       [first.backendPid],
     ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
     if (ctx.signal.aborted) return false;

@@ -98,8 +98,9 @@ export class Server {
     const r = ahead.extended ? await checkExtended(ctx, sql, items.length) : await checkSimple(ctx, sql, items.length);
     if (!r || r.clientEncoding !== 'UTF8' || (ahead.scs !== null && ahead.scs !== r.standardConformingStrings)) return undefined;
     // Inside a REPEATABLE READ or SERIALIZABLE block the statement reads an older snapshot than our rows:
-    // computing now would only be computed again through the daemon (and a stop would act twice).
-    if (ctx.txStatus === 'T' && r.isolation !== 'read committed' && r.isolation !== 'read uncommitted') return undefined;
+    // computing now would only be computed again through the daemon (and a stop would act twice). Not on one
+    // session (Database.single), where our rows are written in the client's own transaction and so are seen.
+    if (!db.single && ctx.txStatus === 'T' && r.isolation !== 'read committed' && r.isolation !== 'read uncommitted') return undefined;
     if (r.allowed.some((a, i) => !a && installed.functions.get(items[i].fn) === undefined)) st.installed = undefined; // reinstalled?
     return r;
   }
@@ -112,7 +113,7 @@ export class Server {
   }
 
   /** Hands computed answers over: cache rows, and failures in the session's mailbox (committed on return). */
-  async handOver(done: readonly [Resolved, Outcome][], db: Database, ctx: SessionContext, backendPid: number, how: 'rewrite' | 'prefetch' | 'stream', inBatch = false): Promise<void> {
+  async handOver(done: readonly [Resolved, Outcome][], db: Database, ctx: SessionContext, backendPid: number, how: 'rewrite' | 'prefetch' | 'stream', inBatch = false, own = false): Promise<void> {
     const config = await db.config();
     const entries: CacheEntry[] = [];
     const posts: MailboxEntry[] = [];
@@ -126,11 +127,12 @@ export class Server {
         db.logEvent('error', `${how}_error`, o.error.message, { sqlstate: o.error.sqlstate, fn: r.fn, user: ctx.user });
       }
     }
-    const w = db.via(ctx, inBatch);
+    const w = db.via(ctx, inBatch, own);
     // One after the other on a session's connection (writer): it answers in order anyway.
     if (w === db.pool) await Promise.all([db.store(entries), postMailbox(w, db.schema, backendPid, posts)]);
     else await db.store(entries, w).then(() => postMailbox(w, db.schema, backendPid, posts));
-    if (config.cacheEnabled) {
+    // Rows written in the client's open block (`own`) are not there for others until it commits, if it does.
+    if (config.cacheEnabled && !(own && !db.single)) {
       const known = this.stateOf(db).known;
       const ttl = knownTtlMs(config.cacheTtlSeconds);
       for (const e of entries) known.add(entryKey(e), ttl);
@@ -168,10 +170,14 @@ export class Server {
       Promise.all(okCompute.map(async (r) => [r, await this.computeOne(r, db, ctx)] as [Resolved, Outcome])),
       this.manageAll(okManage, db),
     ]);
-    if (db.single) {
+    // Inside a block that has written, the client may hold the row an answer would replace (a mailbox topic it
+    // took earlier in the block: a second steadytext_daemon_start()), which the service connection would wait on
+    // until the block ends, and the block waits on this statement: such writes go in the client's own transaction.
+    const own = ctx.txStatus === 'T' && !check.unwritten;
+    if (db.single || own) {
       // On the client's connection, in turn (Database.via).
-      if (done.length) await this.handOver(done, db, ctx, check.backendPid, how, ahead.extended);
-      await postMailbox(db.via(ctx, ahead.extended), db.schema, check.backendPid, managed);
+      if (done.length) await this.handOver(done, db, ctx, check.backendPid, how, ahead.extended, own);
+      await postMailbox(db.via(ctx, ahead.extended, own), db.schema, check.backendPid, managed);
       return;
     }
     await Promise.all([
