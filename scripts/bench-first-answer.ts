@@ -122,13 +122,25 @@ function cpuSeconds(pid: number): number | null {
 }
 
 /** One start of the CLI, timed to the first answer, then stopped (SIGTERM) and waited for. */
-async function firstAnswer(where: { cluster: Cluster; database: string } | { dataDir: string }, models: FixtureModels, modelDir: string, prompt: string): Promise<Run> {
+async function firstAnswer(
+  where: { cluster: Cluster; database: string } | { dataDir: string },
+  models: FixtureModels,
+  modelDir: string,
+  prompt: string,
+): Promise<Run> {
   const port = await freePort();
   const database = 'database' in where ? where.database : 'postgres';
-  const args = 'cluster' in where
-    ? [CLI, 'serve', '--upstream', `postgres://postgres:postgres@${where.cluster.host}:${where.cluster.port}/${database}`,
-        '--daemon-listen', `127.0.0.1:${await freePort()}`]
-    : [CLI, '--data-dir', where.dataDir];
+  const args =
+    'cluster' in where
+      ? [
+          CLI,
+          'serve',
+          '--upstream',
+          `postgres://postgres:postgres@${where.cluster.host}:${where.cluster.port}/${database}`,
+          '--daemon-listen',
+          `127.0.0.1:${await freePort()}`,
+        ]
+      : [CLI, '--data-dir', where.dataDir];
   args.push('--listen', `127.0.0.1:${port}`, '--model-dir', modelDir);
   args.push(...opt['serve-flag']);
   if (opt.trace) args.push('--log-level', 'debug', '--log-format', 'json');
@@ -220,7 +232,15 @@ try {
       for (const kind of ['cold', 'warm'] as const) {
         const r = await firstAnswer(where, models, modelDir, `Round ${round}, ${kind} start: the capital of France is`);
         if (kind === 'cold') colds.push(r.answered);
-        rows.push([`${round}`, kind, s(r.listening), s(r.connected), s(r.answered), r.cpu === null ? '-' : `${r.cpu.toFixed(2)} s`, JSON.stringify(r.answer.slice(0, 30))]);
+        rows.push([
+          `${round}`,
+          kind,
+          s(r.listening),
+          s(r.connected),
+          s(r.answered),
+          r.cpu === null ? '-' : `${r.cpu.toFixed(2)} s`,
+          JSON.stringify(r.answer.slice(0, 30)),
+        ]);
       }
       await admin?.query(`DROP DATABASE ${database} WITH (FORCE)`);
     }
@@ -231,7 +251,9 @@ try {
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === 1 || i === 6 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
   const flags = opt['serve-flag'].length ? ` ${opt['serve-flag'].join(' ')}` : '';
-  console.log(`\ntime to first steadytext_generate answer (max_tokens ${MAX_TOKENS}), ${PRESET} models, from spawning node ${opt.cli} ${EMBEDDED ? '(no upstream: the embedded database)' : 'serve --upstream'}${flags}`);
+  console.log(
+    `\ntime to first steadytext_generate answer (max_tokens ${MAX_TOKENS}), ${PRESET} models, from spawning node ${opt.cli} ${EMBEDDED ? '(no upstream: the embedded database)' : 'serve --upstream'}${flags}`,
+  );
   console.log([line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n'));
   const worst = Math.max(...colds);
   console.log(`goal: cold < ${s(GOAL_MS)}: ${worst < GOAL_MS ? 'met' : 'NOT met'} (slowest cold ${s(worst)})`);

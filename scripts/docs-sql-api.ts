@@ -367,7 +367,7 @@ const RELATIONS: Record<string, RelationDoc> = {
   steadytext_cache: {
     summary:
       'The answers, shared by every session and every proxy of the database, under the cache key the SQL functions compute from their own arguments and the model file. ' +
-      'Written only by the owning role (the proxy). An entry serves for `cache_ttl_seconds` after it was written (or written again); expired ones stay until `SELECT steadytext_cache_evict()`, run as the owning role, deletes them (nothing runs it for you).',
+      'Written only by the owning role (the proxy). An entry serves for `cache_ttl_seconds` after it was written (or written again); the proxy that installed the objects deletes expired ones every 5 minutes (`steadytext_cache_evict()`).',
     columns: {
       cache_key: 'SHA-256 over operation, model identity, parameters and input.',
       operation: '`generate`, `embed` or `generate_stream`.',
@@ -409,7 +409,7 @@ const RELATIONS: Record<string, RelationDoc> = {
     },
   },
   steadytext_logs: {
-    summary: 'Failed computations, as the proxy records them: event `rewrite_error`, `prefetch_error`, `stream_error` or `callback_error`.',
+    summary: 'Failed computations, as the proxy records them: event `rewrite_error`, `prefetch_error`, `stream_error` or `callback_error`. Kept 7 days.',
     columns: { id: 'Sequence number.', timestamp: 'When.', level: '`error`.', event: 'Where it failed.', message: 'The error message the caller got.', details: 'The SQLSTATE, the function or op, the role.' },
     example: {
       sql: 'SELECT level, event, message FROM steadytext_logs ORDER BY "timestamp" DESC LIMIT 1;',
@@ -418,7 +418,7 @@ const RELATIONS: Record<string, RelationDoc> = {
     },
   },
   steadytext_debug_logs: {
-    summary: 'Per-call entries, written only while `debug_mode` is true: lookups in the database (`cache_hit`, `cache_miss`, `model_unregistered`) and answers the proxy computed (`rewrite`, `prefetch`, `stream`, `callback`).',
+    summary: 'Per-call entries, written only while `debug_mode` is true: lookups in the database (`cache_hit`, `cache_miss`, `model_unregistered`) and answers the proxy computed (`rewrite`, `prefetch`, `stream`, `callback`). Kept 1 day.',
     columns: { id: 'Sequence number.', timestamp: 'When.', level: '`debug`.', event: 'What happened.', message: 'In words.', details: 'Keys, parameters, role, session, as JSON.' },
   },
 };
@@ -436,7 +436,7 @@ const INTERNAL: Record<string, string> = {
   steadytext_cache_key: 'The cache key (the proxy computes the same bytes).',
   steadytext_stats_bump: 'Adds to the counters (the proxy).',
   steadytext_log: 'Writes a log entry (the proxy, the functions).',
-  steadytext_cache_evict: 'Deletes expired cache entries and returns how many; schedule it yourself (pg_cron, cron and psql).',
+  steadytext_cache_evict: 'Deletes expired cache entries and returns how many; the proxy runs it every 5 minutes.',
 };
 
 const CONFIG_NOTES: Record<string, string> = {

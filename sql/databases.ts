@@ -15,6 +15,7 @@ import type { Engine, IdentityOptions } from '../inference/engine.js';
 import { callbackTransport } from './evaluate.js';
 import { installSql, quoteIdent } from './install.js';
 import { sessionQueryable, type Queryable } from './handover.js';
+import { MAINTENANCE_EVERY_MS, maintain } from './maintenance.js';
 import type { SessionContext } from '../proxy/interceptor.js';
 import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
 
@@ -34,6 +35,8 @@ export interface DatabaseRegistryOptions {
    * or database name); default: serviceUrl with its database name replaced.
    */
   serviceUrlFor?: (database: string) => string;
+  /** How often each database it installs is maintained (sql/maintenance.ts); default MAINTENANCE_EVERY_MS. */
+  maintenanceEveryMs?: number;
 }
 
 export class DatabaseRegistry {
@@ -165,6 +168,7 @@ export class Database {
   private closed = false;
   private counters: Record<string, number> = {};
   private counterTimer: ReturnType<typeof setTimeout> | undefined;
+  private maintenanceTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly pending = new Set<Promise<void>>();
 
   constructor(readonly name: string, private readonly reg: DatabaseRegistry) {
@@ -215,6 +219,30 @@ export class Database {
     const daemonOn = this.reg.opts.daemon !== undefined;
     this.log.info({ callbackTransport: callbackTransport(cfg, this.dblink, daemonOn), configured: cfg.callbackTransport, dblink: this.dblink, daemonEndpoint: daemonOn },
       'callback transport of calls the proxy cannot see');
+    // The proxy that installs the objects keeps their tables in bounds (a worker process leaves it to the primary).
+    if (this.reg.opts.autoInstall) this.scheduleMaintenance(Math.min(60_000, this.maintenanceEvery()));
+  }
+
+  private maintenanceEvery(): number {
+    return this.reg.opts.maintenanceEveryMs ?? MAINTENANCE_EVERY_MS;
+  }
+
+  private scheduleMaintenance(ms: number): void {
+    if (this.closed || this.maintenanceTimer !== undefined) return;
+    this.maintenanceTimer = setTimeout(() => {
+      this.maintenanceTimer = undefined;
+      void this.maintain().finally(() => this.scheduleMaintenance(this.maintenanceEvery()));
+    }, ms).unref();
+  }
+
+  /** Evicts expired cache rows and old log and mailbox entries (sql/maintenance.ts); never throws. */
+  async maintain(): Promise<void> {
+    try {
+      const gone = await maintain(this.pool, this.schema);
+      if (gone.cache + gone.logs + gone.debugLogs + gone.mailbox > 0) this.log.info(gone, 'expired cache rows and old log entries removed');
+    } catch (err) {
+      if (!this.closed) this.log.warn({ err }, 'could not remove expired cache rows and old log entries; tried again later');
+    }
   }
 
   /**
@@ -422,6 +450,8 @@ export class Database {
   async close(): Promise<void> {
     await this.flush();
     this.closed = true;
+    if (this.maintenanceTimer) clearTimeout(this.maintenanceTimer);
+    this.maintenanceTimer = undefined;
     if (this.listenerRetry) clearTimeout(this.listenerRetry);
     this.listenerRetry = undefined;
     await this.listener?.end().catch(() => {});

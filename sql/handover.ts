@@ -241,8 +241,6 @@ export function mailboxStatement(schema: string, backendPid: number, e: MailboxE
      ON CONFLICT (backend_pid, topic) DO UPDATE SET answer = EXCLUDED.answer, created_at = EXCLUDED.created_at`;
 }
 
-let lastSweep = 0;
-
 /**
  * Deletes the mailbox rows matching `where` that no open transaction holds: a row a client's block took (and
  * so locked) is left to expire, never waited on, since that block may itself be waiting on the proxy.
@@ -253,7 +251,7 @@ export function deleteMailbox(schema: string, where: string): string {
      WHERE m.backend_pid OPERATOR(pg_catalog.=) d.backend_pid AND m.topic OPERATOR(pg_catalog.=) d.topic`;
 }
 
-/** Writes mailbox entries for one backend (committed before this resolves); drops old entries now and then. */
+/** Writes mailbox entries for one backend (committed before this resolves; old ones go in sql/maintenance.ts). */
 export async function postMailbox(q: Queryable, schema: string, backendPid: number, entries: readonly MailboxEntry[]): Promise<void> {
   if (entries.length === 0) return;
   const s = quoteIdent(schema);
@@ -262,8 +260,4 @@ export async function postMailbox(q: Queryable, schema: string, backendPid: numb
     `INSERT INTO ${s}.steadytext_mailbox AS m (backend_pid, topic, answer, created_at) VALUES ${values.join(', ')}
      ON CONFLICT (backend_pid, topic) DO UPDATE SET answer = EXCLUDED.answer, created_at = EXCLUDED.created_at`,
     [backendPid, ...entries.flatMap((e) => [e.topic, mailboxText(e)])]);
-  if (Date.now() - lastSweep > 60_000) {
-    lastSweep = Date.now();
-    await q.query(deleteMailbox(schema, `created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval)`));
-  }
 }

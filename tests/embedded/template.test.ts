@@ -36,10 +36,18 @@ const SNAPSHOT = `SELECT pg_catalog.jsonb_build_object(
     FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'),
   'version', steadytext_version())::text AS s`;
 
-interface Started { db: Embedded; from: unknown; prepared: Prepared; snapshot: unknown; secret: string }
+interface Started {
+  db: Embedded;
+  from: unknown;
+  prepared: Prepared;
+  snapshot: unknown;
+  secret: string;
+}
 
 const running: Embedded[] = [];
-afterAll(async () => { await Promise.all(running.map((d) => d.stop())); });
+afterAll(async () => {
+  await Promise.all(running.map((d) => d.stop()));
+});
 
 /** A new data directory, started from the template `objects` picks, prepared as the CLI's start prepares it. */
 async function start(objects: string | undefined, memory = false): Promise<Started> {
@@ -96,7 +104,7 @@ describe('a new embedded database from the template with the steadytext objects'
     expect(made.snapshot).toEqual(bare.snapshot);
   });
 
-  test('the daemon secret is each instance\'s own, made at its first start', async () => {
+  test("the daemon secret is each instance's own, made at its first start", async () => {
     const again = await start(objects);
     expect(new Set([bare.secret, made.secret, again.secret]).size).toBe(3);
     expect(made.secret).toMatch(/^[0-9a-f]{64}$/);
