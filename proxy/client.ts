@@ -33,7 +33,7 @@ import {
 import type { ReadBuffer } from './read-buffer.js';
 import { RelayHandoff } from './relay-handoff.js';
 import { rerunnableExchange } from './rerun-exchange.js';
-import { peerCredentials, socketFd, writeFast, type NativeRelay } from './relay.js';
+import { peerCredentials, socketFd, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
@@ -186,8 +186,14 @@ export class ClientSession implements FrameHandler, SessionLink {
     afterHook: () => this.drainIfDraining(),
     internalError: (err) => this.internalError(err),
   });
-  /** Present from the upstream connection on when the session is plaintext both ways and the native relay is loaded. */
+  /**
+   * Present from the upstream connection on when the session is plaintext both ways and the native relay is
+   * loaded; pooling: for the server connection held now (relayServer), made when it is first lent.
+   */
   private relay: RelayHandoff | null = null;
+  private relayServer: ServerConnection | null = null;
+  /** Pooling: the client bytes the relay had read at the last look (lastActive moves when they grow). */
+  private relaySeenIn = -1;
   private upstreamKey: CancelKey | null = null;
   private key: CancelKey | null = null;
   private draining = false;
@@ -879,21 +885,47 @@ export class ClientSession implements FrameHandler, SessionLink {
         this.close(err.message);
       },
       activity: () => ({ lastActive: this.lastActive, txStatus: this.ctx!.txStatus, inFlight: this.tracker.size }),
+      lend: (flags: number) => this.lend(flags),
+      unlend: () => this.relay?.stop(false),
+      relayState: () => {
+        const st = this.relay?.state() ?? null;
+        if (st !== null && st.bytesFromClient !== this.relaySeenIn) {
+          this.relaySeenIn = st.bytesFromClient;
+          this.lastActive = Date.now();
+        }
+        return st;
+      },
       pgbSubject: () => this.pgbSubject(),
       attached: (s: PooledServer) => {
         this.server = s.conn;
         this.upstreamKey = s.key;
       },
       released: () => {
+        this.relay?.stop(true);
+        this.relay = this.relayServer = null;
         const held = this.server;
         this.server = null;
         this.upstreamKey = null;
-        if (this.serverPaused && held !== null) {
+        // Paused for flow control, or by a relay that gave it back as the session closed: the pool reads it again.
+        if (held !== null && (this.serverPaused || held.sock.isPaused())) {
           this.serverPaused = false;
           held.sock.resume();
         }
       },
     };
+  }
+
+  /** Pooling: the held server connection goes to the native relay with the client's socket (PooledSession.lend). */
+  private lend(flags: number): boolean {
+    const server = this.server;
+    if (server === null || this.reader === null || this.suspending) return false;
+    if (this.relayServer !== server) {
+      this.relay = this.relayHandoff(server, this.reader, flags);
+      this.relayServer = server;
+    }
+    if (this.relay === null || !this.relay.lend()) return false;
+    this.relaySeenIn = -1;
+    return true;
   }
 
   private pooledReady(): void {
@@ -1247,7 +1279,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   // ---- the native relay -----------------------------------------------------------------------------
 
   /** The hand-off to the native relay, for a session plaintext both ways; null: everything is relayed in JS. */
-  private relayHandoff(server: ServerConnection, reader: FrameReader): RelayHandoff | null {
+  private relayHandoff(server: ServerConnection, reader: FrameReader, poolFlags = 0): RelayHandoff | null {
     const nr = this.env.nativeRelay;
     if (nr === null || this.sock !== this.raw || this.input === undefined || !server.plain) return null;
     const host = {
@@ -1273,13 +1305,15 @@ export class ClientSession implements FrameHandler, SessionLink {
       // A Query the relay forwarded, its own copy (or none since it took over: what JS kept before is over).
       keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       internalError: (err: unknown) => this.internalError(err),
+      poolFlags: () => poolFlags,
+      exited: (o: RelayOutcome) => this.pooled?.returned(o.pool, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer }, o.reason),
     };
     return new RelayHandoff(nr, host, { sock: this.raw, reader }, server, this.env.maxMessageBytes);
   }
 
   /** Idle between statements by the session's own state: nothing in flight, pending or paused, nothing watched. */
   private idleForRelay(): boolean {
-    if (this.phase !== READY || this.tracker.size > 0 || this.hooks.pending || this.draining) return false;
+    if (this.phase !== READY || this.tracker.size > 0 || this.hooks.pending || this.draining || this.suspending) return false;
     if (this.paused !== 0 || this.serverPaused) return false;
     const w = this.ctx!.watched;
     // Inside a transaction block JS fences the statements (ctx.fenceable).
@@ -1437,6 +1471,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     }
     this.suspending = true;
     if (this.still) return true;
+    this.pooled?.reclaim(); // a lent connection: JS must hold both sockets to stop reading them
     const r = this.reader;
     if (this.phase !== READY || this.pooled === null || r === null) return false;
     if ((this.paused & PAUSE_SUSPEND) === 0) {

@@ -464,19 +464,28 @@ class PoolerConsole implements ConsoleHost {
     return p !== null && p.server === null && p.waitingSince > 0;
   }
 
-  /** Idle servers split as pgBouncer lists them: ready (idle), or due for server_check_query first (used). */
+  /**
+   * Idle servers split as pgBouncer lists them: ready (idle), or due for server_check_query first (used). A
+   * connection lent to its client's relay (Pool.lent) is idle between that client's transactions.
+   */
   private idleServers(pool: Pool, now: number): { idle: PooledServer[]; used: PooledServer[] } {
     const idle: PooledServer[] = [];
     const used: PooledServer[] = [];
     for (const s of pool.idle) if (!s.closed) (pool.needsCheck(s, now) ? used : idle).push(s);
+    for (const s of pool.lent) if (!s.closed && !s.client?.lentBusy?.()) idle.push(s);
     return { idle, used };
+  }
+
+  /** Servers in a client's transaction: lent ones too while their relay is inside one. */
+  private activeServers(pool: Pool): PooledServer[] {
+    return [...pool.active, ...[...pool.lent].filter((s) => s.client?.lentBusy?.())];
   }
 
   private pinned(s: ClientSession): string {
     const p = s.pooled;
     if (p === null) return '';
     if (p.pins.size > 0) return [...p.pins].map((r) => PIN_WORDS[r]).join(', ');
-    if (p.server === null) return '';
+    if (p.linked === null) return '';
     return p.pool.mode === 'session' ? 'session' : 'transaction';
   }
 
@@ -500,7 +509,7 @@ class PoolerConsole implements ConsoleHost {
       waitUs: waiting ? Math.max(0, now - p!.waitingSince) * 1000 : 0,
       closeNeeded: false,
       ptr: clientPtr(s.id),
-      link: p?.server ? serverPtr(p.server.id) : '',
+      link: p?.linked ? serverPtr(p.linked.id) : '',
       remotePid: 0,
       tls: r.tls,
       applicationName: p?.settings.get('application_name') ?? ctx?.applicationName ?? '',
@@ -528,8 +537,8 @@ class PoolerConsole implements ConsoleHost {
       waitUs: 0,
       closeNeeded: s.dirty,
       ptr: serverPtr(s.id),
-      // The pool's own probe for a welcome (id 0) is no client.
-      link: client && client.id > 0 ? clientPtr(client.id) : '',
+      // The pool's own probe for a welcome (id 0) is no client; nor is a lent connection's, between its transactions.
+      link: client && client.id > 0 && !state.endsWith('idle') ? clientPtr(client.id) : '',
       remotePid: s.key?.pid ?? 0,
       tls: tlsOf(sock),
       applicationName: s.applied.get('application_name') ?? s.params.get('application_name') ?? '',
@@ -556,7 +565,7 @@ class PoolerConsole implements ConsoleHost {
         ...row,
         clActive: clients.length - waiting.length,
         clWaiting: waiting.length,
-        svActive: e.pool.active.size,
+        svActive: this.activeServers(e.pool).length,
         svIdle: idle.length,
         svUsed: used.length,
         svLogin: e.pool.opening,
@@ -585,7 +594,7 @@ class PoolerConsole implements ConsoleHost {
     for (const e of this.poolEntries()) {
       if (e.kind !== 'pool') continue;
       const { idle, used } = this.idleServers(e.pool, now);
-      rows.push(...[...e.pool.active].map((s) => this.serverRow(s, 'active')));
+      rows.push(...this.activeServers(e.pool).map((s) => this.serverRow(s, 'active')));
       rows.push(...idle.map((s) => this.serverRow(s, 'idle')), ...used.map((s) => this.serverRow(s, 'used')));
     }
     return rows;
@@ -611,7 +620,7 @@ class PoolerConsole implements ConsoleHost {
       rows.push(...list.filter((s) => this.isWaiting(s)).map((s) => client(s, 'cl_waiting')));
       if (e.kind !== 'pool') continue;
       const { idle, used } = this.idleServers(e.pool, now);
-      rows.push(...[...e.pool.active].map((s) => server(s, 'sv_active')));
+      rows.push(...this.activeServers(e.pool).map((s) => server(s, 'sv_active')));
       rows.push(...idle.map((s) => server(s, 'sv_idle')), ...used.map((s) => server(s, 'sv_used')));
     }
     rows.push(...login.map((s) => ({ ...client(s, 'cl_login'), user: s.context?.user ?? null, database: s.context?.database ?? null })));
@@ -625,6 +634,7 @@ class PoolerConsole implements ConsoleHost {
     const out = new Map<string, StatCounters>();
     if (this.consoleRequests > 0) out.set(CONSOLE_DATABASE, { ...ZERO, xactCount: this.consoleRequests, queryCount: this.consoleRequests });
     for (const pool of this.allPools()) {
+      pool.syncLent(); // what relays ran of lent connections so far
       const s = pool.stats;
       const c = { ...(out.get(pool.db.name) ?? ZERO) } as Record<keyof StatCounters, number>;
       c.serverAssignmentCount += s.serverAssignmentCount;

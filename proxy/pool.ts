@@ -37,6 +37,17 @@ export interface PoolClient {
   poolFailed(err: PoolError): void;
   /** Between transactions with nothing in flight (server_fast_close may then take its connection). */
   idleInSession?(): boolean;
+  /**
+   * Lending (Pool.lent): the pool wants the connection it lent the client back. The native relay gives it up;
+   * between transactions it is released at once, else at the end of the transaction.
+   */
+  reclaim?(): void;
+  /** Lending: the relay is inside a request or a transaction of the client's. */
+  lentBusy?(): boolean;
+  /** Lending: milliseconds since the client last sent anything. */
+  lentQuiet?(now: number): number;
+  /** Lending: what the relay counted so far goes into the pool's stats now (SHOW STATS). */
+  lentSync?(): void;
 }
 
 /**
@@ -252,6 +263,11 @@ interface Waiter {
 export class Pool {
   readonly idle: PooledServer[] = [];
   readonly active = new Set<PooledServer>();
+  /**
+   * Lent: idle between its client's transactions, kept with that client in the native relay (pooled-session.ts)
+   * because nobody waited. Logically idle: a waiter, a console command or a timer reclaims it first.
+   */
+  readonly lent = new Set<PooledServer>();
   /** Released while cancel requests for it are still on their way (cancelFor). */
   private readonly parked = new Set<PooledServer>();
   /** Connections being opened or checked (they count against the limits). */
@@ -290,7 +306,7 @@ export class Pool {
   }
 
   get size(): number {
-    return this.idle.length + this.active.size + this.opening + this.parked.size + this.replOpening.size;
+    return this.idle.length + this.active.size + this.lent.size + this.opening + this.parked.size + this.replOpening.size;
   }
 
   get poolSize(): number {
@@ -358,6 +374,7 @@ export class Pool {
   release(s: PooledServer, clean: boolean): void {
     if (s.replication !== null) return this.releaseReplication(s);
     this.active.delete(s);
+    this.lent.delete(s);
     const served = s.client !== null && s.client.id !== 0;
     s.client = null;
     s.conn.attach(s);
@@ -386,6 +403,51 @@ export class Pool {
       return;
     }
     this.returnIdle(s);
+  }
+
+  // ---- lending ---------------------------------------------------------------------------------------------
+
+  /**
+   * May the client keep its connection past the end of its transaction, in the native relay? Only while
+   * nobody waits, nothing is to happen at its release (lifetime over, reset query, a yield, a close pending)
+   * and no console command holds the pool.
+   */
+  mayLend(s: PooledServer): boolean {
+    const st = this.pooler.settings;
+    if (this.mode !== 'transaction' || this.waiters.length > 0 || this.replWaiting.length > 0 || this.paused) return false;
+    if (this.pooler.refusal !== null || this.pooler.suspended || this.yieldNext > 0) return false;
+    // Worker processes: another worker's claim on a slot (pool-limits.ts) evicts idle connections, not lent ones.
+    if (this.pooler.slots !== null) return false;
+    if (s.dirty || s.closed || s.conn.sawFatal || s.cancelling > 0 || s.replication !== null) return false;
+    if (st.serverResetQuery && st.serverResetQueryAlways) return false;
+    const lifetime = (this.db.entry.serverLifetime || st.serverLifetime) * 1000;
+    return lifetime > 0 && Date.now() - s.createdAt < lifetime;
+  }
+
+  /** The client's relay has the connection now. */
+  lendOut(s: PooledServer): void {
+    this.active.delete(s);
+    this.lent.add(s);
+    s.lastUsed = Date.now();
+  }
+
+  /** The relay gave it back to its client's JS (it met what the pooler must see, or was reclaimed). */
+  takeBack(s: PooledServer): void {
+    if (!this.lent.delete(s)) return;
+    this.active.add(s);
+  }
+
+  /** Takes lent connections back, those between transactions first; up to `n` (all by default). */
+  reclaimLent(n = Infinity): void {
+    if (this.lent.size === 0) return;
+    const all = [...this.lent];
+    const idleFirst = [...all.filter((s) => !s.client?.lentBusy?.()), ...all.filter((s) => s.client?.lentBusy?.())];
+    for (const s of idleFirst.slice(0, n)) if (this.lent.has(s)) s.client?.reclaim?.();
+  }
+
+  /** What the relays counted goes into the stats (SHOW STATS reads them). */
+  syncLent(): void {
+    for (const s of this.lent) s.client?.lentSync?.();
   }
 
   private returnIdle(s: PooledServer): void {
@@ -423,13 +485,23 @@ export class Pool {
   /** Opens connections while clients wait and the limits allow, and up to min_pool_size. */
   fill(): void {
     this.pooler.slots?.fill(this);
+    // A connection another worker needs goes at its release: a lent one is released now.
+    if (this.yieldNext > 0) this.reclaimLent(this.yieldNext);
     if (this.paused || this.pooler.suspended) return;
-    if (this.replWaiting.length > 0) this.fillReplication();
+    if (this.replWaiting.length > 0) {
+      this.reclaimLent(this.replWaiting.length);
+      this.fillReplication();
+    }
     const want = Math.max(this.waiters.length - this.opening, this.minPoolSize() - this.size);
-    for (let i = 0; i < want; i++) {
+    let opened = 0;
+    for (; opened < want; opened++) {
       if (!this.mayOpen()) break;
       this.open();
     }
+    // Waiters a new connection will not serve take a lent one back: the pool grows to its size first, as
+    // pgBouncer's would with no idle connection, rather than have clients take turns on one connection.
+    const short = this.waiters.length - this.opening;
+    if (short > 0) this.reclaimLent(short);
   }
 
   minPoolSize(): number {
@@ -708,6 +780,11 @@ export class Pool {
     }
     const idleLimit = st.serverIdleTimeout * 1000;
     const lifetime = (this.db.entry.serverLifetime || st.serverLifetime) * 1000;
+    // Lent connections meet server_lifetime and server_idle_timeout at their release: reclaimed when due.
+    for (const s of [...this.lent]) {
+      const over = (lifetime > 0 && now - s.createdAt >= lifetime) || (idleLimit > 0 && (s.client?.lentQuiet?.(now) ?? 0) > idleLimit);
+      if (over) s.client?.reclaim?.();
+    }
     const keep = this.minPoolSize();
     for (let i = this.idle.length - 1; i >= 0; i--) {
       const s = this.idle[i];
@@ -729,6 +806,7 @@ export class Pool {
 
   /** Closes every connection (RECONNECT closes them as they come back; KILL at once). */
   closeAll(now: boolean, reason: string): void {
+    this.reclaimLent();
     for (const s of this.idle.splice(0)) s.close(reason);
     for (const s of this.parked) s.close(reason);
     for (const s of this.active) {
@@ -761,6 +839,7 @@ export class Pool {
    */
   holdServers(closeIdle: boolean, reason: string): void {
     this.paused = true;
+    this.reclaimLent();
     if (closeIdle) for (const s of this.idle.splice(0)) s.close(reason);
   }
 
@@ -784,6 +863,7 @@ export class Pool {
   /** Open connections RECONNECT or RELOAD marked for closing: WAIT_CLOSE waits for none. */
   get closingServers(): number {
     let n = 0;
+    for (const s of this.lent) if (s.dirty && !s.closed) n++;
     for (const s of this.idle) if (s.dirty && !s.closed) n++;
     for (const s of this.active) if (s.dirty && !s.closed) n++;
     return n;
@@ -935,6 +1015,17 @@ export class Pooler {
         return true; // out of the idle list, it no longer counts: the asking pool opens in its place now
       }
     }
+    // A lent connection is idle too: taken back from its client's relay, it is evicted as any idle one.
+    for (const db of this.databases.values()) {
+      for (const p of db.pools.values()) {
+        if (p === asking || !match(p) || p.lent.size === 0) continue;
+        p.reclaimLent(1);
+        if (p.idle.length > 0) {
+          p.idle.shift()!.close('evicted');
+          return true;
+        }
+      }
+    }
     return false;
   }
 
@@ -968,6 +1059,7 @@ export class Pooler {
   /** Those waiting now hear it on the janitor's next pass, as in pgBouncer. */
   refuseWaiters(err: PoolError): void {
     this.refusal = err;
+    for (const p of this.pools()) p.reclaimLent();
   }
 
   /** Connections lent out or being set up, in every pool (WAIT_FOR_SERVERS waits until none). */
@@ -985,6 +1077,8 @@ export class Pooler {
   /** A new configuration (RELOAD, SIGHUP): clients stay; entries whose target changed reconnect as they come back. */
   reload(config: PoolerConfig): void {
     this.config = config;
+    // The relays were started on the old settings (max_prepared_statements): they start again on the new ones.
+    for (const p of this.pools()) p.reclaimLent();
     for (const [name, db] of this.databases) {
       const entry = config.databases.get(name) ?? (db.auto ? config.databases.get('*') : undefined);
       if (!entry) continue;

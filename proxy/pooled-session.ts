@@ -15,6 +15,12 @@
 // bind), or a Query that is one EXECUTE, of such an exchange is "watched" (a few fields, no handler), what
 // follows it upstream up to its Sync kept in a small buffer, and the server connection's own ErrorResponse
 // and ReadyForQuery handling asks the session (holdError, releaseHeld): only that error path pays.
+//
+// Lending: in transaction mode, a transaction's end with nobody waiting for a connection keeps the connection
+// with the client, in the native relay (relay.c), which runs the next transactions with no JS at all and gives
+// the session back at anything the pooler must see (a statement that may change the session, a named prepared
+// statement). The pool counts a lent connection idle and reclaims it when another client needs it, a console
+// command or a timer acts; between transactions it is then released here as at any transaction's end.
 import type { Logger } from 'pino';
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { PoolError, type Pool, type PoolClient, type PooledServer, type ReplicationKind } from './pool.js';
@@ -30,6 +36,7 @@ import {
   type StatementCache,
 } from './prepared.js';
 import { Be, Fe, SYNC, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
+import { RelayPool, type RelayExitReason, type RelayPoolCounts, type RelayState } from './relay.js';
 import { statementEffects, type EffectsOptions, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
 import type { SessionLink } from './upstream.js';
@@ -55,7 +62,15 @@ export interface PooledHost {
   released(): void;
   /** How pgBouncer's logfile names the client (C-0x… db/user@address). */
   pgbSubject?(): PgbSubject;
+  /** Lending: hands both sockets to the native relay now (RelayPool flags); false when it cannot take them. */
+  lend?(flags: number): boolean;
+  /** Lending: the relay gives the sockets back now (the session continues in JS; it reports through returned()). */
+  unlend?(): void;
+  /** Lending: what the relay reports while it has the sockets (null: it does not); refreshes the client's lastActive. */
+  relayState?(): RelayState | null;
 }
+
+const NO_COUNTS: RelayPoolCounts = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1 };
 
 export type PinReason = 'advisory' | 'temp' | 'hold' | 'listen' | 'load' | 'prepare';
 
@@ -223,6 +238,16 @@ export class PooledSession implements PoolClient {
   /** When the server last said it was ready (idle_transaction_timeout counts from there, as pgBouncer's does). */
   private readyAt = 0;
   private waiting = false;
+  /** The connection is lent to the native relay (Pool.lent); what of its counts the stats have already. */
+  private lent = false;
+  /**
+   * Lends skipped before the next try, and the next back-off: a client whose every transaction the relay must
+   * hand back at once (named statements, a SET each time) would pay a start and an exit per transaction for nothing.
+   */
+  private lendSkip = 0;
+  private lendBackoff = 0;
+  private seen: RelayPoolCounts = NO_COUNTS;
+  private seenBytes = { fromClient: 0, fromServer: 0 };
   /**
    * A replication client (pgBouncer 1.23+): it owns one server connection, opened for it with its startup
    * parameters, and everything it sends is relayed as is: no settings replay, statement renaming or pin checks,
@@ -632,7 +657,96 @@ export class PooledSession implements PoolClient {
     if (this.pinsDirty) return this.checkPins(s);
     if (this.statementsDirty) return this.readStatements(s);
     if (this.pool.mode === 'session' || this.pins.size > 0) return;
+    if (this.lend(s)) return;
     this.release(true);
+  }
+
+  // ---- lending: the connection kept with the client, in the native relay ----------------------------------
+
+  /** At a transaction's end with nothing due: the relay takes the session when the pool lets the client keep the connection. */
+  private lend(s: PooledServer): boolean {
+    if (this.replication !== null || this.watch.state !== 0 || this.host.lend === undefined || !this.pool.mayLend(s)) return false;
+    if (this.lendSkip > 0) {
+      this.lendSkip--;
+      return false;
+    }
+    // Named statements are renamed per server connection (prepared.ts): the relay hands them to JS.
+    if (!this.host.lend(RelayPool.lend | (this.preparing ? RelayPool.named : 0))) return false;
+    this.lent = true;
+    this.seen = NO_COUNTS;
+    this.seenBytes = { fromClient: 0, fromServer: 0 };
+    this.pool.lendOut(s);
+    return true;
+  }
+
+  /** What the relay counted since the last look goes into the pool's stats. */
+  private count(c: RelayPoolCounts, bytes: { fromClient: number; fromServer: number }): void {
+    const st = this.pool.stats;
+    const was = this.seen;
+    st.queryCount += c.queries - was.queries;
+    st.xactCount += c.xacts - was.xacts;
+    // Each transaction the relay began is one pgBouncer would have assigned the connection for.
+    st.serverAssignmentCount += c.xacts - was.xacts;
+    st.queryTimeUs += c.queryUs - was.queryUs;
+    st.xactTimeUs += c.xactUs - was.xactUs;
+    st.bytesReceived += bytes.fromClient - this.seenBytes.fromClient;
+    st.bytesSent += bytes.fromServer - this.seenBytes.fromServer;
+    this.seen = c;
+    this.seenBytes = bytes;
+  }
+
+  /**
+   * The relay gave the sockets back (it met something the pooler must see, a socket ended, or it was stopped):
+   * the connection is the client's active one again, and a request or transaction the relay began goes on being timed here.
+   */
+  returned(c: RelayPoolCounts, bytes: { fromClient: number; fromServer: number }, reason: RelayExitReason): void {
+    if (!this.lent) return;
+    this.lent = false;
+    this.count(c, bytes);
+    if (c.xacts > 0) this.lendBackoff = 0;
+    else if (reason === 'client-message') this.lendSkip = this.lendBackoff = Math.min(64, this.lendBackoff * 2 || 1);
+    const now = performance.now();
+    this.queryStart = c.queryOpenUs >= 0 ? now - c.queryOpenUs / 1000 : 0;
+    this.xactStart = c.xactOpenUs >= 0 ? now - c.xactOpenUs / 1000 : 0;
+    this.readyAt = 0; // idle_transaction_timeout counts from the client's last message then
+    if (this.server !== null) this.pool.takeBack(this.server);
+  }
+
+  /** The pool needs the connection back: the relay gives it up; between transactions it is released now (as at ready()). */
+  reclaim(): void {
+    if (!this.lent) return;
+    this.host.unlend?.();
+    const s = this.server;
+    if (this.lent) {
+      // Cannot happen (the relay reports every return), but a connection left lent would keep waiters waiting.
+      this.lent = false;
+      if (s !== null) this.pool.takeBack(s);
+    }
+    if (s === null) return;
+    const a = this.host.activity();
+    if (a.txStatus !== 'I' || a.inFlight > 0 || this.internal > 0 || !this.host.atRest()) return; // released at its ReadyForQuery
+    if (this.settingsDirty || this.pinsDirty || this.statementsDirty || this.pins.size > 0) return;
+    this.release(true);
+  }
+
+  /** The connection as the console shows the client linked to it: none while lent between transactions (it is idle then). */
+  get linked(): PooledServer | null {
+    return this.lent && !this.lentBusy() ? null : this.server;
+  }
+
+  lentBusy(): boolean {
+    const st = this.lent ? this.host.relayState?.() : null;
+    return st != null && (st.requests > 0 || st.held > 0 || st.streaming > 0 || (st.status !== '' && st.status !== 'I'));
+  }
+
+  lentQuiet(now: number): number {
+    if (this.lent) this.host.relayState?.();
+    return now - this.host.activity().lastActive;
+  }
+
+  lentSync(): void {
+    const st = this.lent ? this.host.relayState?.() : null;
+    if (st) this.count(st.pool, { fromClient: st.bytesFromClient, fromServer: st.bytesFromServer });
   }
 
   /** Gives the connection back (clean: between transactions with nothing of the client's on it). */
@@ -643,11 +757,13 @@ export class PooledSession implements PoolClient {
     this.linkedAt = 0;
     this.watch.state = 0;
     this.host.released();
+    this.lent = false;
     this.pool.release(s, clean && this.internal === 0);
   }
 
   /** The session ends: the connection goes back if it is between transactions, else it is closed. */
   end(clean: boolean): void {
+    this.host.unlend?.();
     this.pool.clients.delete(this);
     if (this.waiting && this.replication !== null) this.pool.forgetReplication(this);
     else if (this.waiting) this.pool.forget(this);
@@ -660,11 +776,17 @@ export class PooledSession implements PoolClient {
   timeouts(now: number): void {
     const st = this.pool.pooler.settings;
     const u = this.pool.pooler.config.users.get(this.pool.user);
-    const a = this.host.activity();
-    const quiet = now - a.lastActive;
     const clientIdle = (u?.clientIdleTimeout ?? st.clientIdleTimeout) * 1000;
     const idleTx = (u?.idleTransactionTimeout ?? st.idleTransactionTimeout) * 1000;
     const queryTimeout = (u?.queryTimeout ?? st.queryTimeout) * 1000;
+    if (this.lent) {
+      // The relay's session: once quiet past the shortest limit, JS takes it back and judges as below.
+      const limits = [clientIdle, idleTx, queryTimeout].filter((l) => l > 0);
+      if (limits.length === 0 || this.lentQuiet(now) <= Math.min(...limits)) return;
+      this.reclaim();
+    }
+    const a = this.host.activity();
+    const quiet = now - a.lastActive;
     if (a.inFlight > 0) {
       if (queryTimeout > 0 && quiet > queryTimeout && this.server) {
         this.server.dirty = true;

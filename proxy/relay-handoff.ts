@@ -3,7 +3,8 @@
 // side, both plaintext sockets go to the relay, which forwards in C until something JS must see. It then
 // gives them back with what it held: bytes forwarded but not yet written go out first, the request tracker
 // replays the log of what went by, and the messages it stopped at go through the JS path. The session
-// takes the sockets back itself (stop) before JS writes to either, and for good when it ends.
+// takes the sockets back itself (stop) before JS writes to either, and for good when it ends. A pooled
+// session lends its server connection to the relay at a transaction's end (lend, pooled-session.ts).
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { FrameReader } from './framing.js';
@@ -51,6 +52,10 @@ export interface RelayHost {
   keptQuery(query: Buffer | null, rowDescription: number): void;
   /** The session has its sockets back and is reading again: a pending shutdown acts now. */
   relayReturned(): void;
+  /** Pooling: the RelayPool flags of a lent connection (absent: none). */
+  poolFlags?(): number;
+  /** Pooling: the relay gave the sockets back, with what it counted; before JS reads anything it held. */
+  exited?(o: RelayOutcome): void;
   internalError(err: unknown): void;
 }
 
@@ -88,6 +93,13 @@ export class RelayHandoff {
     }
   }
 
+  /** Pooling: hands the session over now (a transaction just ended); true when the relay has it. */
+  lend(): boolean {
+    this.check = false;
+    this.start();
+    return this.handle !== null;
+  }
+
   /** Takes the sockets back now, before JS writes to either. `final`: the session is ending, the relay must not take it again. */
   stop(final: boolean): void {
     if (final) this.off = true;
@@ -112,7 +124,7 @@ export class RelayHandoff {
         } catch (err) {
           this.host.internalError(err);
         }
-      }, this.host.keepStatus());
+      }, this.host.keepStatus(), this.host.poolFlags?.() ?? 0);
     } catch (err) {
       this.off = true;
       this.host.log.warn({ err: (err as Error).message }, 'native relay did not start; this session relays in JS');
@@ -130,6 +142,7 @@ export class RelayHandoff {
     counts.relayExits++;
     counts.bytesFromClients += o.bytesFromClient;
     counts.bytesFromUpstream += o.bytesFromServer;
+    host.exited?.(o);
     // A message the relay was streaming: the readers continue inside it (and close() sees it unfinished).
     if (o.skipServer > 0) this.server.reader.passThrough(o.skipServer);
     if (o.skipClient > 0) this.client.reader.passThrough(o.skipClient);

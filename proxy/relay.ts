@@ -56,7 +56,30 @@ export interface RelayOutcome {
    */
   query: Buffer | null;
   queryRowDescription: number;
+  /** Pooling: what the relay ran of a lent connection (start's poolFlags), since it started. */
+  pool: RelayPoolCounts;
 }
+
+/** Requests and transactions a lent pooled connection ran in the relay, as SHOW STATS counts them. */
+export interface RelayPoolCounts {
+  queries: number;
+  xacts: number;
+  queryUs: number;
+  xactUs: number;
+  /** Microseconds the request, and the transaction, open now have run so far; -1: none open. */
+  queryOpenUs: number;
+  xactOpenUs: number;
+}
+
+/** start's poolFlags (relay.c POOL_*): what a lent pooled connection gives back to the pooler. */
+export const RelayPool = {
+  /** Query or Parse that may change the session (SET, PREPARE, LISTEN, temp, advisory locks, ...). */
+  lend: 1,
+  /** Parse, Bind, Describe or Close naming a prepared statement (the pooler renames them). */
+  named: 2,
+  /** Every ReadyForQuery (statement pooling). */
+  statement: 4,
+} as const;
 
 export interface RelayState {
   /** Requests sent that still await (part of) their answer. */
@@ -68,14 +91,16 @@ export interface RelayState {
   status: string;
   /** Bytes still to come of messages being streamed through (the session is mid-message). */
   streaming: number;
+  pool: RelayPoolCounts;
 }
 
 type Handle = object & { readonly __relay: unique symbol };
-type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number, (Buffer | null)?, number?];
+type RawCounts = [number, number, number, number, number, number];
+type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number, (Buffer | null)?, number?, RawCounts?];
 interface Addon {
-  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus?: number): Handle;
+  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus?: number, poolFlags?: number): Handle;
   stop(h: Handle): Raw | null;
-  state(h: Handle): [number, number, number, number, number, number];
+  state(h: Handle): [number, number, number, number, number, number, RawCounts?];
   peer?(fd: number): [number, number] | null;
   send?(fd: number, bytes: Buffer): number;
   sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
@@ -88,8 +113,9 @@ export interface NativeRelay {
    * Takes over both (paused, plaintext) sockets; onExit runs once, when the relay gives them back. keepStatus:
    * the session's transaction status as a character code to keep Queries (RelayOutcome.query), else 0; plus
    * 0x100 to have a ReadyForQuery that opens a transaction block give the session back (JS fences statements there).
+   * poolFlags: RelayPool bits, for a lent pooled connection (0: none).
    */
-  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void, keepStatus?: number): Handle;
+  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void, keepStatus?: number, poolFlags?: number): Handle;
   /** Gives the sockets back now; null if the relay already did (onExit ran). */
   stop(h: Handle): RelayOutcome | null;
   state(h: Handle): RelayState;
@@ -127,7 +153,13 @@ function outcome(r: Raw): RelayOutcome {
     skipServer: r[11],
     query: r[12] ?? null,
     queryRowDescription: r[13] ?? 0,
+    pool: counts(r[14]),
   };
+}
+
+function counts(c: RawCounts | undefined): RelayPoolCounts {
+  if (c === undefined) return { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1 };
+  return { queries: c[0], xacts: c[1], queryUs: c[2], xactUs: c[3], queryOpenUs: c[4], xactOpenUs: c[5] };
 }
 
 /** The package root: the nearest directory above this file (proxy/ or dist/proxy/) with a package.json. */
@@ -192,14 +224,14 @@ function addonCandidates(root: string): string[] {
 
 function wrap(addon: Addon): NativeRelay {
   return {
-    start: (c, s, max, onExit, keep = 0) => addon.start(c, s, max, (raw) => onExit(outcome(raw)), keep),
+    start: (c, s, max, onExit, keep = 0, pool = 0) => addon.start(c, s, max, (raw) => onExit(outcome(raw)), keep, pool),
     stop: (h) => {
       const r = addon.stop(h);
       return r === null ? null : outcome(r);
     },
     state: (h) => {
       const s = addon.state(h);
-      return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5] };
+      return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5], pool: counts(s[6]) };
     },
     send: addon.send ? (fd, bytes) => addon.send!(fd, bytes) : null,
     listenReusePort: addon.listenReusePort ? (host, port, backlog) => addon.listenReusePort!(host, port, backlog) : null,

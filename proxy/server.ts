@@ -122,8 +122,8 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     interceptor: opts.interceptor,
     cancels,
     totals: newTotals(),
-    // A pooled session changes server connections between transactions: the relay's fixed pair does not fit.
-    nativeRelay: opts.pooling ? null : nativeRelayFor(opts.nativeRelay ?? 'auto', log),
+    // Pooling lends a server connection to it between a client's transactions while nobody waits (pooled-session.ts).
+    nativeRelay: nativeRelayFor(opts.nativeRelay ?? 'auto', log),
     pooling: opts.pooling && poolerTls ? poolerTls.wrap(opts.pooling) : opts.pooling,
     onClosed: (session) => sessions.delete(session),
   };

@@ -12,6 +12,12 @@
 // the session is provably idle (every Sync/Query answered by ReadyForQuery, nothing sent after the last
 // one), so it stays short; a session that is never idle (COPY FROM STDIN swallowing Syncs) fills it and
 // goes back to JS.
+//
+// Pooling lends a transaction-pooled client's idle server connection to the relay (pooled-session.ts): then it
+// also gives the session back at what the pooler must see (start's pool flags): a Query or Parse that may change
+// the session (a byte prefilter wider than statement-effects.ts's, transaction control aside), a named
+// prepared statement while the pooler renames them, every ReadyForQuery in statement mode. It counts the
+// requests and transactions it ran, and their times, as the pooler's SHOW STATS does.
 #define _GNU_SOURCE // struct ucred (SO_PEERCRED) on glibc
 #include <errno.h>
 #include <fcntl.h>
@@ -66,6 +72,11 @@ typedef struct side {
   uint64_t bytes_read;
 } side_t;
 
+// start's pool flags (relay_t.pool).
+#define POOL_LEND 1      // exit at a Query or Parse the pooler must classify (pooling_hit)
+#define POOL_NAMED 2     // exit at a Parse, Bind, Describe or Close naming a prepared statement
+#define POOL_STATEMENT 4 // exit at every ReadyForQuery (statement pooling)
+
 typedef struct relay {
   side_t c, s;
   napi_env env;
@@ -88,6 +99,11 @@ typedef struct relay {
   // Of a Query: the bytes of the RowDescription forwarded after it (the only message that may have been), 0:
   // none. Of an exchange: how many of the answers that precede its rows (1 2 t T n) were forwarded.
   size_t kept_t;
+  // Pooling: the requests and transactions run here (a request: from its first message to the ReadyForQuery
+  // that leaves nothing outstanding; a transaction: to one saying 'I'), their times in ns, the open ones' starts.
+  uint32_t pool;
+  bool q_open, x_open;
+  uint64_t queries, xacts, q_ns, x_ns, q_start, x_start;
   bool running;
   int reason, err;
   int open_handles;
@@ -124,6 +140,126 @@ static bool mentions_steadytext(const uint8_t *b, size_t start, size_t end) {
     } else if (c == '&' && i > start && (b[i - 1] | 0x20) == 'u' && i + 1 < end && b[i + 1] == '"') {
       return true;
     }
+  }
+  return false;
+}
+
+// ---- the pooler's prefilter (pooling_hit) ------------------------------------------------------------------
+// statement-effects.ts's prefilterHits, made wider: a statement that may start (at the text's start or after
+// any ';', past blanks and comments) with one of the words below, or anywhere temp, advisory, set_config,
+// execute, pg_settings or U&". Transaction control is left out: the pooler learns of it from ReadyForQuery.
+
+static bool ident_byte(uint8_t c) {
+  uint8_t l = c | 0x20;
+  return (l >= 'a' && l <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '$' || c >= 0x80;
+}
+
+// Compares as `byte | 0x20` ('_' folds to 0x7f on both sides).
+static bool word_at(const uint8_t *b, size_t i, size_t end, const char *w) {
+  size_t n = strlen(w);
+  if (i + n > end) return false;
+  for (size_t j = 0; j < n; j++)
+    if ((b[i + j] | 0x20) != ((uint8_t)w[j] | 0x20)) return false;
+  return true;
+}
+
+static size_t skip_blank(const uint8_t *b, size_t i, size_t end) {
+  while (i < end) {
+    uint8_t c = b[i];
+    if (c == ' ' || (c >= 0x09 && c <= 0x0d)) i++;
+    else if (c == '-' && i + 1 < end && b[i + 1] == '-') {
+      i += 2;
+      while (i < end && b[i] != '\n' && b[i] != '\r') i++;
+    } else if (c == '/' && i + 1 < end && b[i + 1] == '*') {
+      int depth = 1;
+      i += 2;
+      while (i < end && depth > 0) {
+        if (b[i] == '*' && i + 1 < end && b[i + 1] == '/') {
+          depth--;
+          i += 2;
+        } else if (b[i] == '/' && i + 1 < end && b[i + 1] == '*') {
+          depth++;
+          i += 2;
+        } else i++;
+      }
+    } else break;
+  }
+  return i;
+}
+
+static bool leading_word(const uint8_t *b, size_t i, size_t end) {
+  static const char *words[] = {"set", "reset", "discard", "prepare", "execute", "deallocate", "listen", "unlisten", "load", "close", "drop", "declare"};
+  i = skip_blank(b, i, end);
+  for (size_t k = 0; k < sizeof words / sizeof words[0]; k++) {
+    size_t n = strlen(words[k]);
+    if (word_at(b, i, end, words[k]) && (i + n == end || !ident_byte(b[i + n]))) return true;
+  }
+  return false;
+}
+
+static bool pooling_hit(const uint8_t *b, size_t start, size_t end) {
+  if (leading_word(b, start, end)) return true;
+  for (size_t i = start; i < end; i++) {
+    switch (b[i] | 0x20) {
+      case ';':
+        if (leading_word(b, i + 1, end)) return true;
+        break;
+      case '&':
+        if (i > start && (b[i - 1] | 0x20) == 'u' && i + 1 < end && b[i + 1] == '"') return true;
+        break;
+      case 't':
+        if (word_at(b, i, end, "temp")) return true;
+        break;
+      case 'a':
+        if (word_at(b, i, end, "advisory")) return true;
+        break;
+      case 's':
+        if (word_at(b, i, end, "set_config")) return true;
+        break;
+      case 'e':
+        if (word_at(b, i, end, "execute")) return true;
+        break;
+      case 'p':
+        if (word_at(b, i, end, "pg_settings")) return true;
+        break;
+    }
+  }
+  return false;
+}
+
+// A Parse, Bind, or Describe or Close of a statement, naming a prepared statement (not the unnamed one).
+static bool names_statement(const uint8_t *m, size_t len) {
+  switch (m[0]) {
+    case 'P':
+      return len > 5 && m[5] != 0;
+    case 'B': {
+      const uint8_t *nul = memchr(m + 5, 0, len - 5); // past the portal's name
+      return nul == NULL || (size_t)(nul - m) + 1 >= len || nul[1] != 0;
+    }
+    case 'D':
+    case 'C':
+      return len > 6 && m[5] == 'S' && m[6] != 0;
+  }
+  return false;
+}
+
+// Whether the pooler must see this client message (start's pool flags); `whole`: all of it is at hand.
+static bool pool_exit(relay_t *r, const uint8_t *m, size_t len, bool whole) {
+  uint8_t code = m[0];
+  if ((r->pool & POOL_NAMED) && (code == 'P' || code == 'B' || code == 'D' || code == 'C') && (!whole || names_statement(m, len)))
+    return true;
+  if ((r->pool & POOL_LEND) && (code == 'Q' || code == 'P')) {
+    if (!whole) return true;
+    size_t start = 5, end = len;
+    if (code == 'Q') end = len - 1;
+    else {
+      const uint8_t *nul = memchr(m + 5, 0, len - 5); // the statement's name
+      if (nul == NULL) return true;
+      start = (size_t)(nul - m) + 1;
+      const uint8_t *text_end = memchr(m + start, 0, len - start);
+      end = text_end == NULL ? len : (size_t)(text_end - m);
+    }
+    return pooling_hit(m, start, end);
   }
   return false;
 }
@@ -194,7 +330,8 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   if (client) {
     if (code == 'X') return EXIT_CLIENT_MESSAGE;
     if ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len))) return EXIT_CLIENT_MESSAGE;
-  } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6 || (r->fence && m[5] == 'T')))) {
+    if (r->pool && pool_exit(r, m, len, whole)) return EXIT_CLIENT_MESSAGE;
+  } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6 || (r->fence && m[5] == 'T') || (r->pool & POOL_STATEMENT)))) {
     return EXIT_SERVER_MESSAGE;
   } else if (code == 'N' && (!whole || mentions_steadytext(m, 5, len))) {
     return EXIT_SERVER_MESSAGE; // perhaps an in-band callback request (interceptor.ts notice)
@@ -229,6 +366,16 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
     if (!log_room(r)) return EXIT_LOG_FULL;
     r->log[r->log_len++] = client ? code : (uint8_t)(code | 0x80);
   }
+  if (client && r->pool && !r->q_open) {
+    r->q_open = true;
+    r->q_start = uv_hrtime();
+    r->queries++;
+    if (!r->x_open) {
+      r->x_open = true;
+      r->x_start = r->q_start;
+      r->xacts++;
+    }
+  }
   if (client) {
     switch (code) {
       case 'Q':
@@ -248,6 +395,15 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   } else if (code == 'Z') {
     if (r->pending_sync > 0) r->pending_sync--;
     r->status = m[5];
+    if (r->q_open && r->pending_sync == 0 && r->since_sync == 0) {
+      uint64_t now = uv_hrtime();
+      r->q_ns += now - r->q_start;
+      r->q_open = false;
+      if (r->x_open && r->status == 'I') {
+        r->x_ns += now - r->x_start;
+        r->x_open = false;
+      }
+    }
   }
   return 0;
 }
@@ -415,14 +571,30 @@ static napi_value number(napi_env env, double d) {
   return v;
 }
 
+// Pooling's counts: [requests, transactions, their microseconds, the open request's and transaction's
+// microseconds so far (-1: none open)].
+static napi_value pool_counts(napi_env env, relay_t *r) {
+  uint64_t now = (r->q_open || r->x_open) ? uv_hrtime() : 0;
+  napi_value a;
+  napi_create_array_with_length(env, 6, &a);
+  napi_set_element(env, a, 0, number(env, (double)r->queries));
+  napi_set_element(env, a, 1, number(env, (double)r->xacts));
+  napi_set_element(env, a, 2, number(env, (double)(r->q_ns / 1000)));
+  napi_set_element(env, a, 3, number(env, (double)(r->x_ns / 1000)));
+  napi_set_element(env, a, 4, number(env, r->q_open ? (double)((now - r->q_start) / 1000) : -1));
+  napi_set_element(env, a, 5, number(env, r->x_open ? (double)((now - r->x_start) / 1000) : -1));
+  return a;
+}
+
 // [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer,
-//  skipClient, skipServer, kept Query or exchange or null, what of its answer was forwarded (relay_t.kept_t)]
+//  skipClient, skipServer, kept Query or exchange or null, what of its answer was forwarded (relay_t.kept_t),
+//  pool_counts]
 static napi_value outcome(napi_env env, relay_t *r) {
   napi_value a, kept;
-  napi_create_array_with_length(env, 14, &a);
+  napi_create_array_with_length(env, 15, &a);
   if (r->kept_len > 0) kept = buffer_copy(env, r->kept, r->kept_len);
   else napi_get_null(env, &kept);
-  napi_value v[14] = {
+  napi_value v[15] = {
     number(env, r->reason),
     number(env, r->err),
     buffer_copy(env, r->c.out + r->c.out_off, r->c.out_len - r->c.out_off),
@@ -437,8 +609,9 @@ static napi_value outcome(napi_env env, relay_t *r) {
     number(env, (double)r->s.skip),
     kept,
     number(env, r->kept_len > 0 ? (double)r->kept_t : 0),
+    pool_counts(env, r),
   };
-  for (uint32_t i = 0; i < 14; i++) napi_set_element(env, a, i, v[i]);
+  for (uint32_t i = 0; i < 15; i++) napi_set_element(env, a, i, v[i]);
   return a;
 }
 
@@ -512,12 +685,12 @@ static relay_t *handle_arg(napi_env env, napi_callback_info info, const char *us
   return r;
 }
 
-// start(clientFd, serverFd, maxMessage, onExit[, keepStatus]) -> handle. keepStatus: the session's transaction
-// status as a character code when JS wants Queries kept (see relay_t.kept), else 0; plus 0x100 when JS fences
-// statements inside transaction blocks (relay_t.fence).
+// start(clientFd, serverFd, maxMessage, onExit[, keepStatus[, poolFlags]]) -> handle. keepStatus: the session's
+// transaction status as a character code when JS wants Queries kept (see relay_t.kept), else 0; plus 0x100 when
+// JS fences statements inside transaction blocks (relay_t.fence). poolFlags: POOL_* (a lent pooled connection).
 static napi_value js_start(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 4) return throw_error(env, "start(clientFd, serverFd, maxMessage, onExit)");
   int32_t cfd, sfd;
@@ -540,6 +713,8 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
     r->fence = (keep & 0x100) != 0;
     r->status = (uint8_t)(keep & 0xff);
   }
+  uint32_t pool = 0;
+  if (argc >= 6 && napi_get_value_uint32(env, argv[5], &pool) == napi_ok) r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
   int e1 = uv_poll_init(loop, &r->c.poll, cfd);
   if (e1 != 0) {
     r->finalized = true;
@@ -588,19 +763,20 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
 }
 
 // state(handle) -> [requests awaiting an answer (0 when idle), bytes held, bytesFromClient, bytesFromServer, status,
-//                   bytes still to come of messages being streamed]
+//                   bytes still to come of messages being streamed, pool_counts]
 static napi_value js_state(napi_env env, napi_callback_info info) {
   relay_t *r = handle_arg(env, info, "state(handle)");
   if (r == NULL) return NULL;
   size_t held = r->c.in_len + r->s.in_len + (r->c.out_len - r->c.out_off) + (r->s.out_len - r->s.out_off);
   napi_value a;
-  napi_create_array_with_length(env, 6, &a);
+  napi_create_array_with_length(env, 7, &a);
   napi_set_element(env, a, 0, number(env, (double)(r->pending_sync + r->since_sync)));
   napi_set_element(env, a, 1, number(env, (double)held));
   napi_set_element(env, a, 2, number(env, (double)r->c.bytes_read));
   napi_set_element(env, a, 3, number(env, (double)r->s.bytes_read));
   napi_set_element(env, a, 4, number(env, r->status));
   napi_set_element(env, a, 5, number(env, (double)(r->c.skip + r->s.skip)));
+  napi_set_element(env, a, 6, pool_counts(env, r));
   return a;
 }
 

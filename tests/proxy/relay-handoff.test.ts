@@ -29,7 +29,7 @@ class FakeRelay implements NativeRelay {
   /** What stop() returns: the outcome, or null when the relay already gave the session back. */
   onStop: RelayOutcome | null = null;
   stops = 0;
-  st: RelayState = { requests: 0, held: 0, bytesFromClient: 0, bytesFromServer: 0, status: 'I', streaming: 0 };
+  st: RelayState = { requests: 0, held: 0, bytesFromClient: 0, bytesFromServer: 0, status: 'I', streaming: 0, pool: NO_COUNTS };
 
   start(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void): RelayHandle {
     if (this.failStart) throw new Error('no relay for you');
@@ -55,8 +55,10 @@ class FakeRelay implements NativeRelay {
 
 function outcome(o: Partial<RelayOutcome>): RelayOutcome {
   const none = Buffer.alloc(0);
-  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, queryRowDescription: 0, ...o };
+  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, queryRowDescription: 0, pool: NO_COUNTS, ...o };
 }
+
+const NO_COUNTS = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1 };
 
 /** A socket as the hand-off sees it: a file descriptor, a Readable already reading, nothing unsent. */
 function fakeSocket(fd: number) {
