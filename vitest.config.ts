@@ -16,7 +16,7 @@ export default defineConfig({
         extends: true,
         test: {
           name: 'js-relay',
-          include: ['tests/proxy/{backpressure,cancel,interceptor,pg,psql,robustness,shutdown}.test.ts'],
+          include: ['tests/proxy/{backpressure,cancel,interceptor,pg,psql,robustness,shutdown,pooling}.test.ts'],
           env: { PGSTEADYTEXT_TEST_RELAY: 'off' },
         },
       },
