@@ -1,7 +1,8 @@
 // Shared helpers of the proxy suites: a proxy on port 0 in front of the test cluster, URLs through it,
 // psql runs, and a raw wire-protocol client for what drivers never send.
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -9,8 +10,12 @@ import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
 import pino from 'pino';
 import pg from 'pg';
+import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
+import { createConsole } from '../../proxy/console-host.js';
+import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
 import { query, readErrorFields } from '../../proxy/protocol.js';
 import { startProxy, type ProxyOptions, type ProxyServer } from '../../proxy/server.js';
+import { parseUpstreamUrl } from '../../proxy/upstream.js';
 
 export type RoleName = 'scram' | 'md5' | 'trust';
 
@@ -53,6 +58,47 @@ export function writePgbouncerIni(
     ...Object.entries(o.sections ?? {}).flatMap(([name, lines]) => [`[${name}]`, ...lines]),
   ].join('\n') + '\n');
   return ini;
+}
+
+/**
+ * A pooling proxy in this process, from an ini written for the test cluster (database postgres, one user in
+ * the auth_file, `pgbouncer` settings added), with its admin console reading the proxy's sessions (SHOW ...).
+ */
+export async function startPoolingProxy(o: {
+  authType: 'trust' | 'scram-sha-256';
+  user: string;
+  password: string;
+  pgbouncer: Record<string, string | number>;
+  proxy?: Partial<ProxyOptions>;
+}): Promise<{ proxy: ProxyServer; pooling: PoolingEnv; closeConsole: () => void }> {
+  const db = testDb();
+  const dir = mkdtempSync(join(tmpdir(), 'pooling-proxy-'));
+  const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
+  writeFileSync(join(dir, 'userlist.txt'), `${q(o.user)} ${q(o.password)}\n`);
+  writeFileSync(join(dir, 'pgbouncer.ini'), [
+    '[databases]',
+    `postgres = host=${db.host} port=${db.port} dbname=postgres`,
+    '[pgbouncer]',
+    'listen_addr = 127.0.0.1',
+    'listen_port = 6432',
+    'unix_socket_dir =',
+    `auth_type = ${o.authType}`,
+    `auth_file = ${join(dir, 'userlist.txt')}`,
+    ...Object.entries(o.pgbouncer).map(([k, v]) => `${k} = ${v}`),
+  ].join('\n') + '\n');
+  const config = loadPgBouncerConfig(join(dir, 'pgbouncer.ini'));
+  const started: { proxy?: ProxyServer } = {};
+  const console = createConsole({
+    pooler: () => pooling.pooler,
+    sessions: () => started.proxy?.sessions() ?? [],
+    configFile: config.file,
+    reload: () => pooling.pooler.reload(loadPgBouncerConfig(config.file)),
+    shutdown: () => {},
+    logger: silentLogger,
+  });
+  const pooling = createPooling({ config, defaultTarget: parseUpstreamUrl(`postgres://${db.host}:${db.port}/?sslmode=disable`), logger: silentLogger, console });
+  const proxy = (started.proxy = await startTestProxy({ pooling, ...o.proxy }));
+  return { proxy, pooling, closeConsole: () => console.close() };
 }
 
 export function testDb() {

@@ -2,20 +2,14 @@
 // its server connection, in the native relay, until the pool needs it back. Real clients through the real
 // proxy against the real cluster: the relay runs the transactions (its counters say so), a second client is
 // served through reclaim with a pool of one, settings never leak, and what the pooler must see leaves the relay.
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { connect as netConnect } from 'node:net';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import pg from 'pg';
-import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
-import { createConsole } from '../../proxy/console-host.js';
-import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
+import type { PoolingEnv } from '../../proxy/pooling.js';
 import { cancelRequest } from '../../proxy/protocol.js';
 import { loadNativeRelay } from '../../proxy/relay.js';
 import type { ProxyServer } from '../../proxy/server.js';
-import { parseUpstreamUrl } from '../../proxy/upstream.js';
-import { eventually, silentLogger, startTestProxy, testDb } from './helpers.js';
+import { eventually, startPoolingProxy, testDb } from './helpers.js';
 
 interface Pooled {
   proxy: ProxyServer;
@@ -26,41 +20,15 @@ interface Pooled {
 
 async function pooledProxy(pgbouncer: Record<string, string | number>): Promise<Pooled> {
   const db = testDb();
-  const dir = mkdtempSync(join(tmpdir(), 'pooled-lend-'));
-  const q = (s: string) => `"${s.replaceAll('"', '""')}"`;
-  writeFileSync(join(dir, 'userlist.txt'), `${q(db.roles.scram.user)} ${q(db.roles.scram.password)}\n`);
-  writeFileSync(join(dir, 'pgbouncer.ini'), [
-    '[databases]',
-    `postgres = host=${db.host} port=${db.port} dbname=postgres`,
-    '[pgbouncer]',
-    'listen_addr = 127.0.0.1',
-    'listen_port = 6432',
-    'unix_socket_dir =',
-    'auth_type = scram-sha-256',
-    `auth_file = ${join(dir, 'userlist.txt')}`,
-    `admin_users = ${db.roles.scram.user}`,
-    ...Object.entries(pgbouncer).map(([k, v]) => `${k} = ${v}`),
-  ].join('\n') + '\n');
-  const config = loadPgBouncerConfig(join(dir, 'pgbouncer.ini'));
-  const started: { proxy?: ProxyServer } = {};
-  const console = createConsole({
-    pooler: () => pooling.pooler,
-    sessions: () => started.proxy?.sessions() ?? [],
-    configFile: config.file,
-    reload: () => pooling.pooler.reload(loadPgBouncerConfig(config.file)),
-    shutdown: () => {},
-    logger: silentLogger,
+  const r = db.roles.scram;
+  const { proxy, pooling, closeConsole } = await startPoolingProxy({
+    authType: 'scram-sha-256', user: r.user, password: r.password, pgbouncer: { admin_users: r.user, ...pgbouncer }, proxy: { nativeRelay: 'on' },
   });
-  const pooling = createPooling({ config, defaultTarget: parseUpstreamUrl(`postgres://${db.host}:${db.port}/?sslmode=disable`), logger: silentLogger, console });
-  const proxy = (started.proxy = await startTestProxy({ pooling, nativeRelay: 'on' }));
   return {
     proxy,
     pooling,
-    url(database = 'postgres') {
-      const r = db.roles.scram;
-      return `postgres://${encodeURIComponent(r.user)}:${encodeURIComponent(r.password)}@127.0.0.1:${proxy.address.port}/${database}`;
-    },
-    closeConsole: () => console.close(),
+    url: (database = 'postgres') => `postgres://${encodeURIComponent(r.user)}:${encodeURIComponent(r.password)}@127.0.0.1:${proxy.address.port}/${database}`,
+    closeConsole,
   };
 }
 

@@ -5,18 +5,12 @@
 // clients and servers, server_lifetime = 0. Beyond pgBouncer: SQL PREPARE / EXECUTE / DEALLOCATE follow the
 // client across server connections without pinning it, in one namespace with the protocol's named
 // statements, and a statement whose result type changed (0A000) is prepared again outside a transaction block.
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import pg from 'pg';
-import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
-import { createConsole } from '../../proxy/console-host.js';
-import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
+import type { PoolingEnv } from '../../proxy/pooling.js';
 import { bind as bindMessage, close, execute, parse, query, readDataRow, SYNC } from '../../proxy/protocol.js';
 import type { ProxyServer } from '../../proxy/server.js';
-import { parseUpstreamUrl } from '../../proxy/upstream.js';
-import { RawClient, adminQuery, appName, frontend, silentLogger, startTestProxy, startupPacket, testDb } from './helpers.js';
+import { RawClient, adminQuery, appName, frontend, startPoolingProxy, startupPacket } from './helpers.js';
 
 interface Pooled {
   proxy: ProxyServer;
@@ -29,41 +23,8 @@ interface Pooled {
 
 /** A pooling proxy (auth_type trust, trust_user) from an ini written for the test cluster. */
 async function pooledProxy(pgbouncer: Record<string, string | number>): Promise<Pooled> {
-  const db = testDb();
-  const dir = mkdtempSync(join(tmpdir(), 'pooled-prepared-'));
-  writeFileSync(join(dir, 'userlist.txt'), '"trust_user" ""\n');
-  writeFileSync(
-    join(dir, 'pgbouncer.ini'),
-    [
-      '[databases]',
-      `postgres = host=${db.host} port=${db.port} dbname=postgres`,
-      '[pgbouncer]',
-      'listen_addr = 127.0.0.1',
-      'listen_port = 6432',
-      'unix_socket_dir =',
-      'auth_type = trust',
-      `auth_file = ${join(dir, 'userlist.txt')}`,
-      ...Object.entries(pgbouncer).map(([k, v]) => `${k} = ${v}`),
-    ].join('\n') + '\n',
-  );
-  const config = loadPgBouncerConfig(join(dir, 'pgbouncer.ini'));
-  // The admin console (SHOW CLIENTS), reading the sessions of the proxy started below.
-  const started: { proxy?: ProxyServer } = {};
-  const console = createConsole({
-    pooler: () => pooling.pooler,
-    sessions: () => started.proxy?.sessions() ?? [],
-    configFile: config.file,
-    reload: () => pooling.pooler.reload(loadPgBouncerConfig(config.file)),
-    shutdown: () => {},
-    logger: silentLogger,
-  });
-  const pooling = createPooling({
-    config,
-    defaultTarget: parseUpstreamUrl(`postgres://${db.host}:${db.port}/?sslmode=disable`),
-    logger: silentLogger,
-    console,
-  });
-  const proxy = (started.proxy = await startTestProxy({ pooling }));
+  // With the admin console (SHOW CLIENTS), reading the sessions of this proxy.
+  const { proxy, pooling, closeConsole } = await startPoolingProxy({ authType: 'trust', user: 'trust_user', password: '', pgbouncer });
   return {
     proxy,
     pooling,
@@ -83,6 +44,7 @@ async function pooledProxy(pgbouncer: Record<string, string | number>): Promise<
     async close() {
       await proxy.close(0);
       pooling.pooler.close();
+      closeConsole();
     },
   };
 }
