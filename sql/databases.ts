@@ -180,7 +180,9 @@ export class Database {
     // (measured here: 4.3 ms a commit, against 0.2 ms); a crash loses at most answers that are computed again,
     // and a client statement that used one flushes the WAL past it when it commits.
     this.url = reg.serviceUrlFor(name);
-    this.pool = new pg.Pool({ ...serviceConnection(this.url, 'pg-steadytext service', ['synchronous_commit=off']), max: 4, idleTimeoutMillis: 30_000 });
+    // lock_timeout: a row a client's open block holds (an answer's mailbox topic it took) is never waited on for
+    // long, since that block may be waiting on the statement this write is for; the write fails and the call asks.
+    this.pool = new pg.Pool({ ...serviceConnection(this.url, 'pg-steadytext service', ['synchronous_commit=off', 'lock_timeout=2s']), max: 4, idleTimeoutMillis: 30_000 });
     this.pool.on('error', (err) => this.log.warn({ err }, 'service connection failed'));
     const readConfig = `SELECT key, value FROM ${quoteIdent(this.schema)}.steadytext_config`;
     this.runtime = new RuntimeConfigSource(async () => (await this.pool.query(readConfig)).rows);

@@ -82,6 +82,8 @@ export interface CheckResult {
   isolation: string;
   /** The session's transaction has written nothing yet (so it cannot have changed steadytext_config). */
   unwritten: boolean;
+  /** The session's current role may write the answers itself (the cache and the mailbox: the owner, a superuser). */
+  writes: boolean;
   /** Per item, in order: may this session's current role run exactly the installed function? */
   allowed: boolean[];
 }
@@ -101,18 +103,22 @@ export function checkSql(items: readonly CheckItem[], installed: Installed, sche
       AND n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false)))`;
     return `${may} AND ${inPath} AND NOT ${shadowed}`;
   });
-  return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('client_encoding'), pg_catalog.current_setting('transaction_isolation'), pg_catalog.pg_current_xact_id_if_assigned() IS NULL${cols.map((c) => `, ${c}`).join('')}`;
+  // By oid, found in the installed schema: a missing table is NULL (false), never an error in the client's block.
+  const writes = ['steadytext_cache', 'steadytext_mailbox'].map((t) => `(SELECT pg_catalog.has_table_privilege(c.oid, 'INSERT, UPDATE')
+      FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) ${installed.schemaOid}::pg_catalog.oid AND c.relname OPERATOR(pg_catalog.=) '${t}'::pg_catalog.name)`).join(' AND ');
+  return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('client_encoding'), pg_catalog.current_setting('transaction_isolation'), pg_catalog.pg_current_xact_id_if_assigned() IS NULL, coalesce(${writes}, false)${cols.map((c) => `, ${c}`).join('')}`;
 }
 
 function result(row: (string | null)[] | undefined, n: number): CheckResult | undefined {
-  if (!row || row.length !== 5 + n) return undefined;
+  if (!row || row.length !== 6 + n) return undefined;
   return {
     backendPid: Number(row[0]),
     standardConformingStrings: row[1] === 'on',
     clientEncoding: String(row[2]).toUpperCase(),
     isolation: String(row[3]),
     unwritten: row[4] === 't',
-    allowed: row.slice(5).map((v) => v === 't'),
+    writes: row[5] === 't',
+    allowed: row.slice(6).map((v) => v === 't'),
   };
 }
 

@@ -172,8 +172,10 @@ export class Server {
     ]);
     // Inside a block that has written, the client may hold the row an answer would replace (a mailbox topic it
     // took earlier in the block: a second steadytext_daemon_start()), which the service connection would wait on
-    // until the block ends, and the block waits on this statement: such writes go in the client's own transaction.
-    const own = ctx.txStatus === 'T' && !check.unwritten;
+    // until the block ends, and the block waits on this statement: such writes go in the client's own transaction
+    // when its role may write them; else the service connection gives up after its lock_timeout, and the function,
+    // missing the answer, asks in-band (Database.pool).
+    const own = ctx.txStatus === 'T' && !check.unwritten && check.writes;
     if (db.single || own) {
       // On the client's connection, in turn (Database.via).
       if (done.length) await this.handOver(done, db, ctx, check.backendPid, how, ahead.extended, own);

@@ -257,6 +257,31 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     await c.end();
   });
 
+  test('a role that may not write the answers, in a block that has written: its visible calls are answered and the block goes on', async () => {
+    await fresh();
+    const role = await createRole('st_inband_plain');
+    try {
+      await direct.query(`GRANT CREATE ON SCHEMA public TO ${role.user}`);
+      const { c, notices } = await client(s.url(role.user, role.password));
+      await c.query('BEGIN');
+      await c.query('CREATE TABLE plain_scratch (x int)'); // the block has a transaction id now
+      // Its answers cannot go through its own connection (it may not write steadytext_cache): the service connection's.
+      const one = (await c.query(`SELECT steadytext_generate('plain role, in a block', 8) AS v`)).rows[0].v as string;
+      const two = (await c.query({ text: `SELECT steadytext_generate('plain role, in a block, extended', 8) AS v`, queryMode: 'extended' } as pg.QueryConfig)).rows[0].v as string;
+      await c.query('INSERT INTO plain_scratch VALUES (1)');
+      await c.query('COMMIT');
+      await c.end();
+      expect(notices).toEqual([]);
+      await fresh();
+      expect(one).toBe(await rewritten(`SELECT steadytext_generate('plain role, in a block', 8) AS v`));
+      expect(two).toBe(await rewritten(`SELECT steadytext_generate('plain role, in a block, extended', 8) AS v`));
+    } finally {
+      await direct.query('DROP TABLE IF EXISTS plain_scratch');
+      await direct.query(`REVOKE CREATE ON SCHEMA public FROM ${role.user}`);
+      await dropRole(role.user);
+    }
+  });
+
   test.each(['session', 'transaction'] as const)(
     'in a REPEATABLE READ READ ONLY block, a parameterized statement with visible calls on columns (extended protocol, %s mode) is fenced, gathered and run again',
     async (mode) => {
