@@ -248,13 +248,14 @@ export function mailboxStatement(schema: string, backendPid: number, e: MailboxE
 }
 
 /**
- * Deletes the mailbox rows matching `where` that no open transaction holds: a row a client's block took (and
- * so locked) is left to expire, never waited on, since that block may itself be waiting on the proxy.
+ * Deletes the rows of one of our tables matching `where` (at most `limit`) that no open transaction holds: a
+ * row a client's block took (and so locked) is left for later, never waited on, since that block may itself
+ * be waiting on the proxy.
  */
-export function deleteMailbox(schema: string, where: string): string {
-  const t = `${quoteIdent(schema)}.steadytext_mailbox`;
-  return `DELETE FROM ${t} AS m USING (SELECT backend_pid, topic FROM ${t} WHERE ${where} FOR UPDATE SKIP LOCKED) AS d
-     WHERE m.backend_pid OPERATOR(pg_catalog.=) d.backend_pid AND m.topic OPERATOR(pg_catalog.=) d.topic`;
+export function deleteSkipLocked(schema: string, table: string, where: string, limit?: number): string {
+  const t = `${quoteIdent(schema)}.${table}`;
+  return `DELETE FROM ${t} WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
+     SELECT ctid FROM ${t} WHERE ${where}${limit === undefined ? '' : ` LIMIT ${limit | 0}`} FOR UPDATE SKIP LOCKED))`;
 }
 
 /** Writes mailbox entries for one backend (committed before this resolves; old ones go in sql/maintenance.ts). */

@@ -20,9 +20,9 @@ import { findCalls, isParseFailure } from './calls.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
 import { errorAnswer, wrapAnswer } from './answers.js';
-import { isManagement, managementTopic } from './evaluate.js';
+import { isManagement, managementTopic, type Evaluated } from './evaluate.js';
 import type { Database } from './databases.js';
-import { auxQuery, deleteMailbox, mailboxStatement, postMailbox, type MailboxEntry } from './handover.js';
+import { auxQuery, deleteSkipLocked, mailboxStatement, postMailbox, type MailboxEntry } from './handover.js';
 import { quoteIdent } from './install.js';
 import type { Responder } from './daemon/responder.js';
 
@@ -140,19 +140,11 @@ export class InbandCallbacks {
 
   private async answer(r: Signed, ctx: SessionContext): Promise<void> {
     const db = this.databases.get(ctx.database);
-    const { abort, release } = following(ctx.signal);
     // Taken now, while the answer is computed: the function blocks on it instead of polling (migration 006).
     const key = wakeKey(r.id);
     const wake = r.wait ? db.holdWake(key) : null;
-    let text: string;
-    try {
-      text = wrapAnswer(await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband' }));
-    } catch (e) {
-      const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
-      text = errorAnswer(w.code, w.message, w.hint ?? '');
-    } finally {
-      release();
-    }
+    const e = await this.evaluate(r, ctx);
+    const text = 'answer' in e ? wrapAnswer(e.answer) : errorAnswer(e.error.sqlstate, e.error.message, e.error.hint);
     if (!r.wait) return; // the responder writes the cache row the retried transaction finds
     await this.handOver(r, text, wake, key, db, ctx);
   }
@@ -230,7 +222,7 @@ export class InbandCallbacks {
     // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
     // Rows the client's block took before the fence stay locked until it ends: skipped, never waited on.
     await db.via(ctx).query(
-      deleteMailbox(db.schema, `backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`),
+      deleteSkipLocked(db.schema, 'steadytext_mailbox', `backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`),
       [first.backendPid],
     ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
     if (ctx.signal.aborted) return false;
@@ -273,14 +265,17 @@ export class InbandCallbacks {
 
   /** The mailbox entry answering a management function's request (its topic, as the rewrite path posts it), else null. */
   private async manage(r: Signed, ctx: SessionContext): Promise<MailboxEntry | null> {
-    if (!isManagement(r.fn)) return null;
-    const topic = managementTopic(r.fn);
+    return isManagement(r.fn) ? { topic: managementTopic(r.fn), ...await this.evaluate(r, ctx) } : null;
+  }
+
+  /** The responder's answer to a request, or its failure as the SQL function raises it; stops when the session does. */
+  private async evaluate(r: Signed, ctx: SessionContext): Promise<Evaluated> {
     const { abort, release } = following(ctx.signal);
     try {
-      return { topic, answer: await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband' }) };
+      return { answer: await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband' }) };
     } catch (e) {
       const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
-      return { topic, error: { sqlstate: w.code, message: w.message, hint: w.hint ?? '' } };
+      return { error: { sqlstate: w.code, message: w.message, hint: w.hint ?? '' } };
     } finally {
       release();
     }

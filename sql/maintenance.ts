@@ -2,7 +2,7 @@
 // than cache_ttl_seconds (the lookup no longer returns them, so they only take space: steadytext_cache_evict,
 // the SQL API's own), log entries past their retention, and mailbox rows nobody took. Run by each database's
 // proxy (Database) now and then on its service connection, in batches, so that no statement holds many locks long.
-import type { Queryable } from './handover.js';
+import { deleteSkipLocked, type Queryable } from './handover.js';
 import { quoteIdent } from './install.js';
 
 /** How often a database is maintained (the first time a minute after it is prepared). */
@@ -21,10 +21,8 @@ export async function maintain(q: Queryable, schema: string): Promise<Maintained
   const older = async (table: string, column: string, age: string): Promise<number> => {
     let total = 0;
     for (;;) {
-      const r = await q.query(
-        `DELETE FROM ${s}.${table} WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
-           SELECT ctid FROM ${s}.${table} WHERE ${column} OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) '${age}'::pg_catalog.interval)
-            LIMIT ${BATCH} FOR UPDATE SKIP LOCKED))`);
+      const r = await q.query(deleteSkipLocked(schema, table,
+        `${column} OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) '${age}'::pg_catalog.interval)`, BATCH));
       total += r.rowCount ?? 0;
       if ((r.rowCount ?? 0) < BATCH) return total;
     }
