@@ -16,9 +16,8 @@ import { PoolerTls, startProxy } from './proxy/server.js';
 import { createSteadytextInterceptor } from './sql/interceptor.js';
 import { runPoolWorker, startWorkerPool, workerSetup, type WorkerPool, type WorkerSetup } from './proxy/workers.js';
 import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
-import { MIGRATIONS, SQL_VERSION } from './sql/version.js';
-import { loadMigration } from './sql/install.js';
-import { createHash } from 'node:crypto';
+import { SQL_VERSION } from './sql/version.js';
+import { objectsTag } from './sql/install.js';
 import { loadPgBouncerConfig, PgBouncerConfigError, serviceUrlForDatabase, type PoolerConfig } from './config/pgbouncer.js';
 import { createPooling, peerTarget, type PoolingEnv } from './proxy/pooling.js';
 import type { Pooler } from './proxy/pool.js';
@@ -152,17 +151,6 @@ interface Alongside {
 }
 
 /**
- * What a template of the embedded database made with the steadytext objects installed is named for: their version
- * and a digest of the migrations' text (the checksums steadytext_meta records), so that a template made with other
- * migrations, even of the same version, is never taken for this one. scripts/pglite-template.mjs computes the same.
- */
-async function sqlObjectsTag(): Promise<string> {
-  const sha = (s: string) => createHash('sha256').update(s).digest('hex');
-  const sums = await Promise.all(MIGRATIONS.map(async (m) => `${m.id} ${m.version} ${sha(await loadMigration(m))}\n`));
-  return `sql-${SQL_VERSION}-${sha(sums.join('')).slice(0, 12)}`;
-}
-
-/**
  * No upstream: the embedded database (embedded/) in its place, with the pooler in front. PGlite is one session,
  * so the clients take turns on it a transaction at a time (transaction pooling, one server connection), each
  * keeping its own settings and prepared statements; PGlite has one database, postgres.
@@ -174,7 +162,7 @@ async function serveEmbedded(s: Settings, log: Logger): Promise<void> {
   }
   // A new database starts with the steadytext objects installed (the template made with them) when they would be
   // installed as they are there: automatically, in schema public. The install at start then finds nothing to do.
-  const objects = s.autoInstall && s.schema === 'public' ? await sqlObjectsTag().catch(() => undefined) : undefined;
+  const objects = s.autoInstall && s.schema === 'public' ? await objectsTag().catch(() => undefined) : undefined;
   const db = startEmbedded({
     objects,
     dataDir: s.memory ? null : s.dataDir,

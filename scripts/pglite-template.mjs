@@ -3,13 +3,12 @@
 //   pglite-template-<PGlite version>.tar.gz            a freshly initialized PGlite data directory
 //   pglite-template-<PGlite version>-sql-<v>-<d>.tar.gz the same with the steadytext objects installed by the
 //       project's own installer (sql/install.ts installSql, through the embedded database as the CLI runs it), named
-//       for their version and a digest of the migrations (cli.ts sqlObjectsTag computes the same): a start with
+//       for their version and a digest of the migrations (sql/install.ts objectsTag, as cli.ts asks for it): a start with
 //       other migrations takes the bare one and installs. Only the objects: the daemon secret, model identities and
 //       the daemon address are each instance's own, written at its first start (prepareDatabase).
 // Run by `npm install` (the install script) and again after tsc (prepare): the installer comes from the sources
 // when they are there (a checkout: tsx is installed), else from dist/ (a published package). Never fails the
 // install: without a template a first start is slower.
-import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -34,7 +33,6 @@ async function write(file, dump) {
 async function modules() {
   const from = async (dir, ext) => ({
     install: await import(pathToFileURL(join(root, dir, 'sql', `install.${ext}`)).href),
-    version: await import(pathToFileURL(join(root, dir, 'sql', `version.${ext}`)).href),
     embedded: await import(pathToFileURL(join(root, dir, 'embedded', `index.${ext}`)).href),
   });
   if (existsSync(join(root, 'sql', 'install.ts'))) {
@@ -52,9 +50,7 @@ async function modules() {
 async function withObjects(version) {
   const m = await modules();
   if (!m) return;
-  const sha = (s) => createHash('sha256').update(s).digest('hex');
-  const sums = await Promise.all(m.version.MIGRATIONS.map(async (x) => `${x.id} ${x.version} ${sha(await m.install.loadMigration(x))}\n`));
-  const file = join(root, m.embedded.templateName(version, `sql-${m.version.SQL_VERSION}-${sha(sums.join('')).slice(0, 12)}`));
+  const file = join(root, m.embedded.templateName(version, await m.install.objectsTag()));
   if (existsSync(file)) return;
   const dir = mkdtempSync(join(tmpdir(), 'pglite-template-'));
   try {

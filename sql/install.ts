@@ -393,6 +393,16 @@ async function ensureDblink(client: pg.ClientBase, schema: string, tryCreate: bo
   return Boolean(await extensionSchema(client, 'dblink'));
 }
 
+/**
+ * What a template of the embedded database made with these objects installed is named for: their version and a
+ * digest of the migrations' text (the checksums steadytext_meta records), so that a template made with other
+ * migrations, even of the same version, is never taken for this one (cli.ts, scripts/pglite-template.mjs).
+ */
+export async function objectsTag(): Promise<string> {
+  const sums = await Promise.all(MIGRATIONS.map(async (m) => `${m.id} ${m.version} ${sha256(await loadMigration(m))}\n`));
+  return `sql-${SQL_VERSION}-${sha256(sums.join('')).slice(0, 12)}`;
+}
+
 function sha256(s: string): string {
   return createHash('sha256').update(s, 'utf8').digest('hex');
 }
