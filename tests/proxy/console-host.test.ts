@@ -8,13 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
 import type { ShutdownMode } from '../../proxy/console.js';
-import { createConsole, type ConsoleFactory } from '../../proxy/console-host.js';
-import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
+import type { ConsoleFactory } from '../../proxy/console-host.js';
+import type { PoolingEnv } from '../../proxy/pooling.js';
 import type { ProxyServer } from '../../proxy/server.js';
-import { parseUpstreamUrl } from '../../proxy/upstream.js';
-import { adminQuery, psql, silentLogger, startTestProxy, testDb } from './helpers.js';
+import { adminQuery, poolingFromIni, psql, testDb } from './helpers.js';
 
 type Who = 'admin' | 'stats' | 'other';
 
@@ -60,20 +58,8 @@ async function consoleProxy(settings: Record<string, string | number>): Promise<
       ...Object.entries(settings).map(([k, v]) => `${k} = ${v}`),
     ].join('\n') + '\n',
   );
-  const config = loadPgBouncerConfig(ini);
   const shutdowns: ShutdownMode[] = [];
-  // The console reads the sessions lazily: the proxy starts after createPooling, which takes the console.
-  const started: { proxy?: ProxyServer } = {};
-  const console = createConsole({
-    pooler: () => pooling.pooler,
-    sessions: () => started.proxy?.sessions() ?? [],
-    configFile: config.file,
-    reload: () => pooling.pooler.reload(loadPgBouncerConfig(config.file)),
-    shutdown: (mode) => void shutdowns.push(mode),
-    logger: silentLogger,
-  });
-  const pooling = createPooling({ config, defaultTarget: parseUpstreamUrl(`postgres://${db.host}:${db.port}/?sslmode=disable`), logger: silentLogger, console });
-  const p = (started.proxy = await startTestProxy({ pooling }));
+  const { proxy: p, pooling, console } = await poolingFromIni(ini, { shutdown: (mode) => void shutdowns.push(mode) });
   return {
     proxy: p,
     pooling,

@@ -11,8 +11,9 @@ import { inject } from 'vitest';
 import pino from 'pino';
 import pg from 'pg';
 import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
-import { createConsole } from '../../proxy/console-host.js';
+import { createConsole, type ConsoleFactory } from '../../proxy/console-host.js';
 import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
+import type { ShutdownMode } from '../../proxy/console.js';
 import { query, readErrorFields } from '../../proxy/protocol.js';
 import { startProxy, type ProxyOptions, type ProxyServer } from '../../proxy/server.js';
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
@@ -86,19 +87,30 @@ export async function startPoolingProxy(o: {
     `auth_file = ${join(dir, 'userlist.txt')}`,
     ...Object.entries(o.pgbouncer).map(([k, v]) => `${k} = ${v}`),
   ].join('\n') + '\n');
-  const config = loadPgBouncerConfig(join(dir, 'pgbouncer.ini'));
+  const { proxy, pooling, console } = await poolingFromIni(join(dir, 'pgbouncer.ini'), { proxy: o.proxy });
+  return { proxy, pooling, closeConsole: () => console.close() };
+}
+
+/**
+ * A pooling proxy in this process from a pgbouncer.ini, with its admin console. The console reads the sessions
+ * lazily: the proxy starts after createPooling, which takes the console. `shutdown` receives SHUTDOWN's mode.
+ */
+export async function poolingFromIni(ini: string, o: { shutdown?: (mode: ShutdownMode) => void; proxy?: Partial<ProxyOptions> } = {}):
+  Promise<{ proxy: ProxyServer; pooling: PoolingEnv; console: ConsoleFactory }> {
+  const db = testDb();
+  const config = loadPgBouncerConfig(ini);
   const started: { proxy?: ProxyServer } = {};
   const console = createConsole({
     pooler: () => pooling.pooler,
     sessions: () => started.proxy?.sessions() ?? [],
     configFile: config.file,
     reload: () => pooling.pooler.reload(loadPgBouncerConfig(config.file)),
-    shutdown: () => {},
+    shutdown: o.shutdown ?? (() => {}),
     logger: silentLogger,
   });
   const pooling = createPooling({ config, defaultTarget: parseUpstreamUrl(`postgres://${db.host}:${db.port}/?sslmode=disable`), logger: silentLogger, console });
   const proxy = (started.proxy = await startTestProxy({ pooling, ...o.proxy }));
-  return { proxy, pooling, closeConsole: () => console.close() };
+  return { proxy, pooling, console };
 }
 
 export function testDb() {
