@@ -363,6 +363,11 @@ export class Database {
     }
   }
 
+  /** Lets go of holdWake's lock with nothing to commit: what waits on it wakes. */
+  async wake(holder: pg.Client, key: number): Promise<void> {
+    await holder.query(wakeUnlock(key)).catch(() => {});
+  }
+
   /** The model identity the SQL functions look up for (role, size), registered on first sight. */
   async identity(role: ModelRole, size: string, opts?: IdentityOptions, q: Queryable = this.pool): Promise<string> {
     const id = await this.reg.opts.engine.modelIdentity(role, size, opts);
@@ -462,7 +467,7 @@ export class Database {
 }
 
 /** The advisory lock class of the in-band wake-up ('STEX'), as in sql/migrations/006_inband_wake.sql. */
-const WAKE_CLASS = 1398031704;
+export const WAKE_CLASS = 1398031704;
 const WAKE_LOCK = 'SELECT pg_catalog.pg_try_advisory_lock($1::pg_catalog.int4, $2::pg_catalog.int4) AS held';
 const wakeUnlock = (key: number) => `SELECT pg_catalog.pg_advisory_unlock(${WAKE_CLASS}, ${key | 0})`;
 

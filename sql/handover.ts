@@ -208,8 +208,8 @@ export function sessionQueryable(ctx: SessionContext, inBatch: boolean): Queryab
   };
 }
 
-/** Runs a simple query on the session's own connection; the client sees none of its responses. */
-export function auxQuery(ctx: SessionContext, sql: string): Promise<{ rows: (string | null)[][] } | { error: Record<string, string> }> {
+/** Runs a simple query on the session's own connection; the client sees none of its responses (notices go to `onNotice`). */
+export function auxQuery(ctx: SessionContext, sql: string, onNotice?: (message: string) => void): Promise<{ rows: (string | null)[][] } | { error: Record<string, string> }> {
   return new Promise((resolve) => {
     const rows: (string | null)[][] = [];
     let error: Record<string, string> | undefined;
@@ -219,6 +219,7 @@ export function auxQuery(ctx: SessionContext, sql: string): Promise<{ rows: (str
         onMessage(m) {
           if (m[0] === Be.DataRow) rows.push(textRow(m));
           else if (m[0] === Be.ErrorResponse) error = readErrorFields(m);
+          else if (m[0] === Be.NoticeResponse && onNotice) onNotice(readErrorFields(m).M ?? '');
           return null;
         },
         onEnd(_req, how) {

@@ -15,13 +15,14 @@
 // - Its rows are read through a cursor, FETCH by FETCH, each batch computed before more are read, and at
 //   most `maxValues` rows in all: the proxy's memory does not grow with the table.
 // - It stops when the client cancels, when the session's statement_timeout has elapsed since it began,
-//   and when its backend is cancelled (pg_cancel_backend): while the proxy computes, the backend runs
-//   short sleeps, so such a cancel hits one of them (a backend waiting for a command ignores cancels).
+//   and when its backend is cancelled (pg_cancel_backend): while the proxy computes, the backend waits
+//   in a statement (BackendWait), so such a cancel hits it (a backend waiting for a command drops cancels).
 import type { StatementCalls } from './calls.js';
-import type { Database } from './databases.js';
 import type { ArgValues } from './evaluate.js';
 import { parameter, parameterNames, servedByProxy, SQL_TYPES } from './signatures.js';
+import { randomInt } from 'node:crypto';
 import { auxQuery } from './handover.js';
+import { WAKE_CLASS, type Database } from './databases.js';
 import type { SessionContext } from '../proxy/interceptor.js';
 import { derivePrefetch, type PlanObjects, type PrefetchPlan, type QualifiedName } from './prefetch-plan.js';
 import type { Outcome, Resolved, Server } from './serve.js';
@@ -111,8 +112,9 @@ async function serveRows(job: Job, backendPid: number, deadline: number, maxValu
   const { ctx, server } = job;
   const stopping = new Stopping();
   const unwatch = stopOnCancelOrDeadline(ctx, deadline, stopping);
-  const rows = new RowReader(job, maxValues, stopping);
-  const sleeps = new BackendSleeps(ctx, stopping);
+  // On a one-session database the wait would hold the only session; nobody else could cancel it anyway.
+  const wait = new BackendWait(ctx, job.db, stopping, !job.db.single);
+  const rows = new RowReader(job, maxValues, stopping, wait);
   const cpu = server.engine.status().cpu;
   const computeCtx: SessionContext = { ...ctx, signal: stopping.signal };
   const lanes: Lanes = {
@@ -124,13 +126,12 @@ async function serveRows(job: Job, backendPid: number, deadline: number, maxValu
   };
   try {
     if (!stopping.signal.aborted) await rows.refill();
-    const sleeping = rows.queue.length > 0 || !rows.exhausted ? sleeps.start() : undefined;
+    if (rows.queue.length > 0 || !rows.exhausted) await wait.start();
     await Promise.all(Array.from({ length: lanes.width }, () => lane(lanes)));
-    sleeps.end();
-    await Promise.all([sleeping, rows.fetching]);
+    await Promise.all([wait.end(), rows.fetching]);
     await lanes.answers.finish();
   } finally {
-    sleeps.end();
+    await wait.end();
     unwatch();
   }
   const { done, began } = lanes.progress;
@@ -175,7 +176,7 @@ class RowReader {
   private readonly seen = new Set<string>(); // cache keys, at most maxValues per call
   private declare: string;
 
-  constructor(private readonly job: Job, private readonly maxValues: number, private readonly stopping: Stopping) {
+  constructor(private readonly job: Job, private readonly maxValues: number, private readonly stopping: Stopping, private readonly wait: BackendWait) {
     this.declare = `DECLARE ${FENCE} NO SCROLL CURSOR FOR ${job.plan.sql}; `;
   }
 
@@ -188,7 +189,7 @@ class RowReader {
     const { ctx } = this.job;
     try {
       const n = Math.min(FETCH_ROWS, this.maxValues - this.read);
-      const r = await aux(ctx, `${this.declare}FETCH FORWARD ${n} FROM ${FENCE}`);
+      const r = await this.wait.run(`${this.declare}FETCH FORWARD ${n} FROM ${FENCE}`);
       this.declare = '';
       if ('error' in r) {
         this.exhausted = true;
@@ -222,29 +223,103 @@ class RowReader {
   }
 }
 
+const WAIT_ENDED = 'pg-steadytext: prefetch wait ended: ';
+
 /**
- * While the engine works, the backend runs short sleeps: a cancel of the backend hits one of them (a
- * backend waiting for a command ignores it). Two loops, so the next sleep is always queued behind one.
+ * While the engine works, the backend waits in one statement: on an advisory lock the proxy holds on a connection
+ * of its own (Database.holdWake) and lets go of to end the wait, so a cancel of the backend (pg_cancel_backend,
+ * the client's, statement_timeout) hits the wait and stops the prefetch. The cancel is caught inside the wait
+ * (the fence stays usable, the server logs no error) and named in a notice. A backend between statements drops
+ * a cancel, so it is never left between them: what runs next (a FETCH, the next wait) is sent before the wait
+ * is let go of. The proxy never cancels the wait itself: PostgreSQL before 17 may deliver one cancel twice.
  */
-class BackendSleeps {
-  private computing = true;
-  constructor(private readonly ctx: SessionContext, private readonly stopping: Stopping) {}
-
-  start(): Promise<unknown> {
-    return Promise.all([this.loop(), this.loop()]);
+class BackendWait {
+  private current: Wait | undefined;
+  private ending = false;
+  private readonly check: string;
+  constructor(private readonly ctx: SessionContext, private readonly db: Database, private readonly stopping: Stopping, private readonly enabled: boolean) {
+    // A backend whose proxy went away leaves the wait within a second where the server can tell (14+).
+    this.check = Number.parseInt(ctx.serverParams.get('server_version') ?? '', 10) >= 14 ? 'SET LOCAL client_connection_check_interval = 1000; ' : '';
   }
 
-  end(): void {
-    this.computing = false;
+  /** The backend waits from now on (until end()). */
+  async start(): Promise<void> {
+    if (this.enabled && !this.current) await this.renew(undefined);
   }
 
-  private async loop(): Promise<void> {
-    let s = 0.005;
-    while (this.computing && !this.stopping.signal.aborted) {
-      const r = await aux(this.ctx, `SELECT pg_catalog.pg_sleep(${s}) /* pg-steadytext: computing prefetched answers */`);
-      if ('error' in r) return this.stopping.stop(stopOf(r.error));
-      s = Math.min(2 * s, 0.05);
+  /** Runs `sql` next: sent behind the wait, which then ends, and followed by the next wait. */
+  async run(sql: string): ReturnType<typeof auxQuery> {
+    const r = aux(this.ctx, sql);
+    const w = this.current;
+    if (w) {
+      await this.renew(w);
+      w.wake();
     }
+    return r;
+  }
+
+  /** A new wait after `prev`, sent behind what was sent before; none once ending (end() may come meanwhile). */
+  private async renew(prev: Wait | undefined): Promise<void> {
+    const next = this.ending ? undefined : await this.begin();
+    if (!this.ending && this.current === prev) this.current = next;
+    else next?.wake();
+  }
+
+  /** Ends the wait; resolves once the backend is out of it. */
+  async end(): Promise<void> {
+    this.ending = true;
+    const w = this.current;
+    this.current = undefined;
+    if (w) {
+      w.wake();
+      await w.done;
+    }
+  }
+
+  /** A new wait, sent behind whatever was sent before; undefined when the proxy cannot hold a lock for it. */
+  private async begin(): Promise<Wait | undefined> {
+    const key = randomInt(0x7fffffff);
+    const holder = await this.db.holdWake(key);
+    if (!holder || this.stopping.signal.aborted || this.ending) {
+      if (holder) void this.db.wake(holder, key);
+      return undefined;
+    }
+    const w = new Wait(() => this.db.wake(holder, key));
+    const sql = `SET LOCAL client_min_messages = notice; SET LOCAL lock_timeout = '10s'; ${this.check}DO $steadytext$BEGIN
+  PERFORM pg_catalog.pg_advisory_lock_shared(${WAKE_CLASS}, ${key}) /* pg-steadytext: computing prefetched answers */;
+  PERFORM pg_catalog.pg_advisory_unlock_shared(${WAKE_CLASS}, ${key});
+  RAISE NOTICE '${WAIT_ENDED}woken';
+EXCEPTION WHEN query_canceled THEN
+  RAISE NOTICE '${WAIT_ENDED}%', SQLERRM;
+WHEN lock_not_available THEN
+  RAISE NOTICE '${WAIT_ENDED}expired';
+END$steadytext$`;
+    w.done = aux(this.ctx, sql, (m) => {
+      if (m.startsWith(WAIT_ENDED)) w.endedBy = m.slice(WAIT_ENDED.length);
+    }).then(async (r) => {
+      w.wake(); // whatever ended it, the lock is let go of
+      if ('error' in r) return this.stopping.stop(stopOf(r.error));
+      const by = w.endedBy ?? '';
+      if (/statement timeout/.test(by)) return this.stopping.stop('timeout');
+      if (by !== 'woken' && by !== 'expired') return this.stopping.stop('cancel');
+      // Not ended by the proxy (the lock held too long by another session, or its connection lost): wait again.
+      if (this.current === w) await this.renew(w);
+    });
+    return w;
+  }
+}
+
+/** One wait of the backend: `wake` lets go of its lock, once. */
+class Wait {
+  done: Promise<void> = Promise.resolve();
+  endedBy: string | undefined;
+  private woken = false;
+  constructor(private readonly letGo: () => Promise<void>) {}
+
+  wake(): void {
+    if (this.woken) return;
+    this.woken = true;
+    void this.letGo();
   }
 }
 
@@ -328,9 +403,9 @@ function stopOf(error: Record<string, string>): Stop {
 }
 
 /** auxQuery that never throws (ctx.send does once the session has ended). */
-async function aux(ctx: SessionContext, sql: string): ReturnType<typeof auxQuery> {
+async function aux(ctx: SessionContext, sql: string, onNotice?: (message: string) => void): ReturnType<typeof auxQuery> {
   try {
-    return await auxQuery(ctx, sql);
+    return await auxQuery(ctx, sql, onNotice);
   } catch (err) {
     return { error: { M: String(err) } };
   }

