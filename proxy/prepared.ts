@@ -24,6 +24,9 @@
 // beyond ASCII from clients of different encodings are different statements.
 // A plan the server refuses because the result type changed (0A000, after ALTER TABLE and the like) gets a
 // new server-side name (replan); the session decides when the exchange can run again (pooled-session.ts).
+// A connection lent to the native relay (pooled-session.ts lend) binds and describes the client's statements it
+// has under their server-side names by itself (lendable: only while no SQL names the client's statements), and
+// what the relay used is made recently used when it gives the connection back (relayed).
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { Be, CLOSE_COMPLETE, Fe, PARSE_COMPLETE, SYNC, SqlState, close, errorResponse, parse, readCString, withStatementName } from './protocol.js';
 import type { PooledServer } from './pool.js';

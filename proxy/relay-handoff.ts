@@ -153,7 +153,8 @@ export class RelayHandoff {
     if (host.closed()) return host.exited?.(o);
     host.log.trace({ reason: o.reason, errno: o.errno }, 'native relay gave the session back');
     this.catchUp(o);
-    // After the catch-up: what the pooler watches from the relay's exchange (the watch) is not what JS wrote now.
+    // After the catch-up: the pooler may watch the relay's exchange from here on (0A000, pooled-session.ts), and
+    // what was written just now is part of that exchange already, not sent after it.
     host.exited?.(o);
     // A socket that ended or failed under the relay: Node finds out on its next read and the session ends.
     if (o.reason.endsWith('eof') || o.reason.endsWith('error')) this.off = true;
