@@ -194,6 +194,9 @@ export class ClientSession implements FrameHandler, SessionLink {
   private relayServer: ServerConnection | null = null;
   /** Pooling: the client bytes the relay had read at the last look (lastActive moves when they grow). */
   private relaySeenIn = -1;
+  /** Pooling: the RelayPool flags and renamed statements of the current lend (PooledSession.lend). */
+  private lendFlags = 0;
+  private lendNames: Buffer | null = null;
   private upstreamKey: CancelKey | null = null;
   private key: CancelKey | null = null;
   private draining = false;
@@ -885,7 +888,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         this.close(err.message);
       },
       activity: () => ({ lastActive: this.lastActive, txStatus: this.ctx!.txStatus, inFlight: this.tracker.size }),
-      lend: (flags: number) => this.lend(flags),
+      lend: (flags: number, names: Buffer | null) => this.lend(flags, names),
       unlend: () => this.relay?.stop(false),
       relayState: () => {
         const st = this.relay?.state() ?? null;
@@ -916,11 +919,13 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   /** Pooling: the held server connection goes to the native relay with the client's socket (PooledSession.lend). */
-  private lend(flags: number): boolean {
+  private lend(flags: number, names: Buffer | null): boolean {
     const server = this.server;
     if (server === null || this.reader === null || this.suspending) return false;
+    this.lendFlags = flags;
+    this.lendNames = names;
     if (this.relayServer !== server) {
-      this.relay = this.relayHandoff(server, this.reader, flags);
+      this.relay = this.relayHandoff(server, this.reader, true);
       this.relayServer = server;
     }
     if (this.relay === null || !this.relay.lend()) return false;
@@ -1279,7 +1284,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   // ---- the native relay -----------------------------------------------------------------------------
 
   /** The hand-off to the native relay, for a session plaintext both ways; null: everything is relayed in JS. */
-  private relayHandoff(server: ServerConnection, reader: FrameReader, poolFlags = 0): RelayHandoff | null {
+  private relayHandoff(server: ServerConnection, reader: FrameReader, lending = false): RelayHandoff | null {
     const nr = this.env.nativeRelay;
     if (nr === null || this.sock !== this.raw || this.input === undefined || !server.plain) return null;
     const host = {
@@ -1305,8 +1310,10 @@ export class ClientSession implements FrameHandler, SessionLink {
       // A Query the relay forwarded, its own copy (or none since it took over: what JS kept before is over).
       keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       internalError: (err: unknown) => this.internalError(err),
-      poolFlags: () => poolFlags,
-      exited: (o: RelayOutcome) => this.pooled?.returned(o.pool, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer }, o.reason),
+      // Read at each lend: they change between lends (the client's statements, max_prepared_statements).
+      poolFlags: () => (lending ? this.lendFlags : 0),
+      poolNames: () => (lending ? this.lendNames : null),
+      exited: (o: RelayOutcome) => this.pooled?.returned(o),
     };
     return new RelayHandoff(nr, host, { sock: this.raw, reader }, server, this.env.maxMessageBytes);
   }

@@ -21,6 +21,9 @@
 // the session back at anything the pooler must see (a statement that may change the session, a named prepared
 // statement). The pool counts a lent connection idle and reclaims it when another client needs it, a console
 // command or a timer acts; between transactions it is then released here as at any transaction's end.
+// Named statements the connection already has are the relay's too (prepared.ts lendable): it binds and describes
+// them under their server-side names, and hands back the uses (the connection's LRU) and the exchange one began,
+// which is watched here from then on as if JS had sent it (0A000).
 import type { Logger } from 'pino';
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { PoolError, type Pool, type PoolClient, type PooledServer, type ReplicationKind } from './pool.js';
@@ -31,12 +34,13 @@ import {
   literals,
   namesStatements,
   sweepLiterals,
+  type LentStatements,
   type PreparedOutcome,
   type SharedStatement,
   type StatementCache,
 } from './prepared.js';
 import { Be, Fe, SYNC, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
-import { RelayPool, type RelayExitReason, type RelayPoolCounts, type RelayState } from './relay.js';
+import { RelayPool, type RelayOutcome, type RelayPoolCounts, type RelayState } from './relay.js';
 import { statementEffects, type EffectsOptions, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
 import type { SessionLink } from './upstream.js';
@@ -62,15 +66,18 @@ export interface PooledHost {
   released(): void;
   /** How pgBouncer's logfile names the client (C-0x… db/user@address). */
   pgbSubject?(): PgbSubject;
-  /** Lending: hands both sockets to the native relay now (RelayPool flags); false when it cannot take them. */
-  lend?(flags: number): boolean;
+  /**
+   * Lending: hands both sockets to the native relay now (RelayPool flags; `names`: the statements it renames
+   * itself, LentStatements.bytes); false when it cannot take them.
+   */
+  lend?(flags: number, names: Buffer | null): boolean;
   /** Lending: the relay gives the sockets back now (the session continues in JS; it reports through returned()). */
   unlend?(): void;
   /** Lending: what the relay reports while it has the sockets (null: it does not); refreshes the client's lastActive. */
   relayState?(): RelayState | null;
 }
 
-const NO_COUNTS: RelayPoolCounts = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1 };
+const NO_COUNTS: RelayPoolCounts = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1, binds: 0 };
 
 export type PinReason = 'advisory' | 'temp' | 'hold' | 'listen' | 'load' | 'prepare';
 
@@ -248,6 +255,8 @@ export class PooledSession implements PoolClient {
   private lendBackoff = 0;
   private seen: RelayPoolCounts = NO_COUNTS;
   private seenBytes = { fromClient: 0, fromServer: 0 };
+  /** The statements the current lend's relay renames itself (null: none). */
+  private lentStatements: LentStatements | null = null;
   /**
    * A replication client (pgBouncer 1.23+): it owns one server connection, opened for it with its startup
    * parameters, and everything it sends is relayed as is: no settings replay, statement renaming or pin checks,
@@ -486,6 +495,29 @@ export class PooledSession implements PoolClient {
     w.error = null;
   }
 
+  /**
+   * The relay's exchange begun by a renamed Bind or Describe of `e` (as the server got it) is watched from here
+   * on, as watchUse() would have watched it from its first message: the relay began it only while nothing was
+   * outstanding, and JS has caught up with what it forwarded.
+   */
+  private watchRelayed(sent: Buffer, e: { st: SharedStatement; server: string }, s: PooledServer): void {
+    const first = 1 + sent.readInt32BE(1);
+    const restLen = sent.length - first;
+    if (restLen > REST_BYTES || (sent[0] !== Fe.Bind && sent[0] !== Fe.Describe)) return;
+    const w = this.watch;
+    w.state = 2;
+    w.code = sent[0];
+    w.sent = sent.subarray(0, first);
+    w.st = e.st;
+    w.version = e.server;
+    w.name = '';
+    w.server = s;
+    w.rest ??= Buffer.allocUnsafe(REST_BYTES);
+    sent.copy(w.rest, 0, first);
+    w.restLen = restLen;
+    w.error = null;
+  }
+
   /** A Query that is one EXECUTE of a statement the client has: watched, sent as its own copy (returned). */
   private watchExecute(name: string, msg: Buffer, s: PooledServer): Buffer {
     const t = this.host.tracker;
@@ -670,9 +702,12 @@ export class PooledSession implements PoolClient {
       this.lendSkip--;
       return false;
     }
-    // Named statements are renamed per server connection (prepared.ts): the relay hands them to JS.
-    if (!this.host.lend(RelayPool.lend | (this.preparing ? RelayPool.named : 0))) return false;
+    // Named statements are renamed per server connection (prepared.ts): the relay hands them to JS, but for those
+    // of the client's this connection has, which it renames itself.
+    const named = this.preparing ? this.statements.lendable(s) : null;
+    if (!this.host.lend(RelayPool.lend | (this.preparing ? RelayPool.named : 0), named?.bytes ?? null)) return false;
     this.lent = true;
+    this.lentStatements = named;
     this.seen = NO_COUNTS;
     this.seenBytes = { fromClient: 0, fromServer: 0 };
     this.pool.lendOut(s);
@@ -689,6 +724,7 @@ export class PooledSession implements PoolClient {
     st.serverAssignmentCount += c.xacts - was.xacts;
     st.queryTimeUs += c.queryUs - was.queryUs;
     st.xactTimeUs += c.xactUs - was.xactUs;
+    st.bindCount += c.binds - was.binds;
     st.bytesReceived += bytes.fromClient - this.seenBytes.fromClient;
     st.bytesSent += bytes.fromServer - this.seenBytes.fromServer;
     this.seen = c;
@@ -699,17 +735,25 @@ export class PooledSession implements PoolClient {
    * The relay gave the sockets back (it met something the pooler must see, a socket ended, or it was stopped):
    * the connection is the client's active one again, and a request or transaction the relay began goes on being timed here.
    */
-  returned(c: RelayPoolCounts, bytes: { fromClient: number; fromServer: number }, reason: RelayExitReason): void {
+  returned(o: RelayOutcome): void {
     if (!this.lent) return;
     this.lent = false;
-    this.count(c, bytes);
+    const c = o.pool;
+    this.count(c, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer });
     if (c.xacts > 0) this.lendBackoff = 0;
-    else if (reason === 'client-message') this.lendSkip = this.lendBackoff = Math.min(64, this.lendBackoff * 2 || 1);
+    else if (o.reason === 'client-message') this.lendSkip = this.lendBackoff = Math.min(64, this.lendBackoff * 2 || 1);
     const now = performance.now();
     this.queryStart = c.queryOpenUs >= 0 ? now - c.queryOpenUs / 1000 : 0;
     this.xactStart = c.xactOpenUs >= 0 ? now - c.xactOpenUs / 1000 : 0;
     this.readyAt = 0; // idle_transaction_timeout counts from the client's last message then
-    if (this.server !== null) this.pool.takeBack(this.server);
+    const named = this.lentStatements;
+    this.lentStatements = null;
+    const s = this.server;
+    if (s === null) return;
+    this.pool.takeBack(s);
+    if (named === null) return;
+    this.statements.relayed(s, named, o.uses);
+    if (o.watch !== null && o.watchEntry >= 0 && o.watchEntry < named.entries.length) this.watchRelayed(o.watch, named.entries[o.watchEntry], s);
   }
 
   /** The pool needs the connection back: the relay gives it up; between transactions it is released now (as at ready()). */

@@ -24,6 +24,9 @@
 // beyond ASCII from clients of different encodings are different statements.
 // A plan the server refuses because the result type changed (0A000, after ALTER TABLE and the like) gets a
 // new server-side name (replan); the session decides when the exchange can run again (pooled-session.ts).
+// A connection lent to the native relay (pooled-session.ts lend) binds and describes the client's statements it
+// has under their server-side names by itself (lendable: only while no SQL names the client's statements), and
+// what the relay used is made recently used when it gives the connection back (relayed).
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { Be, CLOSE_COMPLETE, Fe, PARSE_COMPLETE, SYNC, SqlState, close, errorResponse, parse, readCString, withStatementName } from './protocol.js';
 import type { PooledServer } from './pool.js';
@@ -40,6 +43,7 @@ export interface SharedStatement {
 }
 
 const NOT_ASCII = /[\u0080-\uffff]/;
+const NUL = Buffer.from([0]);
 
 /** The statements all clients of one pooler prepared, by identity. */
 export class StatementCache {
@@ -251,6 +255,17 @@ interface ClientStatement {
 /** A Bind or Describe names a statement the client never prepared (pgBouncer ends such a client). */
 export const UNKNOWN_STATEMENT = Symbol('unknown statement');
 
+/**
+ * Lending (pooled-session.ts): the client's statements a server connection has, which the native relay binds
+ * and describes under their server-side names by itself (relay.c named_t), as use() would send them.
+ */
+export interface LentStatements {
+  /** `client\0server\0` for each, the relay's table (NativeRelay.start's names). */
+  readonly bytes: Buffer;
+  /** In the same order: each statement and the server-side name the relay uses for it. */
+  readonly entries: readonly { readonly st: SharedStatement; readonly server: string }[];
+}
+
 /** One client's named statements. */
 export class ClientStatements {
   private readonly byName = new Map<string, ClientStatement>();
@@ -267,6 +282,8 @@ export class ClientStatements {
   private hasLiterals = false;
   /** The client encoding when it is not UTF-8 (lower case, '' otherwise): a part of a statement's identity. */
   encoding = '';
+  /** The last lendable() table and the client statements it was made of. */
+  private lentLast: { value: LentStatements; from: ClientStatement[] } | null = null;
 
   constructor(
     private readonly cache: StatementCache,
@@ -401,6 +418,49 @@ export class ClientStatements {
     send.push({ bytes: withStatementName(msg, c.st.nameBytes), handler: undefined });
     this.lastUsed = c.st;
     return { send };
+  }
+
+  /**
+   * The statements the relay may rename by itself on `server` while it is lent: those whose definition is certain
+   * (a Parse's, not failed, whose text EXECUTEs nothing) and that the connection has prepared. null when there are
+   * none, or when SQL names any of the client's statements (uncertain names, copies under the client's names):
+   * then every message naming a statement goes to use() as before.
+   */
+  lendable(server: PooledServer): LentStatements | null {
+    if (this.uncertain.size > 0 || this.hasLiterals || this.byName.size === 0) return null;
+    // The last table again when it holds the same statements under the same names (a lend per transaction
+    // when clients take turns): a look-up per statement, no bytes built.
+    const last = this.lentLast;
+    let n = 0;
+    let same = last !== null;
+    for (const c of this.byName.values()) {
+      if (c.failed || c.executes !== null || !server.prepared.has(c.st.name)) continue;
+      if (same && (n >= last!.from.length || last!.from[n] !== c || last!.value.entries[n].server !== c.st.name)) same = false;
+      n++;
+    }
+    if (n === 0) return null;
+    if (same && n === last!.from.length) return last!.value;
+    const parts: Buffer[] = [];
+    const entries: { st: SharedStatement; server: string }[] = [];
+    const from: ClientStatement[] = [];
+    for (const [name, c] of this.byName) {
+      if (c.failed || c.executes !== null || !server.prepared.has(c.st.name)) continue;
+      parts.push(Buffer.from(`${name}\0`), c.st.nameBytes, NUL);
+      entries.push({ st: c.st, server: c.st.name });
+      from.push(c);
+    }
+    this.lentLast = { value: { bytes: Buffer.concat(parts), entries }, from };
+    return this.lentLast.value;
+  }
+
+  /**
+   * The relay gave the connection back: the statements it bound or described (`uses` for each of `lent`'s
+   * entries) are the connection's most recently used, as use() would have made them (the busiest last).
+   */
+  relayed(server: PooledServer, lent: LentStatements, uses: readonly number[]): void {
+    const used = lent.entries.map((e, i) => [uses[i] ?? 0, e.server] as const).filter(([n]) => n > 0);
+    used.sort((a, b) => a[0] - b[0]);
+    for (const [, name] of used) if (server.prepared.has(name)) touch(server, name);
   }
 
   /** Close of a statement: forgotten here, kept on the server connections for other clients. */

@@ -54,7 +54,12 @@ export interface RelayHost {
   relayReturned(): void;
   /** Pooling: the RelayPool flags of a lent connection (absent: none). */
   poolFlags?(): number;
-  /** Pooling: the relay gave the sockets back, with what it counted; before JS reads anything it held. */
+  /** Pooling: the statements the relay renames itself (RelayPool.named; NativeRelay.start's names), or null. */
+  poolNames?(): Buffer | null;
+  /**
+   * Pooling: the relay gave the sockets back, with what it counted; once the session caught up with it (its
+   * writes, the tracker), before JS reads anything it held.
+   */
   exited?(o: RelayOutcome): void;
   internalError(err: unknown): void;
 }
@@ -124,7 +129,7 @@ export class RelayHandoff {
         } catch (err) {
           this.host.internalError(err);
         }
-      }, this.host.keepStatus(), this.host.poolFlags?.() ?? 0);
+      }, this.host.keepStatus(), this.host.poolFlags?.() ?? 0, this.host.poolNames?.() ?? null);
     } catch (err) {
       this.off = true;
       this.host.log.warn({ err: (err as Error).message }, 'native relay did not start; this session relays in JS');
@@ -142,13 +147,15 @@ export class RelayHandoff {
     counts.relayExits++;
     counts.bytesFromClients += o.bytesFromClient;
     counts.bytesFromUpstream += o.bytesFromServer;
-    host.exited?.(o);
     // A message the relay was streaming: the readers continue inside it (and close() sees it unfinished).
     if (o.skipServer > 0) this.server.reader.passThrough(o.skipServer);
     if (o.skipClient > 0) this.client.reader.passThrough(o.skipClient);
-    if (host.closed()) return;
+    if (host.closed()) return host.exited?.(o);
     host.log.trace({ reason: o.reason, errno: o.errno }, 'native relay gave the session back');
     this.catchUp(o);
+    // After the catch-up: the pooler may watch the relay's exchange from here on (0A000, pooled-session.ts), and
+    // what was written just now is part of that exchange already, not sent after it.
+    host.exited?.(o);
     // A socket that ended or failed under the relay: Node finds out on its next read and the session ends.
     if (o.reason.endsWith('eof') || o.reason.endsWith('error')) this.off = true;
     this.check = false;

@@ -58,6 +58,15 @@ export interface RelayOutcome {
   queryRowDescription: number;
   /** Pooling: what the relay ran of a lent connection (start's poolFlags), since it started. */
   pool: RelayPoolCounts;
+  /** The Binds and Describes the relay renamed, for each of start's names in its order (empty: none given). */
+  uses: number[];
+  /**
+   * The exchange a renamed Bind or Describe began while nothing was outstanding, as the server got it (that
+   * message, then what followed it, at most 256 bytes), while it is not answered yet; null: none. watchEntry:
+   * its statement's index in start's names.
+   */
+  watch: Buffer | null;
+  watchEntry: number;
 }
 
 /** Requests and transactions a lent pooled connection ran in the relay, as SHOW STATS counts them. */
@@ -69,13 +78,15 @@ export interface RelayPoolCounts {
   /** Microseconds the request, and the transaction, open now have run so far; -1: none open. */
   queryOpenUs: number;
   xactOpenUs: number;
+  /** Binds of renamed statements (start's names: SHOW STATS' total_bind_count). */
+  binds: number;
 }
 
 /** start's poolFlags (relay.c POOL_*): what a lent pooled connection gives back to the pooler. */
 export const RelayPool = {
   /** Query or Parse that may change the session (SET, PREPARE, LISTEN, temp, advisory locks, ...). */
   lend: 1,
-  /** Parse, Bind, Describe or Close naming a prepared statement (the pooler renames them). */
+  /** Parse, Bind, Describe or Close naming a prepared statement (the pooler renames them), but for start's names. */
   named: 2,
   /** Every ReadyForQuery (statement pooling). */
   statement: 4,
@@ -95,10 +106,13 @@ export interface RelayState {
 }
 
 type Handle = object & { readonly __relay: unique symbol };
-type RawCounts = [number, number, number, number, number, number];
-type Raw = [number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number, (Buffer | null)?, number?, RawCounts?];
+type RawCounts = [number, number, number, number, number, number, number?];
+type Raw = [
+  number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number,
+  (Buffer | null)?, number?, RawCounts?, (number[] | null)?, (Buffer | null)?, number?,
+];
 interface Addon {
-  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus?: number, poolFlags?: number): Handle;
+  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus?: number, poolFlags?: number, names?: Buffer | null): Handle;
   stop(h: Handle): Raw | null;
   state(h: Handle): [number, number, number, number, number, number, RawCounts?];
   peer?(fd: number): [number, number] | null;
@@ -113,9 +127,18 @@ export interface NativeRelay {
    * Takes over both (paused, plaintext) sockets; onExit runs once, when the relay gives them back. keepStatus:
    * the session's transaction status as a character code to keep Queries (RelayOutcome.query), else 0; plus
    * 0x100 to have a ReadyForQuery that opens a transaction block give the session back (JS fences statements there).
-   * poolFlags: RelayPool bits, for a lent pooled connection (0: none).
+   * poolFlags: RelayPool bits, for a lent pooled connection (0: none). names: with RelayPool.named, the client's
+   * statements the server connection has, which the relay renames itself: `client\0server\0` for each (prepared.ts).
    */
-  start(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void, keepStatus?: number, poolFlags?: number): Handle;
+  start(
+    clientFd: number,
+    serverFd: number,
+    maxMessage: number,
+    onExit: (o: RelayOutcome) => void,
+    keepStatus?: number,
+    poolFlags?: number,
+    names?: Buffer | null,
+  ): Handle;
   /** Gives the sockets back now; null if the relay already did (onExit ran). */
   stop(h: Handle): RelayOutcome | null;
   state(h: Handle): RelayState;
@@ -154,12 +177,15 @@ function outcome(r: Raw): RelayOutcome {
     query: r[12] ?? null,
     queryRowDescription: r[13] ?? 0,
     pool: counts(r[14]),
+    uses: r[15] ?? [],
+    watch: r[16] ?? null,
+    watchEntry: r[17] ?? -1,
   };
 }
 
 function counts(c: RawCounts | undefined): RelayPoolCounts {
-  if (c === undefined) return { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1 };
-  return { queries: c[0], xacts: c[1], queryUs: c[2], xactUs: c[3], queryOpenUs: c[4], xactOpenUs: c[5] };
+  if (c === undefined) return { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1, binds: 0 };
+  return { queries: c[0], xacts: c[1], queryUs: c[2], xactUs: c[3], queryOpenUs: c[4], xactOpenUs: c[5], binds: c[6] ?? 0 };
 }
 
 /** The package root: the nearest directory above this file (proxy/ or dist/proxy/) with a package.json. */
@@ -224,7 +250,7 @@ function addonCandidates(root: string): string[] {
 
 function wrap(addon: Addon): NativeRelay {
   return {
-    start: (c, s, max, onExit, keep = 0, pool = 0) => addon.start(c, s, max, (raw) => onExit(outcome(raw)), keep, pool),
+    start: (c, s, max, onExit, keep = 0, pool = 0, names = null) => addon.start(c, s, max, (raw) => onExit(outcome(raw)), keep, pool, names),
     stop: (h) => {
       const r = addon.stop(h);
       return r === null ? null : outcome(r);

@@ -18,6 +18,10 @@
 // the session (a byte prefilter wider than statement-effects.ts's, transaction control aside), a named
 // prepared statement while the pooler renames them, every ReadyForQuery in statement mode. It counts the
 // requests and transactions it ran, and their times, as the pooler's SHOW STATS does.
+// Renamed statements: JS gives a lend the client's statements that the server connection already has (client
+// name -> server-side name, prepared.ts); a Bind or a Describe of one of those is forwarded here under its
+// server-side name, every other message naming a statement still goes to JS. An exchange such a message begins
+// is kept for JS (the watch), which runs it again if the server refuses the statement's plan (0A000).
 #define _GNU_SOURCE // struct ucred (SO_PEERCRED) on glibc
 #include <errno.h>
 #include <fcntl.h>
@@ -47,6 +51,10 @@
 // runs on one thread; worker threads get their own), so an idle relayed session holds no buffer at all.
 // Only a partial message is kept aside.
 static _Thread_local uint8_t *scratch;
+// A read that renames statements is forwarded from here instead: scratch's bytes with the renamed messages in
+// their place (used only within one read, like scratch).
+static _Thread_local uint8_t *renamed_out;
+static _Thread_local size_t renamed_cap;
 
 enum {
   EXIT_CLIENT_MESSAGE = 1, // a client message JS must see (prefilter match, Terminate, over the limit, invalid)
@@ -74,8 +82,19 @@ typedef struct side {
 
 // start's pool flags (relay_t.pool).
 #define POOL_LEND 1      // exit at a Query or Parse the pooler must classify (pooling_hit)
-#define POOL_NAMED 2     // exit at a Parse, Bind, Describe or Close naming a prepared statement
+#define POOL_NAMED 2     // exit at a Parse, Bind, Describe or Close naming a prepared statement (but see named_t)
 #define POOL_STATEMENT 4 // exit at every ReadyForQuery (statement pooling)
+
+// One of the lent client's statements that the server connection has prepared (start's names): a Bind or
+// Describe naming `client` goes upstream naming `server` instead. Both point into relay_t.names_buf.
+typedef struct named {
+  const uint8_t *client, *server;
+  uint32_t client_len, server_len;
+  uint32_t uses; // Binds and Describes renamed: JS marks the statement recently used (the connection's LRU)
+} named_t;
+
+// What may follow the message that began a watched exchange (pooled-session.ts REST_BYTES: JS runs no more again).
+#define WATCH_REST 256
 
 typedef struct relay {
   side_t c, s;
@@ -104,6 +123,17 @@ typedef struct relay {
   uint32_t pool;
   bool q_open, x_open;
   uint64_t queries, xacts, q_ns, x_ns, q_start, x_start;
+  // The renamed statements (named_t), found by hashing the client name: slots hold an index + 1 (0: empty).
+  uint8_t *names_buf;
+  named_t *named;
+  uint32_t named_n, *slots, slots_mask;
+  size_t named_grow; // the most a rename lengthens a message by
+  uint64_t binds;    // Binds renamed (SHOW STATS' total_bind_count)
+  // The watch: the exchange a renamed message began while nothing was outstanding, as forwarded (that message,
+  // then what followed it up to WATCH_REST bytes), while it lasts; watch_entry: its statement, -1: none.
+  uint8_t *watch;
+  size_t watch_len, watch_cap, watch_first;
+  int32_t watch_entry;
   bool running;
   int reason, err;
   int open_handles;
@@ -118,6 +148,10 @@ static void maybe_free(relay_t *r) {
   free(r->s.out);
   free(r->log);
   free(r->kept);
+  free(r->names_buf);
+  free(r->named);
+  free(r->slots);
+  free(r->watch);
   free(r);
 }
 
@@ -243,11 +277,64 @@ static bool names_statement(const uint8_t *m, size_t len) {
   return false;
 }
 
-// Whether the pooler must see this client message (start's pool flags); `whole`: all of it is at hand.
-static bool pool_exit(relay_t *r, const uint8_t *m, size_t len, bool whole) {
+// FNV-1a, over one client's statement names (a handful, at most max_prepared_statements).
+static uint32_t name_hash(const uint8_t *p, size_t n) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
+  return h;
+}
+
+// Where the statement's name begins in a Bind, or a Describe of a statement; 0 when it is malformed.
+static size_t statement_at(const uint8_t *m, size_t len) {
+  if (m[0] == 'B') {
+    const uint8_t *nul = memchr(m + 5, 0, len - 5); // past the portal's name
+    return nul == NULL ? 0 : (size_t)(nul - m) + 1;
+  }
+  return len > 6 && m[5] == 'S' ? 6 : 0;
+}
+
+// The renamed statement (named_t) a whole Bind or Describe of a statement names, or NULL: JS must see it.
+static named_t *lookup_named(relay_t *r, const uint8_t *m, size_t len) {
+  size_t at = statement_at(m, len);
+  if (r->named_n == 0 || at == 0 || at >= len) return NULL;
+  const uint8_t *end = memchr(m + at, 0, len - at);
+  if (end == NULL) return NULL;
+  size_t n = (size_t)(end - m) - at;
+  // The table is at most half full: the probe ends at an empty slot.
+  for (uint32_t i = name_hash(m + at, n) & r->slots_mask;; i = (i + 1) & r->slots_mask) {
+    uint32_t k = r->slots[i];
+    if (k == 0) return NULL;
+    named_t *e = &r->named[k - 1];
+    if (e->client_len == n && memcmp(e->client, m + at, n) == 0) return e;
+  }
+}
+
+// Writes message m (a Bind, or a Describe of a statement, naming e->client) into o, naming e->server instead: the
+// same bytes around the name, the length rewritten. Returns its size.
+static size_t put_renamed(uint8_t *o, const uint8_t *m, size_t len, const named_t *e) {
+  size_t at = statement_at(m, len);
+  size_t rest = at + e->client_len; // the name's NUL and what follows
+  memcpy(o, m, at);
+  memcpy(o + at, e->server, e->server_len);
+  memcpy(o + at + e->server_len, m + rest, len - rest);
+  size_t n = len - e->client_len + e->server_len;
+  uint32_t body = (uint32_t)(n - 1);
+  o[1] = (uint8_t)(body >> 24);
+  o[2] = (uint8_t)(body >> 16);
+  o[3] = (uint8_t)(body >> 8);
+  o[4] = (uint8_t)body;
+  return n;
+}
+
+// Whether the pooler must see this client message (start's pool flags); `whole`: all of it is at hand. A Bind or
+// Describe the relay renames itself is not: *renamed says under which name it goes.
+static bool pool_exit(relay_t *r, const uint8_t *m, size_t len, bool whole, named_t **renamed) {
   uint8_t code = m[0];
-  if ((r->pool & POOL_NAMED) && (code == 'P' || code == 'B' || code == 'D' || code == 'C') && (!whole || names_statement(m, len)))
+  if ((r->pool & POOL_NAMED) && (code == 'P' || code == 'B' || code == 'D' || code == 'C') && (!whole || names_statement(m, len))) {
+    // Parse and Close stay JS's (it keeps what each client and connection has), as does a name not in the table.
+    if (whole && (code == 'B' || code == 'D') && (*renamed = lookup_named(r, m, len)) != NULL) return false;
     return true;
+  }
   if ((r->pool & POOL_LEND) && (code == 'Q' || code == 'P')) {
     if (!whole) return true;
     size_t start = 5, end = len;
@@ -325,12 +412,14 @@ static bool keep_bytes(relay_t *r, const uint8_t *m, size_t len) {
 
 // Whether a message may be forwarded without JS (0), or why not; counts and logs it if so. `whole`: the
 // message is all in the buffer (else it is too large to hold, and may only be streamed if JS need not read it).
-static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len, bool whole) {
+// *renamed: a Bind or Describe to forward under the statement's server-side name (the caller rewrites it).
+static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len, bool whole, named_t **renamed) {
   uint8_t code = m[0];
+  *renamed = NULL;
   if (client) {
     if (code == 'X') return EXIT_CLIENT_MESSAGE;
     if ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len))) return EXIT_CLIENT_MESSAGE;
-    if (r->pool && pool_exit(r, m, len, whole)) return EXIT_CLIENT_MESSAGE;
+    if (r->pool && pool_exit(r, m, len, whole, renamed)) return EXIT_CLIENT_MESSAGE;
   } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6 || (r->fence && m[5] == 'T') || (r->pool & POOL_STATEMENT)))) {
     return EXIT_SERVER_MESSAGE;
   } else if (code == 'N' && (!whole || mentions_steadytext(m, 5, len))) {
@@ -344,7 +433,8 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
       if (whole && r->pending_sync == 0 && r->since_sync == 0 && r->status == 'I' && (code == 'Q' || m[5] == 0) && keep_bytes(r, m, len))
         r->kept_open = code == 'P';
     } else if (r->kept_open) {
-      if (whole && (code == 'B' || code == 'D' || code == 'E' || code == 'S') && keep_bytes(r, m, len)) {
+      // A renamed message is not kept: JS runs a kept exchange again through its own renaming, under client names.
+      if (whole && *renamed == NULL && (code == 'B' || code == 'D' || code == 'E' || code == 'S') && keep_bytes(r, m, len)) {
         if (code == 'S') r->kept_open = false;
       } else {
         r->kept_len = 0;
@@ -365,6 +455,10 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
     // A full log stops here, before the message: JS must be able to replay everything forwarded.
     if (!log_room(r)) return EXIT_LOG_FULL;
     r->log[r->log_len++] = client ? code : (uint8_t)(code | 0x80);
+  }
+  if (*renamed != NULL) {
+    (*renamed)->uses++;
+    if (code == 'B') r->binds++;
   }
   if (client && r->pool && !r->q_open) {
     r->q_open = true;
@@ -466,6 +560,45 @@ static bool keep(relay_t *r, side_t *x, const uint8_t *p, size_t n) {
   return true;
 }
 
+// Room for `need` bytes in renamed_out.
+static bool renamed_room(size_t need) {
+  if (need <= renamed_cap) return true;
+  size_t cap = need > 2 * renamed_cap ? need : 2 * renamed_cap;
+  uint8_t *grown = realloc(renamed_out, cap);
+  if (grown == NULL) return false;
+  renamed_out = grown;
+  renamed_cap = cap;
+  return true;
+}
+
+// The watch (relay_t.watch) after a client message was forwarded as `m`: begun by a renamed message sent while
+// nothing was outstanding (`clean`), then each message that follows is added, until the session is idle again
+// (readable) or more follows than JS would run again.
+static void watch_note(relay_t *r, const uint8_t *m, size_t len, const named_t *renamed, bool clean) {
+  if (renamed != NULL && clean) {
+    r->watch_len = 0;
+    r->watch_first = len;
+    r->watch_entry = (int32_t)(renamed - r->named);
+  } else if (r->watch_entry < 0) {
+    return;
+  } else if (r->watch_len + len > r->watch_first + WATCH_REST) {
+    r->watch_entry = -1;
+    return;
+  }
+  size_t need = r->watch_len + len;
+  if (need > r->watch_cap) {
+    uint8_t *grown = realloc(r->watch, need);
+    if (grown == NULL) {
+      r->watch_entry = -1; // JS cannot run it again: the client gets the error
+      return;
+    }
+    r->watch = grown;
+    r->watch_cap = need;
+  }
+  memcpy(r->watch + r->watch_len, m, len);
+  r->watch_len = need;
+}
+
 // Reads what side x has and forwards every whole message that needs no JS to the other side.
 static void readable(relay_t *r, side_t *x, side_t *y) {
   bool client = x == &r->c;
@@ -493,6 +626,11 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
     pos = x->skip < total ? x->skip : total;
     x->skip -= pos;
   }
+  bool naming = client && r->named_n > 0;
+  // Once a message is renamed, what is forwarded is built in renamed_out: up to out_from, scratch is in it.
+  bool renaming = false;
+  size_t out_len = 0, out_from = 0;
+  named_t *renamed;
   while (total - pos >= 5) {
     const uint8_t *m = scratch + pos;
     uint32_t len = ((uint32_t)m[1] << 24) | ((uint32_t)m[2] << 16) | ((uint32_t)m[3] << 8) | m[4];
@@ -503,19 +641,51 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
     }
     if ((size_t)len + 1 > IN_CAP) {
       // Too large to hold: forwarded as it arrives if JS need not read it, else JS takes it whole.
-      if ((stop = accept_message(r, client, m, 0, false)) != 0) break;
+      if (renaming && !renamed_room(out_len + (total - out_from))) {
+        stop = EXIT_CLIENT_MESSAGE;
+        break;
+      }
+      if ((stop = accept_message(r, client, m, 0, false, &renamed)) != 0) break;
+      if (naming) r->watch_entry = -1; // not kept whole: the exchange cannot be run again
       x->skip = (size_t)len + 1 - (total - pos);
       pos = total;
       break;
     }
-    if (total - pos < (size_t)len + 1) break;
-    if ((stop = accept_message(r, client, m, (size_t)len + 1, true)) != 0) break;
-    pos += (size_t)len + 1;
+    size_t mlen = (size_t)len + 1;
+    if (total - pos < mlen) break;
+    // Room for a rename before the message is accepted: once it is, it must be forwarded.
+    if (naming && !renamed_room(out_len + (pos - out_from) + mlen + r->named_grow)) {
+      stop = EXIT_CLIENT_MESSAGE;
+      break;
+    }
+    bool clean = r->pending_sync == 0 && r->since_sync == 0;
+    if ((stop = accept_message(r, client, m, mlen, true, &renamed)) != 0) break;
+    const uint8_t *sent = m;
+    size_t sent_len = mlen;
+    if (renamed != NULL) {
+      memcpy(renamed_out + out_len, scratch + out_from, pos - out_from);
+      out_len += pos - out_from;
+      sent = renamed_out + out_len;
+      sent_len = put_renamed(renamed_out + out_len, m, mlen, renamed);
+      out_len += sent_len;
+      out_from = pos + mlen;
+      renaming = true;
+    }
+    if (naming) watch_note(r, sent, sent_len, renamed, clean);
+    pos += mlen;
   }
   // What is not forwarded is kept first: an exit while writing must still hand it to JS.
   if (!keep(r, x, scratch + pos, total - pos)) return finish(r, error_exit, ENOMEM);
-  if (pos > 0 && !send_to(r, y, scratch, pos)) return;
-  if (r->pending_sync == 0 && r->since_sync == 0) r->log_len = 0;
+  if (renaming) {
+    memcpy(renamed_out + out_len, scratch + out_from, pos - out_from);
+    if (!send_to(r, y, renamed_out, out_len + (pos - out_from))) return;
+  } else if (pos > 0 && !send_to(r, y, scratch, pos)) {
+    return;
+  }
+  if (r->pending_sync == 0 && r->since_sync == 0) {
+    r->log_len = 0;
+    r->watch_entry = -1; // its exchange was answered
+  }
   if (stop) return finish(r, stop, 0);
   set_events(r, x, y);
   set_events(r, y, x);
@@ -572,29 +742,39 @@ static napi_value number(napi_env env, double d) {
 }
 
 // Pooling's counts: [requests, transactions, their microseconds, the open request's and transaction's
-// microseconds so far (-1: none open)].
+// microseconds so far (-1: none open), Binds renamed].
 static napi_value pool_counts(napi_env env, relay_t *r) {
   uint64_t now = (r->q_open || r->x_open) ? uv_hrtime() : 0;
   napi_value a;
-  napi_create_array_with_length(env, 6, &a);
+  napi_create_array_with_length(env, 7, &a);
   napi_set_element(env, a, 0, number(env, (double)r->queries));
   napi_set_element(env, a, 1, number(env, (double)r->xacts));
   napi_set_element(env, a, 2, number(env, (double)(r->q_ns / 1000)));
   napi_set_element(env, a, 3, number(env, (double)(r->x_ns / 1000)));
   napi_set_element(env, a, 4, number(env, r->q_open ? (double)((now - r->q_start) / 1000) : -1));
   napi_set_element(env, a, 5, number(env, r->x_open ? (double)((now - r->x_start) / 1000) : -1));
+  napi_set_element(env, a, 6, number(env, (double)r->binds));
   return a;
 }
 
 // [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer,
 //  skipClient, skipServer, kept Query or exchange or null, what of its answer was forwarded (relay_t.kept_t),
-//  pool_counts]
+//  pool_counts, uses of each renamed statement (start's names) or null, the watched exchange or null, its entry]
 static napi_value outcome(napi_env env, relay_t *r) {
-  napi_value a, kept;
-  napi_create_array_with_length(env, 15, &a);
+  napi_value a, kept, uses, watch;
+  napi_create_array_with_length(env, 18, &a);
   if (r->kept_len > 0) kept = buffer_copy(env, r->kept, r->kept_len);
   else napi_get_null(env, &kept);
-  napi_value v[15] = {
+  if (r->named_n > 0) {
+    napi_create_array_with_length(env, r->named_n, &uses);
+    for (uint32_t i = 0; i < r->named_n; i++) napi_set_element(env, uses, i, number(env, r->named[i].uses));
+  } else {
+    napi_get_null(env, &uses);
+  }
+  bool watching = r->watch_entry >= 0;
+  if (watching) watch = buffer_copy(env, r->watch, r->watch_len);
+  else napi_get_null(env, &watch);
+  napi_value v[18] = {
     number(env, r->reason),
     number(env, r->err),
     buffer_copy(env, r->c.out + r->c.out_off, r->c.out_len - r->c.out_off),
@@ -610,8 +790,11 @@ static napi_value outcome(napi_env env, relay_t *r) {
     kept,
     number(env, r->kept_len > 0 ? (double)r->kept_t : 0),
     pool_counts(env, r),
+    uses,
+    watch,
+    number(env, watching ? r->watch_entry : -1),
   };
-  for (uint32_t i = 0; i < 15; i++) napi_set_element(env, a, i, v[i]);
+  for (uint32_t i = 0; i < 18; i++) napi_set_element(env, a, i, v[i]);
   return a;
 }
 
@@ -685,12 +868,50 @@ static relay_t *handle_arg(napi_env env, napi_callback_info info, const char *us
   return r;
 }
 
-// start(clientFd, serverFd, maxMessage, onExit[, keepStatus[, poolFlags]]) -> handle. keepStatus: the session's
-// transaction status as a character code when JS wants Queries kept (see relay_t.kept), else 0; plus 0x100 when
-// JS fences statements inside transaction blocks (relay_t.fence). poolFlags: POOL_* (a lent pooled connection).
+// The renamed statements from start's names (client\0server\0 for each, client names distinct); false when malformed.
+static bool set_names(relay_t *r, const uint8_t *p, size_t len) {
+  if (len == 0) return true;
+  if (p[len - 1] != 0) return false;
+  uint32_t strings = 0;
+  for (size_t i = 0; i < len; i++) strings += p[i] == 0;
+  if (strings % 2 != 0) return false;
+  uint32_t n = strings / 2, size = 8;
+  while (size < 2 * n) size *= 2;
+  r->names_buf = malloc(len);
+  r->named = calloc(n, sizeof(named_t));
+  r->slots = calloc(size, sizeof(uint32_t));
+  if (r->names_buf == NULL || r->named == NULL || r->slots == NULL) return false;
+  memcpy(r->names_buf, p, len);
+  r->slots_mask = size - 1;
+  const uint8_t *at = r->names_buf;
+  for (uint32_t k = 0; k < n; k++) {
+    named_t *e = &r->named[k];
+    e->client = at;
+    e->client_len = (uint32_t)strlen((const char *)at);
+    at += e->client_len + 1;
+    e->server = at;
+    e->server_len = (uint32_t)strlen((const char *)at);
+    at += e->server_len + 1;
+    if (e->client_len == 0 || e->server_len == 0) return false;
+    if (e->server_len > e->client_len && e->server_len - e->client_len > r->named_grow) r->named_grow = e->server_len - e->client_len;
+    uint32_t i = name_hash(e->client, e->client_len) & r->slots_mask;
+    for (; r->slots[i] != 0; i = (i + 1) & r->slots_mask) {
+      const named_t *o = &r->named[r->slots[i] - 1];
+      if (o->client_len == e->client_len && memcmp(o->client, e->client, e->client_len) == 0) return false;
+    }
+    r->slots[i] = k + 1;
+  }
+  r->named_n = n;
+  return true;
+}
+
+// start(clientFd, serverFd, maxMessage, onExit[, keepStatus[, poolFlags[, names]]]) -> handle. keepStatus: the
+// session's transaction status as a character code when JS wants Queries kept (see relay_t.kept), else 0; plus
+// 0x100 when JS fences statements inside transaction blocks (relay_t.fence). poolFlags: POOL_* (a lent pooled
+// connection). names: with POOL_NAMED, a Buffer of the statements the relay renames itself (named_t).
 static napi_value js_start(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
+  size_t argc = 7;
+  napi_value argv[7];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 4) return throw_error(env, "start(clientFd, serverFd, maxMessage, onExit)");
   int32_t cfd, sfd;
@@ -715,6 +936,16 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   }
   uint32_t pool = 0;
   if (argc >= 6 && napi_get_value_uint32(env, argv[5], &pool) == napi_ok) r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
+  r->watch_entry = -1;
+  void *names;
+  size_t names_len;
+  bool is_buffer = false;
+  if ((r->pool & POOL_NAMED) && argc >= 7 && napi_is_buffer(env, argv[6], &is_buffer) == napi_ok && is_buffer &&
+      napi_get_buffer_info(env, argv[6], &names, &names_len) == napi_ok && !set_names(r, names, names_len)) {
+    r->finalized = true;
+    maybe_free(r);
+    return throw_error(env, "start: names must be client\\0server\\0 pairs of non-empty, distinct names");
+  }
   int e1 = uv_poll_init(loop, &r->c.poll, cfd);
   if (e1 != 0) {
     r->finalized = true;

@@ -55,10 +55,10 @@ class FakeRelay implements NativeRelay {
 
 function outcome(o: Partial<RelayOutcome>): RelayOutcome {
   const none = Buffer.alloc(0);
-  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, queryRowDescription: 0, pool: NO_COUNTS, ...o };
+  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, queryRowDescription: 0, pool: NO_COUNTS, uses: [], watch: null, watchEntry: -1, ...o };
 }
 
-const NO_COUNTS = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1 };
+const NO_COUNTS = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1, binds: 0 };
 
 /** A socket as the hand-off sees it: a file descriptor, a Readable already reading, nothing unsent. */
 function fakeSocket(fd: number) {
