@@ -10,6 +10,7 @@
 //
 // A notice that does not verify (another role raising the same text, a client replaying one) is the
 // client's own: it goes through unchanged and nothing is computed or stored for it.
+import { setMaxListeners } from 'node:events';
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import pg from 'pg';
 import type { ResponseHandler, SessionContext } from '../proxy/interceptor.js';
@@ -296,6 +297,8 @@ export class InbandCallbacks {
 /** An AbortController (what the responder takes) that the session's signal aborts too; release() unhooks it. */
 function following(signal: AbortSignal): { abort: AbortController; release: () => void } {
   const abort = new AbortController();
+  // Every call of a gathered statement listens to it: as many as the statement had misses, not a leak.
+  setMaxListeners(0, abort.signal);
   const stop = () => abort.abort(signal.reason);
   if (signal.aborted) stop();
   else signal.addEventListener('abort', stop, { once: true });
