@@ -448,11 +448,18 @@ export class Database {
     if (this.counterTimer) clearTimeout(this.counterTimer);
     this.counterTimer = undefined;
     const deltas = this.counters;
-    if (Object.keys(deltas).length === 0) return;
+    // A flush under way (the timer's) holds counters too: a reader of steadytext_stats waits for it as well, unless
+    // it reads through a client's connection (one session: the pool's flush may itself wait for that client).
+    const before = q === this.pool ? this.countersFlushing : Promise.resolve();
+    if (Object.keys(deltas).length === 0) return before;
     this.counters = {};
-    await q.query(`SELECT ${this.s}.steadytext_stats_bump($1::pg_catalog.jsonb)`, [JSON.stringify(deltas)])
-      .catch((err) => this.log.warn({ err }, 'could not write steadytext_stats counters'));
+    const mine = before.then(() => q.query(`SELECT ${this.s}.steadytext_stats_bump($1::pg_catalog.jsonb)`, [JSON.stringify(deltas)]))
+      .then(() => {}, (err) => this.log.warn({ err }, 'could not write steadytext_stats counters'));
+    this.countersFlushing = mine;
+    return mine;
   }
+
+  private countersFlushing: Promise<void> = Promise.resolve();
 
   async close(): Promise<void> {
     await this.flush();
