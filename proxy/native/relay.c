@@ -261,20 +261,22 @@ static bool pooling_hit(const uint8_t *b, size_t start, size_t end) {
   return false;
 }
 
+// Where the statement's name begins in a Bind, or a Describe or Close of a statement; 0 when it is malformed.
+static size_t statement_at(const uint8_t *m, size_t len) {
+  if (m[0] == 'B') {
+    const uint8_t *nul = memchr(m + 5, 0, len - 5); // past the portal's name
+    return nul == NULL ? 0 : (size_t)(nul - m) + 1;
+  }
+  return len > 6 && m[5] == 'S' ? 6 : 0;
+}
+
 // A Parse, Bind, or Describe or Close of a statement, naming a prepared statement (not the unnamed one).
 static bool names_statement(const uint8_t *m, size_t len) {
-  switch (m[0]) {
-    case 'P':
-      return len > 5 && m[5] != 0;
-    case 'B': {
-      const uint8_t *nul = memchr(m + 5, 0, len - 5); // past the portal's name
-      return nul == NULL || (size_t)(nul - m) + 1 >= len || nul[1] != 0;
-    }
-    case 'D':
-    case 'C':
-      return len > 6 && m[5] == 'S' && m[6] != 0;
-  }
-  return false;
+  if (m[0] == 'P') return len > 5 && m[5] != 0;
+  size_t at = statement_at(m, len);
+  // A malformed Bind counts as naming one: JS reads it.
+  if (m[0] == 'B') return at == 0 || at >= len || m[at] != 0;
+  return (m[0] == 'D' || m[0] == 'C') && at != 0 && m[at] != 0;
 }
 
 // FNV-1a, over one client's statement names (a handful, at most max_prepared_statements).
@@ -282,15 +284,6 @@ static uint32_t name_hash(const uint8_t *p, size_t n) {
   uint32_t h = 2166136261u;
   for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
   return h;
-}
-
-// Where the statement's name begins in a Bind, or a Describe of a statement; 0 when it is malformed.
-static size_t statement_at(const uint8_t *m, size_t len) {
-  if (m[0] == 'B') {
-    const uint8_t *nul = memchr(m + 5, 0, len - 5); // past the portal's name
-    return nul == NULL ? 0 : (size_t)(nul - m) + 1;
-  }
-  return len > 6 && m[5] == 'S' ? 6 : 0;
 }
 
 // The renamed statement (named_t) a whole Bind or Describe of a statement names, or NULL: JS must see it.
