@@ -300,8 +300,8 @@ END$steadytext$`;
       w.wake(); // whatever ended it, the lock is let go of
       if ('error' in r) return this.stopping.stop(stopOf(r.error));
       const by = w.endedBy ?? '';
-      if (/statement timeout/.test(by)) return this.stopping.stop('timeout');
-      if (by !== 'woken' && by !== 'expired') return this.stopping.stop('cancel');
+      // Any other ending is a cancel the wait caught (57014): its message tells a statement_timeout from the rest.
+      if (by !== 'woken' && by !== 'expired') return this.stopping.stop(stopOf({ C: '57014', M: by }));
       // Not ended by the proxy (the lock held too long by another session, or its connection lost): wait again.
       if (this.current === w) await this.renew(w);
     });
