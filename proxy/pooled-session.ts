@@ -482,14 +482,19 @@ export class PooledSession implements PoolClient {
   }
 
   private watchUse(out: PreparedOutcome, code: number, s: PooledServer): void {
-    const w = this.watch;
     const st = this.statements.lastUsed!;
-    w.state = 1;
+    this.watchFrom(1, code, out.send[out.send.length - 1].bytes, st, st.name, '', s);
+  }
+
+  /** Watches the exchange `sent` begins (see Watch), nothing of what follows it kept yet. */
+  private watchFrom(state: number, code: number, sent: Buffer, st: SharedStatement, version: string, name: string, s: PooledServer): void {
+    const w = this.watch;
+    w.state = state;
     w.code = code;
-    w.sent = out.send[out.send.length - 1].bytes;
+    w.sent = sent;
     w.st = st;
-    w.version = st.name;
-    w.name = '';
+    w.version = version;
+    w.name = name;
     w.server = s;
     w.restLen = 0;
     w.error = null;
@@ -504,18 +509,11 @@ export class PooledSession implements PoolClient {
     const first = 1 + sent.readInt32BE(1);
     const restLen = sent.length - first;
     if (restLen > REST_BYTES || (sent[0] !== Fe.Bind && sent[0] !== Fe.Describe)) return;
+    this.watchFrom(2, sent[0], sent.subarray(0, first), e.st, e.server, '', s);
     const w = this.watch;
-    w.state = 2;
-    w.code = sent[0];
-    w.sent = sent.subarray(0, first);
-    w.st = e.st;
-    w.version = e.server;
-    w.name = '';
-    w.server = s;
     w.rest ??= Buffer.allocUnsafe(REST_BYTES);
     sent.copy(w.rest, 0, first);
     w.restLen = restLen;
-    w.error = null;
   }
 
   /** A Query that is one EXECUTE of a statement the client has: watched, sent as its own copy (returned). */
@@ -524,17 +522,9 @@ export class PooledSession implements PoolClient {
     const st = this.statements.get(name);
     const version = literals(s).get(name)?.version;
     if (st === undefined || !version || this.statements.uncertain.has(name) || !t.exchangeClean || t.size !== this.internal) return msg;
-    const w = this.watch;
-    w.state = 1;
-    w.code = Fe.Query;
-    w.sent = Buffer.from(msg);
-    w.st = st;
-    w.version = version;
-    w.name = name;
-    w.server = s;
-    w.restLen = 0;
-    w.error = null;
-    return w.sent;
+    const sent = Buffer.from(msg);
+    this.watchFrom(1, Fe.Query, sent, st, version, name, s);
+    return sent;
   }
 
   /** The interceptor sent a client message in its own form: no exchange is run again past it. */
