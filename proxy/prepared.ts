@@ -428,28 +428,17 @@ export class ClientStatements {
    */
   lendable(server: PooledServer): LentStatements | null {
     if (this.uncertain.size > 0 || this.hasLiterals || this.byName.size === 0) return null;
-    // The last table again when it holds the same statements under the same names (a lend per transaction
-    // when clients take turns): a look-up per statement, no bytes built.
+    const from: [string, ClientStatement][] = [];
+    for (const [name, c] of this.byName) if (!c.failed && c.executes === null && server.prepared.has(c.st.name)) from.push([name, c]);
+    if (from.length === 0) return null;
+    // The last table again when it holds the same statements under the same server-side names (a lend per
+    // transaction when clients take turns): no bytes built.
     const last = this.lentLast;
-    let n = 0;
-    let same = last !== null;
-    for (const c of this.byName.values()) {
-      if (c.failed || c.executes !== null || !server.prepared.has(c.st.name)) continue;
-      if (same && (n >= last!.from.length || last!.from[n] !== c || last!.value.entries[n].server !== c.st.name)) same = false;
-      n++;
-    }
-    if (n === 0) return null;
-    if (same && n === last!.from.length) return last!.value;
+    if (last !== null && last.from.length === from.length && from.every(([, c], i) => last.from[i] === c && last.value.entries[i].server === c.st.name)) return last.value;
     const parts: Buffer[] = [];
-    const entries: { st: SharedStatement; server: string }[] = [];
-    const from: ClientStatement[] = [];
-    for (const [name, c] of this.byName) {
-      if (c.failed || c.executes !== null || !server.prepared.has(c.st.name)) continue;
-      parts.push(Buffer.from(`${name}\0`), c.st.nameBytes, NUL);
-      entries.push({ st: c.st, server: c.st.name });
-      from.push(c);
-    }
-    this.lentLast = { value: { bytes: Buffer.concat(parts), entries }, from };
+    for (const [name, c] of from) parts.push(Buffer.from(`${name}\0`), c.st.nameBytes, NUL);
+    const entries = from.map(([, c]) => ({ st: c.st, server: c.st.name }));
+    this.lentLast = { value: { bytes: Buffer.concat(parts), entries }, from: from.map(([, c]) => c) };
     return this.lentLast.value;
   }
 
