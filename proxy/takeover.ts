@@ -203,214 +203,204 @@ export class TakeoverSource {
   fds(): FdAnswer {
     const proxy = this.deps.proxy();
     const pooler = this.deps.pooling().pooler;
-    const rows: FdRow[] = [];
-    const fds: number[] = [];
-    const state: HandoverState = { version: STATE_VERSION, pools: [], secrets: [], statements: [], sockets: {} };
-    const poolIndex = new Map<Pool, number>();
-    const poolOf = (p: Pool): number => {
-      let i = poolIndex.get(p);
-      if (i === undefined) {
-        poolIndex.set(p, (i = state.pools.length));
-        const k = p.scramKeys;
-        state.pools.push({
-          db: p.db.name,
-          user: p.user,
-          welcome: p.welcome ? [...p.welcome] : null,
-          scram: k ? { clientKey: b64(k.clientKey), serverKey: b64(k.serverKey) } : null,
-        });
-      }
-      return i;
-    };
-    const scramOf = (p: Pool | undefined) => ({ scramClientKey: p?.scramKeys?.clientKey ?? null, scramServerKey: p?.scramKeys?.serverKey ?? null });
-    const noVars = { clientEncoding: null, stdStrings: null, datestyle: null, timezone: null, password: null };
-    const row = (r: FdRow, st: SocketState | null) => {
-      rows.push(r);
-      fds.push(r.fd);
-      if (st) state.sockets[r.fd] = st;
-    };
-
+    const out = new FdListing();
     const { listeners, held } = proxy.takeover.sockets();
-    for (const l of listeners) {
-      row(
-        {
-          fd: l.fd,
-          task: 'pooler',
-          user: null,
-          database: null,
-          addr: l.addr,
-          port: l.port,
-          cancel: 0,
-          link: 0,
-          ...noVars,
-          scramClientKey: null,
-          scramServerKey: null,
-        },
-        { kind: 'listener', unix: l.addr === 'unix' },
-      );
-    }
-    const fresh: Socket[] = [];
-    for (const sock of held) {
-      const fd = socketFd(sock);
-      if (fd < 0) continue;
-      fresh.push(sock);
-      const unix = sock.remoteAddress === undefined;
-      row(
-        {
-          fd,
-          task: 'client',
-          user: null,
-          database: null,
-          addr: unix ? 'unix' : (sock.remoteAddress ?? ''),
-          port: sock.remotePort ?? 0,
-          cancel: 0,
-          link: 0,
-          ...noVars,
-          scramClientKey: null,
-          scramServerKey: null,
-        },
-        { kind: 'fresh' },
-      );
-    }
-
+    for (const l of listeners) out.row(socketRow(l.fd, 'pooler', l.addr, l.port), { kind: 'listener', unix: l.addr === 'unix' });
+    const fresh = held.filter((sock) => socketFd(sock) >= 0);
+    for (const sock of fresh) out.row(socketRow(socketFd(sock), 'client', sock.remoteAddress === undefined ? 'unix' : sock.remoteAddress, sock.remotePort ?? 0), { kind: 'fresh' });
     // Clients, then server connections: idle ones and those of the clients listed.
-    const statements = new Map<string, SharedStatement>();
-    const moved: ClientSession[] = [];
-    const ownerFd = new Map<ClientStatements, number>();
-    const servers = new Map<PooledServer, { clientFd: number; moves: boolean }>();
-    const clientRows: [FdRow, ClientState | null][] = [];
-    for (const session of proxy.sessions()) {
-      const p = session.pooled;
-      const ctx = session.context;
-      if (session.closed || session.isConsole || !session.loggedIn || p === null || ctx === null || session.remote.tls !== '') continue;
-      const h = session.handover();
-      if (h === null) continue;
-      const fd = h.fd;
-      const s = p.server;
-      const serverFd = s ? socketFd(s.conn.sock) : -1;
-      const told = ctx.serverParams;
-      const r: FdRow = {
-        fd,
-        task: 'client',
-        user: ctx.user,
-        database: p.pool.db.name,
-        addr: session.remote.addr,
-        port: session.remote.port,
-        cancel: h.key ? cancelColumn(h.key.pid, h.key.secret) : 0,
-        link: serverFd > 0 ? serverFd : 0,
-        clientEncoding: param(p.settings, 'client_encoding') ?? param(told, 'client_encoding'),
-        stdStrings: param(p.settings, 'standard_conforming_strings') ?? param(told, 'standard_conforming_strings'),
-        datestyle: param(p.settings, 'DateStyle') ?? param(told, 'DateStyle'),
-        timezone: param(p.settings, 'TimeZone') ?? param(told, 'TimeZone'),
-        password: null,
-        ...scramOf(p.pool),
-      };
-      let st: ClientState | null = null;
-      if (h.moves && h.key !== null) {
-        const entries: [string, string, boolean][] = [];
-        for (const [name, shared, failed] of p.statements.handover()) {
-          statements.set(shared.name, shared);
-          entries.push([name, shared.name, failed]);
-        }
-        st = {
-          kind: 'client',
-          pool: poolOf(p.pool),
-          user: ctx.user,
-          database: ctx.database,
-          startup: [...ctx.startupParams],
-          told: [...told],
-          tx: ctx.txStatus,
-          pid: h.key.pid,
-          secret: b64(h.key.secret),
-          lastActive: session.lastActive,
-          requests: session.tracker.handover()!,
-          settings: [...p.settings],
-          pins: [...p.pins],
-          statements: entries,
-          uncertain: [...p.statements.uncertain],
-          due: p.due,
-          link: serverFd > 0 ? serverFd : 0,
-        };
-        moved.push(session);
-        ownerFd.set(p.statements, fd);
-      }
-      if (s && serverFd > 0) servers.set(s, { clientFd: fd, moves: st !== null });
-      clientRows.push([r, st]);
-    }
-    for (const [r, st] of clientRows) row(r, st);
+    const { moved, ownerFd, servers } = listClients(proxy, out);
     for (const pool of pooler.pools()) for (const s of pool.idle) if (idleMoves(s)) servers.set(s, { clientFd: 0, moves: true });
-    for (const [s, { clientFd, moves }] of servers) {
-      const fd = socketFd(s.conn.sock);
-      const sock = s.conn.sock;
-      const key = s.key;
-      row(
-        {
-          fd,
-          task: 'server',
-          user: s.pool.user,
-          database: s.pool.db.name,
-          addr: sock.remoteAddress ?? 'unix',
-          port: sock.remotePort ?? 0,
-          cancel: key ? cancelColumn(key.pid, key.secret) : 0,
-          link: clientFd,
-          clientEncoding: param(s.params, 'client_encoding'),
-          stdStrings: param(s.params, 'standard_conforming_strings'),
-          datestyle: param(s.params, 'DateStyle'),
-          timezone: param(s.params, 'TimeZone'),
-          password: null,
-          ...scramOf(s.pool),
-        },
-        moves && key
-          ? {
-              kind: 'server',
-              pool: poolOf(s.pool),
-              pid: key.pid,
-              secret: b64(key.secret),
-              params: [...s.params],
-              applied: [...s.applied],
-              prepared: [...s.prepared.keys()],
-              literals: [...literals(s)].map(([name, l]): [string, string, number] => [name, l.version, ownerFd.get(l.owner) ?? 0]),
-              target: s.target.display,
-              lastUsed: s.lastUsed,
-              checkedAt: s.checkedAt,
-              dirty: s.dirty,
-              closeReason: s.closeReason,
-            }
-          : null,
-      );
-    }
-    state.statements = [...statements.values()].map((st) => b64(st.parse));
-    for (const [user, secret] of pooler.dynamicSecrets) state.secrets.push([user, secretText(secret)]);
-
+    for (const [s, { clientFd, moves }] of servers) out.row(serverRow(s, clientFd), moves && s.key ? serverState(s, out, ownerFd) : null);
+    out.state.statements = [...out.statements.values()].map((st) => b64(st.parse));
+    for (const [user, secret] of pooler.dynamicSecrets) out.state.secrets.push([user, secretText(secret)]);
     const movedServers = [...servers].filter(([, v]) => v.moves).map(([s]) => s);
     return {
-      rows,
-      fds,
-      notice: () => errorResponse({ severity: 'NOTICE', code: '00000', message: STATE_NOTICE, detail: JSON.stringify(state) }, Be.NoticeResponse),
-      handOver: () => {
-        this.handedOver = true;
-        // No connection is opened here any more (min_pool_size): this process only waits for SHUTDOWN now.
-        pooler.suspended = true;
-        proxy.takeover.release();
-        for (const sock of fresh) letGo(sock);
-        for (const session of moved) session.detach();
-        for (const s of movedServers) {
-          const i = s.pool.idle.indexOf(s);
-          if (i >= 0) s.pool.idle.splice(i, 1);
-          s.pool.active.delete(s);
-          s.client = null;
-          s.closed = true;
-          s.closeReason = 'taken over';
-          s.conn.reader.stop();
-          letGo(s.conn.sock);
-        }
-        this.deps.logger.info(
-          { clients: moved.length, servers: movedServers.length, listeners: listeners.length, waiting: fresh.length },
-          'sockets handed over to the new process',
-        );
-        pooler.pgbLog.line('LOG', `takeover: handed over ${moved.length} clients, ${movedServers.length} server connections and ${fresh.length} connections not logged in yet`);
-      },
+      rows: out.rows,
+      fds: out.fds,
+      notice: () => errorResponse({ severity: 'NOTICE', code: '00000', message: STATE_NOTICE, detail: JSON.stringify(out.state) }, Be.NoticeResponse),
+      handOver: () => this.handOver(fresh, moved, movedServers, listeners.length),
     };
   }
+
+  /** SHOW FDS' rows went to the process taking over: what they list is let go of here. */
+  private handOver(fresh: Socket[], moved: ClientSession[], movedServers: PooledServer[], listeners: number): void {
+    const pooler = this.deps.pooling().pooler;
+    this.handedOver = true;
+    // No connection is opened here any more (min_pool_size): this process only waits for SHUTDOWN now.
+    pooler.suspended = true;
+    this.deps.proxy().takeover.release();
+    for (const sock of fresh) letGo(sock);
+    for (const session of moved) session.detach();
+    for (const s of movedServers) {
+      const i = s.pool.idle.indexOf(s);
+      if (i >= 0) s.pool.idle.splice(i, 1);
+      s.pool.active.delete(s);
+      s.client = null;
+      s.closed = true;
+      s.closeReason = 'taken over';
+      s.conn.reader.stop();
+      letGo(s.conn.sock);
+    }
+    this.deps.logger.info(
+      { clients: moved.length, servers: movedServers.length, listeners, waiting: fresh.length },
+      'sockets handed over to the new process',
+    );
+    pooler.pgbLog.line('LOG', `takeover: handed over ${moved.length} clients, ${movedServers.length} server connections and ${fresh.length} connections not logged in yet`);
+  }
+}
+
+/** SHOW FDS' rows and descriptors, and the state beyond them, as fds() collects them. */
+class FdListing {
+  readonly rows: FdRow[] = [];
+  readonly fds: number[] = [];
+  readonly state: HandoverState = { version: STATE_VERSION, pools: [], secrets: [], statements: [], sockets: {} };
+  /** The shared statements the moved clients name, by server-side name (state.statements). */
+  readonly statements = new Map<string, SharedStatement>();
+  private readonly poolIndex = new Map<Pool, number>();
+
+  row(r: FdRow, st: SocketState | null): void {
+    this.rows.push(r);
+    this.fds.push(r.fd);
+    if (st) this.state.sockets[r.fd] = st;
+  }
+
+  /** The pool's place in state.pools, added at its first mention. */
+  poolOf(p: Pool): number {
+    let i = this.poolIndex.get(p);
+    if (i === undefined) {
+      this.poolIndex.set(p, (i = this.state.pools.length));
+      const k = p.scramKeys;
+      this.state.pools.push({
+        db: p.db.name,
+        user: p.user,
+        welcome: p.welcome ? [...p.welcome] : null,
+        scram: k ? { clientKey: b64(k.clientKey), serverKey: b64(k.serverKey) } : null,
+      });
+    }
+    return i;
+  }
+}
+
+const scramOf = (p: Pool | undefined) => ({ scramClientKey: p?.scramKeys?.clientKey ?? null, scramServerKey: p?.scramKeys?.serverKey ?? null });
+
+/** The row of a socket no client is logged in on yet (a listener, a connection not logged in). */
+function socketRow(fd: number, task: 'pooler' | 'client', addr: string, port: number): FdRow {
+  return {
+    fd, task, user: null, database: null, addr, port, cancel: 0, link: 0,
+    clientEncoding: null, stdStrings: null, datestyle: null, timezone: null, password: null, scramClientKey: null, scramServerKey: null,
+  };
+}
+
+/**
+ * The logged-in pooled clients' rows (those that can move with their state), listed in `out`; the clients that
+ * move, the descriptor of each moving client's statements, and the server connections the clients hold.
+ */
+function listClients(proxy: ProxyServer, out: FdListing) {
+  const moved: ClientSession[] = [];
+  const ownerFd = new Map<ClientStatements, number>();
+  const servers = new Map<PooledServer, { clientFd: number; moves: boolean }>();
+  for (const session of proxy.sessions()) {
+    const p = session.pooled;
+    const ctx = session.context;
+    if (session.closed || session.isConsole || !session.loggedIn || p === null || ctx === null || session.remote.tls !== '') continue;
+    const h = session.handover();
+    if (h === null) continue;
+    const fd = h.fd;
+    const s = p.server;
+    const serverFd = s ? socketFd(s.conn.sock) : -1;
+    const told = ctx.serverParams;
+    const r: FdRow = {
+      fd,
+      task: 'client',
+      user: ctx.user,
+      database: p.pool.db.name,
+      addr: session.remote.addr,
+      port: session.remote.port,
+      cancel: h.key ? cancelColumn(h.key.pid, h.key.secret) : 0,
+      link: serverFd > 0 ? serverFd : 0,
+      clientEncoding: param(p.settings, 'client_encoding') ?? param(told, 'client_encoding'),
+      stdStrings: param(p.settings, 'standard_conforming_strings') ?? param(told, 'standard_conforming_strings'),
+      datestyle: param(p.settings, 'DateStyle') ?? param(told, 'DateStyle'),
+      timezone: param(p.settings, 'TimeZone') ?? param(told, 'TimeZone'),
+      password: null,
+      ...scramOf(p.pool),
+    };
+    let st: ClientState | null = null;
+    if (h.moves && h.key !== null) {
+      const entries: [string, string, boolean][] = [];
+      for (const [name, shared, failed] of p.statements.handover()) {
+        out.statements.set(shared.name, shared);
+        entries.push([name, shared.name, failed]);
+      }
+      st = {
+        kind: 'client',
+        pool: out.poolOf(p.pool),
+        user: ctx.user,
+        database: ctx.database,
+        startup: [...ctx.startupParams],
+        told: [...told],
+        tx: ctx.txStatus,
+        pid: h.key.pid,
+        secret: b64(h.key.secret),
+        lastActive: session.lastActive,
+        requests: session.tracker.handover()!,
+        settings: [...p.settings],
+        pins: [...p.pins],
+        statements: entries,
+        uncertain: [...p.statements.uncertain],
+        due: p.due,
+        link: serverFd > 0 ? serverFd : 0,
+      };
+      moved.push(session);
+      ownerFd.set(p.statements, fd);
+    }
+    if (s && serverFd > 0) servers.set(s, { clientFd: fd, moves: st !== null });
+    out.row(r, st);
+  }
+  return { moved, ownerFd, servers };
+}
+
+/** A server connection's row; `clientFd`: its client's (0: idle). */
+function serverRow(s: PooledServer, clientFd: number): FdRow {
+  const sock = s.conn.sock;
+  const key = s.key;
+  return {
+    fd: socketFd(sock),
+    task: 'server',
+    user: s.pool.user,
+    database: s.pool.db.name,
+    addr: sock.remoteAddress ?? 'unix',
+    port: sock.remotePort ?? 0,
+    cancel: key ? cancelColumn(key.pid, key.secret) : 0,
+    link: clientFd,
+    clientEncoding: param(s.params, 'client_encoding'),
+    stdStrings: param(s.params, 'standard_conforming_strings'),
+    datestyle: param(s.params, 'DateStyle'),
+    timezone: param(s.params, 'TimeZone'),
+    password: null,
+    ...scramOf(s.pool),
+  };
+}
+
+/** What the process taking over needs of a server connection that moves (its key known). */
+function serverState(s: PooledServer, out: FdListing, ownerFd: ReadonlyMap<ClientStatements, number>): ServerState {
+  const key = s.key!;
+  return {
+    kind: 'server',
+    pool: out.poolOf(s.pool),
+    pid: key.pid,
+    secret: b64(key.secret),
+    params: [...s.params],
+    applied: [...s.applied],
+    prepared: [...s.prepared.keys()],
+    literals: [...literals(s)].map(([name, l]): [string, string, number] => [name, l.version, ownerFd.get(l.owner) ?? 0]),
+    target: s.target.display,
+    lastUsed: s.lastUsed,
+    checkedAt: s.checkedAt,
+    dirty: s.dirty,
+    closeReason: s.closeReason,
+  };
 }
 
 /** An idle server connection moves when nothing of it is half-read or unsent and it is plaintext. */
