@@ -33,6 +33,7 @@ import {
 import type { ReadBuffer } from './read-buffer.js';
 import { RelayHandoff } from './relay-handoff.js';
 import { rerunnableExchange } from './rerun-exchange.js';
+import { mentionsOnly } from './statement-effects.js';
 import { peerCredentials, socketFd, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
@@ -147,6 +148,8 @@ export class ClientSession implements FrameHandler, SessionLink {
   private keptRelayT = 0;
   /** Queries kept so far (ctx.exchange). */
   private keptCount = 0;
+  /** The Query that began the current transaction block, kept when it may make it read-only (ctx.blockOpener). */
+  private opener: Buffer | null = null;
   /** The kept Query is fenced (SessionContext.fenceable); Queries fenced in the current transaction. */
   private keptFenced = false;
   private fences = 0;
@@ -481,6 +484,10 @@ export class ClientSession implements FrameHandler, SessionLink {
       },
       keepQueries: false,
       fenceable: null,
+      fenceNarrow: false,
+      get blockOpener() {
+        return session.opener;
+      },
       get exchange() {
         return session.keptCount;
       },
@@ -499,7 +506,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       this.keep(msg, reads, 0);
       return false;
     }
-    if (ctx.fenceable !== null && ctx.txStatus === 'T' && idle && this.fences < FENCES_PER_TRANSACTION && ctx.fenceable(msg)) {
+    if (ctx.txStatus === 'T' && idle && this.fences < FENCES_PER_TRANSACTION && this.blockFenced() && ctx.fenceable!(msg)) {
       this.fences++;
       this.keep(msg, reads, 0);
       this.keptMsgs += 2; // the SAVEPOINT's CommandComplete and ReadyForQuery come first
@@ -524,7 +531,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (msg.buffer !== chunk.buffer || msg.byteOffset < chunk.byteOffset || msg.byteOffset + msg.length > chunk.byteOffset + chunk.length) return false;
     let fenced = false;
     if (ctx.txStatus === 'T') {
-      if (ctx.fenceable === null || this.fences >= FENCES_PER_TRANSACTION || !ctx.fenceable(msg)) return false;
+      if (!this.blockFenced() || this.fences >= FENCES_PER_TRANSACTION || !ctx.fenceable!(msg)) return false;
       this.fences++;
       fenced = true;
     } else if (ctx.txStatus !== 'I') {
@@ -1173,10 +1180,31 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.draining) setImmediate(() => this.drainCheck());
   }
 
-  private setTxStatus(status: TxStatus): void {
-    this.ctx!.txStatus = status;
-    if (status === 'I') this.fences = 0;
+  /** `relayed`: the relay's last ReadyForQuery, whose block's Query JS did not keep. */
+  private setTxStatus(status: TxStatus, relayed = false): void {
+    const ctx = this.ctx!;
+    const was = ctx.txStatus;
+    ctx.txStatus = status;
+    if (status === 'I') {
+      this.fences = 0;
+      this.opener = null;
+    } else if (was === 'I' && status === 'T') {
+      this.opener = relayed ? null : this.openerOf(this.keptQuery, this.keptReads);
+    }
     this.seam?.ready(status);
+  }
+
+  /** The kept Query that began a block, copied if it may make the block read-only (ctx.fenceNarrow). */
+  private openerOf(q: Buffer | null, reads: number): Buffer | null {
+    if (q === null || q[0] !== Fe.Query || !this.ctx!.fenceNarrow || (reads !== -1 && reads !== this.readsNow())) return null;
+    return mentionsOnly(q, 5, q.length - 1) ? Buffer.from(q) : null;
+  }
+
+  /** Statements of the current block are offered to ctx.fenceable (all of them, or those of a block that may be read-only). */
+  private blockFenced(): boolean {
+    const ctx = this.ctx!;
+    if (ctx.fenceable === null) return false;
+    return !ctx.fenceNarrow || this.opener !== null || ctx.serverParams.get('default_transaction_read_only') === 'on';
   }
 
   serverParam(name: string, value: string): void {
@@ -1303,10 +1331,11 @@ export class ClientSession implements FrameHandler, SessionLink {
       },
       toClient: (bytes: Buffer) => this.toClient(bytes),
       toServer: (bytes: Buffer) => this.onBytes(bytes),
-      txStatus: (status: TxStatus) => this.setTxStatus(status),
+      txStatus: (status: TxStatus) => this.setTxStatus(status, true),
       relayReturned: () => this.drainIfDraining(),
-      // 0x100: a transaction block begun gives the session back, for JS to fence its statements.
-      keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) | (this.ctx!.fenceable !== null ? 0x100 : 0) : 0),
+      // 0x100: a transaction block begun gives the session back, for JS to fence its statements; 0x200 (ctx.fenceNarrow):
+      // only a Query that may begin a read-only block does.
+      keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) | this.relayFence() : 0),
       // A Query the relay forwarded, its own copy (or none since it took over: what JS kept before is over).
       keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       internalError: (err: unknown) => this.internalError(err),
@@ -1324,7 +1353,13 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.paused !== 0 || this.serverPaused) return false;
     const w = this.ctx!.watched;
     // Inside a transaction block JS fences the statements (ctx.fenceable).
-    return w.statements.size === 0 && w.portals.size === 0 && !(this.ctx!.fenceable !== null && this.ctx!.txStatus === 'T');
+    return w.statements.size === 0 && w.portals.size === 0 && !(this.ctx!.txStatus === 'T' && this.blockFenced());
+  }
+
+  private relayFence(): number {
+    const ctx = this.ctx!;
+    if (ctx.fenceable === null) return 0;
+    return ctx.fenceNarrow && ctx.serverParams.get('default_transaction_read_only') !== 'on' ? 0x200 : 0x100;
   }
 
   // ---- cancel, shutdown, end -----------------------------------------------------------------------

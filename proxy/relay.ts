@@ -126,7 +126,8 @@ export interface NativeRelay {
   /**
    * Takes over both (paused, plaintext) sockets; onExit runs once, when the relay gives them back. keepStatus:
    * the session's transaction status as a character code to keep Queries (RelayOutcome.query), else 0; plus
-   * 0x100 to have a ReadyForQuery that opens a transaction block give the session back (JS fences statements there).
+   * 0x100 to have a ReadyForQuery that opens a transaction block give the session back (JS fences statements there),
+   * or 0x200 to have a Query mentioning ONLY do so instead (JS fences only blocks that may be read-only).
    * poolFlags: RelayPool bits, for a lent pooled connection (0: none). names: with RelayPool.named, the client's
    * statements the server connection has, which the relay renames itself: `client\0server\0` for each (prepared.ts).
    */

@@ -215,6 +215,18 @@ export function prefilterHits(sql: Buffer, start: number, end: number): boolean 
   return false;
 }
 
+/**
+ * True if buf[start, end) may begin a read-only transaction block (BEGIN / START TRANSACTION / SET TRANSACTION
+ * ... READ ONLY): it holds the word ONLY anywhere (ASCII case-insensitive; U&"" spells identifiers, never the
+ * keyword). The relay's mentions_only is the same check.
+ */
+export function mentionsOnly(buf: Buffer, start: number, end: number): boolean {
+  for (let i = start; i + 4 <= end; i++) {
+    if ((buf[i] | 0x20) === 0x6f && (buf[i + 1] | 0x20) === 0x6e && (buf[i + 2] | 0x20) === 0x6c && (buf[i + 3] | 0x20) === 0x79) return true;
+  }
+  return false;
+}
+
 // ---- classification -----------------------------------------------------------------------------------
 
 /**

@@ -25,6 +25,7 @@ import { isManagement, managementTopic, type Evaluated } from './evaluate.js';
 import type { Database } from './databases.js';
 import { auxQuery, deleteSkipLocked, mailboxStatement, postMailbox, type MailboxEntry } from './handover.js';
 import { quoteIdent } from './install.js';
+import { mayStopInBlock } from './read-only-blocks.js';
 import type { Responder } from './daemon/responder.js';
 
 export const INBAND_MARKER = 'steadytext:inband';
@@ -72,6 +73,7 @@ export class InbandCallbacks {
     if (db?.secret === undefined) return;
     // At once (the native relay, which may take the session next, reads it when it starts), then as configured.
     ctx.keepQueries = true;
+    if (!db.single) this.fenceReadOnly(ctx);
     db.config().then((cfg) => {
       this.configured(ctx, cfg);
       // One session (PGlite): every miss stops its statement (migration 008), in a block too, so fence from the start.
@@ -83,7 +85,21 @@ export class InbandCallbacks {
   private configured(ctx: SessionContext, cfg: RuntimeConfig): void {
     ctx.data.inbandRerun = cfg.inbandRerun;
     ctx.keepQueries = cfg.inbandRerun && cfg.callbackTransport !== 'dblink';
-    if (!ctx.keepQueries) ctx.fenceable = null;
+    if (!ctx.keepQueries) {
+      ctx.fenceable = null;
+      ctx.fenceNarrow = false;
+    }
+  }
+
+  /**
+   * Until the session asks in-band: only blocks that may be read-only at REPEATABLE READ or SERIALIZABLE are
+   * fenced (read-only-blocks.ts), where a miss stops its statement at once and only a fence lets it run again.
+   */
+  private fenceReadOnly(ctx: SessionContext): void {
+    if (ctx.fenceable !== null || !ctx.keepQueries || ctx.data.inbandRerun === false) return;
+    ctx.fenceNarrow = true;
+    ctx.fenceable = (query) =>
+      mayStopInBlock(ctx.blockOpener, ctx.serverParams.get('default_transaction_read_only') === 'on') && rerunnable(query, ctx);
   }
 
   /**
@@ -92,7 +108,9 @@ export class InbandCallbacks {
    * outside. Not before: a fence costs each statement of a block two more, and a writing one a subtransaction.
    */
   private fenceBlocks(ctx: SessionContext): void {
-    if (ctx.fenceable === null && ctx.keepQueries && ctx.data.inbandRerun !== false) ctx.fenceable = (query) => rerunnable(query, ctx);
+    if ((ctx.fenceable !== null && !ctx.fenceNarrow) || !ctx.keepQueries || ctx.data.inbandRerun === false) return;
+    ctx.fenceNarrow = false;
+    ctx.fenceable = (query) => rerunnable(query, ctx);
   }
 
   /** A server notice naming steadytext: true when it is an in-band request of ours (then answered, and hidden). */

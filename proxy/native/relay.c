@@ -112,6 +112,7 @@ typedef struct relay {
   // SessionContext.rerun, proxy/rerun-exchange.ts). Kept only when JS asks (start).
   bool keep;
   bool fence;     // JS fences statements inside transaction blocks: a ReadyForQuery 'T' gives the session back
+  bool fence_ro;  // JS fences only blocks that may be read-only: a Query mentioning ONLY gives the session back
   bool kept_open; // a kept Parse whose Sync has not come yet
   uint8_t *kept;
   size_t kept_len, kept_cap;
@@ -174,6 +175,14 @@ static bool mentions_steadytext(const uint8_t *b, size_t start, size_t end) {
     } else if (c == '&' && i > start && (b[i - 1] | 0x20) == 'u' && i + 1 < end && b[i + 1] == '"') {
       return true;
     }
+  }
+  return false;
+}
+
+// May begin a read-only block (statement-effects.ts mentionsOnly): the word ONLY anywhere, ASCII case-insensitive.
+static bool mentions_only(const uint8_t *b, size_t start, size_t end) {
+  for (size_t i = start; i + 4 <= end; i++) {
+    if ((b[i] | 0x20) == 'o' && (b[i + 1] | 0x20) == 'n' && (b[i + 2] | 0x20) == 'l' && (b[i + 3] | 0x20) == 'y') return true;
   }
   return false;
 }
@@ -412,6 +421,7 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   if (client) {
     if (code == 'X') return EXIT_CLIENT_MESSAGE;
     if ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len))) return EXIT_CLIENT_MESSAGE;
+    if (code == 'Q' && r->fence_ro && mentions_only(m, 5, len)) return EXIT_CLIENT_MESSAGE;
     if (r->pool && pool_exit(r, m, len, whole, renamed)) return EXIT_CLIENT_MESSAGE;
   } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6 || (r->fence && m[5] == 'T') || (r->pool & POOL_STATEMENT)))) {
     return EXIT_SERVER_MESSAGE;
@@ -922,9 +932,10 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   r->env = env;
   r->max_message = max;
   uint32_t keep = 0;
-  if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok && (keep & 0xff) > 0 && keep < 512) {
+  if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok && (keep & 0xff) > 0 && keep < 1024) {
     r->keep = true;
     r->fence = (keep & 0x100) != 0;
+    r->fence_ro = (keep & 0x200) != 0;
     r->status = (uint8_t)(keep & 0xff);
   }
   uint32_t pool = 0;

@@ -153,29 +153,31 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     expect((await direct.query('SELECT count(*)::int AS n FROM pg_largeobject_metadata')).rows[0].n).toBe(0);
   });
 
-  test('a session’s first read-only REPEATABLE READ block gets 40001 (nothing fenced yet), and the retried one finds the answer', async () => {
+  // Before a session asks in-band, only blocks that may be read-only are fenced (sql/read-only-blocks.ts): there a
+  // miss stops the statement at once, and without the fence the whole block would fail with 40001.
+  test.each([
+    ['session', 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY', null, 'simple'],
+    ['transaction', 'START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE', null, 'simple'],
+    ['session', 'BEGIN', 'SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY', 'extended'],
+    ['transaction', 'BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY', null, 'extended'],
+  ] as const)('a session’s first read-only block (%s mode, %s, %s, %s protocol) is fenced: its miss is run again, no 40001', async (mode, begin, session, protocol) => {
     await fresh();
-    const { c } = await client();
-    await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    const e = await pgError(c.query(`SELECT deterministic_expand('read only') AS v`));
-    await c.query('ROLLBACK');
-    expect(e.code).toBe('40001');
-    expect(e.hint).toMatch(/Retry the transaction/);
-    let got: string | undefined;
-    for (let attempt = 0; attempt < 200 && got === undefined; attempt++) {
-      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      try {
-        got = (await c.query(`SELECT deterministic_expand('read only') AS v`)).rows[0].v as string;
-        await c.query('COMMIT');
-      } catch (err) {
-        await c.query('ROLLBACK');
-        if ((err as { code?: string }).code !== '40001') throw err;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
+    const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
+    const { c, notices } = await client(url);
+    if (session !== null) await c.query(session);
+    const topic = `first read-only block ${mode} ${begin} ${protocol}`;
+    const taken = countTaken();
+    await c.query(begin);
+    const sql = `SELECT deterministic_expand(${protocol === 'simple' ? `'${topic}'` : '$1::text'}) AS v`;
+    const got = (await c.query(sql, protocol === 'simple' ? [] : [topic])).rows[0].v as string;
+    // Still in the block, still read-only: the rerun went back to the fence, not out of the transaction.
+    expect((await c.query('SHOW transaction_read_only')).rows[0].transaction_read_only).toBe('on');
+    await c.query('COMMIT');
     await c.end();
+    expect(notices).toEqual([]);
+    expect(taken.n).toBe(1);
     await fresh();
-    expect(got).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('read only')]));
+    expect(got).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND(topic)]));
   });
 
   test('a read-only REPEATABLE READ statement outside a block is stopped at its first miss and run again: no 40001', async () => {
