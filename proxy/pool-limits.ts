@@ -14,7 +14,7 @@
 import type { Logger } from 'pino';
 import { CONSOLE_DATABASE } from './console.js';
 import type { IpcChannel } from './ipc.js';
-import { poolError, type Pool, type PoolDatabase, type PoolError, type Pooler, type ServerSlots } from './pool.js';
+import { poolError, type Pool, type PoolDatabase, type PoolError, type PooledServer, type Pooler, type ServerSlots } from './pool.js';
 import { SqlState } from './protocol.js';
 
 const TAG = 'steadytext-limits';
@@ -454,25 +454,45 @@ export class WorkerSlots implements ServerSlots {
     return false;
   }
 
-  /** Closes an idle connection another worker needs more: idle a while (soft), or any idle one (now, hard). */
+  /**
+   * Closes an idle connection another worker needs more: idle a while (soft), or any idle one (now, hard). A
+   * connection lent to its client's relay is idle between that client's transactions: taken back, it goes too.
+   */
   private yieldIdle(pool: Pool, st: Local): boolean {
     const now = Date.now();
+    const kindOf = (idleMs: number): YieldKind | null => (st.yields.now ? 'now' : st.yields.hard ? 'hard' : idleMs >= SOFT_IDLE_MS ? 'soft' : null);
     for (let i = 0; i < pool.idle.length; i++) {
       const s = pool.idle[i];
       if (s.closed) continue;
-      const kind: YieldKind | null = st.yields.now ? 'now' : st.yields.hard ? 'hard' : now - s.lastUsed >= SOFT_IDLE_MS ? 'soft' : null;
+      const kind = kindOf(now - s.lastUsed);
       if (kind === null) continue;
       pool.idle.splice(i, 1);
-      s.close('evicted');
-      st.yields[kind] = false;
-      if (kind === 'hard' && st.hardPending) {
-        st.hardPending = false;
-        pool.yieldNext = 0;
-      }
-      this.release(st, 1, kind);
-      return true;
+      return this.yielded(pool, st, s, kind);
+    }
+    for (const s of [...pool.lent]) {
+      const c = s.client;
+      if (s.closed || c === null || c.lentBusy?.()) continue;
+      const kind = kindOf(c.lentQuiet?.(now) ?? 0);
+      if (kind === null) continue;
+      c.reclaim?.();
+      // Released between transactions: idle now, unless a client of this worker was waiting and has it.
+      const i = pool.idle.indexOf(s);
+      if (i < 0) continue;
+      pool.idle.splice(i, 1);
+      return this.yielded(pool, st, s, kind);
     }
     return false;
+  }
+
+  private yielded(pool: Pool, st: Local, s: PooledServer, kind: YieldKind): true {
+    s.close('evicted');
+    st.yields[kind] = false;
+    if (kind === 'hard' && st.hardPending) {
+      st.hardPending = false;
+      pool.yieldNext = 0;
+    }
+    this.release(st, 1, kind);
+    return true;
   }
 
   private receive(m: ToWorker): void {

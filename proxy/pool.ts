@@ -415,9 +415,8 @@ export class Pool {
   mayLend(s: PooledServer): boolean {
     const st = this.pooler.settings;
     if (this.mode !== 'transaction' || this.waiters.length > 0 || this.replWaiting.length > 0 || this.paused) return false;
+    // Worker processes: a connection another worker claims (pool-limits.ts) is taken back from the relay first.
     if (this.pooler.refusal !== null || this.pooler.suspended || this.yieldNext > 0) return false;
-    // Worker processes: another worker's claim on a slot (pool-limits.ts) evicts idle connections, not lent ones.
-    if (this.pooler.slots !== null) return false;
     if (s.dirty || s.closed || s.conn.sawFatal || s.cancelling > 0 || s.replication !== null) return false;
     if (st.serverResetQuery && st.serverResetQueryAlways) return false;
     const lifetime = (this.db.entry.serverLifetime || st.serverLifetime) * 1000;

@@ -44,7 +44,7 @@ afterEach(async () => {
   started.clients = [];
 });
 
-function iniText(databases: Record<string, string>, settings: Record<string, string | number>): string {
+function iniText(databases: Record<string, string>, settings: Record<string, string | number>, steadytext: string[] = []): string {
   return [
     '[databases]',
     ...Object.entries(databases).map(([k, v]) => `${k} = ${v}`),
@@ -53,11 +53,12 @@ function iniText(databases: Record<string, string>, settings: Record<string, str
     '[steadytext]',
     'workers = 2',
     'daemon_listen = off',
+    ...steadytext,
   ].join('\n') + '\n';
 }
 
 /** pg-steadytext as pgBouncer with two workers; resolves once the primary wrote its pidfile (all workers listen then). */
-async function startBouncer(databases: Record<string, string>, extra: Record<string, string | number>, staleSocket = false): Promise<Bouncer> {
+async function startBouncer(databases: Record<string, string>, extra: Record<string, string | number>, staleSocket = false, steadytext: string[] = []): Promise<Bouncer> {
   const dir = mkdtempSync(join(tmpdir(), 'pgb-workers-'));
   const port = await freePort();
   // What a crashed run leaves: the socket's file, which binding the path again would fail on.
@@ -75,7 +76,7 @@ async function startBouncer(databases: Record<string, string>, extra: Record<str
     ...extra,
   };
   const ini = join(dir, 'pgbouncer.ini');
-  writeFileSync(ini, iniText(databases, settings));
+  writeFileSync(ini, iniText(databases, settings, steadytext));
   const { child, output } = spawnCli(['pgbouncer', ini], { PGSTEADYTEXT_LOG_FORMAT: 'json', PGSTEADYTEXT_LOG_LEVEL: 'info' });
   const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const b: Bouncer = {
@@ -242,6 +243,38 @@ describe('pooling with --workers: one set of limits', () => {
     })().finally(() => (stop = true));
     const peak = await peakWhile(app, Promise.all([busy, turn]));
     expect(peak).toBeLessThanOrEqual(1);
+  });
+
+  test('each worker lends its idle connection to the client\'s relay, and gives it up when the other worker\'s client waits', async () => {
+    const app = appName();
+    const metricsPort = await freePort();
+    const b = await startBouncer({ postgres: target(`application_name=${app}`) }, { default_pool_size: 1, query_wait_timeout: 60 }, false, [
+      `metrics_listen = 127.0.0.1:${metricsPort}`,
+    ]);
+    const handoffs = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith('pg_steadytext_proxy_native_relay_handoffs_total'));
+      return Number(line?.split(' ').pop());
+    };
+    const [a, other] = await onBothWorkers(b);
+    const before = await handoffs();
+    // Nobody waits: after its first transaction a keeps the connection in its worker's relay for all of them.
+    for (let i = 0; i < 20; i++) expect((await a.query('SELECT $1::int AS v', [i])).rows[0].v).toBe(i);
+    const lentA = (await handoffs()) - before;
+    expect(lentA).toBeGreaterThanOrEqual(1);
+    expect(lentA).toBeLessThanOrEqual(2);
+    // The other worker's client needs the pool's only connection: a's worker takes it back from the relay and closes it.
+    const turns = (async () => {
+      for (let i = 0; i < 3; i++) {
+        expect((await other.query('SELECT $1::int AS v', [i])).rows[0].v).toBe(i);
+        expect((await a.query('SELECT $1::int AS v', [i])).rows[0].v).toBe(i);
+      }
+    })();
+    expect(await peakWhile(app, turns)).toBeLessThanOrEqual(1);
+    // Then the other client is lent its worker's connection too.
+    const mid = await handoffs();
+    for (let i = 0; i < 20; i++) expect((await other.query('SELECT $1::int AS v', [i])).rows[0].v).toBe(i);
+    expect((await handoffs()) - mid).toBeGreaterThanOrEqual(1);
   });
 
   test('max_db_connections = 1 across 2 workers: another user\'s pool in the other worker takes the idle connection\'s place', async () => {
