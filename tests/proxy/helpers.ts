@@ -70,6 +70,8 @@ export async function startPoolingProxy(o: {
   user: string;
   password: string;
   pgbouncer: Record<string, string | number>;
+  /** The [users] section: user name -> its settings (`pool_mode=session client_idle_timeout=1`). */
+  users?: Record<string, string>;
   proxy?: Partial<ProxyOptions>;
 }): Promise<{ proxy: ProxyServer; pooling: PoolingEnv; closeConsole: () => void }> {
   const db = testDb();
@@ -86,6 +88,7 @@ export async function startPoolingProxy(o: {
     `auth_type = ${o.authType}`,
     `auth_file = ${join(dir, 'userlist.txt')}`,
     ...Object.entries(o.pgbouncer).map(([k, v]) => `${k} = ${v}`),
+    ...(o.users ? ['[users]', ...Object.entries(o.users).map(([k, v]) => `${q(k)} = ${v}`)] : []),
   ].join('\n') + '\n');
   const { proxy, pooling, console } = await poolingFromIni(join(dir, 'pgbouncer.ini'), { proxy: o.proxy });
   return { proxy, pooling, closeConsole: () => console.close() };

@@ -18,13 +18,14 @@ interface Pooled {
 }
 
 /** A transaction pooler with the native relay and one server connection, plus the given settings. */
-async function pooledProxy(pgbouncer: Record<string, string | number>): Promise<Pooled> {
+async function pooledProxy(pgbouncer: Record<string, string | number>, userSettings?: string): Promise<Pooled> {
   const r = testDb().roles.scram;
   const { proxy, pooling, closeConsole } = await startPoolingProxy({
     authType: 'scram-sha-256',
     user: r.user,
     password: r.password,
     pgbouncer: { admin_users: r.user, pool_mode: 'transaction', default_pool_size: 1, max_client_conn: 50, ...pgbouncer },
+    users: userSettings === undefined ? undefined : { [r.user]: userSettings },
     proxy: { nativeRelay: 'on' },
   });
   return {
@@ -103,6 +104,36 @@ describe.runIf(loadNativeRelay().relay !== null)('a lent connection meets the po
       expect(await pid(b.c)).toBe(backend);
       expect((await b.c.query('select 5 as v')).rows[0].v).toBe(5);
       await b.c.end();
+    } finally {
+      await p.close();
+    }
+  });
+
+  test('server_idle_timeout closes a lent connection idle past it; the client stays and gets a new one', async () => {
+    const p = await pooledProxy({ server_idle_timeout: 1 });
+    try {
+      const a = await connect(p, appName('lend-server-idle'));
+      const backend = await lent(p, a.c);
+      await eventually(async () => !(await alive(backend)), 15_000, 'the idle lent connection closed');
+      expect(a.ended()).toBe(false);
+      expect(pool(p).lent.size).toBe(0);
+      const next = await lent(p, a.c);
+      expect(next).not.toBe(backend);
+      expect((await a.c.query('select 7 as v')).rows[0].v).toBe(7);
+      await a.c.end();
+    } finally {
+      await p.close();
+    }
+  });
+
+  test('a [users] client_idle_timeout acts on that user\'s lent client, the global one being off', async () => {
+    const p = await pooledProxy({ client_idle_timeout: 0 }, 'client_idle_timeout=1');
+    try {
+      const a = await connect(p, appName('lend-user-idle'));
+      await lent(p, a.c);
+      await eventually(a.ended, 10_000, 'the idle client closed');
+      expect(a.errors.map((e) => e.message).join()).toMatch(/client_idle_timeout/);
+      expect(pool(p).lent.size).toBe(0);
     } finally {
       await p.close();
     }
