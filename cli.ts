@@ -544,7 +544,7 @@ async function workerSteadytext(s: Settings, log: Logger, setup: WorkerSetup, in
     { serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log, serviceUrlFor: serviceUrls(s, ini) },
     setup.channel,
   );
-  const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
+  const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues, upstreamPooled: s.upstreamPooled });
   await interceptor.ready;
   return { engine, databases, interceptor };
 }

@@ -50,6 +50,8 @@ interface Signed {
   /** What the answer is named by when handed over in the session (migration 007), and whether it must be. */
   answerKey: string | null;
   snapshot: boolean;
+  /** The session_user that asked. */
+  user: string | null;
 }
 
 /** How often left-behind large objects are looked for, and how old they must be to go. */
@@ -57,10 +59,19 @@ const SWEEP_EVERY_MS = 60_000;
 const SWEEP_AGE = '10 minutes';
 
 export class InbandCallbacks {
+  /**
+   * upstreamPooled: the proxy's upstream is a transaction pooler (pgBouncer, a cloud provider's proxy), so the
+   * backend pid a session saw at login is not the one that raises its requests. A request is then taken by its
+   * signature, its database, the session's own login role and an id not seen before, instead of by that pid.
+   */
   constructor(
     private readonly responder: Responder,
     private readonly databases: DatabaseRegistry,
+    private readonly upstreamPooled = false,
   ) {}
+
+  /** Request ids taken lately (upstreamPooled): a signed notice replayed, in any session, computes nothing again. */
+  private readonly taken = new Set<string>();
 
   /**
    * Unless calls the proxy cannot see are set to ask through dblink only, the session keeps its Queries so
@@ -122,12 +133,22 @@ export class InbandCallbacks {
     if (db.secret === undefined) {
       // First contact with this database is a callback (a trigger, say): read its secret, then check.
       void db.ready().then(
-        () => this.accept(db.secret !== undefined ? verify(f.D, f.H, db.secret, ctx.database, backendPid) : null, ctx),
+        () => this.accept(db.secret !== undefined ? this.verified(f.D, f.H, db.secret, ctx, backendPid) : null, ctx),
         (err: unknown) => ctx.log.warn({ err }, 'steadytext objects not ready; an in-band request goes unanswered'),
       );
       return true;
     }
-    return this.accept(verify(f.D, f.H, db.secret, ctx.database, backendPid), ctx);
+    return this.accept(this.verified(f.D, f.H, db.secret, ctx, backendPid), ctx);
+  }
+
+  /** verify(), with the backend pid the session saw at login, or (upstreamPooled) its login role and a fresh id. */
+  private verified(payload: string, mac: string, secret: string, ctx: SessionContext, backendPid: number | undefined): Signed | null {
+    if (!this.upstreamPooled) return verify(payload, mac, secret, ctx.database, backendPid);
+    const r = verify(payload, mac, secret, ctx.database, null);
+    if (r === null || r.user !== ctx.user || this.taken.has(r.id)) return null;
+    this.taken.add(r.id);
+    if (this.taken.size > MAX_TAKEN_IDS) this.taken.delete(this.taken.values().next().value!);
+    return r;
   }
 
   private accept(signed: Signed | null, ctx: SessionContext): boolean {
@@ -236,7 +257,8 @@ export class InbandCallbacks {
     // once it has rolled the failed block back to the fence.
     const managed = db.single ? await this.manage(first, ctx) : null;
     if (managed !== null && !fenced) await postMailbox(db.via(ctx), db.schema, first.backendPid, [managed]);
-    const gathered = await dryRun(query, fenced, first.backendPid, db.secret, ctx);
+    // Behind a transaction pooler the dry run may run on another backend than the statement did.
+    const gathered = await dryRun(query, fenced, this.upstreamPooled ? null : first.backendPid, db.secret, ctx);
     if (managed !== null && fenced) await postMailbox(db.via(ctx), db.schema, first.backendPid, [managed]);
     // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
     // Rows the client's block took before the fence stay locked until it ends: skipped, never waited on.
@@ -323,6 +345,9 @@ function following(signal: AbortSignal): { abort: AbortController; release: () =
   return { abort, release: () => signal.removeEventListener('abort', stop) };
 }
 
+/** Request ids remembered against replay (upstreamPooled); a replay after this many others is taken again. */
+const MAX_TAKEN_IDS = 100_000;
+
 /** Most bytes of answers one rerun hands over in the session; the rest are asked for one by one. */
 const MAX_GIVEN_BYTES = 32 * 1024 * 1024;
 
@@ -370,7 +395,7 @@ function rerunnable(query: Buffer, ctx: SessionContext): boolean {
  * the requests its calls made (signed by the same backend). Nothing of it reaches the client; an error in it
  * only ends the gathering early.
  */
-function dryRun(query: Buffer, fenced: boolean, backendPid: number, secret: string, ctx: SessionContext): Promise<Signed[]> {
+function dryRun(query: Buffer, fenced: boolean, backendPid: number | null, secret: string, ctx: SessionContext): Promise<Signed[]> {
   return new Promise((resolve) => {
     const gathered: Signed[] = [];
     let bytes = 0;
@@ -411,7 +436,8 @@ export function wakeKey(id: string): number {
  * The request if `mac` is its signature under `secret` and it comes from `database` and from the backend that
  * sent the notice (a signed request replayed on another connection is not answered); null otherwise.
  */
-export function verify(payload: string, mac: string, secret: string, database: string, backendPid: number | undefined): Signed | null {
+/** `backendPid`: the pid the request must name (undefined: none known, nothing verifies); null: any (upstreamPooled). */
+export function verify(payload: string, mac: string, secret: string, database: string, backendPid: number | undefined | null): Signed | null {
   if (!/^[0-9a-f]{64}$/.test(mac)) return null;
   const want = createHmac('sha256', Buffer.from(secret, 'utf8')).update(payload, 'utf8').digest();
   if (!timingSafeEqual(want, Buffer.from(mac, 'hex'))) return null;
@@ -423,10 +449,10 @@ export function verify(payload: string, mac: string, secret: string, database: s
   }
   const o = j as {
     id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown; wait?: unknown; gather?: unknown; function?: unknown;
-    stops?: unknown; answer_key?: unknown; snapshot?: unknown;
+    stops?: unknown; answer_key?: unknown; snapshot?: unknown; user?: unknown;
   };
   if (typeof o.id !== 'string' || !/^[0-9a-f]{32}$/.test(o.id)) return null;
-  if (!Number.isInteger(o.backend_pid) || o.backend_pid !== backendPid || o.database !== database) return null;
+  if (!Number.isInteger(o.backend_pid) || (backendPid !== null && o.backend_pid !== backendPid) || o.database !== database) return null;
   const lo = o.lo === null || o.lo === undefined ? null : Number(o.lo);
   if (lo !== null && !(Number.isInteger(lo) && lo > 0 && lo < 2 ** 32)) return null;
   return {
@@ -435,5 +461,6 @@ export function verify(payload: string, mac: string, secret: string, database: s
     stops: o.stops === true,
     answerKey: typeof o.answer_key === 'string' && /^[0-9a-f]{32}$/.test(o.answer_key) ? o.answer_key : null,
     snapshot: o.snapshot === true,
+    user: typeof o.user === 'string' ? o.user : null,
   };
 }

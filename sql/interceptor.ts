@@ -28,6 +28,8 @@ export interface SteadytextOptions {
   logger: Logger;
   /** Most rows one statement's prefetch reads and computes (prefetch.ts); the database does the rest. */
   prefetchMaxValues?: number;
+  /** The upstream is a transaction pooler: in-band requests are not tied to the backend pid seen at login (inband.ts). */
+  upstreamPooled?: boolean;
 }
 
 const CANCELLED = `DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '57014', MESSAGE = 'canceling statement due to user request'; END$$`;
@@ -52,7 +54,7 @@ export class SteadytextInterceptor implements Interceptor {
       engine: o.engine, log: o.logger, address: o.daemon ?? { host: '', port: 0 },
       databaseFor: (name) => o.databases.get(name),
     });
-    this.inband = new InbandCallbacks(responder, o.databases);
+    this.inband = new InbandCallbacks(responder, o.databases, o.upstreamPooled ?? false);
   }
 
   sessionStart(ctx: SessionContext): void {
