@@ -88,7 +88,10 @@ beforeAll(async () => {
     CREATE TRIGGER docs_embed BEFORE INSERT ON docs FOR EACH ROW EXECUTE FUNCTION docs_embed();
 
     CREATE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
-    BEGIN RETURN steadytext_embed(t); END $$;`);
+    BEGIN RETURN steadytext_embed(t); END $$;
+
+    CREATE FUNCTION wrap_model_info() RETURNS int LANGUAGE plpgsql AS $$
+    BEGIN RETURN (SELECT count(*) FROM steadytext_model_info()); END $$;`);
 }, 180_000);
 
 afterAll(async () => {
@@ -227,13 +230,16 @@ describe('in-band callback without dblink or daemon endpoint', () => {
       const { c, notices } = await client(url);
       const taken = countTaken();
       await c.query('BEGIN');
-      // The session's first in-band requests: unfenced, each answer taken from the mailbox by this open block.
+      // The session's first in-band requests: unfenced, each answered miss by miss (as cache rows).
       expect((await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id <= $1', [6])).rowCount).toBe(6);
       expect(taken.n).toBe(6);
+      // A call the proxy cannot see whose answer is no cache row: taken from the mailbox by this open block.
+      expect((await c.query('SELECT wrap_model_info() AS n')).rows[0].n).toBeGreaterThan(0);
+      expect(taken.n).toBe(7);
       // Fenced now: stopped at its second miss, gathered, run again. The stopped attempt's leftovers are cleared
-      // on the service connection, which used to wait on the six rows above, held by this block: a deadlock.
+      // on the service connection, which used to wait on the row above, held by this block: a deadlock.
       expect((await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id > $1', [6])).rowCount).toBe(6);
-      expect(taken.n).toBe(8);
+      expect(taken.n).toBe(9);
       await c.query('COMMIT');
       await c.end();
       expect(notices).toEqual([]);
@@ -363,6 +369,53 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     } finally {
       db.commitThenWake = handOver;
     }
+  });
+
+  test('a waiting call whose answer is a cache row reads that row: no mailbox entry, nothing written by the caller, the rewrite path’s bytes', async () => {
+    await fresh();
+    await direct.query(`
+      CREATE OR REPLACE FUNCTION wrap_stream(p text) RETURNS text LANGUAGE plpgsql AS $$
+      BEGIN RETURN (SELECT string_agg(c, '|') FROM steadytext_generate_stream(p, 12) AS c); END $$`);
+    // Both models' identities registered, as after any first call: the functions' lookups have a key to send.
+    await rewritten(`SELECT steadytext_generate('warm up', 4) AS v`);
+    await rewritten(`SELECT steadytext_embed('warm up')::text AS v`);
+    await fresh();
+    const { c, notices } = await client();
+    const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
+    // What a read-only caller leaves in the mailbox is removed whatever happens here (later tests count it).
+    onTestFinished(async () => void await direct.query('DELETE FROM steadytext_mailbox WHERE backend_pid = $1', [pid]));
+    const inbandRows = async () => (await direct.query(
+      `SELECT count(*)::int AS n FROM steadytext_mailbox WHERE backend_pid = $1 AND topic LIKE 'inband:%'`, [pid])).rows[0].n as number;
+    // READ ONLY: an answer taken from the mailbox would stay there (a read-only caller only reads it).
+    await c.query('BEGIN READ ONLY');
+    const generated = (await c.query(`SELECT deterministic_expand('harbours') AS v`)).rows[0].v as string;
+    const embedded = (await c.query(`SELECT wrap_embed('harbour cranes')::text AS v`)).rows[0].v as string;
+    const streamed = (await c.query(`SELECT wrap_stream('harbour tides') AS v`)).rows[0].v as string;
+    const wrote = (await c.query('SELECT pg_current_xact_id_if_assigned() AS x')).rows[0].x as string | null;
+    await c.query('COMMIT');
+    expect(notices).toEqual([]);
+    expect(wrote).toBeNull();
+    expect(await inbandRows()).toBe(0);
+    // Committed before the caller woke, not written later: there without waiting for the proxy's writes.
+    expect(await cacheRows()).toBe(3);
+    // Not cached (cache_enabled off): the answer still comes, through the mailbox.
+    await direct.query(`SELECT steadytext_config_set('cache_enabled', 'false')`);
+    try {
+      await c.query('BEGIN READ ONLY');
+      const uncached = (await c.query(`SELECT deterministic_expand('harbours, not cached') AS v`)).rows[0].v as string;
+      await c.query('COMMIT');
+      expect(await inbandRows()).toBe(1);
+      await fresh();
+      expect(uncached).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('harbours, not cached')]));
+    } finally {
+      await direct.query(`SELECT steadytext_config_set('cache_enabled', 'true')`);
+    }
+    await c.end();
+    await fresh();
+    expect(generated).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('harbours')]));
+    expect(embedded).toBe(await rewritten(`SELECT steadytext_embed('harbour cranes')::text AS v`));
+    expect(streamed).toBe(await rewritten(`SELECT string_agg(c, '|') AS v FROM steadytext_generate_stream('harbour tides', 12) AS c`));
+    expect(streamed.split('|').length).toBeGreaterThan(1);
   });
 
   test.each(['session', 'transaction'] as const)(
