@@ -388,7 +388,9 @@ describe('in-band callback without dblink or daemon endpoint', () => {
       `SELECT count(*)::int AS n FROM steadytext_mailbox WHERE backend_pid = $1 AND topic LIKE 'inband:%'`, [pid])).rows[0].n as number;
     // READ ONLY: an answer taken from the mailbox would stay there (a read-only caller only reads it).
     await c.query('BEGIN READ ONLY');
-    const generated = (await c.query(`SELECT deterministic_expand('harbours') AS v`)).rows[0].v as string;
+    // A quote and a backslash in the row's prompt: its INSERT is sent with the values inlined.
+    const topic = "harbour's \\ walls";
+    const generated = (await c.query('SELECT deterministic_expand($1) AS v', [topic])).rows[0].v as string;
     const embedded = (await c.query(`SELECT wrap_embed('harbour cranes')::text AS v`)).rows[0].v as string;
     const streamed = (await c.query(`SELECT wrap_stream('harbour tides') AS v`)).rows[0].v as string;
     const wrote = (await c.query('SELECT pg_current_xact_id_if_assigned() AS x')).rows[0].x as string | null;
@@ -412,7 +414,7 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     }
     await c.end();
     await fresh();
-    expect(generated).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('harbours')]));
+    expect(generated).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND(topic)]));
     expect(embedded).toBe(await rewritten(`SELECT steadytext_embed('harbour cranes')::text AS v`));
     expect(streamed).toBe(await rewritten(`SELECT string_agg(c, '|') AS v FROM steadytext_generate_stream('harbour tides', 12) AS c`));
     expect(streamed.split('|').length).toBeGreaterThan(1);
