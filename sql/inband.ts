@@ -173,8 +173,10 @@ export class InbandCallbacks {
       const holder = await wake;
       if (holder) {
         // One round trip: the answer committed, then the lock the function waits on let go.
+        // A cache row the asking client's own open block holds (the owning role deleted it) would be waited for
+        // while the client waits for this: given up on at once instead, and the mailbox answers (below).
         const put = cached !== undefined
-          ? cacheRowStatement(db.schema, cached)
+          ? `SET LOCAL lock_timeout = '10ms'; ${cacheRowStatement(db.schema, cached)}`
           : r.lo === null
             ? mailboxStatement(db.schema, r.backendPid, entry)
             : `SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put(${r.lo}::pg_catalog.oid, ${pg.escapeLiteral(text)}::pg_catalog.text)`;

@@ -420,6 +420,55 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     expect(streamed.split('|').length).toBeGreaterThan(1);
   });
 
+  test('an embedding whose cache row is removed between the hand-over and its read is asked for again', async () => {
+    await rewritten(`SELECT steadytext_embed('warm up')::text AS v`); // the identity registered: the function sends its key
+    await fresh();
+    const original = (await direct.query(`SELECT pg_get_functiondef('_steadytext_inband_embedding(text, integer)'::regprocedure) AS d`)).rows[0].d as string;
+    // Stands for an administrator's DELETE committed right then, once: the row is not there when it is read.
+    await direct.query(`
+      CREATE OR REPLACE FUNCTION _steadytext_inband_embedding(p_cache_key text, p_ttl_seconds integer) RETURNS vector
+      LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp AS $$
+      BEGIN
+          IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'vanished_once') THEN
+              CREATE TABLE public.vanished_once ();
+              RETURN NULL;
+          END IF;
+          RETURN (SELECT c.embedding FROM steadytext_cache c WHERE c.cache_key = p_cache_key
+                   AND greatest(c.created_at, c.last_accessed) > now() - make_interval(secs => p_ttl_seconds));
+      END $$`);
+    // Miss by miss: the second ask is answered where it stands, not by running the statement again.
+    await direct.query(`SELECT steadytext_config_set('inband_rerun', 'false')`);
+    const taken = countTaken();
+    try {
+      const { c } = await client();
+      await c.query('SELECT 1');
+      const got = (await c.query(`SELECT wrap_embed('removed in between')::text AS v`)).rows[0].v as string;
+      await c.end();
+      expect(taken.n).toBe(2);
+      expect((await direct.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'vanished_once'`)).rows[0].n).toBe(1);
+      await fresh();
+      expect(got).toBe(await rewritten(`SELECT steadytext_embed('removed in between')::text AS v`));
+    } finally {
+      await direct.query(original);
+      await direct.query('DROP TABLE IF EXISTS vanished_once');
+      await direct.query(`SELECT steadytext_config_set('inband_rerun', 'true')`);
+    }
+  });
+
+  test('the owning role’s block that removed the cache row it then asks for: the answer comes through the mailbox, no deadlock', async () => {
+    await rewritten(`SELECT steadytext_embed('warm up')::text AS v`); // the identity registered: the function sends its key
+    await fresh();
+    const { c } = await client(); // as the owning role, which may write steadytext_cache
+    const want = (await c.query(`SELECT wrap_embed('taken by the block')::text AS v`)).rows[0].v as string;
+    expect(await cacheRows()).toBe(1);
+    await c.query('BEGIN');
+    // The block holds the row (deleted, not committed): the proxy's hand-over as a cache row would wait on it.
+    expect((await c.query('DELETE FROM steadytext_cache')).rowCount).toBe(1);
+    const got = (await c.query(`SELECT wrap_embed('taken by the block')::text AS v`)).rows[0].v as string;
+    await c.query('COMMIT');
+    expect(got).toBe(want);
+  });
+
   test.each(['session', 'transaction'] as const)(
     'an UPDATE missing on every row (%s mode) is stopped, its calls gathered and answered together, and run again',
     async (mode) => {
