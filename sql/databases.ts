@@ -17,7 +17,7 @@ import { installSql, quoteIdent } from './install.js';
 import { sessionQueryable, type Queryable } from './handover.js';
 import { MAINTENANCE_EVERY_MS, maintain } from './maintenance.js';
 import type { SessionContext } from '../proxy/interceptor.js';
-import { entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
+import { cacheRow, entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
 
 export interface DatabaseRegistryOptions {
   serviceUrl: string;
@@ -253,7 +253,8 @@ export class Database {
    * it is reopened with backoff, and what changed in between is re-read once it is back.
    */
   private async openListener(): Promise<void> {
-    const l = new pg.Client(serviceConnection(this.url, 'pg-steadytext config listener'));
+    // Asynchronous commit as on the pool: commitThenWake commits in-band answers on this connection.
+    const l = new pg.Client(serviceConnection(this.url, 'pg-steadytext config listener', ['synchronous_commit=off']));
     let live = false; // from LISTEN on; failures before that reject this call instead
     const onLost = (err?: Error) => {
       if (!live) return;
@@ -356,7 +357,7 @@ export class Database {
    */
   async commitThenWake(holder: pg.Client, key: number, sql: string): Promise<void> {
     try {
-      await holder.query(`BEGIN; SET LOCAL synchronous_commit = off; ${sql}; COMMIT; ${wakeUnlock(key)}`);
+      await holder.query(`BEGIN; ${sql}; COMMIT; ${wakeUnlock(key)}`);
     } catch (err) {
       holder.query(`ROLLBACK; ${wakeUnlock(key)}`).catch(() => {}); // the failed statement left the block open
       throw err;
@@ -484,12 +485,6 @@ const MAX_PENDING_WRITES = 1000;
 // 7 parameters per row (insertCacheRows); PostgreSQL allows 65535 per statement.
 const STORE_CHUNK_ROWS = 1000;
 
-/** The columns storeCacheEntry (sql/store.ts) writes for one entry, in insertCacheRows' order. */
-function cacheRow(key: string, e: CacheEntry): unknown[] {
-  return e.op === 'embed'
-    ? [key, e.op, e.identity, JSON.stringify({ seed: e.seed }), e.text, null, e.embedding]
-    : [key, e.op, e.identity, JSON.stringify({ max_tokens: e.maxTokens, seed: e.seed, temperature: e.temperature }), e.prompt, e.response, null];
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Preparation of a database: at first use (Database.ready), by `pg-steadytext install`, and in tests

@@ -5,7 +5,8 @@
 // at once, while the statement runs. Here it is checked (signature, database), kept from the client, and
 // answered: the request is evaluated like a daemon request (daemon/responder.ts) and its answer, or the error
 // to raise, is committed to steadytext_mailbox under the request's id for the requesting backend, where the
-// function picks it up with a fresh snapshot. Meanwhile an advisory lock keyed by the request is held, which
+// function picks it up with a fresh snapshot; an answer that is a cache row under the key the function looked
+// up is committed as that row instead (migration 009), which the function reads by that key. Meanwhile an advisory lock keyed by the request is held, which
 // the function waits on, so it looks the moment the answer is committed rather than at its next poll.
 //
 // A notice that does not verify (another role raising the same text, a client replaying one) is the
@@ -16,7 +17,7 @@ import pg from 'pg';
 import type { ResponseHandler, SessionContext } from '../proxy/interceptor.js';
 import { Be, Fe, query as queryMessage, readErrorFields } from '../proxy/protocol.js';
 import type { RuntimeConfig } from '../config/runtime.js';
-import type { CacheEntry } from './store.js';
+import { cacheRowStatement, entryKey, type CacheEntry } from './store.js';
 import { findCalls, isParseFailure } from './calls.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
@@ -52,6 +53,8 @@ interface Signed {
   snapshot: boolean;
   /** The session_user that asked. */
   user: string | null;
+  /** The steadytext_cache key the computing function looked up (migration 009): where it looks for a cacheable answer first. */
+  cacheKey: string | null;
 }
 
 /** How often left-behind large objects are looked for, and how old they must be to go. */
@@ -183,25 +186,49 @@ export class InbandCallbacks {
     // Taken now, while the answer is computed: the function blocks on it instead of polling (migration 006).
     const key = wakeKey(r.id);
     const wake = r.wait ? db.holdWake(key) : null;
-    const e = await this.evaluate(r, ctx);
+    // A function waiting in READ COMMITTED that sent its cache key looks in steadytext_cache first (migration 009):
+    // the answer's cache row is then handed over itself, instead of being written later besides a mailbox entry.
+    const rows: Promise<CacheEntry>[] | undefined = r.wait && r.lo === null && r.cacheKey !== null && !db.single ? [] : undefined;
+    const e = await this.evaluate(r, ctx, rows);
     const text = 'answer' in e ? wrapAnswer(e.answer) : errorAnswer(e.error.sqlstate, e.error.message, e.error.hint);
     if (!r.wait) return; // the responder writes the cache row the retried transaction finds
-    await this.handOver(r, text, wake, key, db, ctx);
+    const row = rows?.length ? await rows[0].catch((err: unknown) => {
+      ctx.log.warn({ err }, 'no cache row for an in-band answer: it goes through the mailbox');
+      return undefined;
+    }) : undefined;
+    await this.handOver(r, text, wake, key, db, ctx, row);
   }
 
-  /** Puts `text` where the waiting function looks (mailbox or large object), committed, and wakes it. */
-  private async handOver(r: Signed, text: string, wake: Promise<pg.Client | null> | null, key: number, db: Database, ctx: SessionContext): Promise<void> {
+  /**
+   * Puts `text` where the waiting function looks (mailbox or large object), committed, and wakes it. `row`: the
+   * answer's cache row, committed instead of the mailbox entry when it is under the key the function looks up.
+   */
+  private async handOver(r: Signed, text: string, wake: Promise<pg.Client | null> | null, key: number, db: Database, ctx: SessionContext, row?: CacheEntry): Promise<void> {
     const entry = { topic: `inband:${r.id}`, answer: text };
+    // Another key (the function's model identity not registered yet, or changed): stored later, as on every path.
+    const cached = row !== undefined && entryKey(row) === r.cacheKey ? row : undefined;
+    if (row !== undefined && cached === undefined) db.writeLater('cache write', () => db.store([row]));
     try {
       const holder = await wake;
       if (holder) {
         // One round trip: the answer committed, then the lock the function waits on let go.
-        const put = r.lo === null
-          ? mailboxStatement(db.schema, r.backendPid, entry)
-          : `SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put(${r.lo}::pg_catalog.oid, ${pg.escapeLiteral(text)}::pg_catalog.text)`;
-        await db.commitThenWake(holder, key, put);
-      } else if (r.lo === null) {
+        // A cache row the asking client's own open block holds (the owning role deleted it) would be waited for
+        // while the client waits for this: given up on at once instead, and the mailbox answers (below).
+        const put = cached !== undefined
+          ? `SET LOCAL lock_timeout = '10ms'; ${cacheRowStatement(db.schema, cached)}`
+          : r.lo === null
+            ? mailboxStatement(db.schema, r.backendPid, entry)
+            : `SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put(${r.lo}::pg_catalog.oid, ${pg.escapeLiteral(text)}::pg_catalog.text)`;
+        await db.commitThenWake(holder, key, put).catch(async (err: unknown) => {
+          if (cached === undefined) throw err;
+          // The function, woken without it, polls: the mailbox still answers it.
+          ctx.log.warn({ err, id: r.id }, 'could not hand an in-band answer over as a cache row; it goes through the mailbox');
+          await postMailbox(db.pool, db.schema, r.backendPid, [entry]);
+        });
+      } else if (cached !== undefined) {
         // Committed before this resolves: the function's next poll sees it.
+        await db.store([cached]);
+      } else if (r.lo === null) {
         await postMailbox(db.pool, db.schema, r.backendPid, [entry]);
       } else {
         await db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put($1::pg_catalog.oid, $2::pg_catalog.text)`, [r.lo, text]);
@@ -310,10 +337,10 @@ export class InbandCallbacks {
   }
 
   /** The responder's answer to a request, or its failure as the SQL function raises it; stops when the session does. */
-  private async evaluate(r: Signed, ctx: SessionContext): Promise<Evaluated> {
+  private async evaluate(r: Signed, ctx: SessionContext, collect?: Promise<CacheEntry>[]): Promise<Evaluated> {
     const { abort, release } = following(ctx.signal);
     try {
-      return { answer: await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband' }) };
+      return { answer: await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband', collect }) };
     } catch (e) {
       const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
       return { error: { sqlstate: w.code, message: w.message, hint: w.hint ?? '' } };
@@ -449,7 +476,7 @@ export function verify(payload: string, mac: string, secret: string, database: s
   }
   const o = j as {
     id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown; wait?: unknown; gather?: unknown; function?: unknown;
-    stops?: unknown; answer_key?: unknown; snapshot?: unknown; user?: unknown;
+    stops?: unknown; answer_key?: unknown; snapshot?: unknown; user?: unknown; cache_key?: unknown;
   };
   if (typeof o.id !== 'string' || !/^[0-9a-f]{32}$/.test(o.id)) return null;
   if (!Number.isInteger(o.backend_pid) || (backendPid !== null && o.backend_pid !== backendPid) || o.database !== database) return null;
@@ -462,5 +489,6 @@ export function verify(payload: string, mac: string, secret: string, database: s
     answerKey: typeof o.answer_key === 'string' && /^[0-9a-f]{32}$/.test(o.answer_key) ? o.answer_key : null,
     snapshot: o.snapshot === true,
     user: typeof o.user === 'string' ? o.user : null,
+    cacheKey: typeof o.cache_key === 'string' && /^[0-9a-f]{64}$/.test(o.cache_key) ? o.cache_key : null,
   };
 }

@@ -88,7 +88,10 @@ beforeAll(async () => {
     CREATE TRIGGER docs_embed BEFORE INSERT ON docs FOR EACH ROW EXECUTE FUNCTION docs_embed();
 
     CREATE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$
-    BEGIN RETURN steadytext_embed(t); END $$;`);
+    BEGIN RETURN steadytext_embed(t); END $$;
+
+    CREATE FUNCTION wrap_model_info() RETURNS int LANGUAGE plpgsql AS $$
+    BEGIN RETURN (SELECT count(*) FROM steadytext_model_info()); END $$;`);
 }, 180_000);
 
 afterAll(async () => {
@@ -229,13 +232,16 @@ describe('in-band callback without dblink or daemon endpoint', () => {
       const { c, notices } = await client(url);
       const taken = countTaken();
       await c.query('BEGIN');
-      // The session's first in-band requests: unfenced, each answer taken from the mailbox by this open block.
+      // The session's first in-band requests: unfenced, each answered miss by miss (as cache rows).
       expect((await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id <= $1', [6])).rowCount).toBe(6);
       expect(taken.n).toBe(6);
+      // A call the proxy cannot see whose answer is no cache row: taken from the mailbox by this open block.
+      expect((await c.query('SELECT wrap_model_info() AS n')).rows[0].n).toBeGreaterThan(0);
+      expect(taken.n).toBe(7);
       // Fenced now: stopped at its second miss, gathered, run again. The stopped attempt's leftovers are cleared
-      // on the service connection, which used to wait on the six rows above, held by this block: a deadlock.
+      // on the service connection, which used to wait on the row above, held by this block: a deadlock.
       expect((await c.query('UPDATE notes SET emb = wrap_embed(body) WHERE id > $1', [6])).rowCount).toBe(6);
-      expect(taken.n).toBe(8);
+      expect(taken.n).toBe(9);
       await c.query('COMMIT');
       await c.end();
       expect(notices).toEqual([]);
@@ -365,6 +371,104 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     } finally {
       db.commitThenWake = handOver;
     }
+  });
+
+  test('a waiting call whose answer is a cache row reads that row: no mailbox entry, nothing written by the caller, the rewrite path’s bytes', async () => {
+    await fresh();
+    await direct.query(`
+      CREATE OR REPLACE FUNCTION wrap_stream(p text) RETURNS text LANGUAGE plpgsql AS $$
+      BEGIN RETURN (SELECT string_agg(c, '|') FROM steadytext_generate_stream(p, 12) AS c); END $$`);
+    // Both models' identities registered, as after any first call: the functions' lookups have a key to send.
+    await rewritten(`SELECT steadytext_generate('warm up', 4) AS v`);
+    await rewritten(`SELECT steadytext_embed('warm up')::text AS v`);
+    await fresh();
+    const { c, notices } = await client();
+    const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
+    // What a read-only caller leaves in the mailbox is removed whatever happens here (later tests count it).
+    onTestFinished(async () => void await direct.query('DELETE FROM steadytext_mailbox WHERE backend_pid = $1', [pid]));
+    const inbandRows = async () => (await direct.query(
+      `SELECT count(*)::int AS n FROM steadytext_mailbox WHERE backend_pid = $1 AND topic LIKE 'inband:%'`, [pid])).rows[0].n as number;
+    // READ ONLY: an answer taken from the mailbox would stay there (a read-only caller only reads it).
+    await c.query('BEGIN READ ONLY');
+    // A quote and a backslash in the row's prompt: its INSERT is sent with the values inlined.
+    const topic = "harbour's \\ walls";
+    const generated = (await c.query('SELECT deterministic_expand($1) AS v', [topic])).rows[0].v as string;
+    const embedded = (await c.query(`SELECT wrap_embed('harbour cranes')::text AS v`)).rows[0].v as string;
+    const streamed = (await c.query(`SELECT wrap_stream('harbour tides') AS v`)).rows[0].v as string;
+    const wrote = (await c.query('SELECT pg_current_xact_id_if_assigned() AS x')).rows[0].x as string | null;
+    await c.query('COMMIT');
+    expect(notices).toEqual([]);
+    expect(wrote).toBeNull();
+    expect(await inbandRows()).toBe(0);
+    // Committed before the caller woke, not written later: there without waiting for the proxy's writes.
+    expect(await cacheRows()).toBe(3);
+    // Not cached (cache_enabled off): the answer still comes, through the mailbox.
+    await direct.query(`SELECT steadytext_config_set('cache_enabled', 'false')`);
+    try {
+      await c.query('BEGIN READ ONLY');
+      const uncached = (await c.query(`SELECT deterministic_expand('harbours, not cached') AS v`)).rows[0].v as string;
+      await c.query('COMMIT');
+      expect(await inbandRows()).toBe(1);
+      await fresh();
+      expect(uncached).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND('harbours, not cached')]));
+    } finally {
+      await direct.query(`SELECT steadytext_config_set('cache_enabled', 'true')`);
+    }
+    await c.end();
+    await fresh();
+    expect(generated).toBe(await rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND(topic)]));
+    expect(embedded).toBe(await rewritten(`SELECT steadytext_embed('harbour cranes')::text AS v`));
+    expect(streamed).toBe(await rewritten(`SELECT string_agg(c, '|') AS v FROM steadytext_generate_stream('harbour tides', 12) AS c`));
+    expect(streamed.split('|').length).toBeGreaterThan(1);
+  });
+
+  test('an embedding whose cache row is removed between the hand-over and its read is asked for again', async () => {
+    await rewritten(`SELECT steadytext_embed('warm up')::text AS v`); // the identity registered: the function sends its key
+    await fresh();
+    const original = (await direct.query(`SELECT pg_get_functiondef('_steadytext_inband_embedding(text, integer)'::regprocedure) AS d`)).rows[0].d as string;
+    // Stands for an administrator's DELETE committed right then, once: the row is not there when it is read.
+    await direct.query(`
+      CREATE OR REPLACE FUNCTION _steadytext_inband_embedding(p_cache_key text, p_ttl_seconds integer) RETURNS vector
+      LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp AS $$
+      BEGIN
+          IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'vanished_once') THEN
+              CREATE TABLE public.vanished_once ();
+              RETURN NULL;
+          END IF;
+          RETURN (SELECT c.embedding FROM steadytext_cache c WHERE c.cache_key = p_cache_key
+                   AND greatest(c.created_at, c.last_accessed) > now() - make_interval(secs => p_ttl_seconds));
+      END $$`);
+    // Miss by miss: the second ask is answered where it stands, not by running the statement again.
+    await direct.query(`SELECT steadytext_config_set('inband_rerun', 'false')`);
+    const taken = countTaken();
+    try {
+      const { c } = await client();
+      await c.query('SELECT 1');
+      const got = (await c.query(`SELECT wrap_embed('removed in between')::text AS v`)).rows[0].v as string;
+      await c.end();
+      expect(taken.n).toBe(2);
+      expect((await direct.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'vanished_once'`)).rows[0].n).toBe(1);
+      await fresh();
+      expect(got).toBe(await rewritten(`SELECT steadytext_embed('removed in between')::text AS v`));
+    } finally {
+      await direct.query(original);
+      await direct.query('DROP TABLE IF EXISTS vanished_once');
+      await direct.query(`SELECT steadytext_config_set('inband_rerun', 'true')`);
+    }
+  });
+
+  test('the owning role’s block that removed the cache row it then asks for: the answer comes through the mailbox, no deadlock', async () => {
+    await rewritten(`SELECT steadytext_embed('warm up')::text AS v`); // the identity registered: the function sends its key
+    await fresh();
+    const { c } = await client(); // as the owning role, which may write steadytext_cache
+    const want = (await c.query(`SELECT wrap_embed('taken by the block')::text AS v`)).rows[0].v as string;
+    expect(await cacheRows()).toBe(1);
+    await c.query('BEGIN');
+    // The block holds the row (deleted, not committed): the proxy's hand-over as a cache row would wait on it.
+    expect((await c.query('DELETE FROM steadytext_cache')).rowCount).toBe(1);
+    const got = (await c.query(`SELECT wrap_embed('taken by the block')::text AS v`)).rows[0].v as string;
+    await c.query('COMMIT');
+    expect(got).toBe(want);
   });
 
   test.each(['session', 'transaction'] as const)(
