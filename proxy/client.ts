@@ -899,6 +899,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       },
       enterHub: (hub: PoolHub, s: PooledServer | null, flags: number) => this.enterHub(hub, s, flags),
       hubStop: () => this.hubMember?.stopHub(),
+      hubMember: () => this.hubMember?.member() ?? null,
       hubState: () => {
         const st = this.hubMember?.state() ?? null;
         if (st !== null && st.bytesFromClient !== this.relaySeenIn) {

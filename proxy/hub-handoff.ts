@@ -10,7 +10,7 @@ import type { PooledServer } from './pool.js';
 import type { TxStatus } from './protocol.js';
 import type { RelayCounts, RelayEnd } from './relay-handoff.js';
 import { quiet } from './relay-handoff.js';
-import { socketFd, type NativeRelay, type RelayHandle, type RelayOutcome, type RelayState } from './relay.js';
+import { socketFd, type HubMember, type NativeRelay, type RelayHandle, type RelayOutcome, type RelayState } from './relay.js';
 import type { RequestTracker } from './tracker.js';
 
 /** What the membership needs of its session (client.ts). */
@@ -53,6 +53,15 @@ export class HubHandoff {
     /** The session's PoolClient: the server it exits with is linked to it. */
     private readonly owner: Parameters<PoolHub['left']>[2],
   ) {}
+
+  get clientId(): number {
+    return this.owner.id;
+  }
+
+  /** What C says of the session as a member (null: not one). */
+  member(): HubMember | null {
+    return this.handle === null ? null : this.hub.memberState(this.clientFd);
+  }
 
   get active(): boolean {
     return this.handle !== null;

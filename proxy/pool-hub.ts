@@ -22,6 +22,8 @@ export interface HubMemberSession {
   waitTimedOut(reason: 'query_wait_timeout' | 'query_timeout'): void;
   /** What its relay counted so far goes into the pool's stats. */
   syncCounts(): void;
+  /** The client's id (SHOW SERVERS' link). */
+  readonly clientId: number;
 }
 
 export class PoolHub implements PoolClient {
@@ -45,6 +47,7 @@ export class PoolHub implements PoolClient {
     this.native = relay.hubCreate!((event, fd) => {
       try {
         if (event === 'server') this.serverBack(fd);
+        else if (event === 'spoke') this.spoke(fd);
         else this.starved();
       } catch (err) {
         this.pool.log.error({ err }, 'pool hub event failed');
@@ -131,6 +134,11 @@ export class PoolHub implements PoolClient {
     if (this.servers.get(fd) === s && this.native.take(fd) === 'now') this.serverBack(fd);
   }
 
+  /** Clients queued in C now. */
+  queuedNow(): number {
+    return this.members.size === 0 ? 0 : this.native.stats().queued;
+  }
+
   /** Servers of the hub, as Pool.lent holds them (for take). */
   get held(): PooledServer[] {
     return [...this.servers.values()];
@@ -138,8 +146,11 @@ export class PoolHub implements PoolClient {
 
   /** The janitor: clients queued in C past query_wait_timeout (or query_timeout) end as JS waiters would. */
   tick(waitLimitMs: number, queryTimeoutMs: number): void {
-    if (this.members.size === 0 || (waitLimitMs <= 0 && queryTimeoutMs <= 0)) return;
-    for (const m of this.native.members()) {
+    if (this.members.size === 0) return;
+    // Servers left the hub meanwhile (closed, taken by JS): queued clients are not forgotten.
+    if (this.native.stats().queued > 0) this.starved();
+    if (waitLimitMs <= 0 && queryTimeoutMs <= 0) return;
+    for (const m of this.snapshot()) {
       if (m.state !== 'queued') continue;
       const waited = m.queuedUs / 1000;
       const reason = queryTimeoutMs > 0 && waited > queryTimeoutMs ? 'query_timeout' : waitLimitMs > 0 && waited >= waitLimitMs ? 'query_wait_timeout' : null;
@@ -156,14 +167,30 @@ export class PoolHub implements PoolClient {
     return st;
   }
 
-  /** What C says of each member now (SHOW CLIENTS, SERVERS, POOLS). */
+  /** What C says of each member now (SHOW CLIENTS, SERVERS, POOLS), read once per turn of the event loop. */
   snapshot(): HubMember[] {
-    return this.native.members();
+    if (this.seen === null) {
+      this.seen = this.native.members();
+      queueMicrotask(() => (this.seen = null));
+    }
+    return this.seen;
   }
+  private seen: HubMember[] | null = null;
 
   /** The state in the hub of the member on this client fd (null: not a member). */
   memberState(clientFd: number): HubMember | null {
-    return this.native.members().find((m) => m.clientFd === clientFd) ?? null;
+    return this.snapshot().find((m) => m.clientFd === clientFd) ?? null;
+  }
+
+  /** The hub's server on this fd (null: none). */
+  serverOf(fd: number): PooledServer | null {
+    return this.servers.get(fd) ?? null;
+  }
+
+  holderOf(s: PooledServer): number {
+    const fd = socketFd(s.conn.sock);
+    const m = this.snapshot().find((x) => x.serverFd === fd && x.state === 'busy');
+    return m === undefined ? 0 : (this.members.get(m.clientFd)?.clientId ?? 0);
   }
 
   /** Every member back to JS (the pool stops using the hub: RELOAD, shutdown, takeover). */
@@ -182,7 +209,7 @@ export class PoolHub implements PoolClient {
   lentBusy(s?: PooledServer): boolean {
     if (s === undefined) return false;
     const fd = socketFd(s.conn.sock);
-    return this.native.members().some((m) => m.serverFd === fd && m.state === 'busy');
+    return this.snapshot().some((m) => m.serverFd === fd && m.state === 'busy');
   }
 
   lentQuiet(): number {
@@ -217,6 +244,24 @@ export class PoolHub implements PoolClient {
     // Read by Node again before the pool places it (a queued hub client may take it straight back: offer pauses it).
     if (s.conn.sock.isPaused()) s.conn.sock.resume();
     this.pool.release(s, true);
+    if (s.closed) this.starved(); // closed (RECONNECT, its lifetime over): clients queued in C may need another opened
+  }
+
+  /**
+   * A server spoke unasked or closed between transactions (a FATAL: terminated, shut down): Node reads it first (its
+   * FATAL or end closes it, as an idle pool connection's does), and only then is it released, so that it does not
+   * go straight back to a queued client unread.
+   */
+  private spoke(fd: number): void {
+    const s = this.servers.get(fd);
+    if (s === undefined) return;
+    this.disown(s, fd);
+    this.pool.active.add(s);
+    s.client = null;
+    s.conn.attach(s);
+    s.conn.sock.resume();
+    // Two turns: the first runs before the loop's next poll, the second after Node read what the server sent.
+    setImmediate(() => setImmediate(() => (s.client === null && this.pool.active.has(s) ? this.pool.release(s, true) : undefined)));
   }
 
   /**
@@ -227,6 +272,8 @@ export class PoolHub implements PoolClient {
   private starved(): void {
     if (this.pool.waiters.length > 0) return;
     if (this.pool.offerIdle(this)) return;
+    // A connection lent to a client outside the hub: taken back, it comes here at its release (Pool.returnIdle).
+    if (this.pool.lent.size > this.servers.size) return this.pool.reclaimLent(1, false);
     if (!this.pool.roomToOpen()) return;
     let oldest: HubMember | null = null;
     for (const m of this.native.members()) if (m.state === 'queued' && (oldest === null || m.queuedUs > oldest.queuedUs)) oldest = m;

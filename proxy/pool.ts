@@ -46,6 +46,8 @@ export interface PoolClient {
   reclaim?(): void;
   /** Lending: the relay is inside a request or a transaction of the client's (the hub's: on that server). */
   lentBusy?(s?: PooledServer): boolean;
+  /** The hub: the id of the client holding this server of its, in a transaction (0: none). */
+  holderOf?(s: PooledServer): number;
   /** Lending: milliseconds since the client last sent anything. */
   lentQuiet?(now: number): number;
   /** Lending: what the relay counted so far goes into the pool's stats now (SHOW STATS). */
@@ -422,6 +424,8 @@ export class Pool {
     if (this.pooler.refusal !== null || this.pooler.suspended || this.yieldNext > 0) return false;
     // Worker processes: another worker's claim on a slot (pool-limits.ts) evicts idle connections, not lent ones.
     if (this.pooler.slots !== null) return false;
+    // Clients queued in the hub wait for it as JS waiters would.
+    if (this.hub !== null && this.hub.queuedNow() > 0) return false;
     return this.clean(s);
   }
 
@@ -485,14 +489,14 @@ export class Pool {
   }
 
   /** Takes lent connections back, those between transactions first; up to `n` (all by default). */
-  reclaimLent(n = Infinity): void {
+  reclaimLent(n = Infinity, hubToo = true): void {
     if (this.lent.size === 0) return;
     const hub = this.hub;
     const all = [...this.lent].filter((s) => s.client !== hub);
-    const idleFirst = [...all.filter((s) => !s.client?.lentBusy?.()), ...all.filter((s) => s.client?.lentBusy?.())];
+    const idleFirst = [...all.filter((s) => !s.client?.lentBusy?.(s)), ...all.filter((s) => s.client?.lentBusy?.(s))];
     for (const s of idleFirst.slice(0, n)) if (this.lent.has(s)) s.client?.reclaim?.();
     // The hub's: free and idle ones now, the rest at their transactions' ends, before its queued clients get them.
-    if (hub !== null) hub.want(n === Infinity ? 1e9 : Math.max(0, n - idleFirst.length));
+    if (hub !== null && hubToo) hub.want(n === Infinity ? 1e9 : Math.max(0, n - idleFirst.length));
   }
 
   /** What the relays counted goes into the stats (SHOW STATS reads them). */

@@ -40,7 +40,7 @@ import {
   type StatementCache,
 } from './prepared.js';
 import { Be, Fe, SYNC, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
-import { RelayPool, type RelayOutcome, type RelayPoolCounts, type RelayState } from './relay.js';
+import { RelayPool, type HubMember, type RelayOutcome, type RelayPoolCounts, type RelayState } from './relay.js';
 import { settingsKey, type PoolHub } from './pool-hub.js';
 import { statementEffects, type EffectsOptions, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
@@ -82,6 +82,8 @@ export interface PooledHost {
   hubStop?(): void;
   /** The hub: what its relay reports while the client is a member; refreshes the client's lastActive. */
   hubState?(): RelayState | null;
+  /** The hub: what C says of the client as a member (null: not one). */
+  hubMember?(): HubMember | null;
 }
 
 const NO_COUNTS: RelayPoolCounts = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1, binds: 0 };
@@ -755,6 +757,13 @@ export class PooledSession implements PoolClient {
     if (this.server !== null) queueMicrotask(() => this.ready(this.host.activity().txStatus));
   }
 
+  /** When the client began waiting for a connection (0: it does not wait), in JS or queued in the hub (SHOW CLIENTS, POOLS). */
+  waitStart(): number {
+    if (!this.inHub) return this.waitingSince;
+    const m = this.host.hubMember?.();
+    return m?.state === 'queued' ? Date.now() - Math.floor(m.queuedUs / 1000) : 0;
+  }
+
   /** What the hub's relay counted so far goes into the stats (SHOW STATS). */
   hubSync(): void {
     const st = this.inHub ? this.host.hubState?.() : null;
@@ -844,6 +853,7 @@ export class PooledSession implements PoolClient {
 
   /** The connection as the console shows the client linked to it: none while lent between transactions (it is idle then). */
   get linked(): PooledServer | null {
+    if (this.inHub) return this.host.hubMember?.()?.state === 'busy' ? this.pool.hub!.serverOf(this.host.hubMember()!.serverFd) : null;
     return this.lent && !this.lentBusy() ? null : this.server;
   }
 

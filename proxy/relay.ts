@@ -166,8 +166,8 @@ export interface NativeRelay {
   hubCreate?: ((onEvent: (event: HubEvent, serverFd: number) => void) => NativeHub) | null;
 }
 
-/** What a hub tells JS: a server left it for JS (asked for, or it spoke or closed while free); clients queue with no server free. */
-export type HubEvent = 'server' | 'starved';
+/** What a hub tells JS: a server JS asked for left it; clients queue with no server free; a server spoke unasked or closed between transactions (it left the hub). */
+export type HubEvent = 'server' | 'starved' | 'spoke';
 
 /** A member's state in the hub (hubMembers). */
 export const HubState = ['waiting', 'queued', 'idle', 'busy'] as const;
@@ -314,7 +314,7 @@ function wrap(addon: Addon): NativeRelay {
       const s = addon.state(h);
       return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5], pool: counts(s[6]), serverFd: s[7] ?? -1 };
     },
-    hubCreate: addon.hubCreate ? (onEvent) => wrapHub(addon, addon.hubCreate!((kind, fd) => onEvent(kind === 1 ? 'server' : 'starved', fd))) : null,
+    hubCreate: addon.hubCreate ? (onEvent) => wrapHub(addon, addon.hubCreate!((kind, fd) => onEvent(kind === 1 ? 'server' : kind === 3 ? 'spoke' : 'starved', fd))) : null,
     send: addon.send ? (fd, bytes) => addon.send!(fd, bytes) : null,
     listenReusePort: addon.listenReusePort ? (host, port, backlog) => addon.listenReusePort!(host, port, backlog) : null,
     fds:

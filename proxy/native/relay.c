@@ -360,6 +360,8 @@ static void poll_cb(uv_poll_t *h, int status, int events);
 static void hub_server_cb(uv_poll_t *h, int status, int events);
 static void hub_tx_end(relay_t *r);
 static void waiting_readable(relay_t *r);
+static void hub_server_unasked(relay_t *r);
+static bool between(const relay_t *r);
 
 static void set_events(relay_t *r, side_t *x, side_t *other) {
   if (!r->running || x->poll == NULL) return;
@@ -740,6 +742,7 @@ static void side_event(relay_t *r, bool client, int status, int events) {
   }
   if (!(events & UV_READABLE)) return;
   if (client && r->hub != NULL && r->hs == NULL) waiting_readable(r);
+  else if (!client && r->hub != NULL && between(r)) hub_server_unasked(r);
   else readable(r, x, y);
 }
 
@@ -1101,8 +1104,9 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
 // then (outcome's server fd); JS takes servers back (want, take: at once when free or idle, else at their
 // holder's transaction end, through the event callback), and reads members and counts when it needs them.
 
-#define EVENT_SERVER 1  // a server left the hub for JS (asked for, or a free one said something or closed)
+#define EVENT_SERVER 1  // a server JS asked for left the hub
 #define EVENT_STARVED 2 // clients wait and no server is free or idle in the hub (at most every 10 ms)
+#define EVENT_SPOKE 3   // a free or idle server spoke unasked or closed: it left the hub for JS to read
 
 struct hserver {
   uv_poll_t poll; // data: the hserver; while held, its events are the holder's server side
@@ -1353,7 +1357,18 @@ static void hub_server_cb(uv_poll_t *h, int status, int events) {
   hub_t *hub = hs->hub;
   int fd = hs->fd;
   hub_drop_server(hub, hs);
-  hub_emit(hub, EVENT_SERVER, fd);
+  hub_emit(hub, EVENT_SPOKE, fd);
+}
+
+// The server a member holds between transactions spoke unasked (a FATAL: terminated, shut down) or closed: as a
+// free one's, it goes to JS, which reads it; the client waits for its next request, unaffected (as pgBouncer's).
+static void hub_server_unasked(relay_t *r) {
+  hub_t *hub = r->hub;
+  hserver_t *hs = r->hs;
+  int fd = hs->fd;
+  hub_detach(r);
+  hub_drop_server(hub, hs);
+  hub_emit(hub, EVENT_SPOKE, fd);
 }
 
 static void hub_kick_cb(uv_idle_t *h) {
