@@ -83,6 +83,7 @@ export class PoolHub implements PoolClient {
   /** A member exited (onExit, or stopped): the server it holds, if any, is its session's from now on. */
   left(clientFd: number, o: RelayOutcome, client: PoolClient): PooledServer | null {
     this.members.delete(clientFd);
+    this.forgetKey();
     const s = o.serverFd >= 0 ? (this.servers.get(o.serverFd) ?? null) : null;
     if (s === null) return null;
     this.disown(s, o.serverFd);
@@ -100,7 +101,7 @@ export class PoolHub implements PoolClient {
    * A server JS freed while nobody waits in JS: the hub's when clients queue there and it fits. True: taken.
    */
   offer(s: PooledServer): boolean {
-    if (this.members.size === 0 || !this.fits(s, settingsKey(s.applied)) || literals(s).size > 0) return false;
+    if (this.members.size === 0 || !this.pool.hubOpen() || !this.fits(s, settingsKey(s.applied)) || literals(s).size > 0) return false;
     if (s.conn.reader.buffered > 0 || !s.conn.reader.atBoundary || s.conn.sock.writableLength > 0) return false;
     if (this.native.stats().queued === 0) return false;
     const fd = socketFd(s.conn.sock);
@@ -131,7 +132,11 @@ export class PoolHub implements PoolClient {
   /** This server leaves the hub (to be closed, or RECONNECT): now if free or idle, else at its holder's transaction end. */
   take(s: PooledServer): void {
     const fd = socketFd(s.conn.sock);
-    if (this.servers.get(fd) === s && this.native.take(fd) === 'now') this.serverBack(fd);
+    if (this.servers.get(fd) !== s) return;
+    if (this.native.take(fd) === 'now') return this.serverBack(fd);
+    // In a transaction: its client goes back to JS with it (as a lent one's), which releases it at the transaction's end.
+    const m = this.native.members().find((x) => x.serverFd === fd);
+    if (m !== undefined) this.members.get(m.clientFd)?.stopHub();
   }
 
   /** Clients queued in C now. */
@@ -233,6 +238,12 @@ export class PoolHub implements PoolClient {
   private disown(s: PooledServer, fd: number): void {
     this.servers.delete(fd);
     this.pool.lent.delete(s);
+    this.forgetKey();
+  }
+
+  /** An empty hub takes the settings of the next client that joins. */
+  private forgetKey(): void {
+    if (this.members.size === 0 && this.servers.size === 0) this.key = null;
   }
 
   /** C gave a server back (asked for, or it spoke or closed while free): the pool has it again, reading it. */
@@ -270,11 +281,17 @@ export class PoolHub implements PoolClient {
    * that fits joins.
    */
   private starved(): void {
+    // PAUSE, SUSPEND, a shutdown: clients queued in C wait in JS instead, where the console's rules are kept.
+    if (!this.pool.hubOpen()) {
+      for (const m of this.native.members()) if (m.state === 'queued') this.members.get(m.clientFd)?.stopHub();
+      return;
+    }
     if (this.pool.waiters.length > 0) return;
     if (this.pool.offerIdle(this)) return;
     // A connection lent to a client outside the hub: taken back, it comes here at its release (Pool.returnIdle).
     if (this.pool.lent.size > this.servers.size) return this.pool.reclaimLent(1, false);
-    if (!this.pool.roomToOpen()) return;
+    // An idle connection that does not fit (other settings), or room to open one: JS serves the client (replaying).
+    if (this.pool.idle.length === 0 && !this.pool.roomToOpen()) return;
     let oldest: HubMember | null = null;
     for (const m of this.native.members()) if (m.state === 'queued' && (oldest === null || m.queuedUs > oldest.queuedUs)) oldest = m;
     if (oldest !== null) this.members.get(oldest.clientFd)?.stopHub();

@@ -419,7 +419,6 @@ export class Pool {
    * and no console command holds the pool.
    */
   mayLend(s: PooledServer): boolean {
-    const st = this.pooler.settings;
     if (this.mode !== 'transaction' || this.waiters.length > 0 || this.replWaiting.length > 0 || this.paused) return false;
     if (this.pooler.refusal !== null || this.pooler.suspended || this.yieldNext > 0) return false;
     // Worker processes: another worker's claim on a slot (pool-limits.ts) evicts idle connections, not lent ones.
@@ -974,7 +973,7 @@ export class PoolDatabase {
 export class Pooler {
   readonly databases = new Map<string, PoolDatabase>();
   /** Transaction pools hand server connections between clients in the native hub (pool-hub.ts); off: JS does. */
-  handoff = process.env.PG_STEADYTEXT_HANDOFF === '1';
+  handoff = false;
   readonly log: Logger;
   config: PoolerConfig;
   suspended = false;

@@ -835,9 +835,12 @@ export class PooledSession implements PoolClient {
 
   /** The pool needs the connection back: the relay gives it up; between transactions it is released now (as at ready()). */
   reclaim(): void {
-    if (this.inHub) this.host.hubStop?.();
-    if (!this.lent) return;
-    this.host.unlend?.();
+    if (this.inHub) {
+      this.host.hubStop?.(); // the session has the server it held in the hub, if any: released below as a lent one
+    } else {
+      if (!this.lent) return;
+      this.host.unlend?.();
+    }
     const s = this.server;
     if (this.lent) {
       // Cannot happen (the relay reports every return), but a connection left lent would keep waiters waiting.

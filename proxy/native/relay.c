@@ -1105,7 +1105,7 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
 // holder's transaction end, through the event callback), and reads members and counts when it needs them.
 
 #define EVENT_SERVER 1  // a server JS asked for left the hub
-#define EVENT_STARVED 2 // clients wait and no server is free or idle in the hub (at most every 10 ms)
+#define EVENT_STARVED 2 // clients queue and the hub has no server, or fewer than queued clients (at most every 10 ms)
 #define EVENT_SPOKE 3   // a free or idle server spoke unasked or closed: it left the hub for JS to read
 
 struct hserver {
@@ -1276,9 +1276,11 @@ static void hub_dispatch(hub_t *hub, bool may_emit) {
       if (hub->srv[i]->holder == NULL) hub_set_free(hub->srv[i]);
   } while (hub->again);
   hub->dispatching = false;
+  // With no server at all nothing here will serve the queue: JS is told at once. With fewer servers than queued
+  // clients the pool may have room for more: JS is told, at most every 10 ms.
   if (hub->whead != NULL && may_emit) {
     uint64_t now = now_ns();
-    if (now - hub->last_starved > 10 * 1000 * 1000) {
+    if (hub->n_srv == 0 || (hub->queued_n > hub->n_srv && now - hub->last_starved > 10 * 1000 * 1000)) {
       hub->last_starved = now;
       hub_emit(hub, EVENT_STARVED, -1);
     }

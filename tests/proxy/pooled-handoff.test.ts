@@ -211,7 +211,7 @@ describe.runIf(loadNativeRelay().relay?.hubCreate != null)('clients waiting in C
 
   test('KILL ends the clients queued in C and the one holding the server', async () => {
     const admin = await connect(p.url('pgbouncer'));
-    const { holder, queued, pending } = await queueBehind(p, 2);
+    const { holder, pending } = await queueBehind(p, 2);
     const holderGone = new Promise<void>((resolve) => holder.on('end', () => resolve()));
     await admin.query('KILL postgres');
     for (const q of pending) await expect(q).rejects.toThrow();
