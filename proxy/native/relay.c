@@ -367,7 +367,8 @@ static void set_events(relay_t *r, side_t *x, side_t *other) {
   if (!r->running || x->poll == NULL) return;
   // Read a side only while what it sent last is all written to the other: backpressure both ways.
   int ev = (other->out_len > other->out_off ? 0 : UV_READABLE) | (x->out_len > x->out_off ? UV_WRITABLE : 0);
-  if (r->queued && x == &r->c) ev &= ~UV_READABLE; // a queued client's request waits whole in c.in
+  // A queued client is read on (its poll left as it is: see hub_detach) until c.in holds as much as a read takes.
+  if (r->queued && x == &r->c && x->in_len >= IN_CAP / 2) ev &= ~UV_READABLE;
   if (ev == x->events && x->polling) return;
   x->events = ev;
   if (ev == 0) {
@@ -1113,6 +1114,7 @@ struct hserver {
   int fd;
   hub_t *hub;
   relay_t *holder; // NULL: free (polled for what a server says unasked, or its end)
+  int events;      // what its poll watches while it is free or between holders (hub_detach)
   bool to_js;      // JS asked for it back: it goes at its holder's next transaction end
 };
 
@@ -1186,9 +1188,11 @@ static bool between(const relay_t *r) {
 }
 
 // The member gives up its server (left free, unpolled: the caller places it) and waits for its next request.
+// A server's poll is left as it is from holder to holder (libuv's uv_poll_start and uv_poll_stop each cost an
+// epoll_ctl DEL, and a start an ADD: several per hand-off otherwise); hs->events says what it watches meanwhile.
 static hserver_t *hub_detach(relay_t *r) {
   hserver_t *hs = r->hs;
-  if (r->s.polling) uv_poll_stop(&hs->poll);
+  hs->events = r->s.polling ? r->s.events : 0;
   hs->holder = NULL;
   r->hs = NULL;
   r->s.fd = -1;
@@ -1201,23 +1205,32 @@ static hserver_t *hub_detach(relay_t *r) {
 
 static void hub_set_free(hserver_t *hs) {
   hs->holder = NULL;
+  if (hs->events == UV_READABLE) return;
   uv_poll_start(&hs->poll, UV_READABLE, hub_server_cb);
+  hs->events = UV_READABLE;
 }
 
 static void hub_kick_cb(uv_idle_t *h);
 
-static void hub_attach(relay_t *r, hserver_t *hs) {
+// `now`: called from the loop (a poll callback), where the member's request is forwarded at once; from a JS call
+// it is forwarded from the kick instead (an exit would call JS back from inside JS).
+static void hub_attach(relay_t *r, hserver_t *hs, bool now) {
   hub_t *hub = r->hub;
-  if (hs->holder == NULL) uv_poll_stop(&hs->poll);
   hs->holder = r;
   hs->to_js = false;
   r->hs = hs;
   r->s.fd = hs->fd;
   r->s.poll = &hs->poll;
-  r->s.polling = false;
-  r->s.events = 0;
+  r->s.polling = hs->events != 0;
+  r->s.events = hs->events;
   set_events(r, &r->s, &r->c);
   set_events(r, &r->c, &r->s);
+  if (now && r->c.in_len > 0 && r->c.skip == 0 && (scratch != NULL || (scratch = malloc(IN_CAP)) != NULL)) {
+    size_t have = r->c.in_len;
+    memcpy(scratch, r->c.in, have);
+    forward(r, &r->c, &r->s, have);
+    return;
+  }
   if (r->c.in_len > 0 && !r->rqueued) {
     r->rqueued = true;
     r->rnext = hub->rhead;
@@ -1269,7 +1282,7 @@ static void hub_dispatch(hub_t *hub, bool may_emit) {
       hub_unqueue(w);
       hub->handoffs++;
       hub->wait_ns += now_ns() - w->wait_start;
-      hub_attach(w, hs);
+      hub_attach(w, hs, may_emit);
     }
     // Servers left free (an idle holder's, taken with nobody to take it) are watched for their end.
     for (uint32_t i = 0; i < hub->n_srv; i++)
@@ -1324,7 +1337,7 @@ static void waiting_readable(relay_t *r) {
   side_t *x = &r->c;
   if (scratch == NULL && (scratch = malloc(IN_CAP)) == NULL) return finish(r, EXIT_CLIENT_ERROR, ENOMEM);
   size_t have = x->in_len;
-  if (have >= IN_CAP) return hub_enqueue(r); // cannot happen: a request that large queues at its header
+  if (have >= IN_CAP) return r->queued ? set_events(r, x, &r->s) : hub_enqueue(r); // cannot happen (see set_events)
   if (have > 0) memcpy(scratch, x->in, have);
   ssize_t n;
   do n = recv(x->fd, scratch + have, IN_CAP - have, 0);
@@ -1337,6 +1350,7 @@ static void waiting_readable(relay_t *r) {
   x->bytes_read += (uint64_t)n;
   size_t total = have + (size_t)n;
   if (!keep(r, x, scratch, total)) return finish(r, EXIT_CLIENT_ERROR, ENOMEM);
+  if (r->queued) return set_events(r, x, &r->s); // more of a pipeline: forwarded once it has a server
   if (total < 5) return;
   const uint8_t *m = x->in;
   uint32_t len = ((uint32_t)m[1] << 24) | ((uint32_t)m[2] << 16) | ((uint32_t)m[3] << 8) | m[4];
@@ -1523,7 +1537,7 @@ static napi_value js_hub_enter(napi_env env, napi_callback_info info) {
   hub->members = r;
   hub->members_n++;
   r->running = true;
-  if (hs != NULL) hub_attach(r, hs);
+  if (hs != NULL) hub_attach(r, hs, false);
   else set_events(r, &r->c, &r->s);
   hub_dispatch(hub, false);
   return handle;
