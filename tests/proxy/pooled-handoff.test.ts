@@ -209,6 +209,24 @@ describe.runIf(loadNativeRelay().relay?.hubCreate != null)('clients waiting in C
     await Promise.all([holder, ...queued, admin].map((c) => c.end()));
   });
 
+  test('a client that leaves while queued in C goes; SHOW STATS counts the transactions the hub ran', async () => {
+    const admin = await connect(p.url('pgbouncer'));
+    const xacts = async () => Number((await admin.query('SHOW STATS')).rows.find((r) => r.database === 'postgres').total_xact_count);
+    const before = await xacts();
+    const { holder, queued, pending } = await queueBehind(p, 3);
+    const members = pool(p).hub!.sync().members;
+    // Its socket ends under the queued request: C sees the end and gives it to JS, no server taken.
+    (queued[0] as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    await eventually(() => pool(p).hub!.sync().members === members - 1, 5_000, 'the leaver gone from the hub');
+    await holder.query('commit');
+    expect((await Promise.all(pending.slice(1))).map((r) => (r as pg.QueryResult).rows[0].v)).toEqual([1, 2]);
+    for (let i = 0; i < 10; i++) await queued[1 + (i % 2)].query('select 1');
+    // 4 warm-ups, the holder's block, 3 queued (the leaver's read before it left, as JS would have), 10: one
+    // transaction each, wherever it ran.
+    expect((await xacts()) - before).toBe(4 + 1 + 3 + 10);
+    await Promise.all([holder, queued[1], queued[2], admin].map((c) => c.end()));
+  });
+
   test('KILL ends the clients queued in C and the one holding the server', async () => {
     const admin = await connect(p.url('pgbouncer'));
     const { holder, pending } = await queueBehind(p, 2);
