@@ -248,6 +248,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
         defaultTarget,
         logger: log,
         console: consoleHost,
+        handoff: s.poolHandoff,
         // The rules of the configuration in use: RELOAD brings new ones.
         get hba() {
           return pooling!.pooler.config.hba ?? undefined;

@@ -32,6 +32,8 @@ import {
 } from './protocol.js';
 import type { ReadBuffer } from './read-buffer.js';
 import { RelayHandoff } from './relay-handoff.js';
+import { HubHandoff } from './hub-handoff.js';
+import type { PoolHub } from './pool-hub.js';
 import { rerunnableExchange } from './rerun-exchange.js';
 import { mentionsOnly } from './statement-effects.js';
 import { peerCredentials, socketFd, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
@@ -39,7 +41,7 @@ import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
 import { PooledSession, optionSettings } from './pooled-session.js';
-import { PoolError, replicationKind, type Pool, type PoolDatabase, type PooledServer } from './pool.js';
+import { PoolError, poolError, replicationKind, type Pool, type PoolDatabase, type PooledServer } from './pool.js';
 import { Be, Fe as FeCodes, authentication, AUTH_OK, parameterStatus, readyForQuery } from './protocol.js';
 import type { ClientAuth } from './auth.js';
 
@@ -195,6 +197,8 @@ export class ClientSession implements FrameHandler, SessionLink {
    */
   private relay: RelayHandoff | null = null;
   private relayServer: ServerConnection | null = null;
+  /** Pooling: the session's membership of its pool's native hub (pool-hub.ts), made when it first joins. */
+  private hubMember: HubHandoff | null = null;
   /** Pooling: the client bytes the relay had read at the last look (lastActive moves when they grow). */
   private relaySeenIn = -1;
   /** Pooling: the RelayPool flags and renamed statements of the current lend (PooledSession.lend). */
@@ -896,7 +900,21 @@ export class ClientSession implements FrameHandler, SessionLink {
       },
       activity: () => ({ lastActive: this.lastActive, txStatus: this.ctx!.txStatus, inFlight: this.tracker.size }),
       lend: (flags: number, names: Buffer | null) => this.lend(flags, names),
-      unlend: () => this.relay?.stop(false),
+      unlend: () => {
+        this.relay?.stop(false);
+        this.hubMember?.stopHub();
+      },
+      enterHub: (hub: PoolHub, s: PooledServer | null, flags: number) => this.enterHub(hub, s, flags),
+      hubStop: () => this.hubMember?.stopHub(),
+      hubMember: () => this.hubMember?.member() ?? null,
+      hubState: () => {
+        const st = this.hubMember?.state() ?? null;
+        if (st !== null && st.bytesFromClient !== this.relaySeenIn) {
+          this.relaySeenIn = st.bytesFromClient;
+          this.lastActive = Date.now();
+        }
+        return st;
+      },
       relayState: () => {
         const st = this.relay?.state() ?? null;
         if (st !== null && st.bytesFromClient !== this.relaySeenIn) {
@@ -938,6 +956,51 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.relay === null || !this.relay.lend()) return false;
     this.relaySeenIn = -1;
     return true;
+  }
+
+  /** Pooling: the client (with `s`, which the session lets go of, or without a server) joins the pool's native hub. */
+  private enterHub(hub: PoolHub, s: PooledServer | null, flags: number): boolean {
+    const nr = this.env.nativeRelay;
+    if (nr === null || this.reader === null || this.suspending || this.sock !== this.raw || this.input === undefined) return false;
+    if (s !== null && (this.server !== s.conn || this.serverPaused || !s.conn.plain)) return false;
+    const m = (this.hubMember ??= new HubHandoff(nr, hub, this.hubHost(), { sock: this.raw, reader: this.reader }, this.env.maxMessageBytes, this.pooled!));
+    if (!m.enter(s === null ? null : { server: s, end: s.conn }, flags)) return false;
+    this.relaySeenIn = -1;
+    if (s !== null) {
+      // The hub holds it now: the session forgets it (its lending relay, if any, is not running: JS had the sockets).
+      this.relay = this.relayServer = null;
+      this.server = null;
+      this.upstreamKey = null;
+    }
+    return true;
+  }
+
+  private hubHost() {
+    return {
+      log: this.log,
+      tracker: this.tracker,
+      counts: this.env.totals,
+      closed: () => this.phase === CLOSED,
+      idle: () => this.idleForRelay(),
+      pauseClient: () => this.pauseClient(PAUSE_RELAY),
+      resumeClient: () => this.resumeClient(PAUSE_RELAY),
+      toClient: (bytes: Buffer) => this.toClient(bytes),
+      toServer: (bytes: Buffer) => this.onBytes(bytes),
+      txStatus: (status: TxStatus) => this.setTxStatus(status, true),
+      keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) | this.relayFence() : 0),
+      keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
+      holds: (s: PooledServer | null) => this.pooled?.fromHub(s),
+      exited: (o: RelayOutcome) => this.pooled?.hubReturned(o),
+      sync: () => this.pooled?.hubSync(),
+      relayReturned: () => this.drainIfDraining(),
+      waitTimedOut: (reason: string) => {
+        const err = poolError(reason, SqlState.ConnectionFailure);
+        this.logClosing(err.message);
+        this.fatal(err.fields);
+        this.close(err.message);
+      },
+      internalError: (err: unknown) => this.internalError(err),
+    };
   }
 
   private pooledReady(): void {
@@ -1366,6 +1429,8 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   private cancelUpstream(): void {
     this.hooks.cancel();
+    // In the hub the server held is C's to know: JS takes the session (and that server) back to cancel on it.
+    if (this.hubMember?.active) this.hubMember.stopHub();
     // Nothing running upstream (a hook's statement is not sent yet): the backend would ignore the cancel
     // now, and one that arrives late would hit the client's next statement instead.
     if (this.upstreamKey === null || this.phase === CLOSED) return;
@@ -1396,6 +1461,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   terminate(): void {
     if (this.phase === CLOSED) return;
     this.relay?.stop(true);
+    this.hubMember?.stopHub();
     this.fatal({ severity: 'FATAL', code: SqlState.AdminShutdown, message: 'terminating connection due to administrator command' });
     this.close('proxy shutting down');
   }
@@ -1404,6 +1470,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   private fatal(f: ErrorFields): void {
     if (this.phase === CLOSED || this.sock.destroyed || !this.sock.writable) return;
     this.relay?.stop(true);
+    this.hubMember?.stopHub();
     if (this.server !== null && !this.server.reader.atBoundary) return;
     this.sock.write(errorResponse(f));
   }
@@ -1429,6 +1496,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     const wasReady = this.phase === READY;
     this.phase = CLOSED;
     this.relay?.stop(true); // closed already: only its counts and where the readers stand are taken back
+    this.hubMember?.stopHub(); // the server it holds, if any, is released below
     if (this.startupTimer) clearTimeout(this.startupTimer);
     this.reader?.stop();
     this.console?.close();

@@ -461,7 +461,7 @@ class PoolerConsole implements ConsoleHost {
 
   private isWaiting(s: ClientSession): boolean {
     const p = s.pooled;
-    return p !== null && p.server === null && p.waitingSince > 0;
+    return p !== null && p.server === null && p.waitStart() > 0;
   }
 
   /**
@@ -472,13 +472,13 @@ class PoolerConsole implements ConsoleHost {
     const idle: PooledServer[] = [];
     const used: PooledServer[] = [];
     for (const s of pool.idle) if (!s.closed) (pool.needsCheck(s, now) ? used : idle).push(s);
-    for (const s of pool.lent) if (!s.closed && !s.client?.lentBusy?.()) idle.push(s);
+    for (const s of pool.lent) if (!s.closed && !s.client?.lentBusy?.(s)) idle.push(s);
     return { idle, used };
   }
 
   /** Servers in a client's transaction: lent ones too while their relay is inside one. */
   private activeServers(pool: Pool): PooledServer[] {
-    return [...pool.active, ...[...pool.lent].filter((s) => s.client?.lentBusy?.())];
+    return [...pool.active, ...[...pool.lent].filter((s) => s.client?.lentBusy?.(s))];
   }
 
   private pinned(s: ClientSession): string {
@@ -506,7 +506,7 @@ class PoolerConsole implements ConsoleHost {
       localPort: r.localPort,
       connectTime: new Date(s.startedAt),
       requestTime: new Date(link ? link.lastRequest : s.lastActive),
-      waitUs: waiting ? Math.max(0, now - p!.waitingSince) * 1000 : 0,
+      waitUs: waiting ? Math.max(0, now - p!.waitStart()) * 1000 : 0,
       closeNeeded: false,
       ptr: clientPtr(s.id),
       link: p?.linked ? serverPtr(p.linked.id) : '',
@@ -520,6 +520,7 @@ class PoolerConsole implements ConsoleHost {
   }
 
   private serverRow(s: PooledServer, state: string): SocketRow {
+    const linkOf = (id: number) => (id > 0 ? clientPtr(id) : '');
     const sock = s.conn?.sock;
     const unix = sock !== undefined && sock.remoteAddress === undefined;
     const client = s.client;
@@ -538,7 +539,7 @@ class PoolerConsole implements ConsoleHost {
       closeNeeded: s.dirty,
       ptr: serverPtr(s.id),
       // The pool's own probe for a welcome (id 0) is no client; nor is a lent connection's, between its transactions.
-      link: client && client.id > 0 && !state.endsWith('idle') ? clientPtr(client.id) : '',
+      link: client && !state.endsWith('idle') ? linkOf(client.id > 0 ? client.id : (client.holderOf?.(s) ?? 0)) : '',
       remotePid: s.key?.pid ?? 0,
       tls: tlsOf(sock),
       applicationName: s.applied.get('application_name') ?? s.params.get('application_name') ?? '',
@@ -559,7 +560,7 @@ class PoolerConsole implements ConsoleHost {
       if (e.kind === 'console') return { ...row, clActive: console.length };
       const clients = pooled.get(e.pool) ?? [];
       const waiting = clients.filter((s) => this.isWaiting(s));
-      const since = Math.min(...waiting.map((s) => s.pooled!.waitingSince));
+      const since = Math.min(...waiting.map((s) => s.pooled!.waitStart()));
       const { idle, used } = this.idleServers(e.pool, now);
       return {
         ...row,

@@ -15,6 +15,8 @@ import { PgBouncerLog } from './pgbouncer-log.js';
 import { nextSocketId } from './socket-id.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ResponseHandler } from './interceptor.js';
+import { PoolHub } from './pool-hub.js';
+import { loadNativeRelay } from './relay.js';
 
 /** A client error in pgBouncer's words (its texts and SQLSTATEs). */
 export class PoolError extends Error {
@@ -42,8 +44,10 @@ export interface PoolClient {
    * between transactions it is released at once, else at the end of the transaction.
    */
   reclaim?(): void;
-  /** Lending: the relay is inside a request or a transaction of the client's. */
-  lentBusy?(): boolean;
+  /** Lending: the relay is inside a request or a transaction of the client's (the hub's: on that server). */
+  lentBusy?(s?: PooledServer): boolean;
+  /** The hub: the id of the client holding this server of its, in a transaction (0: none). */
+  holderOf?(s: PooledServer): number;
   /** Lending: milliseconds since the client last sent anything. */
   lentQuiet?(now: number): number;
   /** Lending: what the relay counted so far goes into the pool's stats now (SHOW STATS). */
@@ -294,6 +298,8 @@ export class Pool {
   usedReserve = 0;
   /** Connections to close at their next release rather than lend (ServerSlots: another worker needs the slot). */
   yieldNext = 0;
+  /** The native hub (pool-hub.ts), made at the first client that may join it; null: none (yet). */
+  hub: PoolHub | null = null;
 
   constructor(
     readonly pooler: Pooler,
@@ -413,14 +419,58 @@ export class Pool {
    * and no console command holds the pool.
    */
   mayLend(s: PooledServer): boolean {
-    const st = this.pooler.settings;
     if (this.mode !== 'transaction' || this.waiters.length > 0 || this.replWaiting.length > 0 || this.paused) return false;
     // Worker processes: a connection another worker claims (pool-limits.ts) is taken back from the relay first.
     if (this.pooler.refusal !== null || this.pooler.suspended || this.yieldNext > 0) return false;
+    // Clients queued in the hub wait for it as JS waiters would.
+    if (this.hub !== null && this.hub.queuedNow() > 0) return false;
+    return this.clean(s);
+  }
+
+  /** Nothing is to happen to the connection at its release (a close, a reset, a cancel on its way, its lifetime over). */
+  clean(s: PooledServer): boolean {
+    const st = this.pooler.settings;
     if (s.dirty || s.closed || s.conn.sawFatal || s.cancelling > 0 || s.replication !== null) return false;
     if (st.serverResetQuery && st.serverResetQueryAlways) return false;
     const lifetime = (this.db.entry.serverLifetime || st.serverLifetime) * 1000;
     return lifetime > 0 && Date.now() - s.createdAt < lifetime;
+  }
+
+  /**
+   * The pool's hub, made on first use, when the pooler hands off in C (Pooler.handoff) and this pool can: transaction
+   * mode, one process (worker processes share limits through the primary), the native relay with the hub calls.
+   */
+  hubFor(): PoolHub | null {
+    if (this.hub !== null) return this.hub;
+    if (!this.pooler.handoff || this.mode !== 'transaction' || this.pooler.slots !== null) return null;
+    const nr = loadNativeRelay().relay;
+    if (nr?.hubCreate == null) return null;
+    this.hub = new PoolHub(this, nr);
+    return this.hub;
+  }
+
+  /** May clients join the hub now (nothing holds the pool: PAUSE, SUSPEND, a shutdown, a yield)? */
+  hubOpen(): boolean {
+    return !this.paused && this.pooler.refusal === null && !this.pooler.suspended && this.yieldNext === 0;
+  }
+
+  /** Starved hub: an idle connection that fits goes to it. */
+  offerIdle(hub: PoolHub): boolean {
+    for (let i = this.idle.length - 1; i >= 0; i--) {
+      const s = this.idle[i];
+      if (s.closed || s.conn.sawFatal) continue;
+      this.idle.splice(i, 1);
+      if (hub.offer(s)) return true;
+      this.idle.splice(i, 0, s);
+    }
+    return false;
+  }
+
+  /** Could a waiter make the pool open a connection now (below pool_size, logins not failing)? */
+  roomToOpen(): boolean {
+    const failure = this.loginFailure;
+    if (failure && Date.now() - failure.at < this.pooler.settings.serverLoginRetry * 1000) return false;
+    return !this.paused && this.size < this.poolSize;
   }
 
   /** The client's relay has the connection now. */
@@ -437,16 +487,20 @@ export class Pool {
   }
 
   /** Takes lent connections back, those between transactions first; up to `n` (all by default). */
-  reclaimLent(n = Infinity): void {
+  reclaimLent(n = Infinity, hubToo = true): void {
     if (this.lent.size === 0) return;
-    const all = [...this.lent];
-    const idleFirst = [...all.filter((s) => !s.client?.lentBusy?.()), ...all.filter((s) => s.client?.lentBusy?.())];
+    const hub = this.hub;
+    const all = [...this.lent].filter((s) => s.client !== hub);
+    const idleFirst = [...all.filter((s) => !s.client?.lentBusy?.(s)), ...all.filter((s) => s.client?.lentBusy?.(s))];
     for (const s of idleFirst.slice(0, n)) if (this.lent.has(s)) s.client?.reclaim?.();
+    // The hub's: free and idle ones now, the rest at their transactions' ends, before its queued clients get them.
+    if (hub !== null && hubToo) hub.want(n === Infinity ? 1e9 : Math.max(0, n - idleFirst.length));
   }
 
   /** What the relays counted goes into the stats (SHOW STATS reads them). */
   syncLent(): void {
-    for (const s of this.lent) s.client?.lentSync?.();
+    for (const s of this.lent) if (s.client !== this.hub) s.client?.lentSync?.();
+    this.hub?.lentSync();
   }
 
   private returnIdle(s: PooledServer): void {
@@ -462,6 +516,8 @@ export class Pool {
       w.granted(this.lend(s, w.client));
       return;
     }
+    // Nobody waits in JS: clients queued in the hub get it.
+    if (this.hub !== null && this.hubOpen() && this.hub.offer(s)) return;
     this.idle.push(s);
     this.pooler.schedule(this);
   }
@@ -501,6 +557,7 @@ export class Pool {
     // pgBouncer's would with no idle connection, rather than have clients take turns on one connection.
     const short = this.waiters.length - this.opening;
     if (short > 0) this.reclaimLent(short);
+    else this.hub?.want(0); // JS needs none of the hub's servers: its queued clients have them all
   }
 
   minPoolSize(): number {
@@ -782,8 +839,11 @@ export class Pool {
     // Lent connections meet server_lifetime and server_idle_timeout at their release: reclaimed when due.
     for (const s of [...this.lent]) {
       const over = (lifetime > 0 && now - s.createdAt >= lifetime) || (idleLimit > 0 && (s.client?.lentQuiet?.(now) ?? 0) > idleLimit);
-      if (over) s.client?.reclaim?.();
+      if (!over) continue;
+      if (this.hub !== null && s.client === this.hub) this.hub.take(s);
+      else s.client?.reclaim?.();
     }
+    if (this.hub !== null) this.hub.tick(st.queryWaitTimeout * 1000, st.queryTimeout * 1000);
     const keep = this.minPoolSize();
     for (let i = this.idle.length - 1; i >= 0; i--) {
       const s = this.idle[i];
@@ -805,6 +865,12 @@ export class Pool {
 
   /** Closes every connection (RECONNECT closes them as they come back; KILL at once). */
   closeAll(now: boolean, reason: string): void {
+    // The hub's connections are marked first: those it gives back at their transactions' ends are closed then.
+    for (const s of this.hub?.held ?? []) {
+      s.dirty = true;
+      s.closeReason = reason;
+      this.hub!.take(s);
+    }
     this.reclaimLent();
     for (const s of this.idle.splice(0)) s.close(reason);
     for (const s of this.parked) s.close(reason);
@@ -844,7 +910,8 @@ export class Pool {
 
   /** Connections lent to clients or being set up (logging in, running the reset query): PAUSE waits for none. */
   get serversOut(): number {
-    return this.active.size + this.opening + this.parked.size + this.replOpening.size;
+    // The hub's: once asked back (reclaimLent), those left are in a transaction.
+    return this.active.size + this.opening + this.parked.size + this.replOpening.size + (this.hub?.held.length ?? 0);
   }
 
   /** RESUME: waiting clients get the idle connections, and new ones open for those left (fill). */
@@ -904,6 +971,8 @@ export class PoolDatabase {
 /** All the pools, their limits and the janitor. */
 export class Pooler {
   readonly databases = new Map<string, PoolDatabase>();
+  /** Transaction pools hand server connections between clients in the native hub (pool-hub.ts); off: JS does. */
+  handoff = false;
   readonly log: Logger;
   config: PoolerConfig;
   suspended = false;

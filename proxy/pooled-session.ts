@@ -40,7 +40,8 @@ import {
   type StatementCache,
 } from './prepared.js';
 import { Be, Fe, SYNC, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
-import { RelayPool, type RelayOutcome, type RelayPoolCounts, type RelayState } from './relay.js';
+import { RelayPool, type HubMember, type RelayOutcome, type RelayPoolCounts, type RelayState } from './relay.js';
+import { settingsKey, type PoolHub } from './pool-hub.js';
 import { statementEffects, type EffectsOptions, type StatementEffects } from './statement-effects.js';
 import type { RequestTracker } from './tracker.js';
 import type { SessionLink } from './upstream.js';
@@ -75,6 +76,14 @@ export interface PooledHost {
   unlend?(): void;
   /** Lending: what the relay reports while it has the sockets (null: it does not); refreshes the client's lastActive. */
   relayState?(): RelayState | null;
+  /** The hub: the client joins it, with `s` (the session lets go of it) or without a server; false: it stays in JS. */
+  enterHub?(hub: PoolHub, s: PooledServer | null, flags: number): boolean;
+  /** The hub: takes the session back now (it reports through fromHub and hubReturned). */
+  hubStop?(): void;
+  /** The hub: what its relay reports while the client is a member; refreshes the client's lastActive. */
+  hubState?(): RelayState | null;
+  /** The hub: what C says of the client as a member (null: not one). */
+  hubMember?(): HubMember | null;
 }
 
 const NO_COUNTS: RelayPoolCounts = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1, binds: 0 };
@@ -245,6 +254,8 @@ export class PooledSession implements PoolClient {
   /** When the server last said it was ready (idle_transaction_timeout counts from there, as pgBouncer's does). */
   private readyAt = 0;
   private waiting = false;
+  /** The client is a member of its pool's native hub (pool-hub.ts): C gives it servers; `server` is null meanwhile. */
+  inHub = false;
   /** The connection is lent to the native relay (Pool.lent); what of its counts the stats have already. */
   private lent = false;
   /**
@@ -679,8 +690,84 @@ export class PooledSession implements PoolClient {
     if (this.pinsDirty) return this.checkPins(s);
     if (this.statementsDirty) return this.readStatements(s);
     if (this.pool.mode === 'session' || this.pins.size > 0) return;
+    if (this.enterHub(s)) return;
     if (this.lend(s)) return;
     this.release(true);
+  }
+
+  // ---- the hub: servers handed between clients in C (pool-hub.ts) ------------------------------------------
+
+  /**
+   * At a transaction's end with nothing due: a client whose session needs nothing replayed on any of the hub's
+   * servers (the hub's settings, no named statements, no pins) joins the hub; with its server when nobody waits in
+   * JS and the server fits, else without (the server goes back to the pool first). True: the server is let go of.
+   */
+  private enterHub(s: PooledServer): boolean {
+    if (this.host.enterHub === undefined || this.replication !== null || this.watch.state !== 0 || this.lendSkip > 0) return false;
+    if (this.statements.size > 0 || this.statements.uncertain.size > 0 || this.pins.size > 0) return false;
+    const hub = this.pool.hubFor();
+    if (hub === null || !this.pool.hubOpen()) return false;
+    const key = settingsKey(this.settings);
+    hub.key ??= key;
+    if (hub.key !== key) return false;
+    // Any named statement goes to JS (the relay renames none here): no client sees another's on a shared server.
+    const flags = RelayPool.lend | RelayPool.named;
+    const keep = this.pool.waiters.length === 0 && this.pool.replicationWaiting === 0 && hub.fits(s, settingsKey(s.applied)) && literals(s).size === 0;
+    if (!keep) {
+      this.release(true);
+      if (this.host.enterHub(hub, null, flags)) this.joined();
+      return true;
+    }
+    if (!this.host.enterHub(hub, s, flags)) return false;
+    // The hub holds it: no longer the session's (Pool.lent has it, its client the hub).
+    this.server = null;
+    this.linkedAt = 0;
+    this.joined();
+    return true;
+  }
+
+  private joined(): void {
+    this.inHub = true;
+    this.seen = NO_COUNTS;
+    this.seenBytes = { fromClient: 0, fromServer: 0 };
+  }
+
+  /** The hub's relay exited holding `s` (null: none): the session's connection from now on. */
+  fromHub(s: PooledServer | null): void {
+    if (s === null) return;
+    this.server = s;
+    this.linkedAt = Date.now();
+    s.conn.attach(this.host.link);
+    this.host.attached(s);
+  }
+
+  /** The hub's relay exited: what it counted goes into the stats; between transactions the connection goes back as at ready(). */
+  hubReturned(o: RelayOutcome): void {
+    if (!this.inHub) return;
+    this.inHub = false;
+    const c = o.pool;
+    this.count(c, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer });
+    if (c.xacts > 0) this.lendBackoff = 0;
+    else if (o.reason === 'client-message') this.lendSkip = this.lendBackoff = Math.min(64, this.lendBackoff * 2 || 1);
+    const now = performance.now();
+    this.queryStart = c.queryOpenUs >= 0 ? now - c.queryOpenUs / 1000 : 0;
+    this.xactStart = c.xactOpenUs >= 0 ? now - c.xactOpenUs / 1000 : 0;
+    this.readyAt = 0;
+    // Stopped between transactions holding a server (a timer, the console): no ReadyForQuery will release it.
+    if (this.server !== null) queueMicrotask(() => this.ready(this.host.activity().txStatus));
+  }
+
+  /** When the client began waiting for a connection (0: it does not wait), in JS or queued in the hub (SHOW CLIENTS, POOLS). */
+  waitStart(): number {
+    if (!this.inHub) return this.waitingSince;
+    const m = this.host.hubMember?.();
+    return m?.state === 'queued' ? Date.now() - Math.floor(m.queuedUs / 1000) : 0;
+  }
+
+  /** What the hub's relay counted so far goes into the stats (SHOW STATS). */
+  hubSync(): void {
+    const st = this.inHub ? this.host.hubState?.() : null;
+    if (st) this.count(st.pool, { fromClient: st.bytesFromClient, fromServer: st.bytesFromServer });
   }
 
   // ---- lending: the connection kept with the client, in the native relay ----------------------------------
@@ -748,8 +835,12 @@ export class PooledSession implements PoolClient {
 
   /** The pool needs the connection back: the relay gives it up; between transactions it is released now (as at ready()). */
   reclaim(): void {
-    if (!this.lent) return;
-    this.host.unlend?.();
+    if (this.inHub) {
+      this.host.hubStop?.(); // the session has the server it held in the hub, if any: released below as a lent one
+    } else {
+      if (!this.lent) return;
+      this.host.unlend?.();
+    }
     const s = this.server;
     if (this.lent) {
       // Cannot happen (the relay reports every return), but a connection left lent would keep waiters waiting.
@@ -765,6 +856,7 @@ export class PooledSession implements PoolClient {
 
   /** The connection as the console shows the client linked to it: none while lent between transactions (it is idle then). */
   get linked(): PooledServer | null {
+    if (this.inHub) return this.host.hubMember?.()?.state === 'busy' ? this.pool.hub!.serverOf(this.host.hubMember()!.serverFd) : null;
     return this.lent && !this.lentBusy() ? null : this.server;
   }
 
@@ -813,9 +905,10 @@ export class PooledSession implements PoolClient {
     const clientIdle = (u?.clientIdleTimeout ?? st.clientIdleTimeout) * 1000;
     const idleTx = (u?.idleTransactionTimeout ?? st.idleTransactionTimeout) * 1000;
     const queryTimeout = (u?.queryTimeout ?? st.queryTimeout) * 1000;
-    if (this.lent) {
+    if (this.lent || this.inHub) {
       // The relay's session: once quiet past the shortest limit, JS takes it back and judges as below.
       const limits = [clientIdle, idleTx, queryTimeout].filter((l) => l > 0);
+      if (this.inHub) this.host.hubState?.();
       if (limits.length === 0 || this.lentQuiet(now) <= Math.min(...limits)) return;
       this.reclaim();
     }

@@ -82,6 +82,8 @@ export interface PoolingOptions {
    * which the authentication waits for (max_client_conn and the client limits count every worker's clients).
    */
   admission?: { ticket(database: string, user: string): Promise<PoolError | null> | null };
+  /** Transaction pools hand server connections between clients in the native hub (Pooler.handoff); default on. */
+  handoff?: boolean;
 }
 
 /** What auth_query says of a user: its secret, found without a usable one (NULL password), or no such user. */
@@ -143,6 +145,7 @@ export function createPooling(opts: PoolingOptions): PoolingEnv {
     logger: opts.logger,
     targetsFor: (entry, fallback) => targetsFor(entry, fallback, pooler.settings),
   });
+  pooler.handoff = opts.handoff ?? true;
   const statements = new StatementCache();
   const env: PoolingEnv = {
     pooler,

@@ -182,7 +182,7 @@ export class RelayHandoff {
 }
 
 /** Nothing half-read, queued or unsent on this side, and its socket in a state the relay can read under. */
-function quiet({ sock, reader }: RelayEnd): boolean {
+export function quiet({ sock, reader }: RelayEnd): boolean {
   if (!reader.atBoundary || reader.isPaused || reader.buffered > 0 || sock.writableLength > 0) return false;
   // A socket reading through `onread` has a Readable that stays in its `reading` state after the first
   // read; one that is not there yet could start reading from a nextTick of resume() under the relay.

@@ -67,6 +67,8 @@ export interface RelayOutcome {
    */
   watch: Buffer | null;
   watchEntry: number;
+  /** The server socket's fd the session holds at the exit: a hub member's may be another than it entered with; -1: none. */
+  serverFd: number;
 }
 
 /** Requests and transactions a lent pooled connection ran in the relay, as SHOW STATS counts them. */
@@ -103,18 +105,28 @@ export interface RelayState {
   /** Bytes still to come of messages being streamed through (the session is mid-message). */
   streaming: number;
   pool: RelayPoolCounts;
+  /** The server socket's fd the relay holds (a hub member's changes; -1: it holds none). */
+  serverFd: number;
 }
 
 type Handle = object & { readonly __relay: unique symbol };
+type HubHandle = object & { readonly __hub: unique symbol };
 type RawCounts = [number, number, number, number, number, number, number?];
 type Raw = [
   number, number, Buffer, Buffer, Buffer, Buffer, Buffer, number, number, number, number, number,
-  (Buffer | null)?, number?, RawCounts?, (number[] | null)?, (Buffer | null)?, number?,
+  (Buffer | null)?, number?, RawCounts?, (number[] | null)?, (Buffer | null)?, number?, number?,
 ];
 interface Addon {
   start(clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus?: number, poolFlags?: number, names?: Buffer | null): Handle;
   stop(h: Handle): Raw | null;
-  state(h: Handle): [number, number, number, number, number, number, RawCounts?];
+  state(h: Handle): [number, number, number, number, number, number, RawCounts?, number?];
+  hubCreate?(onEvent: (kind: number, fd: number) => void): HubHandle;
+  hubEnter?(hub: HubHandle, clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus: number, poolFlags: number): Handle;
+  hubAdd?(hub: HubHandle, serverFd: number): void;
+  hubWant?(hub: HubHandle, n: number): number[];
+  hubTake?(hub: HubHandle, serverFd: number): number;
+  hubMembers?(hub: HubHandle): [number, number, number, number][];
+  hubStats?(hub: HubHandle): [number, number, number, number, number];
   peer?(fd: number): [number, number] | null;
   send?(fd: number, bytes: Buffer): number;
   sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
@@ -151,6 +163,48 @@ export interface NativeRelay {
   fds?: FdPassing | null;
   /** A listening TCP socket with SO_REUSEPORT (pgBouncer's so_reuseport): its descriptor; throws with the reason. */
   listenReusePort?: ((host: string, port: number, backlog: number) => number) | null;
+  /** A pool's hand-off of server connections between clients in C (relay.c's hub; pool-hub.ts); null without it. */
+  hubCreate?: ((onEvent: (event: HubEvent, serverFd: number) => void) => NativeHub) | null;
+}
+
+/** What a hub tells JS: a server JS asked for left it; clients queue with no server free; a server spoke unasked or closed between transactions (it left the hub). */
+export type HubEvent = 'server' | 'starved' | 'spoke';
+
+/** A member's state in the hub (hubMembers). */
+export const HubState = ['waiting', 'queued', 'idle', 'busy'] as const;
+export type HubMemberState = (typeof HubState)[number];
+
+export interface HubMember {
+  clientFd: number;
+  /** -1: none. */
+  serverFd: number;
+  state: HubMemberState;
+  /** Microseconds queued so far (state queued). */
+  queuedUs: number;
+}
+
+export interface HubStats {
+  /** Servers handed from client to client in C. */
+  handoffs: number;
+  /** The waits those clients had, in microseconds. */
+  waitUs: number;
+  servers: number;
+  queued: number;
+  members: number;
+}
+
+/** relay.c's hub, one per pool. */
+export interface NativeHub {
+  /** The client (and the server it holds, -1: none) join the hub; the handle works with stop and state. */
+  enter(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void, keepStatus: number, poolFlags: number): Handle;
+  /** A free server for queued clients. */
+  add(serverFd: number): void;
+  /** Up to n servers back: those free or idle now (their fds), the rest at their holders' transaction ends ('server' events). */
+  want(n: number): number[];
+  /** One server back: 'now', 'later' (a 'server' event), or 'absent'. */
+  take(serverFd: number): 'now' | 'later' | 'absent';
+  members(): HubMember[];
+  stats(): HubStats;
 }
 export type RelayHandle = Handle;
 
@@ -181,6 +235,7 @@ function outcome(r: Raw): RelayOutcome {
     uses: r[15] ?? [],
     watch: r[16] ?? null,
     watchEntry: r[17] ?? -1,
+    serverFd: r[18] ?? -1,
   };
 }
 
@@ -258,8 +313,9 @@ function wrap(addon: Addon): NativeRelay {
     },
     state: (h) => {
       const s = addon.state(h);
-      return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5], pool: counts(s[6]) };
+      return { requests: s[0], held: s[1], bytesFromClient: s[2], bytesFromServer: s[3], status: s[4] ? String.fromCharCode(s[4]) : '', streaming: s[5], pool: counts(s[6]), serverFd: s[7] ?? -1 };
     },
+    hubCreate: addon.hubCreate ? (onEvent) => wrapHub(addon, addon.hubCreate!((kind, fd) => onEvent(kind === 1 ? 'server' : kind === 3 ? 'spoke' : 'starved', fd))) : null,
     send: addon.send ? (fd, bytes) => addon.send!(fd, bytes) : null,
     listenReusePort: addon.listenReusePort ? (host, port, backlog) => addon.listenReusePort!(host, port, backlog) : null,
     fds:
@@ -275,6 +331,23 @@ function wrap(addon: Addon): NativeRelay {
     peer: (fd) => {
       const p = addon.peer?.(fd) ?? null;
       return p === null ? null : { uid: p[0], gid: p[1] };
+    },
+  };
+}
+
+function wrapHub(addon: Addon, h: HubHandle): NativeHub {
+  return {
+    enter: (c, s, max, onExit, keep, pool) => addon.hubEnter!(h, c, s, max, (raw) => onExit(outcome(raw)), keep, pool),
+    add: (fd) => addon.hubAdd!(h, fd),
+    want: (n) => addon.hubWant!(h, n),
+    take: (fd) => {
+      const r = addon.hubTake!(h, fd);
+      return r === 1 ? 'now' : r === 0 ? 'later' : 'absent';
+    },
+    members: () => addon.hubMembers!(h).map(([clientFd, serverFd, state, queuedUs]) => ({ clientFd, serverFd, state: HubState[state] ?? 'busy', queuedUs })),
+    stats: () => {
+      const [handoffs, waitUs, servers, queued, members] = addon.hubStats!(h);
+      return { handoffs, waitUs, servers, queued, members };
     },
   };
 }

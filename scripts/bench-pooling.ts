@@ -159,7 +159,9 @@ async function startSteadytext(cluster: Cluster, password: string, workers: numb
   const ini = join(dir, 'pgbouncer.ini');
   // upstream: the proxy's own service connection goes to the bench cluster, not to whatever listens on 5432.
   const upstream = `postgres://postgres:${encodeURIComponent(password)}@${cluster.host}:${cluster.port}/postgres`;
-  writeFileSync(ini, iniText(cluster, dir, port, ['[steadytext]', 'daemonListen = off', `upstream = ${upstream}`]));
+  // BENCH_STEADYTEXT: more [steadytext] settings for the proxy only, `key = value` separated by ';' (e.g. "poolHandoff = on").
+  const extra = (process.env.BENCH_STEADYTEXT ?? '').split(';').map((l) => l.trim()).filter(Boolean);
+  writeFileSync(ini, iniText(cluster, dir, port, ['[steadytext]', 'daemonListen = off', `upstream = ${upstream}`, ...extra]));
   const outPath = join(dir, 'serve.out');
   const out = openSync(outPath, 'a');
   // Nothing from the caller's environment may change a default.

@@ -69,7 +69,8 @@ enum {
 
 typedef struct side {
   int fd;
-  uv_poll_t poll;
+  uv_poll_t own;   // the poll of a socket the relay has for its whole life
+  uv_poll_t *poll; // &own, or a hub server's (moves with the server); NULL: a hub relay holding no server
   bool polling;
   int events;
   uint8_t *in; // read, not yet forwarded (a partial message)
@@ -96,8 +97,19 @@ typedef struct named {
 // What may follow the message that began a watched exchange (pooled-session.ts REST_BYTES: JS runs no more again).
 #define WATCH_REST 256
 
+typedef struct hub hub_t;
+typedef struct hserver hserver_t;
+
 typedef struct relay {
   side_t c, s;
+  // A hub member (see the hub below): the server it holds (NULL: it waits, s.fd -1), its places in the hub's
+  // lists (the FIFO of clients whose next request came, the members, those with client bytes to forward).
+  hub_t *hub;
+  hserver_t *hs;
+  struct relay *wnext, *mprev, *mnext, *rnext;
+  bool queued, rqueued;
+  uint64_t wait_start;
+  int out_sfd; // at the exit: the server it held, -1: none
   napi_env env;
   napi_ref on_exit;
   napi_async_context async;
@@ -354,18 +366,25 @@ static bool pool_exit(relay_t *r, const uint8_t *m, size_t len, bool whole, name
 }
 
 static void poll_cb(uv_poll_t *h, int status, int events);
+static void hub_server_cb(uv_poll_t *h, int status, int events);
+static void hub_tx_end(relay_t *r);
+static void waiting_readable(relay_t *r);
+static void hub_server_unasked(relay_t *r);
+static bool between(const relay_t *r);
 
 static void set_events(relay_t *r, side_t *x, side_t *other) {
-  if (!r->running) return;
+  if (!r->running || x->poll == NULL) return;
   // Read a side only while what it sent last is all written to the other: backpressure both ways.
   int ev = (other->out_len > other->out_off ? 0 : UV_READABLE) | (x->out_len > x->out_off ? UV_WRITABLE : 0);
+  // A queued client is read on (its poll left as it is: see hub_detach) until c.in holds as much as a read takes.
+  if (r->queued && x == &r->c && x->in_len >= IN_CAP / 2) ev &= ~UV_READABLE;
   if (ev == x->events && x->polling) return;
   x->events = ev;
   if (ev == 0) {
-    if (x->polling) uv_poll_stop(&x->poll);
+    if (x->polling) uv_poll_stop(x->poll);
     x->polling = false;
   } else {
-    uv_poll_start(&x->poll, ev, poll_cb);
+    uv_poll_start(x->poll, ev, x->poll == &x->own ? poll_cb : hub_server_cb);
     x->polling = true;
   }
 }
@@ -602,6 +621,8 @@ static void watch_note(relay_t *r, const uint8_t *m, size_t len, const named_t *
   r->watch_len = need;
 }
 
+static void forward(relay_t *r, side_t *x, side_t *y, size_t total);
+
 // Reads what side x has and forwards every whole message that needs no JS to the other side.
 static void readable(relay_t *r, side_t *x, side_t *y) {
   bool client = x == &r->c;
@@ -621,8 +642,13 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
     return finish(r, error_exit, errno);
   }
   x->bytes_read += (uint64_t)n;
-  size_t total = have + (size_t)n;
+  forward(r, x, y, have + (size_t)n);
+}
 
+// Forwards every whole message of the `total` bytes in scratch that needs no JS to the other side.
+static void forward(relay_t *r, side_t *x, side_t *y, size_t total) {
+  bool client = x == &r->c;
+  int error_exit = client ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR;
   size_t pos = 0;
   int stop = 0;
   if (x->skip > 0) { // the rest of a large message (nothing was kept aside meanwhile)
@@ -692,6 +718,7 @@ static void readable(relay_t *r, side_t *x, side_t *y) {
   if (stop) return finish(r, stop, 0);
   set_events(r, x, y);
   set_events(r, y, x);
+  if (!client && r->hub != NULL) hub_tx_end(r);
 }
 
 static void writable(relay_t *r, side_t *y, side_t *x) {
@@ -715,10 +742,8 @@ static void writable(relay_t *r, side_t *y, side_t *x) {
   set_events(r, x, y);
 }
 
-static void poll_cb(uv_poll_t *h, int status, int events) {
-  relay_t *r = (relay_t *)h->data;
+static void side_event(relay_t *r, bool client, int status, int events) {
   if (!r->running) return;
-  bool client = h == &r->c.poll;
   side_t *x = client ? &r->c : &r->s;
   side_t *y = client ? &r->s : &r->c;
   if (status < 0) return finish(r, client ? EXIT_CLIENT_ERROR : EXIT_SERVER_ERROR, -status);
@@ -726,7 +751,15 @@ static void poll_cb(uv_poll_t *h, int status, int events) {
     writable(r, x, y);
     if (!r->running) return;
   }
-  if (events & UV_READABLE) readable(r, x, y);
+  if (!(events & UV_READABLE)) return;
+  if (client && r->hub != NULL && r->hs == NULL) waiting_readable(r);
+  else if (!client && r->hub != NULL && between(r)) hub_server_unasked(r);
+  else readable(r, x, y);
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events) {
+  relay_t *r = (relay_t *)h->data;
+  side_event(r, h == r->c.poll, status, events);
 }
 
 // ---- JS interface -----------------------------------------------------------------------------------
@@ -762,10 +795,11 @@ static napi_value pool_counts(napi_env env, relay_t *r) {
 
 // [reason, errno, toClient, toServer, fromClient, fromServer, log, status, bytesFromClient, bytesFromServer,
 //  skipClient, skipServer, kept Query or exchange or null, what of its answer was forwarded (relay_t.kept_t),
-//  pool_counts, uses of each renamed statement (start's names) or null, the watched exchange or null, its entry]
+//  pool_counts, uses of each renamed statement (start's names) or null, the watched exchange or null, its entry,
+//  the server fd the session holds (a hub member's may differ from the one it entered with; -1: none)]
 static napi_value outcome(napi_env env, relay_t *r) {
   napi_value a, kept, uses, watch;
-  napi_create_array_with_length(env, 18, &a);
+  napi_create_array_with_length(env, 19, &a);
   if (r->kept_len > 0) kept = buffer_copy(env, r->kept, r->kept_len);
   else napi_get_null(env, &kept);
   if (r->named_n > 0) {
@@ -777,7 +811,7 @@ static napi_value outcome(napi_env env, relay_t *r) {
   bool watching = r->watch_entry >= 0;
   if (watching) watch = buffer_copy(env, r->watch, r->watch_len);
   else napi_get_null(env, &watch);
-  napi_value v[18] = {
+  napi_value v[19] = {
     number(env, r->reason),
     number(env, r->err),
     buffer_copy(env, r->c.out + r->c.out_off, r->c.out_len - r->c.out_off),
@@ -796,21 +830,25 @@ static napi_value outcome(napi_env env, relay_t *r) {
     uses,
     watch,
     number(env, watching ? r->watch_entry : -1),
+    number(env, r->hub != NULL ? r->out_sfd : r->s.fd),
   };
-  for (uint32_t i = 0; i < 18; i++) napi_set_element(env, a, i, v[i]);
+  for (uint32_t i = 0; i < 19; i++) napi_set_element(env, a, i, v[i]);
   return a;
 }
 
 // Stops polling and releases the sockets; they stay open (JS owns them).
+static void hub_leave(relay_t *r);
+
 static void release(relay_t *r, int reason, int err) {
   r->running = false;
   r->reason = reason;
   r->err = err;
-  if (r->c.polling) uv_poll_stop(&r->c.poll);
-  if (r->s.polling) uv_poll_stop(&r->s.poll);
+  if (r->hub != NULL) hub_leave(r); // its server (if any) leaves the hub with it
+  if (r->c.polling) uv_poll_stop(r->c.poll);
+  if (r->s.polling && r->s.poll != NULL) uv_poll_stop(r->s.poll);
   r->c.polling = r->s.polling = false;
-  uv_close((uv_handle_t *)&r->c.poll, on_close);
-  uv_close((uv_handle_t *)&r->s.poll, on_close);
+  uv_close((uv_handle_t *)&r->c.own, on_close);
+  if (r->hub == NULL) uv_close((uv_handle_t *)&r->s.own, on_close);
 }
 
 // The exit callback is called at most once; after an exit (or stop) it is let go.
@@ -910,7 +948,8 @@ static bool set_names(relay_t *r, const uint8_t *p, size_t len) {
 
 // start(clientFd, serverFd, maxMessage, onExit[, keepStatus[, poolFlags[, names]]]) -> handle. keepStatus: the
 // session's transaction status as a character code when JS wants Queries kept (see relay_t.kept), else 0; plus
-// 0x100 when JS fences statements inside transaction blocks (relay_t.fence). poolFlags: POOL_* (a lent pooled
+// 0x100 when JS fences statements inside transaction blocks (relay_t.fence), or 0x200 only those of blocks that may
+// be read-only (relay_t.fence_ro). poolFlags: POOL_* (a lent pooled
 // connection). names: with POOL_NAMED, a Buffer of the statements the relay renames itself (named_t).
 static napi_value js_start(napi_env env, napi_callback_info info) {
   size_t argc = 7;
@@ -950,21 +989,23 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
     maybe_free(r);
     return throw_error(env, "start: names must be client\\0server\\0 pairs of non-empty, distinct names");
   }
-  int e1 = uv_poll_init(loop, &r->c.poll, cfd);
+  r->c.poll = &r->c.own;
+  r->s.poll = &r->s.own;
+  int e1 = uv_poll_init(loop, &r->c.own, cfd);
   if (e1 != 0) {
     r->finalized = true;
     maybe_free(r);
     return throw_error(env, uv_strerror(e1));
   }
-  r->c.poll.data = r;
+  r->c.own.data = r;
   r->open_handles++;
-  int e2 = uv_poll_init(loop, &r->s.poll, sfd);
+  int e2 = uv_poll_init(loop, &r->s.own, sfd);
   if (e2 != 0) {
-    uv_close((uv_handle_t *)&r->c.poll, on_close);
+    uv_close((uv_handle_t *)&r->c.own, on_close);
     r->finalized = true;
     return throw_error(env, uv_strerror(e2));
   }
-  r->s.poll.data = r;
+  r->s.own.data = r;
   r->open_handles++;
 
   napi_value name, handle;
@@ -998,13 +1039,13 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
 }
 
 // state(handle) -> [requests awaiting an answer (0 when idle), bytes held, bytesFromClient, bytesFromServer, status,
-//                   bytes still to come of messages being streamed, pool_counts]
+//                   bytes still to come of messages being streamed, pool_counts, the server fd held (-1: none)]
 static napi_value js_state(napi_env env, napi_callback_info info) {
   relay_t *r = handle_arg(env, info, "state(handle)");
   if (r == NULL) return NULL;
   size_t held = r->c.in_len + r->s.in_len + (r->c.out_len - r->c.out_off) + (r->s.out_len - r->s.out_off);
   napi_value a;
-  napi_create_array_with_length(env, 7, &a);
+  napi_create_array_with_length(env, 8, &a);
   napi_set_element(env, a, 0, number(env, (double)(r->pending_sync + r->since_sync)));
   napi_set_element(env, a, 1, number(env, (double)held));
   napi_set_element(env, a, 2, number(env, (double)r->c.bytes_read));
@@ -1012,6 +1053,7 @@ static napi_value js_state(napi_env env, napi_callback_info info) {
   napi_set_element(env, a, 4, number(env, r->status));
   napi_set_element(env, a, 5, number(env, (double)(r->c.skip + r->s.skip)));
   napi_set_element(env, a, 6, pool_counts(env, r));
+  napi_set_element(env, a, 7, number(env, r->s.fd)); // a hub member's: -1 while it holds none
   return a;
 }
 
@@ -1062,6 +1104,561 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
   while (w < 0 && errno == EINTR);
   if (w < 0) return number(env, errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -(double)errno);
   return number(env, (double)w);
+}
+
+// ---- the hub: a pool's server connections handed from client to client in C --------------------------------
+// Under contention (more clients than connections) every transaction's end would otherwise go through JS: the
+// connection released, the next waiting client woken, its message read by Node. A hub does pgBouncer's loop
+// for the clients and connections JS put in it (pooled-session.ts decides who may: no settings to replay, no
+// named statements, clean connections): a member relay holds a server or waits; at a transaction's end
+// (ReadyForQuery 'I', nothing outstanding or half-read) its server goes straight to the oldest member whose next
+// request has come (read whole into c.in first, so that one JS must see exits without taking a server), which
+// forwards it at once. JS stays the authority: a member exits to JS as any relay does, with the server it holds
+// then (outcome's server fd); JS takes servers back (want, take: at once when free or idle, else at their
+// holder's transaction end, through the event callback), and reads members and counts when it needs them.
+
+#define EVENT_SERVER 1  // a server JS asked for left the hub
+#define EVENT_STARVED 2 // clients queue and the hub has no server, or fewer than queued clients (at most every 10 ms)
+#define EVENT_SPOKE 3   // a free or idle server spoke unasked or closed: it left the hub for JS to read
+
+struct hserver {
+  uv_poll_t poll; // data: the hserver; while held, its events are the holder's server side
+  int fd;
+  hub_t *hub;
+  relay_t *holder; // NULL: free (polled for what a server says unasked, or its end)
+  int events;      // what its poll watches while it is free or between holders (hub_detach)
+  bool to_js;      // JS asked for it back: it goes at its holder's next transaction end
+};
+
+struct hub {
+  uv_idle_t kick; // forwards what queued clients sent, once they have a server (from the loop, never from a JS call)
+  napi_env env;
+  napi_ref on_event;
+  napi_async_context async;
+  hserver_t **srv;
+  uint32_t n_srv, cap_srv;
+  relay_t *whead, *wtail, *members, *rhead;
+  uint32_t queued_n, members_n, js_want;
+  uint64_t handoffs, wait_ns, last_starved;
+  bool dispatching, again, finalized;
+};
+
+static uint64_t now_ns(void) { return uv_hrtime(); }
+
+static void hub_emit(hub_t *hub, int kind, int fd) {
+  napi_env env = hub->env;
+  napi_handle_scope scope;
+  if (hub->on_event == NULL || napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, recv, args[2], result;
+  napi_get_reference_value(env, hub->on_event, &fn);
+  napi_get_global(env, &recv);
+  args[0] = number(env, kind);
+  args[1] = number(env, fd);
+  napi_make_callback(env, hub->async, recv, fn, 2, args, &result);
+  napi_close_handle_scope(env, scope);
+}
+
+static void free_hserver(uv_handle_t *h) { free(h->data); }
+
+// A server leaves the hub (JS owns it again); its holder, if any, was detached first.
+static void hub_drop_server(hub_t *hub, hserver_t *hs) {
+  for (uint32_t i = 0; i < hub->n_srv; i++) {
+    if (hub->srv[i] != hs) continue;
+    hub->srv[i] = hub->srv[--hub->n_srv];
+    break;
+  }
+  uv_poll_stop(&hs->poll);
+  uv_close((uv_handle_t *)&hs->poll, free_hserver);
+}
+
+static hserver_t *hub_add_server(hub_t *hub, int fd) {
+  if (hub->n_srv == hub->cap_srv) {
+    uint32_t cap = hub->cap_srv ? hub->cap_srv * 2 : 16;
+    hserver_t **grown = realloc(hub->srv, cap * sizeof *grown);
+    if (grown == NULL) return NULL;
+    hub->srv = grown;
+    hub->cap_srv = cap;
+  }
+  hserver_t *hs = calloc(1, sizeof *hs);
+  uv_loop_t *loop;
+  if (hs == NULL || napi_get_uv_event_loop(hub->env, &loop) != napi_ok || uv_poll_init(loop, &hs->poll, fd) != 0) {
+    free(hs);
+    return NULL;
+  }
+  hs->poll.data = hs;
+  hs->fd = fd;
+  hs->hub = hub;
+  hub->srv[hub->n_srv++] = hs;
+  return hs;
+}
+
+// Between transactions with nothing outstanding, half-read or unwritten toward the server, and the client's
+// next request not begun: the server may change hands.
+static bool between(const relay_t *r) {
+  return r->hs != NULL && r->pending_sync == 0 && r->since_sync == 0 && r->status == 'I' && r->s.in_len == 0 && r->s.skip == 0 &&
+         r->s.out_len == r->s.out_off && r->c.in_len == 0 && r->c.skip == 0;
+}
+
+// The member gives up its server (left free, unpolled: the caller places it) and waits for its next request.
+// A server's poll is left as it is from holder to holder (libuv's uv_poll_start and uv_poll_stop each cost an
+// epoll_ctl DEL, and a start an ADD: several per hand-off otherwise); hs->events says what it watches meanwhile.
+static hserver_t *hub_detach(relay_t *r) {
+  hserver_t *hs = r->hs;
+  hs->events = r->s.polling ? r->s.events : 0;
+  hs->holder = NULL;
+  r->hs = NULL;
+  r->s.fd = -1;
+  r->s.poll = NULL;
+  r->s.polling = false;
+  r->s.events = 0;
+  set_events(r, &r->c, &r->s);
+  return hs;
+}
+
+static void hub_set_free(hserver_t *hs) {
+  hs->holder = NULL;
+  if (hs->events == UV_READABLE) return;
+  uv_poll_start(&hs->poll, UV_READABLE, hub_server_cb);
+  hs->events = UV_READABLE;
+}
+
+static void hub_kick_cb(uv_idle_t *h);
+
+// `now`: called from the loop (a poll callback), where the member's request is forwarded at once; from a JS call
+// it is forwarded from the kick instead (an exit would call JS back from inside JS).
+static void hub_attach(relay_t *r, hserver_t *hs, bool now) {
+  hub_t *hub = r->hub;
+  hs->holder = r;
+  hs->to_js = false;
+  r->hs = hs;
+  r->s.fd = hs->fd;
+  r->s.poll = &hs->poll;
+  r->s.polling = hs->events != 0;
+  r->s.events = hs->events;
+  set_events(r, &r->s, &r->c);
+  set_events(r, &r->c, &r->s);
+  if (now && r->c.in_len > 0 && r->c.skip == 0 && (scratch != NULL || (scratch = malloc(IN_CAP)) != NULL)) {
+    size_t have = r->c.in_len;
+    memcpy(scratch, r->c.in, have);
+    forward(r, &r->c, &r->s, have);
+    return;
+  }
+  if (r->c.in_len > 0 && !r->rqueued) {
+    r->rqueued = true;
+    r->rnext = hub->rhead;
+    hub->rhead = r;
+    uv_idle_start(&hub->kick, hub_kick_cb);
+  }
+}
+
+static void hub_unqueue(relay_t *r) {
+  hub_t *hub = r->hub;
+  relay_t **p = &hub->whead, *prev = NULL;
+  while (*p != NULL && *p != r) {
+    prev = *p;
+    p = &(*p)->wnext;
+  }
+  if (*p == r) {
+    *p = r->wnext;
+    if (hub->wtail == r) hub->wtail = prev;
+    hub->queued_n--;
+  }
+  r->queued = false;
+  r->wnext = NULL;
+}
+
+// A free server, or one an idle member holds (that member waits from now on); NULL: none.
+static hserver_t *hub_idle_server(hub_t *hub) {
+  for (uint32_t i = 0; i < hub->n_srv; i++)
+    if (hub->srv[i]->holder == NULL) return hub->srv[i];
+  for (uint32_t i = 0; i < hub->n_srv; i++) {
+    relay_t *h = hub->srv[i]->holder;
+    if (h->running && !h->rqueued && between(h)) return hub_detach(h);
+  }
+  return NULL;
+}
+
+// Queued clients get the free and idle servers, oldest first. `may_emit`: called from the loop (not a JS call).
+static void hub_dispatch(hub_t *hub, bool may_emit) {
+  if (hub->dispatching) {
+    hub->again = true;
+    return;
+  }
+  hub->dispatching = true;
+  do {
+    hub->again = false;
+    while (hub->whead != NULL && hub->js_want == 0) {
+      hserver_t *hs = hub_idle_server(hub);
+      if (hs == NULL) break;
+      relay_t *w = hub->whead;
+      hub_unqueue(w);
+      hub->handoffs++;
+      hub->wait_ns += now_ns() - w->wait_start;
+      hub_attach(w, hs, may_emit);
+    }
+    // Servers left free (an idle holder's, taken with nobody to take it) are watched for their end.
+    for (uint32_t i = 0; i < hub->n_srv; i++)
+      if (hub->srv[i]->holder == NULL) hub_set_free(hub->srv[i]);
+  } while (hub->again);
+  hub->dispatching = false;
+  // With no server at all nothing here will serve the queue: JS is told at once. With fewer servers than queued
+  // clients the pool may have room for more: JS is told, at most every 10 ms.
+  if (hub->whead != NULL && may_emit) {
+    uint64_t now = now_ns();
+    if (hub->n_srv == 0 || (hub->queued_n > hub->n_srv && now - hub->last_starved > 10 * 1000 * 1000)) {
+      hub->last_starved = now;
+      hub_emit(hub, EVENT_STARVED, -1);
+    }
+  }
+}
+
+// At the end of forward() for the server side: the transaction is over; the server goes where it is wanted.
+static void hub_tx_end(relay_t *r) {
+  hub_t *hub = r->hub;
+  if (!r->running || !between(r)) return;
+  hserver_t *hs = r->hs;
+  if (hs->to_js || hub->js_want > 0) {
+    if (!hs->to_js) hub->js_want--;
+    int fd = hs->fd;
+    hub_detach(r);
+    hub_drop_server(hub, hs);
+    hub_emit(hub, EVENT_SERVER, fd);
+    return;
+  }
+  if (hub->whead == NULL) return; // nobody waits: the member keeps it (lending)
+  hub_detach(r); // free now: the oldest queued client takes it
+  hub_dispatch(hub, true);
+}
+
+static void hub_enqueue(relay_t *r) {
+  hub_t *hub = r->hub;
+  r->queued = true;
+  r->wait_start = now_ns();
+  r->wnext = NULL;
+  if (hub->wtail != NULL) hub->wtail->wnext = r;
+  else hub->whead = r;
+  hub->wtail = r;
+  hub->queued_n++;
+  set_events(r, &r->c, &r->s); // not read while queued: its request waits in c.in
+  hub_dispatch(hub, true);
+}
+
+// A waiting member's client sent something: its request is read whole (up to IN_CAP) before it queues, so that
+// one JS must see (a prefilter match, Terminate, an impossible length) exits to JS without taking a server.
+static void waiting_readable(relay_t *r) {
+  side_t *x = &r->c;
+  if (scratch == NULL && (scratch = malloc(IN_CAP)) == NULL) return finish(r, EXIT_CLIENT_ERROR, ENOMEM);
+  size_t have = x->in_len;
+  if (have >= IN_CAP) return r->queued ? set_events(r, x, &r->s) : hub_enqueue(r); // cannot happen (see set_events)
+  if (have > 0) memcpy(scratch, x->in, have);
+  ssize_t n;
+  do n = recv(x->fd, scratch + have, IN_CAP - have, 0);
+  while (n < 0 && errno == EINTR);
+  if (n == 0) return finish(r, EXIT_CLIENT_EOF, 0);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    return finish(r, EXIT_CLIENT_ERROR, errno);
+  }
+  x->bytes_read += (uint64_t)n;
+  size_t total = have + (size_t)n;
+  if (!keep(r, x, scratch, total)) return finish(r, EXIT_CLIENT_ERROR, ENOMEM);
+  if (r->queued) return set_events(r, x, &r->s); // more of a pipeline: forwarded once it has a server
+  if (total < 5) return;
+  const uint8_t *m = x->in;
+  uint32_t len = ((uint32_t)m[1] << 24) | ((uint32_t)m[2] << 16) | ((uint32_t)m[3] << 8) | m[4];
+  if (len < 4 || len > r->max_message) return finish(r, EXIT_CLIENT_MESSAGE, 0);
+  size_t mlen = (size_t)len + 1;
+  if (mlen <= total) {
+    named_t *renamed = NULL;
+    if (m[0] == 'X' || ((m[0] == 'Q' || m[0] == 'P') && mentions_steadytext(m, 5, mlen)) || (r->pool && pool_exit(r, m, mlen, true, &renamed)))
+      return finish(r, EXIT_CLIENT_MESSAGE, 0);
+  } else if (mlen <= IN_CAP) {
+    return; // the rest of it first
+  }
+  hub_enqueue(r);
+}
+
+static void hub_server_cb(uv_poll_t *h, int status, int events) {
+  hserver_t *hs = (hserver_t *)h->data;
+  if (hs->holder != NULL) return side_event(hs->holder, false, status, events);
+  // A free server spoke unasked (a FATAL, a notice) or closed: JS takes it back and reads it.
+  hub_t *hub = hs->hub;
+  int fd = hs->fd;
+  hub_drop_server(hub, hs);
+  hub_emit(hub, EVENT_SPOKE, fd);
+}
+
+// The server a member holds between transactions spoke unasked (a FATAL: terminated, shut down) or closed: as a
+// free one's, it goes to JS, which reads it; the client waits for its next request, unaffected (as pgBouncer's).
+static void hub_server_unasked(relay_t *r) {
+  hub_t *hub = r->hub;
+  hserver_t *hs = r->hs;
+  int fd = hs->fd;
+  hub_detach(r);
+  hub_drop_server(hub, hs);
+  hub_emit(hub, EVENT_SPOKE, fd);
+}
+
+static void hub_kick_cb(uv_idle_t *h) {
+  hub_t *hub = (hub_t *)h->data;
+  uv_idle_stop(h);
+  while (hub->rhead != NULL) {
+    relay_t *r = hub->rhead;
+    hub->rhead = r->rnext;
+    r->rqueued = false;
+    r->rnext = NULL;
+    if (!r->running || r->hs == NULL || r->c.in_len == 0) continue;
+    if (scratch == NULL && (scratch = malloc(IN_CAP)) == NULL) {
+      finish(r, EXIT_CLIENT_ERROR, ENOMEM);
+      continue;
+    }
+    size_t have = r->c.in_len;
+    memcpy(scratch, r->c.in, have);
+    forward(r, &r->c, &r->s, have);
+  }
+}
+
+// From release(): the member leaves every list; the server it holds leaves the hub with it.
+static void hub_leave(relay_t *r) {
+  hub_t *hub = r->hub;
+  r->out_sfd = r->hs != NULL ? r->hs->fd : -1;
+  if (r->hs != NULL) {
+    hserver_t *hs = r->hs;
+    hub_detach(r);
+    hub_drop_server(hub, hs);
+  }
+  if (r->queued) hub_unqueue(r);
+  if (r->rqueued) {
+    for (relay_t **p = &hub->rhead; *p != NULL; p = &(*p)->rnext) {
+      if (*p != r) continue;
+      *p = r->rnext;
+      break;
+    }
+    r->rqueued = false;
+  }
+  if (r->mprev != NULL) r->mprev->mnext = r->mnext;
+  else if (hub->members == r) hub->members = r->mnext;
+  if (r->mnext != NULL) r->mnext->mprev = r->mprev;
+  r->mprev = r->mnext = NULL;
+  hub->members_n--;
+}
+
+static hub_t *hub_arg(napi_env env, napi_value v) {
+  void *p = NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
+  return (hub_t *)p;
+}
+
+static void hub_closed(uv_handle_t *h) {
+  hub_t *hub = (hub_t *)h->data;
+  free(hub->srv);
+  free(hub);
+}
+
+static void hub_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  hub_t *hub = (hub_t *)data;
+  // Members hold no reference to the JS object but JS keeps the hub while any runs (pool-hub.ts): none left.
+  if (hub->on_event != NULL) napi_delete_reference(env, hub->on_event);
+  napi_async_destroy(env, hub->async);
+  hub->on_event = NULL;
+  hub->finalized = true;
+  uv_close((uv_handle_t *)&hub->kick, hub_closed);
+}
+
+// hubCreate(onEvent(kind, fd)) -> hub.
+static napi_value js_hub_create(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1) return throw_error(env, "hubCreate(onEvent)");
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_error(env, "hubCreate: no event loop");
+  hub_t *hub = calloc(1, sizeof *hub);
+  if (hub == NULL) return throw_error(env, "hubCreate: out of memory");
+  hub->env = env;
+  uv_idle_init(loop, &hub->kick);
+  hub->kick.data = hub;
+  napi_value handle, name;
+  napi_create_reference(env, argv[0], 1, &hub->on_event);
+  napi_create_string_utf8(env, "pg-steadytext hub", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_external(env, hub, hub_finalize, NULL, &handle) != napi_ok) return throw_error(env, "hubCreate: cannot create handle");
+  napi_async_init(env, handle, name, &hub->async);
+  return handle;
+}
+
+// hubEnter(hub, clientFd, serverFd (-1: none), maxMessage, onExit, keepStatus, poolFlags) -> relay handle: the
+// client (and the server it holds) join the hub; onExit, stop and state as start's.
+static napi_value js_hub_enter(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  hub_t *hub = argc >= 7 ? hub_arg(env, argv[0]) : NULL;
+  int32_t cfd, sfd;
+  uint32_t max;
+  if (hub == NULL || hub->finalized || napi_get_value_int32(env, argv[1], &cfd) != napi_ok || napi_get_value_int32(env, argv[2], &sfd) != napi_ok ||
+      napi_get_value_uint32(env, argv[3], &max) != napi_ok || cfd < 0)
+    return throw_error(env, "hubEnter(hub, clientFd, serverFd, maxMessage, onExit, keepStatus, poolFlags)");
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_error(env, "hubEnter: no event loop");
+  relay_t *r = calloc(1, sizeof(relay_t));
+  if (r == NULL) return throw_error(env, "hubEnter: out of memory");
+  r->hub = hub;
+  r->c.fd = cfd;
+  r->s.fd = -1;
+  r->out_sfd = -1;
+  r->env = env;
+  r->max_message = max;
+  r->watch_entry = -1;
+  uint32_t keep = 0, pool = 0;
+  if (napi_get_value_uint32(env, argv[5], &keep) == napi_ok && (keep & 0xff) > 0 && keep < 1024) {
+    r->keep = true;
+    r->fence = (keep & 0x100) != 0;
+    r->fence_ro = (keep & 0x200) != 0;
+    r->status = (uint8_t)(keep & 0xff);
+  }
+  if (!r->keep) r->status = 'I';
+  if (napi_get_value_uint32(env, argv[6], &pool) == napi_ok) r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
+  hserver_t *hs = NULL;
+  if (sfd >= 0 && (hs = hub_add_server(hub, sfd)) == NULL) {
+    free(r);
+    return throw_error(env, "hubEnter: cannot watch the server socket");
+  }
+  r->c.poll = &r->c.own;
+  int e = uv_poll_init(loop, &r->c.own, cfd);
+  if (e != 0) {
+    if (hs != NULL) hub_drop_server(hub, hs);
+    free(r);
+    return throw_error(env, uv_strerror(e));
+  }
+  r->c.own.data = r;
+  r->open_handles = 1;
+  napi_value name, handle;
+  napi_create_string_utf8(env, "pg-steadytext relay", NAPI_AUTO_LENGTH, &name);
+  napi_create_reference(env, argv[4], 1, &r->on_exit);
+  if (napi_create_external(env, r, finalize, NULL, &handle) != napi_ok) {
+    if (hs != NULL) hub_drop_server(hub, hs);
+    napi_delete_reference(env, r->on_exit);
+    r->on_exit = NULL;
+    uv_close((uv_handle_t *)&r->c.own, on_close);
+    r->finalized = true;
+    return throw_error(env, "hubEnter: cannot create handle");
+  }
+  napi_async_init(env, handle, name, &r->async);
+  r->mnext = hub->members;
+  if (hub->members != NULL) hub->members->mprev = r;
+  hub->members = r;
+  hub->members_n++;
+  r->running = true;
+  if (hs != NULL) hub_attach(r, hs, false);
+  else set_events(r, &r->c, &r->s);
+  hub_dispatch(hub, false);
+  return handle;
+}
+
+// hubAdd(hub, serverFd): a server JS hands the hub (free; queued clients take it).
+static napi_value js_hub_add(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  hub_t *hub = argc >= 2 ? hub_arg(env, argv[0]) : NULL;
+  int32_t sfd;
+  if (hub == NULL || hub->finalized || napi_get_value_int32(env, argv[1], &sfd) != napi_ok || sfd < 0) return throw_error(env, "hubAdd(hub, serverFd)");
+  hserver_t *hs = hub_add_server(hub, sfd);
+  if (hs == NULL) return throw_error(env, "hubAdd: cannot watch the server socket");
+  hub->js_want = 0; // JS gives: it wants none back
+  hub_set_free(hs);
+  hub_dispatch(hub, false);
+  return NULL;
+}
+
+// hubWant(hub, n) -> the fds of servers given back now (free or idle ones); the rest of n go to JS at their
+// holders' transaction ends (EVENT_SERVER), before any queued client gets them.
+static napi_value js_hub_want(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  hub_t *hub = argc >= 2 ? hub_arg(env, argv[0]) : NULL;
+  double n;
+  if (hub == NULL || napi_get_value_double(env, argv[1], &n) != napi_ok || n < 0) return throw_error(env, "hubWant(hub, n)");
+  hub->js_want = n > 1e9 ? 1000000000u : (uint32_t)n;
+  napi_value out;
+  napi_create_array(env, &out);
+  uint32_t k = 0;
+  while (hub->js_want > 0) {
+    hserver_t *hs = hub_idle_server(hub);
+    if (hs == NULL) break;
+    hub->js_want--;
+    napi_set_element(env, out, k++, number(env, hs->fd));
+    hub_drop_server(hub, hs);
+  }
+  if (hub->js_want == 0) hub_dispatch(hub, false);
+  return out;
+}
+
+// hubTake(hub, serverFd) -> 1: given back now; 0: at its holder's transaction end (EVENT_SERVER); -1: not in the hub.
+static napi_value js_hub_take(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  hub_t *hub = argc >= 2 ? hub_arg(env, argv[0]) : NULL;
+  int32_t fd;
+  if (hub == NULL || napi_get_value_int32(env, argv[1], &fd) != napi_ok) return throw_error(env, "hubTake(hub, serverFd)");
+  for (uint32_t i = 0; i < hub->n_srv; i++) {
+    hserver_t *hs = hub->srv[i];
+    if (hs->fd != fd) continue;
+    relay_t *h = hs->holder;
+    if (h != NULL && !(h->running && !h->rqueued && between(h))) {
+      hs->to_js = true;
+      return number(env, 0);
+    }
+    if (h != NULL) hub_detach(h);
+    hub_drop_server(hub, hs);
+    return number(env, 1);
+  }
+  return number(env, -1);
+}
+
+// hubMembers(hub) -> [[clientFd, serverFd or -1, state, microseconds queued], ...]; state 0: waiting for its next
+// request, 1: queued (its request came), 2: holding a server between transactions, 3: holding one in a transaction.
+static napi_value js_hub_members(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  hub_t *hub = argc >= 1 ? hub_arg(env, argv[0]) : NULL;
+  if (hub == NULL) return throw_error(env, "hubMembers(hub)");
+  napi_value out;
+  napi_create_array_with_length(env, hub->members_n, &out);
+  uint64_t now = now_ns();
+  uint32_t k = 0;
+  for (relay_t *r = hub->members; r != NULL; r = r->mnext) {
+    int state = r->hs == NULL ? (r->queued ? 1 : 0) : (between(r) ? 2 : 3);
+    napi_value row;
+    napi_create_array_with_length(env, 4, &row);
+    napi_set_element(env, row, 0, number(env, r->c.fd));
+    napi_set_element(env, row, 1, number(env, r->hs != NULL ? r->hs->fd : -1));
+    napi_set_element(env, row, 2, number(env, state));
+    napi_set_element(env, row, 3, number(env, r->queued ? (double)((now - r->wait_start) / 1000) : 0));
+    napi_set_element(env, out, k++, row);
+  }
+  return out;
+}
+
+// hubStats(hub) -> [hand-offs in C, their wait in microseconds, servers in the hub, clients queued, members].
+static napi_value js_hub_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  hub_t *hub = argc >= 1 ? hub_arg(env, argv[0]) : NULL;
+  if (hub == NULL) return throw_error(env, "hubStats(hub)");
+  napi_value a;
+  napi_create_array_with_length(env, 5, &a);
+  napi_set_element(env, a, 0, number(env, (double)hub->handoffs));
+  napi_set_element(env, a, 1, number(env, (double)(hub->wait_ns / 1000)));
+  napi_set_element(env, a, 2, number(env, hub->n_srv));
+  napi_set_element(env, a, 3, number(env, hub->queued_n));
+  napi_set_element(env, a, 4, number(env, hub->members_n));
+  return a;
 }
 
 // ---- online restart (proxy/takeover.ts) ---------------------------------------------------------------------
@@ -1269,8 +1866,15 @@ static napi_value init(napi_env env, napi_value exports) {
     {"sendFds", NULL, js_send_fds, NULL, NULL, NULL, napi_enumerable, NULL},
     {"recvFds", NULL, js_recv_fds, NULL, NULL, NULL, napi_enumerable, NULL},
     {"listenReusePort", NULL, js_listen_reuse_port, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"hubCreate", NULL, js_hub_create, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"hubEnter", NULL, js_hub_enter, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"hubAdd", NULL, js_hub_add, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"hubWant", NULL, js_hub_want, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"hubTake", NULL, js_hub_take, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"hubMembers", NULL, js_hub_members, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"hubStats", NULL, js_hub_stats, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  napi_define_properties(env, exports, 8, props);
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
 }
 

@@ -29,7 +29,7 @@ class FakeRelay implements NativeRelay {
   /** What stop() returns: the outcome, or null when the relay already gave the session back. */
   onStop: RelayOutcome | null = null;
   stops = 0;
-  st: RelayState = { requests: 0, held: 0, bytesFromClient: 0, bytesFromServer: 0, status: 'I', streaming: 0, pool: NO_COUNTS };
+  st: RelayState = { requests: 0, held: 0, bytesFromClient: 0, bytesFromServer: 0, status: 'I', streaming: 0, pool: NO_COUNTS, serverFd: -1 };
 
   start(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void): RelayHandle {
     if (this.failStart) throw new Error('no relay for you');
@@ -55,7 +55,7 @@ class FakeRelay implements NativeRelay {
 
 function outcome(o: Partial<RelayOutcome>): RelayOutcome {
   const none = Buffer.alloc(0);
-  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, queryRowDescription: 0, pool: NO_COUNTS, uses: [], watch: null, watchEntry: -1, ...o };
+  return { reason: 'client-message', errno: 0, toClient: none, toServer: none, fromClient: none, fromServer: none, log: none, status: '', bytesFromClient: 0, bytesFromServer: 0, skipClient: 0, skipServer: 0, query: null, queryRowDescription: 0, pool: NO_COUNTS, uses: [], watch: null, watchEntry: -1, serverFd: -1, ...o };
 }
 
 const NO_COUNTS = { queries: 0, xacts: 0, queryUs: 0, xactUs: 0, queryOpenUs: -1, xactOpenUs: -1, binds: 0 };

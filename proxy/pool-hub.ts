@@ -1,0 +1,304 @@
+// The pool's side of the native hub (relay.c): server connections handed from client to client in C under
+// contention, as pgBouncer's one loop does, with no JS per transaction. A client whose session state needs
+// nothing replayed (the hub's settings, no named statements, no pins: pooled-session.ts enterHub) joins at a
+// transaction's end, with its server connection when the pool lets it keep one, else without; from then on C
+// gives servers to its members in FIFO order at each transaction's end, and a member goes back to JS (holding
+// whichever server it has then) at anything the pooler must see. JS stays the authority over the pool:
+//  - the hub's servers are in Pool.lent, their client this object: SHOW counts them idle or active from members();
+//  - JS waiters come first: the pool asks servers back (want), which C gives at once when free or idle, else at
+//    their holders' next transaction end; servers to close (RECONNECT, server_lifetime) are taken back one by one;
+//  - clients queued in C meet query_wait_timeout here (tick), and a hub short of servers sends its oldest queued
+//    client to JS, whose wait makes the pool open connections (starved);
+//  - a server freed by JS goes to the hub while clients queue there and JS has none waiting (offer).
+import type { Pool, PoolClient, PooledServer } from './pool.js';
+import { literals } from './prepared.js';
+import { socketFd, type HubMember, type NativeHub, type NativeRelay, type RelayHandle, type RelayOutcome } from './relay.js';
+
+/** What the hub needs of a member (the client session's hand-off, hub-handoff.ts). */
+export interface HubMemberSession {
+  /** Takes the member out of the hub now (it exits through its onExit as any relay). */
+  stopHub(): void;
+  /** query_wait_timeout or query_timeout while queued in C: the client ends with it. */
+  waitTimedOut(reason: 'query_wait_timeout' | 'query_timeout'): void;
+  /** What its relay counted so far goes into the pool's stats. */
+  syncCounts(): void;
+  /** The client's id (SHOW SERVERS' link). */
+  readonly clientId: number;
+}
+
+export class PoolHub implements PoolClient {
+  /** Not 0: a server the hub held served clients (server_lifetime 0 closes it at its release). */
+  readonly id = -1;
+  private readonly native: NativeHub;
+  /** Server fd → the server in the hub. */
+  private readonly servers = new Map<number, PooledServer>();
+  /** Client fd → member. */
+  private readonly members = new Map<number, HubMemberSession>();
+  /** The settings every member has and every server in the hub has applied (the first member's). */
+  key: string | null = null;
+  /** The last want() asked of C, so that an unchanged need costs no call. */
+  private wanted = 0;
+  private seenWaitUs = 0;
+
+  constructor(
+    private readonly pool: Pool,
+    relay: NativeRelay,
+  ) {
+    this.native = relay.hubCreate!((event, fd) => {
+      try {
+        if (event === 'server') this.serverBack(fd);
+        else if (event === 'spoke') this.spoke(fd);
+        else this.starved();
+      } catch (err) {
+        this.pool.log.error({ err }, 'pool hub event failed');
+      }
+    });
+  }
+
+  /** A member joins with its server (null: without one); the handle is stopped and read as a relay's. */
+  enter(
+    session: HubMemberSession,
+    clientFd: number,
+    s: PooledServer | null,
+    maxMessage: number,
+    onExit: (o: RelayOutcome) => void,
+    keepStatus: number,
+    poolFlags: number,
+  ): RelayHandle | null {
+    const sfd = s === null ? -1 : socketFd(s.conn.sock);
+    if (s !== null && sfd < 0) return null;
+    if (s !== null) this.adopt(s, sfd);
+    let h: RelayHandle;
+    try {
+      h = this.native.enter(clientFd, sfd, maxMessage, onExit, keepStatus, poolFlags);
+    } catch (err) {
+      if (s !== null) this.disown(s, sfd);
+      this.pool.log.warn({ err: (err as Error).message }, 'native hub did not take the client; it stays in JS');
+      return null;
+    }
+    this.members.set(clientFd, session);
+    return h;
+  }
+
+  /** A member exited (onExit, or stopped): the server it holds, if any, is its session's from now on. */
+  left(clientFd: number, o: RelayOutcome, client: PoolClient): PooledServer | null {
+    this.members.delete(clientFd);
+    this.forgetKey();
+    const s = o.serverFd >= 0 ? (this.servers.get(o.serverFd) ?? null) : null;
+    if (s === null) return null;
+    this.disown(s, o.serverFd);
+    s.client = client;
+    this.pool.active.add(s);
+    return s;
+  }
+
+  /** Is this server one the hub may hold (clean, its settings the hub's)? */
+  fits(s: PooledServer, applied: string): boolean {
+    return this.pool.clean(s) && this.key === applied && s.conn.plain && socketFd(s.conn.sock) >= 0;
+  }
+
+  /**
+   * A server JS freed while nobody waits in JS: the hub's when clients queue there and it fits. True: taken.
+   */
+  offer(s: PooledServer): boolean {
+    if (this.members.size === 0 || !this.pool.hubOpen() || !this.fits(s, settingsKey(s.applied)) || literals(s).size > 0) return false;
+    if (s.conn.reader.buffered > 0 || !s.conn.reader.atBoundary || s.conn.sock.writableLength > 0) return false;
+    if (this.native.stats().queued === 0) return false;
+    const fd = socketFd(s.conn.sock);
+    s.conn.sock.pause();
+    this.adopt(s, fd);
+    this.wanted = 0;
+    try {
+      this.native.add(fd);
+    } catch (err) {
+      this.disown(s, fd);
+      s.conn.sock.resume();
+      this.pool.log.warn({ err: (err as Error).message }, 'native hub did not take the server');
+      return false;
+    }
+    return true;
+  }
+
+  /** JS waiters need n servers: the hub's free and idle ones now, the rest as their transactions end. */
+  want(n: number): void {
+    if (n === this.wanted && n === 0) return;
+    const was = this.wanted;
+    this.wanted = n;
+    for (const fd of this.native.want(n)) this.serverBack(fd);
+    // JS asks no more (RESUME, its waiters served): clients queued in C meanwhile get the pool's idle servers.
+    if (n === 0 && was > 0) while (this.native.stats().queued > 0 && this.pool.offerIdle(this));
+  }
+
+  /** This server leaves the hub (to be closed, or RECONNECT): now if free or idle, else at its holder's transaction end. */
+  take(s: PooledServer): void {
+    const fd = socketFd(s.conn.sock);
+    if (this.servers.get(fd) !== s) return;
+    if (this.native.take(fd) === 'now') return this.serverBack(fd);
+    // In a transaction: its client goes back to JS with it (as a lent one's), which releases it at the transaction's end.
+    const m = this.native.members().find((x) => x.serverFd === fd);
+    if (m !== undefined) this.members.get(m.clientFd)?.stopHub();
+  }
+
+  /** Clients queued in C now. */
+  queuedNow(): number {
+    return this.members.size === 0 ? 0 : this.native.stats().queued;
+  }
+
+  /** Servers of the hub, as Pool.lent holds them (for take). */
+  get held(): PooledServer[] {
+    return [...this.servers.values()];
+  }
+
+  /** The janitor: clients queued in C past query_wait_timeout (or query_timeout) end as JS waiters would. */
+  tick(waitLimitMs: number, queryTimeoutMs: number): void {
+    if (this.members.size === 0) return;
+    // Servers left the hub meanwhile (closed, taken by JS): queued clients are not forgotten.
+    if (this.native.stats().queued > 0) this.starved();
+    if (waitLimitMs <= 0 && queryTimeoutMs <= 0) return;
+    for (const m of this.snapshot()) {
+      if (m.state !== 'queued') continue;
+      const waited = m.queuedUs / 1000;
+      const reason = queryTimeoutMs > 0 && waited > queryTimeoutMs ? 'query_timeout' : waitLimitMs > 0 && waited >= waitLimitMs ? 'query_wait_timeout' : null;
+      if (reason === null) continue;
+      this.members.get(m.clientFd)?.waitTimedOut(reason);
+    }
+  }
+
+  /** Hand-offs and waits in C so far; the waits go into SHOW STATS' wait time. */
+  sync(): { handoffs: number; queued: number; members: number; servers: number } {
+    const st = this.native.stats();
+    this.pool.stats.waitTimeUs += st.waitUs - this.seenWaitUs;
+    this.seenWaitUs = st.waitUs;
+    return st;
+  }
+
+  /** What C says of each member now (SHOW CLIENTS, SERVERS, POOLS), read once per turn of the event loop. */
+  snapshot(): HubMember[] {
+    if (this.seen === null) {
+      this.seen = this.native.members();
+      queueMicrotask(() => (this.seen = null));
+    }
+    return this.seen;
+  }
+  private seen: HubMember[] | null = null;
+
+  /** The state in the hub of the member on this client fd (null: not a member). */
+  memberState(clientFd: number): HubMember | null {
+    return this.snapshot().find((m) => m.clientFd === clientFd) ?? null;
+  }
+
+  /** The hub's server on this fd (null: none). */
+  serverOf(fd: number): PooledServer | null {
+    return this.servers.get(fd) ?? null;
+  }
+
+  holderOf(s: PooledServer): number {
+    const fd = socketFd(s.conn.sock);
+    const m = this.snapshot().find((x) => x.serverFd === fd && x.state === 'busy');
+    return m === undefined ? 0 : (this.members.get(m.clientFd)?.clientId ?? 0);
+  }
+
+  /** Every member back to JS (the pool stops using the hub: RELOAD, shutdown, takeover). */
+  stopAll(): void {
+    for (const m of [...this.members.values()]) m.stopHub();
+  }
+
+  // ---- PoolClient, for the hub's servers in Pool.lent ----
+
+  poolFailed(): void {}
+
+  reclaim(): void {
+    this.want(Math.max(this.wanted, 0) + 1);
+  }
+
+  lentBusy(s?: PooledServer): boolean {
+    if (s === undefined) return false;
+    const fd = socketFd(s.conn.sock);
+    return this.snapshot().some((m) => m.serverFd === fd && m.state === 'busy');
+  }
+
+  lentQuiet(): number {
+    return 0; // server_idle_timeout: a hub server is in use as long as the hub has members
+  }
+
+  lentSync(): void {
+    this.sync();
+    for (const m of this.members.values()) m.syncCounts();
+  }
+
+  // ----
+
+  private adopt(s: PooledServer, fd: number): void {
+    this.servers.set(fd, s);
+    this.pool.active.delete(s);
+    this.pool.lent.add(s);
+    s.client = this;
+  }
+
+  private disown(s: PooledServer, fd: number): void {
+    this.servers.delete(fd);
+    this.pool.lent.delete(s);
+    this.forgetKey();
+  }
+
+  /** An empty hub takes the settings of the next client that joins. */
+  private forgetKey(): void {
+    if (this.members.size === 0 && this.servers.size === 0) this.key = null;
+  }
+
+  /** C gave a server back (asked for, or it spoke or closed while free): the pool has it again, reading it. */
+  private serverBack(fd: number): void {
+    const s = this.servers.get(fd);
+    if (s === undefined) return;
+    this.disown(s, fd);
+    this.pool.active.add(s);
+    // Read by Node again before the pool places it (a queued hub client may take it straight back: offer pauses it).
+    if (s.conn.sock.isPaused()) s.conn.sock.resume();
+    this.pool.release(s, true);
+    if (s.closed) this.starved(); // closed (RECONNECT, its lifetime over): clients queued in C may need another opened
+  }
+
+  /**
+   * A server spoke unasked or closed between transactions (a FATAL: terminated, shut down): Node reads it first (its
+   * FATAL or end closes it, as an idle pool connection's does), and only then is it released, so that it does not
+   * go straight back to a queued client unread.
+   */
+  private spoke(fd: number): void {
+    const s = this.servers.get(fd);
+    if (s === undefined) return;
+    this.disown(s, fd);
+    this.pool.active.add(s);
+    s.client = null;
+    s.conn.attach(s);
+    s.conn.sock.resume();
+    // Two turns: the first runs before the loop's next poll, the second after Node read what the server sent.
+    setImmediate(() => setImmediate(() => (s.client === null && this.pool.active.has(s) ? this.pool.release(s, true) : undefined)));
+  }
+
+  /**
+   * Clients queue in C and no server is free or idle there: JS waiters are served first (the pool asks); with
+   * room in the pool, the oldest queued client goes to JS, whose wait opens a connection; an idle pool server
+   * that fits joins.
+   */
+  private starved(): void {
+    // PAUSE, SUSPEND, a shutdown: clients queued in C wait in JS instead, where the console's rules are kept.
+    if (!this.pool.hubOpen()) {
+      for (const m of this.native.members()) if (m.state === 'queued') this.members.get(m.clientFd)?.stopHub();
+      return;
+    }
+    if (this.pool.waiters.length > 0) return;
+    if (this.pool.offerIdle(this)) return;
+    // A connection lent to a client outside the hub: taken back, it comes here at its release (Pool.returnIdle).
+    if (this.pool.lent.size > this.servers.size) return this.pool.reclaimLent(1, false);
+    // An idle connection that does not fit (other settings), or room to open one: JS serves the client (replaying).
+    if (this.pool.idle.length === 0 && !this.pool.roomToOpen()) return;
+    let oldest: HubMember | null = null;
+    for (const m of this.native.members()) if (m.state === 'queued' && (oldest === null || m.queuedUs > oldest.queuedUs)) oldest = m;
+    if (oldest !== null) this.members.get(oldest.clientFd)?.stopHub();
+  }
+}
+
+/** Settings as one comparable string (names are lower-cased already). */
+export function settingsKey(m: ReadonlyMap<string, string>): string {
+  return JSON.stringify([...m].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
+}
