@@ -111,6 +111,10 @@ export class HubHandoff {
     this.host.sync();
   }
 
+  quiet(now: number): number {
+    return this.owner.lentQuiet?.(now) ?? 0;
+  }
+
   waitTimedOut(reason: 'query_wait_timeout' | 'query_timeout'): void {
     this.stopHub();
     this.host.waitTimedOut(reason);

@@ -22,6 +22,8 @@ export interface HubMemberSession {
   waitTimedOut(reason: 'query_wait_timeout' | 'query_timeout'): void;
   /** What its relay counted so far goes into the pool's stats. */
   syncCounts(): void;
+  /** Milliseconds since its client last sent anything (server_idle_timeout of the server it holds between transactions). */
+  quiet(now: number): number;
   /** The client's id (SHOW SERVERS' link). */
   readonly clientId: number;
 }
@@ -217,8 +219,14 @@ export class PoolHub implements PoolClient {
     return this.snapshot().some((m) => m.serverFd === fd && m.state === 'busy');
   }
 
-  lentQuiet(): number {
-    return 0; // server_idle_timeout: a hub server is in use as long as the hub has members
+  /** server_idle_timeout: a server held between transactions is as quiet as its holder's client; a free one since it came. */
+  lentQuiet(now: number, s?: PooledServer): number {
+    if (s === undefined) return 0;
+    const fd = socketFd(s.conn.sock);
+    const m = this.snapshot().find((x) => x.serverFd === fd);
+    if (m === undefined) return now - s.lastUsed;
+    if (m.state === 'busy') return 0;
+    return this.members.get(m.clientFd)?.quiet(now) ?? 0;
   }
 
   lentSync(): void {
@@ -233,6 +241,7 @@ export class PoolHub implements PoolClient {
     this.pool.active.delete(s);
     this.pool.lent.add(s);
     s.client = this;
+    s.lastUsed = Date.now();
   }
 
   private disown(s: PooledServer, fd: number): void {

@@ -49,7 +49,8 @@ export interface PoolClient {
   /** The hub: the id of the client holding this server of its, in a transaction (0: none). */
   holderOf?(s: PooledServer): number;
   /** Lending: milliseconds since the client last sent anything. */
-  lentQuiet?(now: number): number;
+  /** `s`: the connection asked about (a hub holds several). */
+  lentQuiet?(now: number, s?: PooledServer): number;
   /** Lending: what the relay counted so far goes into the pool's stats now (SHOW STATS). */
   lentSync?(): void;
 }
@@ -838,7 +839,7 @@ export class Pool {
     const lifetime = (this.db.entry.serverLifetime || st.serverLifetime) * 1000;
     // Lent connections meet server_lifetime and server_idle_timeout at their release: reclaimed when due.
     for (const s of [...this.lent]) {
-      const over = (lifetime > 0 && now - s.createdAt >= lifetime) || (idleLimit > 0 && (s.client?.lentQuiet?.(now) ?? 0) > idleLimit);
+      const over = (lifetime > 0 && now - s.createdAt >= lifetime) || (idleLimit > 0 && (s.client?.lentQuiet?.(now, s) ?? 0) > idleLimit);
       if (!over) continue;
       if (this.hub !== null && s.client === this.hub) this.hub.take(s);
       else s.client?.reclaim?.();

@@ -867,6 +867,7 @@ export class PooledSession implements PoolClient {
 
   lentQuiet(now: number): number {
     if (this.lent) this.host.relayState?.();
+    else if (this.inHub) this.host.hubState?.();
     return now - this.host.activity().lastActive;
   }
 
