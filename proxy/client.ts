@@ -907,22 +907,8 @@ export class ClientSession implements FrameHandler, SessionLink {
       enterHub: (hub: PoolHub, s: PooledServer | null, flags: number) => this.enterHub(hub, s, flags),
       hubStop: () => this.hubMember?.stopHub(),
       hubMember: () => this.hubMember?.member() ?? null,
-      hubState: () => {
-        const st = this.hubMember?.state() ?? null;
-        if (st !== null && st.bytesFromClient !== this.relaySeenIn) {
-          this.relaySeenIn = st.bytesFromClient;
-          this.lastActive = Date.now();
-        }
-        return st;
-      },
-      relayState: () => {
-        const st = this.relay?.state() ?? null;
-        if (st !== null && st.bytesFromClient !== this.relaySeenIn) {
-          this.relaySeenIn = st.bytesFromClient;
-          this.lastActive = Date.now();
-        }
-        return st;
-      },
+      hubState: () => this.relaySeen(this.hubMember?.state() ?? null),
+      relayState: () => this.relaySeen(this.relay?.state() ?? null),
       pgbSubject: () => this.pgbSubject(),
       attached: (s: PooledServer) => {
         this.server = s.conn;
@@ -956,6 +942,15 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.relay === null || !this.relay.lend()) return false;
     this.relaySeenIn = -1;
     return true;
+  }
+
+  /** What a relay reports of the session; the client was active when it read more bytes since the last look. */
+  private relaySeen<T extends { bytesFromClient: number }>(st: T | null): T | null {
+    if (st !== null && st.bytesFromClient !== this.relaySeenIn) {
+      this.relaySeenIn = st.bytesFromClient;
+      this.lastActive = Date.now();
+    }
+    return st;
   }
 
   /** Pooling: the client (with `s`, which the session lets go of, or without a server) joins the pool's native hub. */

@@ -9,7 +9,7 @@ import type { PoolHub } from './pool-hub.js';
 import type { PooledServer } from './pool.js';
 import type { TxStatus } from './protocol.js';
 import type { RelayCounts, RelayEnd } from './relay-handoff.js';
-import { quiet } from './relay-handoff.js';
+import { catchUp, quiet } from './relay-handoff.js';
 import { socketFd, type HubMember, type NativeRelay, type RelayHandle, type RelayOutcome, type RelayState } from './relay.js';
 import type { RequestTracker } from './tracker.js';
 
@@ -134,14 +134,7 @@ export class HubHandoff {
     if (o.skipClient > 0) this.client.reader.passThrough(o.skipClient);
     if (host.closed()) return host.exited(o);
     host.log.trace({ reason: o.reason, errno: o.errno, server: o.serverFd }, 'native hub gave the session back');
-    if (server !== null && o.toServer.length > 0) host.toServer(o.toServer);
-    if (o.toClient.length > 0) host.toClient(o.toClient);
-    for (const code of o.log) {
-      if (code & 0x80) host.tracker.received(code & 0x7f);
-      else host.tracker.sent(code);
-    }
-    if (o.status !== '') host.txStatus(o.status as TxStatus);
-    host.keptQuery(o.query, o.queryRowDescription);
+    catchUp(host, o, server !== null);
     host.exited(o);
     if (server !== null && o.fromServer.length > 0) server.reader.push(o.fromServer);
     if (o.fromClient.length > 0 && !host.closed()) this.client.reader.push(o.fromClient);

@@ -745,14 +745,7 @@ export class PooledSession implements PoolClient {
   hubReturned(o: RelayOutcome): void {
     if (!this.inHub) return;
     this.inHub = false;
-    const c = o.pool;
-    this.count(c, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer });
-    if (c.xacts > 0) this.lendBackoff = 0;
-    else if (o.reason === 'client-message') this.lendSkip = this.lendBackoff = Math.min(64, this.lendBackoff * 2 || 1);
-    const now = performance.now();
-    this.queryStart = c.queryOpenUs >= 0 ? now - c.queryOpenUs / 1000 : 0;
-    this.xactStart = c.xactOpenUs >= 0 ? now - c.xactOpenUs / 1000 : 0;
-    this.readyAt = 0;
+    this.relayEnded(o);
     // Stopped between transactions holding a server (a timer, the console): no ReadyForQuery will release it.
     if (this.server !== null) queueMicrotask(() => this.ready(this.host.activity().txStatus));
   }
@@ -815,14 +808,7 @@ export class PooledSession implements PoolClient {
   returned(o: RelayOutcome): void {
     if (!this.lent) return;
     this.lent = false;
-    const c = o.pool;
-    this.count(c, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer });
-    if (c.xacts > 0) this.lendBackoff = 0;
-    else if (o.reason === 'client-message') this.lendSkip = this.lendBackoff = Math.min(64, this.lendBackoff * 2 || 1);
-    const now = performance.now();
-    this.queryStart = c.queryOpenUs >= 0 ? now - c.queryOpenUs / 1000 : 0;
-    this.xactStart = c.xactOpenUs >= 0 ? now - c.xactOpenUs / 1000 : 0;
-    this.readyAt = 0; // idle_transaction_timeout counts from the client's last message then
+    this.relayEnded(o);
     const named = this.lentStatements;
     this.lentStatements = null;
     const s = this.server;
@@ -831,6 +817,21 @@ export class PooledSession implements PoolClient {
     if (named === null) return;
     this.statements.relayed(s, named, o.uses);
     if (o.watch !== null && o.watchEntry >= 0 && o.watchEntry < named.entries.length) this.watchRelayed(o.watch, named.entries[o.watchEntry], s);
+  }
+
+  /**
+   * A relay (lending's or the hub's) gave the session back: what it counted goes into the stats, a client it
+   * handed back at once is lent less eagerly, and a request or transaction it began goes on being timed here.
+   */
+  private relayEnded(o: RelayOutcome): void {
+    const c = o.pool;
+    this.count(c, { fromClient: o.bytesFromClient, fromServer: o.bytesFromServer });
+    if (c.xacts > 0) this.lendBackoff = 0;
+    else if (o.reason === 'client-message') this.lendSkip = this.lendBackoff = Math.min(64, this.lendBackoff * 2 || 1);
+    const now = performance.now();
+    this.queryStart = c.queryOpenUs >= 0 ? now - c.queryOpenUs / 1000 : 0;
+    this.xactStart = c.xactOpenUs >= 0 ? now - c.xactOpenUs / 1000 : 0;
+    this.readyAt = 0; // idle_transaction_timeout counts from the client's last message then
   }
 
   /** The pool needs the connection back: the relay gives it up; between transactions it is released now (as at ready()). */

@@ -152,7 +152,7 @@ export class RelayHandoff {
     if (o.skipClient > 0) this.client.reader.passThrough(o.skipClient);
     if (host.closed()) return host.exited?.(o);
     host.log.trace({ reason: o.reason, errno: o.errno }, 'native relay gave the session back');
-    this.catchUp(o);
+    catchUp(host, o, true);
     // After the catch-up: the pooler may watch the relay's exchange from here on (0A000, pooled-session.ts), and
     // what was written just now is part of that exchange already, not sent after it.
     host.exited?.(o);
@@ -167,18 +167,24 @@ export class RelayHandoff {
     this.chunkDone();
   }
 
-  /** The session catches up with the relay: what it forwarded but did not write goes out first, then the tracker and the transaction status learn what went by. */
-  private catchUp(o: RelayOutcome): void {
-    const host = this.host;
-    if (o.toServer.length > 0) host.toServer(o.toServer);
-    if (o.toClient.length > 0) host.toClient(o.toClient);
-    for (const code of o.log) {
-      if (code & 0x80) host.tracker.received(code & 0x7f);
-      else host.tracker.sent(code);
-    }
-    if (o.status !== '') host.txStatus(o.status as TxStatus);
-    host.keptQuery(o.query, o.queryRowDescription);
+}
+
+/** What a session's catching up with a relay needs of it (RelayHost's, and the hub member's, hub-handoff.ts). */
+export type CatchUpHost = Pick<RelayHost, 'toServer' | 'toClient' | 'tracker' | 'txStatus' | 'keptQuery'>;
+
+/**
+ * The session catches up with a relay: what it forwarded but did not write goes out first (to the server only
+ * when the session has one), then the tracker and the transaction status learn what went by.
+ */
+export function catchUp(host: CatchUpHost, o: RelayOutcome, hasServer: boolean): void {
+  if (hasServer && o.toServer.length > 0) host.toServer(o.toServer);
+  if (o.toClient.length > 0) host.toClient(o.toClient);
+  for (const code of o.log) {
+    if (code & 0x80) host.tracker.received(code & 0x7f);
+    else host.tracker.sent(code);
   }
+  if (o.status !== '') host.txStatus(o.status as TxStatus);
+  host.keptQuery(o.query, o.queryRowDescription);
 }
 
 /** Nothing half-read, queued or unsent on this side, and its socket in a state the relay can read under. */
