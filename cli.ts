@@ -13,7 +13,7 @@ import { DEFAULT_CACHE_DIR, ModelRegistry } from './inference/registry.js';
 import { startCore } from './sql/core.js';
 import { prepareDatabase, type DatabaseRegistry } from './sql/databases.js';
 import { PoolerTls, startProxy } from './proxy/server.js';
-import { createSteadytextInterceptor } from './sql/interceptor.js';
+import { createSteadytextInterceptor, type SteadytextOptions } from './sql/interceptor.js';
 import { runPoolWorker, startWorkerPool, workerSetup, type WorkerPool, type WorkerSetup } from './proxy/workers.js';
 import { serveInstalls, WorkerDatabaseRegistry } from './sql/worker-installs.js';
 import { SQL_VERSION } from './sql/version.js';
@@ -222,8 +222,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   for (const name of alongside?.databases ?? []) await serving.databases.get(name).ready();
   const { engine, databases, calls } = serving;
   let daemon = serving.daemon;
-  const interceptor = createSteadytextInterceptor({ engine, databases, daemon: databases.opts.daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues });
-  await interceptor.ready;
+  const interceptor = await steadytextInterceptor(s, log, engine, databases, databases.opts.daemon);
   const tls = s.tlsCert ? { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey) } : undefined;
   // As pgBouncer's RELOAD and SIGHUP (reloadPooler).
   const reloadIni = () => reloadPooler(s, ini!.file, pooling!, poolerTls!, databases);
@@ -545,9 +544,15 @@ async function workerSteadytext(s: Settings, log: Logger, setup: WorkerSetup, in
     { serviceUrl: s.serviceUrl, schema: s.schema, autoInstall: s.autoInstall, daemon, engine, logger: log, serviceUrlFor: serviceUrls(s, ini) },
     setup.channel,
   );
+  const interceptor = await steadytextInterceptor(s, log, engine, databases, daemon);
+  return { engine, databases, interceptor };
+}
+
+/** The steadytext layer's interceptor as the settings make it, for one process and for each worker alike. */
+async function steadytextInterceptor(s: Settings, log: Logger, engine: SteadytextOptions['engine'], databases: SteadytextOptions['databases'], daemon: SteadytextOptions['daemon']) {
   const interceptor = createSteadytextInterceptor({ engine, databases, daemon, logger: log, prefetchMaxValues: s.prefetchMaxValues, upstreamPooled: s.upstreamPooled });
   await interceptor.ready;
-  return { engine, databases, interceptor };
+  return interceptor;
 }
 
 /** One worker of --workers N: a proxy whose engine and installs are the primary's, over IPC. */
