@@ -1,11 +1,12 @@
 // Shared helpers of the SQL suites: a fresh database per test file (template1 carries vector and
 // dblink), clients to it, and the real engine on the tiny fixture models.
 import { randomBytes } from 'node:crypto';
-import { inject } from 'vitest';
+import { inject, onTestFinished } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
 import { createEngine, type Engine } from '../../inference/engine.js';
 import { tinyModels } from '../fixtures/models.js';
+import type { SteadytextInterceptor } from '../../sql/interceptor.js';
 
 export const silentLogger = pino({ level: 'silent' });
 
@@ -104,4 +105,17 @@ export async function pgError(p: Promise<unknown>): Promise<{ code: string; mess
     return { code: err.code ?? '', message: err.message, hint: err.hint, detail: err.detail };
   }
   throw new Error('expected the query to fail');
+}
+
+/** Counts the in-band requests `interceptor` takes (from any session) until the test ends. */
+export function countTaken(interceptor: Pick<SteadytextInterceptor, 'notice'>): { n: number } {
+  const notice = interceptor.notice.bind(interceptor);
+  const counter = { n: 0 };
+  interceptor.notice = (...a: Parameters<typeof notice>) => {
+    const mine = notice(...a);
+    if (mine) counter.n++;
+    return mine;
+  };
+  onTestFinished(() => void (interceptor.notice = notice));
+  return counter;
 }

@@ -16,7 +16,7 @@ import { parseUpstreamUrl } from '../../proxy/upstream.js';
 import { createSteadytextInterceptor, type SteadytextInterceptor } from '../../sql/interceptor.js';
 import { silent, startStack, type Stack } from '../api/helpers.js';
 import { writePgbouncerIni } from '../proxy/helpers.js';
-import { pgError } from './helpers.js';
+import { countTaken, pgError } from './helpers.js';
 
 let s: Stack;
 let direct: pg.Client;
@@ -59,19 +59,6 @@ async function client(url: string): Promise<{ c: pg.Client; notices: Notice[] }>
   await c.connect();
   onTestFinished(() => void c.end().catch(() => {}));
   return { c, notices };
-}
-
-/** Counts the in-band requests `interceptor` takes until the test ends. */
-function countTaken(interceptor: SteadytextInterceptor): { n: number } {
-  const notice = interceptor.notice.bind(interceptor);
-  const counter = { n: 0 };
-  interceptor.notice = (...a: Parameters<typeof notice>) => {
-    const mine = notice(...a);
-    if (mine) counter.n++;
-    return mine;
-  };
-  onTestFinished(() => void (interceptor.notice = notice));
-  return counter;
 }
 
 /** The answer the rewrite path gives through the stack's own proxy (the call seen with constant arguments). */

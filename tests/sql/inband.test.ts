@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import pg from 'pg';
 import { cancelThroughProxy, startStack, type Stack } from '../api/helpers.js';
-import { createRole, dropRole, pgError } from './helpers.js';
+import { countTaken as countTakenBy, createRole, dropRole, pgError } from './helpers.js';
 
 let s: Stack;
 let direct: pg.Client;
@@ -42,17 +42,7 @@ async function notes(label: string, n = 24): Promise<void> {
 }
 
 /** Counts the in-band requests the proxy takes (from any session) until the test ends. */
-function countTaken(): { n: number } {
-  const notice = s.interceptor.notice.bind(s.interceptor);
-  const counter = { n: 0 };
-  s.interceptor.notice = (...a: Parameters<typeof notice>) => {
-    const mine = notice(...a);
-    if (mine) counter.n++;
-    return mine;
-  };
-  onTestFinished(() => void (s.interceptor.notice = notice));
-  return counter;
-}
+const countTaken = () => countTakenBy(s.interceptor);
 
 /** A client through the proxy that records the notices it receives. */
 async function client(url = s.url()): Promise<{ c: pg.Client; notices: { message?: string }[] }> {
