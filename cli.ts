@@ -263,19 +263,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
     reboot && st
       ? await takeOver({ unixSocketDir: st.unixSocketDir, port: st.listenPort, suspendTimeout: st.suspendTimeout, logger: log, note: (text) => pooling!.pooler.pgbLog.line('LOG', text) })
       : null;
-  // pgBouncer's peering: this process's keys carry its peer_id; a CancelRequest for a key of another peer that
-  // shares the port (so_reuseport) goes to that peer's [peers] address ([peers] as last RELOADed).
-  const peering = st && st.peerId > 0
-    ? {
-        peerId: st.peerId,
-        forward: (peer: number, pid: number, secret: Buffer) => {
-          const p = pooling!.pooler.config.peers.get(peer);
-          if (!p) return false;
-          void sendCancel(peerTarget(p), { pid, secret }, s.connectTimeoutMs, log);
-          return true;
-        },
-      }
-    : undefined;
+  const peering = st && st.peerId > 0 ? peeringOf(st.peerId, pooling!, s, log) : undefined;
   const proxy = await startProxy({
     listen: st ? { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort } : s.listen,
     unixSocketDir: st?.unixSocketDir,
@@ -297,19 +285,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   });
   if (ini) {
     for (const w of ini.warnings) log.warn(w);
-    process.on('SIGHUP', () => {
-      try {
-        reloadIni();
-        log.info({ config: ini.file }, 'configuration reloaded');
-      } catch (err) {
-        log.error({ err: (err as Error).message }, 'configuration not reloaded');
-      }
-    });
-    // pgBouncer's signals: USR1 pauses, USR2 resumes, QUIT shuts down at once, INT once servers are
-    // released, TERM once clients have left.
-    // The embedded database is not a pgBouncer deployment: INT and TERM stop as `serve` does (below).
-    for (const sig of ['SIGUSR1', 'SIGUSR2', 'SIGINT', 'SIGTERM'] as const) if (!alongside || sig.startsWith('SIGUSR')) process.on(sig, () => consoleHost!.signal(sig));
-    process.on('SIGQUIT', () => void stop('SIGQUIT', 0));
+    onPoolerSignals(ini.file, log, reloadIni, consoleHost!, () => void stop('SIGQUIT', 0), alongside !== undefined);
     if (st!.pidfile) writeFileSync(st!.pidfile, `${process.pid}\n`);
   }
   log.info({ listen: proxy.address, upstream: redactUrl(s.upstream), daemon: databases.opts.daemon, ...modelsBanner(s), sqlVersion: SQL_VERSION, version: VERSION, ...alongside?.banner(proxy.address) }, 'pg-steadytext ready');
@@ -352,6 +328,40 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
     pooling!.pooler.pgbLog.line('LOG', mode === 'wait_for_servers' ? 'server connections dropped, exiting' : 'client connections dropped, exiting');
     await stop(`SHUTDOWN ${mode}`, 0);
   }
+}
+
+/**
+ * pgBouncer's peering: this process's keys carry its peer_id; a CancelRequest for a key of another peer that
+ * shares the port (so_reuseport) goes to that peer's [peers] address ([peers] as last RELOADed).
+ */
+function peeringOf(peerId: number, pooling: PoolingEnv, s: Settings, log: Logger) {
+  return {
+    peerId,
+    forward: (peer: number, pid: number, secret: Buffer) => {
+      const p = pooling.pooler.config.peers.get(peer);
+      if (!p) return false;
+      void sendCancel(peerTarget(p), { pid, secret }, s.connectTimeoutMs, log);
+      return true;
+    },
+  };
+}
+
+/**
+ * pgBouncer's signals, started from an ini: HUP reloads it, USR1 pauses, USR2 resumes, QUIT shuts down at once,
+ * INT once servers are released, TERM once clients have left. The embedded database is not a pgBouncer
+ * deployment (`embedded`): INT and TERM stop as `serve` does.
+ */
+function onPoolerSignals(file: string, log: Logger, reload: () => void, consoleHost: { signal(sig: 'SIGUSR1' | 'SIGUSR2' | 'SIGINT' | 'SIGTERM'): void }, quit: () => void, embedded: boolean): void {
+  process.on('SIGHUP', () => {
+    try {
+      reload();
+      log.info({ config: file }, 'configuration reloaded');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'configuration not reloaded');
+    }
+  });
+  for (const sig of ['SIGUSR1', 'SIGUSR2', 'SIGINT', 'SIGTERM'] as const) if (!embedded || sig.startsWith('SIGUSR')) process.on(sig, () => consoleHost.signal(sig));
+  process.on('SIGQUIT', quit);
 }
 
 /** The longest grace a timer takes (Node turns Infinity into 1 ms): "until they are done". */
