@@ -140,6 +140,12 @@ describe.runIf(loadNativeRelay().relay?.hubCreate != null)('handing server conne
     const mine = (await killer.query('select pg_backend_pid() as pid')).rows[0].pid as number;
     const victims = [...new Set(pids)].filter((x) => x !== mine);
     for (const v of victims) await killer.query('select pg_terminate_backend($1)', [v]);
+    // pg_terminate_backend only signals: idle means gone before the clients' next queries, not still exiting.
+    await eventually(
+      async () => (await killer.query('select count(*)::int as n from pg_stat_activity where pid = any($1)', [victims])).rows[0].n === 0,
+      10_000,
+      'the terminated backends gone',
+    );
     await Promise.all(clients.map(async (c, k) => {
       for (let i = 0; i < 5; i++) expect((await c.query('select $1::int as v', [k * 10 + i])).rows[0].v).toBe(k * 10 + i);
     }));
