@@ -517,6 +517,9 @@ export class ClientSession implements FrameHandler, SessionLink {
       this.keptFenced = true;
       return true;
     }
+    // A SET TRANSACTION READ ONLY sent on its own inside a block makes it read-only from there on: the block's
+    // statements after it are fenced as in a block begun READ ONLY (the relay gives back a Query mentioning ONLY).
+    if (ctx.txStatus === 'T' && this.opener === null && ctx.fenceNarrow) this.opener = this.openerOf(msg, -1);
     this.keep(null, -1, 0);
     return false;
   }

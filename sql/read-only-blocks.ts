@@ -6,10 +6,10 @@
 // so that a session's first read-only block does not fail where later ones succeed.
 //
 // Known from what the proxy sees: the Query that began the block (BEGIN / START TRANSACTION options, a SET
-// TRANSACTION in the same text) and the session's default_transaction_read_only, which PostgreSQL 14+ reports
-// (SET SESSION CHARACTERISTICS sets it). The isolation level's default is not reported, so a read-only block
-// is taken to be at REPEATABLE READ unless it says otherwise. A SET TRANSACTION READ ONLY sent later inside a
-// block is not seen.
+// TRANSACTION in the same text), or a later Query of the block mentioning ONLY (a SET TRANSACTION READ ONLY of its
+// own, client.ts), and the session's default_transaction_read_only, which PostgreSQL 14+ reports (SET SESSION
+// CHARACTERISTICS sets it). The isolation level's default is not reported, so a read-only block is taken to be at
+// REPEATABLE READ unless the Query says otherwise.
 import { parseSync } from 'libpg-query';
 import { nodeOf, type J } from './calls.js';
 

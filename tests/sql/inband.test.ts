@@ -153,14 +153,17 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     ['transaction', 'START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE', null, 'simple'],
     ['session', 'BEGIN', 'SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY', 'extended'],
     ['transaction', 'BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY', null, 'extended'],
+    // Made read-only by a statement of its own after the block began.
+    ['session', ['BEGIN ISOLATION LEVEL REPEATABLE READ', 'SET TRANSACTION READ ONLY'], null, 'simple'],
+    ['transaction', ['BEGIN ISOLATION LEVEL SERIALIZABLE', 'SELECT 1', 'SET TRANSACTION READ ONLY'], null, 'extended'],
   ] as const)('a session’s first read-only block (%s mode, %s, %s, %s protocol) is fenced: its miss is run again, no 40001', async (mode, begin, session, protocol) => {
     await fresh();
     const url = mode === 'session' ? s.url() : await s.pooledUrl('transaction', 2);
     const { c, notices } = await client(url);
     if (session !== null) await c.query(session);
-    const topic = `first read-only block ${mode} ${begin} ${protocol}`;
+    const topic = `first read-only block ${mode} ${typeof begin === 'string' ? begin : begin.join('; ')} ${protocol}`;
     const taken = countTaken();
-    await c.query(begin);
+    for (const q of typeof begin === 'string' ? [begin] : begin) await c.query(q);
     const sql = `SELECT deterministic_expand(${protocol === 'simple' ? `'${topic}'` : '$1::text'}) AS v`;
     const got = (await c.query(sql, protocol === 'simple' ? [] : [topic])).rows[0].v as string;
     // Still in the block, still read-only: the rerun went back to the fence, not out of the transaction.
