@@ -15,7 +15,9 @@ import { startProxy, type ProxyServer } from '../../proxy/server.js';
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
 import { createSteadytextInterceptor, type SteadytextInterceptor } from '../../sql/interceptor.js';
 import { silent, startStack, type Stack } from '../api/helpers.js';
-import { writePgbouncerIni } from '../proxy/helpers.js';
+import { tinyModels } from '../fixtures/models.js';
+import { freePort } from '../setup/cluster.js';
+import { eventually, spawnCli, writePgbouncerIni } from '../proxy/helpers.js';
 import { countTaken, pgError } from './helpers.js';
 
 let s: Stack;
@@ -156,6 +158,57 @@ describe('in-band behind a transaction pooler (--upstream-pooled)', () => {
     expect(e.message).toMatch(/no pg-steadytext proxy answered/);
     expect(taken.n).toBe(0);
   });
+
+  test('the CLI’s --upstream-pooled: `serve` in front of the pooler answers a PL/pgSQL miss in-band; without it the call times out', async () => {
+    await fresh();
+    onTestFinished(async () => void (await direct.query(`SELECT steadytext_config_set('daemon_timeout_ms', '30000')`)));
+    const models = await tinyModels();
+    const admin = new URL(inject('db').adminUrl);
+    admin.pathname = `/${s.database}`;
+    const answer = async (pooled: boolean, topic: string): Promise<string | pg.DatabaseError> => {
+      const port = await freePort();
+      const { child, output } = spawnCli(
+        ['serve', '--upstream', `postgres://127.0.0.1:${pooler.proxy.address.port}/postgres?sslmode=disable`, '--listen', `127.0.0.1:${port}`,
+          '--service-url', admin.toString(), '--daemon-listen', 'off', ...(pooled ? ['--upstream-pooled'] : [])],
+        { PGSTEADYTEXT_GENERATION_MODEL: models.generation, PGSTEADYTEXT_EMBEDDING_MODEL: models.embedding, PGSTEADYTEXT_LOG_LEVEL: 'warn' },
+      );
+      onTestFinished(() => void child.kill('SIGKILL'));
+      const u = new URL(s.directUrl);
+      u.hostname = '127.0.0.1';
+      u.port = String(port);
+      await eventually(async () => {
+        if (child.exitCode !== null) throw new Error(`pg-steadytext exited (${child.exitCode}):\n${output()}`);
+        const probe = new pg.Client(u.toString());
+        probe.on('error', () => {});
+        try {
+          await probe.connect();
+          await probe.query('SELECT steadytext_version()');
+          return true;
+        } catch {
+          return false;
+        } finally {
+          await probe.end().catch(() => {});
+        }
+      }, 60_000, 'the CLI proxy answering');
+      const { c, notices } = await client(u.toString());
+      try {
+        const v = (await c.query(`SELECT deterministic_expand(${pg.escapeLiteral(topic)}) AS v`)).rows[0].v as string;
+        expect(notices).toEqual([]);
+        return v;
+      } catch (e) {
+        return e as pg.DatabaseError;
+      } finally {
+        child.kill('SIGTERM');
+      }
+    };
+    const got = await answer(true, 'the CLI behind a pooler');
+    await direct.query(`SELECT steadytext_config_set('daemon_timeout_ms', '1500')`);
+    const refused = await answer(false, 'the CLI not told of the pooler');
+    expect(got instanceof Error ? `${got.code}: ${got.message}` : typeof got).toBe('string');
+    expect((refused as pg.DatabaseError).code).toBe('57014');
+    await fresh();
+    expect(got).toBe(await rewritten('the CLI behind a pooler'));
+  }, 180_000);
 
   test('a signed request replayed computes nothing: again by its own role, or by another role at all', async () => {
     await fresh();
