@@ -19,15 +19,15 @@ export class PgBouncerLog {
 
   constructor(
     private readonly path: string,
-    /** pgBouncer's `verbose`: DEBUG lines from 1, NOISE from 2. */
-    private readonly verbose = 0,
+    /** pgBouncer's `verbose`, read at each line (the console's SET changes it): DEBUG lines from 1, NOISE from 2. */
+    private readonly verbose: () => number = () => 0,
   ) {
     if (path) this.fd = openSync(path, 'a');
   }
 
   line(level: PgbLevel, text: string, subject?: PgbSubject): void {
     if (this.fd === null) return;
-    if ((level === 'DEBUG' && this.verbose < 1) || (level === 'NOISE' && this.verbose < 2)) return;
+    if ((level === 'DEBUG' || level === 'NOISE') && this.verbose() < (level === 'DEBUG' ? 1 : 2)) return;
     const prefix = subject ? `${subject.kind}-0x${subject.id.toString(16).padStart(12, '0')}: ${subject.database}/${subject.user}@${subject.address} ` : '';
     try {
       writeSync(this.fd, `${timestamp()} [${process.pid}] ${level} ${prefix}${text}\n`);

@@ -994,7 +994,7 @@ export class Pooler {
   constructor(private readonly opts: PoolerOptions) {
     this.config = opts.config;
     this.log = opts.logger.child({ component: 'pooler' });
-    this.pgbLog = new PgBouncerLog(opts.config.settings.logfile, opts.config.settings.verbose);
+    this.pgbLog = new PgBouncerLog(opts.config.settings.logfile, () => this.settings.verbose);
     this.janitor = setInterval(() => this.tick(), 250);
     this.janitor.unref();
   }

@@ -1044,23 +1044,37 @@ export class PooledSession implements PoolClient {
     queueMicrotask(() => this.ready(this.host.activity().txStatus));
   }
 
-  /** The client's settings where the connection's differ: reset what the last client set, set what this one has. */
+  /**
+   * The client's settings where the connection's differ: reset what the last client set, set what this one has.
+   * set_config answers with the server's own spelling of each value (DateStyle 'ISO' is 'ISO, MDY'): that becomes
+   * the client's, as pgBouncer's varcache_set_canonical does, so that a connection that has it is not set again.
+   */
   private replaySettings(s: PooledServer): void {
-    const parts: string[] = [];
-    for (const k of s.applied.keys()) if (!this.settings.has(k)) parts.push(`RESET ${ident(k)}`);
-    const sets: string[] = [];
-    for (const [k, v] of this.settings) if (s.applied.get(k) !== v) sets.push(`pg_catalog.set_config(${literal(k)}, ${literal(v)}, false)`);
-    if (sets.length > 0) parts.push(`SELECT ${sets.join(', ')}`);
-    if (parts.length === 0) return;
+    const resets = [...s.applied.keys()].filter((k) => !this.settings.has(k));
+    const sets = [...this.settings].filter(([k, v]) => s.applied.get(k) !== v);
+    if (resets.length === 0 && sets.length === 0) return;
+    const parts = resets.map((k) => `RESET ${ident(k)}`);
+    if (sets.length > 0) parts.push(`SELECT ${sets.map(([k, v]) => `pg_catalog.set_config(${literal(k)}, ${literal(v)}, false)`).join(', ')}`);
     s.applied.clear();
     for (const [k, v] of this.settings) s.applied.set(k, v);
-    this.internalQuery(s, parts.join('; '), (_rows, ok) => {
+    const log = this.pool.pooler.pgbLog;
+    log.line('DEBUG', `varcache_apply: ${[...resets.map((k) => `RESET ${shownName(k)};`), ...sets.map(([k, v]) => `SET ${shownName(k)}=${shownLiteral(v)};`)].join('')}`, s.subject());
+    this.internalQuery(s, parts.join('; '), (rows, ok) => {
       if (!ok) {
         // A setting this server connection refuses (another server version, say): say so, keep serving.
         this.host.log.warn('could not carry the session settings over to the server connection');
         s.applied.clear();
         s.dirty = true;
+        return;
       }
+      sets.forEach(([k, v], i) => {
+        const canonical = rows[0]?.[i]?.toString();
+        // Unless the client changed it since (its own SET's value is read back from the server anyway).
+        if (canonical === undefined || canonical === v || this.settings.get(k) !== v) return;
+        log.line('DEBUG', `varcache_set_canonical: setting ${shownName(k)} to its canonical version ${v} -> ${canonical}`, this.host.pgbSubject?.());
+        this.settings.set(k, canonical);
+        if (s.applied.get(k) === v) s.applied.set(k, canonical);
+      });
     });
   }
 }
@@ -1105,6 +1119,16 @@ export function optionSettings(options: string): [string, string][] | null {
 /** A string literal whatever standard_conforming_strings says (E'' with both quote and backslash escaped). */
 function literal(s: string): string {
   return `E'${s.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`;
+}
+
+// pgBouncer's log lines name a setting as PostgreSQL spells it and quote as pg_quote_literal does (E'' only for a
+// backslash), which log alerts written for pgBouncer match; settings are kept under lower-case names here.
+const SPELLED = new Map(['DateStyle', 'IntervalStyle', 'TimeZone'].map((n) => [n.toLowerCase(), n]));
+function shownName(k: string): string {
+  return SPELLED.get(k) ?? k;
+}
+function shownLiteral(v: string): string {
+  return v.includes('\\') ? literal(v) : `'${v.replaceAll("'", "''")}'`;
 }
 
 function ident(s: string): string {

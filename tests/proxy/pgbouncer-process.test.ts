@@ -128,8 +128,8 @@ async function launch(opts: {
 }
 
 /** A connection to the bouncer: over TCP, or over its Unix socket (unix: true). */
-async function connect(b: Bouncer, c: { user: string; database: string; password?: string; unix?: boolean }): Promise<pg.Client> {
-  const client = new pg.Client({ host: c.unix ? b.dir : '127.0.0.1', port: b.port, user: c.user, database: c.database, password: c.password });
+async function connect(b: Bouncer, c: { user: string; database: string; password?: string; unix?: boolean; options?: string }): Promise<pg.Client> {
+  const client = new pg.Client({ host: c.unix ? b.dir : '127.0.0.1', port: b.port, user: c.user, database: c.database, password: c.password, options: c.options });
   client.on('error', () => {}); // a dropped connection shows in the next query's result
   started.clients.push(client);
   await client.connect();
@@ -197,6 +197,28 @@ describe('pg-steadytext pgbouncer as a process', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test('verbose = 2: a client\'s startup options are applied once per server connection and kept in the server\'s spelling (varcache_apply, varcache_set_canonical)', async () => {
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 1, verbose: 2 },
+      users: TRUST_USERS,
+    });
+    const applied = () => b.log().match(/^.*varcache_apply: .*SET DateStyle='ISO.*$/gm) ?? [];
+    const first = await connect(b, { user: 'trust_user', database: 'postgres', options: '-c DateStyle=ISO' });
+    const show = async (c: pg.Client) => (await c.query('SHOW DateStyle')).rows[0].DateStyle as string;
+    expect(await show(first)).toBe('ISO, MDY');
+    expect(await show(first)).toBe('ISO, MDY');
+    await logged(b, 'varcache_set_canonical: setting DateStyle to its canonical version ISO -> ISO, MDY');
+    expect(applied()).toHaveLength(1);
+    expect(applied()[0]).toMatch(/ DEBUG S-0x[0-9a-f]+: postgres\/trust_user@127\.0\.0\.1:\d+ varcache_apply: (SET [a-z_]+='[^']*';)*SET DateStyle='ISO';/);
+    await first.end();
+    // The one server connection now has 'ISO, MDY' as the first client's: a client asking for that spelling needs nothing set.
+    const second = await connect(b, { user: 'trust_user', database: 'postgres', options: '-c DateStyle=ISO,\\ MDY' });
+    expect(await show(second)).toBe('ISO, MDY');
+    expect(applied()).toHaveLength(1);
+    expect(b.log()).not.toContain("varcache_apply: SET DateStyle='ISO, MDY'");
   });
 
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
