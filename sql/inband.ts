@@ -284,50 +284,66 @@ export class InbandCallbacks {
     // once it has rolled the failed block back to the fence.
     const managed = db.single ? await this.manage(first, ctx) : null;
     if (managed !== null && !fenced) await postMailbox(db.via(ctx), db.schema, first.backendPid, [managed]);
-    // Behind a transaction pooler the dry run may run on another backend than the statement did.
-    const gathered = await dryRun(query, fenced, this.upstreamPooled ? null : first.backendPid, db.secret, ctx);
-    if (managed !== null && fenced) await postMailbox(db.via(ctx), db.schema, first.backendPid, [managed]);
-    // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
-    // Rows the client's block took before the fence stay locked until it ends: skipped, never waited on.
-    await db.via(ctx).query(
-      deleteSkipLocked(db.schema, 'steadytext_mailbox', `backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`),
-      [first.backendPid],
-    ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
-    if (ctx.signal.aborted) return false;
+    // Behind a transaction pooler the dry run may run on another backend than the statement did. Its calls are
+    // computed as they come in, and (but on a one-session database, whose one connection runs the dry run)
+    // stored batch by batch as they are answered, rather than each step waiting for the one before it.
     const { abort, release } = following(ctx.signal);
-    const inSession = fenced && gathered.some((g) => g.snapshot);
+    const queue = new GatherQueue();
     const given = new Map<string, string>();
     let givenBytes = 0;
-    try {
-      let next = 0;
-      const rows: Promise<CacheEntry>[] = [];
-      const worker = async () => {
-        while (next < gathered.length && !abort.signal.aborted) {
-          const g = gathered[next++];
-          // A failed call is not cached: the run again misses it and asks for it on its own (and gets the error).
-          const a = await this.responder.respond(g.payload, { pid: g.backendPid, abort, via: 'inband', collect: rows }).catch(() => undefined);
-          if (inSession && a !== undefined && g.answerKey !== null && givenBytes < MAX_GIVEN_BYTES && !given.has(g.answerKey)) {
-            const text = wrapAnswer(a);
-            given.set(g.answerKey, text);
-            givenBytes += text.length;
-          }
+    let snapshots = false;
+    const rows: Promise<CacheEntry>[] = [];
+    const stores: Promise<void>[] = [];
+    let storedUpTo = 0;
+    const storeFrom = (end: number) => {
+      const batch = rows.slice(storedUpTo, end);
+      storedUpTo = end;
+      // A failed call is not cached: the run again misses it and asks for it on its own (and gets the error).
+      stores.push(Promise.allSettled(batch).then((r) => db.store(r.flatMap((x) => (x.status === 'fulfilled' ? [x.value] : [])), db.via(ctx)))
+        .catch((err: unknown) => ctx.log.warn({ err }, 'could not store gathered answers; the run again asks for them one by one')));
+    };
+    const worker = async () => {
+      for (let g = await queue.next(); g !== undefined && !abort.signal.aborted; g = await queue.next()) {
+        const a = await this.responder.respond(g.payload, { pid: g.backendPid, abort, via: 'inband', collect: rows }).catch(() => undefined);
+        snapshots ||= g.snapshot;
+        if (fenced && a !== undefined && g.answerKey !== null && givenBytes < MAX_GIVEN_BYTES && !given.has(g.answerKey)) {
+          const text = wrapAnswer(a);
+          given.set(g.answerKey, text);
+          givenBytes += text.length;
         }
-      };
-      await Promise.all(Array.from({ length: Math.min(GATHER_CONCURRENCY, gathered.length) }, worker));
+        if (!db.single && rows.length - storedUpTo >= STORE_BATCH) storeFrom(rows.length);
+      }
+    };
+    let gathered: number;
+    try {
+      const working = Promise.all(Array.from({ length: GATHER_CONCURRENCY }, worker));
+      gathered = await dryRun(query, fenced, this.upstreamPooled ? null : first.backendPid, db.secret, ctx, (g) => queue.push(g));
+      queue.end();
+      if (managed !== null && fenced) await postMailbox(db.via(ctx), db.schema, first.backendPid, [managed]);
+      // Answers the stopped attempt took were put back by its rollback; nothing of this backend's waits now.
+      // Rows the client's block took before the fence stay locked until it ends: skipped, never waited on.
+      await db.via(ctx).query(
+        deleteSkipLocked(db.schema, 'steadytext_mailbox', `backend_pid OPERATOR(pg_catalog.=) $1::pg_catalog.int4 AND topic OPERATOR(pg_catalog.~~) 'inband:%'`),
+        [first.backendPid],
+      ).catch((err: unknown) => ctx.log.warn({ err }, 'could not clear in-band answers of a stopped statement'));
+      await working;
       // The cache rows the run again reads, committed, in multi-row INSERTs rather than one per call.
-      const entries = (await Promise.allSettled(rows)).flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-      await db.store(entries, db.via(ctx)).catch((err: unknown) => ctx.log.warn({ err }, 'could not store gathered answers; the run again asks for them one by one'));
+      storeFrom(rows.length);
+      await Promise.all(stores);
       // (Not on a one-session database, where the service connection waits for this client's block to end.)
       if (!db.single) await this.responder.flush();
     } finally {
+      queue.end();
       release();
     }
+    // Answers are handed over in the session only where the run again's snapshot cannot see committed ones.
+    if (!snapshots) given.clear();
     if (ctx.signal.aborted) return false;
     // Sent before the statement runs again, in the same transaction (after the dry run's ROLLBACK TO the fence).
     // Answered before the run again goes: a ReadyForQuery after it would end the session's wait for the rerun's own
     // RowDescription (which the client already has from the first attempt) and let that through twice.
     if (given.size > 0) await auxQuery(ctx, giveInSession(given, db.secret));
-    ctx.log.debug({ gathered: gathered.length }, 'in-band calls gathered in a dry run; the statement runs again');
+    ctx.log.debug({ gathered }, 'in-band calls gathered in a dry run; the statement runs again');
     return true;
   }
 
@@ -362,6 +378,30 @@ export class InbandCallbacks {
 }
 
 /** An AbortController (what the responder takes) that the session's signal aborts too; release() unhooks it. */
+/** The requests a dry run gathers, taken by the workers that compute them while it still runs. */
+class GatherQueue {
+  private readonly items: Signed[] = [];
+  private head = 0;
+  private ended = false;
+  private waiting: (() => void)[] = [];
+
+  push(g: Signed): void {
+    this.items.push(g);
+    this.waiting.shift()?.();
+  }
+
+  end(): void {
+    this.ended = true;
+    for (const w of this.waiting.splice(0)) w();
+  }
+
+  /** The next request, or undefined once the dry run ended and none is left. */
+  async next(): Promise<Signed | undefined> {
+    while (this.head === this.items.length && !this.ended) await new Promise<void>((r) => this.waiting.push(r));
+    return this.head < this.items.length ? this.items[this.head++] : undefined;
+  }
+}
+
 function following(signal: AbortSignal): { abort: AbortController; release: () => void } {
   const abort = new AbortController();
   // Every call of a gathered statement listens to it: as many as the statement had misses, not a leak.
@@ -398,6 +438,8 @@ function giveInSession(answers: ReadonlyMap<string, string>, secret: string): st
 
 /** Requests computed at once for a gathered statement (the engine's queue holds the rest fairly). */
 const GATHER_CONCURRENCY = 8;
+/** Gathered answers stored in one steadytext_cache write while the rest are computed. */
+const STORE_BATCH = 128;
 /** Requests one dry run gathers at most, and their total size; the run again asks for the rest one by one. */
 const MAX_GATHERED = 10_000;
 const MAX_GATHERED_BYTES = 64 * 1024 * 1024;
@@ -422,18 +464,21 @@ function rerunnable(query: Buffer, ctx: SessionContext): boolean {
  * the requests its calls made (signed by the same backend). Nothing of it reaches the client; an error in it
  * only ends the gathering early.
  */
-function dryRun(query: Buffer, fenced: boolean, backendPid: number | null, secret: string, ctx: SessionContext): Promise<Signed[]> {
+function dryRun(query: Buffer, fenced: boolean, backendPid: number | null, secret: string, ctx: SessionContext, onGathered: (g: Signed) => void): Promise<number> {
   return new Promise((resolve) => {
-    const gathered: Signed[] = [];
+    let gathered = 0;
     let bytes = 0;
     const collect: ResponseHandler = {
       onMessage(m) {
-        if (m[0] !== Be.NoticeResponse || gathered.length >= MAX_GATHERED || bytes >= MAX_GATHERED_BYTES) return null;
+        if (m[0] !== Be.NoticeResponse || gathered >= MAX_GATHERED || bytes >= MAX_GATHERED_BYTES) return null;
         bytes += m.length;
         const f = readErrorFields(m);
         if (f.M !== INBAND_MARKER || f.D === undefined || f.H === undefined) return null;
         const g = verify(f.D, f.H, secret, ctx.database, backendPid);
-        if (g !== null && g.gather) gathered.push(g);
+        if (g !== null && g.gather) {
+          gathered++;
+          onGathered(g);
+        }
         return null;
       },
     };
