@@ -180,3 +180,35 @@ describe.runIf(loadNativeRelay().relay?.hubCreate != null)('named prepared state
     await Promise.all(clients.map((c) => c.end()));
   });
 });
+
+describe.runIf(loadNativeRelay().relay?.hubCreate != null)('named prepared statements in the hub: max_prepared_statements', () => {
+  let p: Pooled;
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 2, max_client_conn: 100, max_prepared_statements: 3 });
+  });
+  afterAll(async () => {
+    await p.close();
+  });
+
+  test('more statements than a server keeps: the least recently used are evicted, none is renamed to one its server lost', async () => {
+    const clients = await Promise.all(Array.from({ length: 10 }, () => connect(p.url())));
+    const before = handoffs(p);
+    const run = async (c: pg.Client, k: number) => {
+      for (let i = 0; i < 50; i++) {
+        // Five texts shared by every client, a server keeping three: each server evicts as clients take turns on it.
+        const j = (i * 7 + k) % 5;
+        const r = await c.query({ name: `s${j}`, text: `select $1::int * ${j + 1} as v`, values: [i] });
+        expect(r.rows[0].v).toBe(i * (j + 1));
+      }
+    };
+    const { most } = await maxServers(p, Promise.all(clients.map((c, k) => run(c, k))));
+    expect(most).toBeLessThanOrEqual(2);
+    expect(handoffs(p)).toBeGreaterThan(before);
+    // No server holds more than max_prepared_statements of the proxy's statements.
+    for (const c of clients) {
+      const n = await c.query(`select count(*)::int as n from pg_prepared_statements where name like 'PGST\\_%'`);
+      expect(n.rows[0].n).toBeLessThanOrEqual(3);
+    }
+    await Promise.all(clients.map((c) => c.end()));
+  });
+});
