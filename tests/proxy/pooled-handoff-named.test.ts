@@ -212,3 +212,34 @@ describe.runIf(loadNativeRelay().relay?.hubCreate != null)('named prepared state
     await Promise.all(clients.map((c) => c.end()));
   });
 });
+
+describe.runIf(loadNativeRelay().relay?.hubCreate != null)('named prepared statements in the hub: the server\'s LRU', () => {
+  let p: Pooled;
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 1, max_client_conn: 100, max_prepared_statements: 2 });
+  });
+  afterAll(async () => {
+    await p.close();
+  });
+
+  test('statements bound in C count as recently used when their server leaves the hub: the one evicted is the least used', async () => {
+    const a = await connect(p.url());
+    const b = await connect(p.url());
+    const hot = { name: 'hot', text: 'select $1::int as hot_lru' };
+    const texts = async () => (await b.query('select statement from pg_prepared_statements')).rows.map((r) => r.statement as string);
+    await a.query({ ...hot, values: [0] }); // the one server: {hot}
+    expect((await b.query({ name: 'cold1', text: 'select 1 as cold1_lru' })).rows[0].cold1_lru).toBe(1); // {hot, cold1}
+    await eventually(() => (pool(p).hub?.sync().members ?? 0) === 2, 5_000, 'both clients in the hub');
+    const before = handoffs(p);
+    // Bound in C on the server that has it: hot is now its most recently used, though JS did not see it.
+    for (let i = 1; i <= 20; i++) expect((await a.query({ ...hot, values: [i] })).rows[0].hot_lru).toBe(i);
+    expect(handoffs(p)).toBeGreaterThan(before);
+    // A third statement: the server (back from the hub, its uses read) evicts cold1, not hot.
+    expect((await b.query({ name: 'cold2', text: 'select 2 as cold2_lru' })).rows[0].cold2_lru).toBe(2);
+    const now = await texts();
+    expect(now).toContain('select $1::int as hot_lru');
+    expect(now).toContain('select 2 as cold2_lru');
+    expect(now).not.toContain('select 1 as cold1_lru');
+    await Promise.all([a, b].map((c) => c.end()));
+  });
+});
