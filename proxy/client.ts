@@ -907,7 +907,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         this.relay?.stop(false);
         this.hubMember?.stopHub();
       },
-      enterHub: (hub: PoolHub, s: PooledServer | null, flags: number) => this.enterHub(hub, s, flags),
+      enterHub: (hub: PoolHub, s: PooledServer | null, flags: number, names: Buffer | null) => this.enterHub(hub, s, flags, names),
       hubStop: () => this.hubMember?.stopHub(),
       hubMember: () => this.hubMember?.member() ?? null,
       hubState: () => this.relaySeen(this.hubMember?.state() ?? null),
@@ -957,12 +957,12 @@ export class ClientSession implements FrameHandler, SessionLink {
   }
 
   /** Pooling: the client (with `s`, which the session lets go of, or without a server) joins the pool's native hub. */
-  private enterHub(hub: PoolHub, s: PooledServer | null, flags: number): boolean {
+  private enterHub(hub: PoolHub, s: PooledServer | null, flags: number, names: Buffer | null): boolean {
     const nr = this.env.nativeRelay;
     if (nr === null || this.reader === null || this.suspending || this.sock !== this.raw || this.input === undefined) return false;
     if (s !== null && (this.server !== s.conn || this.serverPaused || !s.conn.plain)) return false;
     const m = (this.hubMember ??= new HubHandoff(nr, hub, this.hubHost(), { sock: this.raw, reader: this.reader }, this.env.maxMessageBytes, this.pooled!));
-    if (!m.enter(s === null ? null : { server: s, end: s.conn }, flags)) return false;
+    if (!m.enter(s === null ? null : { server: s, end: s.conn }, flags, names)) return false;
     this.relaySeenIn = -1;
     if (s !== null) {
       // The hub holds it now: the session forgets it (its lending relay, if any, is not running: JS had the sockets).

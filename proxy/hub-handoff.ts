@@ -73,9 +73,10 @@ export class HubHandoff {
 
   /**
    * Joins the hub now, with `s` (paused under the relay from now on; the caller has let go of it) or without a
-   * server; false when a socket is not quiet or the hub would not take it (nothing changed then).
+   * server, and the statements it renames itself (names: prepared.ts hubTable's bytes, or null); false when a
+   * socket is not quiet or the hub would not take it (nothing changed then).
    */
-  enter(s: { server: PooledServer; end: RelayEnd } | null, poolFlags: number): boolean {
+  enter(s: { server: PooledServer; end: RelayEnd } | null, poolFlags: number, names: Buffer | null): boolean {
     if (this.handle !== null || !quiet(this.client) || !this.host.idle()) return false;
     if (s !== null && !quiet(s.end)) return false;
     const cfd = socketFd(this.client.sock);
@@ -88,7 +89,7 @@ export class HubHandoff {
       } catch (err) {
         this.host.internalError(err);
       }
-    }, this.host.keepStatus(), poolFlags);
+    }, this.host.keepStatus(), poolFlags, names);
     if (h === null) {
       this.host.resumeClient();
       if (s !== null) s.end.sock.resume();

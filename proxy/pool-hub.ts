@@ -1,6 +1,6 @@
 // The pool's side of the native hub (relay.c): server connections handed from client to client in C under
 // contention, as pgBouncer's one loop does, with no JS per transaction. A client whose session state needs
-// nothing replayed (the hub's settings, no named statements, no pins: pooled-session.ts enterHub) joins at a
+// nothing replayed (the hub's settings, no statements SQL names, no pins: pooled-session.ts enterHub) joins at a
 // transaction's end, with its server connection when the pool lets it keep one, else without; from then on C
 // gives servers to its members in FIFO order at each transaction's end, and a member goes back to JS (holding
 // whichever server it has then) at anything the pooler must see. JS stays the authority over the pool:
@@ -9,9 +9,11 @@
 //    their holders' next transaction end; servers to close (RECONNECT, server_lifetime) are taken back one by one;
 //  - clients queued in C meet query_wait_timeout here (tick), and a hub short of servers sends its oldest queued
 //    client to JS, whose wait makes the pool open connections (starved);
-//  - a server freed by JS goes to the hub while clients queue there and JS has none waiting (offer).
+//  - a server freed by JS goes to the hub while clients queue there and JS has none waiting (offer);
+//  - named statements: each server enters with the server-side names prepared on it (prepared.ts serverNames), its
+//    members with their tables (hubTable); what C renamed on a server is made recently used when it leaves (markUsed).
 import type { Pool, PoolClient, PooledServer } from './pool.js';
-import { literals } from './prepared.js';
+import { literals, markUsed, serverNames } from './prepared.js';
 import { socketFd, type HubMember, type NativeHub, type NativeRelay, type RelayHandle, type RelayOutcome } from './relay.js';
 
 /** What the hub needs of a member (the client session's hand-off, hub-handoff.ts). */
@@ -34,6 +36,8 @@ export class PoolHub implements PoolClient {
   private readonly native: NativeHub;
   /** Server fd → the server in the hub. */
   private readonly servers = new Map<number, PooledServer>();
+  /** Server fd → the server-side names it entered with (C reports uses in this order: hubUses). */
+  private readonly names = new Map<number, string[]>();
   /** Client fd → member. */
   private readonly members = new Map<number, HubMemberSession>();
   /** The settings every member has and every server in the hub has applied (the first member's). */
@@ -57,7 +61,10 @@ export class PoolHub implements PoolClient {
     });
   }
 
-  /** A member joins with its server (null: without one); the handle is stopped and read as a relay's. */
+  /**
+   * A member joins with its server (null: without one) and the statements it renames (prepared.ts hubTable's bytes);
+   * the handle is stopped and read as a relay's.
+   */
   enter(
     session: HubMemberSession,
     clientFd: number,
@@ -66,13 +73,14 @@ export class PoolHub implements PoolClient {
     onExit: (o: RelayOutcome) => void,
     keepStatus: number,
     poolFlags: number,
+    names: Buffer | null,
   ): RelayHandle | null {
     const sfd = s === null ? -1 : socketFd(s.conn.sock);
     if (s !== null && sfd < 0) return null;
-    if (s !== null) this.adopt(s, sfd);
+    const has = s === null ? null : this.adopt(s, sfd);
     let h: RelayHandle;
     try {
-      h = this.native.enter(clientFd, sfd, maxMessage, onExit, keepStatus, poolFlags);
+      h = this.native.enter(clientFd, sfd, maxMessage, onExit, keepStatus, poolFlags, names, has);
     } catch (err) {
       if (s !== null) this.disown(s, sfd);
       this.pool.log.warn({ err: (err as Error).message }, 'native hub did not take the client; it stays in JS');
@@ -108,10 +116,10 @@ export class PoolHub implements PoolClient {
     if (this.native.stats().queued === 0) return false;
     const fd = socketFd(s.conn.sock);
     s.conn.sock.pause();
-    this.adopt(s, fd);
+    const has = this.adopt(s, fd);
     this.wanted = 0;
     try {
-      this.native.add(fd);
+      this.native.add(fd, has);
     } catch (err) {
       this.disown(s, fd);
       s.conn.sock.resume();
@@ -236,16 +244,27 @@ export class PoolHub implements PoolClient {
 
   // ----
 
-  private adopt(s: PooledServer, fd: number): void {
+  /** The server joins the pool's lent ones, the hub's client; returns the server-side names of its statements for C. */
+  private adopt(s: PooledServer, fd: number): Buffer | null {
     this.servers.set(fd, s);
     this.pool.active.delete(s);
     this.pool.lent.add(s);
     s.client = this;
     s.lastUsed = Date.now();
+    const { names, bytes } = serverNames(s);
+    this.names.set(fd, names);
+    return bytes;
   }
 
+  /** The server left the hub (C has let go of it): what C renamed on the servers that left is made recently used. */
   private disown(s: PooledServer, fd: number): void {
+    for (const g of this.native.uses()) {
+      const srv = this.servers.get(g.serverFd);
+      const names = this.names.get(g.serverFd);
+      if (srv !== undefined && names !== undefined) markUsed(srv, names, g.uses);
+    }
     this.servers.delete(fd);
+    this.names.delete(fd);
     this.pool.lent.delete(s);
     this.forgetKey();
   }

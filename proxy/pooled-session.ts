@@ -24,6 +24,11 @@
 // Named statements the connection already has are the relay's too (prepared.ts lendable): it binds and describes
 // them under their server-side names, and hands back the uses (the connection's LRU) and the exchange one began,
 // which is watched here from then on as if JS had sent it (0A000).
+//
+// The hub: under contention a client joins its pool's native hub (pool-hub.ts), which hands servers from client to
+// client in C at transaction ends. A member carries its named statements as a lend's relay does (prepared.ts
+// hubTable), renamed on whichever server it holds that has them; a statement the server lacks sends the client back
+// here, which prepares it there, and the client joins again at the transaction's end.
 import type { Logger } from 'pino';
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { PoolError, type Pool, type PoolClient, type PooledServer, type ReplicationKind } from './pool.js';
@@ -76,8 +81,11 @@ export interface PooledHost {
   unlend?(): void;
   /** Lending: what the relay reports while it has the sockets (null: it does not); refreshes the client's lastActive. */
   relayState?(): RelayState | null;
-  /** The hub: the client joins it, with `s` (the session lets go of it) or without a server; false: it stays in JS. */
-  enterHub?(hub: PoolHub, s: PooledServer | null, flags: number): boolean;
+  /**
+   * The hub: the client joins it, with `s` (the session lets go of it) or without a server, and the statements it
+   * renames itself (LentStatements.bytes, or null); false: it stays in JS.
+   */
+  enterHub?(hub: PoolHub, s: PooledServer | null, flags: number, names: Buffer | null): boolean;
   /** The hub: takes the session back now (it reports through fromHub and hubReturned). */
   hubStop?(): void;
   /** The hub: what its relay reports while the client is a member; refreshes the client's lastActive. */
@@ -259,8 +267,10 @@ export class PooledSession implements PoolClient {
   /** The connection is lent to the native relay (Pool.lent); what of its counts the stats have already. */
   private lent = false;
   /**
-   * Lends skipped before the next try, and the next back-off: a client whose every transaction the relay must
-   * hand back at once (named statements, a SET each time) would pay a start and an exit per transaction for nothing.
+   * Transaction ends at which neither relay (the hub's, lending's) is tried, and the next back-off: a client whose
+   * every transaction a relay must hand back at once (a SET each time) would pay a start and an exit per transaction
+   * for nothing. Counted at each transaction's end (ready), so that a client in contention, where no lend is
+   * possible, comes back to the hub.
    */
   private lendSkip = 0;
   private lendBackoff = 0;
@@ -268,6 +278,8 @@ export class PooledSession implements PoolClient {
   private seenBytes = { fromClient: 0, fromServer: 0 };
   /** The statements the current lend's relay renames itself (null: none). */
   private lentStatements: LentStatements | null = null;
+  /** The statements the client renames itself while in the hub (null: none). */
+  private hubStatements: LentStatements | null = null;
   /**
    * A replication client (pgBouncer 1.23+): it owns one server connection, opened for it with its startup
    * parameters, and everything it sends is relayed as is: no settings replay, statement renaming or pin checks,
@@ -690,8 +702,8 @@ export class PooledSession implements PoolClient {
     if (this.pinsDirty) return this.checkPins(s);
     if (this.statementsDirty) return this.readStatements(s);
     if (this.pool.mode === 'session' || this.pins.size > 0) return;
-    if (this.enterHub(s)) return;
-    if (this.lend(s)) return;
+    if (this.lendSkip > 0) this.lendSkip--;
+    else if (this.enterHub(s) || this.lend(s)) return;
     this.release(true);
   }
 
@@ -699,35 +711,41 @@ export class PooledSession implements PoolClient {
 
   /**
    * At a transaction's end with nothing due: a client whose session needs nothing replayed on any of the hub's
-   * servers (the hub's settings, no named statements, no pins) joins the hub; with its server when nobody waits in
-   * JS and the server fits, else without (the server goes back to the pool first). True: the server is let go of.
+   * servers (the hub's settings, no statements SQL names, no pins) joins the hub; with its server when nobody waits
+   * in JS and the server fits, else without (the server goes back to the pool first). True: the server is let go of.
    */
   private enterHub(s: PooledServer): boolean {
-    if (this.host.enterHub === undefined || this.replication !== null || this.watch.state !== 0 || this.lendSkip > 0) return false;
-    if (this.statements.size > 0 || this.statements.uncertain.size > 0 || this.pins.size > 0) return false;
+    if (this.host.enterHub === undefined || this.replication !== null || this.watch.state !== 0) return false;
+    if (this.statements.uncertain.size > 0 || this.pins.size > 0) return false;
+    // Its named statements go with it (renamed in C on a server that has them, else the client comes back here);
+    // none that SQL names (they live on one server connection under the client's own names).
+    const named = this.statements.size > 0 ? this.statements.hubTable() : null;
+    if (this.statements.size > 0 && named === null) return false;
     const hub = this.pool.hubFor();
     if (hub === null || !this.pool.hubOpen()) return false;
     const key = settingsKey(this.settings);
     hub.key ??= key;
     if (hub.key !== key) return false;
-    // Any named statement goes to JS (the relay renames none here): no client sees another's on a shared server.
+    // Every other message naming a statement goes to JS: no client reaches another's on a shared server.
     const flags = RelayPool.lend | RelayPool.named;
+    const names = named !== null && named.entries.length > 0 ? named : null;
     const keep = this.pool.waiters.length === 0 && this.pool.replicationWaiting === 0 && hub.fits(s, settingsKey(s.applied)) && literals(s).size === 0;
     if (!keep) {
       this.release(true);
-      if (this.host.enterHub(hub, null, flags)) this.joined();
+      if (this.host.enterHub(hub, null, flags, names?.bytes ?? null)) this.joined(names);
       return true;
     }
-    if (!this.host.enterHub(hub, s, flags)) return false;
+    if (!this.host.enterHub(hub, s, flags, names?.bytes ?? null)) return false;
     // The hub holds it: no longer the session's (Pool.lent has it, its client the hub).
     this.server = null;
     this.linkedAt = 0;
-    this.joined();
+    this.joined(names);
     return true;
   }
 
-  private joined(): void {
+  private joined(names: LentStatements | null): void {
     this.inHub = true;
+    this.hubStatements = names;
     this.seen = NO_COUNTS;
     this.seenBytes = { fromClient: 0, fromServer: 0 };
   }
@@ -746,6 +764,14 @@ export class PooledSession implements PoolClient {
     if (!this.inHub) return;
     this.inHub = false;
     this.relayEnded(o);
+    const named = this.hubStatements;
+    this.hubStatements = null;
+    // The uses went to each server as it left the hub (pool-hub.ts); the exchange a renamed message began is on the
+    // server held now (C hands servers over only between exchanges), watched from here on as a lend's.
+    const s = this.server;
+    if (named !== null && s !== null && o.watch !== null && o.watchEntry >= 0 && o.watchEntry < named.entries.length) {
+      this.watchRelayed(o.watch, named.entries[o.watchEntry], s);
+    }
     // Stopped between transactions holding a server (a timer, the console): no ReadyForQuery will release it.
     if (this.server !== null) queueMicrotask(() => this.ready(this.host.activity().txStatus));
   }
@@ -768,10 +794,6 @@ export class PooledSession implements PoolClient {
   /** At a transaction's end with nothing due: the relay takes the session when the pool lets the client keep the connection. */
   private lend(s: PooledServer): boolean {
     if (this.replication !== null || this.watch.state !== 0 || this.host.lend === undefined || !this.pool.mayLend(s)) return false;
-    if (this.lendSkip > 0) {
-      this.lendSkip--;
-      return false;
-    }
     // Named statements are renamed per server connection (prepared.ts): the relay hands them to JS, but for those
     // of the client's this connection has, which it renames itself.
     const named = this.preparing ? this.statements.lendable(s) : null;

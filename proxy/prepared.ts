@@ -26,7 +26,10 @@
 // new server-side name (replan); the session decides when the exchange can run again (pooled-session.ts).
 // A connection lent to the native relay (pooled-session.ts lend) binds and describes the client's statements it
 // has under their server-side names by itself (lendable: only while no SQL names the client's statements), and
-// what the relay used is made recently used when it gives the connection back (relayed).
+// what the relay used is made recently used when it gives the connection back (relayed). A client in the pool's
+// native hub (pool-hub.ts) carries all such statements (hubTable), each server there the server-side names it has
+// (serverNames): the hub renames a Bind or Describe on a server that has the name, and JS learns what it used on
+// each server when the server leaves the hub (markUsed).
 import type { Outgoing, ResponseHandler } from './interceptor.js';
 import { Be, CLOSE_COMPLETE, Fe, PARSE_COMPLETE, SYNC, SqlState, close, errorResponse, parse, readCString, withStatementName } from './protocol.js';
 import type { PooledServer } from './pool.js';
@@ -282,8 +285,9 @@ export class ClientStatements {
   private hasLiterals = false;
   /** The client encoding when it is not UTF-8 (lower case, '' otherwise): a part of a statement's identity. */
   encoding = '';
-  /** The last lendable() table and the client statements it was made of. */
+  /** The last lendable() table and the client statements it was made of; the same of hubTable(). */
   private lentLast: { value: LentStatements; from: ClientStatement[] } | null = null;
+  private hubLast: { value: LentStatements; from: ClientStatement[] } | null = null;
 
   constructor(
     private readonly cache: StatementCache,
@@ -428,18 +432,38 @@ export class ClientStatements {
    */
   lendable(server: PooledServer): LentStatements | null {
     if (this.uncertain.size > 0 || this.hasLiterals || this.byName.size === 0) return null;
+    const t = this.table((c) => server.prepared.has(c.st.name), this.lentLast);
+    this.lentLast = t;
+    return t?.value ?? null;
+  }
+
+  /**
+   * The native hub (pooled-session.ts enterHub): the statements a member may rename by itself, on whichever server
+   * it holds has them (relay.c checks each server's names): lendable()'s, on any server. null when SQL names any of
+   * the client's statements (the client cannot join then); an empty table when none can be renamed.
+   */
+  hubTable(): LentStatements | null {
+    if (this.uncertain.size > 0 || this.hasLiterals) return null;
+    const t = this.table(() => true, this.hubLast);
+    this.hubLast = t;
+    return t?.value ?? NO_STATEMENTS;
+  }
+
+  /** The renamable statements `on` accepts, as the relay's table; `last` again when it holds the same. */
+  private table(
+    on: (c: ClientStatement) => boolean,
+    last: { value: LentStatements; from: ClientStatement[] } | null,
+  ): { value: LentStatements; from: ClientStatement[] } | null {
     const from: [string, ClientStatement][] = [];
-    for (const [name, c] of this.byName) if (!c.failed && c.executes === null && server.prepared.has(c.st.name)) from.push([name, c]);
+    for (const [name, c] of this.byName) if (!c.failed && c.executes === null && on(c)) from.push([name, c]);
     if (from.length === 0) return null;
     // The last table again when it holds the same statements under the same server-side names (a lend per
     // transaction when clients take turns): no bytes built.
-    const last = this.lentLast;
-    if (last !== null && last.from.length === from.length && from.every(([, c], i) => last.from[i] === c && last.value.entries[i].server === c.st.name)) return last.value;
+    if (last !== null && last.from.length === from.length && from.every(([, c], i) => last.from[i] === c && last.value.entries[i].server === c.st.name)) return last;
     const parts: Buffer[] = [];
     for (const [name, c] of from) parts.push(Buffer.from(`${name}\0`), c.st.nameBytes, NUL);
     const entries = from.map(([, c]) => ({ st: c.st, server: c.st.name }));
-    this.lentLast = { value: { bytes: Buffer.concat(parts), entries }, from: from.map(([, c]) => c) };
-    return this.lentLast.value;
+    return { value: { bytes: Buffer.concat(parts), entries }, from: from.map(([, c]) => c) };
   }
 
   /**
@@ -447,9 +471,11 @@ export class ClientStatements {
    * entries) are the connection's most recently used, as use() would have made them (the busiest last).
    */
   relayed(server: PooledServer, lent: LentStatements, uses: readonly number[]): void {
-    const used = lent.entries.map((e, i) => [uses[i] ?? 0, e.server] as const).filter(([n]) => n > 0);
-    used.sort((a, b) => a[0] - b[0]);
-    for (const [, name] of used) if (server.prepared.has(name)) touch(server, name);
+    markUsed(
+      server,
+      lent.entries.map((e) => e.server),
+      uses,
+    );
   }
 
   /** Close of a statement: forgotten here, kept on the server connections for other clients. */
@@ -663,6 +689,25 @@ export class ClientStatements {
     }
     return out;
   }
+}
+
+/** An empty table: a client whose statements the relay cannot rename (failed, or EXECUTEing others). */
+const NO_STATEMENTS: LentStatements = { bytes: Buffer.alloc(0), entries: [] };
+
+/**
+ * A server's statements a relay bound or described (`uses` for each of `names`, server-side names) become its most
+ * recently used, as use() would have made them (the busiest last); names it no longer has are passed over.
+ */
+export function markUsed(server: PooledServer, names: readonly string[], uses: readonly number[]): void {
+  const used = names.map((n, i) => [uses[i] ?? 0, n] as const).filter(([n]) => n > 0);
+  used.sort((a, b) => a[0] - b[0]);
+  for (const [, name] of used) if (server.prepared.has(name)) touch(server, name);
+}
+
+/** The hub (pool-hub.ts): the server-side names of the statements a server has, as relay.c takes them (`name\0` each). */
+export function serverNames(server: PooledServer): { names: string[]; bytes: Buffer | null } {
+  const names = [...server.prepared.keys()];
+  return { names, bytes: names.length === 0 ? null : Buffer.from(names.map((n) => `${n}\0`).join('')) };
 }
 
 function touch(server: PooledServer, name: string): void {

@@ -58,7 +58,10 @@ export interface RelayOutcome {
   queryRowDescription: number;
   /** Pooling: what the relay ran of a lent connection (start's poolFlags), since it started. */
   pool: RelayPoolCounts;
-  /** The Binds and Describes the relay renamed, for each of start's names in its order (empty: none given). */
+  /**
+   * The Binds and Describes the relay renamed, for each of start's names in its order (empty: none given). A hub
+   * member's are over every server it held: the hub counts each server's instead (NativeHub.uses).
+   */
   uses: number[];
   /**
    * The exchange a renamed Bind or Describe began while nothing was outstanding, as the server got it (that
@@ -121,8 +124,12 @@ interface Addon {
   stop(h: Handle): Raw | null;
   state(h: Handle): [number, number, number, number, number, number, RawCounts?, number?];
   hubCreate?(onEvent: (kind: number, fd: number) => void): HubHandle;
-  hubEnter?(hub: HubHandle, clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus: number, poolFlags: number): Handle;
-  hubAdd?(hub: HubHandle, serverFd: number): void;
+  hubEnter?(
+    hub: HubHandle, clientFd: number, serverFd: number, maxMessage: number, onExit: (raw: Raw) => void, keepStatus: number, poolFlags: number,
+    names: Buffer | null, serverNames: Buffer | null,
+  ): Handle;
+  hubAdd?(hub: HubHandle, serverFd: number, serverNames: Buffer | null): void;
+  hubUses?(hub: HubHandle): [number, number[]][];
   hubWant?(hub: HubHandle, n: number): number[];
   hubTake?(hub: HubHandle, serverFd: number): number;
   hubMembers?(hub: HubHandle): [number, number, number, number][];
@@ -195,10 +202,28 @@ export interface HubStats {
 
 /** relay.c's hub, one per pool. */
 export interface NativeHub {
-  /** The client (and the server it holds, -1: none) join the hub; the handle works with stop and state. */
-  enter(clientFd: number, serverFd: number, maxMessage: number, onExit: (o: RelayOutcome) => void, keepStatus: number, poolFlags: number): Handle;
-  /** A free server for queued clients. */
-  add(serverFd: number): void;
+  /**
+   * The client (and the server it holds, -1: none) join the hub; the handle works with stop and state. names: with
+   * RelayPool.named, the client's statements the member renames itself (start's names); serverNames: the server-side
+   * names of the statements prepared on the server, `name\0` each (a member renames only to those the server it holds has).
+   */
+  enter(
+    clientFd: number,
+    serverFd: number,
+    maxMessage: number,
+    onExit: (o: RelayOutcome) => void,
+    keepStatus: number,
+    poolFlags: number,
+    names: Buffer | null,
+    serverNames: Buffer | null,
+  ): Handle;
+  /** A free server for queued clients, with the server-side names of its statements (enter's serverNames). */
+  add(serverFd: number, serverNames: Buffer | null): void;
+  /**
+   * The servers that left the hub (to JS, or with an exiting member) since the last call with statements renamed on
+   * them: for each, the uses of each of its serverNames in their order (the connection's LRU).
+   */
+  uses(): { serverFd: number; uses: number[] }[];
   /** Up to n servers back: those free or idle now (their fds), the rest at their holders' transaction ends ('server' events). */
   want(n: number): number[];
   /** One server back: 'now', 'later' (a 'server' event), or 'absent'. */
@@ -337,8 +362,9 @@ function wrap(addon: Addon): NativeRelay {
 
 function wrapHub(addon: Addon, h: HubHandle): NativeHub {
   return {
-    enter: (c, s, max, onExit, keep, pool) => addon.hubEnter!(h, c, s, max, (raw) => onExit(outcome(raw)), keep, pool),
-    add: (fd) => addon.hubAdd!(h, fd),
+    enter: (c, s, max, onExit, keep, pool, names, serverNames) => addon.hubEnter!(h, c, s, max, (raw) => onExit(outcome(raw)), keep, pool, names, serverNames),
+    add: (fd, serverNames) => addon.hubAdd!(h, fd, serverNames),
+    uses: () => (addon.hubUses ? addon.hubUses(h).map(([serverFd, uses]) => ({ serverFd, uses })) : []),
     want: (n) => addon.hubWant!(h, n),
     take: (fd) => {
       const r = addon.hubTake!(h, fd);

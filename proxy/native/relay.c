@@ -92,6 +92,9 @@ typedef struct named {
   const uint8_t *client, *server;
   uint32_t client_len, server_len;
   uint32_t uses; // Binds and Describes renamed: JS marks the statement recently used (the connection's LRU)
+  // A hub member's: whether the hub server with id srv_id (0: none yet) has `server`, at its index srv_idx (-1: not).
+  uint64_t srv_id;
+  int32_t srv_idx;
 } named_t;
 
 // What may follow the message that began a watched exchange (pooled-session.ts REST_BYTES: JS runs no more again).
@@ -340,13 +343,23 @@ static size_t put_renamed(uint8_t *o, const uint8_t *m, size_t len, const named_
   return n;
 }
 
+static bool hub_server_has(relay_t *r, named_t *e);
+
+// The renamed statement (named_t) of a whole Bind or Describe, or NULL: JS must see it. A hub member's only where the
+// server it holds now has the statement's server-side name (a waiting member's is judged again at its hand-off).
+static named_t *renamable(relay_t *r, const uint8_t *m, size_t len) {
+  named_t *e = lookup_named(r, m, len);
+  if (e != NULL && r->hub != NULL && r->hs != NULL && !hub_server_has(r, e)) return NULL;
+  return e;
+}
+
 // Whether the pooler must see this client message (start's pool flags); `whole`: all of it is at hand. A Bind or
 // Describe the relay renames itself is not: *renamed says under which name it goes.
 static bool pool_exit(relay_t *r, const uint8_t *m, size_t len, bool whole, named_t **renamed) {
   uint8_t code = m[0];
   if ((r->pool & POOL_NAMED) && (code == 'P' || code == 'B' || code == 'D' || code == 'C') && (!whole || names_statement(m, len))) {
     // Parse and Close stay JS's (it keeps what each client and connection has), as does a name not in the table.
-    if (whole && (code == 'B' || code == 'D') && (*renamed = lookup_named(r, m, len)) != NULL) return false;
+    if (whole && (code == 'B' || code == 'D') && (*renamed = renamable(r, m, len)) != NULL) return false;
     return true;
   }
   if ((r->pool & POOL_LEND) && (code == 'Q' || code == 'P')) {
@@ -371,6 +384,7 @@ static void hub_tx_end(relay_t *r);
 static void waiting_readable(relay_t *r);
 static void hub_server_unasked(relay_t *r);
 static bool between(const relay_t *r);
+static void hub_server_used(relay_t *r, const named_t *e);
 
 static void set_events(relay_t *r, side_t *x, side_t *other) {
   if (!r->running || x->poll == NULL) return;
@@ -480,6 +494,7 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   }
   if (*renamed != NULL) {
     (*renamed)->uses++;
+    if (r->hub != NULL) hub_server_used(r, *renamed);
     if (code == 'B') r->binds++;
   }
   if (client && r->pool && !r->q_open) {
@@ -1110,12 +1125,17 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
 // Under contention (more clients than connections) every transaction's end would otherwise go through JS: the
 // connection released, the next waiting client woken, its message read by Node. A hub does pgBouncer's loop
 // for the clients and connections JS put in it (pooled-session.ts decides who may: no settings to replay, no
-// named statements, clean connections): a member relay holds a server or waits; at a transaction's end
+// statements SQL names, clean connections): a member relay holds a server or waits; at a transaction's end
 // (ReadyForQuery 'I', nothing outstanding or half-read) its server goes straight to the oldest member whose next
 // request has come (read whole into c.in first, so that one JS must see exits without taking a server), which
 // forwards it at once. JS stays the authority: a member exits to JS as any relay does, with the server it holds
 // then (outcome's server fd); JS takes servers back (want, take: at once when free or idle, else at their
 // holder's transaction end, through the event callback), and reads members and counts when it needs them.
+// Named statements: a member carries its client's table (named_t, as a lend's: client name -> server-side name)
+// and each server the server-side names prepared on it when it came (prepared.ts); a Bind or Describe is renamed
+// as a lend's is when the server the member holds then has the name, else the member exits to JS (which prepares
+// it). What was renamed on each server is counted there and read by JS when the server leaves (hubUses: the
+// connection's LRU).
 
 #define EVENT_SERVER 1  // a server JS asked for left the hub
 #define EVENT_STARVED 2 // clients queue and the hub has no server, or fewer than queued clients (at most every 10 ms)
@@ -1128,7 +1148,25 @@ struct hserver {
   relay_t *holder; // NULL: free (polled for what a server says unasked, or its end)
   int events;      // what its poll watches while it is free or between holders (hub_detach)
   bool to_js;      // JS asked for it back: it goes at its holder's next transaction end
+  // The server-side names of the statements prepared on it (hubEnter's, hubAdd's), found by hashing a name: slots
+  // hold an index + 1. uses: the Binds and Describes renamed to each, for JS when the server leaves (hub_gone_t).
+  uint64_t id; // unique in its hub (named_t.srv_id)
+  uint8_t *names_buf;
+  struct sname {
+    const uint8_t *p;
+    uint32_t len;
+  } *names;
+  uint32_t names_n, *slots, slots_mask;
+  uint32_t *uses;
+  bool used;
 };
+
+// A server that left the hub with statements renamed on it: their uses, until JS reads them (hubUses).
+typedef struct {
+  int fd;
+  uint32_t n;
+  uint32_t *uses;
+} hub_gone_t;
 
 struct hub {
   uv_idle_t kick; // forwards what queued clients sent, once they have a server (from the loop, never from a JS call)
@@ -1139,7 +1177,9 @@ struct hub {
   uint32_t n_srv, cap_srv;
   relay_t *whead, *wtail, *members, *rhead;
   uint32_t queued_n, members_n, js_want;
-  uint64_t handoffs, wait_ns, last_starved;
+  uint64_t handoffs, wait_ns, last_starved, next_id;
+  hub_gone_t *gone;
+  uint32_t gone_n, gone_cap;
   bool dispatching, again, finalized;
 };
 
@@ -1158,20 +1198,101 @@ static void hub_emit(hub_t *hub, int kind, int fd) {
   napi_close_handle_scope(env, scope);
 }
 
-static void free_hserver(uv_handle_t *h) { free(h->data); }
+static void free_hserver_names(hserver_t *hs) {
+  free(hs->names_buf);
+  free(hs->names);
+  free(hs->slots);
+  free(hs->uses);
+}
 
-// A server leaves the hub (JS owns it again); its holder, if any, was detached first.
+static void free_hserver(uv_handle_t *h) {
+  free_hserver_names(h->data);
+  free(h->data);
+}
+
+// A server leaves the hub (JS owns it again); its holder, if any, was detached first. The uses of its statements
+// wait for JS (hubUses); without room for them they are lost (the LRU is a little off, nothing more).
 static void hub_drop_server(hub_t *hub, hserver_t *hs) {
   for (uint32_t i = 0; i < hub->n_srv; i++) {
     if (hub->srv[i] != hs) continue;
     hub->srv[i] = hub->srv[--hub->n_srv];
     break;
   }
+  if (hs->used) {
+    if (hub->gone_n == hub->gone_cap) {
+      uint32_t cap = hub->gone_cap ? hub->gone_cap * 2 : 8;
+      hub_gone_t *grown = realloc(hub->gone, cap * sizeof *grown);
+      if (grown != NULL) {
+        hub->gone = grown;
+        hub->gone_cap = cap;
+      }
+    }
+    if (hub->gone_n < hub->gone_cap) {
+      hub->gone[hub->gone_n++] = (hub_gone_t){.fd = hs->fd, .n = hs->names_n, .uses = hs->uses};
+      hs->uses = NULL;
+    }
+  }
   uv_poll_stop(&hs->poll);
   uv_close((uv_handle_t *)&hs->poll, free_hserver);
 }
 
-static hserver_t *hub_add_server(hub_t *hub, int fd) {
+// The server's statements from `name\0name\0...` (server-side names); false when malformed or out of memory.
+static bool hserver_names(hserver_t *hs, const uint8_t *p, size_t len) {
+  if (len == 0) return true;
+  if (p[len - 1] != 0) return false;
+  uint32_t n = 0;
+  for (size_t i = 0; i < len; i++) n += p[i] == 0;
+  uint32_t size = 8;
+  while (size < 2 * n) size *= 2;
+  hs->names_buf = malloc(len);
+  hs->names = calloc(n, sizeof *hs->names);
+  hs->slots = calloc(size, sizeof(uint32_t));
+  hs->uses = calloc(n, sizeof(uint32_t));
+  if (hs->names_buf == NULL || hs->names == NULL || hs->slots == NULL || hs->uses == NULL) return false;
+  memcpy(hs->names_buf, p, len);
+  hs->slots_mask = size - 1;
+  const uint8_t *at = hs->names_buf;
+  for (uint32_t k = 0; k < n; k++) {
+    uint32_t l = (uint32_t)strlen((const char *)at);
+    if (l == 0) return false;
+    hs->names[k].p = at;
+    hs->names[k].len = l;
+    at += l + 1;
+    uint32_t i = name_hash(hs->names[k].p, l) & hs->slots_mask;
+    while (hs->slots[i] != 0) i = (i + 1) & hs->slots_mask; // a name twice: the first is found, the second unused
+    hs->slots[i] = k + 1;
+  }
+  hs->names_n = n;
+  return true;
+}
+
+// Whether the server member r holds has e's server-side name (remembered in e for this server).
+static bool hub_server_has(relay_t *r, named_t *e) {
+  hserver_t *hs = r->hs;
+  if (e->srv_id == hs->id) return e->srv_idx >= 0;
+  e->srv_id = hs->id;
+  e->srv_idx = -1;
+  if (hs->names_n == 0) return false;
+  for (uint32_t i = name_hash(e->server, e->server_len) & hs->slots_mask;; i = (i + 1) & hs->slots_mask) {
+    uint32_t k = hs->slots[i];
+    if (k == 0) return false;
+    const struct sname *x = &hs->names[k - 1];
+    if (x->len == e->server_len && memcmp(x->p, e->server, x->len) == 0) {
+      e->srv_idx = (int32_t)(k - 1);
+      return true;
+    }
+  }
+}
+
+// A Bind or Describe of e went to the server r holds (accept_message; renamable checked it has e's name).
+static void hub_server_used(relay_t *r, const named_t *e) {
+  hserver_t *hs = r->hs;
+  if (hs == NULL || e->srv_id != hs->id || e->srv_idx < 0) return;
+  hs->uses[e->srv_idx]++;
+  hs->used = true;
+}
+
+static hserver_t *hub_add_server(hub_t *hub, int fd, const uint8_t *names, size_t names_len) {
   if (hub->n_srv == hub->cap_srv) {
     uint32_t cap = hub->cap_srv ? hub->cap_srv * 2 : 16;
     hserver_t **grown = realloc(hub->srv, cap * sizeof *grown);
@@ -1181,13 +1302,16 @@ static hserver_t *hub_add_server(hub_t *hub, int fd) {
   }
   hserver_t *hs = calloc(1, sizeof *hs);
   uv_loop_t *loop;
-  if (hs == NULL || napi_get_uv_event_loop(hub->env, &loop) != napi_ok || uv_poll_init(loop, &hs->poll, fd) != 0) {
+  if (hs == NULL) return NULL;
+  if (!hserver_names(hs, names, names_len) || napi_get_uv_event_loop(hub->env, &loop) != napi_ok || uv_poll_init(loop, &hs->poll, fd) != 0) {
+    free_hserver_names(hs);
     free(hs);
     return NULL;
   }
   hs->poll.data = hs;
   hs->fd = fd;
   hs->hub = hub;
+  hs->id = ++hub->next_id;
   hub->srv[hub->n_srv++] = hs;
   return hs;
 }
@@ -1451,6 +1575,8 @@ static hub_t *hub_arg(napi_env env, napi_value v) {
 
 static void hub_closed(uv_handle_t *h) {
   hub_t *hub = (hub_t *)h->data;
+  for (uint32_t i = 0; i < hub->gone_n; i++) free(hub->gone[i].uses);
+  free(hub->gone);
   free(hub->srv);
   free(hub);
 }
@@ -1487,11 +1613,23 @@ static napi_value js_hub_create(napi_env env, napi_callback_info info) {
   return handle;
 }
 
-// hubEnter(hub, clientFd, serverFd (-1: none), maxMessage, onExit, keepStatus, poolFlags) -> relay handle: the
-// client (and the server it holds) join the hub; onExit, stop and state as start's.
+// A Buffer argument's bytes (len 0: absent, null or not a Buffer).
+static void buffer_arg(napi_env env, napi_value v, const uint8_t **p, size_t *len) {
+  bool is_buffer = false;
+  void *data;
+  *p = NULL;
+  *len = 0;
+  if (napi_is_buffer(env, v, &is_buffer) == napi_ok && is_buffer && napi_get_buffer_info(env, v, &data, len) == napi_ok) *p = data;
+  else *len = 0;
+}
+
+// hubEnter(hub, clientFd, serverFd (-1: none), maxMessage, onExit, keepStatus, poolFlags[, names[, serverNames]]) ->
+// relay handle: the client (and the server it holds) join the hub; onExit, stop and state as start's. names: with
+// POOL_NAMED, the client's statements the member renames (start's names); serverNames: `name\0...`, the server-side
+// names of the statements prepared on that server.
 static napi_value js_hub_enter(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
+  size_t argc = 9;
+  napi_value argv[9];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   hub_t *hub = argc >= 7 ? hub_arg(env, argv[0]) : NULL;
   int32_t cfd, sfd;
@@ -1519,16 +1657,27 @@ static napi_value js_hub_enter(napi_env env, napi_callback_info info) {
   }
   if (!r->keep) r->status = 'I';
   if (napi_get_value_uint32(env, argv[6], &pool) == napi_ok) r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
+  const uint8_t *names = NULL, *snames = NULL;
+  size_t names_len = 0, snames_len = 0;
+  if (argc >= 8) buffer_arg(env, argv[7], &names, &names_len);
+  if (argc >= 9) buffer_arg(env, argv[8], &snames, &snames_len);
+  if ((r->pool & POOL_NAMED) && !set_names(r, names, names_len)) {
+    r->finalized = true;
+    maybe_free(r);
+    return throw_error(env, "hubEnter: names must be client\\0server\\0 pairs of non-empty, distinct names");
+  }
   hserver_t *hs = NULL;
-  if (sfd >= 0 && (hs = hub_add_server(hub, sfd)) == NULL) {
-    free(r);
+  if (sfd >= 0 && (hs = hub_add_server(hub, sfd, snames, snames_len)) == NULL) {
+    r->finalized = true;
+    maybe_free(r);
     return throw_error(env, "hubEnter: cannot watch the server socket");
   }
   r->c.poll = &r->c.own;
   int e = uv_poll_init(loop, &r->c.own, cfd);
   if (e != 0) {
     if (hs != NULL) hub_drop_server(hub, hs);
-    free(r);
+    r->finalized = true;
+    maybe_free(r);
     return throw_error(env, uv_strerror(e));
   }
   r->c.own.data = r;
@@ -1556,15 +1705,19 @@ static napi_value js_hub_enter(napi_env env, napi_callback_info info) {
   return handle;
 }
 
-// hubAdd(hub, serverFd): a server JS hands the hub (free; queued clients take it).
+// hubAdd(hub, serverFd[, serverNames]): a server JS hands the hub (free; queued clients take it), with the
+// server-side names of its statements (hubEnter's serverNames).
 static napi_value js_hub_add(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   hub_t *hub = argc >= 2 ? hub_arg(env, argv[0]) : NULL;
   int32_t sfd;
   if (hub == NULL || hub->finalized || napi_get_value_int32(env, argv[1], &sfd) != napi_ok || sfd < 0) return throw_error(env, "hubAdd(hub, serverFd)");
-  hserver_t *hs = hub_add_server(hub, sfd);
+  const uint8_t *snames = NULL;
+  size_t snames_len = 0;
+  if (argc >= 3) buffer_arg(env, argv[2], &snames, &snames_len);
+  hserver_t *hs = hub_add_server(hub, sfd, snames, snames_len);
   if (hs == NULL) return throw_error(env, "hubAdd: cannot watch the server socket");
   hub->js_want = 0; // JS gives: it wants none back
   hub_set_free(hs);
@@ -1641,6 +1794,31 @@ static napi_value js_hub_members(napi_env env, napi_callback_info info) {
     napi_set_element(env, row, 3, number(env, r->queued ? (double)((now - r->wait_start) / 1000) : 0));
     napi_set_element(env, out, k++, row);
   }
+  return out;
+}
+
+// hubUses(hub) -> [[serverFd, [uses of each of its serverNames]], ...]: the servers that left the hub with
+// statements renamed on them since the last call (JS makes those recently used: the connection's LRU).
+static napi_value js_hub_uses(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  hub_t *hub = argc >= 1 ? hub_arg(env, argv[0]) : NULL;
+  if (hub == NULL) return throw_error(env, "hubUses(hub)");
+  napi_value out;
+  napi_create_array_with_length(env, hub->gone_n, &out);
+  for (uint32_t i = 0; i < hub->gone_n; i++) {
+    hub_gone_t *g = &hub->gone[i];
+    napi_value row, uses;
+    napi_create_array_with_length(env, 2, &row);
+    napi_create_array_with_length(env, g->n, &uses);
+    for (uint32_t k = 0; k < g->n; k++) napi_set_element(env, uses, k, number(env, g->uses[k]));
+    napi_set_element(env, row, 0, number(env, g->fd));
+    napi_set_element(env, row, 1, uses);
+    napi_set_element(env, out, i, row);
+    free(g->uses);
+  }
+  hub->gone_n = 0;
   return out;
 }
 
@@ -1873,6 +2051,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"hubTake", NULL, js_hub_take, NULL, NULL, NULL, napi_enumerable, NULL},
     {"hubMembers", NULL, js_hub_members, NULL, NULL, NULL, napi_enumerable, NULL},
     {"hubStats", NULL, js_hub_stats, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"hubUses", NULL, js_hub_uses, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
