@@ -3,47 +3,11 @@
 // server has them; a statement the server lacks sends the client to JS, which prepares it there. Real node-postgres
 // clients (named queries) through the real proxy against the real cluster.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import pg from 'pg';
-import type { PoolingEnv } from '../../proxy/pooling.js';
+import type pg from 'pg';
 import { loadNativeRelay } from '../../proxy/relay.js';
-import type { ProxyServer } from '../../proxy/server.js';
-import { adminQuery, eventually, startPoolingProxy, testDb } from './helpers.js';
+import { adminQuery, eventually, testDb } from './helpers.js';
+import { connect, handoffs, pool, pooledProxy, type Pooled } from './hub-helpers.js';
 
-interface Pooled {
-  proxy: ProxyServer;
-  pooling: PoolingEnv;
-  url(database?: string): string;
-  close(): Promise<void>;
-}
-
-async function pooledProxy(pgbouncer: Record<string, string | number>): Promise<Pooled> {
-  const db = testDb();
-  const r = db.roles.scram;
-  const { proxy, pooling, closeConsole } = await startPoolingProxy({
-    authType: 'scram-sha-256', user: r.user, password: r.password, pgbouncer: { admin_users: r.user, ...pgbouncer }, proxy: { nativeRelay: 'on' },
-  });
-  pooling.pooler.handoff = true;
-  return {
-    proxy,
-    pooling,
-    url: (database = 'postgres') => `postgres://${encodeURIComponent(r.user)}:${encodeURIComponent(r.password)}@127.0.0.1:${proxy.address.port}/${database}`,
-    close: async () => {
-      await proxy.close(0);
-      pooling.pooler.close();
-      closeConsole();
-    },
-  };
-}
-
-async function connect(url: string): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: url });
-  c.on('error', () => {});
-  await c.connect();
-  return c;
-}
-
-const pool = (p: Pooled) => [...p.pooling.pooler.pools()][0];
-const handoffs = (p: Pooled) => pool(p).hub?.sync().handoffs ?? 0;
 const exits = (p: Pooled) => p.proxy.stats().totals.relayExits;
 
 /** The most server connections the pool had while `work` ran (sampled every few milliseconds). */

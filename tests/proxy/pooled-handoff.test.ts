@@ -3,47 +3,10 @@
 // clients on a small pool, hand-offs counted by the hub, nothing leaking between clients, clients the hub cannot
 // carry still served, and the pool's timers, console commands and failures with clients waiting in C.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import pg from 'pg';
-import type { PoolingEnv } from '../../proxy/pooling.js';
+import type pg from 'pg';
 import { loadNativeRelay } from '../../proxy/relay.js';
-import type { ProxyServer } from '../../proxy/server.js';
-import { eventually, startPoolingProxy, testDb } from './helpers.js';
-
-interface Pooled {
-  proxy: ProxyServer;
-  pooling: PoolingEnv;
-  url(database?: string): string;
-  close(): Promise<void>;
-}
-
-async function pooledProxy(pgbouncer: Record<string, string | number>): Promise<Pooled> {
-  const db = testDb();
-  const r = db.roles.scram;
-  const { proxy, pooling, closeConsole } = await startPoolingProxy({
-    authType: 'scram-sha-256', user: r.user, password: r.password, pgbouncer: { admin_users: r.user, ...pgbouncer }, proxy: { nativeRelay: 'on' },
-  });
-  pooling.pooler.handoff = true;
-  return {
-    proxy,
-    pooling,
-    url: (database = 'postgres') => `postgres://${encodeURIComponent(r.user)}:${encodeURIComponent(r.password)}@127.0.0.1:${proxy.address.port}/${database}`,
-    close: async () => {
-      await proxy.close(0);
-      pooling.pooler.close();
-      closeConsole();
-    },
-  };
-}
-
-async function connect(url: string): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: url });
-  c.on('error', () => {});
-  await c.connect();
-  return c;
-}
-
-const pool = (p: Pooled) => [...p.pooling.pooler.pools()][0];
-const handoffs = (p: Pooled) => pool(p).hub?.sync().handoffs ?? 0;
+import { eventually } from './helpers.js';
+import { connect, handoffs, pool, pooledProxy, type Pooled } from './hub-helpers.js';
 
 describe.runIf(loadNativeRelay().relay?.hubCreate != null)('handing server connections between clients in C', () => {
   let p: Pooled;
