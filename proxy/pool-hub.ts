@@ -8,7 +8,8 @@
 //  - JS waiters come first: the pool asks servers back (want), which C gives at once when free or idle, else at
 //    their holders' next transaction end; servers to close (RECONNECT, server_lifetime) are taken back one by one;
 //  - clients queued in C meet query_wait_timeout here (tick), and a hub short of servers sends its oldest queued
-//    client to JS, whose wait makes the pool open connections (starved);
+//    client to JS, whose wait makes the pool open connections (starved); in a worker process they stay in C and
+//    count as the pool's waiters when it asks the primary for slots (pool-limits.ts), whose yields take servers back;
 //  - a server freed by JS goes to the hub while clients queue there and JS has none waiting (offer);
 //  - named statements: each server enters with the server-side names prepared on it (prepared.ts serverNames), its
 //    members with their tables (hubTable); what C renamed on a server is made recently used when it leaves (markUsed).
