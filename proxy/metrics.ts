@@ -188,6 +188,7 @@ const PROXY_TOTALS: [keyof ProxyStats['totals'], string, string][] = [
   ['intercepted', 'intercepted_messages_total', 'Messages naming steadytext handed to the steadytext layer'],
   ['rewritten', 'rewritten_messages_total', 'Messages the steadytext layer replaced'],
   ['relayStarts', 'native_relay_handoffs_total', 'Times an idle session was handed to the native relay'],
+  ['hubHandoffs', 'native_hub_handoffs_total', 'Server connections handed from client to client in the native hub (transaction pooling under contention)'],
   ['cancelsForwarded', 'cancels_forwarded_total', 'Cancel requests forwarded to PostgreSQL'],
   ['cancelsIgnored', 'cancels_ignored_total', 'Cancel requests matching no session'],
 ];

@@ -8,7 +8,8 @@
 //  - JS waiters come first: the pool asks servers back (want), which C gives at once when free or idle, else at
 //    their holders' next transaction end; servers to close (RECONNECT, server_lifetime) are taken back one by one;
 //  - clients queued in C meet query_wait_timeout here (tick), and a hub short of servers sends its oldest queued
-//    client to JS, whose wait makes the pool open connections (starved);
+//    client to JS, whose wait makes the pool open connections (starved); in a worker process they stay in C and
+//    count as the pool's waiters when it asks the primary for slots (pool-limits.ts), whose yields take servers back;
 //  - a server freed by JS goes to the hub while clients queue there and JS has none waiting (offer);
 //  - named statements: each server enters with the server-side names prepared on it (prepared.ts serverNames), its
 //    members with their tables (hubTable); what C renamed on a server is made recently used when it leaves (markUsed).
@@ -102,9 +103,9 @@ export class PoolHub implements PoolClient {
     return s;
   }
 
-  /** Is this server one the hub may hold (clean, its settings the hub's)? */
+  /** Is this server one the hub may hold (clean, its settings the hub's, no yield pending: Pool.yieldNext)? */
   fits(s: PooledServer, applied: string): boolean {
-    return this.pool.clean(s) && this.key === applied && s.conn.plain && socketFd(s.conn.sock) >= 0;
+    return this.pool.clean(s) && this.pool.yieldNext === 0 && this.key === applied && s.conn.plain && socketFd(s.conn.sock) >= 0;
   }
 
   /**
@@ -147,6 +148,28 @@ export class PoolHub implements PoolClient {
     // In a transaction: its client goes back to JS with it (as a lent one's), which releases it at the transaction's end.
     const m = this.native.members().find((x) => x.serverFd === fd);
     if (m !== undefined) this.members.get(m.clientFd)?.stopHub();
+  }
+
+  /**
+   * Worker processes: another worker needs this server's slot (pool-limits.ts yieldIdle). It leaves the hub now if
+   * free or held between transactions (its holder waits without one from then on), and true: the caller closes it
+   * and gives the slot back. False: in a transaction (asked back from C, it comes to the pool at its end: Pool.fill).
+   */
+  yieldServer(s: PooledServer): boolean {
+    const fd = socketFd(s.conn.sock);
+    if (this.servers.get(fd) !== s || this.lentBusy(s)) return false;
+    // 'later': a transaction began since the snapshot; C gives it back at its end, as any server JS asked for.
+    if (this.native.take(fd) !== 'now') return false;
+    this.disown(s, fd);
+    s.client = null;
+    s.conn.attach(s);
+    if (s.conn.sock.isPaused()) s.conn.sock.resume();
+    return true;
+  }
+
+  /** Servers handed from client to client in C so far (the metrics' hub hand-offs). */
+  get handoffs(): number {
+    return this.native.stats().handoffs;
   }
 
   /** Clients queued in C now. */
@@ -318,6 +341,10 @@ export class PoolHub implements PoolClient {
     if (this.pool.offerIdle(this)) return;
     // A connection lent to a client outside the hub: taken back, it comes here at its release (Pool.returnIdle).
     if (this.pool.lent.size > this.servers.size) return this.pool.reclaimLent(1, false);
+    // Worker processes: the pool counts the clients queued here as waiting (WorkerSlots.needs), asks the primary
+    // for slots for them and opens connections on those granted, which come here (Pool.returnIdle), as a JS
+    // waiter's would; the clients stay in C meanwhile (query_wait_timeout still applies: tick).
+    if (this.pool.pooler.slots !== null && this.pool.idle.length === 0) return this.pool.pooler.schedule(this.pool);
     // An idle connection that does not fit (other settings), or room to open one: JS serves the client (replaying).
     if (this.pool.idle.length === 0 && !this.pool.roomToOpen()) return;
     let oldest: HubMember | null = null;

@@ -399,12 +399,12 @@ export class WorkerSlots implements ServerSlots {
     return this.pooler.databases.get(st.db)?.pools.get(st.user);
   }
 
-  /** Connections the pool would open now: for waiting clients, and up to min_pool_size. */
+  /** Connections the pool would open now: for waiting clients (in JS, or queued in the native hub), and up to min_pool_size. */
   private needs(pool: Pool): { wait: number; min: number } {
     if (pool.paused || this.pooler.suspended) return { wait: 0, min: 0 };
     const failure = pool.loginFailure;
     if (failure && Date.now() - failure.at < this.pooler.settings.serverLoginRetry * 1000) return { wait: 0, min: 0 };
-    const wait = Math.max(0, pool.waiters.length + pool.replicationWaiting - pool.opening);
+    const wait = Math.max(0, pool.waiters.length + pool.replicationWaiting + pool.hubWaiting() - pool.opening);
     return { wait, min: Math.max(0, pool.minPoolSize() - pool.size - wait) };
   }
 
@@ -456,7 +456,8 @@ export class WorkerSlots implements ServerSlots {
 
   /**
    * Closes an idle connection another worker needs more: idle a while (soft), or any idle one (now, hard). A
-   * connection lent to its client's relay is idle between that client's transactions: taken back, it goes too.
+   * connection lent to its client's relay is idle between that client's transactions: taken back, it goes too; one
+   * in the native hub is idle when free or held between transactions (quiet as its holder's client), and leaves it.
    */
   private yieldIdle(pool: Pool, st: Local): boolean {
     const now = Date.now();
@@ -471,9 +472,13 @@ export class WorkerSlots implements ServerSlots {
     }
     for (const s of [...pool.lent]) {
       const c = s.client;
-      if (s.closed || c === null || c.lentBusy?.()) continue;
-      const kind = kindOf(c.lentQuiet?.(now) ?? 0);
+      if (s.closed || c === null || c.lentBusy?.(s)) continue;
+      const kind = kindOf(c.lentQuiet?.(now, s) ?? 0);
       if (kind === null) continue;
+      if (c === pool.hub) {
+        if (pool.hub.yieldServer(s)) return this.yielded(pool, st, s, kind);
+        continue;
+      }
       c.reclaim?.();
       // Released between transactions: idle now, unless a client of this worker was waiting and has it.
       const i = pool.idle.indexOf(s);
@@ -521,7 +526,10 @@ export class WorkerSlots implements ServerSlots {
       }
     } else if (!m.yields.hard && st.yields.hard) {
       st.yields.hard = false;
-      if (st.hardPending && pool) pool.yieldNext = 0;
+      if (st.hardPending && pool) {
+        pool.yieldNext = 0;
+        this.pooler.schedule(pool); // the hub is asked for no server any more (Pool.fill)
+      }
       st.hardPending = false;
     }
     if (pool && (st.yields.soft || st.yields.now)) this.pooler.schedule(pool);

@@ -439,20 +439,29 @@ export class Pool {
 
   /**
    * The pool's hub, made on first use, when the pooler hands off in C (Pooler.handoff) and this pool can: transaction
-   * mode, one process (worker processes share limits through the primary), the native relay with the hub calls.
+   * mode, the native relay with the hub calls. In a worker process the hub holds only servers the worker has slots
+   * for (they are in Pool.lent): a yield takes them back (pool-limits.ts), clients queued in C ask for slots (needs).
    */
   hubFor(): PoolHub | null {
     if (this.hub !== null) return this.hub;
-    if (!this.pooler.handoff || this.mode !== 'transaction' || this.pooler.slots !== null) return null;
+    if (!this.pooler.handoff || this.mode !== 'transaction') return null;
     const nr = loadNativeRelay().relay;
     if (nr?.hubCreate == null) return null;
     this.hub = new PoolHub(this, nr);
     return this.hub;
   }
 
-  /** May clients join the hub now (nothing holds the pool: PAUSE, SUSPEND, a shutdown, a yield)? */
+  /**
+   * May clients join the hub now (nothing holds the pool: PAUSE, SUSPEND, a shutdown)? A pending yield (yieldNext)
+   * does not close it: the hub gives one server back (fill), and takes none meanwhile (PoolHub.fits).
+   */
   hubOpen(): boolean {
-    return !this.paused && this.pooler.refusal === null && !this.pooler.suspended && this.yieldNext === 0;
+    return !this.paused && this.pooler.refusal === null && !this.pooler.suspended;
+  }
+
+  /** Worker processes: clients queued in the hub wait for a server as JS waiters do (slots are asked for them). */
+  hubWaiting(): number {
+    return this.hub === null || this.pooler.slots === null ? 0 : this.hub.queuedNow();
   }
 
   /** Starved hub: an idle connection that fits goes to it. */
@@ -548,7 +557,7 @@ export class Pool {
       this.reclaimLent(this.replWaiting.length);
       this.fillReplication();
     }
-    const want = Math.max(this.waiters.length - this.opening, this.minPoolSize() - this.size);
+    const want = Math.max(this.waiters.length + this.hubWaiting() - this.opening, this.minPoolSize() - this.size);
     let opened = 0;
     for (; opened < want; opened++) {
       if (!this.mayOpen()) break;
@@ -557,8 +566,9 @@ export class Pool {
     // Waiters a new connection will not serve take a lent one back: the pool grows to its size first, as
     // pgBouncer's would with no idle connection, rather than have clients take turns on one connection.
     const short = this.waiters.length - this.opening;
-    if (short > 0) this.reclaimLent(short);
-    else this.hub?.want(0); // JS needs none of the hub's servers: its queued clients have them all
+    // A yield pending (worker processes): the hub's next server to end a transaction comes back, to be closed.
+    if (short > 0) this.reclaimLent(short + this.yieldNext);
+    else if (this.yieldNext === 0) this.hub?.want(0); // JS needs none of the hub's servers: its queued clients have them all
   }
 
   minPoolSize(): number {

@@ -19,7 +19,7 @@ import { resolve } from 'node:path';
 import { certAllows, clientTlsFrom, parseIdentFile, type ClientTls, type IdentMapping } from './client-tls.js';
 import { matchHba, type PoolerSettings } from '../config/pgbouncer.js';
 import { ClientAuth } from './auth.js';
-import { poolError } from './pool.js';
+import { poolError, type Pool } from './pool.js';
 
 export interface ProxyOptions {
   /** Where to listen; port 0 picks a free port (see ProxyServer.address). */
@@ -69,7 +69,8 @@ export interface ProxyStats {
   clients: number;
   /** Bytes held in memory for all sessions now (writes not yet taken by the kernel, partial messages). */
   buffered: number;
-  totals: Totals & { cancelsForwarded: number; cancelsIgnored: number };
+  /** hubHandoffs: server connections the pools' native hubs handed from client to client (pool-hub.ts). */
+  totals: Totals & { cancelsForwarded: number; cancelsIgnored: number; hubHandoffs: number };
 }
 
 export interface ProxyServer {
@@ -226,7 +227,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   return {
     address,
     takeover,
-    stats: () => sessions.stats(env.totals, cancels),
+    stats: () => sessions.stats(env.totals, cancels, opts.pooling?.pooler.pools()),
     close(graceMs = opts.shutdownGraceMs) {
       unix?.close();
       if (unlinkAdopted && !released) rmSync(unlinkAdopted, { force: true });
@@ -515,8 +516,10 @@ class Sessions {
   }
 
   /** The totals so far, with what the native relay moved and has not yet counted, and what sessions hold now. */
-  stats(totals: Totals, cancels: CancelRegistry): ProxyStats {
-    const t = { ...totals, cancelsForwarded: cancels.forwarded, cancelsIgnored: cancels.ignored };
+  stats(totals: Totals, cancels: CancelRegistry, pools: Iterable<Pool> = []): ProxyStats {
+    let hubHandoffs = 0;
+    for (const p of pools) hubHandoffs += p.hub?.handoffs ?? 0;
+    const t = { ...totals, cancelsForwarded: cancels.forwarded, cancelsIgnored: cancels.ignored, hubHandoffs };
     let buffered = 0;
     for (const s of this.open) {
       buffered += s.buffered;

@@ -277,6 +277,71 @@ describe('pooling with --workers: one set of limits', () => {
     expect((await handoffs()) - mid).toBeGreaterThanOrEqual(1);
   });
 
+  test('the native hub in each worker: 20 clients on a pool of 2 take turns in C, never over 2 connections; a hub holding both gives one to the other worker', async () => {
+    const app = appName();
+    const metricsPort = await freePort();
+    const b = await startBouncer({ postgres: target(`application_name=${app}`) }, { default_pool_size: 2, query_wait_timeout: 60 }, false, [
+      `metrics_listen = 127.0.0.1:${metricsPort}`,
+    ]);
+    const metric = async (name: string) => {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+      return Number(line?.split(' ').pop());
+    };
+    const hubHandoffs = () => metric('pg_steadytext_proxy_native_hub_handoffs_total');
+    const admin = await connect(b, 'pgbouncer');
+    const xacts = async () => Number((await admin.query('SHOW STATS')).rows.find((r) => r.database === 'postgres').total_xact_count);
+    const clients = await Promise.all(Array.from({ length: 20 }, () => connect(b)));
+    const workers = [...new Set(clients.map(workerOf))];
+    expect(workers).toHaveLength(2);
+    const before = await hubHandoffs();
+    const xactsBefore = await xacts();
+    const rounds = 30;
+    const work = Promise.all(
+      clients.map(async (c, i) => {
+        for (let round = 0; round < rounds; round++) {
+          // The extended protocol (unnamed statements) and the simple one, each a transaction of its own.
+          expect((await c.query('SELECT $1::int AS i, $2::int AS r', [i, round])).rows[0]).toEqual({ i, r: round });
+          expect((await c.query(`SELECT ${i * 1000 + round} AS v`)).rows[0].v).toBe(i * 1000 + round);
+        }
+      }),
+    );
+    expect(await peakWhile(app, work)).toBeLessThanOrEqual(2);
+    // Handed from client to client in C, in the workers' hubs; SHOW STATS counts what the hubs ran.
+    expect((await hubHandoffs()) - before).toBeGreaterThan(20);
+    expect((await xacts()) - xactsBefore).toBeGreaterThanOrEqual(20 * rounds * 2);
+
+    // One worker's clients keep both connections busy in its hub (the other worker's idle one is yielded to it) ...
+    const [busyWorker] = workers;
+    const busy = clients.filter((c) => workerOf(c) === busyWorker);
+    const other = clients.find((c) => workerOf(c) !== busyWorker)!;
+    let stop = false;
+    const load = Promise.all(
+      busy.map(async (c, i) => {
+        while (!stop) expect((await c.query('SELECT $1::int AS i, pg_sleep(0.002)', [i])).rows[0].i).toBe(i);
+      }),
+    );
+    // ... its clients queued in C show as waiting in the console, which asks both workers ...
+    await expect
+      .poll(async () => Number((await admin.query('SHOW POOLS')).rows.find((r) => r.database === 'postgres' && r.user === 'trust_user').cl_waiting), { timeout: 10_000 })
+      .toBeGreaterThan(0);
+    // ... and, its clients queued in C asking the primary for slots, it gets both (the other worker's quiet one is yielded):
+    const servers = async () => (await admin.query('SHOW SERVERS')).rows.filter((r) => r.database === 'postgres').map((r) => Number(r.id) % 2);
+    await expect.poll(servers, { timeout: 10_000 }).toEqual([busyWorker, busyWorker]);
+    // ... and the other worker's client still gets its turns: the hub yields a connection at a transaction's end.
+    const turns = (async () => {
+      for (let i = 0; i < 5; i++) expect((await other.query('SELECT $1::int AS v', [i])).rows[0].v).toBe(i);
+    })().finally(() => (stop = true));
+    expect(await peakWhile(app, Promise.all([turns, load]))).toBeLessThanOrEqual(2);
+    // Nothing leaked: the connections the workers hold are those the database has.
+    const held = async () => {
+      const r = (await admin.query('SHOW POOLS')).rows.find((x) => x.database === 'postgres' && x.user === 'trust_user');
+      return ['sv_active', 'sv_idle', 'sv_used', 'sv_tested', 'sv_login'].reduce((n, k) => n + Number(r[k]), 0);
+    };
+    await expect.poll(async () => (await held()) === (await serverCount(app)), { timeout: 10_000 }).toBe(true);
+    expect(await held()).toBeLessThanOrEqual(2);
+  });
+
   test('max_db_connections = 1 across 2 workers: another user\'s pool in the other worker takes the idle connection\'s place', async () => {
     const app = appName();
     const b = await startBouncer({ postgres: target(`application_name=${app}`) }, { max_db_connections: 1, default_pool_size: 2, query_wait_timeout: 60 });
@@ -500,5 +565,72 @@ describe('pooling with --workers: cancel and console across workers', () => {
     expect((await r.query('SELECT 1 AS v')).rows[0].v).toBe(1);
     expect((await s.query('SELECT 1 AS v')).rows[0].v).toBe(1);
     expect(b.alive()).toBe(true);
+  });
+
+  test('clients queued in a worker\'s hub: SHOW POOLS counts them waiting, RECONNECT, KILL and query_wait_timeout reach them', async () => {
+    const app = appName();
+    const metricsPort = await freePort();
+    const b = await startBouncer({ postgres: target(`application_name=${app}`) }, { default_pool_size: 1, max_client_conn: 40 }, false, [
+      `metrics_listen = 127.0.0.1:${metricsPort}`,
+    ]);
+    const hubHandoffs = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      return Number(text.split('\n').find((l) => l.startsWith('pg_steadytext_proxy_native_hub_handoffs_total '))?.split(' ').pop());
+    };
+    const admin = await connect(b, 'pgbouncer');
+    const pools = async () => (await admin.query('SHOW POOLS')).rows.find((r) => r.database === 'postgres' && r.user === 'trust_user');
+    /** n + 1 clients on one worker, members of its hub (a transaction each), the first in a transaction, the others' queries queued behind it. */
+    const queueBehind = async (n: number) => {
+      const all: pg.Client[] = [];
+      let mine: pg.Client[] = [];
+      while (mine.length < n + 1) {
+        all.push(await connect(b));
+        mine = all.filter((c) => workerOf(c) === workerOf(all[0]));
+      }
+      for (const c of all) if (!mine.includes(c)) await c.end();
+      for (const c of mine) expect((await c.query('SELECT 1 AS v')).rows[0].v).toBe(1);
+      const [holder, ...queued] = mine;
+      await holder.query('BEGIN');
+      const pid = (await holder.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+      const pending = queued.map((c, k) => c.query('SELECT $1::int AS v', [k]));
+      for (const q of pending) q.catch(() => {});
+      await expect.poll(async () => Number((await pools()).cl_waiting), { timeout: 10_000 }).toBe(n);
+      return { holder, queued, pending, pid };
+    };
+
+    // Waiting in C, counted by the console that asks both workers; handed over in C once the holder commits.
+    let q = await queueBehind(3);
+    expect(Number((await pools()).sv_active)).toBe(1);
+    const before = await hubHandoffs();
+    await q.holder.query('COMMIT');
+    expect((await Promise.all(q.pending)).map((r) => (r as pg.QueryResult).rows[0].v)).toEqual([0, 1, 2]);
+    expect((await hubHandoffs()) - before).toBeGreaterThanOrEqual(3);
+    await Promise.all([q.holder, ...q.queued].map((c) => c.end()));
+
+    // RECONNECT: the server in a transaction goes at its end; the queued clients get a new one.
+    q = await queueBehind(2);
+    await admin.query('RECONNECT postgres');
+    await q.holder.query('COMMIT');
+    expect((await Promise.all(q.pending)).map((r) => (r as pg.QueryResult).rows[0].v)).toEqual([0, 1]);
+    expect((await q.queued[0].query('SELECT pg_backend_pid() AS pid')).rows[0].pid).not.toBe(q.pid);
+    await Promise.all([q.holder, ...q.queued].map((c) => c.end()));
+
+    // KILL ends the clients queued in C and the holder; after RESUME a new client is served.
+    q = await queueBehind(2);
+    await admin.query('KILL postgres');
+    for (const p of q.pending) await expect(p).rejects.toThrow();
+    await expect(q.holder.query('SELECT 1')).rejects.toThrow();
+    await admin.query('RESUME postgres');
+    const after = await connect(b);
+    expect((await after.query('SELECT 5 AS v')).rows[0].v).toBe(5);
+    await after.end();
+
+    // query_wait_timeout (SET in both workers) ends clients queued in C, as JS waiters.
+    await admin.query('SET query_wait_timeout = 1');
+    q = await queueBehind(2);
+    for (const p of q.pending) await expect(p).rejects.toThrow(/query_wait_timeout/);
+    await q.holder.query('COMMIT');
+    expect(Number((await pools()).cl_waiting)).toBe(0);
+    expect(await serverCount(app)).toBeLessThanOrEqual(1);
   });
 });
