@@ -315,6 +315,7 @@ export class InbandCallbacks {
       }
     };
     let gathered: number;
+    let finished = false;
     try {
       const working = Promise.all(Array.from({ length: GATHER_CONCURRENCY }, worker));
       gathered = await dryRun(query, fenced, this.upstreamPooled ? null : first.backendPid, db.secret, ctx, (g) => queue.push(g));
@@ -332,8 +333,11 @@ export class InbandCallbacks {
       await Promise.all(stores);
       // (Not on a one-session database, where the service connection waits for this client's block to end.)
       if (!db.single) await this.responder.flush();
+      finished = true;
     } finally {
       queue.end();
+      // A failure on the way (the mailbox post): what is still computing for the run again stops.
+      if (!finished) abort.abort();
       release();
     }
     // Answers are handed over in the session only where the run again's snapshot cannot see committed ones.
