@@ -48,8 +48,7 @@ export interface PoolClient {
   lentBusy?(s?: PooledServer): boolean;
   /** The hub: the id of the client holding this server of its, in a transaction (0: none). */
   holderOf?(s: PooledServer): number;
-  /** Lending: milliseconds since the client last sent anything. */
-  /** `s`: the connection asked about (a hub holds several). */
+  /** Lending: milliseconds since the client last sent anything; `s`: the connection asked about (a hub holds several). */
   lentQuiet?(now: number, s?: PooledServer): number;
   /** Lending: what the relay counted so far goes into the pool's stats now (SHOW STATS). */
   lentSync?(): void;

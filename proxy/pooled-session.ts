@@ -524,11 +524,14 @@ export class PooledSession implements PoolClient {
   }
 
   /**
-   * The relay's exchange begun by a renamed Bind or Describe of `e` (as the server got it) is watched from here
-   * on, as watchUse() would have watched it from its first message: the relay began it only while nothing was
-   * outstanding, and JS has caught up with what it forwarded.
+   * The relay's exchange begun by a renamed Bind or Describe (o.watch, as the server got it, of the table's entry
+   * o.watchEntry), if any, is watched from here on, as watchUse() would have watched it from its first message: the
+   * relay began it only while nothing was outstanding, and JS has caught up with what it forwarded.
    */
-  private watchRelayed(sent: Buffer, e: { st: SharedStatement; server: string }, s: PooledServer): void {
+  private watchRelayed(o: RelayOutcome, named: LentStatements, s: PooledServer): void {
+    const sent = o.watch;
+    const e = o.watchEntry >= 0 ? named.entries[o.watchEntry] : undefined;
+    if (sent === null || e === undefined) return;
     const first = 1 + sent.readInt32BE(1);
     const restLen = sent.length - first;
     if (restLen > REST_BYTES || (sent[0] !== Fe.Bind && sent[0] !== Fe.Describe)) return;
@@ -769,9 +772,7 @@ export class PooledSession implements PoolClient {
     // The uses went to each server as it left the hub (pool-hub.ts); the exchange a renamed message began is on the
     // server held now (C hands servers over only between exchanges), watched from here on as a lend's.
     const s = this.server;
-    if (named !== null && s !== null && o.watch !== null && o.watchEntry >= 0 && o.watchEntry < named.entries.length) {
-      this.watchRelayed(o.watch, named.entries[o.watchEntry], s);
-    }
+    if (named !== null && s !== null) this.watchRelayed(o, named, s);
     // Stopped between transactions holding a server (a timer, the console): no ReadyForQuery will release it.
     if (this.server !== null) queueMicrotask(() => this.ready(this.host.activity().txStatus));
   }
@@ -838,7 +839,7 @@ export class PooledSession implements PoolClient {
     this.pool.takeBack(s);
     if (named === null) return;
     this.statements.relayed(s, named, o.uses);
-    if (o.watch !== null && o.watchEntry >= 0 && o.watchEntry < named.entries.length) this.watchRelayed(o.watch, named.entries[o.watchEntry], s);
+    this.watchRelayed(o, named, s);
   }
 
   /**
