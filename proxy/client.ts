@@ -150,7 +150,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   private keptRelayT = 0;
   /** Queries kept so far (ctx.exchange). */
   private keptCount = 0;
-  /** The Query that began the current transaction block, kept when it may make it read-only (ctx.blockOpener). */
+  /** The Query that began the current transaction block, or a later one of it, kept when it may make it read-only (ctx.blockOpener). */
   private opener: Buffer | null = null;
   /** The kept Query is fenced (SessionContext.fenceable); Queries fenced in the current transaction. */
   private keptFenced = false;
@@ -985,7 +985,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       toClient: (bytes: Buffer) => this.toClient(bytes),
       toServer: (bytes: Buffer) => this.onBytes(bytes),
       txStatus: (status: TxStatus) => this.setTxStatus(status, true),
-      keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) | this.relayFence() : 0),
+      keepStatus: () => this.relayKeepStatus(),
       keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       holds: (s: PooledServer | null) => this.pooled?.fromHub(s),
       exited: (o: RelayOutcome) => this.pooled?.hubReturned(o),
@@ -1255,7 +1255,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.seam?.ready(status);
   }
 
-  /** The kept Query that began a block, copied if it may make the block read-only (ctx.fenceNarrow). */
+  /** A Query of a block (the kept one that began it, or a later one), copied if it may make the block read-only (ctx.fenceNarrow). */
   private openerOf(q: Buffer | null, reads: number): Buffer | null {
     if (q === null || q[0] !== Fe.Query || !this.ctx!.fenceNarrow || (reads !== -1 && reads !== this.readsNow())) return null;
     return mentionsOnly(q, 5, q.length - 1) ? Buffer.from(q) : null;
@@ -1265,7 +1265,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   private blockFenced(): boolean {
     const ctx = this.ctx!;
     if (ctx.fenceable === null) return false;
-    return !ctx.fenceNarrow || this.opener !== null || ctx.serverParams.get('default_transaction_read_only') === 'on';
+    return !ctx.fenceNarrow || this.opener !== null || this.defaultReadOnly();
   }
 
   serverParam(name: string, value: string): void {
@@ -1394,9 +1394,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       toServer: (bytes: Buffer) => this.onBytes(bytes),
       txStatus: (status: TxStatus) => this.setTxStatus(status, true),
       relayReturned: () => this.drainIfDraining(),
-      // 0x100: a transaction block begun gives the session back, for JS to fence its statements; 0x200 (ctx.fenceNarrow):
-      // only a Query that may begin a read-only block does.
-      keepStatus: () => (this.ctx!.keepQueries ? this.ctx!.txStatus.charCodeAt(0) | this.relayFence() : 0),
+      keepStatus: () => this.relayKeepStatus(),
       // A Query the relay forwarded, its own copy (or none since it took over: what JS kept before is over).
       keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       internalError: (err: unknown) => this.internalError(err),
@@ -1417,10 +1415,21 @@ export class ClientSession implements FrameHandler, SessionLink {
     return w.statements.size === 0 && w.portals.size === 0 && !(this.ctx!.txStatus === 'T' && this.blockFenced());
   }
 
-  private relayFence(): number {
+  /**
+   * A relay's keepStatus (NativeRelay.start): the transaction status to keep Queries from, plus 0x100 to have a
+   * transaction block begun give the session back, for JS to fence its statements, or 0x200 (ctx.fenceNarrow) to
+   * have only a Query that may make a block read-only do so.
+   */
+  private relayKeepStatus(): number {
     const ctx = this.ctx!;
-    if (ctx.fenceable === null) return 0;
-    return ctx.fenceNarrow && ctx.serverParams.get('default_transaction_read_only') !== 'on' ? 0x200 : 0x100;
+    if (!ctx.keepQueries) return 0;
+    const fence = ctx.fenceable === null ? 0 : ctx.fenceNarrow && !this.defaultReadOnly() ? 0x200 : 0x100;
+    return ctx.txStatus.charCodeAt(0) | fence;
+  }
+
+  /** The session's default_transaction_read_only (PostgreSQL 14+ reports it): every block may be read-only. */
+  private defaultReadOnly(): boolean {
+    return this.ctx!.serverParams.get('default_transaction_read_only') === 'on';
   }
 
   // ---- cancel, shutdown, end -----------------------------------------------------------------------

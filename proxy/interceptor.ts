@@ -80,11 +80,14 @@ export interface SessionContext {
   fenceable: ((query: Buffer) => boolean) | null;
   /**
    * Set by the interceptor with fenceable (default false): only blocks that may be read-only are offered to
-   * fenceable: the session's default_transaction_read_only is on, or the Query that began the block mentions
-   * ONLY (a byte check; blockOpener holds it). The native relay keeps every other block.
+   * fenceable: the session's default_transaction_read_only is on, or the Query that began the block, or a later
+   * one of it, mentions ONLY (a byte check; blockOpener holds it). The native relay keeps every other block.
    */
   fenceNarrow: boolean;
-  /** With fenceNarrow: the Query that began the current transaction block (a copy), when seen and it mentions ONLY; else null. */
+  /**
+   * With fenceNarrow: the Query that began the current transaction block, or the first later one of it that
+   * mentions ONLY (a SET TRANSACTION READ ONLY), a copy; null when none seen mentions ONLY.
+   */
   readonly blockOpener: Buffer | null;
   /** Queries kept so far (keepQueries): tells one exchange from the next. */
   readonly exchange: number;
