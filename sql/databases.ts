@@ -485,7 +485,6 @@ const MAX_PENDING_WRITES = 1000;
 // 7 parameters per row (insertCacheRows); PostgreSQL allows 65535 per statement.
 const STORE_CHUNK_ROWS = 1000;
 
-
 // ---------------------------------------------------------------------------------------------------
 // Preparation of a database: at first use (Database.ready), by `pg-steadytext install`, and in tests
 

@@ -6,8 +6,9 @@
 // answered: the request is evaluated like a daemon request (daemon/responder.ts) and its answer, or the error
 // to raise, is committed to steadytext_mailbox under the request's id for the requesting backend, where the
 // function picks it up with a fresh snapshot; an answer that is a cache row under the key the function looked
-// up is committed as that row instead (migration 009), which the function reads by that key. Meanwhile an advisory lock keyed by the request is held, which
-// the function waits on, so it looks the moment the answer is committed rather than at its next poll.
+// up is committed as that row instead (migration 009), which the function reads by that key. Meanwhile an
+// advisory lock keyed by the request is held, which the function waits on, so it looks the moment the answer
+// is committed rather than at its next poll.
 //
 // A notice that does not verify (another role raising the same text, a client replaying one) is the
 // client's own: it goes through unchanged and nothing is computed or stored for it.
@@ -381,7 +382,6 @@ export class InbandCallbacks {
   }
 }
 
-/** An AbortController (what the responder takes) that the session's signal aborts too; release() unhooks it. */
 /** The requests a dry run gathers, taken by the workers that compute them while it still runs. */
 class GatherQueue {
   private readonly items: Signed[] = [];
@@ -406,6 +406,7 @@ class GatherQueue {
   }
 }
 
+/** An AbortController (what the responder takes) that the session's signal aborts too; release() unhooks it. */
 function following(signal: AbortSignal): { abort: AbortController; release: () => void } {
   const abort = new AbortController();
   // Every call of a gathered statement listens to it: as many as the statement had misses, not a leak.
@@ -511,8 +512,8 @@ export function wakeKey(id: string): number {
 /**
  * The request if `mac` is its signature under `secret` and it comes from `database` and from the backend that
  * sent the notice (a signed request replayed on another connection is not answered); null otherwise.
+ * `backendPid`: the pid the request must name (undefined: none known, nothing verifies); null: any (upstreamPooled).
  */
-/** `backendPid`: the pid the request must name (undefined: none known, nothing verifies); null: any (upstreamPooled). */
 export function verify(payload: string, mac: string, secret: string, database: string, backendPid: number | undefined | null): Signed | null {
   if (!/^[0-9a-f]{64}$/.test(mac)) return null;
   const want = createHmac('sha256', Buffer.from(secret, 'utf8')).update(payload, 'utf8').digest();
