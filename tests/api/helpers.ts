@@ -122,6 +122,20 @@ export async function startStack(prefix = 'st_api', opts: { daemonPort?: number;
   };
 }
 
+/**
+ * A stack with what the in-band transport must do without: no dblink in its database and no daemon endpoint, so a
+ * call the proxy cannot see asks in-band or not at all; and a superuser connection straight to that database.
+ */
+export async function inbandStack(prefix: string): Promise<{ s: Stack; direct: pg.Client }> {
+  const s = await startStack(prefix);
+  await s.databases.get(s.database).ready();
+  await s.daemon.close();
+  const direct = new pg.Client(s.directUrl);
+  await direct.connect();
+  await direct.query('DROP EXTENSION IF EXISTS dblink');
+  return { s, direct };
+}
+
 /** Sends a CancelRequest for the client's running statement to the stack's proxy, as libpq does on Ctrl-C. */
 export function cancelThroughProxy(stack: Pick<Stack, 'proxy'>, client: pg.Client): Promise<void> {
   const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };

@@ -5,8 +5,7 @@
 // the cluster-wide role ai_user, so the variants run one after the other. Last, a stack stopped during its
 // first-use install.
 import { describe, expect, test } from 'vitest';
-import pg from 'pg';
-import { startStack, type Stack } from './helpers.js';
+import { inbandStack, startStack, type Stack } from './helpers.js';
 import { seedSuite } from './seed-suite.js';
 
 describe('dblink and the daemon endpoint', () => {
@@ -14,17 +13,9 @@ describe('dblink and the daemon endpoint', () => {
   seedSuite({ start: () => startStack('st_seed', { daemonPort: 5557 }) });
 });
 
-async function inbandStack(): Promise<Stack> {
-  const s = await startStack('st_seed_ib');
-  await s.databases.get(s.database).ready();
-  await s.daemon.close();
-  const c = new pg.Client(s.directUrl);
-  await c.connect();
-  try {
-    await c.query('DROP EXTENSION IF EXISTS dblink');
-  } finally {
-    await c.end();
-  }
+async function seedInbandStack(): Promise<Stack> {
+  const { s, direct } = await inbandStack('st_seed_ib');
+  await direct.end();
   return s;
 }
 
@@ -40,7 +31,7 @@ for (const { level, extended = false, inBlock = false } of variants) {
   const how = [inBlock ? 'in transaction blocks' : '', extended ? 'extended protocol' : ''].filter(Boolean).join(', ');
   describe(`in-band, ${level}${how ? `, ${how}` : ''}`, () => {
     seedSuite({
-      start: inbandStack,
+      start: seedInbandStack,
       url: (s) => {
         const u = new URL(s.url());
         u.searchParams.set('options', `-c default_transaction_isolation=${level.replace(' ', '\\ ')}`);

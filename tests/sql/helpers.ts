@@ -7,6 +7,7 @@ import pino from 'pino';
 import { createEngine, type Engine } from '../../inference/engine.js';
 import { tinyModels } from '../fixtures/models.js';
 import type { SteadytextInterceptor } from '../../sql/interceptor.js';
+import type { Stack } from '../api/helpers.js';
 
 export const silentLogger = pino({ level: 'silent' });
 
@@ -118,4 +119,22 @@ export function countTaken(interceptor: Pick<SteadytextInterceptor, 'notice'>): 
   };
   onTestFinished(() => void (interceptor.notice = notice));
   return counter;
+}
+
+/** The seed document's deterministic_expand: the in-band suites' PL/pgSQL function the proxy cannot see into. */
+export const DETERMINISTIC_EXPAND = `
+    CREATE OR REPLACE FUNCTION deterministic_expand(topic TEXT, seed INT DEFAULT 42) RETURNS TEXT AS $$
+    BEGIN
+        RETURN steadytext_generate('Write a detailed explanation about ' || topic, max_tokens := 200, seed := seed);
+    END;
+    $$ LANGUAGE plpgsql;`;
+
+/** The prompt deterministic_expand sends for `topic`. */
+export const EXPAND = (topic: string) => `Write a detailed explanation about ${topic}`;
+
+/** Empties steadytext_cache and the proxy's memory of it: the next call misses. */
+export async function freshCache(s: Stack, direct: pg.Client): Promise<void> {
+  await s.databases.get(s.database).flush(); // cache rows of earlier answers still being written
+  await direct.query('TRUNCATE steadytext_cache');
+  s.interceptor.forgetStored();
 }

@@ -14,11 +14,11 @@ import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
 import { startProxy, type ProxyServer } from '../../proxy/server.js';
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
 import { createSteadytextInterceptor, type SteadytextInterceptor } from '../../sql/interceptor.js';
-import { silent, startStack, type Stack } from '../api/helpers.js';
+import { inbandStack, silent, type Stack } from '../api/helpers.js';
 import { tinyModels } from '../fixtures/models.js';
 import { freePort } from '../setup/cluster.js';
 import { eventually, spawnCli, writePgbouncerIni } from '../proxy/helpers.js';
-import { countTaken, pgError } from './helpers.js';
+import { countTaken, DETERMINISTIC_EXPAND, EXPAND, freshCache, pgError } from './helpers.js';
 
 let s: Stack;
 let direct: pg.Client;
@@ -26,8 +26,6 @@ let pooler: { proxy: ProxyServer; pooling: PoolingEnv };
 const fronts: ProxyServer[] = [];
 
 type Notice = { message?: string; detail?: string; hint?: string };
-
-const EXPAND = (topic: string) => `Write a detailed explanation about ${topic}`;
 
 /** A proxy with the steadytext layer in front of the pooler, told (or not) that its upstream pools. */
 async function front(upstreamPooled: boolean): Promise<{ proxy: ProxyServer; interceptor: SteadytextInterceptor }> {
@@ -73,25 +71,12 @@ async function rewritten(topic: string): Promise<string> {
   }
 }
 
-async function fresh(): Promise<void> {
-  await s.databases.get(s.database).flush();
-  await direct.query('TRUNCATE steadytext_cache');
-  s.interceptor.forgetStored();
-}
+const fresh = () => freshCache(s, direct);
 
 beforeAll(async () => {
-  s = await startStack('st_inpool');
-  await s.databases.get(s.database).ready();
-  await s.daemon.close(); // no daemon endpoint: in-band or nothing
-  direct = new pg.Client(s.directUrl);
-  await direct.connect();
-  await direct.query('DROP EXTENSION IF EXISTS dblink');
+  ({ s, direct } = await inbandStack('st_inpool'));
+  await direct.query(DETERMINISTIC_EXPAND);
   await direct.query(`
-    CREATE OR REPLACE FUNCTION deterministic_expand(topic TEXT, seed INT DEFAULT 42) RETURNS TEXT AS $$
-    BEGIN
-        RETURN steadytext_generate('Write a detailed explanation about ' || topic, max_tokens := 200, seed := seed);
-    END;
-    $$ LANGUAGE plpgsql;
     CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
     CREATE FUNCTION wrap_embed(t text) RETURNS vector LANGUAGE plpgsql AS $$ BEGIN RETURN steadytext_embed(t); END $$;
     GRANT SELECT ON notes TO trust_user;`);

@@ -4,13 +4,11 @@
 // text computes and stores nothing; without a proxy in between, a miss fails with a clear error.
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import pg from 'pg';
-import { cancelThroughProxy, startStack, type Stack } from '../api/helpers.js';
-import { countTaken as countTakenBy, createRole, dropRole, pgError } from './helpers.js';
+import { cancelThroughProxy, inbandStack, type Stack } from '../api/helpers.js';
+import { countTaken as countTakenBy, createRole, DETERMINISTIC_EXPAND, dropRole, EXPAND, freshCache, pgError } from './helpers.js';
 
 let s: Stack;
 let direct: pg.Client;
-
-const EXPAND = (topic: string) => `Write a detailed explanation about ${topic}`;
 
 async function cacheRows(): Promise<number> {
   return (await direct.query('SELECT count(*)::int AS n FROM steadytext_cache')).rows[0].n as number;
@@ -26,12 +24,7 @@ async function rewritten(sql: string, params: unknown[] = []): Promise<string> {
   }
 }
 
-/** Empties steadytext_cache and the proxy's memory of it: the next call misses. */
-async function fresh(): Promise<void> {
-  await s.databases.get(s.database).flush(); // cache rows of earlier answers still being written
-  await direct.query('TRUNCATE steadytext_cache');
-  s.interceptor.forgetStored();
-}
+const fresh = () => freshCache(s, direct);
 
 /** A `notes` table of `n` rows whose bodies name `label`, so that each misses. */
 async function notes(label: string, n = 24): Promise<void> {
@@ -55,20 +48,10 @@ async function client(url = s.url()): Promise<{ c: pg.Client; notices: { message
 }
 
 beforeAll(async () => {
-  s = await startStack('st_inband');
-  await s.databases.get(s.database).ready();
   // What the issue asks for: no dblink, no daemon endpoint. callback_transport stays 'auto'.
-  await s.daemon.close();
-  direct = new pg.Client(s.directUrl);
-  await direct.connect();
-  await direct.query('DROP EXTENSION IF EXISTS dblink');
+  ({ s, direct } = await inbandStack('st_inband'));
+  await direct.query(DETERMINISTIC_EXPAND);
   await direct.query(`
-    CREATE OR REPLACE FUNCTION deterministic_expand(topic TEXT, seed INT DEFAULT 42) RETURNS TEXT AS $$
-    BEGIN
-        RETURN steadytext_generate('Write a detailed explanation about ' || topic, max_tokens := 200, seed := seed);
-    END;
-    $$ LANGUAGE plpgsql;
-
     CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL, emb vector(1024));
     CREATE FUNCTION docs_embed() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
