@@ -961,6 +961,16 @@ static bool set_names(relay_t *r, const uint8_t *p, size_t len) {
   return true;
 }
 
+// keepStatus (start's, hubEnter's): the transaction status to keep Queries from, and how JS fences blocks; 0 (or
+// anything malformed): nothing kept.
+static void set_keep(relay_t *r, uint32_t keep) {
+  if ((keep & 0xff) == 0 || keep >= 1024) return;
+  r->keep = true;
+  r->fence = (keep & 0x100) != 0;
+  r->fence_ro = (keep & 0x200) != 0;
+  r->status = (uint8_t)(keep & 0xff);
+}
+
 // start(clientFd, serverFd, maxMessage, onExit[, keepStatus[, poolFlags[, names]]]) -> handle. keepStatus: the
 // session's transaction status as a character code when JS wants Queries kept (see relay_t.kept), else 0; plus
 // 0x100 when JS fences statements inside transaction blocks (relay_t.fence), or 0x200 only those of blocks that may
@@ -986,12 +996,7 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   r->env = env;
   r->max_message = max;
   uint32_t keep = 0;
-  if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok && (keep & 0xff) > 0 && keep < 1024) {
-    r->keep = true;
-    r->fence = (keep & 0x100) != 0;
-    r->fence_ro = (keep & 0x200) != 0;
-    r->status = (uint8_t)(keep & 0xff);
-  }
+  if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok) set_keep(r, keep);
   uint32_t pool = 0;
   if (argc >= 6 && napi_get_value_uint32(env, argv[5], &pool) == napi_ok) r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
   r->watch_entry = -1;
@@ -1649,12 +1654,7 @@ static napi_value js_hub_enter(napi_env env, napi_callback_info info) {
   r->max_message = max;
   r->watch_entry = -1;
   uint32_t keep = 0, pool = 0;
-  if (napi_get_value_uint32(env, argv[5], &keep) == napi_ok && (keep & 0xff) > 0 && keep < 1024) {
-    r->keep = true;
-    r->fence = (keep & 0x100) != 0;
-    r->fence_ro = (keep & 0x200) != 0;
-    r->status = (uint8_t)(keep & 0xff);
-  }
+  if (napi_get_value_uint32(env, argv[5], &keep) == napi_ok) set_keep(r, keep);
   if (!r->keep) r->status = 'I';
   if (napi_get_value_uint32(env, argv[6], &pool) == napi_ok) r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
   const uint8_t *names = NULL, *snames = NULL;
