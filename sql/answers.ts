@@ -33,6 +33,25 @@ export function parseVectorText(s: string): Float32Array {
 }
 
 /**
+ * pgvector's binary form of a vector (dimensions, a zero, then big-endian float4s), as vector_recv reads it:
+ * from the engine's floats ~0.02 ms for 1024 dims, where their text costs ~0.25 ms to print here and as much
+ * again for vector_in to parse in the database. Given as pgvector text, the floats are the ones vector_in
+ * would read: the text holds 8 or 9 significant digits of each float32 (vectorText), which Number then fround
+ * give back exactly.
+ */
+export function vectorBinary(v: Float32Array | string): Buffer {
+  const f = typeof v === 'string' ? parseVectorText(v) : v;
+  const b = Buffer.allocUnsafe(4 + 4 * f.length);
+  b.writeInt16BE(f.length, 0);
+  b.writeInt16BE(0, 2);
+  Buffer.from(f.buffer, f.byteOffset, f.byteLength).copy(b, 4);
+  if (!isBigEndian) b.subarray(4).swap32();
+  return b;
+}
+
+const isBigEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 0;
+
+/**
  * Splits generated text into the chunks steadytext_generate_stream returns: each chunk is a run of
  * whitespace followed by the next run of non-whitespace, so the chunks joined are the text exactly.
  */

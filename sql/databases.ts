@@ -14,7 +14,7 @@ import { RuntimeConfigSource, type RuntimeConfig } from '../config/runtime.js';
 import type { Engine, IdentityOptions } from '../inference/engine.js';
 import { callbackTransport } from './evaluate.js';
 import { installSql, quoteIdent } from './install.js';
-import { sessionQueryable, type Queryable } from './handover.js';
+import { sessionQueryable, type Queryable, type Statement } from './handover.js';
 import { MAINTENANCE_EVERY_MS, maintain } from './maintenance.js';
 import type { SessionContext } from '../proxy/interceptor.js';
 import { cacheRow, entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
@@ -253,8 +253,14 @@ export class Database {
    * it is reopened with backoff, and what changed in between is re-read once it is back.
    */
   private async openListener(): Promise<void> {
-    // Asynchronous commit as on the pool: commitThenWake commits in-band answers on this connection.
-    const l = new pg.Client(serviceConnection(this.url, 'pg-steadytext config listener', ['synchronous_commit=off']));
+    // Asynchronous commit as on the pool: commitThenWake commits in-band answers on this connection, pipelined
+    // (the answer's write and the unlock after it in one round trip). A cache row the asking client's own open
+    // block holds (the owning role deleted it) would be waited for while the client waits for the answer: given
+    // up on at once instead (lock_timeout), and the mailbox answers (inband.ts).
+    const l = new pg.Client({
+      ...serviceConnection(this.url, 'pg-steadytext config listener', ['synchronous_commit=off', 'lock_timeout=10ms']),
+      pipeline: true,
+    });
     let live = false; // from LISTEN on; failures before that reject this call instead
     const onLost = (err?: Error) => {
       if (!live) return;
@@ -351,16 +357,17 @@ export class Database {
   }
 
   /**
-   * Commits `sql` (statements with their values inlined) and lets go of holdWake's lock, in one round trip on
-   * the lock's connection: the function waiting on the lock wakes to the committed answer (a transaction's
-   * rows are visible before its locks go; the unlock comes after COMMIT in any case).
+   * Commits `write` (one statement, on its own) and lets go of holdWake's lock, in one round trip on the
+   * lock's connection (pipelined): the function waiting on the lock wakes to the committed answer. The unlock
+   * runs after the write's Sync, whether it committed or failed.
    */
-  async commitThenWake(holder: pg.Client, key: number, sql: string): Promise<void> {
+  async commitThenWake(holder: pg.Client, key: number, write: Statement): Promise<void> {
+    const done = holder.query(write.text, write.values);
+    const woken = holder.query(wakeUnlock(key));
     try {
-      await holder.query(`BEGIN; ${sql}; COMMIT; ${wakeUnlock(key)}`);
-    } catch (err) {
-      holder.query(`ROLLBACK; ${wakeUnlock(key)}`).catch(() => {}); // the failed statement left the block open
-      throw err;
+      await done;
+    } finally {
+      await woken.catch(() => {});
     }
   }
 

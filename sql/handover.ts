@@ -13,13 +13,15 @@
 // search_path cannot change its meaning.
 import type { SessionContext } from '../proxy/interceptor.js';
 import { Be, bind, close, describe, execute, FLUSH, parse, query, readDataRow, readErrorFields, SYNC } from '../proxy/protocol.js';
-import pg from 'pg';
 import { errorAnswer, type CallError } from './answers.js';
 import { quoteIdent } from './install.js';
 import { isSteadyFunction, STEADYTEXT_FUNCTIONS } from './signatures.js';
 
 /** What runs the proxy's own statements: the service pool, or the session's connection (sessionQueryable). */
 export interface Queryable { query(text: string, values?: any[]): Promise<{ rows: any[]; rowCount: number | null }> }
+
+/** A statement and its parameters (a Buffer goes in binary format, as node-postgres sends it). */
+export interface Statement { text: string; values: unknown[] }
 
 /** Keys this proxy stored recently: a repeated call then costs no round trip at all. */
 export class KnownKeys {
@@ -144,9 +146,11 @@ export async function checkExtended(ctx: SessionContext, sql: string, n: number)
  * the client's to see, since its batch is aborted from there on. Otherwise Sync, and the client sees nothing.
  */
 export function auxExtended(ctx: SessionContext, name: string, sql: string, params: readonly unknown[], inBatch: boolean, names = true): Promise<{ rows: (string | null)[][]; fields: string[] } | { error: Record<string, string> }> {
-  const values = params.map((v) => (v === null || v === undefined ? null : Buffer.from(paramText(v), 'utf8')));
+  const values = params.map((v) => (v === null || v === undefined ? null : Buffer.isBuffer(v) ? v : Buffer.from(paramText(v), 'utf8')));
+  // A Buffer is a value in its type's binary form (an embedding, store.ts), as node-postgres sends it.
+  const paramFormats = params.some((v) => Buffer.isBuffer(v)) ? params.map((v) => (Buffer.isBuffer(v) ? 1 : 0)) : [];
   const bytes = Buffer.concat([
-    parse(name, sql), bind({ portal: name, statement: name, paramFormats: [], params: values, resultFormats: [] }),
+    parse(name, sql), bind({ portal: name, statement: name, paramFormats, params: values, resultFormats: [] }),
     // The column names (`names`) come with a Describe of the portal.
     ...(names ? [describe('P', name)] : []), execute(name), close('P', name), close('S', name), inBatch ? FLUSH : SYNC,
   ]);
@@ -241,13 +245,6 @@ export type MailboxEntry = { topic: string } & ({ answer: string } | { error: Ca
 /** The text of an entry as the SQL function reads it: an error only here takes its in-band form. */
 const mailboxText = (e: MailboxEntry): string => ('error' in e ? errorAnswer(e.error.sqlstate, e.error.message, e.error.hint) : e.answer);
 
-/** postMailbox's write of one entry with its values inlined, for a statement list sent in one round trip. */
-export function mailboxStatement(schema: string, backendPid: number, e: MailboxEntry): string {
-  return `INSERT INTO ${quoteIdent(schema)}.steadytext_mailbox AS m (backend_pid, topic, answer, created_at)
-     VALUES (${backendPid | 0}, ${pg.escapeLiteral(e.topic)}, ${pg.escapeLiteral(mailboxText(e))}, pg_catalog.clock_timestamp())
-     ON CONFLICT (backend_pid, topic) DO UPDATE SET answer = EXCLUDED.answer, created_at = EXCLUDED.created_at`;
-}
-
 /**
  * Deletes the rows of one of our tables matching `where` (at most `limit`) that no open transaction holds: a
  * row a client's block took (and so locked) is left for later, never waited on, since that block may itself
@@ -262,10 +259,16 @@ export function deleteSkipLocked(schema: string, table: string, where: string, l
 /** Writes mailbox entries for one backend (committed before this resolves; old ones go in sql/maintenance.ts). */
 export async function postMailbox(q: Queryable, schema: string, backendPid: number, entries: readonly MailboxEntry[]): Promise<void> {
   if (entries.length === 0) return;
-  const s = quoteIdent(schema);
+  const m = mailboxQuery(schema, backendPid, entries);
+  await q.query(m.text, m.values);
+}
+
+/** The INSERT of postMailbox. */
+export function mailboxQuery(schema: string, backendPid: number, entries: readonly MailboxEntry[]): Statement {
   const values = entries.map((_, i) => `($1::pg_catalog.int4, $${2 * i + 2}::pg_catalog.text, $${2 * i + 3}::pg_catalog.text, pg_catalog.clock_timestamp())`);
-  await q.query(
-    `INSERT INTO ${s}.steadytext_mailbox AS m (backend_pid, topic, answer, created_at) VALUES ${values.join(', ')}
+  return {
+    text: `INSERT INTO ${quoteIdent(schema)}.steadytext_mailbox AS m (backend_pid, topic, answer, created_at) VALUES ${values.join(', ')}
      ON CONFLICT (backend_pid, topic) DO UPDATE SET answer = EXCLUDED.answer, created_at = EXCLUDED.created_at`,
-    [backendPid, ...entries.flatMap((e) => [e.topic, mailboxText(e)])]);
+    values: [backendPid, ...entries.flatMap((e) => [e.topic, mailboxText(e)])],
+  };
 }

@@ -18,14 +18,14 @@ import pg from 'pg';
 import type { ResponseHandler, SessionContext } from '../proxy/interceptor.js';
 import { Be, Fe, query as queryMessage, readErrorFields } from '../proxy/protocol.js';
 import type { RuntimeConfig } from '../config/runtime.js';
-import { cacheRowStatement, entryKey, type CacheEntry } from './store.js';
+import { cacheRowQuery, entryKey, type CacheEntry } from './store.js';
 import { findCalls, isParseFailure } from './calls.js';
 import type { DatabaseRegistry } from './databases.js';
 import { WireError } from './errors.js';
 import { errorAnswer, wrapAnswer } from './answers.js';
 import { isManagement, managementTopic, type Evaluated } from './evaluate.js';
 import type { Database } from './databases.js';
-import { auxQuery, deleteSkipLocked, mailboxStatement, postMailbox, type MailboxEntry } from './handover.js';
+import { auxQuery, deleteSkipLocked, mailboxQuery, postMailbox, type MailboxEntry } from './handover.js';
 import { quoteIdent } from './install.js';
 import { mayStopInBlock } from './read-only-blocks.js';
 import type { Responder } from './daemon/responder.js';
@@ -191,7 +191,8 @@ export class InbandCallbacks {
     // the answer's cache row is then handed over itself, instead of being written later besides a mailbox entry.
     const rows: Promise<CacheEntry>[] | undefined = r.wait && r.lo === null && r.cacheKey !== null && !db.single ? [] : undefined;
     const e = await this.evaluate(r, ctx, rows);
-    const text = 'answer' in e ? wrapAnswer(e.answer) : errorAnswer(e.error.sqlstate, e.error.message, e.error.hint);
+    // Made only where it goes as text (mailbox, large object): a cache row takes an embedding's floats.
+    const text = () => ('answer' in e ? wrapAnswer(e.answer) : errorAnswer(e.error.sqlstate, e.error.message, e.error.hint));
     if (!r.wait) return; // the responder writes the cache row the retried transaction finds
     const row = rows?.length ? await rows[0].catch((err: unknown) => {
       ctx.log.warn({ err }, 'no cache row for an in-band answer: it goes through the mailbox');
@@ -204,35 +205,35 @@ export class InbandCallbacks {
    * Puts `text` where the waiting function looks (mailbox or large object), committed, and wakes it. `row`: the
    * answer's cache row, committed instead of the mailbox entry when it is under the key the function looks up.
    */
-  private async handOver(r: Signed, text: string, wake: Promise<pg.Client | null> | null, key: number, db: Database, ctx: SessionContext, row?: CacheEntry): Promise<void> {
-    const entry = { topic: `inband:${r.id}`, answer: text };
+  private async handOver(r: Signed, text: () => string, wake: Promise<pg.Client | null> | null, key: number, db: Database, ctx: SessionContext, row?: CacheEntry): Promise<void> {
+    const entry = () => ({ topic: `inband:${r.id}`, answer: text() });
     // Another key (the function's model identity not registered yet, or changed): stored later, as on every path.
     const cached = row !== undefined && entryKey(row) === r.cacheKey ? row : undefined;
     if (row !== undefined && cached === undefined) db.writeLater('cache write', () => db.store([row]));
     try {
       const holder = await wake;
       if (holder) {
-        // One round trip: the answer committed, then the lock the function waits on let go.
-        // A cache row the asking client's own open block holds (the owning role deleted it) would be waited for
-        // while the client waits for this: given up on at once instead, and the mailbox answers (below).
+        // One round trip: the answer committed, then the lock the function waits on let go. A cache row the
+        // asking client's own open block holds is given up on at once (the listener's lock_timeout, databases.ts),
+        // and the mailbox answers (below).
         const put = cached !== undefined
-          ? `SET LOCAL lock_timeout = '10ms'; ${cacheRowStatement(db.schema, cached)}`
+          ? cacheRowQuery(db.schema, cached)
           : r.lo === null
-            ? mailboxStatement(db.schema, r.backendPid, entry)
-            : `SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put(${r.lo}::pg_catalog.oid, ${pg.escapeLiteral(text)}::pg_catalog.text)`;
+            ? mailboxQuery(db.schema, r.backendPid, [entry()])
+            : { text: LO_PUT(db.schema), values: [r.lo, text()] };
         await db.commitThenWake(holder, key, put).catch(async (err: unknown) => {
           if (cached === undefined) throw err;
           // The function, woken without it, polls: the mailbox still answers it.
           ctx.log.warn({ err, id: r.id }, 'could not hand an in-band answer over as a cache row; it goes through the mailbox');
-          await postMailbox(db.pool, db.schema, r.backendPid, [entry]);
+          await postMailbox(db.pool, db.schema, r.backendPid, [entry()]);
         });
       } else if (cached !== undefined) {
         // Committed before this resolves: the function's next poll sees it.
         await db.store([cached]);
       } else if (r.lo === null) {
-        await postMailbox(db.pool, db.schema, r.backendPid, [entry]);
+        await postMailbox(db.pool, db.schema, r.backendPid, [entry()]);
       } else {
-        await db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_lo_put($1::pg_catalog.oid, $2::pg_catalog.text)`, [r.lo, text]);
+        await db.pool.query(LO_PUT(db.schema), [r.lo, text()]);
       }
     } catch (err) {
       ctx.log.warn({ err, id: r.id }, 'could not hand an in-band answer over; the function will time out');
@@ -260,7 +261,7 @@ export class InbandCallbacks {
       `${r.fn}: the statement was stopped to be run again with its steadytext calls answered together (${marker})`,
       'The pg-steadytext proxy runs it again by itself; if this reaches you, run the statement again.',
     );
-    void this.handOver(r, stop, db.holdWake(key), key, db, ctx);
+    void this.handOver(r, () => stop, db.holdWake(key), key, db, ctx);
     return true;
   }
 
@@ -308,7 +309,7 @@ export class InbandCallbacks {
         const a = await this.responder.respond(g.payload, { pid: g.backendPid, abort, via: 'inband', collect: rows }).catch(() => undefined);
         snapshots ||= g.snapshot;
         if (fenced && a !== undefined && g.answerKey !== null && givenBytes < MAX_GIVEN_BYTES && !given.has(g.answerKey)) {
-          const text = wrapAnswer(a);
+          const text = wrapAnswer(a.answer);
           given.set(g.answerKey, text);
           givenBytes += text.length;
         }
@@ -361,7 +362,7 @@ export class InbandCallbacks {
   private async evaluate(r: Signed, ctx: SessionContext, collect?: Promise<CacheEntry>[]): Promise<Evaluated> {
     const { abort, release } = following(ctx.signal);
     try {
-      return { answer: await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband', collect }) };
+      return await this.responder.respond(r.payload, { pid: r.backendPid, abort, via: 'inband', collect });
     } catch (e) {
       const w = e instanceof WireError ? e : new WireError('XX000', String((e as Error)?.message ?? e));
       return { error: { sqlstate: w.code, message: w.message, hint: w.hint ?? '' } };
@@ -416,6 +417,9 @@ function following(signal: AbortSignal): { abort: AbortController; release: () =
   else signal.addEventListener('abort', stop, { once: true });
   return { abort, release: () => signal.removeEventListener('abort', stop) };
 }
+
+/** Writes an answer into the large object the function of a read-write REPEATABLE READ or SERIALIZABLE block reads. */
+const LO_PUT = (schema: string) => `SELECT ${quoteIdent(schema)}._steadytext_inband_lo_put($1::pg_catalog.oid, $2::pg_catalog.text)`;
 
 /** Request ids remembered against replay (upstreamPooled); a replay after this many others is taken again. */
 const MAX_TAKEN_IDS = 100_000;

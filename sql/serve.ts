@@ -75,7 +75,7 @@ export class Server {
     } finally {
       if (waited) told!.delete(waited);
     }
-    return { fn: call.fn, call, req, identity, key: entryKey(cacheEntry(req, identity, '')) };
+    return { fn: call.fn, call, req, identity, key: entryKey(cacheEntry(req, identity, { answer: '' })) };
   }
 
   /** True when this proxy stored the answer recently: the function will find it, nothing to do. */
@@ -109,7 +109,7 @@ export class Server {
   async computeOne(r: Resolved, db: Database, ctx: SessionContext): Promise<Outcome> {
     const config = await db.config();
     const e = await compute(r.req, { engine: this.engine, config, caller: `session:${ctx.id}:${ctx.database}`, signal: ctx.signal });
-    return 'answer' in e ? { entry: cacheEntry(r.req, r.identity, e.answer) } : e;
+    return 'answer' in e ? { entry: cacheEntry(r.req, r.identity, e) } : e;
   }
 
   /** Hands computed answers over: cache rows, and failures in the session's mailbox (committed on return). */

@@ -1,11 +1,12 @@
 // Writes the proxy makes through its service connection (the role that owns the steadytext objects):
 // model identities and cache entries. The daemon endpoint and the proxy's prefetch path share them, so
 // every path stores the same rows under the same keys.
-import pg from 'pg';
+import type pg from 'pg';
 import { callKey } from '../inference/cache-key.js';
 import { quoteIdent, SERVICE_SEARCH_PATH } from './install.js';
 
-import type { Queryable } from './handover.js';
+import type { Queryable, Statement } from './handover.js';
+import { vectorBinary } from './answers.js';
 
 /**
  * The settings of a connection the proxy makes as its own role (pg.Client or pg.Pool): its search_path
@@ -40,7 +41,7 @@ export type CacheEntry =
   | { op: 'generate' | 'generate_stream'; identity: string; prompt: string; maxTokens: number; seed: number; temperature: number;
       /** The answer as the SQL function returns it: text, or for generate_stream the JSON array (streamAnswer). */
       response: string }
-  | { op: 'embed'; identity: string; text: string; seed: number; /** pgvector text (vectorText). */ embedding: string };
+  | { op: 'embed'; identity: string; text: string; seed: number; /** The floats, or pgvector text (vectorText). */ embedding: Float32Array | string };
 
 /** The key of an entry, as steadytext_cache_key computes it in the database: callKey, the function the
  *  engine's result cache keys its answers with too. */
@@ -48,48 +49,37 @@ export function entryKey(e: CacheEntry): string {
   return callKey(e);
 }
 
-/** The columns of one entry's steadytext_cache row, in insertCacheRows' order. */
-export function cacheRow(key: string, e: CacheEntry): (string | null)[] {
+/** The columns of one entry's steadytext_cache row, in insertCacheRows' order; an embedding in pgvector's binary form. */
+export function cacheRow(key: string, e: CacheEntry): (string | Buffer | null)[] {
   return e.op === 'embed'
-    ? [key, e.op, e.identity, JSON.stringify({ seed: e.seed }), e.text, null, e.embedding]
+    ? [key, e.op, e.identity, JSON.stringify({ seed: e.seed }), e.text, null, vectorBinary(e.embedding)]
     : [key, e.op, e.identity, JSON.stringify({ max_tokens: e.maxTokens, seed: e.seed, temperature: e.temperature }), e.prompt, e.response, null];
 }
 
 /** Inserts or refreshes one steadytext_cache row; returns its key. */
 export async function storeCacheEntry(q: Queryable, e: CacheEntry, schema = 'public'): Promise<string> {
-  const key = entryKey(e);
-  await q.query(insertCacheRows(schema, 1), cacheRow(key, e));
-  return key;
+  const r = cacheRowQuery(schema, e);
+  await q.query(r.text, r.values);
+  return r.values[0] as string;
 }
 
-/** insertCacheRows of one entry with its values inlined, for a statement list sent in one round trip (Database.commitThenWake). */
-export function cacheRowStatement(schema: string, e: CacheEntry): string {
-  return insertCache(schema, [cacheRow(entryKey(e), e).map((v) => (v === null ? 'NULL' : literal(v)))]);
-}
-
-/**
- * A string literal. One with no quote or backslash (an embedding's text, most answers) as it is: the same
- * under either standard_conforming_strings, and escapeLiteral's character-by-character copy of a 1024-float
- * vector took ~0.1 ms on the in-band answer's path.
- */
-function literal(v: string): string {
-  return /['\\]/.test(v) ? pg.escapeLiteral(v) : `'${v}'`;
+/** The INSERT of one entry's row and its parameters. */
+export function cacheRowQuery(schema: string, e: CacheEntry): Statement {
+  return { text: insertCacheRows(schema, 1), values: cacheRow(entryKey(e), e) };
 }
 
 /**
  * A multi-row INSERT of n cache rows ($1..$7 per row, in the order of the columns below). The embedding
  * parameter stays untyped: it takes the column's type (pgvector's, wherever it lives) by assignment,
- * which calls that type's input function directly, no name looked up. ON CONFLICT names the key, no
- * operator.
+ * which calls that type's receive function directly (cacheRow gives it in binary), no name looked up.
+ * ON CONFLICT names the key, no operator.
  */
 export function insertCacheRows(schema: string, n: number): string {
-  return insertCache(schema, Array.from({ length: n }, (_, r) => Array.from({ length: 7 }, (_, c) => `$${r * 7 + c + 1}`)));
-}
-
-/** The INSERT of rows given as their seven SQL expressions each (parameters or literals). */
-function insertCache(schema: string, rows: string[][]): string {
-  const row = (v: string[]) => `(${v[0]}::pg_catalog.text, ${v[1]}::pg_catalog.text, ${v[2]}::pg_catalog.text, ${v[3]}::pg_catalog.jsonb, ${v[4]}::pg_catalog.text, ${v[5]}::pg_catalog.text, ${v[6]})`;
+  const row = (r: number) => {
+    const p = (c: number) => `$${r * 7 + c}`;
+    return `(${p(1)}::pg_catalog.text, ${p(2)}::pg_catalog.text, ${p(3)}::pg_catalog.text, ${p(4)}::pg_catalog.jsonb, ${p(5)}::pg_catalog.text, ${p(6)}::pg_catalog.text, ${p(7)})`;
+  };
   return `INSERT INTO ${quoteIdent(schema)}.steadytext_cache (cache_key, operation, model_identity, params, prompt, response, embedding)
-     VALUES ${rows.map(row).join(', ')}
+     VALUES ${Array.from({ length: n }, (_, r) => row(r)).join(', ')}
      ON CONFLICT (cache_key) DO UPDATE SET response = EXCLUDED.response, embedding = EXCLUDED.embedding, created_at = pg_catalog.now()`;
 }

@@ -57,7 +57,7 @@ export async function stream(sql: Buffer, call: SteadyCall, values: ArgValues, d
       prompt: req.prompt, maxTokens: req.maxTokens, seed: req.seed, temperature: 0, modelSize: req.modelSize,
       caller: `session:${ctx.id}:${ctx.database}`, signal: ctx.signal, timeoutMs: config.daemonTimeoutMs, cache: config.cacheEnabled,
     })) await rows.add(piece);
-    outcome = { entry: cacheEntry(req, r.identity, streamAnswer(rows.full)) };
+    outcome = { entry: cacheEntry(req, r.identity, { answer: streamAnswer(rows.full) }) };
   } catch (err) {
     outcome = { error: callError(call.fn, err, config.daemonTimeoutMs) };
   }

@@ -8,7 +8,7 @@ import type { Engine } from '../../inference/engine.js';
 import type { Database } from '../databases.js';
 import type { CacheEntry } from '../store.js';
 import { callErrorToWire, engineErrorToWire, WireError } from '../errors.js';
-import { cacheEntry, compute, manage, roleOf, type CallbackTransport } from '../evaluate.js';
+import { cacheEntry, compute, manage, roleOf, type Answer, type CallbackTransport } from '../evaluate.js';
 import { parseRequest, type ComputeCall, type Request } from './requests.js';
 
 /** What the daemon uses of the inference engine (a fake with these methods serves in tests). */
@@ -47,7 +47,7 @@ export class Responder {
    * `collect`: the answer's steadytext_cache row goes there (to be stored with others in one write) instead of
    * being written on its own after the answer.
    */
-  async respond(text: string, call: { pid: number; abort: AbortController; via?: CallbackTransport; collect?: Promise<CacheEntry>[] }): Promise<string> {
+  async respond(text: string, call: { pid: number; abort: AbortController; via?: CallbackTransport; collect?: Promise<CacheEntry>[] }): Promise<Answer> {
     const t0 = performance.now();
     let req: Request | undefined;
     try {
@@ -73,7 +73,7 @@ export class Responder {
    * Evaluates `req` until it answers, the session aborts (a CancelRequest, the client gone: 57014), or
    * timeout_ms and the backstop pass (57014; the evaluation is aborted).
    */
-  private async withinLimits(req: Request, abort: AbortController, caller: string, via: CallbackTransport, collect?: Promise<CacheEntry>[]): Promise<string> {
+  private async withinLimits(req: Request, abort: AbortController, caller: string, via: CallbackTransport, collect?: Promise<CacheEntry>[]): Promise<Answer> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const signal = abort.signal;
     const stopped = new Promise<never>((_, reject) => {
@@ -93,21 +93,21 @@ export class Responder {
     }
   }
 
-  private async evaluate(req: Request, signal: AbortSignal, caller: string, via: CallbackTransport, collect?: Promise<CacheEntry>[]): Promise<string> {
+  private async evaluate(req: Request, signal: AbortSignal, caller: string, via: CallbackTransport, collect?: Promise<CacheEntry>[]): Promise<Answer> {
     const config = configOf(req);
     if (req.kind === 'management') {
       const done = await manage(req.function, this.engine, this.o.address, config, via);
       if ('error' in done) throw callErrorToWire(done.error);
-      return done.answer;
+      return done;
     }
     const done = await compute(req.request, { engine: this.engine, config, caller, signal });
     if ('error' in done) throw callErrorToWire(done.error);
-    if (req.cache) this.store(req, done.answer, collect);
-    return done.answer;
+    if (req.cache) this.store(req, done, collect);
+    return done;
   }
 
   /** Off the answer's path: the caller has its answer; later calls find it in steadytext_cache. */
-  private store(req: ComputeCall, answer: string, collect?: Promise<CacheEntry>[]): void {
+  private store(req: ComputeCall, answer: Answer, collect?: Promise<CacheEntry>[]): void {
     const db = this.database(req.database);
     const r = req.request;
     if (db && collect) collect.push(db.identity(roleOf(r), r.modelSize).then((id) => cacheEntry(r, id, answer)));

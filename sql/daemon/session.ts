@@ -12,6 +12,7 @@ import {
   readStartupPacket, readyForQuery, rowDescription, typeName,
 } from '../../proxy/protocol.js';
 import { WireError } from '../errors.js';
+import type { Answer } from '../evaluate.js';
 import { clientEncoding, sessionCommand, type ClientEncoding } from './commands.js';
 
 /** What a session needs of the endpoint it belongs to. */
@@ -27,7 +28,7 @@ export interface SessionHost {
    * Answers one JSON request with its answer text, or rejects with a WireError. `abort` is the
    * session's: a CancelRequest or the client going away aborts it.
    */
-  respond(text: string, call: { pid: number; abort: AbortController }): Promise<string>;
+  respond(text: string, call: { pid: number; abort: AbortController }): Promise<Answer>;
 }
 
 /** Messages after authentication: up to a request's size. Before it, as PostgreSQL, a startup packet's. */
@@ -243,7 +244,7 @@ export class DaemonSession {
     const abort = new AbortController();
     this.inflight = abort;
     try {
-      return this.row('answer', await this.host.respond(text, { pid: this.pid, abort }));
+      return this.row('answer', (await this.host.respond(text, { pid: this.pid, abort })).answer);
     } finally {
       if (this.inflight === abort) this.inflight = undefined;
     }

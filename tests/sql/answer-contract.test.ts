@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { createServer } from 'node:net';
-import { errorAnswer } from '../../sql/answers.js';
+import { errorAnswer, vectorText } from '../../sql/answers.js';
 import { installSql } from '../../sql/install.js';
 import { entryKey, registerModels, storeCacheEntry, type CacheEntry } from '../../sql/store.js';
 import { createRole, dropRole, freshDatabase, pgError, type TestDatabase } from './helpers.js';
@@ -94,6 +94,20 @@ describe('computed answers: steadytext_cache rows under the function\'s own key'
     expect((await c.query(`SELECT * FROM steadytext_generate_stream('nothing')`)).rows).toEqual([]);
     // generate and generate_stream never share a row.
     expect((await pgError(c.query(`SELECT * FROM steadytext_generate_stream('The capital of France is')`))).code).toBe('08001');
+  });
+
+  it('an embedding stored in binary holds exactly the floats pgvector reads from the text the engine\'s answer is', async () => {
+    // Random float32 bit patterns over the whole finite range (tiny, huge, subnormal, negative zero): their text
+    // takes 8 significant digits or 9 (vectorText), and the binary form must be what vector_in makes of it.
+    let s = 0x9e3779b9;
+    const bits = new Uint32Array(4096).map(() => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0));
+    const floats = Array.from(new Float32Array(bits.buffer)).filter((x) => Number.isFinite(x)).concat([-0, 1e-45, 3.4028235e38, 0.1, 1 / 3]);
+    for (let i = 0; i < floats.length; i += 1000) {
+      const text = vectorText(floats.slice(i, i + 1000));
+      await storeCacheEntry(svc, emb(`binary ${i}`, text));
+      const r = await one(`SELECT steadytext_embed($1)::text = $2::vector::text AS same_text, steadytext_embed($1) = $2::vector AS equal`, [`binary ${i}`, text]);
+      expect(r).toEqual({ same_text: true, equal: true });
+    }
   });
 
   it('an answer that itself starts with chr(1) is returned as is (only mailbox entries carry errors)', async () => {

@@ -90,7 +90,7 @@ describe('a session', () => {
         await new Promise((_, reject) => call.abort.signal.addEventListener('abort', () => reject(new WireError('57014', 'cancelled')), { once: true }));
       }
       if (text === '{"fail":1}') throw new WireError('53000', 'busy é', 'later');
-      return `answer to ${text}: é`;
+      return { answer: `answer to ${text}: é` };
     },
   };
   beforeAll(async () => {
@@ -205,14 +205,14 @@ describe('the responder', () => {
   const call = () => ({ pid: 1, abort: new AbortController() });
 
   it('answers first and stores after; counts and logs into the database the request names', async () => {
-    const answer = await responder.respond(JSON.stringify({ op: 'generate', prompt: 'p', max_tokens: 3, seed: 1, database: 'db', debug: true, timeout_ms: 500 }), call());
+    const { answer } = await responder.respond(JSON.stringify({ op: 'generate', prompt: 'p', max_tokens: 3, seed: 1, database: 'db', debug: true, timeout_ms: 500 }), call());
     expect(answer).toBe('text:p');
     expect(calls.at(-1)).toBe('generate p cache=true timeout=500');
     expect(writer.writes).toEqual(['count callback_requests,generate_requests', 'log debug callback']);
     await responder.flush();
     expect(writer.writes.at(-1)).toBe('store generate@generation-small');
-    expect(await responder.respond(JSON.stringify({ op: 'embed', text: 'e', seed: 1, database: 'elsewhere' }), call())).toBe('[0.5,1]');
-    await expect(responder.respond(JSON.stringify({ op: 'generate', prompt: 'p', max_tokens: 3, seed: 1, database: 'db', cache: false }), call())).resolves.toBe('text:p');
+    expect((await responder.respond(JSON.stringify({ op: 'embed', text: 'e', seed: 1, database: 'elsewhere' }), call())).answer).toBe('[0.5,1]');
+    await expect(responder.respond(JSON.stringify({ op: 'generate', prompt: 'p', max_tokens: 3, seed: 1, database: 'db', cache: false }), call())).resolves.toMatchObject({ answer: 'text:p' });
     expect(calls.at(-1)).toBe('generate p cache=false timeout=30000');
     await responder.flush();
     expect(writer.writes.filter((w) => w.startsWith('store'))).toHaveLength(1);
@@ -229,10 +229,10 @@ describe('the responder', () => {
   });
 
   it('management requests go through the shared evaluation, with the endpoint address', async () => {
-    expect(JSON.parse(await responder.respond('{"op":"status"}', call()))).toEqual({
+    expect(JSON.parse((await responder.respond('{"op":"status"}', call())).answer)).toEqual({
       running: false, pid: 7, host: 'h', port: 1, uptime_seconds: 1, requests_processed: 2, errors_count: 0, avg_latency_ms: 3,
     });
-    expect(await responder.respond('{"op":"start"}', call())).toBe('true');
+    expect((await responder.respond('{"op":"start"}', call())).answer).toBe('true');
     expect(calls.at(-1)).toBe('load');
   });
 
