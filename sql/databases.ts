@@ -15,6 +15,7 @@ import type { Engine, IdentityOptions } from '../inference/engine.js';
 import { callbackTransport } from './evaluate.js';
 import { installSql, quoteIdent } from './install.js';
 import { sessionQueryable, type Queryable, type Statement } from './handover.js';
+import { StandingWakes } from './standing-wakes.js';
 import { MAINTENANCE_EVERY_MS, maintain } from './maintenance.js';
 import type { SessionContext } from '../proxy/interceptor.js';
 import { cacheRow, entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
@@ -160,6 +161,8 @@ export class Database {
   private configReadAt = 0;
   private prepared: Promise<void> | undefined;
   private listener: pg.Client | undefined;
+  /** The in-band calls' standing wake-up locks, held on the listener while it lives (standing-wakes.ts). */
+  standing: StandingWakes | undefined;
   private listenerRetry: ReturnType<typeof setTimeout> | undefined;
   private listenerFailures = 0;
   private registered = new Map<string, string>();
@@ -254,9 +257,10 @@ export class Database {
    */
   private async openListener(): Promise<void> {
     // Asynchronous commit as on the pool: commitThenWake commits in-band answers on this connection, pipelined
-    // (the answer's write and the unlock after it in one round trip). A cache row the asking client's own open
-    // block holds (the owning role deleted it) would be waited for while the client waits for the answer: given
-    // up on at once instead (lock_timeout), and the mailbox answers (inband.ts).
+    // (the answer's write and the unlock after it in one round trip), where the standing wake-up locks are held
+    // too (standing-wakes.ts). A cache row the asking client's own open block holds (the owning role deleted it)
+    // would be waited for while the client waits for the answer: given up on at once instead (lock_timeout), and
+    // the mailbox answers (inband.ts).
     const l = new pg.Client({
       ...serviceConnection(this.url, 'pg-steadytext config listener', ['synchronous_commit=off', 'lock_timeout=10ms']),
       pipeline: true,
@@ -265,7 +269,10 @@ export class Database {
     const onLost = (err?: Error) => {
       if (!live) return;
       live = false;
-      if (this.listener === l) this.listener = undefined;
+      if (this.listener === l) {
+        this.listener = undefined;
+        this.standing = undefined; // its locks went with it
+      }
       this.runtime.markStale();
       if (this.closed) return;
       this.log.warn({ err }, 'config listener lost; config is re-read on every call until it is back');
@@ -287,6 +294,7 @@ export class Database {
     }
     live = true;
     this.listener = l;
+    this.standing = new StandingWakes(l, () => this.secret);
     this.listenerFailures = 0;
     this.runtime.markStale(); // whatever changed while no one listened
   }

@@ -25,7 +25,8 @@ import { WireError } from './errors.js';
 import { errorAnswer, wrapAnswer } from './answers.js';
 import { isManagement, managementTopic, type Evaluated } from './evaluate.js';
 import type { Database } from './databases.js';
-import { auxQuery, deleteSkipLocked, mailboxQuery, postMailbox, type MailboxEntry } from './handover.js';
+import { auxQuery, deleteSkipLocked, mailboxQuery, postMailbox, type MailboxEntry, type Statement } from './handover.js';
+import type { StandingWakes } from './standing-wakes.js';
 import { quoteIdent } from './install.js';
 import { mayStopInBlock } from './read-only-blocks.js';
 import type { Responder } from './daemon/responder.js';
@@ -56,6 +57,9 @@ interface Signed {
   user: string | null;
   /** The steadytext_cache key the computing function looked up (migration 009): where it looks for a cacheable answer first. */
   cacheKey: string | null;
+  /** The nonce of the asking session, and whether the function found the standing lock it names held (migration 010). */
+  nonce: string | null;
+  armed: boolean;
 }
 
 /** How often left-behind large objects are looked for, and how old they must be to go. */
@@ -184,9 +188,9 @@ export class InbandCallbacks {
 
   private async answer(r: Signed, ctx: SessionContext): Promise<void> {
     const db = this.databases.get(ctx.database);
-    // Taken now, while the answer is computed: the function blocks on it instead of polling (migration 006).
+    const standing = standingOf(r, db);
     const key = wakeKey(r.id);
-    const wake = r.wait ? db.holdWake(key) : null;
+    const wake = r.wait && standing === undefined ? db.holdWake(key) : null;
     // A function waiting in READ COMMITTED that sent its cache key looks in steadytext_cache first (migration 009):
     // the answer's cache row is then handed over itself, instead of being written later besides a mailbox entry.
     const rows: Promise<CacheEntry>[] | undefined = r.wait && r.lo === null && r.cacheKey !== null && !db.single ? [] : undefined;
@@ -198,21 +202,29 @@ export class InbandCallbacks {
       ctx.log.warn({ err }, 'no cache row for an in-band answer: it goes through the mailbox');
       return undefined;
     }) : undefined;
-    await this.handOver(r, text, wake, key, db, ctx, row);
+    await this.handOver(r, text, wake, key, db, ctx, row, standing);
+    // The next call of this backend finds the standing lock held. Not where another proxy could run the backend's
+    // next statement (upstreamPooled), nor on one session, where no call waits.
+    if (standing === undefined && r.nonce !== null && !this.upstreamPooled && !db.single) void db.standing?.take(r.backendPid, r.nonce);
   }
 
   /**
-   * Puts `text` where the waiting function looks (mailbox or large object), committed, and wakes it. `row`: the
-   * answer's cache row, committed instead of the mailbox entry when it is under the key the function looks up.
+   * Puts `text` where the waiting function looks (mailbox or large object), committed, and wakes it (`standing`:
+   * from the backend's standing lock, else from the request's `wake`). `row`: the answer's cache row, committed
+   * instead of the mailbox entry when it is under the key the function looks up.
    */
-  private async handOver(r: Signed, text: () => string, wake: Promise<pg.Client | null> | null, key: number, db: Database, ctx: SessionContext, row?: CacheEntry): Promise<void> {
+  private async handOver(r: Signed, text: () => string, wake: Promise<pg.Client | null> | null, key: number, db: Database, ctx: SessionContext, row?: CacheEntry, standing?: StandingWakes): Promise<void> {
     const entry = () => ({ topic: `inband:${r.id}`, answer: text() });
     // Another key (the function's model identity not registered yet, or changed): stored later, as on every path.
     const cached = row !== undefined && entryKey(row) === r.cacheKey ? row : undefined;
     if (row !== undefined && cached === undefined) db.writeLater('cache write', () => db.store([row]));
     try {
       const holder = await wake;
-      if (holder) {
+      // (A standing lock let go meanwhile, the least recently used of too many, woke the function: it polls.)
+      const commitThenWake = standing !== undefined && standing.holds(r.backendPid, r.nonce!)
+        ? (put: Statement) => standing.commitThenWake(r.backendPid, put)
+        : holder ? (put: Statement) => db.commitThenWake(holder, key, put) : undefined;
+      if (commitThenWake) {
         // One round trip: the answer committed, then the lock the function waits on let go. A cache row the
         // asking client's own open block holds is given up on at once (the listener's lock_timeout, databases.ts),
         // and the mailbox answers (below).
@@ -221,7 +233,7 @@ export class InbandCallbacks {
           : r.lo === null
             ? mailboxQuery(db.schema, r.backendPid, [entry()])
             : { text: LO_PUT(db.schema), values: [r.lo, text()] };
-        await db.commitThenWake(holder, key, put).catch(async (err: unknown) => {
+        await commitThenWake(put).catch(async (err: unknown) => {
           if (cached === undefined) throw err;
           // The function, woken without it, polls: the mailbox still answers it.
           ctx.log.warn({ err, id: r.id }, 'could not hand an in-band answer over as a cache row; it goes through the mailbox');
@@ -261,7 +273,8 @@ export class InbandCallbacks {
       `${r.fn}: the statement was stopped to be run again with its steadytext calls answered together (${marker})`,
       'The pg-steadytext proxy runs it again by itself; if this reaches you, run the statement again.',
     );
-    void this.handOver(r, () => stop, db.holdWake(key), key, db, ctx);
+    const standing = standingOf(r, db);
+    void this.handOver(r, () => stop, standing ? null : db.holdWake(key), key, db, ctx, undefined, standing);
     return true;
   }
 
@@ -373,13 +386,14 @@ export class InbandCallbacks {
 
   private lastSweep = new WeakMap<Database, number>();
 
-  /** Now and then: large objects whose reader never took them (its transaction rolled back, say). */
+  /** Now and then: large objects whose reader never took them (its transaction rolled back, say), standing locks of ended backends. */
   private sweep(db: Database, ctx: SessionContext): void {
     const now = Date.now();
     if (now - (this.lastSweep.get(db) ?? 0) < SWEEP_EVERY_MS) return;
     this.lastSweep.set(db, now);
     db.pool.query(`SELECT ${quoteIdent(db.schema)}._steadytext_inband_sweep($1::pg_catalog.interval)`, [SWEEP_AGE])
       .catch((err: unknown) => ctx.log.warn({ err }, 'could not sweep in-band large objects'));
+    db.standing?.sweep(db.pool).catch((err: unknown) => ctx.log.warn({ err }, 'could not look for ended backends\' standing wake-up locks'));
   }
 }
 
@@ -416,6 +430,14 @@ function following(signal: AbortSignal): { abort: AbortController; release: () =
   if (signal.aborted) stop();
   else signal.addEventListener('abort', stop, { once: true });
   return { abort, release: () => signal.removeEventListener('abort', stop) };
+}
+
+/**
+ * The backend's standing lock (migration 010) a waiting function blocks on, when it found it held and it is
+ * this proxy's; else the function blocks on one taken for the request as it is accepted (migration 006).
+ */
+function standingOf(r: Signed, db: Database): StandingWakes | undefined {
+  return r.wait && r.armed && r.nonce !== null && db.standing?.holds(r.backendPid, r.nonce) ? db.standing : undefined;
 }
 
 /** Writes an answer into the large object the function of a read-write REPEATABLE READ or SERIALIZABLE block reads. */
@@ -530,7 +552,7 @@ export function verify(payload: string, mac: string, secret: string, database: s
   }
   const o = j as {
     id?: unknown; backend_pid?: unknown; database?: unknown; lo?: unknown; wait?: unknown; gather?: unknown; function?: unknown;
-    stops?: unknown; answer_key?: unknown; snapshot?: unknown; user?: unknown; cache_key?: unknown;
+    stops?: unknown; answer_key?: unknown; snapshot?: unknown; user?: unknown; cache_key?: unknown; nonce?: unknown; armed?: unknown;
   };
   if (typeof o.id !== 'string' || !/^[0-9a-f]{32}$/.test(o.id)) return null;
   if (!Number.isInteger(o.backend_pid) || (backendPid !== null && o.backend_pid !== backendPid) || o.database !== database) return null;
@@ -544,5 +566,7 @@ export function verify(payload: string, mac: string, secret: string, database: s
     snapshot: o.snapshot === true,
     user: typeof o.user === 'string' ? o.user : null,
     cacheKey: typeof o.cache_key === 'string' && /^[0-9a-f]{64}$/.test(o.cache_key) ? o.cache_key : null,
+    nonce: typeof o.nonce === 'string' && /^[0-9a-f]{32}$/.test(o.nonce) ? o.nonce : null,
+    armed: o.armed === true,
   };
 }

@@ -17,6 +17,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { id: '007_inband_session_answers', version: '1.6.0' },
   { id: '008_single_session', version: '1.7.0' },
   { id: '009_inband_cache_answers', version: '1.8.0' },
+  { id: '010_inband_standing_wake', version: '1.9.0' },
 ];
 
 export const SQL_VERSION: string = MIGRATIONS[MIGRATIONS.length - 1].version;

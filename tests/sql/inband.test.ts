@@ -349,6 +349,86 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     }
   });
 
+  test('once a backend asked, its next waiting calls block on a standing lock from the start; a new nonce, a lost listener, an ended backend', async () => {
+    await fresh();
+    const db = s.databases.get(s.database);
+    await rewritten(`SELECT steadytext_generate('warm the model up', max_tokens := 4) AS v`);
+    // Instrumentation only: which requests had a lock taken for them as they were accepted.
+    const taken: number[] = [];
+    const holdWake = db.holdWake.bind(db);
+    db.holdWake = (key) => {
+      taken.push(key);
+      return holdWake(key);
+    };
+    onTestFinished(() => {
+      db.holdWake = holdWake;
+    });
+    const listenerPid = async () => (await direct.query(`SELECT pid FROM pg_stat_activity WHERE application_name = 'pg-steadytext config listener' AND datname = current_database()`)).rows[0]?.pid as number | undefined;
+    const standingHeld = async () => (await direct.query(`SELECT l.objid::text AS objid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE l.locktype = 'advisory' AND l.classid = 1398031705 AND l.granted AND l.mode = 'ExclusiveLock' AND a.application_name = 'pg-steadytext config listener'`)).rows.map((r) => r.objid as string);
+    const until = async (what: () => Promise<boolean>) => {
+      for (let i = 0; i < 200 && !(await what()); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await what()).toBe(true);
+    };
+    const expected = async (t: string) => { await fresh(); return rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND(t)]); };
+
+    const { c } = await client();
+    const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
+    const before = new Set(await standingHeld());
+    const first = (await c.query(`SELECT deterministic_expand('standing one') AS v`)).rows[0].v as string;
+    expect(taken).toHaveLength(1); // its first request: a lock taken for it
+    await until(async () => (await standingHeld()).some((k) => !before.has(k)));
+    const key = (await standingHeld()).find((k) => !before.has(k))!;
+
+    // The second call waits on that lock while the answer is computed (held back here until the wait is seen).
+    const standing = db.standing!;
+    const commit = standing.commitThenWake.bind(standing);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    standing.commitThenWake = async (p, w) => {
+      await gate;
+      return commit(p, w);
+    };
+    onTestFinished(() => {
+      standing.commitThenWake = commit;
+    });
+    const second = c.query(`SELECT deterministic_expand('standing two') AS v`);
+    await until(async () => (await direct.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 1398031705 AND objid::text = $1 AND pid = $2 AND NOT granted`, [key, pid])).rowCount === 1);
+    release();
+    const got = (await second).rows[0].v as string;
+    expect(taken).toHaveLength(1); // no lock taken for it
+    expect(await standingHeld()).toContain(key); // taken again behind the woken call
+    const third = (await c.query(`SELECT deterministic_expand('standing three') AS v`)).rows[0].v as string;
+    expect(taken).toHaveLength(1);
+
+    // A new nonce (RESET ALL, DISCARD ALL, or the session's own SET): asked the old way once, then standing again.
+    await c.query('RESET ALL');
+    const fourth = (await c.query(`SELECT deterministic_expand('standing four') AS v`)).rows[0].v as string;
+    expect(taken).toHaveLength(2);
+    await until(async () => !(await standingHeld()).includes(key)); // the old nonce's lock let go
+    await c.query(`SET steadytext.wake_nonce = '0123456789abcdef0123456789abcdef'`);
+    const fifth = (await c.query(`SELECT deterministic_expand('standing five') AS v`)).rows[0].v as string;
+    expect(taken).toHaveLength(3);
+
+    // The listener lost: its locks with it; the calls go the old way until it is back.
+    const old = await listenerPid();
+    await direct.query('SELECT pg_terminate_backend($1)', [old]);
+    await until(async () => { const p = await listenerPid(); return p !== undefined && p !== old; });
+    const sixth = (await c.query(`SELECT deterministic_expand('standing six') AS v`)).rows[0].v as string;
+    expect(taken.length).toBeGreaterThanOrEqual(3);
+
+    // The backend ended: its standing lock is let go at the next sweep.
+    await until(async () => (await standingHeld()).length > 0);
+    await c.end();
+    await until(async () => (await direct.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount === 0);
+    await db.standing!.sweep(db.pool);
+    expect(await standingHeld()).toEqual([]);
+
+    for (const [v, t] of [[first, 'standing one'], [got, 'standing two'], [third, 'standing three'], [fourth, 'standing four'], [fifth, 'standing five'], [sixth, 'standing six']]) {
+      expect(v).toBe(await expected(t));
+    }
+  });
+
   test('a waiting call whose answer is a cache row reads that row: no mailbox entry, nothing written by the caller, the rewrite path’s bytes', async () => {
     await fresh();
     await direct.query(`
