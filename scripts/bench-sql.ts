@@ -599,7 +599,8 @@ async function main() {
   out.push('  (engine cache cleared, steadytext_cache truncated), order alternating; hits: the same texts again. x engine: mean against');
   out.push('  engine.embed\'s mean. in engine: mean time inside engine.embed during the call; outside: the rest (the transport).');
   out.push('  polls/req: calls of the in-band answer-taking helper per request (pg_stat_user_functions); _steadytext_inband_call');
-  out.push('  looks, naps 0.5, 1, 2 ms until the proxy holds the request\'s advisory lock, then waits on the lock and looks once more.');
+  out.push('  waits on the standing lock the proxy holds for a backend that asked before, and looks once it is let go; a first request');
+  out.push('  looks, naps 0.5, 1, 2 ms until the proxy holds the request\'s advisory lock, then waits on that.');
   if (pollWaitMs.length) {
     const w = stats(pollWaitMs);
     out.push(`  in-band miss, answer committed to steadytext_mailbox -> function returned: mean ${f(w.mean, 2)}, p50 ${f(w.p50, 2)}, p99 ${f(w.p99, 2)}, max ${f(w.max, 2)} ms.`);
