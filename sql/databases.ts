@@ -15,7 +15,7 @@ import type { Engine, IdentityOptions } from '../inference/engine.js';
 import { callbackTransport } from './evaluate.js';
 import { installSql, quoteIdent } from './install.js';
 import { sessionQueryable, type Queryable, type Statement } from './handover.js';
-import { StandingWakes } from './standing-wakes.js';
+import { commitThenUnlock, StandingWakes, TRY_LOCK, UNLOCK } from './standing-wakes.js';
 import { MAINTENANCE_EVERY_MS, maintain } from './maintenance.js';
 import type { SessionContext } from '../proxy/interceptor.js';
 import { cacheRow, entryKey, insertCacheRows, registerModels, serviceConnection, type CacheEntry, type ModelIdentity, type ModelRole } from './store.js';
@@ -357,31 +357,21 @@ export class Database {
     const l = this.listener;
     if (!l) return null;
     try {
-      const r = await l.query(WAKE_LOCK, [WAKE_CLASS, key]);
+      const r = await l.query(TRY_LOCK, [WAKE_CLASS, key]);
       return r.rows[0]?.held === true ? l : null;
     } catch {
       return null;
     }
   }
 
-  /**
-   * Commits `write` (one statement, on its own) and lets go of holdWake's lock, in one round trip on the
-   * lock's connection (pipelined): the function waiting on the lock wakes to the committed answer. The unlock
-   * runs after the write's Sync, whether it committed or failed.
-   */
+  /** commitThenUnlock with holdWake's lock: the function waiting on it wakes to the committed answer. */
   async commitThenWake(holder: pg.Client, key: number, write: Statement): Promise<void> {
-    const done = holder.query(write.text, write.values);
-    const woken = holder.query(wakeUnlock(key));
-    try {
-      await done;
-    } finally {
-      await woken.catch(() => {});
-    }
+    await commitThenUnlock(holder, write, WAKE_CLASS, key);
   }
 
   /** Lets go of holdWake's lock with nothing to commit: what waits on it wakes. */
   async wake(holder: pg.Client, key: number): Promise<void> {
-    await holder.query(wakeUnlock(key)).catch(() => {});
+    await holder.query(UNLOCK, [WAKE_CLASS, key]).catch(() => {});
   }
 
   /** The model identity the SQL functions look up for (role, size), registered on first sight. */
@@ -491,8 +481,6 @@ export class Database {
 
 /** The advisory lock class of the in-band wake-up ('STEX'), as in sql/migrations/006_inband_wake.sql. */
 export const WAKE_CLASS = 1398031704;
-const WAKE_LOCK = 'SELECT pg_catalog.pg_try_advisory_lock($1::pg_catalog.int4, $2::pg_catalog.int4) AS held';
-const wakeUnlock = (key: number) => `SELECT pg_catalog.pg_advisory_unlock(${WAKE_CLASS}, ${key | 0})`;
 
 /** Writes waiting at once (writeLater) before more are dropped. */
 const MAX_PENDING_WRITES = 1000;

@@ -14,11 +14,27 @@ export const STANDING_CLASS = 1398031705;
 /** Standing locks one listener holds at most (the least recently used go first): each takes a lock table slot. */
 const MAX_STANDING = 256;
 
-const TRY_LOCK = 'SELECT pg_catalog.pg_try_advisory_lock($1::pg_catalog.int4, $2::pg_catalog.int4) AS held';
+/** A session-level advisory lock (class, key) on the listener, taken if free: the per-request wake-up's too (databases.ts). */
+export const TRY_LOCK = 'SELECT pg_catalog.pg_try_advisory_lock($1::pg_catalog.int4, $2::pg_catalog.int4) AS held';
 // Blocking, within the listener's lock_timeout: granted once the function just woken lets go of its shared hold.
 const LOCK = 'SELECT pg_catalog.pg_advisory_lock($1::pg_catalog.int4, $2::pg_catalog.int4)';
-const UNLOCK = 'SELECT pg_catalog.pg_advisory_unlock($1::pg_catalog.int4, $2::pg_catalog.int4)';
+export const UNLOCK = 'SELECT pg_catalog.pg_advisory_unlock($1::pg_catalog.int4, $2::pg_catalog.int4)';
 const ALIVE = 'SELECT pid FROM pg_catalog.pg_stat_activity WHERE pid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int4[])';
+
+/**
+ * Commits `write` (one statement, on its own) and lets go of the advisory lock (class, key) behind it, in one round
+ * trip on the lock's pipelined connection: the function waiting on the lock wakes to the committed answer. The
+ * unlock runs after the write's Sync, whether it committed or failed.
+ */
+export async function commitThenUnlock(holder: pg.Client, write: Statement, lockClass: number, key: number): Promise<void> {
+  const done = holder.query(write.text, write.values);
+  const woken = holder.query(UNLOCK, [lockClass, key]);
+  try {
+    await done;
+  } finally {
+    await woken.catch(() => {});
+  }
+}
 
 /** The key of a backend's standing lock, as _steadytext_inband_call computes it: the HMAC's first 32 bits. */
 export function standingKey(secret: string, backendPid: number, nonce: string): number {
@@ -62,26 +78,21 @@ export class StandingWakes {
   }
 
   /**
-   * Commits `write` and lets go of `backendPid`'s standing lock, so that its waiting call wakes to the committed
-   * answer, then takes the lock again, in one round trip. The unlock runs after the write's Sync, whether it
-   * committed or failed. Taken again only once the woken call lets go of its shared hold: if that does not come
-   * within the listener's lock_timeout, the backend's next request goes the old way, and takes it afresh.
+   * commitThenUnlock with `backendPid`'s standing lock, so that its waiting call wakes to the committed answer, then
+   * takes the lock again, in the same round trip. Taken again only once the woken call lets go of its shared hold:
+   * if that does not come within the listener's lock_timeout, the backend's next request goes the old way, and
+   * takes it afresh.
    */
   async commitThenWake(backendPid: number, write: Statement): Promise<void> {
     const h = this.held.get(backendPid);
     if (h === undefined) throw new Error(`no standing wake-up lock for backend ${backendPid}`);
     this.held.delete(backendPid);
     this.held.set(backendPid, h); // the most recently used
-    const done = this.holder.query(write.text, write.values);
-    const woken = this.holder.query(UNLOCK, [STANDING_CLASS, h.key]);
+    const woken = commitThenUnlock(this.holder, write, STANDING_CLASS, h.key);
     this.holder.query(LOCK, [STANDING_CLASS, h.key]).catch(() => {
       if (this.held.get(backendPid) === h) this.held.delete(backendPid);
     });
-    try {
-      await done;
-    } finally {
-      await woken.catch(() => {});
-    }
+    await woken;
   }
 
   /** Lets go of the standing locks of backends that have ended (`q`: any service connection). */
