@@ -298,7 +298,14 @@ export class PooledSession implements PoolClient {
     const ignored = new Set(pool.pooler.settings.ignoreStartupParameters.map((p) => p.toLowerCase()));
     for (const [k, v] of startup) if (!NOT_SETTINGS.has(k.toLowerCase()) && !ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
     const options = startup.get('options');
-    if (options) for (const [k, v] of optionSettings(options) ?? []) if (!ignored.has(k.toLowerCase())) this.settings.set(k.toLowerCase(), v);
+    if (options) {
+      // `options` itself in the list: as pgBouncer, what it holds is applied only where pgBouncer tracks it, the
+      // rest ignored (an operator's way to have clients' unknown switches dropped rather than carried).
+      const only = ignored.has('options') ? trackedByPgBouncer(pool.pooler.settings.trackExtraParameters) : null;
+      for (const [k, v] of optionSettings(options) ?? []) {
+        if (!ignored.has(k) && (only === null || only.has(k))) this.settings.set(k, v);
+      }
+    }
     pool.clients.add(this);
     if (startup.has('replication')) this.replicationStartup = startup;
     this.statements = new ClientStatements(
@@ -1100,6 +1107,13 @@ export class PooledSession implements PoolClient {
       });
     });
   }
+}
+
+/** The settings pgBouncer keeps per client: its five and track_extra_parameters. */
+function trackedByPgBouncer(extra: readonly string[]): Set<string> {
+  const out = new Set(['client_encoding', 'datestyle', 'timezone', 'standard_conforming_strings', 'application_name']);
+  for (const p of extra) out.add(p.toLowerCase());
+  return out;
 }
 
 /**

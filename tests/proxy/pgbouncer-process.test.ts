@@ -221,6 +221,35 @@ describe('pg-steadytext pgbouncer as a process', () => {
     expect(b.log()).not.toContain("varcache_apply: SET DateStyle='ISO, MDY'");
   });
 
+  test("startup options: every -c setting carried by default; with `options` in ignore_startup_parameters only what pgBouncer tracks, the rest ignored", async () => {
+    const ini = (ignore: string) => ({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 1, track_extra_parameters: 'search_path', ignore_startup_parameters: ignore },
+      users: TRUST_USERS,
+    });
+    const options = '-c enable_seqscan=off -ctimezone=Portugal --search-path=pg_catalog -c work_mem=1234kB';
+    const settings = async (c: pg.Client) =>
+      (await c.query("SELECT current_setting('enable_seqscan') AS s, current_setting('TimeZone') AS tz, current_setting('search_path') AS p, current_setting('work_mem') AS w")).rows[0];
+    const carried = await startBouncer(ini('work_mem'));
+    const a = await connect(carried, { user: 'trust_user', database: 'postgres', options });
+    // work_mem is in the list: not applied; the others carried, enable_seqscan too (pgBouncer would refuse the login).
+    expect(await settings(a)).toEqual({ s: 'off', tz: 'Portugal', p: 'pg_catalog', w: '4MB' });
+    await a.end();
+
+    const strict = await startBouncer(ini('options'));
+    const b = await connect(strict, { user: 'trust_user', database: 'postgres', options });
+    const other = await connect(strict, { user: 'trust_user', database: 'postgres' });
+    for (let i = 0; i < 2; i++) {
+      // Twice, the other client between: what was ignored is not set on the shared server connection either.
+      expect(await settings(b)).toEqual({ s: 'on', tz: 'Portugal', p: 'pg_catalog', w: '4MB' });
+      expect((await settings(other)).tz).not.toBe('Portugal');
+    }
+    // A switch that is not a setting is refused all the same (pgBouncer's text).
+    await expect(connect(strict, { user: 'trust_user', database: 'postgres', options: '-d 1' })).rejects.toThrow(
+      "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed",
+    );
+  });
+
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
     const b = await trustBouncer();
     const c = await connect(b, { user: 'trust_user', database: 'postgres' });
