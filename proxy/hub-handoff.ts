@@ -101,9 +101,10 @@ export class HubHandoff {
     return true;
   }
 
-  /** Takes the session back now (its server too, if it holds one). */
-  stopHub(): void {
+  /** Takes the session back now (its server too, if it holds one); a client queued in C keeps its wait so far. */
+  stopHub(queuedMs = 0): void {
     if (this.handle === null) return;
+    if (queuedMs > 0) this.owner.waitedInHub = queuedMs;
     const o = this.relay.stop(this.handle);
     if (o !== null) this.ended(o);
   }

@@ -19,8 +19,8 @@ import { socketFd, type HubMember, type NativeHub, type NativeRelay, type RelayH
 
 /** What the hub needs of a member (the client session's hand-off, hub-handoff.ts). */
 export interface HubMemberSession {
-  /** Takes the member out of the hub now (it exits through its onExit as any relay). */
-  stopHub(): void;
+  /** Takes the member out of the hub now (it exits through its onExit as any relay); queuedMs: how long it waited there. */
+  stopHub(queuedMs?: number): void;
   /** query_wait_timeout or query_timeout while queued in C: the client ends with it. */
   waitTimedOut(reason: 'query_wait_timeout' | 'query_timeout'): void;
   /** What its relay counted so far goes into the pool's stats. */
@@ -345,11 +345,14 @@ export class PoolHub implements PoolClient {
     // for slots for them and opens connections on those granted, which come here (Pool.returnIdle), as a JS
     // waiter's would; the clients stay in C meanwhile (query_wait_timeout still applies: tick).
     if (this.pool.pooler.slots !== null && this.pool.idle.length === 0) return this.pool.pooler.schedule(this.pool);
-    // An idle connection that does not fit (other settings), or room to open one: JS serves the client (replaying).
-    if (this.pool.idle.length === 0 && !this.pool.roomToOpen()) return;
     let oldest: HubMember | null = null;
     for (const m of this.native.members()) if (m.state === 'queued' && (oldest === null || m.queuedUs > oldest.queuedUs)) oldest = m;
-    if (oldest !== null) this.members.get(oldest.clientFd)?.stopHub();
+    if (oldest === null) return;
+    // An idle connection that does not fit (other settings), or room to open one (the reserve once the oldest has
+    // waited reserve_pool_timeout in C: tick asks again): JS serves the client, its wait counted from its queuing.
+    const waitedMs = Math.floor(oldest.queuedUs / 1000);
+    if (this.pool.idle.length === 0 && !this.pool.roomToOpen(waitedMs)) return;
+    this.members.get(oldest.clientFd)?.stopHub(waitedMs);
   }
 }
 

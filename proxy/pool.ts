@@ -52,6 +52,8 @@ export interface PoolClient {
   lentQuiet?(now: number, s?: PooledServer): number;
   /** Lending: what the relay counted so far goes into the pool's stats now (SHOW STATS). */
   lentSync?(): void;
+  /** Milliseconds it waited queued in the hub before it came to wait here: its wait counts from then (once). */
+  waitedInHub?: number;
 }
 
 /**
@@ -349,7 +351,9 @@ export class Pool {
       this.pooler.schedule(this);
       return null;
     }
-    this.waiters.push({ client, since: Date.now(), waitStart: performance.now(), granted });
+    const carried = client.waitedInHub ?? 0;
+    client.waitedInHub = 0;
+    this.waiters.push({ client, since: Date.now() - carried, waitStart: performance.now(), granted });
     this.pooler.schedule(this);
     return null;
   }
@@ -476,10 +480,16 @@ export class Pool {
   }
 
   /** Could a waiter make the pool open a connection now (below pool_size, logins not failing)? */
-  roomToOpen(): boolean {
+  /** Could a connection be opened now for a client that has waited `waitedMs` (reserve_pool after reserve_pool_timeout)? */
+  roomToOpen(waitedMs = 0): boolean {
     const failure = this.loginFailure;
     if (failure && Date.now() - failure.at < this.pooler.settings.serverLoginRetry * 1000) return false;
-    return !this.paused && this.size < this.poolSize;
+    return !this.paused && this.size < this.poolSize + this.reserveFor(waitedMs);
+  }
+
+  /** The reserve a client that has waited `waitedMs` may use (pgBouncer: once the oldest waited reserve_pool_timeout). */
+  private reserveFor(waitedMs: number): number {
+    return this.reserveSize > 0 && waitedMs >= this.pooler.settings.reservePoolTimeout * 1000 ? this.reserveSize : 0;
   }
 
   /** The client's relay has the connection now. */
@@ -580,10 +590,8 @@ export class Pool {
     const failure = this.loginFailure;
     if (failure && Date.now() - failure.at < this.pooler.settings.serverLoginRetry * 1000) return false;
     if (this.pooler.slots !== null) return this.pooler.slots.take(this);
-    let limit = this.poolSize;
     const oldest = this.waiters[0];
-    const reserveAfter = this.pooler.settings.reservePoolTimeout * 1000;
-    if (oldest && this.reserveSize > 0 && Date.now() - oldest.since >= reserveAfter) limit += this.reserveSize;
+    const limit = this.poolSize + (oldest ? this.reserveFor(Date.now() - oldest.since) : 0);
     if (this.size >= limit) return false;
     if (this.size >= this.poolSize) this.pooler.pgbLog.line('LOG', 'taking connection from reserve_pool');
     const maxDb = this.db.entry.maxDbConnections ?? this.pooler.settings.maxDbConnections;
@@ -637,8 +645,7 @@ export class Pool {
   /** pgBouncer's launch_new_connection for a replication client: at the pool's size an idle connection is evicted. */
   private roomForReplication(w: ReplicationWaiter): boolean {
     if (this.pooler.slots !== null) return this.pooler.slots.take(this);
-    let limit = this.poolSize;
-    if (this.reserveSize > 0 && Date.now() - w.since >= this.pooler.settings.reservePoolTimeout * 1000) limit += this.reserveSize;
+    const limit = this.poolSize + this.reserveFor(Date.now() - w.since);
     while (this.size >= limit && this.idle.length > 0) this.idle.shift()!.close('evicted');
     if (this.size >= limit) return false;
     const maxDb = this.db.entry.maxDbConnections ?? this.pooler.settings.maxDbConnections;

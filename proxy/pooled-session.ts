@@ -254,6 +254,8 @@ export class PooledSession implements PoolClient {
   };
   /** When the client began waiting for a connection, or took one (SHOW CLIENTS, stats). */
   waitingSince = 0;
+  /** Set while it leaves the hub's queue for JS's (PoolHub.starved), read by Pool.acquire. */
+  waitedInHub = 0;
   linkedAt = 0;
   /** performance.now() at the transaction's first message (SHOW STATS' times, mostly under a millisecond); 0: none open. */
   private xactStart = 0;
@@ -393,7 +395,7 @@ export class PooledSession implements PoolClient {
   /** A server connection for the client's next message: now, or null and `granted` once it has one. */
   acquire(granted: () => void): PooledServer | null {
     if (this.server) return this.server;
-    this.waitingSince = Date.now();
+    this.waitingSince = Date.now() - this.waitedInHub;
     const got = this.pool.acquire(this, (s) => {
       this.waiting = false;
       // Called from another client's release: a failure here is this client's, not that one's.

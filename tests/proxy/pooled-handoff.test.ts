@@ -230,3 +230,27 @@ describe.runIf(loadNativeRelay().relay?.hubCreate != null)('clients waiting in C
     await Promise.all([holder, after, ...queued].map((c) => c.end()));
   });
 });
+
+describe.runIf(loadNativeRelay().relay?.hubCreate != null)('clients waiting in C: reserve_pool', () => {
+  let p: Pooled;
+  beforeAll(async () => {
+    p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 1, reserve_pool_size: 1, reserve_pool_timeout: 0.5, max_client_conn: 100 });
+  });
+  afterAll(async () => {
+    await p.close();
+  });
+
+  test('once the oldest client queued in C has waited reserve_pool_timeout, a reserve connection serves the queue', async () => {
+    const admin = await connect(p.url('pgbouncer'));
+    const serverRows = async () => (await admin.query('SHOW SERVERS')).rows.filter((r) => r.database === 'postgres');
+    const { holder, queued, pending } = await queueBehind(p, 2);
+    expect(await serverRows()).toHaveLength(1);
+    // The holder keeps its transaction open: only the reserve can answer them.
+    expect((await Promise.all(pending)).map((r) => (r as pg.QueryResult).rows[0].v)).toEqual([0, 1]);
+    expect(await serverRows()).toHaveLength(2);
+    expect((await admin.query('SHOW POOLS')).rows.find((r) => r.database === 'postgres').cl_waiting).toBe(0);
+    expect((await holder.query('select 7 as v')).rows[0].v).toBe(7);
+    await holder.query('commit');
+    await Promise.all([holder, ...queued, admin].map((c) => c.end()));
+  });
+});
