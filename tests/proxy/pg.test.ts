@@ -83,7 +83,9 @@ describe('queries', () => {
   });
 
   test('pipelined queries arrive in order with the right results', async () => {
-    const c = await client('scram', proxy);
+    // pipeline: node-postgres writes each query without waiting for the previous ReadyForQuery (one Sync each), so the
+    // proxy sees them back to back; without it pg would hold them client-side, and pg@9 refuses to queue them at all.
+    const c = await client('scram', proxy, { pipeline: true });
     const ps = [];
     for (let i = 0; i < 200; i++) ps.push(c.query('select $1::int as i, repeat($2, $1::int) as s', [i, 'ab']));
     ps.push(c.query('select 1/0').catch((e: Error & { code?: string }) => ({ error: e.code })));
