@@ -130,14 +130,22 @@ export class PoolHub implements PoolClient {
     return true;
   }
 
-  /** JS waiters need n servers: the hub's free and idle ones now, the rest as their transactions end. */
-  want(n: number): void {
+  /**
+   * JS waiters need n servers: the hub's free and idle ones now, the rest as their transactions end; with waitedUs
+   * (the oldest JS waiter's wait) after the clients queued here that waited longer, as one FIFO queue.
+   */
+  want(n: number, waitedUs?: number): void {
     if (n === this.wanted && n === 0) return;
     const was = this.wanted;
     this.wanted = n;
-    for (const fd of this.native.want(n)) this.serverBack(fd);
+    for (const fd of this.native.want(n, n > 0 ? waitedUs : undefined)) this.serverBack(fd);
     // JS asks no more (RESUME, its waiters served): clients queued in C meanwhile get the pool's idle servers.
     if (n === 0 && was > 0) while (this.native.stats().queued > 0 && this.pool.offerIdle(this));
+  }
+
+  /** Has a client queued here waited longer than waitedUs (JS's oldest waiter's wait)? */
+  queuedLonger(waitedUs: number): boolean {
+    return this.members.size > 0 && this.native.stats().oldestQueuedUs > waitedUs;
   }
 
   /** This server leaves the hub (to be closed, or RECONNECT): now if free or idle, else at its holder's transaction end. */
@@ -345,14 +353,28 @@ export class PoolHub implements PoolClient {
     // for slots for them and opens connections on those granted, which come here (Pool.returnIdle), as a JS
     // waiter's would; the clients stay in C meanwhile (query_wait_timeout still applies: tick).
     if (this.pool.pooler.slots !== null && this.pool.idle.length === 0) return this.pool.pooler.schedule(this.pool);
-    let oldest: HubMember | null = null;
-    for (const m of this.native.members()) if (m.state === 'queued' && (oldest === null || m.queuedUs > oldest.queuedUs)) oldest = m;
+    const oldest = this.oldestQueued();
     if (oldest === null) return;
     // An idle connection that does not fit (other settings), or room to open one (the reserve once the oldest has
     // waited reserve_pool_timeout in C: tick asks again): JS serves the client, its wait counted from its queuing.
-    const waitedMs = Math.floor(oldest.queuedUs / 1000);
-    if (this.pool.idle.length === 0 && !this.pool.roomToOpen(waitedMs)) return;
-    this.members.get(oldest.clientFd)?.stopHub(waitedMs);
+    if (this.pool.idle.length === 0 && !this.pool.roomToOpen(Math.floor(oldest.queuedUs / 1000))) return;
+    this.sendToJs(oldest);
+  }
+
+  /** The oldest client queued here waits in JS from now on (a connection JS has does not fit the hub). */
+  sendOldestToJs(): void {
+    const oldest = this.oldestQueued();
+    if (oldest !== null) this.sendToJs(oldest);
+  }
+
+  private oldestQueued(): HubMember | null {
+    let oldest: HubMember | null = null;
+    for (const m of this.native.members()) if (m.state === 'queued' && (oldest === null || m.queuedUs > oldest.queuedUs)) oldest = m;
+    return oldest;
+  }
+
+  private sendToJs(m: HubMember): void {
+    this.members.get(m.clientFd)?.stopHub(Math.max(1, Math.floor(m.queuedUs / 1000)));
   }
 }
 

@@ -353,7 +353,11 @@ export class Pool {
     }
     const carried = client.waitedInHub ?? 0;
     client.waitedInHub = 0;
-    this.waiters.push({ client, since: Date.now() - carried, waitStart: performance.now(), granted });
+    const w: Waiter = { client, since: Date.now() - carried, waitStart: performance.now() - carried, granted };
+    // From the hub's queue: in its place by its wait, not behind those who came after it.
+    let at = this.waiters.length;
+    if (carried > 0) while (at > 0 && this.waiters[at - 1].waitStart > w.waitStart) at--;
+    this.waiters.splice(at, 0, w);
     this.pooler.schedule(this);
     return null;
   }
@@ -505,15 +509,18 @@ export class Pool {
     this.active.add(s);
   }
 
-  /** Takes lent connections back, those between transactions first; up to `n` (all by default). */
-  reclaimLent(n = Infinity, hubToo = true): void {
+  /**
+   * Takes lent connections back, those between transactions first; up to `n` (all by default). waitedUs: for JS's
+   * waiters, the oldest one's wait (the hub's clients that waited longer are served first).
+   */
+  reclaimLent(n = Infinity, hubToo = true, waitedUs?: number): void {
     if (this.lent.size === 0) return;
     const hub = this.hub;
     const all = [...this.lent].filter((s) => s.client !== hub);
     const idleFirst = [...all.filter((s) => !s.client?.lentBusy?.(s)), ...all.filter((s) => s.client?.lentBusy?.(s))];
     for (const s of idleFirst.slice(0, n)) if (this.lent.has(s)) s.client?.reclaim?.();
     // The hub's: free and idle ones now, the rest at their transactions' ends, before its queued clients get them.
-    if (hub !== null && hubToo) hub.want(n === Infinity ? 1e9 : Math.max(0, n - idleFirst.length));
+    if (hub !== null && hubToo) hub.want(n === Infinity ? 1e9 : Math.max(0, n - idleFirst.length), waitedUs);
   }
 
   /** What the relays counted goes into the stats (SHOW STATS reads them). */
@@ -529,6 +536,16 @@ export class Pool {
       return this.retire(s, 'evicted');
     }
     // PAUSE drains: a paused pool lends nothing, even to clients already waiting.
+    const first = this.waiters[0];
+    // One queue: a client queued in the hub that waited longer than JS's oldest waiter gets it first; in C if the
+    // connection has the hub's settings, else the client comes to wait here, ahead of younger waiters (acquire).
+    if (first && this.hub !== null && this.hubOpen() && this.hub.queuedLonger(this.waitedUs(first))) {
+      if (this.hub.offer(s)) {
+        this.pooler.schedule(this); // the offer reset what JS asks of the hub: fill asks again
+        return;
+      }
+      this.hub.sendOldestToJs();
+    }
     const w = this.waiters.shift();
     if (w) {
       this.stats.waitTimeUs += Math.round((performance.now() - w.waitStart) * 1000);
@@ -576,8 +593,12 @@ export class Pool {
     // pgBouncer's would with no idle connection, rather than have clients take turns on one connection.
     const short = this.waiters.length - this.opening;
     // A yield pending (worker processes): the hub's next server to end a transaction comes back, to be closed.
-    if (short > 0) this.reclaimLent(short + this.yieldNext);
+    if (short > 0) this.reclaimLent(short + this.yieldNext, true, this.yieldNext === 0 && this.waiters.length > 0 ? this.waitedUs(this.waiters[0]) : undefined);
     else if (this.yieldNext === 0) this.hub?.want(0); // JS needs none of the hub's servers: its queued clients have them all
+  }
+
+  private waitedUs(w: Waiter): number {
+    return Math.max(0, (performance.now() - w.waitStart) * 1000);
   }
 
   minPoolSize(): number {

@@ -130,10 +130,10 @@ interface Addon {
   ): Handle;
   hubAdd?(hub: HubHandle, serverFd: number, serverNames: Buffer | null): void;
   hubUses?(hub: HubHandle): [number, number[]][];
-  hubWant?(hub: HubHandle, n: number): number[];
+  hubWant?(hub: HubHandle, n: number, waitedUs?: number): number[];
   hubTake?(hub: HubHandle, serverFd: number): number;
   hubMembers?(hub: HubHandle): [number, number, number, number][];
-  hubStats?(hub: HubHandle): [number, number, number, number, number];
+  hubStats?(hub: HubHandle): [number, number, number, number, number, number];
   peer?(fd: number): [number, number] | null;
   send?(fd: number, bytes: Buffer): number;
   sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
@@ -198,6 +198,8 @@ export interface HubStats {
   servers: number;
   queued: number;
   members: number;
+  /** How long the oldest queued client has waited, in microseconds (0: none queued). */
+  oldestQueuedUs: number;
 }
 
 /** relay.c's hub, one per pool. */
@@ -224,8 +226,11 @@ export interface NativeHub {
    * them: for each, the uses of each of its serverNames in their order (the connection's LRU).
    */
   uses(): { serverFd: number; uses: number[] }[];
-  /** Up to n servers back: those free or idle now (their fds), the rest at their holders' transaction ends ('server' events). */
-  want(n: number): number[];
+  /**
+   * Up to n servers back: those free or idle now (their fds), the rest at their holders' transaction ends ('server'
+   * events); with waitedUs (JS's oldest waiter's wait), not before queued clients that waited longer.
+   */
+  want(n: number, waitedUs?: number): number[];
   /** One server back: 'now', 'later' (a 'server' event), or 'absent'. */
   take(serverFd: number): 'now' | 'later' | 'absent';
   members(): HubMember[];
@@ -365,15 +370,15 @@ function wrapHub(addon: Addon, h: HubHandle): NativeHub {
     enter: (c, s, max, onExit, keep, pool, names, serverNames) => addon.hubEnter!(h, c, s, max, (raw) => onExit(outcome(raw)), keep, pool, names, serverNames),
     add: (fd, serverNames) => addon.hubAdd!(h, fd, serverNames),
     uses: () => (addon.hubUses ? addon.hubUses(h).map(([serverFd, uses]) => ({ serverFd, uses })) : []),
-    want: (n) => addon.hubWant!(h, n),
+    want: (n, waitedUs) => (waitedUs === undefined ? addon.hubWant!(h, n) : addon.hubWant!(h, n, waitedUs)),
     take: (fd) => {
       const r = addon.hubTake!(h, fd);
       return r === 1 ? 'now' : r === 0 ? 'later' : 'absent';
     },
     members: () => addon.hubMembers!(h).map(([clientFd, serverFd, state, queuedUs]) => ({ clientFd, serverFd, state: HubState[state] ?? 'busy', queuedUs })),
     stats: () => {
-      const [handoffs, waitUs, servers, queued, members] = addon.hubStats!(h);
-      return { handoffs, waitUs, servers, queued, members };
+      const [handoffs, waitUs, servers, queued, members, oldestQueuedUs] = addon.hubStats!(h);
+      return { handoffs, waitUs, servers, queued, members, oldestQueuedUs: oldestQueuedUs ?? 0 };
     },
   };
 }

@@ -1182,6 +1182,9 @@ struct hub {
   uint32_t n_srv, cap_srv;
   relay_t *whead, *wtail, *members, *rhead;
   uint32_t queued_n, members_n, js_want;
+  // When JS's oldest waiter began waiting (uv_hrtime; 0: JS's needs come first): the two queues are served as one,
+  // oldest first, so that neither the hub's clients nor JS's starve the other.
+  uint64_t js_since;
   uint64_t handoffs, wait_ns, last_starved, next_id;
   hub_gone_t *gone;
   uint32_t gone_n, gone_cap;
@@ -1407,6 +1410,11 @@ static hserver_t *hub_idle_server(hub_t *hub) {
   return NULL;
 }
 
+// Does JS get the next server rather than the hub's oldest queued client (it asks, and waited longer)?
+static bool js_first(const hub_t *hub) {
+  return hub->js_want > 0 && (hub->whead == NULL || hub->js_since <= hub->whead->wait_start);
+}
+
 // Queued clients get the free and idle servers, oldest first. `may_emit`: called from the loop (not a JS call).
 static void hub_dispatch(hub_t *hub, bool may_emit) {
   if (hub->dispatching) {
@@ -1416,7 +1424,7 @@ static void hub_dispatch(hub_t *hub, bool may_emit) {
   hub->dispatching = true;
   do {
     hub->again = false;
-    while (hub->whead != NULL && hub->js_want == 0) {
+    while (hub->whead != NULL && !js_first(hub)) {
       hserver_t *hs = hub_idle_server(hub);
       if (hs == NULL) break;
       relay_t *w = hub->whead;
@@ -1446,7 +1454,7 @@ static void hub_tx_end(relay_t *r) {
   hub_t *hub = r->hub;
   if (!r->running || !between(r)) return;
   hserver_t *hs = r->hs;
-  if (hs->to_js || hub->js_want > 0) {
+  if (hs->to_js || js_first(hub)) {
     if (!hs->to_js) hub->js_want--;
     int fd = hs->fd;
     hub_detach(r);
@@ -1725,27 +1733,32 @@ static napi_value js_hub_add(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// hubWant(hub, n) -> the fds of servers given back now (free or idle ones); the rest of n go to JS at their
-// holders' transaction ends (EVENT_SERVER), before any queued client gets them.
+// hubWant(hub, n[, waitedUs]) -> the fds of servers given back now (free or idle ones); the rest of n go to JS at
+// their holders' transaction ends (EVENT_SERVER). waitedUs: how long JS's oldest waiter has waited; queued clients
+// that waited longer are served first. Without it JS comes first (RECONNECT, PAUSE, a worker's yield).
 static napi_value js_hub_want(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   hub_t *hub = argc >= 2 ? hub_arg(env, argv[0]) : NULL;
-  double n;
+  double n, waited = -1;
   if (hub == NULL || napi_get_value_double(env, argv[1], &n) != napi_ok || n < 0) return throw_error(env, "hubWant(hub, n)");
+  if (argc >= 3 && napi_get_value_double(env, argv[2], &waited) != napi_ok) waited = -1;
   hub->js_want = n > 1e9 ? 1000000000u : (uint32_t)n;
+  uint64_t now = now_ns();
+  double waited_ns = waited * 1000.0;
+  hub->js_since = waited < 0 ? 0 : waited_ns >= (double)now ? 1 : now - (uint64_t)waited_ns;
   napi_value out;
   napi_create_array(env, &out);
   uint32_t k = 0;
-  while (hub->js_want > 0) {
+  while (js_first(hub)) {
     hserver_t *hs = hub_idle_server(hub);
     if (hs == NULL) break;
     hub->js_want--;
     napi_set_element(env, out, k++, number(env, hs->fd));
     hub_drop_server(hub, hs);
   }
-  if (hub->js_want == 0) hub_dispatch(hub, false);
+  hub_dispatch(hub, false);
   return out;
 }
 
@@ -1830,12 +1843,13 @@ static napi_value js_hub_stats(napi_env env, napi_callback_info info) {
   hub_t *hub = argc >= 1 ? hub_arg(env, argv[0]) : NULL;
   if (hub == NULL) return throw_error(env, "hubStats(hub)");
   napi_value a;
-  napi_create_array_with_length(env, 5, &a);
+  napi_create_array_with_length(env, 6, &a);
   napi_set_element(env, a, 0, number(env, (double)hub->handoffs));
   napi_set_element(env, a, 1, number(env, (double)(hub->wait_ns / 1000)));
   napi_set_element(env, a, 2, number(env, hub->n_srv));
   napi_set_element(env, a, 3, number(env, hub->queued_n));
   napi_set_element(env, a, 4, number(env, hub->members_n));
+  napi_set_element(env, a, 5, number(env, hub->whead == NULL ? 0 : (double)((now_ns() - hub->whead->wait_start) / 1000)));
   return a;
 }
 
