@@ -5,8 +5,10 @@
 // gives servers to its members in FIFO order at each transaction's end, and a member goes back to JS (holding
 // whichever server it has then) at anything the pooler must see. JS stays the authority over the pool:
 //  - the hub's servers are in Pool.lent, their client this object: SHOW counts them idle or active from members();
-//  - JS waiters come first: the pool asks servers back (want), which C gives at once when free or idle, else at
-//    their holders' next transaction end; servers to close (RECONNECT, server_lifetime) are taken back one by one;
+//  - one FIFO queue: JS's waiters ask servers back (want, with the oldest one's wait), which C gives at once when
+//    free or idle, else at their holders' next transaction end, after its own queued clients that waited longer;
+//    a server JS frees goes to the hub's oldest client when it waited longest (offer, or to JS if the server's
+//    settings are not the hub's); servers to close (RECONNECT, server_lifetime) are taken back one by one;
 //  - clients queued in C meet query_wait_timeout here (tick), and a hub short of servers sends its oldest queued
 //    client to JS, whose wait makes the pool open connections (starved); in a worker process they stay in C and
 //    count as the pool's waiters when it asks the primary for slots (pool-limits.ts), whose yields take servers back;
