@@ -43,7 +43,14 @@ interface Target {
 }
 
 /** One pgbench run: throughput, every transaction's latency (µs) and the time its clients took to connect, or why it failed. */
-type Run = { tps: number; latenciesUs: Float64Array; connectMs: number } | { error: string; noTransactions?: true };
+type Run = { tps: number; latenciesUs: Float64Array; connectMs: number; steady?: Steady } | { error: string; noTransactions?: true };
+
+/**
+ * CPU per transaction in the run's steady state (the clients' logins left out: 200 SCRAM logins cost seconds of CPU):
+ * the whole machine's, and the pooler's (its processes), between /proc samples inside the transactions' window.
+ */
+interface Steady { machineUs: number; poolerUs: number; busy: number }
+
 
 /** The ini both poolers read; only its paths and port differ between them. */
 function iniText(cluster: Cluster, dir: string, port: number, steadytext: string[]): string {
@@ -220,8 +227,9 @@ function cpuSeconds(pid: number | undefined): number {
  * connection time out; the allowance keeps the measured window near `seconds`. With `withLog`, every
  * transaction's latency from pgbench's per-transaction log.
  */
-function pgbench(port: number, password: string, mode: string, clients: number, seconds: number, withLog: boolean, connectAllowance = 0): Run {
+function pgbench(port: number, password: string, mode: string, clients: number, seconds: number, withLog: boolean, connectAllowance = 0, pooler?: number): Run {
   const dir = withLog ? mkdtempSync(join(tmpdir(), 'pgst-pgbench-')) : undefined;
+  const sampler = dir ? startSampler(join(dir, 'cpu'), pooler) : undefined;
   const args = ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-n', '-S', '-M', mode, '-c', String(clients), '-j', String(Math.min(clients, 2)), '-T', String(seconds + connectAllowance)];
   if (dir) args.push('-l', '--log-prefix', join(dir, 'tx'));
   try {
@@ -233,6 +241,7 @@ function pgbench(port: number, password: string, mode: string, clients: number, 
       killSignal: 'SIGKILL',
       env: { ...process.env, PGPASSWORD: password, PGSSLMODE: 'disable' },
     });
+    sampler?.kill('SIGKILL');
     const stderr = firstLines(r.stderr ?? '');
     if (r.error || r.signal) return { error: `pgbench did not finish within ${timeoutMs / 1000} s (killed); ${stderr}` };
     // Status 2: some clients were aborted (pgbench still prints a summary, of the survivors).
@@ -241,10 +250,67 @@ function pgbench(port: number, password: string, mode: string, clients: number, 
     if (/actually processed: 0\b/.test(r.stdout)) return { error: 'no transaction completed', noTransactions: true };
     if (!Number.isFinite(tps)) return { error: `no tps in pgbench's output: ${r.stdout}` };
     const connectMs = Number(/initial connection time = ([\d.]+) ms/.exec(r.stdout)?.[1] ?? 0);
-    return { tps, latenciesUs: dir ? readLatencies(dir) : new Float64Array(), connectMs };
+    if (!dir) return { tps, latenciesUs: new Float64Array(), connectMs };
+    const { latenciesUs, endsUs } = readLatencies(dir);
+    return { tps, latenciesUs, connectMs, steady: steadyCpu(join(dir, 'cpu'), endsUs) };
   } finally {
+    sampler?.kill('SIGKILL');
     if (dir) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A bash loop (builtins only: no process per sample) writing every 100 ms: the time (µs), the machine's busy
+ * jiffies (user, nice, system, irq, softirq of /proc/stat) and the pooler's (its processes' utime + stime).
+ */
+function startSampler(file: string, pooler: number | undefined): ReturnType<typeof spawn> {
+  const pids = pooler === undefined ? [] : [pooler, ...allDescendants(pooler)];
+  const script = [
+    'exec 9<> <(:)',
+    `pids=(${pids.join(' ')})`,
+    'while :; do',
+    '  read -r -a c < /proc/stat',
+    '  busy=$(( c[1] + c[2] + c[3] + c[6] + c[7] )); own=0',
+    '  for p in "${pids[@]}"; do',
+    '    if read -r line < /proc/$p/stat 2>/dev/null; then rest=${line##*) }; read -r -a g <<< "$rest"; own=$(( own + g[11] + g[12] )); fi',
+    '  done',
+    '  t=${EPOCHREALTIME/./}',
+    '  echo "$t $busy $own"',
+    '  read -t 0.1 -u 9',
+    'done',
+  ].join('\n');
+  const out = openSync(file, 'w');
+  try {
+    return spawn('bash', ['-c', script], { stdio: ['ignore', out, 'ignore'] });
+  } finally {
+    closeSync(out);
+  }
+}
+
+function allDescendants(pid: number): number[] {
+  return childrenOf(pid).flatMap((c) => [c, ...allDescendants(c)]);
+}
+
+/** CPU per transaction between the first sample half a second into the transactions and the last one before they end. */
+function steadyCpu(file: string, endsUs: Float64Array): Steady | undefined {
+  if (endsUs.length < 100) return undefined;
+  const samples = readOr(file).split('\n').map((l) => l.split(' ').map(Number)).filter((f) => f.length === 3 && f.every(Number.isFinite));
+  const first = endsUs[0] + 500_000;
+  const last = endsUs[endsUs.length - 1] - 100_000;
+  const inside = samples.filter(([t]) => t >= first && t <= last);
+  if (inside.length < 5) return undefined;
+  const [t0, busy0, own0] = inside[0];
+  const [t1, busy1, own1] = inside[inside.length - 1];
+  let n = 0;
+  for (const e of endsUs) if (e > t0 && e <= t1) n++;
+  if (n === 0) return undefined;
+  const jiffyUs = 1e6 / 100; // USER_HZ
+  const cpus = cpuCount();
+  return { machineUs: ((busy1 - busy0) * jiffyUs) / n, poolerUs: ((own1 - own0) * jiffyUs) / n, busy: ((busy1 - busy0) * jiffyUs) / ((t1 - t0) * cpus) };
+}
+
+function cpuCount(): number {
+  return readOr('/proc/stat').split('\n').filter((l) => /^cpu\d/.test(l)).length || 1;
 }
 
 /** The distinct lines of pgbench's stderr, at most five (200 clients may each report the same error). */
@@ -253,16 +319,24 @@ function firstLines(text: string): string {
   return lines.slice(0, 5).join(' | ') + (lines.length > 5 ? ` | (${lines.length - 5} more distinct lines)` : '');
 }
 
-/** pgbench -l writes one file per thread, a line per transaction: client_id transaction_no time_us script_no epoch epoch_us. */
-function readLatencies(dir: string): Float64Array {
+/**
+ * pgbench -l writes one file per thread, a line per transaction: client_id transaction_no time_us script_no epoch
+ * epoch_us (when it ended). The latencies, and the ends in µs since the epoch, sorted.
+ */
+function readLatencies(dir: string): { latenciesUs: Float64Array; endsUs: Float64Array } {
   const values: number[] = [];
+  const ends: number[] = [];
   for (const f of readdirSync(dir)) {
+    if (!f.startsWith('tx')) continue;
     for (const line of readFileSync(join(dir, f), 'utf8').split('\n')) {
-      const us = Number(line.split(' ')[2]);
-      if (line && Number.isFinite(us)) values.push(us);
+      const w = line.split(' ');
+      const us = Number(w[2]);
+      if (!line || !Number.isFinite(us)) continue;
+      values.push(us);
+      ends.push(Number(w[4]) * 1e6 + Number(w[5]));
     }
   }
-  return Float64Array.from(values);
+  return { latenciesUs: Float64Array.from(values), endsUs: Float64Array.from(ends).sort() };
 }
 
 /** Nearest-rank percentile of sorted values. */
@@ -274,8 +348,9 @@ interface Cell {
   tps: number[];
   latencies: Float64Array[];
   errors: string[];
+  steady?: Steady[];
 }
-interface Summary { tps: number; p50: number; p99: number; errors: string[] }
+interface Summary { tps: number; p50: number; p99: number; errors: string[]; steady?: Steady }
 
 function summarise(cell: Cell | undefined): Summary {
   if (!cell) return { tps: NaN, p50: NaN, p99: NaN, errors: [] };
@@ -284,7 +359,10 @@ function summarise(cell: Cell | undefined): Summary {
   for (const l of cell.latencies) { all.set(l, at); at += l.length; }
   all.sort();
   const tps = cell.tps.length ? cell.tps.reduce((a, b) => a + b, 0) / cell.tps.length : NaN;
-  return { tps, p50: percentile(all, 0.5) / 1000, p99: percentile(all, 0.99) / 1000, errors: cell.errors };
+  const st = cell.steady ?? [];
+  const mean = (f: (x: Steady) => number) => st.reduce((a, x) => a + f(x), 0) / st.length;
+  const steady = st.length ? { machineUs: mean((x) => x.machineUs), poolerUs: mean((x) => x.poolerUs), busy: mean((x) => x.busy) } : undefined;
+  return { tps, p50: percentile(all, 0.5) / 1000, p99: percentile(all, 0.99) / 1000, errors: cell.errors, steady };
 }
 
 function poolingPlan(o: Pick<PoolingOptions, 'seconds' | 'rounds' | 'clients' | 'modes'>, targets: number): string {
@@ -327,7 +405,7 @@ export async function runPoolingPhase(cluster: Cluster, o: PoolingOptions): Prom
     for (let attempt = 1; ; attempt++) {
       const extra = allowance.get(k) ?? (clients < 50 ? 0 : Math.ceil(clients / 50));
       const cpuBefore = cpuSeconds(t.pid);
-      const run = pgbench(t.port, o.password, mode, clients, seconds, withLog, extra);
+      const run = pgbench(t.port, o.password, mode, clients, seconds, withLog, extra, t.pid);
       // The pooler's CPU time per transaction: less sensitive than tps to what else runs on the machine.
       const cpuUs = ((cpuSeconds(t.pid) - cpuBefore) * 1e6) / ('error' in run ? NaN : run.latenciesUs.length);
       if (!('error' in run)) allowance.set(k, Math.max(extra, run.connectMs < 100 ? 0 : Math.ceil((2 * run.connectMs) / 1000) + 1));
@@ -366,10 +444,11 @@ export async function runPoolingPhase(cluster: Cluster, o: PoolingOptions): Prom
           }
           cell.tps.push(r.tps);
           cell.latencies.push(r.latenciesUs);
+          if (r.steady) (cell.steady ??= []).push(r.steady);
           const s = summarise({ tps: [r.tps], latencies: [r.latenciesUs], errors: [] });
           const window = o.seconds + extra - r.connectMs / 1000;
           const connect = r.connectMs < 500 ? '' : `  (clients connected in ${(r.connectMs / 1000).toFixed(1)} s, not measured${window < 0.8 * o.seconds ? `; measured only ${window.toFixed(1)} s` : ''})`;
-          console.log(`  ${mode.padEnd(8)} c=${String(clients).padEnd(3)} ${t.name.padEnd(18)} ${r.tps.toFixed(0).padStart(7)} tps  p50 ${s.p50.toFixed(3)} ms  p99 ${s.p99.toFixed(3)} ms${Number.isNaN(cpuUs) ? '' : `  cpu ${cpuUs.toFixed(1)} us/tx`}${connect}`);
+          console.log(`  ${mode.padEnd(8)} c=${String(clients).padEnd(3)} ${t.name.padEnd(18)} ${r.tps.toFixed(0).padStart(7)} tps  p50 ${s.p50.toFixed(3)} ms  p99 ${s.p99.toFixed(3)} ms${Number.isNaN(cpuUs) ? '' : `  cpu ${cpuUs.toFixed(1)} us/tx`}${steadyText(r.steady, t.pid !== undefined)}${connect}`);
         }
       }
     }
@@ -380,6 +459,40 @@ export async function runPoolingPhase(cluster: Cluster, o: PoolingOptions): Prom
     const logged = t.problems();
     if (logged.length) console.log(`(${t.name} logged ${logged.length} warning/error lines, e.g.: ${logged.slice(0, 3).join(' | ')})`);
   }
+}
+
+/** The steady state's figures of a run: the machine's CPU per transaction (and the pooler's), how busy the CPUs were. */
+function steadyText(st: Steady | undefined, pooler: boolean): string {
+  if (!st) return '';
+  return `  [steady: machine ${st.machineUs.toFixed(1)} us/tx${pooler ? `, pooler ${st.poolerUs.toFixed(1)}` : ''}, cpus ${(st.busy * 100).toFixed(0)}% busy]`;
+}
+
+/**
+ * Where a pooler's 1.25x stands on this machine: with its CPUs saturated, the machine has cpus x 1e6 / tps µs per
+ * transaction; what pgbench and PostgreSQL take of it behind a pooler (the machine's steady CPU per transaction less
+ * the pooler's) is not the pooler's to save, so 1.25x pgBouncer's tps leaves the pooler what remains of
+ * cpus x 1e6 / (1.25 x pgBouncer's tps) after them.
+ */
+function budget(o: PoolingOptions, at: (target: string, mode: string, clients: number) => Summary): void {
+  const cpus = cpuCount();
+  const lines: string[] = [];
+  for (const mode of o.modes) {
+    for (const clients of o.clients.filter((c) => c >= 50)) {
+      const b = at('pgbouncer-1.24', mode, clients);
+      const st = at('pg-steadytext', mode, clients);
+      if (!b.steady || !st.steady) continue;
+      const goalTotal = (cpus * 1e6) / (1.25 * b.tps);
+      const others = st.steady.machineUs - st.steady.poolerUs;
+      lines.push(
+        `  ${mode.padEnd(8)} c=${String(clients).padEnd(3)} pgbench+PostgreSQL ${others.toFixed(1)} us/tx behind pg-steadytext (${(b.steady.machineUs - b.steady.poolerUs).toFixed(1)} behind pgBouncer); ` +
+          `1.25x pgBouncer = ${goalTotal.toFixed(1)} us/tx on ${cpus} CPUs, leaving a pooler ${(goalTotal - others).toFixed(1)} us/tx; ` +
+          `pg-steadytext spends ${st.steady.poolerUs.toFixed(1)}, pgBouncer ${b.steady.poolerUs.toFixed(1)} (CPUs ${(st.steady.busy * 100).toFixed(0)}% / ${(b.steady.busy * 100).toFixed(0)}% busy)`,
+      );
+    }
+  }
+  if (!lines.length) return;
+  console.log('\nThe CPU budget at >=50 clients (steady state, means over rounds; see budget() in bench-pooling.ts):');
+  for (const l of lines) console.log(l);
 }
 
 function report(names: string[], o: PoolingOptions, at: (target: string, mode: string, clients: number) => Summary): void {
@@ -417,4 +530,5 @@ function report(names: string[], o: PoolingOptions, at: (target: string, mode: s
   verdict('>= pgBouncer TPS at <=10 clients', ratios.filter((r) => r.clients <= 10), (r) => r.tps, (v) => v >= 1, (a, b) => a < b);
   verdict('>=1.25x pgBouncer TPS at >=50 clients', ratios.filter((r) => r.clients >= 50), (r) => r.tps, (v) => v >= 1.25, (a, b) => a < b);
   verdict("p99 <= pgBouncer's", ratios, (r) => r.p99, (v) => v <= 1, (a, b) => a > b);
+  budget(o, at);
 }
