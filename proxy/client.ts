@@ -1012,6 +1012,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   private pooledAcquire(view: Buffer): Verdict | null {
     let msg: Buffer | null = null;
     const got = this.pooled!.acquire(() => {
+      this.waitingMsg = null;
       if (this.phase === CLOSED) return this.pooled?.release(true);
       try {
         this.reader!.requeue(msg!);
@@ -1023,7 +1024,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     });
     if (got !== null) return null;
     // A copy: the message waits, and the read buffer it was read into is reused meanwhile (holdsInput).
-    msg = Buffer.from(view);
+    msg = this.waitingMsg = Buffer.from(view);
     this.pauseClient(PAUSE_POOL);
     return PAUSE;
   }
@@ -1570,6 +1571,20 @@ export class ClientSession implements FrameHandler, SessionLink {
   private suspending = false;
   /** Suspended through: neither socket is read and nothing is half-done (a handover may take the session). */
   private still = false;
+  /** The message waiting for a server connection (pooledAcquire), while it waits. */
+  private waitingMsg: Buffer | null = null;
+  /** SUSPEND took it out of the pool's queue after it waited this long (ms); its request is back in the reader. */
+  private heldWaitMs = 0;
+
+  /** Taken over: what the client sent to the old process that did not go upstream, read before its socket. */
+  feedUnsent(bytes: Buffer): void {
+    if (this.phase === READY) this.reader?.push(bytes);
+  }
+
+  /** SHOW FDS: what the client sent that has not gone upstream (a request SUSPEND held while it waited): moves with it. */
+  unsentInput(): Buffer {
+    return this.heldWaitMs > 0 && this.reader !== null ? this.reader.takeQueued() : Buffer.alloc(0);
+  }
 
   /**
    * SUSPEND, as pgBouncer suspends a socket once its buffer is empty: the client is read no more from a message
@@ -1583,6 +1598,12 @@ export class ClientSession implements FrameHandler, SessionLink {
         this.suspending = this.still = false;
         this.resumeClient(PAUSE_SUSPEND);
         if (this.server !== null && !this.serverPaused) this.server.sock.resume();
+        // Held while it waited for a server connection: its request is read again and waits again, in its place.
+        if (this.heldWaitMs > 0 && this.pooled !== null) {
+          this.pooled.waitedBefore = this.heldWaitMs;
+          this.heldWaitMs = 0;
+          this.reader?.resume();
+        }
       }
       return false;
     }
@@ -1591,6 +1612,23 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.pooled?.reclaim(); // a lent connection: JS must hold both sockets to stop reading them
     const r = this.reader;
     if (this.phase !== READY || this.pooled === null || r === null) return false;
+    // Waiting for a server connection: it stops waiting here, its request unsent and back in the reader, and moves
+    // so (the new process queues it) rather than being closed at suspend_timeout while every server is busy.
+    const waitingMsg = this.waitingMsg;
+    if (waitingMsg !== null && this.server === null && (this.paused & PAUSE_SUSPEND) === 0 && r.atBoundary) {
+      const waited = this.pooled.stopWaiting();
+      if (waited > 0) {
+        this.waitingMsg = null;
+        this.heldWaitMs = waited;
+        this.pauseClient(PAUSE_SUSPEND);
+        r.requeue(waitingMsg);
+        this.resumeClient(PAUSE_POOL);
+      }
+    }
+    if (this.heldWaitMs > 0) {
+      if (this.hooks.pending || this.sock.writableLength > 0 || this.tracker.handover() === null) return false;
+      return (this.still = true);
+    }
     if ((this.paused & PAUSE_SUSPEND) === 0) {
       if (!r.atBoundary || r.isPaused || r.buffered > 0) return false;
       this.pauseClient(PAUSE_SUSPEND);

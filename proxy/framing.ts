@@ -277,6 +277,15 @@ export class FrameReader {
     return true;
   }
 
+  /** While paused between messages: the bytes waiting to be read, taken out (a takeover moves them). */
+  takeQueued(): Buffer {
+    if (!this.paused || !this.atBoundary) throw new Error('takeQueued only while paused between messages');
+    const out = Buffer.concat(this.queue.map((c, i) => (i === 0 ? c.subarray(this.queueOffset) : c)));
+    this.queue = [];
+    this.queueOffset = 0;
+    return out;
+  }
+
   /** Stop for good (the session is ending): nothing more is delivered. */
   stop(): void {
     this.failed = true;

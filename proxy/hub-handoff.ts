@@ -104,7 +104,7 @@ export class HubHandoff {
   /** Takes the session back now (its server too, if it holds one); a client queued in C keeps its wait so far. */
   stopHub(queuedMs = 0): void {
     if (this.handle === null) return;
-    if (queuedMs > 0) this.owner.waitedInHub = queuedMs;
+    if (queuedMs > 0) this.owner.waitedBefore = queuedMs;
     const o = this.relay.stop(this.handle);
     if (o !== null) this.ended(o);
   }

@@ -52,8 +52,8 @@ export interface PoolClient {
   lentQuiet?(now: number, s?: PooledServer): number;
   /** Lending: what the relay counted so far goes into the pool's stats now (SHOW STATS). */
   lentSync?(): void;
-  /** Milliseconds it waited queued in the hub before it came to wait here: its wait counts from then (once). */
-  waitedInHub?: number;
+  /** Milliseconds it waited before it came to wait here (queued in the hub, held by SUSPEND): its wait counts from then (once). */
+  waitedBefore?: number;
 }
 
 /**
@@ -351,8 +351,8 @@ export class Pool {
       this.pooler.schedule(this);
       return null;
     }
-    const carried = client.waitedInHub ?? 0;
-    client.waitedInHub = 0;
+    const carried = client.waitedBefore ?? 0;
+    client.waitedBefore = 0;
     const w: Waiter = { client, since: Date.now() - carried, waitStart: performance.now() - carried, granted };
     // From the hub's queue: in its place by its wait, not behind those who came after it.
     let at = this.waiters.length;

@@ -254,8 +254,8 @@ export class PooledSession implements PoolClient {
   };
   /** When the client began waiting for a connection, or took one (SHOW CLIENTS, stats). */
   waitingSince = 0;
-  /** Set while it leaves the hub's queue for JS's (PoolHub.starved), read by Pool.acquire. */
-  waitedInHub = 0;
+  /** Set while it leaves the hub's queue for JS's (PoolHub.starved) or SUSPEND held it, read by Pool.acquire. */
+  waitedBefore = 0;
   linkedAt = 0;
   /** performance.now() at the transaction's first message (SHOW STATS' times, mostly under a millisecond); 0: none open. */
   private xactStart = 0;
@@ -392,10 +392,23 @@ export class PooledSession implements PoolClient {
     return [...this.pins].join(',');
   }
 
+  /**
+   * SUSPEND: the client waiting for a server connection stops waiting (it moves with its request unsent, or waits
+   * again at RESUME, in its place: the ms it waited so far). 0: it was not waiting.
+   */
+  stopWaiting(): number {
+    if (!this.waiting) return 0;
+    this.waiting = false;
+    this.pool.forget(this);
+    const waited = Math.max(1, Date.now() - this.waitingSince);
+    this.waitingSince = 0;
+    return waited;
+  }
+
   /** A server connection for the client's next message: now, or null and `granted` once it has one. */
   acquire(granted: () => void): PooledServer | null {
     if (this.server) return this.server;
-    this.waitingSince = Date.now() - this.waitedInHub;
+    this.waitingSince = Date.now() - this.waitedBefore;
     const got = this.pool.acquire(this, (s) => {
       this.waiting = false;
       // Called from another client's release: a failure here is this client's, not that one's.

@@ -87,6 +87,8 @@ interface ClientState {
   due: { settings: boolean; pins: boolean; statements: boolean };
   /** The old descriptor of the server connection it holds (0: none). */
   link: number;
+  /** What it sent that did not go upstream (a request that waited for a server connection), read first here. */
+  unsent?: B64;
 }
 
 interface ServerState {
@@ -352,6 +354,8 @@ function listClients(proxy: ProxyServer, out: FdListing) {
         due: p.due,
         link: serverFd > 0 ? serverFd : 0,
       };
+      const unsent = session.unsentInput();
+      if (unsent.length > 0) st.unsent = b64(unsent);
       moved.push(session);
       ownerFd.set(p.statements, fd);
     }
@@ -663,6 +667,7 @@ export class Takeover {
     }
     const linked = new Set<PooledServer>();
     const owners = new Map<number, ClientStatements>();
+    const unsentOf: [ClientSession, Buffer][] = [];
     let clients = 0;
     for (const [oldFd, fd] of this.byOldFd) {
       const st = this.state.sockets[oldFd];
@@ -687,8 +692,9 @@ export class Takeover {
       if (server) linked.add(server);
       const { sock, input } = socketOn(fd, true);
       try {
-        proxy.takeover.adopt((env) =>
-          ClientSession.adopt(nextSocketId(), sock, input, env, {
+        const unsent = st.unsent ? unb64(st.unsent) : null;
+        proxy.takeover.adopt((env) => {
+          const session = ClientSession.adopt(nextSocketId(), sock, input, env, {
             user: st.user,
             database: st.database,
             startup: new Map(st.startup),
@@ -711,8 +717,10 @@ export class Takeover {
               p.due = st.due;
               owners.set(oldFd, p.statements);
             },
-          }),
-        );
+          });
+          if (unsent !== null) unsentOf.push([session, unsent]);
+          return session;
+        });
       } catch (err) {
         log.error({ err }, 'a client could not be taken over');
         letGo(sock);
@@ -738,6 +746,9 @@ export class Takeover {
       s.pool.idle.push(s);
       idle++;
     }
+    // Requests that waited for a server connection in the old process wait here, in their order, once the pools
+    // have their idle connections; before anything the clients' sockets hold (they are read after this turn).
+    for (const [session, bytes] of unsentOf) session.feedUnsent(bytes);
     for (const p of pools) if (p) pooler.schedule(p);
     const fresh = [...this.byOldFd.keys()].filter((fd) => this.state.sockets[fd]?.kind === 'fresh').length;
     log.info({ clients, servers: servers.size, idle, fresh }, 'sockets taken over');

@@ -224,6 +224,56 @@ describe("online restart (-R): a new process takes over the running one's socket
     expect(await waiting.query('select 2 as v').then((r) => r.rows[0].v)).toBe(2);
   });
 
+  test('clients queued for the one server connection (waiting in the native hub) get their answers through the new process', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 1 }, TRUST_USERS);
+    const old = await run(b);
+    const holder = await connect(b, { user: 'trust_user' });
+    const queued = await Promise.all([0, 1, 2].map(() => connect(b, { user: 'trust_user' })));
+    for (const c of [holder, ...queued]) await c.query('select 1');
+    await holder.query('begin');
+    const xid = (await holder.query('select txid_current()::text as x')).rows[0].x as string;
+    const pending = queued.map((c, k) => c.query('select $1::int as v', [k]));
+    const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
+    await expect.poll(async () => (await admin.query('SHOW POOLS')).rows.find((r) => r.database === 'postgres')?.cl_waiting, { timeout: 10_000 }).toBe(3);
+    await admin.end();
+
+    const next = await run(b, ['-R']);
+    expect(await old.exited).toBe(0);
+    expect(b.log()).toContain('old process killed, resuming work');
+    // pgBouncer closes such clients at suspend_timeout: their requests sit in its buffers while every server is busy.
+    expect(b.log()).toContain('takeover: handed over 4 clients');
+    expect(b.log()).not.toContain('suspend_timeout');
+    // The holder's transaction moved with it; once it ends, the queue is served, in order, by the new process.
+    expect((await holder.query('select txid_current()::text as x')).rows[0].x).toBe(xid);
+    await holder.query('commit');
+    expect((await Promise.all(pending)).map((r) => r.rows[0].v)).toEqual([0, 1, 2]);
+    for (const [k, c] of queued.entries()) expect((await c.query('select $1::int + 10 as v', [k])).rows[0].v).toBe(10 + k);
+    expect(next.child.exitCode).toBeNull();
+  });
+
+  test('SUSPEND holds clients waiting for a server connection; RESUME puts them back in the queue, in their order', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 1 }, TRUST_USERS);
+    await run(b);
+    const holder = await connect(b, { user: 'trust_user' });
+    const queued = await Promise.all([0, 1, 2].map(() => connect(b, { user: 'trust_user' })));
+    for (const c of [holder, ...queued]) await c.query('select 1');
+    await holder.query('begin');
+    const order: number[] = [];
+    const pending = queued.map((c, k) => c.query('select $1::int as v', [k]).then((r) => order.push(r.rows[0].v)));
+    const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
+    await expect.poll(async () => (await admin.query('SHOW POOLS')).rows.find((r) => r.database === 'postgres')?.cl_waiting, { timeout: 10_000 }).toBe(3);
+    // Answers at once: every client is still (the waiting ones held with their requests unsent).
+    await admin.query('SUSPEND');
+    const committed = holder.query('commit');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(order).toEqual([]);
+    await admin.query('RESUME');
+    await committed;
+    await Promise.all(pending);
+    expect(order).toEqual([0, 1, 2]);
+    await admin.end();
+  });
+
   test("SCRAM: a server login after the takeover uses the keys of the client's login (the auth_file has a verifier only)", async () => {
     const scram = testDb().roles.scram;
     const verifier = await direct('admin', null).then(async (c) => {
