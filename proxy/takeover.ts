@@ -7,9 +7,11 @@
 // SUSPEND (TakeoverSource): nothing is accepted any more (connections wait, unread, for RESUME or the handover),
 // each client is read no more from a message boundary on, then its server connection no more once nothing of
 // either is half-read (ClientSession.suspend). A statement still running moves with its client, as in pgBouncer:
-// its answer waits in the server socket for the new process. Clients waiting for a server connection are served
-// meanwhile, as pgBouncer's janitor does; clients not still when suspend_timeout passes are closed with
-// "suspend_timeout".
+// its answer waits in the server socket for the new process. Unlike pgBouncer, whose clients waiting for a server
+// connection keep their request in its buffer and are closed at suspend_timeout when no server frees, a waiting
+// client leaves the queue with its request unsent (ClientSession.suspend), which moves with it and waits in the new
+// process's queue in the same order (or in the old one's again at RESUME); clients not still when suspend_timeout
+// passes (mid-message, mid-login) are closed with "suspend_timeout".
 //
 // SHOW FDS shows pgBouncer's columns to the console. The takeover's own login (application_name TAKEOVER_LOGIN)
 // also gets, in a notice before the rows, what pgBouncer's columns cannot carry, keyed by descriptor: each
