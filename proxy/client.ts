@@ -92,6 +92,10 @@ const PAUSE_HOOK = 2; // a hook is pending and enough waits behind it (hook-paus
 const PAUSE_CONNECTING = 4; // no upstream yet to take what the client sends
 const PAUSE_RELAY = 8; // the native relay reads it (relay-handoff.ts)
 const PAUSE_POOL = 16; // pooling: waiting for a server connection
+/** SUSPEND holds a waiting client's unsent request for the takeover (suspend) up to these sizes, per client and in all. */
+const HELD_UNSENT_PER_CLIENT = 1 << 20;
+const HELD_UNSENT_TOTAL = 64 << 20;
+const heldUnsent = { bytes: 0 };
 const PAUSE_SUSPEND = 32; // SUSPEND: nothing more is read until RESUME or the handover (takeover.ts)
 const PAUSE_RERUN = 64; // the current exchange will run again (SessionContext.rerun)
 const PAUSE_FENCE = 128; // a statement waits for the answer to the fence's own last statement
@@ -1503,6 +1507,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     const busy = this.busy;
     const wasReady = this.phase === READY;
     this.phase = CLOSED;
+    this.releaseUnsent();
     this.relay?.stop(true); // closed already: only its counts and where the readers stand are taken back
     this.hubMember?.stopHub(); // the server it holds, if any, is released below
     if (this.startupTimer) clearTimeout(this.startupTimer);
@@ -1575,6 +1580,13 @@ export class ClientSession implements FrameHandler, SessionLink {
   private waitingMsg: Buffer | null = null;
   /** SUSPEND took it out of the pool's queue after it waited this long (ms); its request is back in the reader. */
   private heldWaitMs = 0;
+  /** The bytes it holds so (counted in heldUnsent.bytes until RESUME or its end). */
+  private heldBytes = 0;
+
+  private releaseUnsent(): void {
+    heldUnsent.bytes -= this.heldBytes;
+    this.heldBytes = 0;
+  }
 
   /** Taken over: what the client sent to the old process that did not go upstream, read before its socket. */
   feedUnsent(bytes: Buffer): void {
@@ -1602,6 +1614,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         if (this.heldWaitMs > 0 && this.pooled !== null) {
           this.pooled.waitedBefore = this.heldWaitMs;
           this.heldWaitMs = 0;
+          this.releaseUnsent();
           this.reader?.resume();
         }
       }
@@ -1614,12 +1627,17 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (this.phase !== READY || this.pooled === null || r === null) return false;
     // Waiting for a server connection: it stops waiting here, its request unsent and back in the reader, and moves
     // so (the new process queues it) rather than being closed at suspend_timeout while every server is busy.
+    // The bytes so held go into the takeover's state: bounded per client and in all (else the old way).
     const waitingMsg = this.waitingMsg;
-    if (waitingMsg !== null && this.server === null && (this.paused & PAUSE_SUSPEND) === 0 && r.atBoundary) {
+    const size = waitingMsg === null ? 0 : waitingMsg.length + r.buffered;
+    const fits = size <= HELD_UNSENT_PER_CLIENT && heldUnsent.bytes + size <= HELD_UNSENT_TOTAL;
+    if (waitingMsg !== null && fits && this.server === null && (this.paused & PAUSE_SUSPEND) === 0 && r.atBoundary) {
       const waited = this.pooled.stopWaiting();
       if (waited > 0) {
         this.waitingMsg = null;
         this.heldWaitMs = waited;
+        this.heldBytes = size;
+        heldUnsent.bytes += size;
         this.pauseClient(PAUSE_SUSPEND);
         r.requeue(waitingMsg);
         this.resumeClient(PAUSE_POOL);
@@ -1661,6 +1679,7 @@ export class ClientSession implements FrameHandler, SessionLink {
   detach(): void {
     if (this.phase === CLOSED) return;
     this.phase = CLOSED;
+    this.releaseUnsent();
     this.reader?.stop();
     this.server?.reader.stop();
     this.server = null;

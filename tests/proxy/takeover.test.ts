@@ -251,6 +251,30 @@ describe("online restart (-R): a new process takes over the running one's socket
     expect(next.child.exitCode).toBeNull();
   });
 
+  test('a waiting client whose unsent request held in the proxy is over 1 MiB is not carried (it meets suspend_timeout); one with less moves', async () => {
+    const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 1, suspend_timeout: 1 }, TRUST_USERS);
+    const old = await run(b);
+    const holder = await connect(b, { user: 'trust_user' });
+    const [big, small] = await Promise.all([0, 1].map(() => connect(b, { user: 'trust_user' })));
+    for (const c of [holder, big, small]) await c.query('select 1');
+    await holder.query('begin');
+    // One Query message of 2 MiB: read whole before it waits (a Bind's bytes beyond the first read stay in the socket, which moves).
+    const bigAnswer = big.query(`select length('${'x'.repeat(2 << 20)}') as n`).then(
+      () => null,
+      (err: Error) => err,
+    );
+    // A Bind of 2 MiB: only its first read waits in the proxy (well under the bound); the rest moves in the socket.
+    const smallAnswer = small.query('select length($1) as n', ['y'.repeat(2 << 20)]);
+    const admin = await connect(b, { user: 'pgbouncer', database: 'pgbouncer', unix: true });
+    await expect.poll(async () => (await admin.query('SHOW POOLS')).rows.find((r) => r.database === 'postgres')?.cl_waiting, { timeout: 10_000 }).toBe(2);
+    await admin.end();
+    await run(b, ['-R']);
+    expect(await old.exited).toBe(0);
+    expect((await bigAnswer)?.message).toMatch(/suspend_timeout/);
+    await holder.query('commit');
+    expect((await smallAnswer).rows[0].n).toBe(2 << 20);
+  });
+
   test('SUSPEND holds clients waiting for a server connection; RESUME puts them back in the queue, in their order', async () => {
     const b = await bouncer({ auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 1 }, TRUST_USERS);
     await run(b);
