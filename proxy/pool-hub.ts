@@ -37,10 +37,8 @@ export class PoolHub implements PoolClient {
   /** Not 0: a server the hub held served clients (server_lifetime 0 closes it at its release). */
   readonly id = -1;
   private readonly native: NativeHub;
-  /** Server fd → the server in the hub. */
-  private readonly servers = new Map<number, PooledServer>();
-  /** Server fd → the server-side names it entered with (C reports uses in this order: hubUses). */
-  private readonly names = new Map<number, string[]>();
+  /** Server fd → the server in the hub, and the server-side names it entered with (C reports uses in this order: hubUses). */
+  private readonly servers = new Map<number, { server: PooledServer; names: string[] }>();
   /** Client fd → member. */
   private readonly members = new Map<number, HubMemberSession>();
   /** The settings every member has and every server in the hub has applied (the first member's). */
@@ -97,7 +95,7 @@ export class PoolHub implements PoolClient {
   left(clientFd: number, o: RelayOutcome, client: PoolClient): PooledServer | null {
     this.members.delete(clientFd);
     this.forgetKey();
-    const s = o.serverFd >= 0 ? (this.servers.get(o.serverFd) ?? null) : null;
+    const s = o.serverFd >= 0 ? (this.servers.get(o.serverFd)?.server ?? null) : null;
     if (s === null) return null;
     this.disown(s, o.serverFd);
     s.client = client;
@@ -153,7 +151,7 @@ export class PoolHub implements PoolClient {
   /** This server leaves the hub (to be closed, or RECONNECT): now if free or idle, else at its holder's transaction end. */
   take(s: PooledServer): void {
     const fd = socketFd(s.conn.sock);
-    if (this.servers.get(fd) !== s) return;
+    if (this.servers.get(fd)?.server !== s) return;
     if (this.native.take(fd) === 'now') return this.serverBack(fd);
     // In a transaction: its client goes back to JS with it (as a lent one's), which releases it at the transaction's end.
     const m = this.native.members().find((x) => x.serverFd === fd);
@@ -167,7 +165,7 @@ export class PoolHub implements PoolClient {
    */
   yieldServer(s: PooledServer): boolean {
     const fd = socketFd(s.conn.sock);
-    if (this.servers.get(fd) !== s || this.lentBusy(s)) return false;
+    if (this.servers.get(fd)?.server !== s || this.lentBusy(s)) return false;
     // 'later': a transaction began since the snapshot; C gives it back at its end, as any server JS asked for.
     if (this.native.take(fd) !== 'now') return false;
     this.disown(s, fd);
@@ -189,7 +187,7 @@ export class PoolHub implements PoolClient {
 
   /** Servers of the hub, as Pool.lent holds them (for take). */
   get held(): PooledServer[] {
-    return [...this.servers.values()];
+    return [...this.servers.values()].map((e) => e.server);
   }
 
   /** The janitor: clients queued in C past query_wait_timeout (or query_timeout) end as JS waiters would. */
@@ -232,7 +230,7 @@ export class PoolHub implements PoolClient {
 
   /** The hub's server on this fd (null: none). */
   serverOf(fd: number): PooledServer | null {
-    return this.servers.get(fd) ?? null;
+    return this.servers.get(fd)?.server ?? null;
   }
 
   holderOf(s: PooledServer): number {
@@ -279,25 +277,22 @@ export class PoolHub implements PoolClient {
 
   /** The server joins the pool's lent ones, the hub's client; returns the server-side names of its statements for C. */
   private adopt(s: PooledServer, fd: number): Buffer | null {
-    this.servers.set(fd, s);
+    const { names, bytes } = serverNames(s);
+    this.servers.set(fd, { server: s, names });
     this.pool.active.delete(s);
     this.pool.lent.add(s);
     s.client = this;
     s.lastUsed = Date.now();
-    const { names, bytes } = serverNames(s);
-    this.names.set(fd, names);
     return bytes;
   }
 
   /** The server left the hub (C has let go of it): what C renamed on the servers that left is made recently used. */
   private disown(s: PooledServer, fd: number): void {
     for (const g of this.native.uses()) {
-      const srv = this.servers.get(g.serverFd);
-      const names = this.names.get(g.serverFd);
-      if (srv !== undefined && names !== undefined) markUsed(srv, names, g.uses);
+      const e = this.servers.get(g.serverFd);
+      if (e !== undefined) markUsed(e.server, e.names, g.uses);
     }
     this.servers.delete(fd);
-    this.names.delete(fd);
     this.pool.lent.delete(s);
     this.forgetKey();
   }
@@ -309,7 +304,7 @@ export class PoolHub implements PoolClient {
 
   /** C gave a server back (asked for, or it spoke or closed while free): the pool has it again, reading it. */
   private serverBack(fd: number): void {
-    const s = this.servers.get(fd);
+    const s = this.servers.get(fd)?.server;
     if (s === undefined) return;
     this.disown(s, fd);
     this.pool.active.add(s);
@@ -325,7 +320,7 @@ export class PoolHub implements PoolClient {
    * go straight back to a queued client unread.
    */
   private spoke(fd: number): void {
-    const s = this.servers.get(fd);
+    const s = this.servers.get(fd)?.server;
     if (s === undefined) return;
     this.disown(s, fd);
     this.pool.active.add(s);
