@@ -483,7 +483,6 @@ export class Pool {
     return false;
   }
 
-  /** Could a waiter make the pool open a connection now (below pool_size, logins not failing)? */
   /** Could a connection be opened now for a client that has waited `waitedMs` (reserve_pool after reserve_pool_timeout)? */
   roomToOpen(waitedMs = 0): boolean {
     const failure = this.loginFailure;
