@@ -633,4 +633,33 @@ describe('pooling with --workers: cancel and console across workers', () => {
     expect(Number((await pools()).cl_waiting)).toBe(0);
     expect(await serverCount(app)).toBeLessThanOrEqual(1);
   });
+
+  test('in each worker, clients in the hub and clients JS serves (a SET each transaction) share one queue: neither starves', async () => {
+    const b = await startBouncer({ postgres: target() }, { default_pool_size: 2, query_wait_timeout: 60 });
+    const plain = await Promise.all(Array.from({ length: 6 }, () => connect(b)));
+    const setters = await Promise.all(Array.from({ length: 6 }, () => connect(b)));
+    expect(new Set([...plain, ...setters].map(workerOf)).size).toBe(2);
+    for (const c of [...plain, ...setters]) await c.query('SELECT 1');
+    const done = { plain: 0, setters: 0 };
+    let stop = false;
+    const loops = [
+      ...plain.map(async (c, i) => {
+        while (!stop) {
+          expect((await c.query('SELECT $1::int AS v, pg_sleep(0.002)', [i])).rows[0].v).toBe(i);
+          done.plain++;
+        }
+      }),
+      ...setters.map(async (c, i) => {
+        for (let k = 0; !stop; k++) {
+          await c.query(`SET application_name = 'setter-${i}-${k}'`);
+          expect((await c.query("SELECT current_setting('application_name') AS a, pg_sleep(0.002)")).rows[0].a).toBe(`setter-${i}-${k}`);
+          done.setters++;
+        }
+      }),
+    ];
+    while (done.setters < 300) await new Promise((r) => setTimeout(r, 50));
+    stop = true;
+    await Promise.all(loops);
+    expect(done.plain).toBeGreaterThan(done.setters / 4);
+  });
 });
