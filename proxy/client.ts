@@ -1643,10 +1643,7 @@ export class ClientSession implements FrameHandler, SessionLink {
         this.resumeClient(PAUSE_POOL);
       }
     }
-    if (this.heldWaitMs > 0) {
-      if (this.hooks.pending || this.sock.writableLength > 0 || this.tracker.handover() === null) return false;
-      return (this.still = true);
-    }
+    // (Held so, it is paused already and holds no server: the checks below find it still.)
     if ((this.paused & PAUSE_SUSPEND) === 0) {
       if (!r.atBoundary || r.isPaused || r.buffered > 0) return false;
       this.pauseClient(PAUSE_SUSPEND);
