@@ -5,7 +5,7 @@
 // every transaction's latency from pgbench's per-transaction log (-l), not the progress reports' averages.
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir, userInfo } from 'node:os';
+import { cpus, tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort, type Cluster } from '../tests/setup/cluster.js';
@@ -194,7 +194,7 @@ async function startSteadytext(cluster: Cluster, password: string, workers: numb
     stop,
     pid: child.pid,
     problems: () => log().split('\n').filter((l) => /"level":(40|50|60)/.test(l) || / (WARNING|ERROR|FATAL) /.test(l)),
-    processes: () => 1 + descendants(child.pid!),
+    processes: () => 1 + allDescendants(child.pid!).length,
   };
 }
 
@@ -206,9 +206,6 @@ function childrenOf(pid: number): number[] {
   }
 }
 
-function descendants(pid: number): number {
-  return childrenOf(pid).reduce((n, c) => n + 1 + descendants(c), 0);
-}
 
 /** User plus system CPU seconds so far of a process and its descendants (Linux /proc; USER_HZ 100). */
 function cpuSeconds(pid: number | undefined): number {
@@ -310,7 +307,7 @@ function steadyCpu(file: string, endsUs: Float64Array): Steady | undefined {
 }
 
 function cpuCount(): number {
-  return readOr('/proc/stat').split('\n').filter((l) => /^cpu\d/.test(l)).length || 1;
+  return cpus().length || 1;
 }
 
 /** The distinct lines of pgbench's stderr, at most five (200 clients may each report the same error). */
