@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a Debian machine: PostgreSQL 15 server and headers,
 # dblink (ships with postgresql-15), pgvector built from Debian's source package, pgbouncer for the
-# benchmark. Idempotent: prints one line and exits when everything is already there.
+# benchmark, and two drivers the console tests use (PgJDBC with a JDK to run it, psycopg 3 for Debian's
+# python3). Idempotent: prints one line and exits when everything is already there.
 set -euo pipefail
 
 PG_MAJOR="${PG_MAJOR:-15}"
@@ -13,9 +14,11 @@ log() { printf '[setup-machine] %s\n' "$*" >&2; }
 have_pg() { [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -f "$PG_LIB/dblink.so" ]; }
 have_vector() { [ -f "$PG_LIB/vector.so" ] && [ -f "$PG_SHARE/vector.control" ]; }
 have_tools() { command -v psql >/dev/null && command -v pgbench >/dev/null && command -v pgbouncer >/dev/null; }
+# tests/proxy/console-drivers.test.ts: `java File.java` compiles in memory, so it needs a JDK, not a JRE.
+have_drivers() { [ -f /usr/share/java/postgresql.jar ] && command -v javac >/dev/null && /usr/bin/python3 -c 'import psycopg' 2>/dev/null; }
 
-if have_pg && have_vector && have_tools; then
-  log "PostgreSQL ${PG_MAJOR}, dblink, pgvector and pgbouncer already installed"
+if have_pg && have_vector && have_tools && have_drivers; then
+  log "PostgreSQL ${PG_MAJOR}, dblink, pgvector, pgbouncer, PgJDBC and psycopg already installed"
   exit 0
 fi
 
@@ -57,5 +60,11 @@ if ! have_vector; then
   rm -rf "$work"
 fi
 
-have_pg && have_vector && have_tools || { log "setup incomplete"; exit 1; }
-log "ready: PostgreSQL ${PG_MAJOR} with dblink and pgvector, pgbouncer"
+if ! have_drivers; then
+  log "installing PgJDBC and psycopg 3 for the console tests"
+  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+  apt_install libpostgresql-jdbc-java python3-psycopg
+fi
+
+have_pg && have_vector && have_tools && have_drivers || { log "setup incomplete"; exit 1; }
+log "ready: PostgreSQL ${PG_MAJOR} with dblink and pgvector, pgbouncer, PgJDBC and psycopg"
