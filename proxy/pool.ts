@@ -16,6 +16,8 @@ import { nextSocketId } from './socket-id.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ResponseHandler } from './interceptor.js';
 import { PoolHub } from './pool-hub.js';
+import { dropsEveryStatement, forgetServerStatements } from './prepared.js';
+import { statementEffects, type StatementEffects } from './statement-effects.js';
 import { loadNativeRelay } from './relay.js';
 
 /** A client error in pgBouncer's words (its texts and SQLSTATEs). */
@@ -154,7 +156,7 @@ export class PooledServer implements SessionLink {
   target: UpstreamTarget;
   /** A replication connection: its one client's alone, closed when that client leaves. */
   replication: ReplicationKind | null = null;
-  private internal: { resolve(r: InternalResult): void; rows: (Buffer | null)[][]; error: Record<string, string> | null } | null = null;
+  private internal: { resolve(r: InternalResult): void; rows: (Buffer | null)[][]; tags: string[]; error: Record<string, string> | null } | null = null;
 
   constructor(readonly pool: Pool) {
     this.log = pool.log.child({ server: this.id });
@@ -176,7 +178,7 @@ export class PooledServer implements SessionLink {
     const internal = this.internal;
     if (internal && this.tracker.size === 0) {
       this.internal = null;
-      internal.resolve({ ok: internal.error === null && status === 'I', rows: internal.rows, error: internal.error });
+      internal.resolve({ ok: internal.error === null && status === 'I', rows: internal.rows, tags: internal.tags, error: internal.error });
     }
   }
   serverParam(name: string, value: string): void {
@@ -203,18 +205,20 @@ export class PooledServer implements SessionLink {
   runInternal(sql: string, params?: string[]): Promise<InternalResult> {
     return new Promise((resolve) => {
       const rows: (Buffer | null)[][] = [];
-      this.internal = { resolve, rows, error: null };
+      const tags: string[] = [];
+      this.internal = { resolve, rows, tags, error: null };
       const internal = this.internal;
       const handler: ResponseHandler = {
         onMessage(msg) {
           if (msg[0] === Be.DataRow) rows.push(readDataRow(msg));
+          else if (msg[0] === Be.CommandComplete) tags.push(msg.toString('latin1', 5, msg.length - 1));
           else if (msg[0] === Be.ErrorResponse) internal.error = readErrorFields(msg);
           return null;
         },
         onEnd: (_req, how) => {
           if (how === 'closed' && this.internal === internal) {
             this.internal = null;
-            resolve({ ok: false, rows, error: { M: 'connection closed' } });
+            resolve({ ok: false, rows, tags, error: { M: 'connection closed' } });
           }
         },
       };
@@ -254,6 +258,8 @@ export class PooledServer implements SessionLink {
 export interface InternalResult {
   ok: boolean;
   rows: (Buffer | null)[][];
+  /** The CommandComplete tags, in order. */
+  tags: string[];
   error: Record<string, string> | null;
 }
 
@@ -410,13 +416,25 @@ export class Pool {
       void s.runInternal(reset).then((r) => {
         this.opening--;
         if (!r.ok) return this.retire(s, `server_reset_query failed: ${r.error?.M ?? 'unknown error'}`);
-        s.applied.clear();
-        s.prepared.clear();
+        // Forget only what the reset undid: a reset that keeps the statements (RESET ALL, a SELECT) must
+        // not make the pool Parse them again under names the server still has.
+        if (r.tags.some(dropsEveryStatement)) forgetServerStatements(s);
+        const e = this.resetEffects(reset);
+        if (e?.discard === 'all' || e?.sets.some((x) => x.name === '*')) s.applied.clear();
+        else for (const x of e?.sets ?? []) s.applied.delete(x.name);
         this.returnIdle(s);
       });
       return;
     }
     this.returnIdle(s);
+  }
+
+  private resetParsed: { sql: string; effects: StatementEffects | null } | null = null;
+
+  /** What server_reset_query does to settings, as the parser reads it (parsed once per text: RELOAD may change it). */
+  private resetEffects(sql: string): StatementEffects | null {
+    if (this.resetParsed?.sql !== sql) this.resetParsed = { sql, effects: statementEffects(Buffer.from(sql)) };
+    return this.resetParsed.effects;
   }
 
   // ---- lending ---------------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ import type { PgbSubject } from './pgbouncer-log.js';
 import {
   ClientStatements,
   UNKNOWN_STATEMENT,
+  dropsEveryStatement,
+  forgetServerStatements,
   literals,
   namesStatements,
   sweepLiterals,
@@ -672,12 +674,9 @@ export class PooledSession implements PoolClient {
   /** The server's CommandComplete of the client's DEALLOCATE ALL / DISCARD ALL: every statement is gone. */
   private droppedAll(m: Buffer, s: PooledServer): void {
     if (m[0] !== Be.CommandComplete) return;
-    const tag = m.toString('latin1', 5, m.length - 1);
-    if (tag !== 'DEALLOCATE ALL' && tag !== 'DISCARD ALL') return;
+    if (!dropsEveryStatement(m.toString('latin1', 5, m.length - 1))) return;
     this.statements.clear();
-    // The server dropped every statement it had, other clients' included: they are prepared again on use.
-    s.prepared.clear();
-    literals(s).clear();
+    forgetServerStatements(s);
   }
 
   /** `parsed`: from a Parse, whose effects happen later at its Execute, unseen: the statements are dropped now. */

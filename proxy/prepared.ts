@@ -237,6 +237,17 @@ export function orphanLiteral(server: PooledServer, name: string): void {
   forgotten++;
 }
 
+/** A CommandComplete tag after which the server has no prepared statement left. */
+export function dropsEveryStatement(tag: string): boolean {
+  return tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL';
+}
+
+/** The server dropped every statement it had, every client's: each is prepared again where it is next used. */
+export function forgetServerStatements(server: PooledServer): void {
+  server.prepared.clear();
+  literals(server).clear();
+}
+
 /** Does the SQL name prepared statements (PREPARE, EXECUTE, DEALLOCATE of a name)? */
 export function namesStatements(e: StatementEffects): boolean {
   return e.prepares.length > 0 || e.executes.length > 0 || e.deallocates.length > 0;

@@ -2,6 +2,7 @@
 // pgbouncer.ini, server connections shared, prepared statements and settings following each client,
 // pinning, limits and pgBouncer's errors.
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -240,6 +241,98 @@ describe('statement mode and limits', () => {
       await expect(waiter.query('select 1')).rejects.toThrow('query_wait_timeout');
       await holder.query('commit');
       await holder.end();
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
+  });
+});
+
+describe('server_reset_query_always and client_login_timeout', () => {
+  test('in transaction mode the reset query runs after every transaction only with server_reset_query_always', async () => {
+    // The reset query counts its runs on the server connection, in a setting of its own.
+    const count = "select set_config('steadytext_test.resets', (coalesce(nullif(current_setting('steadytext_test.resets', true), ''), '0')::int + 1)::text, false)";
+    for (const always of [0, 1]) {
+      const p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 1, server_reset_query: count, server_reset_query_always: always });
+      try {
+        const a = await connect(p.url());
+        const b = await connect(p.url());
+        const seen: number[] = [];
+        for (const c of [a, b, a, b]) {
+          const r = await c.query("select coalesce(nullif(current_setting('steadytext_test.resets', true), ''), '0')::int as n");
+          seen.push(r.rows[0].n as number);
+        }
+        const steps = seen.slice(1).map((n, i) => n - seen[i]);
+        expect({ always, steps }).toEqual({ always, steps: always ? [1, 1, 1] : [0, 0, 0] });
+        await Promise.all([a.end(), b.end()]);
+      } finally {
+        await p.proxy.close(0);
+        p.pooling.pooler.close();
+      }
+    }
+  });
+
+  test('prepared statements (protocol and SQL) survive a reset after every transaction, whether the reset discards them or not', async () => {
+    for (const reset of ['DISCARD ALL', 'DEALLOCATE ALL', 'select 1', 'RESET ALL']) {
+      const p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 1, server_reset_query: reset, server_reset_query_always: 1 });
+      try {
+        const a = await connect(p.url());
+        const b = await connect(p.url());
+        for (const c of [a, b]) await c.query('prepare plus_one as select $1::int + 1 as v');
+        for (let i = 0; i < 3; i++) {
+          for (const c of [a, b]) {
+            const r = await c.query({ name: 'twice', text: 'select $1::int * 2 as v', values: [i] });
+            expect({ reset, v: r.rows[0].v }).toEqual({ reset, v: i * 2 });
+            const sql = await c.query(`execute plus_one(${i})`);
+            expect({ reset, v: sql.rows[0].v }).toEqual({ reset, v: i + 1 });
+          }
+        }
+        await Promise.all([a.end(), b.end()]);
+      } finally {
+        await p.proxy.close(0);
+        p.pooling.pooler.close();
+      }
+    }
+  });
+
+  test("a client's settings do not reach the next client, whether the reset query resets them or not", async () => {
+    for (const reset of ['select 1', 'DISCARD ALL', 'RESET ALL', 'RESET work_mem']) {
+      const p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 1, server_reset_query: reset, server_reset_query_always: 1 });
+      try {
+        const a = await connect(p.url());
+        await a.query('set search_path = leaked_schema');
+        await a.query("set work_mem = '7MB'");
+        const b = await connect(p.url());
+        const defaults = (await b.query("select current_setting('search_path') as sp, current_setting('work_mem') as wm")).rows[0];
+        expect({ reset, ...defaults }).toEqual({ reset, sp: '"$user", public', wm: '4MB' });
+        const mine = (await a.query("select current_setting('search_path') as sp, current_setting('work_mem') as wm")).rows[0];
+        expect({ reset, ...mine }).toEqual({ reset, sp: 'leaked_schema', wm: '7MB' });
+        await Promise.all([a.end(), b.end()]);
+      } finally {
+        await p.proxy.close(0);
+        p.pooling.pooler.close();
+      }
+    }
+  });
+
+  test('client_login_timeout: a client that never finishes its login is told so and closed', async () => {
+    const p = await pooledProxy({ pool_mode: 'transaction', client_login_timeout: 1 });
+    try {
+      const received = await new Promise<Buffer>((resolve, reject) => {
+        const chunks: Buffer[] = [];
+        const s = netConnect(p.proxy.address.port, '127.0.0.1');
+        s.on('data', (d) => chunks.push(d));
+        s.on('close', () => resolve(Buffer.concat(chunks)));
+        s.on('error', reject);
+        setTimeout(() => reject(new Error('still open after 10 s')), 10_000).unref();
+      });
+      expect(received[0]).toBe('E'.charCodeAt(0));
+      expect(received.toString('latin1')).toContain('C08P01\0');
+      expect(received.toString('latin1')).toContain('Mclient_login_timeout\0');
+      // The pooler goes on: a client that logs in is served.
+      const c = await connect(p.url());
+      expect((await c.query('select 1 as v')).rows[0].v).toBe(1);
+      await c.end();
     } finally {
       await p.proxy.close(0);
       p.pooling.pooler.close();
