@@ -254,6 +254,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
         },
       })
     : undefined;
+  consoleHost?.start();
   // pgBouncer's client_tls_* and server_tls_*; a setup that fails at start stops it ("TLS setup failed").
   const poolerTls = pooling ? new PoolerTls(pooling, defaultTarget, log) : undefined;
   poolerTls?.setup();
@@ -501,6 +502,7 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
   });
   const slots = new WorkerSlots(pooling.pooler, setup.channel);
   pooling.pooler.slots = slots;
+  consoleHost.start();
   const poolerTls = new PoolerTls(pooling, defaultTarget, log);
   poolerTls.setup();
   const st = ini.settings;

@@ -13,6 +13,7 @@ import {
   CONSOLE_DATABASE,
   ConsoleSession,
   consoleStartupParams,
+  statsLogLine,
   type ClientRow,
   type CommandAnswer,
   type ConfigRow,
@@ -77,6 +78,8 @@ export type ConsoleFactory = ((session: { id: number }, user: string, address: s
   signal(sig: PoolerSignal): void;
   /** What SHOW STATS, POOLS, DATABASES and LISTS report now, for the metrics endpoint. */
   figures(): PoolerFigures;
+  /** Once the pooler exists: the stats_period window turns from now on, with pgBouncer's `stats:` log line. */
+  start(): void;
 };
 
 export type PoolerSignal = 'SIGUSR1' | 'SIGUSR2' | 'SIGINT' | 'SIGTERM';
@@ -102,7 +105,12 @@ export function createConsole(deps: ConsoleDeps): ConsoleFactory {
     }
     return link;
   };
-  return Object.assign(open, { close: () => host.close(), signal: (sig: PoolerSignal) => host.signal(sig), figures: () => host.figures() });
+  return Object.assign(open, {
+    close: () => host.close(),
+    signal: (sig: PoolerSignal) => host.signal(sig),
+    figures: () => host.figures(),
+    start: () => host.startStats(),
+  });
 }
 
 // ---- the connection --------------------------------------------------------------------------------------
@@ -365,7 +373,7 @@ class PoolerConsole implements ConsoleHost {
 
   /** pgBouncer's admin_pre_login and admin_post_login: who may use the console, and how (null: not at all). */
   consoleUser(user: string): ConsoleUser | null {
-    if (this.statsTimer === null) this.scheduleStats();
+    this.startStats();
     const st = this.pooler.settings;
     const admin = st.adminUsers.includes(user);
     const stats = st.statsUsers.includes(user);
@@ -654,16 +662,31 @@ class PoolerConsole implements ConsoleHost {
     return out;
   }
 
-  /** Every stats_period the window moves on; read each time, so SET stats_period takes effect at the next turn. */
+  startStats(): void {
+    if (this.statsTimer === null) this.scheduleStats();
+  }
+
+  /**
+   * Every stats_period the window moves on, and with log_stats the logfile gets pgBouncer's `stats:` line for
+   * it (each worker process its own, as pgBouncer's so_reuseport processes do). Both settings are read at each
+   * turn, so SET and RELOAD take effect at the next one.
+   */
   private scheduleStats(): void {
     if (this.closed) return;
     const periodMs = Math.max(1, this.pooler.settings.statsPeriod) * 1000;
     this.statsTimer = setTimeout(() => {
       this.older = this.newer;
       this.newer = { at: Date.now(), counters: this.counters() };
+      if (this.pooler.settings.logStats) this.pooler.pgbLog.line('LOG', statsLogLine(this.window()));
       this.scheduleStats();
     }, periodMs);
     this.statsTimer.unref();
+  }
+
+  /** The last whole window: its end's counters against its start's. */
+  private window(): StatsSnapshot {
+    const databases = [...this.newer.counters].map(([database, current]) => ({ database, current, previous: this.older.counters.get(database) ?? ZERO }));
+    return { databases, periodUs: Math.max(0, this.newer.at - this.older.at) * 1000 };
   }
 
   requested(): void {

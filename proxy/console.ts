@@ -442,6 +442,21 @@ function averages(cur: Stats, old: Stats, periodUs: bigint): Stats {
   return avg;
 }
 
+/**
+ * pgBouncer's periodic line (log_stats, each stats_period): the averages over the window of every database's
+ * counters added together, in its words.
+ */
+export function statsLogLine(snap: StatsSnapshot): string {
+  const cur = snap.databases.reduce((sum, d) => addStats(sum, toStats(d.current)), ZERO_STATS);
+  const old = snap.databases.reduce((sum, d) => addStats(sum, toStats(d.previous)), ZERO_STATS);
+  const a = averages(cur, old, big(snap.periodUs));
+  return (
+    `stats: ${a.xactCount} xacts/s, ${a.queryCount} queries/s, ${a.clientParseCount} client parses/s, ` +
+    `${a.serverParseCount} server parses/s, ${a.bindCount} binds/s, in ${a.bytesReceived} B/s, out ${a.bytesSent} B/s, ` +
+    `xact ${a.xactTime} us, query ${a.queryTime} us, wait ${a.waitTime} us`
+  );
+}
+
 function statCells(s: Stats): Cell[] {
   return STAT_KEYS.map((k) => s[k]);
 }

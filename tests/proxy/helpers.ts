@@ -112,6 +112,7 @@ export async function poolingFromIni(ini: string, o: { shutdown?: (mode: Shutdow
     logger: silentLogger,
   });
   const pooling = createPooling({ config, defaultTarget: parseUpstreamUrl(`postgres://${db.host}:${db.port}/?sslmode=disable`), logger: silentLogger, console });
+  console.start();
   const proxy = (started.proxy = await startTestProxy({ pooling, ...o.proxy }));
   return { proxy, pooling, console };
 }

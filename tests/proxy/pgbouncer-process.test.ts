@@ -250,6 +250,50 @@ describe('pg-steadytext pgbouncer as a process', () => {
     );
   });
 
+  test("log_stats: every stats_period the logfile gets pgBouncer's stats line, its averages over the window; log_stats = 0: none", async () => {
+    const STATS = /^\S+ \S+ UTC \[\d+\] LOG stats: (\d+) xacts\/s, (\d+) queries\/s, (\d+) client parses\/s, (\d+) server parses\/s, (\d+) binds\/s, in (\d+) B\/s, out (\d+) B\/s, xact (\d+) us, query (\d+) us, wait (\d+) us$/;
+    const lines = (b: Bouncer) => b.log().split('\n').filter((l) => l.includes(' stats: '));
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'transaction', default_pool_size: 2, stats_period: 1 },
+      users: TRUST_USERS,
+    });
+    const c = await connect(b, { user: 'trust_user', database: 'postgres' });
+    // Queries spread over a few windows: some window counts them.
+    const until = Date.now() + 2_500;
+    while (Date.now() < until) {
+      await c.query({ name: 'p', text: 'select $1::int as v', values: [1] });
+      await sleep(10);
+    }
+    await expect.poll(() => lines(b).length, { timeout: 5_000 }).toBeGreaterThanOrEqual(3);
+    const figures = lines(b).map((l) => {
+      const m = STATS.exec(l);
+      expect(m, l).not.toBeNull();
+      return m!.slice(1).map(Number);
+    });
+    const busy = figures.find(([xacts]) => xacts > 0);
+    expect(busy, lines(b).join('\n')).toBeDefined();
+    const [xacts, queries, , , binds, bytesIn, bytesOut, xactUs, queryUs] = busy!;
+    // About 50 transactions a second, each one query with one Bind; bytes both ways; times per transaction.
+    expect(xacts).toBeGreaterThan(10);
+    expect(queries).toBe(xacts);
+    expect(binds).toBe(xacts);
+    expect(bytesIn).toBeGreaterThan(0);
+    expect(bytesOut).toBeGreaterThan(0);
+    expect(xactUs).toBeGreaterThan(0);
+    expect(queryUs).toBeGreaterThan(0);
+
+    const quiet = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'transaction', stats_period: 1, log_stats: 0 },
+      users: TRUST_USERS,
+    });
+    expect(await one(await connect(quiet, { user: 'trust_user', database: 'postgres' }))).toBe(1);
+    await sleep(2_500);
+    expect(lines(quiet)).toEqual([]);
+    expect(lines(b).length).toBeGreaterThanOrEqual(5); // meanwhile the first one went on
+  });
+
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
     const b = await trustBouncer();
     const c = await connect(b, { user: 'trust_user', database: 'postgres' });
