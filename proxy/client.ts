@@ -36,7 +36,7 @@ import { HubHandoff } from './hub-handoff.js';
 import type { PoolHub } from './pool-hub.js';
 import { rerunnableExchange } from './rerun-exchange.js';
 import { mentionsOnly } from './statement-effects.js';
-import { peerCredentials, socketFd, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
+import { RelayPool, peerCredentials, socketFd, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
@@ -966,7 +966,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (nr === null || this.reader === null || this.suspending || this.sock !== this.raw || this.input === undefined) return false;
     if (s !== null && (this.server !== s.conn || this.serverPaused || !s.conn.plain)) return false;
     const m = (this.hubMember ??= new HubHandoff(nr, hub, this.hubHost(), { sock: this.raw, reader: this.reader }, this.env.maxMessageBytes, this.pooled!));
-    if (!m.enter(s === null ? null : { server: s, end: s.conn }, flags, names)) return false;
+    if (!m.enter(s === null ? null : { server: s, end: s.conn }, flags | (this.pqexecDisallowed() ? RelayPool.noQuery : 0), names)) return false;
     this.relaySeenIn = -1;
     if (s !== null) {
       // The hub holds it now: the session forgets it (its lending relay, if any, is not running: JS had the sockets).
@@ -1093,6 +1093,12 @@ export class ClientSession implements FrameHandler, SessionLink {
         this.close('client close request');
         return DROP;
       }
+      if (code === Fe.Query && this.pqexecDisallowed()) {
+        // pgBouncer's disable_pqexec: a simple Query can carry several statements (an injected `; DROP ...`).
+        this.env.pooling!.pooler.pgbLog.line('ERROR', 'client used "Query" packet type', this.pgbSubject());
+        this.fail(SqlState.ProtocolViolation, 'PQexec disallowed');
+        return DROP;
+      }
       if (this.server === null) {
         const v = this.pooledAcquire(msg);
         if (v !== null) return v;
@@ -1198,7 +1204,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     if (tooLarge) {
       this.protocolError(
         SqlState.ProgramLimitExceeded,
-        `message of type ${typeName(code)} is too large: ${length} bytes, the proxy accepts at most ${this.env.maxMessageBytes} (maxMessageBytes)`,
+        `message of type ${typeName(code)} is too large: ${length} bytes, the proxy accepts at most ${this.reader?.maxLength ?? this.env.maxMessageBytes} (${this.limitName()})`,
       );
     } else {
       this.protocolError(SqlState.ProtocolViolation, `invalid message length ${length} for message of type ${typeName(code)}`);
@@ -1404,7 +1410,7 @@ export class ClientSession implements FrameHandler, SessionLink {
       keptQuery: (q: Buffer | null, rowDescription: number) => this.keep(q, -1, rowDescription),
       internalError: (err: unknown) => this.internalError(err),
       // Read at each lend: they change between lends (the client's statements, max_prepared_statements).
-      poolFlags: () => (lending ? this.lendFlags : 0),
+      poolFlags: () => (lending ? this.lendFlags : 0) | (this.pqexecDisallowed() ? RelayPool.noQuery : 0),
       poolNames: () => (lending ? this.lendNames : null),
       exited: (o: RelayOutcome) => this.pooled?.returned(o),
     };
@@ -1492,6 +1498,15 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.log.warn({ code }, message);
     this.fatal({ severity: 'FATAL', code, message });
     this.close(message);
+  }
+
+  /** Which setting bounds this client's messages: ours, or pgBouncer's max_packet_size where it was the lower. */
+  private limitName(): string {
+    return this.reader?.maxLength === this.env.pooling?.pooler.settings.maxPacketSize ? 'max_packet_size' : 'maxMessageBytes';
+  }
+
+  private pqexecDisallowed(): boolean {
+    return this.env.pooling?.pooler.settings.disablePqexec === true;
   }
 
   private fail(code: string, message: string): void {

@@ -55,7 +55,7 @@ export class FrameReader {
 
   constructor(
     private readonly h: FrameHandler,
-    private readonly maxLength: number,
+    readonly maxLength: number,
   ) {}
 
   /** True between messages: nothing half-read, so the peer's stream can take a message of ours. */

@@ -95,6 +95,8 @@ export const RelayPool = {
   named: 2,
   /** Every ReadyForQuery (statement pooling). */
   statement: 4,
+  /** Every simple Query (disable_pqexec: the pooler refuses it). */
+  noQuery: 8,
 } as const;
 
 export interface RelayState {

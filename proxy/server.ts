@@ -14,7 +14,7 @@ import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
 import { targetsFor, type PoolingEnv } from './pooling.js';
 import { loadStatementParser } from './statement-effects.js';
 import { nextSocketId } from './socket-id.js';
-import { linkSync, readFileSync, renameSync, rmSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, linkSync, readFileSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { certAllows, clientTlsFrom, parseIdentFile, type ClientTls, type IdentMapping } from './client-tls.js';
 import { matchHba, type PoolerSettings } from '../config/pgbouncer.js';
@@ -117,7 +117,10 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     get secureContext(): SecureContext | undefined {
       return poolerTls ? poolerTls.client.context : fixedContext;
     },
-    maxMessageBytes: opts.maxMessageBytes,
+    // Pooling: pgBouncer's max_packet_size where it is the lower limit, read at each session's start (RELOAD).
+    get maxMessageBytes(): number {
+      return Math.min(opts.maxMessageBytes, opts.pooling?.pooler.settings.maxPacketSize ?? Infinity);
+    },
     connectTimeoutMs: opts.connectTimeoutMs,
     logger: log,
     interceptor: opts.interceptor,
@@ -158,7 +161,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   let address: { host: string; port: number };
   if (opts.listenFds) {
     ({ address, unix } = await adoptListeners(server, opts.listenFds, accept, log));
-  } else address = await listen(server, opts.listen, opts.reusePort === true);
+  } else address = await listen(server, opts.listen, opts.reusePort === true, opts.pooling?.pooler.settings.listenBacklog);
   if (opts.unixSocketDir && !opts.listenFds) {
     const path = `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}`;
     try {
@@ -170,8 +173,9 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     unix.on('error', (err) => log.error({ err }, 'unix socket listener error'));
     await new Promise<void>((resolve, reject) => {
       unix!.once('error', reject);
-      unix!.listen(path, () => resolve());
+      unix!.listen({ path, backlog: opts.pooling?.pooler.settings.listenBacklog }, () => resolve());
     });
+    if (opts.pooling) socketFileAccess(path, opts.pooling.pooler.settings);
     log.info({ unixSocket: path }, 'listening on a Unix socket');
   }
   log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!env.secureContext, relay: env.nativeRelay ? 'native' : 'js' }, 'proxy listening');
@@ -458,14 +462,32 @@ async function adoptListeners(server: Server, fds: { tcp: number; unix: number |
   return { address: { host: a.address, port: a.port }, unix };
 }
 
-/** Starts listening; resolves with the address bound (the port chosen when 0 was asked for). */
-async function listen(server: Server, at: { host: string; port: number }, reusePort = false): Promise<{ host: string; port: number }> {
+/**
+ * pgBouncer's unix_socket_mode (default 0777: any local user may connect, whatever the umask) and
+ * unix_socket_group on the socket file; as pgBouncer, a group that does not exist or cannot be given stops the start.
+ */
+function socketFileAccess(path: string, st: PoolerSettings): void {
+  chmodSync(path, st.unixSocketMode);
+  if (st.unixSocketGroup) chownSync(path, -1, groupId(st.unixSocketGroup));
+}
+
+function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
+    const [name, , gid] = line.split(':');
+    if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new Error(`could not find group '${group}' (unix_socket_group)`);
+}
+
+/** Starts listening; resolves with the address bound (the port chosen when 0 was asked for). `backlog`: pgBouncer's listen_backlog. */
+async function listen(server: Server, at: { host: string; port: number }, reusePort = false, backlog?: number): Promise<{ host: string; port: number }> {
   let fd = -1;
   if (reusePort) {
     const bind = loadNativeRelay().relay?.listenReusePort;
     if (!bind) throw new Error('so_reuseport needs the native addon (npm run build:native), which this Node cannot do without');
     const host = at.host === 'localhost' ? '127.0.0.1' : at.host;
-    fd = bind(host, at.port, 511);
+    fd = bind(host, at.port, backlog ?? 511);
   }
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => reject(err);
@@ -475,7 +497,7 @@ async function listen(server: Server, at: { host: string; port: number }, reuseP
       resolve();
     };
     if (fd >= 0) server.listen({ fd }, done);
-    else server.listen(at.port, at.host, done);
+    else server.listen({ port: at.port, host: at.host, backlog }, done);
   });
   const bound = server.address();
   return {

@@ -85,6 +85,7 @@ typedef struct side {
 #define POOL_LEND 1      // exit at a Query or Parse the pooler must classify (pooling_hit)
 #define POOL_NAMED 2     // exit at a Parse, Bind, Describe or Close naming a prepared statement (but see named_t)
 #define POOL_STATEMENT 4 // exit at every ReadyForQuery (statement pooling)
+#define POOL_NO_QUERY 8  // exit at every Query (disable_pqexec); kept apart from pool, which also means "lent"
 
 // One of the lent client's statements that the server connection has prepared (start's names): a Bind or
 // Describe naming `client` goes upstream naming `server` instead. Both point into relay_t.names_buf.
@@ -137,6 +138,7 @@ typedef struct relay {
   // Pooling: the requests and transactions run here (a request: from its first message to the ReadyForQuery
   // that leaves nothing outstanding; a transaction: to one saying 'I'), their times in ns, the open ones' starts.
   uint32_t pool;
+  bool no_query; // POOL_NO_QUERY
   bool q_open, x_open;
   uint64_t queries, xacts, q_ns, x_ns, q_start, x_start;
   // The renamed statements (named_t), found by hashing the client name: slots hold an index + 1 (0: empty).
@@ -452,7 +454,7 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   uint8_t code = m[0];
   *renamed = NULL;
   if (client) {
-    if (code == 'X') return EXIT_CLIENT_MESSAGE;
+    if (code == 'X' || (code == 'Q' && r->no_query)) return EXIT_CLIENT_MESSAGE;
     if ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len))) return EXIT_CLIENT_MESSAGE;
     if (code == 'Q' && r->fence_ro && mentions_only(m, 5, len)) return EXIT_CLIENT_MESSAGE;
     if (r->pool && pool_exit(r, m, len, whole, renamed)) return EXIT_CLIENT_MESSAGE;
@@ -998,7 +1000,10 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   uint32_t keep = 0;
   if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok) set_keep(r, keep);
   uint32_t pool = 0;
-  if (argc >= 6 && napi_get_value_uint32(env, argv[5], &pool) == napi_ok) r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
+  if (argc >= 6 && napi_get_value_uint32(env, argv[5], &pool) == napi_ok) {
+    r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
+    r->no_query = (pool & POOL_NO_QUERY) != 0;
+  }
   r->watch_entry = -1;
   void *names;
   size_t names_len;
@@ -1507,7 +1512,7 @@ static void waiting_readable(relay_t *r) {
   size_t mlen = (size_t)len + 1;
   if (mlen <= total) {
     named_t *renamed = NULL;
-    if (m[0] == 'X' || ((m[0] == 'Q' || m[0] == 'P') && mentions_steadytext(m, 5, mlen)) || (r->pool && pool_exit(r, m, mlen, true, &renamed)))
+    if (m[0] == 'X' || (m[0] == 'Q' && r->no_query) || ((m[0] == 'Q' || m[0] == 'P') && mentions_steadytext(m, 5, mlen)) || (r->pool && pool_exit(r, m, mlen, true, &renamed)))
       return finish(r, EXIT_CLIENT_MESSAGE, 0);
   } else if (mlen <= IN_CAP) {
     return; // the rest of it first
@@ -1664,7 +1669,10 @@ static napi_value js_hub_enter(napi_env env, napi_callback_info info) {
   uint32_t keep = 0, pool = 0;
   if (napi_get_value_uint32(env, argv[5], &keep) == napi_ok) set_keep(r, keep);
   if (!r->keep) r->status = 'I';
-  if (napi_get_value_uint32(env, argv[6], &pool) == napi_ok) r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
+  if (napi_get_value_uint32(env, argv[6], &pool) == napi_ok) {
+    r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
+    r->no_query = (pool & POOL_NO_QUERY) != 0;
+  }
   const uint8_t *names = NULL, *snames = NULL;
   size_t names_len = 0, snames_len = 0;
   if (argc >= 8) buffer_arg(env, argv[7], &names, &names_len);

@@ -3,14 +3,14 @@
 // the Unix socket, and host lists with a dead host. Each test writes its own ini against the test cluster and
 // reads pgBouncer's logfile, which is what an existing deployment's scripts and alerts look at.
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, test } from 'vitest';
 import { freePort } from '../setup/cluster.js';
-import { spawnCli, testDb } from './helpers.js';
+import { run, spawnCli, testDb } from './helpers.js';
 
 /** How long an exit may take once it is due: generous, the process is checked every 250 ms as pgBouncer's janitor does. */
 const EXIT_DEADLINE_MS = 10_000;
@@ -292,6 +292,33 @@ describe('pg-steadytext pgbouncer as a process', () => {
     await sleep(2_500);
     expect(lines(quiet)).toEqual([]);
     expect(lines(b).length).toBeGreaterThanOrEqual(5); // meanwhile the first one went on
+  });
+
+  test('unix_socket_mode (default 0777, whatever the umask), unix_socket_group and listen_backlog, as pgBouncer sets them', async () => {
+    const socketOf = (b: Bouncer) => join(b.dir, `.s.PGSQL.${b.port}`);
+    const backlog = async (port: number) => {
+      // ss prints a listening socket's backlog in its Send-Q column.
+      const r = await run('ss', ['-Hltn', `sport = :${port}`]);
+      return Number(r.stdout.trim().split(/\s+/)[2]);
+    };
+    const plain = await startBouncer({ databases: { postgres: target() }, settings: { auth_type: 'trust' }, users: TRUST_USERS });
+    expect((statSync(socketOf(plain)).mode & 0o777).toString(8)).toBe('777');
+    expect(await backlog(plain.port)).toBe(128);
+    const group = userInfo().gid === 0 ? 'daemon' : String(userInfo().gid);
+    const gid = group === 'daemon' ? Number(readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith('daemon:'))!.split(':')[2]) : Number(group);
+    const strict = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', unix_socket_mode: '0700', unix_socket_group: group, listen_backlog: 37 },
+      users: TRUST_USERS,
+    });
+    const st = statSync(socketOf(strict));
+    expect({ mode: (st.mode & 0o777).toString(8), gid: st.gid }).toEqual({ mode: '700', gid });
+    expect(await backlog(strict.port)).toBe(37);
+    expect(await one(await connect(strict, { user: 'trust_user', database: 'postgres', unix: true }))).toBe(1);
+    // A group that does not exist stops the start, as in pgBouncer, naming it.
+    await expect(startBouncer({ databases: { postgres: target() }, settings: { auth_type: 'trust', unix_socket_group: 'no_such_group_here' }, users: TRUST_USERS })).rejects.toThrow(
+      "could not find group 'no_such_group_here' (unix_socket_group)",
+    );
   });
 
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {

@@ -340,6 +340,57 @@ describe('server_reset_query_always and client_login_timeout', () => {
   });
 });
 
+describe('disable_pqexec and max_packet_size', () => {
+  test('disable_pqexec: a simple Query ends the client with pgBouncer\'s error, in every pool mode, also after transactions the native relay ran; the extended protocol works', async () => {
+    for (const mode of ['session', 'transaction', 'statement']) {
+      const p = await pooledProxy({ pool_mode: mode, default_pool_size: 2, disable_pqexec: 1 });
+      try {
+        const c = await connect(p.url());
+        // node-postgres sends a query with parameters through the extended protocol: allowed.
+        for (let i = 0; i < 5; i++) expect((await c.query('select $1::int + 1 as v', [i])).rows[0].v).toBe(i + 1);
+        const ended = new Promise<void>((resolve) => c.once('end', () => resolve()));
+        await expect(c.query('select 1')).rejects.toMatchObject({ code: '08P01', message: 'PQexec disallowed' });
+        await ended;
+        // Other clients go on.
+        const d = await connect(p.url());
+        expect((await d.query('select $1::text as v', ['still here'])).rows[0].v).toBe('still here');
+        await d.end();
+      } finally {
+        await p.proxy.close(0);
+        p.pooling.pooler.close();
+      }
+    }
+    // Off (the default): simple Queries as ever.
+    const p = await pooledProxy({ pool_mode: 'transaction' });
+    try {
+      const c = await connect(p.url());
+      expect((await c.query('select 1 as v; select 2 as v')).length).toBe(2);
+      await c.end();
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
+  });
+
+  test('max_packet_size: a larger client message ends that client with a clear error; smaller ones pass', async () => {
+    const p = await pooledProxy({ pool_mode: 'transaction', max_packet_size: 65536 });
+    try {
+      const c = await connect(p.url());
+      expect((await c.query('select length($1::text) as n', ['x'.repeat(60_000)])).rows[0].n).toBe(60_000);
+      await expect(c.query('select length($1::text) as n', ['x'.repeat(70_000)])).rejects.toMatchObject({
+        code: '54000',
+        message: expect.stringContaining('the proxy accepts at most 65536 (max_packet_size)'),
+      });
+      const d = await connect(p.url());
+      expect((await d.query('select 1 as v')).rows[0].v).toBe(1);
+      await d.end();
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
+  });
+});
+
 describe('500 clients on a pool of 10', () => {
   let p: Pooled;
   beforeAll(async () => {
