@@ -36,6 +36,7 @@ import { HubHandoff } from './hub-handoff.js';
 import type { PoolHub } from './pool-hub.js';
 import { rerunnableExchange } from './rerun-exchange.js';
 import { mentionsOnly } from './statement-effects.js';
+import { hostname } from 'node:os';
 import { RelayPool, peerCredentials, socketFd, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
@@ -695,7 +696,7 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.poolDb = db;
     if (pooling.pooler.settings.logConnections) pooling.pooler.pgbLog.line('LOG', `login attempt: db=${database} user=${user} tls=${this.sock !== this.raw ? 'yes' : 'no'} replication=${replication ?? 'no'}`, this.pgbSubject());
     const pool = pooling.pooler.pool(db, user);
-    this.pooled = new PooledSession(this.pooledHost(), pool, sp.params, pooling.statements);
+    this.pooled = new PooledSession(this.pooledHost(), pool, this.withHostInAppName(sp.params), pooling.statements);
     if (replication !== null) this.pooled.replication = replication;
     this.startAuth(user, database, rest);
   }
@@ -1487,6 +1488,8 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Sends a FATAL ErrorResponse if the client's stream is between messages. */
   private fatal(f: ErrorFields): void {
     if (this.phase === CLOSED || this.sock.destroyed || !this.sock.writable) return;
+    // pgBouncer's log_pooler_errors: each error the pooler itself sends a client (the server's are relayed).
+    if (this.env.pooling?.pooler.settings.logPoolerErrors) this.env.pooling.pooler.pgbLog.line('WARNING', `pooler error: ${f.message}`, this.pgbSubject());
     this.relay?.stop(true);
     this.hubMember?.stopHub();
     if (this.server !== null && !this.server.reader.atBoundary) return;
@@ -1550,10 +1553,27 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** pgBouncer's "closing because" line, once: before the client hears the error, as pgBouncer writes it. */
   private logClosing(reason: string): void {
-    if (this.closingLogged || !this.env.pooling || !this.ctx) return;
+    if (this.closingLogged || !this.env.pooling?.pooler.settings.logDisconnections || !this.ctx) return;
     this.closingLogged = true;
     const why = reason === 'client closed the connection' ? 'client unexpected eof' : reason;
     this.env.pooling.pooler.pgbLog.line('LOG', `closing because: ${why} (age=${Math.floor((Date.now() - this.startedAt) / 1000)}s)`, this.pgbSubject());
+  }
+
+  /**
+   * pgBouncer's application_name_add_host: the client's address after its application_name (`app` when it gave
+   * none), as `name - 10.0.0.5:53210`, `name - [::1]:53210` or, over the Unix socket, `name - unix(PID@HOST):PORT`.
+   */
+  private withHostInAppName(params: ReadonlyMap<string, string>): ReadonlyMap<string, string> {
+    const st = this.env.pooling?.pooler.settings;
+    if (!st?.applicationNameAddHost) return params;
+    const r = this.remote;
+    const where =
+      r.addr === 'unix'
+        ? `unix(${peerCredentials(this.raw)?.pid ?? 0}@${hostname()}):${st.listenPort}`
+        : r.addr.includes(':')
+          ? `[${r.addr}]:${r.port}`
+          : `${r.addr}:${r.port}`;
+    return new Map(params).set('application_name', `${params.get('application_name') ?? 'app'} - ${where}`);
   }
 
   /** How pgBouncer's log names this client. */

@@ -245,7 +245,9 @@ export class PooledServer implements SessionLink {
     if (this.closed) return;
     this.closed = true;
     this.closeReason = reason;
-    this.pool.pooler.pgbLog.line('LOG', `closing because: ${reason} (age=${Math.floor((Date.now() - this.createdAt) / 1000)}s)`, this.subject());
+    if (this.pool.pooler.settings.logDisconnections) {
+      this.pool.pooler.pgbLog.line('LOG', `closing because: ${reason} (age=${Math.floor((Date.now() - this.createdAt) / 1000)}s)`, this.subject());
+    }
     this.failInternal();
     const sock = this.conn?.sock;
     if (sock && !sock.destroyed) {
@@ -458,6 +460,8 @@ export class Pool {
     const st = this.pooler.settings;
     if (s.dirty || s.closed || s.conn.sawFatal || s.cancelling > 0 || s.replication !== null) return false;
     if (st.serverResetQuery && st.serverResetQueryAlways) return false;
+    // server_round_robin: each transaction takes the connection used longest ago, so none stays with a client.
+    if (st.serverRoundRobin) return false;
     const lifetime = (this.db.entry.serverLifetime || st.serverLifetime) * 1000;
     return lifetime > 0 && Date.now() - s.createdAt < lifetime;
   }
@@ -571,7 +575,9 @@ export class Pool {
     }
     // Nobody waits in JS: clients queued in the hub get it.
     if (this.hub !== null && this.hubOpen() && this.hub.offer(s)) return;
-    this.idle.push(s);
+    // takeIdle takes the last: server_round_robin puts a returned connection first, to be used after the others.
+    if (this.pooler.settings.serverRoundRobin) this.idle.unshift(s);
+    else this.idle.push(s);
     this.pooler.schedule(this);
   }
 
@@ -721,7 +727,9 @@ export class Pool {
         const f = err instanceof LoginError ? err.fields : undefined;
         if (f?.S && f.M) this.pooler.pgbLog.line('ERROR', `S: login failed: ${f.S}: ${f.M}`);
         this.log.warn({ err: f?.M ?? (err as Error)?.message }, 'replication connection login failed');
-        this.pooler.pgbLog.line('LOG', `closing because: login failed (age=${Math.floor((Date.now() - s.createdAt) / 1000)}s)`, s.subject());
+        if (this.pooler.settings.logDisconnections) {
+          this.pooler.pgbLog.line('LOG', `closing because: login failed (age=${Math.floor((Date.now() - s.createdAt) / 1000)}s)`, s.subject());
+        }
         if (!w.cancelled) w.done(poolError('login failed'));
         this.pooler.schedule(this);
       },

@@ -136,7 +136,7 @@ interface Addon {
   hubTake?(hub: HubHandle, serverFd: number): number;
   hubMembers?(hub: HubHandle): [number, number, number, number][];
   hubStats?(hub: HubHandle): [number, number, number, number, number, number];
-  peer?(fd: number): [number, number] | null;
+  peer?(fd: number): [number, number, number?] | null;
   send?(fd: number, bytes: Buffer): number;
   sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
   recvFds?(fd: number, maxBytes: number, timeoutMs: number): [Buffer, number[]] | null;
@@ -165,7 +165,8 @@ export interface NativeRelay {
   stop(h: Handle): RelayOutcome | null;
   state(h: Handle): RelayState;
   /** The uid and gid of the process at the other end of a Unix socket (null: unknown, or an older addon). */
-  peer(fd: number): { uid: number; gid: number } | null;
+  /** pid: 0 where the system does not tell (and from an addon built before it told). */
+  peer(fd: number): { uid: number; gid: number; pid: number } | null;
   /** One non-blocking send(2): bytes taken (0: would block), -errno on an error; null without the call. */
   send: ((fd: number, bytes: Buffer) => number) | null;
   /** Descriptors over a Unix socket (SCM_RIGHTS), for the online restart (takeover.ts); null without the calls. */
@@ -362,7 +363,7 @@ function wrap(addon: Addon): NativeRelay {
         : null,
     peer: (fd) => {
       const p = addon.peer?.(fd) ?? null;
-      return p === null ? null : { uid: p[0], gid: p[1] };
+      return p === null ? null : { uid: p[0], gid: p[1], pid: p[2] ?? 0 };
     },
   };
 }
@@ -419,7 +420,7 @@ export function socketFd(sock: unknown): number {
 }
 
 /** Who is at the other end of a Unix socket (pgBouncer's getpeereid), or null where the addon cannot tell. */
-export function peerCredentials(sock: unknown): { uid: number; gid: number } | null {
+export function peerCredentials(sock: unknown): { uid: number; gid: number; pid: number } | null {
   const fd = socketFd(sock);
   return fd < 0 ? null : (loadNativeRelay().relay?.peer(fd) ?? null);
 }

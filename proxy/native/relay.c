@@ -1082,8 +1082,9 @@ static napi_value js_state(napi_env env, napi_callback_info info) {
   return a;
 }
 
-// peer(fd) -> [uid, gid] of the process at the other end of a Unix socket, or null. Node has no call for it,
-// and pgBouncer's console login of the user running it (and hba's peer method) rest on it.
+// peer(fd) -> [uid, gid, pid] of the process at the other end of a Unix socket (pid 0 where the system does not
+// tell), or null. Node has no call for it, and pgBouncer's console login of the user running it (and hba's peer
+// method) rest on it, as does the pid application_name_add_host shows.
 static napi_value js_peer(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], nul;
@@ -1091,13 +1092,14 @@ static napi_value js_peer(napi_env env, napi_callback_info info) {
   napi_get_null(env, &nul);
   int32_t fd;
   if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) return nul;
-  double uid, gid;
+  double uid, gid, pid = 0;
 #if defined(SO_PEERCRED)
   struct ucred cred;
   socklen_t len = sizeof(cred);
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return nul;
   uid = cred.uid;
   gid = cred.gid;
+  pid = cred.pid;
 #else
   uid_t u;
   gid_t g;
@@ -1106,9 +1108,10 @@ static napi_value js_peer(napi_env env, napi_callback_info info) {
   gid = g;
 #endif
   napi_value a;
-  napi_create_array_with_length(env, 2, &a);
+  napi_create_array_with_length(env, 3, &a);
   napi_set_element(env, a, 0, number(env, uid));
   napi_set_element(env, a, 1, number(env, gid));
+  napi_set_element(env, a, 2, number(env, pid));
   return a;
 }
 

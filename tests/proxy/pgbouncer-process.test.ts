@@ -321,6 +321,33 @@ describe('pg-steadytext pgbouncer as a process', () => {
     );
   });
 
+  test('log_disconnections and log_pooler_errors: the closing and pooler-error lines, and neither when off', async () => {
+    for (const on of [1, 0]) {
+      const b = await startBouncer({
+        databases: { postgres: target() },
+        settings: { auth_type: 'trust', pool_mode: 'transaction', log_disconnections: on, log_pooler_errors: on, server_lifetime: 0 },
+        users: TRUST_USERS,
+      });
+      await expect(connect(b, { user: 'trust_user', database: 'no_such_db' })).rejects.toThrow('no such database: no_such_db');
+      const c = await connect(b, { user: 'trust_user', database: 'postgres' });
+      expect(await one(c)).toBe(1);
+      await c.end();
+      // The client's close, and (server_lifetime 0) its server connection's.
+      if (on) {
+        await logged(b, 'pooler error: no such database: no_such_db');
+        await logged(b, 'closing because: no such database: no_such_db');
+        await logged(b, 'closing because: client close request');
+        await logged(b, 'closing because: server lifetime over');
+        expect(b.log()).toMatch(/ WARNING C-0x[0-9a-f]+: no_such_db\/trust_user@127\.0\.0\.1:\d+ pooler error: no such database: no_such_db\n/);
+      } else {
+        await sleep(500);
+        expect(b.log()).not.toContain('closing because');
+        expect(b.log()).not.toContain('pooler error');
+        expect(b.log()).toContain('login attempt: db=postgres'); // the log itself goes on
+      }
+    }
+  });
+
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
     const b = await trustBouncer();
     const c = await connect(b, { user: 'trust_user', database: 'postgres' });

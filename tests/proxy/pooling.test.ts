@@ -11,7 +11,7 @@ import { loadPgBouncerConfig } from '../../config/pgbouncer.js';
 import { createPooling, type PoolingEnv } from '../../proxy/pooling.js';
 import type { ProxyServer } from '../../proxy/server.js';
 import { parseUpstreamUrl } from '../../proxy/upstream.js';
-import { silentLogger, startTestProxy, testDb } from './helpers.js';
+import { eventually, silentLogger, startTestProxy, testDb } from './helpers.js';
 
 interface Pooled {
   proxy: ProxyServer;
@@ -387,6 +387,48 @@ describe('disable_pqexec and max_packet_size', () => {
     } finally {
       await p.proxy.close(0);
       p.pooling.pooler.close();
+    }
+  });
+});
+
+describe('application_name_add_host and server_round_robin', () => {
+  test("application_name_add_host: the client's address after its application_name, as pgBouncer writes it", async () => {
+    const p = await pooledProxy({ pool_mode: 'transaction', application_name_add_host: 1 });
+    try {
+      const c = await connect(p.url(), { application_name: 'billing' });
+      const local = (c as unknown as { connection: { stream: { localPort: number } } }).connection.stream.localPort;
+      expect((await c.query("select current_setting('application_name') as v")).rows[0].v).toBe(`billing - 127.0.0.1:${local}`);
+      const anonymous = await connect(p.url());
+      const port = (anonymous as unknown as { connection: { stream: { localPort: number } } }).connection.stream.localPort;
+      expect((await anonymous.query("select current_setting('application_name') as v")).rows[0].v).toBe(`app - 127.0.0.1:${port}`);
+      await Promise.all([c.end(), anonymous.end()]);
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
+  });
+
+  test('server_round_robin: each transaction takes the connection used longest ago; by default the last used', async () => {
+    for (const roundRobin of [0, 1]) {
+      const p = await pooledProxy({ pool_mode: 'transaction', default_pool_size: 3, min_pool_size: 3, server_round_robin: roundRobin });
+      try {
+        const c = await connect(p.url());
+        await c.query('select 1');
+        const pool = [...p.pooling.pooler.pools()][0];
+        await eventually(() => pool.size === 3 && pool.opening === 0, 10_000, 'min_pool_size connections');
+        const pids: number[] = [];
+        for (let i = 0; i < 6; i++) pids.push((await c.query('select pg_backend_pid() as pid')).rows[0].pid as number);
+        if (roundRobin) {
+          expect(new Set(pids).size).toBe(3);
+          expect(pids.slice(3)).toEqual(pids.slice(0, 3)); // in turn
+        } else {
+          expect(new Set(pids).size).toBe(1);
+        }
+        await c.end();
+      } finally {
+        await p.proxy.close(0);
+        p.pooling.pooler.close();
+      }
     }
   });
 });
