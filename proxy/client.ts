@@ -37,7 +37,7 @@ import type { PoolHub } from './pool-hub.js';
 import { rerunnableExchange } from './rerun-exchange.js';
 import { mentionsOnly } from './statement-effects.js';
 import { hostname } from 'node:os';
-import { RelayPool, peerCredentials, socketFd, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
+import { RelayPool, peerCredentials, socketFd, tuneTcp, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
 import type { ConsoleLink, PoolingEnv } from './pooling.js';
@@ -236,7 +236,9 @@ export class ClientSession implements FrameHandler, SessionLink {
     this.clientAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.log = env.logger.child({ session: id, client: this.clientAddress });
     socket.setNoDelay(true);
-    socket.setKeepAlive(true, 60_000);
+    // Pooling: pgBouncer's tcp_* settings (tcp_keepalive on, the system's timings, by default).
+    const untuned = env.pooling ? tuneTcp(socket, env.pooling.pooler.settings) : (socket.setKeepAlive(true, 60_000), null);
+    if (untuned) this.log.warn({ why: untuned }, 'tcp_* settings not applied to the client connection');
     this.listen(socket);
     // Pooling: pgBouncer's client_login_timeout (0: none) and its words.
     const loginLimit = env.pooling ? env.pooling.pooler.settings.clientLoginTimeout * 1000 : STARTUP_TIMEOUT_MS;

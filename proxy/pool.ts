@@ -18,7 +18,7 @@ import type { ResponseHandler } from './interceptor.js';
 import { PoolHub } from './pool-hub.js';
 import { dropsEveryStatement, forgetServerStatements } from './prepared.js';
 import { statementEffects, type StatementEffects } from './statement-effects.js';
-import { loadNativeRelay } from './relay.js';
+import { loadNativeRelay, tuneTcp } from './relay.js';
 
 /** A client error in pgBouncer's words (its texts and SQLSTATEs). */
 export class PoolError extends Error {
@@ -774,6 +774,8 @@ export class Pool {
     s.localAddr = up.sock.localAddress ?? '';
     s.localPort = up.sock.localPort ?? 0;
     s.conn = new ServerConnection(s, up, true);
+    const untuned = tuneTcp(up.tcp ?? up.sock, settings);
+    if (untuned) s.log.warn({ why: untuned }, 'tcp_* settings not applied to the server connection');
     const from = s.localAddr.includes(':') ? `[${s.localAddr}]` : s.localAddr;
     this.pooler.pgbLog.line('LOG', `new connection to server (from ${from}:${s.localPort})`, s.subject());
     if (s.replication !== null) return; // its parameters are its client's, not the pool's welcome; no connect_query on a walsender

@@ -137,6 +137,7 @@ interface Addon {
   hubMembers?(hub: HubHandle): [number, number, number, number][];
   hubStats?(hub: HubHandle): [number, number, number, number, number, number];
   peer?(fd: number): [number, number, number?] | null;
+  tune?(fd: number, keepalive: number, keepidle: number, keepintvl: number, keepcnt: number, userTimeoutMs: number, socketBuffer: number): number;
   send?(fd: number, bytes: Buffer): number;
   sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
   recvFds?(fd: number, maxBytes: number, timeoutMs: number): [Buffer, number[]] | null;
@@ -164,9 +165,10 @@ export interface NativeRelay {
   /** Gives the sockets back now; null if the relay already did (onExit ran). */
   stop(h: Handle): RelayOutcome | null;
   state(h: Handle): RelayState;
-  /** The uid and gid of the process at the other end of a Unix socket (null: unknown, or an older addon). */
-  /** pid: 0 where the system does not tell (and from an addon built before it told). */
+  /** The uid, gid and pid (0: not told) of the process at the other end of a Unix socket (null: unknown, or an older addon). */
   peer(fd: number): { uid: number; gid: number; pid: number } | null;
+  /** pgBouncer's tcp_* options on a socket (relay.c js_tune): 0, or -errno; null without the call. */
+  tune: ((fd: number, keepalive: number, keepidle: number, keepintvl: number, keepcnt: number, userTimeoutMs: number, socketBuffer: number) => number) | null;
   /** One non-blocking send(2): bytes taken (0: would block), -errno on an error; null without the call. */
   send: ((fd: number, bytes: Buffer) => number) | null;
   /** Descriptors over a Unix socket (SCM_RIGHTS), for the online restart (takeover.ts); null without the calls. */
@@ -361,6 +363,7 @@ function wrap(addon: Addon): NativeRelay {
             },
           }
         : null,
+    tune: addon.tune ? (fd, ka, idle, intvl, cnt, user, buf) => addon.tune!(fd, ka, idle, intvl, cnt, user, buf) : null,
     peer: (fd) => {
       const p = addon.peer?.(fd) ?? null;
       return p === null ? null : { uid: p[0], gid: p[1], pid: p[2] ?? 0 };
@@ -417,6 +420,33 @@ export function loadNativeRelay(): { relay: NativeRelay | null; why: string } {
 export function socketFd(sock: unknown): number {
   const fd = (sock as { _handle?: { fd?: unknown } | null })._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : -1;
+}
+
+/** pgBouncer's tcp_* settings, as tuneTcp takes them. */
+export interface TcpTuning {
+  tcpKeepalive: boolean;
+  tcpKeepidle: number;
+  tcpKeepintvl: number;
+  tcpKeepcnt: number;
+  tcpUserTimeout: number;
+  tcpSocketBuffer: number;
+}
+
+/**
+ * pgBouncer's tune_socket on a TCP socket (Unix sockets are left alone): keepalive with its idle time, interval
+ * and count, TCP_USER_TIMEOUT and the kernel buffers; 0 leaves an option at the system's default. Returns null
+ * when done, else why not (the addon missing: keepalive alone, through Node; or the kernel's refusal).
+ */
+export function tuneTcp(sock: Socket, t: TcpTuning): string | null {
+  if (sock.remoteAddress === undefined && sock.localPort === undefined) return null; // a Unix socket
+  const tune = loadNativeRelay().relay?.tune;
+  const fd = socketFd(sock);
+  if (!tune || fd < 0) {
+    sock.setKeepAlive(t.tcpKeepalive, t.tcpKeepidle * 1000);
+    return t.tcpKeepintvl || t.tcpKeepcnt || t.tcpUserTimeout || t.tcpSocketBuffer ? 'the native addon is not built: only tcp_keepalive and tcp_keepidle apply' : null;
+  }
+  const rc = tune(fd, t.tcpKeepalive ? 1 : 0, t.tcpKeepidle, t.tcpKeepintvl, t.tcpKeepcnt, t.tcpUserTimeout, t.tcpSocketBuffer);
+  return rc === 0 ? null : `setsockopt failed (errno ${-rc})`;
 }
 
 /** Who is at the other end of a Unix socket (pgBouncer's getpeereid), or null where the addon cannot tell. */

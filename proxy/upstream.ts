@@ -127,6 +127,8 @@ function describe(err: unknown): string {
 
 export interface OpenedUpstream {
   sock: Socket;
+  /** The TCP (or Unix) socket itself, under TLS too: socket options go on it. */
+  tcp?: Socket;
   /** Present for plaintext TCP: the socket reads through it (no 'data' events). */
   input: ReadBuffer | undefined;
 }
@@ -140,6 +142,7 @@ export function openUpstream(t: UpstreamTarget, timeoutMs: number): Promise<Open
     const input = !t.tls || t.sslmode === 'prefer' ? new ReadBuffer() : undefined;
     const onread = input ? { buffer: input.next, callback: input.callback } : undefined;
     let sock: Socket = t.path ? netConnect({ path: t.path, onread }) : netConnect({ host: t.host, port: t.port, onread });
+    const tcp = sock;
     let settled = false;
     const fail = (reason: string) => {
       if (settled) return;
@@ -154,7 +157,7 @@ export function openUpstream(t: UpstreamTarget, timeoutMs: number): Promise<Open
       clearTimeout(timer);
       sock.removeListener('error', onError);
       sock.pause(); // the relay resumes it once its listeners are on
-      resolve({ sock, input: plain ? input : undefined });
+      resolve({ sock, input: plain ? input : undefined, tcp });
     };
     const onError = (err: Error) => fail(describe(err));
     const timer = setTimeout(() => fail(`no connection within ${timeoutMs} ms (connect timeout)`), timeoutMs);

@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <unistd.h>
 #include <node_api.h>
 #include <uv.h>
@@ -1115,6 +1116,43 @@ static napi_value js_peer(napi_env env, napi_callback_info info) {
   return a;
 }
 
+// tune(fd, keepalive, keepidle, keepintvl, keepcnt, userTimeoutMs, socketBuffer) -> 0, or -errno of the first
+// option the kernel refused: pgBouncer's tcp_* settings on a TCP socket (0 leaves an option at the system's
+// default, as there). Node sets keepalive and its idle time only.
+static napi_value js_tune(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t v[7] = {-1, 0, 0, 0, 0, 0, 0};
+  for (size_t i = 0; i < argc && i < 7; i++) napi_get_value_int32(env, argv[i], &v[i]);
+  int fd = v[0], rc = 0;
+  if (fd < 0) return number(env, -EBADF);
+#define TUNE(level, opt, val)                                                      \
+  do {                                                                             \
+    int x = (val);                                                                 \
+    if (rc == 0 && setsockopt(fd, level, opt, &x, sizeof(x)) != 0) rc = -errno;    \
+  } while (0)
+  TUNE(SOL_SOCKET, SO_KEEPALIVE, v[1] != 0);
+#if defined(TCP_KEEPIDLE)
+  if (v[1] != 0 && v[2] > 0) TUNE(IPPROTO_TCP, TCP_KEEPIDLE, v[2]);
+#endif
+#if defined(TCP_KEEPINTVL)
+  if (v[1] != 0 && v[3] > 0) TUNE(IPPROTO_TCP, TCP_KEEPINTVL, v[3]);
+#endif
+#if defined(TCP_KEEPCNT)
+  if (v[1] != 0 && v[4] > 0) TUNE(IPPROTO_TCP, TCP_KEEPCNT, v[4]);
+#endif
+#if defined(TCP_USER_TIMEOUT)
+  if (v[5] > 0) TUNE(IPPROTO_TCP, TCP_USER_TIMEOUT, v[5]);
+#endif
+  if (v[6] > 0) {
+    TUNE(SOL_SOCKET, SO_SNDBUF, v[6]);
+    TUNE(SOL_SOCKET, SO_RCVBUF, v[6]);
+  }
+#undef TUNE
+  return number(env, rc);
+}
+
 // send(fd, buffer) -> bytes the kernel took (0: it would block), or -errno. The pooler's writes of a few
 // hundred bytes each: one syscall from here costs far less than Node's stream layers per write.
 static napi_value js_send(napi_env env, napi_callback_info info) {
@@ -2065,6 +2103,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"stop", NULL, js_stop, NULL, NULL, NULL, napi_enumerable, NULL},
     {"state", NULL, js_state, NULL, NULL, NULL, napi_enumerable, NULL},
     {"peer", NULL, js_peer, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"tune", NULL, js_tune, NULL, NULL, NULL, napi_enumerable, NULL},
     {"send", NULL, js_send, NULL, NULL, NULL, napi_enumerable, NULL},
     {"sendFds", NULL, js_send_fds, NULL, NULL, NULL, napi_enumerable, NULL},
     {"recvFds", NULL, js_recv_fds, NULL, NULL, NULL, napi_enumerable, NULL},

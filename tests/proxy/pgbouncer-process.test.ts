@@ -348,6 +348,30 @@ describe('pg-steadytext pgbouncer as a process', () => {
     }
   });
 
+  test('tcp_keepidle, tcp_keepintvl, tcp_keepcnt and tcp_socket_buffer on client and server connections', async () => {
+    const b = await startBouncer({
+      databases: { postgres: target() },
+      settings: { auth_type: 'trust', pool_mode: 'session', tcp_keepidle: 17, tcp_keepintvl: 3, tcp_keepcnt: 4, tcp_socket_buffer: 40000, tcp_user_timeout: 5000 },
+      users: TRUST_USERS,
+    });
+    const c = await connect(b, { user: 'trust_user', database: 'postgres' });
+    expect(await one(c)).toBe(1); // session mode: the client holds its server connection
+    // ss: the keepalive timer counts down from tcp_keepidle; the kernel doubles the buffer sizes it was given.
+    const sockets = async (filter: string) => (await run('ss', ['-Htnoimp', 'state', 'established', filter])).stdout;
+    const mine = (out: string) => out.split(/\n(?=\S)/).filter((entry) => entry.includes(`pid=${b.child.pid},`));
+    // Right after a write the timer is the retransmission one: wait for the connections to go quiet.
+    const both = async () => [mine(await sockets(`sport = :${b.port}`)), mine(await sockets(`dport = :${testDb().port}`))];
+    await expect.poll(async () => (await both()).every((entries) => entries.length === 1 && entries[0].includes('timer:(keepalive,')), { timeout: 5_000 }).toBe(true);
+    const [clientSide, serverSide] = await both();
+    for (const [side, entries] of [['client', clientSide], ['server', serverSide]] as const) {
+      const timer = /timer:\(keepalive,(\d+)sec,0\)/.exec(entries[0]);
+      expect({ side, seconds: Number(timer?.[1]) <= 17 }).toEqual({ side, seconds: true });
+      expect(entries[0]).toContain('rb80000');
+      expect(entries[0]).toContain('tb80000');
+    }
+    await c.end();
+  });
+
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
     const b = await trustBouncer();
     const c = await connect(b, { user: 'trust_user', database: 'postgres' });
