@@ -1011,6 +1011,8 @@ export class PoolDatabase {
   nextHost = 0;
   /** load_balance_hosts = disable: the connection being opened now, which the next one waits for. */
   opening: Promise<void> = Promise.resolve();
+  /** An auto-database: when it last had neither clients nor server connections (0: it has some now). */
+  inactiveSince = 0;
 
   constructor(
     readonly name: string,
@@ -1184,6 +1186,28 @@ export class Pooler {
       if (db && !db.pools.has(e.user)) this.pool(db, e.user);
     }
     for (const db of this.databases.values()) for (const p of db.pools.values()) p.tick(now);
+    this.dropIdleAutodbs(now);
+  }
+
+  /**
+   * pgBouncer's autodb_idle_timeout: a database made from "*" that has had neither clients nor server connections
+   * for that long is forgotten, pools, counters and all, so that clients naming ever new databases cannot grow the
+   * pooler without end. One named again is made anew.
+   */
+  private dropIdleAutodbs(now: number): void {
+    const limitMs = this.settings.autodbIdleTimeout * 1000;
+    for (const [name, db] of this.databases) {
+      if (!db.auto) continue;
+      let busy = db.clientCount > 0;
+      for (const p of db.pools.values()) busy ||= p.clients.size > 0 || p.size > 0;
+      if (busy) db.inactiveSince = 0;
+      else if (db.inactiveSince === 0) db.inactiveSince = now;
+      else if (limitMs > 0 && !db.paused && now - db.inactiveSince > limitMs) {
+        for (const p of db.pools.values()) p.closeAll(true, 'auto-database idle');
+        this.databases.delete(name);
+        this.log.debug({ database: name }, 'idle auto-database removed (autodb_idle_timeout)');
+      }
+    }
   }
 
   /** Shutting down (WAIT_FOR_SERVERS): every waiting client, and each that asks from now on, gets this error. */

@@ -433,6 +433,41 @@ describe('application_name_add_host and server_round_robin', () => {
   });
 });
 
+describe('autodb_idle_timeout', () => {
+  test('databases made from "*" are forgotten once idle that long; one in use stays; a name used again is made anew', async () => {
+    const db = testDb();
+    const p = await pooledProxy({ pool_mode: 'transaction', autodb_idle_timeout: 1, server_idle_timeout: 1 }, { '*': `host=${db.host} port=${db.port} dbname=postgres` });
+    try {
+      const names = () => [...p.pooling.pooler.databases.keys()].sort();
+      const kept = await connect(p.url('scram', 'auto_kept'));
+      expect((await kept.query('select current_database() as d')).rows[0].d).toBe('postgres');
+      // Clients naming databases nobody uses again, half with a wrong password (refused before any server connection);
+      // the others' server connections close after server_idle_timeout, and then their databases are idle.
+      for (let i = 0; i < 20; i++) {
+        const c = new pg.Client({ connectionString: p.url('scram', `auto_gone_${i}`).replace(/:[^:@]*@/, i % 2 ? ':wrong@' : '$&') });
+        c.on('error', () => {});
+        if (i % 2 === 0) {
+          await c.connect();
+          await c.end();
+        } else {
+          await expect(c.connect()).rejects.toThrow();
+        }
+      }
+      expect(names().filter((n) => n.startsWith('auto_gone_'))).toHaveLength(20);
+      await eventually(() => !names().some((n) => n.startsWith('auto_gone_')), 10_000, 'idle auto-databases forgotten');
+      // The database in use stays, and still serves; a forgotten name is made again when used.
+      expect(names()).toContain('auto_kept');
+      expect((await kept.query('select 1 as v')).rows[0].v).toBe(1);
+      const again = await connect(p.url('scram', 'auto_gone_0'));
+      expect((await again.query('select 2 as v')).rows[0].v).toBe(2);
+      await Promise.all([kept.end(), again.end()]);
+    } finally {
+      await p.proxy.close(0);
+      p.pooling.pooler.close();
+    }
+  });
+});
+
 describe('500 clients on a pool of 10', () => {
   let p: Pooled;
   beforeAll(async () => {
