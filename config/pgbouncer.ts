@@ -375,6 +375,22 @@ interface Param {
 }
 const PARAM_BY_KEY = new Map<string, Param>(PARAMS.map((p) => [p[0], { key: p[0], kind: p[1], def: p[2], changeable: p[3] ?? true }]));
 
+/** Settings read (SHOW CONFIG and SET know them) that change nothing here, and why: a warning names each one an ini sets. */
+const NO_EFFECT = new Map<string, string>([
+  ['cancel_wait_timeout', 'a cancel request goes to its server on a connection of its own at once, never queued'],
+  ['dns_max_ttl', "host names are resolved by the system's resolver at each connection, not cached"],
+  ['dns_nxdomain_ttl', "host names are resolved by the system's resolver at each connection, not cached"],
+  ['dns_zone_check_period', "host names are resolved by the system's resolver at each connection, not cached"],
+  ['resolv_conf', "host names are resolved by the system's resolver (/etc/resolv.conf)"],
+  ['job_name', 'a Windows service name'],
+  ['pkt_buf', "buffers grow with each message (up to max_packet_size); there is no fixed packet buffer"],
+  ['sbuf_loopcnt', 'each socket is read until it would block'],
+  ['syslog', 'logs go to stdout (pino) and to logfile; under systemd, journald collects stdout'],
+  ['syslog_facility', 'logs go to stdout (pino) and to logfile; under systemd, journald collects stdout'],
+  ['syslog_ident', 'logs go to stdout (pino) and to logfile; under systemd, journald collects stdout'],
+  ['tcp_defer_accept', 'Node accepts a connection when the kernel has it'],
+]);
+
 /** A setting's value: typed, and as SHOW CONFIG prints it (pgBouncer prints what it stored: 0777 as 511, on as 1). */
 interface Parsed {
   typed: unknown;
@@ -736,6 +752,8 @@ class IniReader {
           return;
         }
         this.given.set(key, { value: at(`${where(loc)}: ${key}`, () => parseValue(p.kind, unquoteValue(value))), loc });
+        const why = NO_EFFECT.get(key);
+        if (why) this.warnings.push(`${where(loc)}: "${key}" is accepted and has no effect here: ${why}`);
         return;
       }
       case 'databases':

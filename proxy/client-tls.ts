@@ -82,6 +82,8 @@ export interface ClientTlsSettings {
   clientTlsCaFile: string;
   clientTlsProtocols: string;
   clientTlsCiphers: string;
+  clientTlsDheparams: string;
+  clientTlsEcdhcurve: string;
   authType: string;
 }
 
@@ -130,12 +132,26 @@ export function clientTlsFrom(st: ClientTlsSettings): ClientTls {
     ca: st.clientTlsCaFile ? read('client_tls_ca_file', st.clientTlsCaFile) : undefined,
     ...tlsVersions('client_tls_protocols', st.clientTlsProtocols),
     ciphers: tlsCiphers('client_tls_ciphers', st.clientTlsCiphers),
+    ...keyExchange(st.clientTlsDheparams, st.clientTlsEcdhcurve),
   });
   const required = sslmode === 'verify-ca' || sslmode === 'verify-full';
   // Below verify-ca pgBouncer asks for a certificate without requiring one; one that is sent must verify. There
   // is nothing to verify it against without a CA file, so none is asked for then.
   certPolicies.set(context, { request: required || !!st.clientTlsCaFile, required });
   return { sslmode, context };
+}
+
+/**
+ * client_tls_dheparams and client_tls_ecdhcurve as Node takes them: DHE with OpenSSL's well-known groups unless
+ * `none` (`legacy`'s 1024-bit group is below what OpenSSL 3 accepts: the well-known ones serve it too); the curves
+ * OpenSSL picks for `auto` (and for `none`: TLS 1.3 has no key exchange without one), else the curve named.
+ */
+function keyExchange(dheparams: string, ecdhcurve: string): { dhparam?: string; ecdhCurve: string } {
+  const curve = ecdhcurve.trim().toLowerCase();
+  return {
+    ...(dheparams.trim().toLowerCase() === 'none' ? {} : { dhparam: 'auto' }),
+    ecdhCurve: curve === '' || curve === 'auto' || curve === 'none' ? 'auto' : ecdhcurve.trim(),
+  };
 }
 
 const PROTOCOLS = ['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3'] as const;

@@ -249,7 +249,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
 }
 
 /** The settings whose change makes pgBouncer set its TLS up again (sbuf_tls_setup: SET of a *_tls_* key, RELOAD, SIGHUP). */
-const CLIENT_TLS_FIELDS = ['clientTlsSslmode', 'clientTlsKeyFile', 'clientTlsCertFile', 'clientTlsCaFile', 'clientTlsProtocols', 'clientTlsCiphers'] as const;
+const CLIENT_TLS_FIELDS = ['clientTlsSslmode', 'clientTlsKeyFile', 'clientTlsCertFile', 'clientTlsCaFile', 'clientTlsProtocols', 'clientTlsCiphers', 'clientTlsDheparams', 'clientTlsEcdhcurve'] as const;
 const SERVER_TLS_FIELDS = ['serverTlsSslmode', 'serverTlsKeyFile', 'serverTlsCertFile', 'serverTlsCaFile', 'serverTlsProtocols', 'serverTlsCiphers'] as const;
 
 /**

@@ -5,6 +5,7 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -258,6 +259,12 @@ describe('client TLS (client_tls_*)', () => {
     await expect(startBouncer({ client_tls_sslmode: 'require' })).rejects.toThrow(/client_tls_key_file and client_tls_cert_file must be set/);
   });
 
+  test("client_tls_ecdhcurve: the curve named is the one the handshake uses; auto takes the client's first", async () => {
+    expect(await handshakeCurve(await startBouncer({ ...requireTls(), client_tls_ecdhcurve: 'secp384r1' }))).toBe('secp384r1');
+    expect(await handshakeCurve(await startBouncer({ ...requireTls(), client_tls_ecdhcurve: 'X25519' }))).toBe('X25519');
+    expect(await handshakeCurve(await startBouncer(requireTls()))).toBe('prime256v1');
+  });
+
   test('client_tls_protocols: a bouncer that speaks TLS 1.2 only refuses a client that wants 1.3', async () => {
     const b = await startBouncer({ ...requireTls(), client_tls_protocols: 'tlsv1.2' });
     await expectPsqlOk(b, { sslmode: 'verify-full', sslrootcert: cert('ca1.crt'), ssl_min_protocol_version: 'TLSv1.2' });
@@ -265,6 +272,28 @@ describe('client TLS (client_tls_*)', () => {
     expect(r.code).not.toBe(0);
   });
 });
+
+/** The curve of a TLS handshake with the bouncer, as a client that offers P-256, P-384 and X25519 sees it. */
+function handshakeCurve(b: Bouncer): Promise<string | undefined> {
+  return new Promise((resolve, reject) => {
+    const s = netConnect(b.port, '127.0.0.1');
+    s.on('error', reject);
+    s.once('data', (d) => {
+      if (d.toString('latin1', 0, 1) !== 'S') return reject(new Error(`SSLRequest answered ${d.toString('latin1', 0, 1)}`));
+      const t = tlsConnect({ socket: s, rejectUnauthorized: false, ecdhCurve: 'prime256v1:secp384r1:X25519' });
+      t.on('error', reject);
+      t.once('secureConnect', () => {
+        const name = t.getEphemeralKeyInfo() as { name?: string };
+        t.destroy();
+        resolve(name.name);
+      });
+    });
+    const req = Buffer.alloc(8);
+    req.writeInt32BE(8, 0);
+    req.writeInt32BE(80877103, 4);
+    s.write(req);
+  });
+}
 
 describe('certificate authentication', () => {
   const certAuth = () => ({ ...requireTls(), client_tls_sslmode: 'verify-full', auth_type: 'cert' });
