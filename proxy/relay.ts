@@ -137,7 +137,7 @@ interface Addon {
   hubMembers?(hub: HubHandle): [number, number, number, number][];
   hubStats?(hub: HubHandle): [number, number, number, number, number, number];
   peer?(fd: number): [number, number, number?] | null;
-  tune?(fd: number, keepalive: number, keepidle: number, keepintvl: number, keepcnt: number, userTimeoutMs: number, socketBuffer: number): number;
+  tune?(fd: number, keepalive: number, keepidle: number, keepintvl: number, keepcnt: number, userTimeoutMs: number, sendBuffer: number, receiveBuffer: number): number;
   send?(fd: number, bytes: Buffer): number;
   sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
   recvFds?(fd: number, maxBytes: number, timeoutMs: number): [Buffer, number[]] | null;
@@ -168,7 +168,7 @@ export interface NativeRelay {
   /** The uid, gid and pid (0: not told) of the process at the other end of a Unix socket (null: unknown, or an older addon). */
   peer(fd: number): { uid: number; gid: number; pid: number } | null;
   /** pgBouncer's tcp_* options on a socket (relay.c js_tune): 0, or -errno; null without the call. */
-  tune: ((fd: number, keepalive: number, keepidle: number, keepintvl: number, keepcnt: number, userTimeoutMs: number, socketBuffer: number) => number) | null;
+  tune: ((fd: number, keepalive: number, keepidle: number, keepintvl: number, keepcnt: number, userTimeoutMs: number, sendBuffer: number, receiveBuffer: number) => number) | null;
   /** One non-blocking send(2): bytes taken (0: would block), -errno on an error; null without the call. */
   send: ((fd: number, bytes: Buffer) => number) | null;
   /** Descriptors over a Unix socket (SCM_RIGHTS), for the online restart (takeover.ts); null without the calls. */
@@ -363,7 +363,7 @@ function wrap(addon: Addon): NativeRelay {
             },
           }
         : null,
-    tune: addon.tune ? (fd, ka, idle, intvl, cnt, user, buf) => addon.tune!(fd, ka, idle, intvl, cnt, user, buf) : null,
+    tune: addon.tune ? (fd, ka, idle, intvl, cnt, user, snd, rcv) => addon.tune!(fd, ka, idle, intvl, cnt, user, snd, rcv) : null,
     peer: (fd) => {
       const p = addon.peer?.(fd) ?? null;
       return p === null ? null : { uid: p[0], gid: p[1], pid: p[2] ?? 0 };
@@ -433,9 +433,11 @@ export interface TcpTuning {
 }
 
 /**
- * pgBouncer's tune_socket on a TCP socket (Unix sockets are left alone): keepalive with its idle time, interval
- * and count, TCP_USER_TIMEOUT and the kernel buffers; 0 leaves an option at the system's default. Returns null
- * when done, else why not (the addon missing: keepalive alone, through Node; or the kernel's refusal).
+ * pgBouncer's tune_socket on a connected TCP socket (Unix sockets are left alone): keepalive with its idle time,
+ * interval and count, TCP_USER_TIMEOUT and the send buffer; 0 leaves an option at the system's default. The
+ * receive buffer is the listening socket's (tuneListener), which accepted connections inherit before their
+ * handshake; server connections keep the system's. Returns null when done, else why not (the addon missing:
+ * keepalive alone, through Node; or the kernel's refusal).
  */
 export function tuneTcp(sock: Socket, t: TcpTuning): string | null {
   if (sock.remoteAddress === undefined && sock.localPort === undefined) return null; // a Unix socket
@@ -445,7 +447,18 @@ export function tuneTcp(sock: Socket, t: TcpTuning): string | null {
     sock.setKeepAlive(t.tcpKeepalive, t.tcpKeepidle * 1000);
     return t.tcpKeepintvl || t.tcpKeepcnt || t.tcpUserTimeout || t.tcpSocketBuffer ? 'the native addon is not built: only tcp_keepalive and tcp_keepidle apply' : null;
   }
-  const rc = tune(fd, t.tcpKeepalive ? 1 : 0, t.tcpKeepidle, t.tcpKeepintvl, t.tcpKeepcnt, t.tcpUserTimeout, t.tcpSocketBuffer);
+  const rc = tune(fd, t.tcpKeepalive ? 1 : 0, t.tcpKeepidle, t.tcpKeepintvl, t.tcpKeepcnt, t.tcpUserTimeout, t.tcpSocketBuffer, 0);
+  return rc === 0 ? null : `setsockopt failed (errno ${-rc})`;
+}
+
+/** tcp_socket_buffer on a listening TCP socket: both buffers, inherited by the connections it accepts. */
+export function tuneListener(server: unknown, t: TcpTuning): string | null {
+  if (t.tcpSocketBuffer <= 0) return null;
+  const tune = loadNativeRelay().relay?.tune;
+  const fd = socketFd(server);
+  if (!tune) return 'the native addon is not built: tcp_socket_buffer does not apply';
+  if (fd < 0) return "the listening socket is another process's (workers): tcp_socket_buffer applies to the send buffers only";
+  const rc = tune(fd, -1, 0, 0, 0, 0, t.tcpSocketBuffer, t.tcpSocketBuffer);
   return rc === 0 ? null : `setsockopt failed (errno ${-rc})`;
 }
 

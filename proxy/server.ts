@@ -9,7 +9,7 @@ import { CancelRegistry } from './cancel.js';
 import { ClientSession, type SessionEnv, type Totals } from './client.js';
 import type { Interceptor } from './interceptor.js';
 import { adoptAccepted } from './read-buffer.js';
-import { loadNativeRelay, type NativeRelay, type NativeRelayMode } from './relay.js';
+import { loadNativeRelay, tuneListener, type NativeRelay, type NativeRelayMode } from './relay.js';
 import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
 import { targetsFor, type PoolingEnv } from './pooling.js';
 import { loadStatementParser } from './statement-effects.js';
@@ -162,6 +162,10 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   if (opts.listenFds) {
     ({ address, unix } = await adoptListeners(server, opts.listenFds, accept, log));
   } else address = await listen(server, opts.listen, opts.reusePort === true, opts.pooling?.pooler.settings.listenBacklog);
+  if (opts.pooling) {
+    const untuned = tuneListener(server, opts.pooling.pooler.settings);
+    if (untuned) log.warn({ why: untuned }, 'tcp_socket_buffer not applied to the listening socket');
+  }
   if (opts.unixSocketDir && !opts.listenFds) {
     const path = `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}`;
     try {

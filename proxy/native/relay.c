@@ -1116,39 +1116,39 @@ static napi_value js_peer(napi_env env, napi_callback_info info) {
   return a;
 }
 
-// tune(fd, keepalive, keepidle, keepintvl, keepcnt, userTimeoutMs, socketBuffer) -> 0, or -errno of the first
-// option the kernel refused: pgBouncer's tcp_* settings on a TCP socket (0 leaves an option at the system's
-// default, as there). Node sets keepalive and its idle time only.
+// tune(fd, keepalive, keepidle, keepintvl, keepcnt, userTimeoutMs, sendBuffer, receiveBuffer) -> 0, or -errno of
+// the first option the kernel refused: pgBouncer's tcp_* settings on a socket (keepalive < 0 leaves keepalive
+// alone; 0 leaves any other option at the system's default, as there). Node sets keepalive and its idle time only.
+// A receive buffer is for a listening socket, whose connections inherit it before their handshake: shrunk on an
+// established connection, it is below the window already advertised, and the kernel drops what then arrives.
 static napi_value js_tune(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
+  size_t argc = 8;
+  napi_value argv[8];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int32_t v[7] = {-1, 0, 0, 0, 0, 0, 0};
-  for (size_t i = 0; i < argc && i < 7; i++) napi_get_value_int32(env, argv[i], &v[i]);
+  int32_t v[8] = {-1, -1, 0, 0, 0, 0, 0, 0};
+  for (size_t i = 0; i < argc && i < 8; i++) napi_get_value_int32(env, argv[i], &v[i]);
   int fd = v[0], rc = 0;
   if (fd < 0) return number(env, -EBADF);
-#define TUNE(level, opt, val)                                                      \
-  do {                                                                             \
-    int x = (val);                                                                 \
-    if (rc == 0 && setsockopt(fd, level, opt, &x, sizeof(x)) != 0) rc = -errno;    \
+#define TUNE(level, opt, val)                                                   \
+  do {                                                                          \
+    int x = (val);                                                              \
+    if (rc == 0 && setsockopt(fd, level, opt, &x, sizeof(x)) != 0) rc = -errno; \
   } while (0)
-  TUNE(SOL_SOCKET, SO_KEEPALIVE, v[1] != 0);
+  if (v[1] >= 0) TUNE(SOL_SOCKET, SO_KEEPALIVE, v[1] != 0);
 #if defined(TCP_KEEPIDLE)
-  if (v[1] != 0 && v[2] > 0) TUNE(IPPROTO_TCP, TCP_KEEPIDLE, v[2]);
+  if (v[1] > 0 && v[2] > 0) TUNE(IPPROTO_TCP, TCP_KEEPIDLE, v[2]);
 #endif
 #if defined(TCP_KEEPINTVL)
-  if (v[1] != 0 && v[3] > 0) TUNE(IPPROTO_TCP, TCP_KEEPINTVL, v[3]);
+  if (v[1] > 0 && v[3] > 0) TUNE(IPPROTO_TCP, TCP_KEEPINTVL, v[3]);
 #endif
 #if defined(TCP_KEEPCNT)
-  if (v[1] != 0 && v[4] > 0) TUNE(IPPROTO_TCP, TCP_KEEPCNT, v[4]);
+  if (v[1] > 0 && v[4] > 0) TUNE(IPPROTO_TCP, TCP_KEEPCNT, v[4]);
 #endif
 #if defined(TCP_USER_TIMEOUT)
   if (v[5] > 0) TUNE(IPPROTO_TCP, TCP_USER_TIMEOUT, v[5]);
 #endif
-  if (v[6] > 0) {
-    TUNE(SOL_SOCKET, SO_SNDBUF, v[6]);
-    TUNE(SOL_SOCKET, SO_RCVBUF, v[6]);
-  }
+  if (v[6] > 0) TUNE(SOL_SOCKET, SO_SNDBUF, v[6]);
+  if (v[7] > 0) TUNE(SOL_SOCKET, SO_RCVBUF, v[7]);
 #undef TUNE
   return number(env, rc);
 }

@@ -76,6 +76,8 @@ beforeAll(async () => {
     '[pgbouncer]', 'unix_socket_dir =', 'auth_type = scram-sha-256', `auth_file = ${join(dir, 'users.txt')}`,
     'pool_mode = transaction', 'default_pool_size = 4', 'max_prepared_statements = 100', 'query_wait_timeout = 60',
     `logfile = ${logfile}`, 'admin_users = postgres',
+    // As pgBouncer's own test.ini: small kernel buffers, so that writes meet EAGAIN and the streams' backpressure is exercised.
+    'tcp_socket_buffer = 4096',
   ].join('\n'));
   // The admin console reads the sessions lazily: the proxy starts after createPooling, which takes the console.
   const console = createConsole({
