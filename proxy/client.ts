@@ -7,6 +7,7 @@
 // session's state (request tracker, cancel key, transaction status) and its ending: on errors, client
 // disconnects, upstream loss and graceful shutdown.
 import type { Socket } from 'node:net';
+import { hostname } from 'node:os';
 import type { SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CancelKey, CancelRegistry } from './cancel.js';
@@ -36,7 +37,6 @@ import { HubHandoff } from './hub-handoff.js';
 import type { PoolHub } from './pool-hub.js';
 import { rerunnableExchange } from './rerun-exchange.js';
 import { mentionsOnly } from './statement-effects.js';
-import { hostname } from 'node:os';
 import { RelayPool, peerCredentials, socketFd, tuneTcp, writeFast, type NativeRelay, type RelayOutcome } from './relay.js';
 import { RequestTracker } from './tracker.js';
 import { ServerConnection, UpstreamUnreachable, openUpstream, sendCancel, type OpenedUpstream, type SessionLink, type UpstreamTarget } from './upstream.js';
@@ -1490,11 +1490,11 @@ export class ClientSession implements FrameHandler, SessionLink {
   /** Sends a FATAL ErrorResponse if the client's stream is between messages. */
   private fatal(f: ErrorFields): void {
     if (this.phase === CLOSED || this.sock.destroyed || !this.sock.writable) return;
-    // pgBouncer's log_pooler_errors: each error the pooler itself sends a client (the server's are relayed).
-    if (this.env.pooling?.pooler.settings.logPoolerErrors) this.env.pooling.pooler.pgbLog.line('WARNING', `pooler error: ${f.message}`, this.pgbSubject());
     this.relay?.stop(true);
     this.hubMember?.stopHub();
     if (this.server !== null && !this.server.reader.atBoundary) return;
+    // pgBouncer's log_pooler_errors: each error the pooler itself sends a client (the server's are relayed).
+    if (this.env.pooling?.pooler.settings.logPoolerErrors) this.env.pooling.pooler.pgbLog.line('WARNING', `pooler error: ${f.message}`, this.pgbSubject());
     this.sock.write(errorResponse(f));
   }
 
