@@ -1555,10 +1555,10 @@ export class ClientSession implements FrameHandler, SessionLink {
 
   /** pgBouncer's "closing because" line, once: before the client hears the error, as pgBouncer writes it. */
   private logClosing(reason: string): void {
-    if (this.closingLogged || !this.env.pooling?.pooler.settings.logDisconnections || !this.ctx) return;
+    if (this.closingLogged || !this.env.pooling || !this.ctx) return;
     this.closingLogged = true;
     const why = reason === 'client closed the connection' ? 'client unexpected eof' : reason;
-    this.env.pooling.pooler.pgbLog.line('LOG', `closing because: ${why} (age=${Math.floor((Date.now() - this.startedAt) / 1000)}s)`, this.pgbSubject());
+    this.env.pooling.pooler.pgbLog.closing(why, this.startedAt, this.pgbSubject());
   }
 
   /**

@@ -21,6 +21,8 @@ export class PgBouncerLog {
     private readonly path: string,
     /** pgBouncer's `verbose`, read at each line (the console's SET changes it): DEBUG lines from 1, NOISE from 2. */
     private readonly verbose: () => number = () => 0,
+    /** pgBouncer's `log_disconnections`, read at each closing line. */
+    private readonly disconnections: () => boolean = () => true,
   ) {
     if (path) this.fd = openSync(path, 'a');
   }
@@ -34,6 +36,11 @@ export class PgBouncerLog {
     } catch {
       // a full disk must not take the pooler down; pino still logs
     }
+  }
+
+  /** pgBouncer's "closing because" line of a client or server connection open since `since` (ms), under log_disconnections. */
+  closing(reason: string, since: number, subject: PgbSubject): void {
+    if (this.disconnections()) this.line('LOG', `closing because: ${reason} (age=${Math.floor((Date.now() - since) / 1000)}s)`, subject);
   }
 
   close(): void {

@@ -245,9 +245,7 @@ export class PooledServer implements SessionLink {
     if (this.closed) return;
     this.closed = true;
     this.closeReason = reason;
-    if (this.pool.pooler.settings.logDisconnections) {
-      this.pool.pooler.pgbLog.line('LOG', `closing because: ${reason} (age=${Math.floor((Date.now() - this.createdAt) / 1000)}s)`, this.subject());
-    }
+    this.pool.pooler.pgbLog.closing(reason, this.createdAt, this.subject());
     this.failInternal();
     const sock = this.conn?.sock;
     if (sock && !sock.destroyed) {
@@ -727,9 +725,7 @@ export class Pool {
         const f = err instanceof LoginError ? err.fields : undefined;
         if (f?.S && f.M) this.pooler.pgbLog.line('ERROR', `S: login failed: ${f.S}: ${f.M}`);
         this.log.warn({ err: f?.M ?? (err as Error)?.message }, 'replication connection login failed');
-        if (this.pooler.settings.logDisconnections) {
-          this.pooler.pgbLog.line('LOG', `closing because: login failed (age=${Math.floor((Date.now() - s.createdAt) / 1000)}s)`, s.subject());
-        }
+        this.pooler.pgbLog.closing('login failed', s.createdAt, s.subject());
         if (!w.cancelled) w.done(poolError('login failed'));
         this.pooler.schedule(this);
       },
@@ -828,7 +824,7 @@ export class Pool {
         const reason = err instanceof UpstreamUnreachable ? err.reason : '';
         // pgBouncer's words: its janitor's "connect timeout" past server_connect_timeout.
         const why = reason.startsWith('DNS lookup failed') ? 'server DNS lookup failed' : reason.endsWith('(connect timeout)') ? 'connect timeout' : 'server connect failed';
-        this.pooler.pgbLog.line('LOG', `closing because: ${why} (age=0s)`, s.subject());
+        this.pooler.pgbLog.closing(why, Date.now(), s.subject());
         if (!roundRobin && db.nextHost === i) db.nextHost = (i + 1) % n;
         if (tried >= n) throw err;
         this.log.warn({ host: s.target.display, err: (err as Error).message }, 'server host failed, trying the next of the host list');
@@ -860,7 +856,7 @@ export class Pool {
     }
     this.log.warn({ err: pe.message }, 'server login failed');
     if (err instanceof LoginError && err.fields?.S) this.pooler.pgbLog.line('WARNING', `server login failed: ${err.fields.S} ${err.fields.M ?? ''}`);
-    this.pooler.pgbLog.line('LOG', `closing because: ${pe.message} (age=${Math.floor((Date.now() - s.createdAt) / 1000)}s)`, s.subject());
+    this.pooler.pgbLog.closing(pe.message, s.createdAt, s.subject());
     this.loginFailure = { at: Date.now(), error: pe };
     // A database that is down or restarting comes back: waiting clients stay queued (query_wait_timeout bounds
     // the wait) and the janitor tries again after server_login_retry. A refusal (credentials, no such
@@ -1060,7 +1056,7 @@ export class Pooler {
   constructor(private readonly opts: PoolerOptions) {
     this.config = opts.config;
     this.log = opts.logger.child({ component: 'pooler' });
-    this.pgbLog = new PgBouncerLog(opts.config.settings.logfile, () => this.settings.verbose);
+    this.pgbLog = new PgBouncerLog(opts.config.settings.logfile, () => this.settings.verbose, () => this.settings.logDisconnections);
     this.janitor = setInterval(() => this.tick(), 250);
     this.janitor.unref();
   }
