@@ -376,18 +376,20 @@ interface Param {
 const PARAM_BY_KEY = new Map<string, Param>(PARAMS.map((p) => [p[0], { key: p[0], kind: p[1], def: p[2], changeable: p[3] ?? true }]));
 
 /** Settings read (SHOW CONFIG and SET know them) that change nothing here, and why: a warning names each one an ini sets. */
+const RESOLVER = "host names are resolved by the system's resolver at each connection, not cached";
+const STDOUT_LOGS = 'logs go to stdout (pino) and to logfile; under systemd, journald collects stdout';
 const NO_EFFECT = new Map<string, string>([
   ['cancel_wait_timeout', 'a cancel request goes to its server on a connection of its own at once, never queued'],
-  ['dns_max_ttl', "host names are resolved by the system's resolver at each connection, not cached"],
-  ['dns_nxdomain_ttl', "host names are resolved by the system's resolver at each connection, not cached"],
-  ['dns_zone_check_period', "host names are resolved by the system's resolver at each connection, not cached"],
+  ['dns_max_ttl', RESOLVER],
+  ['dns_nxdomain_ttl', RESOLVER],
+  ['dns_zone_check_period', RESOLVER],
   ['resolv_conf', "host names are resolved by the system's resolver (/etc/resolv.conf)"],
   ['job_name', 'a Windows service name'],
-  ['pkt_buf', "buffers grow with each message (up to max_packet_size); there is no fixed packet buffer"],
+  ['pkt_buf', 'buffers grow with each message (up to max_packet_size); there is no fixed packet buffer'],
   ['sbuf_loopcnt', 'each socket is read until it would block'],
-  ['syslog', 'logs go to stdout (pino) and to logfile; under systemd, journald collects stdout'],
-  ['syslog_facility', 'logs go to stdout (pino) and to logfile; under systemd, journald collects stdout'],
-  ['syslog_ident', 'logs go to stdout (pino) and to logfile; under systemd, journald collects stdout'],
+  ['syslog', STDOUT_LOGS],
+  ['syslog_facility', STDOUT_LOGS],
+  ['syslog_ident', STDOUT_LOGS],
   ['tcp_defer_accept', 'Node accepts a connection when the kernel has it'],
 ]);
 

@@ -677,16 +677,11 @@ class PoolerConsole implements ConsoleHost {
     this.statsTimer = setTimeout(() => {
       this.older = this.newer;
       this.newer = { at: Date.now(), counters: this.counters() };
-      if (this.pooler.settings.logStats) this.pooler.pgbLog.line('LOG', statsLogLine(this.window()));
+      // The window just closed: stats() now runs from its start (older) to its end (now).
+      if (this.pooler.settings.logStats) this.pooler.pgbLog.line('LOG', statsLogLine(this.stats()));
       this.scheduleStats();
     }, periodMs);
     this.statsTimer.unref();
-  }
-
-  /** The last whole window: its end's counters against its start's. */
-  private window(): StatsSnapshot {
-    const databases = [...this.newer.counters].map(([database, current]) => ({ database, current, previous: this.older.counters.get(database) ?? ZERO }));
-    return { databases, periodUs: Math.max(0, this.newer.at - this.older.at) * 1000 };
   }
 
   requested(): void {

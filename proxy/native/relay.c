@@ -964,6 +964,12 @@ static bool set_names(relay_t *r, const uint8_t *p, size_t len) {
   return true;
 }
 
+// poolFlags (start's, hubEnter's): POOL_* bits; no_query apart, since a non-zero pool also means "lent".
+static void set_pool(relay_t *r, uint32_t flags) {
+  r->pool = flags & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
+  r->no_query = (flags & POOL_NO_QUERY) != 0;
+}
+
 // keepStatus (start's, hubEnter's): the transaction status to keep Queries from, and how JS fences blocks; 0 (or
 // anything malformed): nothing kept.
 static void set_keep(relay_t *r, uint32_t keep) {
@@ -1001,10 +1007,7 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   uint32_t keep = 0;
   if (argc >= 5 && napi_get_value_uint32(env, argv[4], &keep) == napi_ok) set_keep(r, keep);
   uint32_t pool = 0;
-  if (argc >= 6 && napi_get_value_uint32(env, argv[5], &pool) == napi_ok) {
-    r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
-    r->no_query = (pool & POOL_NO_QUERY) != 0;
-  }
+  if (argc >= 6 && napi_get_value_uint32(env, argv[5], &pool) == napi_ok) set_pool(r, pool);
   r->watch_entry = -1;
   void *names;
   size_t names_len;
@@ -1710,10 +1713,7 @@ static napi_value js_hub_enter(napi_env env, napi_callback_info info) {
   uint32_t keep = 0, pool = 0;
   if (napi_get_value_uint32(env, argv[5], &keep) == napi_ok) set_keep(r, keep);
   if (!r->keep) r->status = 'I';
-  if (napi_get_value_uint32(env, argv[6], &pool) == napi_ok) {
-    r->pool = pool & (POOL_LEND | POOL_NAMED | POOL_STATEMENT);
-    r->no_query = (pool & POOL_NO_QUERY) != 0;
-  }
+  if (napi_get_value_uint32(env, argv[6], &pool) == napi_ok) set_pool(r, pool);
   const uint8_t *names = NULL, *snames = NULL;
   size_t names_len = 0, snames_len = 0;
   if (argc >= 8) buffer_arg(env, argv[7], &names, &names_len);
