@@ -422,6 +422,13 @@ export function socketFd(sock: unknown): number {
   return typeof fd === 'number' && fd >= 0 ? fd : -1;
 }
 
+/**
+ * The largest write(2) while tcp_socket_buffer is set, as pgBouncer's writes are at most pkt_buf. Linux takes a
+ * whole write into one segment of up to 64 kB however small SO_SNDBUF is, and a full send buffer then waits for
+ * that segment's (delayed) ACK: through the pooler, a pg_basebackup with pgBouncer's test.ini crawled at ~2 MB/s.
+ */
+let sendPiece = 0;
+
 /** pgBouncer's tcp_* settings, as tuneTcp takes them. */
 export interface TcpTuning {
   tcpKeepalive: boolean;
@@ -447,6 +454,9 @@ export function tuneTcp(sock: Socket, t: TcpTuning): string | null {
     sock.setKeepAlive(t.tcpKeepalive, t.tcpKeepidle * 1000);
     return t.tcpKeepintvl || t.tcpKeepcnt || t.tcpUserTimeout || t.tcpSocketBuffer ? 'the native addon is not built: only tcp_keepalive and tcp_keepidle apply' : null;
   }
+  sendPiece = Math.max(0, t.tcpSocketBuffer);
+  // Node hands the writes queued behind a full socket to one writev, which the kernel again takes whole.
+  if (sendPiece > 0) (sock as unknown as { _writev: unknown })._writev = null;
   const rc = tune(fd, t.tcpKeepalive ? 1 : 0, t.tcpKeepidle, t.tcpKeepintvl, t.tcpKeepcnt, t.tcpUserTimeout, t.tcpSocketBuffer, 0);
   return rc === 0 ? null : `setsockopt failed (errno ${-rc})`;
 }
@@ -478,8 +488,25 @@ let sendCall: ((fd: number, bytes: Buffer) => number) | null | undefined;
  */
 export function writeFast(sock: Socket, fd: number, bytes: Buffer): boolean {
   sendCall ??= loadNativeRelay().relay?.send ?? null;
+  if (sendPiece > 0 && bytes.length > sendPiece) return writePieces(sock, fd, bytes);
   if (sendCall === null || fd < 0 || sock.writableLength > 0 || sock.destroyed || !sock.writable || sock.connecting) return sock.write(bytes);
   const n = sendCall(fd, bytes);
   if (n === bytes.length) return true;
   return sock.write(n > 0 ? bytes.subarray(n) : bytes);
+}
+
+function writePieces(sock: Socket, fd: number, bytes: Buffer): boolean {
+  let at = 0;
+  if (sendCall && fd >= 0 && sock.writableLength === 0 && !sock.destroyed && sock.writable && !sock.connecting) {
+    while (at < bytes.length) {
+      const piece = bytes.subarray(at, at + sendPiece);
+      const n = sendCall(fd, piece);
+      if (n <= 0) break;
+      at += n;
+      if (n < piece.length) break;
+    }
+  }
+  let room = true;
+  for (; at < bytes.length; at += sendPiece) room = sock.write(bytes.subarray(at, at + sendPiece)) && room;
+  return room;
 }

@@ -13,7 +13,8 @@ log() { printf '[setup-machine] %s\n' "$*" >&2; }
 
 have_pg() { [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -f "$PG_LIB/dblink.so" ]; }
 have_vector() { [ -f "$PG_LIB/vector.so" ] && [ -f "$PG_SHARE/vector.control" ]; }
-have_tools() { command -v psql >/dev/null && command -v pgbench >/dev/null && command -v pgbouncer >/dev/null; }
+# ss and strace: tests that read the kernel's view of the proxy's sockets and what it writes to them.
+have_tools() { command -v psql >/dev/null && command -v pgbench >/dev/null && command -v pgbouncer >/dev/null && command -v ss >/dev/null && command -v strace >/dev/null; }
 # tests/proxy/console-drivers.test.ts: `java File.java` compiles in memory, so it needs a JDK, not a JRE.
 have_drivers() { [ -f /usr/share/java/postgresql.jar ] && command -v javac >/dev/null && /usr/bin/python3 -c 'import psycopg' 2>/dev/null; }
 
@@ -32,8 +33,8 @@ apt_install() {
 }
 
 if ! have_pg || ! have_tools; then
-  log "installing postgresql-${PG_MAJOR}, client and pgbouncer"
-  apt_install "postgresql-${PG_MAJOR}" "postgresql-client-${PG_MAJOR}" postgresql-contrib pgbouncer
+  log "installing postgresql-${PG_MAJOR}, client, pgbouncer, iproute2 and strace"
+  apt_install "postgresql-${PG_MAJOR}" "postgresql-client-${PG_MAJOR}" postgresql-contrib pgbouncer iproute2 strace
   # Debian's pgbouncer package starts a system service; the benchmark runs its own instance.
   $SUDO systemctl disable --now pgbouncer >/dev/null 2>&1 || $SUDO service pgbouncer stop >/dev/null 2>&1 || true
 fi

@@ -544,12 +544,16 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
 
 static void finish(relay_t *r, int reason, int err);
 
+// tcp_socket_buffer (0: unset): the largest send(2), for the reason relay.ts's sendPiece gives.
+static int send_piece = 0;
+static size_t piece(size_t n) { return send_piece > 0 && n > (size_t)send_piece ? (size_t)send_piece : n; }
+
 // Writes bytes to side y; what the kernel does not take waits in y->out.
 static bool send_to(relay_t *r, side_t *y, const uint8_t *p, size_t n) {
   size_t done = 0;
   if (y->out_len == y->out_off) {
     while (done < n) {
-      ssize_t w = send(y->fd, p + done, n - done, MSG_NOSIGNAL);
+      ssize_t w = send(y->fd, p + done, piece(n - done), MSG_NOSIGNAL);
       if (w > 0) {
         done += (size_t)w;
         continue;
@@ -741,7 +745,7 @@ static void forward(relay_t *r, side_t *x, side_t *y, size_t total) {
 
 static void writable(relay_t *r, side_t *y, side_t *x) {
   while (y->out_off < y->out_len) {
-    ssize_t w = send(y->fd, y->out + y->out_off, y->out_len - y->out_off, MSG_NOSIGNAL);
+    ssize_t w = send(y->fd, y->out + y->out_off, piece(y->out_len - y->out_off), MSG_NOSIGNAL);
     if (w > 0) {
       y->out_off += (size_t)w;
       continue;
@@ -1151,6 +1155,7 @@ static napi_value js_tune(napi_env env, napi_callback_info info) {
   if (v[5] > 0) TUNE(IPPROTO_TCP, TCP_USER_TIMEOUT, v[5]);
 #endif
   if (v[6] > 0) TUNE(SOL_SOCKET, SO_SNDBUF, v[6]);
+  if (v[6] >= 0) send_piece = v[6];
   if (v[7] > 0) TUNE(SOL_SOCKET, SO_RCVBUF, v[7]);
 #undef TUNE
   return number(env, rc);

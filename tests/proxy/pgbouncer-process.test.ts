@@ -2,7 +2,7 @@
 // only a process can receive (TERM, INT, USR2, twice), the console login of the process's own OS user over
 // the Unix socket, and host lists with a dead host. Each test writes its own ini against the test cluster and
 // reads pgBouncer's logfile, which is what an existing deployment's scripts and alerts look at.
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
@@ -372,6 +372,36 @@ describe('pg-steadytext pgbouncer as a process', () => {
       else expect(entries[0]).not.toContain('rb80000');
     }
     await c.end();
+  });
+
+  test('tcp_socket_buffer: a large result is written to the client in pieces no larger than the buffer, in session and transaction mode', async () => {
+    // Linux takes a whole write into one segment of up to 64 kB whatever SO_SNDBUF says; over loopback the
+    // reader then delays its ACK and a stream waits on every such segment (pg_basebackup through the pooler ran
+    // 20x slower than through pgBouncer, whose writes are pkt_buf-sized). What the proxy writes is seen by strace.
+    const b = await startBouncer({
+      databases: { postgres: target(), tx: `${target()} pool_mode=transaction` },
+      settings: { auth_type: 'trust', pool_mode: 'session', tcp_socket_buffer: 4096 },
+      users: TRUST_USERS,
+    });
+    const trace = join(mkdtempSync(join(tmpdir(), 'pgb-strace-')), 'trace');
+    const strace = spawn('strace', ['-f', '-e', 'trace=write,writev,sendto,sendmsg', '-e', 'signal=none', '-o', trace, '-p', String(b.child.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let attached = '';
+    strace.stderr.on('data', (d: Buffer) => (attached += d.toString()));
+    try {
+      await expect.poll(() => attached, { timeout: 10_000 }).toContain(`Process ${b.child.pid} attached`);
+      for (const database of ['postgres', 'tx']) {
+        const c = await connect(b, { user: 'trust_user', database });
+        const { rows } = await c.query(`select repeat('x', 1000) as v from generate_series(1, 2000)`);
+        expect(rows.length).toBe(2000);
+        await c.end();
+      }
+    } finally {
+      strace.kill('SIGINT');
+      await new Promise((r) => strace.once('exit', r));
+    }
+    const written = [...readFileSync(trace, 'utf8').matchAll(/\b(?:write|writev|sendto|sendmsg)\(.*\) = (\d+)$/gm)].map((m) => Number(m[1]));
+    expect(written.reduce((a, n) => a + n, 0)).toBeGreaterThan(4_000_000); // both results went through the traced calls
+    expect(Math.max(...written)).toBeLessThanOrEqual(4096);
   });
 
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
