@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { DatabaseEntry, PoolMode, PoolerConfig, Secret } from '../config/pgbouncer.js';
 import type { CancelKey } from './cancel.js';
-import { Be, Fe, SYNC, SqlState, bind, execute, parse, query, readDataRow, readErrorFields, type ErrorFields, type TxStatus } from './protocol.js';
+import { Be, Fe, SYNC, SqlState, bind, execute, parse, query, readCommandTag, readDataRow, readErrorFields, type ErrorFields, type TxStatus } from './protocol.js';
 import { loginServer, LoginError, type LoginCredentials } from './server-login.js';
 import { RequestTracker } from './tracker.js';
 import { PgBouncerLog } from './pgbouncer-log.js';
@@ -211,7 +211,7 @@ export class PooledServer implements SessionLink {
       const handler: ResponseHandler = {
         onMessage(msg) {
           if (msg[0] === Be.DataRow) rows.push(readDataRow(msg));
-          else if (msg[0] === Be.CommandComplete) tags.push(msg.toString('latin1', 5, msg.length - 1));
+          else if (msg[0] === Be.CommandComplete) tags.push(readCommandTag(msg));
           else if (msg[0] === Be.ErrorResponse) internal.error = readErrorFields(msg);
           return null;
         },

@@ -46,7 +46,7 @@ import {
   type SharedStatement,
   type StatementCache,
 } from './prepared.js';
-import { Be, Fe, SYNC, query, readCString, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
+import { Be, Fe, SYNC, query, readCString, readCommandTag, readDataRow, readErrorFields, readTxStatus, withStatementName, type TxStatus } from './protocol.js';
 import { RelayPool, type HubMember, type RelayOutcome, type RelayPoolCounts, type RelayState } from './relay.js';
 import { settingsKey, type PoolHub } from './pool-hub.js';
 import { statementEffects, type EffectsOptions, type StatementEffects } from './statement-effects.js';
@@ -674,7 +674,7 @@ export class PooledSession implements PoolClient {
   /** The server's CommandComplete of the client's DEALLOCATE ALL / DISCARD ALL: every statement is gone. */
   private droppedAll(m: Buffer, s: PooledServer): void {
     if (m[0] !== Be.CommandComplete) return;
-    if (!dropsEveryStatement(m.toString('latin1', 5, m.length - 1))) return;
+    if (!dropsEveryStatement(readCommandTag(m))) return;
     this.statements.clear();
     forgetServerStatements(s);
   }

@@ -168,6 +168,11 @@ export function readQuery(msg: Buffer): string {
   return msg.toString('utf8', 5, msg.length - 1);
 }
 
+/** CommandComplete ('C') tag: `SELECT 1`, `DISCARD ALL`, ... */
+export function readCommandTag(msg: Buffer): string {
+  return msg.toString('latin1', 5, msg.length - 1);
+}
+
 export interface ParseMessage {
   name: string;
   sql: string;

@@ -489,18 +489,23 @@ let sendCall: ((fd: number, bytes: Buffer) => number) | null | undefined;
 export function writeFast(sock: Socket, fd: number, bytes: Buffer): boolean {
   sendCall ??= loadNativeRelay().relay?.send ?? null;
   if (sendPiece > 0 && bytes.length > sendPiece) return writePieces(sock, fd, bytes);
-  if (sendCall === null || fd < 0 || sock.writableLength > 0 || sock.destroyed || !sock.writable || sock.connecting) return sock.write(bytes);
-  const n = sendCall(fd, bytes);
+  if (!sendsDirectly(sock, fd)) return sock.write(bytes);
+  const n = sendCall!(fd, bytes);
   if (n === bytes.length) return true;
   return sock.write(n > 0 ? bytes.subarray(n) : bytes);
 }
 
+/** Whether a write may skip Node's stream: the call exists, the socket is plain, open, and has nothing queued. */
+function sendsDirectly(sock: Socket, fd: number): boolean {
+  return sendCall != null && fd >= 0 && sock.writableLength === 0 && !sock.destroyed && sock.writable && !sock.connecting;
+}
+
 function writePieces(sock: Socket, fd: number, bytes: Buffer): boolean {
   let at = 0;
-  if (sendCall && fd >= 0 && sock.writableLength === 0 && !sock.destroyed && sock.writable && !sock.connecting) {
+  if (sendsDirectly(sock, fd)) {
     while (at < bytes.length) {
       const piece = bytes.subarray(at, at + sendPiece);
-      const n = sendCall(fd, piece);
+      const n = sendCall!(fd, piece);
       if (n <= 0) break;
       at += n;
       if (n < piece.length) break;

@@ -448,6 +448,13 @@ static bool keep_bytes(relay_t *r, const uint8_t *m, size_t len) {
   return true;
 }
 
+// A client message JS must read, whether it comes while the client is relayed or while it waits in a hub:
+// Terminate, a Query under disable_pqexec, a Query or Parse that may call steadytext (or too large to tell).
+static bool client_needs_js(const relay_t *r, const uint8_t *m, size_t len, bool whole) {
+  uint8_t code = m[0];
+  return code == 'X' || (code == 'Q' && r->no_query) || ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len)));
+}
+
 // Whether a message may be forwarded without JS (0), or why not; counts and logs it if so. `whole`: the
 // message is all in the buffer (else it is too large to hold, and may only be streamed if JS need not read it).
 // *renamed: a Bind or Describe to forward under the statement's server-side name (the caller rewrites it).
@@ -455,8 +462,7 @@ static int accept_message(relay_t *r, bool client, const uint8_t *m, size_t len,
   uint8_t code = m[0];
   *renamed = NULL;
   if (client) {
-    if (code == 'X' || (code == 'Q' && r->no_query)) return EXIT_CLIENT_MESSAGE;
-    if ((code == 'Q' || code == 'P') && (!whole || mentions_steadytext(m, 5, len))) return EXIT_CLIENT_MESSAGE;
+    if (client_needs_js(r, m, len, whole)) return EXIT_CLIENT_MESSAGE;
     if (code == 'Q' && r->fence_ro && mentions_only(m, 5, len)) return EXIT_CLIENT_MESSAGE;
     if (r->pool && pool_exit(r, m, len, whole, renamed)) return EXIT_CLIENT_MESSAGE;
   } else if (code == 'S' || code == 'E' || (code == 'Z' && (!whole || len < 6 || (r->fence && m[5] == 'T') || (r->pool & POOL_STATEMENT)))) {
@@ -1561,7 +1567,7 @@ static void waiting_readable(relay_t *r) {
   size_t mlen = (size_t)len + 1;
   if (mlen <= total) {
     named_t *renamed = NULL;
-    if (m[0] == 'X' || (m[0] == 'Q' && r->no_query) || ((m[0] == 'Q' || m[0] == 'P') && mentions_steadytext(m, 5, mlen)) || (r->pool && pool_exit(r, m, mlen, true, &renamed)))
+    if (client_needs_js(r, m, mlen, true) || (r->pool && pool_exit(r, m, mlen, true, &renamed)))
       return finish(r, EXIT_CLIENT_MESSAGE, 0);
   } else if (mlen <= IN_CAP) {
     return; // the rest of it first
