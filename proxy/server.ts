@@ -434,6 +434,7 @@ function nativeRelayFor(mode: NativeRelayMode, log: Logger): NativeRelay | null 
   const { relay, why } = loadNativeRelay();
   if (relay === null && mode === 'on') throw new Error(`native relay is required (nativeRelay on) but not available: ${why}`);
   if (relay === null) log.warn({ why }, 'native relay not available: relaying in JS, which costs more CPU per message');
+  else if (!relay.loopIdleTimeOff()) log.debug('event loop idle-time metrics left on (unknown libuv layout): one more epoll per wakeup');
   return relay;
 }
 
