@@ -1096,18 +1096,19 @@ static napi_value js_state(napi_env env, napi_callback_info info) {
   return a;
 }
 
-// loopIdleTimeOff() -> whether libuv's idle-time metrics are off on this loop (turning them off). Node turns them on for
-// every loop (performance.eventLoopUtilization); with them each poll first runs epoll with timeout 0 and, when
-// nothing is ready, runs it again to sleep: an extra epoll_pwait on most wakeups, measured at 7% of the pooler's
-// CPU per transaction with one client (pgBouncer polls once). libuv has no call to turn them off: the flag is
-// the first field of the loop's private internal_fields (1.39 on), cleared only when it reads as exactly that
-// flag, so another layout is left as it is.
+// loopIdleTimeOff() -> whether libuv's idle-time metrics are off on this loop (turning them off). Node turns
+// them on for every loop (performance.eventLoopUtilization); with them each poll first runs epoll with timeout
+// 0 and, when nothing is ready, runs it again to sleep: an extra epoll_pwait on most wakeups, measured at 7% of
+// the pooler's CPU per transaction with one client (pgBouncer polls once). libuv has no call to turn them off:
+// the flag is the first field of the loop's private internal_fields (1.39 on), cleared only when it reads as
+// exactly that flag, so another layout is left as it is.
 static napi_value js_loop_idle_time_off(napi_env env, napi_callback_info info) {
   (void)info;
   bool done = false;
 #if UV_VERSION_MAJOR == 1 && UV_VERSION_MINOR >= 39
   uv_loop_t *loop;
-  if ((uv_version() >> 16) == 1 && (uv_version() >> 8 & 0xff) >= 39 && napi_get_uv_event_loop(env, &loop) == napi_ok && loop->internal_fields != NULL) {
+  unsigned int version = uv_version(); // the running libuv's, which may be newer than these headers
+  if (version >> 16 == 1 && (version >> 8 & 0xff) >= 39 && napi_get_uv_event_loop(env, &loop) == napi_ok && loop->internal_fields != NULL) {
     unsigned int *flags = (unsigned int *)loop->internal_fields;
     if (*flags == (unsigned int)UV_METRICS_IDLE_TIME) *flags = 0;
     done = *flags == 0;
