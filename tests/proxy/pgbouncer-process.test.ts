@@ -139,6 +139,21 @@ async function connect(b: Bouncer, c: { user: string; database: string; password
 const one = async (c: pg.Client) => (await c.query('select 1 as v')).rows[0].v as number;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Waits until the logfile has `text` (the signal handlers run asynchronously to the kill). */
+/** What `calls` the bouncer's process (all its threads) made while `work` ran, as strace writes them. */
+async function straced(b: Bouncer, calls: string, work: () => Promise<void>): Promise<string> {
+  const trace = join(mkdtempSync(join(tmpdir(), 'pgb-strace-')), 'trace');
+  const strace = spawn('strace', ['-f', '-e', `trace=${calls}`, '-e', 'signal=none', '-o', trace, '-p', String(b.child.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let attached = '';
+  strace.stderr.on('data', (d: Buffer) => (attached += d.toString()));
+  try {
+    await expect.poll(() => attached, { timeout: 10_000 }).toContain(`Process ${b.child.pid} attached`);
+    await work();
+  } finally {
+    strace.kill('SIGINT');
+    await new Promise((r) => strace.once('exit', r));
+  }
+  return readFileSync(trace, 'utf8');
+}
 const logged = (b: Bouncer, text: string) => expect.poll(() => b.log(), { timeout: 5_000 }).toContain(text);
 
 /** As in pgBouncer, auth_type = trust still wants the user in auth_file (the cluster trusts trust_user: no secret needed). */
@@ -383,23 +398,15 @@ describe('pg-steadytext pgbouncer as a process', () => {
       settings: { auth_type: 'trust', pool_mode: 'session', tcp_socket_buffer: 4096 },
       users: TRUST_USERS,
     });
-    const trace = join(mkdtempSync(join(tmpdir(), 'pgb-strace-')), 'trace');
-    const strace = spawn('strace', ['-f', '-e', 'trace=write,writev,sendto,sendmsg', '-e', 'signal=none', '-o', trace, '-p', String(b.child.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let attached = '';
-    strace.stderr.on('data', (d: Buffer) => (attached += d.toString()));
-    try {
-      await expect.poll(() => attached, { timeout: 10_000 }).toContain(`Process ${b.child.pid} attached`);
+    const trace = await straced(b, 'write,writev,sendto,sendmsg', async () => {
       for (const database of ['postgres', 'tx']) {
         const c = await connect(b, { user: 'trust_user', database });
         const { rows } = await c.query(`select repeat('x', 1000) as v from generate_series(1, 2000)`);
         expect(rows.length).toBe(2000);
         await c.end();
       }
-    } finally {
-      strace.kill('SIGINT');
-      await new Promise((r) => strace.once('exit', r));
-    }
-    const written = [...readFileSync(trace, 'utf8').matchAll(/\b(?:write|writev|sendto|sendmsg)\(.*\) = (\d+)$/gm)].map((m) => Number(m[1]));
+    });
+    const written = [...trace.matchAll(/\b(?:write|writev|sendto|sendmsg)\(.*\) = (\d+)$/gm)].map((m) => Number(m[1]));
     expect(written.reduce((a, n) => a + n, 0)).toBeGreaterThan(4_000_000); // both results went through the traced calls
     expect(Math.max(...written)).toBeLessThanOrEqual(4096);
   });
@@ -410,18 +417,10 @@ describe('pg-steadytext pgbouncer as a process', () => {
     const b = await startBouncer({ databases: { tx: `${target()} pool_mode=transaction` }, settings: { auth_type: 'trust' }, users: TRUST_USERS });
     const c = await connect(b, { user: 'trust_user', database: 'tx' });
     expect(await one(c)).toBe(1);
-    const trace = join(mkdtempSync(join(tmpdir(), 'pgb-strace-')), 'trace');
-    const strace = spawn('strace', ['-f', '-e', 'trace=epoll_wait,epoll_pwait,sendto,write,writev', '-e', 'signal=none', '-o', trace, '-p', String(b.child.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let attached = '';
-    strace.stderr.on('data', (d: Buffer) => (attached += d.toString()));
-    try {
-      await expect.poll(() => attached, { timeout: 10_000 }).toContain(`Process ${b.child.pid} attached`);
+    const trace = await straced(b, 'epoll_wait,epoll_pwait,sendto,write,writev', async () => {
       for (let i = 0; i < 500; i++) expect(await one(c)).toBe(1);
-    } finally {
-      strace.kill('SIGINT');
-      await new Promise((r) => strace.once('exit', r));
-    }
-    const calls = (names: string) => [...readFileSync(trace, 'utf8').matchAll(new RegExp(`\\b(?:${names})\\(`, 'g'))].length;
+    });
+    const calls = (names: string) => [...trace.matchAll(new RegExp(`\\b(?:${names})\\(`, 'g'))].length;
     const sends = calls('sendto|write|writev');
     const polls = calls('epoll_wait|epoll_pwait');
     expect(sends).toBeGreaterThanOrEqual(1000); // each query to the server and its answer to the client
