@@ -268,7 +268,7 @@ async function serve(s: Settings, log: Logger, ini?: PoolerConfig, reboot = fals
   const proxy = await startProxy({
     listen: st ? { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort } : s.listen,
     unixSocketDir: st?.unixSocketDir,
-    upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
+    upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay, ownsLoop: true,
     connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls, listenFds: taken?.listenFds,
     reusePort: st?.soReuseport === true && !taken,
     cancels: peering ? new CancelRegistry(undefined, peering) : undefined,
@@ -540,7 +540,7 @@ async function servePoolingWorker(s: Settings, log: Logger, setup: WorkerSetup, 
       listen: { host: st.listenAddr === '*' ? '0.0.0.0' : st.listenAddr || '127.0.0.1', port: st.listenPort },
       unixSocketDir: st.unixSocketDir,
       sharedUnixSocket: true,
-      upstream: s.upstream, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
+      upstream: s.upstream, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay, ownsLoop: true,
       connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, pooling, poolerTls, cancels,
     })),
     cleanup,
@@ -574,7 +574,7 @@ async function serveAsWorker(s: Settings, log: Logger, setup: WorkerSetup): Prom
   await runPoolWorker(setup, {
     logger: log,
     start: (cancels) => startProxy({
-      listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay,
+      listen: s.listen, upstream: s.upstream, tls, maxMessageBytes: s.maxMessageBytes, shutdownGraceMs: s.shutdownGraceMs, nativeRelay: s.nativeRelay, ownsLoop: true,
       connectTimeoutMs: s.connectTimeoutMs, logger: log, interceptor, cancels,
     }),
     async cleanup() {

@@ -49,6 +49,12 @@ export interface ProxyOptions {
    * otherwise; on: refuse to start without it; off: always JS.
    */
   nativeRelay?: NativeRelayMode;
+  /**
+   * The process's event loop is the proxy's alone (the CLI): with the native relay, libuv's idle-time metrics are
+   * turned off (one epoll per wakeup, not two). An application that embeds the proxy keeps them by default, since
+   * it may read performance.eventLoopUtilization() (load shedding, health checks).
+   */
+  ownsLoop?: boolean;
   /** Pooling (pgbouncer.ini): clients log in to the proxy and share server connections. */
   pooling?: PoolingEnv;
   /** Also listen on `<dir>/.s.PGSQL.<port>` (pgBouncer's unix_socket_dir); '' or absent: no Unix socket. */
@@ -127,7 +133,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     cancels,
     totals: newTotals(),
     // Pooling lends a server connection to it between a client's transactions while nobody waits (pooled-session.ts).
-    nativeRelay: nativeRelayFor(opts.nativeRelay ?? 'auto', log),
+    nativeRelay: nativeRelayFor(opts.nativeRelay ?? 'auto', opts.ownsLoop === true, log),
     pooling: opts.pooling && poolerTls ? poolerTls.wrap(opts.pooling) : opts.pooling,
     onClosed: (session) => sessions.delete(session),
   };
@@ -429,12 +435,12 @@ function newTotals(): Totals {
 }
 
 /** The native relay as `mode` asks: null relays everything in JS (off, or auto when it is not built). */
-function nativeRelayFor(mode: NativeRelayMode, log: Logger): NativeRelay | null {
+function nativeRelayFor(mode: NativeRelayMode, ownsLoop: boolean, log: Logger): NativeRelay | null {
   if (mode === 'off') return null;
   const { relay, why } = loadNativeRelay();
   if (relay === null && mode === 'on') throw new Error(`native relay is required (nativeRelay on) but not available: ${why}`);
   if (relay === null) log.warn({ why }, 'native relay not available: relaying in JS, which costs more CPU per message');
-  else if (!relay.loopIdleTimeOff()) log.debug('event loop idle-time metrics left on (unknown libuv layout): one more epoll per wakeup');
+  else if (ownsLoop && !relay.loopIdleTimeOff()) log.debug('event loop idle-time metrics left on (unknown libuv layout): one more epoll per wakeup');
   return relay;
 }
 

@@ -251,4 +251,15 @@ describe('native relay off', () => {
     await c.end();
     expect(js.stats().totals.relayStarts).toBe(0);
   });
+
+  test("an application embedding the proxy keeps its event loop's idle time (only the CLI, owning its loop, turns it off)", async () => {
+    // `native` runs in this process without ownsLoop: performance.eventLoopUtilization() must still count the
+    // time the loop sleeps (a load shedder reading it would otherwise see a loop always busy).
+    const c = await client('admin', native);
+    expect((await c.query('select 1 as v')).rows).toEqual([{ v: 1 }]);
+    const before = performance.eventLoopUtilization();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(performance.eventLoopUtilization(before).idle).toBeGreaterThan(100);
+    await c.end();
+  });
 });
