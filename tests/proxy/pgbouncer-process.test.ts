@@ -138,7 +138,6 @@ async function connect(b: Bouncer, c: { user: string; database: string; password
 
 const one = async (c: pg.Client) => (await c.query('select 1 as v')).rows[0].v as number;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** Waits until the logfile has `text` (the signal handlers run asynchronously to the kill). */
 /** What `calls` the bouncer's process (all its threads) made while `work` ran, as strace writes them. */
 async function straced(b: Bouncer, calls: string, work: () => Promise<void>): Promise<string> {
   const trace = join(mkdtempSync(join(tmpdir(), 'pgb-strace-')), 'trace');
@@ -154,6 +153,7 @@ async function straced(b: Bouncer, calls: string, work: () => Promise<void>): Pr
   }
   return readFileSync(trace, 'utf8');
 }
+/** Waits until the logfile has `text` (the signal handlers run asynchronously to the kill). */
 const logged = (b: Bouncer, text: string) => expect.poll(() => b.log(), { timeout: 5_000 }).toContain(text);
 
 /** As in pgBouncer, auth_type = trust still wants the user in auth_file (the cluster trusts trust_user: no secret needed). */

@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import pg from 'pg';
 import { cancelThroughProxy, inbandStack, type Stack } from '../api/helpers.js';
+import { eventually } from '../proxy/helpers.js';
 import { standingKey } from '../../sql/standing-wakes.js';
 import { countTaken as countTakenBy, createRole, DETERMINISTIC_EXPAND, dropRole, EXPAND, freshCache, pgError } from './helpers.js';
 
@@ -368,15 +369,13 @@ describe('in-band callback without dblink or daemon endpoint', () => {
     const standingHeld = async () => (await direct.query(`SELECT l.objid::text AS objid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
       WHERE l.locktype = 'advisory' AND l.classid = 1398031705 AND l.granted AND l.mode = 'ExclusiveLock' AND a.application_name = 'pg-steadytext config listener'`)).rows.map((r) => r.objid as string);
     // A bound, not a timing: under the whole suite's load the listener's round trips queue behind other tests'.
-    const until = async (what: () => Promise<boolean>) => {
-      const deadline = Date.now() + 20_000;
-      while (Date.now() < deadline && !(await what())) await new Promise((r) => setTimeout(r, 20));
-      if (!(await what())) {
+    // Not met, it says whose standing locks there were.
+    const until = (what: () => Promise<boolean>) =>
+      eventually(what, 20_000, 'a standing lock state').catch(async (err: Error) => {
         const locks = (await direct.query(`SELECT l.pid, l.objid::text AS objid, l.granted, a.application_name AS app FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.classid = 1398031705`)).rows;
-        expect({ met: false, locks, listener: await listenerPid() }).toEqual({ met: true });
-      }
-    };
+        throw new Error(`${err.message}: ${JSON.stringify({ locks, listener: await listenerPid() })}`);
+      });
     const expected = async (t: string) => { await fresh(); return rewritten(`SELECT steadytext_generate($1, max_tokens := 200, seed := 42) AS v`, [EXPAND(t)]); };
 
     const { c } = await client();
