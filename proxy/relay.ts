@@ -137,7 +137,7 @@ interface Addon {
   hubMembers?(hub: HubHandle): [number, number, number, number][];
   hubStats?(hub: HubHandle): [number, number, number, number, number, number];
   peer?(fd: number): [number, number, number?] | null;
-  loopIdleTimeOff?(): boolean;
+  ownLoop?(): [boolean, boolean];
   tune?(fd: number, keepalive: number, keepidle: number, keepintvl: number, keepcnt: number, userTimeoutMs: number, sendBuffer: number, receiveBuffer: number): number;
   send?(fd: number, bytes: Buffer): number;
   sendFds?(fd: number, bytes: Buffer, fds: number[], timeoutMs: number): number;
@@ -169,10 +169,12 @@ export interface NativeRelay {
   /** The uid, gid and pid (0: not told) of the process at the other end of a Unix socket (null: unknown, or an older addon). */
   peer(fd: number): { uid: number; gid: number; pid: number } | null;
   /**
-   * Turns off libuv's idle-time metrics on this process's loop (relay.c js_loop_idle_time_off: one epoll per
-   * wakeup instead of two): true if done. performance.eventLoopUtilization() then counts no idle time.
+   * Makes this thread's event loop the relay's (relay.c js_own_loop), for a process that runs nothing else: turns
+   * off libuv's idle-time metrics (one epoll per wakeup instead of two; performance.eventLoopUtilization() then
+   * counts no idle time) and has the relay's callbacks wait for the next event of its sockets themselves, so the
+   * loop goes round only for what JS must see (wait_here). Says which of the two it did.
    */
-  loopIdleTimeOff(): boolean;
+  ownLoop(): { idleTimeOff: boolean; waits: boolean };
   /** pgBouncer's tcp_* options on a socket (relay.c js_tune): 0, or -errno; null without the call. */
   tune: ((fd: number, keepalive: number, keepidle: number, keepintvl: number, keepcnt: number, userTimeoutMs: number, sendBuffer: number, receiveBuffer: number) => number) | null;
   /** One non-blocking send(2): bytes taken (0: would block), -errno on an error; null without the call. */
@@ -370,7 +372,10 @@ function wrap(addon: Addon): NativeRelay {
           }
         : null,
     tune: addon.tune ? (fd, ka, idle, intvl, cnt, user, snd, rcv) => addon.tune!(fd, ka, idle, intvl, cnt, user, snd, rcv) : null,
-    loopIdleTimeOff: () => addon.loopIdleTimeOff?.() ?? false,
+    ownLoop: () => {
+      const [idleTimeOff, waits] = addon.ownLoop?.() ?? [false, false];
+      return { idleTimeOff, waits };
+    },
     peer: (fd) => {
       const p = addon.peer?.(fd) ?? null;
       return p === null ? null : { uid: p[0], gid: p[1], pid: p[2] ?? 0 };

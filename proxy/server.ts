@@ -51,8 +51,9 @@ export interface ProxyOptions {
   nativeRelay?: NativeRelayMode;
   /**
    * The process's event loop is the proxy's alone (the CLI): with the native relay, libuv's idle-time metrics are
-   * turned off (one epoll per wakeup, not two). An application that embeds the proxy keeps them by default, since
-   * it may read performance.eventLoopUtilization() (load shedding, health checks).
+   * turned off (one epoll per wakeup, not two) and the relay waits for its sockets' next events inside its own
+   * callbacks (NativeRelay.ownLoop). An application that embeds the proxy keeps its loop as Node made it by
+   * default, since it may read performance.eventLoopUtilization() (load shedding, health checks).
    */
   ownsLoop?: boolean;
   /** Pooling (pgbouncer.ini): clients log in to the proxy and share server connections. */
@@ -440,7 +441,11 @@ function nativeRelayFor(mode: NativeRelayMode, ownsLoop: boolean, log: Logger): 
   const { relay, why } = loadNativeRelay();
   if (relay === null && mode === 'on') throw new Error(`native relay is required (nativeRelay on) but not available: ${why}`);
   if (relay === null) log.warn({ why }, 'native relay not available: relaying in JS, which costs more CPU per message');
-  else if (ownsLoop && !relay.loopIdleTimeOff()) log.debug('event loop idle-time metrics left on (unknown libuv layout): one more epoll per wakeup');
+  else if (ownsLoop) {
+    const owned = relay.ownLoop();
+    if (!owned.idleTimeOff) log.debug('event loop idle-time metrics left on (unknown libuv layout): one more epoll per wakeup');
+    if (!owned.waits) log.debug('the native relay does not wait in its callbacks here (Linux only): the event loop goes round for each of its events');
+  }
   return relay;
 }
 

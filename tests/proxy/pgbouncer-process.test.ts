@@ -411,9 +411,12 @@ describe('pg-steadytext pgbouncer as a process', () => {
     expect(Math.max(...written)).toBeLessThanOrEqual(4096);
   });
 
-  test('one epoll wait per wakeup: with one client, the relay polls no more often than it sends', async () => {
+  test('one epoll wait per wakeup, and Node\'s loop does not go round per query: the relay waits in its callbacks', async () => {
     // Node keeps libuv's idle-time metrics on, with which every poll that finds nothing ready is made twice
     // (timeout 0, then the sleep): ~7% of the pooler's CPU per transaction at one client. The relay turns them off.
+    // And each wakeup of the loop runs its whole iteration (timers, Node's check phase, ...): the relay's callback
+    // waits for its sockets' next event itself instead (relay.c wait_here), with 64 events at most where libuv
+    // asks for 1024, which tells the two apart in the trace.
     const b = await startBouncer({ databases: { tx: `${target()} pool_mode=transaction` }, settings: { auth_type: 'trust' }, users: TRUST_USERS });
     const c = await connect(b, { user: 'trust_user', database: 'tx' });
     expect(await one(c)).toBe(1);
@@ -423,9 +426,61 @@ describe('pg-steadytext pgbouncer as a process', () => {
     const calls = (names: string) => [...trace.matchAll(new RegExp(`\\b(?:${names})\\(`, 'g'))].length;
     const sends = calls('sendto|write|writev');
     const polls = calls('epoll_wait|epoll_pwait');
+    const mainThread = trace.split('\n').filter((l) => l.startsWith(`${b.child.pid} `)).join('\n');
+    const asking = (max: number) => [...mainThread.matchAll(new RegExp(`\\], ${max}, -?\\d+[,)]`, 'g'))].length;
+    const turns = asking(1024);
+    const relayWaits = asking(64);
     expect(sends).toBeGreaterThanOrEqual(1000); // each query to the server and its answer to the client
     expect({ sends, polls, fewer: polls <= sends * 1.05 + 20 }).toEqual({ sends, polls, fewer: true });
+    expect({ turns, relayWaits, inCallbacks: relayWaits >= 900 && turns <= sends / 10 }).toEqual({ turns, relayWaits, inCallbacks: true });
     await c.end();
+  });
+
+  test('while the relay waits in its callbacks, the loop still runs its timers, signals and other sockets', async () => {
+    const b = await startBouncer({
+      databases: { tx: `${target()} pool_mode=transaction` },
+      settings: { auth_type: 'trust', client_idle_timeout: 1, admin_users: 'trust_user' },
+      users: TRUST_USERS,
+    });
+    const closedBy = new Map<pg.Client, string>();
+    const watched = async () => {
+      const c = await connect(b, { user: 'trust_user', database: 'tx' });
+      c.once('error', (e) => closedBy.set(c, e.message));
+      expect(await one(c)).toBe(1);
+      return c;
+    };
+    const busy = await watched();
+    const idle = await watched();
+    let stop = false;
+    let queries = 0;
+    const load = (async () => {
+      while (!stop) {
+        expect(await one(busy)).toBe(1);
+        queries++;
+      }
+    })();
+    try {
+      // While one client's queries keep the relay in its waits: a socket JS reads (the console), ...
+      await expect.poll(() => queries, { timeout: 10_000 }).toBeGreaterThan(200);
+      const admin = await connect(b, { user: 'trust_user', database: 'pgbouncer' });
+      const { rows } = await admin.query('SHOW POOLS');
+      expect(rows.some((r) => r.database === 'tx')).toBe(true);
+      await admin.end();
+      // ... a signal, ...
+      process.kill(b.child.pid!, 'SIGHUP');
+      await expect.poll(() => b.output(), { timeout: 10_000 }).toContain('configuration reloaded');
+      // ... and a timer: the janitor's client_idle_timeout closes the idle client, the busy one still at work.
+      await expect.poll(() => closedBy.get(idle), { timeout: 10_000 }).toMatch(/client_idle_timeout/);
+      const before = queries;
+      await expect.poll(() => queries, { timeout: 10_000 }).toBeGreaterThan(before + 50);
+    } finally {
+      stop = true;
+      await load;
+    }
+    // After the last event the relay waited for, nothing else comes: its wait still ends when the timer is due.
+    const last = await watched();
+    for (let i = 0; i < 5; i++) expect(await one(last)).toBe(1); // relayed, where the first may not be
+    await expect.poll(() => [closedBy.get(busy), closedBy.get(last)], { timeout: 10_000 }).toEqual(['client_idle_timeout', 'client_idle_timeout']);
   });
 
   test('SIGTERM: no new connections, connected clients go on, the process exits once the last one leaves', async () => {
