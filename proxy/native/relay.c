@@ -402,9 +402,8 @@ static void hub_server_used(relay_t *r, const named_t *e);
 // a timer coming due, a thread's message, work queued for the loop) returns to libuv, which sees it again
 // since libuv's epoll is level-triggered. Linux only (libuv's epoll set names each fd in its data).
 typedef struct watched {
-  uv_poll_t *h; // NULL: none of the relay's polls is started on this fd
+  uv_poll_t *h; // NULL: none of the relay's polls is started on this fd (its callback: h->poll_cb)
   int events;
-  uv_poll_cb cb;
 } watched_t;
 // One thread-local for all of it: each access to one from a shared object is a call (__tls_get_addr).
 typedef struct waits {
@@ -429,7 +428,7 @@ static void poll_watch(uv_poll_t *h, int events, uv_poll_cb cb) {
     w->fds = grown;
     w->n = n;
   }
-  w->fds[fd] = (watched_t){.h = h, .events = events, .cb = cb};
+  w->fds[fd] = (watched_t){.h = h, .events = events};
 }
 
 static void poll_unwatch(uv_poll_t *h) {
@@ -468,7 +467,7 @@ static void wait_here(uv_loop_t *loop) {
         continue;
       }
       int events = (((e & EPOLLIN) ? UV_READABLE : 0) | ((e & EPOLLOUT) ? UV_WRITABLE : 0)) & w->fds[fd].events;
-      if (events != 0) w->fds[fd].cb(w->fds[fd].h, 0, events);
+      if (events != 0) w->fds[fd].h->poll_cb(w->fds[fd].h, 0, events);
     }
     back = back || w->js_ran; // the rest of these events are still ready for libuv
   }
