@@ -49,7 +49,8 @@ type Run = { tps: number; latenciesUs: Float64Array; connectMs: number; steady?:
  * CPU per transaction in the run's steady state (the clients' logins left out: 200 SCRAM logins cost seconds of CPU):
  * the whole machine's, and the pooler's (its processes), between /proc samples inside the transactions' window.
  */
-interface Steady { machineUs: number; poolerUs: number; busy: number }
+/** poolerSysUs: the kernel's part of poolerUs (stime), the socket calls' cost that no user-space work can save. */
+interface Steady { machineUs: number; poolerUs: number; poolerSysUs: number; busy: number }
 
 
 /** The ini both poolers read; only its paths and port differ between them. */
@@ -258,7 +259,8 @@ function pgbench(port: number, password: string, mode: string, clients: number, 
 
 /**
  * A bash loop (builtins only: no process per sample) writing every 100 ms: the time (µs), the machine's busy
- * jiffies (user, nice, system, irq, softirq of /proc/stat) and the pooler's (its processes' utime + stime).
+ * jiffies (user, nice, system, irq, softirq of /proc/stat), the pooler's (its processes' utime + stime) and the
+ * pooler's stime alone.
  */
 function startSampler(file: string, pooler: number | undefined): ReturnType<typeof spawn> {
   const pids = pooler === undefined ? [] : [pooler, ...allDescendants(pooler)];
@@ -267,12 +269,12 @@ function startSampler(file: string, pooler: number | undefined): ReturnType<type
     `pids=(${pids.join(' ')})`,
     'while :; do',
     '  read -r -a c < /proc/stat',
-    '  busy=$(( c[1] + c[2] + c[3] + c[6] + c[7] )); own=0',
+    '  busy=$(( c[1] + c[2] + c[3] + c[6] + c[7] )); own=0; sys=0',
     '  for p in "${pids[@]}"; do',
-    '    if read -r line < /proc/$p/stat 2>/dev/null; then rest=${line##*) }; read -r -a g <<< "$rest"; own=$(( own + g[11] + g[12] )); fi',
+    '    if read -r line < /proc/$p/stat 2>/dev/null; then rest=${line##*) }; read -r -a g <<< "$rest"; own=$(( own + g[11] + g[12] )); sys=$(( sys + g[12] )); fi',
     '  done',
     '  t=${EPOCHREALTIME/./}',
-    '  echo "$t $busy $own"',
+    '  echo "$t $busy $own $sys"',
     '  read -t 0.1 -u 9',
     'done',
   ].join('\n');
@@ -291,19 +293,19 @@ function allDescendants(pid: number): number[] {
 /** CPU per transaction between the first sample half a second into the transactions and the last one before they end. */
 function steadyCpu(file: string, endsUs: Float64Array): Steady | undefined {
   if (endsUs.length < 100) return undefined;
-  const samples = readOr(file).split('\n').map((l) => l.split(' ').map(Number)).filter((f) => f.length === 3 && f.every(Number.isFinite));
+  const samples = readOr(file).split('\n').map((l) => l.split(' ').map(Number)).filter((f) => f.length === 4 && f.every(Number.isFinite));
   const first = endsUs[0] + 500_000;
   const last = endsUs[endsUs.length - 1] - 100_000;
   const inside = samples.filter(([t]) => t >= first && t <= last);
   if (inside.length < 5) return undefined;
-  const [t0, busy0, own0] = inside[0];
-  const [t1, busy1, own1] = inside[inside.length - 1];
+  const [t0, busy0, own0, sys0] = inside[0];
+  const [t1, busy1, own1, sys1] = inside[inside.length - 1];
   let n = 0;
   for (const e of endsUs) if (e > t0 && e <= t1) n++;
   if (n === 0) return undefined;
   const jiffyUs = 1e6 / 100; // USER_HZ
   const cpus = cpuCount();
-  return { machineUs: ((busy1 - busy0) * jiffyUs) / n, poolerUs: ((own1 - own0) * jiffyUs) / n, busy: ((busy1 - busy0) * jiffyUs) / ((t1 - t0) * cpus) };
+  return { machineUs: ((busy1 - busy0) * jiffyUs) / n, poolerUs: ((own1 - own0) * jiffyUs) / n, poolerSysUs: ((sys1 - sys0) * jiffyUs) / n, busy: ((busy1 - busy0) * jiffyUs) / ((t1 - t0) * cpus) };
 }
 
 function cpuCount(): number {
@@ -358,7 +360,7 @@ function summarise(cell: Cell | undefined): Summary {
   const tps = cell.tps.length ? cell.tps.reduce((a, b) => a + b, 0) / cell.tps.length : NaN;
   const st = cell.steady ?? [];
   const mean = (f: (x: Steady) => number) => st.reduce((a, x) => a + f(x), 0) / st.length;
-  const steady = st.length ? { machineUs: mean((x) => x.machineUs), poolerUs: mean((x) => x.poolerUs), busy: mean((x) => x.busy) } : undefined;
+  const steady = st.length ? { machineUs: mean((x) => x.machineUs), poolerUs: mean((x) => x.poolerUs), poolerSysUs: mean((x) => x.poolerSysUs), busy: mean((x) => x.busy) } : undefined;
   return { tps, p50: percentile(all, 0.5) / 1000, p99: percentile(all, 0.99) / 1000, errors: cell.errors, steady };
 }
 
@@ -461,14 +463,16 @@ export async function runPoolingPhase(cluster: Cluster, o: PoolingOptions): Prom
 /** The steady state's figures of a run: the machine's CPU per transaction (and the pooler's), how busy the CPUs were. */
 function steadyText(st: Steady | undefined, pooler: boolean): string {
   if (!st) return '';
-  return `  [steady: machine ${st.machineUs.toFixed(1)} us/tx${pooler ? `, pooler ${st.poolerUs.toFixed(1)}` : ''}, cpus ${(st.busy * 100).toFixed(0)}% busy]`;
+  return `  [steady: machine ${st.machineUs.toFixed(1)} us/tx${pooler ? `, pooler ${st.poolerUs.toFixed(1)} (kernel ${st.poolerSysUs.toFixed(1)})` : ''}, cpus ${(st.busy * 100).toFixed(0)}% busy]`;
 }
 
 /**
  * Where a pooler's 1.25x stands on this machine: with its CPUs saturated, the machine has cpus x 1e6 / tps µs per
  * transaction; what pgbench and PostgreSQL take of it behind a pooler (the machine's steady CPU per transaction less
  * the pooler's) is not the pooler's to save, so 1.25x pgBouncer's tps leaves the pooler what remains of
- * cpus x 1e6 / (1.25 x pgBouncer's tps) after them.
+ * cpus x 1e6 / (1.25 x pgBouncer's tps) after them. The pooler's kernel time (its socket calls and the wakeups of
+ * their peers, which loopback TCP charges to the sender) is a floor no user-space work lowers: with it alone, and the
+ * CPUs fully busy, the tps could at most be cpus x 1e6 / (pgbench+PostgreSQL + that kernel time), the ceiling printed.
  */
 function budget(o: PoolingOptions, at: (target: string, mode: string, clients: number) => Summary): void {
   const cpus = cpuCount();
@@ -483,7 +487,9 @@ function budget(o: PoolingOptions, at: (target: string, mode: string, clients: n
       lines.push(
         `  ${mode.padEnd(8)} c=${String(clients).padEnd(3)} pgbench+PostgreSQL ${others.toFixed(1)} us/tx behind pg-steadytext (${(b.steady.machineUs - b.steady.poolerUs).toFixed(1)} behind pgBouncer); ` +
           `1.25x pgBouncer = ${goalTotal.toFixed(1)} us/tx on ${cpus} CPUs, leaving a pooler ${(goalTotal - others).toFixed(1)} us/tx; ` +
-          `pg-steadytext spends ${st.steady.poolerUs.toFixed(1)}, pgBouncer ${b.steady.poolerUs.toFixed(1)} (CPUs ${(st.steady.busy * 100).toFixed(0)}% / ${(b.steady.busy * 100).toFixed(0)}% busy)`,
+          `pg-steadytext spends ${st.steady.poolerUs.toFixed(1)} (kernel ${st.steady.poolerSysUs.toFixed(1)}), pgBouncer ${b.steady.poolerUs.toFixed(1)} (kernel ${b.steady.poolerSysUs.toFixed(1)}) ` +
+          `(CPUs ${(st.steady.busy * 100).toFixed(0)}% / ${(b.steady.busy * 100).toFixed(0)}% busy); ` +
+          `with no user-space time at all, at most ${(cpus * 1e6 / (others + st.steady.poolerSysUs) / b.tps).toFixed(2)}x pgBouncer`,
       );
     }
   }
