@@ -23,7 +23,7 @@ import { createPooling, peerTarget, type PoolingEnv } from './proxy/pooling.js';
 import type { Pooler } from './proxy/pool.js';
 import { createConsole } from './proxy/console-host.js';
 import type { ShutdownMode } from './proxy/console.js';
-import { parseUpstreamUrl, sendCancel } from './proxy/upstream.js';
+import { parseUpstreamUrl, sendCancel, socketPath } from './proxy/upstream.js';
 import { CancelRegistry } from './proxy/cancel.js';
 import { TakeoverSource, takeOver } from './proxy/takeover.js';
 import { PoolLimits, WorkerSlots } from './proxy/pool-limits.js';
@@ -396,7 +396,7 @@ async function serveWithWorkers(s: Settings, log: Logger, ini?: PoolerConfig): P
   const limits = ini ? new PoolLimits(log) : undefined;
   // The workers' Unix socket is bound here, for all of them: a stale one of an earlier run goes first.
   const unixDir = ini?.settings.unixSocketDir;
-  if (unixDir && ini.settings.listenPort > 0) rmSync(`${unixDir.replace(/\/$/, '')}/.s.PGSQL.${ini.settings.listenPort}`, { force: true });
+  if (unixDir && ini.settings.listenPort > 0) rmSync(socketPath(unixDir, ini.settings.listenPort), { force: true });
   const pool = await startWorkerPool({
     workers: s.workers,
     logger: log,

@@ -10,7 +10,7 @@ import { ClientSession, type SessionEnv, type Totals } from './client.js';
 import type { Interceptor } from './interceptor.js';
 import { adoptAccepted } from './read-buffer.js';
 import { loadNativeRelay, tuneListener, type NativeRelay, type NativeRelayMode } from './relay.js';
-import { parseUpstreamUrl, type UpstreamTarget } from './upstream.js';
+import { parseUpstreamUrl, socketPath, type UpstreamTarget } from './upstream.js';
 import { targetsFor, type PoolingEnv } from './pooling.js';
 import { loadStatementParser } from './statement-effects.js';
 import { nextSocketId } from './socket-id.js';
@@ -174,7 +174,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     if (untuned) log.warn({ why: untuned }, 'tcp_socket_buffer not applied to the listening socket');
   }
   if (opts.unixSocketDir && !opts.listenFds) {
-    const path = `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}`;
+    const path = socketPath(opts.unixSocketDir, address.port);
     try {
       if (!opts.sharedUnixSocket) unlinkSync(path); // a stale socket of an earlier run (pgBouncer does the same)
     } catch {
@@ -192,7 +192,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!env.secureContext, relay: env.nativeRelay ? 'native' : 'js' }, 'proxy listening');
 
   let released = false;
-  const unixPath = unix && opts.unixSocketDir ? `${opts.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${address.port}` : null;
+  const unixPath = unix && opts.unixSocketDir ? socketPath(opts.unixSocketDir, address.port) : null;
   // Taken over, the Unix socket is not bound here: closing it leaves the file, which pgBouncer removes at exit.
   const unlinkAdopted = opts.listenFds ? unixPath : null;
   const takeover: ListenerTakeover = {

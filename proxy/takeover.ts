@@ -44,7 +44,7 @@ import { ReadBuffer } from './read-buffer.js';
 import { loadNativeRelay, socketFd, type FdPassing } from './relay.js';
 import type { ProxyServer } from './server.js';
 import { nextSocketId } from './socket-id.js';
-import { ServerConnection } from './upstream.js';
+import { ServerConnection, socketPath } from './upstream.js';
 
 /** The state's format: a process hands over only to a login that names the format it writes. */
 const STATE_VERSION = 1;
@@ -512,7 +512,7 @@ export async function takeOver(o: TakeoverOptions): Promise<Takeover | null> {
   if (o.unixSocketDir.startsWith('@')) throw new Error('cannot reboot with abstract Unix socket');
   const io = loadNativeRelay().relay?.fds;
   if (!io) throw new Error(`cannot reboot: the native addon's descriptor passing is not available (${loadNativeRelay().why})`);
-  const path = `${o.unixSocketDir.replace(/\/$/, '')}/.s.PGSQL.${o.port}`;
+  const path = socketPath(o.unixSocketDir, o.port);
   if (!existsSync(path)) {
     o.note('old process not found, try to continue normally');
     return null;

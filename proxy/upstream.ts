@@ -44,6 +44,11 @@ export interface UpstreamTarget {
 
 const SSL_MODES: SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
 
+/** The file of a PostgreSQL (or pgBouncer) Unix socket in `dir` for `port`, as libpq names it. */
+export function socketPath(dir: string, port: number): string {
+  return `${dir.replace(/\/$/, '')}/.s.PGSQL.${port}`;
+}
+
 /**
  * Where to connect, from a postgres:// URL. Only the location and the TLS settings matter: user,
  * database and password come from each client's own startup and authentication.
@@ -69,7 +74,7 @@ export function parseUpstreamUrl(url: string): UpstreamTarget {
 
   if (host.startsWith('/')) {
     // libpq never uses TLS over a Unix socket.
-    const path = `${host.replace(/\/$/, '')}/.s.PGSQL.${port}`;
+    const path = socketPath(host, port);
     return { host, port, path, sslmode: 'disable', display: path };
   }
   const display = `${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
