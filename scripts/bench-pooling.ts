@@ -49,8 +49,13 @@ type Run = { tps: number; latenciesUs: Float64Array; connectMs: number; steady?:
  * CPU per transaction in the run's steady state (the clients' logins left out: 200 SCRAM logins cost seconds of CPU):
  * the whole machine's, and the pooler's (its processes), between /proc samples inside the transactions' window.
  */
-/** poolerSysUs: the kernel's part of poolerUs (stime), the socket calls' cost that no user-space work can save. */
-interface Steady { machineUs: number; poolerUs: number; poolerSysUs: number; busy: number }
+interface Steady {
+  machineUs: number;
+  poolerUs: number;
+  /** The kernel's part of poolerUs (stime): the socket calls' cost, which no user-space work saves. */
+  poolerSysUs: number;
+  busy: number;
+}
 
 
 /** The ini both poolers read; only its paths and port differ between them. */
