@@ -173,10 +173,11 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     const untuned = tuneListener(server, opts.pooling.pooler.settings);
     if (untuned) log.warn({ why: untuned }, 'tcp_socket_buffer not applied to the listening socket');
   }
-  if (opts.unixSocketDir && !opts.listenFds) {
-    const path = socketPath(opts.unixSocketDir, address.port);
+  // The Unix socket's file: bound here, or adopted from the process this one took over.
+  const unixFile = opts.unixSocketDir ? socketPath(opts.unixSocketDir, address.port) : null;
+  if (unixFile && !opts.listenFds) {
     try {
-      if (!opts.sharedUnixSocket) unlinkSync(path); // a stale socket of an earlier run (pgBouncer does the same)
+      if (!opts.sharedUnixSocket) unlinkSync(unixFile); // a stale socket of an earlier run (pgBouncer does the same)
     } catch {
       // none there
     }
@@ -184,15 +185,15 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     unix.on('error', (err) => log.error({ err }, 'unix socket listener error'));
     await new Promise<void>((resolve, reject) => {
       unix!.once('error', reject);
-      unix!.listen({ path, backlog: opts.pooling?.pooler.settings.listenBacklog }, () => resolve());
+      unix!.listen({ path: unixFile, backlog: opts.pooling?.pooler.settings.listenBacklog }, () => resolve());
     });
-    if (opts.pooling) socketFileAccess(path, opts.pooling.pooler.settings);
-    log.info({ unixSocket: path }, 'listening on a Unix socket');
+    if (opts.pooling) socketFileAccess(unixFile, opts.pooling.pooler.settings);
+    log.info({ unixSocket: unixFile }, 'listening on a Unix socket');
   }
   log.info({ listen: `${address.host}:${address.port}`, upstream: target.display, sslmode: target.sslmode, tls: !!env.secureContext, relay: env.nativeRelay ? 'native' : 'js' }, 'proxy listening');
 
   let released = false;
-  const unixPath = unix && opts.unixSocketDir ? socketPath(opts.unixSocketDir, address.port) : null;
+  const unixPath = unix ? unixFile : null;
   // Taken over, the Unix socket is not bound here: closing it leaves the file, which pgBouncer removes at exit.
   const unlinkAdopted = opts.listenFds ? unixPath : null;
   const takeover: ListenerTakeover = {
